@@ -1,0 +1,144 @@
+"""What every effect knows about the attention call it is in, derived once per call.
+
+The user never passes grid sizes: the denoiser's forward hook reads the latent shape, the timestep and the
+pipeline's batch layout (:mod:`visattn.state`), the family adapter knows where text and image tokens sit in
+each sequence (:mod:`visattn.families`), and :class:`CallContext` joins the two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+ROLES = ("self", "cross", "joint", "text")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A half-open token range ``[start, stop)`` inside a sequence."""
+
+    start: int
+    stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+    def as_slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the latent-grid tokens and the text tokens sit in one sequence (queries or keys)."""
+
+    length: int
+    image: Span | None = None
+    text: Span | None = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One named group of batch rows, e.g. the classifier-free-guidance ``"uncond"`` half."""
+
+    name: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How the batch of one denoiser call splits into branches.
+
+    The pipeline's own layout comes first (``("uncond", "cond")`` halves when it batches classifier-free guidance,
+    or one branch when it calls the denoiser per branch); effects that add branches (a perturbed twin for PAG,
+    the target of a prompt-to-prompt edit) extend it.
+    """
+
+    branches: tuple[Branch, ...]
+
+    @classmethod
+    def split(cls, batch_size: int, names: tuple[str, ...]) -> BatchLayout:
+        """Equal consecutive chunks named ``names`` (the order the pipeline concatenates them in)."""
+        if batch_size % len(names):
+            return cls((Branch("cond", 0, batch_size),))
+        size = batch_size // len(names)
+        return cls(tuple(Branch(name, i * size, (i + 1) * size) for i, name in enumerate(names)))
+
+    @property
+    def batch_size(self) -> int:
+        return self.branches[-1].stop if self.branches else 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(branch.name for branch in self.branches)
+
+    def rows(self, name: str) -> slice:
+        """Rows of the first branch called ``name``; KeyError listing the branches if there is none."""
+        for branch in self.branches:
+            if branch.name == name:
+                return slice(branch.start, branch.stop)
+        raise KeyError(f"no branch {name!r} in batch layout {self.names}")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the sampler is: ``index`` of ``total`` denoising steps, and the raw ``timestep``."""
+
+    index: int | None = None
+    total: int | None = None
+    timestep: float | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """``index / total`` in ``[0, 1)``, or ``None`` when the schedule is unknown."""
+        if self.index is None or not self.total:
+            return None
+        return self.index / self.total
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Everything an effect may ask about one attention call.
+
+    Attributes:
+        role: ``"self"`` (latent tokens attend to latent tokens), ``"cross"`` (latent queries, text keys),
+            ``"joint"`` (one sequence of text and latent tokens, MM-DiT) or ``"text"`` (text-only refiners).
+        layer_name: the attention module's name inside the denoiser (as in ``named_modules``).
+        layer_index: position of this layer among the denoiser's attention layers.
+        family: family key (``"unet"``, ``"pixart"``, ``"sd3"``, ``"flux"``, ``"wan"``, ``"cogvideox"``,
+            ``"hunyuan_video"``).
+        heads, head_dim: attention heads of this call and their width.
+        grid: ``(frames, height, width)`` of this call's latent tokens after patchify (``frames == 1`` for
+            images); ``None`` if the layer has no latent grid. Tokens are in row-major ``token_order``.
+        token_order: axis order of the flattened grid, ``"fhw"``.
+        queries, keys: token layouts (latent and text spans) of the query and key sequences.
+        batch: the batch layout (which rows are which branch).
+        step: step index, total steps and timestep of the current denoiser call.
+    """
+
+    role: str
+    layer_name: str
+    layer_index: int
+    family: str
+    heads: int
+    head_dim: int
+    queries: TokenLayout
+    keys: TokenLayout
+    batch: BatchLayout
+    step: StepInfo = field(default_factory=StepInfo)
+    grid: tuple[int, int, int] | None = None
+    token_order: str = "fhw"
+
+    @property
+    def text_span(self) -> Span | None:
+        """The text tokens inside the key sequence (the query sequence's for joint attention)."""
+        return self.keys.text
+
+    @property
+    def num_grid_tokens(self) -> int:
+        return math.prod(self.grid) if self.grid else 0

@@ -1,0 +1,132 @@
+"""What an attention call computes, as data: which query-key pairs (pattern), how scores change (modifier).
+
+The split follows FlexAttention's: a :class:`Pattern` is a ``mask_mod(b, h, q_idx, kv_idx) -> bool`` and a
+:class:`ScoreModifier` is a ``score_mod(score, b, h, q_idx, kv_idx) -> score``. Both are written with plain
+tensor ops on broadcastable integer index tensors, so the same object drives every backend: the reference
+backend calls them once on broadcast ``arange`` grids (materialized), FlexAttention traces them per element.
+
+Patterns and modifiers are immutable and hashable through :meth:`cache_key`, so backends can cache block masks
+per (pattern, sequence lengths, device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Pattern",
+    "ScoreModifier",
+    "AllOf",
+    "Chain",
+    "DensePattern",
+    "all_of",
+    "chain",
+]
+
+
+class Pattern:
+    """Which query-key pairs attend. Subclasses implement :meth:`mask_mod` and :meth:`cache_key`."""
+
+    def mask_mod(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cache_key(self) -> Hashable:
+        raise NotImplementedError
+
+    @property
+    def depends_on_batch_or_head(self) -> bool:
+        """Whether the mask differs per batch item or head (lets backends share one mask otherwise)."""
+        return False
+
+    def __and__(self, other: Pattern) -> Pattern:
+        return all_of([self, other])
+
+
+class ScoreModifier:
+    """How logits change before the softmax. Subclasses implement :meth:`score_mod` and :meth:`cache_key`."""
+
+    def score_mod(
+        self,
+        score: torch.Tensor,
+        b: torch.Tensor,
+        h: torch.Tensor,
+        q_idx: torch.Tensor,
+        kv_idx: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cache_key(self) -> Hashable:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DensePattern(Pattern):
+    """Every pair attends; the explicit form of "no pattern"."""
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return torch.ones_like(q_idx == kv_idx)
+
+    def cache_key(self) -> Hashable:
+        return ("dense",)
+
+
+@dataclass(frozen=True)
+class AllOf(Pattern):
+    """A pair attends when every member pattern keeps it (logical and)."""
+
+    parts: tuple[Pattern, ...]
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        keep = self.parts[0].mask_mod(b, h, q_idx, kv_idx)
+        for part in self.parts[1:]:
+            keep = keep & part.mask_mod(b, h, q_idx, kv_idx)
+        return keep
+
+    def cache_key(self) -> Hashable:
+        return ("all_of",) + tuple(p.cache_key() for p in self.parts)
+
+    @property
+    def depends_on_batch_or_head(self) -> bool:
+        return any(p.depends_on_batch_or_head for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Chain(ScoreModifier):
+    """Applies member modifiers in order."""
+
+    parts: tuple[ScoreModifier, ...]
+
+    def score_mod(self, score, b, h, q_idx, kv_idx):
+        for part in self.parts:
+            score = part.score_mod(score, b, h, q_idx, kv_idx)
+        return score
+
+    def cache_key(self) -> Hashable:
+        return ("chain",) + tuple(p.cache_key() for p in self.parts)
+
+
+def all_of(patterns: Sequence[Pattern | None]) -> Pattern | None:
+    """Intersect patterns, dropping ``None`` and dense members; ``None`` when nothing constrains."""
+    parts: list[Pattern] = []
+    for pattern in patterns:
+        if pattern is None or isinstance(pattern, DensePattern):
+            continue
+        parts.extend(pattern.parts if isinstance(pattern, AllOf) else [pattern])
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+
+
+def chain(modifiers: Sequence[ScoreModifier | None]) -> ScoreModifier | None:
+    """Compose score modifiers in order, dropping ``None``; ``None`` when nothing modifies."""
+    parts: list[ScoreModifier] = []
+    for modifier in modifiers:
+        if modifier is None:
+            continue
+        parts.extend(modifier.parts if isinstance(modifier, Chain) else [modifier])
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else Chain(tuple(parts))

@@ -1,0 +1,84 @@
+"""Which attention layers an attach or an effect acts on.
+
+Identifiers follow diffusers' ``pag_applied_layers``: each is a regular expression searched in the attention
+module's name (``re.search``), except that an identifier ending in an integer does not match a name ending in
+the same integer (so ``"blocks.1"`` does not pick ``"blocks.1"``'s look-alikes the way diffusers rules it out).
+The role keywords ``"self"``, ``"cross"``, ``"joint"`` (and ``"text"``) select by what the layer attends over.
+Regex identifiers are united, role keywords are united, and the two groups intersect:
+``["mid_block", "self"]`` is the self-attention inside the mid block.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+ROLE_KEYWORDS = ("self", "cross", "joint", "text")
+
+
+def normalize_layers(layers: str | Iterable[str] | None, parameter: str = "layers") -> tuple[str, ...] | None:
+    """``None`` (all layers) or a tuple of identifiers; TypeError/ValueError naming ``parameter`` otherwise."""
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = tuple(layers)
+    for layer in layers:
+        if not isinstance(layer, str):
+            raise TypeError(f"{parameter} must be strings (regex or {ROLE_KEYWORDS}); got {layer!r}")
+        if layer not in ROLE_KEYWORDS:
+            try:
+                re.compile(layer)
+            except re.error as error:
+                raise ValueError(f"{parameter}={layer!r} is not a valid regular expression: {error}") from None
+    if not layers:
+        raise ValueError(f"{parameter} is empty; pass None for every layer")
+    return layers
+
+
+def is_fake_integral_match(layer_id: str, name: str) -> bool:
+    """diffusers' rule: an identifier ending in an integer never matches a name ending in the same integer."""
+    layer_tail, name_tail = layer_id.split(".")[-1], name.split(".")[-1]
+    return layer_tail.isnumeric() and name_tail.isnumeric() and layer_tail == name_tail
+
+
+def matches(layer_id: str, name: str) -> bool:
+    """Whether a regex identifier selects the attention module called ``name`` (diffusers' PAG matching)."""
+    return re.search(layer_id, name) is not None and not is_fake_integral_match(layer_id, name)
+
+
+def select_layers(roles: Mapping[str, str], layers: tuple[str, ...] | None, parameter: str = "layers") -> list[str]:
+    """Names (in model order) of the attention layers selected by ``layers``.
+
+    Args:
+        roles: every attention module name mapped to its static role.
+        layers: normalized identifiers (see :func:`normalize_layers`), ``None`` for all.
+
+    Raises:
+        ValueError: an identifier matches no layer; the message lists the available names.
+    """
+    names = list(roles)
+    if layers is None:
+        return names
+    role_ids = [layer for layer in layers if layer in ROLE_KEYWORDS]
+    regex_ids = [layer for layer in layers if layer not in ROLE_KEYWORDS]
+    for layer_id in regex_ids:
+        if not any(matches(layer_id, name) for name in names):
+            raise ValueError(
+                f"{parameter}={layer_id!r} matches no attention layer; available layers: {', '.join(names)}"
+            )
+    for role in role_ids:
+        if role not in roles.values():
+            raise ValueError(
+                f"{parameter}={role!r}: this model has no {role} attention layers "
+                f"(it has {', '.join(sorted(set(roles.values())))})"
+            )
+    selected = [
+        name
+        for name in names
+        if (not regex_ids or any(matches(layer_id, name) for layer_id in regex_ids))
+        and (not role_ids or roles[name] in role_ids)
+    ]
+    if not selected:
+        raise ValueError(f"{parameter}={list(layers)} selects no attention layer; available layers: {', '.join(names)}")
+    return selected

@@ -1,0 +1,114 @@
+"""The base class of every visattn effect and the mutable description of one attention call it acts on.
+
+An effect contributes to an :class:`AttentionCall` in one of a few ways, following FlexAttention's split:
+a pattern (which pairs attend), a score modifier (how logits change), an output blend (per-head identity
+interpolation), changes to q/k/v, or a finished output. Effects that need the whole denoiser call (extra batch
+branches for guidance, latent blending for edits) override :meth:`Effect.wrap_denoiser`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..context import CallContext
+from ..kernels import Pattern, ScoreModifier, all_of, chain, run_request
+from ..kernels.request import AttentionRequest
+from ..layers import normalize_layers, select_layers
+from ..steps import in_steps, normalize_steps
+
+
+@dataclass
+class AttentionCall:
+    """One attention call as effects see it; :meth:`run` sends it through the attention core."""
+
+    ctx: CallContext
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    attn_mask: torch.Tensor | None = None
+    patterns: list[Pattern] = field(default_factory=list)
+    score_mods: list[ScoreModifier] = field(default_factory=list)
+    identity_blend: torch.Tensor | None = None
+    scale: float | None = None
+    backend: str = "auto"
+    use_dispatcher: bool = False
+    dispatcher_backend: Any = None
+    #: set by an effect that computed the attention output itself (``[B, H, Nq, Dv]``); the core is skipped.
+    output: torch.Tensor | None = None
+
+    def request(self, return_lse: bool = False) -> AttentionRequest:
+        return AttentionRequest(
+            q=self.q,
+            k=self.k,
+            v=self.v,
+            pattern=all_of(self.patterns),
+            score_mod=chain(self.score_mods),
+            attn_mask=self.attn_mask,
+            scale=self.scale,
+            identity_blend=self.identity_blend,
+            return_lse=return_lse,
+            use_dispatcher=self.use_dispatcher,
+            dispatcher_backend=self.dispatcher_backend,
+        )
+
+    def run(self) -> torch.Tensor:
+        if self.output is not None:
+            return self.output
+        out, _ = run_request(self.request(), self.backend)
+        return out
+
+
+class Effect:
+    """Base class of visattn effects.
+
+    Args:
+        layers: identifiers as in diffusers' ``pag_applied_layers`` plus ``"self"``/``"cross"``/``"joint"``
+            (see :mod:`visattn.layers`); ``None`` acts on every layer of the roles in :attr:`roles`.
+        steps: a fraction ``f`` (the first ``f`` of the schedule) or a ``(start, stop)`` fraction range.
+    """
+
+    #: the roles this effect acts on when ``layers`` does not say otherwise
+    roles: tuple[str, ...] = ("self", "cross", "joint")
+
+    def __init__(self, *, layers: str | Iterable[str] | None = None, steps=None) -> None:
+        self.layers = normalize_layers(layers)
+        self.steps = normalize_steps(steps)
+        self._layer_names: frozenset[str] | None = None
+
+    # --- attach time -------------------------------------------------------------------------------------
+    def bind(self, roles: dict[str, str]) -> None:
+        """Resolve ``layers`` against a denoiser's attention layers (``name -> static role``).
+
+        Raises ValueError listing the available layers when an identifier matches nothing.
+        """
+        self._layer_names = frozenset(select_layers(roles, self.layers, f"{type(self).__name__}(layers=...)"))
+
+    def unbind(self) -> None:
+        self._layer_names = None
+
+    # --- call time -----------------------------------------------------------------------------------------
+    def acts_on(self, ctx: CallContext) -> bool:
+        if self.layers is None or not any(layer in ("self", "cross", "joint", "text") for layer in self.layers):
+            if ctx.role not in self.roles:
+                return False
+        if self._layer_names is not None and ctx.layer_name not in self._layer_names:
+            return False
+        return in_steps(self.steps, ctx.step.fraction)
+
+    def apply(self, call: AttentionCall) -> None:
+        """Contribute to one attention call (pattern, score modifier, blend, q/k/v, or output)."""
+
+    def wrap_denoiser(self, forward: Callable[..., Any], args: tuple, kwargs: dict, state: Any) -> Any:
+        """Run one denoiser call; effects that add batch branches or post-process predictions override this."""
+        return forward(*args, **kwargs)
+
+    @property
+    def wraps_denoiser(self) -> bool:
+        return type(self).wrap_denoiser is not Effect.wrap_denoiser
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={self.layers}, steps={self.steps})"

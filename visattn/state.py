@@ -1,0 +1,135 @@
+"""Per-denoiser-call state, read by a diffusers model hook before every forward of the denoiser.
+
+The hook (registered with diffusers' :class:`~diffusers.hooks.HookRegistry`, removable like any diffusers hook)
+reads the latent grid, the timestep and the text length with the family adapter, and the branch name that
+pipelines announce through ``model.cache_context("cond" | "uncond" | "cond_uncond")``. From the pipeline's
+scheduler it derives the step index; from the pipeline's guidance settings, the batch layout.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+
+from .context import BatchLayout, Branch, StepInfo
+from .families import Family
+from .families.base import DenoiserInputs
+
+HOOK_NAME = "visattn"
+
+
+class _NoState:
+    """diffusers' StateManager needs a state class; visattn keeps its state on the hook itself."""
+
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+@dataclass
+class DenoiserState:
+    """What the current denoiser call looks like; read by every attention call inside it."""
+
+    family: Family
+    inputs: DenoiserInputs | None = None
+    step: StepInfo = StepInfo()
+    batch: BatchLayout | None = None
+    calls: int = 0
+
+
+class DenoiserHook(ModelHook):
+    """Reads each denoiser call's inputs into a :class:`DenoiserState`, then lets effects wrap the call."""
+
+    # Stateful so that diffusers hands it the pipeline's cache context (the branch name of the call).
+    _is_stateful = True
+
+    def __init__(self, family: Family, effects: list, pipeline: Any = None) -> None:
+        super().__init__()
+        self.state = DenoiserState(family)
+        self.effects = effects
+        self.pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
+        self.cache = StateManager(_NoState)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state.inputs, self.state.step, self.state.batch = None, StepInfo(), None
+        return module
+
+    @property
+    def pipeline(self) -> Any:
+        return self.pipeline_ref() if self.pipeline_ref is not None else None
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
+        inputs = self.state.family.read_inputs(module, args, kwargs)
+        self.state.inputs = inputs
+        self.state.step = self._step_info(inputs.timestep)
+        self.state.batch = self._batch_layout(inputs.batch_size)
+        self.state.calls += 1
+        forward = self.fn_ref.original_forward
+        for effect in reversed(self.effects):
+            if effect.wraps_denoiser:
+                forward = _bind_wrapper(effect, forward, self.state)
+        return forward(*args, **kwargs)
+
+    # --- derived facts -------------------------------------------------------------------------------------
+    def _cache_context(self):
+        return getattr(self.cache, "_context", None)
+
+    def _step_info(self, timestep: float | None) -> StepInfo:
+        context = self._cache_context()
+        if context is not None and context.step_index is not None:
+            return StepInfo(context.step_index, context.num_inference_steps, timestep)
+        scheduler = getattr(self.pipeline, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timestep is None or timesteps is None or len(timesteps) == 0:
+            return StepInfo(None, None, timestep)
+        scheduled = timesteps.detach().float().cpu()
+        target = timestep * self.state.family.timestep_divisor
+        index = int(torch.argmin((scheduled - target).abs()))
+        return StepInfo(index, len(scheduled), timestep)
+
+    def _batch_layout(self, batch_size: int) -> BatchLayout:
+        context = self._cache_context()
+        name = getattr(context, "name", None)
+        if name in ("cond", "uncond"):
+            return BatchLayout((Branch(name, 0, batch_size),))
+        if _pipeline_batches_cfg(self.pipeline) and batch_size % 2 == 0:
+            # Pipelines that batch guidance concatenate the negative prompt first.
+            return BatchLayout.split(batch_size, ("uncond", "cond"))
+        return BatchLayout((Branch("cond", 0, batch_size),))
+
+
+def _bind_wrapper(effect, forward, state):
+    def wrapped(*args, **kwargs):
+        return effect.wrap_denoiser(forward, args, kwargs, state)
+
+    return wrapped
+
+
+def _pipeline_batches_cfg(pipeline: Any) -> bool:
+    """Whether the running pipeline doubles the batch for classifier-free guidance."""
+    if pipeline is None:
+        return False
+    flag = getattr(type(pipeline), "do_classifier_free_guidance", None)
+    if flag is not None:
+        try:
+            return bool(pipeline.do_classifier_free_guidance)
+        except (AttributeError, TypeError):
+            return False
+    scale = getattr(pipeline, "_guidance_scale", None)
+    return scale is not None and scale > 1.0
+
+
+def register_hook(model: torch.nn.Module, hook: DenoiserHook) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    registry.register_hook(hook, HOOK_NAME)
+    registry.invalidate_child_registries_cache() if hasattr(registry, "invalidate_child_registries_cache") else None
+
+
+def remove_hook(model: torch.nn.Module) -> None:
+    registry = getattr(model, "_diffusers_hook", None)
+    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+        registry.remove_hook(HOOK_NAME, recurse=False)
