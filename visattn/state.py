@@ -96,7 +96,7 @@ class DenoiserHook(ModelHook):
         name = getattr(context, "name", None)
         if name in ("cond", "uncond"):
             return BatchLayout((Branch(name, 0, batch_size),))
-        if _pipeline_batches_cfg(self.pipeline) and batch_size % 2 == 0:
+        if batch_size % 2 == 0 and _pipeline_batches_cfg(self.pipeline, self.state.inputs.sample):
             # Pipelines that batch guidance concatenate the negative prompt first.
             return BatchLayout.split(batch_size, ("uncond", "cond"))
         return BatchLayout((Branch("cond", 0, batch_size),))
@@ -109,18 +109,26 @@ def _bind_wrapper(effect, forward, state):
     return wrapped
 
 
-def _pipeline_batches_cfg(pipeline: Any) -> bool:
-    """Whether the running pipeline doubles the batch for classifier-free guidance."""
+def _pipeline_batches_cfg(pipeline: Any, sample: torch.Tensor | None) -> bool:
+    """Whether the running pipeline doubled this batch for classifier-free guidance.
+
+    Pipelines say so through ``do_classifier_free_guidance`` or ``_guidance_scale``; the few that keep it in a
+    local variable (PixArt) are recognized by their input, ``torch.cat([latents] * 2)``: two equal halves.
+    """
     if pipeline is None:
         return False
-    flag = getattr(type(pipeline), "do_classifier_free_guidance", None)
-    if flag is not None:
+    if isinstance(getattr(type(pipeline), "do_classifier_free_guidance", None), property):
         try:
             return bool(pipeline.do_classifier_free_guidance)
         except (AttributeError, TypeError):
-            return False
+            pass
     scale = getattr(pipeline, "_guidance_scale", None)
-    return scale is not None and scale > 1.0
+    if isinstance(scale, (int, float)):
+        return scale > 1.0
+    if sample is None or sample.shape[0] % 2:
+        return False
+    half = sample.shape[0] // 2
+    return bool(torch.equal(sample[:half], sample[half:]))
 
 
 def register_hook(model: torch.nn.Module, hook: DenoiserHook) -> None:

@@ -66,10 +66,12 @@ def guess_adapter(attn: torch.nn.Module, encoder_hidden_states, kwargs: dict) ->
         return by_name["flux"]
     if kind == "WanAttention":
         return by_name["wan"]
-    rotary = kwargs.get("image_rotary_emb") is not None
-    if getattr(attn, "added_kv_proj_dim", None) is not None and encoder_hidden_states is not None:
-        return by_name["hunyuan_video"] if rotary else by_name["sd3"]
-    if rotary and encoder_hidden_states is not None:
-        # HunyuanVideo's single-stream attention has no output projection (the block does it).
-        return by_name["hunyuan_video"] if getattr(attn, "to_out", None) is None else by_name["cogvideox"]
-    return by_name["unet"]
+    if encoder_hidden_states is None or getattr(attn, "is_cross_attention", False):
+        # Self-attention, or classic cross-attention to a text encoder: the classic processor.
+        return by_name["unet"]
+    if getattr(attn, "added_kv_proj_dim", None) is not None:
+        # Separate text projections: SD3's joint attention, or HunyuanVideo's double-stream (with rotary).
+        return by_name["hunyuan_video"] if kwargs.get("image_rotary_emb") is not None else by_name["sd3"]
+    # Text handed to a self-attention module and concatenated inside the processor. HunyuanVideo's
+    # single-stream attention has no output projection (its block does it); CogVideoX's has one.
+    return by_name["hunyuan_video"] if getattr(attn, "to_out", None) is None else by_name["cogvideox"]

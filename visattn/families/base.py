@@ -41,6 +41,8 @@ class DenoiserInputs:
     grid: tuple[int, int, int] | None
     timestep: float | None
     text_length: int | None = None
+    #: the latent input itself (not copied), for facts only the values tell (see ``visattn.state``)
+    sample: torch.Tensor | None = None
 
 
 class Family:

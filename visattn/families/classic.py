@@ -78,7 +78,9 @@ class UNetFamily(ClassicFamily):
     def read_inputs(self, model, args, kwargs) -> DenoiserInputs:
         sample = first_argument(args, kwargs, ("sample",), 0)
         timestep = first_argument(args, kwargs, ("timestep",), 1)
-        return DenoiserInputs(sample.shape[0], (1, sample.shape[-2], sample.shape[-1]), timestep_value(timestep))
+        return DenoiserInputs(
+            sample.shape[0], (1, sample.shape[-2], sample.shape[-1]), timestep_value(timestep), sample=sample
+        )
 
     def layer_grid(self, top_grid, num_tokens):
         # Each UNet level downsamples by 2 with a padded stride-2 conv, so sizes round up.
@@ -104,4 +106,4 @@ class PixArtFamily(ClassicFamily):
         timestep = first_argument(args, kwargs, ("timestep",), 2)
         patch = model.config.patch_size
         grid = (1, sample.shape[-2] // patch, sample.shape[-1] // patch)
-        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep))
+        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep), sample=sample)

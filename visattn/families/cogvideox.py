@@ -24,7 +24,7 @@ class CogVideoXFamily(Family):
         timestep = first_argument(args, kwargs, ("timestep",), 2)
         patch, patch_t = model.config.patch_size, model.config.patch_size_t or 1
         grid = (sample.shape[1] // patch_t, sample.shape[3] // patch, sample.shape[4] // patch)
-        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep))
+        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep), sample=sample)
 
     def project(self, attn, hidden_states, encoder_hidden_states, attention_mask, kwargs, text_length):
         n_text = encoder_hidden_states.size(1)

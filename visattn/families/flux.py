@@ -42,7 +42,7 @@ class FluxFamily(Family):
             # Packed latents carry their 2-D position in img_ids[:, 1:] (row, column).
             grid = (1, int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
         text_length = text.shape[1] if text is not None else None
-        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep), text_length)
+        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep), text_length, sample=sample)
 
     def project(self, attn, hidden_states, encoder_hidden_states, attention_mask, kwargs, text_length):
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections

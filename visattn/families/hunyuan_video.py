@@ -31,7 +31,7 @@ class HunyuanVideoFamily(Family):
         timestep = first_argument(args, kwargs, ("timestep",), 1)
         patch, patch_t = model.config.patch_size, model.config.patch_size_t
         grid = (sample.shape[2] // patch_t, sample.shape[3] // patch, sample.shape[4] // patch)
-        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep))
+        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep), sample=sample)
 
     def static_role(self, name, module):
         return "text" if name.startswith("context_embedder") else "joint"

@@ -25,7 +25,7 @@ class SD3Family(Family):
         timestep = first_argument(args, kwargs, ("timestep",), 3)
         patch = model.config.patch_size
         grid = (1, sample.shape[-2] // patch, sample.shape[-1] // patch)
-        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep))
+        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep), sample=sample)
 
     def project(self, attn, hidden_states, encoder_hidden_states, attention_mask, kwargs, text_length):
         batch_size, n_image = hidden_states.shape[0], hidden_states.shape[1]

@@ -34,7 +34,7 @@ class WanFamily(Family):
         timestep = first_argument(args, kwargs, ("timestep",), 1)
         pt, ph, pw = model.config.patch_size
         grid = (sample.shape[2] // pt, sample.shape[3] // ph, sample.shape[4] // pw)
-        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep))
+        return DenoiserInputs(sample.shape[0], grid, timestep_value(timestep), sample=sample)
 
     def project(self, attn, hidden_states, encoder_hidden_states, attention_mask, kwargs, text_length):
         from diffusers.models.transformers.transformer_wan import (

@@ -1,0 +1,204 @@
+"""Every supported family: the processor reproduces the stock one exactly, and the call context is right."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from helpers import Probe
+
+import visattn
+from visattn.testing import FAMILIES, call_kwargs, latent_grid, tiny_pipeline
+
+# How each pipeline lays out its denoiser batch with the call kwargs of visattn.testing (CFG on where it exists).
+EXPECTED_BRANCHES = {
+    "sd": {("uncond", "cond")},
+    "sdxl": {("uncond", "cond")},
+    "pixart": {("uncond", "cond")},
+    "sd3": {("uncond", "cond")},
+    "flux": {("cond",)},  # guidance-distilled: one branch
+    "wan": {("cond",), ("uncond",)},  # the pipeline calls the transformer once per branch
+    "cogvideox": {("uncond", "cond")},
+    "hunyuan_video": {("cond",)},
+}
+EXPECTED_ROLES = {
+    "sd": {"self", "cross"},
+    "sdxl": {"self", "cross"},
+    "pixart": {"self", "cross"},
+    "sd3": {"joint"},
+    "flux": {"joint"},
+    "wan": {"self", "cross"},
+    "cogvideox": {"joint"},
+    "hunyuan_video": {"joint", "text"},
+}
+
+
+@functools.cache
+def pipeline(family: str):
+    return tiny_pipeline(family)
+
+
+def run(family: str, **overrides) -> np.ndarray:
+    output = pipeline(family)(**call_kwargs(family, **overrides))[0]
+    return np.asarray(output, dtype=np.float64)
+
+
+def denoiser(pipe):
+    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_identity_through_attach_matches_the_stock_processors(family):
+    stock = run(family)
+    with visattn.attach(pipeline(family)):
+        swapped = run(family)
+    assert np.abs(stock - swapped).max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_identity_through_set_attn_processor_matches_the_stock_processors(family):
+    pipe = pipeline(family)
+    model = denoiser(pipe)
+    originals = dict(model.attn_processors)
+    stock = run(family)
+    model.set_attn_processor(visattn.VisAttnProcessor())
+    try:
+        swapped = run(family)
+    finally:
+        model.set_attn_processor(originals)
+    assert np.abs(stock - swapped).max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_identity_holds_with_a_pass_through_effect_on_every_layer(family):
+    stock = run(family)
+    with visattn.attach(pipeline(family), Probe(), backend="auto"):
+        probed = run(family)
+    assert np.abs(stock - probed).max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_call_context_grid_text_step_and_batch(family):
+    kwargs = call_kwargs(family)
+    probe = Probe()
+    with visattn.attach(pipeline(family), probe):
+        pipeline(family)(**kwargs)
+    contexts = probe.contexts
+    assert contexts
+    assert {ctx.role for ctx in contexts} == EXPECTED_ROLES[family]
+    assert {ctx.batch.names for ctx in contexts} == EXPECTED_BRANCHES[family]
+
+    top_grid = latent_grid(family, kwargs)
+    grids = {ctx.grid for ctx in contexts if ctx.role != "text"}
+    assert top_grid in grids
+    for ctx in contexts:
+        if ctx.role == "text":
+            assert ctx.grid is None and ctx.queries.text.length == ctx.queries.length
+            continue
+        # Every latent token of the call is accounted for by the grid.
+        assert ctx.grid is not None and ctx.num_grid_tokens == ctx.queries.image.length
+        if ctx.role == "cross":
+            assert ctx.keys.text == visattn.Span(0, ctx.keys.length) and ctx.keys.image is None
+        if ctx.role == "joint":
+            assert ctx.queries == ctx.keys
+            text, image = ctx.queries.text, ctx.queries.image
+            assert text.length + image.length == ctx.queries.length
+            assert text.stop == image.start or image.stop == text.start
+        assert ctx.heads >= 2 and ctx.head_dim * ctx.heads > 0
+
+    steps = kwargs["num_inference_steps"]
+    assert {ctx.step.index for ctx in contexts} == set(range(steps))
+    assert {ctx.step.total for ctx in contexts} == {steps}
+    assert all(0.0 <= ctx.step.fraction < 1.0 for ctx in contexts)
+
+
+def test_joint_text_positions_per_family():
+    """Where text sits in the joint sequence is family knowledge: first for Flux/CogVideoX, last for SD3/Hunyuan."""
+    first, last = {"flux", "cogvideox"}, {"sd3", "hunyuan_video"}
+    for family in first | last:
+        probe = Probe()
+        with visattn.attach(pipeline(family), probe, layers="joint"):
+            pipeline(family)(**call_kwargs(family))
+        for ctx in probe.contexts:
+            text = ctx.queries.text
+            assert (text.start == 0) if family in first else (text.stop == ctx.queries.length), family
+
+
+def test_flux_single_stream_blocks_know_the_text_length():
+    probe = Probe(layers="single_transformer_blocks")
+    with visattn.attach(pipeline("flux"), probe):
+        pipeline("flux")(**call_kwargs("flux"))
+    assert probe.contexts
+    for ctx in probe.contexts:
+        assert ctx.role == "joint" and ctx.queries.text.start == 0 and ctx.queries.text.length > 0
+
+
+def test_unet_levels_each_get_their_own_grid():
+    probe = Probe(layers="self")
+    kwargs = call_kwargs("sd")
+    with visattn.attach(pipeline("sd"), probe):
+        pipeline("sd")(**kwargs)
+    _, height, width = latent_grid("sd", kwargs)
+    grids = {ctx.grid for ctx in probe.contexts}
+    assert (1, height, width) in grids and (1, height // 2, width // 2) in grids
+
+
+def test_layer_index_and_names_follow_the_model():
+    pipe = pipeline("sd")
+    names = list(visattn.attention_layers(pipe.unet))
+    probe = Probe()
+    with visattn.attach(pipe, probe):
+        pipe(**call_kwargs("sd"))
+    for ctx in probe.contexts:
+        assert names[ctx.layer_index] == ctx.layer_name
+
+
+def test_two_prompts_without_guidance_are_one_branch():
+    probe = Probe()
+    with visattn.attach(pipeline("sd"), probe):
+        pipeline("sd")(**call_kwargs("sd", prompt=["a red circle", "a blue square"], guidance_scale=1.0))
+    assert {ctx.batch.names for ctx in probe.contexts} == {("cond",)}
+    assert {ctx.batch.batch_size for ctx in probe.contexts} == {2}
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_dispatcher_backend_chosen_with_set_attention_backend_is_used(family, monkeypatch):
+    import diffusers.models.attention_dispatch as dispatch
+
+    model = denoiser(pipeline(family))
+    stock = run(family)
+    seen = []
+    original = dispatch.dispatch_attention_fn
+
+    def spy(*args, backend=None, **kwargs):
+        seen.append(backend)
+        return original(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(dispatch, "dispatch_attention_fn", spy)
+    with visattn.attach(pipeline(family)):
+        model.set_attention_backend("_native_math")
+        try:
+            out = run(family)
+        finally:
+            model.reset_attention_backend() if hasattr(model, "reset_attention_backend") else None
+    assert seen and all(str(getattr(b, "value", b)) == "_native_math" for b in seen)
+    assert np.abs(stock - out).max() <= 1e-5
+
+
+def test_model_hook_is_a_diffusers_hook_and_goes_away_on_detach():
+    model = denoiser(pipeline("sd3"))
+    with visattn.attach(pipeline("sd3")):
+        assert model._diffusers_hook.get_hook("visattn") is not None
+    assert model._diffusers_hook.get_hook("visattn") is None
+
+
+def test_compiled_model_keeps_working():
+    pipe = tiny_pipeline("sd")
+    stock = np.asarray(pipe(**call_kwargs("sd"))[0], dtype=np.float64)
+    pipe.unet.compile(backend="aot_eager", dynamic=False)
+    with visattn.attach(pipe, Probe()):
+        compiled = np.asarray(pipe(**call_kwargs("sd"))[0], dtype=np.float64)
+    assert np.abs(stock - compiled).max() <= 1e-5
+    torch._dynamo.reset()
