@@ -7,23 +7,37 @@ pipeline's denoiser and routes every attention call through one attention core
 
 __version__ = "0.1.0"
 
-from .attach import Attachment, attach, attention_layers, detach, layer_roles
-from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
-from .processors import Effect, VisAttnProcessor
+# Public names resolve lazily so that light entry points (``visattn --version``, ``visattn info``) do not pay
+# for importing diffusers and transformers.
+_EXPORTS = {
+    "Attachment": ".attach",
+    "attach": ".attach",
+    "attention_layers": ".attach",
+    "detach": ".attach",
+    "layer_roles": ".attach",
+    "BatchLayout": ".context",
+    "Branch": ".context",
+    "CallContext": ".context",
+    "Span": ".context",
+    "StepInfo": ".context",
+    "TokenLayout": ".context",
+    "Effect": ".processors",
+    "VisAttnProcessor": ".processors",
+}
 
-__all__ = [
-    "Attachment",
-    "BatchLayout",
-    "Branch",
-    "CallContext",
-    "Effect",
-    "Span",
-    "StepInfo",
-    "TokenLayout",
-    "VisAttnProcessor",
-    "attach",
-    "attention_layers",
-    "detach",
-    "layer_roles",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'visattn' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

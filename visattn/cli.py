@@ -1,0 +1,137 @@
+"""The ``visattn`` command line: ``visattn info``, ``visattn generate PROMPT``, ``visattn --version``.
+
+This module only parses arguments and dispatches; the work lives in :mod:`visattn.generate` (the generation
+job) and :mod:`visattn.images` (files and metadata). :func:`main` returns the exit status instead of exiting, so
+it can be called from Python and tests: 0 on success, 2 for bad arguments or a model that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .generate import (
+    DEVICES,
+    DTYPES,
+    ParameterError,
+    UsageError,
+    check_guidance,
+    check_positive_int,
+    check_seed,
+    check_size,
+)
+from .info import collect_info, format_info
+
+EXIT_USAGE = 2  # argparse's own exit status for bad arguments; a model that cannot be loaded is a bad argument too
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+# --- generate -----------------------------------------------------------------------------------------------------
+def _argument(convert: Callable[[str], Any], check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` that converts the text, then applies a :mod:`visattn.generate` check.
+
+    Both failures end up as one argparse error: ``argument --steps: invalid value 0: must be a positive integer``.
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = text  # not even a number: let the check reject it with the rule it enforces
+        try:
+            return check(value)
+        except ParameterError as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {exc.value!r}: {exc.allowed}") from None
+
+    return parse
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    paths = generate(
+        args.prompt,
+        model=args.model,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        height=args.height,
+        width=args.width,
+        num_images=args.num_images,
+        out_dir=args.out,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+    # Paths only, one per line, on stdout: scripts can consume them; progress and logs stay on stderr.
+    for path in paths:
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``visattn`` argument parser with its ``info`` and ``generate`` subcommands."""
+    parser = argparse.ArgumentParser(prog="visattn", description="Attention control for diffusers models.")
+    parser.add_argument("--version", action="version", version=f"visattn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="versions, devices and attention backends")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(run=_run_info)
+
+    gen = commands.add_parser(
+        "generate",
+        help="generate images, saved with their parameters",
+        description="Generate images with visattn attached. Writes PNGs (parameters in PNG text chunks) and JSON "
+        "sidecars, and prints the written paths. Without --model, uses the embedded default visattn/tiny-sd "
+        "(random weights: noise-like images, for trying the tool out).",
+    )
+    gen.add_argument("prompt", metavar="PROMPT", help="the text prompt")
+    gen.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
+    gen.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt, for pipelines that take one")
+    gen.add_argument("--seed", type=_argument(int, check_seed), default=0, help="base seed; image i uses seed+i")
+    steps = _argument(int, lambda v: check_positive_int("steps", v))
+    gen.add_argument("--steps", type=steps, help="denoising steps (default: the pipeline's own default)")
+    gen.add_argument("--guidance", type=_argument(float, check_guidance), help="guidance scale (default: pipeline's)")
+    size_help = "pixels, a multiple of 8 (default: the pipeline's own default)"
+    gen.add_argument("--height", type=_argument(int, lambda v: check_size("height", v)), help=size_help)
+    gen.add_argument("--width", type=_argument(int, lambda v: check_size("width", v)), help=size_help)
+    count = _argument(int, lambda v: check_positive_int("num_images", v))
+    gen.add_argument("--num-images", type=count, default=1, help="how many images (default: 1)")
+    gen.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs/)")
+    gen.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available, else cpu")
+    gen.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
+    gen.add_argument("--quiet", action="store_true", help="hide the denoising progress bar")
+    gen.set_defaults(run=_run_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``visattn`` command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argparse errors: report the status instead of exiting
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        # One line, no traceback: these are problems with the request, not bugs.
+        print(f"visattn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"visattn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

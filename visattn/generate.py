@@ -1,0 +1,356 @@
+"""The generation job behind ``visattn generate``: load a pipeline, run it with visattn attached, save the images.
+
+Usable from Python::
+
+    from visattn.generate import generate
+    paths = generate("a red circle", steps=4, seed=1, out_dir="outputs")
+
+Reproducibility: image ``i`` of a call with seed ``s`` is drawn from its own CPU generator seeded with ``s + i``
+(recorded as ``image_seed``), so any single image can be regenerated with ``seed=s + i, num_images=1``, on any
+device. The parameters of every image travel with it (see :mod:`visattn.images`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import __version__
+from .defaults import DEFAULT_MODEL, load_default_pipeline
+from .images import save_image, slugify
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from .processors.effect import Effect
+
+#: ``--dtype`` names and the torch dtypes they stand for.
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEVICES = ("auto", "cpu", "cuda")
+#: Latent sizes are image sizes divided by the VAE factor (8 for most models), so pixels must be multiples of it.
+SIZE_MULTIPLE = 8
+
+
+class UsageError(ValueError):
+    """A request that cannot run as asked (bad parameter, unavailable device, ...); the CLI reports it in one line."""
+
+
+class ParameterError(UsageError):
+    """A parameter value outside what is allowed; keeps the parts so the CLI can phrase it argparse-style."""
+
+    def __init__(self, name: str, value: Any, allowed: str) -> None:
+        self.name, self.value, self.allowed = name, value, allowed
+        super().__init__(f"{name}={value!r} is not allowed: {allowed}")
+
+
+class ModelLoadError(UsageError):
+    """The model id or folder could not be found or loaded."""
+
+
+# --- parameter checks (shared by the CLI's argument types and the Python API) -----------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """``value`` if it is an integer >= 1, else a :class:`ParameterError` naming ``name`` and the value."""
+    if not _is_int(value) or value < 1:
+        raise ParameterError(name, value, "must be a positive integer (1 or more)")
+    return value
+
+
+def check_seed(value: int) -> int:
+    """``value`` if it is a non-negative integer (torch seeds are unsigned 64-bit)."""
+    if not _is_int(value) or not 0 <= value < 2**64:
+        raise ParameterError("seed", value, "must be an integer from 0 to 2**64-1")
+    return value
+
+
+def check_size(name: str, value: int | None) -> int | None:
+    """``value`` if it is ``None`` (the pipeline's default) or a positive multiple of :data:`SIZE_MULTIPLE`."""
+    if value is not None and (not _is_int(value) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE):
+        raise ParameterError(name, value, f"must be a positive multiple of {SIZE_MULTIPLE} (e.g. 256, 512, 1024)")
+    return value
+
+
+def check_guidance(value: float | None) -> float | None:
+    """``value`` as a float if it is ``None`` (the pipeline's default) or a finite number >= 0."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ParameterError("guidance", value, "must be a finite number >= 0 (e.g. 7.5)")
+    return float(value)
+
+
+def check_dtype(value: str) -> torch.dtype:
+    """The torch dtype for a ``--dtype`` name."""
+    if value not in DTYPES:
+        raise ParameterError("dtype", value, f"choose from {', '.join(DTYPES)}")
+    return DTYPES[value]
+
+
+def resolve_device(value: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` fails clearly when there is no CUDA device."""
+    if value not in DEVICES:
+        raise ParameterError("device", value, f"choose from {', '.join(DEVICES)}")
+    if value == "auto":
+        value = "cuda" if torch.cuda.is_available() else "cpu"
+    if value == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device='cuda' is not available: torch {torch.__version__} sees no CUDA device; use cpu")
+    return torch.device(value)
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+@contextmanager
+def _quiet_library_logs() -> Iterator[None]:
+    """Silence diffusers/transformers/hub warnings while loading.
+
+    Why: a failed load logs several multi-line warnings before raising ("Couldn't connect to the Hub", "Will try
+    the local cache", ...); the exception we re-raise already says what went wrong, in one line.
+    """
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "huggingface_hub")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _reason(exc: BaseException, model: str) -> str:
+    """One line saying why ``exc`` happened: its type and first line, minus what our own message already says
+    (the model name) and pointers to a stack trace we do not show."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    text = text.removeprefix(f"Cannot load model {model}: ")
+    text = text.replace(" Please check out the root cause in the stacktrace above.", "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
+    """The embedded default (``model`` None or :data:`DEFAULT_MODEL`), or a diffusers model id / local folder.
+
+    Raises:
+        ModelLoadError: the folder does not exist or is not a diffusers pipeline, or the id cannot be loaded
+            (unknown, offline and not cached, missing component library, ...).
+    """
+    if model is None or model == DEFAULT_MODEL:
+        return load_default_pipeline(device, dtype)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"cannot load model {model!r}: the folder has no model_index.json, so it is not a diffusers pipeline"
+            )
+        source = str(path)
+    elif path.exists():
+        raise ModelLoadError(f"cannot load model {model!r}: it is a file; pass a diffusers pipeline folder or id")
+    else:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(model)
+        except HFValidationError:
+            # Checked before diffusers so a mistyped path gets a plain answer instead of a hub lookup.
+            raise ModelLoadError(
+                f"cannot load model {model!r}: no such folder, and not a valid Hugging Face model id (owner/name)"
+            ) from None
+        source = model
+    import diffusers.utils
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    # Newer diffusers renamed torch_dtype to dtype (and warn on the old name); older ones only know torch_dtype.
+    dtype_keyword = "dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype"
+    try:
+        with _quiet_library_logs():
+            pipe = DiffusionPipeline.from_pretrained(source, **{dtype_keyword: dtype})
+    except Exception as exc:  # any failure inside from_pretrained means "this model cannot be loaded here"
+        hint = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if constants.HF_HUB_OFFLINE else ""
+        raise ModelLoadError(f"cannot load model {model!r}: {_reason(exc, model)}{hint}") from exc
+    return pipe.to(device)
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+@contextmanager
+def _progress_to_stderr(pipe: DiffusionPipeline, enabled: bool) -> Iterator[None]:
+    """Send the pipeline's tqdm bar to the *current* stderr (stdout is kept for the written paths); restore after."""
+    previous = dict(getattr(pipe, "_progress_bar_config", None) or {})
+    pipe.set_progress_bar_config(**{**previous, "file": sys.stderr, "disable": not enabled})
+    try:
+        yield
+    finally:
+        pipe.set_progress_bar_config(**previous)
+
+
+def _call_arguments(pipe: DiffusionPipeline, requested: dict[str, Any]) -> dict[str, Any]:
+    """``requested`` (None = "pipeline default") checked against the pipeline's ``__call__`` signature.
+
+    Returns the arguments to pass; raises :class:`UsageError` when a value was given for a parameter the pipeline
+    does not take, rather than silently ignoring it.
+    """
+    parameters = inspect.signature(pipe.__call__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    call = {}
+    for name, value in requested.items():
+        if value is None:
+            continue
+        if name not in parameters and not takes_any:
+            raise UsageError(f"{type(pipe).__name__} does not take {name}; leave it unset for this model")
+        call[name] = value
+    return call
+
+
+def _signature_default(pipe: DiffusionPipeline, name: str) -> Any:
+    """The default of ``name`` in the pipeline's ``__call__`` (to record the value that was actually used)."""
+    parameter = inspect.signature(pipe.__call__).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
+def _pipeline_name(pipe: DiffusionPipeline) -> str:
+    """What a ready pipeline was loaded from, or its class name when it was built in code."""
+    return getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or type(pipe).__name__
+
+
+def _weights_of(pipe: DiffusionPipeline) -> tuple[str | None, str | None]:
+    """``(device, dtype name)`` of the denoiser's weights: what the call really ran on, whoever loaded it."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    first = next(denoiser.parameters(), None) if denoiser is not None else None
+    if first is None:
+        return None, None
+    name = next((key for key, dtype in DTYPES.items() if dtype == first.dtype), str(first.dtype).removeprefix("torch."))
+    return str(first.device), name
+
+
+def generate(
+    prompt: str,
+    *,
+    pipeline: DiffusionPipeline | None = None,
+    model: str | None = None,
+    negative_prompt: str | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_images: int = 1,
+    out_dir: str | Path = "outputs",
+    effects: Sequence[Effect] = (),
+    device: str = "auto",
+    dtype: str = "fp32",
+    progress: bool = True,
+) -> list[Path]:
+    """Generate ``num_images`` images for ``prompt``, save them with their parameters, and return the PNG paths.
+
+    Args:
+        prompt: the text prompt.
+        pipeline: a ready pipeline, used as-is (``device``/``dtype`` are not applied to it).
+        model: a diffusers model id or local folder to load; with neither ``pipeline`` nor ``model``, the embedded
+            default (:data:`visattn.defaults.DEFAULT_MODEL`). With ``pipeline``, only the name recorded.
+        negative_prompt: for pipelines that take one.
+        seed: base seed; image ``i`` uses ``seed + i``.
+        steps: denoising steps; ``None`` = the pipeline's default.
+        guidance: classifier-free guidance scale; ``None`` = the pipeline's default.
+        height, width: image size in pixels, multiples of 8; ``None`` = the pipeline's default.
+        num_images: how many images (one batch).
+        out_dir: folder for ``{slug(prompt)}-seed{seed}-{i}.png`` and ``.json``; created if missing.
+        effects: visattn effects, attached for the call with :func:`visattn.attach`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``, for a pipeline this function loads.
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``, for a pipeline this function loads.
+        progress: show the pipeline's progress bar (on stderr).
+
+    Raises:
+        UsageError: a parameter is out of range, the device is unavailable, or the pipeline has no image output.
+        ModelLoadError: ``model`` cannot be found or loaded.
+    """
+    check_seed(seed)
+    check_positive_int("num_images", num_images)
+    if seed + num_images > 2**64:  # image i uses seed + i, which must still be a valid torch seed
+        raise ParameterError("seed", seed, f"must leave room for {num_images} consecutive seeds below 2**64")
+    if steps is not None:
+        check_positive_int("steps", steps)
+    guidance = check_guidance(guidance)
+    check_size("height", height)
+    check_size("width", width)
+    torch_dtype = check_dtype(dtype)
+
+    load_seconds = None
+    if pipeline is None:
+        started = time.perf_counter()
+        pipeline = load_pipeline(model, resolve_device(device), torch_dtype)
+        load_seconds = time.perf_counter() - started
+        model_name = model or DEFAULT_MODEL
+    else:
+        model_name = model or _pipeline_name(pipeline)
+
+    call = _call_arguments(
+        pipeline,
+        {
+            "negative_prompt": negative_prompt,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "height": height,
+            "width": width,
+        },
+    )
+    # CPU generators: the same seed gives the same starting noise on every device.
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
+
+    started = time.perf_counter()
+    from .attach import attach  # diffusers loads here, not when the CLI parses arguments
+
+    with _progress_to_stderr(pipeline, progress), attach(pipeline, *effects):
+        result = pipeline(prompt, num_images_per_prompt=num_images, generator=generators, output_type="pil", **call)
+    generate_seconds = time.perf_counter() - started
+    images = getattr(result, "images", None)
+    if images is None:
+        raise UsageError(f"{type(pipeline).__name__} returns no images (a video pipeline?); generate saves images only")
+
+    weights_device, weights_dtype = _weights_of(pipeline)
+    base = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "num_images": num_images,
+        "steps": steps if steps is not None else _signature_default(pipeline, "num_inference_steps"),
+        "guidance": guidance if guidance is not None else _signature_default(pipeline, "guidance_scale"),
+        "model": model_name,
+        "pipeline": type(pipeline).__name__,
+        "scheduler": type(pipeline.scheduler).__name__ if getattr(pipeline, "scheduler", None) else None,
+        "device": weights_device,
+        "dtype": weights_dtype,
+        "effects": [repr(effect) for effect in effects],
+        "visattn_version": __version__,
+        "torch_version": torch.__version__,
+        "diffusers_version": _diffusers_version(),
+    }
+    timing = {
+        "load_seconds": load_seconds,
+        "generate_seconds": generate_seconds,
+        "seconds_per_image": generate_seconds / len(images),
+    }
+    stem = f"{slugify(prompt)}-seed{seed}"
+    paths = []
+    for i, image in enumerate(images):
+        # The size recorded is the size written, which is the pipeline default when height/width were not given.
+        metadata = {**base, "image_index": i, "image_seed": seed + i, "width": image.width, "height": image.height}
+        paths.append(save_image(image, out_dir, f"{stem}-{i}", metadata, extra={"timing": timing}))
+    return paths
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
