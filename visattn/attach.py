@@ -102,12 +102,11 @@ class Attachment:
                 "steps=... needs the pipeline (its scheduler defines the schedule); "
                 "attach the pipeline, not its denoiser"
             )
+        # Wan 2.2's two transformers share layer names, so effects bind once against the union.
+        merged_roles = {name: role for *_, roles in plans for name, role in roles.items()}
         try:
             for effect in self.effects:
-                merged = {}
-                for *_, roles in plans:
-                    merged.update(roles)
-                effect.bind(merged)
+                effect.bind(merged_roles)
             for attribute, base, family, modules, roles in plans:
                 self._swap(attribute, base, family, modules, list(roles), pipeline)
         except BaseException:

@@ -134,7 +134,9 @@ def _pipeline_batches_cfg(pipeline: Any, sample: torch.Tensor | None) -> bool:
 def register_hook(model: torch.nn.Module, hook: DenoiserHook) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(model)
     registry.register_hook(hook, HOOK_NAME)
-    registry.invalidate_child_registries_cache() if hasattr(registry, "invalidate_child_registries_cache") else None
+    if hasattr(registry, "invalidate_child_registries_cache"):
+        # Newer diffusers caches which children carry hooks; a new hook must invalidate it.
+        registry.invalidate_child_registries_cache()
 
 
 def remove_hook(model: torch.nn.Module) -> None:

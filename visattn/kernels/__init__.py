@@ -4,6 +4,8 @@
 """
 
 from .core import attention, available_backends, backend_names, choose_backend, register_backend, run_request
+from .natten_api import na1d, na2d, na3d
+from .neighborhood import NeighborhoodPattern
 from .request import AttentionRequest
 from .spec import AllOf, Chain, DensePattern, Pattern, ScoreModifier, all_of, chain
 
@@ -22,4 +24,8 @@ __all__ = [
     "Chain",
     "all_of",
     "chain",
+    "na1d",
+    "na2d",
+    "na3d",
+    "NeighborhoodPattern",
 ]

@@ -130,9 +130,7 @@ def _sd_components() -> dict[str, Any]:
         "text_encoder": lambda: clip_text_model(clip_tokenizer()),
         "tokenizer": clip_tokenizer,
         "unet": lambda: UNet2DConditionModel(**SD_UNET).eval(),
-        "scheduler": lambda: DDIMScheduler(
-            **_SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1
-        ),
+        "scheduler": lambda: DDIMScheduler(**_SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
         "safety_checker": lambda: None,
         "feature_extractor": lambda: None,
     }

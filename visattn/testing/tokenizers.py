@@ -41,9 +41,7 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...
     # ByteLevel maps every byte to a printable character; covering all 256 means no input is ever unknown.
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     # Every suffix of two or more letters; shorter ones first, the order real BPE merges are learned in.
-    suffixes = sorted(
-        {word[i:] for word in VOCABULARY for i in range(len(word) - 1)}, key=lambda s: (len(s), s)
-    )
+    suffixes = sorted({word[i:] for word in VOCABULARY for i in range(len(word) - 1)}, key=lambda s: (len(s), s))
     tokens = alphabet + [ch + _END_OF_WORD for ch in alphabet] + [s + _END_OF_WORD for s in suffixes]
     tokens += ["<|startoftext|>", "<|endoftext|>"]  # at the end, like the real CLIP vocabulary
     merges = tuple((s[0], s[1:] + _END_OF_WORD) for s in suffixes)
