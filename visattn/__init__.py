@@ -10,11 +10,11 @@ __version__ = "0.1.0"
 # Public names resolve lazily so that light entry points (``visattn --version``, ``visattn info``) do not pay
 # for importing diffusers and transformers.
 _EXPORTS = {
-    "Attachment": ".attach",
-    "attach": ".attach",
-    "attention_layers": ".attach",
-    "detach": ".attach",
-    "layer_roles": ".attach",
+    "Attachment": ".attachment",
+    "attach": ".attachment",
+    "attention_layers": ".attachment",
+    "detach": ".attachment",
+    "layer_roles": ".attachment",
     "BatchLayout": ".context",
     "Branch": ".context",
     "CallContext": ".context",

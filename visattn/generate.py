@@ -309,7 +309,7 @@ def generate(
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
 
     started = time.perf_counter()
-    from .attach import attach  # diffusers loads here, not when the CLI parses arguments
+    from .attachment import attach  # diffusers loads here, not when the CLI parses arguments
 
     with _progress_to_stderr(pipeline, progress), attach(pipeline, *effects):
         result = pipeline(prompt, num_images_per_prompt=num_images, generator=generators, output_type="pil", **call)
