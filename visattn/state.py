@@ -39,6 +39,12 @@ class DenoiserState:
     step: StepInfo = StepInfo()
     batch: BatchLayout | None = None
     calls: int = 0
+    pipeline_ref: Any = None
+
+    @property
+    def pipeline(self) -> Any:
+        """The attached pipeline (``None`` when a bare denoiser was attached)."""
+        return self.pipeline_ref() if self.pipeline_ref is not None else None
 
 
 class DenoiserHook(ModelHook):
@@ -49,9 +55,9 @@ class DenoiserHook(ModelHook):
 
     def __init__(self, family: Family, effects: list, pipeline: Any = None) -> None:
         super().__init__()
-        self.state = DenoiserState(family)
+        pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
+        self.state = DenoiserState(family, pipeline_ref=pipeline_ref)
         self.effects = effects
-        self.pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self.cache = StateManager(_NoState)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -60,7 +66,7 @@ class DenoiserHook(ModelHook):
 
     @property
     def pipeline(self) -> Any:
-        return self.pipeline_ref() if self.pipeline_ref is not None else None
+        return self.state.pipeline
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         inputs = self.state.family.read_inputs(module, args, kwargs)

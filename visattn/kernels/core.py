@@ -69,8 +69,9 @@ def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch
                 "identity_blend needs as many queries as keys (each query's identity is its own value); "
                 f"got {request.q.shape[2]} queries and {request.k.shape[2]} keys"
             )
-        blend = request.identity_blend.to(out.dtype)
-        out = out + blend * (request.v.to(out.dtype) - out)
+        # lerp returns exactly v where the weight is 1 (PAG's identity), unlike out + w * (v - out).
+        blend = request.identity_blend.to(device=out.device, dtype=out.dtype)
+        out = torch.lerp(out, request.v.to(out.dtype), blend)
     return out, lse
 
 
