@@ -121,21 +121,21 @@ def check_neighborhood_args(
     return grid_t, kernel, dil, strd, causal
 
 
-def _minimum(a: IntLike, b: IntLike) -> IntLike:
+def _pairwise(a: IntLike, b: IntLike, tensor_op, int_op) -> IntLike:
     # Works for Python ints (tests, planning) and tensors (mask_mod, also under FlexAttention's vmap).
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         a = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, device=b.device)
         b = b if isinstance(b, torch.Tensor) else torch.as_tensor(b, device=a.device)
-        return torch.minimum(a, b)
-    return min(a, b)
+        return tensor_op(a, b)
+    return int_op(a, b)
+
+
+def _minimum(a: IntLike, b: IntLike) -> IntLike:
+    return _pairwise(a, b, torch.minimum, min)
 
 
 def _maximum(a: IntLike, b: IntLike) -> IntLike:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        a = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, device=b.device)
-        b = b if isinstance(b, torch.Tensor) else torch.as_tensor(b, device=a.device)
-        return torch.maximum(a, b)
-    return max(a, b)
+    return _pairwise(a, b, torch.maximum, max)
 
 
 def group_length(length: int, dilation: int, group: IntLike) -> IntLike:
