@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-ROLES = ("self", "cross", "joint", "text")
-
 
 @dataclass(frozen=True)
 class Span:

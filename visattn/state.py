@@ -38,7 +38,6 @@ class DenoiserState:
     inputs: DenoiserInputs | None = None
     step: StepInfo = StepInfo()
     batch: BatchLayout | None = None
-    calls: int = 0
     pipeline_ref: Any = None
 
     @property
@@ -73,7 +72,6 @@ class DenoiserHook(ModelHook):
         self.state.inputs = inputs
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
-        self.state.calls += 1
         forward = self.fn_ref.original_forward
         for effect in reversed(self.effects):
             if effect.wraps_denoiser:

@@ -17,7 +17,7 @@ import torch
 from ..context import CallContext
 from ..kernels import Pattern, ScoreModifier, all_of, chain, run_request
 from ..kernels.request import AttentionRequest
-from ..layers import normalize_layers, select_layers
+from ..layers import ROLE_KEYWORDS, normalize_layers, select_layers
 from ..steps import in_steps, normalize_steps
 
 
@@ -92,7 +92,7 @@ class Effect:
 
     # --- call time -----------------------------------------------------------------------------------------
     def acts_on(self, ctx: CallContext) -> bool:
-        if self.layers is None or not any(layer in ("self", "cross", "joint", "text") for layer in self.layers):
+        if self.layers is None or not any(layer in ROLE_KEYWORDS for layer in self.layers):
             if ctx.role not in self.roles:
                 return False
         if self._layer_names is not None and ctx.layer_name not in self._layer_names:
