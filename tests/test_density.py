@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from visattn.kernels import DensePattern, NeighborhoodPattern
-from visattn.kernels.density import density, tile_aligned_order
+from visattn.kernels.block_density import density, tile_aligned_order
 
 
 @pytest.mark.parametrize("pattern", [None, DensePattern()])
@@ -28,7 +28,7 @@ def test_window_1d_by_hand():
 
 
 def test_chunking_and_extra_keys(monkeypatch):
-    import visattn.kernels.density as module
+    import visattn.kernels.block_density as module
 
     pattern = NeighborhoodPattern(grid=(6, 7), kernel_size=(3, 2), extra_keys=5)
     full = density(pattern, (6, 7), tile=(4, 8), kv_len=47)

@@ -23,6 +23,17 @@ _EXPORTS = {
     "TokenLayout": ".context",
     "Effect": ".processors",
     "VisAttnProcessor": ".processors",
+    "AttentionMaps": ".processors",
+    "CrossAttentionCache": ".processors",
+    "EntropyScaling": ".processors",
+    "ExtrapolationDecay": ".processors",
+    "LocalBlend": ".processors",
+    "NeighborhoodAttention": ".processors",
+    "PerturbedAttentionGuidance": ".processors",
+    "PromptToPrompt": ".processors",
+    "RadialAttention": ".processors",
+    "SmoothedEnergyGuidance": ".processors",
+    "SpatioTemporalSkipGuidance": ".processors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,8 +1,9 @@
-"""The ``visattn`` command line: ``visattn info``, ``visattn generate PROMPT``, ``visattn --version``.
+"""The ``visattn`` command line: ``visattn info``, ``visattn generate PROMPT``, ``visattn --version``, and the
+commands in :mod:`visattn.commands` (one module each: ``edit``, ``hunt``, ``bench``, ...).
 
 This module only parses arguments and dispatches; the work lives in :mod:`visattn.generate` (the generation
-job) and :mod:`visattn.images` (files and metadata). :func:`main` returns the exit status instead of exiting, so
-it can be called from Python and tests: 0 on success, 2 for bad arguments or a model that cannot be loaded.
+job), :mod:`visattn.images` (files and metadata) and the command modules. :func:`main` returns the exit status
+instead of exiting, so it can be called from Python and tests: 0 on success, 2 for bad arguments or a model that cannot be loaded.
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
     gen.add_argument("--quiet", action="store_true", help="hide the denoising progress bar")
     gen.set_defaults(run=_run_generate)
+
+    import importlib
+
+    from .commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        # Each module's ``add_parser(commands)`` registers one subcommand and sets ``run`` on its namespace.
+        importlib.import_module(f".commands.{name}", __package__).add_parser(commands)
     return parser
 
 

@@ -3,11 +3,23 @@
 ``attention`` is the single entry point; ``available_backends`` lists the backends and why any is missing.
 """
 
+from __future__ import annotations
+
+import importlib
+
+from .block_density import density, tile_aligned_order
 from .core import attention, available_backends, backend_names, choose_backend, register_backend, run_request
 from .natten_api import na1d, na2d, na3d
 from .neighborhood import NeighborhoodPattern
 from .request import AttentionRequest
 from .spec import AllOf, Chain, DensePattern, Pattern, ScoreModifier, all_of, chain
+
+# Patterns and modifiers with heavier or optional dependencies resolve on first use.
+_LAZY = {
+    "RadialPattern": ".radial",
+    "DecayModifier": ".extrapolation",
+    "EntropyScale": ".extrapolation",
+}
 
 __all__ = [
     "attention",
@@ -24,8 +36,20 @@ __all__ = [
     "Chain",
     "all_of",
     "chain",
+    "density",
+    "tile_aligned_order",
     "na1d",
     "na2d",
     "na3d",
     "NeighborhoodPattern",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'visattn.kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,8 +1,43 @@
-"""Effects and the processor that applies them: one file per effect."""
+"""Effects and the processor that applies them: one file per effect.
 
-from .effect import AttentionCall, Effect
-from .neighborhood_attention import NeighborhoodAttention
-from .perturbed_attention import PerturbedAttentionGuidance
-from .processor import VisAttnProcessor
+Names resolve lazily (one module per effect), so importing one effect does not import every other.
+"""
 
-__all__ = ["AttentionCall", "Effect", "NeighborhoodAttention", "PerturbedAttentionGuidance", "VisAttnProcessor"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "AttentionCall": ".effect",
+    "Effect": ".effect",
+    "VisAttnProcessor": ".processor",
+    # sparse attention and extrapolation
+    "NeighborhoodAttention": ".neighborhood_attention",
+    "RadialAttention": ".radial_attention",
+    "ExtrapolationDecay": ".extrapolation",
+    "EntropyScaling": ".extrapolation",
+    # perturbation guidance
+    "PerturbedAttentionGuidance": ".perturbed_attention",
+    "SmoothedEnergyGuidance": ".smoothed_energy",
+    "SpatioTemporalSkipGuidance": ".spatiotemporal_skip",
+    # cross-attention control
+    "PromptToPrompt": ".prompt_to_prompt",
+    "LocalBlend": ".prompt_to_prompt",
+    "AttentionMaps": ".attention_maps",
+    "CrossAttentionCache": ".cross_attention_cache",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'visattn.processors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -39,6 +39,15 @@ class AttentionCall:
     dispatcher_backend: Any = None
     #: set by an effect that computed the attention output itself (``[B, H, Nq, Dv]``); the core is skipped.
     output: torch.Tensor | None = None
+    #: the final attention probabilities ``[B, H, Nq, Nk]``, set by an effect that materialized them (for
+    #: example Prompt-to-Prompt, which edits them); observers read these instead of recomputing.
+    probs: torch.Tensor | None = None
+    #: natural-log log-sum-exp of the logits ``[B, H, Nq]`` the output was computed with, when known.
+    lse: torch.Tensor | None = None
+    #: callbacks ``observer(call)`` run once the output is known (attention maps, local-blend masks); when any is
+    #: registered the core is asked for the log-sum-exp, so an observer can recompute just the probabilities it
+    #: needs (``exp(q k^T * scale - lse)`` over a few keys) without a materialized map.
+    observers: list[Callable[[AttentionCall], None]] = field(default_factory=list)
 
     def request(self, return_lse: bool = False) -> AttentionRequest:
         return AttentionRequest(
@@ -56,10 +65,11 @@ class AttentionCall:
         )
 
     def run(self) -> torch.Tensor:
-        if self.output is not None:
-            return self.output
-        out, _ = run_request(self.request(), self.backend)
-        return out
+        if self.output is None:
+            self.output, self.lse = run_request(self.request(return_lse=bool(self.observers)), self.backend)
+        for observer in self.observers:
+            observer(self)
+        return self.output
 
 
 class Effect:
