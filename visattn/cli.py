@@ -3,7 +3,8 @@ commands in :mod:`visattn.commands` (one module each: ``edit``, ``hunt``, ``benc
 
 This module only parses arguments and dispatches; the work lives in :mod:`visattn.generate` (the generation
 job), :mod:`visattn.images` (files and metadata) and the command modules. :func:`main` returns the exit status
-instead of exiting, so it can be called from Python and tests: 0 on success, 2 for bad arguments or a model that cannot be loaded.
+instead of exiting, so it can be called from Python and tests: 0 on success, 2 for bad arguments or a model that
+cannot be loaded.
 """
 
 from __future__ import annotations
