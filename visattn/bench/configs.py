@@ -63,8 +63,9 @@ class BenchConfig:
         if self.kind == "dense":
             return None
         layout = {"offset": self.offset, "extra_keys": 0 if self.text_first else self.text_tokens}
+        layout["prefix_keys"] = self.text_first
         if self.kind == "neighborhood":
-            return NeighborhoodPattern(self.grid, prefix_keys=self.text_first, **layout, **self.params)
+            return NeighborhoodPattern(self.grid, **layout, **self.params)
         if self.kind == "radial":
             from ..kernels.radial import RadialPattern
 
@@ -111,9 +112,13 @@ _PATTERNS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("radial", {}),
     ],
     "wan2.1-14b-480p-81f": [("na-9x21x27", {"kernel_size": (9, 21, 27)}), ("radial", {})],
-    "hunyuan-720p-129f": [("na-9x21x39", {"kernel_size": (9, 21, 39)}), ("radial", {})],
+    # the authors' HunyuanVideo mask: two dense frame distances, no sink frame
+    "hunyuan-720p-129f": [
+        ("na-9x21x39", {"kernel_size": (9, 21, 39)}),
+        ("radial", {"dense_distance": 2, "sink_frames": 0}),
+    ],
     "flux-quick": [("na-5x5", {"kernel_size": (5, 5)})],
-    "wan-quick": [("na-3x3x3", {"kernel_size": (3, 3, 3)})],
+    "wan-quick": [("na-3x3x3", {"kernel_size": (3, 3, 3)}), ("radial", {"block_size": 8})],
 }
 
 

@@ -1,0 +1,272 @@
+"""Radial Attention's static sparse mask as a :class:`~visattn.kernels.spec.Pattern`.
+
+Radial Attention (Li et al., 2025, "Radial Attention: O(n log n) Sparse Attention with Energy Decay for Long
+Video Generation") observes that post-softmax attention in video diffusion transformers decays with spatial and
+temporal distance, and turns that decay into compute density that halves with every doubling of the temporal
+distance between the query's frame and the key's frame. The rule here follows the authors' public code
+(``radial_attn/attn_mask.py`` of mit-han-lab/radial-attention: ``get_window_width`` and
+``get_diagonal_split_mask``), re-derived from its description, for a latent grid ``(frames, height, width)``
+flattened frame-major (``fhw``, as every visattn video family lays tokens out):
+
+* Tokens per frame ``S = height * width``; ``base = 2 ** S.bit_length()`` (the smallest power of two above
+  ``S``, as the authors write it).
+* Frame pairs at temporal distance ``d = |i - j| < dense_distance`` are dense (the central band). The authors use
+  ``dense_distance=1`` for Wan (only a frame with itself) and ``2`` for HunyuanVideo.
+* Otherwise the pair lies in band ``r = d.bit_length()``, i.e. ``d`` in ``[2 ** (r - 1), 2 ** r)``: every band
+  twice as long in time as the one before. Band ``r`` keeps a diagonal band on the *flattened per-frame token
+  index* ``s`` (row-major ``h * width + w``): ``|s_q - s_k| <= window_r`` with
+  ``window_r = max(floor(decay_factor * base / 2 ** r), block_size)``. The window halves per band, so each band
+  costs about the same; ``decay_factor`` scales every window (the authors' ``decay_factor``).
+* Once the nominal width ``base / 2 ** r`` (without ``decay_factor``, as in the authors' code) is below
+  ``block_size``, the window stays at one block and only every ``m``-th distance keeps its diagonal, with
+  ``m = floor(block_size * 2 ** r / base)``: the pair is kept when ``d % m == 0`` and dropped otherwise. Density
+  keeps halving per band on average; that ``m`` is the authors' ``split_factor``.
+* Attention sink: the first ``sink_frames`` frames (default 1) are dense as keys: every latent query attends to
+  all of frame 0's tokens (the authors' Wan mask). With ``sink_queries=True`` the sink frames' queries also attend
+  to every latent key; the authors' code does not do this (frame 0's queries follow the band rule), so it is off
+  by default.
+
+Why the flattened per-frame index rather than 2-D distance: it is what the paper does, and it is tile-friendly
+under the frame-major order: a band around the diagonal of a frame pair covers about ``(2 * window + 1) / tile
++ 1`` key tiles per query tile, while a 2-D window would scatter over ``height`` separate row segments. The
+authors then round the token mask to 128 x 128 blocks with a density heuristic (``shrinkMaskStrict``); this
+pattern keeps the exact token-level rule instead, so every backend computes the same thing and a block-sparse
+kernel visits exactly the tiles the rule touches (:func:`visattn.kernels.density` counts them).
+
+Summed over bands, kept pairs grow as ``n * S * log(frames)`` for ``n`` latent tokens, hence the paper's
+``O(n log n)``; the sink adds ``O(n * S)``.
+
+Text tokens in joint attention follow :class:`~visattn.kernels.neighborhood.NeighborhoodPattern`'s conventions:
+latent queries attend to all text keys, and text queries attend to everything (``text_queries="full"``) or only
+to text (``"text"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .spec import Pattern
+
+__all__ = ["RadialBand", "RadialPattern"]
+
+
+@dataclass(frozen=True)
+class RadialBand:
+    """One temporal band of the radial rule.
+
+    Attributes:
+        first, stop: the frame distances ``d`` in ``[first, stop)`` this band covers.
+        window: the largest kept ``|s_q - s_k|`` on the flattened per-frame token index, ``None`` when the
+            whole frame pair is kept.
+        every: only distances with ``d % every == 0`` keep their diagonal (1: every distance).
+    """
+
+    first: int
+    stop: int
+    window: int | None
+    every: int
+
+    def keeps_distance(self, distance: int) -> bool:
+        return self.first <= distance < self.stop and distance % self.every == 0
+
+
+def _positive_int(name: str, value, allowed: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
+    return value
+
+
+@dataclass(frozen=True)
+class RadialPattern(Pattern):
+    """Radial Attention's static mask over a video latent grid inside a longer sequence.
+
+    Args:
+        grid: ``(frames, height, width)`` of the latent tokens, flattened frame-major (row-major ``fhw``). One
+            frame is allowed; the mask is then dense (there is no temporal distance to decay over).
+        decay_factor: scales every band's spatial window (the authors' ``decay_factor``; > 0, default 1).
+        block_size: the tile size the rule is aligned to: the smallest window, and the unit below which bands
+            keep only every ``m``-th frame pair (the authors use 128, FlexAttention's default block).
+        dense_distance: frame pairs closer than this are dense (1: a frame with itself, the authors' Wan mask;
+            2: also neighbouring frames, their HunyuanVideo mask).
+        sink_frames: leading frames whose tokens every latent query attends to (0 disables the sink).
+        sink_queries: whether the sink frames' queries also attend to every latent key.
+        offset: sequence position of the first latent token (queries and keys alike).
+        extra_keys: text keys right after the latents that latent queries attend to.
+        prefix_keys: whether latent queries attend to every key before ``offset`` (text placed first).
+        text_queries: ``"full"``: queries outside the grid attend to every key; ``"text"``: only to keys outside
+            the grid.
+
+    See the module docstring for the rule and the choices taken from the authors' code.
+    """
+
+    grid: tuple[int, int, int]
+    decay_factor: float = 1.0
+    block_size: int = 128
+    dense_distance: int = 1
+    sink_frames: int = 1
+    sink_queries: bool = False
+    offset: int = 0
+    extra_keys: int = 0
+    prefix_keys: bool = True
+    text_queries: Literal["full", "text"] = "full"
+    _bands: tuple[RadialBand, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        grid = self.grid
+        if (
+            not isinstance(grid, Sequence)
+            or len(grid) != 3
+            or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in grid)
+        ):
+            raise ValueError(
+                f"grid={grid!r} is not allowed; grid must be (frames, height, width), three positive integers "
+                f"(a video latent grid; use frames=1 for a single frame)"
+            )
+        decay = self.decay_factor
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0 < decay < math.inf):
+            raise ValueError(f"decay_factor={decay!r} is not allowed; decay_factor must be a finite number > 0")
+        _positive_int("block_size", self.block_size, "a positive integer (tokens per tile)")
+        _positive_int("dense_distance", self.dense_distance, "an integer >= 1 (frame distances below it are dense)")
+        frames = grid[0]
+        sink = self.sink_frames
+        if isinstance(sink, bool) or not isinstance(sink, int) or not 0 <= sink <= frames:
+            raise ValueError(
+                f"sink_frames={sink!r} is not allowed; sink_frames must be an integer in [0, {frames}] "
+                f"(the grid {tuple(grid)} has {frames} frames)"
+            )
+        if not isinstance(self.sink_queries, bool):
+            raise ValueError(f"sink_queries={self.sink_queries!r} is not allowed; sink_queries must be a bool")
+        for name in ("offset", "extra_keys"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} is not allowed; {name} must be an integer >= 0")
+        if not isinstance(self.prefix_keys, bool):
+            raise ValueError(f"prefix_keys={self.prefix_keys!r} is not allowed; prefix_keys must be a bool")
+        if self.text_queries not in ("full", "text"):
+            raise ValueError(
+                f"text_queries={self.text_queries!r} is not allowed; text_queries must be 'full' or 'text'"
+            )
+        # Frozen dataclass: normalize through object.__setattr__ so equal patterns hash and compare equal.
+        object.__setattr__(self, "grid", tuple(grid))
+        object.__setattr__(self, "decay_factor", float(decay))
+        object.__setattr__(self, "_bands", self._make_bands())
+
+    # --- the rule ----------------------------------------------------------------------------------------------
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[1] * self.grid[2]
+
+    @property
+    def num_tokens(self) -> int:
+        """Latent tokens in the grid."""
+        return math.prod(self.grid)
+
+    def _make_bands(self) -> tuple[RadialBand, ...]:
+        frames, per_frame = self.grid[0], self.tokens_per_frame
+        base = 2 ** per_frame.bit_length()
+        bands = []
+        band = 1
+        while 2 ** (band - 1) < frames:
+            first, stop = max(2 ** (band - 1), self.dense_distance), min(2**band, frames)
+            if first < stop:
+                window = max(math.floor(self.decay_factor * base / 2**band), self.block_size)
+                # Nominal width below one block: keep the window at a block, keep every m-th distance instead.
+                every = 1 if base >= self.block_size * 2**band else (self.block_size * 2**band) // base
+                # A window reaching across the whole frame keeps the whole pair; None skips the offset test.
+                bands.append(RadialBand(first, stop, None if window >= per_frame - 1 else window, every))
+            band += 1
+        return tuple(bands)
+
+    @property
+    def bands(self) -> tuple[RadialBand, ...]:
+        """The temporal bands beyond the dense central band, nearest first (see :class:`RadialBand`)."""
+        return self._bands
+
+    def frame_pair_window(self, q_frame: int, kv_frame: int) -> int | None:
+        """How much of frame pair ``(q_frame, kv_frame)`` is kept, as a window on the per-frame token index.
+
+        Returns ``tokens_per_frame - 1`` for a dense pair (every offset kept), the band's window for a diagonal
+        band, and ``None`` when the pair is dropped entirely.
+        """
+        frames = self.grid[0]
+        if not (0 <= q_frame < frames and 0 <= kv_frame < frames):
+            raise ValueError(f"frames ({q_frame}, {kv_frame}) must lie in [0, {frames}) for grid {self.grid}")
+        full = self.tokens_per_frame - 1
+        if kv_frame < self.sink_frames or (self.sink_queries and q_frame < self.sink_frames):
+            return full
+        distance = abs(q_frame - kv_frame)
+        if distance < self.dense_distance:
+            return full
+        for band in self._bands:
+            if band.keeps_distance(distance):
+                return full if band.window is None else band.window
+        return None
+
+    @property
+    def grid_is_dense(self) -> bool:
+        """Whether every latent query attends to every latent key (true for one frame, or bands covering all)."""
+        frames, full = self.grid[0], self.tokens_per_frame - 1
+        return all(self.frame_pair_window(i, j) == full for i in range(frames) for j in range(frames))
+
+    def radial_mask(self, q_local: torch.Tensor, kv_local: torch.Tensor) -> torch.Tensor:
+        """The rule between grid-local flat indices (both in ``[0, prod(grid))``), broadcasting, tensor ops only."""
+        per_frame = self.tokens_per_frame
+        q_frame, kv_frame = q_local // per_frame, kv_local // per_frame
+        distance = (q_frame - kv_frame).abs()
+        keep = distance < self.dense_distance
+        offset = None
+        for band in self._bands:
+            if not any(band.keeps_distance(d) for d in range(band.first, band.stop)):
+                continue  # every distance of the band is split away
+            selected = (distance >= band.first) & (distance < band.stop)
+            if band.every > 1:
+                selected = selected & (distance % band.every == 0)
+            if band.window is not None:
+                if offset is None:
+                    offset = (q_local % per_frame - kv_local % per_frame).abs()
+                selected = selected & (offset <= band.window)
+            keep = keep | selected
+        if self.sink_frames:
+            keep = keep | (kv_frame < self.sink_frames)
+            if self.sink_queries:
+                keep = keep | (q_frame < self.sink_frames)
+        return keep
+
+    # --- Pattern ----------------------------------------------------------------------------------------------
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        n = self.num_tokens
+        grid_end = self.offset + n
+        q_in = (q_idx >= self.offset) & (q_idx < grid_end)
+        kv_in = (kv_idx >= self.offset) & (kv_idx < grid_end)
+        # Clamp into the grid so the frame arithmetic stays in range for text tokens too; their result is
+        # overridden below (no data-dependent control flow, as FlexAttention's vmap requires).
+        q_local = (q_idx - self.offset).clamp(0, n - 1)
+        kv_local = (kv_idx - self.offset).clamp(0, n - 1)
+        grid_keep = kv_in & self.radial_mask(q_local, kv_local)
+        extra = (kv_idx >= grid_end) & (kv_idx < grid_end + self.extra_keys)
+        if self.prefix_keys:
+            extra = extra | (kv_idx < self.offset)
+        grid_rows = q_in & (grid_keep | extra)
+        if self.text_queries == "full":
+            return grid_rows | ~q_in
+        return grid_rows | (~q_in & ~kv_in)
+
+    def cache_key(self) -> Hashable:
+        return (
+            "radial",
+            self.grid,
+            self.decay_factor,
+            self.block_size,
+            self.dense_distance,
+            self.sink_frames,
+            self.sink_queries,
+            self.offset,
+            self.extra_keys,
+            self.prefix_keys,
+            self.text_queries,
+        )

@@ -1,0 +1,215 @@
+"""Radial Attention on the self and joint attention of video diffusion transformers, as an effect.
+
+Radial Attention (Li et al., 2025, "Radial Attention: O(n log n) Sparse Attention with Energy Decay for Long
+Video Generation") replaces dense attention over a video's latent tokens by a static mask whose compute density
+halves with every doubling of the temporal distance between frames (see :mod:`visattn.kernels.radial` for the
+rule). As in the paper and its public code, the first denoising steps and the first attention layers can stay
+dense: early steps lay out the global structure, and the first layer is the least local.
+
+Text tokens in joint attention (CogVideoX, HunyuanVideo) stay global: every latent query attends to all text
+keys and, with ``text="full"``, text queries attend to everything. Wan's cross-attention to text is untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+
+from ..context import CallContext
+from ..kernels.radial import RadialPattern
+from ..layers import matches, normalize_layers, select_layers
+from .effect import AttentionCall, Effect
+
+#: families whose latents are videos (a ``frames`` axis the radial rule decays over)
+VIDEO_FAMILIES = ("wan", "cogvideox", "hunyuan_video")
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(
+    grid, decay_factor, block_size, dense_distance, sink_frames, sink_queries, offset, extra, prefix, text_queries
+) -> RadialPattern:
+    # One pattern object per layout and configuration, so backends' block-mask caches hit across layers/steps.
+    return RadialPattern(
+        grid, decay_factor, block_size, dense_distance, sink_frames, sink_queries, offset, extra, prefix, text_queries
+    )
+
+
+def _dense_steps(value) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"dense_steps={value!r} is not allowed; dense_steps must be a fraction in [0, 1] of the schedule "
+            f"(or None for no dense steps)"
+        )
+    return float(value)
+
+
+def _dense_layers(value) -> int | tuple[str, ...]:
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"dense_layers={value!r} is not allowed; a layer count must be >= 0")
+        return value
+    if isinstance(value, str) or isinstance(value, Iterable):
+        return normalize_layers(value, "dense_layers")
+    raise ValueError(
+        f"dense_layers={value!r} is not allowed; dense_layers must be a count of leading layers (int >= 0) or "
+        f"layer identifiers (str or list of str, as in layers=...)"
+    )
+
+
+class RadialAttention(Effect):
+    """Radial Attention's static sparse mask on video self and joint attention.
+
+    Args:
+        decay_factor: scales each band's spatial window (the authors' ``decay_factor``; 1 by default).
+        block_size: tile size the rule is aligned to (smallest window; below it bands keep every ``m``-th frame
+            pair). 128 as in the authors' code and FlexAttention's default block.
+        dense_distance: frame distances below this are dense (1: the authors' Wan mask; 2: their HunyuanVideo
+            mask).
+        sink_frames: leading frames every latent query attends to in full (the attention sink; 0 disables). The
+            authors' current code keeps the sink for Wan and drops it for HunyuanVideo (``sink_frames=0``).
+        sink_queries: whether the sink frames' queries also attend densely (not in the authors' code).
+        dense_steps: fraction of the schedule at its start that stays dense (``None`` or 0: none). The default
+            0.24 is the authors' setting for default-length videos, 12 of 50 steps. Needs the pipeline's
+            schedule (attach the pipeline, not a bare denoiser) unless it is 0.
+        dense_layers: attention layers kept dense. An ``int`` ``N`` keeps the first ``N`` self/joint attention
+            layers (model order, among the attached layers) dense, like the authors' ``dense_layers`` block
+            count (they use 1 for Wan at default length, 0 for HunyuanVideo); without :func:`visattn.attach`
+            (no layer list) it compares ``N`` with the call's ``layer_index``. Strings are layer identifiers as
+            for ``layers`` (regex on module names).
+        text: ``"full"``: text queries of joint attention attend to every token; ``"text"``: only to text.
+        layers, steps: where and when it acts (see :class:`visattn.processors.Effect`).
+
+    Acts on the ``wan``, ``cogvideox`` and ``hunyuan_video`` families; attached to an image family it raises
+    ValueError at the first call. On a one-frame video (Wan used for a still image) the radial rule keeps every
+    pair, so the call is left dense, bit for bit.
+    """
+
+    roles = ("self", "joint")
+
+    def __init__(
+        self,
+        decay_factor: float = 1.0,
+        block_size: int = 128,
+        dense_distance: int = 1,
+        sink_frames: int = 1,
+        sink_queries: bool = False,
+        dense_steps: float | None = 0.24,
+        dense_layers: int | str | Iterable[str] | None = 0,
+        text: str = "full",
+        layers: str | Iterable[str] | None = None,
+        steps=None,
+    ) -> None:
+        super().__init__(layers=layers, steps=steps)
+        if text not in ("full", "text"):
+            raise ValueError(f"text={text!r} is not allowed; text must be 'full' or 'text'")
+        if isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or sink_frames < 0:
+            raise ValueError(f"sink_frames={sink_frames!r} is not allowed; sink_frames must be an integer >= 0")
+        # Check the band settings once, up front, on a grid every setting is valid for.
+        RadialPattern((max(1, sink_frames), 1, 1), decay_factor, block_size, dense_distance, sink_frames, sink_queries)
+        self.decay_factor = float(decay_factor)
+        self.block_size = block_size
+        self.dense_distance = dense_distance
+        self.sink_frames = sink_frames
+        self.sink_queries = sink_queries
+        self.dense_steps = _dense_steps(dense_steps)
+        self.dense_layers = _dense_layers(dense_layers)
+        self.text = text
+        self.user_steps = self.steps
+        self._sparse_steps_empty = False
+        if self.dense_steps > 0:
+            # Dense early steps are the effect not acting then: fold them into the step range, so that attach
+            # checks for a schedule exactly as for ``steps``.
+            start, stop = self.steps if self.steps is not None else (0.0, 1.0)
+            start = max(start, self.dense_steps)
+            if start < stop:
+                self.steps = (start, stop)
+            else:
+                self._sparse_steps_empty = True
+        self._dense_names: frozenset[str] | None = None
+
+    # --- attach time -------------------------------------------------------------------------------------
+    def bind(self, roles: dict[str, str]) -> None:
+        super().bind(roles)
+        if isinstance(self.dense_layers, int):
+            attention = [name for name, role in roles.items() if role in ("self", "joint")]
+            self._dense_names = frozenset(attention[: self.dense_layers])
+        else:
+            parameter = "RadialAttention(dense_layers=...)"
+            self._dense_names = frozenset(select_layers(roles, self.dense_layers, parameter))
+
+    def unbind(self) -> None:
+        super().unbind()
+        self._dense_names = None
+
+    # --- call time -----------------------------------------------------------------------------------------
+    def _layer_is_dense(self, ctx: CallContext) -> bool:
+        if self._dense_names is not None:
+            return ctx.layer_name in self._dense_names
+        if isinstance(self.dense_layers, int):
+            return ctx.layer_index < self.dense_layers
+        return any(matches(layer, ctx.layer_name) for layer in self.dense_layers)
+
+    def acts_on(self, ctx: CallContext) -> bool:
+        if self._sparse_steps_empty or not super().acts_on(ctx):
+            return False
+        return not self._layer_is_dense(ctx)
+
+    def pattern_for(self, ctx: CallContext) -> RadialPattern | None:
+        """The radial pattern of one call, or ``None`` when the call stays dense (no latent grid, one frame)."""
+        if ctx.family not in VIDEO_FAMILIES:
+            raise ValueError(
+                f"RadialAttention works on video families ({', '.join(VIDEO_FAMILIES)}); layer {ctx.layer_name!r} "
+                f"belongs to the {ctx.family!r} family, whose latents are images (no frames axis to decay over). "
+                f"For images use NeighborhoodAttention"
+            )
+        image, text = ctx.queries.image, ctx.queries.text
+        if ctx.grid is None or image is None or ctx.keys.image != image:
+            return None
+        if math.prod(ctx.grid) != image.length:
+            raise ValueError(
+                f"layer {ctx.layer_name!r}: the latent grid {ctx.grid} holds {math.prod(ctx.grid)} tokens but the "
+                f"call has {image.length} latent tokens; RadialAttention needs them to agree"
+            )
+        text_first = text is not None and text.start == 0
+        extra = 0 if text is None or text_first else text.length
+        pattern = _pattern(
+            tuple(ctx.grid),
+            self.decay_factor,
+            self.block_size,
+            self.dense_distance,
+            min(self.sink_frames, ctx.grid[0]),
+            self.sink_queries,
+            image.start,
+            extra,
+            text_first,
+            self.text,
+        )
+        # A rule that keeps every pair adds nothing; leaving the call alone keeps it bit-identical. (Only when
+        # the keys are exactly latents plus text: any other key would be masked for latent queries.)
+        covered = ctx.keys.length == image.length + (text.length if text is not None else 0)
+        if self.text == "full" and covered and _grid_is_dense(pattern):
+            return None
+        return pattern
+
+    def apply(self, call: AttentionCall) -> None:
+        pattern = self.pattern_for(call.ctx)
+        if pattern is not None:
+            call.patterns.append(pattern)
+
+    def __repr__(self) -> str:
+        return (
+            f"RadialAttention(decay_factor={self.decay_factor}, block_size={self.block_size}, "
+            f"dense_distance={self.dense_distance}, sink_frames={self.sink_frames}, "
+            f"sink_queries={self.sink_queries}, dense_steps={self.dense_steps}, dense_layers={self.dense_layers}, "
+            f"text={self.text!r}, layers={self.layers}, steps={self.user_steps})"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_is_dense(pattern: RadialPattern) -> bool:
+    return pattern.grid_is_dense
