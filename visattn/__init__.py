@@ -34,6 +34,9 @@ _EXPORTS = {
     "RadialAttention": ".processors",
     "SmoothedEnergyGuidance": ".processors",
     "SpatioTemporalSkipGuidance": ".processors",
+    "HeadPerturbationGuidance": ".guidance",
+    "HeadSet": ".guidance",
+    "hunt_heads": ".guidance",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
