@@ -45,8 +45,9 @@ class AttentionCall:
     #: natural-log log-sum-exp of the logits ``[B, H, Nq]`` the output was computed with, when known.
     lse: torch.Tensor | None = None
     #: callbacks ``observer(call)`` run once the output is known (attention maps, local-blend masks); when any is
-    #: registered the core is asked for the log-sum-exp, so an observer can recompute just the probabilities it
-    #: needs (``exp(q k^T * scale - lse)`` over a few keys) without a materialized map.
+    #: registered on a non-plain call the core is asked for the log-sum-exp, so an observer can recompute just the
+    #: probabilities it needs (``exp(q k^T * scale - lse)`` over a few keys) without a materialized map. On a plain
+    #: call ``lse`` stays None (asking would leave the SDPA path) and observers compute it for their rows.
     observers: list[Callable[[AttentionCall], None]] = field(default_factory=list)
 
     def request(self, return_lse: bool = False) -> AttentionRequest:
@@ -66,7 +67,13 @@ class AttentionCall:
 
     def run(self) -> torch.Tensor:
         if self.output is None:
-            self.output, self.lse = run_request(self.request(return_lse=bool(self.observers)), self.backend)
+            # Ask for the log-sum-exp only where the backend computes it anyway: on a plain call it would move the
+            # call off the dense SDPA path and change the output; observers recompute what they need instead.
+            request = self.request()
+            wants_lse = bool(self.observers) and not request.is_plain
+            if wants_lse:
+                request = self.request(return_lse=True)
+            self.output, self.lse = run_request(request, self.backend)
         for observer in self.observers:
             observer(self)
         return self.output

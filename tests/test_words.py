@@ -1,0 +1,204 @@
+"""Word-to-token mapping: every family's text layout, decoded back to the words; errors for bad input."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from visattn.testing import FAMILIES, call_kwargs, text_tokenizer, tiny_pipeline
+from visattn.testing.tokenizers import llama_tokenizer
+from visattn.testing.video_families import hunyuan_prompt_template
+from visattn.words import STOP_WORDS, PromptTokens, prompt_tokens, split_words
+
+PROMPT = "A red zebrafish, near the cat"
+WORDS = ("a", "red", "zebrafish", ",", "near", "the", "cat")
+
+
+@functools.cache
+def pipeline(family: str):
+    return tiny_pipeline(family)
+
+
+def call_options(family: str) -> dict:
+    kwargs = call_kwargs(family)
+    return {k: kwargs[k] for k in ("max_sequence_length", "prompt_template") if k in kwargs}
+
+
+def text_sequence(family: str, pipe, prompt: str, options: dict) -> tuple[list[tuple[object, int]], int]:
+    """``(tokenizer, id)`` per position of the text sequence, built the way each pipeline builds it."""
+
+    def padded(tokenizer, text, length):
+        ids = tokenizer(text, padding="max_length", max_length=length, truncation=True).input_ids
+        return [(tokenizer, i) for i in ids]
+
+    length = options.get("max_sequence_length")
+    if family in ("sd", "sdxl"):
+        return padded(pipe.tokenizer, prompt, 77), 77
+    if family == "sd3":
+        return padded(pipe.tokenizer, prompt, 77) + padded(pipe.tokenizer_3, prompt, length), 77 + length
+    if family == "flux":
+        return padded(pipe.tokenizer_2, prompt, length), length
+    if family == "hunyuan_video":
+        template = options["prompt_template"]
+        crop = template["crop_start"]
+        return padded(pipe.tokenizer, template["template"].format(prompt), length + crop)[crop:], length
+    if family == "pixart":
+        prompt = prompt.lower().strip()
+    return padded(pipe.tokenizer, prompt, length), length
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_positions_decode_to_the_words(family):
+    pipe = pipeline(family)
+    options = call_options(family)
+    tokens = prompt_tokens(pipe, PROMPT, **options)
+    assert tokens.family == family and tokens.words == WORDS
+    sequence, length = text_sequence(family, pipe, PROMPT, options)
+    assert tokens.length == length == len(sequence)
+    for index, word in enumerate(tokens.words):
+        positions = tokens.word_tokens[index]
+        # SD3 holds each word twice: in the 77 CLIP positions and in the T5 part after them.
+        parts = (
+            [[p for p in positions if p < 77], [p for p in positions if p >= 77]] if family == "sd3" else [positions]
+        )
+        for part in parts:
+            assert part, f"{family}: {word!r} has no positions in one part of the text sequence"
+            tokenizer = sequence[part[0]][0]
+            decoded = tokenizer.decode([sequence[p][1] for p in part]).strip().lower()
+            assert decoded == word, (family, word, decoded)
+    # "zebrafish" is not in the tiny vocabulary, so it splits into several subword tokens.
+    assert len(tokens.positions("zebrafish")) > (2 if family == "sd3" else 1)
+    # Everything else is special: start/end, padding, the template; and nothing is both.
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert owned.isdisjoint(tokens.special) and owned | set(tokens.special) == set(range(length))
+
+
+def test_clip_layout_has_start_end_and_padding_as_special():
+    tokens = prompt_tokens(text_tokenizer("clip"), "a red circle", family="sd")
+    assert tokens.word_tokens == ((1,), (2,), (3,))
+    assert tokens.special == (0, *range(4, 77))
+
+
+def test_t5_layout_starts_at_zero_and_respects_max_sequence_length():
+    tokens = prompt_tokens(text_tokenizer("t5"), "a red circle", family="flux", max_sequence_length=8)
+    assert tokens.word_tokens == ((0,), (1,), (2,)) and tokens.length == 8
+    assert tokens.special == (3, 4, 5, 6, 7)
+
+
+def test_family_defaults_come_from_the_pipeline_signature():
+    # Without max_sequence_length the pipeline's own default applies (Flux: 512, SD3: 77 + 256).
+    assert prompt_tokens(pipeline("flux"), "a cat").length == 512
+    assert prompt_tokens(pipeline("sd3"), "a cat").length == 77 + 256
+
+
+def test_hunyuan_template_prefix_is_cropped_and_suffix_is_special():
+    template = hunyuan_prompt_template()
+    tokens = prompt_tokens(
+        llama_tokenizer(), "red cat", family="hunyuan_video", max_sequence_length=8, prompt_template=template
+    )
+    assert tokens.word_tokens == ((0,), (1,))
+    # <|eot_id|> closes the template after the prompt; then padding.
+    assert tokens.special == tuple(range(2, 8))
+    tokenizer = llama_tokenizer()
+    ids = tokenizer(template["template"].format("red cat")).input_ids[template["crop_start"] :]
+    assert tokenizer.convert_ids_to_tokens(ids[2]) == "<|eot_id|>"
+
+
+def test_wrong_crop_start_is_an_error():
+    template = {**hunyuan_prompt_template(), "crop_start": 40}
+    with pytest.raises(ValueError, match="crop_start=40"):
+        prompt_tokens(llama_tokenizer(), "red cat", family="hunyuan_video", prompt_template=template)
+
+
+def test_positions_by_text_index_and_phrase():
+    tokens = prompt_tokens(text_tokenizer("clip"), "a red cat and a red dog", family="sd")
+    assert tokens.positions("red") == (2, 6)  # every occurrence
+    assert tokens.positions("RED") == (2, 6)  # words are lower-cased
+    assert tokens.positions(2) == (3,) and tokens.positions(-1) == (7,)
+    assert tokens.positions("red dog") == (6, 7)  # consecutive words
+    assert tokens.content_words() == (1, 2, 5, 6)  # "a" and "and" are stop words
+    assert {"a", "and", "the", ","} <= STOP_WORDS
+
+
+def test_unknown_word_error_lists_the_prompt_words():
+    tokens = prompt_tokens(text_tokenizer("t5"), "a red circle", family="pixart", max_sequence_length=16)
+    with pytest.raises(ValueError, match=r"'dog' is not in the prompt.*0: 'a', 1: 'red', 2: 'circle'"):
+        tokens.positions("dog")
+    with pytest.raises(ValueError, match="word index 3 is out of range.*'circle'"):
+        tokens.positions(3)
+    with pytest.raises(ValueError, match="word must be"):
+        tokens.positions(1.5)
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "options", "part"),
+    [
+        ("sd", "clip", {}, "CLIP"),
+        ("flux", "t5", {"max_sequence_length": 16}, "T5"),
+        ("hunyuan_video", "llama", {"max_sequence_length": 16, "prompt_template": hunyuan_prompt_template()}, "Llama"),
+    ],
+)
+def test_long_prompt_is_an_error_with_the_counts(family, kind, options, part):
+    limit = 77 if family == "sd" else 16
+    prompt = " ".join(["cat"] * 80)
+    with pytest.raises(ValueError, match=rf"has \d+ {part} tokens .* holds {limit}"):
+        prompt_tokens(text_tokenizer(kind), prompt, family=family, **options)
+    # A prompt that exactly fills the sequence is fine.
+    fits = limit - (2 if kind == "clip" else 1)
+    assert len(prompt_tokens(text_tokenizer(kind), " ".join(["cat"] * fits), family=family, **options).words) == fits
+
+
+def test_sd3_checks_both_limits():
+    tokenizers = {"tokenizer": text_tokenizer("clip"), "tokenizer_3": text_tokenizer("t5")}
+    with pytest.raises(ValueError, match="T5 tokens"):
+        prompt_tokens(tokenizers, "a red circle on a blue square", family="sd3", max_sequence_length=4)
+    with pytest.raises(ValueError, match="CLIP tokens"):
+        prompt_tokens(tokenizers, " ".join(["cat"] * 90), family="sd3", max_sequence_length=512)
+
+
+def test_bad_family_and_missing_tokenizer():
+    with pytest.raises(ValueError, match="family='sdxx' is not one of"):
+        prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
+    with pytest.raises(ValueError, match="pass family="):
+        prompt_tokens(text_tokenizer("clip"), "a cat")
+    with pytest.raises(ValueError, match="tokenizer_2"):
+        prompt_tokens({"tokenizer": text_tokenizer("clip")}, "a cat", family="flux")
+
+
+class _NoOffsets:
+    """A tokenizer that cannot report character offsets, like transformers' slow tokenizers."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, **kwargs):
+        if kwargs.get("return_offsets_mapping"):
+            raise NotImplementedError("no offsets")
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("kind", ["clip", "t5"])
+def test_tokenizers_without_offsets_align_the_same(kind):
+    family = "sd" if kind == "clip" else "pixart"
+    prompt = "a red zebrafish, near the cat"
+    expected = prompt_tokens(text_tokenizer(kind), prompt, family=family, max_sequence_length=16)
+    assert prompt_tokens(_NoOffsets(text_tokenizer(kind)), prompt, family=family, max_sequence_length=16) == expected
+
+
+def test_split_words_lowercases_and_splits_punctuation():
+    assert [w for w, _, _ in split_words("Top-left: a CAT's hat")] == [
+        "top",
+        "-",
+        "left",
+        ":",
+        "a",
+        "cat",
+        "'",
+        "s",
+        "hat",
+    ]
+    assert isinstance(prompt_tokens(text_tokenizer("clip"), "", family="sd"), PromptTokens)

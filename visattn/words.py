@@ -1,0 +1,396 @@
+"""Which positions of a denoiser's text sequence hold which word of the prompt.
+
+Cross-attention control (Prompt-to-Prompt, Hertz et al., 2022) and attention-map capture (RefAM, "Attention
+Magnets") both address text keys by word. Every model family builds its text sequence differently:
+
+* SD 1.x/2.x and SDXL: one CLIP sequence of 77 tokens, ``<|startoftext|> words <|endoftext|> pad...`` (SDXL's
+  two CLIP encoders are concatenated feature-wise, so both share these positions).
+* PixArt, CogVideoX, Flux (``tokenizer_2``), Wan: one T5 / umT5 sequence of ``max_sequence_length`` tokens,
+  ``words </s> <pad>...``.
+* SD3: CLIP-L and CLIP-G feature-wise over 77 positions, then the T5 tokens appended along the sequence, so
+  the text sequence is ``77 + max_sequence_length`` long and every word appears twice (once in each part).
+* HunyuanVideo: Llama over a chat template, ``template.format(prompt)``, with the first ``crop_start`` tokens
+  (the system part of the template) cropped; the sequence is ``max_sequence_length`` long and still holds the
+  template's closing tokens after the prompt.
+
+:func:`prompt_tokens` tokenizes the exact string the pipeline tokenizes, with the pipeline's own tokenizers,
+and maps each word to its token positions through the tokenizer's character offsets, so words split into
+subwords map to all their pieces. Positions are relative to the start of the text sequence (the text span of
+the key sequence, see :attr:`visattn.context.CallContext.text_span`).
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Family keys :func:`prompt_tokens` understands (the keys of :data:`visattn.testing.FAMILIES`).
+PROMPT_FAMILIES: tuple[str, ...] = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "cogvideox", "hunyuan_video")
+
+#: Lower-case function words and punctuation. They carry little spatial meaning and, like the start token,
+#: soak up surplus attention in text-to-image models (RefAM, "Attention Magnets"), so attention maps drop them
+#: before renormalizing over the remaining words.
+STOP_WORDS: frozenset[str] = frozenset(
+    """
+    a an the this that these those some any each every all both either neither no nor not only own same such
+    of in on at to from with without by for into onto over under above below near behind beside between among
+    around through across along against inside outside upon via per off out up down about after before during
+    while until than then so as if because though although whether
+    and or but yet
+    is am are was were be been being has have had having do does did doing can could will would shall should
+    may might must
+    it its itself he him his she her hers they them their theirs we us our ours you your yours i me my mine
+    who whom whose which what where when why how there here very too also just more most less least
+    . , ; : ! ? ' " - ( ) [ ] { } / \\ & * + = < > | ~ ^ ` _ @ # % $
+    """.split()
+)
+
+# Runs of letters and digits form a word; every other non-space character is a word of its own, the way
+# CLIP's and T5's pre-tokenizers split punctuation off.
+_WORD = re.compile(r"[^\W_]+|[^\w\s]|_")
+
+# Defaults of the pipelines' ``max_sequence_length`` for callers that pass tokenizers, not a pipeline.
+_DEFAULT_MAX_SEQUENCE_LENGTH = {
+    "pixart": 120,
+    "sd3": 256,
+    "flux": 512,
+    "wan": 512,
+    "cogvideox": 226,
+    "hunyuan_video": 256,
+}
+_CLIP_LENGTH = 77
+
+# Pipeline class-name prefixes, most specific first ("StableDiffusion3" and "StableDiffusionXL" before
+# "StableDiffusion"), for pipelines whose denoiser does not settle the family (SD vs SDXL share the UNet).
+_PIPELINE_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("StableDiffusion3", "sd3"),
+    ("StableDiffusionXL", "sdxl"),
+    ("StableDiffusion", "sd"),
+    ("PixArt", "pixart"),
+    ("Flux", "flux"),
+    ("Wan", "wan"),
+    ("CogVideoX", "cogvideox"),
+    ("HunyuanVideo", "hunyuan_video"),
+)
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt's words and where each sits in the denoiser's text sequence.
+
+    Attributes:
+        prompt: the prompt as given.
+        words: the prompt's words in order, lower-cased, with punctuation split off as its own words.
+        word_tokens: for each word, its token positions in the text sequence (the keys of cross attention, the
+            text part of joint attention); a word split into subwords has several, and in SD3 every word has
+            positions in both the CLIP part and the T5 part.
+        special: positions of start/end/padding tokens and of the prompt template (HunyuanVideo): every
+            position that belongs to no word.
+        length: the length of the text sequence the denoiser sees.
+        family: the family key the positions were computed for.
+    """
+
+    prompt: str
+    words: tuple[str, ...]
+    word_tokens: tuple[tuple[int, ...], ...]
+    special: tuple[int, ...]
+    length: int
+    family: str = ""
+
+    def index(self, word: str | int) -> tuple[int, ...]:
+        """Indices into :attr:`words` of ``word``: a word text (every occurrence; several words such as
+        ``"red circle"`` match where they appear in a row) or a word index (negative counts from the end).
+
+        Raises:
+            ValueError: ``word`` is not in the prompt, or the index is out of range; the message lists the words.
+        """
+        if isinstance(word, bool) or not isinstance(word, (int, str)):
+            raise ValueError(f"word must be a word of the prompt or a word index; got {word!r}")
+        if isinstance(word, int):
+            if not -len(self.words) <= word < len(self.words):
+                raise ValueError(
+                    f"word index {word} is out of range for the {len(self.words)} words of the prompt: "
+                    f"{self._listing()}"
+                )
+            return (word % len(self.words),)
+        wanted = tuple(match.group(0).lower() for match in _WORD.finditer(word))
+        n = len(wanted)
+        starts = [i for i in range(len(self.words) - n + 1) if n and self.words[i : i + n] == wanted]
+        if not starts:
+            raise ValueError(f"word {word!r} is not in the prompt; its words are {self._listing()}")
+        return tuple(sorted({i + j for i in starts for j in range(n)}))
+
+    def positions(self, word: str | int) -> tuple[int, ...]:
+        """Text-sequence positions of ``word`` (see :meth:`index` for what ``word`` may be), sorted.
+
+        Raises:
+            ValueError: ``word`` is not in the prompt; the message lists the prompt's words.
+        """
+        return tuple(sorted({p for i in self.index(word) for p in self.word_tokens[i]}))
+
+    def content_words(self, stop_words: frozenset[str] = STOP_WORDS) -> tuple[int, ...]:
+        """Indices of the words that are not in ``stop_words``."""
+        return tuple(i for i, word in enumerate(self.words) if word not in stop_words)
+
+    def _listing(self) -> str:
+        return "[" + ", ".join(f"{i}: {w!r}" for i, w in enumerate(self.words)) + "]"
+
+
+def split_words(prompt: str) -> tuple[tuple[str, int, int], ...]:
+    """``(word, start, stop)`` of each word of ``prompt``: lower-cased runs of letters and digits, and each
+    punctuation character on its own."""
+    return tuple((m.group(0).lower(), m.start(), m.end()) for m in _WORD.finditer(prompt))
+
+
+# --- family and tokenizer resolution ------------------------------------------------------------------------
+
+
+def prompt_family(target: Any, family: str | None = None) -> str:
+    """The :data:`PROMPT_FAMILIES` key of a pipeline (by its denoiser, then its class name), or ``family``
+    checked and normalized (``"unet"`` means ``"sd"``).
+
+    Raises:
+        ValueError: an unknown ``family``, or a target whose family cannot be recognized.
+    """
+    if family is not None:
+        if not isinstance(family, str):
+            raise ValueError(f"family must be a family key, one of {PROMPT_FAMILIES}; got {family!r}")
+        key = {"unet": "sd", "hunyuan": "hunyuan_video", "hunyuanvideo": "hunyuan_video"}.get(family, family)
+        if key not in PROMPT_FAMILIES:
+            raise ValueError(f"family={family!r} is not one of {PROMPT_FAMILIES}")
+        return key
+    if _is_tokenizer(target) or isinstance(target, Mapping):
+        raise ValueError(
+            f"family=None needs a pipeline to recognize the family; with tokenizers, pass family= one of "
+            f"{PROMPT_FAMILIES}"
+        )
+    denoiser = next((getattr(target, n) for n in ("transformer", "unet") if getattr(target, n, None) is not None), None)
+    if denoiser is not None:
+        from .families import family_of
+
+        try:
+            name = family_of(denoiser).name
+        except ValueError:
+            name = None
+        if name == "unet":
+            # SD and SDXL share the UNet class; SDXL pipelines carry a second CLIP tokenizer.
+            return "sdxl" if getattr(target, "tokenizer_2", None) is not None else "sd"
+        if name in PROMPT_FAMILIES:
+            return name
+    cls = type(target).__name__
+    for prefix, key in _PIPELINE_PREFIXES:
+        if cls.startswith(prefix):
+            return key
+    raise ValueError(
+        f"cannot tell the model family of {cls}; pass family= one of {PROMPT_FAMILIES}, or a pipeline of one"
+    )
+
+
+def _is_tokenizer(obj: Any) -> bool:
+    return callable(obj) and hasattr(obj, "convert_ids_to_tokens")
+
+
+def _tokenizer(target: Any, names: tuple[str, ...], family: str) -> Any:
+    """The first of the components ``names`` that ``target`` (a pipeline, a mapping, or a tokenizer) has."""
+    if _is_tokenizer(target):
+        return target
+    for name in names:
+        tokenizer = target.get(name) if isinstance(target, Mapping) else getattr(target, name, None)
+        if tokenizer is not None:
+            return tokenizer
+    raise ValueError(f"the {family} family needs a tokenizer named {' or '.join(names)}; none was given")
+
+
+def _call_default(target: Any, parameter: str, fallback: Any) -> Any:
+    """The default of a pipeline ``__call__`` parameter (pipelines of one family differ, e.g. PixArt-α/Σ)."""
+    if _is_tokenizer(target) or isinstance(target, Mapping) or not callable(target):
+        return fallback
+    try:
+        default = inspect.signature(type(target).__call__).parameters[parameter].default
+    except (KeyError, TypeError, ValueError):
+        return fallback
+    return fallback if default is inspect.Parameter.empty else default
+
+
+# --- alignment -----------------------------------------------------------------------------------------------
+
+
+def _align(
+    tokenizer: Any, text: str, region: int, words: Sequence[tuple[str, int, int]]
+) -> tuple[list[list[int]], int]:
+    """Token indices of each word in ``tokenizer(text)`` (special tokens included) and the token count.
+
+    ``region`` is where the prompt starts inside ``text`` (non-zero when a template wraps it); ``words`` carry
+    character spans relative to the prompt.
+    """
+    try:
+        encoding = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+        offsets = encoding["offset_mapping"]
+    except (NotImplementedError, KeyError, TypeError, ValueError):
+        return _align_by_prefix(tokenizer, text, region, words)
+    special = encoding.get("special_tokens_mask") or [0] * len(offsets)
+    spans = [(region + start, region + stop) for _, start, stop in words]
+    per_word: list[list[int]] = [[] for _ in words]
+    for index, ((start, stop), is_special) in enumerate(zip(offsets, special, strict=True)):
+        if is_special:
+            continue
+        for w, (w_start, w_stop) in enumerate(spans):
+            # A token belongs to every word its characters overlap; a zero-width piece (SentencePiece's bare
+            # "▁" before an unknown word) to the word it sits in.
+            if (start < w_stop and stop > w_start) or (start == stop and w_start <= start < w_stop):
+                per_word[w].append(index)
+    return per_word, len(offsets)
+
+
+def _align_by_prefix(
+    tokenizer: Any, text: str, region: int, words: Sequence[tuple[str, int, int]]
+) -> tuple[list[list[int]], int]:
+    """Alignment for tokenizers without character offsets (slow tokenizers): count the tokens of growing
+    prefixes, each ending at a word boundary, so a word owns the tokens its prefix adds."""
+    full = list(tokenizer(text).input_ids)
+    plain = list(tokenizer(text, add_special_tokens=False).input_ids)
+    # Leading special tokens (BOS) shift every position by their count.
+    lead = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
+    per_word: list[list[int]] = []
+    previous = len(tokenizer(text[:region], add_special_tokens=False).input_ids) if region else 0
+    for _, _, stop in words:
+        count = len(tokenizer(text[: region + stop], add_special_tokens=False).input_ids)
+        per_word.append(list(range(lead + previous, lead + count)))
+        previous = count
+    return per_word, len(full)
+
+
+def _too_long(family: str, part: str, count: int, limit: int, prompt: str) -> ValueError:
+    return ValueError(
+        f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} has {count} {part} tokens (special tokens "
+        f"included) but the {family} text sequence holds {limit}; the pipeline would truncate it and positions "
+        f"past the limit would not exist. Shorten the prompt"
+        + ("" if part == "CLIP" else " or raise max_sequence_length")
+    )
+
+
+def _clip_part(tokenizer: Any, prompt: str, words, family: str) -> tuple[list[list[int]], int]:
+    limit = getattr(tokenizer, "model_max_length", _CLIP_LENGTH)
+    limit = limit if isinstance(limit, int) and limit < 100_000 else _CLIP_LENGTH
+    per_word, count = _align(tokenizer, prompt, 0, words)
+    if count > limit:
+        raise _too_long(family, "CLIP", count, limit, prompt)
+    return per_word, limit
+
+
+def _t5_part(tokenizer: Any, prompt: str, words, family: str, max_length: int) -> list[list[int]]:
+    per_word, count = _align(tokenizer, prompt, 0, words)
+    if count > max_length:
+        raise _too_long(family, "T5", count, max_length, prompt)
+    return per_word
+
+
+def _wan_clean(prompt: str) -> str:
+    # WanPipeline's prompt_clean: HTML entities unescaped (twice), whitespace runs collapsed, ends stripped.
+    # (It also runs ftfy when installed; that repairs mojibake and leaves ordinary text as it is.)
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(prompt))).strip()
+
+
+def prompt_tokens(
+    pipe_or_tokenizers: Any,
+    prompt: str,
+    family: str | None = None,
+    *,
+    max_sequence_length: int | None = None,
+    prompt_template: Mapping[str, Any] | None = None,
+) -> PromptTokens:
+    """Map each word of ``prompt`` to its positions in the denoiser's text sequence.
+
+    Args:
+        pipe_or_tokenizers: a diffusers pipeline; or its tokenizers as a mapping of component names
+            (``{"tokenizer": ..., "tokenizer_3": ...}``) or a single tokenizer, with ``family`` given.
+        prompt: the prompt, as passed to the pipeline.
+        family: one of :data:`PROMPT_FAMILIES`; recognized from the pipeline when ``None``.
+        max_sequence_length: the T5/umT5/Llama sequence length of the call (``max_sequence_length`` of the
+            pipeline call); the pipeline's default when ``None``. Ignored by the CLIP-only families.
+        prompt_template: HunyuanVideo's ``prompt_template`` of the call (``template`` and ``crop_start``);
+            the pipeline's default when ``None``.
+
+    Raises:
+        ValueError: unknown family; a missing tokenizer; a prompt with more tokens than the text sequence
+            holds (with the counts), since the pipeline would silently truncate it.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string; got {type(prompt).__name__}")
+    key = prompt_family(pipe_or_tokenizers, family)
+    if key == "wan":
+        prompt_text = _wan_clean(prompt)
+    elif key == "pixart":
+        # PixArt's _text_preprocessing with clean_caption=False: lower-cased and stripped.
+        prompt_text = prompt.lower().strip()
+    else:
+        prompt_text = prompt
+    words = split_words(prompt_text)
+    if max_sequence_length is None and key in _DEFAULT_MAX_SEQUENCE_LENGTH:
+        fallback = _DEFAULT_MAX_SEQUENCE_LENGTH[key]
+        max_sequence_length = _call_default(pipe_or_tokenizers, "max_sequence_length", fallback)
+    if max_sequence_length is not None and (
+        isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1
+    ):
+        raise ValueError(f"max_sequence_length must be a positive int; got {max_sequence_length!r}")
+
+    if key in ("sd", "sdxl"):
+        names = ("tokenizer", "tokenizer_2")
+        per_word, length = _clip_part(_tokenizer(pipe_or_tokenizers, names, key), prompt_text, words, key)
+    elif key == "sd3":
+        if _is_tokenizer(pipe_or_tokenizers):
+            raise ValueError("sd3 needs both its CLIP and T5 tokenizers: pass the pipeline or a mapping of them")
+        clip = _tokenizer(pipe_or_tokenizers, ("tokenizer", "tokenizer_2"), key)
+        clip_words, clip_length = _clip_part(clip, prompt_text, words, key)
+        getter = pipe_or_tokenizers.get if isinstance(pipe_or_tokenizers, Mapping) else None
+        t5 = getter("tokenizer_3") if getter else getattr(pipe_or_tokenizers, "tokenizer_3", None)
+        # Without T5 the pipeline appends max_sequence_length zero embeddings: positions with no word.
+        t5_words = _t5_part(t5, prompt_text, words, key, max_sequence_length) if t5 is not None else [[] for _ in words]
+        per_word = [c + [clip_length + p for p in t] for c, t in zip(clip_words, t5_words, strict=True)]
+        length = clip_length + max_sequence_length
+    elif key == "hunyuan_video":
+        per_word, length = _hunyuan_part(pipe_or_tokenizers, prompt_text, words, max_sequence_length, prompt_template)
+    else:
+        names = ("tokenizer_2",) if key == "flux" else ("tokenizer",)
+        tokenizer = _tokenizer(pipe_or_tokenizers, names, key)
+        per_word = _t5_part(tokenizer, prompt_text, words, key, max_sequence_length)
+        length = max_sequence_length
+
+    owned = {p for positions in per_word for p in positions}
+    return PromptTokens(
+        prompt=prompt,
+        words=tuple(word for word, _, _ in words),
+        word_tokens=tuple(tuple(positions) for positions in per_word),
+        special=tuple(p for p in range(length) if p not in owned),
+        length=length,
+        family=key,
+    )
+
+
+def _hunyuan_part(target: Any, prompt: str, words, max_length: int, template: Mapping[str, Any] | None):
+    tokenizer = _tokenizer(target, ("tokenizer",), "hunyuan_video")
+    if template is None:
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+        template = _call_default(target, "prompt_template", DEFAULT_PROMPT_TEMPLATE)
+    if not isinstance(template, Mapping) or "template" not in template or template["template"].count("{}") != 1:
+        raise ValueError(f"prompt_template must be a dict whose 'template' holds one '{{}}'; got {template!r}")
+    crop_start = template.get("crop_start")
+    if crop_start is None:
+        # What HunyuanVideoPipeline._get_llama_prompt_embeds does: the template padded to the tokenizer's
+        # maximum length, less the "{}" placeholder and <|eot_id|>.
+        crop_start = len(tokenizer(template["template"], padding="max_length").input_ids) - 2
+    region = template["template"].index("{}")
+    per_word, count = _align(tokenizer, template["template"].format(prompt), region, words)
+    if count > max_length + crop_start:
+        raise _too_long("hunyuan_video", "Llama", count - crop_start, max_length, prompt)
+    if any(p < crop_start for positions in per_word for p in positions):
+        raise ValueError(
+            f"prompt_template crop_start={crop_start} crops part of the prompt: the template has fewer tokens "
+            f"before its '{{}}' with this tokenizer"
+        )
+    return [[p - crop_start for p in positions] for positions in per_word], max_length
