@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import visattn
+from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.kernels import attention
-from visattn.processors import PerturbedAttentionGuidance
+from visattn.processors import AttentionCall, PerturbedAttentionGuidance
 from visattn.testing import FAMILIES, call_kwargs, tiny_pipeline
 
 
@@ -81,6 +82,28 @@ def test_a_fully_perturbed_head_outputs_its_values_exactly():
     out = attention(q, k, v, identity_blend=blend)
     assert torch.equal(out[:, 1], v[:, 1])
     torch.testing.assert_close(out[:, 0], attention(q, k, v)[:, 0])
+
+
+def test_a_selected_head_of_the_perturbed_rows_outputs_its_values_through_the_effect():
+    effect = PerturbedAttentionGuidance(scale=1.0, layers="mid", heads={"mid": [1]})
+    q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
+    layout = TokenLayout(10, image=Span(0, 10))
+    ctx = CallContext(
+        role="self",
+        layer_name="mid_block.attentions.0.transformer_blocks.0.attn1",
+        layer_index=0,
+        family="unet",
+        heads=3,
+        head_dim=8,
+        queries=layout,
+        keys=layout,
+        batch=BatchLayout((Branch("cond", 0, 1), Branch(effect.branch, 1, 2))),
+    )
+    call = AttentionCall(ctx, q, k, v)
+    effect.apply(call)
+    out, plain = call.run(), attention(q, k, v)
+    assert torch.equal(out[1, 1], v[1, 1])
+    assert torch.equal(out[:1], plain[:1]) and torch.equal(out[1, 0::2], plain[1, 0::2])
 
 
 def test_guidance_arithmetic_matches_a_hand_written_two_pass_reference():

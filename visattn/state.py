@@ -121,6 +121,13 @@ def _pipeline_batches_cfg(pipeline: Any, sample: torch.Tensor | None) -> bool:
     """
     if pipeline is None:
         return False
+    # What the running __call__ decided wins: CogVideoX's dynamic CFG can make ``_guidance_scale`` exactly 1.0
+    # between steps while the pipeline still batches [uncond, cond].
+    from .guidance_math import pipeline_call_locals
+
+    decided = pipeline_call_locals(pipeline).get("do_classifier_free_guidance")
+    if isinstance(decided, bool):
+        return decided
     if isinstance(getattr(type(pipeline), "do_classifier_free_guidance", None), property):
         try:
             return bool(pipeline.do_classifier_free_guidance)
