@@ -37,6 +37,11 @@ _EXPORTS = {
     "HeadPerturbationGuidance": ".guidance",
     "HeadSet": ".guidance",
     "hunt_heads": ".guidance",
+    "Inversion": ".inversion",
+    "ddim_inversion": ".inversion",
+    "negative_prompt_inversion": ".inversion",
+    "null_text_inversion": ".inversion",
+    "reconstruct": ".inversion",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

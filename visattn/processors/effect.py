@@ -3,7 +3,10 @@
 An effect contributes to an :class:`AttentionCall` in one of a few ways, following FlexAttention's split:
 a pattern (which pairs attend), a score modifier (how logits change), an output blend (per-head identity
 interpolation), changes to q/k/v, or a finished output. Effects that need the whole denoiser call (extra batch
-branches for guidance, latent blending for edits) override :meth:`Effect.wrap_denoiser`.
+branches for guidance, latent blending for edits) override :meth:`Effect.wrap_denoiser`. An effect that may answer
+for a whole attention layer before anything is projected (a cache, as TGATE) defines
+``wrap_attention(call, hidden_states, layer_name, state)``; :class:`VisAttnProcessor` calls it with ``call()``
+computing the layer.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ SDPA or diffusers-dispatcher call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,9 @@ class VisAttnProcessor:
         adapter: the family adapter; recognized from the module when ``None``.
         state: the denoiser's call state (grid, step, batch layout) kept by the attachment's model hook.
         steps: fraction range of the schedule in which effects run at all (``attach(..., steps=...)``).
+
+    An effect that defines ``wrap_attention(call, hidden_states, layer_name, state)`` wraps each whole layer call
+    (``call()`` computes it) before any projection, and may return an output without calling it (a cache).
     """
 
     # diffusers' ``set_attention_backend`` writes here; the dense path then runs through its dispatcher.
@@ -79,6 +83,21 @@ class VisAttnProcessor:
         image_rotary_emb: Any = None,
         rotary_emb: Any = None,
         **unused: Any,
+    ) -> Any:
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask, rotary, temb, image_rotary_emb, rotary_emb)
+        if self.effects and (self.steps is None or self._in_steps()):
+            # Effects that may answer for a whole layer call (CrossAttentionCache reuses a finished output) wrap
+            # it before anything is projected, so that a reused call skips the q/k/v and output projections too.
+            wrappers = [effect.wrap_attention for effect in self.effects if hasattr(effect, "wrap_attention")]
+            if wrappers:
+                call = functools.partial(self._attend, *args)
+                for wrap in reversed(wrappers):
+                    call = functools.partial(wrap, call, hidden_states, self.layer_name, self.state)
+                return call()
+        return self._attend(*args)
+
+    def _attend(
+        self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary, temb, image_rotary_emb, rotary_emb
     ) -> Any:
         # The new-style attention modules pass rotary embeddings as a fifth positional argument.
         extras = {
