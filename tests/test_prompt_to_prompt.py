@@ -342,7 +342,7 @@ def test_replace_with_different_word_counts_points_to_refine():
 
 
 def test_bad_parameters_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"self_steps=\(0.0, 1.5\) must satisfy 0 <= start < stop <= 1"):
+    with pytest.raises(ValueError, match=r"self_steps=1.5 must be a fraction in \(0, 1\]"):
         PromptToPrompt.replace("a cat", "a dog", self_steps=1.5)
     with pytest.raises(ValueError, match="mode='swap' is not one of"):
         PromptToPrompt("a cat", "a dog", mode="swap")

@@ -10,14 +10,18 @@ def normalize_steps(steps, parameter: str = "steps") -> tuple[float, float] | No
     """
     if steps is None:
         return None
-    if isinstance(steps, (int, float)):
+    given = steps  # quoted in errors as the user wrote it
+    if isinstance(steps, (int, float)) and not isinstance(steps, bool):
         steps = (0.0, float(steps))
     try:
         start, stop = (float(x) for x in steps)
     except (TypeError, ValueError):
-        raise ValueError(f"{parameter} must be a fraction or a (start, stop) fraction range; got {steps!r}") from None
+        raise ValueError(f"{parameter} must be a fraction or a (start, stop) fraction range; got {given!r}") from None
     if not (0.0 <= start < stop <= 1.0):
-        raise ValueError(f"{parameter}={steps!r} must satisfy 0 <= start < stop <= 1 (fractions of the schedule)")
+        raise ValueError(
+            f"{parameter}={given!r} must be a fraction in (0, 1] or a (start, stop) range with "
+            "0 <= start < stop <= 1 (fractions of the schedule)"
+        )
     return (start, stop)
 
 
