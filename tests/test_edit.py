@@ -1,0 +1,124 @@
+"""``visattn edit`` and :func:`visattn.edit.edit`: prompt edits, reweights and real-image edits, saved with heatmaps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visattn.cli import main
+from visattn.edit import edit, parse_weights
+from visattn.generate import UsageError
+from visattn.testing import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline("sd")
+
+
+def _metadata(path):
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def test_prompt_edit_writes_source_edit_and_heatmaps(pipe, tmp_path):
+    written = edit("a red circle", "a blue circle", pipeline=pipe, steps=2, height=32, width=32, out_dir=tmp_path)
+    source, edited = Image.open(written["source"]), Image.open(written["edit"])
+    assert source.size == edited.size == (32, 32)
+    assert not np.array_equal(np.asarray(source), np.asarray(edited))
+    meta = _metadata(written["edit"])
+    assert (meta["source"], meta["target"], meta["mode"], meta["role"]) == (
+        "a red circle",
+        "a blue circle",
+        "replace",
+        "edit",
+    )
+    # heatmaps for the content words of both prompts
+    names = set(written["heatmaps"])
+    assert {"source-red", "source-circle", "edit-blue", "edit-circle"} <= names
+    assert Image.open(written["heatmaps"]["edit-blue"]).size == (32, 32)
+
+
+def test_source_equals_a_plain_generation(pipe, tmp_path):
+    import torch
+
+    written = edit("a red circle", "a blue circle", pipeline=pipe, steps=2, height=32, width=32, out_dir=tmp_path)
+    plain = pipe(
+        "a red circle", num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    diff = np.abs(np.asarray(plain, dtype=int) - np.asarray(Image.open(written["source"]), dtype=int)).max()
+    assert diff <= 1  # equal up to 8-bit rounding of float noise
+
+
+def test_cli_reweight_and_refine(pipe, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("visattn.edit.load_pipeline", lambda *a, **k: pipe)
+    args = [
+        "edit",
+        "--source",
+        "a red circle",
+        "--reweight",
+        "red=3",
+        "--steps",
+        "2",
+        "--height",
+        "32",
+        "--width",
+        "32",
+    ]
+    assert main([*args, "--out", str(tmp_path / "rw"), "--quiet"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert any(p.endswith("-edit.png") for p in printed) and any("heatmap" in p for p in printed)
+    edited = next(p for p in printed if p.endswith("-edit.png"))
+    assert _metadata(Path(edited))["mode"] == "reweight"
+    refine = ["edit", "--source", "a circle", "--target", "a red circle", "--steps", "2", "--no-heatmaps"]
+    assert main([*refine, "--height", "32", "--width", "32", "--out", str(tmp_path / "rf"), "--quiet"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 2  # source and edit, no heatmaps
+
+
+def test_image_edit_inverts_then_edits(pipe, tmp_path):
+    image = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    path = tmp_path / "in.png"
+    image.save(path)
+    written = edit(
+        "a red circle",
+        "a blue circle",
+        image=path,
+        inversion="negative-prompt",
+        pipeline=pipe,
+        steps=2,
+        out_dir=tmp_path / "out",
+        heatmaps=False,
+    )
+    assert {"source", "edit", "reconstruction"} <= set(written)
+    meta = _metadata(written["reconstruction"])
+    assert meta["inversion"] == "negative-prompt" and meta["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target": None}, "needs --target"),
+        ({"target": "a blue circle", "reweight": {"green": 2.0}}, "green"),
+        ({"target": "a big blue circle", "mode": "replace"}, "refine"),
+        ({"target": "a blue circle", "inversion": "magic"}, "inversion='magic'"),
+    ],
+)
+def test_bad_requests_are_usage_errors(pipe, tmp_path, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        edit("a red circle", pipeline=pipe, steps=2, out_dir=tmp_path, **kwargs)
+
+
+def test_unreadable_image_and_bad_weights(pipe, tmp_path, capsys):
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello")
+    with pytest.raises(UsageError, match="cannot be read as an image"):
+        edit("a red circle", "a blue circle", image=bad, pipeline=pipe, steps=2, out_dir=tmp_path)
+    assert parse_weights(["red car=0.5", "fluffy=2"]) == {"red car": 0.5, "fluffy": 2.0}
+    with pytest.raises(UsageError, match="WORD=SCALE"):
+        parse_weights(["fluffy"])
+    assert main(["edit", "--source", "a red circle", "--reweight", "red=-1", "--out", str(tmp_path)]) == 2
+    assert "reweight" in capsys.readouterr().err
