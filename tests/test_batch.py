@@ -1,0 +1,366 @@
+"""``visattn batch``: jobs-file validation with line numbers, outputs, resume, atomic writes, failures, videos,
+edits, and two processes under ``accelerate launch`` on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visattn.batch import parse_jobs, run_batch
+from visattn.batch.jobs import parse_lines
+from visattn.batch.outputs import read_records
+from visattn.cli import main
+from visattn.images import read_metadata, read_sidecar
+from visattn.testing import tiny_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+# The tiny SD pipeline makes 32x32 images; two steps keep every job well under a second on CPU.
+FAST = {"steps": 2, "height": 32, "width": 32}
+
+
+def write_jobs(path: Path, *jobs: dict | str) -> Path:
+    """A JSONL jobs file; strings are written as-is (to make malformed lines)."""
+    path.write_text("\n".join(job if isinstance(job, str) else json.dumps(job) for job in jobs) + "\n")
+    return path
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def results_by_id(out: Path) -> dict[str, dict]:
+    return {record["id"]: record for record in read_records(out / "results.jsonl") if record.get("id")}
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def sd_pipe():
+    return tiny_pipeline("sd")
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory, sd_pipe) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    sd_pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def counted(sd_pipe, monkeypatch):
+    """The tiny SD pipeline with a counter of its calls."""
+    calls = []
+    original = type(sd_pipe).__call__
+
+    @functools.wraps(original)
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("prompt"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(sd_pipe), "__call__", counting)
+    return sd_pipe, calls
+
+
+# --- parsing and validation ----------------------------------------------------------------------------------------
+def test_errors_are_reported_per_line_and_valid_lines_still_parse(tmp_path):
+    path = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "ok-1", "prompt": "a cat", "seed": 3},
+        '{"prompt": "a cat", "seed": ',
+        "",
+        "# a comment line",
+        {"prompt": "a cat", "sed": 3},
+        {"prompt": "a cat", "effects": [{"type": "pag"}, {"type": "blur"}]},
+        {"prompt": "a cat", "seed": -1},
+        {"prompt": "a cat", "seed": "7"},
+        {"prompt": "a cat", "effects": [{"type": "neighborhood", "kernel_size": 0}]},
+        {"id": "ok-1", "prompt": "a dog"},
+        {"prompt": "a cat", "edit": {"source": "a", "target": "b"}},
+        {"id": "no/slash", "prompt": "a cat"},
+        {"edit": {"source": "a cat", "target": "a dog"}, "height": 30},
+        [1, 2],
+        {"prompt": "a cat", "steps": 0, "fps": 24},
+        {"edit": {"source": "a cat", "target": "a dog", "local_blend": "bird"}},
+    )
+    jobs, errors = parse_jobs(path)
+    assert [job.id for job in jobs] == ["ok-1"] and jobs[0].line == 1 and jobs[0].seed == 3
+    by_line = {error.line: error.message for error in errors}
+    assert sorted(by_line) == [2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]  # blank and comment lines skipped
+    assert by_line[2].startswith("invalid JSON")
+    assert "unknown field 'sed'" in by_line[5] and "allowed fields: id, prompt" in by_line[5]
+    assert by_line[6].startswith("effects[1].type: 'blur' is not a known effect")
+    assert by_line[7].startswith("seed=-1 is not allowed") and by_line[8].startswith("seed='7' is not allowed")
+    assert by_line[9].startswith("effects[0]: NeighborhoodAttention: kernel_size")
+    assert by_line[10] == "id 'ok-1' is already used by line 1"
+    assert "exactly one of prompt" in by_line[11]
+    assert by_line[12].startswith("id='no/slash' is not allowed")
+    assert by_line[13].startswith("height=30 is not allowed: must be a positive multiple of 8")
+    assert "must be a JSON object" in by_line[14]
+    assert by_line[15].startswith("steps=0 is not allowed")
+    assert by_line[16].startswith("edit: replace: LocalBlend word 'bird'")
+    assert str(errors[0]) == f"line 2: {by_line[2]}"
+
+
+def test_ids_and_keys_are_stable_and_follow_the_parameters():
+    (a, b, c, d), errors = parse_lines(
+        [
+            json.dumps({"prompt": "A red Circle!", "seed": 1}),
+            json.dumps({"prompt": "A red Circle!", "seed": 2}),
+            json.dumps({"seed": 1, "prompt": "A red Circle!", "steps": None, "id": "named"}),
+            json.dumps({"edit": {"prompt": "a fluffy cat", "reweight": {"fluffy": 2}}}),
+        ]
+    )
+    assert not errors
+    assert a.id.startswith("a-red-circle-") and a.id.endswith(a.key[:10])
+    assert a.key != b.key  # another seed is another job
+    assert c.key == a.key and c.id == "named"  # key order, explicit defaults and the id do not change the key
+    assert d.id.startswith("a-fluffy-cat-") and d.is_edit and d.prompt is None
+    # Two identical jobs without ids would write the same files.
+    _, errors = parse_lines([json.dumps({"prompt": "x"}), json.dumps({"prompt": "x"})])
+    assert [error.line for error in errors] == [2] and errors[0].message.endswith("is already used by line 1")
+
+
+def test_dry_run_lists_the_jobs_to_run_without_loading_a_model(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"id": "a", "prompt": "a cat"}, {"id": "b", "prompt": "a dog"}, "{")
+    code, out, err = run_main("batch", str(jobs), "--out", str(tmp_path / "out"), "--dry-run", "--model", "no/such")
+    assert code == 1  # the invalid line
+    assert out.split() == ["a", "b"]
+    assert f"{jobs}:3: invalid job: invalid JSON" in err and "2 valid jobs, 1 invalid lines, 0 already done" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_jobs_file_and_mp4_without_encoder_are_usage_errors(tmp_path, monkeypatch):
+    code, _, err = run_main("batch", str(tmp_path / "none.jsonl"), "--out", str(tmp_path))
+    assert code == 2 and "cannot read jobs file" in err and "none.jsonl" in err
+    monkeypatch.setattr("visattn.batch.runner.mp4_encoder", lambda: None)  # as on a machine without PyAV
+    code, _, err = run_main("batch", str(tmp_path / "none.jsonl"), "--out", str(tmp_path), "--video-format", "mp4")
+    assert code == 2 and "needs PyAV" in err
+
+
+# --- running -------------------------------------------------------------------------------------------------------
+def test_images_with_parameters_results_and_effects_applied(tmp_path, sd_pipe):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "plain", "prompt": "a red circle", "seed": 5, **FAST},
+        {"id": "pag", "prompt": "a red circle", "seed": 5, **FAST, "effects": [{"type": "pag", "scale": 3.0}]},
+        {"id": "neg", "prompt": "a red circle", "negative_prompt": "blue", "seed": 5, "guidance": 4.0, **FAST},
+    )
+    summary = run_batch(jobs, tmp_path / "out", pipeline=sd_pipe, progress=False, log=io.StringIO())
+    assert summary.exit_status == 0 and summary.ran == 3 and summary.complete
+    out = tmp_path / "out"
+    # The plain job is exactly a plain pipeline call with the job's seed.
+    expected = sd_pipe(
+        "a red circle", generator=torch.Generator("cpu").manual_seed(5), num_inference_steps=2, height=32, width=32
+    ).images[0]
+    np.testing.assert_array_equal(pixels(out / "plain.png"), np.asarray(expected, dtype=np.int16))
+    assert np.abs(pixels(out / "pag.png") - pixels(out / "plain.png")).max() > 0  # the PAG job differs
+    assert np.abs(pixels(out / "neg.png") - pixels(out / "plain.png")).max() > 0
+
+    meta = read_metadata(out / "pag.png")
+    assert meta["prompt"] == "a red circle" and meta["seed"] == 5 and meta["steps"] == 2
+    assert meta["effect_specs"] == [{"type": "PerturbedAttentionGuidance", "scale": 3.0}]
+    assert meta["effects"][0].startswith("PerturbedAttentionGuidance(scale=3.0")
+    assert read_sidecar(out / "pag.png")["image"] == "pag.png"
+
+    results = results_by_id(out)
+    assert list(results) == ["plain", "pag", "neg"]
+    record = results["neg"]
+    assert record["status"] == "ok" and record["line"] == 3 and record["outputs"] == ["neg.png"]
+    assert record["parameters"]["negative_prompt"] == "blue" and record["parameters"]["guidance"] == 4.0
+    assert record["resolved"] == {"steps": 2, "guidance": 4.0, "width": 32, "height": 32, "frames": None}
+    assert results["plain"]["resolved"]["guidance"] == 7.5  # the pipeline default, recorded
+    assert record["pipeline"] == "StableDiffusionPipeline" and record["device"] == "cpu"
+    assert {"generate_seconds", "write_seconds", "total_seconds"} <= set(record["timing"])
+    assert record["timing"]["generate_seconds"] > 0
+
+
+def test_resume_skips_finished_jobs_and_reruns_changed_or_missing_ones(tmp_path, counted):
+    pipe, calls = counted
+    out = tmp_path / "out"
+    first = [
+        {"id": "a", "prompt": "a red circle", "seed": 1, **FAST},
+        {"id": "b", "prompt": "a blue circle", "seed": 2, **FAST},
+        {"id": "c", "prompt": "a green circle", "seed": 3, **FAST},
+    ]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", *first)
+    assert run_batch(jobs, out, pipeline=pipe, progress=False, log=io.StringIO()).ran == 3
+    assert len(calls) == 3
+
+    summary = run_batch(jobs, out, pipeline=pipe, progress=False, log=io.StringIO())
+    assert len(calls) == 3 and summary.skipped == 3 and summary.ran == 0 and summary.exit_status == 0
+
+    # Change one job's parameters, delete another's output, reorder: exactly those two run again.
+    (out / "c.png").unlink()
+    write_jobs(jobs, first[2], {**first[1], "seed": 9}, first[0])
+    summary = run_batch(jobs, out, pipeline=pipe, progress=False, log=io.StringIO())
+    assert calls[3:] == ["a green circle", "a blue circle"] and summary.skipped == 1 and summary.ran == 2
+    results = results_by_id(out)
+    assert list(results) == ["c", "b", "a"] and [r["line"] for r in results.values()] == [1, 2, 3]
+    assert results["b"]["parameters"]["seed"] == 9 and all(r["status"] == "ok" for r in results.values())
+    assert len(read_records(out / "results.rank0.jsonl")) == 5  # the rank log keeps every run
+
+
+def test_a_crash_mid_write_leaves_no_partial_file_and_the_next_run_completes(tmp_path, sd_pipe, monkeypatch):
+    out = tmp_path / "out"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "first", "prompt": "a red circle", **FAST},
+        {"id": "second", "prompt": "a blue circle", **FAST},
+    )
+    original_save = Image.Image.save
+
+    def crash_on_second(self, fp, *args, **kwargs):
+        if "second" in str(getattr(fp, "name", "")):
+            fp.write(b"\x89PNG\r\n\x1a\n half an image")
+            raise KeyboardInterrupt  # the process dies mid-write
+        return original_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(jobs, out, pipeline=sd_pipe, progress=False, log=io.StringIO())
+    assert sorted(p.name for p in out.iterdir()) == ["first.json", "first.png", "results.rank0.jsonl"]
+    assert [r["id"] for r in read_records(out / "results.rank0.jsonl")] == ["first"]
+
+    # A hard kill (no cleanup at all) leaves a hidden temporary file and possibly a truncated log line.
+    (out / ".second.png.4242.partial").write_bytes(b"\x89PNG half")
+    with open(out / "results.rank0.jsonl", "a") as log:
+        log.write('{"id": "second", "status": "o')
+    monkeypatch.setattr(Image.Image, "save", original_save)
+    summary = run_batch(jobs, out, pipeline=sd_pipe, progress=False, log=io.StringIO())
+    assert summary.skipped == 1 and summary.ran == 1 and summary.exit_status == 0
+    assert not list(out.glob(".*"))
+    assert read_metadata(out / "second.png")["prompt"] == "a blue circle"
+    assert [r["id"] for r in read_records(out / "results.rank0.jsonl")] == ["first", "second"]
+
+
+def test_failing_and_invalid_jobs_are_reported_by_line_and_the_rest_run(tmp_path, sd_dir):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "good", "prompt": "a red circle", **FAST},
+        {"id": "no-layer", "prompt": "a red circle", **FAST, "effects": [{"type": "pag", "layers": "nowhere"}]},
+        {"id": "video", "prompt": "a red circle", "frames": 5, **FAST},
+        {"id": "typo", "prompt": "a red circle", "stesp": 2},
+        {"id": "last", "prompt": "a blue circle", **FAST},
+    )
+    out = tmp_path / "out"
+    code, stdout, err = run_main("batch", str(jobs), "--out", str(out), "--model", str(sd_dir), "--quiet")
+    assert code == 1
+    assert stdout.strip() == str(out / "results.jsonl")
+    assert f"{jobs}:2: job 'no-layer' failed: ValueError:" in err and "nowhere" in err
+    assert f"{jobs}:3: job 'video' failed: UsageError: frames=5 needs a video pipeline" in err
+    assert f"{jobs}:4: invalid job: unknown field 'stesp'" in err
+    results = read_records(out / "results.jsonl")
+    statuses = [(r["line"], r["status"]) for r in results]
+    assert statuses == [(1, "ok"), (2, "error"), (3, "error"), (4, "invalid"), (5, "ok")]
+    assert "Traceback" in results[1]["traceback"] and results[1]["model"] == str(sd_dir.resolve())
+    assert (out / "good.png").is_file() and (out / "last.png").is_file() and not (out / "no-layer.png").exists()
+    # Failed jobs are retried by the next run; finished ones are not.
+    code, _, err = run_main("batch", str(jobs), "--out", str(out), "--model", str(sd_dir), "--quiet")
+    assert code == 1 and "2 already done before this run" in err
+
+
+def test_video_job_writes_an_animated_webp_with_every_frame(tmp_path):
+    pipe = tiny_pipeline("wan")
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"id": "clip", "prompt": "a red circle", "frames": 5, "fps": 8, **FAST})
+    summary = run_batch(jobs, tmp_path / "out", pipeline=pipe, progress=False, log=io.StringIO())
+    assert summary.exit_status == 0
+    path = tmp_path / "out" / "clip.webp"
+    with Image.open(path) as video:
+        assert video.format == "WEBP" and video.is_animated and video.n_frames == 5 and video.size == (32, 32)
+        video.seek(4)
+        video.load()
+        assert video.info["duration"] == 125 and video.info["loop"] == 0  # 8 fps, looping
+    record = results_by_id(tmp_path / "out")["clip"]
+    assert record["kind"] == "video" and record["outputs"] == ["clip.webp"] and record["resolved"]["frames"] == 5
+    assert json.loads((tmp_path / "out" / "clip.json").read_text())["fps"] == 8.0
+
+
+def test_mp4_when_pyav_is_installed(tmp_path):
+    av = pytest.importorskip("av", reason="MP4 needs PyAV (pip install av); animated WebP is the default")
+    from visattn.batch.outputs import save_video
+
+    frames = [Image.new("RGB", (33, 30), (40 * i, 0, 0)) for i in range(6)]
+    path = save_video(frames, tmp_path / "clip.mp4", 12.0, {"prompt": "x"})
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert sum(1 for _ in container.decode(video=0)) == 6
+        assert (stream.width, stream.height) == (32, 30)  # cropped to even sizes for yuv420p
+
+
+def test_edit_jobs_write_source_and_target_images(tmp_path, sd_pipe):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "swap", "edit": {"source": "a red circle", "target": "a blue circle"}, "seed": 4, **FAST},
+        {"id": "weigh", "edit": {"prompt": "a red circle", "reweight": {"red": 4.0}}, "seed": 4, **FAST},
+        {"id": "plain", "prompt": "a red circle", "seed": 4, **FAST},
+    )
+    summary = run_batch(jobs, tmp_path / "out", pipeline=sd_pipe, progress=False, log=io.StringIO())
+    assert summary.exit_status == 0
+    out = tmp_path / "out"
+    results = results_by_id(out)
+    assert results["swap"]["outputs"] == ["swap-source.png", "swap-target.png"]
+    assert results["swap"]["edit"] == {"source": "a red circle", "target": "a blue circle", "mode": "replace"}
+    source, target = read_metadata(out / "swap-source.png"), read_metadata(out / "swap-target.png")
+    assert (source["role"], source["prompt"]) == ("source", "a red circle")
+    assert (target["role"], target["prompt"]) == ("target", "a blue circle")
+    assert np.abs(pixels(out / "swap-target.png") - pixels(out / "swap-source.png")).max() > 0
+    assert np.abs(pixels(out / "weigh-target.png") - pixels(out / "weigh-source.png")).max() > 0
+    # The source of an edit is the plain generation of its prompt with the same seed (up to batch rounding).
+    assert np.abs(pixels(out / "swap-source.png") - pixels(out / "plain.png")).max() <= 2
+
+
+# --- two processes ---------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_run_every_job_exactly_once(tmp_path, sd_dir):
+    prompts = ["a red circle", "a blue circle", "a red square", "a blue square", "a green circle"]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", *({"prompt": p, "seed": i, **FAST} for i, p in enumerate(prompts)))
+    out = tmp_path / "out"
+    # `--multi_gpu` is accelerate's multi-process launcher (torchrun); on a machine without a GPU visattn joins the
+    # processes in a gloo group (`--cpu` alone would start a single process).
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "visattn.cli", "batch", str(jobs), "--out", str(out), "--model", str(sd_dir), "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch [1/2]" in result.stderr and "batch [2/2]" in result.stderr  # a progress bar per process
+
+    ranks = {rank: read_records(out / f"results.rank{rank}.jsonl") for rank in (0, 1)}
+    assert {r["rank"] for r in ranks[0]} == {0} and {r["rank"] for r in ranks[1]} == {1}
+    assert [len(ranks[0]), len(ranks[1])] == [3, 2]  # interleaved shards: jobs 0, 2, 4 and 1, 3
+    ran = [record["id"] for records in ranks.values() for record in records]
+    expected, _ = parse_jobs(jobs)
+    assert sorted(ran) == sorted(job.id for job in expected)  # every job exactly once
+    results = read_records(out / "results.jsonl")
+    assert [r["line"] for r in results] == [1, 2, 3, 4, 5] and all(r["status"] == "ok" for r in results)
+    assert all(r["num_processes"] == 2 for r in results)
+    for record in results:
+        assert read_metadata(out / record["outputs"][0])["prompt"] == prompts[record["line"] - 1]
+    assert not list(out.glob(".*"))  # no temporary file left behind

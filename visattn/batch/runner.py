@@ -1,0 +1,503 @@
+"""Run a jobs file: resume, shard across processes, generate, write outputs and results.
+
+One process or many, the same code: under ``accelerate launch`` (or ``torchrun``) every process parses the whole
+jobs file, and job ``i`` of the jobs still to do goes to process ``i % num_processes`` (accelerate's
+:class:`~accelerate.PartialState` tells each process its index and device), so shards are disjoint and balanced.
+
+Files (in ``out_dir``), and who writes them, so that no two processes ever write the same file:
+
+* ``{id}.png`` (``{id}-source.png`` and ``{id}-target.png`` for an edit), or ``{id}.webp`` / ``{id}.mp4`` for
+  video, each with a ``.json`` sidecar: the process that ran the job (ids are unique within a jobs file);
+* ``results.rank{N}.jsonl``: process ``N`` only, one record appended per finished or failed job (the log);
+* ``results.jsonl``: the main process only, after every process is done: one line per line of the jobs file, in
+  file order (``ok``, ``error``, ``invalid`` or ``pending``), merged from the rank logs.
+
+Resuming: a job is finished when a rank log or ``results.jsonl`` holds an ``ok`` record with its id, the same
+parameter hash (:attr:`visattn.batch.jobs.Job.key`), the same model, and every output file still exists. Outputs
+are written atomically before the record (:mod:`visattn.batch.outputs`), so a killed run leaves no partial file
+and its interrupted job simply runs again. Every process reads the records before a barrier that precedes any
+write, so all processes agree on the jobs still to do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .. import __version__
+from ..defaults import DEFAULT_MODEL
+from ..generate import (
+    DEVICES,
+    ParameterError,
+    UsageError,
+    _call_arguments,
+    _pipeline_name,
+    _signature_default,
+    _weights_of,
+    check_dtype,
+    load_pipeline,
+)
+from .jobs import Job, JobError, parse_jobs
+from .outputs import (
+    VIDEO_FORMATS,
+    append_record,
+    mp4_encoder,
+    read_records,
+    remove_partials,
+    save_png,
+    save_video,
+    write_bytes_atomic,
+)
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+RESULTS_NAME = "results.jsonl"
+RANK_RESULTS = "results.rank{rank}.jsonl"
+#: how long a process waits at a barrier for the others (a finished shard waits for the slowest one; video jobs
+#: can take hours, far beyond torch.distributed's default 10-30 minute timeouts)
+BARRIER_TIMEOUT = datetime.timedelta(days=7)
+
+
+@dataclass
+class BatchSummary:
+    """What a :func:`run_batch` call did, from this process's point of view (the main process sees everything).
+
+    Attributes:
+        jobs: valid jobs in the file.
+        invalid: lines that could not be parsed or validated.
+        skipped: jobs finished by an earlier run (all processes).
+        ran: jobs this process ran successfully.
+        failed: jobs this process ran that raised, with their line numbers.
+        pending: ids of jobs still to do (after a dry run: what a real run would do).
+        results: the merged ``results.jsonl`` (main process, not after a dry run), else ``None``.
+        complete: every job of the file has an ``ok`` result (known to the main process; other processes: no
+            failure of their own).
+        process_index, num_processes: this process's place in the launch.
+    """
+
+    jobs: int = 0
+    invalid: list[JobError] = field(default_factory=list)
+    skipped: int = 0
+    ran: int = 0
+    failed: list[JobError] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    results: Path | None = None
+    complete: bool = False
+    process_index: int = 0
+    num_processes: int = 1
+
+    @property
+    def exit_status(self) -> int:
+        """0 when every job succeeded (now or before) and no line was invalid, else 1."""
+        return 0 if self.complete and not self.invalid and not self.failed else 1
+
+
+# --- processes ----------------------------------------------------------------------------------------------------
+class _Processes:
+    """This process's index, the process count, its device, and a barrier that tolerates long waits."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+        from accelerate import PartialState
+
+        if device not in DEVICES:
+            raise ParameterError("device", device, f"choose from {', '.join(DEVICES)}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"device='cuda' is not available: torch {torch.__version__} sees no CUDA device; use cpu")
+        # accelerate's `--cpu` flag reaches scripts as ACCELERATE_USE_CPU; PartialState only uses it when told.
+        forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        cpu = device == "cpu" or forced_cpu or not torch.cuda.is_available()
+        # cpu=True makes processes started by `accelerate launch --multi_gpu` / torchrun on a machine without a GPU
+        # join one gloo group instead of each running alone.
+        self.state = PartialState(cpu=cpu)
+        self.index = self.state.process_index
+        self.count = self.state.num_processes
+        self.is_main = self.state.is_main_process
+        self.device = torch.device("cpu") if cpu or self.state.device.type == "cpu" else self.state.device
+        self._group = None
+        if self.count > 1 and torch.distributed.is_initialized():
+            # A CPU (gloo) group with a long timeout just for barriers: the default group's timeout would abort a
+            # process whose shard finished long before the slowest one.
+            self._group = torch.distributed.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+
+    def barrier(self) -> None:
+        if self._group is not None:
+            import torch
+
+            torch.distributed.barrier(group=self._group)
+
+
+# --- resuming -----------------------------------------------------------------------------------------------------
+def _model_name(model: str | None, pipeline: Any) -> str:
+    if model is None:
+        return _pipeline_name(pipeline) if pipeline is not None else DEFAULT_MODEL
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def _records(out_dir: Path) -> list[dict[str, Any]]:
+    """Every record in the rank logs and the merged results (any number of processes, any earlier run)."""
+    records = []
+    for path in sorted(out_dir.glob(RANK_RESULTS.format(rank="*"))) + [out_dir / RESULTS_NAME]:
+        records.extend(record for record in read_records(path) if isinstance(record.get("id"), str))
+    return records
+
+
+def _finished(job: Job, record: dict[str, Any], model: str, out_dir: Path) -> bool:
+    return (
+        record.get("status") == "ok"
+        and record.get("key") == job.key
+        and record.get("model") == model
+        and bool(record.get("outputs"))
+        and all((out_dir / name).is_file() for name in record["outputs"])
+    )
+
+
+def _latest(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest record per job id (ISO UTC timestamps sort as text)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: str(r.get("finished_at", ""))):
+        latest[record["id"]] = record
+    return latest
+
+
+# --- one job ------------------------------------------------------------------------------------------------------
+def _frames_of(video: Any) -> list:
+    """PIL frames of one video from a pipeline's ``frames`` output (PIL list, or a float array in [0, 1])."""
+    from PIL import Image
+
+    frames = list(video)
+    if frames and not isinstance(frames[0], Image.Image):
+        import numpy as np
+
+        arrays = [(np.clip(np.asarray(f, dtype=np.float32), 0, 1) * 255).round().astype("uint8") for f in frames]
+        return [Image.fromarray(array) for array in arrays]
+    return frames
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+class _JobRunner:
+    """Runs jobs on one loaded pipeline and writes their outputs; shared data computed once."""
+
+    def __init__(
+        self, pipeline: DiffusionPipeline, out_dir: Path, model: str, video_format: str, run: dict[str, Any]
+    ) -> None:
+        import diffusers
+        import torch
+
+        self.pipe, self.out_dir, self.model, self.video_format = pipeline, out_dir, model, video_format
+        self.run_info = run
+        device, dtype = _weights_of(pipeline)
+        scheduler = getattr(pipeline, "scheduler", None)
+        self.base = {
+            "model": model,
+            "pipeline": type(pipeline).__name__,
+            "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+            "device": device,
+            "dtype": dtype,
+            "visattn_version": __version__,
+            "torch_version": torch.__version__,
+            "diffusers_version": diffusers.__version__,
+        }
+
+    def run(self, job: Job) -> dict[str, Any]:
+        """Generate ``job``, write its files, and return its ``ok`` record (raises on any failure)."""
+        import torch
+
+        from ..attachment import attach
+        from ..effect_specs import describe, describe_edit
+
+        started = time.perf_counter()
+        if job.frames is not None and "num_frames" not in inspect.signature(self.pipe.__call__).parameters:
+            raise UsageError(f"frames={job.frames} needs a video pipeline; {type(self.pipe).__name__} makes images")
+        effects = job.build_effects()
+        edit = job.build_edit()
+        negative = job.negative_prompt
+        if negative is not None and edit is not None:
+            negative = [negative, negative]  # one per prompt: the edit calls the pipeline with [source, target]
+        call = _call_arguments(
+            self.pipe,
+            {
+                "negative_prompt": negative,
+                "num_inference_steps": job.steps,
+                "guidance_scale": job.guidance,
+                "height": job.height,
+                "width": job.width,
+                "num_frames": job.frames,
+            },
+        )
+        if edit is not None:
+            # Source and target from the same noise: PromptToPrompt's generators repeat the seed per row.
+            prompt, generator, roles = edit.prompts, edit.generator(job.seed), ("source", "target")
+        else:
+            prompt, generator, roles = job.prompt, [torch.Generator("cpu").manual_seed(job.seed)], ("",)
+        with attach(self.pipe, *([edit] if edit is not None else []), *effects):
+            result = self.pipe(prompt=prompt, generator=generator, output_type="pil", **call)
+        generated = time.perf_counter()
+
+        videos = getattr(result, "frames", None)
+        images = getattr(result, "images", None) if videos is None else None
+        if videos is None and images is None:
+            raise UsageError(f"{type(self.pipe).__name__} returned neither images nor frames")
+        outputs = list(images) if images is not None else [_frames_of(video) for video in videos]
+        if len(outputs) != len(roles):
+            raise RuntimeError(f"expected {len(roles)} outputs from the pipeline, got {len(outputs)}")
+
+        first = outputs[0] if images is not None else outputs[0][0]
+        resolved = {
+            "steps": job.steps if job.steps is not None else _signature_default(self.pipe, "num_inference_steps"),
+            "guidance": job.guidance if job.guidance is not None else _signature_default(self.pipe, "guidance_scale"),
+            "width": first.width,
+            "height": first.height,
+            "frames": None if images is not None else len(outputs[0]),
+        }
+        effect_specs = describe(effects)
+        edit_spec = describe_edit(edit) if edit is not None else None
+        names = []
+        for role, output in zip(roles, outputs):
+            stem = f"{job.id}-{role}" if role else job.id
+            role_prompt = job.prompt if edit is None else edit.prompts[roles.index(role)]
+            metadata = {
+                **self.base,
+                "job_id": job.id,
+                "role": role or None,
+                "prompt": role_prompt,
+                "negative_prompt": job.negative_prompt,
+                "seed": job.seed,
+                "image_seed": job.seed,
+                **resolved,
+                "effects": [repr(effect) for effect in effects],  # strings, as visattn.images expects
+                "effect_specs": effect_specs,
+                "edit": edit_spec,
+            }
+            if images is not None:
+                path = save_png(output, self.out_dir / f"{stem}.png", metadata)
+            else:
+                metadata["fps"] = job.fps
+                path = save_video(output, self.out_dir / f"{stem}.{self.video_format}", job.fps, metadata)
+            names.append(path.name)
+        written = time.perf_counter()
+        return {
+            **self._record(job, "ok"),
+            "kind": "image" if images is not None else "video",
+            "resolved": resolved,
+            **self.base,
+            "effects": effect_specs,
+            "edit": edit_spec,
+            "outputs": names,
+            "timing": {
+                "load_seconds": self.run_info.get("load_seconds"),
+                "generate_seconds": generated - started,
+                "write_seconds": written - generated,
+                "total_seconds": written - started,
+            },
+        }
+
+    def _record(self, job: Job, status: str) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "line": job.line,
+            "key": job.key,
+            "status": status,
+            "parameters": job.parameters(),
+            "model": self.model,
+            "rank": self.run_info["rank"],
+            "num_processes": self.run_info["num_processes"],
+            "host": self.run_info["host"],
+            "finished_at": _now(),
+        }
+
+    def failure(self, job: Job, exc: BaseException, seconds: float) -> dict[str, Any]:
+        return {
+            **self._record(job, "error"),
+            "error": _one_line(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            "timing": {"total_seconds": seconds},
+        }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --- the batch ----------------------------------------------------------------------------------------------------
+def _merge(jobs: Sequence[Job], invalid: Sequence[JobError], out_dir: Path) -> tuple[Path, bool]:
+    """Write ``results.jsonl``: one line per line of the jobs file; returns its path and whether all are ok."""
+    latest = _latest(_records(out_dir))
+    lines: list[tuple[int, dict[str, Any]]] = []
+    complete = not invalid
+    for job in jobs:
+        record = latest.get(job.id)
+        if record is None or record.get("key") != job.key:
+            record = {"id": job.id, "line": job.line, "key": job.key, "status": "pending"}
+            record["parameters"] = job.parameters()
+        else:
+            record = {**record, "line": job.line}  # the job may have moved within the file since it ran
+        complete = complete and record["status"] == "ok"
+        lines.append((job.line, record))
+    for error in invalid:
+        lines.append((error.line, {"id": error.id, "line": error.line, "status": "invalid", "error": error.message}))
+    lines.sort(key=lambda item: item[0])
+
+    text = "".join(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for _, record in lines)
+    path = write_bytes_atomic(out_dir / RESULTS_NAME, text.encode("utf-8"))
+    return path, complete
+
+
+def run_batch(
+    jobs_file: str | Path,
+    out_dir: str | Path,
+    *,
+    model: str | None = None,
+    pipeline: DiffusionPipeline | None = None,
+    device: str = "auto",
+    dtype: str = "fp32",
+    video_format: str = "webp",
+    progress: bool = True,
+    dry_run: bool = False,
+    log: IO[str] | None = None,
+) -> BatchSummary:
+    """Run every job of ``jobs_file`` not finished yet, writing images, videos and results into ``out_dir``.
+
+    Call it in every process of an ``accelerate launch`` (``visattn batch`` does): each process runs its own
+    shard on its own device. See the module docstring for the files and the resume rule.
+
+    Args:
+        jobs_file: JSONL jobs (see :mod:`visattn.batch.jobs`).
+        out_dir: output folder, created if missing; reuse it to resume.
+        model: diffusers model id or local pipeline folder (default: the embedded tiny default model).
+        pipeline: a ready pipeline to use instead of loading ``model`` (single process; ``device``/``dtype`` are
+            not applied to it).
+        device: ``"auto"`` (each process's accelerator, else CPU), ``"cpu"`` or ``"cuda"``.
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``, for a pipeline this function loads.
+        video_format: ``"webp"`` (animated WebP, always available) or ``"mp4"`` (needs PyAV).
+        progress: a progress bar per process (on stderr; the pipeline's own step bar is hidden).
+        dry_run: only parse, validate and find what is left to do (no model is loaded, nothing is written).
+        log: where line-numbered errors and the summary go (default: stderr).
+
+    Raises:
+        UsageError: the jobs file cannot be read, a bad device/dtype/video format, no MP4 encoder, or the model
+            cannot be loaded (raised after the other processes were released).
+    """
+    log = log if log is not None else sys.stderr
+    if video_format not in VIDEO_FORMATS:
+        raise ParameterError("video_format", video_format, f"choose from {', '.join(VIDEO_FORMATS)}")
+    if video_format == "mp4" and mp4_encoder() is None:
+        raise UsageError("video_format='mp4' needs PyAV (pip install av); use webp (always available)")
+    torch_dtype = check_dtype(dtype)
+    jobs_file, out_dir = Path(jobs_file), Path(out_dir)
+    try:
+        jobs, invalid = parse_jobs(jobs_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read jobs file {str(jobs_file)!r}: {_one_line(exc)}") from None
+
+    processes = _Processes(device)
+    summary = BatchSummary(
+        jobs=len(jobs), invalid=list(invalid), process_index=processes.index, num_processes=processes.count
+    )
+    model_name = _model_name(model, pipeline)
+    if processes.is_main:
+        for error in invalid:
+            print(f"{jobs_file}:{error.line}: invalid job: {error.message}", file=log)
+        if not dry_run:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_partials(out_dir)  # leftovers of a killed run; nobody writes before the barrier below
+    latest = _latest(_records(out_dir)) if out_dir.is_dir() else {}
+    pending = [job for job in jobs if not (job.id in latest and _finished(job, latest[job.id], model_name, out_dir))]
+    summary.skipped = len(jobs) - len(pending)
+    summary.pending = [job.id for job in pending]
+    if dry_run:
+        summary.complete = not pending
+        return summary
+    processes.barrier()  # every process has read the old records before anyone appends new ones
+
+    mine = pending[processes.index :: processes.count]
+    load_error: UsageError | None = None
+    run_info = {"rank": processes.index, "num_processes": processes.count, "host": socket.gethostname()}
+    try:
+        if mine and pipeline is None:
+            started = time.perf_counter()
+            try:
+                pipeline = load_pipeline(model, processes.device, torch_dtype)
+            except UsageError as exc:
+                load_error = exc
+            run_info["load_seconds"] = time.perf_counter() - started
+        if mine and load_error is None:
+            _run_shard(mine, pipeline, out_dir, model_name, video_format, run_info, summary, jobs_file, progress, log)
+    finally:
+        processes.barrier()  # the merge below must see every process's records
+    if processes.is_main:
+        summary.results, summary.complete = _merge(jobs, invalid, out_dir)
+        _print_summary(summary, out_dir, log)
+    else:
+        summary.complete = not summary.failed and load_error is None
+    if load_error is not None:
+        raise load_error
+    return summary
+
+
+def _run_shard(
+    mine: Sequence[Job],
+    pipeline: DiffusionPipeline,
+    out_dir: Path,
+    model_name: str,
+    video_format: str,
+    run_info: dict[str, Any],
+    summary: BatchSummary,
+    jobs_file: Path,
+    progress: bool,
+    log: IO[str],
+) -> None:
+    from tqdm.auto import tqdm
+
+    runner = _JobRunner(pipeline, out_dir, model_name, video_format, run_info)
+    rank_log = out_dir / RANK_RESULTS.format(rank=run_info["rank"])
+    count = run_info["num_processes"]
+    label = f"batch [{run_info['rank'] + 1}/{count}]" if count > 1 else "batch"
+    previous = dict(getattr(pipeline, "_progress_bar_config", None) or {})
+    pipeline.set_progress_bar_config(**{**previous, "disable": True})  # one bar per process: jobs, not steps
+    bar = tqdm(mine, desc=label, unit="job", position=run_info["rank"], file=sys.stderr, disable=not progress)
+    try:
+        for job in bar:
+            started = time.perf_counter()
+            try:
+                record = runner.run(job)
+            except Exception as exc:  # one failing job must not stop the others; it is reported with its line
+                record = runner.failure(job, exc, time.perf_counter() - started)
+                summary.failed.append(JobError(job.line, record["error"], job.id))
+                message = f"{jobs_file}:{job.line}: job {job.id!r} failed: {record['error']}"
+                bar.write(message, file=log) if progress else print(message, file=log)
+            else:
+                summary.ran += 1
+            append_record(rank_log, record)
+            bar.set_postfix(failed=len(summary.failed), refresh=False)
+    finally:
+        bar.close()
+        pipeline.set_progress_bar_config(**previous)
+
+
+def _print_summary(summary: BatchSummary, out_dir: Path, log: IO[str]) -> None:
+    statuses: dict[str, int] = {}
+    for record in read_records(out_dir / RESULTS_NAME):
+        statuses[record.get("status", "?")] = statuses.get(record.get("status", "?"), 0) + 1
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    print(
+        f"visattn batch: {summary.jobs} jobs, {summary.skipped} already done before this run; results: {counts} "
+        f"({out_dir / RESULTS_NAME})",
+        file=log,
+    )

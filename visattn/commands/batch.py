@@ -1,0 +1,82 @@
+"""``visattn batch JOBS.jsonl --out DIR``: generate many images and videos from a jobs file, resumable, sharded
+across processes with ``accelerate launch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_DESCRIPTION = """\
+Run the jobs of a JSONL file (one JSON object per line) with visattn attached. A job is a prompt or a
+Prompt-to-Prompt edit, with seed, size, frames and effects, e.g.
+  {"id": "cat-pag", "prompt": "a cat", "seed": 1, "steps": 30, "effects": [{"type": "pag", "scale": 3}]}
+  {"edit": {"source": "a cat riding a bike", "target": "a dog riding a bike"}, "seed": 7}
+  {"prompt": "a dog running", "frames": 33, "fps": 16}
+Fields: id, prompt | edit, negative_prompt, seed, steps, guidance, height, width, frames, fps, effects.
+
+Writes ID.png (ID-source.png and ID-target.png for an edit) or ID.webp / ID.mp4 for video pipelines, each
+with a JSON sidecar, and results.jsonl with every parameter, the output files and timings. Run it again on the
+same --out to resume: finished jobs are skipped, and files are written atomically, so an interrupted run
+leaves no partial file. Bad lines and failing jobs are reported with their line numbers; the others still
+run; the exit status is 1 when any job failed or any line was invalid.
+
+Scale out: every process of `accelerate launch` runs a disjoint shard on its own device, e.g.
+  accelerate launch --num_processes 8 -m visattn.cli batch jobs.jsonl --out out/ --model ID
+(on several machines add --num_machines/--machine_rank/--main_process_ip, with --out on a shared file
+system). Each process writes results.rank{N}.jsonl; the main process merges them into results.jsonl. CPU-only
+machines: `accelerate launch --multi_gpu --num_processes 2 -m visattn.cli batch ... --device cpu` (or torchrun);
+accelerate's --cpu flag alone starts a single process.
+"""
+
+
+def add_parser(commands) -> None:
+    from ..generate import DEVICES, DTYPES
+
+    parser = commands.add_parser(
+        "batch",
+        help="run a JSONL file of generation and edit jobs (resumable, shards with accelerate launch)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("jobs", metavar="JOBS.jsonl", help="jobs file, one JSON object per line")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (reuse it to resume)")
+    parser.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: each process's GPU, else cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
+    parser.add_argument(
+        "--video-format",
+        choices=("webp", "mp4"),
+        default="webp",
+        help="videos as animated WebP (default, always available) or MP4 (needs PyAV: pip install av)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="only validate the file and list the jobs to run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..batch import run_batch
+
+    summary = run_batch(
+        args.jobs,
+        args.out,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        video_format=args.video_format,
+        progress=not args.quiet,
+        dry_run=args.dry_run,
+    )
+    if args.dry_run and summary.process_index == 0:
+        # stdout: the ids still to run, one per line, for scripts; the counts go to stderr with the errors.
+        for job_id in summary.pending:
+            print(job_id)
+        print(
+            f"visattn batch: {summary.jobs} valid jobs, {len(summary.invalid)} invalid lines, "
+            f"{summary.skipped} already done, {len(summary.pending)} to run",
+            file=sys.stderr,
+        )
+        return 1 if summary.invalid else 0
+    if summary.results is not None:
+        print(summary.results)
+    return summary.exit_status
