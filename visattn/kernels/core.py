@@ -2,8 +2,9 @@
 
 ``attention(q, k, v, pattern=..., score_mod=..., identity_blend=...)`` describes a call completely; a backend
 (one file each in :mod:`visattn.kernels.backends`) computes it. ``backend="auto"`` picks the fastest backend that
-computes the request exactly: the dense SDPA path when nothing custom is asked for, FlexAttention on CUDA for
-patterns and modifiers, and the materialized reference on CPU (where FlexAttention would materialize too).
+computes the request exactly: the dense SDPA path when nothing custom is asked for, NATTEN's fused kernels for
+plain neighborhood attention when NATTEN is installed, FlexAttention on CUDA for other patterns and modifiers,
+and the materialized reference on CPU (where FlexAttention would materialize too).
 """
 
 from __future__ import annotations
@@ -13,11 +14,20 @@ from typing import Any
 
 import torch
 
-from .backends import flex, reference, sdpa
+from .backends import flex, natten, reference, sdpa, triton
 from .request import AttentionRequest
 from .spec import Pattern, ScoreModifier
 
-_BACKENDS: dict[str, ModuleType] = {module.NAME: module for module in (sdpa, reference, flex)}
+_BACKENDS: dict[str, ModuleType] = {
+    module.NAME: module
+    for module in (
+        sdpa,
+        reference,
+        flex,
+        natten,
+        triton,
+    )
+}
 
 
 def register_backend(module: ModuleType) -> None:
@@ -51,6 +61,9 @@ def choose_backend(request: AttentionRequest, backend: str = "auto") -> str:
         return backend
     if request.is_plain:
         return "sdpa"
+    # supports() first: it is cheap, and availability() tries an import when NATTEN is missing.
+    if natten.supports(request) and natten.availability()[0]:
+        return "natten"
     if request.q.device.type == "cuda" and flex.availability()[0] and flex.supports(request):
         return "flex"
     return "reference"
