@@ -1,0 +1,333 @@
+"""The editing demo without a browser: handlers on the tiny SD pipeline, upload checks, and ``visattn demo``."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visattn.app.handlers import DemoEngine, DemoError, DemoRequest, native_size, prompt_words
+from visattn.app.uploads import UploadError, fit_to_size, open_upload
+from visattn.cli import main
+from visattn.guidance import HeadSet
+from visattn.testing import tiny_pipeline
+
+MID = "mid_block.attentions.0.transformer_blocks.0.attn1"
+STEPS = 2
+
+
+@functools.cache
+def engine() -> DemoEngine:
+    return DemoEngine(pipeline=tiny_pipeline("sd"))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@functools.cache
+def plain(prompt: str = "a red circle", seed: int = 0) -> np.ndarray:
+    """The generation without edit or effects: what every source must reproduce."""
+    return pixels(engine().run(DemoRequest(prompt, seed=seed, steps=STEPS)).source)
+
+
+def write_png_header(path, width: int, height: int) -> None:
+    """A PNG that declares ``width x height`` but holds one empty row: a decompression bomb's header, cheaply."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    )
+
+
+# --- generation, edits, maps -------------------------------------------------------------------------------------
+def test_generate_returns_image_heatmaps_per_word_and_progress():
+    reports = []
+    result = engine().run(DemoRequest("a red circle", steps=3), lambda f, d: reports.append((f, d)))
+    height, width = native_size(tiny_pipeline("sd"))
+    assert result.source.size == (width, height) == result.size and result.edit is None
+    assert [caption for _, caption in result.heatmaps] == ["red", "circle"]  # stop word "a" dropped
+    assert all(isinstance(image, Image.Image) and image.size == (width, height) for image, _ in result.heatmaps)
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [d for _, d in reports if "step" in d] == [f"generating: step {i}/3" for i in (1, 2, 3)]
+    assert result.effects == [] and result.edit_spec is None
+
+
+def test_no_edit_with_effects_compares_plain_and_effects():
+    request = DemoRequest("a red circle", steps=STEPS, pag_scale=3.0, pag_strength=0.5, kernel_size=3)
+    result = engine().run(request)
+    np.testing.assert_array_equal(pixels(result.source), plain())  # the left image has no effect
+    assert np.abs(pixels(result.edit) - plain()).max() > 0
+    assert result.effects == [
+        {"type": "PerturbedAttentionGuidance", "scale": 3.0, "strength": 0.5},
+        {"type": "NeighborhoodAttention", "kernel_size": 3},
+    ]
+    assert "PerturbedAttentionGuidance" in result.summary()
+
+
+def test_replace_with_local_blend_keeps_the_source_and_captions_both_prompts():
+    request = DemoRequest(
+        "a red circle", steps=STEPS, edit_mode="replace", target="a blue circle", local_blend="circle"
+    )
+    result = engine().run(request)
+    # The source row of an edit is the plain generation (up to the rounding of a larger batch).
+    assert np.abs(pixels(result.source) - plain()).max() <= 2
+    assert np.abs(pixels(result.edit) - pixels(result.source)).max() > 0
+    assert [c for _, c in result.heatmaps] == ["source: red", "source: circle", "edit: blue", "edit: circle"]
+    assert result.edit_spec == {
+        "source": "a red circle",
+        "target": "a blue circle",
+        "mode": "replace",
+        "local_blend": ["circle"],
+    }
+
+
+def test_refine_maps_the_added_word():
+    result = engine().run(DemoRequest("a red circle", steps=STEPS, edit_mode="refine", target="a big red circle"))
+    assert [c for _, c in result.heatmaps if c.startswith("edit")] == ["edit: big", "edit: red", "edit: circle"]
+
+
+def test_reweight_changes_the_edit_and_the_word_map():
+    request = DemoRequest("a red circle", steps=STEPS, edit_mode="reweight", weights={"red": 4.0, "circle": 1.0})
+    result = engine().run(request)
+    assert result.edit_spec == {"prompt": "a red circle", "reweight": {"red": 4.0}}  # weight 1 is no re-weighting
+    assert np.abs(pixels(result.source) - plain()).max() <= 2
+    assert np.abs(pixels(result.edit) - pixels(result.source)).max() > 0
+    maps = dict((caption, pixels(image)) for image, caption in result.heatmaps)
+    assert set(maps) == {"source: red", "source: circle", "edit: red (x4)", "edit: circle"}
+    assert np.abs(maps["edit: red (x4)"] - maps["source: red"]).max() > 0
+
+
+def test_extrapolation_generates_beyond_the_native_size():
+    request = DemoRequest("a red circle", steps=STEPS, size_factor=1.5, decay=0.5, entropy_scaling=True)
+    result = engine().run(request)
+    height, width = native_size(tiny_pipeline("sd"))
+    assert result.edit.size == (width * 3 // 2, height * 3 // 2) == result.size
+    grid = [height // 2, width // 2]  # the tiny VAE downsamples by 2
+    assert result.effects == [
+        {"type": "ExtrapolationDecay", "train_size": grid, "factor": 0.5},
+        {"type": "EntropyScaling", "train_tokens": grid[0] * grid[1]},
+    ]
+
+
+def test_saved_head_set_restricts_pag(tmp_path):
+    heads = HeadSet.from_heads({MID: [1]})
+    path = heads.save(tmp_path / "heads.json")
+    result = engine().run(DemoRequest("a red circle", steps=STEPS, pag_scale=2.0, head_set=str(path)))
+    layers = heads.to_heads()  # {exact-name pattern of MID: [1]}
+    assert result.effects == [
+        {"type": "PerturbedAttentionGuidance", "scale": 2.0, "strength": 1.0, "layers": list(layers), "heads": layers}
+    ]
+    HeadSet.from_heads({"no.such.layer": [0]}).save(tmp_path / "other.json")
+    with pytest.raises(DemoError, match="head set file cannot be used.*no.such.layer"):
+        engine().run(DemoRequest("a red circle", steps=STEPS, pag_scale=2.0, head_set=str(tmp_path / "other.json")))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(DemoError, match="not valid JSON"):
+        engine().run(DemoRequest("a red circle", steps=STEPS, pag_scale=2.0, head_set=str(tmp_path / "broken.json")))
+
+
+def test_transformer_and_video_families():
+    # SD3 (joint attention): PAG perturbs the middle joint layer, since a transformer has no mid block.
+    sd3 = DemoEngine(pipeline=tiny_pipeline("sd3"), native_size=(32, 32))
+    result = sd3.run(DemoRequest("a red circle", steps=STEPS, edit_mode="reweight", weights={"red": 2.0}, pag_scale=2))
+    assert result.effects[0]["layers"] == [r"^transformer_blocks\.1\.attn$"]
+    assert [c for _, c in result.heatmaps] == ["source: red", "source: circle", "edit: red (x2)", "edit: circle"]
+    # Wan (video): radial attention is allowed; videos and their maps come back as animated WebPs.
+    wan = DemoEngine(pipeline=tiny_pipeline("wan"), native_size=(32, 32), frames=9)
+    result = wan.run(DemoRequest("a red circle", steps=STEPS, radial=True, edit_mode="replace", target="a blue circle"))
+    assert result.effects == [{"type": "RadialAttention"}]
+    for path in (result.source, result.edit, result.heatmaps[0][0]):
+        with Image.open(path) as video:
+            assert video.format == "WEBP" and video.n_frames > 1 and video.size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "message"),
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"steps": 0}, "steps=0 is not allowed"),
+        ({"seed": -1}, "seed=-1 is not allowed"),
+        ({"edit_mode": "swap"}, "edit_mode='swap' is not allowed: choose from none, replace, refine, reweight"),
+        ({"edit_mode": "replace"}, "needs the edited prompt"),
+        ({"edit_mode": "replace", "target": "a big blue circle"}, "as many words"),
+        ({"edit_mode": "reweight", "weights": {"red": 1.0}}, "away from 1"),
+        ({"edit_mode": "reweight", "weights": {"green": 2.0}}, "green"),
+        ({"pag_strength": 1.5}, "pag_strength=1.5 is not allowed"),
+        ({"size_factor": 0.5}, "size_factor=0.5 is not allowed"),
+        ({"radial": True}, "radial attention acts on video models"),
+        ({"head_set": "heads.json"}, "PAG scale is 0"),
+        ({"kernel_size": 63}, "cannot run these settings: kernel_size 63"),
+    ],
+)
+def test_bad_requests_get_a_message(request_kwargs, message):
+    request = DemoRequest(**{"prompt": "a red circle", "steps": 1, **request_kwargs})
+    with pytest.raises(DemoError, match=message.replace("(", r"\(")):
+        engine().run(request)
+
+
+def test_engine_keeps_working_after_a_failed_run():
+    with pytest.raises(DemoError):
+        engine().run(DemoRequest("a red circle", steps=1, kernel_size=63))
+    # The failed call detached its effects: the next plain run is the plain generation again.
+    np.testing.assert_array_equal(pixels(engine().run(DemoRequest("a red circle", steps=STEPS)).source), plain())
+
+
+def test_prompt_words_are_distinct_content_words():
+    assert prompt_words("a red circle and a red square, on the table") == ["red", "circle", "square", "table"]
+    assert prompt_words("a red circle", limit=1) == ["red"]
+
+
+# --- uploads -----------------------------------------------------------------------------------------------------
+def test_upload_is_inverted_then_edited(tmp_path):
+    path = tmp_path / "photo.png"
+    rgba = np.zeros((40, 56, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    rgba[10:30, 20:40, 3] = 0  # a transparent hole, composited over white
+    Image.fromarray(rgba, "RGBA").save(path)
+    height, width = native_size(tiny_pipeline("sd"))
+    preview = engine().check_upload(str(path))
+    assert preview.size == (width, height) and preview.mode == "RGB"
+    for method in ("negative-prompt", "null-text"):
+        request = DemoRequest(
+            "a red circle",
+            steps=STEPS,
+            edit_mode="replace",
+            target="a blue circle",
+            image=str(path),
+            inversion=method,
+        )
+        result = engine().run(request)
+        assert result.source.size == result.edit.size == (width, height)
+        assert np.abs(pixels(result.edit) - pixels(result.source)).max() > 0
+        assert len(result.heatmaps) == 4
+
+
+def test_upload_checks(tmp_path, monkeypatch):
+    (tmp_path / "notes.png").write_text("this is not an image")
+    with pytest.raises(UploadError, match="is not an image"):
+        open_upload(tmp_path / "notes.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(UploadError, match="is empty"):
+        open_upload(tmp_path / "empty.png")
+    with pytest.raises(UploadError, match="not a file"):
+        open_upload(tmp_path / "missing.png")
+
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "big.png")
+    with pytest.raises(UploadError, match=r"64x48 = 3,072 pixels; the limit is 1,000 pixels"):
+        open_upload(tmp_path / "big.png", max_pixels=1000)
+    with pytest.raises(UploadError, match="the limit is 0.0 MiB"):
+        open_upload(tmp_path / "big.png", max_bytes=10)
+    assert open_upload(tmp_path / "big.png").size == (64, 48)
+    data = (tmp_path / "big.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UploadError, match="damaged or truncated"):
+        open_upload(tmp_path / "cut.png")
+
+    # A header declaring 30000 x 30000 pixels (over twice Pillow's MAX_IMAGE_PIXELS): DecompressionBombError.
+    write_png_header(tmp_path / "bomb.png", 30000, 30000)
+    with pytest.raises(UploadError, match="decompression bomb"):
+        open_upload(tmp_path / "bomb.png", max_pixels=10**10)
+    # Between MAX_IMAGE_PIXELS and twice it Pillow only warns; the upload is refused all the same.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    Image.new("L", (50, 50)).save(tmp_path / "warned.png")
+    with pytest.raises(UploadError, match="decompression bomb"):
+        open_upload(tmp_path / "warned.png")
+
+    with pytest.raises(ValueError, match="max_pixels=0"):
+        open_upload(tmp_path / "big.png", max_pixels=0)
+
+
+def test_fit_to_size_crops_the_centre():
+    image = Image.new("RGB", (300, 100), "black")
+    image.paste((255, 0, 0), (100, 0, 200, 100))  # the red middle third
+    fitted = fit_to_size(image, 32, 32)
+    assert fitted.size == (32, 32) and np.asarray(fitted)[..., 0].min() > 200
+
+
+def test_refused_upload_is_a_demo_error(tmp_path):
+    (tmp_path / "x.png").write_text("nope")
+    with pytest.raises(DemoError, match="is not an image"):
+        engine().run(DemoRequest("a red circle", steps=1, image=str(tmp_path / "x.png")))
+
+
+# --- the model and the command line ------------------------------------------------------------------------------
+def test_unknown_model_is_a_message(tmp_path):
+    lazy = DemoEngine(str(tmp_path))  # a folder without model_index.json
+    with pytest.raises(DemoError, match="not a diffusers pipeline"):
+        lazy.run(DemoRequest("a red circle"))
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_cli_reports_a_model_that_cannot_be_loaded(tmp_path):
+    status, _, err = run_cli("demo", "--model", str(tmp_path / "no such dir"))
+    assert status == 2
+    assert "visattn demo: error: cannot load model" in err and "Traceback" not in err
+    for bad in (["--port", "0"], ["--port", "http"], ["--concurrency", "0"]):
+        status, _, err = run_cli("demo", *bad)
+        assert status == 2 and "invalid value" in err
+
+
+def test_cli_serves_on_loopback_without_share_by_default(monkeypatch):
+    pytest.importorskip("gradio")
+    import visattn.app.ui
+
+    calls = []
+    monkeypatch.setattr(visattn.app.ui, "launch", lambda engine, **kwargs: calls.append((engine, kwargs)))
+    assert run_cli("demo")[0] == 0
+    (engine_used, kwargs), *_ = calls
+    assert kwargs == {"host": "127.0.0.1", "port": None, "share": False, "concurrency": 1}
+    assert engine_used.model_name == "visattn/tiny-sd"
+    assert run_cli("demo", "--host", "0.0.0.0", "--port", "8123", "--share", "--concurrency", "3")[0] == 0
+    assert calls[1][1] == {"host": "0.0.0.0", "port": 8123, "share": True, "concurrency": 3}
+
+
+def test_ui_turns_errors_into_messages(monkeypatch):
+    pytest.importorskip("gradio")
+    from visattn.app.ui import DISPLAY_MIN_SIZE, MAX_WORD_SLIDERS, build_demo, run_request, slider_updates
+
+    # Outside a Gradio event, gr.Warning (the toast) is a Python warning.
+    with pytest.warns(UserWarning, match="reweight: move at least one"):
+        source, edit, gallery, status = run_request(engine(), DemoRequest("a red circle", edit_mode="reweight"))
+    assert (source, edit, gallery) == (None, None, []) and status.startswith("error: reweight")
+
+    broken = DemoEngine(pipeline=tiny_pipeline("sd"))
+    monkeypatch.setattr(broken, "run", lambda request, progress=None: 1 / 0)
+    with pytest.warns(UserWarning, match="internal error: ZeroDivisionError"):
+        outputs = run_request(broken, DemoRequest("a red circle"))
+    assert outputs[3].startswith("internal error: ZeroDivisionError")
+
+    source, edit, gallery, status = run_request(engine(), DemoRequest("a red circle", steps=1))
+    assert edit is None and [c for _, c in gallery] == ["red", "circle"]
+    # Tiny outputs are enlarged for display by an integer factor, pixels kept (nearest neighbour).
+    assert all(image.width >= DISPLAY_MIN_SIZE for image in (source, *(g for g, _ in gallery)))
+    plain_source = engine().run(DemoRequest("a red circle", steps=1)).source
+    factor = source.width // plain_source.width
+    np.testing.assert_array_equal(pixels(source)[::factor, ::factor], pixels(plain_source))
+    assert json.loads(status.splitlines()[-1].removeprefix("effects: ")) == []
+
+    words, group, *sliders = slider_updates("a red circle", "", "reweight", ["circle"], 3.0)
+    assert words == ["red", "circle"] and group["visible"] and len(sliders) == MAX_WORD_SLIDERS
+    assert [(s["label"], s["value"]) for s in sliders[:2]] == [("red", 1.0), ("circle", 3.0)]  # kept its value
+    assert not sliders[2]["visible"]
+    words, *_ = slider_updates("a red circle", "a blue square", "replace", [], *[1.0] * MAX_WORD_SLIDERS)
+    assert words == ["blue", "square"]
+    assert slider_updates("a red circle", "", "none", [])[0] == []
+
+    build_demo(DemoEngine(pipeline=tiny_pipeline("sd")))  # the interface builds without launching
