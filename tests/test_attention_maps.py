@@ -268,7 +268,7 @@ def test_colormap_is_perceptually_ordered():
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="prompt must be"):
-        AttentionMaps()
+        AttentionMaps(prompt=42)
     with pytest.raises(ValueError, match="resolution must be"):
         AttentionMaps(prompt="a cat", resolution=(0, 4))
     with pytest.raises(ValueError, match="words must be"):
@@ -286,3 +286,32 @@ def test_prompt_tokens_for_another_text_length_are_rejected():
     tokens = prompt_tokens(pipeline("flux"), "a red circle", max_sequence_length=32)
     with pytest.raises(ValueError, match="32 positions but layer .* sees 16 text tokens"):
         run("flux", AttentionMaps(prompt=tokens))
+
+
+@pytest.mark.parametrize("family", ["sd", "flux", "hunyuan_video"])
+def test_prompt_is_read_from_the_pipeline_call(family):
+    explicit, inferred = AttentionMaps(prompt=prompt_of(family)), AttentionMaps()
+    run(family, explicit)
+    run(family, inferred)
+    a, b = explicit.maps(), inferred.maps()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[word], b[word]) for word in a)
+
+
+def test_an_inferred_prompt_that_changes_needs_a_reset():
+    maps = AttentionMaps()
+    run("sd", maps)
+    with pytest.raises(ValueError, match="call reset"):
+        run("sd", maps, prompt="a blue square")
+    maps.reset()
+    run("sd", maps, prompt="a blue square")
+    assert "square" in maps.maps()
+
+
+def test_prompt_embeds_without_a_prompt_is_a_clear_error():
+    pipe = pipeline("sd")
+    embeds, negative = pipe.encode_prompt("a red circle", "cpu", 1, True)
+    kwargs = {k: v for k, v in call_kwargs("sd").items() if k != "prompt"}
+    with pytest.raises(ValueError, match="pass AttentionMaps\\(prompt=...\\)"):
+        with visattn.attach(pipe, AttentionMaps()):
+            pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, **kwargs)

@@ -215,8 +215,9 @@ class AttentionMaps(Effect):
             the remaining words (RefAM); words asked for explicitly always count. ``False`` keeps raw
             probabilities (for joint attention, the image-to-text block of the joint softmax).
         prompt: the prompt(s) of the call, or :class:`~visattn.words.PromptTokens` from
-            :func:`~visattn.words.prompt_tokens` (needed for HunyuanVideo calls with a custom
-            ``prompt_template``). Several prompts give maps per prompt.
+            :func:`~visattn.words.prompt_tokens`. Several prompts give maps per prompt. ``None`` (the default)
+            reads the prompt (and a HunyuanVideo ``prompt_template``) from the running pipeline call; pass it
+            when the pipeline gets ``prompt_embeds`` instead, or when the denoiser is called directly.
         branch: the batch branch whose rows are read (``"cond"``: the conditional half of CFG).
         stop_words: the words ``drop_special`` drops.
     """
@@ -241,7 +242,9 @@ class AttentionMaps(Effect):
         if not isinstance(drop_special, bool):
             raise ValueError(f"drop_special must be True or False; got {drop_special!r}")
         self.drop_special = drop_special
-        self.prompts = _check_prompt(prompt)
+        # Without a prompt, the prompt is read from the running pipeline call (see wrap_denoiser).
+        self._prompt_from_call = prompt is None
+        self.prompts = None if prompt is None else _check_prompt(prompt)
         if not isinstance(branch, str) or not branch:
             raise ValueError(f"branch must be a batch-branch name such as 'cond'; got {branch!r}")
         self.branch = branch
@@ -270,9 +273,34 @@ class AttentionMaps(Effect):
         pipeline = state.pipeline
         if pipeline is not None:
             self._pipeline = weakref.ref(pipeline)
+            if self._prompt_from_call:
+                self._read_prompt_of_call(pipeline)
         if state.inputs is not None and state.inputs.grid is not None:
             self._top_grid = state.inputs.grid
         return forward(*args, **kwargs)
+
+    def _read_prompt_of_call(self, pipeline: Any) -> None:
+        """Take the prompt (and a custom HunyuanVideo template) from the pipeline's running ``__call__``."""
+        from ..guidance_math import pipeline_call_locals
+
+        local = pipeline_call_locals(pipeline)
+        prompt = local.get("prompt")
+        if prompt is None:
+            return  # called with prompt_embeds: _plan asks for prompt= explicitly
+        template = local.get("prompt_template")
+        if template is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            length = local.get("max_sequence_length")
+            prompt = [prompt_tokens(pipeline, p, prompt_template=template, max_sequence_length=length) for p in prompts]
+        prompts = _check_prompt(prompt)
+        if prompts == self.prompts:
+            return
+        if self._sums is not None:
+            raise ValueError(
+                f"AttentionMaps holds maps of the prompt(s) {self.prompts!r}; call reset() before a call with "
+                f"another prompt ({prompts!r}), or use one AttentionMaps per prompt"
+            )
+        self.prompts, self._plans = prompts, {}
 
     def apply(self, call: AttentionCall) -> None:
         ctx = call.ctx
@@ -326,6 +354,11 @@ class AttentionMaps(Effect):
         self._sums[index] += maps.to(self._sums[index].device)
 
     def _plan(self, text_length: int, layer: str) -> _Plan:
+        if self.prompts is None:
+            raise ValueError(
+                "AttentionMaps needs the prompt to know which text positions hold which word: the pipeline was "
+                "called without one (prompt_embeds?); pass AttentionMaps(prompt=...)"
+            )
         plan = self._plans.get(text_length)
         if plan is None:
             plan = self._plans[text_length] = self._build_plan(text_length, layer)
