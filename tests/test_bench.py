@@ -90,3 +90,15 @@ def test_full_wan_forward_needs_cuda():
         pytest.skip("CUDA present: the full forward is a benchmark, not a test")
     with pytest.raises(ValueError, match="CUDA"):
         wan_forward(quick=False, progress=False)
+
+
+def test_tgate_timing_quick(tmp_path, capsys):
+    status = main(
+        ["bench", "--quick", "--models", "flux-quick", "--methods", "sdpa", "--repeats", "1", "--warmup", "0"]
+        + ["--tgate", "--quiet", "--out", str(tmp_path)]
+    )
+    assert status == 0
+    report = json.loads((tmp_path / "bench-quick.json").read_text())
+    tgate = report["tgate"]
+    assert set(tgate["seconds"]) == {"dense", "tgate"}
+    assert tgate["speedup"] == pytest.approx(tgate["seconds"]["dense"] / tgate["seconds"]["tgate"])

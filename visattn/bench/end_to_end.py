@@ -107,3 +107,81 @@ def wan_forward(
         "seconds": seconds,
         "speedup_vs_dense": {k: dense / v for k, v in seconds.items()} if dense else {},
     }
+
+
+#: Stable Diffusion 1.5's UNet (diffusers' UNet2DConditionModel defaults with CLIP-L's 768-wide text)
+SD15_UNET: dict[str, Any] = {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8}
+
+
+def _sd_pipeline(quick: bool, device: torch.device, dtype: torch.dtype):
+    """A StableDiffusionPipeline: the tiny test one (quick), or SD 1.5's UNet with random weights and a 1-layer
+    768-wide text encoder (the UNet is what TGATE changes; the text encoder runs once per generation)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from ..testing import tiny_pipeline
+    from ..testing.text_encoders import clip_text_model
+    from ..testing.tokenizers import clip_tokenizer
+    from ..testing.vaes import image_vae
+
+    if quick:
+        pipe = tiny_pipeline("sd")
+        return pipe if (device.type, dtype) == ("cpu", torch.float32) else pipe.to(device=device, dtype=dtype)
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=image_vae(),
+        text_encoder=clip_text_model(tokenizer, hidden_size=768),
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel(**SD15_UNET).eval(),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe.to(device=device, dtype=dtype)
+
+
+def tgate_speedup(
+    *,
+    quick: bool = False,
+    steps: int = 25,
+    gate_step: int = 10,
+    repeats: int = 3,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Seconds per generation with and without :class:`~visattn.processors.CrossAttentionCache` (TGATE).
+
+    SD 1.5's UNet at 512 px with classifier-free guidance (``steps`` DDIM steps, cross-attention cached after
+    ``gate_step``; latents returned, so the VAE is not timed). ``quick`` uses the tiny test pipeline on CPU.
+    """
+    from .. import attach
+    from ..processors import CrossAttentionCache
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda" and not quick:
+        raise ValueError("the SD 1.5 TGATE timing needs a CUDA device; use quick=True on CPU")
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    pipe = _sd_pipeline(quick, device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    size = 32 if quick else 512
+    call = {"prompt": "a red circle", "num_inference_steps": steps, "height": size, "width": size}
+    call |= {"guidance_scale": 7.5, "output_type": "latent"}
+
+    def generate():
+        return pipe(**call, generator=torch.Generator("cpu").manual_seed(0))
+
+    seconds = {}
+    for name in tqdm(("dense", "tgate"), desc="tgate", disable=not progress):
+        if name == "dense":
+            seconds[name] = time_call(generate, repeats=repeats, warmup=1) / 1e3
+        else:
+            with attach(pipe, CrossAttentionCache(gate_step=gate_step)):
+                seconds[name] = time_call(generate, repeats=repeats, warmup=1) / 1e3
+    return {
+        "config": {"model": "tiny SD (quick)" if quick else "SD 1.5 UNet, random weights", "size": size}
+        | {"steps": steps, "gate_step": gate_step, "dtype": str(dtype).removeprefix("torch."), "device": str(device)},
+        "seconds": seconds,
+        "speedup": seconds["dense"] / seconds["tgate"],
+    }

@@ -22,6 +22,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median; default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     parser.add_argument("--end-to-end", action="store_true", help="also time one Wan2.1-1.3B transformer forward")
+    parser.add_argument("--tgate", action="store_true", help="also time SD 1.5 with and without TGATE caching")
     parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
     parser.add_argument("--name", default=None, help="file name stem (default: bench or bench-quick)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -30,7 +31,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import bench
-    from ..bench.end_to_end import wan_forward
+    from ..bench.end_to_end import tgate_speedup, wan_forward
     from ..generate import UsageError
 
     if args.repeats < 1 or args.warmup < 0:
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     extra = {}
     if args.end_to_end:
         extra["end_to_end"] = wan_forward(quick=args.quick, progress=not args.quiet)
+    if args.tgate:
+        extra["tgate"] = tgate_speedup(quick=args.quick, progress=not args.quiet)
     command = "visattn bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])
     name = args.name or ("bench-quick" if args.quick else "bench")
     paths = bench.write_report(results, configs, args.out, command=command.strip(), name=name, extra=extra)
