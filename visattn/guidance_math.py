@@ -35,8 +35,13 @@ from typing import Any
 import torch
 
 
+@torch.compiler.disable  # frame inspection is plain Python bookkeeping; never trace it into a compiled graph
 def pipeline_call_locals(pipeline: Any) -> dict[str, Any]:
-    """The local variables of the pipeline's running ``__call__`` (empty when it is not on the call stack)."""
+    """The local variables of the pipeline's running ``__call__`` (empty when it is not on the call stack).
+
+    Some pipelines keep what they apply per call (PixArt's CFG switch, Wan 2.2's current guidance scale,
+    CogVideoX's dynamic scale, the prompt) in locals of ``__call__`` rather than attributes; this reads them.
+    """
     if pipeline is None:
         return {}
     frame = sys._getframe(1)
