@@ -7,4 +7,4 @@ line prints it on one line and exits with status 2.
 """
 
 #: command modules in the order ``visattn --help`` lists them
-COMMAND_MODULES: tuple[str, ...] = ("edit", "bench", "hunt", "batch")
+COMMAND_MODULES: tuple[str, ...] = ("edit", "bench", "hunt", "batch", "demo", "eval")

@@ -1,0 +1,329 @@
+"""``visattn eval``: the metrics on hand-made inputs, the report's structure and determinism on tiny pipelines, and
+the quality bar on the shipped toy weights (skipped until they are trained)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from visattn.cli import main
+from visattn.testing import tiny_pipeline
+from visattn.toy.data import BACKGROUNDS, COLORS, Scene, ShapeSpec, render_scene
+from visattn.toy.eval import STUDIES, EvalConfig, evaluate
+from visattn.toy.eval.metrics import (
+    color_mass,
+    foreground_iou,
+    foreground_mask,
+    has_duplicate,
+    iou,
+    monotonicity,
+    outside_change,
+    psnr,
+    sharpness,
+    to_uint8,
+    upsample_mask,
+)
+from visattn.toy.eval.prompts import HELD_OUT_SEED, clip_prompts, multi_object_scenes, single_object_scenes, word_swaps
+from visattn.toy.eval.quality import quality_checks
+from visattn.toy.eval.runner import ImageModel, VideoModel
+
+# --- metrics on hand-made inputs ----------------------------------------------------------------------------------
+
+
+def canvas(background=(20, 20, 20), size=32) -> np.ndarray:
+    return np.tile(np.array(background, dtype=np.uint8), (size, size, 1))
+
+
+def test_iou_of_known_masks():
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    a[0:4, 0:5] = True  # 20 pixels
+    b[2:6, 0:5] = True  # 20 pixels, 10 shared
+    assert iou(a, b) == pytest.approx(10 / 30)
+    assert iou(a, a) == 1.0
+    assert iou(a, ~a) == 0.0
+    assert iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 1.0  # two empty structures are the same
+    with pytest.raises(ValueError, match="same shape"):
+        iou(a, np.zeros((5, 5), bool))
+
+
+def test_foreground_is_what_differs_from_the_border_colour():
+    image = canvas()
+    image[8:16, 8:16] = COLORS["red"]
+    mask = foreground_mask(image)
+    assert mask.sum() == 64 and mask[8:16, 8:16].all()
+    # a colour swap keeps the silhouette (IoU 1), a moved object shares a quarter of its pixels
+    swapped = canvas()
+    swapped[8:16, 8:16] = COLORS["green"]
+    moved = canvas()
+    moved[12:20, 12:20] = COLORS["red"]
+    assert foreground_iou(image, swapped) == 1.0
+    assert foreground_iou(image, moved) == pytest.approx(16 / (64 + 64 - 16))
+
+
+def test_color_mass_counts_area_and_saturation():
+    assert color_mass(canvas(COLORS["red"]), "red") == pytest.approx(1.0)
+    assert color_mass(canvas(BACKGROUNDS["black"]), "red") == 0.0
+    half = canvas()
+    half[:16] = COLORS["red"]
+    assert color_mass(half, "red") == pytest.approx(0.5)
+    # a washed-out red (halfway to the distance cut-off) counts half
+    pale = canvas()
+    pale[:16] = np.array(COLORS["red"]) + 26  # 26 * sqrt(3) = 45.03 from pure red in RGB
+    assert color_mass(pale, "red") == pytest.approx(0.5 * (1 - 26 * math.sqrt(3) / 90))
+    with pytest.raises(ValueError, match="color='pink'"):
+        color_mass(half, "pink")
+
+
+def test_monotonicity_counts_strict_rises():
+    assert monotonicity([0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert monotonicity([0.4, 0.3, 0.2, 0.1]) == 0.0
+    assert monotonicity([0.1, 0.3, 0.2, 0.4]) == pytest.approx(2 / 3)
+    assert monotonicity([0.2, 0.2, 0.2]) == 0.0  # a weight that does nothing is not monotone
+    with pytest.raises(ValueError, match="at least two"):
+        monotonicity([1.0])
+
+
+def test_duplicate_rate_on_rendered_scenes():
+    one = ShapeSpec("circle", "red", "small", "top left", (11.0, 11.0), 6.0)
+    twin = ShapeSpec("circle", "red", "small", "bottom right", (53.0, 53.0), 6.0)
+    other = ShapeSpec("square", "blue", "small", "bottom right", (53.0, 53.0), 6.0)
+    caption = "a small red circle at the top left on a white background"
+    assert not has_duplicate(np.asarray(render_scene(Scene("white", (one,), 64))), caption)
+    assert has_duplicate(np.asarray(render_scene(Scene("white", (one, twin), 64))), caption)
+    # another colour is an extra object, not a duplicate of the described one
+    assert not has_duplicate(np.asarray(render_scene(Scene("white", (one, other), 64))), caption)
+    # the renderer's own multi-object scenes have no duplicates
+    for scene in multi_object_scenes(5):
+        assert not has_duplicate(np.asarray(render_scene(scene)), scene.caption)
+
+
+def test_psnr_of_known_errors():
+    a = canvas((100, 100, 100))
+    b = a.copy()
+    b[0, 0, 0] += 16  # mean squared error 256 / (32 * 32 * 3)
+    mse = 256 / (32 * 32 * 3)
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / mse))
+    assert psnr(a, a) == math.inf
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(a, a[:16])
+
+
+def test_sharpness_drops_with_blur_and_is_zero_when_flat():
+    assert sharpness(canvas((90, 90, 90))) == 0.0
+    checker = canvas()
+    checker[::2, ::2] = 255
+    blurred = (checker.astype(float) + np.roll(checker, 1, axis=0) + np.roll(checker, 1, axis=1)) / 3
+    assert sharpness(checker) > sharpness(blurred.astype(np.uint8)) > 0
+
+
+def test_outside_change_and_mask_upsampling():
+    mask = np.array([[True, False], [False, False]])
+    region = upsample_mask(mask, (4, 4))
+    assert region.sum() == 4 and region[:2, :2].all()
+    source = canvas(size=4)
+    edit = source.copy()
+    edit[:2, :2] = 255  # changes inside the region only
+    assert outside_change(source, edit, region) == 0.0
+    edit[3, 3] = source[3, 3] + 51  # one of 12 outside pixels moves by 0.2 in every channel
+    assert outside_change(source, edit, region) == pytest.approx(0.2 / 12)
+    assert outside_change(source, edit, np.ones((4, 4), bool)) is None
+    assert to_uint8(np.array([[-0.5, 0.5, 2.0]])).tolist() == [[0, 128, 255]]
+
+
+# --- prompts and settings ---------------------------------------------------------------------------------------
+
+
+def test_prompts_are_held_out_deterministic_and_well_formed():
+    assert single_object_scenes(3) == single_object_scenes(3)
+    assert single_object_scenes(3) != single_object_scenes(3, seed=0)  # training's data seed
+    assert all(len(s.objects) == 1 for s in single_object_scenes(5))
+    assert all(len(s.objects) > 1 for s in multi_object_scenes(5))
+    for attribute in ("color", "shape"):
+        for swap in word_swaps(attribute, 6):
+            source, target = swap.source.split(), swap.target.split()
+            assert len(source) == len(target)
+            assert [(a, b) for a, b in zip(source, target) if a != b] == [(swap.before, swap.after)]
+            background = swap.source.split(" on a ")[1].split()[0]
+            assert COLORS.get(swap.after) != BACKGROUNDS[background]
+    clips = clip_prompts(4)
+    assert all(f"a {c.color} " in c.caption and f"moving {c.direction}" in c.caption for c in clips)
+    assert HELD_OUT_SEED != 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({"samples": 0}, "samples"),
+        ({"pag_strengths": (0.0, 1.0)}, "pag_strengths"),
+        ({"pag_strengths": (1.5,)}, "pag_strengths"),
+        ({"reweight_scales": (2.0, 1.0)}, "reweight_scales"),
+        ({"length_factors": (1,)}, "length_factors"),
+        ({"decay_factor": 1.0}, "decay_factor"),
+        ({"resolution_factor": 1}, "resolution_factor"),
+    ],
+)
+def test_bad_settings_name_the_parameter(overrides, name):
+    with pytest.raises(ValueError, match=name):
+        EvalConfig(**overrides)
+
+
+@functools.cache
+def pipeline(family: str):
+    return tiny_pipeline(family)
+
+
+def test_geometry_of_the_models():
+    image = ImageModel(pipeline("sd"), steps=2)
+    assert (image.size, image.latent_side) == (32, 16)
+    # the tiny UNet's self-attention grids are 16 and 8 latent pixels a side
+    assert image.self_attention_layers(16) and len(image.self_attention_layers(16)) < len(
+        image.self_attention_layers(8)
+    )
+    video = VideoModel(pipeline("wan"), steps=2, frames=9, size=32)
+    assert video.grid == (3, 4, 4)  # 4x temporal compression: 9 frames -> 3 latent frames
+    assert [video.frames_for(f) for f in (1, 2, 4)] == [9, 21, 45]
+    with pytest.raises(ValueError, match="image_pipe must be a UNet"):
+        ImageModel(pipeline("wan"), steps=2)
+    with pytest.raises(ValueError, match="studies="):
+        evaluate(pipeline("sd"), studies=["nope"], progress=False)
+
+
+# --- the command line on tiny pipelines ----------------------------------------------------------------------------
+
+TIMING_KEYS = {"seconds", "speedup"}
+
+
+def without_timing(value):
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One quick run of every study through ``visattn eval`` on tiny random pipelines (2 steps, 1 sample)."""
+    root = tmp_path_factory.mktemp("eval")
+    pipeline("wan").save_pretrained(root / "tiny-wan")
+    out = root / "out"
+    argv = ["eval", "--quick", "--steps", "2", "--seeds", "1", "--quiet", "--out", str(out)]
+    argv += ["--image-model", "visattn/tiny-sd", "--video-model", str(root / "tiny-wan")]
+    assert main(argv) == 0
+    return out, root / "tiny-wan"
+
+
+def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
+    out, _ = cli_run
+    data = json.loads((out / "eval-quick.json").read_text())
+    assert data["quick"] is True and list(data["studies"]) == list(STUDIES)
+    assert data["config"]["samples"] == 1 and data["config"]["image_steps"] == 2
+    assert data["environment"]["packages"]["torch"] and data["command"].startswith("visattn eval")
+    assert data["models"]["image"]["size"] == 32 and data["models"]["video"]["token_grid"] == [3, 4, 4]
+    studies = data["studies"]
+    accuracy = studies["prompt_accuracy"]
+    for group in ("single", "multi"):
+        assert set(accuracy[group]) >= {"color", "shape", "size", "position", "count", "accuracy", "all_correct"}
+    p2p = studies["prompt_to_prompt"]
+    assert set(p2p["word_swap"]) == {"color", "shape"}
+    assert 0.0 <= p2p["word_swap"]["color"]["iou"] <= 1.0
+    assert p2p["reweight"]["weights"] == [0.5, 1.0, 2.0, 4.0] and len(p2p["reweight"]["color_mass"]) == 4
+    assert "reduction" in p2p["local_blend"]
+    pag = studies["perturbation_guidance"]["rows"]
+    assert [(r["method"], r["scale"], r["strength"]) for r in pag] == [
+        ("none", 0.0, None),
+        ("SoftPAG", 3.0, 0.5),
+        ("PAG", 3.0, 1.0),
+    ]
+    assert pag[0]["sharpness_change"] == 0.0
+    assert [r["method"] for r in studies["sparse_image"]["rows"]] == ["dense", "neighborhood"]
+    assert [r["method"] for r in studies["sparse_video"]["rows"]] == ["dense", "neighborhood", "radial"]
+    dense = studies["sparse_image"]["rows"][0]
+    assert dense["psnr_db"] is None and dense["max_abs_diff"] == 0 and dense["seconds"] > 0
+    image_rows = studies["extrapolation_image"]["rows"]
+    assert [(r["scale"], r["size"], r["method"]) for r in image_rows] == [
+        ("1x", 32, "none"),
+        ("2x", 64, "none"),
+        ("2x", 64, "entropy scaling"),
+        ("2x", 64, "extrapolation decay"),
+    ]
+    video_rows = studies["extrapolation_video"]["rows"]
+    assert [(r["length"], r["frames"], r["method"]) for r in video_rows] == [
+        ("1x", 9, "none"),
+        ("2x", 21, "none"),
+        ("2x", 21, "extrapolation decay"),
+        ("4x", 45, "none"),
+        ("4x", 45, "extrapolation decay"),
+    ]
+    assert [c["claim"] for c in data["quality_bar"]][0].startswith("prompt accuracy")
+    markdown = (out / "eval-quick.md").read_text()
+    for title in (
+        "Prompt accuracy",
+        "Prompt-to-Prompt",
+        "PAG / SoftPAG",
+        "Sparse attention (image)",
+        "Sparse attention (video)",
+        "Extrapolation: 2x resolution",
+        "Extrapolation: longer videos",
+        "Quality bar",
+    ):
+        assert f"## {title}" in markdown
+    assert "| single-object | 1 |" in markdown
+    assert (out / "eval-quick.png").stat().st_size > 0
+
+
+def test_evaluation_is_deterministic(cli_run):
+    """The Python API on the same weights reproduces the command line's numbers exactly (timing aside)."""
+    out, wan_folder = cli_run
+    from visattn.generate import load_pipeline
+
+    reference = json.loads((out / "eval-quick.json").read_text())["studies"]
+    studies = ["prompt_accuracy", "prompt_to_prompt", "sparse_video", "extrapolation_video"]
+    video = load_pipeline(str(wan_folder), torch.device("cpu"), torch.float32)
+    config = EvalConfig.quick(samples=1, image_steps=2, video_steps=2)
+    again = evaluate(pipeline("sd"), video, config=config, studies=studies, progress=False)
+    assert list(again["studies"]) == studies
+    again = json.loads(json.dumps(again["studies"]))
+    for name in studies:
+        assert without_timing(again[name]) == without_timing(reference[name]), name
+
+
+def test_cli_rejects_bad_requests(capsys):
+    assert main(["eval", "--seeds", "0"]) == 2
+    assert main(["eval", "--studies", "sparse_image", "--image-model", "/no/such/folder", "--quiet"]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+    if not _shipped_weights():  # the default models are the shipped ones: missing weights say how to train them
+        assert main(["eval", "--quick", "--quiet", "--studies", "prompt_accuracy"]) == 2
+        assert "python -m visattn.toy.train" in capsys.readouterr().err
+
+
+# --- the quality bar on the shipped weights --------------------------------------------------------------------------
+
+
+def _shipped_weights() -> bool:
+    try:
+        from visattn.toy.models import weights_root
+    except ImportError:
+        return False
+    return all((weights_root() / kind / "model_index.json").is_file() for kind in ("image", "video"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _shipped_weights(),
+    reason="the toy weights are not in visattn/toy/weights yet (train them: python -m visattn.toy.train)",
+)
+def test_quality_bar_on_the_shipped_toy_models():
+    config = EvalConfig(samples=8, image_steps=20, video_steps=20, length_factors=(2,))
+    studies = ["prompt_accuracy", "prompt_to_prompt", "extrapolation_image", "extrapolation_video"]
+    results = evaluate(config=config, studies=studies, device="cpu", progress=False)
+    checks = quality_checks(results)
+    assert len(checks) == 5
+    failed = [f"{c['claim']}: {c['measured']}" for c in checks if not c["passed"]]
+    assert not failed, "quality bar not met: " + "; ".join(failed)

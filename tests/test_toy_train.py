@@ -1,0 +1,152 @@
+"""Training the toy-world pipelines: the quick run end to end, the tokenizers, the size budget, resuming, loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, WanPipeline
+
+from visattn.toy import models, sample_clip, sample_scene, train
+from visattn.toy.vocab import WORDS, clip_tokenizer, t5_tokenizer
+
+#: The shipped weights' budget (issue 7): both pipelines together.
+MAX_SHIPPED_BYTES = 30 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def quick_weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    threads = torch.get_num_threads()
+    try:
+        assert train.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_quick_training_saves_loadable_pipelines(quick_weights):
+    assert not (quick_weights / ".checkpoints").exists()  # removed once the pipelines are saved
+    image = StableDiffusionPipeline.from_pretrained(quick_weights / "image")
+    assert image.safety_checker is None
+    pixels = image(
+        "a small red circle at the top left on a blue background",
+        num_inference_steps=2,
+        height=models.IMAGE_SIZE,
+        width=models.IMAGE_SIZE,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert pixels.shape == (1, models.IMAGE_SIZE, models.IMAGE_SIZE, 3)
+    assert np.isfinite(pixels).all()
+
+    video = WanPipeline.from_pretrained(quick_weights / "video")
+    frames = video(
+        "a red circle moving right on a black background",
+        num_inference_steps=2,
+        height=models.VIDEO_SIZE,
+        width=models.VIDEO_SIZE,
+        num_frames=models.PIPELINE_NUM_FRAMES,  # the pipeline adds one frame when time is not compressed
+        max_sequence_length=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).frames
+    assert frames.shape == (1, models.VIDEO_FRAMES, models.VIDEO_SIZE, models.VIDEO_SIZE, 3)
+    assert np.isfinite(frames).all()
+
+
+def test_saved_pipelines_record_their_latent_statistics_and_fit_the_budget(quick_weights):
+    image_vae = json.loads((quick_weights / "image" / "vae" / "config.json").read_text())
+    video_vae = json.loads((quick_weights / "video" / "vae" / "config.json").read_text())
+    # measured on the training latents, not the constructor defaults
+    assert image_vae["scaling_factor"] != pytest.approx(0.18215)
+    assert video_vae["latents_std"] != [1.0] * models.LATENT_CHANNELS
+    assert video_vae["scale_factor_temporal"] == 1 and video_vae["temperal_downsample"] == [False, False]
+    size = sum(f.stat().st_size for f in quick_weights.rglob("*.safetensors"))
+    assert size <= MAX_SHIPPED_BYTES
+
+
+def test_load_toy_pipeline_reads_a_trained_folder(quick_weights):
+    pipe = models.load_toy_pipeline("image", root=quick_weights)
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert pipe.unet.dtype == torch.float32  # stored in fp16, loaded as asked
+    video = models.load_toy_pipeline("video", root=quick_weights, dtype=torch.float32)
+    assert isinstance(video, WanPipeline)
+
+
+def test_load_toy_pipeline_says_how_to_train_missing_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m visattn.toy.train --which video"):
+        models.load_toy_pipeline("video", root=tmp_path)
+    with pytest.raises(ValueError, match="kind='audio'"):
+        models.load_toy_pipeline("audio", root=tmp_path)
+
+
+def _captions() -> list[str]:
+    scenes = [sample_scene(i, seed=s).caption for s in range(2) for i in range(300)]
+    return scenes + [sample_clip(i, frames=2, size=16).caption for i in range(100)]
+
+
+@pytest.mark.parametrize("build", [clip_tokenizer, t5_tokenizer], ids=["clip", "t5"])
+def test_every_caption_word_is_one_known_token(build):
+    tokenizer = build()
+    special = set(tokenizer.all_special_ids)
+    seen = set()
+    for caption in _captions():
+        ids = tokenizer(caption).input_ids
+        words = [i for i in ids if i not in special]
+        assert len(words) == len(caption.split()), caption  # one token per word, none unknown (unk is special)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == caption
+        seen.update(caption.split())
+    assert seen == set(WORDS)  # the vocabulary is exactly the captions' words
+    assert all(len(tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in WORDS)
+
+
+def test_clip_tokenizer_frames_and_pads_like_stable_diffusion():
+    tokenizer = clip_tokenizer()
+    longest = " and ".join(["a small purple triangle at the bottom right"] * 3) + " on a white background"
+    ids = tokenizer(longest, padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert len(ids) == tokenizer.model_max_length  # the longest caption fits without truncation
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    empty = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert empty[:2] == [tokenizer.bos_token_id, tokenizer.eos_token_id]
+    assert set(empty[2:]) == {tokenizer.pad_token_id} and tokenizer.pad_token_id != tokenizer.eos_token_id
+    # an unknown word is split into pieces, never mapped to the end token CLIP pools at
+    assert tokenizer.eos_token_id not in tokenizer("zebra", add_special_tokens=False).input_ids
+
+
+def test_configured_models_fit_the_shipped_size_budget():
+    # fp16 for the diffusers models, fp32 for the text encoders (what train.py saves); fp32 everywhere also fits
+    total = models.parameter_bytes("image", 4) + models.parameter_bytes("video", 4)
+    assert total <= MAX_SHIPPED_BYTES
+    with pytest.raises(ValueError, match="kind='audio'"):
+        models.parameter_bytes("audio")
+
+
+def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
+    plan = train.StagePlan(steps=4, batch=2, lr=1e-2, warmup=1, minutes=1.0)
+    target = torch.randn(8, 3)
+
+    def run(folder, stop_at=None):
+        torch.manual_seed(0)
+        modules = {"linear": torch.nn.Linear(3, 3)}
+
+        def loss(step, generator):
+            if step == stop_at:
+                raise KeyboardInterrupt
+            x = torch.randn(plan.batch, 3, generator=generator)
+            return (modules["linear"](x) - x @ target[:3]).pow(2).mean()
+
+        return train.train_stage(
+            "image-vae", modules, plan, loss, seed=0, checkpoints=folder, deadline=float("inf"), checkpoint_seconds=0
+        )["linear"]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=2)
+    resumed = run(tmp_path / "b")
+    assert torch.equal(straight.weight, resumed.weight)
+    assert torch.load(tmp_path / "b" / "image-vae.pt", weights_only=False)["step"] == plan.steps

@@ -1,0 +1,196 @@
+"""Prompt-to-Prompt (Hertz et al., 2022) on the toy world: word swap, re-weighting and local blending.
+
+* **Word swap** (:meth:`~visattn.processors.PromptToPrompt.replace`): a held-out one-object caption has its colour
+  word (``"red"`` -> ``"green"``) or its shape word swapped. *Success*: the largest object the analyzer finds in
+  the edit has the target's colour (shape). *Structure preservation*: the IoU of the source's and the edit's
+  foreground masks (pixels far from the analyzer's background estimate). ``source_correct`` checks the source
+  image already had the source's attribute (an edit of a failed source says little).
+* **Re-weighting** (:meth:`~visattn.processors.PromptToPrompt.reweight`): the colour word of a one-object caption
+  gets weight 0.5, 1, 2, 4 (weight 1 is the unedited source). The object's *colour mass*
+  (:func:`~visattn.toy.eval.metrics.color_mass`: area weighted by closeness to the pure colour, so it rises with
+  size and with saturation) should rise with the weight. *Monotonicity*: the fraction of consecutive weights at
+  which it strictly rises (1.0 = strictly increasing); ``fully_monotone`` is the share of prompts where it does
+  at every step.
+* **Local blend** (:class:`~visattn.processors.LocalBlend` on the two colour words): outside the blend region
+  (the effect's latent mask, upsampled to pixels) the edit should equal the source. Reported: the mean absolute
+  pixel difference there with the blend and without it (the same swap), over the same region.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...processors import LocalBlend, PromptToPrompt
+from ..analyze import find_objects
+from ..data import COLORS
+from .metrics import color_mass, foreground_iou, mean, monotonicity, outside_change, upsample_mask
+from .prompts import single_object_scenes, word_swaps
+from .runner import EvalContext
+from .tables import table
+
+NAME = "prompt_to_prompt"
+
+
+def largest_attribute(image: np.ndarray, attribute: str) -> str | None:
+    """``attribute`` (``"color"``/``"shape"``/...) of the largest object the analyzer finds (``None``: none)."""
+    _, found = find_objects(image)
+    return getattr(found[0], attribute) if found else None
+
+
+def _color_word(caption: str) -> str:
+    # One-object captions: the first colour word is the object's (the background's comes last).
+    return next(word for word in caption.split() if word in COLORS)
+
+
+def run(ctx: EvalContext) -> dict[str, Any]:
+    image, config = ctx.need_image(NAME), ctx.config
+    n = config.samples
+    seeds = ctx.seeds(n)
+    steps = {"cross_steps": config.cross_steps, "self_steps": config.self_steps}
+    swaps = {attribute: word_swaps(attribute, n, seed=config.data_seed) for attribute in ("color", "shape")}
+    scenes = single_object_scenes(n, seed=config.data_seed, size=image.size)
+    # weight 1 is the source itself; a valid config has at least one other weight (two distinct values)
+    reweighted = [w for w in config.reweight_scales if w != 1.0]
+    total = 3 * n + n * len(reweighted)
+    result: dict[str, Any] = {"settings": dict(steps)}
+    plain_swaps: list[tuple[np.ndarray, np.ndarray]] = []
+    with ctx.bar(total, "prompt-to-prompt") as bar:
+        word_swap = {}
+        for attribute, pairs in swaps.items():
+            samples = []
+            for swap, seed in zip(pairs, seeds):
+                source, edit = image.edit(PromptToPrompt.replace(swap.source, swap.target, **steps), seed)
+                bar.update()
+                if attribute == "color":
+                    plain_swaps.append((source, edit))
+                samples.append(
+                    {
+                        "source": swap.source,
+                        "target": swap.target,
+                        "seed": seed,
+                        "success": float(largest_attribute(edit, attribute) == swap.after),
+                        "source_correct": float(largest_attribute(source, attribute) == swap.before),
+                        "iou": foreground_iou(source, edit),
+                    }
+                )
+            word_swap[attribute] = {
+                "success": mean([s["success"] for s in samples]),
+                "iou": mean([s["iou"] for s in samples]),
+                "source_correct": mean([s["source_correct"] for s in samples]),
+                "n": len(samples),
+                "samples": samples,
+            }
+        result["word_swap"] = word_swap
+
+        blend_samples = []
+        for swap, seed, (plain_source, plain_edit) in zip(swaps["color"], seeds, plain_swaps):
+            blend = LocalBlend((swap.before, swap.after))
+            source, edit = image.edit(
+                PromptToPrompt.replace(swap.source, swap.target, local_blend=blend, **steps), seed
+            )
+            bar.update()
+            region = upsample_mask(blend.mask[0, 0].cpu().numpy(), edit.shape[:2])
+            blend_samples.append(
+                {
+                    "source": swap.source,
+                    "target": swap.target,
+                    "seed": seed,
+                    "region_fraction": float(region.mean()),
+                    "outside_change_blend": outside_change(source, edit, region),
+                    "outside_change_plain": outside_change(plain_source, plain_edit, region),
+                }
+            )
+        with_blend = mean([s["outside_change_blend"] for s in blend_samples])
+        without = mean([s["outside_change_plain"] for s in blend_samples])
+        result["local_blend"] = {
+            "outside_change_blend": with_blend,
+            "outside_change_plain": without,
+            # share of the plain edit's change outside the region that the blend removes
+            "reduction": None if with_blend is None or not without else 1.0 - with_blend / without,
+            "region_fraction": mean([s["region_fraction"] for s in blend_samples]),
+            "n": len(blend_samples),
+            "samples": blend_samples,
+        }
+
+        weight_samples = []
+        for scene, seed in zip(scenes, seeds):
+            color = _color_word(scene.caption)
+            masses: dict[float, float] = {}
+            source_mass = 0.0
+            for weight in reweighted:
+                source, edit = image.edit(PromptToPrompt.reweight(scene.caption, {color: weight}, **steps), seed)
+                bar.update()
+                masses[weight] = color_mass(edit, color)
+                source_mass = color_mass(source, color)  # the same source in every call (same seed)
+            values = [source_mass if w == 1.0 else masses[w] for w in config.reweight_scales]
+            weight_samples.append(
+                {
+                    "caption": scene.caption,
+                    "word": color,
+                    "seed": seed,
+                    "color_mass": values,
+                    "monotonicity": monotonicity(values),
+                }
+            )
+        result["reweight"] = {
+            "weights": list(config.reweight_scales),
+            "color_mass": [
+                mean([s["color_mass"][i] for s in weight_samples]) for i in range(len(config.reweight_scales))
+            ],
+            "monotonicity": mean([s["monotonicity"] for s in weight_samples]),
+            "fully_monotone": mean([float(s["monotonicity"] == 1.0) for s in weight_samples]),
+            "n": len(weight_samples),
+            "samples": weight_samples,
+        }
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    swap_rows = [
+        [f"{attribute} swap", r["n"], r["success"], r["iou"], r["source_correct"]]
+        for attribute, r in result["word_swap"].items()
+    ]
+    blend = result["local_blend"]
+    weights = result["reweight"]
+    weight_cells = ", ".join(f"{w:g}: {m:.4f}" for w, m in zip(weights["weights"], weights["color_mass"]))
+    return (
+        "Word swap: success = the edit's largest object has the target's attribute; IoU = foreground IoU "
+        "between source and edit.\n\n"
+        + table(["edit", "n", "success", "foreground IoU", "source correct"], swap_rows)
+        + "\nRe-weighting the colour word: colour mass per weight ("
+        + weight_cells
+        + ").\n\n"
+        + table(
+            ["edit", "n", "monotonicity", "fully monotone"],
+            [["re-weight colour word", weights["n"], weights["monotonicity"], weights["fully_monotone"]]],
+        )
+        + "\nLocal blend: mean |edit - source| (0-1) outside the blend region (region covers "
+        + (f"{blend['region_fraction']:.0%}" if blend["region_fraction"] is not None else "–")
+        + " of the image).\n\n"
+        + table(
+            ["edit", "n", "with blend", "without blend", "reduction"],
+            [
+                [
+                    "colour swap",
+                    blend["n"],
+                    blend["outside_change_blend"],
+                    blend["outside_change_plain"],
+                    blend["reduction"],
+                ]
+            ],
+            digits=4,
+        )
+    )
+
+
+def headline(result: dict[str, Any]) -> dict[str, float | None]:
+    swap = result["word_swap"]
+    return {
+        "colour swap success": swap["color"]["success"],
+        "colour swap IoU": swap["color"]["iou"],
+        "shape swap success": swap["shape"]["success"],
+        "shape swap IoU": swap["shape"]["iou"],
+        "re-weight monotonicity": result["reweight"]["monotonicity"],
+    }

@@ -1,0 +1,539 @@
+"""Train the toy-world pipelines: ``python -m visattn.toy.train [--out DIR] [--which image|video|all]``.
+
+Each pipeline trains in two stages, the way latent diffusion models are built (Rombach et al., 2022, "High-
+Resolution Image Synthesis with Latent Diffusion Models"): first its VAE (reconstruction plus a small KL term),
+then, on the frozen VAE's latents, its text encoder and denoiser together, with 10% of the captions dropped so
+that classifier-free guidance works (Ho & Salimans, 2022, "Classifier-Free Diffusion Guidance").
+
+* image: DDPM epsilon prediction (Ho et al., 2020) on Stable Diffusion's noise schedule, weighted by Min-SNR-5
+  (Hang et al., 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"), which converges several
+  times faster than the plain loss.
+* video: rectified flow / flow matching (Liu et al., 2022; Lipman et al., 2023) as Wan trains, velocity
+  ``noise - data``, with noise levels drawn through the same shift the sampler uses.
+
+Everything is seeded: model initialisation from ``--seed``, every batch (which samples, which noise, which
+captions are dropped) from ``(seed, stage, step)``, so a killed run that resumes from its last checkpoint
+(``--checkpoints``, written every couple of minutes) continues exactly where it stopped. The denoisers' weights
+are an exponential moving average of the trained ones. Pipelines are saved with ``save_pretrained`` in
+safetensors (VAEs and denoisers in fp16, text encoders in fp32; about 9 MB for both) into ``DIR/image`` and
+``DIR/video`` (default: the package's ``visattn/toy/weights``, which
+:func:`visattn.toy.models.load_toy_pipeline` reads); the checkpoints are removed once a pipeline is saved.
+
+``--quick`` runs a few steps on a few samples (for tests); ``--minutes`` caps the wall-clock time, splitting it
+over the stages in proportion to their planned cost (a stage that runs out stops early, so results then
+depend on the machine's speed; without it the run is reproducible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import ModelMixin
+from tqdm.auto import tqdm
+
+from . import models
+from .data import render_scene, sample_clip, sample_scene
+
+#: Fraction of captions replaced by the empty prompt while training the denoisers (classifier-free guidance).
+CAPTION_DROPOUT = 0.1
+#: Min-SNR weighting's gamma (Hang et al., 2023).
+MIN_SNR_GAMMA = 5.0
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How one stage trains.
+
+    Args:
+        steps (int): optimizer steps.
+        batch (int): samples per step.
+        lr (float): peak AdamW learning rate (linear warm-up, then cosine decay to 10% of it).
+        warmup (int): warm-up steps.
+        minutes (float): expected time on two CPU cores; ``--minutes`` splits its budget in these proportions.
+    """
+
+    steps: int
+    batch: int
+    lr: float
+    warmup: int
+    minutes: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole training recipe.
+
+    Args:
+        scenes (int): captioned images rendered for the image model (half with one object, half with one to
+            three, so most carry the size and position words single objects have).
+        image_vae, image_denoiser (StagePlan): the image VAE, then the CLIP text encoder with the UNet.
+        vae_crop (int): side of the crops around objects the image VAE trains on for its first ``crop_fraction``
+            of steps (the VAE is fully convolutional, so it learns the same from a quarter of the pixels, four
+            times as fast); the rest trains on whole images, borders included.
+        crop_fraction (float): see ``vae_crop``.
+        clips (int): captioned clips rendered for the video model.
+        video_vae, video_denoiser (StagePlan): the Wan VAE, then the UMT5 text encoder with the Wan transformer.
+        video_vae_frames (int): frames (1 + 4k) of the clips the video VAE trains on for its first
+            ``crop_fraction`` of steps; the rest trains on whole clips.
+        ema (float): decay of the moving average of the denoiser and text encoder weights.
+    """
+
+    scenes: int
+    image_vae: StagePlan
+    image_denoiser: StagePlan
+    vae_crop: int
+    crop_fraction: float
+    clips: int
+    video_vae: StagePlan
+    video_denoiser: StagePlan
+    video_vae_frames: int
+    ema: float
+
+
+#: Sized from trial runs on one busy CPU thread (see ``minutes``: measured there; two free cores are faster):
+#: image VAE 6 steps/s on 32 px crops, 1 step/s on whole images (batch 16); image UNet 1 step/s (batch 64);
+#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.4 steps/s (batch 32).
+FULL_PLAN = Plan(
+    scenes=12_000,
+    image_vae=StagePlan(steps=2_500, batch=16, lr=1e-3, warmup=50, minutes=11.0),
+    image_denoiser=StagePlan(steps=2_400, batch=64, lr=8e-4, warmup=100, minutes=42.0),
+    vae_crop=32,
+    crop_fraction=0.9,
+    clips=4_000,
+    video_vae=StagePlan(steps=800, batch=8, lr=1e-3, warmup=50, minutes=10.0),
+    video_denoiser=StagePlan(steps=1_800, batch=32, lr=8e-4, warmup=100, minutes=22.0),
+    video_vae_frames=5,
+    ema=0.999,
+)
+
+QUICK_PLAN = Plan(
+    scenes=8,
+    image_vae=StagePlan(steps=2, batch=2, lr=1e-3, warmup=1, minutes=0.1),
+    image_denoiser=StagePlan(steps=2, batch=2, lr=1e-3, warmup=1, minutes=0.1),
+    vae_crop=32,
+    crop_fraction=0.5,
+    clips=2,
+    video_vae=StagePlan(steps=2, batch=2, lr=1e-3, warmup=1, minutes=0.1),
+    video_denoiser=StagePlan(steps=2, batch=2, lr=1e-3, warmup=1, minutes=0.1),
+    video_vae_frames=5,
+    ema=0.9,
+)
+
+_STAGE_IDS = {"image-vae": 1, "image-denoiser": 2, "video-vae": 3, "video-denoiser": 4}
+
+
+def _generator(seed: int, stage: str, step: int) -> torch.Generator:
+    # One independent stream per (seed, stage, step): batches do not depend on where a run resumed.
+    return torch.Generator().manual_seed((seed * 1_000_003 + _STAGE_IDS[stage]) * 10_000_019 + step)
+
+
+class _EMA:
+    """Exponential moving average of parameters, with the usual warm-up ``min(decay, (1 + n) / (10 + n))``."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.decay = decay
+        self.shadow = {name: copy.deepcopy(module).eval().requires_grad_(False) for name, module in modules.items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, torch.nn.Module]) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, module in modules.items():
+            for ema_param, param in zip(self.shadow[name].parameters(), module.parameters()):
+                ema_param.lerp_(param.detach(), 1 - decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "modules": {k: m.state_dict() for k, m in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = state["updates"]
+        for name, module_state in state["modules"].items():
+            self.shadow[name].load_state_dict(module_state)
+
+
+def _lr_factor(step: int, plan: StagePlan) -> float:
+    if step < plan.warmup:
+        return (step + 1) / plan.warmup
+    progress = (step - plan.warmup) / max(1, plan.steps - plan.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_stage(
+    stage: str,
+    modules: dict[str, torch.nn.Module],
+    plan: StagePlan,
+    loss_fn: Callable[[int, torch.Generator], torch.Tensor],
+    *,
+    seed: int,
+    checkpoints: Path,
+    deadline: float,
+    ema_decay: float | None = None,
+    checkpoint_seconds: float = 120.0,
+) -> dict[str, torch.nn.Module]:
+    """Train ``modules`` for ``plan.steps`` steps of ``loss_fn(step, generator)``; resume from a checkpoint.
+
+    Returns the modules to keep: the EMA copies when ``ema_decay`` is given, else ``modules`` themselves.
+    """
+    path = checkpoints / f"{stage}.pt"
+    params = [p for module in modules.values() for p in module.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, plan))
+    ema = _EMA(modules, ema_decay) if ema_decay is not None else None
+    start = 0
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start = state["step"]
+
+    def save(step: int) -> None:
+        state = {
+            "step": step,
+            "modules": {k: m.state_dict() for k, m in modules.items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+        }
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # atomic: a kill while saving leaves the previous checkpoint
+
+    for module in modules.values():
+        module.train()
+    last_save = time.monotonic()
+    step = start
+    with tqdm(total=plan.steps, initial=start, desc=stage, unit="step", dynamic_ncols=True) as bar:
+        while step < plan.steps:
+            if time.monotonic() > deadline:
+                bar.write(f"{stage}: time budget spent after {step} of {plan.steps} steps; stopping early")
+                break
+            loss = loss_fn(step, _generator(seed, stage, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update(modules)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            if time.monotonic() - last_save > checkpoint_seconds:
+                save(step)
+                last_save = time.monotonic()
+    save(step)
+    kept = ema.shadow if ema is not None else modules
+    for module in kept.values():
+        module.eval().requires_grad_(False)
+    return kept
+
+
+def _cached(path: Path, build: Callable[[], Any]) -> Any:
+    """``build()``, stored at ``path`` so that a resumed run does not redo it."""
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    value = build()
+    torch.save(value, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return value
+
+
+def _to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats in [-1, 1], the VAEs' input range."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def render_scenes(count: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """``count`` toy scenes as uint8 ``[count, 3, 64, 64]``, their captions and each first object's centre (x, y).
+
+    Even indices have one object, odd ones one to three, so about four in five scenes show a single object.
+    """
+    images, captions, centers = [], [], []
+    for index in range(count):
+        scene = sample_scene(index, seed=seed, size=models.IMAGE_SIZE, max_objects=1 if index % 2 == 0 else 3)
+        images.append(np.asarray(render_scene(scene)))
+        captions.append(scene.caption)
+        centers.append(scene.objects[0].center)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return pixels, captions, torch.tensor(centers)
+
+
+def render_clips(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``count`` toy clips as uint8 ``[count, 3, frames, 32, 32]`` and their captions."""
+    videos, captions = [], []
+    for index in range(count):
+        clip = sample_clip(index, seed=seed, frames=models.VIDEO_FRAMES, size=models.VIDEO_SIZE)
+        videos.append(np.stack([np.asarray(frame) for frame in clip.frames]))
+        captions.append(clip.caption)
+    return torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).contiguous(), captions
+
+
+def _foreground_weight(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loss weights: :data:`_FOREGROUND_WEIGHT` where a pixel differs from the background, else 1.
+
+    Objects cover a few percent of a toy image, so an unweighted loss is met by painting the background alone;
+    the background is the median border colour, as :mod:`visattn.toy.analyze` reads it.
+    """
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    foreground = (x - background).abs().amax(dim=-3, keepdim=True) > 0.1
+    return 1.0 + (_FOREGROUND_WEIGHT - 1.0) * foreground.float()
+
+
+def _reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # L1 keeps the flat colours' edges sharp; MSE punishes the rare large colour errors.
+    error = reconstruction - x
+    return ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+
+
+def _kl(posterior: Any) -> torch.Tensor:
+    # Per-element KL to N(0, 1), so its weight does not depend on the latent size.
+    return 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+
+
+_KL_WEIGHT = 1e-4
+_FOREGROUND_WEIGHT = 10.0
+
+
+@torch.no_grad()
+def _encode(vae: torch.nn.Module, pixels: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Posterior means of uint8 ``pixels``, computed in batches."""
+    out = [vae.encode(_to_unit(chunk).to(device)).latent_dist.mean.cpu() for chunk in pixels.split(batch)]
+    return torch.cat(out)
+
+
+def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, checkpoints: Path, budget: float) -> Path:
+    """Train the image pipeline and save it to ``out``; returns ``out``. ``budget`` is in seconds."""
+    torch.manual_seed(seed)
+    components = models.image_components()
+    tokenizer, vae = components["tokenizer"], components["vae"].to(device)
+    text_encoder, unet = components["text_encoder"].to(device), components["unet"].to(device)
+    share = budget / (plan.image_vae.minutes + plan.image_denoiser.minutes)
+    images, captions, centers = _cached(checkpoints / "image-data.pt", lambda: render_scenes(plan.scenes, seed))
+
+    crop_steps = int(plan.image_vae.steps * plan.crop_fraction)
+
+    def vae_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(images), (plan.image_vae.batch,), generator=generator)
+        x = _to_unit(images[index])
+        weight = _foreground_weight(x)
+        if step < crop_steps:
+            # crops around an object (most of a toy image is background), shifted at random
+            crop, side = plan.vae_crop, x.shape[-1]
+            shift = torch.randint(-crop // 4, crop // 4 + 1, (len(index), 2), generator=generator)
+            corners = (centers[index] - crop / 2 + shift).round().long().clamp(0, side - crop).tolist()
+            x = torch.stack([x[i, :, y : y + crop, x0 : x0 + crop] for i, (x0, y) in enumerate(corners)])
+            weight = torch.stack([weight[i, :, y : y + crop, x0 : x0 + crop] for i, (x0, y) in enumerate(corners)])
+        x, weight = x.to(device), weight.to(device)
+        posterior = vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
+        reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
+        return _reconstruction_loss(reconstruction, x, weight) + _KL_WEIGHT * _kl(posterior)
+
+    deadline = time.monotonic() + share * plan.image_vae.minutes
+    vae = train_stage(
+        "image-vae", {"vae": vae}, plan.image_vae, vae_loss, seed=seed, checkpoints=checkpoints, deadline=deadline
+    )["vae"]
+
+    latents = _cached(checkpoints / "image-latents.pt", lambda: _encode(vae, images, 64, device))
+    # SD pipelines divide latents by scaling_factor before decoding and sample noise of unit variance.
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    ids = ids.input_ids
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    empty = empty.input_ids
+    noise_schedule = models.image_training_scheduler()
+    alphas = noise_schedule.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    min_snr_weight = snr.clamp(max=MIN_SNR_GAMMA) / snr  # epsilon prediction's Min-SNR weight
+
+    def denoiser_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        batch = plan.image_denoiser.batch
+        index = torch.randint(len(latents), (batch,), generator=generator)
+        drop = torch.rand(batch, generator=generator) < CAPTION_DROPOUT
+        text = torch.where(drop[:, None], empty, ids[index]).to(device)
+        clean = latents[index]
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(noise_schedule.config.num_train_timesteps, (batch,), generator=generator)
+        noisy = noise_schedule.add_noise(clean, noise, timesteps).to(device)
+        # the pipeline's call: last hidden state, no attention mask (CLIP is causal, so padding never leaks in)
+        context = text_encoder(text)[0]
+        prediction = unet(noisy, timesteps.to(device), context).sample
+        per_sample = (prediction - noise.to(device)).pow(2).mean(dim=(1, 2, 3))
+        return (per_sample * min_snr_weight[timesteps].to(device)).mean()
+
+    deadline = time.monotonic() + share * plan.image_denoiser.minutes
+    kept = train_stage(
+        "image-denoiser",
+        {"text_encoder": text_encoder, "unet": unet},
+        plan.image_denoiser,
+        denoiser_loss,
+        seed=seed,
+        checkpoints=checkpoints,
+        deadline=deadline,
+        ema_decay=plan.ema,
+    )
+    components.update(vae=vae, text_encoder=kept["text_encoder"], unet=kept["unet"])
+    return _save(models.assemble_pipeline("image", components), out)
+
+
+def train_video(out: Path, plan: Plan, *, seed: int, device: torch.device, checkpoints: Path, budget: float) -> Path:
+    """Train the video pipeline and save it to ``out``; returns ``out``. ``budget`` is in seconds."""
+    torch.manual_seed(seed)
+    components = models.video_components()
+    tokenizer, vae = components["tokenizer"], components["vae"].to(device)
+    text_encoder, transformer = components["text_encoder"].to(device), components["transformer"].to(device)
+    share = budget / (plan.video_vae.minutes + plan.video_denoiser.minutes)
+    clips, captions = _cached(checkpoints / "video-data.pt", lambda: render_clips(plan.clips, seed))
+
+    short_steps = int(plan.video_vae.steps * plan.crop_fraction)
+
+    def vae_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(clips), (plan.video_vae.batch,), generator=generator)
+        x = _to_unit(clips[index])
+        if step < short_steps:
+            x = x[:, :, : plan.video_vae_frames]
+        weight = _foreground_weight(x.transpose(1, 2)).transpose(1, 2)
+        x, weight = x.to(device), weight.to(device)
+        posterior = vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
+        reconstruction = vae.decode(posterior.mean + posterior.std * noise).sample
+        return _reconstruction_loss(reconstruction, x, weight) + _KL_WEIGHT * _kl(posterior)
+
+    deadline = time.monotonic() + share * plan.video_vae.minutes
+    vae = train_stage(
+        "video-vae", {"vae": vae}, plan.video_vae, vae_loss, seed=seed, checkpoints=checkpoints, deadline=deadline
+    )["vae"]
+
+    latents = _cached(checkpoints / "video-latents.pt", lambda: _encode(vae, clips, 32, device))
+    # WanPipeline decodes latents * std + mean (per channel) and starts from unit-variance noise.
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4))
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    latents = (latents - mean[:, None, None, None]) / std[:, None, None, None]
+
+    text = tokenizer(captions, padding="longest", return_tensors="pt")
+    ids, mask = text.input_ids, text.attention_mask
+    empty = tokenizer([""], padding="max_length", max_length=ids.shape[1], return_tensors="pt")
+    shift = models.VIDEO_FLOW_SHIFT
+    longest = models.VIDEO_MAX_TEXT_TOKENS
+
+    def denoiser_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        batch = plan.video_denoiser.batch
+        index = torch.randint(len(latents), (batch,), generator=generator)
+        drop = torch.rand(batch, generator=generator) < CAPTION_DROPOUT
+        batch_ids = torch.where(drop[:, None], empty.input_ids, ids[index]).to(device)
+        batch_mask = torch.where(drop[:, None], empty.attention_mask, mask[index]).to(device)
+        # WanPipeline keeps each prompt's own tokens and zero-pads to max_sequence_length (512 unless the caller
+        # says otherwise); a log-uniform padded length teaches the model that the padding count carries nothing.
+        low = math.log(ids.shape[1])
+        length = int(math.exp(low + (math.log(longest) - low) * torch.rand((), generator=generator).item()))
+        context = text_encoder(batch_ids, batch_mask).last_hidden_state * batch_mask[..., None]
+        context = F.pad(context, (0, 0, 0, length - context.shape[1]))
+        clean = latents[index]
+        noise = torch.randn(clean.shape, generator=generator)
+        u = torch.rand(batch, generator=generator)
+        sigma = shift * u / (1 + (shift - 1) * u)  # the sampler's shifted noise levels
+        noisy = (1 - sigma[:, None, None, None, None]) * clean + sigma[:, None, None, None, None] * noise
+        prediction = transformer(noisy.to(device), (sigma * 1000).to(device), context, return_dict=False)[0]
+        return F.mse_loss(prediction, (noise - clean).to(device))
+
+    deadline = time.monotonic() + share * plan.video_denoiser.minutes
+    kept = train_stage(
+        "video-denoiser",
+        {"text_encoder": text_encoder, "transformer": transformer},
+        plan.video_denoiser,
+        denoiser_loss,
+        seed=seed,
+        checkpoints=checkpoints,
+        deadline=deadline,
+        ema_decay=plan.ema,
+    )
+    components.update(vae=vae, text_encoder=kept["text_encoder"], transformer=kept["transformer"])
+    return _save(models.assemble_pipeline("video", components), out)
+
+
+def _save(pipe: Any, out: Path) -> Path:
+    # The diffusers models (VAE, denoiser: most of the weights) are stored in fp16, which halves the shipped size;
+    # diffusers loads them in fp32 unless told otherwise, and fp16 -> fp32 is exact. The transformers text
+    # encoders stay fp32: transformers loads a checkpoint in its stored dtype, and the pipelines cast the prompt
+    # embeddings to the text encoder's dtype, so an fp16 encoder would break a plain ``from_pretrained(folder)``.
+    for component in pipe.components.values():
+        if isinstance(component, ModelMixin):
+            component.to("cpu").half()  # nn.Module.half: ModelMixin.to(dtype) warns about fp32-only modules
+        elif isinstance(component, torch.nn.Module):
+            component.to("cpu")
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m visattn.toy.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="folder for image/ and video/ (default: package)")
+    parser.add_argument("--which", choices=("image", "video", "all"), default="all")
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap for the whole run")
+    parser.add_argument("--quick", action="store_true", help="a few steps on a few samples (tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--checkpoints", type=Path, default=None, help="resume folder (default: OUT/.checkpoints)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: torch's; use 1 on a shared, busy machine)"
+    )
+    args = parser.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        parser.error(f"--minutes={args.minutes} must be > 0")
+    if args.seed < 0:
+        parser.error(f"--seed={args.seed} must be >= 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads={args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    out = args.out if args.out is not None else models.weights_root()
+    checkpoints = args.checkpoints if args.checkpoints is not None else out / ".checkpoints"
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    kinds = models.KINDS if args.which == "all" else (args.which,)
+    planned = {
+        "image": plan.image_vae.minutes + plan.image_denoiser.minutes,
+        "video": plan.video_vae.minutes + plan.video_denoiser.minutes,
+    }
+    total = sum(planned[kind] for kind in kinds)
+    budget = (args.minutes if args.minutes is not None else math.inf) * 60.0
+    trainers = {"image": train_image, "video": train_video}
+    for kind in kinds:
+        kind_checkpoints = checkpoints / kind
+        kind_checkpoints.mkdir(parents=True, exist_ok=True)
+        saved = trainers[kind](
+            out / kind,
+            plan,
+            seed=args.seed,
+            device=device,
+            checkpoints=kind_checkpoints,
+            budget=budget * planned[kind] / total,
+        )
+        shutil.rmtree(kind_checkpoints)
+        print(f"saved the toy {kind} pipeline to {saved}")
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
