@@ -38,7 +38,7 @@ from typing import Literal
 
 import torch
 
-from .spec import Pattern
+from .spec import Pattern, grid_sequence_mask
 
 __all__ = [
     "NeighborhoodPattern",
@@ -251,22 +251,16 @@ class NeighborhoodPattern(Pattern):
         return keep
 
     def mask_mod(self, b, h, q_idx, kv_idx):
-        n = self.num_tokens
-        grid_end = self.offset + n
-        q_in = (q_idx >= self.offset) & (q_idx < grid_end)
-        kv_in = (kv_idx >= self.offset) & (kv_idx < grid_end)
-        # Clamp into the grid so that coordinate arithmetic stays in range for out-of-grid tokens too; their
-        # result is overridden below (no data-dependent control flow, as FlexAttention requires).
-        q_local = (q_idx - self.offset).clamp(0, n - 1)
-        kv_local = (kv_idx - self.offset).clamp(0, n - 1)
-        grid_keep = kv_in & self.neighborhood_mask(q_local, kv_local)
-        extra = (kv_idx >= grid_end) & (kv_idx < grid_end + self.extra_keys)
-        if self.prefix_keys:
-            extra = extra | (kv_idx < self.offset)
-        grid_rows = q_in & (grid_keep | extra)
-        if self.text_queries == "full":
-            return grid_rows | ~q_in
-        return grid_rows | (~q_in & ~kv_in)
+        return grid_sequence_mask(
+            q_idx,
+            kv_idx,
+            self.neighborhood_mask,
+            num_tokens=self.num_tokens,
+            offset=self.offset,
+            extra_keys=self.extra_keys,
+            prefix_keys=self.prefix_keys,
+            text_queries=self.text_queries,
+        )
 
     def cache_key(self) -> Hashable:
         return (

@@ -11,7 +11,7 @@ per (pattern, sequence lengths, device).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -130,3 +130,38 @@ def chain(modifiers: Sequence[ScoreModifier | None]) -> ScoreModifier | None:
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else Chain(tuple(parts))
+
+
+def grid_sequence_mask(
+    q_idx: torch.Tensor,
+    kv_idx: torch.Tensor,
+    grid_rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    num_tokens: int,
+    offset: int,
+    extra_keys: int,
+    prefix_keys: bool,
+    text_queries: str,
+) -> torch.Tensor:
+    """A mask over a sequence holding a token grid at ``[offset, offset + num_tokens)`` and text around it.
+
+    Grid queries attend to the grid keys ``grid_rule(q_local, kv_local)`` keeps, to the ``extra_keys`` keys right
+    after the grid and, with ``prefix_keys``, to every key before it (text first, as in Flux). Queries outside the
+    grid attend to every key (``text_queries="full"``) or only to keys outside the grid (``"text"``). Shared by
+    the grid patterns so that every one treats text tokens the same way.
+    """
+    grid_end = offset + num_tokens
+    q_in = (q_idx >= offset) & (q_idx < grid_end)
+    kv_in = (kv_idx >= offset) & (kv_idx < grid_end)
+    # Clamp into the grid so that coordinate arithmetic stays in range for out-of-grid tokens too; their result is
+    # overridden below (no data-dependent control flow, as FlexAttention's vmap requires).
+    q_local = (q_idx - offset).clamp(0, num_tokens - 1)
+    kv_local = (kv_idx - offset).clamp(0, num_tokens - 1)
+    grid_keep = kv_in & grid_rule(q_local, kv_local)
+    extra = (kv_idx >= grid_end) & (kv_idx < grid_end + extra_keys)
+    if prefix_keys:
+        extra = extra | (kv_idx < offset)
+    grid_rows = q_in & (grid_keep | extra)
+    if text_queries == "full":
+        return grid_rows | ~q_in
+    return grid_rows | (~q_in & ~kv_in)
