@@ -94,7 +94,7 @@ def test_bad_targets_and_effects_get_clear_errors():
         visattn.attach(pipeline("sd"), "not an effect")
     with pytest.raises(ValueError, match="backend='fast' is not one of"):
         visattn.attach(pipeline("sd"), backend="fast")
-    with pytest.raises(ValueError, match=r"steps=\(0.5, 0.2\) must be a fraction in \(0, 1\] or a \(start, stop\) range"):
+    with pytest.raises(ValueError, match=r"steps=\(0.5, 0.2\) must be a fraction in \(0, 1\] or a \(start, stop\)"):
         visattn.attach(pipeline("sd"), steps=(0.5, 0.2))
     with pytest.raises(ValueError, match="needs the pipeline"):
         visattn.attach(pipeline("sd").unet, steps=(0.0, 0.5))
