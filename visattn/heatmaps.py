@@ -130,7 +130,9 @@ def to_pil(image) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
-def overlay(image, values: np.ndarray, alpha: float = 0.5, vmax: float | None = None) -> Image.Image:
+def overlay(
+    image, values: np.ndarray, alpha: float = 0.5, vmax: float | None = None, vmin: float | None = None
+) -> Image.Image:
     """``values`` as a heatmap drawn over ``image`` (resized to the image): ``(1 - alpha) * image + alpha * heat``.
 
     Args:
@@ -138,9 +140,10 @@ def overlay(image, values: np.ndarray, alpha: float = 0.5, vmax: float | None = 
         values: a 2-D map ``[h, w]``.
         alpha: opacity of the heatmap in ``[0, 1]``.
         vmax: value shown as the brightest colour (default: the map's maximum).
+        vmin: value shown as the darkest colour (default: as :func:`colorize`).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
     base = to_pil(image)
-    heat = heatmap(values, size=base.size, vmax=vmax)
+    heat = heatmap(values, size=base.size, vmin=vmin, vmax=vmax)
     return Image.blend(base, heat, alpha)

@@ -466,15 +466,17 @@ class AttentionMaps(Effect):
     def heatmaps(self, size: int | tuple[int, int] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
         """Word -> heatmap (a PIL image; a list of images, one per latent frame, for video).
 
-        Each word is scaled to its own maximum over all frames (zero stays the darkest colour), so frames of a
-        video compare. ``size`` is ``(width, height)`` or an int; ``None`` keeps the maps' resolution.
+        Each word is scaled from its own minimum to its maximum over all frames, so a near-uniform map still shows
+        its structure and frames of a video compare. ``size`` is ``(width, height)`` or an int; ``None`` keeps the
+        maps' resolution.
         """
         result = []
         for maps in self._per_prompt():
             images = {}
             for name, values in maps.items():
                 array = values.numpy()
-                frames = [rendering.heatmap(frame, size=size, vmax=float(array.max())) for frame in array]
+                low, high = float(array.min()), float(array.max())
+                frames = [rendering.heatmap(frame, size=size, vmin=low, vmax=high) for frame in array]
                 images[name] = frames[0] if self._size[0] == 1 else frames
             result.append(images)
         return result[0] if len(self.prompts) == 1 else result
@@ -499,9 +501,9 @@ class AttentionMaps(Effect):
         result: dict[str, Any] = {}
         for name, values in per_prompt[prompt].items():
             array = values.numpy()
-            vmax = float(array.max())
+            low, high = float(array.min()), float(array.max())
             drawn = [
-                rendering.overlay(frame, array[_latent_frame(i, len(frames), latent_frames)], alpha, vmax)
+                rendering.overlay(frame, array[_latent_frame(i, len(frames), latent_frames)], alpha, high, low)
                 for i, frame in enumerate(frames)
             ]
             result[name] = drawn[0] if _is_single(image) else drawn
