@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from . import __version__
+from .commands import checked_type
 from .generate import (
     DEVICES,
     DTYPES,
-    ParameterError,
     UsageError,
     check_guidance,
     check_positive_int,
@@ -38,25 +37,6 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # --- generate -----------------------------------------------------------------------------------------------------
-def _argument(convert: Callable[[str], Any], check: Callable[[Any], Any]) -> Callable[[str], Any]:
-    """An argparse ``type=`` that converts the text, then applies a :mod:`visattn.generate` check.
-
-    Both failures end up as one argparse error: ``argument --steps: invalid value 0: must be a positive integer``.
-    """
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = text  # not even a number: let the check reject it with the rule it enforces
-        try:
-            return check(value)
-        except ParameterError as exc:
-            raise argparse.ArgumentTypeError(f"invalid value {exc.value!r}: {exc.allowed}") from None
-
-    return parse
-
-
 def _run_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
@@ -101,14 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", metavar="PROMPT", help="the text prompt")
     gen.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
     gen.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt, for pipelines that take one")
-    gen.add_argument("--seed", type=_argument(int, check_seed), default=0, help="base seed; image i uses seed+i")
-    steps = _argument(int, lambda v: check_positive_int("steps", v))
+    gen.add_argument("--seed", type=checked_type(int, check_seed), default=0, help="base seed; image i uses seed+i")
+    steps = checked_type(int, lambda v: check_positive_int("steps", v))
     gen.add_argument("--steps", type=steps, help="denoising steps (default: the pipeline's own default)")
-    gen.add_argument("--guidance", type=_argument(float, check_guidance), help="guidance scale (default: pipeline's)")
+    gen.add_argument(
+        "--guidance", type=checked_type(float, check_guidance), help="guidance scale (default: pipeline's)"
+    )
     size_help = "pixels, a multiple of 8 (default: the pipeline's own default)"
-    gen.add_argument("--height", type=_argument(int, lambda v: check_size("height", v)), help=size_help)
-    gen.add_argument("--width", type=_argument(int, lambda v: check_size("width", v)), help=size_help)
-    count = _argument(int, lambda v: check_positive_int("num_images", v))
+    gen.add_argument("--height", type=checked_type(int, lambda v: check_size("height", v)), help=size_help)
+    gen.add_argument("--width", type=checked_type(int, lambda v: check_size("width", v)), help=size_help)
+    count = checked_type(int, lambda v: check_positive_int("num_images", v))
     gen.add_argument("--num-images", type=count, default=1, help="how many images (default: 1)")
     gen.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs/)")
     gen.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available, else cpu")

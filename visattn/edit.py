@@ -24,8 +24,8 @@ from .defaults import DEFAULT_MODEL
 from .generate import (
     ParameterError,
     UsageError,
-    _call_arguments,
     _progress_to_stderr,
+    call_arguments,
     check_dtype,
     check_guidance,
     check_positive_int,
@@ -162,7 +162,7 @@ def edit(
     out_dir = Path(out_dir)
     with _progress_to_stderr(pipeline, progress):
         if image is None:
-            call = _call_arguments(
+            call = call_arguments(
                 pipeline,
                 {"num_inference_steps": steps, "guidance_scale": guidance, "height": height, "width": width},
             )

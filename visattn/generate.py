@@ -193,7 +193,7 @@ def _progress_to_stderr(pipe: DiffusionPipeline, enabled: bool) -> Iterator[None
         pipe.set_progress_bar_config(**previous)
 
 
-def _call_arguments(pipe: DiffusionPipeline, requested: dict[str, Any]) -> dict[str, Any]:
+def call_arguments(pipe: DiffusionPipeline, requested: dict[str, Any]) -> dict[str, Any]:
     """``requested`` (None = "pipeline default") checked against the pipeline's ``__call__`` signature.
 
     Returns the arguments to pass; raises :class:`UsageError` when a value was given for a parameter the pipeline
@@ -211,7 +211,7 @@ def _call_arguments(pipe: DiffusionPipeline, requested: dict[str, Any]) -> dict[
     return call
 
 
-def _signature_default(pipe: DiffusionPipeline, name: str) -> Any:
+def signature_default(pipe: DiffusionPipeline, name: str) -> Any:
     """The default of ``name`` in the pipeline's ``__call__`` (to record the value that was actually used)."""
     parameter = inspect.signature(pipe.__call__).parameters.get(name)
     if parameter is None or parameter.default is inspect.Parameter.empty:
@@ -219,12 +219,12 @@ def _signature_default(pipe: DiffusionPipeline, name: str) -> Any:
     return parameter.default
 
 
-def _pipeline_name(pipe: DiffusionPipeline) -> str:
+def pipeline_name(pipe: DiffusionPipeline) -> str:
     """What a ready pipeline was loaded from, or its class name when it was built in code."""
     return getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or type(pipe).__name__
 
 
-def _weights_of(pipe: DiffusionPipeline) -> tuple[str | None, str | None]:
+def weights_of(pipe: DiffusionPipeline) -> tuple[str | None, str | None]:
     """``(device, dtype name)`` of the denoiser's weights: what the call really ran on, whoever loaded it."""
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     first = next(denoiser.parameters(), None) if denoiser is not None else None
@@ -293,9 +293,9 @@ def generate(
         load_seconds = time.perf_counter() - started
         model_name = model or DEFAULT_MODEL
     else:
-        model_name = model or _pipeline_name(pipeline)
+        model_name = model or pipeline_name(pipeline)
 
-    call = _call_arguments(
+    call = call_arguments(
         pipeline,
         {
             "negative_prompt": negative_prompt,
@@ -318,14 +318,14 @@ def generate(
     if images is None:
         raise UsageError(f"{type(pipeline).__name__} returns no images (a video pipeline?); generate saves images only")
 
-    weights_device, weights_dtype = _weights_of(pipeline)
+    weights_device, weights_dtype = weights_of(pipeline)
     base = {
         "prompt": prompt,
         "negative_prompt": negative_prompt,
         "seed": seed,
         "num_images": num_images,
-        "steps": steps if steps is not None else _signature_default(pipeline, "num_inference_steps"),
-        "guidance": guidance if guidance is not None else _signature_default(pipeline, "guidance_scale"),
+        "steps": steps if steps is not None else signature_default(pipeline, "num_inference_steps"),
+        "guidance": guidance if guidance is not None else signature_default(pipeline, "guidance_scale"),
         "model": model_name,
         "pipeline": type(pipeline).__name__,
         "scheduler": type(pipeline.scheduler).__name__ if getattr(pipeline, "scheduler", None) else None,

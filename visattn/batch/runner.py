@@ -40,12 +40,12 @@ from ..generate import (
     DEVICES,
     ParameterError,
     UsageError,
-    _call_arguments,
-    _pipeline_name,
-    _signature_default,
-    _weights_of,
+    call_arguments,
     check_dtype,
     load_pipeline,
+    pipeline_name,
+    signature_default,
+    weights_of,
 )
 from .jobs import Job, JobError, parse_jobs
 from .outputs import (
@@ -141,7 +141,7 @@ class _Processes:
 # --- resuming -----------------------------------------------------------------------------------------------------
 def _model_name(model: str | None, pipeline: Any) -> str:
     if model is None:
-        return _pipeline_name(pipeline) if pipeline is not None else DEFAULT_MODEL
+        return pipeline_name(pipeline) if pipeline is not None else DEFAULT_MODEL
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
 
@@ -201,7 +201,7 @@ class _JobRunner:
 
         self.pipe, self.out_dir, self.model, self.video_format = pipeline, out_dir, model, video_format
         self.run_info = run
-        device, dtype = _weights_of(pipeline)
+        device, dtype = weights_of(pipeline)
         scheduler = getattr(pipeline, "scheduler", None)
         self.base = {
             "model": model,
@@ -229,7 +229,7 @@ class _JobRunner:
         negative = job.negative_prompt
         if negative is not None and edit is not None:
             negative = [negative, negative]  # one per prompt: the edit calls the pipeline with [source, target]
-        call = _call_arguments(
+        call = call_arguments(
             self.pipe,
             {
                 "negative_prompt": negative,
@@ -259,8 +259,8 @@ class _JobRunner:
 
         first = outputs[0] if images is not None else outputs[0][0]
         resolved = {
-            "steps": job.steps if job.steps is not None else _signature_default(self.pipe, "num_inference_steps"),
-            "guidance": job.guidance if job.guidance is not None else _signature_default(self.pipe, "guidance_scale"),
+            "steps": job.steps if job.steps is not None else signature_default(self.pipe, "num_inference_steps"),
+            "guidance": job.guidance if job.guidance is not None else signature_default(self.pipe, "guidance_scale"),
             "width": first.width,
             "height": first.height,
             "frames": None if images is not None else len(outputs[0]),

@@ -9,7 +9,6 @@ stdout; the per-round summary and the progress bar go to stderr.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import sys
 from typing import Any
@@ -24,6 +23,7 @@ from ..generate import (
     check_seed,
     check_size,
 )
+from . import checked_type
 
 OBJECTIVE_HELP = (
     "what to maximize: sharpness (mean luminance gradient magnitude: fine detail), contrast (RMS contrast: "
@@ -31,22 +31,6 @@ OBJECTIVE_HELP = (
     "module:function or path/to/file.py:function taking (images, prompts) and returning a float; images are a "
     "float array [N, H, W, 3] in [0, 1] (default: sharpness)"
 )
-
-
-def _checked(convert, check):
-    """An argparse ``type=`` that converts, then applies a visattn check (one argparse error for both)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = text
-        try:
-            return check(value)
-        except ParameterError as exc:
-            raise argparse.ArgumentTypeError(f"invalid value {exc.value!r}: {exc.allowed}") from None
-
-    return parse
 
 
 def _scale(value: Any) -> float:
@@ -75,7 +59,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     hunt.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="a prompt (repeatable)")
     hunt.add_argument("--objective", default="sharpness", metavar="NAME_OR_FUNCTION", help=OBJECTIVE_HELP)
     hunt.add_argument("--minimize", action="store_true", help="minimize the objective instead of maximizing it")
-    rounds = _checked(int, lambda v: check_positive_int("rounds", v))
+    rounds = checked_type(int, lambda v: check_positive_int("rounds", v))
     hunt.add_argument("--rounds", type=rounds, default=3, help="heads to select, one per round (default: 3)")
     hunt.add_argument(
         "--layers",
@@ -90,39 +74,29 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     hunt.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
     hunt.add_argument(
-        "--seed", type=_checked(int, check_seed), action="append", help="generation seed (repeatable; default: 0)"
+        "--seed", type=checked_type(int, check_seed), action="append", help="generation seed (repeatable; default: 0)"
     )
-    hunt.add_argument("--scale", type=_checked(float, _scale), default=3.0, help="PAG scale (default: 3.0)")
-    hunt.add_argument("--strength", type=_checked(float, _strength), default=1.0, help="SoftPAG strength (default: 1)")
-    steps = _checked(int, lambda v: check_positive_int("steps", v))
+    hunt.add_argument("--scale", type=checked_type(float, _scale), default=3.0, help="PAG scale (default: 3.0)")
+    hunt.add_argument(
+        "--strength", type=checked_type(float, _strength), default=1.0, help="SoftPAG strength (default: 1)"
+    )
+    steps = checked_type(int, lambda v: check_positive_int("steps", v))
     hunt.add_argument("--steps", type=steps, help="denoising steps (default: the pipeline's own default)")
-    hunt.add_argument("--guidance", type=_checked(float, check_guidance), help="CFG scale (default: the pipeline's)")
+    hunt.add_argument(
+        "--guidance", type=checked_type(float, check_guidance), help="CFG scale (default: the pipeline's)"
+    )
     size_help = "pixels, a multiple of 8 (default: the pipeline's own default)"
-    hunt.add_argument("--height", type=_checked(int, lambda v: check_size("height", v)), help=size_help)
-    hunt.add_argument("--width", type=_checked(int, lambda v: check_size("width", v)), help=size_help)
+    hunt.add_argument("--height", type=checked_type(int, lambda v: check_size("height", v)), help=size_help)
+    hunt.add_argument("--width", type=checked_type(int, lambda v: check_size("width", v)), help=size_help)
     hunt.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available, else cpu")
     hunt.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
     hunt.add_argument("--quiet", action="store_true", help="no progress bar and no round summary")
     hunt.set_defaults(run=run)
 
 
-def _pipeline_arguments(pipe: Any, requested: dict[str, Any]) -> dict[str, Any]:
-    """The given (non-None) arguments, refusing those the pipeline does not take rather than ignoring them."""
-    parameters = inspect.signature(pipe.__call__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    call = {}
-    for name, value in requested.items():
-        if value is None:
-            continue
-        if name not in parameters and not takes_any:
-            raise UsageError(f"{type(pipe).__name__} does not take {name}; leave it unset for this model")
-        call[name] = value
-    return call
-
-
 def run(args: argparse.Namespace) -> int:
     from ..defaults import DEFAULT_MODEL
-    from ..generate import check_dtype, load_pipeline, resolve_device
+    from ..generate import call_arguments, check_dtype, load_pipeline, resolve_device
     from ..guidance.head_hunter import HuntStateError, hunt_heads, resolve_objective
     from ..guidance.head_sets import HeadSet
 
@@ -135,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         candidates = HeadSet.all_heads(pipe, args.layers)
     except ValueError as exc:
         raise UsageError(f"--layers: {exc}") from None
-    call = _pipeline_arguments(
+    call = call_arguments(
         pipe,
         {
             "num_inference_steps": args.steps,
