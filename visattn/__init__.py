@@ -5,6 +5,8 @@ pipeline's denoiser and routes every attention call through one attention core
 (:func:`visattn.kernels.attention`) with the effects you pass.
 """
 
+from ._lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 # Public names resolve lazily so that light entry points (``visattn --version``, ``visattn info``) do not pay
@@ -47,16 +49,4 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'visattn' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, extra=("__version__",))

@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import importlib
-
+from .._lazy import lazy_exports
 from .block_density import density, tile_aligned_order
 from .core import attention, available_backends, backend_names, choose_backend, register_backend, run_request
 from .natten_api import na1d, na2d, na3d
@@ -46,10 +45,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'visattn.kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -26,7 +26,7 @@ Every metric is a plain function in :mod:`.metrics`. Prompts come from a held-ou
 
 from __future__ import annotations
 
-import importlib
+from ..._lazy import lazy_exports
 
 # Names resolve lazily, so that ``visattn --help`` (which reads :data:`STUDIES`) does not import torch.
 _EXPORTS = {
@@ -41,14 +41,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'visattn.toy.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
