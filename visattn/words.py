@@ -62,7 +62,8 @@ _DEFAULT_MAX_SEQUENCE_LENGTH = {
     "cogvideox": 226,
     "hunyuan_video": 256,
 }
-_CLIP_LENGTH = 77
+#: CLIP's sequence length: SD 1.x/2.x/SDXL's whole text sequence, and the CLIP part that SD3 puts before its T5 tokens.
+CLIP_LENGTH = 77
 
 # Pipeline class-name prefixes, most specific first ("StableDiffusion3" and "StableDiffusionXL" before
 # "StableDiffusion"), for pipelines whose denoiser does not settle the family (SD vs SDXL share the UNet).
@@ -274,8 +275,8 @@ def _too_long(family: str, part: str, count: int, limit: int, prompt: str) -> Va
 
 
 def _clip_part(tokenizer: Any, prompt: str, words, family: str) -> tuple[list[list[int]], int]:
-    limit = getattr(tokenizer, "model_max_length", _CLIP_LENGTH)
-    limit = limit if isinstance(limit, int) and limit < 100_000 else _CLIP_LENGTH
+    limit = getattr(tokenizer, "model_max_length", CLIP_LENGTH)
+    limit = limit if isinstance(limit, int) and limit < 100_000 else CLIP_LENGTH
     per_word, count = _align(tokenizer, prompt, 0, words)
     if count > limit:
         raise _too_long(family, "CLIP", count, limit, prompt)

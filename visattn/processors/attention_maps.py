@@ -36,13 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import heatmaps as rendering
-from ..words import STOP_WORDS, PromptTokens, prompt_family, prompt_tokens, split_words
+from ..words import CLIP_LENGTH, STOP_WORDS, PromptTokens, prompt_family, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
 
 # Queries per chunk when the log-sum-exp has to be recomputed: bounds the transient scores at
 # rows x heads x chunk x keys floats.
 LSE_QUERY_CHUNK = 1024
-_CLIP_LENGTH = 77
 
 
 # --- probabilities of one call ---------------------------------------------------------------------------------
@@ -374,7 +373,7 @@ class AttentionMaps(Effect):
                 )
             family = prompt_family(pipeline)
             # The text length seen here settles the call's max_sequence_length (SD3 puts 77 CLIP tokens first).
-            length = text_length - _CLIP_LENGTH if family == "sd3" else text_length
+            length = text_length - CLIP_LENGTH if family == "sd3" else text_length
             prompt = prompt_tokens(pipeline, prompt, max_sequence_length=None if family in ("sd", "sdxl") else length)
         if prompt.length != text_length:
             raise ValueError(

@@ -71,15 +71,13 @@ from ..batching import prediction_of, with_prediction
 from ..context import BatchLayout, CallContext
 from ..kernels.backends.reference import QUERY_CHUNK, masked_logits
 from ..steps import in_steps, normalize_steps
-from ..words import PromptTokens, prompt_tokens, split_words
+from ..words import CLIP_LENGTH, PromptTokens, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
 
 Window = tuple[float, float] | None
 
 _UNCOND = "uncond"
 _COND = "cond"
-# The CLIP part of SD3's text sequence (its T5 part follows).
-_SD3_CLIP_LENGTH = 77
 
 
 # --- argument checking ---------------------------------------------------------------------------------------
@@ -676,7 +674,7 @@ class PromptToPrompt(Effect):
             return self._tokens[key]
         options: dict[str, Any] = {}
         if family == "sd3":
-            options["max_sequence_length"] = length - _SD3_CLIP_LENGTH
+            options["max_sequence_length"] = length - CLIP_LENGTH
         elif family != "unet":
             options["max_sequence_length"] = length
         if self.prompt_template is not None:
