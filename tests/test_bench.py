@@ -65,7 +65,35 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path, capsys):
     assert sparse["max_abs_diff_vs_flex"] < 1e-5  # the reference and FlexAttention agree
     # methods that cannot run say why instead of disappearing
     assert "dense only" in results[("wan-quick/na-3x3x3", "sdpa")]["note"]
-    assert "| wan-quick/na-3x3x3 | reference |" in (tmp_path / "bench-quick.md").read_text()
+    assert "| wan-quick/na-3x3x3 | reference | forward |" in (tmp_path / "bench-quick.md").read_text()
+
+
+def test_backward_pass_is_timed_against_dense_backward_and_cross_checked_with_flex():
+    from visattn.bench import configurations, run_benchmark
+
+    configs = [c for c in configurations(quick=True, models=["flux-quick"])]
+    results = run_benchmark(
+        configs,
+        methods=["sdpa", "flex", "reference"],
+        repeats=1,
+        warmup=0,
+        tile=(16, 16),
+        backward=True,
+        progress=False,
+    )
+    rows = {(r.config, r.method, r.direction): r for r in results}
+    assert {r.direction for r in results} == {"forward", "backward"}
+    dense = rows[("flux-quick/dense", "sdpa", "backward")]
+    assert dense.ms > 0 and dense.speedup_vs_dense == pytest.approx(1.0)
+    sparse = rows[("flux-quick/na-5x5", "reference", "backward")]
+    assert sparse.speedup_vs_dense == pytest.approx(dense.ms / sparse.ms)
+    assert sparse.density_efficiency == pytest.approx(sparse.speedup_vs_dense * sparse.density)
+    # backward FLOPs are 2.5x the forward's for the same kept pairs
+    forward = rows[("flux-quick/na-5x5", "reference", "forward")]
+    assert sparse.tflops * sparse.ms == pytest.approx(2.5 * forward.tflops * forward.ms)
+    # FlexAttention times its forward on CPU but has no CPU backward: the row says so instead of disappearing
+    assert rows[("flux-quick/na-5x5", "flex", "forward")].ms is not None
+    assert "backward on CPU" in rows[("flux-quick/na-5x5", "flex", "backward")].note
 
 
 def test_wan_end_to_end_quick_runs_each_variant():

@@ -32,20 +32,21 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def markdown_table(results: Sequence[BenchResult]) -> str:
-    """One row per (configuration, method) that ran; skipped methods are listed below with their reasons."""
+    """One row per (configuration, method, pass) that ran; skipped methods are listed below with their reasons.
+    Forward rows come first, then backward rows (when the benchmark timed them)."""
     lines = [
-        "| configuration | method | density | tiles | ms | TFLOP/s | x dense | density eff. | x flex |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| configuration | method | pass | density | tiles | ms | TFLOP/s | x dense | density eff. | x flex |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     skipped = []
-    for r in results:
+    for r in sorted(results, key=lambda r: r.direction != "forward"):  # stable: keeps the run order inside a pass
         if r.ms is None:
             skipped.append(f"- {r.config} / {r.method}: {r.note}")
             continue
         method = f"{r.method} ({r.note})" if r.note else r.method
         lines.append(
-            f"| {r.config} | {method} | {_fmt(r.density, 3)} | {_fmt(r.tile_fraction, 3)} | {_fmt(r.ms, 3)} | "
-            f"{_fmt(r.tflops, 1)} | {_fmt(r.speedup_vs_dense)} | {_fmt(r.density_efficiency)} | "
+            f"| {r.config} | {method} | {r.direction} | {_fmt(r.density, 3)} | {_fmt(r.tile_fraction, 3)} | "
+            f"{_fmt(r.ms, 3)} | {_fmt(r.tflops, 1)} | {_fmt(r.speedup_vs_dense)} | {_fmt(r.density_efficiency)} | "
             f"{_fmt(r.speedup_vs_flex)} |"
         )
     if skipped:
@@ -79,10 +80,12 @@ def write_report(
     header = f"Measured {env['date']} on {device}; torch {env['packages']['torch']}, triton {env['packages']['triton']}"
     paths["markdown"].write_text(f"{header}\n\n`{command}`\n\n{markdown_table(results)}", encoding="utf-8")
 
-    groups = [c.name for c in configs]
+    directions = list(dict.fromkeys(r.direction for r in results))
+    keys = [(c.name, d) for d in directions for c in configs]
+    groups = [name if d == "forward" else f"{name} ({d})" for name, d in keys]
     methods = list(dict.fromkeys(r.method for r in results))
-    by_key = {(r.config, r.method): r for r in results}
-    values = {m: [getattr(by_key.get((g, m)), "speedup_vs_dense", None) for g in groups] for m in methods}
+    by_key = {(r.config, r.direction, r.method): r for r in results}
+    values = {m: [getattr(by_key.get((*key, m)), "speedup_vs_dense", None) for key in keys] for m in methods}
     values = {m: vs for m, vs in values.items() if any(v is not None for v in vs)}
     if values:
         chart = grouped_bar_chart(

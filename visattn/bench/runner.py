@@ -5,6 +5,11 @@ GPU, ``perf_counter`` on CPU), effective TFLOP/s counting only kept query-key pa
 two matmuls of two FLOPs per multiply-add), speedup over dense SDPA, density efficiency
 ``t_dense * density / t_sparse`` (1.0 means "time falls exactly with the FLOPs"), speedup over compiled
 FlexAttention, and the largest absolute difference from FlexAttention's output (the correctness cross-check).
+
+With ``backward=True`` each method is also timed on the backward pass alone (the gradients of q, k and v for a
+fixed output gradient, the forward graph kept between runs), against dense SDPA's backward, with
+``10 * B * H * kept * D`` FLOPs (five matmuls: the recomputed scores, dV, dP, dQ and dK); its correctness
+cross-check is the largest difference from FlexAttention's dQ.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class BenchResult:
     model: str
     kind: str
     method: str
+    direction: str = "forward"
     ms: float | None = None
     tflops: float | None = None
     density: float | None = None
@@ -68,10 +74,21 @@ def time_call(fn: Callable[[], object], *, repeats: int = 10, warmup: int = 3) -
     return statistics.median(samples)
 
 
+#: FLOPs per kept query-key pair and head dimension: forward two matmuls, backward five (2 FLOPs per multiply-add).
+_FLOPS_PER_PAIR = {"forward": 4.0, "backward": 10.0}
+
+
 def _inputs(config: BenchConfig, device: torch.device, dtype: torch.dtype, seed: int = 0):
     generator = torch.Generator(device="cpu").manual_seed(seed)
     shape = (config.batch, config.heads, config.tokens, config.head_dim)
     return [torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype) for _ in "qkv"]
+
+
+def _backward_thunk(fn: Callable[[], torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], tuple]:
+    """The backward pass of ``fn()`` alone: one forward now, then gradients of q, k, v on every call."""
+    out = fn()
+    grad = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True)
 
 
 def run_benchmark(
@@ -84,6 +101,7 @@ def run_benchmark(
     warmup: int = 3,
     tile: tuple[int, int] = (128, 128),
     progress: bool = True,
+    backward: bool = False,
 ) -> list[BenchResult]:
     """Time ``methods`` on ``configs``; dense SDPA on each model's dense configuration is the baseline.
 
@@ -94,6 +112,7 @@ def run_benchmark(
             ``sdpa``, eager ``flex`` and ``reference``.
         device, dtype: default CUDA + bf16 when available, else CPU + fp32.
         tile: (query, key) tile used for the visited-tile fraction (a block-sparse kernel's block sizes).
+        backward: also time each method's backward pass (see the module docstring).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -103,7 +122,8 @@ def run_benchmark(
     if unknown:
         raise ValueError(f"methods={unknown} not known; available: {', '.join(METHODS)}")
     configs = list(configs)
-    dense_ms: dict[str, float] = {}
+    directions = ("forward", "backward") if backward else ("forward",)
+    dense_ms: dict[tuple[str, str], float] = {}
     results: list[BenchResult] = []
     bar = tqdm(total=len(configs) * len(methods), desc="bench", disable=not progress, unit="run")
     for config in configs:
@@ -114,41 +134,75 @@ def run_benchmark(
         def timed(fn):
             return time_call(fn, repeats=repeats, warmup=warmup)
 
-        row: dict[str, BenchResult] = {}
-        flex_out = None
+        def timed_forward(fn):
+            with torch.no_grad():  # forward timings build no autograd graph, as in inference
+                return timed(fn)
+
+        rows: dict[str, dict[str, BenchResult]] = {d: {} for d in directions}
+        reference: dict[str, torch.Tensor] = {}  # FlexAttention's output and dQ, the cross-check
         for method in methods:
             bar.set_postfix_str(f"{config.name} {method}")
-            result = BenchResult(config.name, config.model, config.kind, method)
-            result.density, result.tile_fraction = dens.kept_fraction, dens.tile_fraction
+            for direction in directions:
+                result = BenchResult(config.name, config.model, config.kind, method, direction)
+                result.density, result.tile_fraction = dens.kept_fraction, dens.tile_fraction
+                rows[direction][method] = result
             try:
-                fn = METHODS[method](config, q, k, v, timed)
-                out = fn()
-                result.ms = timed(fn)
-                result.note = getattr(fn, "label", "")
-                if method == "flex":
-                    flex_out = out
-                elif flex_out is not None:
-                    result.max_abs_diff_vs_flex = float((out.float() - flex_out.float()).abs().max())
+                fn = METHODS[method](config, q, k, v, timed_forward)
+                with torch.no_grad():
+                    out = fn()
+                _measure(rows["forward"][method], fn, out, reference, "forward", timed_forward)
+                label = getattr(fn, "label", "")
                 del out
+                if backward:
+                    # prepared again on inputs that need gradients (FlexAttention refuses those on CPU even
+                    # without a graph being recorded, so the forward above runs on plain tensors)
+                    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+                    grads = _backward_thunk(METHODS[method](config, *inputs, timed_forward), inputs)
+                    _measure(rows["backward"][method], grads, grads()[0], reference, "backward", timed)
+                    del grads
+                for direction in directions:
+                    rows[direction][method].note = label
             except Unavailable as exc:
-                result.note = str(exc)
+                for direction in directions:
+                    rows[direction][method].note = str(exc)
             except (RuntimeError, torch.OutOfMemoryError) as exc:  # report and go on with the next method
-                result.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                for direction in directions:
+                    if rows[direction][method].ms is None:
+                        rows[direction][method].note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            row[method] = result
             bar.update()
-        if config.kind == "dense" and row.get("sdpa") and row["sdpa"].ms is not None:
-            dense_ms[config.model] = row["sdpa"].ms
-        _derive(config, row, dense_ms.get(config.model), dens.kept_pairs)
-        results.extend(row.values())
-        del q, k, v
+        for direction, row in rows.items():
+            sdpa = row.get("sdpa")
+            if config.kind == "dense" and sdpa is not None and sdpa.ms is not None:
+                dense_ms[(config.model, direction)] = sdpa.ms
+            _derive(config, row, dense_ms.get((config.model, direction)), dens.kept_pairs, direction)
+            results.extend(row.values())
+        del q, k, v, reference
     bar.close()
     return results
 
 
-def _derive(config: BenchConfig, row: dict[str, BenchResult], t_dense: float | None, kept_pairs: int) -> None:
-    flops = 4.0 * config.batch * config.heads * kept_pairs * config.head_dim
+def _measure(
+    result: BenchResult,
+    fn: Callable[[], object],
+    output: torch.Tensor,
+    reference: dict[str, torch.Tensor],
+    direction: str,
+    timed: Callable[[Callable[[], object]], float],
+) -> None:
+    """Time ``fn`` into ``result`` and compare ``output`` with FlexAttention's (which runs first and sets it)."""
+    result.ms = timed(fn)
+    if result.method == "flex":
+        reference[direction] = output.detach()
+    elif direction in reference:
+        result.max_abs_diff_vs_flex = float((output.float() - reference[direction].float()).abs().max())
+
+
+def _derive(
+    config: BenchConfig, row: dict[str, BenchResult], t_dense: float | None, kept_pairs: int, direction: str
+) -> None:
+    flops = _FLOPS_PER_PAIR[direction] * config.batch * config.heads * kept_pairs * config.head_dim
     t_flex = row["flex"].ms if "flex" in row else None
     for result in row.values():
         if result.ms is None:

@@ -21,6 +21,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help="only these methods")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median; default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument("--backward", action="store_true", help="also time each method's backward pass")
     parser.add_argument("--end-to-end", action="store_true", help="also time one Wan2.1-1.3B transformer forward")
     parser.add_argument("--tgate", action="store_true", help="also time SD 1.5 with and without TGATE caching")
     parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             tile=(16, 16) if args.quick else (128, 128),
             progress=not args.quiet,
+            backward=args.backward,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
