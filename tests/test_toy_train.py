@@ -21,7 +21,8 @@ def quick_weights(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
     threads = torch.get_num_threads()
     try:
-        assert train.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+        # both models at once, one child process each (how the shipped weights were trained)
+        assert train.main(["--quick", "--parallel", "--out", str(out), "--threads", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
     return out
@@ -74,6 +75,12 @@ def test_load_toy_pipeline_reads_a_trained_folder(quick_weights):
     assert pipe.unet.dtype == torch.float32  # stored in fp16, loaded as asked
     video = models.load_toy_pipeline("video", root=quick_weights, dtype=torch.float32)
     assert isinstance(video, WanPipeline)
+
+
+def test_parallel_training_needs_both_models(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--quick", "--parallel", "--which", "image"])
+    assert "--parallel" in capsys.readouterr().err
 
 
 def test_load_toy_pipeline_says_how_to_train_missing_weights(tmp_path):

@@ -5,9 +5,12 @@ Resolution Image Synthesis with Latent Diffusion Models"): first its VAE (recons
 then, on the frozen VAE's latents, its text encoder and denoiser together, with 10% of the captions dropped so
 that classifier-free guidance works (Ho & Salimans, 2022, "Classifier-Free Diffusion Guidance").
 
-* image: DDPM epsilon prediction (Ho et al., 2020) on Stable Diffusion's noise schedule, weighted by Min-SNR-5
-  (Hang et al., 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"), which converges several
-  times faster than the plain loss.
+* image: DDPM (Ho et al., 2020) with v-prediction (Salimans & Ho, 2022) on Stable Diffusion's noise schedule
+  rescaled to zero terminal SNR (Lin et al., 2024; see :data:`visattn.toy.models.IMAGE_SCHEDULE`), weighted by
+  Min-SNR-5 (Hang et al., 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"), which converges
+  several times faster than the plain loss. The weight is floored at the plain v-loss for noisy steps, where the
+  layout the caption asks for is decided. Latent cells holding an object weigh
+  :data:`DENOISER_FOREGROUND_WEIGHT` times the background's.
 * video: rectified flow / flow matching (Liu et al., 2022; Lipman et al., 2023) as Wan trains, velocity
   ``noise - data``, with noise levels drawn through the same shift the sampler uses.
 
@@ -30,6 +33,8 @@ import argparse
 import copy
 import math
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -101,17 +106,19 @@ class Plan:
     ema: float
 
 
-#: Sized from trial runs on one busy CPU thread (see ``minutes``: measured there; two free cores are faster):
+#: Sized from runs on one thread of a two-core machine busy with the other model (``minutes``: measured there):
 #: image VAE 6 steps/s on 32 px crops, 1 step/s on whole images (batch 16); image UNet 1 step/s (batch 64);
-#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.4 steps/s (batch 32).
+#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.3 steps/s (batch 32). With
+#: ``--parallel`` on two cores each model takes about an hour. (The video VAE needs its 3,000 steps: at 800 its
+#: reconstructions were colour blobs, loss 0.56.)
 FULL_PLAN = Plan(
     scenes=12_000,
     image_vae=StagePlan(steps=2_500, batch=16, lr=1e-3, warmup=50, minutes=11.0),
-    image_denoiser=StagePlan(steps=2_400, batch=64, lr=8e-4, warmup=100, minutes=42.0),
+    image_denoiser=StagePlan(steps=3_000, batch=64, lr=8e-4, warmup=100, minutes=52.0),
     vae_crop=32,
     crop_fraction=0.9,
     clips=4_000,
-    video_vae=StagePlan(steps=800, batch=8, lr=1e-3, warmup=50, minutes=10.0),
+    video_vae=StagePlan(steps=3_000, batch=8, lr=1e-3, warmup=50, minutes=35.0),
     video_denoiser=StagePlan(steps=1_800, batch=32, lr=8e-4, warmup=100, minutes=22.0),
     video_vae_frames=5,
     ema=0.999,
@@ -283,16 +290,30 @@ def render_clips(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).contiguous(), captions
 
 
+def _foreground(x: torch.Tensor) -> torch.Tensor:
+    """``[..., 1, H, W]`` booleans: where a pixel of ``x`` (``[..., 3, H, W]`` in [-1, 1]) differs from the
+    background, the median border colour (as :mod:`visattn.toy.analyze` reads it)."""
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    return (x - background).abs().amax(dim=-3, keepdim=True) > 0.1
+
+
 def _foreground_weight(x: torch.Tensor) -> torch.Tensor:
     """Per-pixel loss weights: :data:`_FOREGROUND_WEIGHT` where a pixel differs from the background, else 1.
 
-    Objects cover a few percent of a toy image, so an unweighted loss is met by painting the background alone;
-    the background is the median border colour, as :mod:`visattn.toy.analyze` reads it.
+    Objects cover a few percent of a toy image, so an unweighted loss is met by painting the background alone.
     """
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
-    background = border.median(dim=-1).values[..., None, None]
-    foreground = (x - background).abs().amax(dim=-3, keepdim=True) > 0.1
-    return 1.0 + (_FOREGROUND_WEIGHT - 1.0) * foreground.float()
+    return 1.0 + (_FOREGROUND_WEIGHT - 1.0) * _foreground(x).float()
+
+
+def latent_foreground(pixels: torch.Tensor, factor: int, batch: int = 512) -> torch.Tensor:
+    """``[N, 1, H / factor, W / factor]`` booleans: latent cells that hold object pixels of uint8 ``pixels``, grown
+    by one cell (a shape's edge is decided by its neighbours too)."""
+    out = []
+    for chunk in pixels.split(batch):
+        cells = F.max_pool2d(_foreground(_to_unit(chunk)).float(), factor)
+        out.append(F.max_pool2d(cells, 3, stride=1, padding=1) > 0)
+    return torch.cat(out)
 
 
 def _reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -308,6 +329,10 @@ def _kl(posterior: Any) -> torch.Tensor:
 
 _KL_WEIGHT = 1e-4
 _FOREGROUND_WEIGHT = 10.0
+#: Weight of the latent cells that hold an object in the image denoiser's loss. Objects and a one-cell margin are
+#: 17% of the latent grid on average, so unweighted, the edges that tell a star from a circle are a rounding
+#: error of a loss that the flat background dominates; at 5 the objects carry about half of it.
+DENOISER_FOREGROUND_WEIGHT = 5.0
 
 
 @torch.no_grad()
@@ -355,6 +380,8 @@ def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, check
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     latents = latents * scaling
+    factor = images.shape[-1] // latents.shape[-1]
+    weights = 1.0 + (DENOISER_FOREGROUND_WEIGHT - 1.0) * latent_foreground(images, factor).float()
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
     ids = ids.input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
@@ -362,7 +389,9 @@ def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, check
     noise_schedule = models.image_training_scheduler()
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
-    min_snr_weight = snr.clamp(max=MIN_SNR_GAMMA) / snr  # epsilon prediction's Min-SNR weight
+    # Min-SNR on the x0 error, min(SNR, gamma), plus one so the zero-SNR step still trains; the v-loss already
+    # weighs the x0 error by SNR + 1.
+    v_weight = (snr.clamp(max=MIN_SNR_GAMMA) + 1) / (snr + 1)
 
     def denoiser_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         batch = plan.image_denoiser.batch
@@ -376,8 +405,10 @@ def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, check
         # the pipeline's call: last hidden state, no attention mask (CLIP is causal, so padding never leaks in)
         context = text_encoder(text)[0]
         prediction = unet(noisy, timesteps.to(device), context).sample
-        per_sample = (prediction - noise.to(device)).pow(2).mean(dim=(1, 2, 3))
-        return (per_sample * min_snr_weight[timesteps].to(device)).mean()
+        target = noise_schedule.get_velocity(clean, noise, timesteps).to(device)
+        weight = weights[index].to(device)
+        per_sample = ((prediction - target).pow(2) * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
+        return (per_sample * v_weight[timesteps].to(device)).mean()
 
     deadline = time.monotonic() + share * plan.image_denoiser.minutes
     kept = train_stage(
@@ -484,6 +515,21 @@ def _save(pipe: Any, out: Path) -> Path:
     return out
 
 
+def _train_in_parallel(args: argparse.Namespace, out: Path, checkpoints: Path) -> int:
+    """Run ``--which image`` and ``--which video`` as two child processes with the same options; each gets the
+    whole ``--minutes`` budget and half the threads. Returns the first non-zero exit status, else 0."""
+    threads = max(1, (args.threads or torch.get_num_threads()) // 2)
+    common = ["--out", str(out), "--checkpoints", str(checkpoints), "--seed", str(args.seed), "--threads", str(threads)]
+    common += ["--quick"] if args.quick else []
+    common += ["--minutes", str(args.minutes)] if args.minutes is not None else []
+    common += ["--device", args.device] if args.device else []
+    children = [
+        subprocess.Popen([sys.executable, "-m", "visattn.toy.train", "--which", kind, *common]) for kind in models.KINDS
+    ]
+    statuses = [child.wait() for child in children]
+    return next((status for status in statuses if status), 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m visattn.toy.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="folder for image/ and video/ (default: package)")
@@ -496,7 +542,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: torch's; use 1 on a shared, busy machine)"
     )
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="with --which all: train the image and the video model at the same time, one process each, the "
+        "threads split between them (on two CPU cores: one each; how the shipped weights were trained)",
+    )
     args = parser.parse_args(argv)
+    if args.parallel and args.which != "all":
+        parser.error(f"--parallel trains both models at once; it needs --which all, not --which {args.which}")
     if args.minutes is not None and args.minutes <= 0:
         parser.error(f"--minutes={args.minutes} must be > 0")
     if args.seed < 0:
@@ -507,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = args.out if args.out is not None else models.weights_root()
     checkpoints = args.checkpoints if args.checkpoints is not None else out / ".checkpoints"
+    if args.parallel:
+        return _train_in_parallel(args, out, checkpoints)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     kinds = models.KINDS if args.which == "all" else (args.which,)
