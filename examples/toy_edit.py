@@ -1,7 +1,8 @@
 """Prompt-to-Prompt on the embedded default pipeline: a word swap with local blending, a re-weighting, heatmaps.
 
-Runs offline on a CPU in a few seconds (the default pipeline is built in code; nothing is downloaded). What it
-shows, with the same calls you would make on Stable Diffusion 1.5 (see ``sd15_prompt_to_prompt.py``):
+Runs offline on a CPU in a few seconds (the default pipeline's weights ship with visattn; nothing is
+downloaded). What it shows, with the same calls you would make on Stable Diffusion 1.5 (see
+``sd15_prompt_to_prompt.py``):
 
 1. a word swap ("red" -> "green", Hertz et al. 2022) where :class:`~visattn.processors.LocalBlend` keeps every
    latent outside the circle's attention region equal to the source;
@@ -9,8 +10,8 @@ shows, with the same calls you would make on Stable Diffusion 1.5 (see ``sd15_pr
    while the edit runs (an observer: it never changes the images);
 3. a re-weighting of one word ("circle" x 3) from one prompt.
 
-The default pipeline is a tiny stand-in (for now random weights, later a small trained toy-world model), so the
-pictures show the mechanics, not a meaningful edit.
+The default pipeline is visattn's trained toy-world model (``visattn/toy-image``: 64 px shapes on plain
+backgrounds), so the edit is a real one: the circle turns green where it was, the background stays.
 
     python examples/toy_edit.py --out outputs/toy_edit --steps 10
 """

@@ -11,7 +11,7 @@ classifier-free guidance does the arithmetic (``eps_cfg + scale * (eps_cond - ep
 * SEG (Hong 2024): the mid block's queries blurred with a Gaussian.
 
 Writes the unguided image and the three guided ones side by side, prints how far each moved from the unguided
-image. The default pipeline is a tiny stand-in, so look at the mechanics, not at image quality.
+image. The default pipeline is visattn's trained toy-world model (``visattn/toy-image``), shipped with the package.
 
     python examples/toy_guidance.py --out outputs/toy_guidance --steps 10
 """

@@ -16,6 +16,7 @@ from PIL import Image
 from visattn.app.handlers import DemoEngine, DemoError, DemoRequest, native_size, prompt_words
 from visattn.app.uploads import UploadError, fit_to_size, open_upload
 from visattn.cli import main
+from visattn.defaults import DEFAULT_MODEL
 from visattn.guidance import HeadSet
 from visattn.testing import tiny_pipeline
 
@@ -293,7 +294,7 @@ def test_cli_serves_on_loopback_without_share_by_default(monkeypatch):
     assert run_cli("demo")[0] == 0
     (engine_used, kwargs), *_ = calls
     assert kwargs == {"host": "127.0.0.1", "port": None, "share": False, "concurrency": 1}
-    assert engine_used.model_name == "visattn/tiny-sd"
+    assert engine_used.model_name == DEFAULT_MODEL
     assert run_cli("demo", "--host", "0.0.0.0", "--port", "8123", "--share", "--concurrency", "3")[0] == 0
     assert calls[1][1] == {"host": "0.0.0.0", "port": 8123, "share": True, "concurrency": 3}
 

@@ -21,14 +21,15 @@ from PIL import Image
 
 import visattn
 from visattn.cli import main
-from visattn.defaults import DEFAULT_MODEL
+from visattn.defaults import DEFAULT_MODEL, EMBEDDED_MODELS, RANDOM_TINY_MODEL, TOY_VIDEO_MODEL, load_embedded_pipeline
 from visattn.generate import ParameterError, generate
 from visattn.images import format_parameters, read_metadata, read_sidecar, save_image, slugify
 from visattn.kernels import available_backends
+from visattn.toy.models import weights_root
 
 REPO = Path(__file__).resolve().parents[1]
-# The embedded default is the tiny SD pipeline: 16x16 latents, VAE factor 2, so its default image is 32x32.
-DEFAULT_SIZE = (32, 32)
+# The embedded default is the toy image model: 16x16 latents, VAE factor 4, so its default image is 64x64.
+DEFAULT_SIZE = (64, 64)
 
 
 def run_main(*argv: str) -> tuple[int, str, str]:
@@ -196,10 +197,29 @@ def test_generate_stores_parameters_in_png_text_chunks(generated):
         "Sampler: DDIMScheduler",
         "CFG scale: 7.5",
         "Seed: 0",
-        "Size: 32x32",
-        "Model: visattn/tiny-sd",
+        "Size: 64x64",
+        f"Model: {DEFAULT_MODEL}",
     ):
         assert field in second
+
+
+def test_embedded_pipelines_load_by_name_offline(tmp_path):
+    # the random tiny pipeline by name: 32x32 images, recorded under its name
+    code, out, err = run_main(
+        "generate", "a red circle", "--model", RANDOM_TINY_MODEL, "--steps", "1", "--out", str(tmp_path), "--quiet"
+    )
+    assert code == 0, err
+    png = Path(out.strip())
+    assert Image.open(png).size == (32, 32) and read_metadata(png)["model"] == RANDOM_TINY_MODEL
+    # the default is a stock StableDiffusionPipeline; the toy video model a stock WanPipeline once its weights ship
+    assert type(load_embedded_pipeline(DEFAULT_MODEL)).__name__ == "StableDiffusionPipeline"
+    if (weights_root() / "video" / "model_index.json").is_file():
+        assert type(load_embedded_pipeline(TOY_VIDEO_MODEL)).__name__ == "WanPipeline"
+    else:
+        with pytest.raises(FileNotFoundError, match="python -m visattn.toy.train --which video"):
+            load_embedded_pipeline(TOY_VIDEO_MODEL)
+    with pytest.raises(ValueError, match="visattn/nope.*" + EMBEDDED_MODELS[0]):
+        load_embedded_pipeline("visattn/nope")
 
 
 def test_generate_sidecar_has_metadata_and_timing(generated):

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import checked_type
+from .commands import MODEL_HELP, checked_type
 from .generate import (
     DEVICES,
     DTYPES,
@@ -75,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate images, saved with their parameters",
         description="Generate images with visattn attached. Writes PNGs (parameters in PNG text chunks) and JSON "
-        "sidecars, and prints the written paths. Without --model, uses the embedded default visattn/tiny-sd "
-        "(random weights: noise-like images, for trying the tool out).",
+        "sidecars, and prints the written paths. Without --model, uses the embedded default visattn/toy-image "
+        "(a small model trained on shapes: 'a small red circle at the top left on a blue background').",
     )
     gen.add_argument("prompt", metavar="PROMPT", help="the text prompt")
-    gen.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
+    gen.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
     gen.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt, for pipelines that take one")
     gen.add_argument("--seed", type=checked_type(int, check_seed), default=0, help="base seed; image i uses seed+i")
     steps = checked_type(int, lambda v: check_positive_int("steps", v))

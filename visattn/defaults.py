@@ -1,10 +1,16 @@
-"""The pipeline ``visattn generate`` uses when no ``--model`` is given.
+"""The pipelines that ship inside visattn, by name, and the one ``visattn generate`` uses when no ``--model`` is given.
 
-For now this is ``visattn/tiny-sd``: a tiny Stable Diffusion pipeline with **random weights**, built in code by
-:func:`visattn.testing.tiny_pipeline` (so it needs no download and runs a call in well under a second on a CPU).
-Its images are structured noise, not pictures; it exists so that the CLI, the effects and the tests run
-end-to-end anywhere. It will be replaced by a small trained "toy-world" model; everything that needs the
-default goes through :func:`load_default_pipeline`, so swapping it is a change to this file only.
+* ``visattn/toy-image`` (the default): the trained toy-world :class:`~diffusers.StableDiffusionPipeline` (64 x 64
+  px shapes on plain backgrounds: "a small red circle at the top left on a blue background"), loaded from the
+  weights in ``visattn/toy/weights/image`` by :func:`visattn.toy.load_toy_pipeline`.
+* ``visattn/toy-video``: the trained toy-world :class:`~diffusers.WanPipeline` (9 frames of 32 x 32 px: "a red
+  circle moving right on a black background").
+* ``visattn/tiny-sd``: a tiny Stable Diffusion pipeline with random weights built in code by
+  :func:`visattn.testing.tiny_pipeline`; its images are structured noise. It is for tests and for checking that
+  an effect runs at all, in a fraction of the toy model's time.
+
+Nothing is downloaded for any of them. Everything that needs the default goes through
+:func:`load_default_pipeline` or :func:`load_embedded_pipeline`.
 """
 
 from __future__ import annotations
@@ -17,16 +23,34 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 #: The name recorded as ``model`` in image metadata when the embedded default is used.
-DEFAULT_MODEL = "visattn/tiny-sd"
+DEFAULT_MODEL = "visattn/toy-image"
+TOY_VIDEO_MODEL = "visattn/toy-video"
+RANDOM_TINY_MODEL = "visattn/tiny-sd"
+#: Every pipeline shipped inside visattn, by the name ``--model`` accepts.
+EMBEDDED_MODELS: tuple[str, ...] = (DEFAULT_MODEL, TOY_VIDEO_MODEL, RANDOM_TINY_MODEL)
 
-#: Weight seed of the embedded default: fixed so that a given generation seed always gives the same image.
+#: Weight seed of the random tiny pipeline: fixed so that a given generation seed always gives the same image.
 _WEIGHT_SEED = 0
 
 
-def load_default_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
-    """Build the embedded default pipeline (:data:`DEFAULT_MODEL`) on ``device`` in ``dtype``; nothing is downloaded."""
-    # Imported here because visattn.testing builds tokenizers and configs, which the rest of the CLI never needs.
-    from visattn.testing import tiny_pipeline
+def load_embedded_pipeline(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> DiffusionPipeline:
+    """The pipeline shipped inside visattn under ``name`` (one of :data:`EMBEDDED_MODELS`), on ``device`` in
+    ``dtype``."""
+    if name == RANDOM_TINY_MODEL:
+        # Imported here: visattn.testing builds tokenizers and configs that nothing else in the CLI needs.
+        from visattn.testing import tiny_pipeline
 
-    pipe = tiny_pipeline("sd", seed=_WEIGHT_SEED, dtype=dtype)
-    return pipe.to(device)
+        return tiny_pipeline("sd", seed=_WEIGHT_SEED, dtype=dtype).to(device)
+    if name in (DEFAULT_MODEL, TOY_VIDEO_MODEL):
+        from visattn.toy.models import load_toy_pipeline
+
+        return load_toy_pipeline("image" if name == DEFAULT_MODEL else "video", device=device, dtype=dtype)
+    raise ValueError(f"model={name!r} is not an embedded pipeline; those are {', '.join(EMBEDDED_MODELS)}")
+
+
+def load_default_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
+    """The embedded default pipeline (:data:`DEFAULT_MODEL`, the trained toy image model) on ``device`` in
+    ``dtype``; nothing is downloaded."""
+    return load_embedded_pipeline(DEFAULT_MODEL, device, dtype)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import __version__
-from .defaults import DEFAULT_MODEL, load_default_pipeline
+from .defaults import DEFAULT_MODEL, EMBEDDED_MODELS, load_default_pipeline, load_embedded_pipeline
 from .images import save_image, slugify
 
 if TYPE_CHECKING:
@@ -138,14 +138,17 @@ def _reason(exc: BaseException, model: str) -> str:
 
 
 def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
-    """The embedded default (``model`` None or :data:`DEFAULT_MODEL`), or a diffusers model id / local folder.
+    """The embedded default (``model`` None), a pipeline shipped with visattn (:data:`EMBEDDED_MODELS`), or a
+    diffusers model id / local folder.
 
     Raises:
         ModelLoadError: the folder does not exist or is not a diffusers pipeline, or the id cannot be loaded
             (unknown, offline and not cached, missing component library, ...).
     """
-    if model is None or model == DEFAULT_MODEL:
+    if model is None:
         return load_default_pipeline(device, dtype)
+    if model in EMBEDDED_MODELS:
+        return load_embedded_pipeline(model, device, dtype)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

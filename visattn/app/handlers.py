@@ -324,6 +324,7 @@ class DemoEngine:
         self.model = model
         self.device, self.dtype = device, dtype
         self._pipeline = pipeline
+        self._caller_pipeline = pipeline is not None  # named by its name_or_path; a loaded default by DEFAULT_MODEL
         self._native_size = native_size
         self.frames = frames
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
@@ -337,7 +338,7 @@ class DemoEngine:
         """The model as the user named it (the default's name when none was given)."""
         if self.model is not None:
             return self.model
-        if self._pipeline is not None and self.model is None and getattr(self._pipeline, "name_or_path", None):
+        if self._caller_pipeline and getattr(self._pipeline, "name_or_path", None):
             return self._pipeline.name_or_path
         return DEFAULT_MODEL
 

@@ -33,5 +33,12 @@ def checked_type(convert: Callable[[str], Any], check: Callable[[Any], Any]) -> 
     return parse
 
 
+#: ``--model`` help of every command that loads a pipeline (names: :data:`visattn.defaults.EMBEDDED_MODELS`).
+MODEL_HELP = (
+    "diffusers model id, local pipeline folder, or a pipeline shipped with visattn: visattn/toy-image (the default), "
+    "visattn/toy-video, visattn/tiny-sd (random weights, fastest)"
+)
+
+
 #: command modules in the order ``visattn --help`` lists them
 COMMAND_MODULES: tuple[str, ...] = ("edit", "bench", "hunt", "batch", "demo", "eval")

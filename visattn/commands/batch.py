@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import MODEL_HELP
+
 _DESCRIPTION = """\
 Run the jobs of a JSONL file (one JSON object per line) with visattn attached. A job is a prompt or a
 Prompt-to-Prompt edit, with seed, size, frames and effects, e.g.
@@ -40,7 +42,7 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("jobs", metavar="JOBS.jsonl", help="jobs file, one JSON object per line")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (reuse it to resume)")
-    parser.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
+    parser.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: each process's GPU, else cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
     parser.add_argument(

@@ -12,6 +12,7 @@ import os
 import sys
 
 from ..generate import DEVICES, DTYPES, ParameterError, UsageError, check_positive_int
+from . import MODEL_HELP
 
 
 def _port(text: str) -> int:
@@ -42,9 +43,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "per-word attention maps, PAG/SoftPAG guidance with saved head sets, sparse attention, extrapolation "
         "beyond the native size, and editing of uploaded images through inversion. Binds the loopback interface "
         "unless --host says otherwise; no public link unless --share. Without --model, uses the embedded default "
-        "visattn/tiny-sd (random weights: noise-like images, for trying the tool out).",
+        "visattn/toy-image (a small model trained on captioned shapes).",
     )
-    demo.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
+    demo.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
     demo.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     demo.add_argument("--port", type=_port, help="TCP port (default: the first free one from 7860)")
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import MODEL_HELP
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -24,7 +26,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--local-blend", nargs="+", metavar="WORD", help="only the region of these words changes")
     parser.add_argument("--cross-steps", type=float, default=0.8, help="fraction with cross-attention injection")
     parser.add_argument("--self-steps", type=float, default=0.4, help="fraction with self-attention injection")
-    parser.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
+    parser.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the shared initial noise")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")

@@ -23,7 +23,7 @@ from ..generate import (
     check_seed,
     check_size,
 )
-from . import checked_type
+from . import MODEL_HELP, checked_type
 
 OBJECTIVE_HELP = (
     "what to maximize: sharpness (mean luminance gradient magnitude: fine detail), contrast (RMS contrast: "
@@ -54,7 +54,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "far plus each remaining candidate head, scores the images with the objective, and keeps the best head. "
         "Writes the heads as JSON (HeadSet) and prints its path. With --state, every evaluation is recorded and "
         "an interrupted or extended search resumes without recomputing. Without --model, uses the embedded "
-        "default visattn/tiny-sd (random weights).",
+        "default visattn/toy-image.",
     )
     hunt.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="a prompt (repeatable)")
     hunt.add_argument("--objective", default="sharpness", metavar="NAME_OR_FUNCTION", help=OBJECTIVE_HELP)
@@ -72,7 +72,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     hunt.add_argument(
         "--out", default="heads.json", metavar="FILE", help="where to write the heads (default: heads.json)"
     )
-    hunt.add_argument("--model", metavar="ID_OR_DIR", help="diffusers model id or local pipeline folder")
+    hunt.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
     hunt.add_argument(
         "--seed", type=checked_type(int, check_seed), action="append", help="generation seed (repeatable; default: 0)"
     )
