@@ -253,7 +253,7 @@ def run_main(*argv: str) -> tuple[int, str, str]:
 def test_cli_hunts_writes_heads_and_resumes(tmp_path):
     out, state = tmp_path / "heads.json", tmp_path / "state.json"
     args = ["hunt", "--prompt", "a red circle", "--prompt", "a blue square", "--objective", "contrast"]
-    args += ["--layers", "mid", "--steps", "2", "--state", str(state), "--out", str(out)]
+    args += ["--layers", "mid", "--steps", "2", "--state", str(state), "--out", str(out), "--model", "visattn/tiny-sd"]
     code, stdout, stderr = run_main(*args, "--rounds", "1")
     assert code == 0, stderr
     assert stdout.strip() == str(out)

@@ -21,6 +21,8 @@ Weights are trained by ``python -m visattn.toy.train`` (see :mod:`visattn.toy.tr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -280,5 +282,24 @@ def load_toy_pipeline(
             "minutes on a GPU)."
         )
     pipeline_cls = StableDiffusionPipeline if kind == "image" else WanPipeline
-    pipe = pipeline_cls.from_pretrained(folder, torch_dtype=dtype)
+    with _quiet_loading():
+        pipe = pipeline_cls.from_pretrained(folder, torch_dtype=dtype)
     return pipe.to(device)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No loading progress bars from diffusers and transformers: a 5 MB local model loads in a blink, and the
+    command line keeps stderr for its own progress and errors."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    enabled = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
+    for module, _ in enabled:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, was_enabled in enabled:
+            if was_enabled:
+                module.enable_progress_bar()
