@@ -162,6 +162,7 @@ def test_prompts_are_held_out_deterministic_and_well_formed():
         ({"samples": 0}, "samples"),
         ({"pag_strengths": (0.0, 1.0)}, "pag_strengths"),
         ({"pag_strengths": (1.5,)}, "pag_strengths"),
+        ({"pag_layers": ""}, "pag_layers"),
         ({"reweight_scales": (2.0, 1.0)}, "reweight_scales"),
         ({"length_factors": (1,)}, "length_factors"),
         ({"decay_factor": 1.0}, "decay_factor"),

@@ -58,6 +58,10 @@ class EvalConfig:
             the unedited source image).
         pag_scales, pag_strengths: the perturbation-guidance grid; strength 1 is PAG, below 1 SoftPAG. Scale 0 is
             the unguided baseline.
+        pag_layers: the layers the guidance perturbs (a :class:`~visattn.processors.PerturbedAttentionGuidance`
+            ``layers`` value). Not PAG's usual mid block: the toy UNet's mid block works on 4 x 4 latent pixels,
+            where replacing self-attention by the identity moves pixels by 0.6% at scale 3; the up blocks decide
+            the shapes.
         resolution_factor: image extrapolation: side multiple of the training resolution.
         length_factors: video extrapolation: multiples of the training length (in temporal tokens).
         decay_factor: :class:`~visattn.processors.ExtrapolationDecay`'s weight for out-of-window keys.
@@ -81,6 +85,7 @@ class EvalConfig:
     reweight_scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     pag_scales: tuple[float, ...] = (0.0, 1.0, 3.0)
     pag_strengths: tuple[float, ...] = (0.25, 0.5, 1.0)
+    pag_layers: str = "up"
     resolution_factor: int = 2
     length_factors: tuple[int, ...] = (2, 4)
     decay_factor: float = 0.5
@@ -107,6 +112,8 @@ class EvalConfig:
             raise ValueError(f"reweight_scales={self.reweight_scales!r} must be strictly increasing")
         _numbers("pag_scales", self.pag_scales, 0.0)
         _numbers("pag_strengths", self.pag_strengths, 0.0, at_most=1.0)
+        if not isinstance(self.pag_layers, str) or not self.pag_layers:
+            raise ValueError(f"pag_layers={self.pag_layers!r} must be a non-empty layer selection such as 'up'")
         if 0.0 in self.pag_strengths:
             raise ValueError(f"pag_strengths={self.pag_strengths!r} must be > 0 (strength 0 perturbs nothing)")
         if isinstance(self.resolution_factor, bool) or not isinstance(self.resolution_factor, int):

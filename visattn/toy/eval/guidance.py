@@ -5,7 +5,8 @@ Attention Head Selection"; strength ``a < 1`` interpolates the map toward the id
 On held-out one-object captions (the prompt-accuracy samples, so scale 0 is exactly that study's images) each
 configuration reports the mean *sharpness* (:func:`~visattn.toy.eval.metrics.sharpness`, variance of the
 Laplacian: the structure PAG is meant to restore) and the mean attribute accuracy, and their change against
-scale 0 (per sample, then averaged). The perturbed layers are the effect's default, the UNet's mid block.
+scale 0 (per sample, then averaged). The perturbed layers are :attr:`EvalConfig.pag_layers
+<visattn.toy.eval.EvalConfig>` (the up blocks by default).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     baseline: list[tuple[float, float]] = []
     with ctx.bar(len(grid) * len(captions), "perturbation guidance") as bar:
         for scale, strength in grid:
-            effects = () if scale == 0 else (PerturbedAttentionGuidance(scale, strength=strength),)
+            effects = ()
+            if scale != 0:
+                effects = (PerturbedAttentionGuidance(scale, layers=config.pag_layers, strength=strength),)
             images = image.generate(captions, seeds, effects=effects, done=bar.update)
             values = [(sharpness(img), grade(img, caption)["accuracy"]) for img, caption in zip(images, captions)]
             if scale == 0:
@@ -55,7 +58,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                     "n": len(values),
                 }
             )
-    return {"layers": "mid", "rows": rows}
+    return {"layers": config.pag_layers, "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
