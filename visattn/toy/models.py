@@ -22,6 +22,7 @@ Weights are trained by ``python -m visattn.toy.train`` (see :mod:`visattn.toy.tr
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -298,7 +299,10 @@ def _quiet_loading() -> Iterator[None]:
     for module, _ in enabled:
         module.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            # diffusers 0.42 renames torch_dtype to dtype; older releases visattn supports know only torch_dtype
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            yield
     finally:
         for module, was_enabled in enabled:
             if was_enabled:
