@@ -151,17 +151,17 @@ def run_benchmark(
                 with torch.no_grad():
                     out = fn()
                 _measure(rows["forward"][method], fn, out, reference, "forward", timed_forward)
-                label = getattr(fn, "label", "")
+                rows["forward"][method].note = getattr(fn, "label", "")
                 del out
                 if backward:
                     # prepared again on inputs that need gradients (FlexAttention refuses those on CPU even
                     # without a graph being recorded, so the forward above runs on plain tensors)
                     inputs = [t.detach().requires_grad_() for t in (q, k, v)]
-                    grads = _backward_thunk(METHODS[method](config, *inputs, timed_forward), inputs)
+                    fn = METHODS[method](config, *inputs, timed_forward)
+                    grads = _backward_thunk(fn, inputs)
                     _measure(rows["backward"][method], grads, grads()[0], reference, "backward", timed)
+                    rows["backward"][method].note = getattr(fn, "label", "")
                     del grads
-                for direction in directions:
-                    rows[direction][method].note = label
             except Unavailable as exc:
                 for direction in directions:
                     rows[direction][method].note = str(exc)
