@@ -20,6 +20,7 @@ import torch
 
 import visattn
 
+from ...frames import frame_rounding_quieted, num_frames_argument
 from .metrics import to_uint8
 
 
@@ -255,14 +256,15 @@ class VideoModel:
             "generator": generators,
             "height": self.size,
             "width": self.size,
-            "num_frames": frames,
+            "num_frames": num_frames_argument(self.pipe, frames),
             "num_inference_steps": self.steps,
             "max_sequence_length": self.text_tokens,
             "output_type": "np",
         }
         if self.guidance is not None:
             kwargs["guidance_scale"] = self.guidance
-        return to_uint8(self.pipe(**kwargs).frames)
+        with frame_rounding_quieted(self.pipe):
+            return to_uint8(self.pipe(**kwargs).frames)
 
     def generate(
         self,

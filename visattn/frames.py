@@ -1,0 +1,60 @@
+"""The ``num_frames`` to pass a video pipeline so that the clip it returns has the frames asked for.
+
+``WanPipeline`` rounds ``num_frames`` to ``1 + k * t`` for its VAE's temporal factor ``t``: when
+``num_frames % t != 1`` it uses ``num_frames // t * t + 1`` and logs a warning. With ``t = 4`` (every released
+Wan) a valid count such as 81 passes through unchanged. With ``t = 1`` (no temporal compression, like
+visattn's toy video model) ``num_frames % 1`` is 0, never 1, so every request gets one frame more than asked
+and a warning that it "has to be divisible by 1". :func:`num_frames_argument` asks for one frame less in that
+case, and :func:`frame_rounding_quieted` drops that one misleading warning while a call is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+# The start of the warning WanPipeline logs when it rounds num_frames (diffusers 0.32 to 0.42).
+_ROUNDING_WARNING = "`num_frames - 1` has to be divisible by"
+
+
+def _rounds_up_always(pipe: Any) -> bool:
+    """Whether ``pipe`` is a Wan-style pipeline whose rounding adds a frame to every request (temporal factor 1)."""
+    return type(pipe).__name__.startswith("Wan") and getattr(pipe, "vae_scale_factor_temporal", None) == 1
+
+
+def num_frames_argument(pipe: Any, frames: int) -> int:
+    """The ``num_frames`` to pass ``pipe`` for a clip of ``frames`` frames.
+
+    ``frames - 1`` for a Wan pipeline without temporal compression (its rounding adds one); ``frames`` for every
+    other pipeline, where the value is passed through as given.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames={frames!r} must be an integer >= 1")
+    if _rounds_up_always(pipe):
+        if frames < 2:
+            raise ValueError(f"frames={frames} is too short for {type(pipe).__name__}: it makes at least 2 frames")
+        return frames - 1
+    return frames
+
+
+class _DropRoundingWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_ROUNDING_WARNING)
+
+
+@contextlib.contextmanager
+def frame_rounding_quieted(pipe: Any) -> Iterator[None]:
+    """Within the block, drop the frame-rounding warning of ``pipe``'s module when the caller has already asked
+    for the frame count the pipeline will make (:func:`num_frames_argument`); every other message is kept."""
+    if not _rounds_up_always(pipe):
+        yield
+        return
+    logger = logging.getLogger(type(pipe).__module__)
+    quiet = _DropRoundingWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
