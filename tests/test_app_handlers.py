@@ -16,9 +16,10 @@ from PIL import Image
 from visattn.app.handlers import DemoEngine, DemoError, DemoRequest, native_size, prompt_words
 from visattn.app.uploads import UploadError, fit_to_size, open_upload
 from visattn.cli import main
-from visattn.defaults import DEFAULT_MODEL
+from visattn.defaults import DEFAULT_MODEL, EMBEDDED_CALL_DEFAULTS, TOY_VIDEO_MODEL
 from visattn.guidance import HeadSet
 from visattn.testing import tiny_pipeline
+from visattn.toy.models import VIDEO_FRAMES, VIDEO_SIZE, weights_root
 
 MID = "mid_block.attentions.0.transformer_blocks.0.attn1"
 STEPS = 2
@@ -151,6 +152,25 @@ def test_transformer_and_video_families():
     for path in (result.source, result.edit, result.heatmaps[0][0]):
         with Image.open(path) as video:
             assert video.format == "WEBP" and video.n_frames > 1 and video.size == (32, 32)
+
+
+@pytest.mark.skipif(
+    not (weights_root() / "video" / "model_index.json").is_file(), reason="the toy video weights are not shipped"
+)
+def test_toy_video_model_runs_at_its_training_size_and_length():
+    # the light-weight table in visattn.defaults agrees with the toy world's own constants
+    assert EMBEDDED_CALL_DEFAULTS[TOY_VIDEO_MODEL] == {
+        "height": VIDEO_SIZE,
+        "width": VIDEO_SIZE,
+        "num_frames": VIDEO_FRAMES,
+    }
+    engine = DemoEngine(TOY_VIDEO_MODEL)
+    assert engine.native_size() == (32, 32) and engine.frames == 9 and engine.is_video()
+    result = engine.run(DemoRequest("a red circle moving right on a black background", steps=STEPS))
+    with Image.open(result.source) as video:
+        assert video.n_frames == 9 and video.size == (32, 32)
+    # an explicit frame count still wins
+    assert DemoEngine(TOY_VIDEO_MODEL, frames=5).frames == 5
 
 
 @pytest.mark.parametrize(

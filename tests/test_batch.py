@@ -22,8 +22,10 @@ from visattn.batch import parse_jobs, run_batch
 from visattn.batch.jobs import parse_lines
 from visattn.batch.outputs import read_records
 from visattn.cli import main
+from visattn.defaults import TOY_VIDEO_MODEL
 from visattn.images import read_metadata, read_sidecar
 from visattn.testing import tiny_pipeline
+from visattn.toy.models import weights_root
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny SD pipeline makes 32x32 images; two steps keep every job well under a second on CPU.
@@ -291,6 +293,23 @@ def test_video_job_writes_an_animated_webp_with_every_frame(tmp_path):
     record = results_by_id(tmp_path / "out")["clip"]
     assert record["kind"] == "video" and record["outputs"] == ["clip.webp"] and record["resolved"]["frames"] == 5
     assert json.loads((tmp_path / "out" / "clip.json").read_text())["fps"] == 8.0
+
+
+@pytest.mark.skipif(
+    not (weights_root() / "video" / "model_index.json").is_file(), reason="the toy video weights are not shipped"
+)
+def test_toy_video_model_by_name_makes_clips_of_its_training_size(tmp_path):
+    # No size or frames in the job: the toy video model's 32 px and 9 frames, not WanPipeline's 480 x 832 x 81.
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "clip", "prompt": "a red circle moving right on a black background", "steps": 2},
+        {"id": "short", "prompt": "a blue square moving down on a white background", "steps": 2, "frames": 4},
+    )
+    summary = run_batch(jobs, tmp_path / "out", model=TOY_VIDEO_MODEL, progress=False, log=io.StringIO())
+    assert summary.exit_status == 0
+    for name, frames in (("clip", 9), ("short", 4)):  # exactly the frames asked for (the toy VAE has no time stride)
+        with Image.open(tmp_path / "out" / f"{name}.webp") as video:
+            assert video.n_frames == frames and video.size == (32, 32)
 
 
 def test_mp4_when_pyav_is_installed(tmp_path):

@@ -215,6 +215,9 @@ def test_embedded_pipelines_load_by_name_offline(tmp_path):
     assert type(load_embedded_pipeline(DEFAULT_MODEL)).__name__ == "StableDiffusionPipeline"
     if (weights_root() / "video" / "model_index.json").is_file():
         assert type(load_embedded_pipeline(TOY_VIDEO_MODEL)).__name__ == "WanPipeline"
+        # generate saves images: a video model is refused before it runs, with where to go instead
+        code, out, err = run_main("generate", "a red circle moving right", "--model", TOY_VIDEO_MODEL, "--quiet")
+        assert code == 2 and not out and "WanPipeline makes videos" in err and "visattn batch" in err
     else:
         with pytest.raises(FileNotFoundError, match="python -m visattn.toy.train --which video"):
             load_embedded_pipeline(TOY_VIDEO_MODEL)

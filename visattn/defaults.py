@@ -29,6 +29,13 @@ RANDOM_TINY_MODEL = "visattn/tiny-sd"
 #: Every pipeline shipped inside visattn, by the name ``--model`` accepts.
 EMBEDDED_MODELS: tuple[str, ...] = (DEFAULT_MODEL, TOY_VIDEO_MODEL, RANDOM_TINY_MODEL)
 
+#: What an embedded model was trained to make, for callers that would otherwise fall back to the pipeline class's
+#: defaults (``WanPipeline``'s are 480 x 832 px and 81 frames: far outside the toy video model's training).
+#: ``num_frames`` counts the frames of the clip (see :func:`visattn.frames.num_frames_argument`).
+EMBEDDED_CALL_DEFAULTS: dict[str, dict[str, int]] = {
+    TOY_VIDEO_MODEL: {"height": 32, "width": 32, "num_frames": 9},
+}
+
 #: Weight seed of the random tiny pipeline: fixed so that a given generation seed always gives the same image.
 _WEIGHT_SEED = 0
 
@@ -48,6 +55,12 @@ def load_embedded_pipeline(
 
         return load_toy_pipeline("image" if name == DEFAULT_MODEL else "video", device=device, dtype=dtype)
     raise ValueError(f"model={name!r} is not an embedded pipeline; those are {', '.join(EMBEDDED_MODELS)}")
+
+
+def embedded_call_defaults(model: str | None) -> dict[str, int]:
+    """``height`` / ``width`` / ``num_frames`` the embedded ``model`` was trained at (a copy; empty for other models
+    and for the image models, whose pipelines already default to their training size)."""
+    return dict(EMBEDDED_CALL_DEFAULTS.get(model or DEFAULT_MODEL, {}))
 
 
 def load_default_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionPipeline:

@@ -298,6 +298,12 @@ def generate(
     else:
         model_name = model or pipeline_name(pipeline)
 
+    if "num_frames" in inspect.signature(pipeline.__call__).parameters:
+        # Checked before the call: a video pipeline would run to the end before showing it has no images.
+        raise UsageError(
+            f"{type(pipeline).__name__} makes videos and generate saves images; generate videos with `visattn batch` "
+            '(a job with "frames") or `visattn demo`'
+        )
     call = call_arguments(
         pipeline,
         {

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from ..defaults import DEFAULT_MODEL
+from ..defaults import DEFAULT_MODEL, embedded_call_defaults
+from ..frames import frame_rounding_quieted, num_frames_argument
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UploadError, fit_to_size, open_upload
 
 if TYPE_CHECKING:
@@ -302,8 +303,9 @@ class DemoEngine:
         pipeline: a ready pipeline to use as-is.
         device, dtype: for loading (``"auto"``/``"cpu"``/``"cuda"``, ``"fp32"``/``"fp16"``/``"bf16"``).
         native_size: ``(height, width)`` to treat as the native size instead of :func:`native_size`'s answer
-            (tests use it to run video models at a tiny size).
-        frames: default frame count for video models (``None``: the pipeline's default).
+            (tests use it to run video models at a tiny size; an embedded model's training size by default).
+        frames: default frame count for video models (``None``: the pipeline's default, or the training length of
+            an embedded model such as ``visattn/toy-video``).
         max_pixels, max_bytes: upload limits (see :func:`visattn.app.uploads.open_upload`).
         output_dir: where animated WebPs of video results are written (default: a temporary folder).
     """
@@ -325,8 +327,11 @@ class DemoEngine:
         self.device, self.dtype = device, dtype
         self._pipeline = pipeline
         self._caller_pipeline = pipeline is not None  # named by its name_or_path; a loaded default by DEFAULT_MODEL
+        trained = embedded_call_defaults(model)  # the toy video model's 32 px and 9 frames, not WanPipeline's
+        if native_size is None and "height" in trained:
+            native_size = (trained["height"], trained["width"])
         self._native_size = native_size
-        self.frames = frames
+        self.frames = frames if frames is not None else trained.get("num_frames")
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self._output_dir = Path(output_dir) if output_dir is not None else None
         self._lock = threading.Lock()
@@ -558,7 +563,7 @@ class DemoEngine:
             call["use_resolution_binning"] = False
         frames = request.frames if request.frames is not None else self.frames
         if frames is not None and "num_frames" in parameters:
-            call["num_frames"] = int(frames)
+            call["num_frames"] = num_frames_argument(pipe, int(frames))
         if inversion is not None:
             call.update(inversion.pipeline_kwargs())
             call["latents"] = inversion.noise.expand(rows, *inversion.noise.shape[1:]).clone()
@@ -596,7 +601,7 @@ class DemoEngine:
             pipe.scheduler = inversion.scheduler()
         report(0.0, description)
         try:
-            with attach(pipe, *effects):
+            with attach(pipe, *effects), frame_rounding_quieted(pipe):
                 result = pipe(prompt=list(prompts), generator=generators, output_type="pil", **call)
         except ValueError as exc:
             # Settings the model cannot run (a window larger than a layer's grid, a size it refuses, ...).

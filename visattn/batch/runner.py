@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import __version__
-from ..defaults import DEFAULT_MODEL
+from ..defaults import DEFAULT_MODEL, embedded_call_defaults
+from ..frames import frame_rounding_quieted, num_frames_argument
 from ..generate import (
     DEVICES,
     ParameterError,
@@ -229,15 +230,18 @@ class _JobRunner:
         negative = job.negative_prompt
         if negative is not None and edit is not None:
             negative = [negative, negative]  # one per prompt: the edit calls the pipeline with [source, target]
+        # Unset sizes: the pipeline's defaults, except for an embedded model trained smaller than its class's
+        trained = embedded_call_defaults(self.model)
+        frames = job.frames if job.frames is not None else trained.get("num_frames")
         call = call_arguments(
             self.pipe,
             {
                 "negative_prompt": negative,
                 "num_inference_steps": job.steps,
                 "guidance_scale": job.guidance,
-                "height": job.height,
-                "width": job.width,
-                "num_frames": job.frames,
+                "height": job.height if job.height is not None else trained.get("height"),
+                "width": job.width if job.width is not None else trained.get("width"),
+                "num_frames": None if frames is None else num_frames_argument(self.pipe, frames),
             },
         )
         if edit is not None:
@@ -245,7 +249,7 @@ class _JobRunner:
             prompt, generator, roles = edit.prompts, edit.generator(job.seed), ("source", "target")
         else:
             prompt, generator, roles = job.prompt, [torch.Generator("cpu").manual_seed(job.seed)], ("",)
-        with attach(self.pipe, *([edit] if edit is not None else []), *effects):
+        with attach(self.pipe, *([edit] if edit is not None else []), *effects), frame_rounding_quieted(self.pipe):
             result = self.pipe(prompt=prompt, generator=generator, output_type="pil", **call)
         generated = time.perf_counter()
 
