@@ -332,7 +332,11 @@ TOY_OUTPUTS = {
             # both patterns are really sparse on the toy grid (between 0 and 100% of the pairs kept)
             r"^neighborhood\s+keeps [1-9]\d?\.\d% of query-key pairs",
             r"^radial\s+keeps [1-9]\d?\.\d% of query-key pairs",
-            *(rf"{name}\.webp; mean change from the dense video" for name in ("neighborhood", "radial", "decay")),
+            r"dense\.webp; motion continuity [01]\.\d\d$",
+            *(
+                rf"{name}\.webp; motion continuity [01]\.\d\d; mean change from the dense video"
+                for name in ("neighborhood", "radial", "decay")
+            ),
         ],
     ),
 }
