@@ -322,6 +322,15 @@ def test_unknown_hub_model_offline_as_subprocess(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+def test_generate_as_a_subprocess_keeps_stderr_quiet(tmp_path):
+    # --quiet: no progress bar, and no library notices either (transformers' torchvision fallback is filtered)
+    result = run_subprocess("generate", "a red circle", "--steps", "1", "--quiet", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert Path(result.stdout.strip()).is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -108,12 +109,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoTorchvisionFallbackNotice(logging.Filter):
+    """Drops transformers' notice that an image processor falls back to its PIL version without torchvision.
+
+    diffusers' Stable Diffusion pipelines import ``CLIPImageProcessor`` (for the safety checker's feature
+    extractor), so without torchvision, which visattn does not need, every command would start with two lines
+    about it. The PIL fallback is what the pipelines use anyway.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back" not in str(record.msg)
+
+
+_NO_TORCHVISION_NOTICE = _NoTorchvisionFallbackNotice()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``visattn`` command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and argparse errors: report the status instead of exiting
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    # Installed before any command imports diffusers; the logger is transformers' own (it does not propagate).
+    logging.getLogger("transformers.utils.import_utils").addFilter(_NO_TORCHVISION_NOTICE)  # once: a set-like add
     try:
         return args.run(args)
     except UsageError as exc:
