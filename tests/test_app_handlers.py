@@ -171,6 +171,8 @@ def test_toy_video_model_runs_at_its_training_size_and_length():
         assert video.n_frames == 9 and video.size == (32, 32)
     # an explicit frame count still wins
     assert DemoEngine(TOY_VIDEO_MODEL, frames=5).frames == 5
+    with pytest.raises(DemoError, match="frames=1 is too short for WanPipeline"):
+        engine.run(DemoRequest("a red circle moving right on a black background", steps=1, frames=1))
 
 
 @pytest.mark.parametrize(

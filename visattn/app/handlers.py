@@ -563,7 +563,10 @@ class DemoEngine:
             call["use_resolution_binning"] = False
         frames = request.frames if request.frames is not None else self.frames
         if frames is not None and "num_frames" in parameters:
-            call["num_frames"] = num_frames_argument(pipe, int(frames))
+            try:
+                call["num_frames"] = num_frames_argument(pipe, int(frames))
+            except ValueError as exc:  # one frame from a pipeline that always adds one
+                raise DemoError(str(exc)) from None
         if inversion is not None:
             call.update(inversion.pipeline_kwargs())
             call["latents"] = inversion.noise.expand(rows, *inversion.noise.shape[1:]).clone()
