@@ -52,12 +52,13 @@ IMAGE_SIZE = 64  # pixels
 LATENT_CHANNELS = 4
 IMAGE_TEXT_WIDTH = 64
 
-#: Video clips: 9 frames (1 + 4 * 2: Wan's VAE encodes a first frame and then chunks of four) of 32 x 32 px.
+#: Video clips: 9 frames of 32 x 32 px. The toy VAE does not compress time, so the transformer sees 9 latent frames.
 VIDEO_SIZE = 32
 VIDEO_FRAMES = 9
 #: What to pass ``WanPipeline(num_frames=...)`` for a clip of :data:`VIDEO_FRAMES` frames. With no temporal
 #: compression (``scale_factor_temporal`` 1) the pipeline's rounding of ``num_frames`` to ``1 + k * factor``
 #: (``num_frames % 1 != 1`` always holds) adds one frame to whatever is asked: 8 gives 9, 16 gives 17, 32 gives 33.
+#: :func:`visattn.frames.num_frames_argument` computes this for any clip length.
 PIPELINE_NUM_FRAMES = VIDEO_FRAMES - 1
 #: The object's speed in the training clips (pixels per frame): :func:`visattn.toy.data.sample_clip`'s default
 #: for :data:`VIDEO_FRAMES` frames. Longer test clips pass it as ``speed`` so the motion they ask for is the
