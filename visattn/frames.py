@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-# The start of the warning WanPipeline logs when it rounds num_frames (diffusers 0.32 to 0.42).
+# The start of the warning WanPipeline logs when it rounds num_frames (as of diffusers 0.42).
 _ROUNDING_WARNING = "`num_frames - 1` has to be divisible by"
 
 
