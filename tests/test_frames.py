@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from visattn.defaults import TOY_VIDEO_MODEL, load_embedded_pipeline
-from visattn.frames import frame_rounding_quieted, num_frames_argument
+from visattn.frames import frame_rounding_quieted, makes_video, num_frames_argument
 from visattn.testing import tiny_pipeline
 from visattn.toy.models import weights_root
 
@@ -59,6 +59,11 @@ def test_toy_video_makes_exactly_the_frames_asked_for_and_says_nothing(frames):
         assert any("has to be divisible by 1" in m for m in heard.messages)
     finally:
         logger.removeHandler(heard)
+
+
+def test_makes_video_tells_video_pipelines_from_image_ones():
+    assert makes_video(tiny_pipeline("wan")) and makes_video(tiny_pipeline("cogvideox"))
+    assert not makes_video(tiny_pipeline("sd")) and not makes_video(tiny_pipeline("flux"))
 
 
 def test_pipelines_with_temporal_compression_get_the_value_unchanged():

@@ -1,4 +1,5 @@
-"""The ``num_frames`` to pass a video pipeline so that the clip it returns has the frames asked for.
+"""Video pipelines and their frame counts: whether a pipeline makes videos (:func:`makes_video`), and the
+``num_frames`` to pass it so that the clip it returns has the frames asked for.
 
 ``WanPipeline`` rounds ``num_frames`` to ``1 + k * t`` for its VAE's temporal factor ``t``: when
 ``num_frames % t != 1`` it uses ``num_frames // t * t + 1`` and logs a warning. With ``t = 4`` (every released
@@ -11,12 +12,18 @@ case, and :func:`frame_rounding_quieted` drops that one misleading warning while
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 # The start of the warning WanPipeline logs when it rounds num_frames (as of diffusers 0.42).
 _ROUNDING_WARNING = "`num_frames - 1` has to be divisible by"
+
+
+def makes_video(pipe: Any) -> bool:
+    """Whether ``pipe`` generates videos: its ``__call__`` takes ``num_frames`` (Wan, CogVideoX, HunyuanVideo, ...)."""
+    return "num_frames" in inspect.signature(pipe.__call__).parameters
 
 
 def _rounds_up_always(pipe: Any) -> bool:

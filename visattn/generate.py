@@ -26,6 +26,7 @@ import torch
 
 from . import __version__
 from .defaults import DEFAULT_MODEL, EMBEDDED_MODELS, load_default_pipeline, load_embedded_pipeline
+from .frames import makes_video
 from .images import save_image, slugify
 
 if TYPE_CHECKING:
@@ -298,7 +299,7 @@ def generate(
     else:
         model_name = model or pipeline_name(pipeline)
 
-    if "num_frames" in inspect.signature(pipeline.__call__).parameters:
+    if makes_video(pipeline):
         # Checked before the call: a video pipeline would run to the end before showing it has no images.
         raise UsageError(
             f"{type(pipeline).__name__} makes videos and generate saves images; generate videos with `visattn batch` "

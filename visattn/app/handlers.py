@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_MODEL, embedded_call_defaults
-from ..frames import frame_rounding_quieted, num_frames_argument
+from ..frames import frame_rounding_quieted, makes_video, num_frames_argument
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UploadError, fit_to_size, open_upload
 
 if TYPE_CHECKING:
@@ -365,7 +365,7 @@ class DemoEngine:
 
     def is_video(self) -> bool:
         """Whether the pipeline makes videos (it takes ``num_frames``)."""
-        return "num_frames" in _parameters(self.pipeline())
+        return makes_video(self.pipeline())
 
     def native_size(self) -> tuple[int, int]:
         """``(height, width)`` the model was trained at (or the engine's override)."""

@@ -22,7 +22,6 @@ write, so all processes agree on the jobs still to do.
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import os
 import socket
@@ -36,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .. import __version__
 from ..defaults import DEFAULT_MODEL, embedded_call_defaults
-from ..frames import frame_rounding_quieted, num_frames_argument
+from ..frames import frame_rounding_quieted, makes_video, num_frames_argument
 from ..generate import (
     DEVICES,
     ParameterError,
@@ -223,7 +222,7 @@ class _JobRunner:
         from ..effect_specs import describe, describe_edit
 
         started = time.perf_counter()
-        if job.frames is not None and "num_frames" not in inspect.signature(self.pipe.__call__).parameters:
+        if job.frames is not None and not makes_video(self.pipe):
             raise UsageError(f"frames={job.frames} needs a video pipeline; {type(self.pipe).__name__} makes images")
         effects = job.build_effects()
         edit = job.build_edit()
