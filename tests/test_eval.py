@@ -234,6 +234,11 @@ def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
     p2p = studies["prompt_to_prompt"]
     assert set(p2p["word_swap"]) == {"color", "shape"}
     assert 0.0 <= p2p["word_swap"]["color"]["iou"] <= 1.0
+    for swap in p2p["word_swap"].values():
+        # the seed-only baseline: a plain generation of the target from the same noise, and P2P's gain over it
+        assert 0.0 <= swap["iou_without_p2p"] <= 1.0
+        assert swap["iou_gain"] == pytest.approx(swap["iou"] - swap["iou_without_p2p"])
+        assert all(0.0 <= sample["iou_without_p2p"] <= 1.0 for sample in swap["samples"])
     assert p2p["reweight"]["weights"] == [0.5, 1.0, 2.0, 4.0] and len(p2p["reweight"]["color_mass"]) == 4
     assert "reduction" in p2p["local_blend"]
     pag = studies["perturbation_guidance"]["rows"]
@@ -276,6 +281,7 @@ def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
     ):
         assert f"## {title}" in markdown
     assert "| single-object | 1 |" in markdown
+    assert "IoU without P2P" in markdown and "without P2P)" in markdown  # the swap table and the bar's claim
     assert (out / "eval-quick.png").stat().st_size > 0
 
 

@@ -4,7 +4,9 @@
   word (``"red"`` -> ``"green"``) or its shape word swapped. *Success*: the largest object the analyzer finds in
   the edit has the target's colour (shape). *Structure preservation*: the IoU of the source's and the edit's
   foreground masks (pixels far from the analyzer's background estimate). ``source_correct`` checks the source
-  image already had the source's attribute (an edit of a failed source says little).
+  image already had the source's attribute (an edit of a failed source says little). *Without P2P*: the same
+  IoU for a plain generation of the target prompt from the same noise, the baseline P2P has to beat. The same
+  seed alone often keeps much of the layout; the gap (``iou_gain``) is what the attention injection adds.
 * **Re-weighting** (:meth:`~visattn.processors.PromptToPrompt.reweight`): the colour word of a one-object caption
   gets weight 0.5, 1, 2, 4 (weight 1 is the unedited source). The object's *colour mass*
   (:func:`~visattn.toy.eval.metrics.color_mass`: area weighted by closeness to the pure colour, so it rises with
@@ -53,14 +55,16 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     scenes = single_object_scenes(n, seed=config.data_seed, size=image.size)
     # weight 1 is the source itself; a valid config has at least one other weight (two distinct values)
     reweighted = [w for w in config.reweight_scales if w != 1.0]
-    total = 3 * n + n * len(reweighted)
+    total = 5 * n + n * len(reweighted)
     result: dict[str, Any] = {"settings": dict(steps)}
     plain_swaps: list[tuple[np.ndarray, np.ndarray]] = []
     with ctx.bar(total, "prompt-to-prompt") as bar:
         word_swap = {}
         for attribute, pairs in swaps.items():
             samples = []
-            for swap, seed in zip(pairs, seeds):
+            # what regenerating the target from the same noise keeps of the source, with no attention injected
+            plain_targets = image.generate([swap.target for swap in pairs], seeds[: len(pairs)], done=bar.update)
+            for swap, seed, plain_target in zip(pairs, seeds, plain_targets):
                 source, edit = image.edit(PromptToPrompt.replace(swap.source, swap.target, **steps), seed)
                 bar.update()
                 if attribute == "color":
@@ -73,11 +77,16 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                         "success": float(largest_attribute(edit, attribute) == swap.after),
                         "source_correct": float(largest_attribute(source, attribute) == swap.before),
                         "iou": foreground_iou(source, edit),
+                        "iou_without_p2p": foreground_iou(source, plain_target),
                     }
                 )
+            iou_with = mean([s["iou"] for s in samples])
+            iou_without = mean([s["iou_without_p2p"] for s in samples])
             word_swap[attribute] = {
                 "success": mean([s["success"] for s in samples]),
-                "iou": mean([s["iou"] for s in samples]),
+                "iou": iou_with,
+                "iou_without_p2p": iou_without,
+                "iou_gain": None if iou_with is None or iou_without is None else iou_with - iou_without,
                 "source_correct": mean([s["source_correct"] for s in samples]),
                 "n": len(samples),
                 "samples": samples,
@@ -149,7 +158,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     swap_rows = [
-        [f"{attribute} swap", r["n"], r["success"], r["iou"], r["source_correct"]]
+        [f"{attribute} swap", r["n"], r["success"], r["iou"], r["iou_without_p2p"], r["source_correct"]]
         for attribute, r in result["word_swap"].items()
     ]
     blend = result["local_blend"]
@@ -157,8 +166,9 @@ def markdown(result: dict[str, Any]) -> str:
     weight_cells = ", ".join(f"{w:g}: {m:.4f}" for w, m in zip(weights["weights"], weights["color_mass"]))
     return (
         "Word swap: success = the edit's largest object has the target's attribute; IoU = foreground IoU "
-        "between source and edit.\n\n"
-        + table(["edit", "n", "success", "foreground IoU", "source correct"], swap_rows)
+        "between source and edit; without P2P = the same IoU for a plain generation of the target prompt from the "
+        "same noise (what the seed alone keeps).\n\n"
+        + table(["edit", "n", "success", "foreground IoU", "IoU without P2P", "source correct"], swap_rows)
         + "\nRe-weighting the colour word: colour mass per weight ("
         + weight_cells
         + ").\n\n"
@@ -190,6 +200,7 @@ def headline(result: dict[str, Any]) -> dict[str, float | None]:
     return {
         "colour swap success": swap["color"]["success"],
         "colour swap IoU": swap["color"]["iou"],
+        "colour swap IoU without P2P": swap["color"]["iou_without_p2p"],
         "shape swap success": swap["shape"]["success"],
         "shape swap IoU": swap["shape"]["iou"],
         "re-weight monotonicity": result["reweight"]["monotonicity"],
