@@ -63,7 +63,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         for attribute, pairs in swaps.items():
             samples = []
             # what regenerating the target from the same noise keeps of the source, with no attention injected
-            plain_targets = image.generate([swap.target for swap in pairs], seeds[: len(pairs)], done=bar.update)
+            plain_targets = image.generate([swap.target for swap in pairs], seeds, done=bar.update)
             for swap, seed, plain_target in zip(pairs, seeds, plain_targets):
                 source, edit = image.edit(PromptToPrompt.replace(swap.source, swap.target, **steps), seed)
                 bar.update()
@@ -86,7 +86,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                 "success": mean([s["success"] for s in samples]),
                 "iou": iou_with,
                 "iou_without_p2p": iou_without,
-                "iou_gain": None if iou_with is None or iou_without is None else iou_with - iou_without,
+                "iou_gain": iou_with - iou_without,
                 "source_correct": mean([s["source_correct"] for s in samples]),
                 "n": len(samples),
                 "samples": samples,
