@@ -129,6 +129,24 @@ def upsample_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
+def cells_touched(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """A ``[H, W]`` pixel mask reduced to a ``grid = (h, w)`` lattice: a cell is set when any of its pixels is."""
+    mask = np.asarray(mask, dtype=bool)
+    height, width = grid
+    if mask.ndim != 2 or mask.shape[0] % height or mask.shape[1] % width:
+        raise ValueError(f"mask of shape {mask.shape} does not split into a {height} x {width} grid of cells")
+    cells = mask.reshape(height, mask.shape[0] // height, width, mask.shape[1] // width)
+    return cells.any(axis=(1, 3))
+
+
+def map_share(values: np.ndarray, region: np.ndarray) -> float | None:
+    """Share of a non-negative map's mass inside ``region`` (same shape); ``None`` for an all-zero map."""
+    values, region = np.asarray(values, dtype=np.float64), np.asarray(region, dtype=bool)
+    _same_shape(values, region, "the map and the region")
+    total = values.sum()
+    return None if total <= 0 else float(values[region].sum() / total)
+
+
 def outside_change(source: np.ndarray, edit: np.ndarray, region: np.ndarray) -> float | None:
     """Mean absolute pixel difference (``[0, 1]`` units) between source and edit outside ``region`` (a pixel
     mask of the area the edit may change); ``None`` when the region covers the whole image."""

@@ -16,6 +16,10 @@
 * **Local blend** (:class:`~visattn.processors.LocalBlend` on the two colour words): outside the blend region
   (the effect's latent mask, upsampled to pixels) the edit should equal the source. Reported: the mean absolute
   pixel difference there with the blend and without it (the same swap), over the same region.
+* **Word maps** (:class:`~visattn.processors.AttentionMaps`): where a one-object caption's colour and shape words
+  attend, averaged over layers and steps. *On the object*: the share of the word's map in the latent cells the
+  generated object touches; *object area*: the share of cells it touches, what a map spread evenly would score.
+  Local blend's region and the edit's reach are only as tight as these maps.
 """
 
 from __future__ import annotations
@@ -24,10 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from ...processors import LocalBlend, PromptToPrompt
+from ...processors import AttentionMaps, LocalBlend, PromptToPrompt
 from ..analyze import find_objects
 from ..data import COLORS
-from .metrics import color_mass, foreground_iou, mean, monotonicity, outside_change, upsample_mask
+from .metrics import (
+    cells_touched,
+    color_mass,
+    foreground_iou,
+    foreground_mask,
+    map_share,
+    mean,
+    monotonicity,
+    outside_change,
+    upsample_mask,
+)
 from .prompts import single_object_scenes, word_swaps
 from .runner import EvalContext
 from .tables import table
@@ -55,7 +69,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     scenes = single_object_scenes(n, seed=config.data_seed, size=image.size)
     # weight 1 is the source itself; a valid config has at least one other weight (two distinct values)
     reweighted = [w for w in config.reweight_scales if w != 1.0]
-    total = 5 * n + n * len(reweighted)
+    total = 6 * n + n * len(reweighted)
     result: dict[str, Any] = {"settings": dict(steps)}
     plain_swaps: list[tuple[np.ndarray, np.ndarray]] = []
     with ctx.bar(total, "prompt-to-prompt") as bar:
@@ -153,7 +167,36 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             "n": len(weight_samples),
             "samples": weight_samples,
         }
+        result["word_maps"] = _word_maps(image, scenes, seeds, bar.update)
     return result
+
+
+def _word_maps(image: Any, scenes: list, seeds: list[int], done: Any) -> dict[str, Any]:
+    samples = []
+    for scene, seed in zip(scenes, seeds):
+        spec = scene.objects[0]
+        maps = AttentionMaps(words=[spec.color, spec.shape])
+        (generated,) = image.generate([scene.caption], [seed], effects=[maps])
+        done(1)
+        words = maps.maps()
+        grid = tuple(words[spec.color].shape[-2:])
+        region = cells_touched(foreground_mask(generated), grid)
+        samples.append(
+            {
+                "caption": scene.caption,
+                "seed": seed,
+                "color_on_object": map_share(words[spec.color][0].numpy(), region),
+                "shape_on_object": map_share(words[spec.shape][0].numpy(), region),
+                "object_area": float(region.mean()),
+            }
+        )
+    return {
+        "color_on_object": mean([s["color_on_object"] for s in samples]),
+        "shape_on_object": mean([s["shape_on_object"] for s in samples]),
+        "object_area": mean([s["object_area"] for s in samples]),
+        "n": len(samples),
+        "samples": samples,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -191,6 +234,21 @@ def markdown(result: dict[str, Any]) -> str:
                 ]
             ],
             digits=4,
+        )
+        + _word_maps_markdown(result["word_maps"])
+    )
+
+
+def _word_maps_markdown(maps: dict[str, Any]) -> str:
+    return (
+        "\nWord maps: share of the word's attention (mean over layers and steps) in the latent cells the object "
+        "touches; object area = the share those cells are of the grid (an evenly spread map).\n\n"
+        + table(
+            ["word", "n", "on the object", "object area"],
+            [
+                ["colour", maps["n"], maps["color_on_object"], maps["object_area"]],
+                ["shape", maps["n"], maps["shape_on_object"], maps["object_area"]],
+            ],
         )
     )
 
