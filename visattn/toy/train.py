@@ -118,15 +118,16 @@ class Plan:
 
 #: Sized from runs on one thread of a two-core machine busy with the other model (``minutes``: measured there):
 #: image VAE 6 steps/s on 32 px crops, 1 step/s on whole images (batch 16); image UNet 1 step/s (batch 64);
-#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.3 steps/s (batch 32). With
-#: ``--parallel`` on two cores each model takes about an hour. (The video VAE needs its 3,000 steps: at 800 its
-#: reconstructions were colour blobs, loss 0.56.)
+#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.3 steps/s (batch 32); image grounding
+#: 0.8 steps/s (batch 64, explicit cross-attention probabilities). With ``--parallel`` on two cores each model
+#: takes about 80 minutes. (The video VAE needs its 3,000 steps: at 800 its reconstructions were colour blobs,
+#: loss 0.56.)
 FULL_PLAN = Plan(
     scenes=12_000,
     image_vae=StagePlan(steps=2_500, batch=16, lr=1e-3, warmup=50, minutes=11.0),
     image_denoiser=StagePlan(steps=3_000, batch=64, lr=8e-4, warmup=100, minutes=52.0),
     # 700 steps take the token loss from 0.64 to about 0.15 while the denoising loss stays where it was
-    image_grounding=StagePlan(steps=700, batch=64, lr=2e-4, warmup=20, minutes=11.0),
+    image_grounding=StagePlan(steps=700, batch=64, lr=2e-4, warmup=20, minutes=14.0),
     vae_crop=32,
     crop_fraction=0.9,
     clips=4_000,
