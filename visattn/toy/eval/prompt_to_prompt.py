@@ -17,9 +17,9 @@
   (the effect's latent mask, upsampled to pixels) the edit should equal the source. Reported: the mean absolute
   pixel difference there with the blend and without it (the same swap), over the same region.
 * **Word maps** (:class:`~visattn.processors.AttentionMaps`): where a one-object caption's colour and shape words
-  attend, averaged over layers and steps. *On the object*: the share of the word's map in the latent cells the
-  generated object touches; *object area*: the share of cells it touches, what a map spread evenly would score.
-  Local blend's region and the edit's reach are only as tight as these maps.
+  attend (raw attention probabilities), averaged over layers and steps. *On the object*: the share of the word's
+  map in the latent cells the generated object touches; *object area*: the share of cells it touches, what a map
+  spread evenly would score. Local blend's region and the edit's reach are only as tight as these maps.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def _word_maps(image: Any, scenes: list, seeds: list[int], done: Any) -> dict[st
     samples = []
     for scene, seed in zip(scenes, seeds):
         spec = scene.objects[0]
-        maps = AttentionMaps(words=[spec.color, spec.shape])
+        # raw probabilities: renormalising each pixel over the meaningful words would inflate the background
+        maps = AttentionMaps(words=[spec.color, spec.shape], drop_special=False)
         (generated,) = image.generate([scene.caption], [seed], effects=[maps])
         done(1)
         words = maps.maps()
