@@ -263,4 +263,6 @@ def headline(result: dict[str, Any]) -> dict[str, float | None]:
         "shape swap success": swap["shape"]["success"],
         "shape swap IoU": swap["shape"]["iou"],
         "re-weight monotonicity": result["reweight"]["monotonicity"],
+        "colour word's map on the object": result["word_maps"]["color_on_object"],
+        "shape word's map on the object": result["word_maps"]["shape_on_object"],
     }
