@@ -10,10 +10,11 @@ where ``A_l[u, i]`` is layer ``l``'s attention from latent pixel ``u`` to token 
 world knows every mask exactly, so each object's colour, shape and size words are grounded on the object and the
 background's colour word on the background.
 
-Why the toy model needs it: trained on the denoising loss alone, its colour words attend to most of the image
-(a local-blend region of 80%). Prompt-to-Prompt injects the source's maps, but the swapped word's value (the new
-colour) then still lands everywhere the map is spread, and the model redraws the object's outline around it.
-Grounded maps confine the new value to the object, which is what the edit and :class:`LocalBlend` rely on.
+Why the toy model has it: trained on the denoising loss alone, its colour words attend to most of the image, so
+attention heatmaps say little and :class:`~visattn.processors.LocalBlend`'s region covered about 80% of it.
+Grounded, the colour word's share of attention on its object doubles and the region halves. It does not keep a
+Prompt-to-Prompt colour swap's outline: the model reads colour from the position words too, and redraws the
+outline late (see the README's toy-world section).
 """
 
 from __future__ import annotations

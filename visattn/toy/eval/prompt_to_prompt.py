@@ -242,8 +242,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def _word_maps_markdown(maps: dict[str, Any]) -> str:
     return (
-        "\nWord maps: share of the word's attention (mean over layers and steps) in the latent cells the object "
-        "touches; object area = the share those cells are of the grid (an evenly spread map).\n\n"
+        "\nWord maps: share of the word's attention (raw probabilities, mean over layers and steps) in the latent "
+        "cells the object touches; object area = the share those cells are of the grid (an evenly spread map).\n\n"
         + table(
             ["word", "n", "on the object", "object area"],
             [
