@@ -212,7 +212,11 @@ class AttentionMaps(Effect):
         resolution: ``(height, width)`` (or an int) of the maps; ``None``: the denoiser's latent token grid.
         drop_special: drop start/end tokens, padding and stop words and renormalize each query's attention over
             the remaining words (RefAM); words asked for explicitly always count. ``False`` keeps raw
-            probabilities (for joint attention, the image-to-text block of the joint softmax).
+            probabilities (for joint attention, the image-to-text block of the joint softmax). The
+            renormalization is per pixel, so it lifts pixels where the kept words get little mass in total (often
+            the background): a word's share of its map on a small object reads lower than in raw probabilities.
+            Use ``False`` to measure how much attention a word gets where, and the default for heatmaps that
+            show which word a pixel listens to.
         prompt: the prompt(s) of the call, or :class:`~visattn.words.PromptTokens` from
             :func:`~visattn.words.prompt_tokens`. Several prompts give maps per prompt. ``None`` (the default)
             reads the prompt (and a HunyuanVideo ``prompt_template``) from the running pipeline call; pass it
