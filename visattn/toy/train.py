@@ -4,9 +4,11 @@ Each pipeline trains in two stages, the way latent diffusion models are built (R
 Resolution Image Synthesis with Latent Diffusion Models"): first its VAE (reconstruction plus a small KL term),
 then, on the frozen VAE's latents, its text encoder and denoiser together, with 10% of the captions dropped so
 that classifier-free guidance works (Ho & Salimans, 2022, "Classifier-Free Diffusion Guidance"). The image
-pipeline then has a third, short stage: the same loss plus TokenCompose's token loss (Wang et al., 2024), which
-grounds each object's colour, shape and size words on the object and the background's colour word on the
-background (:mod:`visattn.toy.grounding`), so that its word attention maps are where the words are.
+pipeline then has a third, short stage that makes it editable: the same loss plus TokenCompose's token loss (Wang
+et al., 2024), which grounds each object's colour, shape and size words on the object and the background's colour
+word on the background (:mod:`visattn.toy.grounding`), so that its word attention maps are where the words are,
+and an outline-consistency loss between every scene and its colour variant (:mod:`visattn.toy.consistency`), so
+that a colour word repaints an object without moving its outline.
 
 * image: DDPM (Ho et al., 2020) with v-prediction (Salimans & Ho, 2022) on Stable Diffusion's noise schedule
   rescaled to zero terminal SNR (Lin et al., 2024; see :data:`visattn.toy.models.IMAGE_SCHEDULE`), weighted by
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import shutil
 import subprocess
@@ -51,6 +54,7 @@ from diffusers import ModelMixin
 from tqdm.auto import tqdm
 
 from . import models
+from .consistency import one_object_colours, outline_loss, recolour
 from .data import Scene, render_scene, sample_clip, sample_scene
 from .grounding import CrossAttentionRecorder, GroundingTargets, grounding_targets, token_loss
 
@@ -87,8 +91,10 @@ class Plan:
         scenes (int): captioned images rendered for the image model (half with one object, half with one to
             three, so most carry the size and position words single objects have).
         image_vae, image_denoiser (StagePlan): the image VAE, then the CLIP text encoder with the UNet.
-        image_grounding (StagePlan): the text encoder and UNet again, from the denoiser stage's weights, with the
-            token loss added (weight ``grounding_weight``; the moving average decays at ``grounding_ema``).
+        image_editing (StagePlan): the text encoder and UNet again, from the denoiser stage's weights, on pairs of
+            scenes and their colour variants (half the batch each), with the token loss (weight
+            ``grounding_weight``) and the outline-consistency loss (weight ``outline_weight``) added; the moving
+            average decays at ``editing_ema``.
         vae_crop (int): side of the crops around objects the image VAE trains on for its first ``crop_fraction``
             of steps (the VAE is fully convolutional, so it learns the same from a quarter of the pixels, four
             times as fast); the rest trains on whole images, borders included.
@@ -98,13 +104,13 @@ class Plan:
         video_vae_frames (int): frames (1 + 4k) of the clips the video VAE trains on for its first
             ``crop_fraction`` of steps; the rest trains on whole clips.
         ema (float): decay of the moving average of the denoiser and text encoder weights.
-        grounding_weight, grounding_ema (float): see ``image_grounding``.
+        grounding_weight, outline_weight, editing_ema (float): see ``image_editing``.
     """
 
     scenes: int
     image_vae: StagePlan
     image_denoiser: StagePlan
-    image_grounding: StagePlan
+    image_editing: StagePlan
     vae_crop: int
     crop_fraction: float
     clips: int
@@ -113,21 +119,22 @@ class Plan:
     video_vae_frames: int
     ema: float
     grounding_weight: float
-    grounding_ema: float
+    outline_weight: float
+    editing_ema: float
 
 
 #: Sized from runs on one thread of a two-core machine busy with the other model (``minutes``: measured there):
 #: image VAE 6 steps/s on 32 px crops, 1 step/s on whole images (batch 16); image UNet 1 step/s (batch 64);
-#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.3 steps/s (batch 32); image grounding
-#: 0.8 steps/s (batch 64, explicit cross-attention probabilities). With ``--parallel`` on two cores each model
-#: takes about 80 minutes. (The video VAE needs its 3,000 steps: at 800 its reconstructions were colour blobs,
-#: loss 0.56.)
+#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.3 steps/s (batch 32); image editing
+#: stage 0.57 steps/s (32 scene pairs, explicit cross-attention probabilities, VAE decodes of the one-object
+#: pairs). With ``--parallel`` on two cores the image model takes about 85 minutes, the video model 60. (The
+#: video VAE needs its 3,000 steps: at 800 its reconstructions were colour blobs, loss 0.56.)
 FULL_PLAN = Plan(
     scenes=12_000,
     image_vae=StagePlan(steps=2_500, batch=16, lr=1e-3, warmup=50, minutes=11.0),
     image_denoiser=StagePlan(steps=3_000, batch=64, lr=8e-4, warmup=100, minutes=52.0),
     # 700 steps take the token loss from 0.64 to about 0.15 while the denoising loss stays where it was
-    image_grounding=StagePlan(steps=700, batch=64, lr=2e-4, warmup=20, minutes=14.0),
+    image_editing=StagePlan(steps=700, batch=64, lr=2e-4, warmup=20, minutes=21.0),
     vae_crop=32,
     crop_fraction=0.9,
     clips=4_000,
@@ -138,14 +145,15 @@ FULL_PLAN = Plan(
     # 0.5 (tried on 16 prompts) grounded no better (local-blend region 56% against 39%); 0.1 keeps the denoising
     # loss in charge
     grounding_weight=0.1,
-    grounding_ema=0.99,
+    outline_weight=1.0,
+    editing_ema=0.99,
 )
 
 QUICK_PLAN = Plan(
     scenes=8,
     image_vae=StagePlan(steps=2, batch=2, lr=1e-3, warmup=1, minutes=0.1),
     image_denoiser=StagePlan(steps=2, batch=2, lr=1e-3, warmup=1, minutes=0.1),
-    image_grounding=StagePlan(steps=2, batch=2, lr=1e-3, warmup=1, minutes=0.1),
+    image_editing=StagePlan(steps=2, batch=4, lr=1e-3, warmup=1, minutes=0.1),
     vae_crop=32,
     crop_fraction=0.5,
     clips=2,
@@ -154,10 +162,11 @@ QUICK_PLAN = Plan(
     video_vae_frames=5,
     ema=0.9,
     grounding_weight=0.1,
-    grounding_ema=0.9,
+    outline_weight=1.0,
+    editing_ema=0.9,
 )
 
-_STAGE_IDS = {"image-vae": 1, "image-denoiser": 2, "video-vae": 3, "video-denoiser": 4, "image-grounding": 5}
+_STAGE_IDS = {"image-vae": 1, "image-denoiser": 2, "video-vae": 3, "video-denoiser": 4, "image-editing": 5}
 
 
 def _generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -373,7 +382,7 @@ def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, check
     components = models.image_components()
     tokenizer, vae = components["tokenizer"], components["vae"].to(device)
     text_encoder, unet = components["text_encoder"].to(device), components["unet"].to(device)
-    share = budget / (plan.image_vae.minutes + plan.image_denoiser.minutes + plan.image_grounding.minutes)
+    share = budget / (plan.image_vae.minutes + plan.image_denoiser.minutes + plan.image_editing.minutes)
     images, captions, centers = _cached(checkpoints / "image-data.pt", lambda: render_scenes(plan.scenes, seed))
 
     crop_steps = int(plan.image_vae.steps * plan.crop_fraction)
@@ -418,16 +427,22 @@ def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, check
         deadline=deadline,
         ema_decay=plan.ema,
     )
+    scenes = training_scenes(plan.scenes, seed)
     targets = _cached(
-        checkpoints / "image-grounding-targets.pt",
-        lambda: grounding_targets(training_scenes(plan.scenes, seed), grid=latents.shape[-1]),
+        checkpoints / "image-grounding-targets.pt", lambda: grounding_targets(scenes, grid=latents.shape[-1])
     )
-    deadline = time.monotonic() + share * plan.image_grounding.minutes
-    kept = ground_image_denoiser(
+    variants = _cached(
+        checkpoints / "image-variants.pt", lambda: _ColourVariants.render(scenes, images, vae, seed, device)
+    )
+    variants = variants.prepared(scaling, tokenizer)
+    deadline = time.monotonic() + share * plan.image_editing.minutes
+    kept = edit_image_denoiser(
         kept["text_encoder"],
         kept["unet"],
+        vae,
         batches,
         targets,
+        variants,
         plan,
         seed=seed,
         device=device,
@@ -436,6 +451,51 @@ def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, check
     )
     components.update(vae=vae, text_encoder=kept["text_encoder"], unet=kept["unet"])
     return _save(models.assemble_pipeline("image", components), out)
+
+
+@dataclass(frozen=True)
+class _ColourVariants:
+    """Every training scene's colour variant (:func:`visattn.toy.consistency.recolour`; same layout, other
+    colours) and what :func:`~visattn.toy.consistency.outline_loss` needs, one row per training scene.
+
+    Args:
+        latents: ``[N, C, h, w]`` the variants' VAE latents (:meth:`prepared`: scaled like the scenes').
+        captions: the variants' captions.
+        single: ``[N]`` the scene has one object (the outline loss compares one-object pairs only: an outline
+            measured against one object colour needs one object).
+        background, color, variant_color: ``[N, 3]`` the background's colour and the first object's in the scene
+            and in its variant, in [-1, 1].
+        area: ``[N]`` the scene's object pixels, anti-aliased edges included.
+        ids: ``[N, L]`` the variants' token ids (:meth:`prepared`).
+    """
+
+    latents: torch.Tensor
+    captions: list[str]
+    single: torch.Tensor
+    background: torch.Tensor
+    color: torch.Tensor
+    variant_color: torch.Tensor
+    area: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    @classmethod
+    def render(
+        cls, scenes: Sequence[Scene], images: torch.Tensor, vae: torch.nn.Module, seed: int, device: torch.device
+    ) -> _ColourVariants:
+        """The variants of ``scenes`` (rendered as uint8 ``images``), encoded by ``vae``."""
+        variants = [recolour(scene, index, seed) for index, scene in enumerate(scenes)]
+        pixels = torch.from_numpy(np.stack([np.asarray(render_scene(variant)) for variant in variants]))
+        single, background, color = one_object_colours(scenes)
+        _, _, variant_color = one_object_colours(variants)
+        area = _foreground(_to_unit(images)).sum(dim=(1, 2, 3)).float()
+        latents = _encode(vae, pixels.permute(0, 3, 1, 2).contiguous(), 64, device)
+        return cls(latents, [v.caption for v in variants], single, background, color, variant_color, area)
+
+    def prepared(self, scaling: float, tokenizer: Any) -> _ColourVariants:
+        """A copy with the latents scaled by the VAE's ``scaling`` factor and the captions tokenized."""
+        length = tokenizer.model_max_length
+        ids = tokenizer(self.captions, padding="max_length", max_length=length, return_tensors="pt").input_ids
+        return dataclasses.replace(self, latents=self.latents * scaling, ids=ids)
 
 
 class _ImageBatches:
@@ -468,43 +528,96 @@ class _ImageBatches:
         batch: int,
         device: torch.device,
         grounding: tuple[CrossAttentionRecorder, GroundingTargets, float] | None = None,
+        outline: tuple[_ColourVariants, torch.nn.Module, float] | None = None,
     ) -> Callable[[int, torch.Generator], torch.Tensor]:
-        """``loss(step, generator)`` for :func:`train_stage`. With ``grounding = (recorder, targets, weight)``
-        (the recorder installed on ``unet``'s cross-attention layers), ``weight`` times the token loss of the
-        batch's captioned samples is added."""
+        """``loss(step, generator)`` for :func:`train_stage`.
+
+        With ``grounding = (recorder, targets, weight)`` (the recorder installed on ``unet``'s cross-attention
+        layers), ``weight`` times the token loss of the batch's captioned samples is added. With ``outline =
+        (variants, vae, weight)`` a batch is ``batch // 2`` scenes followed by their colour variants, each pair
+        under the same noise, timestep and caption dropout, and ``weight`` times the pairs'
+        :func:`~visattn.toy.consistency.outline_loss` is added (on ``vae``'s decodes of the predicted latents).
+        """
+
+        def draw(generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            steps = self.schedule.config.num_train_timesteps
+            if outline is None:
+                index = torch.randint(len(self.latents), (batch,), generator=generator)
+                drop = torch.rand(batch, generator=generator) < CAPTION_DROPOUT
+                text = torch.where(drop[:, None], self.empty, self.ids[index])
+                clean = self.latents[index]
+                noise = torch.randn(clean.shape, generator=generator)
+                return index, drop, text, clean, noise, torch.randint(steps, (batch,), generator=generator)
+            variants, half = outline[0], batch // 2
+            index = torch.randint(len(self.latents), (half,), generator=generator)
+            drop = torch.rand(half, generator=generator) < CAPTION_DROPOUT
+            text = torch.cat([torch.where(drop[:, None], self.empty, ids[index]) for ids in (self.ids, variants.ids)])
+            clean = torch.cat([self.latents[index], variants.latents[index]])
+            noise = torch.randn(self.latents[index].shape, generator=generator).repeat(2, 1, 1, 1)
+            timesteps = torch.randint(steps, (half,), generator=generator).repeat(2)
+            return index.repeat(2), drop.repeat(2), text, clean, noise, timesteps
 
         def loss(step: int, generator: torch.Generator) -> torch.Tensor:
-            index = torch.randint(len(self.latents), (batch,), generator=generator)
-            drop = torch.rand(batch, generator=generator) < CAPTION_DROPOUT
-            text = torch.where(drop[:, None], self.empty, self.ids[index]).to(device)
-            clean = self.latents[index]
-            noise = torch.randn(clean.shape, generator=generator)
-            timesteps = torch.randint(self.schedule.config.num_train_timesteps, (batch,), generator=generator)
+            index, drop, text, clean, noise, timesteps = draw(generator)
             noisy = self.schedule.add_noise(clean, noise, timesteps).to(device)
             if grounding is not None:
                 grounding[0].maps.clear()
             # the pipeline's call: last hidden state, no attention mask (CLIP is causal: padding never leaks in)
-            context = text_encoder(text)[0]
+            context = text_encoder(text.to(device))[0]
             prediction = unet(noisy, timesteps.to(device), context).sample
             target = self.schedule.get_velocity(clean, noise, timesteps).to(device)
-            weight = self.weights[index].to(device)
+            weight = self.weights[index].to(device)  # a variant has its scene's layout, so its object cells
             per_sample = ((prediction - target).pow(2) * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
             value = (per_sample * self.v_weight[timesteps].to(device)).mean()
-            if grounding is None or bool(drop.all()):
-                return value
-            recorder, targets, token_weight = grounding
-            captioned = ~drop  # a dropped caption has nothing to ground
-            maps = [layer[captioned.to(layer.device)] for layer in recorder.maps]
-            return value + token_weight * token_loss(maps, targets[index[captioned]])
+            if grounding is not None and not bool(drop.all()):
+                recorder, targets, token_weight = grounding
+                captioned = ~drop  # a dropped caption has nothing to ground
+                maps = [layer[captioned.to(layer.device)] for layer in recorder.maps]
+                value = value + token_weight * token_loss(maps, targets[index[captioned]])
+            if outline is not None:
+                variants, vae, outline_weight = outline
+                value = value + outline_weight * self._outline_loss(variants, vae, index, noisy, prediction, timesteps)
+            return value
 
         return loss
 
+    def _outline_loss(
+        self,
+        variants: _ColourVariants,
+        vae: torch.nn.Module,
+        index: torch.Tensor,
+        noisy: torch.Tensor,
+        prediction: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """The outline loss of a paired batch's one-object pairs (0 if it has none)."""
+        scenes = index[: len(index) // 2]
+        single = variants.single[scenes]
+        if not bool(single.any()):
+            return prediction.new_zeros(())
+        alphas = self.schedule.alphas_cumprod[timesteps].to(prediction.device).view(-1, 1, 1, 1)
+        # v-prediction's estimate of the clean latent: x0 = sqrt(a) x_t - sqrt(1 - a) v
+        estimate = alphas.sqrt() * noisy - (1 - alphas).sqrt() * prediction
+        pick = single.repeat(2).to(prediction.device)
+        decoded = vae.decode(estimate[pick] / vae.config.scaling_factor).sample.clamp(-1.0, 1.0)
+        scene, variant = decoded.chunk(2)
+        rows = scenes[single]
+        return outline_loss(
+            scene,
+            variant,
+            *(tensor[rows].to(prediction.device) for tensor in (variants.background, variants.color)),
+            variants.variant_color[rows].to(prediction.device),
+            variants.area[rows].to(prediction.device),
+        )
 
-def ground_image_denoiser(
+
+def edit_image_denoiser(
     text_encoder: torch.nn.Module,
     unet: torch.nn.Module,
+    vae: torch.nn.Module,
     batches: _ImageBatches,
     targets: GroundingTargets,
+    variants: _ColourVariants,
     plan: Plan,
     *,
     seed: int,
@@ -512,10 +625,11 @@ def ground_image_denoiser(
     checkpoints: Path,
     deadline: float,
 ) -> dict[str, torch.nn.Module]:
-    """The image pipeline's third stage: train ``text_encoder`` and ``unet`` (the denoiser stage's averaged
-    weights) on the denoising loss plus ``plan.grounding_weight`` times TokenCompose's token loss against
-    ``targets`` (one row per training sample). Returns the moving averages, with ``unet``'s attention processors
-    as they were."""
+    """The image pipeline's third stage, which makes it editable: train ``text_encoder`` and ``unet`` (the denoiser
+    stage's averaged weights) on pairs of training scenes and their colour ``variants``, on the denoising loss plus
+    ``plan.grounding_weight`` times TokenCompose's token loss against ``targets`` (one row per training scene; a
+    variant's words sit where its scene's do) plus ``plan.outline_weight`` times the outline-consistency loss
+    (``vae`` frozen). Returns the moving averages, with ``unet``'s attention processors as they were."""
     recorder = CrossAttentionRecorder()
     original = unet.attn_processors
     unet.set_attn_processor(
@@ -523,18 +637,24 @@ def ground_image_denoiser(
     )
     text_encoder.requires_grad_(True)
     unet.requires_grad_(True)
+    vae.eval().requires_grad_(False)
     loss = batches.loss_fn(
-        text_encoder, unet, plan.image_grounding.batch, device, grounding=(recorder, targets, plan.grounding_weight)
+        text_encoder,
+        unet,
+        plan.image_editing.batch,
+        device,
+        grounding=(recorder, targets, plan.grounding_weight),
+        outline=(variants, vae, plan.outline_weight),
     )
     kept = train_stage(
-        "image-grounding",
+        "image-editing",
         {"text_encoder": text_encoder, "unet": unet},
-        plan.image_grounding,
+        plan.image_editing,
         loss,
         seed=seed,
         checkpoints=checkpoints,
         deadline=deadline,
-        ema_decay=plan.grounding_ema,
+        ema_decay=plan.editing_ema,
     )
     for model in (unet, kept["unet"]):
         model.set_attn_processor(dict(original))
@@ -683,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     kinds = models.KINDS if args.which == "all" else (args.which,)
     planned = {
-        "image": plan.image_vae.minutes + plan.image_denoiser.minutes + plan.image_grounding.minutes,
+        "image": plan.image_vae.minutes + plan.image_denoiser.minutes + plan.image_editing.minutes,
         "video": plan.video_vae.minutes + plan.video_denoiser.minutes,
     }
     total = sum(planned[kind] for kind in kinds)
