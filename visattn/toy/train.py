@@ -576,7 +576,7 @@ class _ImageBatches:
             context = text_encoder(text.to(device))[0]
             prediction = unet(noisy, timesteps.to(device), context).sample
             target = self.schedule.get_velocity(clean, noise, timesteps).to(device)
-            weight = self.weights[index].to(device)  # a variant has its scene's layout, so its object cells
+            weight = self.weights[index].to(device)  # a variant has its scene's layout, so its object cells too
             per_sample = ((prediction - target).pow(2) * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
             value = (per_sample * self.v_weight[timesteps].to(device)).mean()
             if grounding is not None and not bool(drop.all()):
