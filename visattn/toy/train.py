@@ -462,6 +462,12 @@ def train_image(out: Path, plan: Plan, *, seed: int, device: torch.device, check
     return _save(models.assemble_pipeline("image", components), out)
 
 
+def _token_ids(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
+    """``[N, L]`` token ids of ``captions``, padded to the tokenizer's full length (as the pipeline pads)."""
+    length = tokenizer.model_max_length
+    return tokenizer(list(captions), padding="max_length", max_length=length, return_tensors="pt").input_ids
+
+
 @dataclass(frozen=True)
 class _ColourVariants:
     """Every training scene's colour variant (:func:`visattn.toy.consistency.recolour`; same layout, other
@@ -502,9 +508,7 @@ class _ColourVariants:
 
     def prepared(self, scaling: float, tokenizer: Any) -> _ColourVariants:
         """A copy with the latents scaled by the VAE's ``scaling`` factor and the captions tokenized."""
-        length = tokenizer.model_max_length
-        ids = tokenizer(self.captions, padding="max_length", max_length=length, return_tensors="pt").input_ids
-        return dataclasses.replace(self, latents=self.latents * scaling, ids=ids)
+        return dataclasses.replace(self, latents=self.latents * scaling, ids=_token_ids(tokenizer, self.captions))
 
 
 class _ImageBatches:
@@ -520,9 +524,8 @@ class _ImageBatches:
         self.latents = latents
         factor = images.shape[-1] // latents.shape[-1]
         self.weights = 1.0 + (DENOISER_FOREGROUND_WEIGHT - 1.0) * latent_foreground(images, factor).float()
-        length = tokenizer.model_max_length
-        self.ids = tokenizer(list(captions), padding="max_length", max_length=length, return_tensors="pt").input_ids
-        self.empty = tokenizer([""], padding="max_length", max_length=length, return_tensors="pt").input_ids
+        self.ids = _token_ids(tokenizer, captions)
+        self.empty = _token_ids(tokenizer, [""])
         self.schedule = models.image_training_scheduler()
         alphas = self.schedule.alphas_cumprod
         snr = alphas / (1 - alphas)
@@ -615,13 +618,12 @@ class _ImageBatches:
         decoded = vae.decode(estimate[pick] / vae.config.scaling_factor).sample.clamp(-1.0, 1.0)
         scene, variant = decoded.chunk(2)
         rows = scenes[single]
-        return outline_loss(
-            scene,
-            variant,
-            *(tensor[rows].to(prediction.device) for tensor in (variants.background, variants.color)),
-            variants.variant_color[rows].to(prediction.device),
-            variants.area[rows].to(prediction.device),
-        )
+
+        def of_pairs(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor[rows].to(prediction.device)
+
+        colours = (variants.background, variants.color, variants.variant_color)
+        return outline_loss(scene, variant, *map(of_pairs, colours), of_pairs(variants.area))
 
 
 def edit_image_denoiser(
