@@ -256,6 +256,11 @@ def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
         assert 0.0 <= swap["iou_without_p2p"] <= 1.0
         assert swap["iou_gain"] == pytest.approx(swap["iou"] - swap["iou_without_p2p"])
         assert all(0.0 <= sample["iou_without_p2p"] <= 1.0 for sample in swap["samples"])
+        # what the model draws for the target at all, the ceiling the edit's success is read against
+        assert swap["success_without_p2p"] == pytest.approx(
+            sum(sample["success_without_p2p"] for sample in swap["samples"]) / len(swap["samples"])
+        )
+        assert all(sample["success_without_p2p"] in (0.0, 1.0) for sample in swap["samples"])
     assert p2p["reweight"]["weights"] == [0.5, 1.0, 2.0, 4.0] and len(p2p["reweight"]["color_mass"]) == 4
     assert "reduction" in p2p["local_blend"]
     maps = p2p["word_maps"]
@@ -305,10 +310,16 @@ def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
     assert "IoU without P2P" in markdown and "without P2P)" in markdown  # the swap table and the bar's claim
     assert "| colour | 1 |" in markdown and "| shape | 1 |" in markdown  # the word-map table
     assert (out / "eval-quick.png").stat().st_size > 0
+    # the gallery: every study's first sample, one section per compared set, wider than one column of images
+    from PIL import Image
+
+    with Image.open(out / "eval-quick-gallery.png") as gallery:
+        assert gallery.width > 4 * 128 and gallery.height > 14 * 128
 
 
 def test_evaluation_is_deterministic(cli_run):
-    """The Python API on the same weights reproduces the command line's numbers exactly (timing aside)."""
+    """The Python API on the same weights reproduces the command line's numbers exactly (timing aside), and
+    keeping example images (the command line's gallery) changes none of them."""
     out, wan_folder = cli_run
     from visattn.generate import load_pipeline
 
@@ -325,6 +336,8 @@ def test_evaluation_is_deterministic(cli_run):
 
 def test_cli_rejects_bad_requests(capsys):
     assert main(["eval", "--seeds", "0"]) == 2
+    assert main(["eval", "--gallery", "-1"]) == 2
+    assert "--gallery -1" in capsys.readouterr().err
     assert main(["eval", "--studies", "sparse_image", "--image-model", "/no/such/folder", "--quiet"]) == 2
     assert "cannot load model" in capsys.readouterr().err
     # the default models are the shipped ones: a study whose weights are missing says how to train them

@@ -29,7 +29,8 @@ def add_parser(commands) -> None:
         "and local blend; PAG / SoftPAG vs scale and strength; neighborhood and radial attention vs dense (PSNR, "
         "time); duplicated objects at 2x resolution and motion continuity at 2x / 4x video length, with and "
         "without the extrapolation fixes. Uses the shipped toy models unless --image-model / --video-model are "
-        "given. Writes <name>.json, <name>.md and <name>.png and prints their paths.",
+        "given. Writes <name>.json, <name>.md, <name>.png (the headline numbers) and <name>-gallery.png (each "
+        "study's first samples, with their numbers) and prints their paths.",
     )
     parser.add_argument("--quick", action="store_true", help="the small CI subset (2 samples, 4 steps)")
     parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
@@ -44,6 +45,13 @@ def add_parser(commands) -> None:
         "--studies", nargs="+", choices=STUDIES, metavar="STUDY", help=f"only these: {', '.join(STUDIES)}"
     )
     parser.add_argument("--no-chart", action="store_true", help="do not write the PNG chart")
+    parser.add_argument(
+        "--gallery",
+        type=int,
+        default=4,
+        metavar="N",
+        help="samples per study shown in <name>-gallery.png (default 4; 0 writes no gallery)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..generate import UsageError, load_pipeline, resolve_device
     from ..toy.eval import EvalConfig, evaluate, write_report
     from ..toy.eval.config import VIDEO_STUDIES
+    from ..toy.eval.gallery import Gallery
 
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     overrides = {}
@@ -63,12 +72,22 @@ def run(args: argparse.Namespace) -> int:
     selected = studies or ()
     wants_image = studies is None or any(s not in VIDEO_STUDIES for s in selected)
     wants_video = studies is None or any(s in VIDEO_STUDIES for s in selected)
+    if args.gallery < 0:
+        raise UsageError(f"--gallery {args.gallery}: must be an integer >= 0 (0 writes no gallery)")
+    gallery = Gallery(samples=args.gallery) if args.gallery else None
     try:
         config = EvalConfig.quick(**overrides) if args.quick else EvalConfig(**overrides)
         image = load_pipeline(args.image_model, device, dtype) if args.image_model and wants_image else None
         video = load_pipeline(args.video_model, device, dtype) if args.video_model and wants_video else None
         results = evaluate(
-            image, video, config=config, studies=studies, device=device, dtype=dtype, progress=not args.quiet
+            image,
+            video,
+            config=config,
+            studies=studies,
+            device=device,
+            dtype=dtype,
+            progress=not args.quiet,
+            gallery=gallery,
         )
     except (ValueError, FileNotFoundError) as exc:
         if isinstance(exc, UsageError):
@@ -77,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     results["quick"] = bool(args.quick)
     command = "visattn eval " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else [])
     name = args.name or ("eval-quick" if args.quick else "eval")
-    paths = write_report(results, args.out, name=name, command=command.strip(), chart=not args.no_chart)
+    paths = write_report(
+        results, args.out, name=name, command=command.strip(), chart=not args.no_chart, gallery=gallery
+    )
     for path in paths.values():
         print(path)
     return 0

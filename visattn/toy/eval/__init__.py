@@ -19,9 +19,10 @@ Every metric is a plain function in :mod:`.metrics`. Prompts come from a held-ou
 (:mod:`.prompts`); sample ``i`` uses noise seed ``seed + i`` on a CPU generator, so a run is deterministic
 (bit-identical on CPU; on GPU up to the kernels' own nondeterminism) and independent of batching and device.
 
->>> from visattn.toy.eval import evaluate, write_report
->>> results = evaluate(quick=True)            # the shipped toy models
->>> write_report(results, "eval-results")     # eval.json, eval.md, eval.png
+>>> from visattn.toy.eval import Gallery, evaluate, write_report
+>>> gallery = Gallery(samples=4)              # keep each study's first 4 samples as pictures
+>>> results = evaluate(quick=True, gallery=gallery)   # the shipped toy models
+>>> write_report(results, "eval-results", gallery=gallery)   # eval.json, eval.md, eval.png, eval-gallery.png
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _EXPORTS = {
     "STUDIES": ".config",
     "HELD_OUT_SEED": ".prompts",
     "evaluate": ".suite",
+    "Gallery": ".gallery",
     "markdown": ".report",
     "write_report": ".report",
 }

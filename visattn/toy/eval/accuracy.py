@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..analyze import prompt_accuracy
+from .gallery import short_caption
 from .metrics import mean
 from .prompts import multi_object_scenes, single_object_scenes
 from .runner import EvalContext
@@ -58,6 +59,13 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             captions, seeds = [s.caption for s in scenes], ctx.seeds(len(scenes))
             images = image.generate(captions, seeds, done=bar.update)
             graded = [grade(img, caption) for img, caption in zip(images, captions)]
+            ctx.show(
+                f"Prompt accuracy: {name}-object captions",
+                "generated",
+                images,
+                rows=[short_caption(c) for c in captions],
+                notes=[f"accuracy {g['accuracy']:.2f}" for g in graded],
+            )
             result[name] = {
                 **summarize(graded),
                 "samples": [{"caption": c, "seed": s, **g} for c, s, g in zip(captions, seeds, graded)],

@@ -20,6 +20,7 @@ from typing import Any
 
 from ...processors import EntropyScaling, ExtrapolationDecay
 from ..analyze import find_objects, motion_continuity, track
+from .gallery import short_caption
 from .metrics import has_duplicate, mean
 from .prompts import clip_prompts, multi_object_scenes, single_object_scenes
 from .runner import EvalContext
@@ -55,6 +56,14 @@ def run_image(ctx: EvalContext) -> dict[str, Any]:
         for scale, method, size, effects in conditions:
             images = image.generate(captions, seeds, size=size, effects=effects, done=bar.update)
             duplicates = [float(has_duplicate(img, caption)) for img, caption in zip(images, captions)]
+            for group, part in (("one-object", slice(0, n)), ("multi-object", slice(n, None))):
+                ctx.show(
+                    f"Extrapolation to {config.resolution_factor}x resolution: {group} captions",
+                    f"{scale} ({size} px), {method}",
+                    images[part],
+                    rows=[short_caption(c) for c in captions[part]],
+                    notes=["duplicated" if d else None for d in duplicates[part]],
+                )
             rows.append(
                 {
                     "scale": scale,
@@ -84,13 +93,21 @@ def run_video(ctx: EvalContext) -> dict[str, Any]:
             frames = video.frames_for(factor)
             outputs = video.generate(captions, seeds, frames=frames, effects=effects, done=bar.update)
             paths = [track(list(clip), c.color) for clip, c in zip(outputs, clips)]
+            continuity = [motion_continuity(p, c.direction, video.size) for p, c in zip(paths, clips)]
+            ctx.show(
+                "Extrapolation to longer videos (4 frames of each clip, first to last)",
+                f"{factor}x ({frames} frames), {method}",
+                outputs,
+                rows=[short_caption(c) for c in captions],
+                notes=[f"continuity {v:.2f}" for v in continuity],
+            )
             rows.append(
                 {
                     "length": f"{factor}x",
                     "frames": frames,
                     "method": method,
                     "settings": repr(effects[0]) if effects else None,
-                    "continuity": mean([motion_continuity(p, c.direction, video.size) for p, c in zip(paths, clips)]),
+                    "continuity": mean(continuity),
                     "presence": mean([sum(x is not None for x in p) / len(p) for p in paths]),
                     "n": len(outputs),
                 }

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...processors import PerturbedAttentionGuidance
 from .accuracy import grade
+from .gallery import short_caption
 from .metrics import mean, sharpness
 from .prompts import single_object_scenes
 from .runner import EvalContext
@@ -46,6 +47,13 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             values = [(sharpness(img), grade(img, caption)["accuracy"]) for img, caption in zip(images, captions)]
             if scale == 0:
                 baseline = values
+            ctx.show(
+                "Perturbation guidance: scale and strength",
+                "no guidance" if scale == 0 else f"{method_name(scale, strength)} s{scale:g}, strength {strength:g}",
+                images,
+                rows=[short_caption(c) for c in captions],
+                notes=[f"sharp {v[0]:.3f}, acc {v[1]:.2f}" for v in values],
+            )
             rows.append(
                 {
                     "method": method_name(scale, 1.0 if strength is None else strength),

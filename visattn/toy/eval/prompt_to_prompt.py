@@ -5,8 +5,10 @@
   the edit has the target's colour (shape). *Structure preservation*: the IoU of the source's and the edit's
   foreground masks (pixels far from the analyzer's background estimate). ``source_correct`` checks the source
   image already had the source's attribute (an edit of a failed source says little). *Without P2P*: the same
-  IoU for a plain generation of the target prompt from the same noise, the baseline P2P has to beat. The same
-  seed alone often keeps much of the layout; the gap (``iou_gain``) is what the attention injection adds.
+  IoU, and the same success, for a plain generation of the target prompt from the same noise. The IoU is the
+  baseline P2P has to beat: the same seed alone often keeps much of the layout, and the gap (``iou_gain``) is what
+  the attention injection adds. The success is what the model can draw at all: an edit succeeds less often than
+  a plain generation when the injected maps hold on to the source's outline.
 * **Re-weighting** (:meth:`~visattn.processors.PromptToPrompt.reweight`): the colour word of a one-object caption
   gets weight 0.5, 1, 2, 4 (weight 1 is the unedited source). The object's *colour mass*
   (:func:`~visattn.toy.eval.metrics.color_mass`: area weighted by closeness to the pure colour, so it rises with
@@ -31,6 +33,7 @@ import numpy as np
 from ...processors import AttentionMaps, LocalBlend, PromptToPrompt
 from ..analyze import find_objects
 from ..data import COLORS
+from .gallery import short_caption
 from .metrics import (
     cells_touched,
     color_mass,
@@ -75,12 +78,13 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     with ctx.bar(total, "prompt-to-prompt") as bar:
         word_swap = {}
         for attribute, pairs in swaps.items():
-            samples = []
+            samples, shown = [], []
             # what regenerating the target from the same noise keeps of the source, with no attention injected
             plain_targets = image.generate([swap.target for swap in pairs], seeds, done=bar.update)
             for swap, seed, plain_target in zip(pairs, seeds, plain_targets):
                 source, edit = image.edit(PromptToPrompt.replace(swap.source, swap.target, **steps), seed)
                 bar.update()
+                shown.append((source, edit))
                 if attribute == "color":
                     plain_swaps.append((source, edit))
                 samples.append(
@@ -89,15 +93,18 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                         "target": swap.target,
                         "seed": seed,
                         "success": float(largest_attribute(edit, attribute) == swap.after),
+                        "success_without_p2p": float(largest_attribute(plain_target, attribute) == swap.after),
                         "source_correct": float(largest_attribute(source, attribute) == swap.before),
                         "iou": foreground_iou(source, edit),
                         "iou_without_p2p": foreground_iou(source, plain_target),
                     }
                 )
+            _show_swaps(ctx, attribute, pairs, shown, plain_targets, samples)
             iou_with = mean([s["iou"] for s in samples])
             iou_without = mean([s["iou_without_p2p"] for s in samples])
             word_swap[attribute] = {
                 "success": mean([s["success"] for s in samples]),
+                "success_without_p2p": mean([s["success_without_p2p"] for s in samples]),
                 "iou": iou_with,
                 "iou_without_p2p": iou_without,
                 "iou_gain": iou_with - iou_without,
@@ -107,7 +114,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             }
         result["word_swap"] = word_swap
 
-        blend_samples = []
+        blend_samples, blended = [], []
         for swap, seed, (plain_source, plain_edit) in zip(swaps["color"], seeds, plain_swaps):
             blend = LocalBlend((swap.before, swap.after))
             source, edit = image.edit(
@@ -115,6 +122,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             )
             bar.update()
             region = upsample_mask(blend.mask[0, 0].cpu().numpy(), edit.shape[:2])
+            blended.append((edit, region))
             blend_samples.append(
                 {
                     "source": swap.source,
@@ -125,6 +133,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                     "outside_change_plain": outside_change(plain_source, plain_edit, region),
                 }
             )
+        _show_blends(ctx, swaps["color"], plain_swaps, blended, blend_samples)
         with_blend = mean([s["outside_change_blend"] for s in blend_samples])
         without = mean([s["outside_change_plain"] for s in blend_samples])
         result["local_blend"] = {
@@ -137,17 +146,22 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             "samples": blend_samples,
         }
 
-        weight_samples = []
+        weight_samples, weighted = [], []
         for scene, seed in zip(scenes, seeds):
             color = _color_word(scene.caption)
             masses: dict[float, float] = {}
+            edits: dict[float, np.ndarray] = {}
             source_mass = 0.0
             for weight in reweighted:
-                source, edit = image.edit(PromptToPrompt.reweight(scene.caption, {color: weight}, **steps), seed)
+                source, edits[weight] = image.edit(
+                    PromptToPrompt.reweight(scene.caption, {color: weight}, **steps), seed
+                )
                 bar.update()
-                masses[weight] = color_mass(edit, color)
+                masses[weight] = color_mass(edits[weight], color)
                 source_mass = color_mass(source, color)  # the same source in every call (same seed)
+                edits[1.0] = source
             values = [source_mass if w == 1.0 else masses[w] for w in config.reweight_scales]
+            weighted.append([edits[w] for w in config.reweight_scales])
             weight_samples.append(
                 {
                     "caption": scene.caption,
@@ -156,6 +170,14 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                     "color_mass": values,
                     "monotonicity": monotonicity(values),
                 }
+            )
+        for column, weight in enumerate(config.reweight_scales):
+            ctx.show(
+                "Prompt-to-Prompt: re-weighting the colour word",
+                f"weight {weight:g}" + (" (source)" if weight == 1.0 else ""),
+                [images[column] for images in weighted],
+                rows=[f"{short_caption(s['caption'])}: '{s['word']}'" for s in weight_samples],
+                notes=[f"colour mass {s['color_mass'][column]:.3f}" for s in weight_samples],
             )
         result["reweight"] = {
             "weights": list(config.reweight_scales),
@@ -167,12 +189,13 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             "n": len(weight_samples),
             "samples": weight_samples,
         }
-        result["word_maps"] = _word_maps(image, scenes, seeds, bar.update)
+        result["word_maps"] = _word_maps(ctx, scenes, seeds, bar.update)
     return result
 
 
-def _word_maps(image: Any, scenes: list, seeds: list[int], done: Any) -> dict[str, Any]:
-    samples = []
+def _word_maps(ctx: EvalContext, scenes: list, seeds: list[int], done: Any) -> dict[str, Any]:
+    image = ctx.need_image(NAME)
+    samples, shown = [], []
     for scene, seed in zip(scenes, seeds):
         spec = scene.objects[0]
         # raw probabilities: renormalising each pixel over the meaningful words would inflate the background
@@ -180,6 +203,9 @@ def _word_maps(image: Any, scenes: list, seeds: list[int], done: Any) -> dict[st
         (generated,) = image.generate([scene.caption], [seed], effects=[maps])
         done(1)
         words = maps.maps()
+        if ctx.gallery is not None and len(shown) < ctx.gallery.samples:
+            overlays = maps.overlay(generated)
+            shown.append([generated, overlays[spec.color], overlays[spec.shape]])
         grid = tuple(words[spec.color].shape[-2:])
         region = cells_touched(foreground_mask(generated), grid)
         samples.append(
@@ -191,6 +217,15 @@ def _word_maps(image: Any, scenes: list, seeds: list[int], done: Any) -> dict[st
                 "object_area": float(region.mean()),
             }
         )
+    for column, title in enumerate(("generated", "colour word's map", "shape word's map")):
+        key = (None, "color_on_object", "shape_on_object")[column]
+        ctx.show(
+            "Prompt-to-Prompt: where the words attend (AttentionMaps, raw probabilities)",
+            title,
+            [images[column] for images in shown],
+            rows=[short_caption(s["caption"]) for s in samples],
+            notes=[None if key is None or s[key] is None else f"on the object {s[key]:.2f}" for s in samples],
+        )
     return {
         "color_on_object": mean([s["color_on_object"] for s in samples]),
         "shape_on_object": mean([s["shape_on_object"] for s in samples]),
@@ -200,9 +235,65 @@ def _word_maps(image: Any, scenes: list, seeds: list[int], done: Any) -> dict[st
     }
 
 
+def _show_swaps(
+    ctx: EvalContext,
+    attribute: str,
+    pairs: list,
+    shown: list[tuple[np.ndarray, np.ndarray]],
+    plain_targets: list[np.ndarray],
+    samples: list[dict[str, Any]],
+) -> None:
+    section = f"Prompt-to-Prompt: {'colour' if attribute == 'color' else attribute} word swap"
+    rows = [f"{short_caption(swap.source)}: {swap.before} -> {swap.after}" for swap in pairs]
+    mark = {1.0: "right", 0.0: "wrong"}
+    columns = (
+        ("source", [source for source, _ in shown], [f"source {mark[s['source_correct']]}" for s in samples]),
+        ("P2P edit", [edit for _, edit in shown], [f"IoU {s['iou']:.2f}, {mark[s['success']]}" for s in samples]),
+        (
+            "target, no P2P",
+            plain_targets,
+            [f"IoU {s['iou_without_p2p']:.2f}, {mark[s['success_without_p2p']]}" for s in samples],
+        ),
+    )
+    for title, images, notes in columns:
+        ctx.show(section, title, images, rows=rows, notes=notes)
+
+
+def _change(value: float | None) -> str:
+    return "region is everything" if value is None else f"outside {value:.3f}"
+
+
+def _show_blends(
+    ctx: EvalContext,
+    pairs: list,
+    plain_swaps: list[tuple[np.ndarray, np.ndarray]],
+    blended: list[tuple[np.ndarray, np.ndarray]],
+    samples: list[dict[str, Any]],
+) -> None:
+    section = "Prompt-to-Prompt: local blend (change outside the region, 0-1)"
+    rows = [f"{short_caption(swap.source)}: {swap.before} -> {swap.after}" for swap in pairs]
+    regions = [(np.repeat(region[..., None], 3, axis=-1) * 255).astype(np.uint8) for _, region in blended]
+    columns = (
+        ("source", [source for source, _ in plain_swaps], None),
+        ("edit, no blend", [edit for _, edit in plain_swaps], [_change(s["outside_change_plain"]) for s in samples]),
+        ("edit with blend", [edit for edit, _ in blended], [_change(s["outside_change_blend"]) for s in samples]),
+        ("blend region (white)", regions, [f"{s['region_fraction']:.0%} of the image" for s in samples]),
+    )
+    for title, images, notes in columns:
+        ctx.show(section, title, images, rows=rows, notes=notes)
+
+
 def markdown(result: dict[str, Any]) -> str:
     swap_rows = [
-        [f"{attribute} swap", r["n"], r["success"], r["iou"], r["iou_without_p2p"], r["source_correct"]]
+        [
+            f"{attribute} swap",
+            r["n"],
+            r["success"],
+            r["success_without_p2p"],
+            r["iou"],
+            r["iou_without_p2p"],
+            r["source_correct"],
+        ]
         for attribute, r in result["word_swap"].items()
     ]
     blend = result["local_blend"]
@@ -210,9 +301,12 @@ def markdown(result: dict[str, Any]) -> str:
     weight_cells = ", ".join(f"{w:g}: {m:.4f}" for w, m in zip(weights["weights"], weights["color_mass"]))
     return (
         "Word swap: success = the edit's largest object has the target's attribute; IoU = foreground IoU "
-        "between source and edit; without P2P = the same IoU for a plain generation of the target prompt from the "
-        "same noise (what the seed alone keeps).\n\n"
-        + table(["edit", "n", "success", "foreground IoU", "IoU without P2P", "source correct"], swap_rows)
+        "between source and edit; without P2P = the same success and IoU for a plain generation of the target prompt "
+        "from the same noise (what the model draws at all, and what the seed alone keeps).\n\n"
+        + table(
+            ["edit", "n", "success", "success without P2P", "foreground IoU", "IoU without P2P", "source correct"],
+            swap_rows,
+        )
         + "\nRe-weighting the colour word: colour mass per weight ("
         + weight_cells
         + ").\n\n"
@@ -261,6 +355,7 @@ def headline(result: dict[str, Any]) -> dict[str, float | None]:
         "colour swap IoU": swap["color"]["iou"],
         "colour swap IoU without P2P": swap["color"]["iou_without_p2p"],
         "shape swap success": swap["shape"]["success"],
+        "shape swap success without P2P": swap["shape"]["success_without_p2p"],
         "shape swap IoU": swap["shape"]["iou"],
         "re-weight monotonicity": result["reweight"]["monotonicity"],
         "colour word's map on the object": result["word_maps"]["color_on_object"],

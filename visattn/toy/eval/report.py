@@ -1,5 +1,5 @@
-"""The evaluation's files: ``<name>.json`` (everything), ``<name>.md`` (the paper table) and ``<name>.png`` (the
-headline numbers as bars)."""
+"""The evaluation's files: ``<name>.json`` (everything), ``<name>.md`` (the paper table), ``<name>.png`` (the
+headline numbers as bars) and ``<name>-gallery.png`` (the studies' first samples, see :mod:`.gallery`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from ...bench.report import environment
 from ...charts import grouped_bar_chart
+from .gallery import Gallery
 from .quality import quality_checks
 from .suite import TITLES, headline, markdown_section
 from .tables import table
@@ -67,9 +68,16 @@ def markdown(results: dict[str, Any], env: dict[str, Any], command: str = "") ->
 
 
 def write_report(
-    results: dict[str, Any], out_dir: str | Path, *, name: str = "eval", command: str = "", chart: bool = True
+    results: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    name: str = "eval",
+    command: str = "",
+    chart: bool = True,
+    gallery: Gallery | None = None,
 ) -> dict[str, Path]:
-    """Write ``<name>.json``, ``<name>.md`` and (with ``chart``) ``<name>.png`` to ``out_dir``; return the paths."""
+    """Write ``<name>.json``, ``<name>.md``, (with ``chart``) ``<name>.png`` and (with a ``gallery`` that the
+    evaluation filled) ``<name>-gallery.png`` to ``out_dir``; return the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
@@ -92,4 +100,10 @@ def write_report(
             )
             paths["chart"] = out / f"{name}.png"
             image.save(paths["chart"])
+    picture = (
+        gallery.render(f"visattn on the toy world: first samples of each study ({_device(env)})") if gallery else None
+    )
+    if picture is not None:
+        paths["gallery"] = out / f"{name}-gallery.png"
+        picture.save(paths["gallery"])
     return paths

@@ -21,6 +21,7 @@ import torch
 import visattn
 
 from ...frames import frame_rounding_quieted, num_frames_argument
+from .gallery import Gallery
 from .metrics import to_uint8
 
 
@@ -313,12 +314,27 @@ def _median_seconds(run: Callable[[], Any], pipe: Any, repeats: int) -> float:
 
 @dataclass
 class EvalContext:
-    """What every study gets: the settings, the models (``None`` when the run has none) and progress bars."""
+    """What every study gets: the settings, the models (``None`` when the run has none), progress bars and the
+    gallery its example images go to (``None``: nobody looks, so nothing is kept)."""
 
     config: Any  # EvalConfig
     image: ImageModel | None = None
     video: VideoModel | None = None
     progress: bool = True
+    gallery: Gallery | None = None
+
+    def show(
+        self,
+        section: str,
+        column: str,
+        images: Sequence[np.ndarray],
+        *,
+        rows: Sequence[str],
+        notes: Sequence[str | None] | None = None,
+    ) -> None:
+        """Add example images to the gallery (:meth:`Gallery.add`); a no-op without one."""
+        if self.gallery is not None:
+            self.gallery.add(section, column, images, rows=rows, notes=notes)
 
     def bar(self, total: int, description: str) -> Any:
         """A tqdm bar on stderr (disabled when ``progress`` is off); studies update it per sample."""

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...processors import NeighborhoodAttention, RadialAttention
+from .gallery import short_caption
 from .metrics import psnr
 from .prompts import clip_prompts, single_object_scenes
 from .runner import EvalContext
@@ -51,6 +52,11 @@ def _fidelity(reference: list[np.ndarray], test: list[np.ndarray]) -> dict[str, 
     }
 
 
+def _sample_psnr(reference: np.ndarray, test: np.ndarray) -> str:
+    value = psnr(reference, test)
+    return "identical" if math.isinf(value) else f"{value:.1f} dB"
+
+
 def _study(model: Any, prompts: list[str], seeds: list[int], methods: dict[str, tuple], description: str, ctx):
     repeats = ctx.config.timing_repeats
     rows, dense = [], None
@@ -62,6 +68,16 @@ def _study(model: Any, prompts: list[str], seeds: list[int], methods: dict[str, 
             bar.update(1 + repeats)
             if dense is None:
                 dense, dense_seconds = outputs, seconds
+            ctx.show(
+                f"{description.capitalize()}: the same noise, dense and sparse",
+                name,
+                outputs,
+                rows=[short_caption(p) for p in prompts],
+                notes=[
+                    None if output is reference else f"PSNR {_sample_psnr(reference, output)}"
+                    for reference, output in zip(dense, outputs)
+                ],
+            )
             rows.append(
                 {
                     "method": name,

@@ -10,6 +10,7 @@ import torch
 
 from . import accuracy, extrapolation, guidance, prompt_to_prompt, sparse
 from .config import STUDIES, VIDEO_STUDIES, EvalConfig
+from .gallery import Gallery
 from .runner import EvalContext, ImageModel, VideoModel
 
 #: study name -> (run, markdown section, headline numbers for the chart)
@@ -70,6 +71,7 @@ def evaluate(
     device: str | torch.device | None = "auto",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    gallery: Gallery | None = None,
 ) -> dict[str, Any]:
     """Measure every visattn effect on the toy world and return the results (see :mod:`visattn.toy.eval`).
 
@@ -85,6 +87,8 @@ def evaluate(
         device, dtype: where the default pipelines are loaded (``"auto"``: CUDA when available). Pipelines passed
             in are used where they are.
         progress: show progress bars (stderr).
+        gallery: where the studies put example images of their first samples (see
+            :mod:`~visattn.toy.eval.gallery`); ``None`` keeps none.
 
     Returns:
         ``{"config", "models", "studies": {name: result}, "seconds": {name: wall time}}``; every number is a
@@ -129,7 +133,7 @@ def evaluate(
             text_tokens=config.video_text_tokens,
             batch_size=config.batch_size,
         )
-    ctx = EvalContext(config, image, video, progress)
+    ctx = EvalContext(config, image, video, progress, gallery)
     pipes = [p for p in (image_pipe if needs_image else None, video_pipe if needs_video else None) if p is not None]
     # The studies show their own bars; the pipelines' per-step bars would drown them. Restore the caller's setting.
     saved = [dict(getattr(p, "_progress_bar_config", None) or {}) for p in pipes]
