@@ -24,23 +24,13 @@ from pathlib import Path
 from PIL import Image
 
 import visattn
+from visattn.charts import image_grid
 from visattn.defaults import load_default_pipeline
 from visattn.processors import AttentionMaps, LocalBlend, PromptToPrompt
 
 SOURCE = "a small red circle at the top left on a blue background"
 TARGET = "a small green circle at the top left on a blue background"
-VIEW_SIZE = 256  # the toy images are tiny; saved views are enlarged (nearest neighbour) to this height
-
-
-def side_by_side(images: list[Image.Image], height: int = VIEW_SIZE) -> Image.Image:
-    """The images in one row, each scaled to ``height`` pixels with nearest-neighbour (pixels stay visible)."""
-    scaled = [image.resize((image.width * height // image.height, height), Image.NEAREST) for image in images]
-    row = Image.new("RGB", (sum(image.width for image in scaled), height))
-    x = 0
-    for image in scaled:
-        row.paste(image, (x, 0))
-        x += image.width
-    return row
+VIEW_SIZE = 256  # the toy images are tiny; saved views are enlarged (nearest neighbour) to this height, labelled
 
 
 def main(out_dir: str | Path = "outputs/toy_edit", steps: int = 10, seed: int = 0) -> list[Path]:
@@ -66,7 +56,9 @@ def main(out_dir: str | Path = "outputs/toy_edit", steps: int = 10, seed: int = 
     with visattn.attach(pipe, p2p, maps):
         # p2p.generator(seed) gives the source and the target row the same noise, which the edit relies on.
         source, edit = pipe(prompt=p2p.prompts, generator=p2p.generator(seed), num_inference_steps=steps).images
-    save(side_by_side([source, edit]), "replace.png")
+    save(
+        image_grid([[source, edit]], column_titles=["source", "edit: 'red' -> 'green'"], cell=VIEW_SIZE), "replace.png"
+    )
     # blend.mask: the latent cells allowed to change; everywhere else the edit's latents are the source's.
     region = float(blend.mask.float().mean())
     print(f"local blend: the 'circle' region covers {region:.0%} of the latent grid; the rest is kept from the source")
@@ -74,7 +66,9 @@ def main(out_dir: str | Path = "outputs/toy_edit", steps: int = 10, seed: int = 
     # 2. Heatmaps: each word's map drawn over the image it belongs to.
     for index, (role, image) in enumerate((("source", source), ("edit", edit))):
         overlays = maps.overlay(image, prompt=index)
-        save(side_by_side(list(overlays.values())), f"heatmaps_{role}.png")
+        save(
+            image_grid([list(overlays.values())], column_titles=list(overlays), cell=VIEW_SIZE), f"heatmaps_{role}.png"
+        )
         print(f"  {role} heatmaps, left to right: {', '.join(overlays)}")
 
     # 3. Re-weighting: the same prompt twice; the edit's attention to "circle" is tripled.
@@ -83,7 +77,10 @@ def main(out_dir: str | Path = "outputs/toy_edit", steps: int = 10, seed: int = 
         plain, stronger = pipe(
             prompt=reweight.prompts, generator=reweight.generator(seed), num_inference_steps=steps
         ).images
-    save(side_by_side([plain, stronger]), "reweight.png")
+    save(
+        image_grid([[plain, stronger]], column_titles=["source", "'circle' weighted x3"], cell=VIEW_SIZE),
+        "reweight.png",
+    )
     return written
 
 

@@ -26,23 +26,13 @@ import torch
 from PIL import Image
 
 import visattn
+from visattn.charts import image_grid
 from visattn.defaults import DEFAULT_MODEL, load_default_pipeline
 from visattn.guidance import HeadSet, layer_heads
 from visattn.processors import PerturbedAttentionGuidance, SmoothedEnergyGuidance
 
 PROMPT = "a large yellow star in the center on a gray background"
 VIEW_SIZE = 256  # the toy images are tiny; saved views are enlarged (nearest neighbour) to this height
-
-
-def side_by_side(images: list[Image.Image], height: int = VIEW_SIZE) -> Image.Image:
-    """The images in one row, each scaled to ``height`` pixels with nearest-neighbour (pixels stay visible)."""
-    scaled = [image.resize((image.width * height // image.height, height), Image.NEAREST) for image in images]
-    row = Image.new("RGB", (sum(image.width for image in scaled), height))
-    x = 0
-    for image in scaled:
-        row.paste(image, (x, 0))
-        x += image.width
-    return row
 
 
 def main(out_dir: str | Path = "outputs/toy_guidance", steps: int = 10, seed: int = 0) -> list[Path]:
@@ -78,7 +68,7 @@ def main(out_dir: str | Path = "outputs/toy_guidance", steps: int = 10, seed: in
         print(f"{name:32s} mean pixel change from unguided: {change:.4f}")
 
     path = out_dir / "guidance.png"
-    side_by_side(images).save(path)
+    image_grid([images], column_titles=["unguided", *variants], title=PROMPT, cell=VIEW_SIZE).save(path)
     print(f"wrote {path} (left to right: unguided, {', '.join(variants)})")
     return [heads_path, path]
 

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 import visattn
+from visattn.charts import image_grid
 from visattn.defaults import TOY_VIDEO_MODEL, load_embedded_pipeline
 from visattn.frames import frame_rounding_quieted, num_frames_argument
 from visattn.kernels import NeighborhoodPattern, RadialPattern, density
@@ -110,10 +111,14 @@ def main(out_dir: str | Path = "outputs/toy_sparse", steps: int = 20, seed: int 
             + ("" if name == "dense" else f"; mean change from the dense video {change:.2e}")
         )
 
-    # One sheet: a row per variant, every 2nd frame.
-    rows = [np.concatenate(list(video[::2]), axis=1) for video in videos.values()]
-    sheet = to_pil(np.concatenate(rows, axis=0)[None])[0]
-    sheet = sheet.resize((sheet.width * VIEW_SIZE // VIDEO_SIZE, sheet.height * VIEW_SIZE // VIDEO_SIZE), Image.NEAREST)
+    # One sheet: a labelled row per variant, every 2nd frame.
+    sheet = image_grid(
+        [to_pil(video[::2]) for video in videos.values()],
+        row_labels=list(videos),
+        title=f"{PROMPT} (every 2nd frame)",
+        cell=VIEW_SIZE,
+        pad=2,
+    )
     path = out_dir / "sheet.png"
     sheet.save(path)
     written.append(path)
