@@ -16,10 +16,12 @@ from visattn.testing import tiny_pipeline
 from visattn.toy.data import BACKGROUNDS, COLORS, Scene, ShapeSpec, render_scene
 from visattn.toy.eval import STUDIES, EvalConfig, evaluate
 from visattn.toy.eval.metrics import (
+    background_change,
     cells_touched,
     color_mass,
     foreground_iou,
     foreground_mask,
+    grow,
     has_duplicate,
     iou,
     map_share,
@@ -136,6 +138,23 @@ def test_outside_change_and_mask_upsampling():
     assert outside_change(source, edit, region) == pytest.approx(0.2 / 12)
     assert outside_change(source, edit, np.ones((4, 4), bool)) is None
     assert to_uint8(np.array([[-0.5, 0.5, 2.0]])).tolist() == [[0, 128, 255]]
+
+
+def test_background_change_ignores_the_objects_and_their_edges():
+    mask = np.zeros((7, 7), bool)
+    mask[3, 3] = True
+    assert grow(mask, 1).sum() == 9 and grow(mask, 2)[1:6, 1:6].all() and grow(mask, 0).sum() == 1
+    source = canvas(size=16)
+    source[6:9, 6:9] = (200, 30, 30)  # a red object
+    edit = source.copy()
+    edit[6:9, 6:9] = (30, 200, 30)  # recoloured: the object changes, the background does not
+    edit[5, 6] = (60, 60, 60)  # a soft edge next to it, inside the 2-pixel margin
+    assert background_change(source, edit) == 0.0
+    edit[0, 0] = (50, 50, 50)  # a mottled background pixel far away, still background to the analyzer
+    background = 16 * 16 - 7 * 7  # outside the object grown by 2 pixels
+    assert background_change(source, edit) == pytest.approx(30 / 255 / background)
+    with pytest.raises(ValueError, match="pixels=-1"):
+        grow(mask, -1)
 
 
 def test_cells_touched_and_map_share():
@@ -261,6 +280,8 @@ def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
             sum(sample["success_without_p2p"] for sample in swap["samples"]) / len(swap["samples"])
         )
         assert all(sample["success_without_p2p"] in (0.0, 1.0) for sample in swap["samples"])
+        for key in ("background_change", "background_change_without_p2p"):
+            assert swap[key] is None or 0.0 <= swap[key] <= 1.0
     assert p2p["reweight"]["weights"] == [0.5, 1.0, 2.0, 4.0] and len(p2p["reweight"]["color_mass"]) == 4
     assert "reduction" in p2p["local_blend"]
     maps = p2p["word_maps"]

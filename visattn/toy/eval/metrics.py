@@ -61,6 +61,30 @@ def foreground_iou(source: np.ndarray, edit: np.ndarray) -> float:
     return iou(foreground_mask(source), foreground_mask(edit))
 
 
+def grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` (boolean ``[H, W]``) dilated by ``pixels`` in every direction (a square neighbourhood)."""
+    mask = np.asarray(mask, dtype=bool)
+    if pixels < 0:
+        raise ValueError(f"pixels={pixels!r} must be >= 0")
+    if pixels == 0 or not mask.any():
+        return mask.copy()
+    height, width = mask.shape
+    padded = np.pad(mask, pixels)
+    grown = np.zeros_like(mask)
+    for dy in range(2 * pixels + 1):
+        for dx in range(2 * pixels + 1):
+            grown |= padded[dy : dy + height, dx : dx + width]
+    return grown
+
+
+def background_change(source: np.ndarray, edit: np.ndarray, margin: int = 2) -> float | None:
+    """Mean absolute pixel difference (``[0, 1]`` units) between source and edit on the background they share:
+    outside both images' :func:`foreground_mask`, grown by ``margin`` pixels so that the objects' soft edges do not
+    count. An edit of one object should leave this near 0; ``None`` when no background pixel is left."""
+    objects = grow(foreground_mask(source) | foreground_mask(edit), margin)
+    return outside_change(source, edit, objects)
+
+
 def color_mass(image: np.ndarray, color: str) -> float:
     """How much of the image shows ``color``: the mean over pixels of ``max(0, 1 - d / COLOR_DISTANCE)``, where
     ``d`` is the pixel's RGB distance to the toy colour.

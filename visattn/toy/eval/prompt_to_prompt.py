@@ -8,7 +8,10 @@
   IoU, and the same success, for a plain generation of the target prompt from the same noise. The IoU is the
   baseline P2P has to beat: the same seed alone often keeps much of the layout, and the gap (``iou_gain``) is what
   the attention injection adds. The success is what the model can draw at all: an edit succeeds less often than
-  a plain generation when the injected maps hold on to the source's outline.
+  a plain generation when the injected maps hold on to the source's outline. *Background change*: the mean
+  absolute pixel difference (0-1) between source and edit away from both images' objects
+  (:func:`~visattn.toy.eval.metrics.background_change`); a word swap should leave it near 0, and mottling shows
+  as a rise.
 * **Re-weighting** (:meth:`~visattn.processors.PromptToPrompt.reweight`): the colour word of a one-object caption
   gets weight 0.5, 1, 2, 4 (weight 1 is the unedited source). The object's *colour mass*
   (:func:`~visattn.toy.eval.metrics.color_mass`: area weighted by closeness to the pure colour, so it rises with
@@ -35,6 +38,7 @@ from ..analyze import find_objects
 from ..data import COLORS
 from .gallery import short_caption
 from .metrics import (
+    background_change,
     cells_touched,
     color_mass,
     foreground_iou,
@@ -97,6 +101,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                         "source_correct": float(largest_attribute(source, attribute) == swap.before),
                         "iou": foreground_iou(source, edit),
                         "iou_without_p2p": foreground_iou(source, plain_target),
+                        "background_change": background_change(source, edit),
+                        "background_change_without_p2p": background_change(source, plain_target),
                     }
                 )
             _show_swaps(ctx, attribute, pairs, shown, plain_targets, samples)
@@ -108,6 +114,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                 "iou": iou_with,
                 "iou_without_p2p": iou_without,
                 "iou_gain": iou_with - iou_without,
+                "background_change": mean([s["background_change"] for s in samples]),
+                "background_change_without_p2p": mean([s["background_change_without_p2p"] for s in samples]),
                 "source_correct": mean([s["source_correct"] for s in samples]),
                 "n": len(samples),
                 "samples": samples,
@@ -235,6 +243,13 @@ def _word_maps(ctx: EvalContext, scenes: list, seeds: list[int], done: Any) -> d
     }
 
 
+def _swap_note(sample: dict[str, Any], suffix: str) -> str:
+    right = "right" if sample["success" + suffix] else "wrong"
+    change = sample["background_change" + suffix]
+    background = "" if change is None else f"; background {change:.3f}"
+    return f"IoU {sample['iou' + suffix]:.2f}, {right}{background}"
+
+
 def _show_swaps(
     ctx: EvalContext,
     attribute: str,
@@ -248,11 +263,11 @@ def _show_swaps(
     mark = {1.0: "right", 0.0: "wrong"}
     columns = (
         ("source", [source for source, _ in shown], [f"source {mark[s['source_correct']]}" for s in samples]),
-        ("P2P edit", [edit for _, edit in shown], [f"IoU {s['iou']:.2f}, {mark[s['success']]}" for s in samples]),
+        ("P2P edit", [edit for _, edit in shown], [_swap_note(s, "") for s in samples]),
         (
             "target, no P2P",
             plain_targets,
-            [f"IoU {s['iou_without_p2p']:.2f}, {mark[s['success_without_p2p']]}" for s in samples],
+            [_swap_note(s, "_without_p2p") for s in samples],
         ),
     )
     for title, images, notes in columns:
@@ -292,6 +307,8 @@ def markdown(result: dict[str, Any]) -> str:
             r["success_without_p2p"],
             r["iou"],
             r["iou_without_p2p"],
+            r["background_change"],
+            r["background_change_without_p2p"],
             r["source_correct"],
         ]
         for attribute, r in result["word_swap"].items()
@@ -301,11 +318,23 @@ def markdown(result: dict[str, Any]) -> str:
     weight_cells = ", ".join(f"{w:g}: {m:.4f}" for w, m in zip(weights["weights"], weights["color_mass"]))
     return (
         "Word swap: success = the edit's largest object has the target's attribute; IoU = foreground IoU "
-        "between source and edit; without P2P = the same success and IoU for a plain generation of the target prompt "
-        "from the same noise (what the model draws at all, and what the seed alone keeps).\n\n"
+        "between source and edit; background change = mean |edit - source| (0-1) away from both images' objects; "
+        "without P2P = the same for a plain generation of the target prompt from the same noise (what the model "
+        "draws at all, and what the seed alone keeps).\n\n"
         + table(
-            ["edit", "n", "success", "success without P2P", "foreground IoU", "IoU without P2P", "source correct"],
+            [
+                "edit",
+                "n",
+                "success",
+                "success without P2P",
+                "foreground IoU",
+                "IoU without P2P",
+                "background change",
+                "without P2P",
+                "source correct",
+            ],
             swap_rows,
+            digits=3,
         )
         + "\nRe-weighting the colour word: colour mass per weight ("
         + weight_cells
