@@ -323,18 +323,11 @@ class EvalContext:
     progress: bool = True
     gallery: Gallery | None = None
 
-    def show(
-        self,
-        section: str,
-        column: str,
-        images: Sequence[np.ndarray],
-        *,
-        rows: Sequence[str],
-        notes: Sequence[str | None] | None = None,
-    ) -> None:
-        """Add example images to the gallery (:meth:`Gallery.add`); a no-op without one."""
+    def show(self, section: str, column: str, images: Sequence[np.ndarray], **labels: Any) -> None:
+        """Add example images to the gallery: :meth:`Gallery.add`'s arguments (``rows``, ``notes``); a no-op
+        without a gallery."""
         if self.gallery is not None:
-            self.gallery.add(section, column, images, rows=rows, notes=notes)
+            self.gallery.add(section, column, images, **labels)
 
     def bar(self, total: int, description: str) -> Any:
         """A tqdm bar on stderr (disabled when ``progress`` is off); studies update it per sample."""
