@@ -54,7 +54,8 @@ def quality_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(
             {
                 "claim": f"shape swap success >= {SWAP_SUCCESS_BAR}",
-                "measured": f"success {shape['success']:.3f} (IoU {shape['iou']:.3f})",
+                "measured": f"success {shape['success']:.3f} ({shape['success_without_p2p']:.3f} without P2P; "
+                f"IoU {shape['iou']:.3f})",
                 "passed": _at_least(shape["success"], SWAP_SUCCESS_BAR),
             }
         )
