@@ -52,7 +52,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                 "no guidance" if scale == 0 else f"{method_name(scale, strength)} s{scale:g}, strength {strength:g}",
                 images,
                 rows=[short_caption(c) for c in captions],
-                notes=[f"sharp {v[0]:.3f}, acc {v[1]:.2f}" for v in values],
+                notes=[f"sharpness {1000 * v[0]:.2f}, accuracy {v[1]:.2f}" for v in values],  # x1000 as in the table
             )
             rows.append(
                 {
