@@ -167,7 +167,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                 bar.update()
                 masses[weight] = color_mass(edits[weight], color)
                 source_mass = color_mass(source, color)  # the same source in every call (same seed)
-                edits[1.0] = source
+            edits[1.0] = source  # weight 1 is the source itself
             values = [source_mass if w == 1.0 else masses[w] for w in config.reweight_scales]
             weighted.append([edits[w] for w in config.reweight_scales])
             weight_samples.append(
