@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, WanPipeline
 
-from visattn.toy import models, sample_clip, sample_scene, train
+from visattn.toy import models, render_scene, sample_clip, sample_scene, train
 from visattn.toy.vocab import WORDS, clip_tokenizer, t5_tokenizer
 
 #: The shipped weights' budget (issue 7): both pipelines together.
@@ -19,6 +19,9 @@ MAX_SHIPPED_BYTES = 30 * 1024 * 1024
 @pytest.fixture(scope="module")
 def quick_weights(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
+    # a claim left by a killed run on a stage that never finished must not block this one
+    (out / ".checkpoints" / "image").mkdir(parents=True)
+    (out / ".checkpoints" / "image" / "image-decoder.claim").touch()
     threads = torch.get_num_threads()
     try:
         # both models at once, one child process each (how the shipped weights were trained)
@@ -67,6 +70,20 @@ def test_saved_pipelines_record_their_latent_statistics_and_fit_the_budget(quick
     assert video_vae["scale_factor_temporal"] == 1 and video_vae["temperal_downsample"] == [False, False]
     size = sum(f.stat().st_size for f in quick_weights.rglob("*.safetensors"))
     assert size <= MAX_SHIPPED_BYTES
+
+
+def test_parallel_training_gives_the_image_weights_of_one_process(quick_weights, tmp_path):
+    """With --parallel, either process may train the image decoder; the weights are those of a plain run."""
+    threads = torch.get_num_threads()
+    try:
+        assert train.main(["--quick", "--which", "image", "--out", str(tmp_path), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for component in ("vae", "unet"):
+        alone = models.load_toy_pipeline("image", root=tmp_path).components[component]
+        shared = models.load_toy_pipeline("image", root=quick_weights).components[component]
+        for (name, a), b in zip(alone.state_dict().items(), shared.state_dict().values(), strict=True):
+            assert torch.equal(a, b), f"{component}.{name}"
 
 
 def test_load_toy_pipeline_reads_a_trained_folder(quick_weights):
@@ -157,3 +174,26 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     resumed = run(tmp_path / "b")
     assert torch.equal(straight.weight, resumed.weight)
     assert torch.load(tmp_path / "b" / "image-vae.pt", weights_only=False)["step"] == plan.steps
+
+
+def test_the_decoder_stage_trains_the_decoder_and_leaves_the_latents_alone(tmp_path):
+    """The decoder stage's premise: with the encoder frozen, the denoisers' latents stay valid."""
+    torch.manual_seed(0)
+    vae = models.image_components()["vae"]
+    encoder = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+    scenes = [sample_scene(i, seed=0) for i in range(4)]
+    images = torch.from_numpy(np.stack([np.asarray(render_scene(s)) for s in scenes])).permute(0, 3, 1, 2)
+    refined = train.refine_image_decoder(
+        vae,
+        images.contiguous(),
+        train.QUICK_PLAN,
+        seed=0,
+        device=torch.device("cpu"),
+        checkpoints=tmp_path,
+        deadline=float("inf"),
+    )
+    assert all(torch.equal(refined.encoder.state_dict()[k], v) for k, v in encoder.items())
+    assert any(not torch.equal(refined.decoder.state_dict()[k], v) for k, v in decoder.items())
+    assert not any(p.requires_grad for p in refined.parameters()) and not refined.training
+    assert torch.load(tmp_path / "image-decoder.pt", weights_only=False)["step"] == train.QUICK_PLAN.image_decoder.steps
