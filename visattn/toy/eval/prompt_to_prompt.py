@@ -157,18 +157,14 @@ def run(ctx: EvalContext) -> dict[str, Any]:
         weight_samples, weighted = [], []
         for scene, seed in zip(scenes, seeds):
             color = _color_word(scene.caption)
-            masses: dict[float, float] = {}
             edits: dict[float, np.ndarray] = {}
-            source_mass = 0.0
             for weight in reweighted:
                 source, edits[weight] = image.edit(
                     PromptToPrompt.reweight(scene.caption, {color: weight}, **steps), seed
                 )
                 bar.update()
-                masses[weight] = color_mass(edits[weight], color)
-                source_mass = color_mass(source, color)  # the same source in every call (same seed)
-            edits[1.0] = source  # weight 1 is the source itself
-            values = [source_mass if w == 1.0 else masses[w] for w in config.reweight_scales]
+            edits[1.0] = source  # weight 1 is the source itself, the same in every call (same seed)
+            values = [color_mass(edits[w], color) for w in config.reweight_scales]
             weighted.append([edits[w] for w in config.reweight_scales])
             weight_samples.append(
                 {
