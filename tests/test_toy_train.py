@@ -10,6 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline, WanPipeline
 
 from visattn.toy import models, render_scene, sample_clip, sample_scene, train
+from visattn.toy.consistency import recolour
 from visattn.toy.vocab import WORDS, clip_tokenizer, t5_tokenizer
 
 #: The shipped weights' budget (issue 7): both pipelines together.
@@ -197,3 +198,31 @@ def test_the_decoder_stage_trains_the_decoder_and_leaves_the_latents_alone(tmp_p
     assert any(not torch.equal(refined.decoder.state_dict()[k], v) for k, v in decoder.items())
     assert not any(p.requires_grad for p in refined.parameters()) and not refined.training
     assert torch.load(tmp_path / "image-decoder.pt", weights_only=False)["step"] == train.QUICK_PLAN.image_decoder.steps
+
+
+def test_the_shape_contrast_adds_its_term_and_keeps_pairs_paired():
+    """The editing stage's shape-word contrast: a second pass under swapped shape words, added at its weight."""
+    torch.manual_seed(0)
+    components = models.image_components()
+    scenes = [sample_scene(i, seed=0) for i in range(4)]
+    images = torch.from_numpy(np.stack([np.asarray(render_scene(s)) for s in scenes])).permute(0, 3, 1, 2)
+    channels = components["unet"].config.in_channels
+    latents = torch.randn(len(scenes), channels, 16, 16)
+    batches = train._ImageBatches(latents, images, [s.caption for s in scenes], components["tokenizer"])
+    encoder, unet = components["text_encoder"], components["unet"]
+
+    def loss(contrast):
+        fn = batches.loss_fn(encoder, unet, 4, torch.device("cpu"), contrast=contrast)
+        with torch.no_grad():
+            return fn(0, torch.Generator().manual_seed(3)).item()
+
+    # an untrained denoiser barely reads its caption, so the swapped word predicts as well as the true one
+    assert loss((0.5, 0.1)) - loss(None) == pytest.approx(0.5 * np.log(2), rel=0.2)
+    # a paired batch: two scenes, then their colour variants; a variant gets its scene's swap
+    pairs = scenes[:2] + [recolour(s, i) for i, s in enumerate(scenes[:2])]
+    ids = train._token_ids(components["tokenizer"], [s.caption for s in pairs])
+    swapped, has_shape = batches._swapped_captions(ids, paired=True, generator=torch.Generator().manual_seed(0))
+    assert has_shape.all()
+    first, second = (swapped != ids).chunk(2)
+    assert torch.equal(first, second) and first.sum(-1).tolist() == [1, 1]
+    assert torch.equal(swapped[:2][first], swapped[2:][second])  # the same replacement word
