@@ -7,7 +7,7 @@ same under either word, and it draws one rounded "squircle" for both. A word swa
 Prompt-to-Prompt (Hertz et al., 2022) then has nothing to change.
 
 This objective makes the word count. Each captioned training sample is denoised twice under the same noise: with
-its caption, and with one shape word replaced by another shape (:func:`swap_shape_words`). :func:`contrast_loss`
+its caption, and with one shape word replaced by another shape (:class:`ShapeWordSwap`). :func:`contrast_loss`
 is a logistic loss on the gap between the two errors, relative to the true caption's error, so that it asks the
 same of a low-noise sample (small errors) as of a noisy one. The replacement shape is drawn in proportion to how
 much its silhouette overlaps the true one (:func:`silhouette_overlap`), so most pairs are the confusable ones
