@@ -201,7 +201,7 @@ def test_the_decoder_stage_trains_the_decoder_and_leaves_the_latents_alone(tmp_p
 
 
 def test_the_shape_contrast_adds_its_term_and_keeps_pairs_paired():
-    """The editing stage's shape-word contrast: a second pass under swapped shape words, added at its weight."""
+    """The image loss's shape-word contrast: a second pass under swapped shape words, added at its weight."""
     torch.manual_seed(0)
     components = models.image_components()
     scenes = [sample_scene(i, seed=0) for i in range(4)]
