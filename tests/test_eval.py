@@ -175,6 +175,37 @@ def test_cells_touched_and_map_share():
 # --- prompts and settings ---------------------------------------------------------------------------------------
 
 
+def test_shapes_drawn_are_read_from_the_object_of_the_captions_colour():
+    from visattn.toy.eval.accuracy import DRAWN, drawn_shape, drawn_shapes, markdown
+
+    def scene(shape, size="large", color="red"):
+        spec = ShapeSpec(shape, color, size, "center", (32.0, 32.0), 10.0 if size == "large" else 6.0)
+        return Scene("black", (spec,), 64, Scene.caption_of("black", (spec,)))
+
+    square, circle = scene("square"), scene("circle")
+    drawn_as_circle = np.asarray(render_scene(circle))
+    assert drawn_shape(np.asarray(render_scene(square)), square) == "square"
+    assert drawn_shape(drawn_as_circle, square) == "circle"  # a square prompt answered with a circle
+    assert drawn_shape(np.asarray(render_scene(scene("square", color="blue"))), square) == "none"  # wrong colour
+    assert drawn_shape(canvas(size=64), square) == "none"
+
+    scenes = [square, square, circle, scene("star", size="small")]
+    counts = drawn_shapes(scenes, ["circle", "square", "circle", "none"])
+    # rows in size then shape order, only those described; every column in every row
+    assert list(counts) == ["small star", "large circle", "large square"]
+    assert all(list(cells) == list(DRAWN) for cells in counts.values())
+    assert counts["large square"] == {"circle": 1, "square": 1, "triangle": 0, "star": 0, "none": 0}
+    assert counts["small star"]["none"] == 1
+    with pytest.raises(ValueError):
+        drawn_shapes(scenes, ["circle"])  # one drawn shape per scene
+
+    single = {"n": 4, "accuracy": 0.5, "all_correct": 0.25, **dict.fromkeys(("color", "shape", "size"), 1.0)}
+    single.update(position=1.0, count=1.0, drawn_shapes=counts)
+    text = markdown({"single": single})
+    assert "| described | n | circle | square | triangle | star | none |" in text
+    assert "| large square | 2 | 1 | 1 | 0 | 0 | 0 |" in text
+
+
 def test_prompts_are_held_out_deterministic_and_well_formed():
     assert single_object_scenes(3) == single_object_scenes(3)
     assert single_object_scenes(3) != single_object_scenes(3, seed=0)  # training's data seed
@@ -267,6 +298,9 @@ def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
     accuracy = studies["prompt_accuracy"]
     for group in ("single", "multi"):
         assert set(accuracy[group]) >= {"color", "shape", "size", "position", "count", "accuracy", "all_correct"}
+    drawn = accuracy["single"]["drawn_shapes"]  # what the model drew for each described shape, one per sample
+    assert sum(sum(cells.values()) for cells in drawn.values()) == accuracy["single"]["n"]
+    assert all("drawn_shape" in sample for sample in accuracy["single"]["samples"])
     p2p = studies["prompt_to_prompt"]
     assert set(p2p["word_swap"]) == {"color", "shape"}
     assert 0.0 <= p2p["word_swap"]["color"]["iou"] <= 1.0
@@ -327,7 +361,7 @@ def test_cli_writes_json_markdown_and_chart_with_every_section(cli_run):
         "Quality bar",
     ):
         assert f"## {title}" in markdown
-    assert "| single-object | 1 |" in markdown
+    assert "| single-object | 1 |" in markdown and "| described | n | circle |" in markdown
     assert "IoU without P2P" in markdown and "without P2P)" in markdown  # the swap table and the bar's claim
     assert "| colour | 1 |" in markdown and "| shape | 1 |" in markdown  # the word-map table
     assert (out / "eval-quick.png").stat().st_size > 0
