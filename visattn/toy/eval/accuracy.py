@@ -114,7 +114,7 @@ def markdown(result: dict[str, Any]) -> str:
     drawn = result.get("single", {}).get("drawn_shapes")
     if drawn:
         text += (
-            "\n\nShapes drawn for one-object captions: per described size and shape, how many images show each "
+            "\nShapes drawn for one-object captions: per described size and shape, how many images show each "
             "shape (read from the object of the caption's colour; none = no such object).\n\n"
             + table(["described", "n", *DRAWN], [[row, sum(c.values()), *c.values()] for row, c in drawn.items()])
         )
