@@ -4,7 +4,7 @@ Prompt-to-Prompt (Hertz et al., 2022, "Prompt-to-Prompt Image Editing with Cross
 model drawing an object's outline from where the words attend, so that the source's attention maps keep the
 outline while a swapped colour word repaints it. The toy image model, trained on the denoising loss alone, does
 not draw that way: the same noise gives a red star and a blue star different outlines, with the source's maps
-injected or not (the README's toy-world section measures it). This objective trains the dependence away. It is
+injected or not (docs/toy-world.md measures it). This objective trains the dependence away. It is
 this project's, not a paper's; what it shares with P2P is the premise that structure and colour are separable.
 
 Every training scene has a colour variant (:func:`recolour`): the same layout with every object in another

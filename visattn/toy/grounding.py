@@ -14,7 +14,7 @@ Why the toy model has it: trained on the denoising loss alone, its colour words 
 attention heatmaps say little and :class:`~visattn.processors.LocalBlend`'s region covered about 80% of it.
 Grounded, the colour word's share of attention on its object doubles and the region halves. It does not keep a
 Prompt-to-Prompt colour swap's outline: the model reads colour from the position words too, and redraws the
-outline late (see the README's toy-world section). The same training stage's outline-consistency loss
+outline late (see docs/toy-world.md). The same training stage's outline-consistency loss
 (:mod:`visattn.toy.consistency`) is what works on that.
 """
 
