@@ -143,29 +143,29 @@ class Plan:
     decoder_ema: float
 
 
-#: Sized from runs on one thread of a two-core machine busy with the other model (``minutes``: measured there):
-#: image VAE 6 steps/s on 32 px crops, 1 step/s on whole images (batch 16); image UNet 1 step/s (batch 64);
-#: video VAE 1.5 steps/s on 5 frames, 0.8 on 9 (batch 8); Wan transformer 1.3 steps/s (batch 32); image editing
-#: stage 0.7 steps/s (32 scene pairs, explicit cross-attention probabilities, VAE decodes of the one-object
-#: pairs, for the timesteps the outline loss sees); image decoder 1.3 steps/s (whole images, batch 32, the
-#: frozen encoder's posteriors cached). With ``--parallel`` on two cores the image model takes about 80 minutes
-#: before its decoder stage, the video model 60; the video process then trains the image decoder (about 20
-#: minutes) while the image process finishes its editing stage. (The video VAE needs its 3,000 steps: at 800 its
-#: reconstructions were colour blobs, loss 0.56.)
+#: Sized from runs on one thread of a two-core machine busy with the other model (``minutes``: measured there, in
+#: the full ``--parallel`` run of 2026-11-23 on a 2-core AMD EPYC, 52:41 wall, peak memory 3.4 GB): image VAE 10
+#: steps/s (batch 16; nine tenths of them on 32 px crops); image UNet 1.5 steps/s (batch 64); video VAE 2.5
+#: steps/s; Wan transformer 1.8 steps/s (batch 32); image editing stage 0.9 steps/s (32 scene pairs, explicit
+#: cross-attention probabilities, VAE decodes of the one-object pairs, for the timesteps the outline loss sees);
+#: image decoder 2 steps/s (whole images, batch 32, the frozen encoder's posteriors cached). With ``--parallel`` the
+#: image process takes 4 + 34 + 13 minutes for its first three stages, the video process 20 + 17 for its two, then
+#: trains the image decoder (12 minutes) while the image process finishes its editing stage. (The video VAE needs
+#: its 3,000 steps: at 800 its reconstructions were colour blobs, loss 0.56.)
 FULL_PLAN = Plan(
     scenes=12_000,
-    image_vae=StagePlan(steps=2_500, batch=16, lr=1e-3, warmup=50, minutes=11.0),
-    image_denoiser=StagePlan(steps=3_000, batch=64, lr=8e-4, warmup=100, minutes=52.0),
+    image_vae=StagePlan(steps=2_500, batch=16, lr=1e-3, warmup=50, minutes=4.0),
+    image_denoiser=StagePlan(steps=3_000, batch=64, lr=8e-4, warmup=100, minutes=34.0),
     # 700 steps take the token loss from 0.64 to about 0.15 while the denoising loss stays where it was
-    image_editing=StagePlan(steps=700, batch=64, lr=2e-4, warmup=20, minutes=17.0),
+    image_editing=StagePlan(steps=700, batch=64, lr=2e-4, warmup=20, minutes=13.0),
     # 1,500 whole-image steps take the analyzer's reading of small shapes through the VAE from 72% to 85%, and the
     # colour swap's foreground IoU from 0.79 to 0.805 (48 prompts); at lr 3e-4, 81% and 0.797
-    image_decoder=StagePlan(steps=1_500, batch=32, lr=6e-4, warmup=20, minutes=20.0),
+    image_decoder=StagePlan(steps=1_500, batch=32, lr=6e-4, warmup=20, minutes=12.0),
     vae_crop=32,
     crop_fraction=0.9,
     clips=4_000,
-    video_vae=StagePlan(steps=3_000, batch=8, lr=1e-3, warmup=50, minutes=35.0),
-    video_denoiser=StagePlan(steps=1_800, batch=32, lr=8e-4, warmup=100, minutes=22.0),
+    video_vae=StagePlan(steps=3_000, batch=8, lr=1e-3, warmup=50, minutes=20.0),
+    video_denoiser=StagePlan(steps=1_800, batch=32, lr=8e-4, warmup=100, minutes=17.0),
     video_vae_frames=5,
     ema=0.999,
     # 0.5 (tried on 16 prompts) grounded no better (local-blend region 56% against 39%); 0.1 keeps the denoising
@@ -455,7 +455,7 @@ def _image_minutes(plan: Plan) -> float:
 
 
 # With --parallel, the image model's last stage (the decoder) needs only the image VAE, which is done early, while
-# the video model finishes some twenty minutes before the image model's editing stage: the video process then
+# the video model finishes about when the image model's editing stage starts: the video process then
 # trains the image decoder on its idle core, and the image process picks the result up from the checkpoint. The
 # two processes agree through files in the image checkpoint folder: ``<stage>.done`` once a stage has finished,
 # and ``image-decoder.claim``, created atomically by whichever process starts the decoder stage first.
