@@ -87,6 +87,32 @@ def test_parallel_training_gives_the_image_weights_of_one_process(quick_weights,
             assert torch.equal(a, b), f"{component}.{name}"
 
 
+def test_each_model_trains_from_its_default_seed_unless_seed_is_given(quick_weights, tmp_path):
+    """The shipped image model is the script's seed-1 run, the video model its seed-0 run (train.DEFAULT_SEEDS)."""
+    assert train.DEFAULT_SEEDS == {"image": 1, "video": 0}
+    threads = torch.get_num_threads()
+    try:
+        for seed in (1, 0):
+            argv = [
+                "--quick",
+                "--which",
+                "image",
+                "--seed",
+                str(seed),
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path / f"s{seed}"),
+            ]
+            assert train.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    default = models.load_toy_pipeline("image", root=quick_weights).unet.state_dict()
+    seeded = {seed: models.load_toy_pipeline("image", root=tmp_path / f"s{seed}").unet.state_dict() for seed in (1, 0)}
+    assert all(torch.equal(default[name], seeded[1][name]) for name in default)
+    assert not all(torch.equal(default[name], seeded[0][name]) for name in default)
+
+
 def test_load_toy_pipeline_reads_a_trained_folder(quick_weights):
     pipe = models.load_toy_pipeline("image", root=quick_weights)
     assert isinstance(pipe, StableDiffusionPipeline)
