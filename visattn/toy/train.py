@@ -22,8 +22,8 @@ as they are, and small shapes come out sharper.
   ``noise - data``, with noise levels drawn through the same shift the sampler uses.
 
 Everything is seeded: model initialisation from the model's seed (:data:`DEFAULT_SEEDS`, the shipped runs', or
-``--seed`` for both), every batch (which samples, which noise, which
-captions are dropped) from ``(seed, stage, step)``, so a killed run that resumes from its last checkpoint
+``--seed`` for both), every batch (which samples, which noise, which captions are dropped) from ``(seed, stage,
+step)``, so a killed run that resumes from its last checkpoint
 (``--checkpoints``, written every couple of minutes) continues exactly where it stopped. The denoisers' weights
 are an exponential moving average of the trained ones. Pipelines are saved with ``save_pretrained`` in
 safetensors (VAEs and denoisers in fp16, text encoders in fp32; about 9 MB for both) into ``DIR/image`` and
@@ -160,7 +160,8 @@ FULL_PLAN = Plan(
     # 700 steps take the token loss from 0.64 to about 0.15 while the denoising loss stays where it was
     image_editing=StagePlan(steps=700, batch=64, lr=2e-4, warmup=20, minutes=13.0),
     # 1,500 whole-image steps take the analyzer's reading of small shapes through the VAE from 72% to 85%, and the
-    # colour swap's foreground IoU from 0.79 to 0.805 (48 prompts); at lr 3e-4, 81% and 0.797
+    # colour swap's foreground IoU from 0.79 to 0.805 (48 prompts, the seed-0 model shipped before); at lr 3e-4, 81%
+    # and 0.797
     image_decoder=StagePlan(steps=1_500, batch=32, lr=6e-4, warmup=20, minutes=12.0),
     vae_crop=32,
     crop_fraction=0.9,
