@@ -8,7 +8,11 @@
   IoU, and the same success, for a plain generation of the target prompt from the same noise. The IoU is the
   baseline P2P has to beat: the same seed alone often keeps much of the layout, and the gap (``iou_gain``) is what
   the attention injection adds. The success is what the model can draw at all: an edit succeeds less often than
-  a plain generation when the injected maps hold on to the source's outline. *Background change*: the mean
+  a plain generation when the injected maps hold on to the source's outline. *Perfect edit*: the same success and
+  IoU for the renders of the two captions' scenes (same layout, only the word's attribute changed), the ceiling
+  of any editor on this metric. A colour swap keeps the silhouette, so its perfect IoU is near 1; a shape swap
+  changes it (a triangle inside a circle's outline covers about 40% of it), so a faithful shape swap has a low
+  IoU by construction. *Background change*: the mean
   absolute pixel difference (0-1) between source and edit away from both images' objects
   (:func:`~visattn.toy.eval.metrics.background_change`); a word swap should leave it near 0, and mottling shows
   as a rise.
@@ -32,10 +36,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ...processors import AttentionMaps, LocalBlend, PromptToPrompt
 from ..analyze import find_objects
-from ..data import COLORS
+from ..data import COLORS, render_scene
 from .gallery import short_caption
 from .metrics import (
     background_change,
@@ -82,12 +87,16 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     with ctx.bar(total, "prompt-to-prompt") as bar:
         word_swap = {}
         for attribute, pairs in swaps.items():
-            samples, shown = [], []
+            samples, shown, renders = [], [], []
             # what regenerating the target from the same noise keeps of the source, with no attention injected
             plain_targets = image.generate([swap.target for swap in pairs], seeds, done=bar.update)
             for swap, seed, plain_target in zip(pairs, seeds, plain_targets):
                 source, edit = image.edit(PromptToPrompt.replace(swap.source, swap.target, **steps), seed)
                 bar.update()
+                rendered_source, rendered_target = (
+                    np.asarray(render_scene(s)) for s in (swap.source_scene, swap.target_scene)
+                )
+                renders.append(rendered_target)
                 shown.append((source, edit))
                 if attribute == "color":
                     plain_swaps.append((source, edit))
@@ -103,9 +112,11 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                         "iou_without_p2p": foreground_iou(source, plain_target),
                         "background_change": background_change(source, edit),
                         "background_change_without_p2p": background_change(source, plain_target),
+                        "success_perfect_edit": float(largest_attribute(rendered_target, attribute) == swap.after),
+                        "iou_perfect_edit": foreground_iou(rendered_source, rendered_target),
                     }
                 )
-            _show_swaps(ctx, attribute, pairs, shown, plain_targets, samples)
+            _show_swaps(ctx, attribute, pairs, shown, plain_targets, renders, samples)
             iou_with = mean([s["iou"] for s in samples])
             iou_without = mean([s["iou_without_p2p"] for s in samples])
             word_swap[attribute] = {
@@ -117,6 +128,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                 "background_change": mean([s["background_change"] for s in samples]),
                 "background_change_without_p2p": mean([s["background_change_without_p2p"] for s in samples]),
                 "source_correct": mean([s["source_correct"] for s in samples]),
+                "success_perfect_edit": mean([s["success_perfect_edit"] for s in samples]),
+                "iou_perfect_edit": mean([s["iou_perfect_edit"] for s in samples]),
                 "n": len(samples),
                 "samples": samples,
             }
@@ -252,6 +265,7 @@ def _show_swaps(
     pairs: list,
     shown: list[tuple[np.ndarray, np.ndarray]],
     plain_targets: list[np.ndarray],
+    renders: list[np.ndarray],
     samples: list[dict[str, Any]],
 ) -> None:
     section = f"Prompt-to-Prompt: {'colour' if attribute == 'color' else attribute} word swap"
@@ -265,9 +279,22 @@ def _show_swaps(
             plain_targets,
             [_swap_note(s, "_without_p2p") for s in samples],
         ),
+        (
+            "perfect edit (render)",
+            [_like(render, edit) for render, (_, edit) in zip(renders, shown)],
+            [f"IoU {s['iou_perfect_edit']:.2f}" for s in samples],
+        ),
     )
     for title, images, notes in columns:
         ctx.show(section, title, images, rows=rows, notes=notes)
+
+
+def _like(render: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``render`` at ``image``'s size, for the gallery (the renders are 64 px, a model's images may not be)."""
+    height, width = image.shape[:2]
+    if render.shape[:2] == (height, width):
+        return render
+    return np.asarray(Image.fromarray(render).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _change(value: float | None) -> str:
@@ -306,6 +333,8 @@ def markdown(result: dict[str, Any]) -> str:
             r["background_change"],
             r["background_change_without_p2p"],
             r["source_correct"],
+            r.get("success_perfect_edit"),
+            r.get("iou_perfect_edit"),
         ]
         for attribute, r in result["word_swap"].items()
     ]
@@ -316,7 +345,9 @@ def markdown(result: dict[str, Any]) -> str:
         "Word swap: success = the edit's largest object has the target's attribute; IoU = foreground IoU "
         "between source and edit; background change = mean |edit - source| (0-1) away from both images' objects; "
         "without P2P = the same for a plain generation of the target prompt from the same noise (what the model "
-        "draws at all, and what the seed alone keeps).\n\n"
+        "draws at all, and what the seed alone keeps); perfect edit = the same for the renders of the two captions' "
+        "scenes, the ceiling of any editor (a shape swap changes the silhouette, so even a perfect one keeps little "
+        "of the source's foreground).\n\n"
         + table(
             [
                 "edit",
@@ -328,6 +359,8 @@ def markdown(result: dict[str, Any]) -> str:
                 "background change",
                 "without P2P",
                 "source correct",
+                "perfect edit: success",
+                "perfect edit: IoU",
             ],
             swap_rows,
             digits=3,
@@ -382,6 +415,7 @@ def headline(result: dict[str, Any]) -> dict[str, float | None]:
         "shape swap success": swap["shape"]["success"],
         "shape swap success without P2P": swap["shape"]["success_without_p2p"],
         "shape swap IoU": swap["shape"]["iou"],
+        "shape swap IoU of a perfect edit": swap["shape"].get("iou_perfect_edit"),
         "re-weight monotonicity": result["reweight"]["monotonicity"],
         "colour word's map on the object": result["word_maps"]["color_on_object"],
         "shape word's map on the object": result["word_maps"]["shape_on_object"],

@@ -38,13 +38,19 @@ def multi_object_scenes(count: int, *, seed: int = HELD_OUT_SEED, size: int = 64
 
 @dataclass(frozen=True)
 class Swap:
-    """A Prompt-to-Prompt word swap on a one-object caption: ``attribute`` goes from ``before`` to ``after``."""
+    """A Prompt-to-Prompt word swap on a one-object caption: ``attribute`` goes from ``before`` to ``after``.
+
+    ``source_scene`` and ``target_scene`` are the two captions' scenes with the same layout: their renders are what
+    a perfect edit would turn the one into, so metrics on them are the ceiling an editor can reach.
+    """
 
     source: str
     target: str
     attribute: str  # "color" or "shape"
     before: str
     after: str
+    source_scene: Scene
+    target_scene: Scene
 
 
 def word_swaps(attribute: str, count: int, *, seed: int = HELD_OUT_SEED) -> list[Swap]:
@@ -67,8 +73,8 @@ def word_swaps(attribute: str, count: int, *, seed: int = HELD_OUT_SEED) -> list
             options = [s for s in SHAPES if s != spec.shape]
         after = rng.choice(options)
         edited = dataclasses.replace(spec, **{attribute: after})
-        target = Scene.caption_of(scene.background, (edited,))
-        swaps.append(Swap(scene.caption, target, attribute, getattr(spec, attribute), after))
+        target = dataclasses.replace(scene, objects=(edited,), caption=Scene.caption_of(scene.background, (edited,)))
+        swaps.append(Swap(scene.caption, target.caption, attribute, getattr(spec, attribute), after, scene, target))
     return swaps
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from ...bench.report import environment
 from ...charts import grouped_bar_chart
 from .gallery import Gallery
-from .quality import quality_checks
+from .quality import quality_checks, reported_beside_the_bar
 from .suite import TITLES, headline, markdown_section
 from .tables import table
 
@@ -60,6 +60,9 @@ def markdown(results: dict[str, Any], env: dict[str, Any], command: str = "") ->
         if results.get("quick"):
             lines += ["Quick subset: too few samples and steps to judge the bar; run without --quick.", ""]
         lines.append(table(["claim", "measured", "result"], rows).rstrip())
+        beside = reported_beside_the_bar(results)
+        if beside:
+            lines += [""] + beside
     for name, result in results["studies"].items():
         seconds = results.get("seconds", {}).get(name)
         timing = f" ({seconds:.0f} s)" if seconds is not None else ""
