@@ -36,7 +36,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ...processors import AttentionMaps, LocalBlend, PromptToPrompt
 from ..analyze import find_objects
@@ -281,20 +280,12 @@ def _show_swaps(
         ),
         (
             "perfect edit (render)",
-            [_like(render, edit) for render, (_, edit) in zip(renders, shown)],
+            renders,  # 64 px; the gallery's grid scales every cell to one height
             [f"IoU {s['iou_perfect_edit']:.2f}" for s in samples],
         ),
     )
     for title, images, notes in columns:
         ctx.show(section, title, images, rows=rows, notes=notes)
-
-
-def _like(render: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """``render`` at ``image``'s size, for the gallery (the renders are 64 px, a model's images may not be)."""
-    height, width = image.shape[:2]
-    if render.shape[:2] == (height, width):
-        return render
-    return np.asarray(Image.fromarray(render).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _change(value: float | None) -> str:
@@ -333,8 +324,8 @@ def markdown(result: dict[str, Any]) -> str:
             r["background_change"],
             r["background_change_without_p2p"],
             r["source_correct"],
-            r.get("success_perfect_edit"),
-            r.get("iou_perfect_edit"),
+            r["success_perfect_edit"],
+            r["iou_perfect_edit"],
         ]
         for attribute, r in result["word_swap"].items()
     ]
@@ -415,7 +406,7 @@ def headline(result: dict[str, Any]) -> dict[str, float | None]:
         "shape swap success": swap["shape"]["success"],
         "shape swap success without P2P": swap["shape"]["success_without_p2p"],
         "shape swap IoU": swap["shape"]["iou"],
-        "shape swap IoU of a perfect edit": swap["shape"].get("iou_perfect_edit"),
+        "shape swap IoU of a perfect edit": swap["shape"]["iou_perfect_edit"],
         "re-weight monotonicity": result["reweight"]["monotonicity"],
         "colour word's map on the object": result["word_maps"]["color_on_object"],
         "shape word's map on the object": result["word_maps"]["shape_on_object"],

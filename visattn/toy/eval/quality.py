@@ -94,10 +94,9 @@ def reported_beside_the_bar(results: dict[str, Any]) -> list[str]:
     if "prompt_to_prompt" not in studies:
         return []
     shape = studies["prompt_to_prompt"]["word_swap"]["shape"]
-    perfect = shape.get("iou_perfect_edit")
-    ceiling = "" if perfect is None else f"; a perfect shape swap's IoU {perfect:.3f}"
     return [
-        f"Shape word swap (not barred: a faithful shape swap changes the silhouette{ceiling}): success "
+        "Shape word swap (not barred: a faithful shape swap changes the silhouette; a perfect shape swap's IoU "
+        f"{shape['iou_perfect_edit']:.3f}): success "
         f"{shape['success']:.3f} ({shape['success_without_p2p']:.3f} for a plain generation of the target prompt), "
         f"foreground IoU {shape['iou']:.3f}."
     ]
