@@ -1,4 +1,4 @@
-"""Every supported family: the processor reproduces the stock one exactly, and the call context is right."""
+"""Every declared family: attaching leaves the stock path exact, and the call context is right."""
 
 from __future__ import annotations
 
@@ -58,17 +58,12 @@ def test_identity_through_attach_matches_the_stock_processors(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_identity_through_set_attn_processor_matches_the_stock_processors(family):
-    pipe = pipeline(family)
-    model = denoiser(pipe)
+def test_attach_keeps_every_stock_processor_object_in_place(family):
+    model = denoiser(pipeline(family))
     originals = dict(model.attn_processors)
-    stock = run(family)
-    model.set_attn_processor(visattn.VisAttnProcessor())
-    try:
-        swapped = run(family)
-    finally:
-        model.set_attn_processor(originals)
-    assert np.abs(stock - swapped).max() <= 1e-5
+    with visattn.attach(pipeline(family), Probe()):
+        assert all(model.attn_processors[name] is processor for name, processor in originals.items())
+    assert all(model.attn_processors[name] is processor for name, processor in originals.items())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -163,13 +158,16 @@ def test_two_prompts_without_guidance_are_one_branch():
     assert {ctx.batch.batch_size for ctx in probe.contexts} == {2}
 
 
-@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("family", ["flux", "wan"])
 def test_dispatcher_backend_chosen_with_set_attention_backend_is_used(family, monkeypatch):
-    import diffusers.models.attention_dispatch as dispatch
+    """With no effect acting, the stock processor calls diffusers' dispatcher with the backend it was given."""
+    import sys
 
     model = denoiser(pipeline(family))
     stock = run(family)
     seen = []
+    # The stock processors call the dispatcher their own module imported.
+    dispatch = sys.modules[type(next(iter(model.attn_processors.values()))).__module__]
     original = dispatch.dispatch_attention_fn
 
     def spy(*args, backend=None, **kwargs):

@@ -15,6 +15,7 @@ from helpers import Probe
 
 import visattn
 from visattn.guidance import HeadPerturbationGuidance, HeadSet, IdentityPerturbation, layer_pattern
+from visattn.interception import layer_hook
 from visattn.testing import tiny_denoiser, tiny_pipeline
 
 MID = "mid_block.attentions.0.transformer_blocks.0.attn1"
@@ -68,7 +69,12 @@ def run_guider(guider: BaseGuidance, family: str):
 
 
 def processors(model: torch.nn.Module) -> dict:
-    return dict(model.attn_processors)
+    """Each attention layer's processor, and its visattn hook (``None`` without one) under ``"<name> hook"``."""
+    found = {}
+    for name, module in visattn.attention_layers(model).items():
+        found[name] = module.processor
+        found[f"{name} hook"] = layer_hook(module)
+    return found
 
 
 # --- the BaseGuidance API -------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """visattn: change what attention does inside diffusers models, and do it fast.
 
-The entry point is :func:`visattn.attach`, which swaps :class:`visattn.processors.VisAttnProcessor` into a
-pipeline's denoiser and routes every attention call through one attention core
-(:func:`visattn.kernels.attention`) with the effects you pass.
+The entry point is :func:`visattn.attach`, which hooks a pipeline's denoiser and routes the attention its stock
+diffusers processors compute through one attention core (:func:`visattn.kernels.attention`) with the effects
+you pass.
 """
 
 from ._lazy import lazy_exports
@@ -24,7 +24,6 @@ _EXPORTS = {
     "StepInfo": ".context",
     "TokenLayout": ".context",
     "Effect": ".processors",
-    "VisAttnProcessor": ".processors",
     "AttentionMaps": ".processors",
     "CrossAttentionCache": ".processors",
     "EntropyScaling": ".processors",

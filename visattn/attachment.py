@@ -1,7 +1,9 @@
-"""``visattn.attach``: swap :class:`VisAttnProcessor` into a pipeline's denoiser(s), and take it out again.
+"""``visattn.attach``: hook visattn into a pipeline's denoiser(s), and take it out again.
 
-Attaching records every replaced processor object and restores exactly those objects on ``detach()`` (or when
-the ``with`` block exits, also on an exception). Any error while attaching leaves the model as it was.
+Attaching registers one diffusers hook on the denoiser (its call state) and one on each selected attention
+module (:class:`visattn.interception.AttentionLayerHook`); the stock processors stay in place, untouched.
+``detach()`` (or leaving the ``with`` block, also on an exception) removes exactly those hooks. Any error while
+attaching leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 import torch
 
 from .families import Family, family_of
-from .layers import normalize_layers, select_layers
+from .interception import AttentionLayerHook, can_intercept, register_layer_hook, remove_layer_hook
+from .layers import ROLE_KEYWORDS, normalize_layers, select_layers
 from .processors.effect import Effect
-from .processors.processor import VisAttnProcessor
 from .state import DenoiserHook, register_hook, remove_hook
 from .steps import normalize_steps
 
@@ -46,6 +48,37 @@ def attention_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     }
 
 
+def _interceptable(model: torch.nn.Module, modules: dict, layers: tuple[str, ...] | None) -> dict:
+    """The modules visattn can take attention over; ValueError when ``layers`` names one it cannot."""
+    if not modules:
+        raise ValueError(
+            f"{type(model).__name__} has no attention modules with a diffusers processor; visattn has nothing to hook"
+        )
+    blocked = {name: module for name, module in modules.items() if not can_intercept(module)}
+    if blocked and layers is not None:
+        from .layers import matches
+
+        for layer_id in layers:
+            if layer_id in ROLE_KEYWORDS:
+                continue
+            hits = [name for name in modules if matches(layer_id, name)]
+            if hits and all(name in blocked for name in hits):
+                name = hits[0]
+                raise ValueError(
+                    f"layers={layer_id!r} selects {name!r} of {type(model).__name__}, whose processor "
+                    f"{type(blocked[name].processor).__name__} computes attention without "
+                    "scaled_dot_product_attention; visattn cannot take its attention over"
+                )
+    usable = {name: module for name, module in modules.items() if name not in blocked}
+    if not usable:
+        kinds = sorted({type(module.processor).__name__ for module in modules.values()})
+        raise ValueError(
+            f"no attention module of {type(model).__name__} can be hooked: its processors ({', '.join(kinds)}) "
+            "compute attention without scaled_dot_product_attention"
+        )
+    return usable
+
+
 def layer_roles(model: torch.nn.Module, family: Family | None = None) -> dict[str, str]:
     """Attention layer names mapped to their static role (``self``/``cross``/``joint``/``text``)."""
     family = family or family_of(model)
@@ -57,7 +90,7 @@ class Attachment:
 
     Attributes:
         effects: the effects, in the order they compose.
-        layers: names of the attention layers whose processor was swapped, per denoiser attribute.
+        layers: names of the hooked attention layers, per denoiser attribute.
     """
 
     def __init__(self, target, effects: list[Effect], layers, steps, backend: str) -> None:
@@ -65,7 +98,7 @@ class Attachment:
         self.effects = effects
         self.backend = backend
         self._steps = steps
-        self._originals: list[tuple[torch.nn.Module, Any]] = []
+        self._layer_modules: list[torch.nn.Module] = []
         self._models: list[torch.nn.Module] = []
         self._hooks: list[DenoiserHook] = []
         self.layers: dict[str, list[str]] = {}
@@ -84,18 +117,12 @@ class Attachment:
                     f"{type(base).__name__} ({attribute}) already has visattn attached; "
                     "call detach() on the first attachment (or leave its with-block) before attaching again"
                 )
+            all_modules = attention_layers(base)
+            modules = _interceptable(base, all_modules, layers)
             family = family_of(base)
-            modules = attention_layers(base)
             roles = {name: family.static_role(name, module) for name, module in modules.items()}
             selected = select_layers(roles, layers)
-            for name in selected:
-                stock = type(modules[name].processor).__name__
-                if stock not in family.processor_classes and not isinstance(modules[name].processor, VisAttnProcessor):
-                    raise ValueError(
-                        f"layer {name!r} of {type(base).__name__} uses {stock}, which visattn does not reproduce; "
-                        f"supported processors for the {family.name} family: {', '.join(family.processor_classes)}"
-                    )
-            plans.append((attribute, base, family, modules, {name: roles[name] for name in selected}))
+            plans.append((attribute, base, family, all_modules, {name: roles[name] for name in selected}))
         needs_schedule = self._steps is not None or any(effect.steps is not None for effect in self.effects)
         if needs_schedule and pipeline is None:
             raise ValueError(
@@ -108,52 +135,52 @@ class Attachment:
             for effect in self.effects:
                 effect.bind(merged_roles)
             for attribute, base, family, modules, roles in plans:
-                self._swap(attribute, base, family, modules, list(roles), pipeline)
+                self._swap(attribute, base, family, modules, roles, pipeline)
         except BaseException:
             self._restore()
             raise
         self.attached = True
 
-    def _swap(self, attribute, model, family, modules, names, pipeline) -> None:
+    def _swap(self, attribute, model, family, modules, roles, pipeline) -> None:
         hook = DenoiserHook(family, self.effects, pipeline)
         all_names = list(modules)
         self._models.append(model)
         setattr(model, _MARK, weakref.ref(self))
-        for name in names:
-            module = modules[name]
-            original = module.processor
-            processor = VisAttnProcessor(
-                self.effects,
-                backend=self.backend,
-                layer_name=name,
-                layer_index=all_names.index(name),
-                adapter=family.adapter_for(name, module),
-                state=hook.state,
-                steps=self._steps,
-            )
-            processor._attention_backend = getattr(original, "_attention_backend", None)
-            self._originals.append((module, original))
-            module.set_processor(processor)
         register_hook(model, hook)
         self._hooks.append(hook)
-        self.layers[attribute] = names
+        for name, role in roles.items():
+            module = modules[name]
+            layer = AttentionLayerHook(
+                self.effects,
+                hook.state,
+                layer_name=name,
+                layer_index=all_names.index(name),
+                static_role=role,
+                steps=self._steps,
+                backend=self.backend,
+            )
+            register_layer_hook(module, layer)
+            self._layer_modules.append(module)
+        _invalidate_hook_cache(model)
+        self.layers[attribute] = list(roles)
 
     # --- detaching ---------------------------------------------------------------------------------------------
     def _restore(self) -> None:
-        for module, original in reversed(self._originals):
-            module.set_processor(original)
+        for module in reversed(self._layer_modules):
+            remove_layer_hook(module)
         for model in self._models:
             remove_hook(model)
+            _invalidate_hook_cache(model)
             if getattr(model, _MARK, None) is not None:
                 delattr(model, _MARK)
         for effect in self.effects:
             effect.unbind()
-        self._originals.clear()
+        self._layer_modules.clear()
         self._models.clear()
         self._hooks.clear()
 
     def detach(self) -> None:
-        """Restore the exact original processor objects and remove visattn's model hook. Idempotent."""
+        """Remove every hook visattn registered (the processors were never replaced). Idempotent."""
         self._restore()
         self.attached = False
 
@@ -180,12 +207,12 @@ def attach(
     steps=None,
     backend: str = "auto",
 ) -> Attachment:
-    """Swap visattn's processor into a pipeline's ``unet`` / ``transformer`` (and ``transformer_2``).
+    """Hook visattn into a pipeline's ``unet`` / ``transformer`` (and ``transformer_2``).
 
     Args:
         pipe_or_model: a diffusers pipeline, or a denoiser model (``UNet2DConditionModel``, a transformer).
         *effects: effects, composed in the given order.
-        layers: attention layers to swap, as diffusers' ``pag_applied_layers`` identifiers (regex searched in
+        layers: attention layers to hook, as diffusers' ``pag_applied_layers`` identifiers (regex searched in
             module names) plus ``"self"``, ``"cross"``, ``"joint"``; ``None`` swaps every attention layer.
         steps: fraction range of the denoising schedule in which effects act, e.g. ``(0.0, 0.3)``.
         backend: attention-core backend (``"auto"``, ``"sdpa"``, ``"reference"``, ``"flex"``).
@@ -195,7 +222,8 @@ def attach(
 
     Raises:
         TypeError: the target has no denoiser, or an effect is not a visattn effect.
-        ValueError: an unsupported model family, bad ``layers``/``steps``, or an unsupported stock processor.
+        ValueError: bad ``layers``/``steps``; a model without attention modules; ``layers`` naming a module whose
+            processor computes attention without ``scaled_dot_product_attention``.
         RuntimeError: visattn is already attached to this model.
     """
     for effect in effects:
@@ -211,3 +239,10 @@ def attach(
 def detach(handle: Attachment) -> None:
     """Same as ``handle.detach()``."""
     handle.detach()
+
+
+def _invalidate_hook_cache(model: torch.nn.Module) -> None:
+    registry = getattr(model, "_diffusers_hook", None)
+    if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
+        # Newer diffusers caches which children carry hooks; adding or removing one must invalidate it.
+        registry.invalidate_child_registries_cache()

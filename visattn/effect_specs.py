@@ -50,7 +50,7 @@ ALIASES: dict[str, str] = {
 
 # Names in the registry of visattn.processors that are not effects a spec can build: the base classes, the
 # processor, a helper object, and Prompt-to-Prompt (an edit decides the pipeline's prompts: see build_edit).
-_NOT_EFFECTS = frozenset({"AttentionCall", "Effect", "VisAttnProcessor", "LocalBlend"})
+_NOT_EFFECTS = frozenset({"AttentionCall", "Effect", "LocalBlend"})
 _EDIT_TYPES = frozenset({"PromptToPrompt"})
 
 EDIT_MODES = ("replace", "refine")

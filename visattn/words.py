@@ -171,12 +171,10 @@ def prompt_family(target: Any, family: str | None = None) -> str:
         )
     denoiser = next((getattr(target, n) for n in ("transformer", "unet") if getattr(target, n, None) is not None), None)
     if denoiser is not None:
-        from .families import family_of
+        from .families import declared_family
 
-        try:
-            name = family_of(denoiser).name
-        except ValueError:
-            name = None
+        declared = declared_family(denoiser)
+        name = declared.name if declared is not None else None
         if name == "unet":
             # SD and SDXL share the UNet class; SDXL pipelines carry a second CLIP tokenizer.
             return "sdxl" if getattr(target, "tokenizer_2", None) is not None else "sd"

@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_MODEL, embedded_call_defaults
+from ..families import VIDEO_FAMILIES
 from ..frames import frame_rounding_quieted, makes_video, num_frames_argument
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UploadError, fit_to_size, open_upload
 
@@ -61,7 +62,6 @@ EDIT_MODES: tuple[str, ...] = ("none", "replace", "refine", "reweight")
 #: Inversion methods for an uploaded image (both give per-step unconditional embeddings to edit with).
 INVERSION_METHODS: tuple[str, ...] = ("negative-prompt", "null-text")
 #: Families whose pipelines return videos; Radial Attention acts on these only.
-VIDEO_FAMILIES: tuple[str, ...] = ("wan", "cogvideox", "hunyuan_video")
 #: Largest size factor for extrapolation beyond the native size (the attention cost grows with its 4th power).
 MAX_SIZE_FACTOR = 4.0
 #: Largest step count the form accepts.

@@ -1,41 +1,27 @@
-"""The contract a model family fulfils: where q/k/v come from and how tokens are laid out.
+"""What visattn must know about a denoiser class, as data: how to read its latent grid, timestep and text length
+from a forward call, where text sits in its joint sequences, and the static role of each attention module.
 
-A family adapter splits its stock diffusers processor in two: :meth:`Family.project` computes q, k, v (with
-the model's own norms and rotary embeddings) and says where latent and text tokens sit; the returned
-``finish`` callable turns the attention output back into exactly what the stock processor returns. Whatever
-visattn does happens between the two, through the attention core.
+Everything else comes from diffusers itself: the stock processors keep computing projections, norms, rotary
+embeddings and output paths, and visattn only takes over the attention computation they hand to
+``scaled_dot_product_attention`` (see :mod:`visattn.interception`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..context import Span, TokenLayout
-
-
-@dataclass
-class Projection:
-    """q/k/v of one attention call in ``[B, H, N, D]`` and everything needed to finish it."""
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    role: str
-    queries: TokenLayout
-    keys: TokenLayout
-    finish: Callable[[torch.Tensor], Any]
-    attn_mask: torch.Tensor | None = None
-    # True when the stock processor calls diffusers' attention dispatcher (new-style processors).
-    uses_dispatcher: bool = False
+#: where the text tokens sit in a joint (MM-DiT) sequence
+TEXT_POSITIONS = ("first", "last")
 
 
 @dataclass
 class DenoiserInputs:
-    """What the denoiser's forward hook reads from one call (family-specific parsing of its arguments)."""
+    """What the denoiser's forward hook reads from one call."""
 
     batch_size: int
     grid: tuple[int, int, int] | None
@@ -45,76 +31,119 @@ class DenoiserInputs:
     sample: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Argument:
+    """A forward argument, given by keyword (any of ``names``) or at ``position`` (``None``: keyword only)."""
+
+    names: tuple[str, ...]
+    position: int | None = None
+
+    def read(self, args: tuple, kwargs: dict) -> Any:
+        for name in self.names:
+            if name in kwargs:
+                return kwargs[name]
+        if self.position is not None and len(args) > self.position:
+            return args[self.position]
+        return None
+
+
+@dataclass(frozen=True)
 class Family:
-    """Base class of the family adapters; one subclass per file in :mod:`visattn.families`."""
+    """One denoiser family: the classes it covers and the facts the generic path cannot infer.
 
-    #: short key used in errors, contexts and ``visattn.testing``
-    name: str = ""
-    #: class names of the denoisers this family drives
-    denoiser_classes: tuple[str, ...] = ()
-    #: class names of the stock processors this adapter reproduces
-    processor_classes: tuple[str, ...] = ()
-    #: the model is called with ``timestep / timestep_divisor`` relative to the scheduler's timesteps
+    Attributes:
+        name: the family key, the one vocabulary of the package (``visattn.testing``, words, the app, batch).
+        classes: diffusers class names of the denoisers (matched along the MRO, so subclasses are covered).
+        sample: the latent input argument.
+        layout: axes of the latent input: ``"BCHW"``, ``"BCFHW"``, ``"BFCHW"``, or ``"packed"`` (tokens
+            ``[B, N, C]`` whose grid ``grid_reader`` recovers from other arguments).
+        patch: config attribute of the spatial patch size (an int, or a ``(t, h, w)`` tuple); ``None``: 1.
+        patch_t: config attribute of the temporal patch size; ``None``: 1 (or the tuple's first entry).
+        grid_reader: name of a reader in :mod:`visattn.families.readers` for packed latents.
+        timestep: the timestep argument.
+        timestep_divisor: the model is called with ``scheduler timestep / timestep_divisor``.
+        text: the text hidden-states argument (its length is the text length); ``None``: no text.
+        text_position: ``"first"`` or ``"last"``: where text sits in joint sequences; ``None``: no joint attention.
+        roles: ``(regex, role)`` pairs searched in attention-module names, first match wins, for roles the
+            module alone does not tell (a single-stream block fed the concatenated sequence is ``"joint"``).
+        unet_levels: the grid halves (rounding up) at each UNet level.
+        frames_in_batch: spatial attention sees each frame as its own batch row (video UNets).
+        video: the latents have a frames axis.
+        known: declared by visattn (``False`` for the generic fallback of a class never seen).
+    """
+
+    name: str
+    classes: tuple[str, ...] = ()
+    sample: Argument = Argument(("hidden_states", "sample", "x"), 0)
+    layout: str = "BCHW"
+    patch: str | None = "patch_size"
+    patch_t: str | None = "patch_size_t"
+    grid_reader: str | None = None
+    timestep: Argument = Argument(("timestep", "timesteps", "t"))
     timestep_divisor: float = 1.0
+    text: Argument | None = Argument(("encoder_hidden_states",))
+    text_position: str | None = None
+    roles: tuple[tuple[str, str], ...] = ()
+    unet_levels: bool = False
+    frames_in_batch: bool = False
+    video: bool = False
+    known: bool = True
+    _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
 
-    def read_inputs(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> DenoiserInputs:
-        raise NotImplementedError
+    def __post_init__(self) -> None:
+        if self.text_position not in (None, *TEXT_POSITIONS):
+            raise ValueError(f"text_position must be one of {TEXT_POSITIONS} or None; got {self.text_position!r}")
+        object.__setattr__(self, "_compiled_roles", tuple((re.compile(p), role) for p, role in self.roles))
 
-    def project(
-        self,
-        attn: torch.nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        kwargs: dict,
-        text_length: int | None,
-    ) -> Projection:
-        raise NotImplementedError
-
+    # --- attach time ---------------------------------------------------------------------------------------
     def static_role(self, name: str, module: torch.nn.Module) -> str:
-        """The role of an attention module known before any call (used by ``layers=["self" | "cross" | "joint"]``)."""
-        if getattr(module, "added_kv_proj_dim", None) is not None:
+        """The role of an attention module known before any call (``layers=["self" | "cross" | "joint"]``)."""
+        for pattern, role in self._compiled_roles:
+            if pattern.search(name):
+                return role
+        if getattr(module, "added_kv_proj_dim", None) is not None or getattr(module, "add_q_proj", None) is not None:
             return "joint"
         return "cross" if getattr(module, "is_cross_attention", False) else "self"
 
-    def adapter_for(self, name: str, module: torch.nn.Module) -> Family:
-        """The adapter for one attention module (a family with modules of another kind returns a sub-adapter)."""
-        return self
+    # --- call time -----------------------------------------------------------------------------------------
+    def read_inputs(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> DenoiserInputs:
+        """Batch size, latent grid, timestep and text length of one forward call."""
+        from .readers import read_grid
 
-    def layer_grid(self, top_grid: tuple[int, int, int] | None, num_tokens: int) -> tuple[int, int, int] | None:
-        """The grid of a layer that sees ``num_tokens`` latent tokens. Transformers keep one grid throughout."""
-        if top_grid is None:
-            return None
-        frames, height, width = top_grid
-        return top_grid if frames * height * width == num_tokens else None
+        sample = self.sample.read(args, kwargs)
+        if not isinstance(sample, torch.Tensor):
+            sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        timestep = _timestep_value(self.timestep.read(args, kwargs))
+        text = self.text.read(args, kwargs) if self.text is not None else None
+        text_length = text.shape[1] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
+        grid = read_grid(self, model, sample, args, kwargs) if sample is not None else None
+        batch_size = sample.shape[0] if sample is not None else 0
+        return DenoiserInputs(batch_size, grid, timestep, text_length, sample=sample)
+
+    def level_grids(self, top: tuple[int, int, int] | None) -> tuple[tuple[int, int, int], ...]:
+        """The grids attention layers may see: the top grid, and each UNet level's (halved, rounded up)."""
+        if top is None:
+            return ()
+        frames, height, width = top
+        grids = [top]
+        while self.unet_levels and (height > 1 or width > 1) and len(grids) < 8:
+            height, width = math.ceil(height / 2), math.ceil(width / 2)
+            grids.append((frames, height, width))
+        if self.frames_in_batch:
+            # Video UNets fold frames into the batch: spatial layers see one frame per row, temporal layers one
+            # pixel's frames (no grid of their own).
+            return tuple((1, h, w) for _, h, w in grids)
+        return tuple(grids)
 
 
-def first_argument(args: tuple, kwargs: dict, names: tuple[str, ...], position: int) -> Any:
-    """A forward argument given by keyword (any of ``names``) or at ``position``."""
-    for name in names:
-        if name in kwargs:
-            return kwargs[name]
-    return args[position] if len(args) > position else None
-
-
-def timestep_value(timestep: Any) -> float | None:
+def _timestep_value(timestep: Any) -> float | None:
     """The first timestep of a call as a float (pipelines pass a scalar, a batch, or a per-token map)."""
     if timestep is None:
         return None
     if isinstance(timestep, torch.Tensor):
+        if timestep.numel() == 0:
+            return None
         return float(timestep.reshape(-1)[0])
-    return float(timestep)
-
-
-def joint_layout(length: int, text: Span | None) -> TokenLayout:
-    """Layout of a sequence holding one text span and latent tokens everywhere else."""
-    if text is None or text.length == 0:
-        return TokenLayout(length, image=Span(0, length))
-    if text.start == 0:
-        return TokenLayout(length, image=Span(text.stop, length), text=text)
-    return TokenLayout(length, image=Span(0, text.start), text=text)
-
-
-def heads_first(x: torch.Tensor) -> torch.Tensor:
-    """``[B, N, H, D] -> [B, H, N, D]`` (a view; the dispatcher path transposes back to the same tensor)."""
-    return x.transpose(1, 2)
+    if isinstance(timestep, (int, float)):
+        return float(timestep)
+    return None

@@ -17,7 +17,6 @@ same objects) afterwards.
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,9 +28,9 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 
 from ..attachment import Attachment, attach, attention_layers
 from ..families import family_of
+from ..interception import AttentionLayerHook, layer_hook, register_layer_hook, remove_layer_hook
 from ..layers import matches, normalize_layers, select_layers
 from ..processors.effect import AttentionCall, Effect
-from ..processors.processor import VisAttnProcessor
 from .head_sets import HeadSet, layer_pattern
 
 if TYPE_CHECKING:
@@ -252,7 +251,8 @@ class HeadPerturbationGuidance(BaseGuidance):
         # Keyed weakly by the denoiser: a guider outliving a model must not keep it alive or reuse its id.
         self._plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._attachment: Attachment | None = None
-        self._swapped: list[tuple[torch.nn.Module, Any]] = []
+        self._extended: list[tuple[AttentionLayerHook, Any]] = []
+        self._added: list[torch.nn.Module] = []
 
     # --- which layers and heads, resolved once per denoiser ---------------------------------------------------------
     def perturbed_heads_of(self, denoiser: torch.nn.Module) -> dict[str, tuple[int, ...] | None]:
@@ -359,37 +359,31 @@ class HeadPerturbationGuidance(BaseGuidance):
         plan = self.perturbed_heads_of(base)
         effect = IdentityPerturbation(plan, self.strength)
         modules = attention_layers(base)
-        existing = [m.processor for m in modules.values() if isinstance(m.processor, VisAttnProcessor)]
+        hooks = {name: layer_hook(module) for name, module in modules.items()}
+        existing = [hook for hook in hooks.values() if hook is not None]
         if not existing:
             self._attachment = attach(denoiser, effect, layers=[layer_pattern(name) for name in plan])
             return
-        # visattn is already attached (other effects): add this effect to those processors instead of a second
-        # attachment, and give untouched layers a processor that shares the attachment's call state.
+        # visattn is already attached (other effects): add this effect to those layers' hooks instead of a second
+        # attachment, and give untouched layers a hook that shares the attachment's call state.
         family = family_of(base)
         names = list(modules)
         try:
             for name in plan:
-                module = modules[name]
-                original = module.processor
-                if isinstance(original, VisAttnProcessor):
-                    replacement = copy.copy(original)
-                    replacement.effects = [*original.effects, effect]
-                else:
-                    if type(original).__name__ not in family.processor_classes:
-                        raise ValueError(
-                            f"layer {name!r} uses {type(original).__name__}, which visattn does not reproduce; "
-                            f"supported processors for the {family.name} family: {', '.join(family.processor_classes)}"
-                        )
-                    replacement = VisAttnProcessor(
-                        [effect],
-                        layer_name=name,
-                        layer_index=names.index(name),
-                        adapter=family.adapter_for(name, module),
-                        state=existing[0].state,
-                    )
-                    replacement._attention_backend = getattr(original, "_attention_backend", None)
-                self._swapped.append((module, original))
-                module.set_processor(replacement)
+                hook = hooks[name]
+                if hook is not None:
+                    hook.effects.append(effect)
+                    self._extended.append((hook, effect))
+                    continue
+                hook = AttentionLayerHook(
+                    [effect],
+                    existing[0].state,
+                    layer_name=name,
+                    layer_index=names.index(name),
+                    static_role=family.static_role(name, modules[name]),
+                )
+                register_layer_hook(modules[name], hook)
+                self._added.append(modules[name])
         except BaseException:
             self._restore()
             raise
@@ -398,9 +392,12 @@ class HeadPerturbationGuidance(BaseGuidance):
         if self._attachment is not None:
             self._attachment.detach()
             self._attachment = None
-        for module, original in reversed(self._swapped):
-            module.set_processor(original)
-        self._swapped.clear()
+        for hook, effect in reversed(self._extended):
+            hook.effects.remove(effect)
+        for module in reversed(self._added):
+            remove_layer_hook(module)
+        self._extended.clear()
+        self._added.clear()
 
     # --- inputs and the guidance arithmetic ---------------------------------------------------------------------
     def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[BlockState]:

@@ -1,4 +1,4 @@
-"""Effects and the processor that applies them: one file per effect.
+"""Effects: one file per effect.
 
 Names resolve lazily (one module per effect), so importing one effect does not import every other.
 """
@@ -10,7 +10,6 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "AttentionCall": ".effect",
     "Effect": ".effect",
-    "VisAttnProcessor": ".processor",
     # sparse attention and extrapolation
     "NeighborhoodAttention": ".neighborhood_attention",
     "RadialAttention": ".radial_attention",

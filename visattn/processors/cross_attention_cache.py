@@ -10,7 +10,7 @@ What this effect does, following the authors' public code (``tgate_utils.tgate_s
 * ``gate_step`` counts the steps that compute cross-attention: steps ``0 .. gate - 1`` run normally, the last of
   them (index ``gate - 1``) stores each layer's finished output, and every step from index ``gate`` on returns the
   stored output without projecting anything (the layer call is answered before ``q/k/v`` are formed, through the
-  ``wrap_attention`` hook of :class:`~visattn.processors.VisAttnProcessor`).
+  ``wrap_attention`` hook of :class:`~visattn.interception.AttentionLayerHook`).
 * With ``average=True`` (TGATE's choice) the stored output of the classifier-free-guidance branches is the mean
   ``(out_uncond + out_cond) / 2``, used for both branches. Other branches (a perturbed twin added by PAG, ...)
   keep their own output. ``average=False`` keeps every branch's own output instead.

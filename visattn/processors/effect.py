@@ -5,8 +5,8 @@ a pattern (which pairs attend), a score modifier (how logits change), an output 
 interpolation), changes to q/k/v, or a finished output. Effects that need the whole denoiser call (extra batch
 branches for guidance, latent blending for edits) override :meth:`Effect.wrap_denoiser`. An effect that may answer
 for a whole attention layer before anything is projected (a cache, as TGATE) defines
-``wrap_attention(call, hidden_states, layer_name, state)``; :class:`VisAttnProcessor` calls it with ``call()``
-computing the layer.
+``wrap_attention(call, hidden_states, layer_name, state)``; the layer's hook
+(:class:`visattn.interception.AttentionLayerHook`) calls it with ``call()`` computing the layer.
 """
 
 from __future__ import annotations
@@ -109,6 +109,10 @@ class Effect:
 
     def unbind(self) -> None:
         self._layer_names = None
+
+    def may_act_on_layer(self, name: str) -> bool:
+        """Whether this effect, as bound, can act on the attention layer ``name`` at all."""
+        return self._layer_names is None or name in self._layer_names
 
     # --- call time -----------------------------------------------------------------------------------------
     def acts_on(self, ctx: CallContext) -> bool:

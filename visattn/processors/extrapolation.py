@@ -59,7 +59,7 @@ class _InputGridEffect(Effect):
             self._input_grid = previous
 
     def _top_grid(self, ctx: CallContext) -> tuple[int, int, int]:
-        # Without an attachment (a bare VisAttnProcessor) the layer's own grid is the reference.
+        # Without an attachment (a bare layer hook) the layer's own grid is the reference.
         return self._input_grid if self._input_grid is not None else ctx.grid
 
     @staticmethod

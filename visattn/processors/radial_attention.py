@@ -17,12 +17,10 @@ import math
 from collections.abc import Iterable
 
 from ..context import CallContext
+from ..families import VIDEO_FAMILIES
 from ..kernels.radial import RadialPattern
 from ..layers import matches, normalize_layers, select_layers
 from .effect import AttentionCall, Effect
-
-#: families whose latents are videos (a ``frames`` axis the radial rule decays over)
-VIDEO_FAMILIES = ("wan", "cogvideox", "hunyuan_video")
 
 
 @functools.lru_cache(maxsize=256)
@@ -161,7 +159,7 @@ class RadialAttention(Effect):
 
     def pattern_for(self, ctx: CallContext) -> RadialPattern | None:
         """The radial pattern of one call, or ``None`` when the call stays dense (no latent grid, one frame)."""
-        if ctx.family not in VIDEO_FAMILIES:
+        if ctx.family not in VIDEO_FAMILIES and not (ctx.grid is not None and ctx.grid[0] > 1):
             raise ValueError(
                 f"RadialAttention works on video families ({', '.join(VIDEO_FAMILIES)}); layer {ctx.layer_name!r} "
                 f"belongs to the {ctx.family!r} family, whose latents are images (no frames axis to decay over). "

@@ -1,0 +1,205 @@
+"""Every covered diffusers denoiser class, through visattn's generic path: identity, detach, and each effect.
+
+The rows come from :func:`visattn.testing.coverage.checks.check`, the same checks that generate docs/models.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import pytest
+import torch
+
+import visattn
+from visattn.testing.coverage import TINY_DENOISERS
+from visattn.testing.coverage.checks import CoverageRow, _output, check
+
+# Checks a class fails today, with what failed: most are classes without family facts yet (the generic path
+# cannot read their packed latents' grid) or effects whose batch handling does not fit the class. The test fails
+# both when another check fails and when one of these starts passing (then remove it here).
+KNOWN_LIMITS: dict[str, dict[str, str]] = {
+    "UNetMotionModel": {
+        "PAG": "RuntimeError: The size of tensor a (192) must match the size of tensor b (96) at",
+        "SEG": "RuntimeError: The size of tensor a (192) must match the size of tensor b (96) at",
+    },
+    "UVit2DModel": {
+        "grid": "the input is a (1, 8, 12) grid, visattn read None",
+    },
+    "QwenImageTransformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "QwenImage21Transformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+    },
+    "Flux2Transformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "Flux3Transformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "ZImageTransformer2DModel": {
+        "grid": "the input is a (1, 4, 8) grid, visattn read None",
+        "PAG": "RuntimeError: The size of tensor a (2) must match the size of tensor b (4) at no",
+        "SEG": "RuntimeError: The size of tensor a (2) must match the size of tensor b (4) at no",
+    },
+    "ChromaTransformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "HiDreamImageTransformer2DModel": {
+        "PAG": "RuntimeError: shape '[4, -1, 32]' is invalid for input of size 192",
+        "SEG": "RuntimeError: shape '[4, -1, 32]' is invalid for input of size 192",
+    },
+    "BriaTransformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "BriaFiboTransformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "BriaFibo2Transformer2DModel": {
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+    },
+    "OvisImageTransformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "LongCatImageTransformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "NucleusMoEImageTransformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "Krea2Transformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "Ideogram4Transformer2DModel": {
+        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+    },
+    "WanAnimate2Transformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read None",
+    },
+    "ChronoEditTransformer3DModel": {
+        "Neighborhood": "ValueError: kernel_size 3 on axis 0 is larger than that grid axis (2); grid (2, ",
+    },
+    "HeliosTransformer3DModel": {
+        "Neighborhood": "changed the output by 0.0",
+        "Extrapolation": "changed the output by 0.0",
+        "SEG": "changed the output by 0.0",
+    },
+    "AnyFlowTransformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read (4, 4, 6)",
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+    },
+    "LTXVideoTransformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read None",
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+    },
+    "LTX2VideoTransformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read None",
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+    },
+    "HunyuanVideoFramepackTransformer3DModel": {
+        "PAG": "RuntimeError: The size of tensor a (128) must match the size of tensor b (182) a",
+        "SEG": "RuntimeError: The size of tensor a (128) must match the size of tensor b (182) a",
+    },
+    "MochiTransformer3DModel": {
+        "identity": "ValueError: MochiTransformer3DModel has no attention modules with a diffusers pr",
+    },
+    "ConsisIDTransformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read (8, 4, 6)",
+    },
+    "Cosmos3OmniTransformer": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read None",
+    },
+    "Kandinsky5Transformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read (8, 6, 5)",
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+    },
+    "Kandinsky6Transformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read (8, 6, 5)",
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+    },
+    "MiniMaxH3Transformer3DModel": {
+        "grid": "the input is a (3, 4, 6) grid, visattn read None",
+    },
+    "MotifVideoTransformer3DModel": {
+        "PAG": "ValueError: identity_blend needs as many queries as keys (each query's identity ",
+        "Neighborhood": "changed the output by 0.0",
+        "Extrapolation": "changed the output by 0.0",
+    },
+    "JoyImageEditTransformer3DModel": {
+        "grid": "the input is a (2, 4, 6) grid, visattn read None",
+    },
+}
+
+ENTRIES = {entry.class_name: entry for entry in TINY_DENOISERS}
+
+
+@functools.cache
+def row(class_name: str) -> CoverageRow:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return check(ENTRIES[class_name])
+
+
+@pytest.mark.parametrize("class_name", ENTRIES)
+def test_identity_is_exact_and_detach_restores_the_model(class_name):
+    result = row(class_name)
+    if "identity" in KNOWN_LIMITS.get(class_name, {}):
+        pytest.skip(KNOWN_LIMITS[class_name]["identity"])
+    assert result.identity_error <= 1e-6, result.problems
+    assert result.detach_exact
+    assert result.roles, "no attention call went through visattn"
+
+
+@pytest.mark.parametrize("class_name", ENTRIES)
+def test_every_check_passes_or_is_a_known_limit(class_name):
+    """PAG and SEG change the output, sparse effects too where a grid is found, each effect runs without error."""
+    failed = row(class_name).failures()
+    assert set(failed) == set(KNOWN_LIMITS.get(class_name, {})), failed
+
+
+@pytest.mark.parametrize("class_name", ENTRIES)
+def test_attention_maps_only_observe(class_name):
+    result = row(class_name)
+    if result.maps is None:
+        pytest.skip("no text and grid located: AttentionMaps does not apply")
+    assert result.maps == 0.0
+
+
+def test_a_class_visattn_has_never_seen_runs_the_generic_path_with_one_warning():
+    from diffusers import Transformer2DModel
+
+    class UsersOwnTransformer(Transformer2DModel):
+        pass
+
+    entry = ENTRIES["Transformer2DModel"]
+    torch.manual_seed(0)
+    model = UsersOwnTransformer(**entry.build().config).eval()
+    inputs = entry.inputs(2)
+    with torch.no_grad():
+        stock = _output(model(**inputs))
+    with pytest.warns(UserWarning, match="no facts for UsersOwnTransformer"):
+        handle = visattn.attach(model, visattn.PerturbedAttentionGuidance(scale=2.0, layers="self"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once is enough
+        with handle, torch.no_grad():
+            guided = _output(model(**inputs))
+        with visattn.attach(model), torch.no_grad():
+            assert torch.equal(_output(model(**inputs)), stock)
+    assert (guided - stock).abs().max() > 1e-4
+
+
+def test_a_module_visattn_cannot_intercept_is_named_when_selected():
+    from diffusers.models.attention_processor import AttnProcessor
+
+    entry = ENTRIES["Transformer2DModel"]
+    model = entry.build()
+    name = next(iter(visattn.attention_layers(model)))
+    visattn.attention_layers(model)[name].set_processor(AttnProcessor())
+    with pytest.raises(ValueError, match=f"selects '{name}' .* AttnProcessor computes attention without"):
+        visattn.attach(model, layers=name.replace(".", r"\."))
+    before = {n: m.processor for n, m in visattn.attention_layers(model).items()}
+    with visattn.attach(model) as handle:
+        assert name not in handle.layers["model"] and handle.layers["model"]
+    assert all(m.processor is before[n] for n, m in visattn.attention_layers(model).items())

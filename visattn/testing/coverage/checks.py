@@ -1,0 +1,174 @@
+"""The per-class coverage checks: what visattn does on one tiny denoiser, measured, as one table row.
+
+The tests (``tests/test_coverage.py``) assert on these rows, and ``python -m visattn.testing.coverage`` writes
+them to ``docs/models.md``, so the coverage table is generated from the same checks the tests run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import visattn
+from visattn.context import CallContext
+from visattn.interception import layer_hook
+from visattn.processors.effect import AttentionCall, Effect
+from visattn.testing.coverage.spec import TinyDenoiser
+from visattn.words import PromptTokens
+
+#: the identity bar of the issue: fp32, max abs diff
+IDENTITY_TOLERANCE = 1e-6
+
+
+class ContextRecorder(Effect):
+    """Observes every call it is attached to (its context) and changes nothing."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.contexts: list[CallContext] = []
+
+    def apply(self, call: AttentionCall) -> None:
+        self.contexts.append(call.ctx)
+
+
+@dataclass
+class CoverageRow:
+    """What visattn did on one denoiser class; ``None`` where a check does not apply."""
+
+    class_name: str
+    pipeline: str | None
+    layers: int = 0
+    roles: tuple[str, ...] = ()
+    identity_error: float = math.inf
+    detach_exact: bool = False
+    grid_found: bool = False
+    text_found: bool = False
+    guidance: dict[str, float] = field(default_factory=dict)
+    maps: float | None = None
+    sparse: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def identity_exact(self) -> bool:
+        return self.identity_error <= IDENTITY_TOLERANCE
+
+    def failures(self) -> dict[str, str]:
+        """Each failed check by name: an error, or an effect that should change the output and did not."""
+        failed = {problem.split(":")[0]: problem.split(":", 1)[1].strip() for problem in self.problems}
+        if not self.roles and "identity" not in failed:
+            failed["identity"] = "no attention call went through visattn"
+        changes = dict(self.sparse)
+        if "PAG" in self.guidance:
+            changes["PAG"] = self.guidance["PAG"]
+        if "SEG" in self.guidance and self.grid_found:
+            changes["SEG"] = self.guidance["SEG"]
+        for name, change in changes.items():
+            if not 1e-6 < change < math.inf:
+                failed.setdefault(name, f"changed the output by {change}")
+        return failed
+
+
+def _output(out: Any) -> torch.Tensor:
+    """The prediction tensor of a denoiser's output (``.sample``, a tuple's first item, or the tensor)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample"):
+        return out.sample
+    if isinstance(out, (tuple, list)):
+        return _output(out[0])
+    raise TypeError(f"cannot find the prediction in a {type(out).__name__}")
+
+
+def _run(model: torch.nn.Module, entry: TinyDenoiser, batch_size: int = 2) -> torch.Tensor:
+    with torch.no_grad():
+        return _output(model(**entry.inputs(batch_size))).float()
+
+
+def _change(model, entry, stock, *effects, layers=None) -> float:
+    """Max abs change of the output with ``effects`` attached (NaN or inf as ``inf``)."""
+    with visattn.attach(model, *effects, layers=layers):
+        out = _run(model, entry)
+    diff = (out - stock).abs().max().item()
+    return diff if math.isfinite(diff) else math.inf
+
+
+def _synthetic_prompt(length: int) -> PromptTokens:
+    """One word per text position, so every text token has a word to collect a map for."""
+    words = tuple(f"w{i}" for i in range(length))
+    return PromptTokens(" ".join(words), words, tuple((i,) for i in range(length)), (), length, family="")
+
+
+def check(entry: TinyDenoiser) -> CoverageRow:
+    """Every coverage check on one tiny denoiser; problems are recorded in the row, never raised."""
+    model = entry.build()
+    row = CoverageRow(entry.class_name, entry.pipeline, layers=len(visattn.attention_layers(model)))
+    stock = _run(model, entry)
+    processors = {name: module.processor for name, module in visattn.attention_layers(model).items()}
+
+    # Identity through interception: an observer on every layer makes every attention call go through visattn.
+    recorder = ContextRecorder()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        try:
+            with visattn.attach(model, recorder) as handle:
+                observed = _run(model, entry)
+                read_grid = handle.states[0].inputs.grid
+            row.identity_error = (observed - stock).abs().max().item()
+        except Exception as error:  # noqa: BLE001 - the row records what failed
+            row.problems.append(f"identity: {type(error).__name__}: {error}")
+            return row
+    modules = visattn.attention_layers(model)
+    row.detach_exact = all(modules[n].processor is p for n, p in processors.items()) and not any(
+        layer_hook(m) for m in modules.values()
+    )
+    contexts = recorder.contexts
+    row.roles = tuple(sorted({ctx.role for ctx in contexts}))
+    row.grid_found = any(ctx.grid is not None for ctx in contexts)
+    text_contexts = [ctx for ctx in contexts if ctx.role in ("cross", "joint") and ctx.text_span is not None]
+    row.text_found = bool(text_contexts)
+    if entry.grid is not None and read_grid != entry.grid:
+        row.problems.append(f"grid: the input is a {entry.grid} grid, visattn read {read_grid}")
+
+    static_roles = set(visattn.layer_roles(model).values())
+    perturbable = [role for role in ("self", "joint") if role in row.roles and role in static_roles]
+    for name, effect in (
+        ("PAG", lambda: visattn.PerturbedAttentionGuidance(scale=2.0, layers=perturbable)),
+        ("SEG", lambda: visattn.SmoothedEnergyGuidance(scale=2.0, sigma=2.0, layers=perturbable)),
+    ):
+        if not perturbable:
+            break
+        try:
+            row.guidance[name] = _change(model, entry, stock, effect())
+        except Exception as error:  # noqa: BLE001
+            row.problems.append(f"{name}: {type(error).__name__}: {error}")
+
+    if row.text_found and row.grid_found and entry.text_tokens:
+        try:
+            length = text_contexts[0].text_span.length
+            maps = visattn.AttentionMaps(prompt=_synthetic_prompt(length), drop_special=False)
+            row.maps = _change(model, entry, stock, maps)
+            if maps.contributions == 0:
+                row.problems.append("AttentionMaps: collected nothing")
+        except Exception as error:  # noqa: BLE001
+            row.problems.append(f"AttentionMaps: {type(error).__name__}: {error}")
+
+    if row.grid_found and perturbable:
+        video = any(ctx.grid and ctx.grid[0] > 1 and ctx.role in perturbable for ctx in contexts)
+        sparse = {
+            "Neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=3, layers=perturbable),
+            "Extrapolation": lambda: visattn.ExtrapolationDecay(train_size=2, factor=0.5, layers=perturbable),
+        }
+        if video:
+            sparse["Radial"] = lambda: visattn.RadialAttention(
+                dense_steps=None, block_size=4, decay_factor=0.2, layers=perturbable
+            )
+        for name, effect in sparse.items():
+            try:
+                row.sparse[name] = _change(model, entry, stock, effect())
+            except Exception as error:  # noqa: BLE001
+                row.problems.append(f"{name}: {type(error).__name__}: {error}")
+    return row
