@@ -878,7 +878,8 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
         notes="Joint [video | text] attention run PER BATCH ROW (MochiAttnProcessor2_0 loops over the batch and "
         "calls SDPA on batch 1 with only the VALID text tokens: Nq = Nk = N + valid_text(row), no attn_mask; the "
         "output is zero-padded back to N + text). The caption attention pool (time_embed.pooler, 8 fixed heads) "
-        "makes one more SDPA with a single query over the text (Nq 1, Nk text, bool mask). Last block is "
+        "makes one more SDPA: a single query over [mean token | text] (Nq 1, Nk text + 1, 8 x 4 heads, bool mask). "
+        "Last block is "
         "context_pre_only. Patch embedding is 2-D per frame (no temporal patch). The pipeline passes inverted "
         "timesteps (1000 - t of the usual convention).",
     ),
@@ -1112,8 +1113,9 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
         "(first frame 0 = clean image). Block i uses gated-delta-net LINEAR attention (no SDPA: blocks.*.attn, "
         "BidirectionalGDNUCPESinglePathLiteLA, main and camera branches, chunked recurrence) except every "
         "softmax_every_n-th block (here block 1 of 2), whose main branch calls F.scaled_dot_product_attention "
-        "(N, N) directly and whose camera (UCPE ray-space) branch calls it again in bfloat16 with the head dim "
-        "zero-padded 16 -> 128 (so SDPA's default scale is 1/sqrt(128)). Cross-attention (blocks.*.cross_attn, "
+        "(N, N) directly and whose camera (UCPE ray-space) branch calls it again; both run in bfloat16 on float32 "
+        "models, and the camera call zero-pads the head dim 16 -> 128 (so SDPA's default scale is 1/sqrt(128)). "
+        "Cross-attention (blocks.*.cross_attn, "
         "dispatch) (N, text) with a bool key mask [B, 1, 1, text] in every block.",
     ),
     TinyDenoiser(
@@ -1139,7 +1141,8 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
         text_position=None,
         pipeline="Kandinsky5T2VPipeline",
         notes="Channels-LAST latents [B, F, H, W, 2C+1] (noise, condition latents, condition mask) in and "
-        "[B, F, H, W, C] out. Text runs through its own encoder blocks first (text self-attention SDPA "
+        "[B, F, H, W, C] out; return_dict=False returns the bare tensor, not a tuple. Text runs through its own "
+        "encoder blocks first (text self-attention SDPA "
         "(text, text)), then each visual block has self (N, N) and cross (N, text) SDPA, no masks. RoPE "
         "positions come from the pipeline (visual_rope_pos, text_rope_pos, scale_factor); RoPE is applied in "
         "bfloat16. The 10 s models pass sparse_params (NABLA): a block-sparse mask and 'fractal' token reordering "
@@ -1179,8 +1182,9 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
         notes="Video + audio model, channels-LAST latents [B, F, H, W, 2C+1]; returns (video, audio). Separate "
         f"video and audio text encoders (text self-attention each). Per fused block: video self (N, N), video->text "
         f"(N, text), audio self ({K6_AUDIO}, {K6_AUDIO}), audio->text ({K6_AUDIO}, text), video->audio "
-        f"(N, {K6_AUDIO}) and audio->video ({K6_AUDIO}, N) cross-attention. The bool text padding mask is passed "
-        "as given ([B, text]) to text self-attention and text cross-attention. With an image the pipeline appends "
+        f"(N, {K6_AUDIO}) and audio->video ({K6_AUDIO}, N) cross-attention. The bool text padding mask [B, text] "
+        "reaches SDPA as [B, 1, 1, text] in text self-attention and both text cross-attentions. With an image the "
+        "pipeline appends "
         "the reference latent as an EXTRA LAST frame (RoPE time 0, token type 1): grid F + 1 frames.",
     ),
     TinyDenoiser(
