@@ -39,13 +39,13 @@ def _denoisers(target: Any) -> tuple[list[tuple[str, torch.nn.Module]], Any]:
 
 
 def attention_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Every attention module of a denoiser that carries a diffusers processor, by name, in model order."""
+    """Every attention module of a denoiser that carries a diffusers processor, by name, in model order.
+
+    A module qualifies when its forward delegates to a callable ``processor`` (diffusers' convention; some, such
+    as Mochi's, have no ``set_processor``: visattn never replaces processors, so it does not need one).
+    """
     model = getattr(model, "_orig_mod", model)
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if hasattr(module, "processor") and hasattr(module, "set_processor")
-    }
+    return {name: module for name, module in model.named_modules() if callable(getattr(module, "processor", None))}
 
 
 def _interceptable(model: torch.nn.Module, modules: dict, layers: tuple[str, ...] | None) -> dict:

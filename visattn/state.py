@@ -91,7 +91,7 @@ class DenoiserHook(ModelHook):
         if timestep is None or timesteps is None or len(timesteps) == 0:
             return StepInfo(None, None, timestep)
         scheduled = timesteps.detach().float().cpu()
-        target = timestep * self.state.family.timestep_divisor
+        target = self.state.family.scheduler_timestep(timestep)
         index = int(torch.argmin((scheduled - target).abs()))
         return StepInfo(index, len(scheduled), timestep)
 

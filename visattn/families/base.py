@@ -55,13 +55,15 @@ class Family:
         name: the family key, the one vocabulary of the package (``visattn.testing``, words, the app, batch).
         classes: diffusers class names of the denoisers (matched along the MRO, so subclasses are covered).
         sample: the latent input argument.
-        layout: axes of the latent input: ``"BCHW"``, ``"BCFHW"``, ``"BFCHW"``, or ``"packed"`` (tokens
+        layout: axes of the latent input: ``"BCHW"``, ``"BCFHW"``, ``"BFCHW"``, ``"BFHWC"``, ``"auto"`` (4-D is
+            ``BCHW``, 5-D ``BCFHW``), or ``"packed"`` (tokens
             ``[B, N, C]`` whose grid ``grid_reader`` recovers from other arguments).
         patch: config attribute of the spatial patch size (an int, or a ``(t, h, w)`` tuple); ``None``: 1.
         patch_t: config attribute of the temporal patch size; ``None``: 1 (or the tuple's first entry).
         grid_reader: name of a reader in :mod:`visattn.families.readers` for packed latents.
         timestep: the timestep argument.
         timestep_divisor: the model is called with ``scheduler timestep / timestep_divisor``.
+        timestep_reversed: the model is called with ``1 - scheduler timestep / 1000`` (1 means clean).
         text: the text hidden-states argument (its length is the text length); ``None``: no text.
         text_position: ``"first"`` or ``"last"``: where text sits in joint sequences; ``None``: no joint attention.
         roles: ``(regex, role)`` pairs searched in attention-module names, first match wins, for roles the
@@ -81,6 +83,7 @@ class Family:
     grid_reader: str | None = None
     timestep: Argument = Argument(("timestep", "timesteps", "t"))
     timestep_divisor: float = 1.0
+    timestep_reversed: bool = False
     text: Argument | None = Argument(("encoder_hidden_states",))
     text_position: str | None = None
     roles: tuple[tuple[str, str], ...] = ()
@@ -119,6 +122,14 @@ class Family:
         grid = read_grid(self, model, sample, args, kwargs) if sample is not None else None
         batch_size = sample.shape[0] if sample is not None else 0
         return DenoiserInputs(batch_size, grid, timestep, text_length, sample=sample)
+
+    def scheduler_timestep(self, timestep: float | None) -> float | None:
+        """The scheduler's timestep for the timestep the model was called with."""
+        if timestep is None:
+            return None
+        if self.timestep_reversed:
+            return (1.0 - timestep) * 1000.0
+        return timestep * self.timestep_divisor
 
     def level_grids(self, top: tuple[int, int, int] | None) -> tuple[tuple[int, int, int], ...]:
         """The grids attention layers may see: the top grid, and each UNet level's (halved, rounded up)."""

@@ -96,6 +96,10 @@ class Effect:
 
     def __init__(self, *, layers: str | Iterable[str] | None = None, steps=None) -> None:
         self.layers = normalize_layers(layers)
+        # The roles a call must have at run time: the role keywords of ``layers``, else the effect's own roles.
+        # Checked on every call too, since a module's static role can miss what its calls are (a new-style
+        # attention module does not say that it is cross-attention).
+        self._call_roles = tuple(layer for layer in self.layers or () if layer in ROLE_KEYWORDS) or self.roles
         self.steps = normalize_steps(steps)
         self._layer_names: frozenset[str] | None = None
 
@@ -116,9 +120,8 @@ class Effect:
 
     # --- call time -----------------------------------------------------------------------------------------
     def acts_on(self, ctx: CallContext) -> bool:
-        if self.layers is None or not any(layer in ROLE_KEYWORDS for layer in self.layers):
-            if ctx.role not in self.roles:
-                return False
+        if ctx.role not in self._call_roles:
+            return False
         if self._layer_names is not None and ctx.layer_name not in self._layer_names:
             return False
         return in_steps(self.steps, ctx.step.fraction)

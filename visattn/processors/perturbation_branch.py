@@ -108,7 +108,7 @@ class PerturbationGuidance(Effect):
     def wrap_denoiser(self, forward, args, kwargs, state):
         layout = state.batch
         step = state.step
-        timestep = None if step.timestep is None else step.timestep * state.family.timestep_divisor
+        timestep = state.family.scheduler_timestep(step.timestep)
         if layout is None or "cond" not in layout.names or not in_steps(self.steps, step.fraction):
             return forward(*args, **kwargs)
         scale = self.scale_at(timestep)

@@ -72,8 +72,8 @@ attached through its generic path (the stock processors stay; visattn answers th
   Prompt-to-Prompt and LocalBlend are tested end to end on the pipeline families (SD, SDXL, PixArt, SD3, Flux,
   Wan, CogVideoX, HunyuanVideo) in `tests/test_prompt_to_prompt.py`; on the classes below they are not yet.
 - **guidance**: PAG and SEG (scale 2) on the self/joint layers, with the max output change.
-- **sparse**: NeighborhoodAttention (kernel 3), ExtrapolationDecay (train size 2) and, on 3-D grids,
-  RadialAttention, with the max output change.
+- **sparse**: NeighborhoodAttention (window 3 per axis, 1 on axes shorter than 3), ExtrapolationDecay (train
+  size 2) and, on 3-D grids, RadialAttention, with the max output change.
 - **problems**: what failed (each is listed in `KNOWN_LIMITS` of the test with the reason).
 
 | class | pipeline | family | identity | roles | editing and maps | guidance | sparse | problems |

@@ -72,20 +72,20 @@ class CoverageRow:
         return failed
 
 
-def _output(out: Any) -> torch.Tensor:
+def prediction(out: Any) -> torch.Tensor:
     """The prediction tensor of a denoiser's output (``.sample``, a tuple's first item, or the tensor)."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "sample"):
         return out.sample
     if isinstance(out, (tuple, list)):
-        return _output(out[0])
+        return prediction(out[0])
     raise TypeError(f"cannot find the prediction in a {type(out).__name__}")
 
 
 def _run(model: torch.nn.Module, entry: TinyDenoiser, batch_size: int = 2) -> torch.Tensor:
     with torch.no_grad():
-        return _output(model(**entry.inputs(batch_size))).float()
+        return prediction(model(**entry.inputs(batch_size))).float()
 
 
 def _change(model, entry, stock, *effects, layers=None) -> float:
@@ -94,6 +94,31 @@ def _change(model, entry, stock, *effects, layers=None) -> float:
         out = _run(model, entry)
     diff = (out - stock).abs().max().item()
     return diff if math.isfinite(diff) else math.inf
+
+
+class _SDPATokens(torch.overrides.TorchFunctionMode):
+    """Records the (queries, keys) token counts of every ``scaled_dot_product_attention`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, int]] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            q = args[0] if args else kwargs["query"]
+            k = args[1] if len(args) > 1 else kwargs["key"]
+            self.seen.add((q.shape[-2], k.shape[-2]))
+        return func(*args, **kwargs)
+
+
+def sdpa_token_counts(entry: TinyDenoiser, batch_size: int = 2) -> set[tuple[int, int]]:
+    """The ``(Nq, Nk)`` of every attention call one stock forward of ``entry`` makes (no visattn attached)."""
+    model = entry.build()
+    recorder = _SDPATokens()
+    with torch.no_grad(), recorder:
+        model(**entry.inputs(batch_size))
+    return recorder.seen
 
 
 def _synthetic_prompt(length: int) -> PromptTokens:
@@ -156,10 +181,13 @@ def check(entry: TinyDenoiser) -> CoverageRow:
         except Exception as error:  # noqa: BLE001
             row.problems.append(f"AttentionMaps: {type(error).__name__}: {error}")
 
-    if row.grid_found and perturbable:
-        video = any(ctx.grid and ctx.grid[0] > 1 and ctx.role in perturbable for ctx in contexts)
+    grids = [ctx.grid for ctx in contexts if ctx.grid is not None and ctx.role in perturbable]
+    if grids:
+        video = any(grid[0] > 1 for grid in grids)
+        # A window of 3 on every axis the grids allow (an axis of 1 or 2 frames gets a window of 1).
+        kernel = tuple(3 if size >= 3 else 1 for size in min(grids, key=math.prod))
         sparse = {
-            "Neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=3, layers=perturbable),
+            "Neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=kernel, layers=perturbable),
             "Extrapolation": lambda: visattn.ExtrapolationDecay(train_size=2, factor=0.5, layers=perturbable),
         }
         if video:

@@ -2,7 +2,7 @@
 pipelines pass them (packed latents, position ids, text masks...), for the per-class coverage tests.
 
 Every entry's ``grid``, ``text_tokens`` and ``text_position`` were read from the attention processors and checked at
-run time by recording each ``torch.nn.functional.scaled_dot_product_attention`` call of one forward (run this module).
+run time by recording each ``torch.nn.functional.scaled_dot_product_attention`` call of one forward.
 """
 
 # Left out: none. All 29 classes build tiny and run on CPU with diffusers 0.42.1. Work-arounds, in the entries:
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from visattn.testing.coverage.spec import TinyDenoiser
+from visattn.testing.coverage.spec import TinyDenoiser, randn
 
 
 def _build(class_name: str, reinit: tuple[str, ...] = (), **config: Any) -> torch.nn.Module:
@@ -54,10 +54,6 @@ def _build_nucleus(**config: Any) -> torch.nn.Module:
     return model
 
 
-def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float32)
-
-
 def _flow_t(batch_size: int) -> torch.Tensor:
     """Flow-matching timesteps in [0, 1], one per row (as pipelines pass ``t / 1000``)."""
     return torch.linspace(0.8, 0.4, batch_size, dtype=torch.float32)
@@ -87,8 +83,8 @@ _QWEN_H, _QWEN_W, _QWEN_T = 4, 6, 7
 def _qwen_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
     return {
-        "hidden_states": _randn(gen, batch_size, _QWEN_H * _QWEN_W, 64),
-        "encoder_hidden_states": _randn(gen, batch_size, _QWEN_T, 32),
+        "hidden_states": randn(gen, batch_size, _QWEN_H * _QWEN_W, 64),
+        "encoder_hidden_states": randn(gen, batch_size, _QWEN_T, 32),
         "encoder_hidden_states_mask": _text_mask(batch_size, _QWEN_T),
         "timestep": _flow_t(batch_size),
         "img_shapes": [[(1, _QWEN_H, _QWEN_W)]] * batch_size,
@@ -127,8 +123,8 @@ def _qwen21_inputs(batch_size: int) -> dict[str, Any]:
     img_mask = torch.zeros(batch_size, _QWEN21_T + slots, dtype=torch.bool)
     img_mask[:, _QWEN21_T:] = True
     return {
-        "hidden_states": _randn(gen, batch_size, _QWEN21_H * _QWEN21_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _QWEN21_T, 32),
+        "hidden_states": randn(gen, batch_size, _QWEN21_H * _QWEN21_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _QWEN21_T, 32),
         "encoder_hidden_states_mask": _text_mask(batch_size, _QWEN21_T),
         "timestep": _flow_t(batch_size),
         "img_shapes": [[(1, _QWEN21_H, _QWEN21_W)]] * batch_size,
@@ -172,8 +168,8 @@ _FLUX2_H, _FLUX2_W, _FLUX2_T = 4, 6, 7
 def _flux2_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(3)
     return {
-        "hidden_states": _randn(gen, batch_size, _FLUX2_H * _FLUX2_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _FLUX2_T, 32),
+        "hidden_states": randn(gen, batch_size, _FLUX2_H * _FLUX2_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _FLUX2_T, 32),
         "timestep": _flow_t(batch_size),
         "img_ids": _ids_thwl(_FLUX2_H, _FLUX2_W).repeat(batch_size, 1, 1),
         "txt_ids": _ids_text_thwl(_FLUX2_T).repeat(batch_size, 1, 1),
@@ -214,8 +210,8 @@ _FLUX3_H, _FLUX3_W, _FLUX3_T = 4, 6, 7
 def _flux3_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(4)
     return {
-        "hidden_states": _randn(gen, batch_size, _FLUX3_H * _FLUX3_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _FLUX3_T, 32),
+        "hidden_states": randn(gen, batch_size, _FLUX3_H * _FLUX3_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _FLUX3_T, 32),
         "timestep": _flow_t(batch_size),
         "img_ids": _ids_thwl(_FLUX3_H, _FLUX3_W) * torch.tensor([1.0, 0.5, 0.5, 1.0]),  # image_rope_scale 0.5
         "txt_ids": _ids_text_thwl(_FLUX3_T),
@@ -258,9 +254,9 @@ _ZIMAGE_H, _ZIMAGE_W, _ZIMAGE_T = 4, 8, 7
 def _zimage_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(5)
     return {
-        "x": [_randn(gen, 4, 1, 2 * _ZIMAGE_H, 2 * _ZIMAGE_W) for _ in range(batch_size)],
+        "x": [randn(gen, 4, 1, 2 * _ZIMAGE_H, 2 * _ZIMAGE_W) for _ in range(batch_size)],
         "t": _flow_t(batch_size),
-        "cap_feats": [_randn(gen, _ZIMAGE_T, 32) for _ in range(batch_size)],
+        "cap_feats": [randn(gen, _ZIMAGE_T, 32) for _ in range(batch_size)],
         "return_dict": False,
     }
 
@@ -302,8 +298,8 @@ _SANA_H, _SANA_W, _SANA_T = 4, 6, 7
 def _sana_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(6)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, _SANA_H, _SANA_W),
-        "encoder_hidden_states": _randn(gen, batch_size, _SANA_T, 32),
+        "hidden_states": randn(gen, batch_size, 4, _SANA_H, _SANA_W),
+        "encoder_hidden_states": randn(gen, batch_size, _SANA_T, 32),
         "encoder_attention_mask": _text_mask(batch_size, _SANA_T),
         "timestep": torch.tensor([999.0, 500.0, 250.0, 10.0][:batch_size] + [500.0] * max(0, batch_size - 4)),
         "return_dict": False,
@@ -345,9 +341,9 @@ _LUMINA2_H, _LUMINA2_W, _LUMINA2_T = 4, 6, 7
 def _lumina2_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(7)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _LUMINA2_H, 2 * _LUMINA2_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _LUMINA2_H, 2 * _LUMINA2_W),
         "timestep": _flow_t(batch_size),
-        "encoder_hidden_states": _randn(gen, batch_size, _LUMINA2_T, 32),
+        "encoder_hidden_states": randn(gen, batch_size, _LUMINA2_T, 32),
         "encoder_attention_mask": _text_mask(batch_size, _LUMINA2_T),
         "return_dict": False,
     }
@@ -393,9 +389,9 @@ def _lumina_next_inputs(batch_size: int) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(8)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _LNEXT_H, 2 * _LNEXT_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _LNEXT_H, 2 * _LNEXT_W),
         "timestep": _flow_t(batch_size),
-        "encoder_hidden_states": _randn(gen, batch_size, _LNEXT_T, 32),
+        "encoder_hidden_states": randn(gen, batch_size, _LNEXT_T, 32),
         "encoder_mask": _text_mask(batch_size, _LNEXT_T),
         "image_rotary_emb": get_2d_rotary_pos_embed_lumina(16, 384, 384),
         # the pipeline's proportional attention: (sample_size * vae_scale_factor // 16) ** 2 = (16 * 8 // 16) ** 2
@@ -458,8 +454,8 @@ def _cogview_inputs(batch_size: int, height: int, width: int, tokens: int, seed:
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.tensor([[16.0 * height, 16.0 * width]]).repeat(batch_size, 1)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * height, 2 * width),
-        "encoder_hidden_states": _randn(gen, batch_size, tokens, 32),
+        "hidden_states": randn(gen, batch_size, 4, 2 * height, 2 * width),
+        "encoder_hidden_states": randn(gen, batch_size, tokens, 32),
         "timestep": _scheduler_t(batch_size),
         "original_size": pixels,
         "target_size": pixels,
@@ -536,8 +532,8 @@ def _chroma_inputs(batch_size: int) -> dict[str, Any]:
         dim=1,
     )
     return {
-        "hidden_states": _randn(gen, batch_size, _CHROMA_H * _CHROMA_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _CHROMA_T, 32),
+        "hidden_states": randn(gen, batch_size, _CHROMA_H * _CHROMA_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _CHROMA_T, 32),
         "timestep": _flow_t(batch_size),
         "img_ids": _ids_hw3(_CHROMA_H, _CHROMA_W),
         "txt_ids": torch.zeros(_CHROMA_T, 3),
@@ -581,8 +577,8 @@ _AURA_H, _AURA_W, _AURA_T = 4, 6, 7
 def _auraflow_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(12)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _AURA_H, 2 * _AURA_W),
-        "encoder_hidden_states": _randn(gen, batch_size, _AURA_T, 32),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _AURA_H, 2 * _AURA_W),
+        "encoder_hidden_states": randn(gen, batch_size, _AURA_T, 32),
         "timestep": _flow_t(batch_size),
         "return_dict": False,
     }
@@ -624,11 +620,11 @@ _HIDREAM_MAX_SEQ = 36  # max_resolution (12, 12) / patch 2 squared: non-square g
 def _hidream_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(13)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _HIDREAM_H, 2 * _HIDREAM_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _HIDREAM_H, 2 * _HIDREAM_W),
         "timesteps": _scheduler_t(batch_size),
-        "encoder_hidden_states_t5": _randn(gen, batch_size, _HIDREAM_T5, 32),
-        "encoder_hidden_states_llama3": _randn(gen, 2, batch_size, _HIDREAM_LLAMA, 24),
-        "pooled_embeds": _randn(gen, batch_size, 16),
+        "encoder_hidden_states_t5": randn(gen, batch_size, _HIDREAM_T5, 32),
+        "encoder_hidden_states_llama3": randn(gen, 2, batch_size, _HIDREAM_LLAMA, 24),
+        "pooled_embeds": randn(gen, batch_size, 16),
         "return_dict": False,
     }
 
@@ -680,11 +676,11 @@ def _hunyuan_dit_inputs(batch_size: int) -> dict[str, Any]:
     crops = get_resize_crop_region_for_grid((_HDIT_H, _HDIT_W), 512 // 8 // 2)
     size = [16.0 * _HDIT_H, 16.0 * _HDIT_W]
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _HDIT_H, 2 * _HDIT_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _HDIT_H, 2 * _HDIT_W),
         "timestep": _scheduler_t(batch_size),
-        "encoder_hidden_states": _randn(gen, batch_size, _HDIT_CLIP, 32),
+        "encoder_hidden_states": randn(gen, batch_size, _HDIT_CLIP, 32),
         "text_embedding_mask": _text_mask(batch_size, _HDIT_CLIP, pad_last_row=1),
-        "encoder_hidden_states_t5": _randn(gen, batch_size, _HDIT_T5, 24),
+        "encoder_hidden_states_t5": randn(gen, batch_size, _HDIT_T5, 24),
         "text_embedding_mask_t5": _text_mask(batch_size, _HDIT_T5, pad_last_row=1),
         "image_meta_size": torch.tensor([size + size + [0.0, 0.0]]).repeat(batch_size, 1),
         "style": torch.zeros(batch_size, dtype=torch.long),
@@ -732,11 +728,11 @@ _HIMG_H, _HIMG_W, _HIMG_T, _HIMG_T2 = 4, 6, 5, 3
 def _hunyuan_image_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(15)
     return {
-        "hidden_states": _randn(gen, batch_size, 8, _HIMG_H, _HIMG_W),
+        "hidden_states": randn(gen, batch_size, 8, _HIMG_H, _HIMG_W),
         "timestep": _scheduler_t(batch_size),
-        "encoder_hidden_states": _randn(gen, batch_size, _HIMG_T, 32),
+        "encoder_hidden_states": randn(gen, batch_size, _HIMG_T, 32),
         "encoder_attention_mask": _text_mask(batch_size, _HIMG_T),
-        "encoder_hidden_states_2": _randn(gen, batch_size, _HIMG_T2, 24),
+        "encoder_hidden_states_2": randn(gen, batch_size, _HIMG_T2, 24),
         "encoder_attention_mask_2": _text_mask(batch_size, _HIMG_T2, pad_last_row=1),
         "return_dict": False,
     }
@@ -778,8 +774,8 @@ _BRIA_H, _BRIA_W, _BRIA_T = 4, 6, 7
 def _bria_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(16)
     return {
-        "hidden_states": _randn(gen, batch_size, _BRIA_H * _BRIA_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _BRIA_T, 32),
+        "hidden_states": randn(gen, batch_size, _BRIA_H * _BRIA_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _BRIA_T, 32),
         "timestep": _scheduler_t(batch_size),
         "img_ids": _ids_hw3(_BRIA_H, _BRIA_W),
         "txt_ids": torch.zeros(_BRIA_T, 3),
@@ -819,9 +815,9 @@ def _bria_fibo_inputs(batch_size: int) -> dict[str, Any]:
         [_text_mask(batch_size, _FIBO_T), torch.ones(batch_size, _FIBO_H * _FIBO_W, dtype=torch.long)], dim=1
     ).bool()
     inputs = {
-        "hidden_states": _randn(gen, batch_size, _FIBO_H * _FIBO_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _FIBO_T, 32),
-        "text_encoder_layers": [_randn(gen, batch_size, _FIBO_T, 24) for _ in range(2)],
+        "hidden_states": randn(gen, batch_size, _FIBO_H * _FIBO_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _FIBO_T, 32),
+        "text_encoder_layers": [randn(gen, batch_size, _FIBO_T, 24) for _ in range(2)],
         "timestep": _scheduler_t(batch_size),
         "img_ids": _ids_hw3(_FIBO_H, _FIBO_W),
         "txt_ids": torch.zeros(_FIBO_T, 3),
@@ -865,10 +861,10 @@ _FIBO2_H, _FIBO2_W, _FIBO2_T = 4, 6, 8
 def _bria_fibo2_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(18)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _FIBO2_H, 2 * _FIBO2_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _FIBO2_H, 2 * _FIBO2_W),
         "timestep": _flow_t(batch_size),
         # [B, bundles, T, D]: bundle 0 feeds the Perceiver, bundle k the k-th injection layer
-        "encoder_hidden_states": _randn(gen, batch_size, 2, _FIBO2_T, 24),
+        "encoder_hidden_states": randn(gen, batch_size, 2, _FIBO2_T, 24),
         "encoder_attention_mask": _text_mask(batch_size, _FIBO2_T).bool(),
         "return_dict": False,
     }
@@ -927,7 +923,7 @@ def _omnigen_inputs(batch_size: int) -> dict[str, Any]:
     mask[:prefix, :prefix] = torch.tril(torch.ones(prefix, prefix))
     mask[prefix:, :] = 1.0
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _OMNIGEN_H, 2 * _OMNIGEN_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _OMNIGEN_H, 2 * _OMNIGEN_W),
         "timestep": _flow_t(batch_size),
         "input_ids": torch.randint(1, 64, (batch_size, _OMNIGEN_T), generator=gen),
         "input_img_latents": [],
@@ -977,8 +973,8 @@ _OVIS_H, _OVIS_W, _OVIS_T = 4, 6, 7
 def _ovis_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(20)
     return {
-        "hidden_states": _randn(gen, batch_size, _OVIS_H * _OVIS_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _OVIS_T, 32),
+        "hidden_states": randn(gen, batch_size, _OVIS_H * _OVIS_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _OVIS_T, 32),
         "timestep": _flow_t(batch_size),
         "img_ids": _ids_hw3(_OVIS_H, _OVIS_W),
         "txt_ids": torch.zeros(_OVIS_T, 3),
@@ -1015,9 +1011,9 @@ _PRX_H, _PRX_W, _PRX_T = 4, 6, 7
 def _prx_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(21)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _PRX_H, 2 * _PRX_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _PRX_H, 2 * _PRX_W),
         "timestep": _flow_t(batch_size),
-        "encoder_hidden_states": _randn(gen, batch_size, _PRX_T, 32),
+        "encoder_hidden_states": randn(gen, batch_size, _PRX_T, 32),
         "attention_mask": _text_mask(batch_size, _PRX_T).bool(),
         "return_dict": False,
     }
@@ -1063,8 +1059,8 @@ def _longcat_inputs(batch_size: int) -> dict[str, Any]:
     txt_ids[:, 1] = torch.arange(_LONGCAT_T)
     txt_ids[:, 2] = torch.arange(_LONGCAT_T)
     return {
-        "hidden_states": _randn(gen, batch_size, _LONGCAT_H * _LONGCAT_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _LONGCAT_T, 32),
+        "hidden_states": randn(gen, batch_size, _LONGCAT_H * _LONGCAT_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _LONGCAT_T, 32),
         "timestep": _flow_t(batch_size),
         "img_ids": img_ids,
         "txt_ids": txt_ids,
@@ -1106,8 +1102,8 @@ def _glm_inputs(batch_size: int) -> dict[str, Any]:
     pixels = torch.tensor([[16.0 * _GLM_H, 16.0 * _GLM_W]]).repeat(batch_size, 1)
     prior = torch.randint(0, 32, (batch_size, _GLM_H * _GLM_W), generator=gen)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _GLM_H, 2 * _GLM_W),
-        "encoder_hidden_states": _randn(gen, batch_size, _GLM_T, 32),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _GLM_H, 2 * _GLM_W),
+        "encoder_hidden_states": randn(gen, batch_size, _GLM_T, 32),
         "prior_token_id": prior,
         "prior_token_drop": torch.zeros_like(prior, dtype=torch.bool),
         "timestep": _scheduler_t(batch_size) - 1,
@@ -1151,9 +1147,9 @@ _NUCLEUS_H, _NUCLEUS_W, _NUCLEUS_T = 4, 6, 7
 def _nucleus_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(24)
     return {
-        "hidden_states": _randn(gen, batch_size, _NUCLEUS_H * _NUCLEUS_W, 16),
+        "hidden_states": randn(gen, batch_size, _NUCLEUS_H * _NUCLEUS_W, 16),
         "img_shapes": [(1, _NUCLEUS_H, _NUCLEUS_W)] * batch_size,
-        "encoder_hidden_states": _randn(gen, batch_size, _NUCLEUS_T, 32),
+        "encoder_hidden_states": randn(gen, batch_size, _NUCLEUS_T, 32),
         "encoder_hidden_states_mask": _text_mask(batch_size, _NUCLEUS_T),
         "timestep": _flow_t(batch_size),
         "return_dict": False,
@@ -1201,10 +1197,10 @@ def _ernie_inputs(batch_size: int) -> dict[str, Any]:
     lens = torch.full((batch_size,), _ERNIE_T, dtype=torch.long)
     if batch_size > 1:
         lens[-1] = _ERNIE_T - 2
-    text = _randn(gen, batch_size, _ERNIE_T, 32)
+    text = randn(gen, batch_size, _ERNIE_T, 32)
     text = text * (torch.arange(_ERNIE_T)[None, :, None] < lens[:, None, None])  # zero padding, as the pipeline
     return {
-        "hidden_states": _randn(gen, batch_size, 16, _ERNIE_H, _ERNIE_W),
+        "hidden_states": randn(gen, batch_size, 16, _ERNIE_H, _ERNIE_W),
         "timestep": _scheduler_t(batch_size),
         "text_bth": text,
         "text_lens": lens,
@@ -1254,8 +1250,8 @@ def _krea2_position_ids(height: int, width: int, tokens: int) -> torch.Tensor:
 def _krea2_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(26)
     return {
-        "hidden_states": _randn(gen, batch_size, _KREA2_H * _KREA2_W, 16),
-        "encoder_hidden_states": _randn(gen, batch_size, _KREA2_T, _KREA2_LAYERS, 32),
+        "hidden_states": randn(gen, batch_size, _KREA2_H * _KREA2_W, 16),
+        "encoder_hidden_states": randn(gen, batch_size, _KREA2_T, _KREA2_LAYERS, 32),
         "timestep": _flow_t(batch_size),
         "position_ids": _krea2_position_ids(_KREA2_H, _KREA2_W, _KREA2_T),
         "encoder_attention_mask": _text_mask(batch_size, _KREA2_T).bool(),
@@ -1321,8 +1317,8 @@ def _ideogram4_inputs(batch_size: int) -> dict[str, Any]:
         indicator[row, start:_IDEO_T] = 3  # LLM_TOKEN_INDICATOR
         indicator[row, _IDEO_T:] = 2  # OUTPUT_IMAGE_INDICATOR
         segment_ids[row, start:] = 1
-        text[row, start:_IDEO_T] = _randn(gen, length, 32)
-    latents = torch.cat([torch.zeros(batch_size, _IDEO_T, 16), _randn(gen, batch_size, image_tokens, 16)], dim=1)
+        text[row, start:_IDEO_T] = randn(gen, length, 32)
+    latents = torch.cat([torch.zeros(batch_size, _IDEO_T, 16), randn(gen, batch_size, image_tokens, 16)], dim=1)
     return {
         "hidden_states": latents,
         "timestep": 1.0 - _flow_t(batch_size),
@@ -1368,7 +1364,7 @@ _DIT_H, _DIT_W = 4, 4  # DiT's unpatchify assumes a square token grid (height = 
 def _dit_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(28)
     return {
-        "hidden_states": _randn(gen, batch_size, 4, 2 * _DIT_H, 2 * _DIT_W),
+        "hidden_states": randn(gen, batch_size, 4, 2 * _DIT_H, 2 * _DIT_W),
         "timestep": torch.linspace(800, 400, batch_size).long(),
         "class_labels": torch.arange(batch_size) % 10,
         "return_dict": False,
@@ -1422,8 +1418,8 @@ _DREAMLITE_H, _DREAMLITE_W, _DREAMLITE_T = 4, 6, 7
 def _dreamlite_inputs(batch_size: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(29)
     return {
-        "hidden_states": _randn(gen, batch_size, 32, _DREAMLITE_H, _DREAMLITE_W),
-        "encoder_hidden_states": _randn(gen, batch_size, _DREAMLITE_T, 24),
+        "hidden_states": randn(gen, batch_size, 32, _DREAMLITE_H, _DREAMLITE_W),
+        "encoder_hidden_states": randn(gen, batch_size, _DREAMLITE_T, 24),
         "return_dict": False,
     }
 
@@ -1493,398 +1489,3 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
 # What a generic tool needs to read the latent grid and the conditioning from a forward call, per class. "sample",
 # "timestep" and "text" are (keyword, positional index); "timestep_scale" tells what the pipeline passes relative to
 # the scheduler's timesteps t in [0, 1000].
-FACTS: dict[str, dict] = {
-    "QwenImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": "patch_size",
-        "grid_from": "img_shapes: per row a list of (frames, h, w) token grids; [0] is the generated image",
-        "timestep": ("timestep", 3),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "QwenImagePipeline",
-    },
-    "QwenImage21Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": "patch_size",
-        "grid_from": "img_shapes[row][-1] = (1, h, w) of the generated image (condition images first); img_mask "
-        "marks one 2x2-token slot per VLM image position in the joint sequence",
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "QwenImage21Pipeline",
-    },
-    "Flux2Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "img_ids (N, 4) or (B, N, 4) = (t, h, w, l): h = ids[:, 1], w = ids[:, 2], grid = max + 1",
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "Flux2Pipeline",
-    },
-    "Flux3Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "img_ids (N, 4) = (t, h, w, l) with h, w multiplied by image_rope_scale (0.5): grid = number of "
-        "distinct values of ids[:, 1] and ids[:, 2]",
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "Flux3ModularPipeline",
-    },
-    "ZImageTransformer2DModel": {
-        "sample": ("x", 0),
-        "layout": "list of per-row [C, F, H, W] tensors, patchified inside by the patch_size/f_patch_size kwargs",
-        "patch": ("all_patch_size", "all_f_patch_size"),
-        "grid_from": None,
-        "timestep": ("t", 1),
-        "timestep_scale": "(1000 - t) / 1000 (reversed: 1 = clean)",
-        "text": ("cap_feats", 2),
-        "text_position": "last",
-        "pipeline": "ZImagePipeline",
-    },
-    "SanaTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": "1 (t * config.timestep_scale, default 1.0)",
-        "text": ("encoder_hidden_states", 1),
-        "text_position": None,
-        "pipeline": "SanaPipeline",
-    },
-    "Lumina2Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": "1 - t / 1000 (reversed: 1 = clean)",
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "first",
-        "pipeline": "Lumina2Pipeline",
-    },
-    "LuminaNextDiT2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": "1 - t / 1000 (reversed: 1 = clean)",
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "LuminaPipeline",
-    },
-    "CogView4Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "CogView4Pipeline",
-    },
-    "CogView3PlusTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "CogView3PlusPipeline",
-    },
-    "ChromaTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "img_ids (N, 3) = (0, h, w): grid = max + 1 of ids[:, 1] and ids[:, 2]",
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "ChromaPipeline",
-    },
-    "AuraFlowTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first (after 8 register tokens)",
-        "pipeline": "AuraFlowPipeline",
-    },
-    "HiDreamImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW (non-square latents padded to max_resolution[0]*max_resolution[1]/p^2 tokens); or packed "
-        "[B, N, C*p*p] with img_ids/img_sizes/hidden_states_masks",
-        "patch": "patch_size",
-        "grid_from": "for packed input: img_sizes (per row (h, w) in tokens)",
-        "timestep": ("timesteps", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states_t5", 2),
-        "text_position": "last",
-        "pipeline": "HiDreamImagePipeline",
-    },
-    "HunyuanDiT2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "HunyuanDiTPipeline",
-    },
-    "HunyuanImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW (or BCFHW), patchified by the patch_size tuple",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "last",
-        "pipeline": "HunyuanImagePipeline",
-    },
-    "BriaTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "img_ids (N, 3) = (0, h, w): grid = max + 1 of ids[:, 1] and ids[:, 2]",
-        "timestep": ("timestep", 3),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "BriaPipeline",
-    },
-    "BriaFiboTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "img_ids (N, 3) = (0, h, w): grid = max + 1 of ids[:, 1] and ids[:, 2]",
-        "timestep": ("timestep", 4),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "BriaFiboPipeline",
-    },
-    "BriaFibo2Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "first (gist tokens made from the text, not the text itself)",
-        "pipeline": "BriaFibo2Pipeline",
-    },
-    "OmniGenTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": "1 (scheduler timesteps passed unchanged)",
-        "text": ("input_ids", 2),
-        "text_position": "first (then 1 time token)",
-        "pipeline": "OmniGenPipeline",
-    },
-    "OvisImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "img_ids (N, 3) = (0, h, w): grid = max + 1 of ids[:, 1] and ids[:, 2]",
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "OvisImagePipeline",
-    },
-    "PRXTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "first (keys only)",
-        "pipeline": "PRXPipeline",
-    },
-    "LongCatImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "img_ids (N, 3) = (1, 512 + h, 512 + w): grid = max - min + 1 of ids[:, 1] and ids[:, 2]",
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "LongCatImagePipeline",
-    },
-    "GlmImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 4),
-        "timestep_scale": "t - 1 (raw scheduler timestep minus one)",
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "GlmImagePipeline",
-    },
-    "NucleusMoEImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": "patch_size",
-        "grid_from": "img_shapes: per row one (frames, h, w) token grid (flat list)",
-        "timestep": ("timestep", 4),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "last (keys only)",
-        "pipeline": "NucleusMoEImagePipeline",
-    },
-    "ErnieImageTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("text_bth", 2),
-        "text_position": "last",
-        "pipeline": "ErnieImagePipeline",
-    },
-    "Krea2Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed",
-        "patch": None,
-        "grid_from": "position_ids (T + N, 3): image rows (last N) = (0, h, w), grid = max + 1",
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1000,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "Krea2Pipeline",
-    },
-    "Ideogram4Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed [B, T + N, C]: one sequence [left padding, text, image], roles in indicator (2 = image)",
-        "patch": None,
-        "grid_from": "position_ids (B, T + N, 3): image rows = 65536 + (0, h, w), grid = max - min + 1",
-        "timestep": ("timestep", 1),
-        "timestep_scale": "1 - t / 1000 (reversed: 1 = clean)",
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "first",
-        "pipeline": "Ideogram4Pipeline",
-    },
-    "DiTTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "patch": "patch_size",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": None,
-        "text_position": None,
-        "pipeline": "DiTPipeline",
-    },
-    "DreamLiteTransformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW feature map of a U-Net block, no patchify",
-        "patch": None,
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": "not used (only by ada-norm variants); the U-Net gets the raw t",
-        "text": ("encoder_hidden_states", 1),
-        "text_position": None,
-        "pipeline": "DreamLitePipeline",
-    },
-}
-
-
-# Tokens that joint attention sees besides HW image and text_tokens text tokens, in the tiny inputs above.
-_EXTRA_JOINT_TOKENS = {
-    "ZImageTransformer2DModel": 32 - _ZIMAGE_T,  # the text is padded to a multiple of 32
-    "AuraFlowTransformer2DModel": 8,  # register tokens
-    "HiDreamImageTransformer2DModel": _HIDREAM_MAX_SEQ - _HIDREAM_H * _HIDREAM_W,  # non-square padding
-    "OmniGenTransformer2DModel": 1,  # the time token
-}
-
-
-def _main() -> None:
-    import time
-    from collections import Counter
-
-    from torch.overrides import TorchFunctionMode
-
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    class _Recorder(TorchFunctionMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls: list[tuple] = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func is sdpa:
-                bound = dict(zip(("query", "key", "value", "attn_mask"), args))
-                bound.update(kwargs)
-                mask = bound.get("attn_mask")
-                self.calls.append(
-                    (
-                        bound["query"].shape[-2],
-                        bound["key"].shape[-2],
-                        None if mask is None else (tuple(mask.shape), str(mask.dtype).replace("torch.", "")),
-                        bool(bound.get("enable_gqa", False)),
-                    )
-                )
-            return func(*args, **kwargs)
-
-    failed = []
-    for entry in TINY_DENOISERS:
-        model = entry.build()
-        inputs = entry.inputs(2)
-        recorder = _Recorder()
-        start = time.perf_counter()
-        with torch.no_grad(), recorder:
-            output = model(**inputs)
-        seconds = time.perf_counter() - start
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        shape = [tuple(s.shape) for s in sample] if isinstance(sample, list) else tuple(sample.shape)
-        counts = ", ".join(
-            f"{n}x(q={q}, k={k}{', mask=' + str(m) if m else ''}{', gqa' if g else ''})"
-            for (q, k, m, g), n in Counter(recorder.calls).items()
-        )
-        _, height, width = entry.grid
-        joint = height * width + (entry.text_tokens or 0) + _EXTRA_JOINT_TOKENS.get(entry.class_name, 0)
-        image_calls = any(q in (height * width, joint) for q, *_ in recorder.calls)
-        status = "ok" if image_calls and seconds < 0.5 else "CHECK"
-        if status != "ok":
-            failed.append(entry.class_name)
-        print(f"{status} {entry.class_name}: out {shape} in {seconds:.3f}s; SDPA {counts}")
-    print(f"{len(TINY_DENOISERS)} entries, {len(failed)} to check: {failed}")
-    if set(FACTS) != {entry.class_name for entry in TINY_DENOISERS}:
-        raise SystemExit("FACTS and TINY_DENOISERS disagree")
-    if failed:
-        raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    _main()

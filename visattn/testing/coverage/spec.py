@@ -34,3 +34,33 @@ class TinyDenoiser:
     text_position: str | None
     pipeline: str | None = None
     notes: str = ""
+
+
+#: the seed of every entry's inputs
+INPUT_SEED = 1234
+
+
+def input_generator() -> torch.Generator:
+    """A fresh generator for one entry's inputs, so that every call of ``inputs`` gives the same tensors."""
+    return torch.Generator().manual_seed(INPUT_SEED)
+
+
+def randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator, dtype=torch.float32)
+
+
+def constant_timesteps(batch_size: int, value: float = 500.0) -> torch.Tensor:
+    return torch.full((batch_size,), value, dtype=torch.float32)
+
+
+def built(class_name: str, **config: Any) -> Callable[[], torch.nn.Module]:
+    """A ``build`` that makes the diffusers class ``class_name`` from ``config`` with seeded weights, in eval mode."""
+
+    def build() -> torch.nn.Module:
+        import diffusers
+
+        torch.manual_seed(0)
+        return getattr(diffusers, class_name)(**config).eval()
+
+    build.__qualname__ = f"build_{class_name}"
+    return build

@@ -2,8 +2,7 @@
 
 Each entry is built from a config with 32/64 channels, one layer per block where the class allows, text of 7 tokens
 and a non-square latent (8 x 12 unless noted; video: 3 frames of 8 x 12), so height/width mix-ups show. ``grid`` is
-the top-level latent ``(frames, height, width)``; UNet levels halve it (rounding up). Run this module to build every
-entry, run one forward at batch 2 and print the scaled-dot-product-attention calls per attention module.
+the top-level latent ``(frames, height, width)``; UNet levels halve it (rounding up).
 
 Left out: none. Notes on the borderline ones:
 
@@ -17,42 +16,15 @@ Left out: none. Notes on the borderline ones:
 
 from __future__ import annotations
 
-import re
-import time
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
-from visattn.testing.coverage.spec import TinyDenoiser
+from visattn.testing.coverage.spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
 
 H, W = 8, 12  # latent height, width
 FRAMES = 3
 TEXT = 7
-SEED = 1234
-
-
-def _gen() -> torch.Generator:
-    return torch.Generator().manual_seed(SEED)
-
-
-def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float32)
-
-
-def _timestep(batch: int, value: float = 500.0) -> torch.Tensor:
-    return torch.full((batch,), value, dtype=torch.float32)
-
-
-def _built(cls_name: str, **config: Any):
-    def build() -> torch.nn.Module:
-        import diffusers
-
-        torch.manual_seed(0)
-        return getattr(diffusers, cls_name)(**config).eval()
-
-    build.__qualname__ = f"build_{cls_name}"
-    return build
 
 
 # --- UNet3DConditionModel (TextToVideoSDPipeline) ---------------------------------------------------------------
@@ -71,11 +43,11 @@ _UNET3D = {
 
 
 def _unet3d_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "sample": _randn(g, b, 4, FRAMES, H, W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, 32),
+        "sample": randn(g, b, 4, FRAMES, H, W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, 32),
         "return_dict": False,
     }
 
@@ -124,12 +96,12 @@ def _build_motion() -> torch.nn.Module:
 
 
 def _motion_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "sample": _randn(g, b, 4, FRAMES, H, W),
-        "timestep": _timestep(b),
+        "sample": randn(g, b, 4, FRAMES, H, W),
+        "timestep": constant_timesteps(b),
         # AnimateDiffPipeline repeats the prompt embeddings per frame BEFORE the call: (B * F, T, D)
-        "encoder_hidden_states": _randn(g, b, TEXT, 32).repeat_interleave(FRAMES, dim=0),
+        "encoder_hidden_states": randn(g, b, TEXT, 32).repeat_interleave(FRAMES, dim=0),
         "return_dict": False,
     }
 
@@ -152,15 +124,15 @@ I2VGEN_CONTEXT = TEXT + 64 + 4
 
 
 def _i2vgen_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "sample": _randn(g, b, 4, FRAMES, H, W),
-        "timestep": _timestep(b),
+        "sample": randn(g, b, 4, FRAMES, H, W),
+        "timestep": constant_timesteps(b),
         "fps": torch.full((b,), 16, dtype=torch.int64),
         # the pipeline's image latents: the VAE latent at frame 0, then per-frame position masks
-        "image_latents": _randn(g, b, 4, FRAMES, H, W),
-        "image_embeddings": _randn(g, b, 1, 32),
-        "encoder_hidden_states": _randn(g, b, TEXT, 32),
+        "image_latents": randn(g, b, 4, FRAMES, H, W),
+        "image_embeddings": randn(g, b, 1, 32),
+        "encoder_hidden_states": randn(g, b, TEXT, 32),
         "return_dict": False,
     }
 
@@ -183,11 +155,11 @@ _SVD = {
 
 
 def _svd_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "sample": _randn(g, b, FRAMES, 8, H, W),
+        "sample": randn(g, b, FRAMES, 8, H, W),
         "timestep": torch.full((b,), 0.7, dtype=torch.float32),
-        "encoder_hidden_states": _randn(g, b, 1, 32),  # one CLIP image token
+        "encoder_hidden_states": randn(g, b, 1, 32),  # one CLIP image token
         "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]] * b),  # fps - 1, motion bucket id, noise aug strength
         "return_dict": False,
     }
@@ -209,13 +181,13 @@ _KANDINSKY3 = {
 
 
 def _kandinsky3_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     mask = torch.ones(b, TEXT, dtype=torch.int64)
     mask[:, -1] = 0  # the pipeline keeps one padding token after the longest prompt
     return {
-        "sample": _randn(g, b, 4, K3_H, K3_W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, 24),
+        "sample": randn(g, b, 4, K3_H, K3_W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, 24),
         "encoder_attention_mask": mask,  # required: the attention pooling calls .to() on it
         "return_dict": False,
     }
@@ -252,13 +224,13 @@ _CASCADE_PRIOR = {
 
 
 def _cascade_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "sample": _randn(g, b, 16, H, W),
+        "sample": randn(g, b, 16, H, W),
         "timestep_ratio": torch.full((b,), 0.5, dtype=torch.float32),
-        "clip_text_pooled": _randn(g, b, 1, 24),
-        "clip_text": _randn(g, b, TEXT, 24),
-        "clip_img": _randn(g, b, 1, 16),
+        "clip_text_pooled": randn(g, b, 1, 24),
+        "clip_text": randn(g, b, TEXT, 24),
+        "clip_img": randn(g, b, 1, 16),
         "return_dict": False,
     }
 
@@ -289,13 +261,13 @@ _UVIT = {
 
 
 def _uvit_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     ids = torch.randint(0, UVIT_CODEBOOK, (b, H, W), generator=g)
     ids[:, ::2] = UVIT_CODEBOOK + 8 - 1  # mask token (vocab_size - 1), as the first steps of the pipeline see
     return {
         "input_ids": ids,
-        "encoder_hidden_states": _randn(g, b, TEXT, 24),
-        "pooled_text_emb": _randn(g, b, 24),
+        "encoder_hidden_states": randn(g, b, TEXT, 24),
+        "pooled_text_emb": randn(g, b, 24),
         "micro_conds": torch.tensor([[96.0, 64.0, 0.0, 0.0, 6.0]] * b),  # width, height, crop (2), aesthetic score
     }
 
@@ -316,8 +288,8 @@ _UNET2D = {
 
 
 def _unet2d_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
-    return {"sample": _randn(g, b, 4, H, W), "timestep": _timestep(b), "return_dict": False}
+    g = input_generator()
+    return {"sample": randn(g, b, 4, H, W), "timestep": constant_timesteps(b), "return_dict": False}
 
 
 # --- DreamLiteUNetModel (DreamLitePipeline) ---------------------------------------------------------------------
@@ -343,15 +315,15 @@ _DREAMLITE = {
 
 
 def _dreamlite_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
-    noisy = _randn(g, b, 4, H, W // 2)
+    g = input_generator()
+    noisy = randn(g, b, 4, H, W // 2)
     cond = torch.zeros(b, 4, H, W // 2)  # text-to-image: zero condition latents, concatenated on WIDTH
     mask = torch.ones(b, TEXT, dtype=torch.int64)
     mask[0, -2:] = 0
     return {
         "sample": torch.cat([noisy, cond], dim=3),
         "timestep": torch.full((b,), 0.8, dtype=torch.float32),
-        "encoder_hidden_states": _randn(g, b, TEXT, 24),
+        "encoder_hidden_states": randn(g, b, TEXT, 24),
         "encoder_attention_mask": mask,
         "added_cond_kwargs": {"time_ids": torch.tensor([[48.0, 64.0]] * b)},
         "return_dict": False,
@@ -371,11 +343,11 @@ _T2D = {
 
 
 def _t2d_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, 4, H, W),
-        "encoder_hidden_states": _randn(g, b, TEXT, 24),
-        "timestep": _timestep(b),
+        "hidden_states": randn(g, b, 4, H, W),
+        "encoder_hidden_states": randn(g, b, TEXT, 24),
+        "timestep": constant_timesteps(b),
         "return_dict": False,
     }
 
@@ -406,13 +378,13 @@ def _build_unidiffuser() -> torch.nn.Module:
 
 
 def _unidiffuser_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "latent_image_embeds": _randn(g, b, 4, UNIDIFFUSER_SIDE, UNIDIFFUSER_SIDE),
-        "image_embeds": _randn(g, b, 1, 16),
-        "prompt_embeds": _randn(g, b, TEXT, 16),
-        "timestep_img": _timestep(b),
-        "timestep_text": _timestep(b, 0.0),  # text-to-image mode: the text is clean
+        "latent_image_embeds": randn(g, b, 4, UNIDIFFUSER_SIDE, UNIDIFFUSER_SIDE),
+        "image_embeds": randn(g, b, 1, 16),
+        "prompt_embeds": randn(g, b, TEXT, 16),
+        "timestep_img": constant_timesteps(b),
+        "timestep_text": constant_timesteps(b, 0.0),  # text-to-image mode: the text is clean
         "data_type": 1,
     }
 
@@ -420,7 +392,7 @@ def _unidiffuser_inputs(b: int) -> dict[str, Any]:
 TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     TinyDenoiser(
         class_name="UNet3DConditionModel",
-        build=_built("UNet3DConditionModel", **_UNET3D),
+        build=built("UNet3DConditionModel", **_UNET3D),
         inputs=_unet3d_inputs,
         grid=(FRAMES, H, W),
         text_tokens=TEXT,
@@ -446,7 +418,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="I2VGenXLUNet",
-        build=_built("I2VGenXLUNet", **_I2VGEN),
+        build=built("I2VGenXLUNet", **_I2VGEN),
         inputs=_i2vgen_inputs,
         grid=(FRAMES, H, W),
         text_tokens=TEXT,
@@ -458,7 +430,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="UNetSpatioTemporalConditionModel",
-        build=_built("UNetSpatioTemporalConditionModel", **_SVD),
+        build=built("UNetSpatioTemporalConditionModel", **_SVD),
         inputs=_svd_inputs,
         grid=(FRAMES, H, W),
         text_tokens=1,
@@ -470,7 +442,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="Kandinsky3UNet",
-        build=_built("Kandinsky3UNet", **_KANDINSKY3),
+        build=built("Kandinsky3UNet", **_KANDINSKY3),
         inputs=_kandinsky3_inputs,
         grid=(1, K3_H, K3_W),
         text_tokens=TEXT,
@@ -484,7 +456,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="StableCascadeUNet",
-        build=_built("StableCascadeUNet", **_CASCADE_PRIOR),
+        build=built("StableCascadeUNet", **_CASCADE_PRIOR),
         inputs=_cascade_inputs,
         grid=(1, H, W),
         text_tokens=TEXT,
@@ -497,7 +469,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="UVit2DModel",
-        build=_built("UVit2DModel", **_UVIT),
+        build=built("UVit2DModel", **_UVIT),
         inputs=_uvit_inputs,
         grid=(1, H, W),
         text_tokens=TEXT,
@@ -509,7 +481,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="UNet2DModel",
-        build=_built("UNet2DModel", **_UNET2D),
+        build=built("UNet2DModel", **_UNET2D),
         inputs=_unet2d_inputs,
         grid=(1, H, W),
         text_tokens=None,
@@ -520,7 +492,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="DreamLiteUNetModel",
-        build=_built("DreamLiteUNetModel", **_DREAMLITE),
+        build=built("DreamLiteUNetModel", **_DREAMLITE),
         inputs=_dreamlite_inputs,
         grid=(1, H, W),
         text_tokens=TEXT,
@@ -533,7 +505,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="Transformer2DModel",
-        build=_built("Transformer2DModel", **_T2D),
+        build=built("Transformer2DModel", **_T2D),
         inputs=_t2d_inputs,
         grid=(1, H, W),
         text_tokens=TEXT,
@@ -556,205 +528,3 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
         "latents only; text length must equal num_text_tokens. Returns (image, clip image, text) predictions.",
     ),
 )
-
-
-# --- self-check -------------------------------------------------------------------------------------------------
-
-
-class SDPARecorder(TorchFunctionMode):
-    """Records every ``scaled_dot_product_attention`` call with the attention module that is running."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.calls: list[dict[str, Any]] = []
-        self.ran: list[str] = []
-        self.processors: dict[str, str] = {}
-        self._stack: list[str] = []
-        self._handles = []
-        for name, module in model.named_modules():
-            if hasattr(module, "processor"):
-                self.processors[name] = type(module.processor).__name__
-                self._handles.append(module.register_forward_pre_hook(self._enter(name)))
-                self._handles.append(module.register_forward_hook(self._leave))
-
-    def _enter(self, name: str):
-        def hook(module, args):
-            self._stack.append(name)
-            self.ran.append(name)
-
-        return hook
-
-    def _leave(self, module, args, output):
-        self._stack.pop()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.scaled_dot_product_attention:
-            q = args[0] if args else kwargs["query"]  # diffusers' native dispatch passes keywords
-            k = args[1] if len(args) > 1 else kwargs["key"]
-            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-            self.calls.append(
-                {
-                    "module": self._stack[-1] if self._stack else None,
-                    "q": tuple(q.shape),
-                    "k": tuple(k.shape),
-                    "mask": None if mask is None else (tuple(mask.shape), str(mask.dtype).replace("torch.", "")),
-                    "scale": kwargs.get("scale"),
-                    "enable_gqa": kwargs.get("enable_gqa", False),
-                }
-            )
-        return func(*args, **kwargs)
-
-
-def run(entry: TinyDenoiser, batch_size: int = 2) -> tuple[Any, float, SDPARecorder]:
-    """Builds ``entry`` and runs one forward under ``torch.no_grad``, recording SDPA calls."""
-    model = entry.build()
-    kwargs = entry.inputs(batch_size)
-    rec = SDPARecorder(model)
-    try:
-        with torch.no_grad():
-            start = time.perf_counter()
-            with rec:
-                out = model(**kwargs)
-            elapsed = time.perf_counter() - start
-    finally:
-        rec.remove()
-    return out, elapsed, rec
-
-
-def _shape(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return tuple(out.shape)
-    if isinstance(out, (tuple, list)):
-        return [_shape(o) for o in out]
-    if hasattr(out, "to_tuple"):
-        return _shape(out.to_tuple())
-    return type(out).__name__
-
-
-def _kind(name: str | None) -> str:
-    """Module name with block / layer indices folded, so repeated layers group together."""
-    return re.sub(r"\.\d+", ".N", name) if name else "<no attention module>"
-
-
-FACTS: dict[str, dict] = {
-    "UNet3DConditionModel": {
-        "sample": ("sample", 0),
-        "layout": "BCFHW",
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "pipeline": "TextToVideoSDPipeline",
-        "temporal_layers": r"(^transformer_in\.|\.temp_attentions\.)",
-    },
-    "UNetMotionModel": {
-        "sample": ("sample", 0),
-        "layout": "BCFHW",
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "pipeline": "AnimateDiffPipeline",
-        "temporal_layers": r"\.motion_modules\.",
-    },
-    "I2VGenXLUNet": {
-        "sample": ("sample", 0),
-        "layout": "BCFHW",
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 5),  # extended inside by image tokens: (text, 64 image, 4 clip)
-        "pipeline": "I2VGenXLPipeline",
-        "temporal_layers": r"(^transformer_in\.|\.temp_attentions\.|^image_latents_temporal_encoder\.)",
-    },
-    "UNetSpatioTemporalConditionModel": {
-        "sample": ("sample", 0),
-        "layout": "BFCHW",
-        "timestep": ("timestep", 1),
-        "text": None,  # encoder_hidden_states (2) is one CLIP image token
-        "pipeline": "StableVideoDiffusionPipeline",
-        "temporal_layers": r"\.temporal_transformer_blocks\.",
-    },
-    "Kandinsky3UNet": {
-        "sample": ("sample", 0),
-        "layout": "BCHW",
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "pipeline": "Kandinsky3Pipeline",
-        "temporal_layers": None,
-    },
-    "StableCascadeUNet": {
-        "sample": ("sample", 0),
-        "layout": "BCHW",
-        "timestep": ("timestep_ratio", 1),  # in [0, 1], not a scheduler timestep
-        "text": ("clip_text", 3),
-        "pipeline": "StableCascadePriorPipeline",
-        "temporal_layers": None,
-    },
-    "UVit2DModel": {
-        "sample": ("input_ids", 0),
-        "layout": "BHW",  # int64 token ids, no channel axis
-        "timestep": None,  # no timestep input: masking schedule only
-        "text": ("encoder_hidden_states", 1),
-        "pipeline": "AmusedPipeline",
-        "temporal_layers": None,
-    },
-    "UNet2DModel": {
-        "sample": ("sample", 0),
-        "layout": "BCHW",
-        "timestep": ("timestep", 1),
-        "text": None,
-        "pipeline": "DDPMPipeline",
-        "temporal_layers": None,
-    },
-    "DreamLiteUNetModel": {
-        "sample": ("sample", 0),
-        "layout": "BCHW",  # width = 2 x image width: [noisy | condition] side by side
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "pipeline": "DreamLitePipeline",
-        "temporal_layers": None,
-    },
-    "Transformer2DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCHW",
-        "timestep": ("timestep", 2),
-        "text": ("encoder_hidden_states", 1),
-        "pipeline": None,
-        "temporal_layers": None,
-    },
-    "UniDiffuserModel": {
-        "sample": ("latent_image_embeds", 0),
-        "layout": "BCHW",
-        "timestep": ("timestep_img", 3),  # and timestep_text (4)
-        "text": ("prompt_embeds", 2),
-        "pipeline": "UniDiffuserPipeline",
-        "temporal_layers": None,
-    },
-}
-
-
-if __name__ == "__main__":
-    import sys
-    from collections import Counter
-
-    torch.set_num_threads(1)
-    wanted = set(sys.argv[1:])
-    for entry in TINY_DENOISERS:
-        if wanted and entry.class_name not in wanted:
-            continue
-        out, elapsed, rec = run(entry)
-        print(f"{entry.class_name}: out={_shape(out)} time={elapsed:.3f}s grid={entry.grid} text={entry.text_tokens}")
-        kinds = Counter(
-            (_kind(c["module"]), c["q"][0], c["q"][1], c["q"][2], c["k"][2], c["mask"], c["scale"], c["enable_gqa"])
-            for c in rec.calls
-        )
-        used = sorted({rec.processors[name] for name in rec.ran})
-        print(f"    {len(rec.calls)} SDPA calls; {len(set(rec.ran))} attention modules ran; processors: {used}")
-        for (kind, rows, heads, nq, nk, mask, scale, gqa), count in kinds.items():
-            extra = "".join(
-                [f" mask={mask}" if mask else "", f" scale={scale}" if scale else "", " gqa" if gqa else ""]
-            )
-            print(f"    {count} x {kind}: (B={rows}, h={heads}, Nq={nq}, Nk={nk}){extra}")
-        silent = sorted({n for n in rec.ran} - {c["module"] for c in rec.calls})
-        for name in silent:
-            print(f"    no SDPA: {name} ({rec.processors[name]})")

@@ -4,8 +4,8 @@ Every entry is built from a config with 2 heads x 16 dims (Allegro: 2 x 24; audi
 layers per block kind, and a latent token grid of 3 frames x 4 x 6 (non-square, several frames) after patchify, except
 ChronoEdit (2 frames, its edit call) and JoyImage-Edit (2 items of 1 frame). Text is 7 tokens unless the class fixes it
 (Wan image-conditioned variants need exactly 512). ``SDPA_TOKENS`` lists the (Nq, Nk) of every
-``scaled_dot_product_attention`` call one forward makes and ``FACTS`` where a generic tool finds the latent grid;
-``python -m visattn.testing.coverage.videos [ClassName ...]`` builds the entries, runs them at batch 2 and checks both.
+``scaled_dot_product_attention`` call one forward makes (``tests/test_coverage.py`` checks them); what visattn
+must know to read each class's latent grid lives in :mod:`visattn.families`.
 
 Left out: none of the 25 requested classes. Caveats, in the entries' notes:
 - CosmosTransformer3DModel is built with ``concat_padding_mask=False``: the released configs resize a padding mask
@@ -18,41 +18,16 @@ Left out: none of the 25 requested classes. Caveats, in the entries' notes:
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
-from visattn.testing.coverage.spec import TinyDenoiser
+from visattn.testing.coverage.spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
 
 F, H, W = 3, 4, 6  # latent tokens after patchify
 TEXT = 7  # text tokens
 C = 4  # latent channels
 DIM = 32  # 2 heads x 16
-SEED = 1234
-
-
-def _gen() -> torch.Generator:
-    return torch.Generator().manual_seed(SEED)
-
-
-def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float32)
-
-
-def _timestep(batch: int, value: float = 500.0) -> torch.Tensor:
-    return torch.full((batch,), value, dtype=torch.float32)
-
-
-def _built(cls_name: str, **config: Any):
-    def build() -> torch.nn.Module:
-        import diffusers
-
-        torch.manual_seed(0)
-        return getattr(diffusers, cls_name)(**config).eval()
-
-    return build
 
 
 # --- Wan family -------------------------------------------------------------------------------------------------
@@ -69,13 +44,13 @@ _WAN = {
 
 
 def _wan_vace_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         # inactive + reactive latents (2C) and the 8x8 pixel mask folded into 64 channels
-        "control_hidden_states": _randn(g, b, 2 * C + 64, F, 2 * H, 2 * W),
+        "control_hidden_states": randn(g, b, 2 * C + 64, F, 2 * H, 2 * W),
         "control_hidden_states_scale": torch.ones(1),
         "return_dict": False,
     }
@@ -87,14 +62,14 @@ WAN_ANIMATE_FACE = 5  # face video pixel frames -> (5 - 1) / 4 + 1 = 2 motion fr
 
 
 def _wan_animate_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, 2 * C + 4, F, 2 * H, 2 * W),  # noise, reference/mask channels
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, WAN_ANIMATE_TEXT, DIM),
-        "encoder_hidden_states_image": _randn(g, b, WAN_ANIMATE_IMAGE, 16),
-        "pose_hidden_states": _randn(g, b, C, F - 1, 2 * H, 2 * W),
-        "face_pixel_values": _randn(g, b, 3, WAN_ANIMATE_FACE, 8, 8),
+        "hidden_states": randn(g, b, 2 * C + 4, F, 2 * H, 2 * W),  # noise, reference/mask channels
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, WAN_ANIMATE_TEXT, DIM),
+        "encoder_hidden_states_image": randn(g, b, WAN_ANIMATE_IMAGE, 16),
+        "pose_hidden_states": randn(g, b, C, F - 1, 2 * H, 2 * W),
+        "face_pixel_values": randn(g, b, 3, WAN_ANIMATE_FACE, 8, 8),
         "return_dict": False,
     }
 
@@ -132,20 +107,20 @@ def _wan_animate2_build() -> torch.nn.Module:
 def _wan_animate2_inputs(b: int) -> dict[str, Any]:
     from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
 
-    g = _gen()
+    g = input_generator()
     ref = (F - 1) * H * W  # driving-video tokens: one latent frame fewer than the generation (no reference slot)
     cache = WanAnimate2KVCache(2)
     for layer in cache.layer_caches:  # what the "extract" pass stores: pre-RoPE K/V [B, ref, heads, head_dim]
-        layer.store(_randn(g, b, ref, 2, 16), _randn(g, b, ref, 2, 16))
+        layer.store(randn(g, b, ref, 2, 16), randn(g, b, ref, 2, 16))
     return {
-        "hidden_states": [_randn(g, C, F, 2 * H, 2 * W) for _ in range(b)],
-        "timestep": _timestep(1),
-        "encoder_hidden_states": [_randn(g, TEXT, DIM) for _ in range(b)],
-        "condition_latents": [_randn(g, 2 * C, F, 2 * H, 2 * W) for _ in range(b)],  # i2v mask + reference latents
+        "hidden_states": [randn(g, C, F, 2 * H, 2 * W) for _ in range(b)],
+        "timestep": constant_timesteps(1),
+        "encoder_hidden_states": [randn(g, TEXT, DIM) for _ in range(b)],
+        "condition_latents": [randn(g, 2 * C, F, 2 * H, 2 * W) for _ in range(b)],  # i2v mask + reference latents
         "kv_cache": cache,
         "kv_cache_mode": "cached",
         "seq_len": F * H * W,
-        "encoder_hidden_states_image": _randn(g, b, WAN_ANIMATE2_IMAGE, 1280),
+        "encoder_hidden_states_image": randn(g, b, WAN_ANIMATE2_IMAGE, 1280),
         "reference_grid_sizes": torch.tensor([[F - 1, H, W]] * b),
         "origin_len": 4 * (F - 2) + 1,  # segment pixel frames: origin_len // 4 + 1 = F - 1 latent frames
         "origin_area": [16 * H, 16 * W],  # pixels; the model takes area // 256 as tokens per frame
@@ -154,11 +129,11 @@ def _wan_animate2_inputs(b: int) -> dict[str, Any]:
 
 
 def _wan_t2v_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "return_dict": False,
     }
 
@@ -168,12 +143,12 @@ CHRONO_IMAGE = 4  # CLIP image tokens (257 in the real model)
 
 
 def _chronoedit_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, 2 * C + 4, CHRONO_F, 2 * H, 2 * W),  # latents, 4 mask + C image-condition
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, WAN_ANIMATE_TEXT, DIM),
-        "encoder_hidden_states_image": _randn(g, b, CHRONO_IMAGE, 16),
+        "hidden_states": randn(g, b, 2 * C + 4, CHRONO_F, 2 * H, 2 * W),  # latents, 4 mask + C image-condition
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, WAN_ANIMATE_TEXT, DIM),
+        "encoder_hidden_states_image": randn(g, b, CHRONO_IMAGE, 16),
         "return_dict": False,
     }
 
@@ -182,21 +157,21 @@ HELIOS_HISTORY = (4, 2, 1)  # long, mid, short (1x) history latent frames, sorte
 
 
 def _helios_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     long, mid, short = HELIOS_HISTORY
     # keep_first_frame: [prefix | long | mid | 1x | chunk] frame indices; the short history is prefix + 1x
     idx = torch.arange(1 + long + mid + short + F).split([1, long, mid, short, F])
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "indices_hidden_states": idx[4].unsqueeze(0),
         "indices_latents_history_short": torch.cat([idx[0], idx[3]]).unsqueeze(0),
         "indices_latents_history_mid": idx[2].unsqueeze(0),
         "indices_latents_history_long": idx[1].unsqueeze(0),
-        "latents_history_short": _randn(g, b, C, 1 + short, 2 * H, 2 * W),
-        "latents_history_mid": _randn(g, b, C, mid, 2 * H, 2 * W),
-        "latents_history_long": _randn(g, b, C, long, 2 * H, 2 * W),
+        "latents_history_short": randn(g, b, C, 1 + short, 2 * H, 2 * W),
+        "latents_history_mid": randn(g, b, C, mid, 2 * H, 2 * W),
+        "latents_history_long": randn(g, b, C, long, 2 * H, 2 * W),
         "return_dict": False,
     }
 
@@ -207,12 +182,12 @@ HELIOS_HISTORY_TOKENS = 2 * H * W + 1 * 2 * 3 + 1 * 1 * 2
 
 
 def _anyflow_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, F, C, 2 * H, 2 * W),  # [B, F, C, H, W]
+        "hidden_states": randn(g, b, F, C, 2 * H, 2 * W),  # [B, F, C, H, W]
         "timestep": torch.full((b, F), 800.0),  # per-frame source time t
         "r_timestep": torch.full((b, F), 600.0),  # per-frame target time r
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "return_dict": False,
     }
 
@@ -229,15 +204,15 @@ def _text_mask(b: int, valid: int = TEXT - 2) -> torch.Tensor:
 
 def _packed(g: torch.Generator, b: int, channels: int) -> torch.Tensor:
     """[B, F*H*W, C] tokens in (frame, row, column) order, as the LTX pipelines' ``_pack_latents`` lays them out."""
-    return _randn(g, b, channels, F, H, W).permute(0, 2, 3, 4, 1).reshape(b, F * H * W, channels)
+    return randn(g, b, channels, F, H, W).permute(0, 2, 3, 4, 1).reshape(b, F * H * W, channels)
 
 
 def _ltx_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
         "hidden_states": _packed(g, b, C),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
-        "timestep": _timestep(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
+        "timestep": constant_timesteps(b),
         "encoder_attention_mask": _text_mask(b),
         "num_frames": F,
         "height": H,
@@ -252,13 +227,13 @@ LTX2_AUDIO_DIM = 16  # 2 audio heads x 8
 
 
 def _ltx2_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
-    t = _timestep(b)
+    g = input_generator()
+    t = constant_timesteps(b)
     return {
         "hidden_states": _packed(g, b, C),
-        "audio_hidden_states": _randn(g, b, LTX2_AUDIO, 8),  # [B, L, C_audio * mel_bins]
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),  # connector outputs
-        "audio_encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "audio_hidden_states": randn(g, b, LTX2_AUDIO, 8),  # [B, L, C_audio * mel_bins]
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),  # connector outputs
+        "audio_encoder_hidden_states": randn(g, b, TEXT, DIM),
         "timestep": t,
         "sigma": t,
         "encoder_attention_mask": _text_mask(b),
@@ -280,15 +255,15 @@ HY15_CONTEXT = TEXT + HY15_BYT5 + HY15_IMAGE
 
 
 def _hy15_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     mask_2 = torch.zeros(b, HY15_BYT5)
     mask_2[:, :2] = 1.0
     return {
-        "hidden_states": _randn(g, b, 2 * C + 1, F, H, W),  # latents, zero image-condition latents, zero mask
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, 2 * C + 1, F, H, W),  # latents, zero image-condition latents, zero mask
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "encoder_attention_mask": _text_mask(b),
-        "encoder_hidden_states_2": _randn(g, b, HY15_BYT5, 16),
+        "encoder_hidden_states_2": randn(g, b, HY15_BYT5, 16),
         "encoder_attention_mask_2": mask_2,
         "image_embeds": torch.zeros(b, HY15_IMAGE, 16),  # what the text-to-video pipeline passes
         "return_dict": False,
@@ -303,24 +278,24 @@ FRAMEPACK_HISTORY_TOKENS = 2 * H * W + 1 * 2 * 3 + 1 * 1 * 2
 
 
 def _framepack_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     h4, h2, h1 = FRAMEPACK_HISTORY
     # vanilla sampling: [prefix | 4x | 2x | 1x | window] frame indices (1-D, shared by the batch)
     prefix, i4, i2, i1, window = torch.arange(1 + h4 + h2 + h1 + F).split([1, h4, h2, h1, F])
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "encoder_attention_mask": _text_mask(b),
-        "pooled_projections": _randn(g, b, DIM),
-        "image_embeds": _randn(g, b, FRAMEPACK_IMAGE, 16),
+        "pooled_projections": randn(g, b, DIM),
+        "image_embeds": randn(g, b, FRAMEPACK_IMAGE, 16),
         "indices_latents": window,
         "guidance": torch.full((b,), 10.0 * 1000.0),  # the pipeline embeds guidance_scale * 1000
-        "latents_clean": _randn(g, b, C, 1 + h1, 2 * H, 2 * W),
+        "latents_clean": randn(g, b, C, 1 + h1, 2 * H, 2 * W),
         "indices_latents_clean": torch.cat([prefix, i1]),
-        "latents_history_2x": _randn(g, b, C, h2, 2 * H, 2 * W),
+        "latents_history_2x": randn(g, b, C, h2, 2 * H, 2 * W),
         "indices_latents_history_2x": i2,
-        "latents_history_4x": _randn(g, b, C, h4, 2 * H, 2 * W),
+        "latents_history_4x": randn(g, b, C, h4, 2 * H, 2 * W),
         "indices_latents_history_4x": i4,
         "return_dict": False,
     }
@@ -330,14 +305,14 @@ def _framepack_inputs(b: int) -> dict[str, Any]:
 
 
 def _mochi_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     mask = torch.zeros(b, TEXT, dtype=torch.long)
     for row in range(b):  # rows differ in valid text length, so the per-row SDPA calls differ in length
         mask[row, : TEXT - 2 - row % 2] = 1
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
-        "timestep": _timestep(b),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
+        "timestep": constant_timesteps(b),
         "encoder_attention_mask": mask,
         "return_dict": False,
     }
@@ -349,7 +324,7 @@ ALLEGRO_HEAD = 24  # Allegro's RoPE splits the head in three equal (even) bands:
 def _allegro_inputs(b: int) -> dict[str, Any]:
     from diffusers.models.embeddings import get_3d_rotary_pos_embed_allegro
 
-    g = _gen()
+    g = input_generator()
     # what AllegroPipeline._prepare_rotary_positional_embeddings builds (interpolation scales t, h, w = 1)
     freqs_t, freqs_h, freqs_w, grid_t, grid_h, grid_w = get_3d_rotary_pos_embed_allegro(
         embed_dim=ALLEGRO_HEAD,
@@ -361,9 +336,9 @@ def _allegro_inputs(b: int) -> dict[str, Any]:
     pos = torch.cartesian_prod(grid_t.long(), grid_h.long(), grid_w.long())
     pos = pos.reshape(-1, 3).transpose(0, 1).reshape(3, 1, -1).contiguous()
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
-        "timestep": _timestep(b),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
+        "timestep": constant_timesteps(b),
         "encoder_attention_mask": _text_mask(b),
         "image_rotary_emb": ((freqs_t, freqs_h, freqs_w), tuple(pos)),
         "return_dict": False,
@@ -371,11 +346,11 @@ def _allegro_inputs(b: int) -> dict[str, Any]:
 
 
 def _latte_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "enable_temporal_attentions": True,
         "return_dict": False,
     }
@@ -385,11 +360,11 @@ def _latte_inputs(b: int) -> dict[str, Any]:
 
 
 def _easyanimate_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "return_dict": False,
     }
 
@@ -401,27 +376,27 @@ def _consisid_inputs(b: int) -> dict[str, Any]:
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
     from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
-    g = _gen()
+    g = input_generator()
     # what ConsisIDPipeline._prepare_rotary_positional_embeddings builds (sample size = the latent size here)
     crops = get_resize_crop_region_for_grid((H, W), W, H)
     rotary = get_3d_rotary_pos_embed(embed_dim=16, crops_coords=crops, grid_size=(H, W), temporal_size=F)
     return {
-        "hidden_states": _randn(g, b, F, 2 * C, 2 * H, 2 * W),  # [B, F, C, H, W]: latents + image latents
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
-        "timestep": _timestep(b),
+        "hidden_states": randn(g, b, F, 2 * C, 2 * H, 2 * W),  # [B, F, C, H, W]: latents + image latents
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
+        "timestep": constant_timesteps(b),
         "image_rotary_emb": rotary,
-        "id_cond": _randn(g, b, 16),  # ArcFace + CLIP id embedding (1280 in the real model)
-        "id_vit_hidden": [_randn(g, b, 5, 16) for _ in range(2)],  # one EVA-CLIP hidden state per scale
+        "id_cond": randn(g, b, 16),  # ArcFace + CLIP id embedding (1280 in the real model)
+        "id_vit_hidden": [randn(g, b, 5, 16) for _ in range(2)],  # one EVA-CLIP hidden state per scale
         "return_dict": False,
     }
 
 
 def _cosmos_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
         "timestep": torch.full((b,), 0.25 * math.log(20.0)),  # EDM c_noise = ln(sigma) / 4
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "fps": 24,
         "return_dict": False,
     }
@@ -434,7 +409,7 @@ def _cosmos3_inputs(b: int) -> dict[str, Any]:
         get_3d_mrope_ids_vae_tokens,
     )
 
-    g = _gen()
+    g = input_generator()
     text_ids, offset = get_3d_mrope_ids_text_tokens(TEXT, 0, use_float_positions=True)
     vision_ids, _ = get_3d_mrope_ids_vae_tokens(
         F, H, W, temporal_offset=offset + 15000, fps=24.0, base_fps=24.0, temporal_compression_factor=4
@@ -446,7 +421,7 @@ def _cosmos3_inputs(b: int) -> dict[str, Any]:
         "position_ids": torch.cat([text_ids, vision_ids], dim=1),  # [3, text + N] mRoPE (t, h, w) ids
         "und_len": TEXT,
         "sequence_length": TEXT + n,
-        "vision_tokens": [_randn(g, 1, C, F, 2 * H, 2 * W)],
+        "vision_tokens": [randn(g, 1, C, F, 2 * H, 2 * W)],
         "vision_token_shapes": [(F, H, W)],
         "vision_sequence_indexes": torch.arange(TEXT, TEXT + n),
         "vision_mse_loss_indexes": torch.arange(TEXT, TEXT + n),  # text-to-video: every frame is noisy
@@ -460,11 +435,11 @@ def _cosmos3_inputs(b: int) -> dict[str, Any]:
 
 
 def _sana_video_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     return {
-        "hidden_states": _randn(g, b, C, F, 2 * H, 2 * W),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
-        "timestep": _timestep(b),
+        "hidden_states": randn(g, b, C, F, 2 * H, 2 * W),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
+        "timestep": constant_timesteps(b),
         "encoder_attention_mask": _text_mask(b),
         "return_dict": False,
     }
@@ -474,7 +449,7 @@ def _sana_wm_inputs(b: int) -> dict[str, Any]:
     import numpy as np
     from diffusers.pipelines.sana_wm.cam_utils import prepare_camera
 
-    g = _gen()
+    g = input_generator()
     # a camera dollying along x over (F - 1) * 8 + 1 pixel frames (LTX-2 VAE: 8x temporal, 32x spatial)
     n_pix = (F - 1) * 8 + 1
     c2w = np.tile(np.eye(4, dtype=np.float32), (n_pix, 1, 1))
@@ -484,9 +459,9 @@ def _sana_wm_inputs(b: int) -> dict[str, Any]:
     timestep = torch.full((b, 1, F), 500.0)
     timestep[:, :, 0] = 0.0  # the first latent frame is the clean conditioning image
     return {
-        "hidden_states": _randn(g, b, C, F, H, W),
+        "hidden_states": randn(g, b, C, F, H, W),
         "timestep": timestep,  # per frame [B, 1, F]
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "mask": _text_mask(b).long(),
         "data_info": {"img_hw": torch.tensor([[32.0 * H, 32.0 * W]])},
         "camera_conditions": cam["raymap"].unsqueeze(0).repeat(b, 1, 1),  # [B, F, 20]: relative c2w + fx fy cx cy
@@ -499,14 +474,14 @@ def _sana_wm_inputs(b: int) -> dict[str, Any]:
 
 
 def _kandinsky5_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
-    latents = _randn(g, b, F, 2 * H, 2 * W, C)  # [B, F, H, W, C]
+    g = input_generator()
+    latents = randn(g, b, F, 2 * H, 2 * W, C)  # [B, F, H, W, C]
     cond = torch.zeros(b, F, 2 * H, 2 * W, C + 1)  # text-to-video: zero condition latents and zero mask
     return {
         "hidden_states": torch.cat([latents, cond], dim=-1),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),  # Qwen2.5-VL tokens
-        "timestep": _timestep(b),
-        "pooled_projections": _randn(g, b, 16),  # CLIP pooled
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),  # Qwen2.5-VL tokens
+        "timestep": constant_timesteps(b),
+        "pooled_projections": randn(g, b, 16),  # CLIP pooled
         "visual_rope_pos": [torch.arange(F), torch.arange(H), torch.arange(W)],
         "text_rope_pos": torch.arange(TEXT),
         "scale_factor": (1.0, 2.0, 2.0),  # the pipeline's 480p value
@@ -519,15 +494,15 @@ K6_AUDIO = 5  # audio latent tokens
 
 
 def _kandinsky6_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
-    latents = _randn(g, b, F, 2 * H, 2 * W, C)  # [B, F, H, W, C]
+    g = input_generator()
+    latents = randn(g, b, F, 2 * H, 2 * W, C)  # [B, F, H, W, C]
     cond = torch.zeros(b, F, 2 * H, 2 * W, C + 1)
     return {
         "hidden_states": torch.cat([latents, cond], dim=-1),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
-        "pooled_projections": _randn(g, b, 16),
-        "timestep": _timestep(b),
-        "audio_hidden_states": _randn(g, b, K6_AUDIO, C),  # [B, L, C_audio]
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
+        "pooled_projections": randn(g, b, 16),
+        "timestep": constant_timesteps(b),
+        "audio_hidden_states": randn(g, b, K6_AUDIO, C),  # [B, L, C_audio]
         "encoder_attention_mask": _text_mask(b).bool(),
         "return_dict": False,
     }
@@ -541,7 +516,7 @@ H3_AUDIO = 3  # audio latents per channel; the soundtrack is stereo, packed chan
 def _minimax_h3_inputs(b: int) -> dict[str, Any]:
     from diffusers.modular_pipelines.minimax_h3.before_denoise import MiniMaxH3PrepareLayoutStep
 
-    g = _gen()
+    g = input_generator()
     # the t2va layout [text | audio | video]: tags 0 video, 1 text, 2 audio; (t, h, w) rotary coordinates per row
     position_ids, token_tags, video_indices, audio_indices, text_indices, _, _ = (
         MiniMaxH3PrepareLayoutStep.build_packed_sequence(
@@ -557,9 +532,9 @@ def _minimax_h3_inputs(b: int) -> dict[str, Any]:
         )
     )
     return {
-        "hidden_states": _randn(g, b, F * H * W, 4 * C),  # patchified rows in (f, h, w) order, C * 1 * 2 * 2 wide
-        "audio_hidden_states": _randn(g, b, 2 * H3_AUDIO, 4),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, F * H * W, 4 * C),  # patchified rows in (f, h, w) order, C * 1 * 2 * 2 wide
+        "audio_hidden_states": randn(g, b, 2 * H3_AUDIO, 4),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "timestep": torch.tensor([0.4]),  # the distinct timesteps in the sequence, in [0, 1] (1 = clean)
         "timestep_indices": torch.zeros(position_ids.shape[0], dtype=torch.long),
         "token_tags": token_tags,
@@ -572,25 +547,25 @@ def _minimax_h3_inputs(b: int) -> dict[str, Any]:
 
 
 def _motif_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
-    latents = _randn(g, b, C, F, 2 * H, 2 * W)
+    g = input_generator()
+    latents = randn(g, b, C, F, 2 * H, 2 * W)
     cond = torch.zeros(b, C + 1, F, 2 * H, 2 * W)  # text-to-video: zero condition latents and mask
     return {
         "hidden_states": torch.cat([latents, cond], dim=1),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "encoder_attention_mask": _text_mask(b),
         "return_dict": False,
     }
 
 
 def _joyimage_inputs(b: int) -> dict[str, Any]:
-    g = _gen()
+    g = input_generator()
     # [B, items, C, T, H, W]: the reference image latent first, the generated (noisy) one last, one frame each
     return {
-        "hidden_states": _randn(g, b, 2, C, 1, 2 * H, 2 * W),
-        "timestep": _timestep(b),
-        "encoder_hidden_states": _randn(g, b, TEXT, DIM),
+        "hidden_states": randn(g, b, 2, C, 1, 2 * H, 2 * W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
         "return_dict": False,
     }
 
@@ -598,7 +573,7 @@ def _joyimage_inputs(b: int) -> dict[str, Any]:
 TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     TinyDenoiser(
         class_name="WanVACETransformer3DModel",
-        build=_built(
+        build=built(
             "WanVACETransformer3DModel",
             **_WAN,
             in_channels=C,
@@ -617,7 +592,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="WanAnimateTransformer3DModel",
-        build=_built(
+        build=built(
             "WanAnimateTransformer3DModel",
             **_WAN,
             in_channels=2 * C + 4,
@@ -664,7 +639,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="SkyReelsV2Transformer3DModel",
-        build=_built("SkyReelsV2Transformer3DModel", **_WAN, in_channels=C, out_channels=C, num_layers=2),
+        build=built("SkyReelsV2Transformer3DModel", **_WAN, in_channels=C, out_channels=C, num_layers=2),
         inputs=_wan_t2v_inputs,
         grid=(F, H, W),
         text_tokens=TEXT,
@@ -677,7 +652,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="ChronoEditTransformer3DModel",
-        build=_built(
+        build=built(
             "ChronoEditTransformer3DModel",
             **_WAN,
             in_channels=2 * C + 4,
@@ -699,7 +674,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="HeliosTransformer3DModel",
-        build=_built(
+        build=built(
             "HeliosTransformer3DModel",
             patch_size=(1, 2, 2),
             num_attention_heads=2,
@@ -724,7 +699,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="AnyFlowTransformer3DModel",
-        build=_built(
+        build=built(
             "AnyFlowTransformer3DModel",
             patch_size=(1, 2, 2),
             num_attention_heads=2,
@@ -747,7 +722,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="LTXVideoTransformer3DModel",
-        build=_built(
+        build=built(
             "LTXVideoTransformer3DModel",
             in_channels=C,
             out_channels=C,
@@ -768,7 +743,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="LTX2VideoTransformer3DModel",
-        build=_built(
+        build=built(
             "LTX2VideoTransformer3DModel",
             in_channels=C,
             out_channels=C,
@@ -797,7 +772,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="HunyuanVideo15Transformer3DModel",
-        build=_built(
+        build=built(
             "HunyuanVideo15Transformer3DModel",
             in_channels=2 * C + 1,
             out_channels=C,
@@ -826,7 +801,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="HunyuanVideoFramepackTransformer3DModel",
-        build=_built(
+        build=built(
             "HunyuanVideoFramepackTransformer3DModel",
             in_channels=C,
             out_channels=C,
@@ -858,7 +833,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="MochiTransformer3DModel",
-        build=_built(
+        build=built(
             "MochiTransformer3DModel",
             patch_size=2,
             num_attention_heads=2,
@@ -885,7 +860,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="AllegroTransformer3DModel",
-        build=_built(
+        build=built(
             "AllegroTransformer3DModel",
             patch_size=2,
             patch_size_t=1,
@@ -914,7 +889,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="LatteTransformer3DModel",
-        build=_built(
+        build=built(
             "LatteTransformer3DModel",
             num_attention_heads=2,
             attention_head_dim=16,
@@ -941,7 +916,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="EasyAnimateTransformer3DModel",
-        build=_built(
+        build=built(
             "EasyAnimateTransformer3DModel",
             num_attention_heads=2,
             attention_head_dim=16,
@@ -967,7 +942,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="ConsisIDTransformer3DModel",
-        build=_built(
+        build=built(
             "ConsisIDTransformer3DModel",
             num_attention_heads=2,
             attention_head_dim=16,
@@ -1010,7 +985,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="CosmosTransformer3DModel",
-        build=_built(
+        build=built(
             "CosmosTransformer3DModel",
             in_channels=C,
             out_channels=C,
@@ -1036,7 +1011,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="Cosmos3OmniTransformer",
-        build=_built(
+        build=built(
             "Cosmos3OmniTransformer",
             head_dim=16,
             hidden_size=DIM,
@@ -1065,7 +1040,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="SanaVideoTransformer3DModel",
-        build=_built(
+        build=built(
             "SanaVideoTransformer3DModel",
             in_channels=C,
             out_channels=C,
@@ -1091,7 +1066,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="SanaWMTransformer3DModel",
-        build=_built(
+        build=built(
             "SanaWMTransformer3DModel",
             in_channels=C,
             num_layers=2,
@@ -1120,7 +1095,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="Kandinsky5Transformer3DModel",
-        build=_built(
+        build=built(
             "Kandinsky5Transformer3DModel",
             in_visual_dim=C,
             in_text_dim=DIM,
@@ -1150,7 +1125,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="Kandinsky6Transformer3DModel",
-        build=_built(
+        build=built(
             "Kandinsky6Transformer3DModel",
             in_visual_dim=C,
             out_visual_dim=C,
@@ -1189,7 +1164,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="MiniMaxH3Transformer3DModel",
-        build=_built(
+        build=built(
             "MiniMaxH3Transformer3DModel",
             num_attention_heads=2,
             attention_head_dim=16,
@@ -1221,7 +1196,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="MotifVideoTransformer3DModel",
-        build=_built(
+        build=built(
             "MotifVideoTransformer3DModel",
             in_channels=2 * C + 1,
             out_channels=C,
@@ -1252,7 +1227,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="JoyImageEditTransformer3DModel",
-        build=_built(
+        build=built(
             "JoyImageEditTransformer3DModel",
             patch_size=[1, 2, 2],
             in_channels=C,
@@ -1276,82 +1251,12 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
 )
 
 
-# --- self-check -------------------------------------------------------------------------------------------------
-
-
-class SDPARecorder(TorchFunctionMode):
-    """Records every ``scaled_dot_product_attention`` call: q/k/v shapes, mask, scale, GQA."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[dict[str, Any]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.scaled_dot_product_attention:
-            names = ("query", "key", "value", "attn_mask")
-            bound = dict(zip(names, args)) | {n: kwargs[n] for n in names if n in kwargs}
-            q, k, v, mask = (bound.get(n) for n in names)
-            self.calls.append(
-                {
-                    "q": tuple(q.shape),
-                    "dtype": q.dtype,
-                    "k": tuple(k.shape),
-                    "v": tuple(v.shape),
-                    "mask": None if mask is None else (tuple(mask.shape), mask.dtype),
-                    "scale": kwargs.get("scale"),
-                    "is_causal": kwargs.get("is_causal", False),
-                    "enable_gqa": kwargs.get("enable_gqa", False),
-                }
-            )
-        return func(*args, **kwargs)
-
-
-def run(entry: TinyDenoiser, batch_size: int = 2) -> tuple[Any, float, list[dict[str, Any]]]:
-    """Build ``entry``; under ``torch.no_grad`` run a warm-up forward, a timed one and one recorded by SDPARecorder."""
-    model = entry.build()
-    rec = SDPARecorder()
-    with torch.no_grad():
-        model(**entry.inputs(batch_size))
-        kwargs = entry.inputs(batch_size)
-        start = time.perf_counter()
-        model(**kwargs)
-        elapsed = time.perf_counter() - start
-        kwargs = entry.inputs(batch_size)
-        with rec:
-            out = model(**kwargs)
-    return out, elapsed, rec.calls
-
-
-def _shape(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return tuple(out.shape)
-    if isinstance(out, (tuple, list)):
-        return [_shape(o) for o in out]
-    if hasattr(out, "to_tuple"):
-        return _shape(out.to_tuple())
-    return type(out).__name__
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _tensors(o)]
-    if hasattr(out, "to_tuple"):
-        return _tensors(out.to_tuple())
-    return []
-
-
-# --- facts ------------------------------------------------------------------------------------------------------
-
-
 def _n(f: int = F, h: int = H, w: int = W) -> int:
     return f * h * w
 
 
 #: The (Nq, Nk) token counts of every scaled_dot_product_attention call one forward of each entry makes (checked by
-#: the ``__main__`` block; batch rows, heads and masks aside). Classes whose self-attention is not SDPA lack (N, N).
+#: tests/test_coverage.py; batch rows, heads and masks aside). Classes whose self-attention is not SDPA lack (N, N).
 SDPA_TOKENS: dict[str, set[tuple[int, int]]] = {
     "WanVACETransformer3DModel": {(_n(), _n()), (_n(), TEXT)},
     "WanAnimateTransformer3DModel": {
@@ -1413,314 +1318,3 @@ _WAN_PATCH = {"patch": "patch_size (t, h, w)", "grid_from": None, "timestep_scal
 #: What a generic tool needs to read the latent grid from a forward call. ``sample``/``timestep``/``text`` are
 #: (keyword, position in ``forward``); ``layout`` names the sample's axes (B batch, C channels, F frames, H, W);
 #: ``timestep_scale`` is what the pipeline divides scheduler timesteps by before the call.
-FACTS: dict[str, dict] = {
-    "WanVACETransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        **_WAN_PATCH,
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "WanVACEPipeline",
-    },
-    "WanAnimateTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        **_WAN_PATCH,
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "WanAnimatePipeline",
-    },
-    "WanAnimate2Transformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "list of per-sample CFHW tensors (channels = latents only; "
-        "condition_latents are concatenated on C inside)",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": "sample shapes / patch_size (reference grid: reference_grid_sizes)",
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "WanAnimate2ModularPipeline",
-    },
-    "SkyReelsV2Transformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        **_WAN_PATCH,
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "SkyReelsV2Pipeline",
-    },
-    "ChronoEditTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        **_WAN_PATCH,
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "ChronoEditPipeline",
-    },
-    "HeliosTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW (history latents prepended inside)",
-        **_WAN_PATCH,
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "HeliosPipeline",
-    },
-    "AnyFlowTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BFCHW",
-        **_WAN_PATCH,
-        "timestep": ("timestep", 1),
-        "text": ("encoder_hidden_states", 3),
-        "text_position": None,
-        "pipeline": "AnyFlowPipeline",
-    },
-    "LTXVideoTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed [B, F*H*W, C*pt*p*p]",
-        "patch": ("patch_size", "patch_size_t"),
-        "grid_from": ("num_frames", "height", "width"),
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": None,
-        "pipeline": "LTXPipeline",
-    },
-    "LTX2VideoTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed [B, F*H*W, C*pt*p*p]",
-        "patch": ("patch_size", "patch_size_t"),
-        "grid_from": ("num_frames", "height", "width"),
-        "timestep": ("timestep", 4),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "LTX2Pipeline",
-    },
-    "HunyuanVideo15Transformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": ("patch_size", "patch_size_t"),
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "last",
-        "pipeline": "HunyuanVideo15Pipeline",
-    },
-    "HunyuanVideoFramepackTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW (history latents prepended inside)",
-        "patch": ("patch_size", "patch_size_t"),
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "last",
-        "pipeline": "HunyuanVideoFramepackPipeline",
-    },
-    "MochiTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": ("patch_size",),
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": "1 (inverted: the pipeline passes 1000 - t of the usual convention)",
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "last",
-        "pipeline": "MochiPipeline",
-    },
-    "AllegroTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": ("patch_size", "patch_size_t"),
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": None,
-        "pipeline": "AllegroPipeline",
-    },
-    "LatteTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": ("patch_size",),
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "LattePipeline",
-    },
-    "EasyAnimateTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": ("patch_size",),
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 3),
-        "text_position": "first",
-        "pipeline": "EasyAnimatePipeline",
-    },
-    "ConsisIDTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BFCHW",
-        "patch": ("patch_size",),
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": "first",
-        "pipeline": "ConsisIDPipeline",
-    },
-    "CosmosTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": "EDM c_noise = ln(sigma) / 4 (Cosmos 1.0 text2world); Cosmos 2.5 passes sigma in [0, 1]",
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "CosmosTextToWorldPipeline",
-    },
-    "Cosmos3OmniTransformer": {
-        "sample": ("vision_tokens", 5),
-        "layout": "list of [1, C, F, H, W] (one packed sample, no batch)",
-        "patch": ("latent_patch_size",),
-        "grid_from": ("vision_token_shapes",),
-        "timestep": ("vision_timesteps", 9),
-        "timestep_scale": "1 (per noisy token; the model multiplies by config.timestep_scale = 0.001)",
-        "text": ("input_ids", 0),
-        "text_position": "first",
-        "pipeline": "Cosmos3OmniPipeline",
-    },
-    "SanaVideoTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": None,
-        "pipeline": "SanaVideoPipeline",
-    },
-    "SanaWMTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": "1 (per frame, [B, 1, F])",
-        "text": ("encoder_hidden_states", 2),
-        "text_position": None,
-        "pipeline": "SanaWMPipeline",
-    },
-    "Kandinsky5Transformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BFHWC",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": None,
-        "timestep": ("timestep", 2),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": None,
-        "pipeline": "Kandinsky5T2VPipeline",
-    },
-    "Kandinsky6Transformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BFHWC",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": None,
-        "timestep": ("timestep", 3),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 1),
-        "text_position": None,
-        "pipeline": "Kandinsky6TI2VAPipeline",
-    },
-    "MiniMaxH3Transformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "packed patchified video rows [B, N, C*pt*p*p] placed at "
-        "video_indices of one [text | audio | video] sequence",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": "position_ids[video_indices] (t, h, w rotary coordinates; no frame/height/width kwargs)",
-        "timestep": ("timestep", 3),
-        "timestep_scale": "1 (scheduler t already in [0, 1], 1 = clean; distinct "
-        "values, rows index them through timestep_indices)",
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "first",
-        "pipeline": "MiniMaxH3ModularPipeline",
-    },
-    "MotifVideoTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BCFHW",
-        "patch": ("patch_size", "patch_size_t"),
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "last",
-        "pipeline": "MotifVideoPipeline",
-    },
-    "JoyImageEditTransformer3DModel": {
-        "sample": ("hidden_states", 0),
-        "layout": "BNCFHW (N items: references first, generated last; the model "
-        "puts the last item first and concatenates items on F) or BCFHW",
-        "patch": "patch_size (t, h, w)",
-        "grid_from": None,
-        "timestep": ("timestep", 1),
-        "timestep_scale": 1,
-        "text": ("encoder_hidden_states", 2),
-        "text_position": "last",
-        "pipeline": "JoyImageEditPipeline",
-    },
-}
-
-
-if __name__ == "__main__":
-    import sys
-    from collections import Counter
-
-    wanted = set(sys.argv[1:])
-    torch.set_num_threads(1)  # tiny ops: thread hand-off costs more than the work on a shared CPU
-    failures: list[str] = []
-    for entry in TINY_DENOISERS:
-        if wanted and entry.class_name not in wanted:
-            continue
-        out, elapsed, calls = run(entry)
-        kinds = Counter(
-            (
-                c["q"][-2],
-                c["k"][-2],
-                c["q"][0],
-                c["q"][1],
-                c["k"][1],
-                c["q"][-1],
-                c["mask"],
-                c["is_causal"],
-                str(c["dtype"]),
-            )
-            for c in calls
-        )
-        n = entry.grid[0] * entry.grid[1] * entry.grid[2] if entry.grid else None
-        out_shape = _shape(out)
-        finite = all(torch.isfinite(t).all() for t in _tensors(out))
-        print(f"{entry.class_name}: out={out_shape} finite={finite} time={elapsed:.3f}s grid={entry.grid} N={n}")
-        for (nq, nk, rows, hq, hk, d, mask, causal, dtype), count in sorted(kinds.items(), key=str):
-            extra = f" mask={mask[0]}:{str(mask[1])[6:]}" if mask else ""
-            extra += " causal" if causal else ""
-            extra += "" if dtype == "torch.float32" else f" {dtype[6:]}"
-            print(f"    {count} x (Nq={nq}, Nk={nk}) batch={rows} heads={hq}/{hk}x{d}{extra}")
-        seen = {(c["q"][-2], c["k"][-2]) for c in calls}
-        if seen != SDPA_TOKENS[entry.class_name] or not finite or entry.class_name not in FACTS:
-            failures.append(entry.class_name)
-            print(f"    MISMATCH: expected {sorted(SDPA_TOKENS[entry.class_name])}, saw {sorted(seen)}")
-    print("FAILED: " + ", ".join(failures) if failures else "all entries match SDPA_TOKENS")
-    sys.exit(1 if failures else 0)

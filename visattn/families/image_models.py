@@ -1,0 +1,157 @@
+"""Facts of the text-to-image transformers (and PixArt-style DiTs): one :class:`Family` record per class.
+
+Argument positions follow each class's ``forward`` signature; ``text_position`` says where each joint sequence
+puts the text (checked against the SDPA calls of the tiny models in :mod:`visattn.testing.coverage`).
+"""
+
+from __future__ import annotations
+
+from .base import Argument, Family
+
+
+def _text(position: int, name: str = "encoder_hidden_states") -> Argument:
+    return Argument((name,), position)
+
+
+def _timestep(position: int, name: str = "timestep") -> Argument:
+    return Argument((name,), position)
+
+
+#: Flow-matching pipelines that call the transformer with ``t / 1000`` and pack latents with ``img_ids``.
+def _packed_with_ids(name: str, classes: tuple[str, ...], timestep: int, divisor: float = 1000.0) -> Family:
+    return Family(
+        name,
+        classes,
+        layout="packed",
+        grid_reader="img_ids",
+        timestep=_timestep(timestep),
+        timestep_divisor=divisor,
+        text=_text(1),
+        text_position="first",
+        # Single-stream blocks receive text and latents already concatenated.
+        roles=(("single_transformer_blocks", "joint"),),
+    )
+
+
+IMAGE_FAMILIES: tuple[Family, ...] = (
+    Family("pixart", ("PixArtTransformer2DModel",), timestep=_timestep(2), text=_text(1)),
+    Family("sd3", ("SD3Transformer2DModel",), timestep=_timestep(3), text=_text(1), text_position="last"),
+    _packed_with_ids("flux", ("FluxTransformer2DModel",), timestep=3),
+    _packed_with_ids("flux2", ("Flux2Transformer2DModel",), timestep=2),
+    _packed_with_ids("flux3", ("Flux3Transformer2DModel",), timestep=2),
+    _packed_with_ids("chroma", ("ChromaTransformer2DModel",), timestep=2),
+    _packed_with_ids("ovis_image", ("OvisImageTransformer2DModel",), timestep=2),
+    _packed_with_ids("longcat_image", ("LongCatImageTransformer2DModel",), timestep=2),
+    _packed_with_ids("bria", ("BriaTransformer2DModel",), timestep=3, divisor=1.0),
+    _packed_with_ids("bria_fibo", ("BriaFiboTransformer2DModel",), timestep=4, divisor=1.0),
+    Family(
+        "qwen_image",
+        ("QwenImageTransformer2DModel",),
+        layout="packed",
+        grid_reader="img_shapes",
+        timestep=_timestep(3),
+        timestep_divisor=1000.0,
+        text=_text(1),
+        text_position="first",
+    ),
+    Family(
+        "qwen_image_21",
+        ("QwenImage21Transformer2DModel",),
+        layout="packed",
+        grid_reader="img_shapes_last",
+        timestep=_timestep(2),
+        timestep_divisor=1000.0,
+        text=_text(1),
+        text_position="first",
+    ),
+    Family(
+        "nucleus_moe_image",
+        ("NucleusMoEImageTransformer2DModel",),
+        layout="packed",
+        grid_reader="img_shapes",
+        timestep=_timestep(4),
+        timestep_divisor=1000.0,
+        text=_text(2),
+    ),
+    Family(
+        "krea2",
+        ("Krea2Transformer2DModel",),
+        layout="packed",
+        grid_reader="image_position_ids",
+        timestep=_timestep(2),
+        timestep_divisor=1000.0,
+        text=_text(1),
+        text_position="first",
+    ),
+    Family("sana", ("SanaTransformer2DModel",), timestep=_timestep(2), text=_text(1)),
+    Family(
+        "lumina2",
+        ("Lumina2Transformer2DModel",),
+        timestep=_timestep(1),
+        timestep_reversed=True,
+        text=_text(2),
+        text_position="first",
+    ),
+    Family("lumina_next", ("LuminaNextDiT2DModel",), timestep=_timestep(1), timestep_reversed=True, text=_text(2)),
+    Family("cogview4", ("CogView4Transformer2DModel",), timestep=_timestep(2), text=_text(1), text_position="first"),
+    Family(
+        "cogview3plus", ("CogView3PlusTransformer2DModel",), timestep=_timestep(2), text=_text(1), text_position="first"
+    ),
+    # AuraFlow puts 8 register tokens before the text; they count as text here.
+    Family(
+        "auraflow",
+        ("AuraFlowTransformer2DModel",),
+        timestep=_timestep(2),
+        timestep_divisor=1000.0,
+        text=_text(1),
+        text_position="first",
+    ),
+    Family(
+        "hidream_image",
+        ("HiDreamImageTransformer2DModel",),
+        timestep=_timestep(1, "timesteps"),
+        text=_text(2, "encoder_hidden_states_t5"),
+        text_position="last",
+    ),
+    Family("hunyuan_dit", ("HunyuanDiT2DModel",), timestep=_timestep(1), text=_text(2)),
+    Family(
+        "hunyuan_image",
+        ("HunyuanImageTransformer2DModel",),
+        timestep=_timestep(1),
+        text=_text(2),
+        text_position="last",
+    ),
+    Family(
+        "bria_fibo2",
+        ("BriaFibo2Transformer2DModel",),
+        timestep=_timestep(1),
+        timestep_divisor=1000.0,
+        text=_text(2),
+        text_position="first",  # gist tokens made from the text stand where the text would
+    ),
+    # OmniGen: text ids, then one time token, then the image; the time token counts as text here.
+    Family(
+        "omnigen",
+        ("OmniGenTransformer2DModel",),
+        timestep=_timestep(1),
+        text=_text(2, "input_ids"),
+        text_position="first",
+    ),
+    Family("prx", ("PRXTransformer2DModel",), timestep=_timestep(1), timestep_divisor=1000.0, text=_text(2)),
+    Family("glm_image", ("GlmImageTransformer2DModel",), timestep=_timestep(4), text=_text(1), text_position="first"),
+    Family(
+        "ernie_image",
+        ("ErnieImageTransformer2DModel",),
+        timestep=_timestep(1),
+        text=_text(2, "text_bth"),
+        text_position="last",
+    ),
+    Family("dit", ("DiTTransformer2DModel",), timestep=_timestep(1), text=None),
+    Family(
+        "dreamlite_transformer",
+        ("DreamLiteTransformer2DModel",),
+        patch=None,
+        timestep=_timestep(2),
+        text=_text(1),
+    ),
+)
