@@ -162,6 +162,11 @@ class AttentionLayerHook(ModelHook):
         return call()
 
     def _intercepted_forward(self, module, original, args, kwargs) -> Any:
+        step = self.state.step
+        fraction = step.fraction if step is not None else None
+        if not any(in_steps(effect.steps, fraction) for effect in self.effects):
+            # No effect acts at this step (a P2P self-attention window that has closed): skip the interception.
+            return original(*args, **kwargs)
         processor = getattr(module, "processor", None)
         restore = _force_native_dispatch(processor)
         before = self._intercepted
