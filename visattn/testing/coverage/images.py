@@ -441,6 +441,19 @@ def _ids_hw3(height: int, width: int) -> torch.Tensor:
     return ids.reshape(height * width, 3)
 
 
+def _packed_with_hw3_ids(seed: int, batch_size: int, height: int, width: int, text: int, timestep) -> dict[str, Any]:
+    """Flux-style packed inputs: latent tokens with ``(0, h, w)`` ids and text with zero ids."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": randn(gen, batch_size, height * width, 16),
+        "encoder_hidden_states": randn(gen, batch_size, text, 32),
+        "timestep": timestep,
+        "img_ids": _ids_hw3(height, width),
+        "txt_ids": torch.zeros(text, 3),
+        "return_dict": False,
+    }
+
+
 def _scheduler_t(batch_size: int) -> torch.Tensor:
     """Raw scheduler timesteps in [0, 1000], one per row."""
     return torch.linspace(800.0, 400.0, batch_size, dtype=torch.float32)
@@ -525,21 +538,13 @@ _CHROMA_H, _CHROMA_W, _CHROMA_T = 4, 6, 7
 
 
 def _chroma_inputs(batch_size: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(11)
     # as ChromaPipeline: float text mask, extended with ones for the image tokens
     mask = torch.cat(
         [_text_mask(batch_size, _CHROMA_T).float(), torch.ones(batch_size, _CHROMA_H * _CHROMA_W, dtype=torch.bool)],
         dim=1,
     )
-    return {
-        "hidden_states": randn(gen, batch_size, _CHROMA_H * _CHROMA_W, 16),
-        "encoder_hidden_states": randn(gen, batch_size, _CHROMA_T, 32),
-        "timestep": _flow_t(batch_size),
-        "img_ids": _ids_hw3(_CHROMA_H, _CHROMA_W),
-        "txt_ids": torch.zeros(_CHROMA_T, 3),
-        "attention_mask": mask,
-        "return_dict": False,
-    }
+    inputs = _packed_with_hw3_ids(11, batch_size, _CHROMA_H, _CHROMA_W, _CHROMA_T, _flow_t(batch_size))
+    return {**inputs, "attention_mask": mask}
 
 
 CHROMA = TinyDenoiser(
@@ -772,15 +777,7 @@ _BRIA_H, _BRIA_W, _BRIA_T = 4, 6, 7
 
 
 def _bria_inputs(batch_size: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(16)
-    return {
-        "hidden_states": randn(gen, batch_size, _BRIA_H * _BRIA_W, 16),
-        "encoder_hidden_states": randn(gen, batch_size, _BRIA_T, 32),
-        "timestep": _scheduler_t(batch_size),
-        "img_ids": _ids_hw3(_BRIA_H, _BRIA_W),
-        "txt_ids": torch.zeros(_BRIA_T, 3),
-        "return_dict": False,
-    }
+    return _packed_with_hw3_ids(16, batch_size, _BRIA_H, _BRIA_W, _BRIA_T, _scheduler_t(batch_size))
 
 
 BRIA = TinyDenoiser(
@@ -971,15 +968,7 @@ _OVIS_H, _OVIS_W, _OVIS_T = 4, 6, 7
 
 
 def _ovis_inputs(batch_size: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(20)
-    return {
-        "hidden_states": randn(gen, batch_size, _OVIS_H * _OVIS_W, 16),
-        "encoder_hidden_states": randn(gen, batch_size, _OVIS_T, 32),
-        "timestep": _flow_t(batch_size),
-        "img_ids": _ids_hw3(_OVIS_H, _OVIS_W),
-        "txt_ids": torch.zeros(_OVIS_T, 3),
-        "return_dict": False,
-    }
+    return _packed_with_hw3_ids(20, batch_size, _OVIS_H, _OVIS_W, _OVIS_T, _flow_t(batch_size))
 
 
 OVIS_IMAGE = TinyDenoiser(
