@@ -58,10 +58,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1)
     args = parser.parse_args()
 
-    pipe = tiny_pipeline("sd")
-    plain = pipe(**call_kwargs("sd"))[0][0]
+    pipe = tiny_pipeline("unet")
+    plain = pipe(**call_kwargs("unet"))[0][0]
     with visattn.attach(pipe, RowWindowAttention(rows=args.rows)):
-        windowed = pipe(**call_kwargs("sd"))[0][0]
+        windowed = pipe(**call_kwargs("unet"))[0][0]
     side_by_side = np.concatenate([plain, windowed], axis=1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((side_by_side * 255).round().astype(np.uint8)).save(args.out)

@@ -50,7 +50,7 @@ def server():
     from visattn.testing import tiny_pipeline
 
     port = free_port()
-    demo = launch(DemoEngine(pipeline=tiny_pipeline("sd")), port=port, block=False)
+    demo = launch(DemoEngine(pipeline=tiny_pipeline("unet")), port=port, block=False)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

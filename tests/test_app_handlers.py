@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visattn.app.handlers import DemoEngine, DemoError, DemoRequest, native_size, prompt_words
+from visattn.app.handlers import DemoEngine, DemoError, DemoRequest, default_pag_layers, native_size, prompt_words
 from visattn.app.uploads import UploadError, fit_to_size, open_upload
 from visattn.cli import main
 from visattn.defaults import DEFAULT_MODEL, EMBEDDED_CALL_DEFAULTS, TOY_VIDEO_MODEL
@@ -27,7 +27,7 @@ STEPS = 2
 
 @functools.cache
 def engine() -> DemoEngine:
-    return DemoEngine(pipeline=tiny_pipeline("sd"))
+    return DemoEngine(pipeline=tiny_pipeline("unet"))
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -56,7 +56,7 @@ def write_png_header(path, width: int, height: int) -> None:
 def test_generate_returns_image_heatmaps_per_word_and_progress():
     reports = []
     result = engine().run(DemoRequest("a red circle", steps=3), lambda f, d: reports.append((f, d)))
-    height, width = native_size(tiny_pipeline("sd"))
+    height, width = native_size(tiny_pipeline("unet"))
     assert result.source.size == (width, height) == result.size and result.edit is None
     assert [caption for _, caption in result.heatmaps] == ["red", "circle"]  # stop word "a" dropped
     assert all(isinstance(image, Image.Image) and image.size == (width, height) for image, _ in result.heatmaps)
@@ -72,7 +72,7 @@ def test_no_edit_with_effects_compares_plain_and_effects():
     np.testing.assert_array_equal(pixels(result.source), plain())  # the left image has no effect
     assert np.abs(pixels(result.edit) - plain()).max() > 0
     assert result.effects == [
-        {"type": "PerturbedAttentionGuidance", "scale": 3.0, "strength": 0.5},
+        {"type": "PerturbedAttentionGuidance", "scale": 3.0, "strength": 0.5, "layers": ["mid"]},
         {"type": "NeighborhoodAttention", "kernel_size": 3},
     ]
     assert "PerturbedAttentionGuidance" in result.summary()
@@ -114,7 +114,7 @@ def test_reweight_changes_the_edit_and_the_word_map():
 def test_extrapolation_generates_beyond_the_native_size():
     request = DemoRequest("a red circle", steps=STEPS, size_factor=1.5, decay=0.5, entropy_scaling=True)
     result = engine().run(request)
-    height, width = native_size(tiny_pipeline("sd"))
+    height, width = native_size(tiny_pipeline("unet"))
     assert result.edit.size == (width * 3 // 2, height * 3 // 2) == result.size
     grid = [height // 2, width // 2]  # the tiny VAE downsamples by 2
     assert result.effects == [
@@ -140,10 +140,12 @@ def test_saved_head_set_restricts_pag(tmp_path):
 
 
 def test_transformer_and_video_families():
-    # SD3 (joint attention): PAG perturbs the middle joint layer, since a transformer has no mid block.
+    # SD3 (joint attention): PAG perturbs where diffusers' StableDiffusion3PAGPipeline does by default.
     sd3 = DemoEngine(pipeline=tiny_pipeline("sd3"), native_size=(32, 32))
     result = sd3.run(DemoRequest("a red circle", steps=STEPS, edit_mode="reweight", weights={"red": 2.0}, pag_scale=2))
-    assert result.effects[0]["layers"] == [r"^transformer_blocks\.1\.attn$"]
+    assert result.effects[0]["layers"] == ["blocks.1"]
+    # A transformer without a declared default (Flux has no diffusers PAG pipeline): its middle joint layer.
+    assert default_pag_layers(tiny_pipeline("flux")) == [r"^single_transformer_blocks\.0\.attn$"]
     assert [c for _, c in result.heatmaps] == ["source: red", "source: circle", "edit: red (x2)", "edit: circle"]
     # Wan (video): radial attention is allowed; videos and their maps come back as animated WebPs.
     wan = DemoEngine(pipeline=tiny_pipeline("wan"), native_size=(32, 32), frames=9)
@@ -218,7 +220,7 @@ def test_upload_is_inverted_then_edited(tmp_path):
     rgba[..., 0], rgba[..., 3] = 200, 255
     rgba[10:30, 20:40, 3] = 0  # a transparent hole, composited over white
     Image.fromarray(rgba, "RGBA").save(path)
-    height, width = native_size(tiny_pipeline("sd"))
+    height, width = native_size(tiny_pipeline("unet"))
     preview = engine().check_upload(str(path))
     assert preview.size == (width, height) and preview.mode == "RGB"
     for method in ("negative-prompt", "null-text"):
@@ -330,7 +332,7 @@ def test_ui_turns_errors_into_messages(monkeypatch):
         source, edit, gallery, status = run_request(engine(), DemoRequest("a red circle", edit_mode="reweight"))
     assert (source, edit, gallery) == (None, None, []) and status.startswith("error: reweight")
 
-    broken = DemoEngine(pipeline=tiny_pipeline("sd"))
+    broken = DemoEngine(pipeline=tiny_pipeline("unet"))
     monkeypatch.setattr(broken, "run", lambda request, progress=None: 1 / 0)
     with pytest.warns(UserWarning, match="internal error: ZeroDivisionError"):
         outputs = run_request(broken, DemoRequest("a red circle"))
@@ -353,4 +355,4 @@ def test_ui_turns_errors_into_messages(monkeypatch):
     assert words == ["blue", "square"]
     assert slider_updates("a red circle", "", "none", [])[0] == []
 
-    build_demo(DemoEngine(pipeline=tiny_pipeline("sd")))  # the interface builds without launching
+    build_demo(DemoEngine(pipeline=tiny_pipeline("unet")))  # the interface builds without launching

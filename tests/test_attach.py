@@ -34,7 +34,7 @@ def hooked(model) -> set[str]:
     return {name for name, module in visattn.attention_layers(model).items() if layer_hook(module) is not None}
 
 
-@pytest.mark.parametrize("family", ["sd", "wan"])
+@pytest.mark.parametrize("family", ["unet", "wan"])
 def test_detach_restores_the_exact_processor_objects(family):
     pipe = pipeline(family)
     model = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
@@ -51,11 +51,11 @@ def test_detach_restores_the_exact_processor_objects(family):
 
 
 def test_with_block_restores_after_an_exception_inside_it():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     before = processor_objects(pipe.unet)
     with pytest.raises(RuntimeError, match="boom"):
         with visattn.attach(pipe, Boom()):
-            run(pipe, "sd")
+            run(pipe, "unet")
     after = processor_objects(pipe.unet)
     assert all(after[name] is before[name] for name in before)
     assert pipe.unet._diffusers_hook.get_hook("visattn") is None
@@ -65,7 +65,7 @@ def test_with_block_restores_after_an_exception_inside_it():
 
 
 def test_second_attach_on_the_same_model_is_refused_and_changes_nothing():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     with visattn.attach(pipe, Probe()):
         during = processor_objects(pipe.unet)
         with pytest.raises(RuntimeError, match="already has visattn attached"):
@@ -74,7 +74,7 @@ def test_second_attach_on_the_same_model_is_refused_and_changes_nothing():
 
 
 def test_failed_attach_leaves_nothing_half_swapped():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     before = processor_objects(pipe.unet)
     bad = Probe(layers="no_such_layer")
     with pytest.raises(ValueError, match="matches no attention layer; available layers: down_blocks"):
@@ -85,12 +85,12 @@ def test_failed_attach_leaves_nothing_half_swapped():
 
 
 def test_detach_restores_outputs_exactly():
-    pipe = pipeline("sd")
-    stock = run(pipe, "sd")
+    pipe = pipeline("unet")
+    stock = run(pipe, "unet")
     with visattn.attach(pipe, ZeroOutput()):
-        changed = run(pipe, "sd")
+        changed = run(pipe, "unet")
     assert np.abs(stock - changed).max() > 1e-3
-    assert np.array_equal(run(pipe, "sd"), stock)
+    assert np.array_equal(run(pipe, "unet"), stock)
 
 
 def test_bad_targets_and_effects_get_clear_errors():
@@ -99,24 +99,24 @@ def test_bad_targets_and_effects_get_clear_errors():
     with pytest.raises(ValueError, match="Linear has no attention modules with a diffusers processor"):
         visattn.attach(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="visattn effects"):
-        visattn.attach(pipeline("sd"), "not an effect")
+        visattn.attach(pipeline("unet"), "not an effect")
     with pytest.raises(ValueError, match="backend='fast' is not one of"):
-        visattn.attach(pipeline("sd"), backend="fast")
+        visattn.attach(pipeline("unet"), backend="fast")
     with pytest.raises(ValueError, match=r"steps=\(0.5, 0.2\) must be a fraction in \(0, 1\] or a \(start, stop\)"):
-        visattn.attach(pipeline("sd"), steps=(0.5, 0.2))
+        visattn.attach(pipeline("unet"), steps=(0.5, 0.2))
     with pytest.raises(ValueError, match="needs the pipeline"):
-        visattn.attach(pipeline("sd").unet, steps=(0.0, 0.5))
+        visattn.attach(pipeline("unet").unet, steps=(0.0, 0.5))
 
 
 def test_effects_compose_in_the_given_order():
     log: list[str] = []
-    with visattn.attach(pipeline("sd"), Recorder("first", log), Recorder("second", log)):
-        run(pipeline("sd"), "sd")
+    with visattn.attach(pipeline("unet"), Recorder("first", log), Recorder("second", log)):
+        run(pipeline("unet"), "unet")
     assert log and log[0::2] == ["first"] * (len(log) // 2) and log[1::2] == ["second"] * (len(log) // 2)
 
 
 def test_layers_select_roles_and_regexes():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     with visattn.attach(pipe, layers=["mid_block", "self"]) as handle:
         names = handle.layers["unet"]
     assert names and all("mid_block" in name and name.endswith("attn1") for name in names)
@@ -126,7 +126,7 @@ def test_layers_select_roles_and_regexes():
 
 
 def test_unselected_layers_keep_their_stock_processors():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     before = processor_objects(pipe.unet)
     with visattn.attach(pipe, layers="up_blocks"):
         assert hooked(pipe.unet) == {name for name in before if "up_blocks" in name}
@@ -155,7 +155,7 @@ def diffusers_pag_layers(pipe_class, components, layer_ids) -> set[str]:
 def test_layer_selection_matches_diffusers_pag_layer_matching_on_sd(layer_ids):
     from diffusers import StableDiffusionPAGPipeline
 
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     expected = diffusers_pag_layers(StableDiffusionPAGPipeline, dict(pipe.components), layer_ids)
     roles = visattn.layer_roles(pipe.unet)
     assert set(select_layers(roles, tuple(layer_ids) + ("self",))) == expected
@@ -179,36 +179,36 @@ def test_fake_integral_rule_is_diffusers_rule():
 
 def test_layers_that_match_nothing_list_the_available_names():
     with pytest.raises(ValueError) as error:
-        visattn.attach(pipeline("sd"), layers="nowhere")
+        visattn.attach(pipeline("unet"), layers="nowhere")
     message = str(error.value)
     assert "layers='nowhere' matches no attention layer" in message
     assert "mid_block.attentions.0.transformer_blocks.0.attn1" in message
     with pytest.raises(ValueError, match="has no joint attention layers"):
-        visattn.attach(pipeline("sd"), layers="joint")
+        visattn.attach(pipeline("unet"), layers="joint")
     with pytest.raises(ValueError, match="not a valid regular expression"):
-        visattn.attach(pipeline("sd"), layers="(")
+        visattn.attach(pipeline("unet"), layers="(")
 
 
 def test_steps_limit_effects_to_a_fraction_of_the_schedule():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     probe = Probe(steps=(0.0, 0.5))
     with visattn.attach(pipe, probe):
-        run(pipe, "sd", num_inference_steps=4)
+        run(pipe, "unet", num_inference_steps=4)
     assert {ctx.step.index for ctx in probe.contexts} == {0, 1}
 
     late = Probe()
     with visattn.attach(pipe, late, steps=(0.5, 1.0)):
-        run(pipe, "sd", num_inference_steps=4)
+        run(pipe, "unet", num_inference_steps=4)
     assert {ctx.step.index for ctx in late.contexts} == {2, 3}
 
 
 def test_outside_the_steps_range_the_output_is_stock():
-    pipe = pipeline("sd")
-    stock = run(pipe, "sd", num_inference_steps=3)
+    pipe = pipeline("unet")
+    stock = run(pipe, "unet", num_inference_steps=3)
     with visattn.attach(pipe, ZeroOutput(), steps=(0.6, 1.0)):  # only the last of 3 steps (2/3)
-        late_only = run(pipe, "sd", num_inference_steps=3)
+        late_only = run(pipe, "unet", num_inference_steps=3)
     with visattn.attach(pipe, ZeroOutput()):
-        always = run(pipe, "sd", num_inference_steps=3)
+        always = run(pipe, "unet", num_inference_steps=3)
     assert np.abs(stock - late_only).max() > 0  # the last step changed
     assert np.abs(stock - late_only).max() < np.abs(stock - always).max()
 
@@ -231,15 +231,15 @@ def test_wan22_attaches_to_both_transformers():
 def test_lora_loaded_through_diffusers_is_kept():
     from peft import LoraConfig
 
-    pipe = tiny_pipeline("sd")
+    pipe = tiny_pipeline("unet")
     pipe.unet.add_adapter(
         LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
     )
-    with_lora = run(pipe, "sd")
+    with_lora = run(pipe, "unet")
     with visattn.attach(pipe):
-        swapped = run(pipe, "sd")
+        swapped = run(pipe, "unet")
     pipe.unet.disable_adapters()
-    without = run(pipe, "sd")
+    without = run(pipe, "unet")
     assert np.abs(with_lora - without).max() > 1e-4  # the LoRA matters
     assert np.abs(with_lora - swapped).max() <= 1e-5
 
@@ -248,32 +248,32 @@ def test_lora_state_dict_loaded_with_load_lora_weights_is_kept():
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    source = tiny_pipeline("sd")
+    source = tiny_pipeline("unet")
     source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False))
     lora = {f"unet.{k}": v for k, v in get_peft_model_state_dict(source.unet).items()}
-    pipe = tiny_pipeline("sd")
+    pipe = tiny_pipeline("unet")
     pipe.load_lora_weights(lora, adapter_name="tiny")
-    expected = run(pipe, "sd")
+    expected = run(pipe, "unet")
     with visattn.attach(pipe):
-        assert np.abs(run(pipe, "sd") - expected).max() <= 1e-5
+        assert np.abs(run(pipe, "unet") - expected).max() <= 1e-5
 
 
 def test_model_cpu_offload_keeps_working():
-    pipe = tiny_pipeline("sd")
-    stock = run(pipe, "sd")
+    pipe = tiny_pipeline("unet")
+    stock = run(pipe, "unet")
     try:
         pipe.enable_model_cpu_offload(device="cpu")
     except (RuntimeError, ValueError) as error:  # pragma: no cover - depends on the accelerate version
         pytest.skip(f"model CPU offload cannot be enabled on a CPU-only machine here: {error}")
     with visattn.attach(pipe, Probe()):
-        offloaded = run(pipe, "sd")
+        offloaded = run(pipe, "unet")
     assert np.abs(stock - offloaded).max() <= 1e-5
 
 
 def test_attachment_repr_and_states_are_informative():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     with visattn.attach(pipe, Probe()) as handle:
-        run(pipe, "sd")
+        run(pipe, "unet")
         assert re.search(r"layers=\{'unet': \d+\}", repr(handle))
         (state,) = handle.states
         assert state.inputs.grid[0] == 1 and state.step.total == 2

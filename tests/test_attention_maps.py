@@ -17,7 +17,7 @@ from visattn.heatmaps import colorize, colormap_table, heatmap
 from visattn.kernels.backends import reference
 from visattn.processors import AttentionCall, AttentionMaps, Effect
 from visattn.processors.attention_maps import attention_probabilities
-from visattn.testing import FAMILIES, call_kwargs, denoiser_of, latent_grid, tiny_pipeline
+from visattn.testing import TINY_PIPELINES, call_kwargs, denoiser_of, latent_grid, tiny_pipeline
 from visattn.words import prompt_tokens
 
 
@@ -77,7 +77,7 @@ class ReferenceProbe(Effect):
 # --- output neutrality -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("family", ["unet", "flux"])
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_output_is_bit_identical_with_and_without_attention_maps(family, backend):
     plain = run(family, backend=backend)
@@ -90,14 +90,14 @@ def test_output_is_bit_identical_with_and_without_attention_maps(family, backend
 # --- exactness ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["unet", "sd3", "flux"])
 def test_observer_probabilities_equal_the_reference_backend(family):
     layer = "^" + re.escape(first_text_layer(family)) + "$"
     probe = ReferenceProbe(layers=layer)
     maps = AttentionMaps(layers=layer, prompt=prompt_of(family), drop_special=False, words=["red", "circle"])
     run(family, maps, probe, num_inference_steps=1)
     ((ctx, block, observed, _),) = probe.records
-    assert ctx.role == ("cross" if family == "sd" else "joint")
+    assert ctx.role == ("cross" if family == "unet" else "joint")
     torch.testing.assert_close(observed, block, rtol=1e-5, atol=1e-7)
     # The maps are the head-mean of the image->text block summed over each word's tokens, on the token grid.
     tokens = prompt_tokens(
@@ -150,11 +150,11 @@ class BoostWord(Effect):
 
 
 def test_probabilities_set_by_an_effect_are_used():
-    tokens = prompt_tokens(pipeline("sd"), "a red circle")
-    layer = "^" + re.escape(first_text_layer("sd")) + "$"
+    tokens = prompt_tokens(pipeline("unet"), "a red circle")
+    layer = "^" + re.escape(first_text_layer("unet")) + "$"
     boost = BoostWord(tokens.positions("red")[0], layers=layer)
     maps = AttentionMaps(words="red", layers=layer, prompt="a red circle", drop_special=False)
-    run("sd", boost, maps, num_inference_steps=1)
+    run("unet", boost, maps, num_inference_steps=1)
     (probs,) = boost.seen
     rows = slice(probs.shape[0] // 2, probs.shape[0])  # the conditional half
     expected = probs[rows, :, :, tokens.positions("red")[0]].mean(dim=(0, 1)).view(1, 16, 16)
@@ -166,8 +166,8 @@ def test_probabilities_set_by_an_effect_are_used():
 
 def test_memory_stays_flat_with_more_steps():
     short, long = AttentionMaps(prompt="a red circle"), AttentionMaps(prompt="a red circle")
-    run("sd", short, num_inference_steps=2)
-    run("sd", long, num_inference_steps=6)
+    run("unet", short, num_inference_steps=2)
+    run("unet", long, num_inference_steps=6)
     assert long.contributions == 3 * short.contributions
     assert long.nbytes == short.nbytes > 0
     assert {w: m.shape for w, m in long.maps().items()} == {w: m.shape for w, m in short.maps().items()}
@@ -189,11 +189,11 @@ def test_drop_special_renormalizes_over_the_remaining_words():
 
 def test_steps_resolution_and_reset():
     maps = AttentionMaps(prompt="a red circle", steps=(0.5, 1.0), resolution=(6, 10))
-    run("sd", maps, num_inference_steps=2)
+    run("unet", maps, num_inference_steps=2)
     half = maps.contributions
     assert maps.maps()["red"].shape == (1, 6, 10)
     everything = AttentionMaps(prompt="a red circle")
-    run("sd", everything, num_inference_steps=2)
+    run("unet", everything, num_inference_steps=2)
     assert everything.contributions == 2 * half
     maps.reset()
     assert maps.nbytes == 0
@@ -204,13 +204,13 @@ def test_steps_resolution_and_reset():
 def test_several_prompts_give_maps_per_prompt():
     prompts = ["a red circle", "a blue square"]
     maps = AttentionMaps(prompt=prompts)
-    run("sd", maps, prompt=prompts)
+    run("unet", maps, prompt=prompts)
     first, second = maps.maps()
     assert set(first) == {"red", "circle"} and set(second) == {"blue", "square"}
     assert not torch.equal(first["red"], second["blue"])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_every_family_runs_end_to_end(family):
     maps = AttentionMaps(prompt=prompt_of(family, "a red circle"))
     run(family, maps, prompt="a red circle")
@@ -228,7 +228,7 @@ def test_every_family_runs_end_to_end(family):
 
 def test_heatmaps_and_overlay_for_an_image():
     maps = AttentionMaps(prompt="a red circle")
-    image = run("sd", maps)[0]  # [H, W, 3]
+    image = run("unet", maps)[0]  # [H, W, 3]
     pictures = maps.heatmaps()
     assert set(pictures) == {"red", "circle"}
     assert all(isinstance(p, Image.Image) and p.size == (16, 16) and p.mode == "RGB" for p in pictures.values())
@@ -279,7 +279,7 @@ def test_bad_arguments_raise_clear_errors():
 
 def test_unknown_word_lists_the_prompt_words():
     with pytest.raises(ValueError, match=r"\['dog'\] are in none of the prompts.*'red', 'circle'"):
-        run("sd", AttentionMaps(words="dog", prompt="a red circle"))
+        run("unet", AttentionMaps(words="dog", prompt="a red circle"))
 
 
 def test_prompt_tokens_for_another_text_length_are_rejected():
@@ -288,7 +288,7 @@ def test_prompt_tokens_for_another_text_length_are_rejected():
         run("flux", AttentionMaps(prompt=tokens))
 
 
-@pytest.mark.parametrize("family", ["sd", "flux", "hunyuan_video"])
+@pytest.mark.parametrize("family", ["unet", "flux", "hunyuan_video"])
 def test_prompt_is_read_from_the_pipeline_call(family):
     explicit, inferred = AttentionMaps(prompt=prompt_of(family)), AttentionMaps()
     run(family, explicit)
@@ -300,18 +300,18 @@ def test_prompt_is_read_from_the_pipeline_call(family):
 
 def test_an_inferred_prompt_that_changes_needs_a_reset():
     maps = AttentionMaps()
-    run("sd", maps)
+    run("unet", maps)
     with pytest.raises(ValueError, match="call reset"):
-        run("sd", maps, prompt="a blue square")
+        run("unet", maps, prompt="a blue square")
     maps.reset()
-    run("sd", maps, prompt="a blue square")
+    run("unet", maps, prompt="a blue square")
     assert "square" in maps.maps()
 
 
 def test_prompt_embeds_without_a_prompt_is_a_clear_error():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     embeds, negative = pipe.encode_prompt("a red circle", "cpu", 1, True)
-    kwargs = {k: v for k, v in call_kwargs("sd").items() if k != "prompt"}
+    kwargs = {k: v for k, v in call_kwargs("unet").items() if k != "prompt"}
     with pytest.raises(ValueError, match="pass AttentionMaps\\(prompt=...\\)"):
         with visattn.attach(pipe, AttentionMaps()):
             pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, **kwargs)

@@ -56,7 +56,7 @@ def pixels(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sd_pipe():
-    return tiny_pipeline("sd")
+    return tiny_pipeline("unet")
 
 
 @pytest.fixture(scope="module")

@@ -16,67 +16,36 @@ from visattn.testing.coverage import TINY_DENOISERS
 from visattn.testing.coverage.checks import CoverageRow, check, prediction, sdpa_token_counts
 from visattn.testing.coverage.videos import SDPA_TOKENS
 
-# Checks a class fails today, with what failed: latents visattn cannot read a grid from (per-sample lists, token
-# ids, packed sequences with extra streams), perturbation branches whose row copy does not fit the class (text
-# repeated per frame, per-row attention loops), and grid effects on classes whose self-attention holds more than
-# the grid (history tokens). The test fails
-# both when another check fails and when one of these starts passing (then remove it here).
+# Checks a class fails today, with why. Prompt-to-Prompt's LocalBlend reads the prediction with the family's latent
+# layout, which does not hold for predictions that keep the text rows (Qwen-Image 2.1, Ideogram 4), per-sample
+# lists (Z-Image) or several items (JoyImage-Edit); Prompt-to-Prompt pairs source and target rows inside one call,
+# which a per-row attention loop (Mochi) or a forward without a batch axis (Cosmos 3) never makes; and a per-sample
+# text list gives no text length, so a second cross-attention call over image tokens is taken for text
+# (Wan-Animate 2). The test fails both when another check fails and when one of these starts passing (then remove
+# it here).
 KNOWN_LIMITS: dict[str, dict[str, str]] = {
-    "UNetMotionModel": {
-        "PAG": "RuntimeError: The size of tensor a (192) must match the size of tensor b (96) at",
-        "SEG": "RuntimeError: The size of tensor a (192) must match the size of tensor b (96) at",
-    },
-    "UVit2DModel": {
-        "grid": "the input is a (1, 8, 12) grid, visattn read None",
-    },
     "QwenImage21Transformer2DModel": {
-        "SEG": "changed the output by 0.0",
+        "P2P": "LocalBlend: the prediction holds the text rows too ([B, T + HW, C]; the pipeline keeps the last HW)",
     },
     "ZImageTransformer2DModel": {
-        "grid": "the input is a (1, 4, 8) grid, visattn read None",
-        "PAG": "RuntimeError: The size of tensor a (2) must match the size of tensor b (4) at no",
-        "SEG": "RuntimeError: The size of tensor a (2) must match the size of tensor b (4) at no",
-    },
-    "HiDreamImageTransformer2DModel": {
-        "PAG": "RuntimeError: shape '[4, -1, 32]' is invalid for input of size 192",
-        "SEG": "RuntimeError: shape '[4, -1, 32]' is invalid for input of size 192",
-    },
-    "Krea2Transformer2DModel": {
-        "SEG": "changed the output by 0.0",
+        "P2P": "LocalBlend: the prediction is a per-sample list of tensors",
     },
     "Ideogram4Transformer2DModel": {
-        "grid": "the input is a (1, 4, 6) grid, visattn read None",
+        "P2P": "LocalBlend: the prediction holds the padding and text rows too ([B, T + HW, C])",
     },
     "WanAnimate2Transformer3DModel": {
-        "grid": "the input is a (3, 4, 6) grid, visattn read None",
-    },
-    "HeliosTransformer3DModel": {
-        "SEG": "changed the output by 0.0",
-    },
-    "HunyuanVideoFramepackTransformer3DModel": {
-        "PAG": "RuntimeError: The size of tensor a (128) must match the size of tensor b (182) a",
-        "SEG": "RuntimeError: The size of tensor a (128) must match the size of tensor b (182) a",
+        "AttentionMaps": "the text is a per-sample list (padded to config.text_len inside): no text length is read, "
+        "so cross_attn's second SDPA call, over the CLIP image tokens, is taken for text",
+        "P2P": "the text is a per-sample list: its second cross-attention call (CLIP image tokens) is taken for text",
     },
     "MochiTransformer3DModel": {
-        "AttentionMaps": "ValueError: the prompt tokens describe a text sequence of 5 positions but layer ",
-        "PAG": "changed the output by 0.0",
-        "SEG": "changed the output by 0.0",
+        "P2P": "the processor calls SDPA once per batch row: source and target rows never share a call",
     },
     "Cosmos3OmniTransformer": {
-        "grid": "the input is a (3, 4, 6) grid, visattn read None",
-    },
-    "Kandinsky5Transformer3DModel": {
-        "Neighborhood": "changed the output by 0.0",
-        "Extrapolation": "changed the output by 0.0",
-        "Radial": "changed the output by 0.0",
-        "PAG": "changed the output by 0.0",
-        "SEG": "changed the output by 0.0",
-    },
-    "MiniMaxH3Transformer3DModel": {
-        "grid": "the input is a (3, 4, 6) grid, visattn read None",
+        "P2P": "one sample per call (no batch axis): source and target rows never share a call (ValueError)",
     },
     "JoyImageEditTransformer3DModel": {
-        "grid": "the input is a (2, 4, 6) grid, visattn read None",
+        "P2P": "LocalBlend: the prediction is [B, items, C, T, H, W], not the BCFHW layout",
     },
 }
 

@@ -65,7 +65,7 @@ class Trace:
         self.latents = []
         pipe = pipeline(self.family)
         kwargs = call_kwargs(self.family, num_inference_steps=STEPS)
-        if self.family == "sd":
+        if self.family == "unet":
             kwargs["callback_on_step_end"] = self.on_step_end
         kwargs.update(overrides)
         try:
@@ -77,9 +77,9 @@ class Trace:
 
 
 def test_before_the_gate_generation_is_identical_to_the_baseline():
-    baseline = Trace("sd")
+    baseline = Trace("unet")
     expected = baseline.run()
-    cached = Trace("sd")
+    cached = Trace("unet")
     got = cached.run(CrossAttentionCache(gate_step=GATE))
     for step in range(GATE):
         assert torch.equal(cached.latents[step], baseline.latents[step])
@@ -88,15 +88,15 @@ def test_before_the_gate_generation_is_identical_to_the_baseline():
 
 
 def test_a_gate_at_or_past_the_last_step_is_exactly_the_baseline():
-    expected = Trace("sd").run()
-    assert np.array_equal(Trace("sd").run(CrossAttentionCache(gate_step=STEPS)), expected)
-    assert np.array_equal(Trace("sd").run(CrossAttentionCache(gate_step=1.0)), expected)
+    expected = Trace("unet").run()
+    assert np.array_equal(Trace("unet").run(CrossAttentionCache(gate_step=STEPS)), expected)
+    assert np.array_equal(Trace("unet").run(CrossAttentionCache(gate_step=1.0)), expected)
 
 
 def test_after_the_gate_projections_are_skipped_and_the_branch_average_is_reused():
-    trace = Trace("sd")
+    trace = Trace("unet")
     trace.run(CrossAttentionCache(gate_step=GATE, skip_uncond=False))
-    per_step = 4 * len(cross_layers("sd"))  # to_q, to_k, to_v, to_out per cross-attention layer
+    per_step = 4 * len(cross_layers("unet"))  # to_q, to_k, to_v, to_out per cross-attention layer
     assert [trace.projections[step] for step in range(STEPS)] == [per_step] * GATE + [0] * (STEPS - GATE)
     for name, outputs in trace.outputs.items():
         stored = [out for step, out in outputs if step == GATE - 1][0]
@@ -108,7 +108,7 @@ def test_after_the_gate_projections_are_skipped_and_the_branch_average_is_reused
 
 
 def test_without_averaging_each_branch_reuses_its_own_output():
-    trace = Trace("sd")
+    trace = Trace("unet")
     trace.run(CrossAttentionCache(gate_step=GATE, average=False))
     for outputs in trace.outputs.values():
         stored = [out for step, out in outputs if step == GATE - 1][0]
@@ -117,10 +117,10 @@ def test_without_averaging_each_branch_reuses_its_own_output():
 
 
 def test_skipping_the_unconditional_branch_gives_the_same_result_on_half_the_batch():
-    full = Trace("sd").run(CrossAttentionCache(gate_step=GATE, skip_uncond=False))
-    trace = Trace("sd")
+    full = Trace("unet").run(CrossAttentionCache(gate_step=GATE, skip_uncond=False))
+    trace = Trace("unet")
     sizes = []
-    unet = pipeline("sd").unet
+    unet = pipeline("unet").unet
     hook = unet.conv_in.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
     try:
         skipped = trace.run(CrossAttentionCache(gate_step=GATE))
@@ -134,7 +134,7 @@ def test_skipping_the_unconditional_branch_gives_the_same_result_on_half_the_bat
 def test_fraction_gate_and_layer_selection():
     effect = CrossAttentionCache(gate_step=0.4)
     assert effect.gate_index(STEPS) == 2 and effect.gate_index(25) == 10 and effect.gate_index(2) == 1
-    trace = Trace("sd")
+    trace = Trace("unet")
     trace.run(CrossAttentionCache(gate_step=GATE, layers="mid_block", skip_uncond=False))
     for name, outputs in trace.outputs.items():
         late = [out for step, out in outputs if step >= GATE]
@@ -142,7 +142,7 @@ def test_fraction_gate_and_layer_selection():
         assert reused == name.startswith("mid_block"), name
 
 
-@pytest.mark.parametrize("family", ["sd", "pixart", "wan"])
+@pytest.mark.parametrize("family", ["unet", "pixart", "wan"])
 def test_every_cross_attention_family(family):
     baseline = Trace(family).run()
     trace = Trace(family)
@@ -170,9 +170,9 @@ def test_wan_answers_the_unconditional_call_from_the_conditional_one():
 
 def test_composes_with_perturbed_attention_guidance():
     pag = PerturbedAttentionGuidance(scale=2.0, layers="mid")
-    guided = Trace("sd").run(pag)
-    skipped = Trace("sd").run(CrossAttentionCache(gate_step=GATE), pag)
-    full = Trace("sd").run(pag, CrossAttentionCache(gate_step=GATE, skip_uncond=False))
+    guided = Trace("unet").run(pag)
+    skipped = Trace("unet").run(CrossAttentionCache(gate_step=GATE), pag)
+    full = Trace("unet").run(pag, CrossAttentionCache(gate_step=GATE, skip_uncond=False))
     assert np.isfinite(skipped).all() and np.abs(skipped - guided).max() > 0
     assert np.abs(skipped - full).max() <= 1e-5
 
@@ -191,6 +191,6 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="gate_step must be an int step count or a float fraction; got True"):
         CrossAttentionCache(gate_step=True)
     with pytest.raises(ValueError, match=r"the attached layers have none \(their roles: self\)"):
-        visattn.attach(pipeline("sd"), CrossAttentionCache(), layers="self")
+        visattn.attach(pipeline("unet"), CrossAttentionCache(), layers="self")
     with pytest.raises(ValueError, match="selects no cross-attention layer"):
-        visattn.attach(pipeline("sd"), CrossAttentionCache(layers="self"))
+        visattn.attach(pipeline("unet"), CrossAttentionCache(layers="self"))

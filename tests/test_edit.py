@@ -17,7 +17,7 @@ from visattn.testing import tiny_pipeline
 
 @pytest.fixture(scope="module")
 def pipe():
-    return tiny_pipeline("sd")
+    return tiny_pipeline("unet")
 
 
 def _metadata(path):

@@ -288,7 +288,7 @@ def pipeline(family: str):
 
 
 def test_geometry_of_the_models():
-    image = ImageModel(pipeline("sd"), steps=2)
+    image = ImageModel(pipeline("unet"), steps=2)
     assert (image.size, image.latent_side) == (32, 16)
     # the tiny UNet's self-attention grids are 16 and 8 latent pixels a side
     assert image.self_attention_layers(16) and len(image.self_attention_layers(16)) < len(
@@ -300,7 +300,7 @@ def test_geometry_of_the_models():
     with pytest.raises(ValueError, match="image_pipe must be a UNet"):
         ImageModel(pipeline("wan"), steps=2)
     with pytest.raises(ValueError, match="studies="):
-        evaluate(pipeline("sd"), studies=["nope"], progress=False)
+        evaluate(pipeline("unet"), studies=["nope"], progress=False)
 
 
 # --- the command line on tiny pipelines ----------------------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_evaluation_is_deterministic(cli_run):
     studies = ["prompt_accuracy", "prompt_to_prompt", "sparse_video", "extrapolation_video"]
     video = load_pipeline(str(wan_folder), torch.device("cpu"), torch.float32)
     config = EvalConfig.quick(samples=1, image_steps=2, video_steps=2)
-    again = evaluate(pipeline("sd"), video, config=config, studies=studies, progress=False)
+    again = evaluate(pipeline("unet"), video, config=config, studies=studies, progress=False)
     assert list(again["studies"]) == studies
     again = json.loads(json.dumps(again["studies"]))
     for name in studies:

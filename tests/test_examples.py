@@ -30,8 +30,8 @@ EXAMPLES = ROOT / "examples"
 
 #: real-model example -> (the model id it documents, the tiny family of the same pipeline class)
 REAL_EXAMPLES = {
-    "sd15_prompt_to_prompt": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "sd"),
-    "sdxl_pag_softpag": ("stabilityai/stable-diffusion-xl-base-1.0", "sdxl"),
+    "sd15_prompt_to_prompt": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
+    "sdxl_pag_softpag": ("stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline"),
     "flux_neighborhood_and_maps": ("black-forest-labs/FLUX.1-dev", "flux"),
     "wan_radial_extrapolation": ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "wan"),
 }

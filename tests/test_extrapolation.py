@@ -15,7 +15,7 @@ import visattn
 from visattn.context import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.kernels import DecayModifier, EntropyScale, NeighborhoodPattern, attention
 from visattn.processors import AttentionCall, EntropyScaling, ExtrapolationDecay, NeighborhoodAttention
-from visattn.testing import FAMILIES, call_kwargs, latent_grid, tiny_pipeline
+from visattn.testing import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
 
 BACKENDS = ["reference", "flex"]
 
@@ -213,7 +213,7 @@ def training_size(family: str):
     return (max(1, frames // 2), (height // 2, width // 2), max(2, frames * height * width // 4))
 
 
-@pytest.mark.parametrize("family", ["sd", "flux", "wan"])
+@pytest.mark.parametrize("family", ["unet", "flux", "wan"])
 def test_reference_and_flex_agree_end_to_end(family):
     frames, size, tokens = training_size(family)
     effects = (ExtrapolationDecay(train_frames=frames, train_size=size, factor=0.3), EntropyScaling(tokens))
@@ -224,7 +224,7 @@ def test_reference_and_flex_agree_end_to_end(family):
     assert np.abs(reference - stock(family)).max() > 1e-4
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_every_family_extrapolates(family):
     frames, size, tokens = training_size(family)
     out = run(family, EntropyScaling(tokens), ExtrapolationDecay(train_frames=frames, train_size=size))
@@ -243,8 +243,8 @@ def test_decay_composes_with_neighborhood_attention_and_effect_order_does_not_ma
 def test_unet_levels_get_their_own_training_window():
     # Top grid 16x16, training 8x8: the 8x8 level trained at 4x4, so it decays there too.
     level = "down_blocks.1"
-    assert np.array_equal(run("sd", ExtrapolationDecay(train_size=16, layers=level)), stock("sd"))
-    assert np.abs(run("sd", ExtrapolationDecay(train_size=8, layers=level)) - stock("sd")).max() > 1e-4
+    assert np.array_equal(run("unet", ExtrapolationDecay(train_size=16, layers=level)), stock("unet"))
+    assert np.abs(run("unet", ExtrapolationDecay(train_size=8, layers=level)) - stock("unet")).max() > 1e-4
 
 
 # --- bad input --------------------------------------------------------------------------------------------------

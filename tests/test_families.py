@@ -10,12 +10,12 @@ import torch
 from helpers import Probe
 
 import visattn
-from visattn.testing import FAMILIES, call_kwargs, latent_grid, tiny_pipeline
+from visattn.testing import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
 
 # How each pipeline lays out its denoiser batch with the call kwargs of visattn.testing (CFG on where it exists).
 EXPECTED_BRANCHES = {
-    "sd": {("uncond", "cond")},
-    "sdxl": {("uncond", "cond")},
+    "unet": {("uncond", "cond")},
+    "StableDiffusionXLPipeline": {("uncond", "cond")},
     "pixart": {("uncond", "cond")},
     "sd3": {("uncond", "cond")},
     "flux": {("cond",)},  # guidance-distilled: one branch
@@ -24,8 +24,8 @@ EXPECTED_BRANCHES = {
     "hunyuan_video": {("cond",)},
 }
 EXPECTED_ROLES = {
-    "sd": {"self", "cross"},
-    "sdxl": {"self", "cross"},
+    "unet": {"self", "cross"},
+    "StableDiffusionXLPipeline": {"self", "cross"},
     "pixart": {"self", "cross"},
     "sd3": {"joint"},
     "flux": {"joint"},
@@ -49,7 +49,7 @@ def denoiser(pipe):
     return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_identity_through_attach_matches_the_stock_processors(family):
     stock = run(family)
     with visattn.attach(pipeline(family)):
@@ -57,7 +57,7 @@ def test_identity_through_attach_matches_the_stock_processors(family):
     assert np.abs(stock - swapped).max() <= 1e-5
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_attach_keeps_every_stock_processor_object_in_place(family):
     model = denoiser(pipeline(family))
     originals = dict(model.attn_processors)
@@ -66,7 +66,7 @@ def test_attach_keeps_every_stock_processor_object_in_place(family):
     assert all(model.attn_processors[name] is processor for name, processor in originals.items())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_identity_holds_with_a_pass_through_effect_on_every_layer(family):
     stock = run(family)
     with visattn.attach(pipeline(family), Probe(), backend="auto"):
@@ -74,7 +74,7 @@ def test_identity_holds_with_a_pass_through_effect_on_every_layer(family):
     assert np.abs(stock - probed).max() <= 1e-5
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_call_context_grid_text_step_and_batch(family):
     kwargs = call_kwargs(family)
     probe = Probe()
@@ -132,28 +132,28 @@ def test_flux_single_stream_blocks_know_the_text_length():
 
 def test_unet_levels_each_get_their_own_grid():
     probe = Probe(layers="self")
-    kwargs = call_kwargs("sd")
-    with visattn.attach(pipeline("sd"), probe):
-        pipeline("sd")(**kwargs)
-    _, height, width = latent_grid("sd", kwargs)
+    kwargs = call_kwargs("unet")
+    with visattn.attach(pipeline("unet"), probe):
+        pipeline("unet")(**kwargs)
+    _, height, width = latent_grid("unet", kwargs)
     grids = {ctx.grid for ctx in probe.contexts}
     assert (1, height, width) in grids and (1, height // 2, width // 2) in grids
 
 
 def test_layer_index_and_names_follow_the_model():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     names = list(visattn.attention_layers(pipe.unet))
     probe = Probe()
     with visattn.attach(pipe, probe):
-        pipe(**call_kwargs("sd"))
+        pipe(**call_kwargs("unet"))
     for ctx in probe.contexts:
         assert names[ctx.layer_index] == ctx.layer_name
 
 
 def test_two_prompts_without_guidance_are_one_branch():
     probe = Probe()
-    with visattn.attach(pipeline("sd"), probe):
-        pipeline("sd")(**call_kwargs("sd", prompt=["a red circle", "a blue square"], guidance_scale=1.0))
+    with visattn.attach(pipeline("unet"), probe):
+        pipeline("unet")(**call_kwargs("unet", prompt=["a red circle", "a blue square"], guidance_scale=1.0))
     assert {ctx.batch.names for ctx in probe.contexts} == {("cond",)}
     assert {ctx.batch.batch_size for ctx in probe.contexts} == {2}
 
@@ -197,10 +197,10 @@ def test_model_hook_is_a_diffusers_hook_and_goes_away_on_detach():
 
 
 def test_compiled_model_keeps_working():
-    pipe = tiny_pipeline("sd")
-    stock = np.asarray(pipe(**call_kwargs("sd"))[0], dtype=np.float64)
+    pipe = tiny_pipeline("unet")
+    stock = np.asarray(pipe(**call_kwargs("unet"))[0], dtype=np.float64)
     pipe.unet.compile(backend="aot_eager", dynamic=False)
     with visattn.attach(pipe, Probe()):
-        compiled = np.asarray(pipe(**call_kwargs("sd"))[0], dtype=np.float64)
+        compiled = np.asarray(pipe(**call_kwargs("unet"))[0], dtype=np.float64)
     assert np.abs(stock - compiled).max() <= 1e-5
     torch._dynamo.reset()

@@ -63,7 +63,7 @@ def test_toy_video_makes_exactly_the_frames_asked_for_and_says_nothing(frames):
 
 def test_makes_video_tells_video_pipelines_from_image_ones():
     assert makes_video(tiny_pipeline("wan")) and makes_video(tiny_pipeline("cogvideox"))
-    assert not makes_video(tiny_pipeline("sd")) and not makes_video(tiny_pipeline("flux"))
+    assert not makes_video(tiny_pipeline("unet")) and not makes_video(tiny_pipeline("flux"))
 
 
 def test_pipelines_with_temporal_compression_get_the_value_unchanged():

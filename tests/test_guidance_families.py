@@ -105,9 +105,9 @@ def check(steps, stepped, scales, effects):
 
 
 CASES = {
-    "sd": ("sd", {}, 7.5),
-    "sd-no-cfg": ("sd", {"guidance_scale": 1.0}, 1.0),
-    "sdxl": ("sdxl", {}, 5.0),
+    "unet": ("unet", {}, 7.5),
+    "sd-no-cfg": ("unet", {"guidance_scale": 1.0}, 1.0),
+    "StableDiffusionXLPipeline": ("StableDiffusionXLPipeline", {}, 5.0),
     "pixart": ("pixart", {}, 4.5),
     "sd3": ("sd3", {}, 7.0),
     "flux-distilled": ("flux", {}, 1.0),
@@ -152,7 +152,7 @@ def test_perturbations_compose_additively():
     """PAG + SEG: eps_cfg + s1 (eps_c - eps_pag) + s2 (eps_c - eps_seg), with no cross terms."""
     pag = PerturbedAttentionGuidance(scale=2.0, layers="mid")
     seg = SmoothedEnergyGuidance(scale=1.5, sigma=1.0, layers="mid")
-    recorder, stepped, _ = guided_run(pipeline("sd"), "sd", [pag, seg])
+    recorder, stepped, _ = guided_run(pipeline("unet"), "unet", [pag, seg])
     steps = per_step(recorder, [pag.branch, seg.branch])
     check(steps, stepped, [7.5] * len(steps), [pag, seg])
 
@@ -162,7 +162,7 @@ def images(family, *effects):
         return np.asarray(pipeline(family)(**call_kwargs(family))[0], dtype=np.float64)
 
 
-@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("family", ["unet", "flux"])
 def test_pag_composes_with_neighborhood_attention(family):
     kernel = 3
     sparse = images(family, NeighborhoodAttention(kernel))
@@ -172,5 +172,5 @@ def test_pag_composes_with_neighborhood_attention(family):
 
 def test_guidance_applies_only_in_its_steps():
     late = PerturbedAttentionGuidance(scale=2.0, layers="mid", steps=(0.5, 1.0))
-    recorder, _, _ = guided_run(pipeline("sd"), "sd", [late])
+    recorder, _, _ = guided_run(pipeline("unet"), "unet", [late])
     assert [late.branch in layout.names for layout, _, _ in recorder.calls] == [False, True]

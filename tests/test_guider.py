@@ -148,7 +148,7 @@ def test_config_round_trips_and_stores_a_head_set_as_json(tmp_path):
     assert loaded.config.heads == guider.config.heads and loaded.strength == 0.5
     assert loaded.perturbed_guidance_scale == 1.5
     assert guider.new(strength=0.25).strength == 0.25
-    assert loaded.perturbed_heads_of(denoiser("sd")) == {MID: (1,)}
+    assert loaded.perturbed_heads_of(denoiser("unet")) == {MID: (1,)}
 
 
 # --- the perturbed pass against diffusers' guider ---------------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_config_round_trips_and_stores_a_head_set_as_json(tmp_path):
         ("pixart", {"perturbed_guidance_layers": [1]}, {"perturbed_guidance_layers": [1]}),
         ("pixart", {"perturbed_guidance_layers": [0]}, {"perturbed_guidance_layers": "transformer_blocks.0"}),
         (
-            "sd",
+            "unet",
             {"perturbed_guidance_config": skip_config("mid_block.attentions", 0)},
             {"perturbed_guidance_layers": "mid"},
         ),
@@ -200,18 +200,18 @@ def test_flux_block_indices_pick_one_stack_and_single_heads_work():
 
 
 def test_only_the_perturbed_pass_is_perturbed():
-    plain, _ = run_guider(ClassifierFreeGuidance(guidance_scale=5.0), "sd")
-    got, _ = run_guider(HeadPerturbationGuidance(guidance_scale=5.0, perturbed_guidance_layers="mid", **ALWAYS), "sd")
+    plain, _ = run_guider(ClassifierFreeGuidance(guidance_scale=5.0), "unet")
+    got, _ = run_guider(HeadPerturbationGuidance(guidance_scale=5.0, perturbed_guidance_layers="mid", **ALWAYS), "unet")
     assert torch.equal(got["pred_cond"], plain["pred_cond"])
     assert torch.equal(got["pred_uncond"], plain["pred_uncond"])
 
 
 def test_heads_select_single_heads_and_strength_interpolates():
     common = {"guidance_scale": 5.0, "perturbed_guidance_layers": "mid", **ALWAYS}
-    layer, _ = run_guider(HeadPerturbationGuidance(**common), "sd")
-    every, _ = run_guider(HeadPerturbationGuidance(**common, heads={"mid": [0, 1]}), "sd")
-    one, _ = run_guider(HeadPerturbationGuidance(**common, heads={"mid": [1]}), "sd")
-    soft, _ = run_guider(HeadPerturbationGuidance(**common, strength=0.5), "sd")
+    layer, _ = run_guider(HeadPerturbationGuidance(**common), "unet")
+    every, _ = run_guider(HeadPerturbationGuidance(**common, heads={"mid": [0, 1]}), "unet")
+    one, _ = run_guider(HeadPerturbationGuidance(**common, heads={"mid": [1]}), "unet")
+    soft, _ = run_guider(HeadPerturbationGuidance(**common, strength=0.5), "unet")
     assert torch.equal(every["pred_cond_skip"], layer["pred_cond_skip"])  # all heads == the whole layer
     cond, skip = layer["pred_cond"], layer["pred_cond_skip"]
     assert 0 < (one["pred_cond_skip"] - cond).abs().max() and (one["pred_cond_skip"] - skip).abs().max() > 0
@@ -219,8 +219,8 @@ def test_heads_select_single_heads_and_strength_interpolates():
 
 
 def test_identity_perturbation_is_exact_at_the_limits():
-    model = denoiser("sd")
-    latents, fields, _ = denoiser_inputs("sd")
+    model = denoiser("unet")
+    latents, fields, _ = denoiser_inputs("unet")
     text, t = fields["encoder_hidden_states"][0], torch.tensor([500.0])
     with torch.no_grad():
         plain = model(latents, t, text).sample
@@ -235,12 +235,12 @@ def test_identity_perturbation_is_exact_at_the_limits():
 
 
 def test_composes_with_an_existing_attachment_and_restores_it():
-    model = denoiser("sd")
-    alone, _ = run_guider(HeadPerturbationGuidance(perturbed_guidance_layers=["mid", "up"], **ALWAYS), "sd")
+    model = denoiser("unet")
+    alone, _ = run_guider(HeadPerturbationGuidance(perturbed_guidance_layers=["mid", "up"], **ALWAYS), "unet")
     probe = Probe(layers=MID)
     with visattn.attach(model, probe, layers=MID):
         attached = processors(model)
-        got, _ = run_guider(HeadPerturbationGuidance(perturbed_guidance_layers=["mid", "up"], **ALWAYS), "sd")
+        got, _ = run_guider(HeadPerturbationGuidance(perturbed_guidance_layers=["mid", "up"], **ALWAYS), "unet")
         after = processors(model)
     assert all(after[n] is attached[n] for n in attached)
     for name in alone:
@@ -249,7 +249,7 @@ def test_composes_with_an_existing_attachment_and_restores_it():
 
 
 def test_a_pass_that_never_reached_cleanup_is_undone_by_the_next_prepare():
-    model = denoiser("sd")
+    model = denoiser("unet")
     before = processors(model)
     guider = HeadPerturbationGuidance(perturbed_guidance_layers="mid", **ALWAYS)
     guider.set_state(step=0, num_inference_steps=None, timestep=torch.tensor([1.0]))
@@ -272,7 +272,7 @@ def test_bad_configuration_raises_clear_errors():
         HeadPerturbationGuidance(heads={"mid": [-2]})
     with pytest.raises(ValueError, match="guidance_scale must be a finite number; got nan"):
         HeadPerturbationGuidance(guidance_scale=math.nan, perturbed_guidance_layers="mid")
-    model = denoiser("sd")
+    model = denoiser("unet")
     with pytest.raises(ValueError, match="head 5 is out of range for layer .*attn1', which has 2 heads"):
         HeadPerturbationGuidance(heads={"mid": [5]}).perturbed_heads_of(model)
     with pytest.raises(ValueError, match="'nowhere' matches no attention layer; available layers"):
@@ -290,7 +290,7 @@ def test_modular_stable_diffusion_xl_pipeline_end_to_end():
     pytest.importorskip("diffusers.modular_pipelines")
     from diffusers.modular_pipelines import StableDiffusionXLAutoBlocks
 
-    components = {k: v for k, v in tiny_pipeline("sdxl").components.items() if v is not None}
+    components = {k: v for k, v in tiny_pipeline("StableDiffusionXLPipeline").components.items() if v is not None}
     try:
         pipe = StableDiffusionXLAutoBlocks().init_pipeline()
         pipe.update_components(**components)

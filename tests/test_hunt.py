@@ -26,7 +26,7 @@ CALL = {"num_inference_steps": 2}
 
 @functools.cache
 def pipeline():
-    return tiny_pipeline("sd")
+    return tiny_pipeline("unet")
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import visattn
 from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.kernels import attention
 from visattn.processors import AttentionCall, PerturbedAttentionGuidance
-from visattn.testing import FAMILIES, call_kwargs, tiny_pipeline
+from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
 
 
 @functools.cache
@@ -32,12 +32,12 @@ def diffusers_pag(layers, **call) -> np.ndarray:
     from diffusers import StableDiffusionPAGPipeline
 
     accepted = inspect.signature(StableDiffusionPAGPipeline.__init__).parameters
-    components = {k: v for k, v in pipeline("sd").components.items() if k in accepted}
+    components = {k: v for k, v in pipeline("unet").components.items() if k in accepted}
     pag = StableDiffusionPAGPipeline(**components, pag_applied_layers=layers)
     pag.set_progress_bar_config(disable=True)
     scale = call.pop("pag_scale")
     adaptive = call.pop("pag_adaptive_scale", 0.0)
-    out = pag(**call_kwargs("sd", **call), pag_scale=scale, pag_adaptive_scale=adaptive)[0]
+    out = pag(**call_kwargs("unet", **call), pag_scale=scale, pag_adaptive_scale=adaptive)[0]
     return np.asarray(out, dtype=np.float64)
 
 
@@ -47,32 +47,32 @@ def diffusers_pag(layers, **call) -> np.ndarray:
 def test_parity_with_stable_diffusion_pag_pipeline(guidance_scale, adaptive, layers):
     expected = diffusers_pag(layers, pag_scale=2.0, pag_adaptive_scale=adaptive, guidance_scale=guidance_scale)
     effect = PerturbedAttentionGuidance(scale=2.0, layers=layers, adaptive_scale=adaptive)
-    ours = run("sd", effect, guidance_scale=guidance_scale)
-    baseline = run("sd", guidance_scale=guidance_scale)
+    ours = run("unet", effect, guidance_scale=guidance_scale)
+    baseline = run("unet", guidance_scale=guidance_scale)
     assert np.abs(expected - baseline).max() > 1e-3  # the guidance does something here
     assert np.abs(expected - ours).max() <= 1e-4
 
 
 def test_scale_zero_is_exactly_the_baseline():
-    assert np.array_equal(run("sd", PerturbedAttentionGuidance(scale=0.0, layers="mid")), run("sd"))
+    assert np.array_equal(run("unet", PerturbedAttentionGuidance(scale=0.0, layers="mid")), run("unet"))
 
 
 def test_strength_zero_is_the_baseline_and_strength_one_is_pag():
-    baseline = run("sd")
-    soft0 = run("sd", PerturbedAttentionGuidance(scale=2.0, layers="mid", strength=0.0))
+    baseline = run("unet")
+    soft0 = run("unet", PerturbedAttentionGuidance(scale=2.0, layers="mid", strength=0.0))
     assert np.abs(soft0 - baseline).max() <= 1e-5
-    pag = run("sd", PerturbedAttentionGuidance(scale=2.0, layers="mid"))
+    pag = run("unet", PerturbedAttentionGuidance(scale=2.0, layers="mid"))
     all_heads = {"mid": list(range(2))}
-    soft1 = run("sd", PerturbedAttentionGuidance(scale=2.0, layers="mid", heads=all_heads, strength=1.0))
+    soft1 = run("unet", PerturbedAttentionGuidance(scale=2.0, layers="mid", heads=all_heads, strength=1.0))
     assert np.abs(soft1 - pag).max() <= 1e-6
-    half = run("sd", PerturbedAttentionGuidance(scale=2.0, layers="mid", strength=0.5))
+    half = run("unet", PerturbedAttentionGuidance(scale=2.0, layers="mid", strength=0.5))
     assert 0 < np.abs(half - baseline).max() and 0 < np.abs(half - pag).max()
 
 
 def test_one_head_perturbs_less_than_all_heads():
-    baseline = run("sd")
-    one = run("sd", PerturbedAttentionGuidance(scale=2.0, layers="mid", heads={"mid": [1]}))
-    every = run("sd", PerturbedAttentionGuidance(scale=2.0, layers="mid"))
+    baseline = run("unet")
+    one = run("unet", PerturbedAttentionGuidance(scale=2.0, layers="mid", heads={"mid": [1]}))
+    every = run("unet", PerturbedAttentionGuidance(scale=2.0, layers="mid"))
     assert 0 < np.abs(one - baseline).max() and np.abs(one - every).max() > 0
 
 
@@ -108,7 +108,7 @@ def test_a_selected_head_of_the_perturbed_rows_outputs_its_values_through_the_ef
 
 def test_guidance_arithmetic_matches_a_hand_written_two_pass_reference():
     """eps = eps_u + g (eps_c - eps_u) + s (eps_c - eps_p), with eps_p from a separately perturbed pass."""
-    unet = pipeline("sd").unet
+    unet = pipeline("unet").unet
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     text = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(2))
     t = torch.tensor(500)
@@ -136,7 +136,7 @@ def test_guidance_arithmetic_matches_a_hand_written_two_pass_reference():
     torch.testing.assert_close(got_u + g * (got_c - got_u), expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_every_family_runs_guided_generation(family):
     baseline = run(family)
     guided = run(family, PerturbedAttentionGuidance(scale=3.0, layers=None))
@@ -154,6 +154,6 @@ def test_bad_parameters_raise_clear_errors():
     with pytest.raises(ValueError, match="non-negative head indices"):
         PerturbedAttentionGuidance(heads={"mid": [-1]})
     with pytest.raises(ValueError, match="matches no attention layer; available layers"):
-        visattn.attach(pipeline("sd"), PerturbedAttentionGuidance(layers="nowhere"))
+        visattn.attach(pipeline("unet"), PerturbedAttentionGuidance(layers="nowhere"))
     with pytest.raises(ValueError, match="index 7 is out of range for layer .* which has 2 heads"):
-        run("sd", PerturbedAttentionGuidance(layers="mid", heads={"mid": [7]}))
+        run("unet", PerturbedAttentionGuidance(layers="mid", heads={"mid": [7]}))

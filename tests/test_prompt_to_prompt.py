@@ -13,7 +13,7 @@ import visattn
 from visattn.alignment import TokenMap, align_words, token_map, word_pairs
 from visattn.attachment import layer_roles
 from visattn.processors import AttentionMaps, LocalBlend, PerturbedAttentionGuidance, PromptToPrompt
-from visattn.testing import FAMILIES, call_kwargs, tiny_pipeline
+from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
 from visattn.words import prompt_tokens
 
 
@@ -64,7 +64,7 @@ def cond_halves(ctx, probs):
 # --- exact identities ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3"])
+@pytest.mark.parametrize("family", ["unet", "sd3"])
 def test_identical_prompts_give_identical_images(family):
     p2p = PromptToPrompt.replace("a red cat", "a red cat", cross_steps=0.5, self_steps=0.5, **options(family))
     out = edit(family, p2p)
@@ -72,19 +72,19 @@ def test_identical_prompts_give_identical_images(family):
 
 
 def test_reweight_with_unit_scales_is_exactly_a_no_op():
-    out = edit("sd", PromptToPrompt.reweight("a red cat", {"red": 1.0, "cat": 1.0}))
+    out = edit("unet", PromptToPrompt.reweight("a red cat", {"red": 1.0, "cat": 1.0}))
     assert np.array_equal(out[0], out[1])
 
 
 def test_source_half_equals_a_plain_generation_with_the_same_seed():
-    out = edit("sd", PromptToPrompt.replace("a red cat", "a blue dog"))
-    reference = plain("sd", "a red cat")
+    out = edit("unet", PromptToPrompt.replace("a red cat", "a blue dog"))
+    reference = plain("unet", "a red cat")
     assert np.abs(out[0] - reference[0]).max() <= 1e-5
     assert np.abs(out[1] - reference[0]).max() > 1e-3  # the target is an edit, not a copy
     # Several images per prompt: source image j is the plain generation seeded seed + j.
-    out = edit("sd", PromptToPrompt.replace("a red cat", "a blue dog"), seed=3, images=2)
+    out = edit("unet", PromptToPrompt.replace("a red cat", "a blue dog"), seed=3, images=2)
     for j in range(2):
-        assert np.abs(out[j] - plain("sd", "a red cat", seed=3 + j)[0]).max() <= 1e-5
+        assert np.abs(out[j] - plain("unet", "a red cat", seed=3 + j)[0]).max() <= 1e-5
 
 
 # --- injection ---------------------------------------------------------------------------------------------------
@@ -93,9 +93,9 @@ def test_source_half_equals_a_plain_generation_with_the_same_seed():
 def test_full_cross_injection_makes_the_target_maps_the_sources():
     probe = ProbsProbe()
     maps = AttentionMaps(words=[2], prompt=["a red cat", "a red dog"], drop_special=False)
-    edit("sd", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=0), probe, maps)
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=0), probe, maps)
     cross = [(ctx, probs) for ctx, probs in probe.calls if ctx.role == "cross"]
-    layers = [name for name, role in layer_roles(pipeline("sd").unet).items() if role == "cross"]
+    layers = [name for name, role in layer_roles(pipeline("unet").unet).items() if role == "cross"]
     assert len(cross) == 2 * len(layers)  # every cross-attention layer at both steps
     for ctx, probs in cross:
         source, target = cond_halves(ctx, probs)
@@ -128,7 +128,7 @@ def test_joint_attention_takes_the_sources_text_block_and_keeps_rows_normalized(
 
 def test_self_injection_copies_the_sources_self_attention():
     probe = ProbsProbe(layers="self")
-    edit("sd", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=0, self_steps=1.0), probe)
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=0, self_steps=1.0), probe)
     assert probe.calls
     for ctx, probs in probe.calls:
         source, target = cond_halves(ctx, probs)
@@ -138,7 +138,7 @@ def test_self_injection_copies_the_sources_self_attention():
 def test_per_word_schedule_leaves_that_words_map_to_the_target():
     probe = ProbsProbe(layers="cross")
     schedule = {"default": 1.0, "dog": 0}
-    edit("sd", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=schedule, self_steps=0), probe)
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=schedule, self_steps=0), probe)
     for ctx, probs in probe.calls:
         source, target = cond_halves(ctx, probs)
         assert torch.equal(target[..., :3], source[..., :3]) and torch.equal(target[..., 4:], source[..., 4:])
@@ -147,9 +147,9 @@ def test_per_word_schedule_leaves_that_words_map_to_the_target():
 
 def test_refine_maps_through_the_alignment_and_added_words_keep_their_own():
     probe = ProbsProbe(layers="cross")
-    edit("sd", PromptToPrompt.refine("a red cat", "a red fluffy cat", cross_steps=1.0, self_steps=0), probe)
+    edit("unet", PromptToPrompt.refine("a red cat", "a red fluffy cat", cross_steps=1.0, self_steps=0), probe)
     # Source: <start> a red cat <end>; target: <start> a red fluffy cat <end>  (fluffy is several tokens here).
-    fluffy = prompt_tokens(pipeline("sd"), "a red fluffy cat").positions("fluffy")
+    fluffy = prompt_tokens(pipeline("unet"), "a red fluffy cat").positions("fluffy")
     cat = fluffy[-1] + 1
     for ctx, probs in probe.calls:
         source, target = cond_halves(ctx, probs)
@@ -161,7 +161,7 @@ def test_refine_maps_through_the_alignment_and_added_words_keep_their_own():
 
 def test_reweight_scales_the_words_map():
     maps = AttentionMaps(words=["red"], prompt=["a red cat", "a red cat"], drop_special=False)
-    out = edit("sd", PromptToPrompt.reweight("a red cat", {"red": 3.0}, cross_steps=1.0, self_steps=0), maps)
+    out = edit("unet", PromptToPrompt.reweight("a red cat", {"red": 3.0}, cross_steps=1.0, self_steps=0), maps)
     source_maps, target_maps = maps.maps()
     assert target_maps["red"].mean() > source_maps["red"].mean()
     torch.testing.assert_close(target_maps["red"], 3.0 * source_maps["red"])
@@ -194,7 +194,7 @@ def test_word_alignment_of_added_and_removed_words():
 
 
 def test_token_map_of_an_added_word_shifts_the_rest():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     source, target = prompt_tokens(pipe, "a cat"), prompt_tokens(pipe, "a big cat")
     mapping = token_map(source, target, word_pairs(source.words, target.words, "refine"))
     # <start> a cat <end> pad...  ->  <start> a big cat <end> pad...
@@ -220,7 +220,7 @@ def test_token_map_of_a_removed_word_and_of_two_tokenizer_parts():
 
 
 def test_token_map_of_a_swap_with_different_token_counts_spreads_the_mass():
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     source, target = prompt_tokens(pipe, "a cat"), prompt_tokens(pipe, "a zebrafish")
     pieces = target.positions("zebrafish")
     assert len(pieces) > 1
@@ -241,13 +241,13 @@ def _expanded(mask: torch.Tensor, family: str, latents: torch.Tensor) -> torch.T
     mask = mask[0]
     if family == "flux":  # packed latents: one token per grid cell, in grid order
         return mask.reshape(-1, 1).expand(latents.shape[1:])
-    if family == "sd":  # [C, H, W], grid = latent size
+    if family == "unet":  # [C, H, W], grid = latent size
         return mask[0].expand(latents.shape[1:])
     # wan: [C, F, H, W] with 2x2 patches
     return mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).expand(latents.shape[1:])
 
 
-@pytest.mark.parametrize("family", ["sd", "wan", "flux"])
+@pytest.mark.parametrize("family", ["unet", "wan", "flux"])
 def test_local_blend_keeps_the_latents_outside_the_mask_equal_to_the_source(family):
     # Random tiny models spread attention almost evenly, so a high threshold gives a partial mask.
     blend = LocalBlend(["cat", "dog"], threshold=0.9, radius=0)
@@ -265,16 +265,16 @@ def test_local_blend_keeps_the_latents_outside_the_mask_equal_to_the_source(fami
 def test_local_blend_starts_over_at_each_generation():
     blend = LocalBlend("dog", threshold=0.5)
     p2p = PromptToPrompt.replace("a red cat", "a red dog", local_blend=blend)
-    edit("sd", p2p)
+    edit("unet", p2p)
     first = blend.mask.clone()
-    edit("sd", p2p)
+    edit("unet", p2p)
     assert torch.equal(first, blend.mask)
 
 
 # --- every family, composition ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_every_family_edits_end_to_end(family):
     p2p = PromptToPrompt.refine("a red cat", "a red cat in the snow", weights={"snow": 2.0}, **options(family))
     out = edit(family, p2p)
@@ -287,10 +287,10 @@ def test_every_family_edits_end_to_end(family):
 def test_composes_with_perturbed_attention_guidance(pag_first):
     pag = PerturbedAttentionGuidance(scale=2.0, layers="mid")
     p2p = PromptToPrompt.replace("a red cat", "a red cat", self_steps=1.0)
-    out = edit("sd", p2p, before=[pag]) if pag_first else edit("sd", p2p, pag)
+    out = edit("unet", p2p, before=[pag]) if pag_first else edit("unet", p2p, pag)
     assert np.array_equal(out[0], out[1])  # identical prompts stay identical with a perturbed branch
-    assert np.abs(out[0] - edit("sd", p2p)[0]).max() > 1e-4
-    edited = edit("sd", PromptToPrompt.replace("a red cat", "a red dog"), pag)
+    assert np.abs(out[0] - edit("unet", p2p)[0]).max() > 1e-4
+    edited = edit("unet", PromptToPrompt.replace("a red cat", "a red dog"), pag)
     assert np.isfinite(edited).all() and np.abs(edited[0] - edited[1]).max() > 1e-4
 
 
@@ -302,7 +302,7 @@ class BandAndScale(visattn.Effect):
         call.score_mods.append(HeadScale(0.5))
 
 
-@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("family", ["unet", "flux"])
 def test_patterns_and_score_modifiers_of_later_effects_are_honoured(family):
     p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0, **options(family))
     out = edit(family, p2p, BandAndScale())
@@ -315,7 +315,7 @@ def test_patterns_and_score_modifiers_of_later_effects_are_honoured(family):
 
 def test_editing_the_unconditional_branch_is_optional():
     probe = ProbsProbe(layers="cross")
-    edit("sd", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, edit_uncond=True), probe)
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, edit_uncond=True), probe)
     for ctx, probs in probe.calls:
         uncond = probs[ctx.batch.rows("uncond")]
         assert torch.equal(uncond[0], uncond[1])
@@ -359,25 +359,25 @@ def test_bad_parameters_raise_clear_errors():
 def test_local_blend_needs_cross_attention_layers():
     p2p = PromptToPrompt.replace("a red cat", "a red dog", local_blend=LocalBlend("dog"), layers="self")
     with pytest.raises(ValueError, match=r"LocalBlend reads cross-attention maps, but layers=\('self',\) selects no"):
-        visattn.attach(pipeline("sd"), p2p)
+        visattn.attach(pipeline("unet"), p2p)
 
 
 def test_different_noise_for_source_and_target_is_rejected():
     p2p = PromptToPrompt.replace("a red cat", "a red dog")
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     with visattn.attach(pipe, p2p), pytest.raises(ValueError, match="start from different noise.*p2p.generator"):
-        pipe(**call_kwargs("sd", prompt=p2p.prompts))
+        pipe(**call_kwargs("unet", prompt=p2p.prompts))
 
 
 def test_calling_without_both_prompts_is_rejected():
     p2p = PromptToPrompt.replace("a red cat", "a red dog")
-    pipe = pipeline("sd")
+    pipe = pipeline("unet")
     with visattn.attach(pipe, p2p), pytest.raises(ValueError, match="call the pipeline with prompt=p2p.prompts"):
-        pipe(**call_kwargs("sd", prompt="a red cat"))
+        pipe(**call_kwargs("unet", prompt="a red cat"))
 
 
 def test_a_prompt_longer_than_the_text_encoder_is_rejected():
     long = " ".join(["red"] * 90)
     p2p = PromptToPrompt.replace(f"a cat {long}", f"a dog {long}")
     with pytest.raises(ValueError, match="CLIP tokens .* holds 77"):
-        edit("sd", p2p)
+        edit("unet", p2p)

@@ -12,9 +12,8 @@ import torch
 import visattn
 from visattn.kernels import RadialPattern, attention, density
 from visattn.processors import NeighborhoodAttention, PerturbedAttentionGuidance, RadialAttention
-from visattn.testing import call_kwargs, latent_grid, tiny_pipeline
+from visattn.testing import VIDEO_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
 
-VIDEO_FAMILIES = ("wan", "cogvideox", "hunyuan_video")
 # Settings that make the tiny grids (3 frames of 4 x 4 tokens) visibly sparse.
 SPARSE = {"decay_factor": 0.25, "block_size": 2, "dense_steps": None}
 
@@ -246,7 +245,7 @@ def dense(family: str) -> np.ndarray:
     return run(family)
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", VIDEO_PIPELINES)
 def test_radial_attention_runs_end_to_end_and_changes_the_result(family):
     assert latent_grid(family, call_kwargs(family))[0] > 1
     sparse = run(family, RadialAttention(**SPARSE))
@@ -254,12 +253,12 @@ def test_radial_attention_runs_end_to_end_and_changes_the_result(family):
     assert np.abs(sparse - dense(family)).max() > 1e-4
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", VIDEO_PIPELINES)
 def test_dense_steps_one_is_exactly_dense(family):
     assert np.array_equal(run(family, RadialAttention(**{**SPARSE, "dense_steps": 1.0})), dense(family))
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", VIDEO_PIPELINES)
 def test_bands_covering_everything_equal_dense_attention(family):
     frames = latent_grid(family, call_kwargs(family))[0]
     covering = run(family, RadialAttention(dense_distance=frames, dense_steps=None))

@@ -16,7 +16,7 @@ from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.kernels import attention
 from visattn.processors import AttentionCall, SmoothedEnergyGuidance
 from visattn.processors.smoothed_energy import blur_grid
-from visattn.testing import FAMILIES, call_kwargs, tiny_pipeline
+from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
 
 
 @functools.cache
@@ -110,19 +110,19 @@ def test_joint_attention_blurs_only_the_image_queries():
 
 
 def test_scale_zero_is_exactly_the_baseline():
-    assert np.array_equal(run("sd", SmoothedEnergyGuidance(scale=0.0, sigma=4.0)), run("sd"))
+    assert np.array_equal(run("unet", SmoothedEnergyGuidance(scale=0.0, sigma=4.0)), run("unet"))
 
 
 def test_a_vanishing_sigma_does_not_blur_so_it_is_the_baseline():
-    baseline = run("sd")
-    tiny = run("sd", SmoothedEnergyGuidance(scale=3.0, sigma=1e-3))
+    baseline = run("unet")
+    tiny = run("unet", SmoothedEnergyGuidance(scale=3.0, sigma=1e-3))
     assert np.abs(tiny - baseline).max() <= 1e-5
-    assert np.abs(run("sd", SmoothedEnergyGuidance(scale=3.0, sigma=1.0)) - baseline).max() > 1e-4
+    assert np.abs(run("unet", SmoothedEnergyGuidance(scale=3.0, sigma=1.0)) - baseline).max() > 1e-4
 
 
 def test_larger_sigma_moves_toward_infinite_blur():
-    baseline = run("sd")
-    small, large, infinite = (run("sd", SmoothedEnergyGuidance(scale=3.0, sigma=s)) for s in (0.5, 3.0, float("inf")))
+    baseline = run("unet")
+    small, large, infinite = (run("unet", SmoothedEnergyGuidance(scale=3.0, sigma=s)) for s in (0.5, 3.0, float("inf")))
     assert np.abs(small - baseline).max() < np.abs(infinite - baseline).max()
     assert np.abs(large - infinite).max() < np.abs(small - infinite).max()
 
@@ -144,7 +144,7 @@ class BlurredMidQueries(visattn.Effect):
 
 
 def test_guidance_arithmetic_matches_a_hand_written_two_pass_reference():
-    unet = pipeline("sd").unet
+    unet = pipeline("unet").unet
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     text = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(2))
     t = torch.tensor(500)
@@ -166,7 +166,7 @@ def test_guidance_arithmetic_matches_a_hand_written_two_pass_reference():
     torch.testing.assert_close(got_u + g * (got_c - got_u), expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_every_family_runs_guided_generation(family):
     baseline = run(family)
     guided = run(family, SmoothedEnergyGuidance(scale=3.0, sigma=2.0, layers=None))
@@ -183,4 +183,4 @@ def test_bad_parameters_raise_clear_errors():
     with pytest.raises(ValueError, match=r"blur must be one of \('query', 'key'\); got 'value'"):
         SmoothedEnergyGuidance(scale=1.0, sigma=1.0, blur="value")
     with pytest.raises(ValueError, match="matches no attention layer"):
-        visattn.attach(pipeline("sd"), SmoothedEnergyGuidance(scale=1.0, sigma=1.0, layers="nowhere"))
+        visattn.attach(pipeline("unet"), SmoothedEnergyGuidance(scale=1.0, sigma=1.0, layers="nowhere"))

@@ -17,9 +17,8 @@ from visattn.processors import (
     PerturbedAttentionGuidance,
     SpatioTemporalSkipGuidance,
 )
-from visattn.testing import call_kwargs, tiny_pipeline
+from visattn.testing import VIDEO_PIPELINES, call_kwargs, tiny_pipeline
 
-VIDEO_FAMILIES = ("wan", "cogvideox", "hunyuan_video")
 # The spatiotemporal attention of each tiny video model: Wan's self-attention, the others' joint attention.
 SPATIOTEMPORAL = {"wan": "self", "cogvideox": "joint", "hunyuan_video": "joint"}
 
@@ -69,7 +68,7 @@ def test_identity_mode_outputs_the_values_for_the_perturbed_rows():
     assert torch.equal(out[:1], attention(q[:1], k[:1], v[:1]))
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", VIDEO_PIPELINES)
 def test_identity_mode_equals_pag_on_the_same_layers(family):
     layers = SPATIOTEMPORAL[family]
     stg = run(family, SpatioTemporalSkipGuidance(2.0, layers=layers, mode="identity"))
@@ -129,7 +128,7 @@ def test_guidance_arithmetic_matches_a_hand_written_two_pass_reference(mode, for
     torch.testing.assert_close(guided, eps_c + scale * (eps_c - eps_p), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", VIDEO_PIPELINES)
 @pytest.mark.parametrize("mode", ["skip", "identity"])
 def test_every_video_family_runs_guided_generation(family, mode):
     guided = run(family, SpatioTemporalSkipGuidance(3.0, layers=SPATIOTEMPORAL[family], mode=mode))
@@ -138,8 +137,8 @@ def test_every_video_family_runs_guided_generation(family, mode):
 
 
 def test_image_families_are_allowed_as_skip_layer_guidance():
-    guided = run("sd", SpatioTemporalSkipGuidance(3.0, layers="mid", mode="skip"))
-    assert np.isfinite(guided).all() and np.abs(guided - run("sd")).max() > 1e-4
+    guided = run("unet", SpatioTemporalSkipGuidance(3.0, layers="mid", mode="skip"))
+    assert np.isfinite(guided).all() and np.abs(guided - run("unet")).max() > 1e-4
 
 
 def test_composes_with_neighborhood_attention():

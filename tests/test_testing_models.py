@@ -11,7 +11,8 @@ import torch
 from diffusers import DiffusionPipeline
 
 from visattn.testing import (
-    FAMILIES,
+    TINY_PIPELINES,
+    VIDEO_PIPELINES,
     VOCABULARY,
     call_kwargs,
     denoiser_of,
@@ -21,13 +22,11 @@ from visattn.testing import (
     tiny_pipeline,
 )
 
-VIDEO_FAMILIES = ("wan", "cogvideox", "hunyuan_video")
-
 # The first self-attention over image tokens in each denoiser (HunyuanVideo's text token refiner comes
 # earlier in module order, so "first in attn_processors" would be the wrong one there).
 FIRST_IMAGE_ATTENTION = {
-    "sd": "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
-    "sdxl": "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+    "unet": "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+    "StableDiffusionXLPipeline": "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
     "pixart": "transformer_blocks.0.attn1",
     "sd3": "transformer_blocks.0.attn",
     "flux": "transformer_blocks.0.attn",
@@ -40,8 +39,8 @@ FIRST_IMAGE_ATTENTION = {
 # Batched CFG concatenates [uncond, cond]; Wan runs cond and uncond as two calls; Flux and HunyuanVideo are
 # guidance-distilled (guidance_scale is an embedding) and run no CFG unless given true_cfg_scale.
 CFG_CALLS = {
-    "sd": (1, 2),
-    "sdxl": (1, 2),
+    "unet": (1, 2),
+    "StableDiffusionXLPipeline": (1, 2),
     "pixart": (1, 2),
     "sd3": (1, 2),
     "flux": (1, 1),
@@ -51,8 +50,8 @@ CFG_CALLS = {
 }
 
 TOKENIZER_KINDS_BY_FAMILY = {
-    "sd": ("clip",),
-    "sdxl": ("clip", "clip"),
+    "unet": ("clip",),
+    "StableDiffusionXLPipeline": ("clip", "clip"),
     "pixart": ("t5",),
     "sd3": ("clip", "clip", "t5"),
     "flux": ("clip", "t5"),
@@ -90,37 +89,38 @@ def _hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 def test_families_are_the_documented_keys():
-    assert FAMILIES == ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "cogvideox", "hunyuan_video")
+    sdxl = "StableDiffusionXLPipeline"  # the unet family's second tiny pipeline, named by its class
+    assert TINY_PIPELINES == ("unet", sdxl, "pixart", "sd3", "flux", "wan", "cogvideox", "hunyuan_video")
 
 
 def test_unknown_family_names_value_and_choices():
     with pytest.raises(ValueError, match="'nope'") as info:
         tiny_pipeline("nope")
-    assert all(family in str(info.value) for family in FAMILIES)
+    assert all(family in str(info.value) for family in TINY_PIPELINES)
     with pytest.raises(ValueError, match="'nope'"):
         call_kwargs("nope")
 
 
 def test_call_kwargs_overrides_replace_keys():
-    kwargs = call_kwargs("sd", height=48, prompt="a blue square")
+    kwargs = call_kwargs("unet", height=48, prompt="a blue square")
     assert kwargs["height"] == 48 and kwargs["prompt"] == "a blue square"
     assert kwargs["num_inference_steps"] == 2 and isinstance(kwargs["generator"], torch.Generator)
     # Each call gets a fresh generator, so consecutive calls are independent of each other.
-    assert call_kwargs("sd")["generator"] is not call_kwargs("sd")["generator"]
+    assert call_kwargs("unet")["generator"] is not call_kwargs("unet")["generator"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_pipeline_output_is_finite_and_deterministic(family, pipes):
     kwargs = call_kwargs(family)
     first, second = _run(pipes, family), _run(pipes, family)
-    frames = (kwargs["num_frames"],) if family in VIDEO_FAMILIES else ()
+    frames = (kwargs["num_frames"],) if family in VIDEO_PIPELINES else ()
     assert first.shape == (1, *frames, kwargs["height"], kwargs["width"], 3)
     assert np.isfinite(first).all()
     assert first.std() > 0  # not a constant image: the random weights do something
     np.testing.assert_array_equal(first, second)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_pipeline_call_takes_under_two_seconds(family, pipes):
     # Best of up to three calls: the first may pay for lazy initialisation, and CI machines are shared.
     timings = []
@@ -133,7 +133,7 @@ def test_pipeline_call_takes_under_two_seconds(family, pipes):
     assert min(timings) < 2.0, f"{family} calls took {timings}"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_cfg_batching(family, pipes):
     calls: list[int] = []
     denoiser = denoiser_of(pipes(family))
@@ -148,7 +148,7 @@ def test_cfg_batching(family, pipes):
     assert calls == [batch] * per_step * call_kwargs(family)["num_inference_steps"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 @pytest.mark.parametrize("size", ["default", "non_square"])
 def test_latent_grid_matches_first_attention(family, size, pipes):
     # Keep the default two steps: PixArt-alpha treats a one-step call as DMD distillation and breaks with a
@@ -156,7 +156,7 @@ def test_latent_grid_matches_first_attention(family, size, pipes):
     overrides = {"output_type": "latent"}
     if size == "non_square":
         overrides.update(height=48, width=32)
-        if family in VIDEO_FAMILIES:
+        if family in VIDEO_PIPELINES:
             overrides["num_frames"] = 5  # 2 latent frames
     kwargs = call_kwargs(family, **overrides)
     grid = latent_grid(family, kwargs)
@@ -172,17 +172,17 @@ def test_latent_grid_matches_first_attention(family, size, pipes):
     finally:
         hook.remove()
     assert seen and seen[0] == grid[0] * grid[1] * grid[2], (grid, seen)
-    if family in VIDEO_FAMILIES:
+    if family in VIDEO_PIPELINES:
         assert grid[0] >= 2
     else:
         assert grid[0] == 1
 
 
 def test_latent_grids_of_default_calls():
-    grids = {family: latent_grid(family, call_kwargs(family)) for family in FAMILIES}
+    grids = {family: latent_grid(family, call_kwargs(family)) for family in TINY_PIPELINES}
     assert grids == {
-        "sd": (1, 16, 16),
-        "sdxl": (1, 16, 16),
+        "unet": (1, 16, 16),
+        "StableDiffusionXLPipeline": (1, 16, 16),
         "pixart": (1, 8, 8),
         "sd3": (1, 8, 8),
         "flux": (1, 8, 8),
@@ -192,7 +192,7 @@ def test_latent_grids_of_default_calls():
     }
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["unet", "StableDiffusionXLPipeline"])
 def test_unet_attends_at_two_resolutions(family, pipes):
     unet = denoiser_of(pipes(family))
     lengths: set[int] = set()
@@ -211,7 +211,7 @@ def test_unet_attends_at_two_resolutions(family, pipes):
     assert lengths == {16 * 16, 8 * 8}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_attention_heads_are_selectable(family, pipes):
     modules = denoiser_of(pipes(family)).modules()
     attentions = [m for m in modules if hasattr(m, "processor") and hasattr(m, "heads")]
@@ -225,7 +225,7 @@ def test_flux_has_double_and_single_stream_blocks(pipes):
     assert len(transformer.transformer_blocks) >= 1 and len(transformer.single_transformer_blocks) >= 1
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_same_seed_same_weights(family, pipes):
     again = tiny_pipeline(family)
     for name, component in pipes(family).components.items():
@@ -323,7 +323,7 @@ def test_hunyuan_prompt_template_crops_exactly_the_template():
     assert ids[template["crop_start"] :] == [*prompt_ids, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_pipelines_use_the_test_tokenizers(family, pipes):
     pipe = pipes(family)
     slots = ("tokenizer", "tokenizer_2", "tokenizer_3")

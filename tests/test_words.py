@@ -6,9 +6,9 @@ import functools
 
 import pytest
 
-from visattn.testing import FAMILIES, call_kwargs, text_tokenizer, tiny_pipeline
+from visattn.testing import TINY_PIPELINES, call_kwargs, pipeline_spec, text_tokenizer, tiny_pipeline
 from visattn.testing.tokenizers import llama_tokenizer
-from visattn.testing.video_families import hunyuan_prompt_template
+from visattn.testing.video_pipelines import hunyuan_prompt_template
 from visattn.words import STOP_WORDS, PromptTokens, prompt_tokens, split_words
 
 PROMPT = "A red zebrafish, near the cat"
@@ -33,7 +33,7 @@ def text_sequence(family: str, pipe, prompt: str, options: dict) -> tuple[list[t
         return [(tokenizer, i) for i in ids]
 
     length = options.get("max_sequence_length")
-    if family in ("sd", "sdxl"):
+    if family in ("unet", "StableDiffusionXLPipeline"):
         return padded(pipe.tokenizer, prompt, 77), 77
     if family == "sd3":
         return padded(pipe.tokenizer, prompt, 77) + padded(pipe.tokenizer_3, prompt, length), 77 + length
@@ -48,12 +48,12 @@ def text_sequence(family: str, pipe, prompt: str, options: dict) -> tuple[list[t
     return padded(pipe.tokenizer, prompt, length), length
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_positions_decode_to_the_words(family):
     pipe = pipeline(family)
     options = call_options(family)
     tokens = prompt_tokens(pipe, PROMPT, **options)
-    assert tokens.family == family and tokens.words == WORDS
+    assert tokens.family == pipeline_spec(family).family and tokens.words == WORDS
     sequence, length = text_sequence(family, pipe, PROMPT, options)
     assert tokens.length == length == len(sequence)
     for index, word in enumerate(tokens.words):
@@ -75,7 +75,7 @@ def test_positions_decode_to_the_words(family):
 
 
 def test_clip_layout_has_start_end_and_padding_as_special():
-    tokens = prompt_tokens(text_tokenizer("clip"), "a red circle", family="sd")
+    tokens = prompt_tokens(text_tokenizer("clip"), "a red circle", family="unet")
     assert tokens.word_tokens == ((1,), (2,), (3,))
     assert tokens.special == (0, *range(4, 77))
 
@@ -112,7 +112,7 @@ def test_wrong_crop_start_is_an_error():
 
 
 def test_positions_by_text_index_and_phrase():
-    tokens = prompt_tokens(text_tokenizer("clip"), "a red cat and a red dog", family="sd")
+    tokens = prompt_tokens(text_tokenizer("clip"), "a red cat and a red dog", family="unet")
     assert tokens.positions("red") == (2, 6)  # every occurrence
     assert tokens.positions("RED") == (2, 6)  # words are lower-cased
     assert tokens.positions(2) == (3,) and tokens.positions(-1) == (7,)
@@ -134,13 +134,13 @@ def test_unknown_word_error_lists_the_prompt_words():
 @pytest.mark.parametrize(
     ("family", "kind", "options", "part"),
     [
-        ("sd", "clip", {}, "CLIP"),
+        ("unet", "clip", {}, "CLIP"),
         ("flux", "t5", {"max_sequence_length": 16}, "T5"),
         ("hunyuan_video", "llama", {"max_sequence_length": 16, "prompt_template": hunyuan_prompt_template()}, "Llama"),
     ],
 )
 def test_long_prompt_is_an_error_with_the_counts(family, kind, options, part):
-    limit = 77 if family == "sd" else 16
+    limit = 77 if family == "unet" else 16
     prompt = " ".join(["cat"] * 80)
     with pytest.raises(ValueError, match=rf"has \d+ {part} tokens .* holds {limit}"):
         prompt_tokens(text_tokenizer(kind), prompt, family=family, **options)
@@ -158,8 +158,11 @@ def test_sd3_checks_both_limits():
 
 
 def test_bad_family_and_missing_tokenizer():
-    with pytest.raises(ValueError, match="family='sdxx' is not one of"):
+    with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
         prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
+    # A family whose tokenizer ladder is not declared says so and names the ones that are.
+    with pytest.raises(ValueError, match=r"the qwen_image family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="qwen_image")
     with pytest.raises(ValueError, match="pass family="):
         prompt_tokens(text_tokenizer("clip"), "a cat")
     with pytest.raises(ValueError, match="tokenizer_2"):
@@ -183,7 +186,7 @@ class _NoOffsets:
 
 @pytest.mark.parametrize("kind", ["clip", "t5"])
 def test_tokenizers_without_offsets_align_the_same(kind):
-    family = "sd" if kind == "clip" else "pixart"
+    family = "unet" if kind == "clip" else "pixart"
     prompt = "a red zebrafish, near the cat"
     expected = prompt_tokens(text_tokenizer(kind), prompt, family=family, max_sequence_length=16)
     assert prompt_tokens(_NoOffsets(text_tokenizer(kind)), prompt, family=family, max_sequence_length=16) == expected
@@ -201,4 +204,4 @@ def test_split_words_lowercases_and_splits_punctuation():
         "s",
         "hat",
     ]
-    assert isinstance(prompt_tokens(text_tokenizer("clip"), "", family="sd"), PromptTokens)
+    assert isinstance(prompt_tokens(text_tokenizer("clip"), "", family="unet"), PromptTokens)

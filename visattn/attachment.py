@@ -79,6 +79,21 @@ def _interceptable(model: torch.nn.Module, modules: dict, layers: tuple[str, ...
     return usable
 
 
+_FACT_NAMES = {"grid": "the latent grid", "text": "text tokens", "words": "words mapped to text positions"}
+
+
+def _check_needs(effects: list[Effect], model: torch.nn.Module, family: Family) -> None:
+    """ValueError, before anything is hooked, when an effect needs a fact the model's family cannot provide."""
+    for effect in effects:
+        for fact in effect.needs():
+            reason = family.missing(fact)
+            if reason is not None:
+                raise ValueError(
+                    f"{type(effect).__name__} needs {_FACT_NAMES[fact]}, but {type(model).__name__} "
+                    f"(family {family.name!r}) {reason}"
+                )
+
+
 def layer_roles(model: torch.nn.Module, family: Family | None = None) -> dict[str, str]:
     """Attention layer names mapped to their static role (``self``/``cross``/``joint``/``text``)."""
     family = family or family_of(model)
@@ -123,6 +138,8 @@ class Attachment:
             roles = {name: family.static_role(name, module) for name, module in modules.items()}
             selected = select_layers(roles, layers)
             plans.append((attribute, base, family, all_modules, {name: roles[name] for name in selected}))
+        for _, base, family, *_ in plans:
+            _check_needs(self.effects, base, family)
         needs_schedule = self._steps is not None or any(effect.steps is not None for effect in self.effects)
         if needs_schedule and pipeline is None:
             raise ValueError(
@@ -142,7 +159,7 @@ class Attachment:
         self.attached = True
 
     def _swap(self, attribute, model, family, modules, roles, pipeline) -> None:
-        hook = DenoiserHook(family, self.effects, pipeline)
+        hook = DenoiserHook(family, self.effects, pipeline, steps=self._steps)
         all_names = list(modules)
         self._models.append(model)
         setattr(model, _MARK, weakref.ref(self))
@@ -223,7 +240,8 @@ def attach(
     Raises:
         TypeError: the target has no denoiser, or an effect is not a visattn effect.
         ValueError: bad ``layers``/``steps``; a model without attention modules; ``layers`` naming a module whose
-            processor computes attention without ``scaled_dot_product_attention``.
+            processor computes attention without ``scaled_dot_product_attention``; an effect that needs a fact
+            (the latent grid, text tokens, words) the model's family does not provide.
         RuntimeError: visattn is already attached to this model.
     """
     for effect in effects:

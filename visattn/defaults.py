@@ -49,7 +49,7 @@ def load_embedded_pipeline(
         # Imported here: visattn.testing builds tokenizers and configs that nothing else in the CLI needs.
         from visattn.testing import tiny_pipeline
 
-        return tiny_pipeline("sd", seed=_WEIGHT_SEED, dtype=dtype).to(device)
+        return tiny_pipeline("unet", seed=_WEIGHT_SEED, dtype=dtype).to(device)
     if name in (DEFAULT_MODEL, TOY_VIDEO_MODEL):
         from visattn.toy.models import load_toy_pipeline
 

@@ -1,142 +1,18 @@
-"""The guidance arithmetic shared by perturbation-guidance effects, and the CFG scale each pipeline applies.
+"""The guidance arithmetic shared by perturbation-guidance effects.
 
 Pipelines combine predictions themselves (``eps = eps_u + g * (eps_c - eps_u)`` with CFG). To add perturbation
 terms ``s_i * (eps_c - eps_p_i)`` without changing the pipeline, the conditional prediction the pipeline sees
 becomes ``eps_c + sum_i (s_i / g) * (eps_c - eps_p_i)``: the pipeline's own CFG then yields
 ``eps_cfg + sum_i s_i * (eps_c - eps_p_i)`` (Ahn et al. 2024, PAG, guidance combined with CFG), and without CFG
-(``g = 1``) ``eps_c + sum_i s_i * (eps_c - eps_p_i)``.
-
-That needs ``g``: the scale the pipeline applies *to this denoiser call's conditional prediction*, which is not
-always an attribute. :func:`pipeline_guidance_scale` knows, per diffusers pipeline family:
-
-* SD, SDXL, SD3, PixArt, CogVideoX batch ``[uncond, cond]`` and apply ``guidance_scale`` (PixArt keeps it in a
-  local variable; CogVideoX with ``use_dynamic_cfg`` recomputes it every step *after* the denoiser call, from the
-  step's timestep, so the value in ``pipe._guidance_scale`` during the call is the previous step's).
-* Wan 2.1 / 2.2 call the denoiser once for ``"cond"`` and once for ``"uncond"`` and apply
-  ``current_guidance_scale``: ``guidance_scale`` on ``transformer`` (high noise, ``t >= boundary``) and
-  ``guidance_scale_2`` on ``transformer_2`` (low noise), and only when ``guidance_scale > 1``.
-* Flux and HunyuanVideo are guidance-distilled: ``guidance_scale`` is an embedding input, not CFG, so with the
-  default call the batch is one ``"cond"`` branch and the scale is 1. With ``true_cfg_scale > 1`` and a negative
-  prompt they run a separate ``"uncond"`` call and apply ``true_cfg_scale``, which is a local variable of
-  ``__call__``.
-
-Values that live only in ``__call__``'s locals are read from the running pipeline's frame (found on the call
-stack: the frame of ``__call__`` whose ``self`` is the attached pipeline). Without such a frame (a denoiser called
-by hand with a pipeline attached) the pipeline's attributes are used.
+(``g = 1``) ``eps_c + sum_i s_i * (eps_c - eps_p_i)``. ``g`` is a per-pipeline fact:
+:func:`visattn.families.pipelines.pipeline_guidance_scale` reads it.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-
-
-@torch.compiler.disable  # frame inspection is plain Python bookkeeping; never trace it into a compiled graph
-def pipeline_call_locals(pipeline: Any) -> dict[str, Any]:
-    """The local variables of the pipeline's running ``__call__`` (empty when it is not on the call stack).
-
-    Some pipelines keep what they apply per call (PixArt's CFG switch, Wan 2.2's current guidance scale,
-    CogVideoX's dynamic scale, the prompt) in locals of ``__call__`` rather than attributes; this reads them.
-    """
-    if pipeline is None:
-        return {}
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        # Only frames of a __call__ with a ``self`` are materialized; f_locals of other frames is never read.
-        if code.co_name == "__call__" and "self" in code.co_varnames and frame.f_locals.get("self") is pipeline:
-            return dict(frame.f_locals)
-        frame = frame.f_back
-    return {}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
-    return None
-
-
-def _dynamic_cfg_scale(local: dict[str, Any]) -> float | None:
-    """CogVideoX's ``use_dynamic_cfg`` scale for the step being denoised (the pipeline's own formula)."""
-    base, steps, t = _number(local.get("guidance_scale")), _number(local.get("num_inference_steps")), local.get("t")
-    t = _number(t)
-    if base is None or not steps or t is None:
-        return None
-    return 1.0 + base * ((1.0 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2.0)
-
-
-def _batched_cfg_scale(pipeline: Any, local: dict[str, Any]) -> float:
-    """The scale of a pipeline that batches ``[uncond, cond]`` in one call."""
-    if local.get("use_dynamic_cfg"):
-        dynamic = _dynamic_cfg_scale(local)
-        if dynamic is not None:
-            return dynamic
-    for value in (getattr(pipeline, "_guidance_scale", None), local.get("guidance_scale")):
-        number = _number(value)
-        if number is not None:
-            return number
-    number = _number(getattr(pipeline, "guidance_scale", None))
-    return 1.0 if number is None else number
-
-
-def _stage_scale_from_attributes(pipeline: Any, timestep: float | None) -> float:
-    """Wan 2.2 without a frame: ``guidance_scale_2`` below the boundary timestep, ``guidance_scale`` above."""
-    scale = _number(getattr(pipeline, "_guidance_scale", None))
-    scale_2 = _number(getattr(pipeline, "_guidance_scale_2", None))
-    ratio = getattr(getattr(pipeline, "config", None), "boundary_ratio", None)
-    scheduler = getattr(pipeline, "scheduler", None)
-    train_steps = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
-    if scale_2 is not None and ratio is not None and train_steps and timestep is not None:
-        if timestep < ratio * train_steps:
-            return scale_2
-    return 1.0 if scale is None else scale
-
-
-def _per_call_cfg_scale(pipeline: Any, local: dict[str, Any], timestep: float | None) -> float:
-    """The scale of a pipeline that runs its ``"cond"`` and ``"uncond"`` predictions as separate calls."""
-    if "do_true_cfg" in local:
-        # Flux, HunyuanVideo (and their relatives): distilled guidance unless true CFG is on.
-        return float(local["true_cfg_scale"]) if local["do_true_cfg"] else 1.0
-    do_cfg = getattr(type(pipeline), "do_classifier_free_guidance", None)
-    if not isinstance(do_cfg, property):
-        return 1.0
-    try:
-        if not pipeline.do_classifier_free_guidance:
-            return 1.0
-    except (AttributeError, TypeError):
-        return 1.0
-    current = _number(local.get("current_guidance_scale"))
-    if current is not None:
-        return current
-    return _stage_scale_from_attributes(pipeline, timestep)
-
-
-def pipeline_guidance_scale(pipeline: Any, batch_names: Sequence[str], timestep: float | None = None) -> float:
-    """The CFG scale the pipeline applies to this call's conditional prediction (1 when it applies none).
-
-    Args:
-        pipeline: the attached diffusers pipeline, or ``None`` for a bare denoiser (scale 1).
-        batch_names: branch names of the call's batch layout as the pipeline made it (``("uncond", "cond")``
-            for batched CFG, ``("cond",)`` for a separate conditional call).
-        timestep: the scheduler timestep of the call (used for Wan 2.2's two stages when no frame is found).
-    """
-    if pipeline is None:
-        return 1.0
-    names = tuple(batch_names)
-    local = pipeline_call_locals(pipeline)
-    if "uncond" in names and "cond" in names:
-        return _batched_cfg_scale(pipeline, local)
-    if names == ("cond",):
-        return _per_call_cfg_scale(pipeline, local, timestep)
-    return 1.0
 
 
 def fold_perturbations(
@@ -150,7 +26,8 @@ def fold_perturbations(
         eps_cond: the conditional prediction of the pipeline's own rows.
         perturbed: ``(eps_perturbed_i, s_i)`` pairs, one per perturbation branch; every term uses the same raw
             ``eps_cond`` (terms add, they do not compound).
-        cfg_scale: the pipeline's CFG scale ``g`` for this call (:func:`pipeline_guidance_scale`).
+        cfg_scale: the pipeline's CFG scale ``g`` for this call
+            (:func:`visattn.families.pipelines.pipeline_guidance_scale`).
 
     Raises:
         ValueError: ``cfg_scale == 0``: the pipeline then ignores the conditional prediction, so no term can be

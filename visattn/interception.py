@@ -11,6 +11,13 @@ through diffusers' dispatcher, whose native backend calls it. diffusers' own mod
 grid, text span, batch layout, step) derived from the call's shapes and the denoiser state; effects contribute
 to it and the attention core computes it. A call no effect acts on runs the original function untouched, and a
 layer no effect can act on is not intercepted at all, so the identity is exact by construction.
+
+Some processors hand SDPA only part of the sequence their family's layout describes: the image queries of a joint
+sequence whose text queries run in a call of their own (Qwen-Image 2.1's block-causal attention, Cosmos 3), or a
+joint sequence whose padded text tokens were dropped (Mochi). Effects then see the whole layout: the missing
+queries are zero rows whose outputs are dropped again, and missing keys are masked out, so the tokens that are
+there compute exactly what they would in the full sequence. Processors that loop over the batch and call SDPA
+once per row (Mochi) get the rows of the denoiser's batch in the order they are called.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +34,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
+from .families.readers import context_before_grid
 from .kernels import backend_names
 from .processors.effect import AttentionCall, Effect
 from .steps import in_steps
@@ -80,7 +89,7 @@ class _Interceptor(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _unchanged(call: AttentionCall, q, k, v, sdpa: dict) -> bool:
+def _unchanged(call: AttentionCall, q, k, v, attn_mask, scale) -> bool:
     """Whether the effects left a call exactly as the stock processor made it (they may still observe it)."""
     return (
         not call.patterns
@@ -89,9 +98,66 @@ def _unchanged(call: AttentionCall, q, k, v, sdpa: dict) -> bool:
         and call.q is q
         and call.k is k
         and call.v is v
-        and call.attn_mask is sdpa["attn_mask"]
-        and call.scale == sdpa["scale"]
+        and call.attn_mask is attn_mask
+        and call.scale == scale
     )
+
+
+@dataclass(frozen=True)
+class _Partial:
+    """Where the tokens of a call that holds part of its family's layout sit in the whole sequence.
+
+    Attributes:
+        length: tokens of the whole sequence (the layout effects see, for queries and keys alike).
+        queries: the positions of the call's queries in it.
+        keys: the positions of the call's keys (and values) in it.
+    """
+
+    length: int
+    queries: slice
+    keys: slice
+
+
+def _widen(x: torch.Tensor, length: int, span: slice) -> torch.Tensor:
+    """``x`` (``[B, H, N, D]``) placed at ``span`` of a zero sequence of ``length`` tokens."""
+    out = x.new_zeros(x.shape[0], x.shape[1], length, x.shape[3])
+    out[:, :, span] = x
+    return out
+
+
+def _widen_mask(mask: torch.Tensor | None, partial: _Partial, n_k: int, device: torch.device) -> torch.Tensor | None:
+    """The model's mask (broadcastable to ``[B, H, Nq, Nk]``) for the whole sequence: added keys are masked out,
+    and added queries attend to every real key (their outputs are dropped; no row may be fully masked)."""
+    keys_added = n_k != partial.length
+    if mask is None and not keys_added:
+        return None
+    if mask is None:
+        mask = torch.ones(1, 1, 1, n_k, dtype=torch.bool, device=device)
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    per_query = mask.shape[2] > 1
+    if not keys_added and not per_query:
+        return mask
+    real, masked = (True, False) if mask.dtype == torch.bool else (0.0, float("-inf"))
+    shape = (*mask.shape[:2], partial.length if per_query else 1, partial.length)
+    widened = torch.full(shape, masked, dtype=mask.dtype, device=mask.device)
+    widened[:, :, :, partial.keys] = real
+    widened[:, :, partial.queries if per_query else slice(None), partial.keys] = mask
+    return widened
+
+
+#: (family, effect) pairs already warned that a grid effect found no grid in some layer
+_WARNED_UNPLACED: set[tuple[str, str]] = set()
+
+
+def _rows_within(layout: BatchLayout, start: int, stop: int) -> BatchLayout:
+    """The branches of ``layout`` that rows ``[start, stop)`` hold, renumbered from 0."""
+    branches = tuple(
+        Branch(b.name, max(b.start, start) - start, min(b.stop, stop) - start)
+        for b in layout.branches
+        if b.start < stop and b.stop > start
+    )
+    return BatchLayout(branches)
 
 
 def _rows_of(layout: BatchLayout | None, batch_size: int) -> BatchLayout | None:
@@ -146,6 +212,8 @@ class AttentionLayerHook(ModelHook):
         self.backend = backend
         self._intercepted = 0
         self._warned = False
+        # The next denoiser row of a processor that calls SDPA once per row (Mochi loops over the batch).
+        self._row_cursor = 0
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
@@ -170,6 +238,7 @@ class AttentionLayerHook(ModelHook):
         processor = getattr(module, "processor", None)
         restore = _force_native_dispatch(processor)
         before = self._intercepted
+        self._row_cursor = 0
         try:
             with _Interceptor(self):
                 out = original(*args, **kwargs)
@@ -199,29 +268,45 @@ class AttentionLayerHook(ModelHook):
         q, k, v = sdpa["query"], sdpa["key"], sdpa["value"]
         if q.ndim != 4 or sdpa["is_causal"] or sdpa["dropout_p"]:
             return func(*args, **kwargs)
-        ctx = self.context(q, k)
+        ctx, partial = self._context(q, k)
         acting = [effect for effect in self.effects if effect.acts_on(ctx)]
         if not acting:
             return func(*args, **kwargs)
+        self._warn_unplaced(ctx, q.shape[2], acting)
         if k.shape[1] != q.shape[1]:
             # Grouped-query attention: give every query head its own key/value head, as SDPA's enable_gqa does.
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        call = AttentionCall(ctx, q, k, v, attn_mask=sdpa["attn_mask"], scale=sdpa["scale"], backend=self.backend)
+        mask = sdpa["attn_mask"]
+        n_q = q.shape[2]
+        if partial is not None:
+            # Effects see the whole sequence (see the module docstring); the added tokens change no real token.
+            mask = _widen_mask(mask, partial, k.shape[2], q.device)
+            q = _widen(q, partial.length, partial.queries)
+            if partial.keys != slice(0, partial.length):
+                k, v = _widen(k, partial.length, partial.keys), _widen(v, partial.length, partial.keys)
+        call = AttentionCall(ctx, q, k, v, attn_mask=mask, scale=sdpa["scale"], backend=self.backend)
         for effect in acting:
             effect.apply(call)
-        if call.output is None and _unchanged(call, q, k, v, sdpa):
+        if call.output is None and _unchanged(call, q, k, v, mask, sdpa["scale"]):
             # Only observers acted: the stock computation answers, so observing never changes a bit.
             call.output = func(*args, **kwargs)
-        return call.run().to(q.dtype)
+        out = call.run()
+        if out.shape[2] != n_q:
+            out = out[:, :, partial.queries]
+        return out.to(q.dtype)
 
     def context(self, q: torch.Tensor, k: torch.Tensor) -> CallContext:
         """The :class:`CallContext` of one call, from its shapes, the layer and the denoiser state."""
+        return self._context(q, k)[0]
+
+    def _context(self, q: torch.Tensor, k: torch.Tensor) -> tuple[CallContext, _Partial | None]:
+        """The call's context, and where its tokens sit when it holds part of the layout the context describes."""
         state = self.state
         batch_size = q.shape[0]
-        batch = _rows_of(state.batch, batch_size)
-        role, queries, keys, grid = self._layout(q.shape[2], k.shape[2])
-        return CallContext(
+        batch = self._batch_rows(batch_size)
+        role, queries, keys, grid, partial = self._layout(q.shape[2], k.shape[2])
+        ctx = CallContext(
             role=role,
             layer_name=self.layer_name,
             layer_index=self.layer_index,
@@ -234,9 +319,49 @@ class AttentionLayerHook(ModelHook):
             step=state.step if state.step is not None else StepInfo(),
             grid=grid,
         )
+        return ctx, partial
+
+    def _batch_rows(self, batch_size: int) -> BatchLayout:
+        """The batch layout of a call of ``batch_size`` rows.
+
+        A call with fewer rows than the denoiser's batch comes from a processor that loops over the batch (Mochi):
+        its calls take the denoiser's rows in order, so the cursor says which rows this one holds.
+        """
+        layout = self.state.batch
+        batch = _rows_of(layout, batch_size)
+        if batch is not None:
+            return batch
+        if layout is not None and 0 < batch_size < layout.batch_size and layout.batch_size % batch_size == 0:
+            start = self._row_cursor
+            self._row_cursor = (start + batch_size) % layout.batch_size
+            return _rows_within(layout, start, start + batch_size)
+        return BatchLayout((Branch("cond", 0, batch_size),))
+
+    def _warn_unplaced(self, ctx: CallContext, n_q: int, acting: list[Effect]) -> None:
+        """Warn once per family and effect when an effect that needs the grid meets a self or joint call that holds
+        more tokens than the grid but where visattn cannot place it (history, reference or audio tokens)."""
+        inputs = self.state.inputs
+        if ctx.grid is not None or ctx.role not in ("self", "joint") or inputs is None or inputs.grid is None:
+            return
+        grid_tokens = math.prod(inputs.grid)
+        if n_q <= grid_tokens:
+            return  # a call over fewer tokens than the grid (text refiners, temporal layers) has none to place
+        for effect in acting:
+            key = (self.state.family.name, type(effect).__name__)
+            if "grid" not in effect.needs() or key in _WARNED_UNPLACED:
+                continue
+            _WARNED_UNPLACED.add(key)
+            warnings.warn(
+                f"visattn: {type(effect).__name__} needs the latent grid, but layer {self.layer_name!r} (family "
+                f"{self.state.family.name!r}) attends over {n_q} tokens that hold the {inputs.grid} grid "
+                f"({grid_tokens} tokens) together with tokens visattn cannot place (history, reference or audio "
+                "tokens, or text it cannot locate): it leaves such layers unchanged",
+                stacklevel=4,
+            )
 
     def _layout(self, n_q: int, n_k: int):
-        """Role, query and key layouts, and latent grid of a call with ``n_q`` queries and ``n_k`` keys."""
+        """Role, query and key layouts, latent grid, and the placement of a partial call (see :class:`_Partial`)
+        of a call with ``n_q`` queries and ``n_k`` keys."""
         family, inputs = self.state.family, self.state.inputs
         grids = family.level_grids(inputs.grid if inputs is not None else None)
         text_length = inputs.text_length if inputs is not None else None
@@ -244,30 +369,56 @@ class AttentionLayerHook(ModelHook):
         def grid_of(n: int):
             return next((g for g in grids if math.prod(g) == n), None)
 
+        def fits_text(n: int) -> bool:
+            return 0 < n and (text_length is None or n <= text_length)
+
         if self.static_role == "text":
             text = TokenLayout(n_q, text=Span(0, n_q))
-            return "text", text, (text if n_k == n_q else TokenLayout(n_k, text=Span(0, n_k))), None
+            return "text", text, (text if n_k == n_q else TokenLayout(n_k, text=Span(0, n_k))), None, None
         grid = grid_of(n_q)
         if n_q != n_k:
+            keys_are_text = text_length is not None and n_k == text_length
+            if grid is not None and family.text_position is not None and not keys_are_text and fits_text(n_k - n_q):
+                # Image queries over [text, image] keys: a joint sequence whose text queries run in a call of their
+                # own (block-causal attention).
+                layout = _joint_layout(n_k, math.prod(grid), family.text_position)
+                queries = layout.image.as_slice()
+                return "joint", layout, layout, grid, _Partial(n_k, queries, slice(0, n_k))
             queries = TokenLayout(n_q, image=Span(0, n_q)) if grid else TokenLayout(n_q)
             is_text = text_length is None or n_k == text_length
             keys = TokenLayout(n_k, text=Span(0, n_k)) if is_text else TokenLayout(n_k)
-            return "cross", queries, keys, grid
+            return "cross", queries, keys, grid, None
         if grid is not None:
             layout = TokenLayout(n_q, image=Span(0, n_q))
-            return "self", layout, layout, grid
-        if grids and family.text_position is not None:
+            return "self", layout, layout, grid, None
+        if grids and context_before_grid(family) and n_q > math.prod(grids[0]):
+            # Context latents (history) before the grid: placed where text would be, so that grid patterns keep
+            # them visible to every grid query and SEG leaves them unblurred, as they do text.
+            image_tokens = math.prod(grids[0])
+            layout = TokenLayout(n_q, image=Span(n_q - image_tokens, n_q), text=Span(0, n_q - image_tokens))
+            return "self", layout, layout, grids[0], None
+        if grids and family.text_position is not None and fits_text(n_q - math.prod(grids[0])):
             image_tokens = math.prod(grids[0])
             n_text = n_q - image_tokens
-            if 0 < n_text and (text_length is None or n_text <= text_length):
-                if family.text_position == "first":
-                    layout = TokenLayout(n_q, image=Span(n_text, n_q), text=Span(0, n_text))
-                else:
-                    layout = TokenLayout(n_q, image=Span(0, image_tokens), text=Span(image_tokens, n_q))
-                return "joint", layout, layout, grids[0]
+            if family.text_position == "last" and text_length is not None and n_text < text_length:
+                # The processor dropped the padding at the end of the text (Mochi keeps each row's valid tokens):
+                # effects see the whole text, the dropped positions masked out, so that a text position means the
+                # same in every call.
+                layout = _joint_layout(image_tokens + text_length, image_tokens, "last")
+                return "joint", layout, layout, grids[0], _Partial(layout.length, slice(0, n_q), slice(0, n_q))
+            layout = _joint_layout(n_q, image_tokens, family.text_position)
+            return "joint", layout, layout, grids[0], None
         # Tokens visattn cannot place (a grid it cannot read, extra tokens): effects see no grid and no text.
         layout = TokenLayout(n_q)
-        return ("joint" if self.static_role == "joint" else "self"), layout, layout, None
+        return ("joint" if self.static_role == "joint" else "self"), layout, layout, None, None
+
+
+def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLayout:
+    """A joint sequence of ``length`` tokens: ``image_tokens`` grid tokens, the text first or last."""
+    n_text = length - image_tokens
+    if text_position == "first":
+        return TokenLayout(length, image=Span(n_text, length), text=Span(0, n_text))
+    return TokenLayout(length, image=Span(0, image_tokens), text=Span(image_tokens, length))
 
 
 _UNCHANGED = object()

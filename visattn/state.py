@@ -19,6 +19,7 @@ from diffusers.hooks.hooks import StateManager
 from .context import BatchLayout, Branch, StepInfo
 from .families import Family
 from .families.base import DenoiserInputs
+from .steps import in_steps
 
 HOOK_NAME = "visattn"
 
@@ -52,15 +53,22 @@ class DenoiserHook(ModelHook):
     # Stateful so that diffusers hands it the pipeline's cache context (the branch name of the call).
     _is_stateful = True
 
-    def __init__(self, family: Family, effects: list, pipeline: Any = None) -> None:
+    def __init__(self, family: Family, effects: list, pipeline: Any = None, steps=None) -> None:
         super().__init__()
+        #: the attachment's step window (``attach(steps=...)``): outside it no effect acts, nor wraps the call
+        self.steps = steps
+        self._schedule_key: tuple | None = None
+        self._schedule: torch.Tensor | None = None
         pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self.state = DenoiserState(family, pipeline_ref=pipeline_ref)
         self.effects = effects
         self.cache = StateManager(_NoState)
+        # The timestep of the last conditional call of a pipeline that runs one call per CFG branch.
+        self._previous_timestep: float | None = None
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.inputs, self.state.step, self.state.batch = None, StepInfo(), None
+        self._previous_timestep = None
         return module
 
     @property
@@ -68,11 +76,21 @@ class DenoiserHook(ModelHook):
         return self.state.pipeline
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
+        forward = self.fn_ref.original_forward
+        if not self.effects:
+            return forward(*args, **kwargs)  # nothing reads the call's state
         inputs = self.state.family.read_inputs(module, args, kwargs)
+        latents = self.state.family.sample.read(args, kwargs)
+        if isinstance(latents, (list, tuple)) and latents:
+            # Per-sample latent lists (Z-Image, Wan-Animate 2, Cosmos 3): one item per batch row, whatever the
+            # leading size of the first tensor argument, which the family's reader falls back to.
+            inputs.batch_size = len(latents)
         self.state.inputs = inputs
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
-        forward = self.fn_ref.original_forward
+        if not in_steps(self.steps, self.state.step.fraction):
+            # The attachment's window is closed at this step: no effect acts, so none adds branches either.
+            return forward(*args, **kwargs)
         for effect in reversed(self.effects):
             if effect.wraps_denoiser:
                 forward = _bind_wrapper(effect, forward, self.state)
@@ -90,19 +108,36 @@ class DenoiserHook(ModelHook):
         timesteps = getattr(scheduler, "timesteps", None)
         if timestep is None or timesteps is None or len(timesteps) == 0:
             return StepInfo(None, None, timestep)
-        scheduled = timesteps.detach().float().cpu()
+        scheduled = self._scheduled(timesteps)
         target = self.state.family.scheduler_timestep(timestep)
         index = int(torch.argmin((scheduled - target).abs()))
         return StepInfo(index, len(scheduled), timestep)
 
+    def _scheduled(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The scheduler's timesteps as a float CPU tensor, copied once per schedule (not once per call)."""
+        key = (id(timesteps), timesteps.data_ptr(), timesteps._version, len(timesteps))
+        if key != self._schedule_key:
+            self._schedule_key, self._schedule = key, timesteps.detach().float().cpu()
+        return self._schedule
+
     def _batch_layout(self, batch_size: int) -> BatchLayout:
         context = self._cache_context()
         name = getattr(context, "name", None)
+        timestep = self.state.inputs.timestep
         if name in ("cond", "uncond"):
             return BatchLayout((Branch(name, 0, batch_size),))
+        cfg = self.state.family.cfg
+        if cfg == "separate":
+            if not _pipeline_batches_cfg(self.pipeline, None):
+                return BatchLayout((Branch("cond", 0, batch_size),))
+            # One call per branch, the conditional first: a second call at the same timestep is the unconditional.
+            repeat = timestep is not None and timestep == self._previous_timestep
+            self._previous_timestep = None if repeat else timestep
+            return BatchLayout((Branch("uncond" if repeat else "cond", 0, batch_size),))
         if batch_size % 2 == 0 and _pipeline_batches_cfg(self.pipeline, self.state.inputs.sample):
-            # Pipelines that batch guidance concatenate the negative prompt first.
-            return BatchLayout.split(batch_size, ("uncond", "cond"))
+            # Pipelines that batch guidance concatenate the negative prompt first (Z-Image: the positive first).
+            order = ("cond", "uncond") if cfg == "batched_cond_first" else ("uncond", "cond")
+            return BatchLayout.split(batch_size, order)
         return BatchLayout((Branch("cond", 0, batch_size),))
 
 
@@ -123,10 +158,10 @@ def _pipeline_batches_cfg(pipeline: Any, sample: torch.Tensor | None) -> bool:
         return False
     # What the running __call__ decided wins: CogVideoX's dynamic CFG can make ``_guidance_scale`` exactly 1.0
     # between steps while the pipeline still batches [uncond, cond].
-    from .guidance_math import pipeline_call_locals
+    from .families.pipelines import pipeline_decided_cfg
 
-    decided = pipeline_call_locals(pipeline).get("do_classifier_free_guidance")
-    if isinstance(decided, bool):
+    decided = pipeline_decided_cfg(pipeline)
+    if decided is not None:
         return decided
     if isinstance(getattr(type(pipeline), "do_classifier_free_guidance", None), property):
         try:

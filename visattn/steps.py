@@ -26,8 +26,9 @@ def normalize_steps(steps, parameter: str = "steps") -> tuple[float, float] | No
 
 
 def in_steps(steps: tuple[float, float] | None, fraction: float | None) -> bool:
-    """Whether a step at ``fraction`` of the schedule lies in ``steps`` (unknown schedule: only if unrestricted)."""
-    if steps is None:
+    """Whether a step at ``fraction`` of the schedule lies in ``steps`` (unknown schedule: only if unrestricted,
+    ``None`` or the whole schedule ``(0, 1)``)."""
+    if steps is None or (steps[0] <= 0.0 and steps[1] >= 1.0):
         return True
     if fraction is None:
         return False

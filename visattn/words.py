@@ -1,12 +1,14 @@
 """Which positions of a denoiser's text sequence hold which word of the prompt.
 
 Cross-attention control (Prompt-to-Prompt, Hertz et al., 2022) and attention-map capture (RefAM, "Attention
-Magnets") both address text keys by word. Every model family builds its text sequence differently:
+Magnets") both address text keys by word. Every model family builds its text sequence differently; each family
+declares how as data (its :class:`visattn.families.PromptRecipe`: the parts, their tokenizers, the cleaning), and
+this module follows the recipe. The kinds of part:
 
 * SD 1.x/2.x and SDXL: one CLIP sequence of 77 tokens, ``<|startoftext|> words <|endoftext|> pad...`` (SDXL's
   two CLIP encoders are concatenated feature-wise, so both share these positions).
-* PixArt, CogVideoX, Flux (``tokenizer_2``), Wan: one T5 / umT5 sequence of ``max_sequence_length`` tokens,
-  ``words </s> <pad>...``.
+* PixArt, CogVideoX, Flux (``tokenizer_2``), Chroma, LTX, the Wan family: one T5 / umT5 sequence of
+  ``max_sequence_length`` tokens, ``words </s> <pad>...``.
 * SD3: CLIP-L and CLIP-G feature-wise over 77 positions, then the T5 tokens appended along the sequence, so
   the text sequence is ``77 + max_sequence_length`` long and every word appears twice (once in each part).
 * HunyuanVideo: Llama over a chat template, ``template.format(prompt)``, with the first ``crop_start`` tokens
@@ -28,8 +30,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Family keys :func:`prompt_tokens` understands (the keys of :data:`visattn.testing.FAMILIES`).
-PROMPT_FAMILIES: tuple[str, ...] = ("sd", "sdxl", "pixart", "sd3", "flux", "wan", "cogvideox", "hunyuan_video")
+from .families import CLIP_LENGTH, PROMPT_FAMILIES, PromptRecipe, TextPart, declared_family, family_named
+
+__all__ = [
+    "CLIP_LENGTH",
+    "PROMPT_FAMILIES",
+    "STOP_WORDS",
+    "PromptTokens",
+    "prompt_family",
+    "prompt_recipe",
+    "prompt_tokens",
+    "split_words",
+]
 
 #: Lower-case function words and punctuation. They carry little spatial meaning and, like the start token,
 #: soak up surplus attention in text-to-image models (RefAM, "Attention Magnets"), so attention maps drop them
@@ -52,31 +64,6 @@ STOP_WORDS: frozenset[str] = frozenset(
 # Runs of letters and digits form a word; every other non-space character is a word of its own, the way
 # CLIP's and T5's pre-tokenizers split punctuation off.
 _WORD = re.compile(r"[^\W_]+|[^\w\s]|_")
-
-# Defaults of the pipelines' ``max_sequence_length`` for callers that pass tokenizers, not a pipeline.
-_DEFAULT_MAX_SEQUENCE_LENGTH = {
-    "pixart": 120,
-    "sd3": 256,
-    "flux": 512,
-    "wan": 512,
-    "cogvideox": 226,
-    "hunyuan_video": 256,
-}
-#: CLIP's sequence length: SD 1.x/2.x/SDXL's whole text sequence, and the CLIP part that SD3 puts before its T5 tokens.
-CLIP_LENGTH = 77
-
-# Pipeline class-name prefixes, most specific first ("StableDiffusion3" and "StableDiffusionXL" before
-# "StableDiffusion"), for pipelines whose denoiser does not settle the family (SD vs SDXL share the UNet).
-_PIPELINE_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("StableDiffusion3", "sd3"),
-    ("StableDiffusionXL", "sdxl"),
-    ("StableDiffusion", "sd"),
-    ("PixArt", "pixart"),
-    ("Flux", "flux"),
-    ("Wan", "wan"),
-    ("CogVideoX", "cogvideox"),
-    ("HunyuanVideo", "hunyuan_video"),
-)
 
 
 @dataclass(frozen=True)
@@ -151,57 +138,60 @@ def split_words(prompt: str) -> tuple[tuple[str, int, int], ...]:
 
 
 def prompt_family(target: Any, family: str | None = None) -> str:
-    """The :data:`PROMPT_FAMILIES` key of a pipeline (by its denoiser, then its class name), or ``family``
-    checked and normalized (``"unet"`` means ``"sd"``).
+    """The family key of a pipeline (by its denoiser's class), or ``family`` checked; either way a family whose
+    tokenizer ladder is declared (:data:`PROMPT_FAMILIES`).
 
     Raises:
-        ValueError: an unknown ``family``, or a target whose family cannot be recognized.
+        ValueError: an unknown ``family``, a family without a declared ladder, or a target whose family cannot
+            be recognized.
     """
     if family is not None:
-        if not isinstance(family, str):
-            raise ValueError(f"family must be a family key, one of {PROMPT_FAMILIES}; got {family!r}")
-        key = {"unet": "sd", "hunyuan": "hunyuan_video", "hunyuanvideo": "hunyuan_video"}.get(family, family)
-        if key not in PROMPT_FAMILIES:
-            raise ValueError(f"family={family!r} is not one of {PROMPT_FAMILIES}")
-        return key
-    if _is_tokenizer(target) or isinstance(target, Mapping):
+        key = family_named(family).name
+    elif _is_tokenizer(target) or isinstance(target, Mapping):
         raise ValueError(
             f"family=None needs a pipeline to recognize the family; with tokenizers, pass family= one of "
             f"{PROMPT_FAMILIES}"
         )
-    denoiser = next((getattr(target, n) for n in ("transformer", "unet") if getattr(target, n, None) is not None), None)
-    if denoiser is not None:
-        from .families import declared_family
+    else:
+        denoiser = next(
+            (getattr(target, n) for n in ("transformer", "unet") if getattr(target, n, None) is not None), None
+        )
+        declared = declared_family(denoiser) if denoiser is not None else None
+        if declared is None:
+            what = type(denoiser).__name__ if denoiser is not None else f"{type(target).__name__} (no denoiser)"
+            raise ValueError(
+                f"cannot tell the model family of {what}; pass family= one of {PROMPT_FAMILIES}, or a pipeline of one"
+            )
+        key = declared.name
+    if key not in PROMPT_FAMILIES:
+        raise ValueError(
+            f"the {key} family declares no tokenizer ladder (visattn.families), so words cannot be mapped to its "
+            f"text positions; families that declare one: {PROMPT_FAMILIES}. Address text positions directly instead"
+        )
+    return key
 
-        declared = declared_family(denoiser)
-        name = declared.name if declared is not None else None
-        if name == "unet":
-            # SD and SDXL share the UNet class; SDXL pipelines carry a second CLIP tokenizer.
-            return "sdxl" if getattr(target, "tokenizer_2", None) is not None else "sd"
-        if name in PROMPT_FAMILIES:
-            return name
-    cls = type(target).__name__
-    for prefix, key in _PIPELINE_PREFIXES:
-        if cls.startswith(prefix):
-            return key
-    raise ValueError(
-        f"cannot tell the model family of {cls}; pass family= one of {PROMPT_FAMILIES}, or a pipeline of one"
-    )
+
+def prompt_recipe(family: str) -> PromptRecipe:
+    """How the pipelines of ``family`` (a key of :data:`PROMPT_FAMILIES`) tokenize a prompt."""
+    return family_named(prompt_family(None, family)).prompt
 
 
 def _is_tokenizer(obj: Any) -> bool:
     return callable(obj) and hasattr(obj, "convert_ids_to_tokens")
 
 
-def _tokenizer(target: Any, names: tuple[str, ...], family: str) -> Any:
-    """The first of the components ``names`` that ``target`` (a pipeline, a mapping, or a tokenizer) has."""
+def _tokenizer(target: Any, part: TextPart, family: str) -> Any:
+    """The first of the part's tokenizer components that ``target`` (a pipeline, a mapping, or a tokenizer) has;
+    ``None`` for a missing optional part."""
     if _is_tokenizer(target):
         return target
-    for name in names:
+    for name in part.tokenizers:
         tokenizer = target.get(name) if isinstance(target, Mapping) else getattr(target, name, None)
         if tokenizer is not None:
             return tokenizer
-    raise ValueError(f"the {family} family needs a tokenizer named {' or '.join(names)}; none was given")
+    if part.optional:
+        return None
+    raise ValueError(f"the {family} family needs a tokenizer named {' or '.join(part.tokenizers)}; none was given")
 
 
 def _call_default(target: Any, parameter: str, fallback: Any) -> Any:
@@ -321,43 +311,40 @@ def prompt_tokens(
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string; got {type(prompt).__name__}")
     key = prompt_family(pipe_or_tokenizers, family)
-    if key == "wan":
-        prompt_text = _wan_clean(prompt)
-    elif key == "pixart":
-        # PixArt's _text_preprocessing with clean_caption=False: lower-cased and stripped.
-        prompt_text = prompt.lower().strip()
-    else:
-        prompt_text = prompt
+    recipe = family_named(key).prompt
+    prompt_text = _clean(prompt, recipe.clean)
     words = split_words(prompt_text)
-    if max_sequence_length is None and key in _DEFAULT_MAX_SEQUENCE_LENGTH:
-        fallback = _DEFAULT_MAX_SEQUENCE_LENGTH[key]
-        max_sequence_length = _call_default(pipe_or_tokenizers, "max_sequence_length", fallback)
+    if max_sequence_length is None and recipe.variable:
+        max_sequence_length = _call_default(pipe_or_tokenizers, "max_sequence_length", recipe.max_sequence_length)
     if max_sequence_length is not None and (
         isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1
     ):
         raise ValueError(f"max_sequence_length must be a positive int; got {max_sequence_length!r}")
+    if _is_tokenizer(pipe_or_tokenizers) and len(recipe.parts) > 1:
+        names = " and ".join("/".join(part.tokenizers) for part in recipe.parts)
+        raise ValueError(f"{key} needs its tokenizers {names}: pass the pipeline or a mapping of them")
 
-    if key in ("sd", "sdxl"):
-        names = ("tokenizer", "tokenizer_2")
-        per_word, length = _clip_part(_tokenizer(pipe_or_tokenizers, names, key), prompt_text, words, key)
-    elif key == "sd3":
-        if _is_tokenizer(pipe_or_tokenizers):
-            raise ValueError("sd3 needs both its CLIP and T5 tokenizers: pass the pipeline or a mapping of them")
-        clip = _tokenizer(pipe_or_tokenizers, ("tokenizer", "tokenizer_2"), key)
-        clip_words, clip_length = _clip_part(clip, prompt_text, words, key)
-        getter = pipe_or_tokenizers.get if isinstance(pipe_or_tokenizers, Mapping) else None
-        t5 = getter("tokenizer_3") if getter else getattr(pipe_or_tokenizers, "tokenizer_3", None)
-        # Without T5 the pipeline appends max_sequence_length zero embeddings: positions with no word.
-        t5_words = _t5_part(t5, prompt_text, words, key, max_sequence_length) if t5 is not None else [[] for _ in words]
-        per_word = [c + [clip_length + p for p in t] for c, t in zip(clip_words, t5_words, strict=True)]
-        length = clip_length + max_sequence_length
-    elif key == "hunyuan_video":
-        per_word, length = _hunyuan_part(pipe_or_tokenizers, prompt_text, words, max_sequence_length, prompt_template)
-    else:
-        names = ("tokenizer_2",) if key == "flux" else ("tokenizer",)
-        tokenizer = _tokenizer(pipe_or_tokenizers, names, key)
-        per_word = _t5_part(tokenizer, prompt_text, words, key, max_sequence_length)
-        length = max_sequence_length
+    # Each part of the text sequence in turn; positions of later parts follow the earlier parts' lengths.
+    per_word: list[list[int]] = [[] for _ in words]
+    length = 0
+    for part in recipe.parts:
+        tokenizer = _tokenizer(pipe_or_tokenizers, part, key)
+        if part.kind == "clip":
+            part_words, part_length = _clip_part(tokenizer, prompt_text, words, key)
+        elif tokenizer is None:
+            # An optional part the pipeline fills with zero embeddings: positions with no word.
+            part_words, part_length = [[] for _ in words], max_sequence_length
+        elif part.kind == "t5":
+            part_words = _t5_part(tokenizer, prompt_text, words, key, max_sequence_length)
+            part_length = max_sequence_length
+        else:
+            template = prompt_template
+            if template is None:
+                template = _call_default(pipe_or_tokenizers, "prompt_template", None) or part.default_template()
+            part_words = _template_part(tokenizer, prompt_text, words, key, max_sequence_length, template)
+            part_length = max_sequence_length
+        per_word = [mine + [length + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]
+        length += part_length
 
     owned = {p for positions in per_word for p in positions}
     return PromptTokens(
@@ -370,12 +357,17 @@ def prompt_tokens(
     )
 
 
-def _hunyuan_part(target: Any, prompt: str, words, max_length: int, template: Mapping[str, Any] | None):
-    tokenizer = _tokenizer(target, ("tokenizer",), "hunyuan_video")
-    if template is None:
-        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+def _clean(prompt: str, cleaning: str | None) -> str:
+    """The prompt as the pipeline tokenizes it (see :attr:`visattn.families.PromptRecipe.clean`)."""
+    if cleaning == "prompt_clean":
+        return _wan_clean(prompt)
+    if cleaning == "lower":
+        return prompt.lower().strip()
+    return prompt
 
-        template = _call_default(target, "prompt_template", DEFAULT_PROMPT_TEMPLATE)
+
+def _template_part(tokenizer: Any, prompt: str, words, family: str, max_length: int, template: Any) -> list[list[int]]:
+    """Positions of each word inside a chat template whose first ``crop_start`` tokens the pipeline crops."""
     if not isinstance(template, Mapping) or "template" not in template or template["template"].count("{}") != 1:
         raise ValueError(f"prompt_template must be a dict whose 'template' holds one '{{}}'; got {template!r}")
     crop_start = template.get("crop_start")
@@ -386,10 +378,10 @@ def _hunyuan_part(target: Any, prompt: str, words, max_length: int, template: Ma
     region = template["template"].index("{}")
     per_word, count = _align(tokenizer, template["template"].format(prompt), region, words)
     if count > max_length + crop_start:
-        raise _too_long("hunyuan_video", "Llama", count - crop_start, max_length, prompt)
+        raise _too_long(family, "Llama", count - crop_start, max_length, prompt)
     if any(p < crop_start for positions in per_word for p in positions):
         raise ValueError(
             f"prompt_template crop_start={crop_start} crops part of the prompt: the template has fewer tokens "
             f"before its '{{}}' with this tokenizer"
         )
-    return [[p - crop_start for p in positions] for positions in per_word], max_length
+    return [[p - crop_start for p in positions] for positions in per_word]

@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_MODEL, embedded_call_defaults
-from ..families import VIDEO_FAMILIES
+from ..families import GENERIC, VIDEO_FAMILIES, Family, declared_family
 from ..frames import frame_rounding_quieted, makes_video, num_frames_argument
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UploadError, fit_to_size, open_upload
 
@@ -173,13 +173,14 @@ def load_model(model: str | None, device: str = "auto", dtype: str = "fp32") -> 
     return load_pipeline(model, resolve_device(device), check_dtype(dtype))
 
 
-def _family(pipe: Any) -> str | None:
-    from ..words import prompt_family
+def _denoiser(pipe: Any) -> Any:
+    return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
 
-    try:
-        return prompt_family(pipe)
-    except ValueError:
-        return None
+
+def _family(pipe: Any) -> Family | None:
+    """The declared family of the pipeline's denoiser (``None`` for a class visattn has no facts for)."""
+    denoiser = _denoiser(pipe)
+    return declared_family(denoiser) if denoiser is not None else None
 
 
 def _parameters(pipe: Any) -> Mapping[str, inspect.Parameter]:
@@ -206,8 +207,7 @@ def native_size(pipe: Any) -> tuple[int, int]:
     factor = int(getattr(pipe, "vae_scale_factor", 8))
     sample = getattr(pipe, "default_sample_size", None)
     if sample is None:
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
+        sample = getattr(getattr(_denoiser(pipe), "config", None), "sample_size", None)
     if sample is None:
         raise DemoError(f"cannot tell the native image size of {type(pipe).__name__}")
     if isinstance(sample, int):
@@ -216,22 +216,20 @@ def native_size(pipe: Any) -> tuple[int, int]:
 
 
 def token_stride(pipe: Any) -> int:
-    """Pixels per latent token of the denoiser's input grid: the VAE factor times the spatial patch size."""
+    """Pixels per latent token of the denoiser's input grid: the VAE factor times the family's token stride (the
+    spatial patch size, or the pipeline's packing for packed latents)."""
     factor = int(getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", 8))
-    if _family(pipe) == "flux":
-        return factor * 2  # the Flux pipelines pack 2x2 latent patches into one token
-    transformer = getattr(pipe, "transformer", None)
-    patch = getattr(getattr(transformer, "config", None), "patch_size", None) or 1
-    if isinstance(patch, (tuple, list)):
-        patch = patch[-1]
-    return factor * int(patch)
+    family = _family(pipe) or GENERIC
+    return factor * family.token_stride(_denoiser(pipe))
 
 
 def default_pag_layers(pipe: Any) -> str | list[str]:
-    """Where PAG perturbs by default: a UNet's mid block (the PAG paper's choice for Stable Diffusion); for a
-    transformer, its middle self/joint attention layer (transformers have no mid block)."""
-    if getattr(pipe, "unet", None) is not None:
-        return "mid"
+    """Where PAG perturbs by default: the family's declared default (diffusers' PAG pipeline default, e.g. a
+    UNet's mid block, the PAG paper's choice for Stable Diffusion); otherwise the middle self/joint attention
+    layer of the transformer."""
+    family = _family(pipe)
+    if family is not None and family.pag_layers is not None:
+        return list(family.pag_layers)
     from ..guidance.head_sets import layer_heads, layer_pattern
 
     layers = list(layer_heads(pipe))
@@ -484,8 +482,8 @@ class DemoEngine:
             pag["strength"] = float(request.pag_strength)
             if request.head_set:
                 pag.update(self._head_set(pipe, request.head_set))
-            elif getattr(pipe, "unet", None) is None:
-                pag["layers"] = default_pag_layers(pipe)  # a UNet keeps the effect's own default, "mid"
+            else:
+                pag["layers"] = default_pag_layers(pipe)
             specs.append(pag)
         elif request.head_set:
             raise DemoError("a head set was uploaded but the PAG scale is 0: raise the scale to use it")
@@ -493,7 +491,7 @@ class DemoEngine:
             specs.append({"type": "NeighborhoodAttention", "kernel_size": int(request.kernel_size)})
         if request.radial:
             family = _family(pipe)
-            if family not in VIDEO_FAMILIES:
+            if family is None or not family.video:
                 raise DemoError(
                     f"radial attention acts on video models ({', '.join(VIDEO_FAMILIES)}); "
                     f"{self.model_name} is {'an image model' if family else 'not a model visattn knows'}: "

@@ -124,7 +124,7 @@ def _sd_pipeline(quick: bool, device: torch.device, dtype: torch.dtype):
     from ..testing.vaes import image_vae
 
     if quick:
-        pipe = tiny_pipeline("sd")
+        pipe = tiny_pipeline("unet")
         return pipe if (device.type, dtype) == ("cpu", torch.float32) else pipe.to(device=device, dtype=dtype)
     torch.manual_seed(0)
     tokenizer = clip_tokenizer()

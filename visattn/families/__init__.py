@@ -12,28 +12,45 @@ import warnings
 
 import torch
 
-from .base import TEXT_POSITIONS, Argument, DenoiserInputs, Family
+from .base import CLIP_LENGTH, TEXT_POSITIONS, Argument, DenoiserInputs, Family, PromptRecipe, TextPart
 from .image_models import IMAGE_FAMILIES
 from .unet_models import UNET_FAMILIES
 from .video_models import VIDEO_MODEL_FAMILIES
 
 FAMILIES: tuple[Family, ...] = UNET_FAMILIES + IMAGE_FAMILIES + VIDEO_MODEL_FAMILIES
 
+#: every family key: the one vocabulary of the package (``visattn.testing``, words, the app, batch and eval)
+FAMILY_KEYS: tuple[str, ...] = tuple(family.name for family in FAMILIES)
+
 #: keys of the families whose latents are videos (a frames axis), the one list the package uses
 VIDEO_FAMILIES: tuple[str, ...] = tuple(family.name for family in FAMILIES if family.video)
+
+#: keys of the families whose pipelines' tokenizer ladder is declared (words map to text positions)
+PROMPT_FAMILIES: tuple[str, ...] = tuple(family.name for family in FAMILIES if family.prompt is not None)
+
+_BY_KEY: dict[str, Family] = {family.name: family for family in FAMILIES}
+if len(_BY_KEY) != len(FAMILIES):
+    raise RuntimeError("two family records share a key")
 
 #: the facts of a class visattn has never seen: grid from a 4-D or 5-D latent input and the config's patch
 #: sizes, text length from ``encoder_hidden_states``; joint sequences' text position unknown.
 GENERIC = Family("generic", layout="auto", known=False)
 
 __all__ = [
+    "CLIP_LENGTH",
     "FAMILIES",
+    "FAMILY_KEYS",
     "GENERIC",
+    "PROMPT_FAMILIES",
     "TEXT_POSITIONS",
     "VIDEO_FAMILIES",
     "Argument",
     "DenoiserInputs",
     "Family",
+    "PromptRecipe",
+    "TextPart",
+    "declared_family",
+    "family_named",
     "family_of",
     "supported_families",
 ]
@@ -44,6 +61,14 @@ _WARNED: set[str] = set()
 def supported_families() -> str:
     """A readable list of the declared denoiser classes, for messages."""
     return ", ".join(f"{f.name} ({'/'.join(f.classes)})" for f in FAMILIES)
+
+
+def family_named(key: str) -> Family:
+    """The family with key ``key``; ``ValueError`` listing :data:`FAMILY_KEYS` otherwise."""
+    family = _BY_KEY.get(key) if isinstance(key, str) else None
+    if family is None:
+        raise ValueError(f"family={key!r} is not a family key; the keys are {', '.join(FAMILY_KEYS)}")
+    return family
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

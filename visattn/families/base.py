@@ -18,6 +18,102 @@ import torch
 #: where the text tokens sit in a joint (MM-DiT) sequence
 TEXT_POSITIONS = ("first", "last")
 
+#: CLIP's sequence length: the whole text sequence of SD 1.x/2.x/SDXL, and the CLIP part SD3 puts before T5's
+CLIP_LENGTH = 77
+
+#: how one tokenizer's tokens fill part of a text sequence (see :class:`TextPart`)
+TEXT_PART_KINDS = ("clip", "t5", "chat_template")
+
+#: how pipelines clean a prompt before tokenizing it (see :class:`PromptRecipe`)
+PROMPT_CLEANING = ("prompt_clean", "lower")
+
+#: what an effect may need from a family (see :meth:`Family.missing`): the latent grid, text tokens, and words
+#: mapped to text positions (the tokenizer ladder)
+FACTS = ("grid", "text", "words")
+
+#: how a family's pipelines run classifier-free guidance around the denoiser (see :attr:`Family.cfg`)
+CFG_KINDS = ("batched", "batched_cond_first", "separate")
+
+#: how a family's pipelines combine the CFG branches (see :attr:`Family.cfg_formula`)
+CFG_FORMULAS = ("uncond_plus", "cond_plus")
+
+#: axes of the latent input a family may declare (see :attr:`Family.layout`)
+LAYOUTS = ("BCHW", "BCFHW", "BFCHW", "BFHWC", "auto", "packed")
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """One tokenizer's part of a denoiser's text sequence.
+
+    Attributes:
+        kind: ``"clip"``: ``<|startoftext|> words <|endoftext|> pad...`` over :data:`CLIP_LENGTH` positions (two
+            CLIP encoders concatenated feature-wise share these positions); ``"t5"``: ``words </s> <pad>...`` over
+            ``max_sequence_length`` positions (T5, umT5, and other tokenizers without a template);
+            ``"chat_template"``: a chat template (the pipeline's ``prompt_template``) around the prompt, with the
+            template's first ``crop_start`` tokens cropped, over ``max_sequence_length`` positions.
+        tokenizers: pipeline component names holding the tokenizer, the first one present is used.
+        optional: the pipeline runs without this tokenizer and then fills the part with zero embeddings (SD3's T5).
+        template: for ``"chat_template"``, ``"module:attribute"`` of the pipeline's default ``prompt_template``
+            (used when the pipeline's own signature cannot be read, e.g. with bare tokenizers).
+    """
+
+    kind: str
+    tokenizers: tuple[str, ...] = ("tokenizer",)
+    optional: bool = False
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TEXT_PART_KINDS:
+            raise ValueError(f"TextPart.kind must be one of {TEXT_PART_KINDS}; got {self.kind!r}")
+        if (self.kind == "chat_template") != (self.template is not None):
+            raise ValueError("TextPart.template is required for, and only for, kind='chat_template'")
+
+    def default_template(self) -> Any:
+        """The pipeline's default chat template (imported from diffusers on first use)."""
+        import importlib
+
+        module, attribute = self.template.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class PromptRecipe:
+    """How a family's pipelines turn a prompt into the denoiser's text sequence (the tokenizer ladder).
+
+    :func:`visattn.words.prompt_tokens` follows it to map each word of a prompt to its text positions.
+
+    Attributes:
+        parts: the text sequence's parts in order along the sequence (SD3: CLIP, then T5).
+        max_sequence_length: the pipelines' default ``max_sequence_length`` (the length of every part that is
+            not CLIP) when the pipeline's own signature does not say; ``None`` for CLIP-only families.
+        clean: what the pipeline does to the prompt before tokenizing: ``"prompt_clean"`` (Wan's: HTML entities
+            unescaped, whitespace collapsed), ``"lower"`` (lower-cased, stripped: PixArt's ``clean_caption=False``).
+    """
+
+    parts: tuple[TextPart, ...]
+    max_sequence_length: int | None = None
+    clean: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.clean not in (None, *PROMPT_CLEANING):
+            raise ValueError(f"PromptRecipe.clean must be one of {PROMPT_CLEANING} or None; got {self.clean!r}")
+        if self.variable and self.max_sequence_length is None:
+            raise ValueError("a PromptRecipe with a t5 or chat_template part needs max_sequence_length")
+
+    @property
+    def fixed_length(self) -> int:
+        """Positions of the CLIP parts, whose length does not depend on the call."""
+        return sum(CLIP_LENGTH for part in self.parts if part.kind == "clip")
+
+    @property
+    def variable(self) -> bool:
+        """Whether the call's ``max_sequence_length`` sets part of the sequence's length."""
+        return any(part.kind != "clip" for part in self.parts)
+
+    def sequence_length_of(self, text_length: int) -> int | None:
+        """The call's ``max_sequence_length`` for a text sequence of ``text_length`` (``None``: CLIP only)."""
+        return text_length - self.fixed_length if self.variable else None
+
 
 @dataclass
 class DenoiserInputs:
@@ -71,6 +167,18 @@ class Family:
         unet_levels: the grid halves (rounding up) at each UNet level.
         frames_in_batch: spatial attention sees each frame as its own batch row (video UNets).
         video: the latents have a frames axis.
+        prompt: how the family's pipelines tokenize a prompt (words to text positions); ``None``: not declared,
+            so text effects address text positions, not words.
+        packed_patch: latent pixels per side of one token of a ``"packed"`` layout (the pipelines pack 2x2).
+        cfg: how the pipelines run classifier-free guidance when they do: ``"batched"``, one call on
+            ``[uncond, cond]`` rows (the diffusers convention); ``"batched_cond_first"``, one call on
+            ``[cond, uncond]`` (Z-Image); ``"separate"``, one call per branch, the conditional first, at the same
+            timestep. Calls a pipeline names itself (``transformer.cache_context("cond")``) need no declaration.
+        cfg_formula: how the pipelines combine the branches: ``"uncond_plus"``, ``u + g * (c - u)`` (the
+            diffusers convention); ``"cond_plus"``, ``c + g * (c - u)`` (Z-Image), which weighs the conditional
+            prediction by ``1 + g``.
+        pag_layers: where perturbation guidance acts by default, in diffusers' ``pag_applied_layers`` naming (the
+            default of diffusers' PAG pipeline for the family); ``None``: the middle self/joint layer.
         known: declared by visattn (``False`` for the generic fallback of a class never seen).
     """
 
@@ -90,12 +198,23 @@ class Family:
     unet_levels: bool = False
     frames_in_batch: bool = False
     video: bool = False
+    prompt: PromptRecipe | None = None
+    packed_patch: int = 2
+    cfg: str = "batched"
+    cfg_formula: str = "uncond_plus"
+    pag_layers: tuple[str, ...] | None = None
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.text_position not in (None, *TEXT_POSITIONS):
             raise ValueError(f"text_position must be one of {TEXT_POSITIONS} or None; got {self.text_position!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}; got {self.layout!r}")
+        if self.cfg not in CFG_KINDS:
+            raise ValueError(f"cfg must be one of {CFG_KINDS}; got {self.cfg!r}")
+        if self.cfg_formula not in CFG_FORMULAS:
+            raise ValueError(f"cfg_formula must be one of {CFG_FORMULAS}; got {self.cfg_formula!r}")
         object.__setattr__(self, "_compiled_roles", tuple((re.compile(p), role) for p, role in self.roles))
 
     # --- attach time ---------------------------------------------------------------------------------------
@@ -107,6 +226,22 @@ class Family:
         if getattr(module, "added_kv_proj_dim", None) is not None or getattr(module, "add_q_proj", None) is not None:
             return "joint"
         return "cross" if getattr(module, "is_cross_attention", False) else "self"
+
+    def missing(self, fact: str) -> str | None:
+        """Why this family cannot provide ``fact`` (one of :data:`FACTS`), or ``None`` when it can (or, for the
+        generic fallback, may: that is only known at the first call)."""
+        if fact not in FACTS:
+            raise ValueError(f"fact must be one of {FACTS}; got {fact!r}")
+        if fact == "text" and self.text is None:
+            return "takes no text: its forward has no text hidden-states input"
+        if fact == "grid" and self.layout == "packed" and self.grid_reader is None:
+            return "packs its latents into tokens and declares no grid reader, so the latent grid is unknown"
+        if fact == "words" and self.known and self.prompt is None:
+            return (
+                "declares no tokenizer ladder (visattn.families PromptRecipe), so words cannot be mapped to its "
+                "text positions; pass visattn.words.PromptTokens where the effect takes them"
+            )
+        return None
 
     # --- call time -----------------------------------------------------------------------------------------
     def read_inputs(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -145,6 +280,31 @@ class Family:
             # pixel's frames (no grid of their own).
             return tuple((1, h, w) for _, h, w in grids)
         return tuple(grids)
+
+    def prediction_axes(self, row_ndim: int) -> tuple[int | None, int, int] | None:
+        """Where the grid's (frames, height, width) axes sit in one batch row of the prediction, which has the
+        latent input's layout; ``None`` for packed latents, whose tokens run in grid order. A ``None`` frames
+        axis: the row has none (images)."""
+        layout = self.layout
+        if layout == "auto":
+            layout = "BCHW" if row_ndim == 3 else "BCFHW"
+        return {
+            "BCHW": (None, 1, 2),
+            "BCFHW": (1, 2, 3),
+            "BFCHW": (0, 2, 3),
+            "BFHWC": (0, 1, 2),
+            "packed": None,
+        }[layout]
+
+    def token_stride(self, denoiser: torch.nn.Module) -> int:
+        """Latent pixels per side of one token of the denoiser's grid: the spatial patch size (the pipeline's
+        packing for packed layouts)."""
+        if self.layout == "packed":
+            return self.packed_patch
+        if self.patch is None:
+            return 1
+        patch = getattr(getattr(denoiser, "config", None), self.patch, None) or 1
+        return int(patch[-1] if isinstance(patch, (tuple, list)) else patch)
 
 
 def _timestep_value(timestep: Any) -> float | None:

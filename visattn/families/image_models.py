@@ -6,7 +6,7 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import Argument, Family
+from .base import Argument, Family, PromptRecipe, TextPart
 
 
 def _text(position: int, name: str = "encoder_hidden_states") -> Argument:
@@ -18,7 +18,7 @@ def _timestep(position: int, name: str = "timestep") -> Argument:
 
 
 #: Flow-matching pipelines that call the transformer with ``t / 1000`` and pack latents with ``img_ids``.
-def _packed_with_ids(name: str, classes: tuple[str, ...], timestep: int, divisor: float = 1000.0) -> Family:
+def _packed_with_ids(name: str, classes: tuple[str, ...], timestep: int, divisor: float = 1000.0, **facts) -> Family:
     return Family(
         name,
         classes,
@@ -30,16 +30,50 @@ def _packed_with_ids(name: str, classes: tuple[str, ...], timestep: int, divisor
         text_position="first",
         # Single-stream blocks receive text and latents already concatenated.
         roles=(("single_transformer_blocks", "joint"),),
+        **facts,
     )
 
 
 IMAGE_FAMILIES: tuple[Family, ...] = (
-    Family("pixart", ("PixArtTransformer2DModel",), timestep=_timestep(2), text=_text(1)),
-    Family("sd3", ("SD3Transformer2DModel",), timestep=_timestep(3), text=_text(1), text_position="last"),
-    _packed_with_ids("flux", ("FluxTransformer2DModel",), timestep=3),
+    Family(
+        "pixart",
+        ("PixArtTransformer2DModel",),
+        timestep=_timestep(2),
+        text=_text(1),
+        # T5 over max_sequence_length tokens; _text_preprocessing(clean_caption=False) lower-cases and strips.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=120, clean="lower"),
+        pag_layers=("blocks.1",),  # PixArtSigmaPAGPipeline's default: the first transformer block
+    ),
+    Family(
+        "sd3",
+        ("SD3Transformer2DModel",),
+        timestep=_timestep(3),
+        text=_text(1),
+        text_position="last",
+        # CLIP-L and CLIP-G feature-wise over 77 positions, then T5 along the sequence (zeros without T5).
+        prompt=PromptRecipe(
+            (TextPart("clip", ("tokenizer", "tokenizer_2")), TextPart("t5", ("tokenizer_3",), optional=True)),
+            max_sequence_length=256,
+        ),
+        pag_layers=("blocks.1",),  # StableDiffusion3PAGPipeline's default
+    ),
+    _packed_with_ids(
+        "flux",
+        ("FluxTransformer2DModel",),
+        cfg="separate",
+        timestep=3,
+        # CLIP's pooled embedding is no token; the text sequence is T5's (tokenizer_2).
+        prompt=PromptRecipe((TextPart("t5", ("tokenizer_2",)),), max_sequence_length=512),
+    ),
     _packed_with_ids("flux2", ("Flux2Transformer2DModel",), timestep=2),
     _packed_with_ids("flux3", ("Flux3Transformer2DModel",), timestep=2),
-    _packed_with_ids("chroma", ("ChromaTransformer2DModel",), timestep=2),
+    _packed_with_ids(
+        "chroma",
+        ("ChromaTransformer2DModel",),
+        cfg="separate",
+        timestep=2,
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512),
+    ),
     _packed_with_ids("ovis_image", ("OvisImageTransformer2DModel",), timestep=2),
     _packed_with_ids("longcat_image", ("LongCatImageTransformer2DModel",), timestep=2),
     _packed_with_ids("bria", ("BriaTransformer2DModel",), timestep=3, divisor=1.0),
@@ -63,10 +97,14 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep_divisor=1000.0,
         text=_text(1),
         text_position="first",
+        # One block-causal joint sequence [text, image] per block, in two SDPA calls: text queries over the text,
+        # image queries over every key.
+        roles=(("^transformer_blocks", "joint"),),
     ),
     Family(
         "nucleus_moe_image",
         ("NucleusMoEImageTransformer2DModel",),
+        cfg="separate",
         layout="packed",
         grid_reader="img_shapes",
         timestep=_timestep(4),
@@ -76,24 +114,41 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
     Family(
         "krea2",
         ("Krea2Transformer2DModel",),
+        cfg="separate",
         layout="packed",
         grid_reader="image_position_ids",
         timestep=_timestep(2),
         timestep_divisor=1000.0,
         text=_text(1),
         text_position="first",
+        # The text fusion attends across text-encoder layers and over the text; the blocks over [text, image].
+        roles=(("^text_fusion", "text"), ("^transformer_blocks", "joint")),
     ),
-    Family("sana", ("SanaTransformer2DModel",), timestep=_timestep(2), text=_text(1)),
+    Family(
+        "sana",
+        ("SanaTransformer2DModel",),
+        timestep=_timestep(2),
+        text=_text(1),
+        pag_layers=("transformer_blocks.0",),  # SanaPAGPipeline's default
+    ),
     Family(
         "lumina2",
         ("Lumina2Transformer2DModel",),
+        cfg="separate",
         timestep=_timestep(1),
         timestep_reversed=True,
         text=_text(2),
         text_position="first",
     ),
     Family("lumina_next", ("LuminaNextDiT2DModel",), timestep=_timestep(1), timestep_reversed=True, text=_text(2)),
-    Family("cogview4", ("CogView4Transformer2DModel",), timestep=_timestep(2), text=_text(1), text_position="first"),
+    Family(
+        "cogview4",
+        ("CogView4Transformer2DModel",),
+        cfg="separate",
+        timestep=_timestep(2),
+        text=_text(1),
+        text_position="first",
+    ),
     Family(
         "cogview3plus", ("CogView3PlusTransformer2DModel",), timestep=_timestep(2), text=_text(1), text_position="first"
     ),
@@ -113,7 +168,13 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2, "encoder_hidden_states_t5"),
         text_position="last",
     ),
-    Family("hunyuan_dit", ("HunyuanDiT2DModel",), timestep=_timestep(1), text=_text(2)),
+    Family(
+        "hunyuan_dit",
+        ("HunyuanDiT2DModel",),
+        timestep=_timestep(1),
+        text=_text(2),
+        pag_layers=("blocks.1",),  # HunyuanDiTPAGPipeline's default
+    ),
     Family(
         "hunyuan_image",
         ("HunyuanImageTransformer2DModel",),
@@ -124,6 +185,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
     Family(
         "bria_fibo2",
         ("BriaFibo2Transformer2DModel",),
+        cfg="separate",
         timestep=_timestep(1),
         timestep_divisor=1000.0,
         text=_text(2),
@@ -138,7 +200,14 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text_position="first",
     ),
     Family("prx", ("PRXTransformer2DModel",), timestep=_timestep(1), timestep_divisor=1000.0, text=_text(2)),
-    Family("glm_image", ("GlmImageTransformer2DModel",), timestep=_timestep(4), text=_text(1), text_position="first"),
+    Family(
+        "glm_image",
+        ("GlmImageTransformer2DModel",),
+        cfg="separate",
+        timestep=_timestep(4),
+        text=_text(1),
+        text_position="first",
+    ),
     Family(
         "ernie_image",
         ("ErnieImageTransformer2DModel",),
@@ -147,6 +216,39 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text_position="last",
     ),
     Family("dit", ("DiTTransformer2DModel",), timestep=_timestep(1), text=None),
+    # Z-Image: per-sample lists of latents and caption features; patch sizes are forward arguments. The pipeline
+    # calls with 1 - t / 1000. Main layers attend over [image, text], each part padded to a multiple of 32 tokens
+    # with learned pad tokens (counted as text here; the image part is padded only when it is not a multiple).
+    Family(
+        "z_image",
+        ("ZImageTransformer2DModel",),
+        cfg="batched_cond_first",
+        cfg_formula="cond_plus",  # noise_pred = pos + g * (pos - neg)
+        sample=Argument(("x",), 0),
+        layout="BCFHW",
+        grid_reader="sample_list",
+        patch="patch_size",
+        patch_t="f_patch_size",
+        timestep=_timestep(1, "t"),
+        timestep_reversed=True,
+        text=_text(2, "cap_feats"),
+        text_position="last",
+        roles=(("^context_refiner", "text"),),
+    ),
+    # Ideogram 4: one packed [left padding, text, image] sequence in both hidden_states and encoder_hidden_states
+    # (the padding counts as text here); called with 1 - t / 1000. Its unconditional model sees the image alone.
+    Family(
+        "ideogram4",
+        ("Ideogram4Transformer2DModel",),
+        cfg="separate",
+        layout="packed",
+        grid_reader="indicated_image_rows",
+        timestep=_timestep(1),
+        timestep_reversed=True,
+        text=_text(2),
+        text_position="first",
+        roles=(("^layers", "joint"),),
+    ),
     Family(
         "dreamlite_transformer",
         ("DreamLiteTransformer2DModel",),

@@ -1,11 +1,16 @@
-"""Latent-grid readers: ``(frames, height, width)`` of the tokens self-attention sees, from a forward call.
+"""How to read a denoiser's forward call: the latent grid, and how each input carries the batch.
 
 Most denoisers patchify a latent tensor whose axes the family's ``layout`` names; packed-token models (Flux,
-Qwen-Image, ...) carry the grid in another argument, read by a named reader below.
+Qwen-Image, ...) carry the grid in another argument, read by a named reader below (:data:`READERS`).
+
+Most inputs lead with the batch; :data:`BATCH_INPUTS` lists, per family, the inputs that do not (per-sample
+lists, per-frame text, per-token indices, a batch on a later axis), so that a perturbation branch copies rows
+correctly (:mod:`visattn.batching`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -14,6 +19,8 @@ import torch
 
 if TYPE_CHECKING:
     from .base import Family
+
+from .base import Argument
 
 Grid = tuple[int, int, int]
 
@@ -73,24 +80,24 @@ def _position_ids(ids: Any, columns: tuple[int, ...], rows: int | None = None) -
     return (1, sizes[0], sizes[1]) if len(sizes) == 2 else (sizes[0], sizes[1], sizes[2])
 
 
-def img_ids(family, model, sample, kwargs) -> Grid | None:
+def img_ids(family, model, sample, args, kwargs) -> Grid | None:
     """Flux and its kin: packed latents carry their (row, column) in ``img_ids[..., 1:3]``."""
     return _position_ids(kwargs.get("img_ids"), (1, 2))
 
 
-def image_position_ids(family, model, sample, kwargs) -> Grid | None:
+def image_position_ids(family, model, sample, args, kwargs) -> Grid | None:
     """Krea 2: ``position_ids`` of ``[text, image]`` rows ``(t, h, w)``; the image rows are the last ``N``."""
     rows = sample.shape[1] if isinstance(sample, torch.Tensor) and sample.ndim == 3 else None
     return _position_ids(kwargs.get("position_ids"), (1, 2), rows=rows)
 
 
-def img_shapes(family, model, sample, kwargs) -> Grid | None:
+def img_shapes(family, model, sample, args, kwargs) -> Grid | None:
     """Qwen-Image: ``img_shapes`` lists, per sample, the ``(frames, height, width)`` of each image; the first is
     the generated one."""
     return _first_grid(kwargs.get("img_shapes"), last=False)
 
 
-def img_shapes_last(family, model, sample, kwargs) -> Grid | None:
+def img_shapes_last(family, model, sample, args, kwargs) -> Grid | None:
     """Qwen-Image 2.1: per sample, condition images come first and the generated image last."""
     return _first_grid(kwargs.get("img_shapes"), last=True)
 
@@ -106,7 +113,7 @@ def _first_grid(shapes: Any, last: bool) -> Grid | None:
     return None
 
 
-def frames_height_width(family, model, sample, kwargs) -> Grid | None:
+def frames_height_width(family, model, sample, args, kwargs) -> Grid | None:
     """LTX-Video: packed tokens with the latent ``num_frames``, ``height`` and ``width`` given as arguments."""
     sizes = [kwargs.get(name) for name in ("num_frames", "height", "width")]
     if all(isinstance(s, int) for s in sizes):
@@ -115,17 +122,169 @@ def frames_height_width(family, model, sample, kwargs) -> Grid | None:
     return None
 
 
+def token_ids(family, model, sample, args, kwargs) -> Grid | None:
+    """aMUSEd (UVit2D): the input is a ``[B, H, W]`` map of VQ token ids, one token per latent pixel."""
+    ids = family.sample.read(args, kwargs)
+    if isinstance(ids, torch.Tensor) and ids.ndim == 3:
+        return (1, int(ids.shape[1]), int(ids.shape[2]))
+    return None
+
+
+def _call_patches(family: Family, model: torch.nn.Module, kwargs: dict) -> tuple[int, int, int]:
+    """``(t, h, w)`` patch sizes of a class that takes them as forward arguments (Z-Image's ``patch_size`` and
+    ``f_patch_size``): the call's values, else the forward's defaults, else the config's."""
+    try:
+        parameters = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+
+    def given(name: str | None) -> Any:
+        if name is None:
+            return None
+        if name in kwargs:
+            return kwargs[name]
+        default = parameters[name].default if name in parameters else inspect.Parameter.empty
+        return None if default is inspect.Parameter.empty else default
+
+    patch, patch_t = given(family.patch), given(family.patch_t)
+    if isinstance(patch, int) and patch > 0:
+        return (patch_t if isinstance(patch_t, int) and patch_t > 0 else 1), patch, patch
+    return _patches(family, model)
+
+
+def sample_list(family, model, sample, args, kwargs) -> Grid | None:
+    """Z-Image, Wan-Animate 2: the latents are a per-sample list of ``[C, F, H, W]`` tensors (Z-Image's omni mode
+    a list of lists per sample, the generated image last)."""
+    latents = family.sample.read(args, kwargs)
+    if not isinstance(latents, (list, tuple)) or not latents:
+        return None
+    first = latents[0]
+    if isinstance(first, (list, tuple)) and first:
+        first = first[-1]
+    if not isinstance(first, torch.Tensor) or first.ndim != 4:
+        return None
+    pt, ph, pw = _call_patches(family, model, kwargs)
+    return (-(-first.shape[1] // pt), -(-first.shape[2] // ph), -(-first.shape[3] // pw))
+
+
+#: Ideogram 4's ``indicator`` value of the output image's tokens (``OUTPUT_IMAGE_INDICATOR`` in diffusers)
+IDEOGRAM_IMAGE_INDICATOR = 2
+
+
+def indicated_image_rows(family, model, sample, args, kwargs) -> Grid | None:
+    """Ideogram 4: one packed ``[left padding, text, image]`` sequence; ``indicator`` marks the image rows, which
+    come last and carry ``(t, h, w)`` in ``position_ids`` ``[B, N, 3]``."""
+    indicator = kwargs.get("indicator")
+    if not isinstance(indicator, torch.Tensor) or indicator.ndim != 2:
+        return None
+    rows = int((indicator[0] == IDEOGRAM_IMAGE_INDICATOR).sum())
+    return _position_ids(kwargs.get("position_ids"), (1, 2), rows=rows) if rows else None
+
+
+def video_indices(family, model, sample, args, kwargs) -> Grid | None:
+    """MiniMax-H3: one packed ``[text, audio, video]`` layout shared by the batch; ``position_ids`` ``[S, 3]``
+    hold ``(t, h, w)`` per row and ``video_indices`` name the video rows."""
+    ids, rows = kwargs.get("position_ids"), kwargs.get("video_indices")
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or not isinstance(rows, torch.Tensor):
+        return None
+    return _position_ids(ids.index_select(0, rows.to(ids.device)), (0, 1, 2))
+
+
+def vision_token_shapes(family, model, sample, args, kwargs) -> Grid | None:
+    """Cosmos 3 Omni: ``vision_token_shapes`` lists the ``(frames, height, width)`` token grid of each vision
+    item; the first is the generated video."""
+    return _first_grid(kwargs.get("vision_token_shapes"), last=False)
+
+
+def items_along_time(family, model, sample, args, kwargs) -> Grid | None:
+    """JoyImage-Edit: ``[B, items, C, T, H, W]`` latents (references first, the generated image last), which the
+    model moves to ``[generated, references...]`` and concatenates along time: the references are frames of the
+    grid, as the model's own 3-D RoPE places them. A 5-D input is one item, ``BCFHW``."""
+    latents = family.sample.read(args, kwargs)
+    if not isinstance(latents, torch.Tensor) or latents.ndim not in (5, 6):
+        return None
+    if latents.ndim == 6:
+        latents = latents.transpose(1, 2).flatten(2, 3)  # [B, C, items, T, H, W] -> [B, C, items * T, H, W]
+    pt, ph, pw = _patches(family, model)
+    return (-(-latents.shape[2] // pt), -(-latents.shape[3] // ph), -(-latents.shape[4] // pw))
+
+
 READERS: dict[str, Callable[..., Grid | None]] = {
     "img_ids": img_ids,
     "image_position_ids": image_position_ids,
     "img_shapes": img_shapes,
     "img_shapes_last": img_shapes_last,
     "frames_height_width": frames_height_width,
+    "token_ids": token_ids,
+    "sample_list": sample_list,
+    "indicated_image_rows": indicated_image_rows,
+    "video_indices": video_indices,
+    "vision_token_shapes": vision_token_shapes,
+    "items_along_time": items_along_time,
 }
+
+
+#: how an input carries the batch where it does not lead with it (one :data:`BatchInput` each)
+NOT_BATCHED_INPUT = "not_batched"  # per token or per frame, shared by every row (its length may equal the batch)
+PER_SAMPLE_LIST = "per_sample_list"  # a list with one item (tensor or list) per batch row
+FOLDED = "folded"  # m consecutive rows per sample along the leading axis, ``(b m)`` (text repeated per frame)
+#: an input and how it carries the batch: one of the kinds above, or the axis of the batch (an int)
+BatchInput = tuple[Argument, int | str]
+
+#: per family key, the forward inputs that do not lead with the batch; every other tensor whose leading axis is
+#: the batch is copied row by row when a perturbation branch widens the batch (:mod:`visattn.batching`).
+BATCH_INPUTS: dict[str, tuple[BatchInput, ...]] = {
+    # AnimateDiff's pipeline passes the text already repeated per frame, (B * F, T, D): the model does not.
+    "animatediff": ((Argument(("encoder_hidden_states",), 2), FOLDED),),
+    # Per-sample lists of [C, F, H, W] latents and [L, D] caption features.
+    "z_image": (
+        (Argument(("x",), 0), PER_SAMPLE_LIST),
+        (Argument(("cap_feats",), 2), PER_SAMPLE_LIST),
+        (Argument(("siglip_feats",)), PER_SAMPLE_LIST),
+        (Argument(("image_noise_mask",)), PER_SAMPLE_LIST),
+    ),
+    # Llama's hidden states stacked per layer: [layers, B, L, D].
+    "hidream_image": ((Argument(("encoder_hidden_states_llama3",), 3), 1),),
+    # 1-D frame indices for RoPE, one per latent frame of each stream (clean, 2x and 4x history).
+    "hunyuan_video_framepack": tuple(
+        (Argument((name,)), NOT_BATCHED_INPUT)
+        for name in (
+            "indices_latents",
+            "indices_latents_clean",
+            "indices_latents_history_2x",
+            "indices_latents_history_4x",
+        )
+    ),
+}
+
+
+#: family keys whose self-attention puts context latents before the grid: Helios prepends its history latents
+#: (several frames, at several patch sizes) to the video's tokens, so the grid is the last tokens of the sequence.
+CONTEXT_BEFORE_GRID: frozenset[str] = frozenset({"helios"})
+
+
+def context_before_grid(family: Family) -> bool:
+    """Whether ``family``'s self-attention holds context latents before the grid (see :data:`CONTEXT_BEFORE_GRID`)."""
+    return family.name in CONTEXT_BEFORE_GRID
+
+
+#: family keys whose forward takes one sample per call, without a batch axis (Cosmos 3 Omni packs one sample's
+#: text and vision tokens into one sequence): a perturbation branch runs as a call of its own.
+ONE_SAMPLE_PER_CALL: frozenset[str] = frozenset({"cosmos3_omni"})
+
+
+def one_sample_per_call(family: Family) -> bool:
+    """Whether ``family``'s forward has no batch axis (see :data:`ONE_SAMPLE_PER_CALL`)."""
+    return family.name in ONE_SAMPLE_PER_CALL
+
+
+def batch_inputs(family: Family) -> tuple[BatchInput, ...]:
+    """The inputs of ``family`` that do not lead with the batch (see :data:`BATCH_INPUTS`)."""
+    return BATCH_INPUTS.get(family.name, ())
 
 
 def read_grid(family: Family, model: torch.nn.Module, sample: torch.Tensor, args: tuple, kwargs: dict) -> Grid | None:
     """The latent grid of one forward call, or ``None`` when the family's facts cannot tell it."""
     if family.grid_reader is not None:
-        return READERS[family.grid_reader](family, model, sample, kwargs)
+        return READERS[family.grid_reader](family, model, sample, args, kwargs)
     return _spatial(family, model, sample)

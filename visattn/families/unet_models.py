@@ -6,7 +6,10 @@ those layers see one frame per row, and their temporal layers (a pixel's frames)
 
 from __future__ import annotations
 
-from .base import Argument, Family
+from .base import Argument, Family, PromptRecipe, TextPart
+
+#: SD 1.x/2.x, SDXL (two CLIP tokenizers sharing positions), AnimateDiff, ModelScope: one CLIP sequence
+CLIP_PROMPT = PromptRecipe((TextPart("clip", ("tokenizer", "tokenizer_2")),))
 
 
 def _unet(name: str, classes: tuple[str, ...], text: int | None, **facts) -> Family:
@@ -23,17 +26,31 @@ def _unet(name: str, classes: tuple[str, ...], text: int | None, **facts) -> Fam
     )
 
 
-def _video_unet(name: str, classes: tuple[str, ...], text: int | None, layout: str = "BCFHW") -> Family:
-    return _unet(name, classes, text, layout=layout, frames_in_batch=True, video=True)
+def _video_unet(name: str, classes: tuple[str, ...], text: int | None, layout: str = "BCFHW", **facts) -> Family:
+    return _unet(name, classes, text, layout=layout, frames_in_batch=True, video=True, **facts)
 
 
 UNET_FAMILIES: tuple[Family, ...] = (
-    _unet("unet", ("UNet2DConditionModel",), text=2),
+    # PAG's default: the mid block (Ahn et al. 2024 for Stable Diffusion; diffusers' SD/SDXL PAG pipelines).
+    _unet("unet", ("UNet2DConditionModel",), text=2, prompt=CLIP_PROMPT, pag_layers=("mid",)),
     _unet("unet_2d", ("UNet2DModel",), text=None),
     _unet("kandinsky3", ("Kandinsky3UNet",), text=2),
     _unet("dreamlite_unet", ("DreamLiteUNetModel",), text=2),
-    _video_unet("unet_3d", ("UNet3DConditionModel",), text=2),
-    _video_unet("animatediff", ("UNetMotionModel",), text=2),
+    # aMUSEd: a [B, H, W] map of VQ token ids, one token per latent pixel, and no timestep (it unmasks tokens);
+    # with downsample=True every attention runs one level down (H/2 x W/2). Output: logits [B, codebook, H, W].
+    Family(
+        "amused",
+        ("UVit2DModel",),
+        sample=Argument(("input_ids",), 0),
+        grid_reader="token_ids",
+        patch=None,
+        patch_t=None,
+        timestep=Argument(()),
+        text=Argument(("encoder_hidden_states",), 1),
+        unet_levels=True,
+    ),
+    _video_unet("unet_3d", ("UNet3DConditionModel",), text=2, prompt=CLIP_PROMPT),
+    _video_unet("animatediff", ("UNetMotionModel",), text=2, prompt=CLIP_PROMPT, pag_layers=("mid_block.*attn1",)),
     # Cross-attention keys are the text followed by image tokens the model appends itself.
     _video_unet("i2vgen_xl", ("I2VGenXLUNet",), text=5),
     # One CLIP image token instead of text.

@@ -6,7 +6,12 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import Argument, Family
+from .base import Argument, Family, PromptRecipe, TextPart
+
+#: the Wan pipelines and their descendants: umT5 over 512 tokens, after prompt_clean (HTML unescape, whitespace)
+_HUNYUAN_TEMPLATE = "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video:DEFAULT_PROMPT_TEMPLATE"
+
+WAN_PROMPT = PromptRecipe((TextPart("t5"),), max_sequence_length=512, clean="prompt_clean")
 
 
 def _video(
@@ -31,13 +36,14 @@ def _video(
 
 
 VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
-    _video("wan", ("WanTransformer3DModel",), timestep=1, text=2),
-    _video("wan_vace", ("WanVACETransformer3DModel",), timestep=1, text=2),
-    _video("wan_animate", ("WanAnimateTransformer3DModel",), timestep=1, text=2),
-    _video("skyreels_v2", ("SkyReelsV2Transformer3DModel",), timestep=1, text=2),
-    _video("chronoedit", ("ChronoEditTransformer3DModel",), timestep=1, text=2),
-    # Helios prepends history latents to the video inside its self-attention: only its cross-attention is placed.
-    _video("helios", ("HeliosTransformer3DModel",), timestep=1, text=2),
+    _video("wan", ("WanTransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video("wan_vace", ("WanVACETransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video("wan_animate", ("WanAnimateTransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video("skyreels_v2", ("SkyReelsV2Transformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video("chronoedit", ("ChronoEditTransformer3DModel",), cfg="separate", timestep=1, text=2, prompt=WAN_PROMPT),
+    # Helios prepends history latents to the video inside its self-attention: the grid is its last tokens
+    # (visattn.families.readers.CONTEXT_BEFORE_GRID).
+    _video("helios", ("HeliosTransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
     _video("anyflow", ("AnyFlowTransformer3DModel",), timestep=1, text=3, layout="BFCHW"),
     _video(
         "cogvideox",
@@ -47,6 +53,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="BFCHW",
         text_position="first",
         roles=(("", "joint"),),
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=226),
     ),
     _video("consisid", ("ConsisIDTransformer3DModel",), timestep=2, text=1, layout="BFCHW", text_position="first"),
     _video("easyanimate", ("EasyAnimateTransformer3DModel",), timestep=1, text=3, text_position="first"),
@@ -58,6 +65,11 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text_position="last",
         # The token refiner's attention (context_embedder) attends over text only.
         roles=(("^context_embedder", "text"), ("", "joint")),
+        # Llama over the pipeline's chat template, its system part cropped.
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template=_HUNYUAN_TEMPLATE),),
+            max_sequence_length=256,
+        ),
     ),
     _video(
         "hunyuan_video15",
@@ -71,6 +83,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
+        cfg="separate",
         timestep=1,
         text=2,
         roles=(("^context_embedder", "text"),),
@@ -81,7 +94,16 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video("cosmos", ("CosmosTransformer3DModel",), timestep=1, text=2),
     _video("sana_video", ("SanaVideoTransformer3DModel",), timestep=2, text=1),
     _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2),
-    _video("kandinsky5", ("Kandinsky5Transformer3DModel",), timestep=2, text=1, layout="BFHWC"),
+    _video(
+        "kandinsky5",
+        ("Kandinsky5Transformer3DModel",),
+        cfg="separate",
+        timestep=2,
+        text=1,
+        layout="BFHWC",
+        # The text encoder blocks attend over the text; the visual blocks' cross_attention modules to the text.
+        roles=(("^text_transformer_blocks", "text"), (r"\.cross_attention$", "cross")),
+    ),
     _video("kandinsky6", ("Kandinsky6Transformer3DModel",), timestep=3, text=1, layout="BFHWC"),
     _video("motif_video", ("MotifVideoTransformer3DModel",), timestep=1, text=2, text_position="last"),
     _video(
@@ -91,6 +113,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text=1,
         layout="packed",
         grid_reader="frames_height_width",
+        packed_patch=1,  # the pipeline packs with the transformer's patch size, 1
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=128),
     ),
     _video(
         "ltx2",
@@ -99,5 +123,53 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text=2,
         layout="packed",
         grid_reader="frames_height_width",
+        packed_patch=1,
+    ),
+    # Wan-Animate 2: per-sample lists of [C, F, H, W] latents and of text. Its self-attention is flex attention
+    # (no SDPA): only the cross-attention can be taken over.
+    _video(
+        "wan_animate_2",
+        ("WanAnimate2Transformer3DModel",),
+        timestep=1,
+        text=2,
+        grid_reader="sample_list",
+    ),
+    # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
+    # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it).
+    _video(
+        "minimax_h3",
+        ("MiniMaxH3Transformer3DModel",),
+        timestep=3,
+        text=2,
+        layout="packed",
+        grid_reader="video_indices",
+        timestep_reversed=True,
+        roles=(("^token_refiner", "text"),),
+    ),
+    # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
+    # frames 1...); joint [image, text] in the double blocks.
+    _video(
+        "joyimage_edit",
+        ("JoyImageEditTransformer3DModel",),
+        cfg="separate",
+        timestep=1,
+        text=2,
+        grid_reader="items_along_time",
+        text_position="last",
+        roles=(("^double_blocks", "joint"),),
+    ),
+    # Cosmos 3 Omni: one packed sample per call (no batch axis: visattn.families.readers.ONE_SAMPLE_PER_CALL),
+    # vision latents as a list of [1, C, F, H, W], text as token ids, per-token scheduler timesteps. Vision queries
+    # attend over [text, vision] keys; the text's own attention is causal, which visattn leaves alone.
+    Family(
+        "cosmos3_omni",
+        ("Cosmos3OmniTransformer",),
+        sample=Argument(("vision_tokens",), 5),
+        layout="packed",
+        grid_reader="vision_token_shapes",
+        timestep=Argument(("vision_timesteps",), 9),
+        text=Argument(("input_ids",), 0),
+        text_position="first",
+        video=True,
     ),
 )

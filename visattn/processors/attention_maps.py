@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import heatmaps as rendering
-from ..words import CLIP_LENGTH, STOP_WORDS, PromptTokens, prompt_family, prompt_tokens, split_words
+from ..words import STOP_WORDS, PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
 
 # Queries per chunk when the log-sum-exp has to be recomputed: bounds the transient scores at
@@ -227,6 +227,11 @@ class AttentionMaps(Effect):
 
     roles = ("cross", "joint")
 
+    def needs(self) -> tuple[str, ...]:
+        # Prompts given as PromptTokens carry their text positions; prompt strings need the tokenizer ladder.
+        words = self._prompt_from_call or any(isinstance(prompt, str) for prompt in self.prompts)
+        return ("text", "grid", "words") if words else ("text", "grid")
+
     def __init__(
         self,
         words: str | int | Iterable[str | int] | None = None,
@@ -284,17 +289,20 @@ class AttentionMaps(Effect):
 
     def _read_prompt_of_call(self, pipeline: Any) -> None:
         """Take the prompt (and a custom HunyuanVideo template) from the pipeline's running ``__call__``."""
-        from ..guidance_math import pipeline_call_locals
+        from ..families.pipelines import pipeline_call_prompt
 
-        local = pipeline_call_locals(pipeline)
-        prompt = local.get("prompt")
+        call = pipeline_call_prompt(pipeline)
+        prompt = call.prompt
         if prompt is None:
             return  # called with prompt_embeds: _plan asks for prompt= explicitly
-        template = local.get("prompt_template")
-        if template is not None:
+        if call.prompt_template is not None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            length = local.get("max_sequence_length")
-            prompt = [prompt_tokens(pipeline, p, prompt_template=template, max_sequence_length=length) for p in prompts]
+            prompt = [
+                prompt_tokens(
+                    pipeline, p, prompt_template=call.prompt_template, max_sequence_length=call.max_sequence_length
+                )
+                for p in prompts
+            ]
         prompts = _check_prompt(prompt)
         if prompts == self.prompts:
             return
@@ -375,10 +383,9 @@ class AttentionMaps(Effect):
                     "AttentionMaps(prompt=str) needs the pipeline's tokenizers: attach the pipeline, not its "
                     "denoiser, or pass prompt=visattn.words.prompt_tokens(pipe, prompt)"
                 )
-            family = prompt_family(pipeline)
             # The text length seen here settles the call's max_sequence_length (SD3 puts 77 CLIP tokens first).
-            length = text_length - CLIP_LENGTH if family == "sd3" else text_length
-            prompt = prompt_tokens(pipeline, prompt, max_sequence_length=None if family in ("sd", "sdxl") else length)
+            length = prompt_recipe(prompt_family(pipeline)).sequence_length_of(text_length)
+            prompt = prompt_tokens(pipeline, prompt, max_sequence_length=length)
         if prompt.length != text_length:
             raise ValueError(
                 f"the prompt tokens describe a text sequence of {prompt.length} positions but layer {layer!r} sees "

@@ -69,6 +69,9 @@ class CrossAttentionCache(Effect):
 
     roles = ("cross",)
 
+    def needs(self) -> tuple[str, ...]:
+        return ("text",)
+
     def __init__(
         self,
         gate_step: int | float = 10,

@@ -104,6 +104,11 @@ class Effect:
         self._layer_names: frozenset[str] | None = None
 
     # --- attach time -------------------------------------------------------------------------------------
+    def needs(self) -> tuple[str, ...]:
+        """The family facts this effect cannot work without (``"grid"``, ``"text"``, ``"words"``; see
+        :meth:`visattn.families.Family.missing`): :func:`visattn.attach` refuses a model whose family lacks one."""
+        return ()
+
     def bind(self, roles: dict[str, str]) -> None:
         """Resolve ``layers`` against a denoiser's attention layers (``name -> static role``).
 

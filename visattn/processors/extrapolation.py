@@ -46,6 +46,9 @@ class _InputGridEffect(Effect):
 
     roles = ("self", "joint")
 
+    def needs(self) -> tuple[str, ...]:
+        return ("grid",)
+
     def __init__(self, *, layers=None, steps=None) -> None:
         super().__init__(layers=layers, steps=steps)
         self._input_grid: tuple[int, int, int] | None = None

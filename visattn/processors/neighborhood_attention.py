@@ -42,6 +42,9 @@ class NeighborhoodAttention(Effect):
 
     roles = ("self", "joint")
 
+    def needs(self) -> tuple[str, ...]:
+        return ("grid",)
+
     def __init__(
         self,
         kernel_size: int | tuple[int, ...],

@@ -10,7 +10,7 @@ the same conditional input, once as the model is and once with some attention la
 2. runs the denoiser once on the larger batch;
 3. folds the perturbed prediction into the conditional one (:func:`visattn.guidance_math.fold_perturbations`)
    so that the pipeline's own CFG arithmetic yields ``eps_cfg + scale * (eps_cond - eps_perturbed)``, with the
-   CFG scale this pipeline applies to this call (:func:`visattn.guidance_math.pipeline_guidance_scale`).
+   CFG scale this pipeline applies to this call (:func:`visattn.families.pipelines.pipeline_guidance_scale`).
 
 Several perturbation effects compose additively: each adds its own branch, and the outermost one folds every
 branch against the *unguided* conditional prediction, so ``PAG + SEG`` gives
@@ -31,7 +31,9 @@ import torch
 
 from ..batching import prediction_of, take_input_rows, with_prediction
 from ..context import BatchLayout, Branch, CallContext
-from ..guidance_math import fold_perturbations, pipeline_guidance_scale
+from ..families.pipelines import pipeline_guidance_scale
+from ..families.readers import batch_inputs, one_sample_per_call
+from ..guidance_math import fold_perturbations
 from ..steps import in_steps
 from .effect import AttentionCall, Effect
 
@@ -43,7 +45,8 @@ class _Term:
     """One perturbation branch's contribution, waiting for the outermost effect to fold it."""
 
     cond: slice
-    perturbed: torch.Tensor
+    #: the perturbed branch's prediction (a per-sample list for denoisers that return one)
+    perturbed: torch.Tensor | list[torch.Tensor]
     scale: float
 
 
@@ -116,34 +119,47 @@ class PerturbationGuidance(Effect):
             return forward(*args, **kwargs)
         batch_size = layout.batch_size
         cond = layout.rows("cond")
-        index = torch.cat([torch.arange(batch_size), torch.arange(cond.start, cond.stop)])
-        args, kwargs = take_input_rows(args, kwargs, index, batch_size)
-        state.batch = BatchLayout(layout.branches + (Branch(self.branch, batch_size, len(index)),))
         key = id(state)
         outermost = key not in _PENDING
         if outermost:
             _PENDING[key] = []
         try:
-            output = forward(*args, **kwargs)
+            if one_sample_per_call(state.family):
+                # A forward without a batch axis (Cosmos 3) cannot take more rows: the perturbed branch is a second
+                # call of its own, whose only branch is this effect's (inner effects leave it alone: no "cond").
+                output = forward(*args, **kwargs)
+                state.batch = BatchLayout((Branch(self.branch, cond.start, cond.stop),))
+                main, perturbed = prediction_of(output), prediction_of(forward(*args, **kwargs))
+            else:
+                index = torch.cat([torch.arange(batch_size), torch.arange(cond.start, cond.stop)])
+                args, kwargs = take_input_rows(args, kwargs, index, batch_size, batch_inputs(state.family))
+                state.batch = BatchLayout(layout.branches + (Branch(self.branch, batch_size, len(index)),))
+                output = forward(*args, **kwargs)
+                prediction = prediction_of(output)
+                main, perturbed = prediction[:batch_size], prediction[batch_size:]
         finally:
             state.batch = layout
             inner_terms = _PENDING.pop(key) if outermost else None
-        prediction = prediction_of(output)
-        main, perturbed = prediction[:batch_size], prediction[batch_size:]
         term = _Term(cond, perturbed, scale)
         if not outermost:
             # An outer perturbation effect folds every branch against the raw conditional prediction.
             _PENDING[key].append(term)
             return with_prediction(output, main)
-        cfg_scale = pipeline_guidance_scale(state.pipeline, layout.names, timestep)
-        main = main.clone()
+        cfg_scale = pipeline_guidance_scale(state.pipeline, layout.names, timestep, state.family.cfg_formula)
+        # A per-sample list (Z-Image) is folded item by item: its items may differ in shape.
+        main = list(main) if isinstance(main, list) else main.clone()
         # Every branch copies the same "cond" rows; grouping by rows keeps the fold right even if it did not.
         groups: dict[tuple[int, int], list[_Term]] = {}
         for item in (term, *inner_terms):
             groups.setdefault((item.cond.start, item.cond.stop), []).append(item)
         for (start, stop), group in groups.items():
-            rows = slice(start, stop)
-            main[rows] = fold_perturbations(main[rows], [(t.perturbed, t.scale) for t in group], cfg_scale)
+            if isinstance(main, list):
+                for row in range(start, stop):
+                    terms = [(t.perturbed[row - start], t.scale) for t in group]
+                    main[row] = fold_perturbations(main[row], terms, cfg_scale)
+            else:
+                rows = slice(start, stop)
+                main[rows] = fold_perturbations(main[rows], [(t.perturbed, t.scale) for t in group], cfg_scale)
         return with_prediction(output, main)
 
     # --- the attention call: perturb this effect's rows ----------------------------------------------------------

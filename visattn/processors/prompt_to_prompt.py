@@ -69,9 +69,10 @@ import torch.nn.functional as F
 from ..alignment import TokenMap, token_map, word_pairs
 from ..batching import prediction_of, with_prediction
 from ..context import BatchLayout, CallContext
+from ..families import Family
 from ..kernels.backends.reference import QUERY_CHUNK, masked_logits
 from ..steps import in_steps, normalize_steps
-from ..words import CLIP_LENGTH, PromptTokens, prompt_tokens, split_words
+from ..words import PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
 
 Window = tuple[float, float] | None
@@ -84,9 +85,17 @@ _COND = "cond"
 
 
 def _words(prompt: Any, parameter: str) -> tuple[str, ...]:
+    if isinstance(prompt, PromptTokens):
+        if not prompt.words:
+            raise ValueError(f"{parameter} has no words: {prompt!r}")
+        return prompt.words
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{parameter} must be a non-empty prompt string; got {prompt!r}")
+        raise ValueError(f"{parameter} must be a non-empty prompt string or PromptTokens; got {prompt!r}")
     return tuple(word for word, _, _ in split_words(prompt))
+
+
+def _text(prompt: str | PromptTokens) -> str:
+    return prompt.prompt if isinstance(prompt, PromptTokens) else prompt
 
 
 def _word_lookup(prompt: str, words: tuple[str, ...]) -> PromptTokens:
@@ -174,33 +183,24 @@ def _pairs_of(layout: BatchLayout) -> list[_Pair] | None:
 
 # --- local blend ---------------------------------------------------------------------------------------------
 
-# Where the latent grid's (frames, height, width) axes sit in one row of each family's prediction. Flux predicts
-# packed tokens in grid order, handled apart.
-_PREDICTION_AXES: dict[str, tuple[int | None, int, int]] = {
-    "unet": (None, 1, 2),
-    "pixart": (None, 1, 2),
-    "sd3": (None, 1, 2),
-    "wan": (1, 2, 3),
-    "hunyuan_video": (1, 2, 3),
-    "cogvideox": (0, 2, 3),
-}
 
-
-def _mask_for_prediction(mask: torch.Tensor, row_shape: torch.Size, family: str) -> torch.Tensor:
-    """A ``[frames, height, width]`` token-grid mask expanded to broadcast against one prediction row."""
+def _mask_for_prediction(mask: torch.Tensor, row_shape: torch.Size, family: Family) -> torch.Tensor:
+    """A ``[frames, height, width]`` token-grid mask expanded to broadcast against one prediction row, whose axes
+    follow the family's latent layout (:meth:`visattn.families.Family.prediction_axes`)."""
     frames, height, width = mask.shape
-    if family == "flux":
-        if row_shape[0] != frames * height * width:
-            raise ValueError(f"LocalBlend: Flux prediction has {row_shape[0]} tokens, the grid {tuple(mask.shape)}")
-        return mask.reshape(-1, *([1] * (len(row_shape) - 1)))
-    axes = _PREDICTION_AXES.get(family)
+    axes = family.prediction_axes(len(row_shape))
     if axes is None:
-        raise ValueError(f"LocalBlend does not know how the {family!r} family lays out its prediction")
+        # Packed latents: one token per grid cell, in grid order.
+        if row_shape[0] != frames * height * width:
+            raise ValueError(
+                f"LocalBlend: the {family.name} prediction has {row_shape[0]} tokens, the grid {tuple(mask.shape)}"
+            )
+        return mask.reshape(-1, *([1] * (len(row_shape) - 1)))
     shape = [1] * len(row_shape)
     for axis, size, dim in zip(axes, (frames, height, width), (0, 1, 2)):
         if axis is None:
             if size != 1:
-                raise ValueError(f"LocalBlend: the {family} prediction has no frame axis but the grid has {size}")
+                raise ValueError(f"LocalBlend: the {family.name} prediction has no frame axis but the grid has {size}")
             continue
         target = row_shape[axis]
         if target % size:
@@ -263,13 +263,13 @@ class LocalBlend:
         self._call_sum: torch.Tensor | None = None
         self._call_layers = 0
 
-    def _check_words(self, source: str, source_words: tuple[str, ...], target: str, target_words: tuple[str, ...]):
+    def _check_words(self, source, source_words: tuple[str, ...], target, target_words: tuple[str, ...]) -> None:
         """Raise ValueError for a word in neither prompt (listing both prompts' words)."""
         for word in self.words:
             found = False
             for prompt, words in ((source, source_words), (target, target_words)):
                 try:
-                    _word_lookup(prompt, words).index(word)
+                    _word_lookup(_text(prompt), words).index(word)
                     found = True
                 except ValueError:
                     pass
@@ -285,6 +285,12 @@ class LocalBlend:
 
     def _add_layer(self, maps: torch.Tensor, grid: tuple[int, int, int], top: tuple[int, int, int]) -> None:
         """Add one layer's ``[2, pairs, grid tokens]`` maps (source words, target words)."""
+        frames = top[0]
+        if grid[0] == 1 and frames > 1 and maps.shape[1] % frames == 0:
+            # A video UNet folds frames into the batch, sample-major ``(b f)``: its spatial layers see one frame
+            # per row, so each pair's frames are consecutive rows. Fold them back into the frames axis.
+            maps = maps.reshape(2, maps.shape[1] // frames, frames * maps.shape[2])
+            grid = (frames, *grid[1:])
         maps = maps.reshape(maps.shape[0] * maps.shape[1], 1, *grid)
         if tuple(grid) != tuple(top):
             maps = F.interpolate(maps, size=tuple(top), mode="trilinear", align_corners=False)
@@ -309,7 +315,7 @@ class LocalBlend:
         mask = (normalized > self.threshold).any(dim=0)
         self.mask = mask if self.mask is None or self.mask.shape != mask.shape else self.mask | mask
 
-    def _blend(self, prediction: torch.Tensor, pairs: list[_Pair], family: str) -> torch.Tensor:
+    def _blend(self, prediction: torch.Tensor, pairs: list[_Pair], family: Family) -> torch.Tensor:
         if self.mask is None:
             return prediction
         blended = prediction.clone()
@@ -384,7 +390,9 @@ class PromptToPrompt(Effect):
     target images.
 
     Args:
-        source, target: the two prompts (equal for a pure re-weighting).
+        source, target: the two prompts (equal for a pure re-weighting); or both as
+            :class:`visattn.words.PromptTokens` (their text positions given, so no tokenizer is needed: a denoiser
+            attached alone, or a family whose tokenizer ladder is not declared).
         mode: ``"replace"`` (word swap: same word count) or ``"refine"`` (words added or removed).
         cross_steps: when the target's cross-attention is replaced by the source's: a fraction ``f`` (the first
             ``f`` of the schedule), a ``(start, stop)`` fraction range, ``0``/``None`` for never, or a dict
@@ -406,10 +414,15 @@ class PromptToPrompt(Effect):
 
     roles = ("self", "cross", "joint")
 
+    def needs(self) -> tuple[str, ...]:
+        # Prompts given as PromptTokens carry their text positions; prompt strings need the tokenizer ladder.
+        words = ("words",) if isinstance(self.source, str) else ()
+        return ("text", *words, "grid") if self.local_blend is not None else ("text", *words)
+
     def __init__(
         self,
-        source: str,
-        target: str,
+        source: str | PromptTokens,
+        target: str | PromptTokens,
         *,
         mode: str = "replace",
         cross_steps: Any = 0.8,
@@ -423,6 +436,13 @@ class PromptToPrompt(Effect):
         super().__init__(layers=layers)
         source_words = _words(source, "source")
         target_words = _words(target, "target")
+        if isinstance(source, PromptTokens) != isinstance(target, PromptTokens):
+            raise ValueError("source and target must both be prompt strings or both PromptTokens")
+        if isinstance(source, PromptTokens) and source.length != target.length:
+            raise ValueError(
+                f"source and target PromptTokens describe text sequences of {source.length} and {target.length} "
+                "positions; both must be the sequence the denoiser sees"
+            )
         word_pairs(source_words, target_words, mode)  # raises for a bad mode or a swap with different counts
         if local_blend is not None and not isinstance(local_blend, LocalBlend):
             raise ValueError(f"local_blend must be a LocalBlend or None; got {type(local_blend).__name__}")
@@ -431,9 +451,9 @@ class PromptToPrompt(Effect):
         if prompt_template is not None and not isinstance(prompt_template, Mapping):
             raise ValueError(f"prompt_template must be a dict or None; got {prompt_template!r}")
         self.source, self.target, self.mode = source, target, mode
-        self.cross_steps = _cross_schedule(cross_steps, target, target_words)
+        self.cross_steps = _cross_schedule(cross_steps, _text(target), target_words)
         self.self_steps = _window(self_steps, "self_steps")
-        self.weights = _check_weights(weights, target, target_words)
+        self.weights = _check_weights(weights, _text(target), target_words)
         self.local_blend = local_blend
         self.edit_uncond = bool(edit_uncond)
         self.prompt_template = prompt_template
@@ -444,7 +464,10 @@ class PromptToPrompt(Effect):
 
     def bind(self, roles: dict[str, str]) -> None:
         super().bind(roles)
-        if self.local_blend is not None and not any(roles[name] in ("cross", "joint") for name in self._layer_names):
+        text_layers = {name for name, role in roles.items() if role in ("cross", "joint")}
+        # Only where the model's modules show their roles: a new-style attention module can be cross or joint
+        # attention at run time while its class does not say so (Lumina 2, LTX-2), and is checked per call.
+        if self.local_blend is not None and text_layers and not text_layers & self._layer_names:
             self.unbind()
             raise ValueError(
                 f"LocalBlend reads cross-attention maps, but layers={self.layers} selects no cross- or joint-attention "
@@ -455,8 +478,8 @@ class PromptToPrompt(Effect):
     @classmethod
     def replace(
         cls,
-        source: str,
-        target: str,
+        source: str | PromptTokens,
+        target: str | PromptTokens,
         *,
         cross_steps: Any = 0.8,
         self_steps: Any = 0.4,
@@ -481,8 +504,8 @@ class PromptToPrompt(Effect):
     @classmethod
     def refine(
         cls,
-        source: str,
-        target: str,
+        source: str | PromptTokens,
+        target: str | PromptTokens,
         *,
         cross_steps: Any = 0.8,
         self_steps: Any = 0.4,
@@ -533,7 +556,7 @@ class PromptToPrompt(Effect):
     @property
     def prompts(self) -> list[str]:
         """``[source, target]``, for ``pipe(prompt=p2p.prompts, ...)``."""
-        return [self.source, self.target]
+        return [_text(self.source), _text(self.target)]
 
     def generator(
         self, seed: int, num_images_per_prompt: int = 1, device: torch.device | str = "cpu"
@@ -584,7 +607,7 @@ class PromptToPrompt(Effect):
         output = forward(*args, **kwargs)
         if _COND in layout.names:
             blend._end_call()
-        return with_prediction(output, blend._blend(prediction_of(output), pairs, state.family.name))
+        return with_prediction(output, blend._blend(prediction_of(output), pairs, state.family))
 
     def _start_generation(self, names: tuple[str, ...]) -> None:
         # A branch seen at step 0 again means a new generation (pipelines that call the denoiser once per
@@ -640,7 +663,7 @@ class PromptToPrompt(Effect):
         text = ctx.keys.text
         if text is None or text.length == 0:
             return None
-        tokens = self._resolve(ctx.family, text.length)
+        tokens = self._resolve(text.length)
         alpha = tokens.alpha(fraction)
         edits = []
         for pair in edited:
@@ -661,9 +684,17 @@ class PromptToPrompt(Effect):
     def _pipeline(self) -> Any:
         return self._pipeline_ref() if self._pipeline_ref is not None else None
 
-    def _resolve(self, family: str, length: int) -> _Tokens:
+    def _resolve(self, length: int) -> _Tokens:
         """The prompts' token positions for a text sequence of ``length`` (cached)."""
         pipe = self._pipeline()
+        if isinstance(self.source, PromptTokens):
+            # Positions given: no tokenizer needed (a denoiser called by hand, or a family without a ladder).
+            if self.source.length != length:
+                raise ValueError(
+                    f"PromptToPrompt: this attention call has {length} text tokens, but the PromptTokens given "
+                    f"describe a text sequence of {self.source.length}"
+                )
+            return self._tokens_for(self.source, self.target, length)
         if pipe is None:
             raise ValueError(
                 "PromptToPrompt needs the pipeline's tokenizers to find the words: attach it to the pipeline "
@@ -673,10 +704,10 @@ class PromptToPrompt(Effect):
         if key in self._tokens:
             return self._tokens[key]
         options: dict[str, Any] = {}
-        if family == "sd3":
-            options["max_sequence_length"] = length - CLIP_LENGTH
-        elif family != "unet":
-            options["max_sequence_length"] = length
+        # The text length this call sees settles the call's max_sequence_length (SD3 puts 77 CLIP tokens first).
+        sequence_length = prompt_recipe(prompt_family(pipe)).sequence_length_of(length)
+        if sequence_length is not None:
+            options["max_sequence_length"] = sequence_length
         if self.prompt_template is not None:
             options["prompt_template"] = self.prompt_template
         source = prompt_tokens(pipe, self.source, **options)
@@ -686,6 +717,11 @@ class PromptToPrompt(Effect):
                 f"PromptToPrompt: this attention call has {length} text tokens, but {self.source!r} tokenizes to a "
                 f"text sequence of {source.length} for the {source.family} family"
             )
+        self._tokens[key] = self._tokens_for(source, target, length)
+        return self._tokens[key]
+
+    def _tokens_for(self, source: PromptTokens, target: PromptTokens, length: int) -> _Tokens:
+        """The token map, per-word windows, equalizer and blend positions of the two prompts."""
         mapping = token_map(source, target, word_pairs(source.words, target.words, self.mode))
         windows = [(target.positions(word), window) for word, window in self.cross_steps.items() if word != "default"]
         equalizer = None
@@ -697,7 +733,7 @@ class PromptToPrompt(Effect):
         if self.local_blend is not None:
             blend_source = _positions_of_any(source, self.local_blend.words)
             blend_target = _positions_of_any(target, self.local_blend.words)
-        tokens = _Tokens(
+        return _Tokens(
             source,
             target,
             mapping,
@@ -707,8 +743,6 @@ class PromptToPrompt(Effect):
             blend_source,
             blend_target,
         )
-        self._tokens[key] = tokens
-        return tokens
 
     # --- computing an edited call ------------------------------------------------------------------------------
     def _compute(self, call: AttentionCall, plan: _Plan) -> None:

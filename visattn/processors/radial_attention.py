@@ -89,6 +89,9 @@ class RadialAttention(Effect):
 
     roles = ("self", "joint")
 
+    def needs(self) -> tuple[str, ...]:
+        return ("grid",)
+
     def __init__(
         self,
         decay_factor: float = 1.0,

@@ -117,6 +117,10 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
 
     branch_prefix = "seg"
 
+    def needs(self) -> tuple[str, ...]:
+        # The blur runs over the latent grid: without one, the perturbed branch equals the conditional one.
+        return ("grid",)
+
     def __init__(
         self,
         scale: float = 3.0,

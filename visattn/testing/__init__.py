@@ -1,22 +1,24 @@
 """Tiny, offline, deterministic diffusers models and pipelines for tests.
 
-Every family in :data:`FAMILIES` gets a full pipeline with random weights small enough to run a two-step
-call in well under two seconds on a laptop CPU, with CLIP/T5/Llama tokenizers built in code (see
-:mod:`visattn.testing.tokenizers`). Nothing here touches the network.
+Every pipeline in :data:`TINY_PIPELINES` (named by its family key, see :mod:`visattn.families`) is a full
+pipeline with random weights small enough to run a two-step call in well under two seconds on a laptop CPU,
+with CLIP/T5/Llama tokenizers built in code (see :mod:`visattn.testing.tokenizers`). Nothing here touches the network.
 
->>> pipe = tiny_pipeline("sd")
->>> out = pipe(**call_kwargs("sd"))
->>> latent_grid("sd", call_kwargs("sd"))
+>>> pipe = tiny_pipeline("unet")
+>>> out = pipe(**call_kwargs("unet"))
+>>> latent_grid("unet", call_kwargs("unet"))
 (1, 16, 16)
 """
 
 from visattn.testing.grids import Grid
 from visattn.testing.pipelines import (
-    FAMILIES,
+    COVERAGE_PIPELINES,
+    TINY_PIPELINES,
+    VIDEO_PIPELINES,
     call_kwargs,
     denoiser_of,
-    family_spec,
     latent_grid,
+    pipeline_spec,
     tiny_denoiser,
     tiny_pipeline,
 )
@@ -30,14 +32,16 @@ from visattn.testing.tokenizers import (
 from visattn.testing.vocab import VOCABULARY
 
 __all__ = [
-    "FAMILIES",
+    "COVERAGE_PIPELINES",
+    "TINY_PIPELINES",
+    "VIDEO_PIPELINES",
     "TOKENIZER_KINDS",
     "VOCABULARY",
     "Grid",
     "call_kwargs",
     "clip_tokenizer",
     "denoiser_of",
-    "family_spec",
+    "pipeline_spec",
     "latent_grid",
     "llama_tokenizer",
     "t5_tokenizer",

@@ -1,4 +1,9 @@
-"""Build tiny random-weight pipelines and denoisers by family key, offline and deterministically."""
+"""Build tiny random-weight pipelines and denoisers, offline and deterministically.
+
+A tiny pipeline is named by its family key (:mod:`visattn.families`, the package's one vocabulary) when it is the
+family's default pipeline (``"unet"`` is Stable Diffusion), and by its diffusers class name otherwise
+(``"StableDiffusionXLPipeline"``, also of the ``"unet"`` family). Every pipeline also answers to its class name.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,37 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
 
+from visattn.families import VIDEO_FAMILIES
+from visattn.testing.coverage.pipelines import COVERAGE_PIPELINE_SPECS
 from visattn.testing.grids import Grid
-from visattn.testing.image_families import IMAGE_FAMILIES
-from visattn.testing.spec import ComponentFactory, FamilySpec
-from visattn.testing.video_families import VIDEO_FAMILIES
+from visattn.testing.image_pipelines import IMAGE_PIPELINES
+from visattn.testing.spec import ComponentFactory, PipelineSpec
+from visattn.testing.video_pipelines import VIDEO_PIPELINES as VIDEO_PIPELINES_SPECS
 
-_SPECS: dict[str, FamilySpec] = {spec.name: spec for spec in (*IMAGE_FAMILIES, *VIDEO_FAMILIES)}
+_CORE: dict[str, PipelineSpec] = {spec.key: spec for spec in (*IMAGE_PIPELINES, *VIDEO_PIPELINES_SPECS)}
+_SPECS: dict[str, PipelineSpec] = {**_CORE, **{spec.key: spec for spec in COVERAGE_PIPELINE_SPECS}}
+_BY_CLASS: dict[str, PipelineSpec] = {spec.pipeline_cls.__name__: spec for spec in _SPECS.values()}
+if len(_SPECS) != len(_CORE) + len(COVERAGE_PIPELINE_SPECS) or len(_BY_CLASS) != len(_SPECS):
+    raise RuntimeError("two tiny pipelines share a key or a pipeline class")
 
-#: Every family key accepted by :func:`tiny_pipeline` and friends.
-FAMILIES: tuple[str, ...] = tuple(_SPECS)
+#: The core tiny pipelines every effect's test suite runs on (one per family visattn began with, and SDXL).
+TINY_PIPELINES: tuple[str, ...] = tuple(_CORE)
+
+#: The core tiny pipelines whose family makes videos (:data:`visattn.families.VIDEO_FAMILIES`).
+VIDEO_PIPELINES: tuple[str, ...] = tuple(key for key, spec in _CORE.items() if spec.family in VIDEO_FAMILIES)
+
+#: The tiny pipelines of the other covered denoiser classes (:mod:`visattn.testing.coverage.pipelines`), each run
+#: by ``tests/test_coverage_pipelines.py``.
+COVERAGE_PIPELINES: tuple[str, ...] = tuple(spec.key for spec in COVERAGE_PIPELINE_SPECS)
 
 
-def family_spec(family: str) -> FamilySpec:
-    """The :class:`FamilySpec` of ``family``; raises ``ValueError`` listing :data:`FAMILIES` if unknown."""
-    try:
-        return _SPECS[family]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}") from None
+def pipeline_spec(key: str) -> PipelineSpec:
+    """The :class:`PipelineSpec` of ``key`` (a family key or a pipeline class name); ``ValueError`` listing
+    :data:`TINY_PIPELINES` if unknown."""
+    spec = _SPECS.get(key) or _BY_CLASS.get(key) if isinstance(key, str) else None
+    if spec is None:
+        raise ValueError(f"no tiny pipeline {key!r}; expected one of {TINY_PIPELINES}")
+    return spec
 
 
 def _seeded(factory: ComponentFactory, seed: int) -> Any:
@@ -45,13 +64,14 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
             tensor.data = tensor.data.to(dtype)
 
 
-def tiny_pipeline(family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
-    """A full diffusers pipeline of ``family`` with tiny random weights and in-code tokenizers.
+def tiny_pipeline(key: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
+    """The tiny pipeline ``key`` (see :data:`TINY_PIPELINES`): a full diffusers pipeline with tiny random
+    weights and in-code tokenizers.
 
     Nothing is downloaded. The same ``seed`` always gives the same weights, and every component is seeded
     separately, so :func:`tiny_denoiser` with that seed returns an identical denoiser.
     """
-    spec = family_spec(family)
+    spec = pipeline_spec(key)
     components = {name: _seeded(factory, seed) for name, factory in spec.components().items()}
     if dtype != torch.float32:
         for component in components.values():
@@ -62,9 +82,9 @@ def tiny_pipeline(family: str, *, seed: int = 0, dtype: torch.dtype = torch.floa
     return pipe
 
 
-def tiny_denoiser(family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Just the UNet/transformer that :func:`tiny_pipeline` builds for ``family`` with ``seed``."""
-    spec = family_spec(family)
+def tiny_denoiser(key: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Just the UNet/transformer that :func:`tiny_pipeline` builds for ``key`` with ``seed``."""
+    spec = pipeline_spec(key)
     denoiser = _seeded(spec.components()[spec.denoiser], seed)
     if dtype != torch.float32:
         _cast(denoiser, dtype)
@@ -80,24 +100,26 @@ def denoiser_of(pipe: DiffusionPipeline) -> torch.nn.Module:
     raise ValueError(f"{type(pipe).__name__} has neither a transformer nor a unet")
 
 
-def call_kwargs(family: str, **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for a fast (well under 2 s on 2 CPU cores), deterministic call of ``family``.
+def call_kwargs(key: str, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast (well under 2 s on 2 CPU cores), deterministic call of tiny pipeline ``key``.
 
     Two steps at 32x32 (9 frames for video), CFG on where the pipeline does CFG through ``guidance_scale``,
     a fresh ``torch.Generator`` seeded with 0, ``output_type="np"`` and a 16-token text length where the
     pipeline accepts ``max_sequence_length``. ``overrides`` replace keys.
     """
-    kwargs = family_spec(family).call_defaults()
+    kwargs = pipeline_spec(key).call_defaults()
     kwargs["generator"] = torch.Generator().manual_seed(0)
     kwargs.update(overrides)
     return kwargs
 
 
-def latent_grid(family: str, kwargs: Mapping[str, Any] | None = None) -> Grid:
+def latent_grid(key: str, kwargs: Mapping[str, Any] | None = None) -> Grid:
     """The denoiser's token grid ``(frames, height, width)`` after patchify for a call with ``kwargs``.
 
     Images have ``frames == 1``; for the UNet families the grid is the latent at the top (full-resolution)
     level. Missing keys (height, width, num_frames) fall back to :func:`call_kwargs`'s values.
     """
-    spec = family_spec(family)
+    spec = pipeline_spec(key)
+    if spec.grid is None:
+        raise ValueError(f"the tiny pipeline {key!r} declares no grid function")
     return spec.grid({**spec.call_defaults(), **(kwargs or {})})

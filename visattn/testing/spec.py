@@ -1,4 +1,4 @@
-"""The description of one tiny model family: how to build its components, call it, and find its grid."""
+"""The description of one tiny pipeline: its family, how to build its components, call it, and find its grid."""
 
 from __future__ import annotations
 
@@ -15,24 +15,34 @@ ComponentFactory = Callable[[], Any]
 
 
 @dataclass(frozen=True)
-class FamilySpec:
-    """Everything :mod:`visattn.testing.pipelines` needs to know about one family.
+class PipelineSpec:
+    """Everything :mod:`visattn.testing.pipelines` needs to know about one tiny pipeline.
 
     Attributes:
-        name: The family key, e.g. ``"sd"``.
+        family: The key of the denoiser's family in :mod:`visattn.families` (the package's one vocabulary).
         pipeline_cls: The diffusers pipeline class to assemble.
         denoiser: The component name of the UNet/transformer (``"unet"`` or ``"transformer"``).
         components: Returns a fresh name -> factory mapping; every factory runs under its own
             ``torch.manual_seed`` so that a component's weights do not depend on the others.
         call_defaults: Keyword arguments (minus the generator) for a fast pipeline call.
-        grid: Maps full call kwargs to the denoiser's token grid ``(frames, height, width)``.
+        grid: Maps full call kwargs to the denoiser's token grid ``(frames, height, width)`` (``None``: not
+            declared, as for the coverage pipelines, whose grid the coverage checks read from the denoiser).
         pipeline_kwargs: Extra non-component constructor arguments (e.g. SD's safety-checker flag).
+        default: The family's default tiny pipeline, keyed by the family key; another pipeline of the family
+            (SDXL beside SD for ``"unet"``) is keyed by its diffusers class name.
     """
 
-    name: str
+    family: str
     pipeline_cls: type[DiffusionPipeline]
     denoiser: str
     components: Callable[[], Mapping[str, ComponentFactory]]
     call_defaults: Callable[[], dict[str, Any]]
-    grid: Callable[[Mapping[str, Any]], Grid]
+    grid: Callable[[Mapping[str, Any]], Grid] | None = None
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    default: bool = True
+
+    @property
+    def key(self) -> str:
+        """How :func:`visattn.testing.tiny_pipeline` names this pipeline: the family key for the family's
+        default pipeline, the diffusers pipeline class name otherwise."""
+        return self.family if self.default else self.pipeline_cls.__name__

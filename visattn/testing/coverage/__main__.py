@@ -30,8 +30,15 @@ def _row(entry, result: CoverageRow) -> str:
     )
     detach = "yes" if result.detach_exact else "FAIL"
     guidance = ", ".join(f"{name} {_mark(value)}" for name, value in result.guidance.items()) or "n/a (no self/joint)"
+    parts = []
+    if "P2P" in result.editing:
+        parts.append(f"P2P {_mark(result.editing['P2P'])} (source {result.editing['P2P source']:.0e})")
+    if "LocalBlend" in result.editing:
+        parts.append(f"LocalBlend mask {result.editing['LocalBlend']:.0%}")
     if result.maps is not None:
-        editing = "maps collected"
+        parts.append("maps collected")
+    if parts:
+        editing = ", ".join(parts)
     elif result.text_found:
         editing = "text found; no grid for maps"
     else:
@@ -68,9 +75,12 @@ attached through its generic path (the stock processors stay; visattn answers th
 - **identity**: max abs difference of the output with an observing effect on every layer (every call routed
   through visattn) against the stock model, fp32; "detach" says every processor object and hook is as before.
 - **roles**: the roles visattn derived from the calls' shapes.
-- **editing and maps**: `AttentionMaps` collected per-token maps (output unchanged) where text and grid are found.
-  Prompt-to-Prompt and LocalBlend are tested end to end on the pipeline families (SD, SDXL, PixArt, SD3, Flux,
-  Wan, CogVideoX, HunyuanVideo) in `tests/test_prompt_to_prompt.py`; on the classes below they are not yet.
+- **editing and maps**: where text and grid are found, on a source/target pair of rows with one word swapped
+  (prompts given as `PromptTokens`, one word per text position): Prompt-to-Prompt with the max change of the
+  target rows (and of the source rows, which must stay a plain generation), LocalBlend with the share of the
+  grid its mask leaves editable, and `AttentionMaps` collecting per-token maps (output unchanged). With real
+  tokenizers, words and pipelines, Prompt-to-Prompt and LocalBlend are tested end to end on the tiny pipelines
+  (`visattn.testing.TINY_PIPELINES`) in `tests/test_prompt_to_prompt.py`.
 - **guidance**: PAG and SEG (scale 2) on the self/joint layers, with the max output change.
 - **sparse**: NeighborhoodAttention (window 3 per axis, 1 on axes shorter than 3), ExtrapolationDecay (train
   size 2) and, on 3-D grids, RadialAttention, with the max output change.

@@ -15,6 +15,7 @@ import torch
 
 import visattn
 from visattn.context import CallContext
+from visattn.families import family_of
 from visattn.interception import layer_hook
 from visattn.processors.effect import AttentionCall, Effect
 from visattn.testing.coverage.spec import TinyDenoiser
@@ -22,6 +23,10 @@ from visattn.words import PromptTokens
 
 #: the identity bar of the issue: fp32, max abs diff
 IDENTITY_TOLERANCE = 1e-6
+
+#: Prompt-to-Prompt's source rows are a plain generation; the edited calls compute them in float32 with an
+#: explicit softmax instead of the fused kernel, so they match to rounding (relative to the output's scale)
+SOURCE_TOLERANCE = 1e-4
 
 
 class ContextRecorder(Effect):
@@ -49,6 +54,11 @@ class CoverageRow:
     text_found: bool = False
     guidance: dict[str, float] = field(default_factory=dict)
     maps: float | None = None
+    #: max abs of the stock output, the scale of the rounding bar for recomputed rows
+    output_scale: float = 1.0
+    #: Prompt-to-Prompt: ``{"P2P source": max change of the source rows (must stay ~0), "P2P": change of the
+    #: target rows, "LocalBlend": the fraction of the grid its mask keeps editable}``
+    editing: dict[str, float] = field(default_factory=dict)
     sparse: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -66,6 +76,10 @@ class CoverageRow:
             changes["PAG"] = self.guidance["PAG"]
         if "SEG" in self.guidance and self.grid_found:
             changes["SEG"] = self.guidance["SEG"]
+        if "P2P" in self.editing:
+            changes["P2P"] = self.editing["P2P"]
+            if not self.editing["P2P source"] <= SOURCE_TOLERANCE * max(1.0, self.output_scale):
+                failed.setdefault("P2P source", f"the source rows changed by {self.editing['P2P source']}")
         for name, change in changes.items():
             if not 1e-6 < change < math.inf:
                 failed.setdefault(name, f"changed the output by {change}")
@@ -121,10 +135,38 @@ def sdpa_token_counts(entry: TinyDenoiser, batch_size: int = 2) -> set[tuple[int
     return recorder.seen
 
 
-def _synthetic_prompt(length: int) -> PromptTokens:
-    """One word per text position, so every text token has a word to collect a map for."""
-    words = tuple(f"w{i}" for i in range(length))
+def _synthetic_prompt(length: int, swap: int | None = None) -> PromptTokens:
+    """One word per text position, so every text token has a word to collect a map for; ``swap`` renames word
+    ``swap`` (a Prompt-to-Prompt target of the same length)."""
+    words = tuple(f"x{i}" if i == swap else f"w{i}" for i in range(length))
     return PromptTokens(" ".join(words), words, tuple((i,) for i in range(length)), (), length, family="")
+
+
+def _editing(model, entry: TinyDenoiser, stock: torch.Tensor, length: int) -> dict[str, float]:
+    """Prompt-to-Prompt (word swap, every step) and LocalBlend on one call of a source/target pair of rows."""
+    source, target = _synthetic_prompt(length), _synthetic_prompt(length, swap=min(1, length - 1))
+    # The whole schedule: a denoiser called by hand has no scheduler, and (0, 1) acts at unknown steps too.
+    edit = visattn.PromptToPrompt(source, target, cross_steps=1.0, self_steps=1.0)
+    with visattn.attach(model, edit):
+        out = _run(model, entry)
+    result = {
+        "P2P source": _finite((out[:1] - stock[:1]).abs().max()),
+        "P2P": _finite((out[1:] - stock[1:]).abs().max()),
+    }
+    blend = visattn.LocalBlend(target.words[min(1, length - 1)])
+    with visattn.attach(
+        model, visattn.PromptToPrompt(source, target, cross_steps=1.0, self_steps=1.0, local_blend=blend)
+    ):
+        _run(model, entry)
+    if blend.mask is None:
+        raise RuntimeError("LocalBlend built no mask: no cross-attention map reached it")
+    result["LocalBlend"] = blend.mask.float().mean().item()
+    return result
+
+
+def _finite(value: torch.Tensor) -> float:
+    value = value.item()
+    return value if math.isfinite(value) else math.inf
 
 
 def check(entry: TinyDenoiser) -> CoverageRow:
@@ -132,6 +174,7 @@ def check(entry: TinyDenoiser) -> CoverageRow:
     model = entry.build()
     row = CoverageRow(entry.class_name, entry.pipeline, layers=len(visattn.attention_layers(model)))
     stock = _run(model, entry)
+    row.output_scale = stock.abs().max().item()
     processors = {name: module.processor for name, module in visattn.attention_layers(model).items()}
 
     # Identity through interception: an observer on every layer makes every attention call go through visattn.
@@ -171,7 +214,9 @@ def check(entry: TinyDenoiser) -> CoverageRow:
         except Exception as error:  # noqa: BLE001
             row.problems.append(f"{name}: {type(error).__name__}: {error}")
 
-    if row.text_found and row.grid_found and entry.text_tokens:
+    # Text effects where the class takes text (an image-conditioned UNet's cross-attention keys are no words).
+    takes_text = family_of(model).missing("text") is None
+    if row.text_found and row.grid_found and entry.text_tokens and takes_text:
         try:
             length = text_contexts[0].text_span.length
             maps = visattn.AttentionMaps(prompt=_synthetic_prompt(length), drop_special=False)
@@ -180,6 +225,10 @@ def check(entry: TinyDenoiser) -> CoverageRow:
                 row.problems.append("AttentionMaps: collected nothing")
         except Exception as error:  # noqa: BLE001
             row.problems.append(f"AttentionMaps: {type(error).__name__}: {error}")
+        try:
+            row.editing = _editing(model, entry, stock, text_contexts[0].text_span.length)
+        except Exception as error:  # noqa: BLE001
+            row.problems.append(f"P2P: {type(error).__name__}: {error}")
 
     grids = [ctx.grid for ctx in contexts if ctx.grid is not None and ctx.role in perturbable]
     if grids:

@@ -473,6 +473,32 @@ def _sana_wm_inputs(b: int) -> dict[str, Any]:
 # --- Kandinsky 5 / 6 (channels-last latents) -----------------------------------------------------------------------
 
 
+def _kandinsky5_build() -> torch.nn.Module:
+    """Kandinsky 5 zero-initializes its modulation output layers (adaLN-Zero), whose gates scale every attention
+    output: seed them, so that attention reaches the output of the untrained model."""
+    model = built(
+        "Kandinsky5Transformer3DModel",
+        in_visual_dim=C,
+        in_text_dim=DIM,
+        in_text_dim2=16,
+        time_dim=16,
+        out_visual_dim=C,
+        patch_size=(1, 2, 2),
+        model_dim=DIM,
+        ff_dim=64,
+        num_text_blocks=1,
+        num_visual_blocks=2,
+        axes_dims=(4, 6, 6),
+        visual_cond=True,
+    )()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "modulation.out_layer" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model
+
+
 def _kandinsky5_inputs(b: int) -> dict[str, Any]:
     g = input_generator()
     latents = randn(g, b, F, 2 * H, 2 * W, C)  # [B, F, H, W, C]
@@ -1095,21 +1121,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="Kandinsky5Transformer3DModel",
-        build=built(
-            "Kandinsky5Transformer3DModel",
-            in_visual_dim=C,
-            in_text_dim=DIM,
-            in_text_dim2=16,
-            time_dim=16,
-            out_visual_dim=C,
-            patch_size=(1, 2, 2),
-            model_dim=DIM,
-            ff_dim=64,
-            num_text_blocks=1,
-            num_visual_blocks=2,
-            axes_dims=(4, 6, 6),
-            visual_cond=True,
-        ),
+        build=_kandinsky5_build,
         inputs=_kandinsky5_inputs,
         grid=(F, H, W),
         text_tokens=TEXT,

@@ -25,7 +25,7 @@ from diffusers import (
 )
 
 from visattn.testing import grids
-from visattn.testing.spec import FamilySpec
+from visattn.testing.spec import PipelineSpec
 from visattn.testing.text_encoders import clip_text_model, t5_encoder
 from visattn.testing.tokenizers import clip_tokenizer, t5_tokenizer
 from visattn.testing.vaes import FLOW_IMAGE_VAE, IMAGE_VAE, LATENT_CHANNELS, image_vae
@@ -185,9 +185,9 @@ def _flux_components() -> dict[str, Any]:
     }
 
 
-IMAGE_FAMILIES: tuple[FamilySpec, ...] = (
-    FamilySpec(
-        name="sd",
+IMAGE_PIPELINES: tuple[PipelineSpec, ...] = (
+    PipelineSpec(
+        family="unet",
         pipeline_cls=StableDiffusionPipeline,
         denoiser="unet",
         components=_sd_components,
@@ -195,16 +195,17 @@ IMAGE_FAMILIES: tuple[FamilySpec, ...] = (
         grid=lambda kwargs: grids.unet_grid(IMAGE_VAE, kwargs),
         pipeline_kwargs={"requires_safety_checker": False},
     ),
-    FamilySpec(
-        name="sdxl",
+    PipelineSpec(
+        family="unet",
         pipeline_cls=StableDiffusionXLPipeline,
+        default=False,
         denoiser="unet",
         components=_sdxl_components,
         call_defaults=lambda: _image_call(guidance_scale=5.0),
         grid=lambda kwargs: grids.unet_grid(IMAGE_VAE, kwargs),
     ),
-    FamilySpec(
-        name="pixart",
+    PipelineSpec(
+        family="pixart",
         pipeline_cls=PixArtAlphaPipeline,
         denoiser="transformer",
         components=_pixart_components,
@@ -214,16 +215,16 @@ IMAGE_FAMILIES: tuple[FamilySpec, ...] = (
         ),
         grid=lambda kwargs: grids.patched_image_grid(IMAGE_VAE, PIXART_TRANSFORMER, kwargs),
     ),
-    FamilySpec(
-        name="sd3",
+    PipelineSpec(
+        family="sd3",
         pipeline_cls=StableDiffusion3Pipeline,
         denoiser="transformer",
         components=_sd3_components,
         call_defaults=lambda: _image_call(guidance_scale=7.0, max_sequence_length=16),
         grid=lambda kwargs: grids.patched_image_grid(FLOW_IMAGE_VAE, SD3_TRANSFORMER, kwargs),
     ),
-    FamilySpec(
-        name="flux",
+    PipelineSpec(
+        family="flux",
         pipeline_cls=FluxPipeline,
         denoiser="transformer",
         components=_flux_components,

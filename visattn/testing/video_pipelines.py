@@ -21,7 +21,7 @@ from diffusers import (
 )
 
 from visattn.testing import grids
-from visattn.testing.spec import FamilySpec
+from visattn.testing.spec import PipelineSpec
 from visattn.testing.text_encoders import clip_text_model, llama_model, t5_encoder, umt5_encoder
 from visattn.testing.tokenizers import clip_tokenizer, llama_tokenizer, t5_tokenizer
 from visattn.testing.vaes import (
@@ -162,25 +162,25 @@ def _hunyuan_video_components() -> dict[str, Any]:
     }
 
 
-VIDEO_FAMILIES: tuple[FamilySpec, ...] = (
-    FamilySpec(
-        name="wan",
+VIDEO_PIPELINES: tuple[PipelineSpec, ...] = (
+    PipelineSpec(
+        family="wan",
         pipeline_cls=WanPipeline,
         denoiser="transformer",
         components=_wan_components,
         call_defaults=lambda: _video_call(guidance_scale=5.0),
         grid=lambda kwargs: grids.wan_grid(WAN_VAE, WAN_TRANSFORMER, kwargs),
     ),
-    FamilySpec(
-        name="cogvideox",
+    PipelineSpec(
+        family="cogvideox",
         pipeline_cls=CogVideoXPipeline,
         denoiser="transformer",
         components=_cogvideox_components,
         call_defaults=lambda: _video_call(guidance_scale=6.0),
         grid=lambda kwargs: grids.cogvideox_grid(COGVIDEOX_VAE, COGVIDEOX_TRANSFORMER, kwargs),
     ),
-    FamilySpec(
-        name="hunyuan_video",
+    PipelineSpec(
+        family="hunyuan_video",
         pipeline_cls=HunyuanVideoPipeline,
         denoiser="transformer",
         components=_hunyuan_video_components,

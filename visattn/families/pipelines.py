@@ -1,0 +1,166 @@
+"""What a running diffusers pipeline applies around its denoiser calls: the CFG arithmetic, read per call.
+
+Pipelines combine predictions themselves (``eps = eps_u + g * (eps_c - eps_u)`` with CFG), and how they do it
+is a per-pipeline fact visattn needs (perturbation guidance folds its terms into the conditional prediction
+through ``g``, see :mod:`visattn.guidance_math`). ``g`` is the scale the pipeline applies *to this denoiser
+call's conditional prediction*, which is not always an attribute. :func:`pipeline_guidance_scale` knows, per
+diffusers pipeline family:
+
+* SD, SDXL, SD3, PixArt, CogVideoX batch ``[uncond, cond]`` and apply ``guidance_scale`` (PixArt keeps it in a
+  local variable; CogVideoX with ``use_dynamic_cfg`` recomputes it every step *after* the denoiser call, from the
+  step's timestep, so the value in ``pipe._guidance_scale`` during the call is the previous step's).
+* Wan 2.1 / 2.2 call the denoiser once for ``"cond"`` and once for ``"uncond"`` and apply
+  ``current_guidance_scale``: ``guidance_scale`` on ``transformer`` (high noise, ``t >= boundary``) and
+  ``guidance_scale_2`` on ``transformer_2`` (low noise), and only when ``guidance_scale > 1``.
+* Flux and HunyuanVideo are guidance-distilled: ``guidance_scale`` is an embedding input, not CFG, so with the
+  default call the batch is one ``"cond"`` branch and the scale is 1. With ``true_cfg_scale > 1`` and a negative
+  prompt they run a separate ``"uncond"`` call and apply ``true_cfg_scale``, which is a local variable of
+  ``__call__``.
+
+Values that live only in ``__call__``'s locals are read from the running pipeline's frame (found on the call
+stack: the frame of ``__call__`` whose ``self`` is the attached pipeline). That stack walk is private to this
+module; the rest of the package asks the questions below. Without such a frame (a denoiser called by hand with a
+pipeline attached) the pipeline's attributes are used.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@torch.compiler.disable  # frame inspection is plain Python bookkeeping; never trace it into a compiled graph
+def _call_locals(pipeline: Any) -> dict[str, Any]:
+    """The local variables of the pipeline's running ``__call__`` (empty when it is not on the call stack).
+
+    Some pipelines keep what they apply per call (PixArt's CFG switch, Wan 2.2's current guidance scale,
+    CogVideoX's dynamic scale, the prompt) in locals of ``__call__`` rather than attributes; this reads them.
+    """
+    if pipeline is None:
+        return {}
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        # Only frames of a __call__ with a ``self`` are materialized; f_locals of other frames is never read.
+        if code.co_name == "__call__" and "self" in code.co_varnames and frame.f_locals.get("self") is pipeline:
+            return dict(frame.f_locals)
+        frame = frame.f_back
+    return {}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return None
+
+
+def _dynamic_cfg_scale(local: dict[str, Any]) -> float | None:
+    """CogVideoX's ``use_dynamic_cfg`` scale for the step being denoised (the pipeline's own formula)."""
+    base, steps, t = _number(local.get("guidance_scale")), _number(local.get("num_inference_steps")), local.get("t")
+    t = _number(t)
+    if base is None or not steps or t is None:
+        return None
+    return 1.0 + base * ((1.0 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2.0)
+
+
+def _batched_cfg_scale(pipeline: Any, local: dict[str, Any]) -> float:
+    """The scale of a pipeline that batches ``[uncond, cond]`` in one call."""
+    if local.get("use_dynamic_cfg"):
+        dynamic = _dynamic_cfg_scale(local)
+        if dynamic is not None:
+            return dynamic
+    for value in (getattr(pipeline, "_guidance_scale", None), local.get("guidance_scale")):
+        number = _number(value)
+        if number is not None:
+            return number
+    number = _number(getattr(pipeline, "guidance_scale", None))
+    return 1.0 if number is None else number
+
+
+def _stage_scale_from_attributes(pipeline: Any, timestep: float | None) -> float:
+    """Wan 2.2 without a frame: ``guidance_scale_2`` below the boundary timestep, ``guidance_scale`` above."""
+    scale = _number(getattr(pipeline, "_guidance_scale", None))
+    scale_2 = _number(getattr(pipeline, "_guidance_scale_2", None))
+    ratio = getattr(getattr(pipeline, "config", None), "boundary_ratio", None)
+    scheduler = getattr(pipeline, "scheduler", None)
+    train_steps = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if scale_2 is not None and ratio is not None and train_steps and timestep is not None:
+        if timestep < ratio * train_steps:
+            return scale_2
+    return 1.0 if scale is None else scale
+
+
+def _per_call_cfg_scale(pipeline: Any, local: dict[str, Any], timestep: float | None) -> float:
+    """The scale of a pipeline that runs its ``"cond"`` and ``"uncond"`` predictions as separate calls."""
+    if "do_true_cfg" in local:
+        # Flux, HunyuanVideo (and their relatives): distilled guidance unless true CFG is on.
+        return float(local["true_cfg_scale"]) if local["do_true_cfg"] else 1.0
+    do_cfg = getattr(type(pipeline), "do_classifier_free_guidance", None)
+    if not isinstance(do_cfg, property):
+        return 1.0
+    try:
+        if not pipeline.do_classifier_free_guidance:
+            return 1.0
+    except (AttributeError, TypeError):
+        return 1.0
+    current = _number(local.get("current_guidance_scale"))
+    if current is not None:
+        return current
+    return _stage_scale_from_attributes(pipeline, timestep)
+
+
+def pipeline_guidance_scale(
+    pipeline: Any, batch_names: Sequence[str], timestep: float | None = None, formula: str = "uncond_plus"
+) -> float:
+    """The CFG scale the pipeline applies to this call's conditional prediction (1 when it applies none).
+
+    Args:
+        pipeline: the attached diffusers pipeline, or ``None`` for a bare denoiser (scale 1).
+        batch_names: branch names of the call's batch layout as the pipeline made it (``("uncond", "cond")``
+            for batched CFG, ``("cond",)`` for a separate conditional call).
+        timestep: the scheduler timestep of the call (used for Wan 2.2's two stages when no frame is found).
+        formula: the family's :attr:`visattn.families.Family.cfg_formula`; ``"cond_plus"`` pipelines weigh the
+            conditional prediction by ``1 + g``, which is what this returns for them while they guide.
+    """
+    if pipeline is None:
+        return 1.0
+    names = tuple(batch_names)
+    local = _call_locals(pipeline)
+    if "uncond" in names and "cond" in names:
+        scale = _batched_cfg_scale(pipeline, local)
+        return scale + 1.0 if formula == "cond_plus" else scale
+    if names == ("cond",):
+        return _per_call_cfg_scale(pipeline, local, timestep)
+    return 1.0
+
+
+def pipeline_decided_cfg(pipeline: Any) -> bool | None:
+    """What the running ``__call__`` decided about classifier-free guidance (its ``do_classifier_free_guidance``
+    local), or ``None`` when it keeps no such local or is not running."""
+    decided = _call_locals(pipeline).get("do_classifier_free_guidance")
+    return decided if isinstance(decided, bool) else None
+
+
+@dataclass(frozen=True)
+class CallPrompt:
+    """The prompt arguments of the running pipeline call."""
+
+    prompt: Any = None
+    prompt_template: Any = None
+    max_sequence_length: int | None = None
+
+
+def pipeline_call_prompt(pipeline: Any) -> CallPrompt:
+    """The prompt (and HunyuanVideo's ``prompt_template`` and ``max_sequence_length``) the running pipeline call
+    was given; empty when it runs with ``prompt_embeds`` or is not running."""
+    local = _call_locals(pipeline)
+    return CallPrompt(local.get("prompt"), local.get("prompt_template"), local.get("max_sequence_length"))
