@@ -13,26 +13,17 @@ import torch
 
 import visattn
 from visattn.testing.coverage import TINY_DENOISERS
-from visattn.testing.coverage.checks import CoverageRow, check, prediction, sdpa_token_counts
+from visattn.testing.coverage.checks import ContextRecorder, CoverageRow, check, prediction, sdpa_token_counts
 from visattn.testing.coverage.videos import SDPA_TOKENS
 
 # Checks a class fails today, with why. Prompt-to-Prompt's LocalBlend reads the prediction with the family's latent
-# layout, which does not hold for predictions that keep the text rows (Qwen-Image 2.1, Ideogram 4), per-sample
-# lists (Z-Image) or several items (JoyImage-Edit); Prompt-to-Prompt pairs source and target rows inside one call,
+# layout, which does not hold for a prediction of several items (JoyImage-Edit); Prompt-to-Prompt pairs source and
+# target rows inside one call,
 # which a per-row attention loop (Mochi) or a forward without a batch axis (Cosmos 3) never makes; and a per-sample
 # text list gives no text length, so a second cross-attention call over image tokens is taken for text
 # (Wan-Animate 2). The test fails both when another check fails and when one of these starts passing (then remove
 # it here).
 KNOWN_LIMITS: dict[str, dict[str, str]] = {
-    "QwenImage21Transformer2DModel": {
-        "P2P": "LocalBlend: the prediction holds the text rows too ([B, T + HW, C]; the pipeline keeps the last HW)",
-    },
-    "ZImageTransformer2DModel": {
-        "P2P": "LocalBlend: the prediction is a per-sample list of tensors",
-    },
-    "Ideogram4Transformer2DModel": {
-        "P2P": "LocalBlend: the prediction holds the padding and text rows too ([B, T + HW, C])",
-    },
     "WanAnimate2Transformer3DModel": {
         "AttentionMaps": "the text is a per-sample list (padded to config.text_len inside): no text length is read, "
         "so cross_attn's second SDPA call, over the CLIP image tokens, is taken for text",
@@ -126,3 +117,29 @@ def test_a_module_visattn_cannot_intercept_is_named_when_selected():
     with visattn.attach(model) as handle:
         assert name not in handle.layers["model"] and handle.layers["model"]
     assert all(m.processor is before[n] for n, m in visattn.attention_layers(model).items())
+
+
+def test_a_subclass_of_a_supported_class_inherits_its_facts():
+    """A user's subclass of a declared class (matched along the MRO) gets that class's facts, not the generic path:
+    its packed latents' grid is read, identity is exact and PAG acts, without a warning."""
+    from diffusers import QwenImageTransformer2DModel
+
+    class UsersOwnQwen(QwenImageTransformer2DModel):
+        pass
+
+    entry = ENTRIES["QwenImageTransformer2DModel"]
+    torch.manual_seed(0)
+    model = UsersOwnQwen(**entry.build().config).eval()
+    inputs = entry.inputs(2)
+    with torch.no_grad():
+        stock = prediction(model(**inputs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recorder = ContextRecorder()
+        with visattn.attach(model, recorder) as handle, torch.no_grad():
+            assert torch.equal(prediction(model(**inputs)), stock)
+            state = handle.states[0]
+            assert state.family.name == "qwen_image" and state.inputs.grid == entry.grid
+        with visattn.attach(model, visattn.PerturbedAttentionGuidance(scale=2.0)), torch.no_grad():
+            guided = prediction(model(**inputs))
+    assert (guided - stock).abs().max() > 1e-4

@@ -12,6 +12,7 @@ import torch
 
 import visattn
 from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
+from visattn.interception import layer_hook
 from visattn.kernels import attention
 from visattn.processors import AttentionCall, PerturbedAttentionGuidance
 from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
@@ -157,3 +158,19 @@ def test_bad_parameters_raise_clear_errors():
         visattn.attach(pipeline("unet"), PerturbedAttentionGuidance(layers="nowhere"))
     with pytest.raises(ValueError, match="index 7 is out of range for layer .* which has 2 heads"):
         run("unet", PerturbedAttentionGuidance(layers="mid", heads={"mid": [7]}))
+
+
+def test_default_layers_are_the_familys_and_follow_the_model_attached():
+    """PAG's default layers are diffusers' PAG pipeline defaults per family ("mid" for SD, "blocks.1" for SD3), and
+    the middle self/joint layer where the family declares none (Flux); one effect re-resolves per attach."""
+    pag = PerturbedAttentionGuidance(scale=2.0)
+    expected = {"unet": ("mid",), "sd3": ("blocks.1",), "flux": (r"^single_transformer_blocks\.0\.attn$",)}
+    for key, layers in expected.items():
+        pipe = tiny_pipeline(key)
+        denoiser = pipe.unet if key == "unet" else pipe.transformer
+        with visattn.attach(pipe, pag):
+            assert pag.layers == layers
+            # Only the layers PAG can act on carry a hook; the others run their stock forward untouched.
+            modules = visattn.attention_layers(denoiser)
+            hooked = {name for name, module in modules.items() if layer_hook(module) is not None}
+            assert hooked and hooked == {name for name in modules if pag.may_act_on_layer(name)} != set(modules)

@@ -150,6 +150,7 @@ class Attachment:
         merged_roles = {name: role for *_, roles in plans for name, role in roles.items()}
         try:
             for effect in self.effects:
+                effect.use_family_defaults(plans[0][2], merged_roles)
                 effect.bind(merged_roles)
             for attribute, base, family, modules, roles in plans:
                 self._swap(attribute, base, family, modules, roles, pipeline)
@@ -166,6 +167,8 @@ class Attachment:
         register_hook(model, hook)
         self._hooks.append(hook)
         for name, role in roles.items():
+            if self.effects and not any(effect.may_act_on_layer(name) for effect in self.effects):
+                continue  # no effect can act here: the stock forward runs without even a hook call
             module = modules[name]
             layer = AttentionLayerHook(
                 self.effects,

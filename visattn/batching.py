@@ -4,7 +4,7 @@ Guidance effects add rows to the batch (a perturbed twin of the conditional rows
 do) without a pipeline subclass: every input tensor whose leading dimension is the batch is re-indexed, the
 denoiser runs once on the larger batch, and the extra rows are folded back into the prediction the pipeline
 expects. Inputs that carry the batch otherwise (per-sample lists, text repeated per frame, a batch on a later
-axis, per-token indices) are declared per family (:data:`visattn.families.readers.BATCH_INPUTS`) and re-indexed
+axis, per-token indices) are declared per family (:data:`visattn.families.Family.batch_inputs`) and re-indexed
 as declared.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .families.readers import FOLDED, NOT_BATCHED_INPUT, PER_SAMPLE_LIST, BatchInput
+from .families.base import FOLDED, NOT_BATCHED_INPUT, PER_SAMPLE_LIST, BatchInput
 
 # Inputs that are per-token, not per-sample, even when their length happens to equal the batch size.
 NOT_BATCHED = frozenset({"img_ids", "txt_ids", "image_rotary_emb", "rotary_emb", "attention_kwargs"})
@@ -37,9 +37,9 @@ def take_rows(value: Any, index: torch.Tensor, batch_size: int) -> Any:
 def take_declared_rows(value: Any, how: int | str, index: torch.Tensor, batch_size: int, name: str) -> Any:
     """``value`` re-indexed along the batch as its family declares it carries the batch (``how``).
 
-    ``how`` is :data:`~visattn.families.readers.NOT_BATCHED_INPUT` (shared by every row: unchanged),
-    :data:`~visattn.families.readers.PER_SAMPLE_LIST` (a list with one item per row),
-    :data:`~visattn.families.readers.FOLDED` (``m`` consecutive rows per sample along the leading axis, ``(b m)``),
+    ``how`` is :data:`~visattn.families.base.NOT_BATCHED_INPUT` (shared by every row: unchanged),
+    :data:`~visattn.families.base.PER_SAMPLE_LIST` (a list with one item per row),
+    :data:`~visattn.families.base.FOLDED` (``m`` consecutive rows per sample along the leading axis, ``(b m)``),
     or the axis of the batch.
 
     Raises:
@@ -79,7 +79,7 @@ def take_input_rows(
 
     Args:
         declared: the family's inputs that do not lead with the batch, and how each carries it
-            (:data:`visattn.families.readers.BATCH_INPUTS`); every other batch-leading tensor is re-indexed on its
+            (:data:`visattn.families.Family.batch_inputs`); every other batch-leading tensor is re-indexed on its
             leading axis.
     """
     new_args, new_kwargs = list(args), dict(kwargs)

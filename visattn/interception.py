@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
-from .families.readers import context_before_grid
 from .kernels import backend_names
 from .processors.effect import AttentionCall, Effect
 from .steps import in_steps
@@ -391,7 +390,7 @@ class AttentionLayerHook(ModelHook):
         if grid is not None:
             layout = TokenLayout(n_q, image=Span(0, n_q))
             return "self", layout, layout, grid, None
-        if grids and context_before_grid(family) and n_q > math.prod(grids[0]):
+        if grids and family.context_before_grid and n_q > math.prod(grids[0]):
             # Context latents (history) before the grid: placed where text would be, so that grid patterns keep
             # them visible to every grid query and SEG leaves them unblurred, as they do text.
             image_tokens = math.prod(grids[0])

@@ -16,6 +16,18 @@ from collections.abc import Iterable, Mapping
 ROLE_KEYWORDS = ("self", "cross", "joint", "text")
 
 
+class _FamilyDefault:
+    """The ``layers`` default of perturbation guidance: where the model's family perturbs by default."""
+
+    def __repr__(self) -> str:
+        return "FAMILY_DEFAULT"
+
+
+#: ``layers=FAMILY_DEFAULT``: the family's default layers, resolved at attach
+#: (:meth:`visattn.families.Family.default_pag_layers`: diffusers' PAG pipeline default, else the middle layer)
+FAMILY_DEFAULT = _FamilyDefault()
+
+
 def normalize_layers(layers: str | Iterable[str] | None, parameter: str = "layers") -> tuple[str, ...] | None:
     """``None`` (all layers) or a tuple of identifiers; TypeError/ValueError naming ``parameter`` otherwise."""
     if layers is None:

@@ -224,18 +224,16 @@ def token_stride(pipe: Any) -> int:
 
 
 def default_pag_layers(pipe: Any) -> str | list[str]:
-    """Where PAG perturbs by default: the family's declared default (diffusers' PAG pipeline default, e.g. a
-    UNet's mid block, the PAG paper's choice for Stable Diffusion); otherwise the middle self/joint attention
-    layer of the transformer."""
-    family = _family(pipe)
-    if family is not None and family.pag_layers is not None:
-        return list(family.pag_layers)
-    from ..guidance.head_sets import layer_heads, layer_pattern
+    """Where PAG perturbs by default: the family's default (diffusers' PAG pipeline default, e.g. a UNet's mid
+    block, the PAG paper's choice for Stable Diffusion), else the transformer's middle self/joint layer."""
+    from ..attachment import layer_roles
 
-    layers = list(layer_heads(pipe))
-    if not layers:
-        raise DemoError(f"{type(pipe).__name__} has no self or joint attention layer for PAG to perturb")
-    return [layer_pattern(layers[len(layers) // 2])]
+    denoiser = _denoiser(pipe)
+    family = _family(pipe) or GENERIC
+    try:
+        return list(family.default_pag_layers(layer_roles(denoiser, family)))
+    except ValueError:
+        raise DemoError(f"{type(pipe).__name__} has no self or joint attention layer for PAG to perturb") from None
 
 
 def prompt_words(prompt: str, limit: int | None = None) -> list[str]:

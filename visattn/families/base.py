@@ -37,6 +37,11 @@ CFG_KINDS = ("batched", "batched_cond_first", "separate")
 #: how a family's pipelines combine the CFG branches (see :attr:`Family.cfg_formula`)
 CFG_FORMULAS = ("uncond_plus", "cond_plus")
 
+#: how an input carries the batch where it does not lead with it (see :attr:`Family.batch_inputs`)
+NOT_BATCHED_INPUT = "not_batched"  # per token or per frame, shared by every row (its length may equal the batch)
+PER_SAMPLE_LIST = "per_sample_list"  # a list with one item (tensor or list) per batch row
+FOLDED = "folded"  # m consecutive rows per sample along the leading axis, ``(b m)`` (text repeated per frame)
+
 #: axes of the latent input a family may declare (see :attr:`Family.layout`)
 LAYOUTS = ("BCHW", "BCFHW", "BFCHW", "BFHWC", "auto", "packed")
 
@@ -143,6 +148,10 @@ class Argument:
         return None
 
 
+#: an input and how it carries the batch: one of the kinds above, or the axis of the batch (an int)
+BatchInput = tuple[Argument, int | str]
+
+
 @dataclass(frozen=True)
 class Family:
     """One denoiser family: the classes it covers and the facts the generic path cannot infer.
@@ -177,6 +186,14 @@ class Family:
         cfg_formula: how the pipelines combine the branches: ``"uncond_plus"``, ``u + g * (c - u)`` (the
             diffusers convention); ``"cond_plus"``, ``c + g * (c - u)`` (Z-Image), which weighs the conditional
             prediction by ``1 + g``.
+        batch_inputs: the forward inputs that do not lead with the batch, each with how it carries it (one of
+            :data:`NOT_BATCHED_INPUT`, :data:`PER_SAMPLE_LIST`, :data:`FOLDED`, or the batch's axis), so that a
+            perturbation branch copies rows correctly (:mod:`visattn.batching`); every other tensor whose leading
+            axis is the batch is copied row by row.
+        context_before_grid: self-attention puts context latents before the grid (Helios's history), so the
+            grid is the sequence's last tokens.
+        one_sample_per_call: the forward takes one sample per call, without a batch axis (Cosmos 3 Omni packs
+            one sample's text and vision tokens into one sequence): a perturbation branch runs as its own call.
         pag_layers: where perturbation guidance acts by default, in diffusers' ``pag_applied_layers`` naming (the
             default of diffusers' PAG pipeline for the family); ``None``: the middle self/joint layer.
         known: declared by visattn (``False`` for the generic fallback of a class never seen).
@@ -202,6 +219,9 @@ class Family:
     packed_patch: int = 2
     cfg: str = "batched"
     cfg_formula: str = "uncond_plus"
+    batch_inputs: tuple[BatchInput, ...] = ()
+    context_before_grid: bool = False
+    one_sample_per_call: bool = False
     pag_layers: tuple[str, ...] | None = None
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
@@ -226,6 +246,17 @@ class Family:
         if getattr(module, "added_kv_proj_dim", None) is not None or getattr(module, "add_q_proj", None) is not None:
             return "joint"
         return "cross" if getattr(module, "is_cross_attention", False) else "self"
+
+    def default_pag_layers(self, roles: dict[str, str]) -> tuple[str, ...]:
+        """Where perturbation guidance acts by default on a denoiser whose attention layers have ``roles``
+        (``name -> static role``): the family's declared :attr:`pag_layers`, else the middle self/joint layer
+        (a transformer has no mid block)."""
+        if self.pag_layers is not None:
+            return self.pag_layers
+        candidates = [name for name, role in roles.items() if role in ("self", "joint")]
+        if not candidates:
+            raise ValueError(f"the {self.name} family's model has no self or joint attention layer to perturb")
+        return ("^" + re.escape(candidates[len(candidates) // 2]) + "$",)
 
     def missing(self, fact: str) -> str | None:
         """Why this family cannot provide ``fact`` (one of :data:`FACTS`), or ``None`` when it can (or, for the

@@ -6,7 +6,7 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import Argument, Family, PromptRecipe, TextPart
+from .base import PER_SAMPLE_LIST, Argument, Family, PromptRecipe, TextPart
 
 
 def _text(position: int, name: str = "encoder_hidden_states") -> Argument:
@@ -76,7 +76,14 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
     ),
     _packed_with_ids("ovis_image", ("OvisImageTransformer2DModel",), timestep=2),
     _packed_with_ids("longcat_image", ("LongCatImageTransformer2DModel",), timestep=2),
-    _packed_with_ids("bria", ("BriaTransformer2DModel",), timestep=3, divisor=1.0),
+    _packed_with_ids(
+        "bria",
+        ("BriaTransformer2DModel",),
+        timestep=3,
+        divisor=1.0,
+        # T5 tokens (no padding tokens: the pipeline zero-pads the embeddings to max_sequence_length).
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=128),
+    ),
     _packed_with_ids("bria_fibo", ("BriaFiboTransformer2DModel",), timestep=4, divisor=1.0),
     Family(
         "qwen_image",
@@ -110,11 +117,14 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(4),
         timestep_divisor=1000.0,
         text=_text(2),
+        # Image queries over [image, text] keys (the text is key/value only): the joint sequence's text is last.
+        text_position="last",
     ),
     Family(
         "krea2",
         ("Krea2Transformer2DModel",),
         cfg="separate",
+        cfg_formula="cond_plus",  # noise_pred = cond + g * (cond - uncond)
         layout="packed",
         grid_reader="image_position_ids",
         timestep=_timestep(2),
@@ -140,7 +150,15 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2),
         text_position="first",
     ),
-    Family("lumina_next", ("LuminaNextDiT2DModel",), timestep=_timestep(1), timestep_reversed=True, text=_text(2)),
+    # LuminaPipeline batches [cond, uncond] (its negative prompt after the prompt).
+    Family(
+        "lumina_next",
+        ("LuminaNextDiT2DModel",),
+        cfg="batched_cond_first",
+        timestep=_timestep(1),
+        timestep_reversed=True,
+        text=_text(2),
+    ),
     Family(
         "cogview4",
         ("CogView4Transformer2DModel",),
@@ -150,7 +168,12 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text_position="first",
     ),
     Family(
-        "cogview3plus", ("CogView3PlusTransformer2DModel",), timestep=_timestep(2), text=_text(1), text_position="first"
+        "cogview3plus",
+        ("CogView3PlusTransformer2DModel",),
+        timestep=_timestep(2),
+        text=_text(1),
+        text_position="first",
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=224),
     ),
     # AuraFlow puts 8 register tokens before the text; they count as text here.
     Family(
@@ -164,6 +187,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
     Family(
         "hidream_image",
         ("HiDreamImageTransformer2DModel",),
+        batch_inputs=((Argument(("encoder_hidden_states_llama3",), 3), 1),),
         timestep=_timestep(1, "timesteps"),
         text=_text(2, "encoder_hidden_states_t5"),
         text_position="last",
@@ -181,6 +205,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(1),
         text=_text(2),
         text_position="last",
+        # The token refiner (context_embedder) attends over the MLLM text only; single-stream blocks get the
+        # image and text already concatenated.
+        roles=(("^context_embedder", "text"), ("^single_transformer_blocks", "joint")),
     ),
     Family(
         "bria_fibo2",
@@ -191,10 +218,12 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2),
         text_position="first",  # gist tokens made from the text stand where the text would
     ),
-    # OmniGen: text ids, then one time token, then the image; the time token counts as text here.
+    # OmniGen: text ids, then one time token, then the image; the time token counts as text here. The pipeline
+    # batches [prompt, negative prompt(, image-only prompt)]: the conditional rows first.
     Family(
         "omnigen",
         ("OmniGenTransformer2DModel",),
+        cfg="batched_cond_first",
         timestep=_timestep(1),
         text=_text(2, "input_ids"),
         text_position="first",
@@ -215,13 +244,30 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2, "text_bth"),
         text_position="last",
     ),
-    Family("dit", ("DiTTransformer2DModel",), timestep=_timestep(1), text=None),
+    # DiTPipeline batches [class labels, null class]: the conditional rows first.
+    # UniDiffuser (U-ViT): one joint self-attention over [t_img, t_text, data_type, text, CLIP image, image], the text
+    # mid-sequence (no text position). text2img runs the conditional call, then one with noise for text, at one step.
+    Family(
+        "unidiffuser",
+        ("UniDiffuserModel",),
+        sample=Argument(("latent_image_embeds",), 0),
+        timestep=_timestep(3, "timestep_img"),
+        text=_text(2, "prompt_embeds"),
+        cfg="separate",
+    ),
+    Family("dit", ("DiTTransformer2DModel",), cfg="batched_cond_first", timestep=_timestep(1), text=None),
     # Z-Image: per-sample lists of latents and caption features; patch sizes are forward arguments. The pipeline
     # calls with 1 - t / 1000. Main layers attend over [image, text], each part padded to a multiple of 32 tokens
     # with learned pad tokens (counted as text here; the image part is padded only when it is not a multiple).
     Family(
         "z_image",
         ("ZImageTransformer2DModel",),
+        batch_inputs=(
+            (Argument(("x",), 0), PER_SAMPLE_LIST),
+            (Argument(("cap_feats",), 2), PER_SAMPLE_LIST),
+            (Argument(("siglip_feats",)), PER_SAMPLE_LIST),
+            (Argument(("image_noise_mask",)), PER_SAMPLE_LIST),
+        ),
         cfg="batched_cond_first",
         cfg_formula="cond_plus",  # noise_pred = pos + g * (pos - neg)
         sample=Argument(("x",), 0),

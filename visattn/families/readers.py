@@ -1,11 +1,7 @@
-"""How to read a denoiser's forward call: the latent grid, and how each input carries the batch.
+"""How to read a denoiser's forward call: the latent grid.
 
 Most denoisers patchify a latent tensor whose axes the family's ``layout`` names; packed-token models (Flux,
 Qwen-Image, ...) carry the grid in another argument, read by a named reader below (:data:`READERS`).
-
-Most inputs lead with the batch; :data:`BATCH_INPUTS` lists, per family, the inputs that do not (per-sample
-lists, per-frame text, per-token indices, a batch on a later axis), so that a perturbation branch copies rows
-correctly (:mod:`visattn.batching`).
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ import torch
 if TYPE_CHECKING:
     from .base import Family
 
-from .base import Argument
 
 Grid = tuple[int, int, int]
 
@@ -63,6 +58,12 @@ def _spatial(family: Family, model: torch.nn.Module, sample: torch.Tensor) -> Gr
     return None
 
 
+# The last position-id tensor read (held, so its identity cannot pass to another tensor), what was asked of it
+# and its grid: pipelines pass the same ids at every step, and counting distinct positions (torch.unique) on every
+# call costs more than the rest of the denoiser hook.
+_LAST_IDS: list = [None, None, None]
+
+
 def _position_ids(ids: Any, columns: tuple[int, ...], rows: int | None = None) -> Grid | None:
     """The grid of packed tokens from their position ids (``[N, axes]`` or ``[B, N, axes]``).
 
@@ -71,6 +72,13 @@ def _position_ids(ids: Any, columns: tuple[int, ...], rows: int | None = None) -
     """
     if not isinstance(ids, torch.Tensor) or ids.ndim not in (2, 3):
         return None
+    asked = (ids._version, columns, rows)
+    if _LAST_IDS[0] is not ids or _LAST_IDS[1] != asked:
+        _LAST_IDS[:] = [ids, asked, _count_positions(ids, columns, rows)]
+    return _LAST_IDS[2]
+
+
+def _count_positions(ids: torch.Tensor, columns: tuple[int, ...], rows: int | None) -> Grid | None:
     ids = ids[0] if ids.ndim == 3 else ids
     if rows is not None:
         ids = ids[-rows:]
@@ -222,65 +230,6 @@ READERS: dict[str, Callable[..., Grid | None]] = {
     "vision_token_shapes": vision_token_shapes,
     "items_along_time": items_along_time,
 }
-
-
-#: how an input carries the batch where it does not lead with it (one :data:`BatchInput` each)
-NOT_BATCHED_INPUT = "not_batched"  # per token or per frame, shared by every row (its length may equal the batch)
-PER_SAMPLE_LIST = "per_sample_list"  # a list with one item (tensor or list) per batch row
-FOLDED = "folded"  # m consecutive rows per sample along the leading axis, ``(b m)`` (text repeated per frame)
-#: an input and how it carries the batch: one of the kinds above, or the axis of the batch (an int)
-BatchInput = tuple[Argument, int | str]
-
-#: per family key, the forward inputs that do not lead with the batch; every other tensor whose leading axis is
-#: the batch is copied row by row when a perturbation branch widens the batch (:mod:`visattn.batching`).
-BATCH_INPUTS: dict[str, tuple[BatchInput, ...]] = {
-    # AnimateDiff's pipeline passes the text already repeated per frame, (B * F, T, D): the model does not.
-    "animatediff": ((Argument(("encoder_hidden_states",), 2), FOLDED),),
-    # Per-sample lists of [C, F, H, W] latents and [L, D] caption features.
-    "z_image": (
-        (Argument(("x",), 0), PER_SAMPLE_LIST),
-        (Argument(("cap_feats",), 2), PER_SAMPLE_LIST),
-        (Argument(("siglip_feats",)), PER_SAMPLE_LIST),
-        (Argument(("image_noise_mask",)), PER_SAMPLE_LIST),
-    ),
-    # Llama's hidden states stacked per layer: [layers, B, L, D].
-    "hidream_image": ((Argument(("encoder_hidden_states_llama3",), 3), 1),),
-    # 1-D frame indices for RoPE, one per latent frame of each stream (clean, 2x and 4x history).
-    "hunyuan_video_framepack": tuple(
-        (Argument((name,)), NOT_BATCHED_INPUT)
-        for name in (
-            "indices_latents",
-            "indices_latents_clean",
-            "indices_latents_history_2x",
-            "indices_latents_history_4x",
-        )
-    ),
-}
-
-
-#: family keys whose self-attention puts context latents before the grid: Helios prepends its history latents
-#: (several frames, at several patch sizes) to the video's tokens, so the grid is the last tokens of the sequence.
-CONTEXT_BEFORE_GRID: frozenset[str] = frozenset({"helios"})
-
-
-def context_before_grid(family: Family) -> bool:
-    """Whether ``family``'s self-attention holds context latents before the grid (see :data:`CONTEXT_BEFORE_GRID`)."""
-    return family.name in CONTEXT_BEFORE_GRID
-
-
-#: family keys whose forward takes one sample per call, without a batch axis (Cosmos 3 Omni packs one sample's
-#: text and vision tokens into one sequence): a perturbation branch runs as a call of its own.
-ONE_SAMPLE_PER_CALL: frozenset[str] = frozenset({"cosmos3_omni"})
-
-
-def one_sample_per_call(family: Family) -> bool:
-    """Whether ``family``'s forward has no batch axis (see :data:`ONE_SAMPLE_PER_CALL`)."""
-    return family.name in ONE_SAMPLE_PER_CALL
-
-
-def batch_inputs(family: Family) -> tuple[BatchInput, ...]:
-    """The inputs of ``family`` that do not lead with the batch (see :data:`BATCH_INPUTS`)."""
-    return BATCH_INPUTS.get(family.name, ())
 
 
 def read_grid(family: Family, model: torch.nn.Module, sample: torch.Tensor, args: tuple, kwargs: dict) -> Grid | None:

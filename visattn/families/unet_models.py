@@ -6,7 +6,7 @@ those layers see one frame per row, and their temporal layers (a pixel's frames)
 
 from __future__ import annotations
 
-from .base import Argument, Family, PromptRecipe, TextPart
+from .base import FOLDED, Argument, Family, PromptRecipe, TextPart
 
 #: SD 1.x/2.x, SDXL (two CLIP tokenizers sharing positions), AnimateDiff, ModelScope: one CLIP sequence
 CLIP_PROMPT = PromptRecipe((TextPart("clip", ("tokenizer", "tokenizer_2")),))
@@ -34,7 +34,19 @@ UNET_FAMILIES: tuple[Family, ...] = (
     # PAG's default: the mid block (Ahn et al. 2024 for Stable Diffusion; diffusers' SD/SDXL PAG pipelines).
     _unet("unet", ("UNet2DConditionModel",), text=2, prompt=CLIP_PROMPT, pag_layers=("mid",)),
     _unet("unet_2d", ("UNet2DModel",), text=None),
-    _unet("kandinsky3", ("Kandinsky3UNet",), text=2),
+    # Kandinsky3Pipeline batches [uncond, cond] and guides with (g + 1) * cond - g * uncond.
+    _unet("kandinsky3", ("Kandinsky3UNet",), text=2, cfg_formula="cond_plus"),
+    # Stable Cascade (stage C prior, stage B decoder): called with the scheduler's own timestep ratio; its self_attn
+    # blocks attend over [image tokens, text, pooled text, image embedding] keys. The pipelines batch [cond, uncond].
+    Family(
+        "stable_cascade",
+        ("StableCascadeUNet",),
+        sample=Argument(("sample",), 0),
+        timestep=Argument(("timestep_ratio",), 1),
+        text=Argument(("clip_text",), 3),
+        unet_levels=True,
+        cfg="batched_cond_first",
+    ),
     _unet("dreamlite_unet", ("DreamLiteUNetModel",), text=2),
     # aMUSEd: a [B, H, W] map of VQ token ids, one token per latent pixel, and no timestep (it unmasks tokens);
     # with downsample=True every attention runs one level down (H/2 x W/2). Output: logits [B, codebook, H, W].
@@ -50,7 +62,14 @@ UNET_FAMILIES: tuple[Family, ...] = (
         unet_levels=True,
     ),
     _video_unet("unet_3d", ("UNet3DConditionModel",), text=2, prompt=CLIP_PROMPT),
-    _video_unet("animatediff", ("UNetMotionModel",), text=2, prompt=CLIP_PROMPT, pag_layers=("mid_block.*attn1",)),
+    _video_unet(
+        "animatediff",
+        ("UNetMotionModel",),
+        batch_inputs=((Argument(("encoder_hidden_states",), 2), FOLDED),),
+        text=2,
+        prompt=CLIP_PROMPT,
+        pag_layers=("mid_block.*attn1",),
+    ),
     # Cross-attention keys are the text followed by image tokens the model appends itself.
     _video_unet("i2vgen_xl", ("I2VGenXLUNet",), text=5),
     # One CLIP image token instead of text.

@@ -6,7 +6,7 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import Argument, Family, PromptRecipe, TextPart
+from .base import NOT_BATCHED_INPUT, Argument, Family, PromptRecipe, TextPart
 
 #: the Wan pipelines and their descendants: umT5 over 512 tokens, after prompt_clean (HTML unescape, whitespace)
 _HUNYUAN_TEMPLATE = "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video:DEFAULT_PROMPT_TEMPLATE"
@@ -37,14 +37,22 @@ def _video(
 
 VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video("wan", ("WanTransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
-    _video("wan_vace", ("WanVACETransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video(
+        "wan_vace",
+        ("WanVACETransformer3DModel",),
+        timestep=1,
+        text=2,
+        prompt=WAN_PROMPT,
+        # One scale per VACE layer, not per sample (its length equals the batch of a one-row call).
+        batch_inputs=((Argument(("control_hidden_states_scale",), 5), NOT_BATCHED_INPUT),),
+    ),
     _video("wan_animate", ("WanAnimateTransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
     _video("skyreels_v2", ("SkyReelsV2Transformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
     _video("chronoedit", ("ChronoEditTransformer3DModel",), cfg="separate", timestep=1, text=2, prompt=WAN_PROMPT),
     # Helios prepends history latents to the video inside its self-attention: the grid is its last tokens
-    # (visattn.families.readers.CONTEXT_BEFORE_GRID).
-    _video("helios", ("HeliosTransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
-    _video("anyflow", ("AnyFlowTransformer3DModel",), timestep=1, text=3, layout="BFCHW"),
+    # (context_before_grid).
+    _video("helios", ("HeliosTransformer3DModel",), context_before_grid=True, timestep=1, text=2, prompt=WAN_PROMPT),
+    _video("anyflow", ("AnyFlowTransformer3DModel",), timestep=1, text=3, layout="BFCHW", prompt=WAN_PROMPT),
     _video(
         "cogvideox",
         ("CogVideoXTransformer3DModel",),
@@ -83,15 +91,49 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
+        batch_inputs=tuple(
+            (Argument((name,)), NOT_BATCHED_INPUT)
+            for name in (
+                "indices_latents",
+                "indices_latents_clean",
+                "indices_latents_history_2x",
+                "indices_latents_history_4x",
+            )
+        ),
         cfg="separate",
         timestep=1,
         text=2,
         roles=(("^context_embedder", "text"),),
     ),
-    _video("mochi", ("MochiTransformer3DModel",), timestep=2, text=1, text_position="last", timestep_reversed=True),
-    _video("allegro", ("AllegroTransformer3DModel",), timestep=2, text=1),
+    _video(
+        "mochi",
+        ("MochiTransformer3DModel",),
+        timestep=2,
+        text=1,
+        text_position="last",
+        timestep_reversed=True,
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=256),
+    ),
+    _video(
+        "allegro",
+        ("AllegroTransformer3DModel",),
+        timestep=2,
+        text=1,
+        # T5 over max_sequence_length tokens; _text_preprocessing(clean_caption=False) lower-cases and strips.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512, clean="lower"),
+    ),
     _video("latte", ("LatteTransformer3DModel",), timestep=1, text=2),
-    _video("cosmos", ("CosmosTransformer3DModel",), timestep=1, text=2),
+    _video(
+        "cosmos",
+        ("CosmosTransformer3DModel",),
+        timestep=1,
+        text=2,
+        # CosmosTextToWorldPipeline: the conditional call, then the unconditional one, combined as
+        # cond + g * (cond - uncond); the [1, 1, H, W] padding mask is shared by every row.
+        cfg="separate",
+        cfg_formula="cond_plus",
+        batch_inputs=((Argument(("padding_mask",), 7), NOT_BATCHED_INPUT),),
+    ),
     _video("sana_video", ("SanaVideoTransformer3DModel",), timestep=2, text=1),
     _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2),
     _video(
@@ -104,8 +146,18 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # The text encoder blocks attend over the text; the visual blocks' cross_attention modules to the text.
         roles=(("^text_transformer_blocks", "text"), (r"\.cross_attention$", "cross")),
     ),
-    _video("kandinsky6", ("Kandinsky6Transformer3DModel",), timestep=3, text=1, layout="BFHWC"),
-    _video("motif_video", ("MotifVideoTransformer3DModel",), timestep=1, text=2, text_position="last"),
+    _video(
+        "kandinsky6",
+        ("Kandinsky6Transformer3DModel",),
+        timestep=3,
+        text=1,
+        layout="BFHWC",
+        # Video and audio text encoder blocks attend over the text; the video/audio blocks' cross_attention modules
+        # to the text, va_/av_cross_attention between the video and audio streams.
+        roles=(("_text_transformer_blocks", "text"), ("cross_attention$", "cross")),
+    ),
+    # MotifVideoPipeline guides through a diffusers guider: one call per branch, "pred_cond" then "pred_uncond".
+    _video("motif_video", ("MotifVideoTransformer3DModel",), timestep=1, text=2, text_position="last", cfg="separate"),
     _video(
         "ltx",
         ("LTXVideoTransformer3DModel",),
@@ -158,12 +210,13 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text_position="last",
         roles=(("^double_blocks", "joint"),),
     ),
-    # Cosmos 3 Omni: one packed sample per call (no batch axis: visattn.families.readers.ONE_SAMPLE_PER_CALL),
+    # Cosmos 3 Omni: one packed sample per call (no batch axis: one_sample_per_call),
     # vision latents as a list of [1, C, F, H, W], text as token ids, per-token scheduler timesteps. Vision queries
     # attend over [text, vision] keys; the text's own attention is causal, which visattn leaves alone.
     Family(
         "cosmos3_omni",
         ("Cosmos3OmniTransformer",),
+        one_sample_per_call=True,
         sample=Argument(("vision_tokens",), 5),
         layout="packed",
         grid_reader="vision_token_shapes",

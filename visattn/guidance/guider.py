@@ -31,6 +31,7 @@ from ..families import family_of
 from ..interception import AttentionLayerHook, layer_hook, register_layer_hook, remove_layer_hook
 from ..layers import matches, normalize_layers, select_layers
 from ..processors.effect import AttentionCall, Effect
+from ..state import HOOK_NAME
 from .head_sets import HeadSet, layer_pattern
 
 if TYPE_CHECKING:
@@ -361,11 +362,12 @@ class HeadPerturbationGuidance(BaseGuidance):
         modules = attention_layers(base)
         hooks = {name: layer_hook(module) for name, module in modules.items()}
         existing = [hook for hook in hooks.values() if hook is not None]
-        if not existing:
+        state = existing[0].state if existing else _denoiser_state(base)
+        if state is None:
             self._attachment = attach(denoiser, effect, layers=[layer_pattern(name) for name in plan])
             return
         # visattn is already attached (other effects): add this effect to those layers' hooks instead of a second
-        # attachment, and give untouched layers a hook that shares the attachment's call state.
+        # attachment, and give the other layers a hook that shares the attachment's call state.
         family = family_of(base)
         names = list(modules)
         try:
@@ -377,7 +379,7 @@ class HeadPerturbationGuidance(BaseGuidance):
                     continue
                 hook = AttentionLayerHook(
                     [effect],
-                    existing[0].state,
+                    state,
                     layer_name=name,
                     layer_index=names.index(name),
                     static_role=family.static_role(name, modules[name]),
@@ -464,3 +466,11 @@ class HeadPerturbationGuidance(BaseGuidance):
         if self.strength == 0.0:
             return False  # the perturbed pass would equal the conditional one: skip it
         return in_range and not math.isclose(self.perturbed_guidance_scale, 0.0)
+
+
+def _denoiser_state(model: torch.nn.Module):
+    """The call state of visattn's denoiser hook on ``model`` (an attachment whose effects hook no layer), or
+    ``None`` when visattn is not attached."""
+    registry = getattr(model, "_diffusers_hook", None)
+    hook = registry.get_hook(HOOK_NAME) if registry is not None else None
+    return getattr(hook, "state", None)

@@ -20,7 +20,7 @@ import torch
 from ..context import CallContext
 from ..kernels import Pattern, ScoreModifier, all_of, chain, run_request
 from ..kernels.request import AttentionRequest
-from ..layers import ROLE_KEYWORDS, normalize_layers, select_layers
+from ..layers import FAMILY_DEFAULT, ROLE_KEYWORDS, normalize_layers, select_layers
 from ..steps import in_steps, normalize_steps
 
 
@@ -95,7 +95,9 @@ class Effect:
     roles: tuple[str, ...] = ("self", "cross", "joint")
 
     def __init__(self, *, layers: str | Iterable[str] | None = None, steps=None) -> None:
-        self.layers = normalize_layers(layers)
+        # FAMILY_DEFAULT (perturbation guidance): resolved per model at attach, see use_family_defaults.
+        self._family_default = layers is FAMILY_DEFAULT
+        self.layers = None if self._family_default else normalize_layers(layers)
         # The roles a call must have at run time: the role keywords of ``layers``, else the effect's own roles.
         # Checked on every call too, since a module's static role can miss what its calls are (a new-style
         # attention module does not say that it is cross-attention).
@@ -104,6 +106,13 @@ class Effect:
         self._layer_names: frozenset[str] | None = None
 
     # --- attach time -------------------------------------------------------------------------------------
+    def use_family_defaults(self, family: Any, roles: dict[str, str]) -> None:
+        """Resolve ``layers=FAMILY_DEFAULT`` against the model about to be attached (``roles``: its attention
+        layers' static roles), before :meth:`bind`."""
+        if self._family_default:
+            self.layers = normalize_layers(family.default_pag_layers(roles))
+            self._call_roles = self.roles
+
     def needs(self) -> tuple[str, ...]:
         """The family facts this effect cannot work without (``"grid"``, ``"text"``, ``"words"``; see
         :meth:`visattn.families.Family.missing`): :func:`visattn.attach` refuses a model whose family lacks one."""

@@ -32,7 +32,6 @@ import torch
 from ..batching import prediction_of, take_input_rows, with_prediction
 from ..context import BatchLayout, Branch, CallContext
 from ..families.pipelines import pipeline_guidance_scale
-from ..families.readers import batch_inputs, one_sample_per_call
 from ..guidance_math import fold_perturbations
 from ..steps import in_steps
 from .effect import AttentionCall, Effect
@@ -124,7 +123,7 @@ class PerturbationGuidance(Effect):
         if outermost:
             _PENDING[key] = []
         try:
-            if one_sample_per_call(state.family):
+            if state.family.one_sample_per_call:
                 # A forward without a batch axis (Cosmos 3) cannot take more rows: the perturbed branch is a second
                 # call of its own, whose only branch is this effect's (inner effects leave it alone: no "cond").
                 output = forward(*args, **kwargs)
@@ -132,7 +131,7 @@ class PerturbationGuidance(Effect):
                 main, perturbed = prediction_of(output), prediction_of(forward(*args, **kwargs))
             else:
                 index = torch.cat([torch.arange(batch_size), torch.arange(cond.start, cond.stop)])
-                args, kwargs = take_input_rows(args, kwargs, index, batch_size, batch_inputs(state.family))
+                args, kwargs = take_input_rows(args, kwargs, index, batch_size, state.family.batch_inputs)
                 state.batch = BatchLayout(layout.branches + (Branch(self.branch, batch_size, len(index)),))
                 output = forward(*args, **kwargs)
                 prediction = prediction_of(output)

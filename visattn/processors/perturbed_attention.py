@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from ..context import CallContext
-from ..layers import matches
+from ..layers import FAMILY_DEFAULT, matches
 from .effect import AttentionCall
 from .perturbation_branch import PerturbationGuidance, check_scale, identity_rows
 
@@ -66,7 +66,9 @@ class PerturbedAttentionGuidance(PerturbationGuidance):
 
     Args:
         scale: guidance scale ``s >= 0`` of the perturbation term (``pag_scale`` in diffusers).
-        layers: layers to perturb (diffusers' ``pag_applied_layers`` identifiers; self and joint attention).
+        layers: layers to perturb (diffusers' ``pag_applied_layers`` identifiers; self and joint attention); by
+            default the family's: diffusers' PAG pipeline default (``"mid"`` for SD/SDXL, ``"blocks.1"`` for SD3
+            and PixArt), else the middle self/joint layer (:data:`visattn.layers.FAMILY_DEFAULT`).
         heads: ``{layer identifier: [head indices]}`` to perturb single heads; ``None`` perturbs every head.
         strength: in ``[0, 1]``; 1 is PAG's identity map, lower values interpolate toward it (SoftPAG).
         adaptive_scale: diffusers' adaptive PAG: ``scale - adaptive_scale * (1000 - t)``, floored at 0.
@@ -78,7 +80,7 @@ class PerturbedAttentionGuidance(PerturbationGuidance):
     def __init__(
         self,
         scale: float = 3.0,
-        layers: str | Iterable[str] | None = "mid",
+        layers: str | Iterable[str] | None = FAMILY_DEFAULT,
         heads: Mapping[str, Iterable[int]] | None = None,
         strength: float = 1.0,
         adaptive_scale: float = 0.0,

@@ -191,11 +191,17 @@ def _mask_for_prediction(mask: torch.Tensor, row_shape: torch.Size, family: Fami
     axes = family.prediction_axes(len(row_shape))
     if axes is None:
         # Packed latents: one token per grid cell, in grid order.
-        if row_shape[0] != frames * height * width:
+        flat, extra = mask.reshape(-1), row_shape[0] - frames * height * width
+        if extra > 0 and family.text_position is not None:
+            # The prediction also holds the joint sequence's text rows (Qwen-Image 2.1, Ideogram 4): the target
+            # keeps its own there (the pipeline drops them).
+            kept = torch.ones(extra, dtype=flat.dtype, device=flat.device)
+            flat = torch.cat([kept, flat] if family.text_position == "first" else [flat, kept])
+        if flat.numel() != row_shape[0]:
             raise ValueError(
                 f"LocalBlend: the {family.name} prediction has {row_shape[0]} tokens, the grid {tuple(mask.shape)}"
             )
-        return mask.reshape(-1, *([1] * (len(row_shape) - 1)))
+        return flat.reshape(-1, *([1] * (len(row_shape) - 1)))
     shape = [1] * len(row_shape)
     for axis, size, dim in zip(axes, (frames, height, width), (0, 1, 2)):
         if axis is None:
@@ -318,7 +324,8 @@ class LocalBlend:
     def _blend(self, prediction: torch.Tensor, pairs: list[_Pair], family: Family) -> torch.Tensor:
         if self.mask is None:
             return prediction
-        blended = prediction.clone()
+        # A per-sample list (Z-Image) blends item by item: every item is one row.
+        blended = list(prediction) if isinstance(prediction, list) else prediction.clone()
         for pair in pairs:
             if pair.count != self.mask.shape[0]:
                 raise ValueError(
@@ -327,8 +334,9 @@ class LocalBlend:
                 )
             for j in range(pair.count):
                 src, tgt = pair.source.start + j, pair.target.start + j
-                keep = _mask_for_prediction(self.mask[j], prediction.shape[1:], family).to(prediction.device)
-                blended[tgt] = torch.where(keep, prediction[tgt], prediction[src])
+                row = prediction[tgt]
+                keep = _mask_for_prediction(self.mask[j], row.shape, family).to(row.device)
+                blended[tgt] = torch.where(keep, row, prediction[src])
         return blended
 
     def __repr__(self) -> str:

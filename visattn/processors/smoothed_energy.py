@@ -33,6 +33,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from ..layers import FAMILY_DEFAULT
 from .effect import AttentionCall
 from .perturbation_branch import PerturbationGuidance
 
@@ -109,7 +110,8 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
             authors suggest varying it exponentially (1, 4, 16, ...). Tiny values (kernel of one tap) do not blur,
             so the guidance term is zero.
         layers: layers to perturb (diffusers' ``pag_applied_layers`` identifiers; the authors use ``"mid"`` on
-            SDXL). Self and joint attention only.
+            SDXL). Self and joint attention only. By default the family's (``"mid"`` on UNets; see
+            :data:`visattn.layers.FAMILY_DEFAULT`).
         steps: fraction range of the schedule in which guidance is applied.
         blur: ``"query"`` (the authors' query blur) or ``"key"`` (blur the keys: each query's logits are smoothed
             along the key grid; infinite blur gives uniform attention over the image keys).
@@ -125,7 +127,7 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
         self,
         scale: float = 3.0,
         sigma: float = 100.0,
-        layers: str | Iterable[str] | None = "mid",
+        layers: str | Iterable[str] | None = FAMILY_DEFAULT,
         steps=None,
         blur: str = "query",
     ) -> None:

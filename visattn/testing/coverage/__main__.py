@@ -14,6 +14,10 @@ import torch
 from visattn.families import declared_family
 from visattn.testing.coverage import TINY_DENOISERS
 from visattn.testing.coverage.checks import CoverageRow, check
+from visattn.testing.coverage.pipelines import COVERAGE_PIPELINE_SPECS, KNOWN_PIPELINE_LIMITS
+
+# diffusers pipeline class name -> the key of its tiny pipeline
+_TINY_PIPELINES = {spec.pipeline_cls.__name__: spec.key for spec in COVERAGE_PIPELINE_SPECS}
 
 
 def _mark(value: float | None) -> str:
@@ -45,8 +49,12 @@ def _row(entry, result: CoverageRow) -> str:
         editing = "n/a (no text located)"
     sparse = ", ".join(f"{name} {_mark(value)}" for name, value in result.sparse.items()) or "n/a (no grid)"
     problems = "; ".join(p.split(":")[0] + ": " + p.split(":", 1)[1].strip()[:90] for p in result.problems)
+    pipeline = entry.pipeline or "-"
+    if entry.pipeline in _TINY_PIPELINES:
+        limit = KNOWN_PIPELINE_LIMITS.get(_TINY_PIPELINES[entry.pipeline])
+        pipeline += f" (tiny: `{_TINY_PIPELINES[entry.pipeline]}`{', known limit' if limit else ''})"
     return (
-        f"| {entry.class_name} | {entry.pipeline or '-'} | {key} | {identity}, detach {detach} | "
+        f"| {entry.class_name} | {pipeline} | {key} | {identity}, detach {detach} | "
         f"{'/'.join(result.roles)} | {editing} | {guidance} | {sparse} | {problems or '-'} |"
     )
 
@@ -71,6 +79,10 @@ Each row is one diffusers denoiser class, built tiny from a config (`visattn.tes
 attached through its generic path (the stock processors stay; visattn answers their
 `scaled_dot_product_attention` calls). Columns:
 
+- **pipeline**: the diffusers pipeline that drives the class; "tiny" names the offline tiny pipeline
+  (`visattn.testing.tiny_pipeline(key)`) that `tests/test_coverage_pipelines.py` runs end to end: identity
+  bit-exact, detach, PAG, and where the family declares its tokenizer ladder, Prompt-to-Prompt and AttentionMaps
+  addressed by words ("known limit": listed with its reason in `KNOWN_PIPELINE_LIMITS`).
 - **family**: the `visattn.families` entry whose facts apply (`generic`: inferred from the call, with a warning).
 - **identity**: max abs difference of the output with an observing effect on every layer (every call routed
   through visattn) against the stock model, fp32; "detach" says every processor object and hook is as before.

@@ -87,11 +87,16 @@ class CoverageRow:
 
 
 def prediction(out: Any) -> torch.Tensor:
-    """The prediction tensor of a denoiser's output (``.sample``, a tuple's first item, or the tensor)."""
+    """The prediction tensor of a denoiser's output (``.sample``, a tuple's first item, or the tensor); a
+    per-sample list (Z-Image) is stacked into one batch."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "sample"):
-        return out.sample
+        return prediction(out.sample)
+    if isinstance(out, list) and out and all(isinstance(item, torch.Tensor) for item in out):
+        if len({item.shape for item in out}) == 1:
+            return torch.stack(out)
+        return torch.stack([item.flatten() for item in out]) if len({item.numel() for item in out}) == 1 else out[0]
     if isinstance(out, (tuple, list)):
         return prediction(out[0])
     raise TypeError(f"cannot find the prediction in a {type(out).__name__}")
