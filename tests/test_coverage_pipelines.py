@@ -25,7 +25,9 @@ def _images(pipe, key: str, **overrides) -> np.ndarray:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = pipe(**call_kwargs(key, **overrides))
-    images = out.frames if hasattr(out, "frames") else out.images
+    # Videos come as frames, images as images; Stable Cascade's prior stage returns image embeddings.
+    images = next(getattr(out, name) for name in ("frames", "images", "image_embeddings") if hasattr(out, name))
+    images = images.float().numpy() if isinstance(images, torch.Tensor) else images
     return np.asarray(images, dtype=np.float32)
 
 

@@ -12,8 +12,7 @@ import torch
 import visattn
 from visattn import interception
 from visattn.batching import take_input_rows
-from visattn.families.base import Argument
-from visattn.families.base import FOLDED, NOT_BATCHED_INPUT, PER_SAMPLE_LIST
+from visattn.families.base import FOLDED, NOT_BATCHED_INPUT, PER_SAMPLE_LIST, Argument
 from visattn.kernels.spec import ScoreModifier
 from visattn.processors.effect import AttentionCall, Effect
 from visattn.testing.coverage import tiny_denoiser_entry

@@ -22,7 +22,8 @@ from .state import DenoiserHook, register_hook, remove_hook
 from .steps import normalize_steps
 
 _MARK = "_visattn_attachment"
-DENOISER_ATTRIBUTES = ("unet", "transformer", "transformer_2")
+#: pipeline components that hold a denoiser (Stable Cascade's prior stage calls its UNet "prior")
+DENOISER_ATTRIBUTES = ("unet", "transformer", "transformer_2", "prior")
 
 
 def _denoisers(target: Any) -> tuple[list[tuple[str, torch.nn.Module]], Any]:

@@ -112,6 +112,22 @@ def prediction_of(output: Any) -> torch.Tensor | list[torch.Tensor]:
     return output.sample
 
 
+def without_extra_rows(output: Any, widened: int, rows: int) -> Any:
+    """``output`` with every other batch-leading tensor than the prediction cut back from ``widened`` to its first
+    ``rows`` rows: a denoiser that predicts several streams (LTX-2's video and audio) returns the branch's extra
+    rows in each of them, and the pipeline must get back the batch it sent."""
+
+    def cut(value: Any) -> Any:
+        return value[:rows] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == widened else value
+
+    if isinstance(output, tuple):
+        return (output[0], *(cut(value) for value in output[1:]))
+    if isinstance(output, dict):  # diffusers' BaseOutput is an OrderedDict of its fields
+        for name in list(output.keys())[1:]:
+            output[name] = cut(output[name])
+    return output
+
+
 def with_prediction(output: Any, prediction: torch.Tensor) -> Any:
     """``output`` of the same kind with its predicted tensor replaced."""
     if isinstance(output, torch.Tensor):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ class CallContext:
         family: family key (``"unet"``, ``"pixart"``, ``"sd3"``, ``"flux"``, ``"wan"``, ``"cogvideox"``,
             ``"hunyuan_video"``).
         heads, head_dim: attention heads of this call and their width.
+        head_offset, total_heads: where this call's heads sit among the layer's (context parallelism with
+            Ulysses gives each rank a slice of the heads: global head ``head_offset + h``); ``total_heads`` is
+            ``None`` when the call holds every head.
+        head_group: the process group holding the layer's other heads (Ulysses), for :meth:`mean_over_heads`.
         grid: ``(frames, height, width)`` of this call's latent tokens after patchify (``frames == 1`` for
             images); ``None`` if the layer has no latent grid. Tokens are in row-major ``token_order``.
         token_order: axis order of the flattened grid, ``"fhw"``.
@@ -131,6 +138,28 @@ class CallContext:
     step: StepInfo = field(default_factory=StepInfo)
     grid: tuple[int, int, int] | None = None
     token_order: str = "fhw"
+    head_offset: int = 0
+    total_heads: int | None = None
+    head_group: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def layer_heads(self) -> int:
+        """The layer's head count (more than :attr:`heads` when this rank holds a slice of them)."""
+        return self.total_heads or self.heads
+
+    def mean_over_heads(self, values: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """The mean of a per-head tensor over the layer's heads (``dim``); under context parallelism (Ulysses) the
+        other heads are on the other ranks of ``head_group``, whose sums are added in, so every rank gets the mean
+        one process computes."""
+        if self.head_group is None:
+            return values.mean(dim)
+        from torch.distributed import _functional_collectives as funcol  # autograd-aware, as diffusers' CP uses
+
+        return funcol.all_reduce(values.sum(dim), "sum", self.head_group) / self.layer_heads
+
+    def local_heads(self, mask: torch.Tensor) -> torch.Tensor:
+        """The entries of a per-head ``[layer_heads]`` mask that belong to this call's heads."""
+        return mask[self.head_offset : self.head_offset + self.heads]
 
     @property
     def text_span(self) -> Span | None:

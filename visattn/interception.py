@@ -35,6 +35,16 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
 from .kernels import backend_names
+from .parallel import (
+    ParallelView,
+    check_supported,
+    gather_queries,
+    is_query_shard,
+    joint_order,
+    own_rows,
+    parallel_view,
+    ulysses_heads,
+)
 from .processors.effect import AttentionCall, Effect
 from .steps import in_steps
 
@@ -211,6 +221,8 @@ class AttentionLayerHook(ModelHook):
         self.backend = backend
         self._intercepted = 0
         self._warned = False
+        self._parallel: ParallelView | None = None
+        self._layer_heads: int | None = None
         # The next denoiser row of a processor that calls SDPA once per row (Mochi loops over the batch).
         self._row_cursor = 0
 
@@ -235,6 +247,9 @@ class AttentionLayerHook(ModelHook):
             # No effect acts at this step (a P2P self-attention window that has closed): skip the interception.
             return original(*args, **kwargs)
         processor = getattr(module, "processor", None)
+        # Context parallelism (diffusers' enable_parallelism): where this rank's part of each call sits.
+        self._parallel = parallel_view(processor)
+        self._layer_heads = getattr(module, "heads", None)
         restore = _force_native_dispatch(processor)
         before = self._intercepted
         self._row_cursor = 0
@@ -267,16 +282,40 @@ class AttentionLayerHook(ModelHook):
         q, k, v = sdpa["query"], sdpa["key"], sdpa["value"]
         if q.ndim != 4 or sdpa["is_causal"] or sdpa["dropout_p"]:
             return func(*args, **kwargs)
-        ctx, partial = self._context(q, k)
+        view = self._parallel
+        heads = ulysses_heads(view, self._layer_heads, q.shape[1])
+        n_local = q.shape[2]
+        shard = heads is None and is_query_shard(view, self._layer_heads, q.shape[1])
+        if shard:
+            # This rank's query shard (a call without Ulysses' all-to-all): placed as part of the whole sequence.
+            ctx, partial = self._context(q, k, n_q=n_local * view.world)
+            shard = ctx.grid is not None and partial is None
+        if not shard:
+            ctx, partial = self._context(q, k, heads=heads)
         acting = [effect for effect in self.effects if effect.acts_on(ctx)]
         if not acting:
             return func(*args, **kwargs)
+        check_supported(view, self.layer_name)
         self._warn_unplaced(ctx, q.shape[2], acting)
         if k.shape[1] != q.shape[1]:
             # Grouped-query attention: give every query head its own key/value head, as SDPA's enable_gqa does.
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         mask = sdpa["attn_mask"]
+        order = None
+        if shard:
+            # Every rank runs the whole call on the gathered queries, so observers and editors see the full grid.
+            q = gather_queries(q, view)
+            if mask is not None and mask.ndim == 4 and mask.shape[-2] == n_local > 1:
+                mask = gather_queries(mask, view)
+        elif heads is not None and ctx.role == "joint" and partial is None:
+            # Ulysses gathered every rank's [text_r, image_r]: reorder to the layout effects expect.
+            order = joint_order(ctx.queries, view.ulysses)
+            if order is not None:
+                order = order.to(q.device)
+                q, k, v = q[:, :, order], k[:, :, order], v[:, :, order]
+                if mask is not None:
+                    mask = mask[..., order] if mask.shape[-2] == 1 else mask[..., order, :][..., order]
         n_q = q.shape[2]
         if partial is not None:
             # Effects see the whole sequence (see the module docstring); the added tokens change no real token.
@@ -288,23 +327,39 @@ class AttentionLayerHook(ModelHook):
         for effect in acting:
             effect.apply(call)
         if call.output is None and _unchanged(call, q, k, v, mask, sdpa["scale"]):
-            # Only observers acted: the stock computation answers, so observing never changes a bit.
-            call.output = func(*args, **kwargs)
+            # Only observers acted: the stock computation answers, so observing never changes a bit (on the
+            # gathered or reordered sequence under context parallelism, whose rows are the stock rows).
+            if shard or order is not None:
+                call.output = func(q, k, v, attn_mask=mask, scale=sdpa["scale"])
+            else:
+                call.output = func(*args, **kwargs)
         out = call.run()
         if out.shape[2] != n_q:
             out = out[:, :, partial.queries]
+        if order is not None:
+            gathered = torch.empty_like(out)
+            gathered[:, :, order] = out
+            out = gathered
+        if shard:
+            out = own_rows(out, view, n_local)
         return out.to(q.dtype)
 
     def context(self, q: torch.Tensor, k: torch.Tensor) -> CallContext:
         """The :class:`CallContext` of one call, from its shapes, the layer and the denoiser state."""
         return self._context(q, k)[0]
 
-    def _context(self, q: torch.Tensor, k: torch.Tensor) -> tuple[CallContext, _Partial | None]:
-        """The call's context, and where its tokens sit when it holds part of the layout the context describes."""
+    def _context(
+        self, q: torch.Tensor, k: torch.Tensor, *, n_q: int | None = None, heads: tuple[int, int] | None = None
+    ) -> tuple[CallContext, _Partial | None]:
+        """The call's context, and where its tokens sit when it holds part of the layout the context describes.
+
+        ``n_q`` overrides the query count (a context-parallel query shard placed in the whole sequence); ``heads``
+        is ``(head_offset, total_heads)`` of a call that holds a slice of the layer's heads (Ulysses).
+        """
         state = self.state
         batch_size = q.shape[0]
         batch = self._batch_rows(batch_size)
-        role, queries, keys, grid, partial = self._layout(q.shape[2], k.shape[2])
+        role, queries, keys, grid, partial = self._layout(n_q or q.shape[2], k.shape[2])
         ctx = CallContext(
             role=role,
             layer_name=self.layer_name,
@@ -317,6 +372,9 @@ class AttentionLayerHook(ModelHook):
             batch=batch or BatchLayout((Branch("cond", 0, batch_size),)),
             step=state.step if state.step is not None else StepInfo(),
             grid=grid,
+            head_offset=heads[0] if heads else 0,
+            total_heads=heads[1] if heads else None,
+            head_group=self._parallel.ulysses_group if heads else None,
         )
         return ctx, partial
 

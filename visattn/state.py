@@ -19,6 +19,7 @@ from diffusers.hooks.hooks import StateManager
 from .context import BatchLayout, Branch, StepInfo
 from .families import Family
 from .families.base import DenoiserInputs
+from .parallel import check_model, unsplit_inputs
 from .steps import in_steps
 
 HOOK_NAME = "visattn"
@@ -79,13 +80,17 @@ class DenoiserHook(ModelHook):
         forward = self.fn_ref.original_forward
         if not self.effects:
             return forward(*args, **kwargs)  # nothing reads the call's state
-        inputs = self.state.family.read_inputs(module, args, kwargs)
-        latents = self.state.family.sample.read(args, kwargs)
+        # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
+        seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
+        inputs = self.state.family.read_inputs(module, seen_args, seen_kwargs)
+        latents = self.state.family.sample.read(seen_args, seen_kwargs)
         if isinstance(latents, (list, tuple)) and latents:
             # Per-sample latent lists (Z-Image, Wan-Animate 2, Cosmos 3): one item per batch row, whatever the
             # leading size of the first tensor argument, which the family's reader falls back to.
             inputs.batch_size = len(latents)
         self.state.inputs = inputs
+        family = self.state.family
+        check_model(module, inputs.grid, inputs.text_length, family.text.names if family.text else ())
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
         if not in_steps(self.steps, self.state.step.fraction):
@@ -124,8 +129,12 @@ class DenoiserHook(ModelHook):
         context = self._cache_context()
         name = getattr(context, "name", None)
         timestep = self.state.inputs.timestep
-        if name in ("cond", "uncond"):
-            return BatchLayout((Branch(name, 0, batch_size),))
+        if name is not None and name != "cond_uncond":
+            # A call the pipeline names (transformer.cache_context): diffusers' guiders say "pred_cond" and
+            # "pred_uncond"; other names (LTX-2's "uncond_stg", a guider's "pred_cond_skip") are guidance passes of
+            # their own, which effects that act on the conditional branch leave alone. "cond_uncond" is one
+            # batched call of both branches (LTX), laid out below.
+            return BatchLayout((Branch(_BRANCH_NAMES.get(name, name), 0, batch_size),))
         cfg = self.state.family.cfg
         if cfg == "separate":
             if not _pipeline_batches_cfg(self.pipeline, None):
@@ -139,6 +148,10 @@ class DenoiserHook(ModelHook):
             order = ("cond", "uncond") if cfg == "batched_cond_first" else ("uncond", "cond")
             return BatchLayout.split(batch_size, order)
         return BatchLayout((Branch("cond", 0, batch_size),))
+
+
+#: cache-context names of the conditional and unconditional calls, as pipelines and diffusers' guiders name them
+_BRANCH_NAMES = {"cond": "cond", "pred_cond": "cond", "uncond": "uncond", "pred_uncond": "uncond"}
 
 
 def _bind_wrapper(effect, forward, state):

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .attachment import DENOISER_ATTRIBUTES
 from .families import CLIP_LENGTH, PROMPT_FAMILIES, PromptRecipe, TextPart, declared_family, family_named
 
 __all__ = [
@@ -153,9 +154,7 @@ def prompt_family(target: Any, family: str | None = None) -> str:
             f"{PROMPT_FAMILIES}"
         )
     else:
-        denoiser = next(
-            (getattr(target, n) for n in ("transformer", "unet") if getattr(target, n, None) is not None), None
-        )
+        denoiser = next((getattr(target, n) for n in DENOISER_ATTRIBUTES if getattr(target, n, None) is not None), None)
         declared = declared_family(denoiser) if denoiser is not None else None
         if declared is None:
             what = type(denoiser).__name__ if denoiser is not None else f"{type(target).__name__} (no denoiser)"

@@ -170,6 +170,10 @@ class Family:
         timestep_divisor: the model is called with ``scheduler timestep / timestep_divisor``.
         timestep_reversed: the model is called with ``1 - scheduler timestep / 1000`` (1 means clean).
         text: the text hidden-states argument (its length is the text length); ``None``: no text.
+        text_extra_tokens: tokens the model puts before the text in its joint sequences (AuraFlow's 8 registers);
+            they count as text.
+        text_axis: the axis of the text argument that counts its tokens (Allegro's pipeline passes
+            ``[B, 1, T, D]``: ``-2``).
         text_position: ``"first"`` or ``"last"``: where text sits in joint sequences; ``None``: no joint attention.
         roles: ``(regex, role)`` pairs searched in attention-module names, first match wins, for roles the
             module alone does not tell (a single-stream block fed the concatenated sequence is ``"joint"``).
@@ -210,6 +214,8 @@ class Family:
     timestep_divisor: float = 1.0
     timestep_reversed: bool = False
     text: Argument | None = Argument(("encoder_hidden_states",))
+    text_extra_tokens: int = 0
+    text_axis: int = 1
     text_position: str | None = None
     roles: tuple[tuple[str, str], ...] = ()
     unet_levels: bool = False
@@ -284,7 +290,9 @@ class Family:
             sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         timestep = _timestep_value(self.timestep.read(args, kwargs))
         text = self.text.read(args, kwargs) if self.text is not None else None
-        text_length = text.shape[1] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
+        text_length = text.shape[self.text_axis] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
+        if text_length is not None:
+            text_length += self.text_extra_tokens
         grid = read_grid(self, model, sample, args, kwargs) if sample is not None else None
         batch_size = sample.shape[0] if sample is not None else 0
         return DenoiserInputs(batch_size, grid, timestep, text_length, sample=sample)

@@ -174,15 +174,17 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(1),
         text_position="first",
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=224),
+        roles=(("^transformer_blocks", "joint"),),  # [text, image] in one sequence
     ),
-    # AuraFlow puts 8 register tokens before the text; they count as text here.
     Family(
         "auraflow",
         ("AuraFlowTransformer2DModel",),
+        text_extra_tokens=8,  # register tokens before the text (AuraFlowTransformer2DModel.register_tokens)
         timestep=_timestep(2),
         timestep_divisor=1000.0,
         text=_text(1),
         text_position="first",
+        roles=(("^single_transformer_blocks", "joint"),),  # fed [registers, text, image] already concatenated
     ),
     Family(
         "hidream_image",
@@ -217,6 +219,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep_divisor=1000.0,
         text=_text(2),
         text_position="first",  # gist tokens made from the text stand where the text would
+        # The Perceiver makes the gist tokens from the text; injection layers cross-attend to a text bundle; the main
+        # layers attend over [gist, image].
+        roles=(("^perceiver", "text"), (r"\.cross_attention$", "cross"), (r"^layers\.\d+\.attention$", "joint")),
     ),
     # OmniGen: text ids, then one time token, then the image; the time token counts as text here. The pipeline
     # batches [prompt, negative prompt(, image-only prompt)]: the conditional rows first.
@@ -227,6 +232,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(1),
         text=_text(2, "input_ids"),
         text_position="first",
+        # Its decoder layers' self_attn modules are built as cross-attention (is_cross_attention) yet attend over
+        # the whole joint sequence.
+        roles=((r"^layers\.\d+\.self_attn$", "joint"),),
     ),
     Family("prx", ("PRXTransformer2DModel",), timestep=_timestep(1), timestep_divisor=1000.0, text=_text(2)),
     Family(
@@ -236,6 +244,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(4),
         text=_text(1),
         text_position="first",
+        roles=(("^transformer_blocks", "joint"),),  # [glyph text, image] in one sequence
     ),
     Family(
         "ernie_image",

@@ -99,19 +99,30 @@ def _stage_scale_from_attributes(pipeline: Any, timestep: float | None) -> float
     return 1.0 if scale is None else scale
 
 
-def _per_call_cfg_scale(pipeline: Any, local: dict[str, Any], timestep: float | None) -> float:
-    """The scale of a pipeline that runs its ``"cond"`` and ``"uncond"`` predictions as separate calls."""
+def _guider_scale(guider: Any) -> float | None:
+    """The weight a diffusers guider (``pipe.guider``, e.g. ``ClassifierFreeGuidance``) gives the conditional
+    prediction: ``g`` for ``u + g * (c - u)``, ``1 + g`` for its original formulation ``c + g * (c - u)``; ``None``
+    when the pipeline has no guider or it is off."""
+    scale = _number(getattr(guider, "guidance_scale", None))
+    if scale is None or not getattr(guider, "_enabled", True):
+        return None
+    return scale + 1.0 if getattr(guider, "use_original_formulation", False) else scale
+
+
+def _per_call_cfg_scale(pipeline: Any, local: dict[str, Any], timestep: float | None) -> float | None:
+    """The scale ``g`` of a pipeline that runs its ``"cond"`` and ``"uncond"`` predictions as separate calls, or
+    ``None`` when it does not guide."""
     if "do_true_cfg" in local:
         # Flux, HunyuanVideo (and their relatives): distilled guidance unless true CFG is on.
-        return float(local["true_cfg_scale"]) if local["do_true_cfg"] else 1.0
+        return float(local["true_cfg_scale"]) if local["do_true_cfg"] else None
     do_cfg = getattr(type(pipeline), "do_classifier_free_guidance", None)
     if not isinstance(do_cfg, property):
-        return 1.0
+        return None
     try:
         if not pipeline.do_classifier_free_guidance:
-            return 1.0
+            return None
     except (AttributeError, TypeError):
-        return 1.0
+        return None
     current = _number(local.get("current_guidance_scale"))
     if current is not None:
         return current
@@ -139,7 +150,13 @@ def pipeline_guidance_scale(
         scale = _batched_cfg_scale(pipeline, local)
         return scale + 1.0 if formula == "cond_plus" else scale
     if names == ("cond",):
-        return _per_call_cfg_scale(pipeline, local, timestep)
+        guided = _guider_scale(getattr(pipeline, "guider", None))
+        if guided is not None:
+            return guided  # the guider's own formulation decides the weight
+        scale = _per_call_cfg_scale(pipeline, local, timestep)
+        if scale is None:
+            return 1.0
+        return scale + 1.0 if formula == "cond_plus" else scale
     return 1.0
 
 

@@ -34,8 +34,16 @@ UNET_FAMILIES: tuple[Family, ...] = (
     # PAG's default: the mid block (Ahn et al. 2024 for Stable Diffusion; diffusers' SD/SDXL PAG pipelines).
     _unet("unet", ("UNet2DConditionModel",), text=2, prompt=CLIP_PROMPT, pag_layers=("mid",)),
     _unet("unet_2d", ("UNet2DModel",), text=None),
-    # Kandinsky3Pipeline batches [uncond, cond] and guides with (g + 1) * cond - g * uncond.
-    _unet("kandinsky3", ("Kandinsky3UNet",), text=2, cfg_formula="cond_plus"),
+    # Kandinsky3Pipeline batches [uncond, cond] and guides with (g + 1) * cond - g * uncond. Every block's
+    # attentions.0 is its self-attention (run first in down blocks, last in up blocks); its Attention module is
+    # built with a cross_attention_dim (is_cross_attention), so the module alone does not tell.
+    _unet(
+        "kandinsky3",
+        ("Kandinsky3UNet",),
+        text=2,
+        cfg_formula="cond_plus",
+        roles=((r"_blocks\.\d+\.attentions\.0\.", "self"),),
+    ),
     # Stable Cascade (stage C prior, stage B decoder): called with the scheduler's own timestep ratio; its self_attn
     # blocks attend over [image tokens, text, pooled text, image embedding] keys. The pipelines batch [cond, uncond].
     Family(

@@ -46,13 +46,39 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # One scale per VACE layer, not per sample (its length equals the batch of a one-row call).
         batch_inputs=((Argument(("control_hidden_states_scale",), 5), NOT_BATCHED_INPUT),),
     ),
-    _video("wan_animate", ("WanAnimateTransformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video(
+        "wan_animate",
+        ("WanAnimateTransformer3DModel",),
+        timestep=1,
+        text=2,
+        prompt=WAN_PROMPT,
+        # attn2 attends to the text (and image tokens); the module alone looks like self or joint attention.
+        roles=((r"\.attn2$", "cross"),),
+    ),
     _video("skyreels_v2", ("SkyReelsV2Transformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
-    _video("chronoedit", ("ChronoEditTransformer3DModel",), cfg="separate", timestep=1, text=2, prompt=WAN_PROMPT),
+    _video(
+        "chronoedit",
+        ("ChronoEditTransformer3DModel",),
+        cfg="separate",
+        timestep=1,
+        text=2,
+        prompt=WAN_PROMPT,
+        # attn2 attends to the text (and image tokens); the module alone looks like self or joint attention.
+        roles=((r"\.attn2$", "cross"),),
+    ),
     # Helios prepends history latents to the video inside its self-attention: the grid is its last tokens
     # (context_before_grid).
     _video("helios", ("HeliosTransformer3DModel",), context_before_grid=True, timestep=1, text=2, prompt=WAN_PROMPT),
-    _video("anyflow", ("AnyFlowTransformer3DModel",), timestep=1, text=3, layout="BFCHW", prompt=WAN_PROMPT),
+    _video(
+        "anyflow",
+        ("AnyFlowTransformer3DModel",),
+        timestep=1,
+        text=3,
+        layout="BFCHW",
+        prompt=WAN_PROMPT,
+        # attn2 attends to the text (and image tokens); the module alone looks like self or joint attention.
+        roles=((r"\.attn2$", "cross"),),
+    ),
     _video(
         "cogvideox",
         ("CogVideoXTransformer3DModel",),
@@ -119,10 +145,13 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         ("AllegroTransformer3DModel",),
         timestep=2,
         text=1,
+        text_axis=-2,  # the pipeline passes the T5 states as [B, 1, T, D]
         # T5 over max_sequence_length tokens; _text_preprocessing(clean_caption=False) lower-cases and strips.
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512, clean="lower"),
     ),
-    _video("latte", ("LatteTransformer3DModel",), timestep=1, text=2),
+    # Latte folds frames into the batch, sample-major: spatial blocks see one frame per row (text repeated per
+    # frame), temporal blocks one position's frames.
+    _video("latte", ("LatteTransformer3DModel",), timestep=1, text=2, frames_in_batch=True),
     _video(
         "cosmos",
         ("CosmosTransformer3DModel",),
@@ -167,6 +196,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         grid_reader="frames_height_width",
         packed_patch=1,  # the pipeline packs with the transformer's patch size, 1
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=128),
+        # attn2 attends to the text (and image tokens); the module alone looks like self or joint attention.
+        roles=((r"\.attn2$", "cross"),),
     ),
     _video(
         "ltx2",

@@ -92,13 +92,16 @@ class IdentityPerturbation(Effect):
         if selected is None:
             blend.fill_(self.strength)
         else:
-            too_large = [i for i in selected if i >= ctx.heads]
+            too_large = [i for i in selected if i >= ctx.layer_heads]
             if too_large:
                 raise ValueError(
                     f"heads: index {too_large[0]} is out of range for layer {ctx.layer_name!r}, "
-                    f"which has {ctx.heads} heads"
+                    f"which has {ctx.layer_heads} heads"
                 )
-            blend[:, list(selected)] = self.strength
+            # Global head indices: under context parallelism (Ulysses) this call holds a slice of the heads.
+            weights = torch.zeros(ctx.layer_heads)
+            weights[list(selected)] = self.strength
+            blend[0, :, 0, 0] = ctx.local_heads(weights).to(blend)
         if call.identity_blend is not None:
             # Another effect already blends toward the identity: keep the stronger weight per head.
             blend = torch.maximum(call.identity_blend.to(blend), blend)

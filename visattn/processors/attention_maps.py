@@ -333,7 +333,7 @@ class AttentionMaps(Effect):
                 "pass every prompt of the call (in order)"
             )
         keys = plan.positions.to(call.q.device) + text.start
-        probs = attention_probabilities(call, rows, image.as_slice(), keys).mean(dim=1)  # [rows, Nimg, K]
+        probs = ctx.mean_over_heads(attention_probabilities(call, rows, image.as_slice(), keys))  # [rows, Nimg, K]
         # Pipelines repeat each prompt num_images_per_prompt times in a row: average each prompt's images.
         probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
         frames, height, width = ctx.grid

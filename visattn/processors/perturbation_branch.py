@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batching import prediction_of, take_input_rows, with_prediction
+from ..batching import prediction_of, take_input_rows, with_prediction, without_extra_rows
 from ..context import BatchLayout, Branch, CallContext
 from ..families.pipelines import pipeline_guidance_scale
 from ..guidance_math import fold_perturbations
@@ -136,6 +136,8 @@ class PerturbationGuidance(Effect):
                 output = forward(*args, **kwargs)
                 prediction = prediction_of(output)
                 main, perturbed = prediction[:batch_size], prediction[batch_size:]
+                # Other streams (LTX-2's audio) keep their own rows unguided: the perturbed rows are dropped.
+                output = without_extra_rows(output, len(index), batch_size)
         finally:
             state.batch = layout
             inner_terms = _PENDING.pop(key) if outermost else None

@@ -49,16 +49,18 @@ def head_mask(heads: Mapping[str, tuple[int, ...]] | None, ctx: CallContext) -> 
     if heads is None:
         return None
     selected = [i for layer, idx in heads.items() if matches(layer, ctx.layer_name) for i in idx]
-    mask = torch.zeros(ctx.heads)
+    mask = torch.zeros(ctx.layer_heads)
     if not selected:
-        return mask
-    too_large = [i for i in selected if i >= ctx.heads]
+        return ctx.local_heads(mask)
+    too_large = [i for i in selected if i >= ctx.layer_heads]
     if too_large:
         raise ValueError(
-            f"heads: index {too_large[0]} is out of range for layer {ctx.layer_name!r}, which has {ctx.heads} heads"
+            f"heads: index {too_large[0]} is out of range for layer {ctx.layer_name!r}, which has {ctx.layer_heads} "
+            "heads"
         )
     mask[selected] = 1.0
-    return mask
+    # Global head indices: under context parallelism (Ulysses) this call holds a slice of the layer's heads.
+    return ctx.local_heads(mask)
 
 
 class PerturbedAttentionGuidance(PerturbationGuidance):

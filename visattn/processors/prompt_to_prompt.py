@@ -800,7 +800,7 @@ class PromptToPrompt(Effect):
             ):
                 if positions:
                     columns = torch.tensor([text.start + p for p in positions], device=probs.device)
-                    out[side] = probs[half, :, rows].index_select(-1, columns).sum(-1).mean(1)
+                    out[side] = ctx.mean_over_heads(probs[half, :, rows].index_select(-1, columns).sum(-1))
 
     def _edit(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan) -> None:
         if plan.role == "self":

@@ -93,7 +93,7 @@ def tiny_denoiser(key: str, *, seed: int = 0, dtype: torch.dtype = torch.float32
 
 def denoiser_of(pipe: DiffusionPipeline) -> torch.nn.Module:
     """The UNet or transformer of a pipeline."""
-    for name in ("transformer", "unet"):
+    for name in ("transformer", "unet", "prior"):
         denoiser = getattr(pipe, name, None)
         if denoiser is not None:
             return denoiser

@@ -1,0 +1,264 @@
+"""Context-parallel runs of tiny denoisers on CPU: N gloo processes on 127.0.0.1, diffusers' ``enable_parallelism``.
+
+:func:`run_on_ranks` spawns the processes (a free port, one torch thread each, a timeout) and returns what a
+module-level function returns on each rank. :func:`parallel_cases` runs named cases (a tiny model, an attach
+order, a set of effects) on every rank, and :func:`single_process_case` runs the same case in this process, the
+oracle the split runs are compared against.
+
+Two workarounds, for CPU test runs only: diffusers 0.42.1's ``enable_parallelism`` divides by
+``torch.accelerator.device_count()``, which is 0 on a CPU build, so the workers report one device; and its native
+ring path needs a log-sum-exp the CPU kernel does not return, so ring cases only check that visattn refuses ring.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+#: how long the test waits for every rank
+TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, results: Any, fn: Callable, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # CPU builds report no accelerator, and diffusers divides the world by the device count.
+    torch.accelerator.device_count = lambda: 1
+    try:
+        results.put((rank, fn(rank, world, *args)))
+    except BaseException:  # noqa: BLE001 - the parent reports it
+        results.put((rank, RuntimeError(traceback.format_exc())))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_ranks(fn: Callable, *args: Any, world: int = 2, timeout: float = TIMEOUT_S) -> list[Any]:
+    """``[fn(rank, world, *args) for each rank]``, each on its own gloo process; results must pickle by value
+    (numpy arrays, numbers, strings). Raises the first rank's error with its traceback."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_worker, args=(r, world, port, results, fn, args)) for r in range(world)]
+    for process in processes:
+        process.start()
+    gathered: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(gathered) < world:
+            try:
+                rank, value = results.get(timeout=1.0)
+                gathered[rank] = value
+                continue
+            except queue.Empty:
+                pass
+            dead = [r for r, p in enumerate(processes) if r not in gathered and p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"rank {dead[0]} exited with code {processes[dead[0]].exitcode} and no result")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"context-parallel run: {world - len(gathered)} rank(s) gave no result in {timeout} s"
+                )
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    for rank in sorted(gathered):
+        if isinstance(gathered[rank], RuntimeError):
+            raise RuntimeError(f"rank {rank} failed:\n{gathered[rank]}")
+    return [gathered[rank] for rank in range(world)]
+
+
+# --- the cases ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One context-parallel run: a tiny model, its effects, and when visattn is attached.
+
+    Attributes:
+        model: ``"wan"`` (self- and cross-attention, video) or ``"flux"`` (joint text-image attention).
+        effects: names of :data:`EFFECTS`; empty for the stock model (``order="none"``) or no effect.
+        order: ``"none"`` (visattn not attached), ``"after"`` or ``"before"`` ``enable_parallelism``.
+        ulysses, ring: the context-parallel degrees.
+    """
+
+    model: str
+    effects: tuple[str, ...] = ()
+    order: str = "after"
+    ulysses: int = 2
+    ring: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{'+'.join(self.effects) or 'none'}-{self.order}-u{self.ulysses}r{self.ring}"
+
+
+def _tokens(words: list[str], length: int):
+    from visattn.words import PromptTokens
+
+    return PromptTokens(" ".join(words), tuple(words), tuple((i,) for i in range(len(words))), (), length)
+
+
+def _effects(names: tuple[str, ...], text_length: int, role: str) -> list:
+    """The named effects; ``role`` is where the grid effects act (``"self"`` for Wan, ``"joint"`` for Flux)."""
+    import visattn
+
+    source = [f"w{i}" for i in range(text_length)]
+    target = [*source[:1], "x1", *source[2:]]
+    makers = {
+        "pag": lambda: visattn.PerturbedAttentionGuidance(scale=2.0, layers=role),
+        "pag_head": lambda: visattn.PerturbedAttentionGuidance(scale=2.0, layers=role, heads={".": [1]}),
+        "seg": lambda: visattn.SmoothedEnergyGuidance(scale=2.0, sigma=2.0, layers=role),
+        "neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=3, layers=role),
+        "radial": lambda: visattn.RadialAttention(dense_steps=None, block_size=4, decay_factor=0.2, layers=role),
+        "decay": lambda: visattn.ExtrapolationDecay(train_size=2, factor=0.5, layers=role),
+        "maps": lambda: visattn.AttentionMaps(prompt=_tokens(source, text_length), drop_special=False),
+        "p2p": lambda: visattn.PromptToPrompt(
+            _tokens(source, text_length), _tokens(target, text_length), cross_steps=1.0, self_steps=1.0
+        ),
+        "p2p_blend": lambda: visattn.PromptToPrompt(
+            _tokens(source, text_length),
+            _tokens(target, text_length),
+            cross_steps=1.0,
+            self_steps=1.0,
+            local_blend=visattn.LocalBlend("x1"),
+        ),
+    }
+    return [makers[name]() for name in names]
+
+
+#: every effect a case may name
+EFFECTS = ("pag", "pag_head", "seg", "neighborhood", "radial", "decay", "maps", "p2p", "p2p_blend")
+
+#: text tokens of the tiny inputs (even, so that a joint family's text splits across 2 ranks)
+TEXT_TOKENS = 8
+
+
+def _wan_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A 3x8x8 latent video (3x4x4 tokens after 2x2 patches) and 8 text tokens, batch 2."""
+    return {
+        "hidden_states": torch.randn(2, 4, 3, 8, 8, generator=generator),
+        "timestep": torch.tensor([500.0, 500.0]),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+    }
+
+
+def _flux_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """4x4 packed latent tokens with their (0, h, w) ids and 8 text tokens, batch 2."""
+    height, width = 4, 4
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] = torch.arange(height)[:, None]
+    ids[..., 2] = torch.arange(width)[None, :]
+    return {
+        "hidden_states": torch.randn(2, height * width, 16, generator=generator),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "pooled_projections": torch.randn(2, 32, generator=generator),
+        "timestep": torch.full((2,), 0.5),
+        "guidance": torch.full((2,), 3.5),
+        "img_ids": ids.reshape(-1, 3),
+        "txt_ids": torch.zeros(TEXT_TOKENS, 3),
+    }
+
+
+@dataclass(frozen=True)
+class _TinyModel:
+    """A tiny denoiser of the core tiny pipelines, its inputs, and the role of its grid layers."""
+
+    key: str
+    inputs: Callable[[torch.Generator], dict[str, Any]]
+    grid_role: str
+
+
+#: the models the cases run: Wan (self- and cross-attention, text replicated) and Flux (joint attention)
+MODELS = (_TinyModel("wan", _wan_inputs, "self"), _TinyModel("flux", _flux_inputs, "joint"))
+
+
+def _model(key: str) -> _TinyModel:
+    found = next((model for model in MODELS if model.key == key), None)
+    if found is None:
+        raise ValueError(f"model must be one of {[model.key for model in MODELS]}; got {key!r}")
+    return found
+
+
+def _model_and_inputs(key: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from visattn.testing import tiny_denoiser
+
+    inputs = _model(key).inputs(torch.Generator().manual_seed(0))
+    return tiny_denoiser(key), {**inputs, "return_dict": False}
+
+
+def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parallel: Callable | None) -> dict:
+    """Run one case; ``parallel`` enables context parallelism on the model (``None``: one process)."""
+    import visattn
+
+    effects = _effects(case.effects, TEXT_TOKENS, _model(case.model).grid_role)
+    handle = None
+    if case.order == "before":
+        handle = visattn.attach(model, *effects)
+    if parallel is not None:
+        parallel(model)
+    if case.order == "after":
+        handle = visattn.attach(model, *effects)
+    result: dict[str, Any] = {}
+    try:
+        with torch.no_grad():
+            result["output"] = model(**inputs)[0].float().numpy()
+        maps = next((effect for effect in effects if isinstance(effect, visattn.AttentionMaps)), None)
+        if maps is not None:
+            per_word = maps.maps()
+            result["maps"] = np.stack([per_word[word].float().numpy() for word in sorted(per_word)])
+        blends = [effect.local_blend for effect in effects if getattr(effect, "local_blend", None) is not None]
+        if blends:
+            result["mask"] = blends[0].mask.float().numpy()
+    except ValueError as error:
+        result["error"] = str(error)
+    finally:
+        if handle is not None:
+            handle.detach()
+    if parallel is not None and case.order != "none" and case.ring == 1:
+        # Detach restores the stock context-parallel model exactly (the CPU kernel cannot run stock ring).
+        with torch.no_grad():
+            result["after_detach"] = model(**inputs)[0].float().numpy()
+    return result
+
+
+def parallel_cases(rank: int, world: int, cases: tuple[Case, ...]) -> dict[str, dict]:
+    """Run every case on this rank, each on a fresh context-parallel model (a :func:`run_on_ranks` function)."""
+    from diffusers import ContextParallelConfig
+
+    results = {}
+    for case in cases:
+        model, inputs = _model_and_inputs(case.model)
+
+        def parallel(model: torch.nn.Module, case: Case = case) -> None:
+            model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=case.ulysses, ring_degree=case.ring))
+
+        results[case.name] = _run_case(model, inputs, case, parallel)
+    return results
+
+
+def single_process_case(case: Case) -> dict:
+    """The case in this process, unsplit: the oracle of the context-parallel runs."""
+    model, inputs = _model_and_inputs(case.model)
+    return _run_case(model, inputs, case, None)
