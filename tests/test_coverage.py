@@ -16,27 +16,14 @@ from visattn.testing.coverage import TINY_DENOISERS
 from visattn.testing.coverage.checks import ContextRecorder, CoverageRow, check, prediction, sdpa_token_counts
 from visattn.testing.coverage.videos import SDPA_TOKENS
 
-# Checks a class fails today, with why. Prompt-to-Prompt's LocalBlend reads the prediction with the family's latent
-# layout, which does not hold for a prediction of several items (JoyImage-Edit); Prompt-to-Prompt pairs source and
-# target rows inside one call,
-# which a per-row attention loop (Mochi) or a forward without a batch axis (Cosmos 3) never makes; and a per-sample
-# text list gives no text length, so a second cross-attention call over image tokens is taken for text
-# (Wan-Animate 2). The test fails both when another check fails and when one of these starts passing (then remove
-# it here).
+# Checks a class fails today, with why. Prompt-to-Prompt pairs source and target rows inside one attention call
+# (a per-row attention loop, as Mochi's, gets each target row answered with its source row), which a forward
+# without a batch axis (Cosmos 3) never makes. The test fails both when another check fails and when one of these
+# starts passing (then remove it here).
 KNOWN_LIMITS: dict[str, dict[str, str]] = {
-    "WanAnimate2Transformer3DModel": {
-        "AttentionMaps": "the text is a per-sample list (padded to config.text_len inside): no text length is read, "
-        "so cross_attn's second SDPA call, over the CLIP image tokens, is taken for text",
-        "P2P": "the text is a per-sample list: its second cross-attention call (CLIP image tokens) is taken for text",
-    },
-    "MochiTransformer3DModel": {
-        "P2P": "the processor calls SDPA once per batch row: source and target rows never share a call",
-    },
     "Cosmos3OmniTransformer": {
-        "P2P": "one sample per call (no batch axis): source and target rows never share a call (ValueError)",
-    },
-    "JoyImageEditTransformer3DModel": {
-        "P2P": "LocalBlend: the prediction is [B, items, C, T, H, W], not the BCFHW layout",
+        "P2P": "one sample per call (no batch axis): source and target are separate denoiser calls, so "
+        "PromptToPrompt refuses the class at attach (ValueError)",
     },
 }
 

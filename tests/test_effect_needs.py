@@ -39,15 +39,15 @@ def _untouched(model) -> bool:
             r"CrossAttentionCache needs text tokens, but DiTTransformer2DModel \(family 'dit'\) takes no text",
         ),
         (
-            "QwenImageTransformer2DModel",
+            "Flux2Transformer2DModel",
             lambda: visattn.AttentionMaps(),
-            r"AttentionMaps needs words mapped to text positions, but QwenImageTransformer2DModel \(family "
-            r"'qwen_image'\) declares no tokenizer ladder",
+            r"AttentionMaps needs words mapped to text positions, but Flux2Transformer2DModel \(family "
+            r"'flux2'\) declares no tokenizer ladder",
         ),
         (
-            "QwenImageTransformer2DModel",
+            "Flux2Transformer2DModel",
             lambda: visattn.PromptToPrompt("a cat", "a dog"),
-            r"PromptToPrompt needs words mapped to text positions, but QwenImageTransformer2DModel",
+            r"PromptToPrompt needs words mapped to text positions, but Flux2Transformer2DModel",
         ),
     ],
 )
@@ -59,7 +59,7 @@ def test_attach_refuses_an_effect_the_class_cannot_serve(class_name, effect, mes
 
 
 def test_prompt_tokens_stand_in_for_a_missing_tokenizer_ladder():
-    model = ENTRIES["QwenImageTransformer2DModel"].build()
+    model = ENTRIES["Flux2Transformer2DModel"].build()
     with visattn.attach(model, visattn.AttentionMaps(prompt=_tokens("a red cat"))):
         pass
     with visattn.attach(model, visattn.PromptToPrompt(_tokens("a red cat"), _tokens("a blue cat"))):

@@ -161,8 +161,8 @@ def test_bad_family_and_missing_tokenizer():
     with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
         prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
     # A family whose tokenizer ladder is not declared says so and names the ones that are.
-    with pytest.raises(ValueError, match=r"the qwen_image family declares no tokenizer ladder .*'unet'"):
-        prompt_tokens(text_tokenizer("t5"), "a cat", family="qwen_image")
+    with pytest.raises(ValueError, match=r"the flux2 family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="flux2")
     with pytest.raises(ValueError, match="pass family="):
         prompt_tokens(text_tokenizer("clip"), "a cat")
     with pytest.raises(ValueError, match="tokenizer_2"):
@@ -205,3 +205,17 @@ def test_split_words_lowercases_and_splits_punctuation():
         "hat",
     ]
     assert isinstance(prompt_tokens(text_tokenizer("clip"), "", family="unet"), PromptTokens)
+
+
+def test_qwen_image_reads_its_chat_template_from_the_pipeline():
+    """Qwen-Image drops its template's first prompt_template_encode_start_idx tokens; a word's positions are its
+    tokens after that prefix, and they decode back to the word."""
+    pipe = tiny_pipeline("qwen_image")
+    template, drop = pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
+    ids = pipe.tokenizer(template.format("a red circle")).input_ids[drop:]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids))
+    assert tokens.family == "qwen_image" and tokens.length == len(ids)
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    with pytest.raises(ValueError, match="pass the pipeline, not its tokenizers"):
+        prompt_tokens(pipe.tokenizer, "a red circle", family="qwen_image", max_sequence_length=len(ids))

@@ -43,6 +43,7 @@ _EXPORTS = {
     "negative_prompt_inversion": ".inversion",
     "null_text_inversion": ".inversion",
     "reconstruct": ".inversion",
+    "enable_context_parallelism": ".parallel",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -17,11 +17,17 @@ sequence whose text queries run in a call of their own (Qwen-Image 2.1's block-c
 joint sequence whose padded text tokens were dropped (Mochi). Effects then see the whole layout: the missing
 queries are zero rows whose outputs are dropped again, and missing keys are masked out, so the tokens that are
 there compute exactly what they would in the full sequence. Processors that loop over the batch and call SDPA
-once per row (Mochi) get the rows of the denoiser's batch in the order they are called.
+once per row (Mochi) get the rows of the denoiser's batch in the order they are called. An effect that pairs a
+branch's rows as ``[source..., target...]`` inside one call (``pairs_rows``: Prompt-to-Prompt) sees, for each target
+row's call, that row together with its source row, whose queries, keys and values the hook keeps from the source
+row's own call until then (never longer than the layer call); only the target row's output is used, and the source
+row's own call is answered as it would be without the pairing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import math
 import warnings
@@ -43,6 +49,7 @@ from .parallel import (
     joint_order,
     own_rows,
     parallel_view,
+    remember_for_backward,
     ulysses_heads,
 )
 from .processors.effect import AttentionCall, Effect
@@ -110,6 +117,47 @@ def _unchanged(call: AttentionCall, q, k, v, attn_mask, scale) -> bool:
         and call.attn_mask is attn_mask
         and call.scale == scale
     )
+
+
+@dataclass(frozen=True)
+class _StashedRow:
+    """One denoiser row of a per-row call as the effects saw it (the whole layout, after widening), kept in the
+    layer call until the call of its target row (see :meth:`AttentionLayerHook._pair_rows`)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def _row_mask(mask: torch.Tensor | None, row: int) -> torch.Tensor | None:
+    """Row ``row`` of a mask broadcastable to ``[B, H, Nq, Nk]``, as ``[1, H or 1, Nq or 1, Nk]``."""
+    if mask is None:
+        return None
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return mask if mask.shape[0] == 1 else mask[row : row + 1]
+
+
+def _stack_masks(masks: list[torch.Tensor | None], n_k: int) -> torch.Tensor | None:
+    """One mask for rows whose masks (``[1, ., ., Nk]`` or ``None``) may differ: a boolean or additive mask of
+    ``[rows, H, Nq, Nk]`` (broadcast axes kept at 1 where every row has them so)."""
+    present = [mask for mask in masks if mask is not None]
+    if not present:
+        return None
+    additive = any(mask.dtype != torch.bool for mask in present)
+    dtype = next(mask.dtype for mask in present if mask.dtype != torch.bool) if additive else torch.bool
+    device = present[0].device
+    rows = []
+    for mask in masks:
+        if mask is None:
+            mask = torch.ones(1, 1, 1, n_k, dtype=torch.bool, device=device)
+        if additive and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, float("-inf"))
+        rows.append(mask.to(dtype))
+    heads = max(mask.shape[1] for mask in rows)
+    queries = max(mask.shape[2] for mask in rows)
+    return torch.cat([mask.expand(1, heads, queries, n_k) for mask in rows])
 
 
 @dataclass(frozen=True)
@@ -223,8 +271,14 @@ class AttentionLayerHook(ModelHook):
         self._warned = False
         self._parallel: ParallelView | None = None
         self._layer_heads: int | None = None
-        # The next denoiser row of a processor that calls SDPA once per row (Mochi loops over the batch).
+        # The context of a forward call whose backward is being recomputed (see visattn.parallel).
+        self._replay: CallContext | None = None
+        # The next denoiser row of a processor that calls SDPA once per row (Mochi loops over the batch), the rows
+        # ``[start, stop)`` of the denoiser's batch the current call holds (``None``: the whole batch), and the
+        # source rows kept for their targets' calls (emptied when the layer call ends).
         self._row_cursor = 0
+        self._call_rows: tuple[int, int] | None = None
+        self._row_stash: dict[int, _StashedRow] = {}
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
@@ -253,10 +307,14 @@ class AttentionLayerHook(ModelHook):
         restore = _force_native_dispatch(processor)
         before = self._intercepted
         self._row_cursor = 0
+        self._row_stash.clear()
         try:
             with _Interceptor(self):
                 out = original(*args, **kwargs)
         finally:
+            # The kept source rows serve this layer call only: release them now.
+            self._row_stash.clear()
+            self._call_rows = None
             if restore is not _UNCHANGED:
                 processor._attention_backend = restore
         if self._intercepted == before and not self._warned:
@@ -267,6 +325,17 @@ class AttentionLayerHook(ModelHook):
                 stacklevel=2,
             )
         return out
+
+    @contextlib.contextmanager
+    def replaying(self, ctx: CallContext):
+        """Answer SDPA calls as this layer answered the forward call whose context is ``ctx`` (the backward of a
+        Ulysses call recomputes its attention outside the layer's forward)."""
+        self._replay = ctx
+        try:
+            with _Interceptor(self):
+                yield
+        finally:
+            self._replay = None
 
     def _in_steps(self) -> bool:
         if self.steps is None:
@@ -286,17 +355,22 @@ class AttentionLayerHook(ModelHook):
         heads = ulysses_heads(view, self._layer_heads, q.shape[1])
         n_local = q.shape[2]
         shard = heads is None and is_query_shard(view, self._layer_heads, q.shape[1])
-        if shard:
+        if self._replay is not None:
+            # The backward of a Ulysses call recomputes it: answer it with the context of its forward.
+            ctx, partial, shard = self._replay, None, False
+        elif shard:
             # This rank's query shard (a call without Ulysses' all-to-all): placed as part of the whole sequence.
             ctx, partial = self._context(q, k, n_q=n_local * view.world)
             shard = ctx.grid is not None and partial is None
-        if not shard:
+        if self._replay is None and not shard:
             ctx, partial = self._context(q, k, heads=heads)
         acting = [effect for effect in self.effects if effect.acts_on(ctx)]
         if not acting:
             return func(*args, **kwargs)
         check_supported(view, self.layer_name)
         self._warn_unplaced(ctx, q.shape[2], acting)
+        if heads is not None and self._replay is None:
+            remember_for_backward(self, ctx, q)
         if k.shape[1] != q.shape[1]:
             # Grouped-query attention: give every query head its own key/value head, as SDPA's enable_gqa does.
             repeat = q.shape[1] // k.shape[1]
@@ -323,17 +397,32 @@ class AttentionLayerHook(ModelHook):
             q = _widen(q, partial.length, partial.queries)
             if partial.keys != slice(0, partial.length):
                 k, v = _widen(k, partial.length, partial.keys), _widen(v, partial.length, partial.keys)
+        rows = q.shape[0]
+        paired = False
+        if self._call_rows is not None and self._replay is None and not shard and order is None:
+            if any(getattr(effect, "pairs_rows", False) for effect in acting):
+                pair = self._pair_rows(ctx, q, k, v, mask)
+                if pair is not None:
+                    ctx, q, k, v, mask = pair
+                    paired = True
         call = AttentionCall(ctx, q, k, v, attn_mask=mask, scale=sdpa["scale"], backend=self.backend)
         for effect in acting:
             effect.apply(call)
+        if self._replay is not None:
+            call.observers.clear()  # a backward replay: the forward was observed already
         if call.output is None and _unchanged(call, q, k, v, mask, sdpa["scale"]):
+            if paired and not call.observers:
+                # Nothing edits the target row at this step: its stock call answers, bit for bit.
+                return func(*args, **kwargs)
             # Only observers acted: the stock computation answers, so observing never changes a bit (on the
             # gathered or reordered sequence under context parallelism, whose rows are the stock rows).
-            if shard or order is not None:
+            if shard or order is not None or paired:
                 call.output = func(q, k, v, attn_mask=mask, scale=sdpa["scale"])
             else:
                 call.output = func(*args, **kwargs)
         out = call.run()
+        if paired:
+            out = out[-rows:]  # the target rows; their source rows were answered by their own call
         if out.shape[2] != n_q:
             out = out[:, :, partial.queries]
         if order is not None:
@@ -384,6 +473,7 @@ class AttentionLayerHook(ModelHook):
         A call with fewer rows than the denoiser's batch comes from a processor that loops over the batch (Mochi):
         its calls take the denoiser's rows in order, so the cursor says which rows this one holds.
         """
+        self._call_rows = None
         layout = self.state.batch
         batch = _rows_of(layout, batch_size)
         if batch is not None:
@@ -391,8 +481,49 @@ class AttentionLayerHook(ModelHook):
         if layout is not None and 0 < batch_size < layout.batch_size and layout.batch_size % batch_size == 0:
             start = self._row_cursor
             self._row_cursor = (start + batch_size) % layout.batch_size
+            self._call_rows = (start, start + batch_size)
             return _rows_within(layout, start, start + batch_size)
         return BatchLayout((Branch("cond", 0, batch_size),))
+
+    def _pair_rows(
+        self, ctx: CallContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[CallContext, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """A per-row call made whole for an effect that pairs rows (``pairs_rows``), or ``None``.
+
+        The call holds rows ``[start, stop)`` of one branch of the denoiser's batch, whose first half are source
+        rows and second half their targets (row ``j`` of the halves pairs with row ``j``). Source rows are kept
+        and answered alone (their own call stays a plain one); a target call becomes ``[sources, targets]`` with
+        a branch of its own, as the batched call of a processor that does not loop over the batch would hold it.
+        ``q``, ``k``, ``v`` and ``mask`` are the call's as effects see it (the whole layout, after widening), so
+        rows whose processor dropped different padding still line up.
+        """
+        start, stop = self._call_rows
+        branch = next((b for b in self.state.batch.branches if b.start <= start < b.stop), None)
+        if branch is None or stop > branch.stop or branch.size % 2:
+            return None
+        middle = branch.start + branch.size // 2
+        if stop <= middle:
+            for i in range(stop - start):
+                self._row_stash[start + i] = _StashedRow(q[i : i + 1], k[i : i + 1], v[i : i + 1], _row_mask(mask, i))
+            return None
+        if start < middle:
+            return None  # a call across both halves pairs within itself (no per-row processor makes one)
+        half = branch.size // 2
+        sources = [self._row_stash.pop(row - half, None) for row in range(start, stop)]
+        if any(
+            source is None or source.q.shape[1:] != q.shape[1:] or source.k.shape[1:] != k.shape[1:]
+            for source in sources
+        ):
+            return None  # a source row that went unseen, or whose call had another layout: no pairing
+        masks = [source.mask for source in sources] + [_row_mask(mask, i) for i in range(stop - start)]
+        paired = dataclasses.replace(ctx, batch=BatchLayout((Branch(branch.name, 0, 2 * (stop - start)),)))
+        return (
+            paired,
+            torch.cat([*(source.q for source in sources), q]),
+            torch.cat([*(source.k for source in sources), k]),
+            torch.cat([*(source.v for source in sources), v]),
+            _stack_masks(masks, k.shape[2]),
+        )
 
     def _warn_unplaced(self, ctx: CallContext, n_q: int, acting: list[Effect]) -> None:
         """Warn once per family and effect when an effect that needs the grid meets a self or joint call that holds

@@ -21,7 +21,10 @@ is refused while effects act (see :func:`check_supported`).
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,8 +145,10 @@ def unsplit_inputs(model: torch.nn.Module, hook_name: str, args: tuple, kwargs: 
     """
     registry = getattr(model, "_diffusers_hook", None)
     config = getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
-    plan = (getattr(model, "_cp_plan", None) or {}).get("")
-    if registry is None or config is None or not plan or hook_name not in registry._hook_order:
+    if registry is None or config is None:
+        return args, kwargs  # the common case, first: a model that is not split (this runs on every call)
+    plan = (context_parallel_plan(model) or {}).get("")
+    if not plan or hook_name not in registry._hook_order:
         return args, kwargs
     outer = registry._hook_order[registry._hook_order.index(hook_name) + 1 :]
     if not any(name.startswith("cp_input---") for name in outer):
@@ -187,7 +192,7 @@ def check_model(
             f"ulysses_degree={ulysses} does not divide the {heads} attention heads of {name}; use a degree that "
             f"divides {heads}"
         )
-    split = (getattr(model, "_cp_plan", None) or {}).get("") or {}
+    split = (context_parallel_plan(model) or {}).get("") or {}
     text = text_length if any(name in split for name in text_names) else None
     for what, count in (("latent grid", math.prod(grid) if grid else None), ("text", text)):
         if count is not None and count % ulysses:
@@ -195,3 +200,164 @@ def check_model(
                 f"the {what} of this call has {count} tokens, which ulysses_degree={ulysses} cannot split evenly; "
                 f"use a size whose token count is a multiple of {ulysses}"
             )
+
+
+# --- plans for classes diffusers ships none for -------------------------------------------------------------------
+
+#: where a class's context-parallel plan comes from (see :func:`plan_source`)
+PLAN_SOURCES = ("diffusers", "visattn", "none")
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    # torch.compile wraps the module; the plan belongs to the original.
+    return getattr(model, "_orig_mod", model)
+
+
+def plan_source(model: torch.nn.Module) -> str:
+    """Where :func:`context_parallel_plan` finds the model's plan: ``"diffusers"`` (the class's own
+    ``_cp_plan``), ``"visattn"`` (its family's, :attr:`visattn.families.Family.cp_plan`), or ``"none"``."""
+    from .families import declared_family
+
+    model = _unwrapped(model)
+    if getattr(model, "_cp_plan", None):
+        return "diffusers"
+    family = declared_family(model)
+    return "visattn" if family is not None and family.cp_plan is not None else "none"
+
+
+def context_parallel_plan(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The context-parallel plan to split ``model`` with: the class's own ``_cp_plan`` where diffusers ships one,
+    else the one visattn ships for its family (HunyuanVideo, Wan-VACE), else ``None``.
+
+    Call :func:`enable_context_parallelism` rather than passing it to ``model.enable_parallelism(cp_plan=...)``
+    yourself: some of visattn's plans also need inputs gathered back for a submodule
+    (:attr:`visattn.families.Family.cp_gather_inputs`), which only that function installs.
+    """
+    from .families import declared_family
+
+    model = _unwrapped(model)
+    own = getattr(model, "_cp_plan", None)
+    if own:
+        return own
+    family = declared_family(model)
+    return _built(family.cp_plan) if family is not None and family.cp_plan is not None else None
+
+
+@functools.cache
+def _built(builder: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    # Built once: visattn's denoiser hook reads the plan on every forward (unsplit_inputs, check_model).
+    return builder()
+
+
+def enable_context_parallelism(model_or_pipe: Any, config: Any) -> list[torch.nn.Module]:
+    """Split the denoiser(s) of a pipeline, or a denoiser, with ``config`` (diffusers' ``ContextParallelConfig``
+    or ``ParallelConfig``) and the plan :func:`context_parallel_plan` gives: diffusers' own, or visattn's for the
+    families diffusers ships none for. Returns the models split.
+
+    Every rank calls it after ``torch.distributed.init_process_group``, as with ``enable_parallelism``; attach
+    visattn before or after.
+
+    Raises:
+        ValueError: no denoiser found, or a denoiser with no plan from diffusers or visattn (the message names its
+            class); nothing is split then.
+    """
+    from .attachment import DENOISER_ATTRIBUTES
+    from .families import declared_family
+
+    if isinstance(model_or_pipe, torch.nn.Module):
+        models = [model_or_pipe]
+    else:
+        models = [
+            getattr(model_or_pipe, name)
+            for name in DENOISER_ATTRIBUTES
+            if isinstance(getattr(model_or_pipe, name, None), torch.nn.Module)
+        ]
+    if not models:
+        raise ValueError(f"{type(model_or_pipe).__name__} is neither a denoiser nor a pipeline with one")
+    plans = [context_parallel_plan(model) for model in models]
+    for model, plan in zip(models, plans, strict=True):
+        # Check every denoiser first, so that a pipeline is never left half split.
+        if plan is None or not hasattr(model, "enable_parallelism"):
+            raise ValueError(
+                f"{type(_unwrapped(model)).__name__} has no context-parallel plan (diffusers ships no _cp_plan for it "
+                "and visattn none for its family): run it on one device, or pass your own plan to "
+                "model.enable_parallelism(config=..., cp_plan=...)"
+            )
+    for model, plan in zip(models, plans, strict=True):
+        model.enable_parallelism(config=config, cp_plan=plan)
+        family = declared_family(_unwrapped(model))
+        if plan_source(model) == "visattn" and family.cp_gather_inputs:
+            cp_config = getattr(config, "context_parallel_config", config)
+            for submodule, argument, dim in family.cp_gather_inputs:
+                _gather_input(_unwrapped(model).get_submodule(submodule), argument, dim, cp_config)
+    return models
+
+
+def _gather_input(module: torch.nn.Module, argument: str, dim: int, config: Any) -> None:
+    """Gather ``argument`` of ``module`` whole (along ``dim``, from every rank of ``config``'s mesh) before it runs:
+    the plan split it for the rest of the forward (see :attr:`visattn.families.Family.cp_gather_inputs`)."""
+    import inspect
+
+    from diffusers.hooks.context_parallel import EquipartitionSharder
+
+    position = list(inspect.signature(module.forward).parameters).index(argument)
+
+    def gathered(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        return EquipartitionSharder.unshard(value, dim, config._flattened_mesh)
+
+    def whole(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if argument in kwargs:
+            kwargs = {**kwargs, argument: gathered(kwargs[argument])}
+        elif len(args) > position:
+            args = (*args[:position], gathered(args[position]), *args[position + 1 :])
+        return args, kwargs
+
+    module.register_forward_pre_hook(whole, with_kwargs=True)
+
+
+# --- gradients through Ulysses ----------------------------------------------------------------------------------
+
+# diffusers' Ulysses template (TemplatedUlyssesAttention) computes its backward with an explicit backward op that
+# recomputes the stock SDPA from the saved q, k, v (attention_dispatch._native_attention_backward_op), outside the
+# layer's forward where visattn answers SDPA. So the gradient of a call an effect changed would be the stock
+# attention's. visattn remembers, for each call it answers inside the template with tensors that need gradients,
+# the layer and the call context, and wraps the backward op to answer that recomputation the same way (a replay:
+# same context, observers left out, since they already observed the forward).
+
+#: saved query storage -> (layer hook, call context) of calls visattn answered inside the Ulysses template
+_ANSWERED: dict[int, tuple[Any, Any]] = {}
+_STOCK_BACKWARD: list = []
+
+
+def remember_for_backward(layer: Any, ctx: Any, q: torch.Tensor) -> None:
+    """Remember the layer and context of a Ulysses call visattn answered, for its backward (if one comes: inside
+    the template's forward, grad mode is off and the gathered q needs no grad, so every call is remembered)."""
+    _install_backward()
+    key = q.data_ptr()  # the saved query's (q is its permuted view)
+    _ANSWERED[key] = (layer, ctx)
+    # The saved query lives as long as the autograd graph: forget the call with its storage.
+    base = q._base if q._base is not None else q
+    weakref.finalize(base, _ANSWERED.pop, key, None)
+
+
+def _install_backward() -> None:
+    from diffusers.models import attention_dispatch
+
+    if _STOCK_BACKWARD:
+        return
+    _STOCK_BACKWARD.append(attention_dispatch._native_attention_backward_op)
+    attention_dispatch._native_attention_backward_op = _native_backward_through_visattn
+
+
+def _native_backward_through_visattn(ctx: Any, grad_out: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """diffusers' native backward op, with the recomputed SDPA answered by visattn when visattn answered the
+    forward (a call no visattn layer answered runs the stock op unchanged)."""
+    query = ctx.saved_tensors[0]
+    entry = _ANSWERED.get(query.data_ptr())
+    if entry is None:
+        return _STOCK_BACKWARD[0](ctx, grad_out, *args, **kwargs)
+    layer, call_ctx = entry
+    with layer.replaying(call_ctx):
+        return _STOCK_BACKWARD[0](ctx, grad_out, *args, **kwargs)

@@ -339,7 +339,12 @@ def prompt_tokens(
         else:
             template = prompt_template
             if template is None:
-                template = _call_default(pipe_or_tokenizers, "prompt_template", None) or part.default_template()
+                pipeline = (
+                    None
+                    if _is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)
+                    else pipe_or_tokenizers
+                )
+                template = _call_default(pipe_or_tokenizers, "prompt_template", None) or part.default_template(pipeline)
             part_words = _template_part(tokenizer, prompt_text, words, key, max_sequence_length, template)
             part_length = max_sequence_length
         per_word = [mine + [length + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]

@@ -4,11 +4,20 @@ One process or many, the same code: under ``accelerate launch`` (or ``torchrun``
 jobs file, and job ``i`` of the jobs still to do goes to process ``i % num_processes`` (accelerate's
 :class:`~accelerate.PartialState` tells each process its index and device), so shards are disjoint and balanced.
 
+Context parallelism (``context_parallel=N``, ``visattn batch --context-parallel N``): the ``W`` processes form a
+``dp x N`` mesh (``W = dp * N``, dims ``("dp", "ring", "ulysses")`` with ring 1, as diffusers'
+``ContextParallelConfig(mesh=...)`` expects). Processes ``g * N ... g * N + N - 1`` are context-parallel group
+``g``; job ``i`` goes to group ``i % dp``, and every process of the group runs it with the same seed on a denoiser
+split by ``ContextParallelConfig(ulysses_degree=N)`` over the group's processes. Only a group's first process
+writes files and records (the others hold the same result).
+
 Files (in ``out_dir``), and who writes them, so that no two processes ever write the same file:
 
 * ``{id}.png`` (``{id}-source.png`` and ``{id}-target.png`` for an edit), or ``{id}.webp`` / ``{id}.mp4`` for
-  video, each with a ``.json`` sidecar: the process that ran the job (ids are unique within a jobs file);
-* ``results.rank{N}.jsonl``: process ``N`` only, one record appended per finished or failed job (the log);
+  video, each with a ``.json`` sidecar: the process that ran the job (the first of its group; ids are unique
+  within a jobs file);
+* ``results.rank{N}.jsonl``: process ``N`` only (a group's first process), one record appended per finished or
+  failed job (the log);
 * ``results.jsonl``: the main process only, after every process is done: one line per line of the jobs file, in
   file order (``ok``, ``error``, ``invalid`` or ``pending``), merged from the rank logs.
 
@@ -21,6 +30,7 @@ write, so all processes agree on the jobs still to do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -28,7 +38,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -84,6 +94,10 @@ class BatchSummary:
         complete: every job of the file has an ``ok`` result (known to the main process; other processes: no
             failure of their own).
         process_index, num_processes: this process's place in the launch.
+        context_parallel: processes per job (the context-parallel degree; 1: each process runs its own jobs).
+        group_index, num_groups: this process's context-parallel group and the group count (data-parallel index
+            and size; ``num_groups * context_parallel == num_processes``).
+        writes: this process writes its group's files and records (the group's first process).
     """
 
     jobs: int = 0
@@ -96,6 +110,10 @@ class BatchSummary:
     complete: bool = False
     process_index: int = 0
     num_processes: int = 1
+    context_parallel: int = 1
+    group_index: int = 0
+    num_groups: int = 1
+    writes: bool = True
 
     @property
     def exit_status(self) -> int:
@@ -104,10 +122,26 @@ class BatchSummary:
 
 
 # --- processes ----------------------------------------------------------------------------------------------------
-class _Processes:
-    """This process's index, the process count, its device, and a barrier that tolerates long waits."""
+def check_context_parallel(degree: Any, world: int) -> int:
+    """``degree`` if it is a positive integer that divides ``world`` (the process count), else a ValueError
+    (:class:`~visattn.generate.ParameterError`) that names the option, the value and the world size."""
+    if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
+        raise ParameterError("context_parallel", degree, "must be a positive integer (processes per job)")
+    if world % degree:
+        raise ParameterError(
+            "context_parallel",
+            degree,
+            f"must divide the world size ({world} process{'es' if world != 1 else ''}): each job runs on a group "
+            f"of {degree} processes and the groups share the jobs",
+        )
+    return degree
 
-    def __init__(self, device: str) -> None:
+
+class _Processes:
+    """This process's index, the process count, its device, a barrier that tolerates long waits, and its place in
+    the ``dp x cp`` mesh (its context-parallel group, and whether it writes for that group)."""
+
+    def __init__(self, device: str, context_parallel: int = 1) -> None:
         import torch
         from accelerate import PartialState
 
@@ -123,19 +157,107 @@ class _Processes:
         self.state = PartialState(cpu=cpu)
         self.index = self.state.process_index
         self.count = self.state.num_processes
-        self.is_main = self.state.is_main_process
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self.count == 1 and distributed and torch.distributed.get_world_size() > 1:
+            # A process group the caller made without a launcher's environment (its own script, the test harness):
+            # accelerate sees one process, but the jobs must still be shared with the group's other processes.
+            self.index, self.count = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.is_main = self.index == 0
         self.device = torch.device("cpu") if cpu or self.state.device.type == "cpu" else self.state.device
+        # Checked on every process before anything collective, so all of them refuse alike and none waits.
+        self.context_parallel = check_context_parallel(context_parallel, self.count)
+        self.num_groups = self.count // self.context_parallel
+        # Consecutive processes form a group (the mesh's last dim varies fastest): on a multi-GPU machine a job's
+        # all-to-alls stay within a node whenever the degree fits in it.
+        self.group_index, self.group_rank = divmod(self.index, self.context_parallel)
+        self.writes = self.group_rank == 0
         self._group = None
-        if self.count > 1 and torch.distributed.is_initialized():
+        self.mesh = None
+        if self.count > 1 and distributed:
             # A CPU (gloo) group with a long timeout just for barriers: the default group's timeout would abort a
             # process whose shard finished long before the slowest one.
             self._group = torch.distributed.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+        if self.context_parallel > 1:
+            self.mesh = _context_parallel_mesh(self.device.type, self.num_groups, self.context_parallel)
 
     def barrier(self) -> None:
         if self._group is not None:
             import torch
 
             torch.distributed.barrier(group=self._group)
+
+
+def _context_parallel_mesh(device_type: str, groups: int, degree: int) -> Any:
+    """The ``dp x cp`` device mesh, dims ``("dp", "ring", "ulysses")``: diffusers slices ``["ring", "ulysses"]``
+    out of a custom mesh, so ring is a dim of size 1 and the context-parallel degree is the Ulysses dim."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device_type, (groups, 1, degree), mesh_dim_names=("dp", "ring", "ulysses"))
+    # Creating sub-meshes makes process groups, which every process must join in the same order. diffusers
+    # flattens ["ring", "ulysses"] in enable_parallelism, which a group without jobs (or a failed load) never
+    # reaches; flattening here, on every process, caches the flattened mesh so that later call makes no group.
+    mesh["ring", "ulysses"]._flatten()
+    return mesh
+
+
+@contextlib.contextmanager
+def _an_accelerator_count() -> Iterator[None]:
+    """Report one accelerator while diffusers sets up a CPU-only context-parallel run.
+
+    diffusers 0.42.1's ``enable_parallelism`` computes ``rank % torch.accelerator.device_count()``, which divides
+    by zero on a machine without an accelerator (CPU batches under ``torchrun``); the device it computes is only
+    recorded. Restored on exit; a no-op where an accelerator is counted.
+    """
+    import torch
+
+    original = torch.accelerator.device_count
+    if original() > 0:
+        yield
+        return
+    torch.accelerator.device_count = lambda: 1
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = original
+
+
+def enable_context_parallel(pipeline: DiffusionPipeline, mesh: Any, degree: int) -> list[str]:
+    """Split every denoiser of ``pipeline`` with ``ContextParallelConfig(ulysses_degree=degree, mesh=mesh)``; returns
+    the attribute names of the denoisers split. A denoiser already split (by the caller) is left as it is.
+
+    Raises:
+        UsageError: the pipeline has no denoiser, or one with no context-parallel plan (neither diffusers'
+            ``_cp_plan`` nor one visattn ships for its family).
+    """
+    from diffusers import ContextParallelConfig
+
+    from ..attachment import DENOISER_ATTRIBUTES
+    from ..families import declared_family
+    from ..parallel import context_parallel_plan, enable_context_parallelism
+
+    denoisers = [
+        (name, getattr(pipeline, name)) for name in DENOISER_ATTRIBUTES if getattr(pipeline, name, None) is not None
+    ]
+    if not denoisers:
+        raise UsageError(f"context_parallel={degree}: {type(pipeline).__name__} has none of {DENOISER_ATTRIBUTES}")
+    for name, model in denoisers:
+        if context_parallel_plan(model) is None or not hasattr(model, "enable_parallelism"):
+            family = declared_family(model)
+            raise UsageError(
+                f"context_parallel={degree} needs denoisers with a context-parallel plan (diffusers' `_cp_plan`, or "
+                f"one visattn ships); {name} is "
+                f"{type(model).__name__} (family {family.name if family is not None else 'undeclared'}), which has "
+                "none: use context_parallel=1"
+            )
+    split = []
+    for name, model in denoisers:
+        if getattr(model, "_parallel_config", None) is not None:
+            continue  # enable_parallelism may not run twice; the caller chose the split
+        # One config per denoiser (Wan 2.2's two transformers): diffusers records its setup on the config.
+        with _an_accelerator_count():
+            enable_context_parallelism(model, ContextParallelConfig(ulysses_degree=degree, mesh=mesh))
+        split.append(name)
+    return split
 
 
 # --- resuming -----------------------------------------------------------------------------------------------------
@@ -191,16 +313,26 @@ def _now() -> str:
 
 
 class _JobRunner:
-    """Runs jobs on one loaded pipeline and writes their outputs; shared data computed once."""
+    """Runs jobs on one loaded pipeline and writes their outputs; shared data computed once.
+
+    ``writes=False`` (a context-parallel group's other processes): the job runs, its share of every collective
+    included, but no file is written.
+    """
 
     def __init__(
-        self, pipeline: DiffusionPipeline, out_dir: Path, model: str, video_format: str, run: dict[str, Any]
+        self,
+        pipeline: DiffusionPipeline,
+        out_dir: Path,
+        model: str,
+        video_format: str,
+        run: dict[str, Any],
+        writes: bool = True,
     ) -> None:
         import diffusers
         import torch
 
         self.pipe, self.out_dir, self.model, self.video_format = pipeline, out_dir, model, video_format
-        self.run_info = run
+        self.run_info, self.writes = run, writes
         device, dtype = weights_of(pipeline)
         scheduler = getattr(pipeline, "scheduler", None)
         self.base = {
@@ -273,6 +405,8 @@ class _JobRunner:
         names = []
         for role, output in zip(roles, outputs):
             stem = f"{job.id}-{role}" if role else job.id
+            if not self.writes:
+                continue
             role_prompt = job.prompt if edit is None else edit.prompts[roles.index(role)]
             metadata = {
                 **self.base,
@@ -320,6 +454,7 @@ class _JobRunner:
             "model": self.model,
             "rank": self.run_info["rank"],
             "num_processes": self.run_info["num_processes"],
+            "context_parallel": self.run_info.get("context_parallel", 1),
             "host": self.run_info["host"],
             "finished_at": _now(),
         }
@@ -374,6 +509,7 @@ def run_batch(
     progress: bool = True,
     dry_run: bool = False,
     log: IO[str] | None = None,
+    context_parallel: int = 1,
 ) -> BatchSummary:
     """Run every job of ``jobs_file`` not finished yet, writing images, videos and results into ``out_dir``.
 
@@ -392,8 +528,13 @@ def run_batch(
         progress: a progress bar per process (on stderr; the pipeline's own step bar is hidden).
         dry_run: only parse, validate and find what is left to do (no model is loaded, nothing is written).
         log: where line-numbered errors and the summary go (default: stderr).
+        context_parallel: processes per job: each job runs on a group of that many processes, its denoiser(s)
+            split with ``ContextParallelConfig(ulysses_degree=context_parallel)`` over the group, and the groups
+            share the jobs (see the module docstring). Must divide the process count.
 
     Raises:
+        ValueError: ``context_parallel`` does not divide the process count (a
+            :class:`~visattn.generate.ParameterError`, raised on every process before any job runs).
         UsageError: the jobs file cannot be read, a bad device/dtype/video format, no MP4 encoder, or the model
             cannot be loaded (raised after the other processes were released).
     """
@@ -409,9 +550,16 @@ def run_batch(
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read jobs file {str(jobs_file)!r}: {_one_line(exc)}") from None
 
-    processes = _Processes(device)
+    processes = _Processes(device, context_parallel)
     summary = BatchSummary(
-        jobs=len(jobs), invalid=list(invalid), process_index=processes.index, num_processes=processes.count
+        jobs=len(jobs),
+        invalid=list(invalid),
+        process_index=processes.index,
+        num_processes=processes.count,
+        context_parallel=processes.context_parallel,
+        group_index=processes.group_index,
+        num_groups=processes.num_groups,
+        writes=processes.writes,
     )
     model_name = _model_name(model, pipeline)
     if processes.is_main:
@@ -429,9 +577,17 @@ def run_batch(
         return summary
     processes.barrier()  # every process has read the old records before anyone appends new ones
 
-    mine = pending[processes.index :: processes.count]
+    # Each job goes to exactly one group; every process of that group runs it.
+    mine = pending[processes.group_index :: processes.num_groups]
     load_error: UsageError | None = None
-    run_info = {"rank": processes.index, "num_processes": processes.count, "host": socket.gethostname()}
+    run_info = {
+        "rank": processes.index,
+        "num_processes": processes.count,
+        "context_parallel": processes.context_parallel,
+        "group": processes.group_index,
+        "num_groups": processes.num_groups,
+        "host": socket.gethostname(),
+    }
     try:
         if mine and pipeline is None:
             started = time.perf_counter()
@@ -440,8 +596,25 @@ def run_batch(
             except UsageError as exc:
                 load_error = exc
             run_info["load_seconds"] = time.perf_counter() - started
+        if mine and load_error is None and processes.mesh is not None:
+            try:
+                enable_context_parallel(pipeline, processes.mesh, processes.context_parallel)
+            except UsageError as exc:
+                load_error = exc  # the same on every process of every group: reported like a failed load
         if mine and load_error is None:
-            _run_shard(mine, pipeline, out_dir, model_name, video_format, run_info, summary, jobs_file, progress, log)
+            _run_shard(
+                mine,
+                pipeline,
+                out_dir,
+                model_name,
+                video_format,
+                run_info,
+                summary,
+                jobs_file,
+                progress and processes.writes,  # one bar per group
+                log,
+                processes.writes,
+            )
     finally:
         processes.barrier()  # the merge below must see every process's records
     if processes.is_main:
@@ -465,16 +638,21 @@ def _run_shard(
     jobs_file: Path,
     progress: bool,
     log: IO[str],
+    writes: bool = True,
 ) -> None:
     from tqdm.auto import tqdm
 
-    runner = _JobRunner(pipeline, out_dir, model_name, video_format, run_info)
+    runner = _JobRunner(pipeline, out_dir, model_name, video_format, run_info, writes)
     rank_log = out_dir / RANK_RESULTS.format(rank=run_info["rank"])
-    count = run_info["num_processes"]
-    label = f"batch [{run_info['rank'] + 1}/{count}]" if count > 1 else "batch"
+    count, groups = run_info["num_processes"], run_info.get("num_groups", run_info["num_processes"])
+    if groups == count:
+        label = f"batch [{run_info['rank'] + 1}/{count}]" if count > 1 else "batch"
+    else:
+        label = f"batch [group {run_info['group'] + 1}/{groups}, {run_info['context_parallel']} processes]"
     previous = dict(getattr(pipeline, "_progress_bar_config", None) or {})
     pipeline.set_progress_bar_config(**{**previous, "disable": True})  # one bar per process: jobs, not steps
-    bar = tqdm(mine, desc=label, unit="job", position=run_info["rank"], file=sys.stderr, disable=not progress)
+    position = run_info.get("group", run_info["rank"])
+    bar = tqdm(mine, desc=label, unit="job", position=position, file=sys.stderr, disable=not progress)
     try:
         for job in bar:
             started = time.perf_counter()
@@ -484,10 +662,12 @@ def _run_shard(
                 record = runner.failure(job, exc, time.perf_counter() - started)
                 summary.failed.append(JobError(job.line, record["error"], job.id))
                 message = f"{jobs_file}:{job.line}: job {job.id!r} failed: {record['error']}"
-                bar.write(message, file=log) if progress else print(message, file=log)
+                if writes:  # the group's other processes fail alike; one line per job
+                    bar.write(message, file=log) if progress else print(message, file=log)
             else:
                 summary.ran += 1
-            append_record(rank_log, record)
+            if writes:
+                append_record(rank_log, record)
             bar.set_postfix(failed=len(summary.failed), refresh=False)
     finally:
         bar.close()

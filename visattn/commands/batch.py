@@ -28,6 +28,12 @@ Scale out: every process of `accelerate launch` runs a disjoint shard on its own
 system). Each process writes results.rank{N}.jsonl; the main process merges them into results.jsonl. CPU-only
 machines: `accelerate launch --multi_gpu --num_processes 2 -m visattn.cli batch ... --device cpu` (or torchrun);
 accelerate's --cpu flag alone starts a single process.
+
+Context parallelism: --context-parallel N runs each job on a group of N processes (its denoiser split with
+diffusers' ContextParallelConfig(ulysses_degree=N), every process of the group with the job's seed) and shares the
+jobs across the world_size / N groups; N must divide the process count. The group's first process writes, e.g.
+  torchrun --nproc-per-node 8 -m visattn.cli batch jobs.jsonl --out out/ --model ID --context-parallel 4
+(2 groups of 4 GPUs; see docs/parallel.md).
 """
 
 
@@ -51,6 +57,13 @@ def add_parser(commands) -> None:
         default="webp",
         help="videos as animated WebP (default, always available) or MP4 (needs PyAV: pip install av)",
     )
+    parser.add_argument(
+        "--context-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes per job (Ulysses degree); must divide the process count (default: 1, data parallel only)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="only validate the file and list the jobs to run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -68,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         video_format=args.video_format,
         progress=not args.quiet,
         dry_run=args.dry_run,
+        context_parallel=args.context_parallel,
     )
     if args.dry_run and summary.process_index == 0:
         # stdout: the ids still to run, one per line, for scripts; the counts go to stderr with the errors.

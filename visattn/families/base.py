@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ PER_SAMPLE_LIST = "per_sample_list"  # a list with one item (tensor or list) per
 FOLDED = "folded"  # m consecutive rows per sample along the leading axis, ``(b m)`` (text repeated per frame)
 
 #: axes of the latent input a family may declare (see :attr:`Family.layout`)
-LAYOUTS = ("BCHW", "BCFHW", "BFCHW", "BFHWC", "auto", "packed")
+LAYOUTS = ("BCHW", "BCFHW", "BFCHW", "BFHWC", "BNCFHW", "auto", "packed")
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,11 @@ class TextPart:
             template's first ``crop_start`` tokens cropped, over ``max_sequence_length`` positions.
         tokenizers: pipeline component names holding the tokenizer, the first one present is used.
         optional: the pipeline runs without this tokenizer and then fills the part with zero embeddings (SD3's T5).
-        template: for ``"chat_template"``, ``"module:attribute"`` of the pipeline's default ``prompt_template``
-            (used when the pipeline's own signature cannot be read, e.g. with bare tokenizers).
+        template: for ``"chat_template"``, where the template is: ``"module:attribute"`` of the pipeline's default
+            ``prompt_template`` dict (``template``, ``crop_start``; used when the pipeline's own signature cannot be
+            read, e.g. with bare tokenizers: HunyuanVideo), or ``"pipeline:<template attribute>:<crop attribute>"``
+            for pipelines that keep the template string and the number of leading tokens they drop as attributes
+            (Qwen-Image's ``prompt_template_encode`` and ``prompt_template_encode_start_idx``).
     """
 
     kind: str
@@ -73,8 +77,21 @@ class TextPart:
         if (self.kind == "chat_template") != (self.template is not None):
             raise ValueError("TextPart.template is required for, and only for, kind='chat_template'")
 
-    def default_template(self) -> Any:
-        """The pipeline's default chat template (imported from diffusers on first use)."""
+    def default_template(self, pipeline: Any = None) -> Any:
+        """The pipeline's chat template as ``{"template": ..., "crop_start": ...}`` (imported from diffusers on first
+        use, or read from ``pipeline``'s attributes).
+
+        Raises:
+            ValueError: the template lives on the pipeline and no pipeline was given.
+        """
+        if self.template.startswith("pipeline:"):
+            _, template, crop = self.template.split(":")
+            if pipeline is None or not hasattr(pipeline, template):
+                raise ValueError(
+                    f"this tokenizer ladder reads the pipeline's {template} and {crop}: pass the pipeline, not its "
+                    "tokenizers"
+                )
+            return {"template": getattr(pipeline, template), "crop_start": getattr(pipeline, crop)}
         import importlib
 
         module, attribute = self.template.split(":")
@@ -161,8 +178,10 @@ class Family:
         classes: diffusers class names of the denoisers (matched along the MRO, so subclasses are covered).
         sample: the latent input argument.
         layout: axes of the latent input: ``"BCHW"``, ``"BCFHW"``, ``"BFCHW"``, ``"BFHWC"``, ``"auto"`` (4-D is
-            ``BCHW``, 5-D ``BCFHW``), or ``"packed"`` (tokens
-            ``[B, N, C]`` whose grid ``grid_reader`` recovers from other arguments).
+            ``BCHW``, 5-D ``BCFHW``), ``"BNCFHW"`` (``[B, items, C, F, H, W]``, references first and the generated
+            item last, which the model moves first and concatenates along frames, so the grid's frames hold the
+            generated item, then the references; a 5-D input is one item, ``BCFHW``: JoyImage-Edit), or
+            ``"packed"`` (tokens ``[B, N, C]`` whose grid ``grid_reader`` recovers from other arguments).
         patch: config attribute of the spatial patch size (an int, or a ``(t, h, w)`` tuple); ``None``: 1.
         patch_t: config attribute of the temporal patch size; ``None``: 1 (or the tuple's first entry).
         grid_reader: name of a reader in :mod:`visattn.families.readers` for packed latents.
@@ -174,6 +193,9 @@ class Family:
             they count as text.
         text_axis: the axis of the text argument that counts its tokens (Allegro's pipeline passes
             ``[B, 1, T, D]``: ``-2``).
+        text_length_config: config attribute of the length the model pads every sample's text to, which is then
+            the text length of every call whatever the argument's shape (Wan-Animate 2 takes a per-sample list of
+            unpadded embeddings and pads each to ``config.text_len``); ``None``: the text argument's length.
         text_position: ``"first"`` or ``"last"``: where text sits in joint sequences; ``None``: no joint attention.
         roles: ``(regex, role)`` pairs searched in attention-module names, first match wins, for roles the
             module alone does not tell (a single-stream block fed the concatenated sequence is ``"joint"``).
@@ -200,6 +222,13 @@ class Family:
             one sample's text and vision tokens into one sequence): a perturbation branch runs as its own call.
         pag_layers: where perturbation guidance acts by default, in diffusers' ``pag_applied_layers`` naming (the
             default of diffusers' PAG pipeline for the family); ``None``: the middle self/joint layer.
+        cp_plan: builds the context-parallel plan visattn ships for a class diffusers gives none (a ``_cp_plan``
+            of ``ContextParallelInput``/``ContextParallelOutput`` per submodule, for
+            ``model.enable_parallelism(cp_plan=...)``; see :func:`visattn.parallel.context_parallel_plan`); a
+            builder so that importing the families does not import diffusers. ``None``: no plan shipped.
+        cp_gather_inputs: ``(submodule, argument, dim)`` of inputs the plan splits for the forward that a submodule
+            needs whole (HunyuanVideo's token refiner reads the whole prompt mask): gathered back along ``dim``
+            before it runs, by :func:`visattn.parallel.enable_context_parallelism`.
         known: declared by visattn (``False`` for the generic fallback of a class never seen).
     """
 
@@ -216,6 +245,7 @@ class Family:
     text: Argument | None = Argument(("encoder_hidden_states",))
     text_extra_tokens: int = 0
     text_axis: int = 1
+    text_length_config: str | None = None
     text_position: str | None = None
     roles: tuple[tuple[str, str], ...] = ()
     unet_levels: bool = False
@@ -229,6 +259,8 @@ class Family:
     context_before_grid: bool = False
     one_sample_per_call: bool = False
     pag_layers: tuple[str, ...] | None = None
+    cp_plan: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)
+    cp_gather_inputs: tuple[tuple[str, str, int], ...] = ()
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
 
@@ -291,6 +323,11 @@ class Family:
         timestep = _timestep_value(self.timestep.read(args, kwargs))
         text = self.text.read(args, kwargs) if self.text is not None else None
         text_length = text.shape[self.text_axis] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
+        if text is not None and self.text_length_config is not None:
+            # The model pads the text itself (a per-sample list has no length of its own): the padded length is
+            # what its attention calls see, and it tells text calls from image-context calls over other tokens.
+            padded = getattr(getattr(model, "config", None), self.text_length_config, None)
+            text_length = int(padded) if isinstance(padded, int) else text_length
         if text_length is not None:
             text_length += self.text_extra_tokens
         grid = read_grid(self, model, sample, args, kwargs) if sample is not None else None
@@ -323,10 +360,12 @@ class Family:
     def prediction_axes(self, row_ndim: int) -> tuple[int | None, int, int] | None:
         """Where the grid's (frames, height, width) axes sit in one batch row of the prediction, which has the
         latent input's layout; ``None`` for packed latents, whose tokens run in grid order. A ``None`` frames
-        axis: the row has none (images)."""
+        axis: the row has none (images). For ``"BNCFHW"``, the axes inside one item (see :meth:`grid_items`)."""
         layout = self.layout
         if layout == "auto":
             layout = "BCHW" if row_ndim == 3 else "BCFHW"
+        if layout == "BNCFHW":
+            layout = "BCFHW"  # each item (or a 5-D input's one item) is BCFHW
         return {
             "BCHW": (None, 1, 2),
             "BCFHW": (1, 2, 3),
@@ -334,6 +373,12 @@ class Family:
             "BFHWC": (0, 1, 2),
             "packed": None,
         }[layout]
+
+    def grid_items(self, row_ndim: int) -> bool:
+        """Whether one prediction row of ``row_ndim`` axes leads with an items axis whose items the grid holds along
+        its frames, the last item (the generated one) first (layout ``"BNCFHW"`` with 6-D latents): a grid mask
+        then splits into per-item masks that :meth:`prediction_axes` places inside each item."""
+        return self.layout == "BNCFHW" and row_ndim == 5
 
     def token_stride(self, denoiser: torch.nn.Module) -> int:
         """Latent pixels per side of one token of the denoiser's grid: the spatial patch size (the pipeline's

@@ -17,6 +17,10 @@ def _timestep(position: int, name: str = "timestep") -> Argument:
     return Argument((name,), position)
 
 
+#: Qwen-Image's pipelines keep their chat template and the count of leading tokens they drop as attributes
+QWEN_TEMPLATE = "pipeline:prompt_template_encode:prompt_template_encode_start_idx"
+
+
 #: Flow-matching pipelines that call the transformer with ``t / 1000`` and pack latents with ``img_ids``.
 def _packed_with_ids(name: str, classes: tuple[str, ...], timestep: int, divisor: float = 1000.0, **facts) -> Family:
     return Family(
@@ -94,6 +98,13 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep_divisor=1000.0,
         text=_text(1),
         text_position="first",
+        # Qwen2.5-VL over the pipeline's chat template, its first prompt_template_encode_start_idx tokens dropped;
+        # each prompt keeps its valid tokens, padded to the longest prompt of the call (so the call's text length,
+        # not max_sequence_length, is the sequence's length).
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template=QWEN_TEMPLATE),),
+            max_sequence_length=512,
+        ),
     ),
     Family(
         "qwen_image_21",

@@ -46,6 +46,11 @@ def _spatial(family: Family, model: torch.nn.Module, sample: torch.Tensor) -> Gr
     layout = family.layout
     if layout == "auto":
         layout = {4: "BCHW", 5: "BCFHW"}.get(sample.ndim)
+    if layout == "BNCFHW":
+        # Items along frames, as :func:`items_along_time` reads them; a 5-D input is one item.
+        if sample.ndim == 6:
+            sample = sample.transpose(1, 2).flatten(2, 3)
+        layout = "BCFHW"
     pt, ph, pw = _patches(family, model)
     if layout == "BCHW" and sample.ndim == 4:
         return (1, -(-sample.shape[2] // ph), -(-sample.shape[3] // pw))

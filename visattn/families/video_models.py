@@ -14,6 +14,56 @@ _HUNYUAN_TEMPLATE = "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video:DE
 WAN_PROMPT = PromptRecipe((TextPart("t5"),), max_sequence_length=512, clean="prompt_clean")
 
 
+def _hunyuan_video_cp_plan() -> dict:
+    """HunyuanVideo's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The token refiner (``context_embedder``) attends over the whole prompt and pools it, so the text is split only
+    after it; the latent tokens after the patch embedding and the RoPE table (``[L, D]`` cos and sin) with them.
+    Both streams are split so that Ulysses' all-to-all gathers each joint call's keys exactly once (replicated
+    text would be gathered once per rank); visattn reorders the ``[image_r, text_r]`` shards for its effects
+    (:func:`visattn.parallel.joint_order`). The output projection gathers the latent tokens.
+
+    The prompt mask is split too: the forward builds each joint mask from the text it holds (this rank's shard)
+    and ``encoder_attention_mask.sum(1)``, which must then count this rank's valid tokens; the refiner gets the
+    whole mask back (the family's ``cp_gather_inputs``), so the plan is exact only through
+    :func:`visattn.parallel.enable_context_parallelism`. Not covered: the image-to-video ``token_replace``
+    variant, whose blocks split the first frame's tokens off.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    def split_output(dim: int, ndim: int) -> ContextParallelInput:
+        return ContextParallelInput(split_dim=dim, expected_dims=ndim, split_output=True)
+
+    return {
+        "x_embedder": {0: split_output(1, 3)},
+        "rope": {0: split_output(0, 2), 1: split_output(0, 2)},
+        "context_embedder": {0: split_output(1, 3)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        "": {"encoder_attention_mask": ContextParallelInput(split_dim=1, expected_dims=2)},
+    }
+
+
+def _wan_vace_cp_plan() -> dict:
+    """Wan-VACE's context-parallel plan (diffusers 0.42.1 ships one for Wan, none for Wan-VACE), read from its
+    ``forward``: Wan's plan, with the control tokens split beside the video's.
+
+    The VACE blocks run first on ``[video + control]`` tokens of the same grid, and the hints they return are added
+    to the main blocks' tokens, so the first VACE block gets both streams split and the first main block the video
+    (each call gets the whole forward variable); the RoPE table is split with them and the output projection
+    gathers the video. The text stays whole: Wan's processor attends to it without Ulysses (a local call).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    tokens = ContextParallelInput(split_dim=1, expected_dims=3)
+    rope = ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)
+    return {
+        "rope": {0: rope, 1: rope},
+        "vace_blocks.0": {"hidden_states": tokens, "control_hidden_states": tokens},
+        "blocks.0": {"hidden_states": tokens},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
 def _video(
     name: str,
     classes: tuple[str, ...],
@@ -45,6 +95,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         prompt=WAN_PROMPT,
         # One scale per VACE layer, not per sample (its length equals the batch of a one-row call).
         batch_inputs=((Argument(("control_hidden_states_scale",), 5), NOT_BATCHED_INPUT),),
+        cp_plan=_wan_vace_cp_plan,
     ),
     _video(
         "wan_animate",
@@ -99,6 +150,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text_position="last",
         # The token refiner's attention (context_embedder) attends over text only.
         roles=(("^context_embedder", "text"), ("", "joint")),
+        cp_plan=_hunyuan_video_cp_plan,
+        cp_gather_inputs=(("context_embedder", "attention_mask", 1),),
         # Llama over the pipeline's chat template, its system part cropped.
         prompt=PromptRecipe(
             (TextPart("chat_template", template=_HUNYUAN_TEMPLATE),),
@@ -208,13 +261,15 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         grid_reader="frames_height_width",
         packed_patch=1,
     ),
-    # Wan-Animate 2: per-sample lists of [C, F, H, W] latents and of text. Its self-attention is flex attention
-    # (no SDPA): only the cross-attention can be taken over.
+    # Wan-Animate 2: per-sample lists of [C, F, H, W] latents and of unpadded text, which the model pads to
+    # config.text_len (the text length its cross-attention sees; its second call is over CLIP image tokens). Its
+    # self-attention is flex attention (no SDPA): only the cross-attention can be taken over.
     _video(
         "wan_animate_2",
         ("WanAnimate2Transformer3DModel",),
         timestep=1,
         text=2,
+        text_length_config="text_len",
         grid_reader="sample_list",
     ),
     # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
@@ -230,10 +285,11 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         roles=(("^token_refiner", "text"),),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
-    # frames 1...); joint [image, text] in the double blocks.
+    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks.
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),
+        layout="BNCFHW",
         cfg="separate",
         timestep=1,
         text=2,

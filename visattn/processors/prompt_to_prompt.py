@@ -51,6 +51,11 @@ How it maps onto visattn
   attention mask and identity blend from every other effect are honoured, in whatever order the effects were
   given). It sets ``call.output`` and ``call.probs`` (the edited probabilities, for
   :class:`~visattn.processors.AttentionMaps` and other observers). Calls outside every window are not touched.
+* Per-row processors. A processor that calls attention once per batch row (Mochi) never puts a source and its
+  target in one call: the layer hook keeps each source row's queries, keys and values until its target row's call
+  in the same layer call, and answers that call with the pair (``pairs_rows``), using only the target's output.
+  The source rows' own calls stay plain; the kept rows are released when the layer call ends. A family that takes
+  one sample per call (Cosmos 3 Omni: source and target are separate denoiser calls) is refused at attach.
 * Memory: an edited call materializes its probabilities (``batch x heads x queries x keys`` floats), like the
   authors' code; with observers attached (attention maps) they are kept until the call ends.
 """
@@ -187,6 +192,15 @@ def _pairs_of(layout: BatchLayout) -> list[_Pair] | None:
 def _mask_for_prediction(mask: torch.Tensor, row_shape: torch.Size, family: Family) -> torch.Tensor:
     """A ``[frames, height, width]`` token-grid mask expanded to broadcast against one prediction row, whose axes
     follow the family's latent layout (:meth:`visattn.families.Family.prediction_axes`)."""
+    if family.grid_items(len(row_shape)):
+        # Items along a leading axis of the row, held by the grid along its frames with the last item first
+        # (JoyImage-Edit): each item takes its frames of the mask, back in the prediction's item order.
+        items = row_shape[0]
+        if mask.shape[0] % items:
+            raise ValueError(f"LocalBlend: the grid's {mask.shape[0]} frames do not split into {items} items")
+        per_item = mask.reshape(items, -1, *mask.shape[1:])
+        per_item = torch.cat([per_item[1:], per_item[:1]])
+        return torch.stack([_mask_for_prediction(m, row_shape[1:], family) for m in per_item])
     frames, height, width = mask.shape
     axes = family.prediction_axes(len(row_shape))
     if axes is None:
@@ -422,6 +436,11 @@ class PromptToPrompt(Effect):
 
     roles = ("self", "cross", "joint")
 
+    #: the edit pairs each branch's rows as ``[source..., target...]`` within one call: a processor that calls
+    #: attention once per batch row (Mochi) gets each target row's call answered together with its source row's
+    #: (:class:`visattn.interception.AttentionLayerHook` keeps the source rows of the layer call until then)
+    pairs_rows = True
+
     def needs(self) -> tuple[str, ...]:
         # Prompts given as PromptTokens carry their text positions; prompt strings need the tokenizer ladder.
         words = ("words",) if isinstance(self.source, str) else ()
@@ -469,6 +488,21 @@ class PromptToPrompt(Effect):
         self._pipeline_ref: Any = None
         self._top_grid: tuple[int, int, int] | None = None
         self._seen_at_start: set[tuple[str, ...]] = set()
+        # Pairs of the denoiser call's conditional branch, and the local-blend maps of row-pair calls of the layer
+        # call so far (a per-row processor answers one pair per call; the blend takes a layer's pairs together).
+        self._blend_pairs = 0
+        self._row_maps: list[torch.Tensor] = []
+
+    def use_family_defaults(self, family: Family, roles: dict[str, str]) -> None:
+        super().use_family_defaults(family, roles)
+        if family.one_sample_per_call:
+            # Source and target are separate denoiser calls: pairing them would keep every layer's attention of
+            # the source call alive until the target's call, and no pipeline of the family batches two prompts.
+            raise ValueError(
+                f"PromptToPrompt pairs source and target rows inside one attention call, but the {family.name!r} "
+                f"family ({', '.join(family.classes)}) takes one sample per call, without a batch axis: source and "
+                "target never share a call, so the edit cannot be made"
+            )
 
     def bind(self, roles: dict[str, str]) -> None:
         super().bind(roles)
@@ -608,6 +642,8 @@ class PromptToPrompt(Effect):
             self._start_generation(layout.names)
             self._check_noise(state.inputs.sample if state.inputs is not None else None, pairs)
         self._top_grid = state.inputs.grid if state.inputs is not None else None
+        self._blend_pairs = next((pair.count for pair in pairs if pair.name == _COND), 0)
+        self._row_maps.clear()
         blend = self.local_blend
         if blend is None:
             return forward(*args, **kwargs)
@@ -670,6 +706,11 @@ class PromptToPrompt(Effect):
             return _Plan("self", [_PairEdit(pair, None, False, None) for pair in edited], True, None, [])
         text = ctx.keys.text
         if text is None or text.length == 0:
+            return None
+        blends = self.local_blend is not None and ctx.grid is not None and any(p.name == _COND for p in pairs)
+        if not edited and not blends:
+            # Nothing to edit or collect (the unconditional call of a pipeline that runs its branches one by one,
+            # whose text is the negative prompt's): the prompts' words need not fit its text.
             return None
         tokens = self._resolve(text.length)
         alpha = tokens.alpha(fraction)
@@ -790,7 +831,19 @@ class PromptToPrompt(Effect):
         call.lse = None  # edited rows have no logits of their own
         call.probs = torch.cat(kept, dim=2) if keep else None
         if maps is not None:
-            self.local_blend._add_layer(maps, ctx.grid, self._top_grid or ctx.grid)
+            self._add_maps(maps, ctx.grid)
+
+    def _add_maps(self, maps: torch.Tensor, grid: tuple[int, int, int]) -> None:
+        """Give one call's ``[2, pairs, tokens]`` local-blend maps to the blend; a row-pair call (fewer pairs than
+        the denoiser's conditional branch: a per-row processor) waits for the layer's other pairs, which follow
+        in row order."""
+        if maps.shape[1] < self._blend_pairs:
+            self._row_maps.append(maps)
+            if sum(part.shape[1] for part in self._row_maps) < self._blend_pairs:
+                return
+            maps = torch.cat(self._row_maps, dim=1)
+            self._row_maps.clear()
+        self.local_blend._add_layer(maps, grid, self._top_grid or grid)
 
     def _collect(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan, out: torch.Tensor) -> None:
         text = ctx.keys.text

@@ -97,7 +97,8 @@ class Case:
     """One context-parallel run: a tiny model, its effects, and when visattn is attached.
 
     Attributes:
-        model: ``"wan"`` (self- and cross-attention, video) or ``"flux"`` (joint text-image attention).
+        model: a key of :data:`MODELS`: ``"wan"`` (self- and cross-attention, video), ``"flux"`` (joint
+            text-image attention), ``"hunyuan_video"`` (joint, split with the plan visattn ships).
         effects: names of :data:`EFFECTS`; empty for the stock model (``order="none"``) or no effect.
         order: ``"none"`` (visattn not attached), ``"after"`` or ``"before"`` ``enable_parallelism``.
         ulysses, ring: the context-parallel degrees.
@@ -194,6 +195,37 @@ class _TinyModel:
 MODELS = (_TinyModel("wan", _wan_inputs, "self"), _TinyModel("flux", _flux_inputs, "joint"))
 
 
+def _hunyuan_video_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A 3x8x8 latent video (3x4x4 tokens after 2x2 patches) and 8 text tokens, the last 3 of the second row
+    padding (the prompt mask the forward and its token refiner read must stay right on every rank), batch 2."""
+    return {
+        "hidden_states": torch.randn(2, 4, 3, 8, 8, generator=generator),
+        "timestep": torch.tensor([500, 500]),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "encoder_attention_mask": torch.tensor([[1] * TEXT_TOKENS, [1] * (TEXT_TOKENS - 3) + [0] * 3]),
+        "pooled_projections": torch.randn(2, 32, generator=generator),
+        "guidance": torch.full((2,), 6000.0),
+    }
+
+
+def _wan_vace_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """Wan's inputs with a control video of the same grid (24 channels: inactive + reactive latents and the folded
+    mask), one VACE layer."""
+    return {
+        **_wan_inputs(generator),
+        "control_hidden_states": torch.randn(2, 24, 3, 8, 8, generator=generator),
+        "control_hidden_states_scale": torch.ones(1),
+    }
+
+
+#: models split with the plan visattn ships for their family (diffusers ships none): HunyuanVideo (joint
+#: [video, text] attention, both split after its token refiner) and Wan-VACE (Wan with VACE control blocks)
+MODELS += (
+    _TinyModel("hunyuan_video", _hunyuan_video_inputs, "joint"),
+    _TinyModel("wan_vace", _wan_vace_inputs, "self"),
+)
+
+
 def _model(key: str) -> _TinyModel:
     found = next((model for model in MODELS if model.key == key), None)
     if found is None:
@@ -247,12 +279,16 @@ def parallel_cases(rank: int, world: int, cases: tuple[Case, ...]) -> dict[str, 
     """Run every case on this rank, each on a fresh context-parallel model (a :func:`run_on_ranks` function)."""
     from diffusers import ContextParallelConfig
 
+    from visattn.parallel import enable_context_parallelism
+
     results = {}
     for case in cases:
         model, inputs = _model_and_inputs(case.model)
 
         def parallel(model: torch.nn.Module, case: Case = case) -> None:
-            model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=case.ulysses, ring_degree=case.ring))
+            config = ContextParallelConfig(ulysses_degree=case.ulysses, ring_degree=case.ring)
+            # The class's own _cp_plan, or the one visattn ships for its family.
+            enable_context_parallelism(model, config)
 
         results[case.name] = _run_case(model, inputs, case, parallel)
     return results
@@ -262,3 +298,68 @@ def single_process_case(case: Case) -> dict:
     """The case in this process, unsplit: the oracle of the context-parallel runs."""
     model, inputs = _model_and_inputs(case.model)
     return _run_case(model, inputs, case, None)
+
+
+# --- a pipeline call, and gradients ----------------------------------------------------------------------------
+
+
+def _wan_pipeline_images(effect_names: tuple[str, ...], parallel: Callable | None) -> np.ndarray:
+    """The tiny Wan pipeline's video (CFG on: one named call per branch) with ``effect_names`` attached."""
+    import visattn
+    from visattn.testing import call_kwargs, tiny_pipeline
+    from visattn.testing.video_pipelines import TEXT_TOKENS as PIPELINE_TEXT_TOKENS
+
+    pipe = tiny_pipeline("wan")
+    if parallel is not None:
+        parallel(pipe.transformer)
+    effects = _effects(effect_names, PIPELINE_TEXT_TOKENS, "self")
+    with visattn.attach(pipe, *effects), torch.no_grad():
+        return np.asarray(pipe(**call_kwargs("wan", guidance_scale=5.0)).frames, dtype=np.float32)
+
+
+def parallel_pipeline(rank: int, world: int, effect_names: tuple[str, ...]) -> np.ndarray:
+    """The tiny Wan pipeline on a Ulysses split of its transformer (a :func:`run_on_ranks` function): every rank
+    runs the same call with the same seed."""
+    from diffusers import ContextParallelConfig
+
+    def parallel(model: torch.nn.Module) -> None:
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+
+    return _wan_pipeline_images(effect_names, parallel)
+
+
+def single_process_pipeline(effect_names: tuple[str, ...]) -> np.ndarray:
+    """:func:`parallel_pipeline` in this process, unsplit: its oracle."""
+    return _wan_pipeline_images(effect_names, None)
+
+
+def _text_gradient(effect_names: tuple[str, ...], parallel: Callable | None) -> np.ndarray:
+    """The gradient of a fixed projection of the tiny Wan transformer's output with respect to its text embeddings
+    (what null-text inversion optimizes), with ``effect_names`` attached."""
+    import visattn
+
+    model, inputs = _model_and_inputs("wan")
+    if parallel is not None:
+        parallel(model)
+    text = inputs["encoder_hidden_states"].clone().requires_grad_(True)
+    weights = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(1))
+    with visattn.attach(model, *_effects(effect_names, TEXT_TOKENS, "self")):
+        out = model(**{**inputs, "encoder_hidden_states": text})[0]
+    (out * weights).sum().backward()
+    return text.grad.numpy()
+
+
+def parallel_text_gradient(rank: int, world: int, effect_names: tuple[str, ...]) -> np.ndarray:
+    """:func:`_text_gradient` on a Ulysses split (a :func:`run_on_ranks` function). The text is replicated, so each
+    rank holds the part of the gradient that flows through its shard: summed over ranks, the whole gradient."""
+    from diffusers import ContextParallelConfig
+
+    def parallel(model: torch.nn.Module) -> None:
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+
+    return _text_gradient(effect_names, parallel)
+
+
+def single_process_text_gradient(effect_names: tuple[str, ...]) -> np.ndarray:
+    """:func:`parallel_text_gradient` in this process, unsplit: its oracle."""
+    return _text_gradient(effect_names, None)

@@ -12,6 +12,7 @@ import diffusers
 import torch
 
 from visattn.families import declared_family
+from visattn.parallel import plan_source
 from visattn.testing.coverage import TINY_DENOISERS
 from visattn.testing.coverage.checks import CoverageRow, check
 from visattn.testing.coverage.pipelines import COVERAGE_PIPELINE_SPECS, KNOWN_PIPELINE_LIMITS
@@ -26,8 +27,37 @@ def _mark(value: float | None) -> str:
     return f"yes ({value:.2g})" if value > 1e-6 else "no change"
 
 
+#: why no plan (diffusers' or visattn's) can split a class whose processors do reach diffusers' dispatcher, for
+#: the classes whose forward was read for one (issue 26); the others say "none"
+_NO_PLAN = {
+    "HunyuanVideo15Transformer3DModel": (
+        "its processor builds a query-by-key text mask from the local sequence, which Ulysses cannot gather"
+    ),
+    "SkyReelsV2Transformer3DModel": (
+        "its cross-attention sends the replicated text through Ulysses' all-to-all, and diffusion forcing builds "
+        "per-token timesteps and a causal mask whole"
+    ),
+}
+
+
+def _context_parallel(model: torch.nn.Module) -> str:
+    """Where the class's context-parallel plan comes from, and for classes with none, why no plan fits: the
+    processors never reach diffusers' attention dispatcher (so no Ulysses all-to-all could run), or a reason
+    from :data:`_NO_PLAN`."""
+    source = plan_source(model)
+    if source != "none":
+        return f"{source} plan"
+    if type(model).__name__ in _NO_PLAN:
+        return f"none ({_NO_PLAN[type(model).__name__]})"
+    processors = [module.processor for module in model.modules() if getattr(module, "processor", None) is not None]
+    if processors and not any(hasattr(processor, "_parallel_config") for processor in processors):
+        return "none (processors call SDPA without diffusers' dispatcher)"
+    return "none"
+
+
 def _row(entry, result: CoverageRow) -> str:
-    family = declared_family(entry.build())
+    model = entry.build()
+    family = declared_family(model)
     key = family.name if family is not None else "generic"
     identity = (
         f"exact ({result.identity_error:.0e})" if result.identity_exact else f"FAIL ({result.identity_error:.1e})"
@@ -55,7 +85,8 @@ def _row(entry, result: CoverageRow) -> str:
         pipeline += f" (tiny: `{_TINY_PIPELINES[entry.pipeline]}`{', known limit' if limit else ''})"
     return (
         f"| {entry.class_name} | {pipeline} | {key} | {identity}, detach {detach} | "
-        f"{'/'.join(result.roles)} | {editing} | {guidance} | {sparse} | {problems or '-'} |"
+        f"{'/'.join(result.roles)} | {editing} | {guidance} | {sparse} | {_context_parallel(model)} | "
+        f"{problems or '-'} |"
     )
 
 
@@ -96,10 +127,13 @@ attached through its generic path (the stock processors stay; visattn answers th
 - **guidance**: PAG and SEG (scale 2) on the self/joint layers, with the max output change.
 - **sparse**: NeighborhoodAttention (window 3 per axis, 1 on axes shorter than 3), ExtrapolationDecay (train
   size 2) and, on 3-D grids, RadialAttention, with the max output change.
+- **context parallel**: where the plan `visattn.enable_context_parallelism` splits the class with comes from:
+  the class's own `_cp_plan` ("diffusers plan"), the one visattn ships for its family ("visattn plan",
+  `visattn.families` `cp_plan`), or none (then it runs on one device; see `docs/parallel.md`).
 - **problems**: what failed (each is listed in `KNOWN_LIMITS` of the test with the reason).
 
-| class | pipeline | family | identity | roles | editing and maps | guidance | sparse | problems |
-|---|---|---|---|---|---|---|---|---|
+| class | pipeline | family | identity | roles | editing and maps | guidance | sparse | context parallel | problems |
+|---|---|---|---|---|---|---|---|---|---|
 """
     Path(args.out).write_text(header + "\n".join(lines) + "\n")
     print(f"wrote {args.out} ({len(lines)} classes)")

@@ -1,0 +1,99 @@
+"""Context-parallel plans visattn ships for families diffusers gives none: 2 gloo processes on CPU.
+
+One spawn runs every case on both ranks (``visattn.testing.parallel``); each test compares a case with the same
+case in one process, the oracle. With visattn's plan the stock split reproduces one process, attaching visattn
+with no effect changes nothing, and effects under Ulysses equal one process: HunyuanVideo (joint [video, text]
+attention, both streams split after its token refiner, a padded prompt) and Wan-VACE (control blocks beside Wan's,
+cross-attention over replicated text). Classes with no plan anywhere are refused by name.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from visattn.testing.parallel import Case, parallel_cases, run_on_ranks, single_process_case
+
+pytestmark = pytest.mark.slow
+
+#: the bar of the issue for effects under Ulysses (fp32, max abs diff against one process)
+TOLERANCE = 1e-5
+
+#: the tiny models split with a plan visattn ships (keys of ``visattn.testing.parallel.MODELS``)
+PLANNED = ("hunyuan_video", "wan_vace")
+
+STOCK = tuple(Case(model, order="none") for model in PLANNED)
+NO_EFFECT = tuple(Case(model, order=order) for model in PLANNED for order in ("after", "before"))
+EFFECTS = tuple(Case(model, (effect,)) for model in PLANNED for effect in ("pag", "neighborhood", "maps", "p2p"))
+CASES = STOCK + NO_EFFECT + EFFECTS
+
+
+@functools.cache
+def split_results() -> list[dict[str, dict]]:
+    return run_on_ranks(parallel_cases, CASES, world=2)
+
+
+@functools.cache
+def single(case: Case) -> dict:
+    return single_process_case(case)
+
+
+def _ranks(case: Case) -> list[dict]:
+    return [results[case.name] for results in split_results()]
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max())
+
+
+def test_plans_come_from_diffusers_then_visattn_then_none():
+    from visattn.parallel import context_parallel_plan, plan_source
+    from visattn.testing import tiny_denoiser
+
+    assert plan_source(tiny_denoiser("wan")) == "diffusers"
+    assert context_parallel_plan(tiny_denoiser("wan")) is type(tiny_denoiser("wan"))._cp_plan
+    hunyuan = tiny_denoiser("hunyuan_video")
+    assert plan_source(hunyuan) == "visattn"
+    assert set(context_parallel_plan(hunyuan)) == {"", "x_embedder", "rope", "context_embedder", "proj_out"}
+    assert plan_source(tiny_denoiser("wan_vace")) == "visattn"
+    # CogVideoX's processor calls torch's SDPA itself, not diffusers' dispatcher: no Ulysses, so no plan.
+    assert plan_source(tiny_denoiser("cogvideox")) == "none"
+
+
+def test_a_class_with_no_plan_is_refused_by_name():
+    import visattn
+    from visattn.testing import tiny_denoiser
+
+    with pytest.raises(ValueError, match="CogVideoXTransformer3DModel has no context-parallel plan"):
+        visattn.enable_context_parallelism(tiny_denoiser("cogvideox"), config=None)
+
+
+@pytest.mark.parametrize("case", STOCK, ids=lambda case: case.name)
+def test_stock_split_with_visattn_plan_reproduces_one_process(case):
+    for rank in _ranks(case):
+        assert "error" not in rank, rank.get("error")
+        assert _max_diff(rank["output"], single(case)["output"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", NO_EFFECT, ids=lambda case: case.name)
+def test_attaching_with_no_effect_changes_nothing_and_detach_restores(case):
+    stock = _ranks(Case(case.model, order="none"))
+    for rank, plain in zip(_ranks(case), stock, strict=True):
+        assert np.array_equal(rank["output"], plain["output"])
+        assert np.array_equal(rank["after_detach"], plain["output"])
+
+
+@pytest.mark.parametrize("case", EFFECTS, ids=lambda case: case.name)
+def test_effects_under_ulysses_equal_one_process(case):
+    oracle = single(case)
+    assert _max_diff(oracle["output"], single(Case(case.model, order="none"))["output"]) > 0 or "maps" in case.effects
+    stock = _ranks(Case(case.model, order="none"))
+    for rank, plain in zip(_ranks(case), stock, strict=True):
+        assert "error" not in rank, rank.get("error")
+        assert _max_diff(rank["output"], oracle["output"]) <= TOLERANCE
+        assert np.array_equal(rank["after_detach"], plain["output"])
+        if "maps" in oracle:
+            # Every rank ends with the maps one process makes.
+            assert _max_diff(rank["maps"], oracle["maps"]) <= TOLERANCE
