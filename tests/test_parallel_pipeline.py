@@ -27,7 +27,7 @@ def test_a_pipeline_call_with_cfg_equals_one_process(effects):
 
 
 @pytest.mark.parametrize(
-    "effects", [(), ("neighborhood",), ("pag", "seg")], ids=["no-effect", "neighborhood", "pag+seg"]
+    "effects", [(), ("neighborhood", "maps"), ("pag", "seg")], ids=["no-effect", "neighborhood+maps", "pag+seg"]
 )
 def test_gradients_summed_over_ranks_equal_one_process(effects):
     """What null-text inversion optimizes: the gradient with respect to the (replicated) text embeddings. diffusers'

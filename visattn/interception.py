@@ -405,11 +405,11 @@ class AttentionLayerHook(ModelHook):
                 if pair is not None:
                     ctx, q, k, v, mask = pair
                     paired = True
-        call = AttentionCall(ctx, q, k, v, attn_mask=mask, scale=sdpa["scale"], backend=self.backend)
+        call = AttentionCall(
+            ctx, q, k, v, attn_mask=mask, scale=sdpa["scale"], backend=self.backend, replay=self._replay is not None
+        )
         for effect in acting:
             effect.apply(call)
-        if self._replay is not None:
-            call.observers.clear()  # a backward replay: the forward was observed already
         if call.output is None and _unchanged(call, q, k, v, mask, sdpa["scale"]):
             if paired and not call.observers:
                 # Nothing edits the target row at this step: its stock call answers, bit for bit.

@@ -322,9 +322,9 @@ def _gather_input(module: torch.nn.Module, argument: str, dim: int, config: Any)
 # diffusers' Ulysses template (TemplatedUlyssesAttention) computes its backward with an explicit backward op that
 # recomputes the stock SDPA from the saved q, k, v (attention_dispatch._native_attention_backward_op), outside the
 # layer's forward where visattn answers SDPA. So the gradient of a call an effect changed would be the stock
-# attention's. visattn remembers, for each call it answers inside the template with tensors that need gradients,
-# the layer and the call context, and wraps the backward op to answer that recomputation the same way (a replay:
-# same context, observers left out, since they already observed the forward).
+# attention's. visattn remembers, for each call it answers inside the template, the layer and the call context,
+# and wraps the backward op to answer that recomputation the same way (a replay: same context; effects that collect
+# maps or masks skip it, since they collected in the forward).
 
 #: saved query storage -> (layer hook, call context) of calls visattn answered inside the Ulysses template
 _ANSWERED: dict[int, tuple[Any, Any]] = {}

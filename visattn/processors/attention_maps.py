@@ -322,6 +322,8 @@ class AttentionMaps(Effect):
         call.observers.append(self._observe)
 
     def _observe(self, call: AttentionCall) -> None:
+        if call.replay:
+            return  # a backward recomputation: this call's maps were collected in the forward
         ctx = call.ctx
         text, image = ctx.keys.text, ctx.queries.image
         plan = self._plan(text.length, ctx.layer_name)

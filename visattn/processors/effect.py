@@ -52,6 +52,9 @@ class AttentionCall:
     #: probabilities it needs (``exp(q k^T * scale - lse)`` over a few keys) without a materialized map. On a plain
     #: call ``lse`` stays None (asking would leave the SDPA path) and observers compute it for their rows.
     observers: list[Callable[[AttentionCall], None]] = field(default_factory=list)
+    #: a backward recomputation of a call already answered (context parallelism's Ulysses backward, see
+    #: :mod:`visattn.parallel`): effects compute it as before but collect nothing again (maps, masks)
+    replay: bool = False
 
     def request(self, return_lse: bool = False) -> AttentionRequest:
         return AttentionRequest(

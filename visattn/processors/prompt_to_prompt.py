@@ -830,7 +830,7 @@ class PromptToPrompt(Effect):
         call.output = out
         call.lse = None  # edited rows have no logits of their own
         call.probs = torch.cat(kept, dim=2) if keep else None
-        if maps is not None:
+        if maps is not None and not call.replay:
             self._add_maps(maps, ctx.grid)
 
     def _add_maps(self, maps: torch.Tensor, grid: tuple[int, int, int]) -> None:
