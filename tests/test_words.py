@@ -219,3 +219,90 @@ def test_qwen_image_reads_its_chat_template_from_the_pipeline():
         assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
     with pytest.raises(ValueError, match="pass the pipeline, not its tokenizers"):
         prompt_tokens(pipe.tokenizer, "a red circle", family="qwen_image", max_sequence_length=len(ids))
+
+
+def test_krea2_pads_between_the_prompt_and_its_template_suffix():
+    """Krea 2 tokenizes ``[prefix | prompt | PAD | suffix]`` over max_sequence_length positions after dropping the
+    prefix's first tokens; the words decode back from the ids it builds, and the suffix takes from the budget."""
+    pipe = tiny_pipeline("krea2")
+    drop, reserve = pipe.prompt_template_encode_start_idx, pipe.prompt_template_encode_num_suffix_tokens
+    length = 24
+    prompt = "a red circle"
+    ids = pipe.tokenizer(
+        pipe.prompt_template_encode_prefix + prompt, padding="max_length", max_length=length + drop - reserve
+    ).input_ids
+    ids = (ids + pipe.tokenizer(pipe.prompt_template_encode_suffix).input_ids)[drop:]
+    tokens = prompt_tokens(pipe, prompt, max_sequence_length=length)
+    assert tokens.family == "krea2" and tokens.length == length == len(ids)
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    # The prompt may fill max_sequence_length less the suffix, no more.
+    fits = " ".join(["cat"] * (length - reserve))
+    assert len(prompt_tokens(pipe, fits, max_sequence_length=length).words) == length - reserve
+    with pytest.raises(ValueError, match=rf"holds {length - reserve}"):
+        prompt_tokens(pipe, fits + " cat", max_sequence_length=length)
+
+
+def test_longcat_image_spells_quoted_text_letter_by_letter():
+    """LongCat-Image keeps the prompt's own tokens, quoted text tokenized a character at a time, padded to
+    tokenizer_max_length; the words decode back from the ids it builds."""
+    from diffusers.pipelines.longcat_image.pipeline_longcat_image import split_quotation
+
+    pipe = tiny_pipeline("longcat_image")
+    prompt = "a red sign saying 'cat' near a circle"
+    ids = []
+    for piece, quoted in split_quotation(prompt):
+        for chunk in piece if quoted else [piece]:
+            ids += pipe.tokenizer(chunk, add_special_tokens=False).input_ids
+    length = pipe.tokenizer_max_length
+    tokens = prompt_tokens(pipe, prompt, max_sequence_length=length)
+    assert tokens.family == "longcat_image" and tokens.length == length
+    for word in ("red", "circle", "cat"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    assert len(tokens.positions("cat")) == 3  # c, a, t
+    assert tokens.positions("'")[-1] == tokens.positions("cat")[-1] + 1
+    with pytest.raises(ValueError, match="holds 4"):
+        prompt_tokens(pipe, prompt, max_sequence_length=4)
+
+
+def test_z_image_renders_the_tokenizers_chat_template():
+    """Z-Image tokenizes its tokenizer's chat template (thinking on) around the prompt and crops nothing; the words
+    decode back from those ids, and the template counts against max_sequence_length."""
+    pipe = tiny_pipeline("z_image")
+    messages = [{"role": "user", "content": "a red circle"}]
+    text = pipe.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    ids = pipe.tokenizer(text).input_ids
+    tokens = prompt_tokens(pipe.tokenizer, "a red circle", family="z_image", max_sequence_length=len(ids))
+    assert tokens.family == "z_image" and tokens.length == len(ids)
+    assert tokens.positions("a")[0] > 0  # the template's user turn comes first
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    assert prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids)) == tokens
+    with pytest.raises(ValueError, match=rf"holds {len(ids) - 1}"):
+        prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids) - 1)
+
+
+def test_sana_keeps_bos_and_crops_its_complex_human_instruction():
+    """Sana prefixes the call's complex_human_instruction to the lower-cased prompt and keeps <bos> and the last
+    max_sequence_length - 1 tokens; the words decode back from the ids it keeps."""
+    import inspect
+
+    pipe = tiny_pipeline("sana")
+    instruction = "\n".join(inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default)
+    length = 24
+    all_ids = pipe.tokenizer(
+        instruction + "a red circle",
+        padding="max_length",
+        max_length=len(pipe.tokenizer.encode(instruction)) + length - 2,
+    ).input_ids
+    ids = all_ids[:1] + all_ids[-(length - 1) :]
+    tokens = prompt_tokens(pipe, "A Red circle", max_sequence_length=length)
+    assert tokens.family == "sana" and tokens.length == length and 0 in tokens.special
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    with pytest.raises(ValueError, match="holds 4"):
+        prompt_tokens(pipe, "a red circle near a blue square", max_sequence_length=4)
+    with pytest.raises(ValueError, match="pass the pipeline, not its tokenizers"):
+        prompt_tokens(pipe.tokenizer, "a red circle", family="sana", max_sequence_length=length)

@@ -13,7 +13,10 @@ this module follows the recipe. The kinds of part:
   the text sequence is ``77 + max_sequence_length`` long and every word appears twice (once in each part).
 * HunyuanVideo: Llama over a chat template, ``template.format(prompt)``, with the first ``crop_start`` tokens
   (the system part of the template) cropped; the sequence is ``max_sequence_length`` long and still holds the
-  template's closing tokens after the prompt.
+  template's closing tokens after the prompt. Qwen-Image and Krea 2 read their template (Krea 2: a prefix, and a
+  suffix after the padding) from pipeline attributes; Z-Image renders its tokenizer's ``apply_chat_template``;
+  Sana prefixes its call's ``complex_human_instruction`` and keeps ``<bos>`` ahead of the cropped prefix.
+* LongCat-Image: the prompt's own tokens (its template is cropped), quoted text tokenized letter by letter.
 
 :func:`prompt_tokens` tokenizes the exact string the pipeline tokenizes, with the pipeline's own tokenizers,
 and maps each word to its token positions through the tokenizer's character offsets, so words split into
@@ -252,6 +255,43 @@ def _align_by_prefix(
     return per_word, len(full)
 
 
+def _align_spelled(
+    tokenizer: Any, prompt: str, words: Sequence[tuple[str, int, int]], spell: str
+) -> tuple[list[list[int]], int]:
+    """Alignment for pipelines that tokenize the pieces of a prompt on their own, some one character at a time
+    (see :attr:`visattn.families.TextPart.spell`): each piece's tokens follow the previous pieces' tokens."""
+    import importlib
+
+    module, attribute = spell.split(":")
+    pieces = getattr(importlib.import_module(module), attribute)(prompt)
+    if "".join(piece for piece, _ in pieces) != prompt:
+        raise ValueError(f"{spell} does not split {prompt!r} into pieces that make it up; cannot align its words")
+    per_word: list[list[int]] = [[] for _ in words]
+    count = start = 0
+    for piece, spelled in pieces:
+        for chunk, offset in [(c, i) for i, c in enumerate(piece)] if spelled else [(piece, 0)]:
+            # Word spans relative to this chunk; the chunk's own alignment gives the tokens inside it.
+            at = start + offset
+            inside = [(w, max(b, at) - at, min(e, at + len(chunk)) - at) for w, b, e in words]
+            chunk_words, chunk_count = _align(_NoSpecialTokens(tokenizer), chunk, 0, inside)
+            for w, (_, b, e) in enumerate(inside):
+                if b < e:
+                    per_word[w] += [count + p for p in chunk_words[w]]
+            count += chunk_count
+        start += len(piece)
+    return per_word, count
+
+
+class _NoSpecialTokens:
+    """A tokenizer called with ``add_special_tokens=False``, as pipelines that tokenize pieces of a prompt do."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str, **kwargs: Any) -> Any:
+        return self.tokenizer(text, **{**kwargs, "add_special_tokens": False})
+
+
 def _too_long(family: str, part: str, count: int, limit: int, prompt: str) -> ValueError:
     return ValueError(
         f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} has {count} {part} tokens (special tokens "
@@ -270,8 +310,12 @@ def _clip_part(tokenizer: Any, prompt: str, words, family: str) -> tuple[list[li
     return per_word, limit
 
 
-def _t5_part(tokenizer: Any, prompt: str, words, family: str, max_length: int) -> list[list[int]]:
-    per_word, count = _align(tokenizer, prompt, 0, words)
+def _t5_part(
+    tokenizer: Any, prompt: str, words, family: str, max_length: int, spell: str | None = None
+) -> list[list[int]]:
+    per_word, count = (
+        _align(tokenizer, prompt, 0, words) if spell is None else _align_spelled(tokenizer, prompt, words, spell)
+    )
     if count > max_length:
         raise _too_long(family, "T5", count, max_length, prompt)
     return per_word
@@ -334,7 +378,7 @@ def prompt_tokens(
             # An optional part the pipeline fills with zero embeddings: positions with no word.
             part_words, part_length = [[] for _ in words], max_sequence_length
         elif part.kind == "t5":
-            part_words = _t5_part(tokenizer, prompt_text, words, key, max_sequence_length)
+            part_words = _t5_part(tokenizer, prompt_text, words, key, max_sequence_length, part.spell)
             part_length = max_sequence_length
         else:
             template = prompt_template
@@ -344,7 +388,9 @@ def prompt_tokens(
                     if _is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)
                     else pipe_or_tokenizers
                 )
-                template = _call_default(pipe_or_tokenizers, "prompt_template", None) or part.default_template(pipeline)
+                template = _call_default(pipe_or_tokenizers, "prompt_template", None) or part.default_template(
+                    pipeline, tokenizer
+                )
             part_words = _template_part(tokenizer, prompt_text, words, key, max_sequence_length, template)
             part_length = max_sequence_length
         per_word = [mine + [length + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]
@@ -381,11 +427,15 @@ def _template_part(tokenizer: Any, prompt: str, words, family: str, max_length: 
         crop_start = len(tokenizer(template["template"], padding="max_length").input_ids) - 2
     region = template["template"].index("{}")
     per_word, count = _align(tokenizer, template["template"].format(prompt), region, words)
-    if count > max_length + crop_start:
-        raise _too_long(family, "Llama", count - crop_start, max_length, prompt)
-    if any(p < crop_start for positions in per_word for p in positions):
+    # Tokens the pipeline appends after padding the prompt (Krea 2) take positions the prompt cannot have.
+    budget = max_length - template.get("suffix_tokens", 0)
+    if count > budget + crop_start:
+        raise _too_long(family, "Llama", count - crop_start, budget, prompt)
+    # The crop may start after tokens the pipeline keeps (Sana keeps <bos> ahead of the cropped instruction).
+    keep = template.get("keep_start", 0)
+    if any(keep <= p < keep + crop_start for positions in per_word for p in positions):
         raise ValueError(
             f"prompt_template crop_start={crop_start} crops part of the prompt: the template has fewer tokens "
             f"before its '{{}}' with this tokenizer"
         )
-    return [[p - crop_start for p in positions] for positions in per_word]
+    return [[p - crop_start if p >= keep else p for p in positions] for positions in per_word]

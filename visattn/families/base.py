@@ -63,35 +63,85 @@ class TextPart:
             ``prompt_template`` dict (``template``, ``crop_start``; used when the pipeline's own signature cannot be
             read, e.g. with bare tokenizers: HunyuanVideo), or ``"pipeline:<template attribute>:<crop attribute>"``
             for pipelines that keep the template string and the number of leading tokens they drop as attributes
-            (Qwen-Image's ``prompt_template_encode`` and ``prompt_template_encode_start_idx``).
+            (Qwen-Image's ``prompt_template_encode`` and ``prompt_template_encode_start_idx``). A template
+            attribute without ``"{}"`` is a prefix the prompt is appended to; an optional fourth field,
+            ``"pipeline:<prefix attribute>:<crop attribute>:<suffix-count attribute>"``, names the number of
+            tokens the pipeline appends after padding the prompt (Krea 2's ``[prefix | prompt | PAD | suffix]``):
+            the prompt's words sit before them, but they take that many positions of ``max_sequence_length``.
+            ``"apply_chat_template[:<keyword>=<literal>,...]"``: the tokenizer's own chat template around one user
+            message, with a generation prompt and the keywords given (Z-Image's ``enable_thinking=True``), nothing
+            cropped. ``"call:<parameter>:<kept>"``: the pipeline ``__call__``'s default of ``<parameter>`` (lines
+            joined by newlines) prefixes the prompt, and of the prefix's tokens only the first ``<kept>`` and the
+            last stay (Sana's ``complex_human_instruction``: ``<bos>`` and the last ``max_sequence_length - 1``
+            tokens); an empty default means no prefix.
+        spell: for ``"t5"``, ``"module:function"`` splitting the prompt into ``(piece, spelled)`` pairs that
+            concatenate back to it; the pipeline tokenizes each piece on its own (no special tokens) and a spelled
+            piece one character at a time (LongCat-Image's ``split_quotation``: quoted text, letter by letter).
     """
 
     kind: str
     tokenizers: tuple[str, ...] = ("tokenizer",)
     optional: bool = False
     template: str | None = None
+    spell: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TEXT_PART_KINDS:
             raise ValueError(f"TextPart.kind must be one of {TEXT_PART_KINDS}; got {self.kind!r}")
         if (self.kind == "chat_template") != (self.template is not None):
             raise ValueError("TextPart.template is required for, and only for, kind='chat_template'")
+        if self.spell is not None and self.kind != "t5":
+            raise ValueError("TextPart.spell is only for kind='t5'")
 
-    def default_template(self, pipeline: Any = None) -> Any:
+    def default_template(self, pipeline: Any = None, tokenizer: Any = None) -> Any:
         """The pipeline's chat template as ``{"template": ..., "crop_start": ...}`` (imported from diffusers on first
-        use, or read from ``pipeline``'s attributes).
+        use, read from ``pipeline``'s attributes, or rendered by ``tokenizer.apply_chat_template``).
 
         Raises:
             ValueError: the template lives on the pipeline and no pipeline was given.
         """
+        if self.template.startswith("apply_chat_template"):
+            import ast
+
+            _, _, given = self.template.partition(":")
+            options = {k: ast.literal_eval(v) for k, _, v in (o.partition("=") for o in given.split(",") if o)}
+            # A marker no template holds stands for the prompt, so the rendered text can carry "{}" in its place.
+            marker = "\x00PROMPT\x00"
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True, **options
+            )
+            if "{" in text or "}" in text:
+                raise ValueError(f"the tokenizer's chat template renders braces, which cannot be a template: {text!r}")
+            return {"template": text.replace(marker, "{}"), "crop_start": 0}
+        if self.template.startswith("call:"):
+            import inspect
+
+            _, parameter, kept = self.template.split(":")
+            try:
+                lines = inspect.signature(type(pipeline).__call__).parameters[parameter].default
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"this tokenizer ladder reads the default {parameter} of the pipeline's call: pass the pipeline, "
+                    "not its tokenizers"
+                ) from None
+            if not lines or lines is inspect.Parameter.empty:
+                return {"template": "{}", "crop_start": 0}
+            prefix = lines if isinstance(lines, str) else "\n".join(lines)
+            # Of the prefix's tokens (special tokens included) the first `kept` and the last one stay.
+            dropped = len(tokenizer(prefix).input_ids) - int(kept) - 1
+            return {"template": prefix + "{}", "crop_start": dropped, "keep_start": int(kept)}
         if self.template.startswith("pipeline:"):
-            _, template, crop = self.template.split(":")
+            _, template, crop, *suffix = self.template.split(":")
             if pipeline is None or not hasattr(pipeline, template):
                 raise ValueError(
                     f"this tokenizer ladder reads the pipeline's {template} and {crop}: pass the pipeline, not its "
                     "tokenizers"
                 )
-            return {"template": getattr(pipeline, template), "crop_start": getattr(pipeline, crop)}
+            text = getattr(pipeline, template)
+            found = {"template": text if "{}" in text else text + "{}", "crop_start": getattr(pipeline, crop)}
+            if suffix:
+                found["suffix_tokens"] = getattr(pipeline, suffix[0])
+            return found
         import importlib
 
         module, attribute = self.template.split(":")

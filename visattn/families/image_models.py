@@ -79,7 +79,19 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512),
     ),
     _packed_with_ids("ovis_image", ("OvisImageTransformer2DModel",), timestep=2),
-    _packed_with_ids("longcat_image", ("LongCatImageTransformer2DModel",), timestep=2),
+    _packed_with_ids(
+        "longcat_image",
+        ("LongCatImageTransformer2DModel",),
+        timestep=2,
+        # Qwen2.5-VL over [prefix | prompt | PAD | suffix], prefix and suffix cropped: the prompt's own tokens (quoted
+        # text letter by letter) padded to tokenizer_max_length (512). Words are those of the prompt as given, so
+        # with enable_prompt_rewrite=False (the rewrite replaces the prompt with the text encoder's own). Not the edit
+        # pipeline's: it keeps the image tokens ahead of the prompt.
+        prompt=PromptRecipe(
+            (TextPart("t5", spell="diffusers.pipelines.longcat_image.pipeline_longcat_image:split_quotation"),),
+            max_sequence_length=512,
+        ),
+    ),
     _packed_with_ids(
         "bria",
         ("BriaTransformer2DModel",),
@@ -144,6 +156,18 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text_position="first",
         # The text fusion attends across text-encoder layers and over the text; the blocks over [text, image].
         roles=(("^text_fusion", "text"), ("^transformer_blocks", "joint")),
+        # Qwen3-VL over [prefix | prompt | PAD | suffix]: the prefix's first prompt_template_encode_start_idx
+        # tokens dropped, the prompt padded so that the suffix's tokens end the max_sequence_length positions.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template="pipeline:prompt_template_encode_prefix:prompt_template_encode_start_idx"
+                    ":prompt_template_encode_num_suffix_tokens",
+                ),
+            ),
+            max_sequence_length=512,
+        ),
     ),
     Family(
         "sana",
@@ -151,6 +175,13 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(2),
         text=_text(1),
         pag_layers=("transformer_blocks.0",),  # SanaPAGPipeline's default
+        # Gemma 2 over the call's complex_human_instruction + the lower-cased prompt, padded; the pipeline keeps
+        # <bos> and the last max_sequence_length - 1 tokens (the instruction's last token, the prompt, padding).
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template="call:complex_human_instruction:1"),),
+            max_sequence_length=300,
+            clean="lower",
+        ),
     ),
     Family(
         "lumina2",
@@ -300,6 +331,13 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2, "cap_feats"),
         text_position="last",
         roles=(("^context_refiner", "text"),),
+        # Qwen3 over its tokenizer's chat template (a user message, thinking on), nothing cropped; each prompt keeps
+        # its valid tokens, at most max_sequence_length of them, template included (the text-to-image, img2img,
+        # inpaint and ControlNet pipelines; not the omni pipeline with condition images, which splits the prompt).
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template="apply_chat_template:enable_thinking=True"),),
+            max_sequence_length=512,
+        ),
     ),
     # Ideogram 4: one packed [left padding, text, image] sequence in both hidden_states and encoder_hidden_states
     # (the padding counts as text here); called with 1 - t / 1000. Its unconditional model sees the image alone.
