@@ -68,8 +68,10 @@ def test_tiny_pipeline_through_visattn(key):
     source, target = "a red circle", "a blue circle"
     p2p = visattn.PromptToPrompt.replace(source, target)
     plain = _images(pipe, key, prompt=source)
+    defaults = call_kwargs(key)
+    per_prompt = {name: [defaults[name]] * len(p2p.prompts) for name in pipeline_spec(key).per_prompt_inputs}
     with visattn.attach(pipe, p2p):
-        edited = _images(pipe, key, prompt=p2p.prompts, generator=p2p.generator(0))
+        edited = _images(pipe, key, prompt=p2p.prompts, generator=p2p.generator(0), **per_prompt)
     assert np.abs(edited[0] - plain[0]).max() <= SOURCE_TOLERANCE
     assert np.abs(edited[1] - plain[0]).max() > 1e-4
     maps = visattn.AttentionMaps(words="red")

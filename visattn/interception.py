@@ -573,8 +573,12 @@ class AttentionLayerHook(ModelHook):
                 queries = layout.image.as_slice()
                 return "joint", layout, layout, grid, _Partial(n_k, queries, slice(0, n_k))
             queries = TokenLayout(n_q, image=Span(0, n_q)) if grid else TokenLayout(n_q)
-            is_text = text_length is None or n_k == text_length
-            keys = TokenLayout(n_k, text=Span(0, n_k)) if is_text else TokenLayout(n_k)
+            if text_length is None or n_k == text_length:
+                keys = TokenLayout(n_k, text=Span(0, n_k))
+            elif family.cross_keys_lead_with_text and n_k > text_length:
+                keys = TokenLayout(n_k, text=Span(0, text_length))
+            else:
+                keys = TokenLayout(n_k)
             return "cross", queries, keys, grid, None
         if grid is not None:
             layout = TokenLayout(n_q, image=Span(0, n_q))

@@ -12,7 +12,16 @@ import warnings
 
 import torch
 
-from .base import CLIP_LENGTH, TEXT_POSITIONS, Argument, DenoiserInputs, Family, PromptRecipe, TextPart
+from .base import (
+    CLIP_LENGTH,
+    TEXT_POSITIONS,
+    Argument,
+    DenoiserInputs,
+    Family,
+    JoinedText,
+    PromptRecipe,
+    TextPart,
+)
 from .image_models import IMAGE_FAMILIES
 from .unet_models import UNET_FAMILIES
 from .video_models import VIDEO_MODEL_FAMILIES
@@ -45,6 +54,7 @@ __all__ = [
     "TEXT_POSITIONS",
     "VIDEO_FAMILIES",
     "Argument",
+    "JoinedText",
     "DenoiserInputs",
     "Family",
     "PromptRecipe",

@@ -215,6 +215,35 @@ class Argument:
         return None
 
 
+@dataclass(frozen=True)
+class JoinedText:
+    """A further text input the model joins to the family's ``text`` in its attention sequences (a second text
+    encoder's tokens, image-prompt tokens): its tokens count toward the text length.
+
+    Attributes:
+        argument: the forward argument.
+        axis: the axis that counts its tokens.
+        times: how many tokens each of its entries along ``axis`` becomes (HiDream joins the Llama features of
+            two layers: 2), or the config attribute that says so (Stable Cascade maps each CLIP embedding to
+            ``config.clip_seq`` tokens).
+    """
+
+    argument: Argument
+    axis: int = 1
+    times: int | str = 1
+
+    def length(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> int:
+        value = self.argument.read(args, kwargs)
+        if not isinstance(value, torch.Tensor):
+            return 0
+        if value.ndim <= self.axis if self.axis >= 0 else value.ndim < -self.axis:
+            return 0
+        times = self.times
+        if isinstance(times, str):
+            times = int(getattr(getattr(model, "config", None), times, 1) or 1)
+        return int(value.shape[self.axis]) * times
+
+
 #: an input and how it carries the batch: one of the kinds above, or the axis of the batch (an int)
 BatchInput = tuple[Argument, int | str]
 
@@ -241,12 +270,17 @@ class Family:
         text: the text hidden-states argument (its length is the text length); ``None``: no text.
         text_extra_tokens: tokens the model puts before the text in its joint sequences (AuraFlow's 8 registers);
             they count as text.
+        joined_text: further text inputs the model joins to ``text`` (a second encoder's tokens, image-prompt
+            tokens, in whatever order the model puts them): their tokens count as text, so that the text span of
+            a call covers every conditioning token (HunyuanImage's ByT5 glyph tokens, HunyuanDiT's T5 tokens).
         text_axis: the axis of the text argument that counts its tokens (Allegro's pipeline passes
             ``[B, 1, T, D]``: ``-2``).
         text_length_config: config attribute of the length the model pads every sample's text to, which is then
             the text length of every call whatever the argument's shape (Wan-Animate 2 takes a per-sample list of
             unpadded embeddings and pads each to ``config.text_len``); ``None``: the text argument's length.
         text_position: ``"first"`` or ``"last"``: where text sits in joint sequences; ``None``: no joint attention.
+        cross_keys_lead_with_text: cross-attention keys hold the text first, then other conditioning tokens
+            (I2VGenXL appends the image's tokens), so the text span is the keys' first text-length tokens.
         roles: ``(regex, role)`` pairs searched in attention-module names, first match wins, for roles the
             module alone does not tell (a single-stream block fed the concatenated sequence is ``"joint"``).
         unet_levels: the grid halves (rounding up) at each UNet level.
@@ -294,9 +328,11 @@ class Family:
     timestep_reversed: bool = False
     text: Argument | None = Argument(("encoder_hidden_states",))
     text_extra_tokens: int = 0
+    joined_text: tuple[JoinedText, ...] = ()
     text_axis: int = 1
     text_length_config: str | None = None
     text_position: str | None = None
+    cross_keys_lead_with_text: bool = False
     roles: tuple[tuple[str, str], ...] = ()
     unet_levels: bool = False
     frames_in_batch: bool = False
@@ -379,7 +415,7 @@ class Family:
             padded = getattr(getattr(model, "config", None), self.text_length_config, None)
             text_length = int(padded) if isinstance(padded, int) else text_length
         if text_length is not None:
-            text_length += self.text_extra_tokens
+            text_length += self.text_extra_tokens + sum(part.length(model, args, kwargs) for part in self.joined_text)
         grid = read_grid(self, model, sample, args, kwargs) if sample is not None else None
         batch_size = sample.shape[0] if sample is not None else 0
         return DenoiserInputs(batch_size, grid, timestep, text_length, sample=sample)

@@ -6,7 +6,7 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import PER_SAMPLE_LIST, Argument, Family, PromptRecipe, TextPart
+from .base import PER_SAMPLE_LIST, Argument, Family, JoinedText, PromptRecipe, TextPart
 
 
 def _text(position: int, name: str = "encoder_hidden_states") -> Argument:
@@ -191,6 +191,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep_reversed=True,
         text=_text(2),
         text_position="first",
+        # The context refiner attends over the text, the noise refiner over the image, the main layers over
+        # [text, image] (all the same module class).
+        roles=(("^context_refiner", "text"), (r"^layers\.", "joint")),
     ),
     # LuminaPipeline batches [cond, uncond] (its negative prompt after the prompt).
     Family(
@@ -208,6 +211,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(2),
         text=_text(1),
         text_position="first",
+        roles=(("", "joint"),),  # its processor joins [text, image] (the module looks like self-attention)
     ),
     Family(
         "cogview3plus",
@@ -234,13 +238,17 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         batch_inputs=((Argument(("encoder_hidden_states_llama3",), 3), 1),),
         timestep=_timestep(1, "timesteps"),
         text=_text(2, "encoder_hidden_states_t5"),
+        # [T5, last Llama layer, this block's Llama layer] after the image, in both stream kinds
+        joined_text=(JoinedText(Argument(("encoder_hidden_states_llama3",), 3), axis=2, times=2),),
         text_position="last",
+        roles=(("", "joint"),),
     ),
     Family(
         "hunyuan_dit",
         ("HunyuanDiT2DModel",),
         timestep=_timestep(1),
         text=_text(2),
+        joined_text=(JoinedText(Argument(("encoder_hidden_states_t5",), 4)),),  # CLIP tokens, then T5's
         pag_layers=("blocks.1",),  # HunyuanDiTPAGPipeline's default
     ),
     Family(
@@ -248,6 +256,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         ("HunyuanImageTransformer2DModel",),
         timestep=_timestep(1),
         text=_text(2),
+        # The glyph (ByT5) tokens join the MLLM's, each row's valid tokens first.
+        joined_text=(JoinedText(Argument(("encoder_hidden_states_2",))),),
         text_position="last",
         # The token refiner (context_embedder) attends over the MLLM text only; single-stream blocks get the
         # image and text already concatenated.
@@ -278,7 +288,16 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # the whole joint sequence.
         roles=((r"^layers\.\d+\.self_attn$", "joint"),),
     ),
-    Family("prx", ("PRXTransformer2DModel",), timestep=_timestep(1), timestep_divisor=1000.0, text=_text(2)),
+    # PRX: image queries over [text, image] keys (the text is not updated: no text queries at all).
+    Family(
+        "prx",
+        ("PRXTransformer2DModel",),
+        timestep=_timestep(1),
+        timestep_divisor=1000.0,
+        text=_text(2),
+        text_position="first",
+        roles=(("", "joint"),),
+    ),
     Family(
         "glm_image",
         ("GlmImageTransformer2DModel",),
@@ -294,6 +313,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(1),
         text=_text(2, "text_bth"),
         text_position="last",
+        roles=(("", "joint"),),  # single-stream: [image, text] in one sequence
     ),
     # DiTPipeline batches [class labels, null class]: the conditional rows first.
     # UniDiffuser (U-ViT): one joint self-attention over [t_img, t_text, data_type, text, CLIP image, image], the text
@@ -304,6 +324,11 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         sample=Argument(("latent_image_embeds",), 0),
         timestep=_timestep(3, "timestep_img"),
         text=_text(2, "prompt_embeds"),
+        # Before the image: two timestep tokens, the data-type token (UniDiffuser-v1), the text and one CLIP image
+        # token, all counted as text here.
+        text_extra_tokens=4,
+        text_position="first",
+        roles=((r"\.attn1$", "joint"),),
         cfg="separate",
     ),
     Family("dit", ("DiTTransformer2DModel",), cfg="batched_cond_first", timestep=_timestep(1), text=None),
@@ -330,7 +355,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep_reversed=True,
         text=_text(2, "cap_feats"),
         text_position="last",
-        roles=(("^context_refiner", "text"),),
+        roles=(("^context_refiner", "text"), (r"^layers\.", "joint")),
         # Qwen3 over its tokenizer's chat template (a user message, thinking on), nothing cropped; each prompt keeps
         # its valid tokens, at most max_sequence_length of them, template included (the text-to-image, img2img,
         # inpaint and ControlNet pipelines; not the omni pipeline with condition images, which splits the prompt).

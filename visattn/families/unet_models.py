@@ -6,7 +6,7 @@ those layers see one frame per row, and their temporal layers (a pixel's frames)
 
 from __future__ import annotations
 
-from .base import FOLDED, Argument, Family, PromptRecipe, TextPart
+from .base import FOLDED, Argument, Family, JoinedText, PromptRecipe, TextPart
 
 #: SD 1.x/2.x, SDXL (two CLIP tokenizers sharing positions), AnimateDiff, ModelScope: one CLIP sequence
 CLIP_PROMPT = PromptRecipe((TextPart("clip", ("tokenizer", "tokenizer_2")),))
@@ -52,6 +52,14 @@ UNET_FAMILIES: tuple[Family, ...] = (
         sample=Argument(("sample",), 0),
         timestep=Argument(("timestep_ratio",), 1),
         text=Argument(("clip_text",), 3),
+        # keys [image, CLIP text, pooled text, CLIP image]: the pooled text and the image embedding are mapped to
+        # config.clip_seq tokens each and count as text (the decoder stage gets the pooled text only)
+        joined_text=(
+            JoinedText(Argument(("clip_text_pooled",), 2), times="clip_seq"),
+            JoinedText(Argument(("clip_img",), 4), times="clip_seq"),
+        ),
+        text_position="last",
+        roles=((r"\.attention$", "joint"),),
         unet_levels=True,
         cfg="batched_cond_first",
     ),
@@ -79,7 +87,8 @@ UNET_FAMILIES: tuple[Family, ...] = (
         pag_layers=("mid_block.*attn1",),
     ),
     # Cross-attention keys are the text followed by image tokens the model appends itself.
-    _video_unet("i2vgen_xl", ("I2VGenXLUNet",), text=5),
+    # Cross-attention keys: [text, the first frame's latent tokens, CLIP image tokens].
+    _video_unet("i2vgen_xl", ("I2VGenXLUNet",), text=5, cross_keys_lead_with_text=True, prompt=CLIP_PROMPT),
     # One CLIP image token instead of text.
     _video_unet("svd", ("UNetSpatioTemporalConditionModel",), text=None, layout="BFCHW"),
 )

@@ -6,7 +6,7 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import NOT_BATCHED_INPUT, Argument, Family, PromptRecipe, TextPart
+from .base import NOT_BATCHED_INPUT, Argument, Family, JoinedText, PromptRecipe, TextPart
 
 #: the Wan pipelines and their descendants: umT5 over 512 tokens, after prompt_clean (HTML unescape, whitespace)
 _HUNYUAN_TEMPLATE = "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video:DEFAULT_PROMPT_TEMPLATE"
@@ -140,8 +140,24 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         roles=(("", "joint"),),
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=226),
     ),
-    _video("consisid", ("ConsisIDTransformer3DModel",), timestep=2, text=1, layout="BFCHW", text_position="first"),
-    _video("easyanimate", ("EasyAnimateTransformer3DModel",), timestep=1, text=3, text_position="first"),
+    # CogVideoX-style processors join [text, video] in attn1, which as a module looks like self-attention.
+    _video(
+        "consisid",
+        ("ConsisIDTransformer3DModel",),
+        timestep=2,
+        text=1,
+        layout="BFCHW",
+        text_position="first",
+        roles=((r"\.attn1$", "joint"),),
+    ),
+    _video(
+        "easyanimate",
+        ("EasyAnimateTransformer3DModel",),
+        timestep=1,
+        text=3,
+        text_position="first",
+        roles=((r"\.attn1$", "joint"),),
+    ),
     _video(
         "hunyuan_video",
         ("HunyuanVideoTransformer3DModel",),
@@ -163,8 +179,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         ("HunyuanVideo15Transformer3DModel",),
         timestep=1,
         text=2,
+        # [image-prompt tokens, glyph (ByT5) tokens, MLLM tokens], each row's valid tokens first, after the video
+        joined_text=(JoinedText(Argument(("encoder_hidden_states_2",))), JoinedText(Argument(("image_embeds",)))),
         text_position="last",
-        roles=(("^context_embedder", "text"),),
+        roles=(("^context_embedder", "text"), ("", "joint")),
     ),
     # Framepack puts history latents before the video in its joint sequence: the text position does not place it.
     _video(
@@ -217,7 +235,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         batch_inputs=((Argument(("padding_mask",), 7), NOT_BATCHED_INPUT),),
     ),
     _video("sana_video", ("SanaVideoTransformer3DModel",), timestep=2, text=1),
-    _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2),
+    _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2, roles=((r"\.cross_attn$", "cross"),)),
     _video(
         "kandinsky5",
         ("Kandinsky5Transformer3DModel",),
@@ -239,7 +257,16 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         roles=(("_text_transformer_blocks", "text"), ("cross_attention$", "cross")),
     ),
     # MotifVideoPipeline guides through a diffusers guider: one call per branch, "pred_cond" then "pred_uncond".
-    _video("motif_video", ("MotifVideoTransformer3DModel",), timestep=1, text=2, text_position="last", cfg="separate"),
+    _video(
+        "motif_video",
+        ("MotifVideoTransformer3DModel",),
+        timestep=1,
+        text=2,
+        text_position="last",
+        cfg="separate",
+        # cross_attn modules attend to the text; the attn modules of both block kinds over [video, text]
+        roles=((r"\.cross_attn$", "cross"), (r"\.attn$", "joint")),
+    ),
     _video(
         "ltx",
         ("LTXVideoTransformer3DModel",),
@@ -260,6 +287,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="packed",
         grid_reader="frames_height_width",
         packed_patch=1,
+        # attn2/audio_attn2 attend to the text, the *_to_*_attn modules between the video and audio streams
+        roles=((r"attn2$", "cross"), (r"_to_\w+_attn$", "cross")),
     ),
     # Wan-Animate 2: per-sample lists of [C, F, H, W] latents and of unpadded text, which the model pads to
     # config.text_len (the text length its cross-attention sees; its second call is over CLIP image tokens). Its
@@ -271,6 +300,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text=2,
         text_length_config="text_len",
         grid_reader="sample_list",
+        roles=((r"\.cross_attn$", "cross"),),  # over the text, and over the CLIP image tokens (its added k/v)
     ),
     # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
     # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it).

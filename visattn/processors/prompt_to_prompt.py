@@ -867,8 +867,17 @@ class PromptToPrompt(Effect):
             alpha = edit.alpha.to(probs.device)
             mapping = None if edit.identity else plan.tokens.tensors(probs.device)
             equalizer = None if edit.equalizer is None else edit.equalizer.to(probs.device)
-            if plan.role == "cross":
+            if plan.role == "cross" and text == slice(0, probs.shape[-1]):
                 probs[edit.pair.target, :, rows] = _edit_text(src, tgt, mapping, alpha, equalizer)
+                continue
+            if plan.role == "cross":
+                # Keys of text, then other conditioning (I2VGenXL's image tokens): the text block is edited, the
+                # other keys keep the target's attention and take the mass the text block leaves.
+                other = slice(text.stop, probs.shape[-1])
+                new_text = _edit_text(src[..., text], tgt[..., text], mapping, alpha, equalizer)
+                tgt_text, tgt_other = _renormalized(new_text, tgt[..., other])
+                probs[edit.pair.target, :, rows, text] = tgt_text
+                probs[edit.pair.target, :, rows, other] = tgt_other
                 continue
             # Joint attention: edit the latent->text block, then let the latent->latent block take what is left.
             image = ctx.keys.image.as_slice()

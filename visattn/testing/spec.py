@@ -30,6 +30,8 @@ class PipelineSpec:
         pipeline_kwargs: Extra non-component constructor arguments (e.g. SD's safety-checker flag).
         default: The family's default tiny pipeline, keyed by the family key; another pipeline of the family
             (SDXL beside SD for ``"unet"``) is keyed by its diffusers class name.
+        per_prompt_inputs: call inputs the pipeline needs once per prompt when given a list of prompts
+            (I2VGenXL's conditioning image), as a Prompt-to-Prompt call must pass them.
     """
 
     family: str
@@ -40,6 +42,7 @@ class PipelineSpec:
     grid: Callable[[Mapping[str, Any]], Grid] | None = None
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
     default: bool = True
+    per_prompt_inputs: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:

@@ -206,7 +206,12 @@ def check(entry: TinyDenoiser) -> CoverageRow:
     if entry.grid is not None and read_grid != entry.grid:
         row.problems.append(f"grid: the input is a {entry.grid} grid, visattn read {read_grid}")
 
-    static_roles = set(visattn.layer_roles(model).values())
+    declared = visattn.layer_roles(model)
+    static_roles = set(declared.values())
+    # A layer's declared role selects it (``layers="joint"``) before any call: it must be the role its calls have.
+    for name, role in sorted({(ctx.layer_name, ctx.role) for ctx in contexts}):
+        if declared.get(name, role) not in (role, "text"):
+            row.problems.append(f"roles: {name} is declared {declared[name]!r}, its calls are {role!r}")
     perturbable = [role for role in ("self", "joint") if role in row.roles and role in static_roles]
     for name, effect in (
         ("PAG", lambda: visattn.PerturbedAttentionGuidance(scale=2.0, layers=perturbable)),
@@ -237,14 +242,14 @@ def check(entry: TinyDenoiser) -> CoverageRow:
 
     grids = [ctx.grid for ctx in contexts if ctx.grid is not None and ctx.role in perturbable]
     if grids:
-        video = any(grid[0] > 1 for grid in grids)
         # A window of 3 on every axis the grids allow (an axis of 1 or 2 frames gets a window of 1).
         kernel = tuple(3 if size >= 3 else 1 for size in min(grids, key=math.prod))
         sparse = {
             "Neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=kernel, layers=perturbable),
             "Extrapolation": lambda: visattn.ExtrapolationDecay(train_size=2, factor=0.5, layers=perturbable),
         }
-        if video:
+        # The authors' radial mask keeps frame pairs at distance 0 and 1 whole: it drops something from 3 frames on.
+        if any(grid[0] >= 3 for grid in grids):
             sparse["Radial"] = lambda: visattn.RadialAttention(
                 dense_steps=None, block_size=4, decay_factor=0.2, layers=perturbable
             )

@@ -548,6 +548,7 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="unet",
         components=_i2vgen_components,
         call_defaults=_i2vgen_call,
+        per_prompt_inputs=("image",),
     ),
     PipelineSpec(
         family="svd",
