@@ -102,6 +102,44 @@ class StepInfo:
         return self.index / self.total
 
 
+class DenoiserCall:
+    """What one denoiser call tells every attention call inside it, read once per call by the family layer
+    (:mod:`visattn.state`), so that no effect captures denoiser-level facts itself.
+
+    Attributes:
+        family: the denoiser's family record (:class:`visattn.families.Family`).
+        grid: ``(frames, height, width)`` of the denoiser's input latents after patchify (the top UNet level);
+            a layer's own grid (:attr:`CallContext.grid`) may be smaller.
+        text_length: text tokens of the call's text sequence (``None``: no text input).
+        batch: the batch layout the pipeline made (before effects add branches of their own).
+        step: where the sampler is.
+        prompt: the prompt arguments of the running pipeline call (:class:`visattn.families.pipelines.CallPrompt`;
+            empty without a pipeline, or when it was called with ``prompt_embeds``).
+        guidance_scale: the CFG scale the pipeline applies to this call's conditional prediction (1 when it
+            applies none).
+    """
+
+    def __init__(self, family: Any, inputs: Any, batch: BatchLayout, step: StepInfo, pipeline_ref: Any) -> None:
+        from .families.pipelines import CallPrompt, pipeline_call_prompt, pipeline_guidance_scale
+
+        self.family = family
+        self.grid: tuple[int, int, int] | None = inputs.grid if inputs is not None else None
+        self.text_length: int | None = inputs.text_length if inputs is not None else None
+        self.batch = batch
+        self.step = step
+        self._pipeline_ref = pipeline_ref
+        # Read now, while the pipeline's __call__ is on the stack (a context kept past the call keeps them).
+        pipeline = self.pipeline
+        self.prompt = pipeline_call_prompt(pipeline) if pipeline is not None else CallPrompt()
+        timestep = family.scheduler_timestep(step.timestep)
+        self.guidance_scale: float = pipeline_guidance_scale(pipeline, batch.names, timestep, family.cfg_formula)
+
+    @property
+    def pipeline(self) -> Any:
+        """The attached pipeline (``None`` when a bare denoiser was attached, or once it is gone)."""
+        return self._pipeline_ref() if self._pipeline_ref is not None else None
+
+
 @dataclass(frozen=True)
 class CallContext:
     """Everything an effect may ask about one attention call.
@@ -124,6 +162,9 @@ class CallContext:
         queries, keys: token layouts (latent and text spans) of the query and key sequences.
         batch: the batch layout (which rows are which branch).
         step: step index, total steps and timestep of the current denoiser call.
+        denoiser: the facts of the denoiser call this attention call runs in (:class:`DenoiserCall`: its input
+            grid, the pipeline, its prompt and guidance scale); ``None`` for a layer called outside an attached
+            denoiser.
     """
 
     role: str
@@ -141,6 +182,14 @@ class CallContext:
     head_offset: int = 0
     total_heads: int | None = None
     head_group: Any = field(default=None, compare=False, repr=False)
+    denoiser: DenoiserCall | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def input_grid(self) -> tuple[int, int, int] | None:
+        """The denoiser input's grid (the top UNet level), or this layer's grid without a denoiser call."""
+        if self.denoiser is not None and self.denoiser.grid is not None:
+            return self.denoiser.grid
+        return self.grid
 
     @property
     def layer_heads(self) -> int:

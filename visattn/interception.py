@@ -464,6 +464,7 @@ class AttentionLayerHook(ModelHook):
             head_offset=heads[0] if heads else 0,
             total_heads=heads[1] if heads else None,
             head_group=self._parallel.ulysses_group if heads else None,
+            denoiser=state.call,
         )
         return ctx, partial
 

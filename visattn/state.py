@@ -16,7 +16,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from .context import BatchLayout, Branch, StepInfo
+from .context import BatchLayout, Branch, DenoiserCall, StepInfo
 from .families import Family
 from .families.base import DenoiserInputs
 from .parallel import check_model, unsplit_inputs
@@ -41,6 +41,10 @@ class DenoiserState:
     step: StepInfo = StepInfo()
     batch: BatchLayout | None = None
     pipeline_ref: Any = None
+    #: the facts of the running denoiser call, as attention calls see them (:attr:`CallContext.denoiser`)
+    call: DenoiserCall | None = None
+    #: guidance terms nested perturbation effects hand to the outermost one within this denoiser call
+    guidance_terms: list | None = None
 
     @property
     def pipeline(self) -> Any:
@@ -69,6 +73,7 @@ class DenoiserHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.inputs, self.state.step, self.state.batch = None, StepInfo(), None
+        self.state.call, self.state.guidance_terms = None, None
         self._previous_timestep = None
         return module
 
@@ -93,6 +98,7 @@ class DenoiserHook(ModelHook):
         check_model(module, inputs.grid, inputs.text_length, family.text.names if family.text else ())
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
+        self.state.call = DenoiserCall(family, inputs, self.state.batch, self.state.step, self.state.pipeline_ref)
         if not in_steps(self.steps, self.state.step.fraction):
             # The attachment's window is closed at this step: no effect acts, so none adds branches either.
             return forward(*args, **kwargs)

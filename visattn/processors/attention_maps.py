@@ -26,7 +26,6 @@ does not grow with the number of steps or layers.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import heatmaps as rendering
+from ..context import CallContext, DenoiserCall
 from ..words import STOP_WORDS, PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
 
@@ -250,15 +250,15 @@ class AttentionMaps(Effect):
         if not isinstance(drop_special, bool):
             raise ValueError(f"drop_special must be True or False; got {drop_special!r}")
         self.drop_special = drop_special
-        # Without a prompt, the prompt is read from the running pipeline call (see wrap_denoiser).
+        # Without a prompt, the prompt is read from the running pipeline call (CallContext.denoiser.prompt).
         self._prompt_from_call = prompt is None
         self.prompts = None if prompt is None else _check_prompt(prompt)
         if not isinstance(branch, str) or not branch:
             raise ValueError(f"branch must be a batch-branch name such as 'cond'; got {branch!r}")
         self.branch = branch
         self.stop_words = frozenset(str(w).lower() for w in stop_words)
-        self._pipeline: Any = None
-        self._top_grid: tuple[int, int, int] | None = None
+        #: the denoiser call whose prompt was last read (the prompt is read once per denoiser call)
+        self._prompt_read_in: Any = None
         self.reset()
 
     # --- state ------------------------------------------------------------------------------------------------
@@ -276,22 +276,11 @@ class AttentionMaps(Effect):
         return sum(t.numel() * t.element_size() for t in self._sums or ())
 
     # --- call time -----------------------------------------------------------------------------------------------
-    def wrap_denoiser(self, forward, args: tuple, kwargs: dict, state: Any) -> Any:
-        # Only to learn the pipeline (its tokenizers) and the denoiser's top latent grid; the call is unchanged.
-        pipeline = state.pipeline
-        if pipeline is not None:
-            self._pipeline = weakref.ref(pipeline)
-            if self._prompt_from_call:
-                self._read_prompt_of_call(pipeline)
-        if state.inputs is not None and state.inputs.grid is not None:
-            self._top_grid = state.inputs.grid
-        return forward(*args, **kwargs)
-
-    def _read_prompt_of_call(self, pipeline: Any) -> None:
+    def _read_prompt_of_call(self, denoiser: DenoiserCall) -> None:
         """Take the prompt (and a custom HunyuanVideo template) from the pipeline's running ``__call__``."""
-        from ..families.pipelines import pipeline_call_prompt
-
-        call = pipeline_call_prompt(pipeline)
+        pipeline, call = denoiser.pipeline, denoiser.prompt
+        if pipeline is None:
+            return
         prompt = call.prompt
         if prompt is None:
             return  # called with prompt_embeds: _plan asks for prompt= explicitly
@@ -325,8 +314,11 @@ class AttentionMaps(Effect):
         if call.replay:
             return  # a backward recomputation: this call's maps were collected in the forward
         ctx = call.ctx
+        if self._prompt_from_call and ctx.denoiser is not None and ctx.denoiser is not self._prompt_read_in:
+            self._prompt_read_in = ctx.denoiser
+            self._read_prompt_of_call(ctx.denoiser)
         text, image = ctx.keys.text, ctx.queries.image
-        plan = self._plan(text.length, ctx.layer_name)
+        plan = self._plan(text.length, ctx)
         rows = ctx.batch.rows(self.branch)
         n_rows, n_prompts = rows.stop - rows.start, len(plan.prompts)
         if n_rows % n_prompts:
@@ -346,12 +338,12 @@ class AttentionMaps(Effect):
                 total = p @ prompt_plan.kept.to(p.device)
                 masses = masses / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)
             maps = masses.transpose(0, 1).reshape(-1, frames, height, width)
-            self._accumulate(index, maps, len(plan.prompts), plan)
+            self._accumulate(index, maps, plan, ctx.input_grid)
         self.contributions += 1
 
-    def _accumulate(self, index: int, maps: torch.Tensor, n_prompts: int, plan: _Plan) -> None:
+    def _accumulate(self, index: int, maps: torch.Tensor, plan: _Plan, input_grid: tuple[int, int, int]) -> None:
         if self._sums is None:
-            size = self.resolution or (self._top_grid[1:] if self._top_grid else maps.shape[-2:])
+            size = self.resolution or input_grid[1:]
             self._size = (maps.shape[1], int(size[0]), int(size[1]))
             self._sums = [
                 torch.zeros(len(p.names), *self._size, device=maps.device, dtype=torch.float32) for p in plan.prompts
@@ -366,7 +358,7 @@ class AttentionMaps(Effect):
                 maps = F.interpolate(maps.unsqueeze(1), size=self._size, mode="trilinear").squeeze(1)
         self._sums[index] += maps.to(self._sums[index].device)
 
-    def _plan(self, text_length: int, layer: str) -> _Plan:
+    def _plan(self, text_length: int, ctx: CallContext) -> _Plan:
         if self.prompts is None:
             raise ValueError(
                 "AttentionMaps needs the prompt to know which text positions hold which word: the pipeline was "
@@ -374,12 +366,13 @@ class AttentionMaps(Effect):
             )
         plan = self._plans.get(text_length)
         if plan is None:
-            plan = self._plans[text_length] = self._build_plan(text_length, layer)
+            plan = self._plans[text_length] = self._build_plan(text_length, ctx)
         return plan
 
-    def _tokens(self, prompt: str | PromptTokens, text_length: int, layer: str) -> PromptTokens:
+    def _tokens(self, prompt: str | PromptTokens, text_length: int, ctx: CallContext) -> PromptTokens:
+        layer = ctx.layer_name
         if isinstance(prompt, str):
-            pipeline = self._pipeline() if self._pipeline is not None else None
+            pipeline = ctx.denoiser.pipeline if ctx.denoiser is not None else None
             if pipeline is None:
                 raise ValueError(
                     "AttentionMaps(prompt=str) needs the pipeline's tokenizers: attach the pipeline, not its "
@@ -395,8 +388,8 @@ class AttentionMaps(Effect):
             )
         return prompt
 
-    def _build_plan(self, text_length: int, layer: str) -> _Plan:
-        tokens = [self._tokens(prompt, text_length, layer) for prompt in self.prompts]
+    def _build_plan(self, text_length: int, ctx: CallContext) -> _Plan:
+        tokens = [self._tokens(prompt, text_length, ctx) for prompt in self.prompts]
         selections = [self._select(t) for t in tokens]
         if self.words is not None:
             found = {sel for selection in selections for sel, _, _ in selection}

@@ -37,33 +37,16 @@ def _scaled(train: int, layer: int, top: int) -> int:
     return train if layer == top else max(1, -(-train * layer // top))
 
 
-class _InputGridEffect(Effect):
-    """Remembers the denoiser's input grid for the duration of each denoiser call.
-
-    :attr:`CallContext.grid` is the grid of the layer; a UNet's lower levels see it downsampled, and training
-    sizes given for the input grid must be scaled to them.
+class _GridSizedEffect(Effect):
+    """An effect sized in the denoiser's input grid (:attr:`CallContext.input_grid`): a UNet's lower levels see
+    the grid downsampled (:attr:`CallContext.grid`), and training sizes given for the input grid are scaled to
+    them.
     """
 
     roles = ("self", "joint")
 
     def needs(self) -> tuple[str, ...]:
         return ("grid",)
-
-    def __init__(self, *, layers=None, steps=None) -> None:
-        super().__init__(layers=layers, steps=steps)
-        self._input_grid: tuple[int, int, int] | None = None
-
-    def wrap_denoiser(self, forward, args, kwargs, state):
-        previous = self._input_grid
-        self._input_grid = state.inputs.grid if state.inputs is not None else None
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            self._input_grid = previous
-
-    def _top_grid(self, ctx: CallContext) -> tuple[int, int, int]:
-        # Without an attachment (a bare layer hook) the layer's own grid is the reference.
-        return self._input_grid if self._input_grid is not None else ctx.grid
 
     @staticmethod
     def _grid_tokens(ctx: CallContext) -> bool:
@@ -83,7 +66,7 @@ def _window_pattern(grid, window, offset, extra, prefix) -> NeighborhoodPattern:
     return NeighborhoodPattern(grid, window, offset=offset, extra_keys=extra, prefix_keys=prefix)
 
 
-class ExtrapolationDecay(_InputGridEffect):
+class ExtrapolationDecay(_GridSizedEffect):
     """Decays attention to keys outside each query's training window (UltraViCo).
 
     A latent key is outside when, on any axis, it lies outside the query's window: ``train_frames`` latent frames
@@ -148,7 +131,7 @@ class ExtrapolationDecay(_InputGridEffect):
         ctx = call.ctx
         if self.factor == 1.0 or not self._grid_tokens(ctx):
             return  # factor 1: add nothing, so the call stays bit-identical to no effect
-        window = self.window(ctx.grid, self._top_grid(ctx))
+        window = self.window(ctx.grid, ctx.input_grid)
         if window == ctx.grid:
             return  # every key is inside every window: not extrapolating here
         # Drop a single-frame axis: images get a 2-D window (cheaper masks, same pairs).
@@ -169,7 +152,7 @@ class ExtrapolationDecay(_InputGridEffect):
         )
 
 
-class EntropyScaling(_InputGridEffect):
+class EntropyScaling(_GridSizedEffect):
     """Scales attention logits by ``log(n) / log(n_train)`` (entropy scaling for resolution extrapolation).
 
     ``n`` counts the latent (image) tokens among the keys, as the common baseline does; text keys in joint
@@ -203,7 +186,7 @@ class EntropyScaling(_InputGridEffect):
         if not self._grid_tokens(ctx):
             return
         n = ctx.keys.image.length
-        top_tokens = math.prod(self._top_grid(ctx))
+        top_tokens = math.prod(ctx.input_grid)
         scale = self.scale(n, top_tokens)
         if scale is None or scale == 1.0:
             return

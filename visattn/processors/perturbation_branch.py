@@ -31,7 +31,6 @@ import torch
 
 from ..batching import prediction_of, take_input_rows, with_prediction, without_extra_rows
 from ..context import BatchLayout, Branch, CallContext
-from ..families.pipelines import pipeline_guidance_scale
 from ..guidance_math import fold_perturbations
 from ..steps import in_steps
 from .effect import AttentionCall, Effect
@@ -47,11 +46,6 @@ class _Term:
     #: the perturbed branch's prediction (a per-sample list for denoisers that return one)
     perturbed: torch.Tensor | list[torch.Tensor]
     scale: float
-
-
-# Terms of inner perturbation effects, per denoiser state in flight (keyed by id: the states are unhashable
-# dataclasses). An entry lives exactly as long as the outermost effect's denoiser call.
-_PENDING: dict[int, list[_Term]] = {}
 
 
 def check_scale(scale: float, parameter: str = "scale") -> float:
@@ -118,10 +112,11 @@ class PerturbationGuidance(Effect):
             return forward(*args, **kwargs)
         batch_size = layout.batch_size
         cond = layout.rows("cond")
-        key = id(state)
-        outermost = key not in _PENDING
+        # Inner perturbation effects hand their terms to the outermost one through the denoiser call's state, which
+        # holds them exactly as long as the outermost effect's call runs.
+        outermost = state.guidance_terms is None
         if outermost:
-            _PENDING[key] = []
+            state.guidance_terms = []
         try:
             if state.family.one_sample_per_call:
                 # A forward without a batch axis (Cosmos 3) cannot take more rows: the perturbed branch is a second
@@ -140,13 +135,14 @@ class PerturbationGuidance(Effect):
                 output = without_extra_rows(output, len(index), batch_size)
         finally:
             state.batch = layout
-            inner_terms = _PENDING.pop(key) if outermost else None
+            if outermost:
+                inner_terms, state.guidance_terms = state.guidance_terms, None
         term = _Term(cond, perturbed, scale)
         if not outermost:
             # An outer perturbation effect folds every branch against the raw conditional prediction.
-            _PENDING[key].append(term)
+            state.guidance_terms.append(term)
             return with_prediction(output, main)
-        cfg_scale = pipeline_guidance_scale(state.pipeline, layout.names, timestep, state.family.cfg_formula)
+        cfg_scale = state.call.guidance_scale
         # A per-sample list (Z-Image) is folded item by item: its items may differ in shape.
         main = list(main) if isinstance(main, list) else main.clone()
         # Every branch copies the same "cond" rows; grouping by rows keeps the fold right even if it did not.

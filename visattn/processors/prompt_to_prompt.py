@@ -63,7 +63,6 @@ How it maps onto visattn
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -485,8 +484,6 @@ class PromptToPrompt(Effect):
         self.edit_uncond = bool(edit_uncond)
         self.prompt_template = prompt_template
         self._tokens: dict[tuple[int, int], _Tokens] = {}
-        self._pipeline_ref: Any = None
-        self._top_grid: tuple[int, int, int] | None = None
         self._seen_at_start: set[tuple[str, ...]] = set()
         # Pairs of the denoiser call's conditional branch, and the local-blend maps of row-pair calls of the layer
         # call so far (a per-row processor answers one pair per call; the blend takes a layer's pairs together).
@@ -625,8 +622,6 @@ class PromptToPrompt(Effect):
 
     # --- the denoiser call -----------------------------------------------------------------------------------
     def wrap_denoiser(self, forward, args, kwargs, state):
-        if state.pipeline is not None:
-            self._pipeline_ref = weakref.ref(state.pipeline)
         layout = state.batch
         if layout is None:
             return forward(*args, **kwargs)
@@ -641,7 +636,6 @@ class PromptToPrompt(Effect):
         if step.index == 0:
             self._start_generation(layout.names)
             self._check_noise(state.inputs.sample if state.inputs is not None else None, pairs)
-        self._top_grid = state.inputs.grid if state.inputs is not None else None
         self._blend_pairs = next((pair.count for pair in pairs if pair.name == _COND), 0)
         self._row_maps.clear()
         blend = self.local_blend
@@ -712,7 +706,7 @@ class PromptToPrompt(Effect):
             # Nothing to edit or collect (the unconditional call of a pipeline that runs its branches one by one,
             # whose text is the negative prompt's): the prompts' words need not fit its text.
             return None
-        tokens = self._resolve(text.length)
+        tokens = self._resolve(text.length, ctx)
         alpha = tokens.alpha(fraction)
         edits = []
         for pair in edited:
@@ -730,12 +724,9 @@ class PromptToPrompt(Effect):
             return None
         return _Plan(ctx.role, edits, self_on, tokens, collect)
 
-    def _pipeline(self) -> Any:
-        return self._pipeline_ref() if self._pipeline_ref is not None else None
-
-    def _resolve(self, length: int) -> _Tokens:
+    def _resolve(self, length: int, ctx: CallContext) -> _Tokens:
         """The prompts' token positions for a text sequence of ``length`` (cached)."""
-        pipe = self._pipeline()
+        pipe = ctx.denoiser.pipeline if ctx.denoiser is not None else None
         if isinstance(self.source, PromptTokens):
             # Positions given: no tokenizer needed (a denoiser called by hand, or a family without a ladder).
             if self.source.length != length:
@@ -831,9 +822,9 @@ class PromptToPrompt(Effect):
         call.lse = None  # edited rows have no logits of their own
         call.probs = torch.cat(kept, dim=2) if keep else None
         if maps is not None and not call.replay:
-            self._add_maps(maps, ctx.grid)
+            self._add_maps(maps, ctx.grid, ctx.input_grid)
 
-    def _add_maps(self, maps: torch.Tensor, grid: tuple[int, int, int]) -> None:
+    def _add_maps(self, maps: torch.Tensor, grid: tuple[int, int, int], top: tuple[int, int, int]) -> None:
         """Give one call's ``[2, pairs, tokens]`` local-blend maps to the blend; a row-pair call (fewer pairs than
         the denoiser's conditional branch: a per-row processor) waits for the layer's other pairs, which follow
         in row order."""
@@ -843,7 +834,7 @@ class PromptToPrompt(Effect):
                 return
             maps = torch.cat(self._row_maps, dim=1)
             self._row_maps.clear()
-        self.local_blend._add_layer(maps, grid, self._top_grid or grid)
+        self.local_blend._add_layer(maps, grid, top)
 
     def _collect(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan, out: torch.Tensor) -> None:
         text = ctx.keys.text
