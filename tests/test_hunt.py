@@ -22,6 +22,7 @@ MID = "mid_block.attentions.0.transformer_blocks.0.attn1"
 UP = "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
 PLANTED = (UP, 1)
 CALL = {"num_inference_steps": 2}
+ONE = {"heads_per_round": 1, "progress": False, **CALL}  # visattn's one-head-per-round variant
 
 
 @functools.cache
@@ -39,7 +40,8 @@ def reference() -> np.ndarray:
     """Images generated with PAG on the planted head only: the target the synthetic objective measures against."""
     pipe = pipeline()
     with visattn.attach(pipe, HeadSet([PLANTED]).effect(scale=3.0)):
-        return pipe("a red circle", generator=_generator(0), output_type="np", **CALL).images
+        # CFG off and seed 0 for the first prompt: the search's defaults (the authors')
+        return pipe("a red circle", generator=_generator(0), output_type="np", guidance_scale=0.0, **CALL).images
 
 
 def _generator(seed):
@@ -121,9 +123,9 @@ def test_all_heads_lists_every_self_attention_head():
 
 def test_head_set_effect_perturbs_only_its_heads():
     pipe = pipeline()
-    base = pipe("a red circle", generator=_generator(0), output_type="np", **CALL).images
+    base = pipe("a red circle", generator=_generator(0), output_type="np", guidance_scale=0.0, **CALL).images
     with visattn.attach(pipe, HeadSet([PLANTED]).effect(scale=3.0)):
-        one = pipe("a red circle", generator=_generator(0), output_type="np", **CALL).images
+        one = pipe("a red circle", generator=_generator(0), output_type="np", guidance_scale=0.0, **CALL).images
     np.testing.assert_array_equal(one, reference())
     assert np.abs(one - base).max() > 1e-4
     with pytest.raises(ValueError, match="empty HeadSet"):
@@ -164,9 +166,7 @@ def test_resolve_objective_by_name_module_and_file(tmp_path):
 # --- the search -------------------------------------------------------------------------------------------------------
 def test_finds_the_planted_head_in_round_one(capsys):
     objective = Counting()
-    result = hunt_heads(
-        pipeline(), "a red circle", objective, candidates=candidates(), rounds=1, progress=False, **CALL
-    )
+    result = hunt_heads(pipeline(), "a red circle", objective, candidates=candidates(), rounds=1, **ONE)
     assert result.history[0].head == PLANTED and result.history[0].score == 0.0
     assert result.heads.pairs == (PLANTED,)
     assert max(result.scores[0].values()) == 0.0 and sorted(result.scores[0]) == sorted(candidates())
@@ -181,21 +181,17 @@ def test_resume_does_not_reevaluate_finished_rounds_or_evaluations(tmp_path):
     state = tmp_path / "state.json"
     n = len(candidates())
     first = Counting()
-    one = hunt_heads(
-        pipeline(), "a red circle", first, candidates(), rounds=1, state_path=state, progress=False, **CALL
-    )
+    one = hunt_heads(pipeline(), "a red circle", first, candidates(), rounds=1, state_path=state, **ONE)
     assert first.calls == n + 1
 
     extended = Counting()
-    two = hunt_heads(
-        pipeline(), "a red circle", extended, candidates(), rounds=2, state_path=state, progress=False, **CALL
-    )
+    two = hunt_heads(pipeline(), "a red circle", extended, candidates(), rounds=2, state_path=state, **ONE)
     assert extended.calls == n - 1  # only round 2: the candidates left after round 1
     assert two.history[0] == one.history[0] and len(two.history) == 2
     assert two.heads.pairs[0] == PLANTED and len(set(two.heads.pairs)) == 2
 
     again = Counting()
-    hunt_heads(pipeline(), "a red circle", again, candidates(), rounds=2, state_path=state, progress=False, **CALL)
+    hunt_heads(pipeline(), "a red circle", again, candidates(), rounds=2, state_path=state, **ONE)
     assert again.calls == 0
 
 
@@ -203,13 +199,11 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path):
     state = tmp_path / "state.json"
     killed = Counting(fail_after=3)  # baseline and two candidates finish, the third evaluation is interrupted
     with pytest.raises(KeyboardInterrupt):
-        hunt_heads(pipeline(), "a red circle", killed, candidates(), rounds=1, state_path=state, progress=False, **CALL)
+        hunt_heads(pipeline(), "a red circle", killed, candidates(), rounds=1, state_path=state, **ONE)
     saved = json.loads(state.read_text())
     assert saved["baseline"] is not None and len(saved["rounds"][0]["scores"]) == 2
     resumed = Counting()
-    result = hunt_heads(
-        pipeline(), "a red circle", resumed, candidates(), rounds=1, state_path=state, progress=False, **CALL
-    )
+    result = hunt_heads(pipeline(), "a red circle", resumed, candidates(), rounds=1, state_path=state, **ONE)
     assert resumed.calls == len(candidates()) - 2
     assert result.history[0].head == PLANTED and len(result.scores[0]) == len(candidates())
 
@@ -240,6 +234,12 @@ def test_bad_search_parameters_raise_clear_errors():
         hunt_heads(pipe, "p", "sharpness", [(MID, 3)])
     with pytest.raises(ValueError, match="the objective returned nan"):
         hunt_heads(pipe, "p", lambda images, prompts: float("nan"), [PLANTED], progress=False, **CALL)
+    with pytest.raises(ValueError, match=r"heads_per_round must be an integer >= 1 .*; got 0"):
+        hunt_heads(pipe, "p", "sharpness", candidates(), heads_per_round=0)
+    with pytest.raises(ValueError, match=r"guidance_scale must be None .* or a finite number >= 0 .*; got -1"):
+        hunt_heads(pipe, "p", "sharpness", candidates(), guidance_scale=-1)
+    with pytest.raises(ValueError, match=r"seeds must be None .*; got \[-1\]"):
+        hunt_heads(pipe, "p", "sharpness", candidates(), seeds=[-1])
 
 
 # --- the command line -------------------------------------------------------------------------------------------------
@@ -254,6 +254,7 @@ def test_cli_hunts_writes_heads_and_resumes(tmp_path):
     out, state = tmp_path / "heads.json", tmp_path / "state.json"
     args = ["hunt", "--prompt", "a red circle", "--prompt", "a blue square", "--objective", "contrast"]
     args += ["--layers", "mid", "--steps", "2", "--state", str(state), "--out", str(out), "--model", "visattn/tiny-sd"]
+    args += ["--heads-per-round", "1"]
     code, stdout, stderr = run_main(*args, "--rounds", "1")
     assert code == 0, stderr
     assert stdout.strip() == str(out)
@@ -301,3 +302,5 @@ def test_cli_rejects_bad_numbers():
     assert code == 2 and "argument --rounds: invalid value 0" in stderr
     code, _, stderr = run_main("hunt", "--prompt", "x", "--strength", "1.5")
     assert code == 2 and "argument --strength: invalid value 1.5" in stderr
+    code, _, stderr = run_main("hunt", "--prompt", "x", "--heads-per-round", "0")
+    assert code == 2 and "argument --heads-per-round: invalid value 0" in stderr

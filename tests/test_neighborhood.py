@@ -338,3 +338,50 @@ def test_bad_arguments_through_natten_api():
         na2d(q, q, q, kernel_size=3, additional_keys=torch.randn(1, 2, 3, 8), additional_values=torch.randn(1, 2, 3, 8))
     with pytest.raises(ValueError, match=r"1 values but the grid \(5, 6\) has 2"):
         na2d(q, q, q, kernel_size=(3,))
+
+
+# ------------------------------------------------------------------------------- NATTEN's positional order
+
+# NATTEN's functional API, read from SHI-Labs/NATTEN ``src/natten/functional.py`` (``na1d``/``na2d``/``na3d``):
+# ``(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None, additional_keys=None,
+# additional_values=None, attention_kwargs=None, backend=None, ...)``, nothing keyword-only.
+NATTEN_POSITIONAL = (
+    "query",
+    "key",
+    "value",
+    "kernel_size",
+    "stride",
+    "dilation",
+    "is_causal",
+    "scale",
+    "additional_keys",
+    "additional_values",
+)
+
+
+@pytest.mark.parametrize("na_dim", [1, 2, 3])
+def test_signature_follows_natten_positional_order(na_dim):
+    """The positional parameters are NATTEN's, in NATTEN's order; ``backend`` is keyword-only because NATTEN's
+    eleventh positional parameter is ``attention_kwargs`` (SHI-Labs/NATTEN, src/natten/functional.py, na{1,2,3}d).
+    """
+    import inspect
+
+    params = list(inspect.signature(NA_FNS[na_dim]).parameters.values())
+    positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert tuple(positional) == NATTEN_POSITIONAL
+    assert {p.name: p.kind for p in params}["backend"] is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_positional_call_is_kernel_stride_dilation():
+    """``na2d(q, k, v, 3, 2, 1)`` means kernel 3, stride 2, dilation 1, as in NATTEN (not dilation 2)."""
+    cfg = dict(grid=(6, 7), kernel_size=(3, 3), dilation=(1, 1), stride=(2, 2), is_causal=(False, False), n_extra=0)
+    q, k, v, _, _ = make_inputs(cfg["grid"], 0)
+    out = na2d(q, k, v, 3, 2, 1, backend="reference")
+    torch.testing.assert_close(out.double(), expected(cfg, q, k, v, None, None), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out, na2d(q, k, v, kernel_size=3, stride=2, dilation=1, backend="reference"))
+    swapped = na2d(q, k, v, kernel_size=3, stride=1, dilation=2, backend="reference")
+    assert (out - swapped).abs().max() > 1e-3
+    causal = na1d(q[:, 0], k[:, 0], v[:, 0], 3, 1, 2, True, backend="reference")
+    torch.testing.assert_close(
+        causal, na1d(q[:, 0], k[:, 0], v[:, 0], kernel_size=3, dilation=2, is_causal=True, backend="reference")
+    )

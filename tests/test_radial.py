@@ -25,15 +25,17 @@ def oracle(
     *,
     decay_factor=1.0,
     block_size=128,
-    dense_distance=1,
+    dense_distance=2,
     sink_frames=1,
     sink_queries=False,
     offset=0,
     extra_keys=0,
     prefix_keys=True,
     text_queries="full",
+    split_threshold=128,
 ):
-    """Written from the description of the authors' ``get_window_width`` / ``get_diagonal_split_mask``."""
+    """Written from the description of the authors' ``get_window_width`` / ``get_diagonal_split_mask``: the split
+    applies to every distance >= 1 (whole pairs included), at ``split_threshold`` (their hardcoded 128)."""
     frames, height, width = grid
     per_frame = height * width
     latents = frames * per_frame
@@ -44,12 +46,14 @@ def oracle(
         if k_frame < sink_frames or (sink_queries and q_frame < sink_frames):
             return True
         distance = abs(q_frame - k_frame)
-        if distance < dense_distance:
+        if distance == 0:
             return True
         group = distance.bit_length()
         decay_length = 2 ** per_frame.bit_length() / 2**group
-        if decay_length < block_size and distance % int(block_size / decay_length) != 0:
+        if decay_length < split_threshold and distance % int(split_threshold / decay_length) != 0:
             return False
+        if distance < dense_distance:
+            return True
         return abs(q_pos - k_pos) <= max(decay_length * decay_factor, block_size)
 
     keep = torch.zeros(length, length, dtype=torch.bool)
@@ -72,14 +76,17 @@ def materialized(pattern: RadialPattern, length: int) -> torch.Tensor:
 
 
 CONFIGS = [
+    # the authors' split threshold (128): on frames this small it drops every distance it can
     ((6, 2, 4), {"block_size": 2}),
-    ((6, 2, 4), {"block_size": 2, "decay_factor": 0.5}),
-    ((6, 2, 4), {"block_size": 4}),
-    ((6, 2, 4), {"block_size": 8, "sink_frames": 0}),
-    ((9, 1, 5), {"block_size": 1, "decay_factor": 0.3, "dense_distance": 2}),
-    ((9, 1, 5), {"block_size": 4, "sink_frames": 2, "sink_queries": True}),
-    ((5, 3, 3), {"block_size": 2, "offset": 4, "prefix_keys": True}),
-    ((5, 3, 3), {"block_size": 3, "extra_keys": 3, "text_queries": "text", "decay_factor": 2.0}),
+    ((6, 16, 16), {"block_size": 64, "decay_factor": 0.5}),
+    # visattn's variants (split at the block size, distance 1 banded), which keep tiny grids banded
+    ((6, 2, 4), {"block_size": 2, "decay_factor": 0.5, "split_threshold": 2, "dense_distance": 1}),
+    ((6, 2, 4), {"block_size": 4, "split_threshold": 4}),
+    ((6, 2, 4), {"block_size": 8, "sink_frames": 0, "split_threshold": 8, "dense_distance": 1}),
+    ((9, 1, 5), {"block_size": 1, "decay_factor": 0.3, "split_threshold": 1}),
+    ((9, 1, 5), {"block_size": 4, "sink_frames": 2, "sink_queries": True, "split_threshold": 2}),
+    ((5, 3, 3), {"block_size": 2, "offset": 4, "prefix_keys": True, "split_threshold": 2, "dense_distance": 1}),
+    ((5, 3, 3), {"block_size": 3, "extra_keys": 3, "text_queries": "text", "decay_factor": 2.0, "split_threshold": 3}),
     ((7, 2, 2), {"block_size": 1, "offset": 2, "extra_keys": 2, "prefix_keys": False, "text_queries": "text"}),
     ((1, 3, 4), {"block_size": 2, "extra_keys": 2}),
 ]
@@ -113,7 +120,7 @@ def test_the_oracle_configurations_are_neither_dense_nor_trivial():
 
 def test_bands_halve_the_window_then_keep_every_mth_frame_pair():
     # 64 tokens per frame: base 128; block 8. Windows 64 (whole frame), 32, 16, 8, then split 2, 4, 8.
-    pattern = RadialPattern((100, 8, 8), block_size=8)
+    pattern = RadialPattern((100, 8, 8), block_size=8, dense_distance=1, split_threshold=8)
     bands = [(b.first, b.stop, b.window, b.every) for b in pattern.bands]
     assert bands == [
         (1, 2, None, 1),
@@ -132,7 +139,8 @@ def test_bands_halve_the_window_then_keep_every_mth_frame_pair():
 def test_sink_frame_and_dense_band():
     grid = (8, 4, 4)
     per_frame, n = 16, 128
-    pattern = RadialPattern(grid, block_size=1, decay_factor=0.1)
+    variant = {"block_size": 1, "decay_factor": 0.1, "dense_distance": 1, "split_threshold": 1}
+    pattern = RadialPattern(grid, **variant)
     keep = materialized(pattern, n)
     frame = torch.arange(n) // per_frame
     same_frame = frame.view(-1, 1) == frame.view(1, -1)
@@ -143,14 +151,14 @@ def test_sink_frame_and_dense_band():
     assert not keep[frame == 5][:, frame == 4].all()
     # As in the authors' code, frame 0's queries follow the band rule; sink_queries makes them dense.
     assert not keep[frame == 0].all()
-    with_queries = materialized(RadialPattern(grid, block_size=1, decay_factor=0.1, sink_queries=True), n)
+    with_queries = materialized(RadialPattern(grid, **variant, sink_queries=True), n)
     assert with_queries[frame == 0].all()
     assert torch.equal(with_queries[frame > 0], keep[frame > 0])
     # No sink: frame 7's queries no longer see all of frame 0 (distance 7: window 1 on the token index).
-    no_sink = materialized(RadialPattern(grid, block_size=1, decay_factor=0.1, sink_frames=0), n)
+    no_sink = materialized(RadialPattern(grid, **variant, sink_frames=0), n)
     assert not no_sink[frame == 7][:, frame == 0].all()
-    # dense_distance=2 (the authors' HunyuanVideo mask): neighbouring frames are dense too.
-    wider = materialized(RadialPattern(grid, block_size=1, decay_factor=0.1, dense_distance=2), n)
+    # dense_distance=2 (the authors' Wan and HunyuanVideo masks): neighbouring frames are dense too.
+    wider = materialized(RadialPattern(grid, **{**variant, "dense_distance": 2}), n)
     near = (frame.view(-1, 1) - frame.view(1, -1)).abs() <= 1
     assert wider[near].all()
 
@@ -159,7 +167,7 @@ def test_density_falls_like_log_n_over_n():
     # A Wan-like layout at a fixed frame size; frames double. Windows stay aligned to 8-token tiles.
     kept, tiles, per_query, ratios = [], [], [], []
     for frames in (8, 16, 32, 64):
-        pattern = RadialPattern((frames, 8, 8), block_size=8)
+        pattern = RadialPattern((frames, 8, 8), block_size=8, split_threshold=8)
         result = density(pattern, pattern.grid, tile=(8, 8))
         n = pattern.num_tokens
         kept.append(result.kept_fraction)
@@ -189,7 +197,9 @@ def test_density_counts_text_tokens_in_a_joint_layout():
 def test_one_frame_is_dense_and_cache_keys_are_stable():
     single = RadialPattern((1, 4, 4), block_size=1, decay_factor=0.01)
     assert single.grid_is_dense and materialized(single, 16).all()
-    assert RadialPattern((3, 4, 4), dense_distance=3).grid_is_dense
+    assert RadialPattern((3, 4, 4), dense_distance=3, split_threshold=1).grid_is_dense
+    # the authors' split (threshold 128) drops distance 1 on frames of 16 tokens, whole or not
+    assert not RadialPattern((3, 4, 4), dense_distance=3).grid_is_dense
     assert not RadialPattern((3, 4, 4), block_size=2, decay_factor=0.25).grid_is_dense
     a = RadialPattern([4, 2, 2], decay_factor=1, block_size=2)
     b = RadialPattern((4, 2, 2), decay_factor=1.0, block_size=2)
@@ -201,7 +211,8 @@ def test_one_frame_is_dense_and_cache_keys_are_stable():
 def test_a_pattern_covering_every_pair_equals_dense_attention_in_the_kernel():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 48, 8) for _ in range(3))
-    covering = RadialPattern((3, 4, 4), block_size=16)  # windows >= a frame, no split: every pair kept
+    # windows >= a frame, no split: every pair kept
+    covering = RadialPattern((3, 4, 4), block_size=16, split_threshold=16)
     assert covering.grid_is_dense
     dense = attention(q, k, v, backend="reference")
     assert torch.allclose(attention(q, k, v, pattern=covering, backend="reference"), dense, atol=1e-6)
@@ -261,9 +272,10 @@ def test_dense_steps_one_is_exactly_dense(family):
 @pytest.mark.parametrize("family", VIDEO_PIPELINES)
 def test_bands_covering_everything_equal_dense_attention(family):
     frames = latent_grid(family, call_kwargs(family))[0]
-    covering = run(family, RadialAttention(dense_distance=frames, dense_steps=None))
+    covering = run(family, RadialAttention(dense_distance=frames, split_threshold=1, dense_steps=None))
     assert np.allclose(covering, dense(family), atol=1e-6)
-    wide = run(family, RadialAttention(block_size=16, dense_steps=None))  # every window spans a whole frame
+    # every window spans a whole frame and no distance is split away
+    wide = run(family, RadialAttention(block_size=16, split_threshold=16, dense_steps=None))
     assert np.allclose(wide, dense(family), atol=1e-6)
 
 

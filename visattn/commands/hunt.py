@@ -25,6 +25,11 @@ from ..generate import (
 )
 from . import MODEL_HELP, checked_type
 
+# The authors' search settings, as in visattn.guidance.head_hunter (not imported here: it pulls in torch, and the
+# CLI parses arguments before loading anything heavy; tests/test_hunt.py checks the two agree).
+AUTHORS_HEADS_PER_ROUND = 3
+AUTHORS_SEARCH_GUIDANCE = 0.0
+
 OBJECTIVE_HELP = (
     "what to maximize: sharpness (mean luminance gradient magnitude: fine detail), contrast (RMS contrast: "
     "standard deviation of luminance), saturation (mean HSV saturation), or your own function as "
@@ -51,7 +56,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "hunt",
         help="search the attention heads whose perturbation guidance maximizes an objective (HeadHunter)",
         description="Greedy HeadHunter search: each round generates the prompts with PAG on the heads chosen so "
-        "far plus each remaining candidate head, scores the images with the objective, and keeps the best head. "
+        "far plus each remaining candidate head, scores the images with the objective, and keeps the best heads "
+        "(3 per round, CFG off, prompt i from seed i: the authors' search settings). "
         "Writes the heads as JSON (HeadSet) and prints its path. With --state, every evaluation is recorded and "
         "an interrupted or extended search resumes without recomputing. Without --model, uses the embedded "
         "default visattn/toy-image.",
@@ -60,7 +66,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     hunt.add_argument("--objective", default="sharpness", metavar="NAME_OR_FUNCTION", help=OBJECTIVE_HELP)
     hunt.add_argument("--minimize", action="store_true", help="minimize the objective instead of maximizing it")
     rounds = checked_type(int, lambda v: check_positive_int("rounds", v))
-    hunt.add_argument("--rounds", type=rounds, default=3, help="heads to select, one per round (default: 3)")
+    hunt.add_argument("--rounds", type=rounds, default=3, help="search rounds (default: 3; the authors run 5)")
+    per_round = checked_type(int, lambda v: check_positive_int("heads-per-round", v))
+    hunt.add_argument(
+        "--heads-per-round",
+        type=per_round,
+        default=AUTHORS_HEADS_PER_ROUND,
+        help=f"heads added per round, the best-scoring ones (default: {AUTHORS_HEADS_PER_ROUND}, the authors' top_k)",
+    )
     hunt.add_argument(
         "--layers",
         nargs="+",
@@ -74,7 +87,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     hunt.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
     hunt.add_argument(
-        "--seed", type=checked_type(int, check_seed), action="append", help="generation seed (repeatable; default: 0)"
+        "--seed",
+        type=checked_type(int, check_seed),
+        action="append",
+        help="generation seed for every prompt (repeatable; default: prompt i uses seed i, as the authors)",
     )
     hunt.add_argument("--scale", type=checked_type(float, _scale), default=3.0, help="PAG scale (default: 3.0)")
     hunt.add_argument(
@@ -83,7 +99,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     steps = checked_type(int, lambda v: check_positive_int("steps", v))
     hunt.add_argument("--steps", type=steps, help="denoising steps (default: the pipeline's own default)")
     hunt.add_argument(
-        "--guidance", type=checked_type(float, check_guidance), help="CFG scale (default: the pipeline's)"
+        "--guidance",
+        type=checked_type(float, check_guidance),
+        default=AUTHORS_SEARCH_GUIDANCE,
+        help="CFG scale during the search (default: 0, CFG off, as the authors search)",
     )
     size_help = "pixels, a multiple of 8 (default: the pipeline's own default)"
     hunt.add_argument("--height", type=checked_type(int, lambda v: check_size("height", v)), help=size_help)
@@ -113,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
         pipe,
         {
             "num_inference_steps": args.steps,
-            "guidance_scale": args.guidance,
             "height": args.height,
             "width": args.width,
         },
@@ -127,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             scale=args.scale,
             strength=args.strength,
-            seeds=args.seed or [0],
+            seeds=args.seed,
+            heads_per_round=args.heads_per_round,
+            guidance_scale=args.guidance,
             state_path=args.state,
             progress=not args.quiet,
             model_name=args.model or DEFAULT_MODEL,
@@ -140,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"baseline (no guidance): {objective_name} = {result.baseline_score:.6g}", file=sys.stderr)
         for record in result.history:
-            layer, head = record.head
-            print(f"round {record.round}: {layer} head {head}: {objective_name} = {record.score:.6g}", file=sys.stderr)
+            for layer, head in record.heads:
+                score = record.scores[(layer, head)]
+                print(f"round {record.round}: {layer} head {head}: {objective_name} = {score:.6g}", file=sys.stderr)
     print(path)
     return 0

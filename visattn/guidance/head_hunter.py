@@ -4,7 +4,13 @@
 distinct visual concepts (structure, style, texture quality), so perturbation guidance on the right heads beats
 perturbing whole layers. HeadHunter selects them iteratively against a user objective: in each round, every
 remaining candidate head is added in turn to the heads selected so far, the prompts are generated with PAG (or
-SoftPAG, ``strength < 1``) on that set, the objective scores the images, and the best candidate is kept.
+SoftPAG, ``strength < 1``) on that set, the objective scores the images, and the best candidates are kept.
+
+Defaults follow the authors' search (cvlab-kaist/HeadHunter, ``pipeline_distributed.py``: ``generate_images``,
+``select_topk_heads``, ``run.sh``): the top 3 heads join per round (``--top_k 3``), CFG is off during the search
+(``guidance_scale=0.0``; the only guidance is the perturbation, ``perturb_guidance_scale=3.0``), and prompt ``i``
+is generated once, from ``torch.Generator("cpu").manual_seed(i)``. The authors evaluate already selected heads
+again and then exclude them from the top-k; this search skips them, which selects the same heads.
 
 The search is resumable: with ``state_path`` every evaluation is written to a JSON file as soon as it is known,
 so a killed run continues where it stopped and a finished search extended by more rounds does not recompute the
@@ -33,7 +39,11 @@ Objective = Callable[[Any, list[str]], float]
 
 #: the ``format`` field of a search-state file, and the version this module writes and reads
 STATE_FORMAT = "visattn.hunt_state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: the authors' ``--top_k``: heads added per round
+AUTHORS_HEADS_PER_ROUND = 3
+#: the authors' ``guidance_scale`` while searching: classifier-free guidance off
+AUTHORS_SEARCH_GUIDANCE = 0.0
 #: pipeline arguments hunt_heads sets itself
 RESERVED_ARGUMENTS = ("prompt", "generator", "num_images_per_prompt")
 
@@ -151,12 +161,17 @@ def resolve_objective(spec: str | Objective, minimize: bool = False) -> tuple[Ob
 # --- results ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RoundResult:
-    """One HeadHunter round: the head it added, the score with it, and every candidate's score."""
+    """One HeadHunter round: the heads it added (best first), the best one's score, and every candidate's score."""
 
     round: int
-    head: tuple[str, int]
+    heads: tuple[tuple[str, int], ...]
     score: float
     scores: dict[tuple[str, int], float]
+
+    @property
+    def head(self) -> tuple[str, int]:
+        """The round's best head."""
+        return self.heads[0]
 
 
 @dataclass
@@ -184,14 +199,17 @@ class HuntResult:
 
 
 # --- the resumable state -------------------------------------------------------------------------------------------
-def _setup_fingerprint(prompts, seeds, scale, strength, candidates: HeadSet, pipe_kwargs, model) -> dict[str, Any]:
+def _setup_fingerprint(
+    prompts, seed_rows, scale, strength, heads_per_round, candidates: HeadSet, pipe_kwargs, model
+) -> dict[str, Any]:
     """Everything that decides a score: a state file only resumes the search it was written for."""
     return {
         "model": model,
         "prompts": list(prompts),
-        "seeds": list(seeds),
+        "seeds": [list(row) for row in seed_rows],
         "scale": scale,
         "strength": strength,
+        "heads_per_round": heads_per_round,
         "candidates": [[layer, head] for layer, head in candidates],
         # repr for values JSON cannot hold (dtypes, tensors): equal settings give equal text.
         "pipe_kwargs": json.loads(json.dumps(pipe_kwargs, sort_keys=True, default=repr)),
@@ -203,7 +221,8 @@ class _State:
         self.path = path
         self.setup = setup
         self.baseline: float | None = None
-        self.rounds: list[dict[str, Any]] = []  # {"scores": {(layer, head): score}, "best": (layer, head) | None}
+        # {"scores": {(layer, head): score}, "best": [(layer, head), ...] once the round is decided, else None}
+        self.rounds: list[dict[str, Any]] = []
         if path is not None and path.exists():
             self._load()
 
@@ -228,7 +247,7 @@ class _State:
         self.baseline = data.get("baseline")
         for entry in data.get("rounds", []):
             scores = {(layer, head): float(score) for layer, head, score in entry["scores"]}
-            best = tuple(entry["best"]) if entry.get("best") is not None else None
+            best = [tuple(pair) for pair in entry["best"]] if entry.get("best") is not None else None
             self.rounds.append({"scores": scores, "best": best})
 
     def save(self) -> None:
@@ -242,7 +261,7 @@ class _State:
             "rounds": [
                 {
                     "scores": [[layer, head, score] for (layer, head), score in entry["scores"].items()],
-                    "best": list(entry["best"]) if entry["best"] is not None else None,
+                    "best": [list(pair) for pair in entry["best"]] if entry["best"] is not None else None,
                 }
                 for entry in self.rounds
             ],
@@ -269,15 +288,19 @@ def _pipeline_progress_off(pipe: Any) -> Iterator[None]:
         pipe._progress_bar_config = previous
 
 
-def _generate(pipe: Any, prompts: list[str], seeds: Sequence[int], effect: Any, pipe_kwargs: dict[str, Any]) -> Any:
-    """The prompts' images for every seed (seed-major), with ``effect`` attached when given."""
+def _generate(
+    pipe: Any, prompts: list[str], seed_rows: Sequence[Sequence[int]], effect: Any, pipe_kwargs: dict[str, Any]
+) -> Any:
+    """The prompts' images, one batch per row of seeds (row ``r`` gives prompt ``i`` the seed ``seed_rows[r][i]``),
+    with ``effect`` attached when given."""
     from ..attachment import attach
 
     batches = []
     with attach(pipe, effect) if effect is not None else nullcontext():
-        for seed in seeds:
-            # One CPU generator per image: the same seed gives the same noise on any device and batch size.
-            generators = [torch.Generator("cpu").manual_seed(seed) for _ in prompts]
+        for row in seed_rows:
+            # One CPU generator per image: the same seed gives the same noise on any device and batch size, so a
+            # batch of prompts draws what the authors' one-prompt calls draw.
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in row]
             output = pipe(prompt=list(prompts), generator=generators, **pipe_kwargs)
             batches.append(output.images if hasattr(output, "images") else output[0])
     if all(isinstance(batch, np.ndarray) for batch in batches):
@@ -316,6 +339,29 @@ def _check_candidates(pipe: Any, candidates: HeadSet | Iterable[tuple[str, int]]
 
 
 # --- the search ----------------------------------------------------------------------------------------------------
+def _seed_rows(seeds: int | Sequence[int] | None, prompts: list[str]) -> list[list[int]]:
+    """Per-batch seeds per prompt: the authors' ``seed = prompt index`` for ``None``, else every prompt per seed."""
+    if seeds is None:
+        return [list(range(len(prompts)))]
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64 for s in seeds):
+        raise ValueError(
+            f"seeds must be None (prompt i uses seed i, as the authors) or integers from 0 to 2**64-1 (at least "
+            f"one); got {seeds!r}"
+        )
+    return [[seed] * len(prompts) for seed in seeds]
+
+
+def _accepts(pipe: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(pipe.__call__).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def hunt_heads(
     pipe: Any,
     prompts: str | Sequence[str],
@@ -324,37 +370,47 @@ def hunt_heads(
     rounds: int = 3,
     scale: float = 3.0,
     strength: float = 1.0,
-    seeds: int | Sequence[int] = (0,),
+    seeds: int | Sequence[int] | None = None,
     state_path: str | os.PathLike | None = None,
     progress: bool = True,
     model_name: str | None = None,
+    heads_per_round: int = AUTHORS_HEADS_PER_ROUND,
+    guidance_scale: float | None = AUTHORS_SEARCH_GUIDANCE,
     **pipe_kwargs: Any,
 ) -> HuntResult:
     """Greedy HeadHunter search ("Fine-Grained Perturbation Guidance via Attention Head Selection").
 
     Round ``r`` tries every remaining candidate added to the heads chosen in rounds ``1 .. r-1``: it generates
-    ``prompts`` x ``seeds`` with :class:`visattn.processors.PerturbedAttentionGuidance` on that set (attached with
-    :func:`visattn.attach`), scores the images with ``objective`` and keeps the candidate with the highest score
-    (ties: the earliest candidate). The cost is ``len(candidates) - r + 1`` generations of every prompt and seed
-    per round, plus one unguided generation for :attr:`HuntResult.baseline_score`.
+    the prompts with :class:`visattn.processors.PerturbedAttentionGuidance` on that set (attached with
+    :func:`visattn.attach`), scores the images with ``objective`` and keeps the ``heads_per_round`` candidates
+    with the highest scores (ties: the earlier candidate), as the authors' ``select_topk_heads`` does. The cost is
+    one generation of the prompts per remaining candidate per round, plus one unguided generation for
+    :attr:`HuntResult.baseline_score`.
 
     Args:
         pipe: a diffusers pipeline visattn supports.
-        prompts: one prompt or several; all are generated for every evaluation (as one batch per seed).
+        prompts: one prompt or several; all are generated for every evaluation (as one batch per row of seeds).
         objective: ``objective(images, prompts) -> float``, higher is better, or a name accepted by
             :func:`resolve_objective` (``"sharpness"``, ``"contrast"``, ``"saturation"``, ``module:function``).
-            It receives the images of every seed, seed-major (``output_type="np"`` by default: a float array
-            ``[N, H, W, C]`` in ``[0, 1]``), and the prompt of each image.
+            It receives the images (``output_type="np"`` by default: a float array ``[N, H, W, C]`` in
+            ``[0, 1]``) and the prompt of each image; the authors average a per-image score (PickScore).
         candidates: ``(layer name, head)`` pairs or a :class:`HeadSet` to choose from; ``None`` is every head of
             every self and joint attention layer (see :meth:`HeadSet.all_heads`).
-        rounds: how many heads to select (the search stops early when candidates run out).
-        scale: PAG guidance scale of every evaluation.
-        strength: SoftPAG strength in ``[0, 1]`` (1 is PAG's identity map).
-        seeds: generation seeds; every prompt is generated once per seed.
+        rounds: how many rounds to run (the search stops early when candidates run out; the authors run 5).
+        scale: PAG guidance scale of every evaluation (the authors' ``perturb_guidance_scale``, 3).
+        strength: SoftPAG strength in ``(0, 1]`` (1 is PAG's identity map, the authors' search).
+        seeds: ``None`` (default): prompt ``i`` is generated once from seed ``i``, as the authors seed each
+            prompt by its index. An int or a list: every prompt is generated once per seed (visattn's variant),
+            seed-major.
         state_path: JSON file that records every evaluation; an existing one for the same search is resumed.
         progress: show a progress bar (tqdm, on stderr).
         model_name: recorded in the result's :class:`HeadSet` (default: the pipeline's name or class).
-        **pipe_kwargs: passed to every pipeline call (``num_inference_steps``, ``guidance_scale``, ``height``...).
+        heads_per_round: heads added per round, an integer >= 1 (default 3, the authors' ``top_k``; 1 is a
+            one-head-per-round greedy search).
+        guidance_scale: the pipelines' ``guidance_scale`` during the search. Default 0.0, the authors' setting:
+            classifier-free guidance off, so scores measure the perturbation guidance alone. ``None`` leaves the
+            pipeline's own default.
+        **pipe_kwargs: passed to every pipeline call (``num_inference_steps``, ``height``...).
 
     Returns:
         A :class:`HuntResult` with the selected :class:`HeadSet`, per-round history and all scores.
@@ -370,39 +426,55 @@ def hunt_heads(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a string or a non-empty list of strings; got {prompts!r}")
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64 for s in seeds):
-        raise ValueError(f"seeds must be integers from 0 to 2**64-1 (at least one); got {seeds!r}")
+    seed_rows = _seed_rows(seeds, prompts)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer; got {rounds!r}")
+    if isinstance(heads_per_round, bool) or not isinstance(heads_per_round, int) or heads_per_round < 1:
+        raise ValueError(
+            f"heads_per_round must be an integer >= 1 (the authors add 3 per round); got {heads_per_round!r}"
+        )
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0 (the PAG scale of each evaluation); got {scale!r}")
     if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
         raise ValueError(f"strength must be in (0, 1]; got {strength!r}")
+    if guidance_scale is not None and (
+        isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, (int, float))
+        or not math.isfinite(guidance_scale)
+        or guidance_scale < 0
+    ):
+        raise ValueError(
+            f"guidance_scale must be None (the pipeline's default) or a finite number >= 0 (0: CFG off, the "
+            f"authors' search); got {guidance_scale!r}"
+        )
     reserved = [name for name in RESERVED_ARGUMENTS if name in pipe_kwargs]
     if reserved:
         raise ValueError(f"hunt_heads sets {', '.join(reserved)} itself; remove it from the pipeline arguments")
     pipe_kwargs.setdefault("output_type", "np")
+    if guidance_scale is not None and _accepts(pipe, "guidance_scale"):
+        pipe_kwargs["guidance_scale"] = float(guidance_scale)
     objective, objective_name = resolve_objective(objective)
     candidates = _check_candidates(pipe, candidates)
     model_name = model_name or _model_name(pipe)
     state = _State(
         Path(state_path) if state_path is not None else None,
-        _setup_fingerprint(prompts, seeds, float(scale), float(strength), candidates, pipe_kwargs, model_name),
+        _setup_fingerprint(
+            prompts, seed_rows, float(scale), float(strength), heads_per_round, candidates, pipe_kwargs, model_name
+        ),
     )
-    image_prompts = [prompt for _ in seeds for prompt in prompts]
-    rounds = min(rounds, len(candidates))
+    image_prompts = [prompt for _ in seed_rows for prompt in prompts]
+    rounds = min(rounds, math.ceil(len(candidates) / heads_per_round))
 
     def evaluate(heads: HeadSet | None, what: str) -> float:
         effect = None
         if heads is not None:
             table = heads.to_heads()
             effect = PerturbedAttentionGuidance(scale=scale, layers=list(table), heads=table, strength=strength)
-        images = _generate(pipe, prompts, seeds, effect, pipe_kwargs)
+        images = _generate(pipe, prompts, seed_rows, effect, pipe_kwargs)
         return _score(objective, images, image_prompts, what)
 
     done = sum(len(entry["scores"]) for entry in state.rounds[:rounds]) + (state.baseline is not None)
-    total = 1 + sum(len(candidates) - r for r in range(rounds))
+    total = 1 + sum(max(len(candidates) - r * heads_per_round, 0) for r in range(rounds))
     selected = HeadSet(model=model_name)
     history: list[RoundResult] = []
     with (
@@ -428,20 +500,29 @@ def hunt_heads(
                     entry["scores"][pair] = evaluate(selected.add(*pair), f"head {pair[1]} of {pair[0]}")
                     state.save()
                     bar.update()
-                # max keeps the first of equal scores: candidate order breaks ties.
-                entry["best"] = max((p for p in candidates if p in entry["scores"]), key=entry["scores"].__getitem__)
+                # The top heads_per_round by score; sorted is stable, so candidate order breaks ties.
+                evaluated = [p for p in candidates if p in entry["scores"]]
+                ranked = sorted(evaluated, key=lambda p: -entry["scores"][p])
+                entry["best"] = ranked[:heads_per_round]
                 state.save()
-            best = tuple(entry["best"])
-            selected = selected.add(*best)
-            history.append(RoundResult(index + 1, best, entry["scores"][best], dict(entry["scores"])))
+            best = tuple(tuple(pair) for pair in entry["best"])
+            for pair in best:
+                selected = selected.add(*pair)
+            history.append(RoundResult(index + 1, best, entry["scores"][best[0]], dict(entry["scores"])))
     metadata = {
         "objective": objective_name,
         "scale": scale,
         "strength": strength,
+        "heads_per_round": heads_per_round,
+        "guidance_scale": pipe_kwargs.get("guidance_scale"),
         "prompts": prompts,
-        "seeds": seeds,
+        "seeds": seed_rows,
         "baseline_score": state.baseline,
-        "history": [{"round": r.round, "layer": r.head[0], "head": r.head[1], "score": r.score} for r in history],
+        "history": [
+            {"round": r.round, "layer": layer, "head": head, "score": r.scores[(layer, head)]}
+            for r in history
+            for layer, head in r.heads
+        ],
     }
     heads = HeadSet(selected, model=model_name, metadata=metadata)
     return HuntResult(heads=heads, history=history, baseline_score=state.baseline)

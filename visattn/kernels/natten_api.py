@@ -1,9 +1,12 @@
 """NATTEN-compatible neighborhood attention: ``na1d``, ``na2d``, ``na3d`` on top of :func:`visattn.kernels.attention`.
 
-Same signatures and layout as NATTEN's functional API (``[batch, *grid, heads, head_dim]``), so code written
-against NATTEN runs here on any backend visattn has (the materialized reference on CPU, FlexAttention with a
-cached block mask on GPU). The mask is a :class:`~visattn.kernels.neighborhood.NeighborhoodPattern`; see its
-module for the window, stride-leader and causal conventions (NATTEN's).
+Same positional order and layout as NATTEN's functional API (``natten/functional.py`` in SHI-Labs/NATTEN:
+``na2d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None, additional_keys=None,
+additional_values=None, ...)`` on ``[batch, *grid, heads, head_dim]``), so code written against NATTEN runs
+here on any backend visattn has (the materialized reference on CPU, FlexAttention with a cached block mask on
+GPU). ``backend`` is keyword-only: NATTEN's next positional parameter is ``attention_kwargs``.
+The mask is a :class:`~visattn.kernels.neighborhood.NeighborhoodPattern`; see its module for the window,
+stride-leader and causal conventions (NATTEN's).
 
 References: Hassani et al., Neighborhood Attention Transformer (CVPR 2023); Hassani & Shi, Dilated
 Neighborhood Attention Transformer (2022); Hassani et al., Generalized Neighborhood Attention (2025).
@@ -76,12 +79,13 @@ def neighborhood_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     kernel_size: IntOrTuple,
-    dilation: IntOrTuple = 1,
     stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
     is_causal: BoolOrTuple = False,
     scale: float | None = None,
     additional_keys: torch.Tensor | None = None,
     additional_values: torch.Tensor | None = None,
+    *,
     backend: str = "auto",
 ) -> torch.Tensor:
     """The shared body of ``na1d/na2d/na3d``: ``na_dim`` grid axes taken from ``query.shape[1:1 + na_dim]``."""
@@ -111,23 +115,26 @@ def na1d(
     key: torch.Tensor,
     value: torch.Tensor,
     kernel_size: IntOrTuple,
-    dilation: IntOrTuple = 1,
     stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
     is_causal: BoolOrTuple = False,
     scale: float | None = None,
     additional_keys: torch.Tensor | None = None,
     additional_values: torch.Tensor | None = None,
+    *,
     backend: str = "auto",
 ) -> torch.Tensor:
     """1-D neighborhood attention on ``[batch, length, heads, head_dim]``; NATTEN's ``na1d``.
 
     Args:
         query, key, value: ``[B, L, H, D]`` (value may have its own head_dim); fp32, fp16 or bf16.
-        kernel_size, dilation, stride, is_causal: NATTEN's window parameters (see
-            :mod:`visattn.kernels.neighborhood`); validated by :func:`check_neighborhood_args`.
+        kernel_size, stride, dilation, is_causal: NATTEN's window parameters, in NATTEN's positional order
+            (``na1d(q, k, v, 3, 2, 1)`` is kernel 3, stride 2, dilation 1, as in ``natten.functional.na1d``;
+            see :mod:`visattn.kernels.neighborhood`); validated by :func:`check_neighborhood_args`.
         scale: logit scale, default ``head_dim ** -0.5``.
         additional_keys, additional_values: ``[B, n_extra, H, D]`` tokens every query also attends to.
-        backend: a :func:`visattn.kernels.attention` backend name or ``"auto"``.
+        backend: a :func:`visattn.kernels.attention` backend name or ``"auto"``; keyword-only, because NATTEN's
+            next positional parameter is ``attention_kwargs``, which visattn does not take.
 
     Returns:
         ``[B, L, H, Dv]`` in the query's dtype.
@@ -138,13 +145,13 @@ def na1d(
         key,
         value,
         kernel_size,
-        dilation,
         stride,
+        dilation,
         is_causal,
         scale,
         additional_keys,
         additional_values,
-        backend,
+        backend=backend,
     )
 
 
@@ -153,12 +160,13 @@ def na2d(
     key: torch.Tensor,
     value: torch.Tensor,
     kernel_size: IntOrTuple,
-    dilation: IntOrTuple = 1,
     stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
     is_causal: BoolOrTuple = False,
     scale: float | None = None,
     additional_keys: torch.Tensor | None = None,
     additional_values: torch.Tensor | None = None,
+    *,
     backend: str = "auto",
 ) -> torch.Tensor:
     """2-D neighborhood attention on ``[batch, height, width, heads, head_dim]``; NATTEN's ``na2d``.
@@ -171,13 +179,13 @@ def na2d(
         key,
         value,
         kernel_size,
-        dilation,
         stride,
+        dilation,
         is_causal,
         scale,
         additional_keys,
         additional_values,
-        backend,
+        backend=backend,
     )
 
 
@@ -186,12 +194,13 @@ def na3d(
     key: torch.Tensor,
     value: torch.Tensor,
     kernel_size: IntOrTuple,
-    dilation: IntOrTuple = 1,
     stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
     is_causal: BoolOrTuple = False,
     scale: float | None = None,
     additional_keys: torch.Tensor | None = None,
     additional_values: torch.Tensor | None = None,
+    *,
     backend: str = "auto",
 ) -> torch.Tensor:
     """3-D neighborhood attention on ``[batch, depth, height, width, heads, head_dim]``; NATTEN's ``na3d``.
@@ -204,11 +213,11 @@ def na3d(
         key,
         value,
         kernel_size,
-        dilation,
         stride,
+        dilation,
         is_causal,
         scale,
         additional_keys,
         additional_values,
-        backend,
+        backend=backend,
     )

@@ -8,6 +8,10 @@ dense: early steps lay out the global structure, and the first layer is the leas
 
 Text tokens in joint attention (CogVideoX, HunyuanVideo) stay global: every latent query attends to all text
 keys and, with ``text="full"``, text queries attend to everything. Wan's cross-attention to text is untouched.
+
+Defaults are the authors' (mit-han-lab/radial-attention at 72788d4, ``radial_attn/attn_mask.py``): frame
+distances 0 and 1 dense, split threshold 128 whatever the block size, ``decay_factor=1``, and the attention sink
+(frame 0 as keys) on every model but HunyuanVideo, whose sink the authors removed (``model_type="hunyuan"``).
 """
 
 from __future__ import annotations
@@ -17,19 +21,52 @@ import math
 from collections.abc import Iterable
 
 from ..context import CallContext
-from ..families import VIDEO_FAMILIES
-from ..kernels.radial import RadialPattern
+from ..families import FAMILY_KEYS, VIDEO_FAMILIES, family_named
+from ..kernels.radial import AUTHORS_SPLIT_THRESHOLD, RadialPattern
 from ..layers import matches, normalize_layers, select_layers
 from .effect import AttentionCall, Effect
+
+#: Denoiser classes the authors' code runs without an attention sink: their HunyuanVideo model subclasses
+#: diffusers' ``HunyuanVideoTransformer3DModel`` and builds its mask with ``model_type="hunyuan"``, which skips
+#: the ``j == 0`` sink of ``gen_log_mask_shrinked`` (commit 2f61c30, "remove attention sink for hunyuanvideo").
+#: Their Wan models (``model_type="wan"``) keep it.
+AUTHORS_NO_SINK_CLASSES = ("HunyuanVideoTransformer3DModel",)
+
+
+def authors_sink_frames(family: str) -> int:
+    """The authors' attention sink for a family's denoiser: 0 frames for HunyuanVideo, 1 otherwise (Wan)."""
+    if family in FAMILY_KEYS and set(family_named(family).classes) & set(AUTHORS_NO_SINK_CLASSES):
+        return 0
+    return 1
 
 
 @functools.lru_cache(maxsize=256)
 def _pattern(
-    grid, decay_factor, block_size, dense_distance, sink_frames, sink_queries, offset, extra, prefix, text_queries
+    grid,
+    decay_factor,
+    block_size,
+    dense_distance,
+    sink_frames,
+    sink_queries,
+    offset,
+    extra,
+    prefix,
+    text_queries,
+    split_threshold,
 ) -> RadialPattern:
     # One pattern object per layout and configuration, so backends' block-mask caches hit across layers/steps.
     return RadialPattern(
-        grid, decay_factor, block_size, dense_distance, sink_frames, sink_queries, offset, extra, prefix, text_queries
+        grid,
+        decay_factor,
+        block_size,
+        dense_distance,
+        sink_frames,
+        sink_queries,
+        offset,
+        extra,
+        prefix,
+        text_queries,
+        split_threshold,
     )
 
 
@@ -64,12 +101,13 @@ class RadialAttention(Effect):
 
     Args:
         decay_factor: scales each band's spatial window (the authors' ``decay_factor``; 1 by default).
-        block_size: tile size the rule is aligned to (smallest window; below it bands keep every ``m``-th frame
-            pair). 128 as in the authors' code and FlexAttention's default block.
-        dense_distance: frame distances below this are dense (1: the authors' Wan mask; 2: their HunyuanVideo
-            mask).
-        sink_frames: leading frames every latent query attends to in full (the attention sink; 0 disables). The
-            authors' current code keeps the sink for Wan and drops it for HunyuanVideo (``sink_frames=0``).
+        block_size: tile size the rule is aligned to (the smallest diagonal window). 128 as in the authors' code
+            and FlexAttention's default block (their Wan 2.2 code also runs 64).
+        dense_distance: frame distances below this are dense. Default 2, the authors' Wan and HunyuanVideo masks
+            (a frame with itself and its neighbours); 1 is visattn's variant (distance-1 pairs get a diagonal).
+        sink_frames: leading frames every latent query attends to in full (the attention sink; 0 disables).
+            ``None`` (default): the authors' setting for the model, 1 (Wan and the others) or 0 for HunyuanVideo,
+            whose sink the authors' current code drops (see :data:`AUTHORS_NO_SINK_CLASSES`).
         sink_queries: whether the sink frames' queries also attend densely (not in the authors' code).
         dense_steps: fraction of the schedule at its start that stays dense (``None`` or 0: none). The default
             0.24 is the authors' setting for default-length videos, 12 of 50 steps. Needs the pipeline's
@@ -80,6 +118,9 @@ class RadialAttention(Effect):
             (no layer list) it compares ``N`` with the call's ``layer_index``. Strings are layer identifiers as
             for ``layers`` (regex on module names).
         text: ``"full"``: text queries of joint attention attend to every token; ``"text"``: only to text.
+        split_threshold: nominal band width below which only every ``m``-th frame distance is kept. Default 128,
+            the authors' hardcoded threshold whatever the block size; ``split_threshold=block_size`` is visattn's
+            block-aligned variant (sparser-than-authors masks stay meaningful on toy grids).
         layers, steps: where and when it acts (see :class:`visattn.processors.Effect`).
 
     Acts on the ``wan``, ``cogvideox`` and ``hunyuan_video`` families; attached to an image family it raises
@@ -96,27 +137,43 @@ class RadialAttention(Effect):
         self,
         decay_factor: float = 1.0,
         block_size: int = 128,
-        dense_distance: int = 1,
-        sink_frames: int = 1,
+        dense_distance: int = 2,
+        sink_frames: int | None = None,
         sink_queries: bool = False,
         dense_steps: float | None = 0.24,
         dense_layers: int | str | Iterable[str] | None = 0,
         text: str = "full",
         layers: str | Iterable[str] | None = None,
         steps=None,
+        split_threshold: int = AUTHORS_SPLIT_THRESHOLD,
     ) -> None:
         super().__init__(layers=layers, steps=steps)
         if text not in ("full", "text"):
             raise ValueError(f"text={text!r} is not allowed; text must be 'full' or 'text'")
-        if isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or sink_frames < 0:
-            raise ValueError(f"sink_frames={sink_frames!r} is not allowed; sink_frames must be an integer >= 0")
+        if sink_frames is not None and (
+            isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or sink_frames < 0
+        ):
+            raise ValueError(
+                f"sink_frames={sink_frames!r} is not allowed; sink_frames must be an integer >= 0 (or None for the "
+                f"authors' setting per model)"
+            )
         # Check the band settings once, up front, on a grid every setting is valid for.
-        RadialPattern((max(1, sink_frames), 1, 1), decay_factor, block_size, dense_distance, sink_frames, sink_queries)
+        check_sink = 1 if sink_frames is None else sink_frames
+        RadialPattern(
+            (max(1, check_sink), 1, 1),
+            decay_factor,
+            block_size,
+            dense_distance,
+            check_sink,
+            sink_queries,
+            split_threshold=split_threshold,
+        )
         self.decay_factor = float(decay_factor)
         self.block_size = block_size
         self.dense_distance = dense_distance
         self.sink_frames = sink_frames
         self.sink_queries = sink_queries
+        self.split_threshold = split_threshold
         self.dense_steps = _dense_steps(dense_steps)
         self.dense_layers = _dense_layers(dense_layers)
         self.text = text
@@ -177,18 +234,20 @@ class RadialAttention(Effect):
                 f"call has {image.length} latent tokens; RadialAttention needs them to agree"
             )
         text_first = text is not None and text.start == 0
+        sink = authors_sink_frames(ctx.family) if self.sink_frames is None else self.sink_frames
         extra = 0 if text is None or text_first else text.length
         pattern = _pattern(
             tuple(ctx.grid),
             self.decay_factor,
             self.block_size,
             self.dense_distance,
-            min(self.sink_frames, ctx.grid[0]),
+            min(sink, ctx.grid[0]),
             self.sink_queries,
             image.start,
             extra,
             text_first,
             self.text,
+            self.split_threshold,
         )
         # A rule that keeps every pair adds nothing; leaving the call alone keeps it bit-identical. (Only when
         # the keys are exactly latents plus text: any other key would be masked for latent queries.)
@@ -207,7 +266,8 @@ class RadialAttention(Effect):
             f"RadialAttention(decay_factor={self.decay_factor}, block_size={self.block_size}, "
             f"dense_distance={self.dense_distance}, sink_frames={self.sink_frames}, "
             f"sink_queries={self.sink_queries}, dense_steps={self.dense_steps}, dense_layers={self.dense_layers}, "
-            f"text={self.text!r}, layers={self.layers}, steps={self.user_steps})"
+            f"text={self.text!r}, split_threshold={self.split_threshold}, layers={self.layers}, "
+            f"steps={self.user_steps})"
         )
 
 

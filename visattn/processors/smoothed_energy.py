@@ -15,11 +15,13 @@ axis equals blurring the queries, ``(G * Q) K^T = G * (Q K^T)``, so the authors 
   axis to the grid (``n + 1`` for an even axis of ``n`` tokens, ``n`` for an odd one) and renormalized after
   clipping. Applied as two 1-D convolutions (height, then width; separable, the same kernel as the authors'
   outer product) with reflect padding, as the authors pad.
-* **Infinite blur.** ``sigma=float('inf')`` replaces every blurred token by the mean over the grid: with
+* **Infinite blur.** Any ``sigma > 9999`` (the authors' ``inf_blur_threshold``; ``float('inf')`` included)
+  replaces every blurred token by the mean over the grid: with
   ``blur="query"`` all image queries become their mean ("uniform queries", the authors' and diffusers' infinite
   blur), so every image query attends with the same weights; with ``blur="key"`` all image keys become their
   mean, so each query attends uniformly over the image keys (its output over them is the mean of their values).
-  The authors' code reads any ``sigma > 9999`` as infinite; here only ``float('inf')`` is.
+  The default ``sigma=9999999`` is the authors' and diffusers' (``SEGCFGSelfAttnProcessor`` in SEG-SDXL's
+  ``pipeline_seg.py``; ``diffusers.guiders.SmoothedEnergyGuidance``), so the default is infinite blur.
 * **Joint attention and video.** Only image tokens of the grid are blurred (text tokens of MM-DiT / joint
   attention are left as they are). Video grids ``(frames, height, width)`` are blurred spatially, each frame on
   its own, as the method is defined on 2-D attention maps. Layers without a latent grid are left unperturbed.
@@ -38,6 +40,17 @@ from .effect import AttentionCall
 from .perturbation_branch import PerturbationGuidance
 
 BLUR_TARGETS = ("query", "key")
+
+#: The authors' default ``seg_blur_sigma`` (SusungHong/SEG-SDXL; diffusers' SEG guider): infinite blur.
+AUTHORS_SIGMA = 9999999.0
+#: ``sigma`` above this is infinite blur (SEG-SDXL ``SEGCFGSelfAttnProcessor(inf_blur_threshold=9999.0)``, strict
+#: ``>``; diffusers' guider ``seg_blur_threshold_inf=9999.0``).
+INF_BLUR_THRESHOLD = 9999.0
+
+
+def is_infinite_blur(sigma: float, threshold: float = INF_BLUR_THRESHOLD) -> bool:
+    """The authors' rule: ``sigma > threshold`` means the mean over the grid rather than a Gaussian."""
+    return sigma > threshold
 
 
 def gaussian_kernel_size(sigma: float) -> int:
@@ -59,21 +72,24 @@ def gaussian_kernel1d(size: int, sigma: float) -> torch.Tensor:
     return pdf / pdf.sum()
 
 
-def blurs(grid: tuple[int, int, int], sigma: float) -> bool:
+def blurs(grid: tuple[int, int, int], sigma: float, threshold: float = INF_BLUR_THRESHOLD) -> bool:
     """Whether :func:`blur_grid` changes tokens on ``grid`` (a kernel of one tap is the identity)."""
     _, height, width = grid
-    if math.isinf(sigma):
+    if is_infinite_blur(sigma, threshold):
         return height * width > 1
     return axis_kernel_size(sigma, height) > 1 or axis_kernel_size(sigma, width) > 1
 
 
-def blur_grid(tokens: torch.Tensor, grid: tuple[int, int, int], sigma: float) -> torch.Tensor:
+def blur_grid(
+    tokens: torch.Tensor, grid: tuple[int, int, int], sigma: float, threshold: float = INF_BLUR_THRESHOLD
+) -> torch.Tensor:
     """Gaussian-blur grid tokens over height and width, each frame on its own.
 
     Args:
         tokens: ``[..., frames * height * width, channels]``, tokens in row-major ``(frame, height, width)`` order.
         grid: ``(frames, height, width)``.
-        sigma: standard deviation in tokens; ``float('inf')`` gives the per-frame mean.
+        sigma: standard deviation in tokens; above ``threshold`` (the authors' 9999) the per-frame mean.
+        threshold: the infinite-blur threshold (strict ``>``, as the authors compare).
 
     Returns:
         The blurred tokens, same shape and dtype (computed in float32 at least).
@@ -84,7 +100,7 @@ def blur_grid(tokens: torch.Tensor, grid: tuple[int, int, int], sigma: float) ->
         raise ValueError(f"blur_grid: {length} tokens do not fill the grid {grid}")
     dtype = torch.promote_types(tokens.dtype, torch.float32)
     x = tokens.to(dtype).reshape(-1, frames, height, width, channels)
-    if math.isinf(sigma):
+    if is_infinite_blur(sigma, threshold):
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).reshape(tokens.shape).to(tokens.dtype)
     # One image per (sample, frame, channel): a depthwise blur is a plain conv with a single filter.
     x = x.permute(0, 1, 4, 2, 3).reshape(-1, 1, height, width)
@@ -106,15 +122,18 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
 
     Args:
         scale: guidance scale ``s >= 0`` (``seg_scale``; the authors fix it at 3 and vary ``sigma``).
-        sigma: Gaussian standard deviation in latent tokens, ``> 0``; ``float('inf')`` is infinite blur. The
-            authors suggest varying it exponentially (1, 4, 16, ...). Tiny values (kernel of one tap) do not blur,
-            so the guidance term is zero.
+        sigma: Gaussian standard deviation in latent tokens, ``> 0``. Default ``9999999``, the authors' and
+            diffusers' default; any ``sigma > inf_threshold`` (9999) is infinite blur, as in the authors' code
+            (``float('inf')`` too). The authors suggest varying it exponentially (1, 4, 16, ...). Tiny values
+            (kernel of one tap) do not blur, so the guidance term is zero.
         layers: layers to perturb (diffusers' ``pag_applied_layers`` identifiers; the authors use ``"mid"`` on
             SDXL). Self and joint attention only. By default the family's (``"mid"`` on UNets; see
             :data:`visattn.layers.FAMILY_DEFAULT`).
         steps: fraction range of the schedule in which guidance is applied.
         blur: ``"query"`` (the authors' query blur) or ``"key"`` (blur the keys: each query's logits are smoothed
             along the key grid; infinite blur gives uniform attention over the image keys).
+        inf_threshold: ``sigma`` above which the blur is infinite, ``> 0``; the authors' ``inf_blur_threshold``
+            (9999.0, also diffusers' guider's ``seg_blur_threshold_inf``).
     """
 
     branch_prefix = "seg"
@@ -126,29 +145,39 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
     def __init__(
         self,
         scale: float = 3.0,
-        sigma: float = 100.0,
+        sigma: float = AUTHORS_SIGMA,
         layers: str | Iterable[str] | None = FAMILY_DEFAULT,
         steps=None,
         blur: str = "query",
+        inf_threshold: float = INF_BLUR_THRESHOLD,
     ) -> None:
         super().__init__(scale, layers=layers, steps=steps)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-            raise ValueError(f"sigma must be a number > 0 (float('inf') for infinite blur); got {sigma!r}")
+        for name, value in (("sigma", sigma), ("inf_threshold", inf_threshold)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(
+                    f"{name} must be a number > 0 (any sigma > inf_threshold, default {INF_BLUR_THRESHOLD:g}, is "
+                    f"infinite blur); got {value!r}"
+                )
         if blur not in BLUR_TARGETS:
             raise ValueError(f"blur must be one of {BLUR_TARGETS}; got {blur!r}")
         self.sigma = float(sigma)
         self.blur = blur
+        self.inf_threshold = float(inf_threshold)
 
     def perturb(self, call: AttentionCall, rows: slice) -> None:
         """Blur the perturbed rows' image queries (or keys) over the latent grid."""
         ctx = call.ctx
         layout = ctx.queries if self.blur == "query" else ctx.keys
         span = layout.image
-        if ctx.grid is None or span is None or span.length != ctx.num_grid_tokens or not blurs(ctx.grid, self.sigma):
+        if ctx.grid is None or span is None or span.length != ctx.num_grid_tokens:
+            return
+        if not blurs(ctx.grid, self.sigma, self.inf_threshold):
             return
         tensor = call.q if self.blur == "query" else call.k
         blurred = tensor.clone()
-        blurred[rows, :, span.as_slice()] = blur_grid(tensor[rows, :, span.as_slice()], ctx.grid, self.sigma)
+        blurred[rows, :, span.as_slice()] = blur_grid(
+            tensor[rows, :, span.as_slice()], ctx.grid, self.sigma, self.inf_threshold
+        )
         if self.blur == "query":
             call.q = blurred
         else:
@@ -157,5 +186,5 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
     def __repr__(self) -> str:
         return (
             f"SmoothedEnergyGuidance(scale={self.scale}, sigma={self.sigma}, layers={self.layers}, "
-            f"steps={self.steps}, blur={self.blur!r})"
+            f"steps={self.steps}, blur={self.blur!r}, inf_threshold={self.inf_threshold})"
         )
