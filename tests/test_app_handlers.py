@@ -317,10 +317,93 @@ def test_cli_serves_on_loopback_without_share_by_default(monkeypatch):
     monkeypatch.setattr(visattn.app.ui, "launch", lambda engine, **kwargs: calls.append((engine, kwargs)))
     assert run_cli("demo")[0] == 0
     (engine_used, kwargs), *_ = calls
-    assert kwargs == {"host": "127.0.0.1", "port": None, "share": False, "concurrency": 1}
+    assert kwargs == {"host": "127.0.0.1", "port": None, "share": False, "concurrency": 1, "auth": None}
     assert engine_used.model_name == DEFAULT_MODEL
     assert run_cli("demo", "--host", "0.0.0.0", "--port", "8123", "--share", "--concurrency", "3")[0] == 0
-    assert calls[1][1] == {"host": "0.0.0.0", "port": 8123, "share": True, "concurrency": 3}
+    assert calls[1][1] == {"host": "0.0.0.0", "port": 8123, "share": True, "concurrency": 3, "auth": None}
+
+
+def test_cli_warns_when_the_demo_is_exposed_and_takes_a_login(monkeypatch):
+    pytest.importorskip("gradio")
+    import visattn.app.ui
+    import visattn.generate
+
+    calls = []
+    monkeypatch.setattr(visattn.app.ui, "launch", lambda engine, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(visattn.generate, "load_pipeline", lambda *args, **kwargs: tiny_pipeline("unet"))
+    monkeypatch.delenv("VISATTN_DEMO_AUTH", raising=False)
+    status, _, err = run_cli("demo", "--model", "visattn/tiny-sd")
+    assert status == 0 and "warning" not in err  # loopback: nothing to say
+    status, _, err = run_cli("demo", "--model", "visattn/tiny-sd", "--host", "0.0.0.0")
+    assert status == 0 and "visattn demo: warning: --host 0.0.0.0 serves the demo to every machine" in err
+    assert "add --auth USER:PASSWORD" in err and calls[-1]["auth"] is None
+    status, _, err = run_cli("demo", "--model", "visattn/tiny-sd", "--host", "0.0.0.0", "--auth", "ann:s3:cret")
+    assert status == 0 and calls[-1]["auth"] == ("ann", "s3:cret") and "add --auth" not in err
+    monkeypatch.setenv("VISATTN_DEMO_AUTH", "bob:pw")
+    assert run_cli("demo", "--model", "visattn/tiny-sd", "--share")[0] == 0 and calls[-1]["auth"] == ("bob", "pw")
+    for bad in ("nocolon", ":pw", "user:"):
+        status, _, err = run_cli("demo", "--auth", bad)
+        assert status == 2 and "must be USER:PASSWORD" in err and bad not in err.replace("--auth", "")
+    monkeypatch.setenv("VISATTN_DEMO_AUTH", "nocolon")
+    status, _, err = run_cli("demo", "--model", "visattn/tiny-sd")
+    assert status == 2 and "VISATTN_DEMO_AUTH must be USER:PASSWORD" in err
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("192.168.1.4", False), ("example.org", False)],
+)  # fmt: skip
+def test_loopback_hosts(host, loopback):
+    from visattn.commands.demo import exposure_warnings, is_loopback
+
+    assert is_loopback(host) is loopback
+    assert bool(exposure_warnings(host, False, None)) is not loopback
+    assert exposure_warnings("127.0.0.1", True, None) == [
+        "--share opens a public gradio.live link without a login: add --auth USER:PASSWORD"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(7, 7), (7.0, 7), ("7", 7), (" 8 ", 8), (0, 0), (2**32 - 1, 2**32 - 1)]
+)
+def test_integer_inputs_accept_whole_numbers(value, expected):
+    from visattn.app.handlers import MAX_SEED, integer_input
+
+    assert integer_input("seed", value, 0, MAX_SEED) == expected
+
+
+@pytest.mark.parametrize("value", [1.5, "1.5", "abc", "", None, True, float("nan"), float("inf"), -1, 2**32, "9" * 40])
+def test_integer_inputs_refuse_the_rest_by_name_and_value(value):
+    from visattn.app.handlers import MAX_SEED, integer_input
+
+    with pytest.raises(DemoError, match=r"^seed=.* is not allowed: must be an integer from 0 to 4294967295$"):
+        integer_input("seed", value, 0, MAX_SEED)
+    with pytest.raises(DemoError, match=r"^steps=.* is not allowed: must be an integer from 1 to 200$"):
+        DemoEngine(pipeline=None).run(DemoRequest("a red circle", steps=value))  # refused before any loading
+    with pytest.raises(DemoError, match=r"^seed="):
+        DemoEngine(pipeline=None).run(DemoRequest("a red circle", seed=value))
+
+
+def test_the_form_refuses_a_bad_seed_or_step_count_with_a_gradio_error():
+    gr = pytest.importorskip("gradio")
+    from visattn.app.ui import MAX_WORD_SLIDERS, build_demo
+
+    demo = build_demo(DemoEngine(pipeline=tiny_pipeline("unet")))
+    (on_generate,) = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_generate"]
+    words = ["a red circle", "", "none", [], *[1.0] * MAX_WORD_SLIDERS]
+    # blend, seed, steps, guidance, frames, upload, inversion, pag scale/strength, head set, kernel, radial,
+    # size factor, decay, entropy
+    rest = ["", 0, 1, 7.5, None, None, "negative-prompt", 0.0, 1.0, None, 0, False, 1.0, 1.0, False]
+    for seed, steps, message in [
+        (1.5, 1, "seed=1.5 is not allowed: must be an integer"),
+        ("abc", 1, "seed='abc' is not allowed: must be an integer"),
+        (0, "many", "steps='many' is not allowed: must be an integer from 1 to 200"),
+        (0, 2.5, "steps=2.5 is not allowed"),
+    ]:
+        values = words + [rest[0], seed, steps, *rest[3:]]
+        with pytest.raises(gr.Error, match=message):
+            on_generate(*values, progress=None)
 
 
 def test_ui_turns_errors_into_messages(monkeypatch):

@@ -111,7 +111,7 @@ def test_errors_are_reported_per_line_and_valid_lines_still_parse(tmp_path):
     assert by_line[6].startswith("effects[1].type: 'blur' is not a known effect")
     assert by_line[7].startswith("seed=-1 is not allowed") and by_line[8].startswith("seed='7' is not allowed")
     assert by_line[9].startswith("effects[0]: NeighborhoodAttention: kernel_size")
-    assert by_line[10] == "id 'ok-1' is already used by line 1"
+    assert by_line[10] == "id 'ok-1' is already used by line 1 (ids name the output files)"
     assert "exactly one of prompt" in by_line[11]
     assert by_line[12].startswith("id='no/slash' is not allowed")
     assert by_line[13].startswith("height=30 is not allowed: must be a positive multiple of 8")
@@ -137,7 +137,7 @@ def test_ids_and_keys_are_stable_and_follow_the_parameters():
     assert d.id.startswith("a-fluffy-cat-") and d.is_edit and d.prompt is None
     # Two identical jobs without ids would write the same files.
     _, errors = parse_lines([json.dumps({"prompt": "x"}), json.dumps({"prompt": "x"})])
-    assert [error.line for error in errors] == [2] and errors[0].message.endswith("is already used by line 1")
+    assert [error.line for error in errors] == [2] and "is already used by line 1" in errors[0].message
 
 
 def test_dry_run_lists_the_jobs_to_run_without_loading_a_model(tmp_path):
@@ -335,15 +335,15 @@ def test_edit_jobs_write_source_and_target_images(tmp_path, sd_pipe):
     assert summary.exit_status == 0
     out = tmp_path / "out"
     results = results_by_id(out)
-    assert results["swap"]["outputs"] == ["swap-source.png", "swap-target.png"]
+    assert results["swap"]["outputs"] == ["swap+source.png", "swap+target.png"]
     assert results["swap"]["edit"] == {"source": "a red circle", "target": "a blue circle", "mode": "replace"}
-    source, target = read_metadata(out / "swap-source.png"), read_metadata(out / "swap-target.png")
+    source, target = read_metadata(out / "swap+source.png"), read_metadata(out / "swap+target.png")
     assert (source["role"], source["prompt"]) == ("source", "a red circle")
     assert (target["role"], target["prompt"]) == ("target", "a blue circle")
-    assert np.abs(pixels(out / "swap-target.png") - pixels(out / "swap-source.png")).max() > 0
-    assert np.abs(pixels(out / "weigh-target.png") - pixels(out / "weigh-source.png")).max() > 0
+    assert np.abs(pixels(out / "swap+target.png") - pixels(out / "swap+source.png")).max() > 0
+    assert np.abs(pixels(out / "weigh+target.png") - pixels(out / "weigh+source.png")).max() > 0
     # The source of an edit is the plain generation of its prompt with the same seed (up to batch rounding).
-    assert np.abs(pixels(out / "swap-source.png") - pixels(out / "plain.png")).max() <= 2
+    assert np.abs(pixels(out / "swap+source.png") - pixels(out / "plain.png")).max() <= 2
 
 
 # --- two processes ---------------------------------------------------------------------------------------------------
@@ -383,3 +383,143 @@ def test_accelerate_launch_two_cpu_processes_run_every_job_exactly_once(tmp_path
     for record in results:
         assert read_metadata(out / record["outputs"][0])["prompt"] == prompts[record["line"] - 1]
     assert not list(out.glob(".*"))  # no temporary file left behind
+
+
+# --- hostile jobs files (issue 27) ------------------------------------------------------------------------------------
+HOSTILE = (
+    ('{"prompt": "a", "effects": [{"type": "pag", "layers": "a{99999999999}"}]}', "effects[0].layers: 'a{9999"),
+    ('{"prompt": "a", "guidance": ' + "9" * 400 + "}", "guidance=999"),
+    ('{"prompt": "a", "effects": [{"type": "pag", "scale": ' + "9" * 400 + "}]}", "effects[0].scale: 999"),
+    ('{"prompt": "a", "seed": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit"),
+    ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
+    ('{"prompt": "a", "height": 65536, "width": 65536}', "height=65536, width=65536 is not allowed"),
+)
+
+
+def test_each_hostile_line_is_its_own_error_and_the_others_still_parse():
+    lines = [json.dumps({"id": "first", "prompt": "a cat"})]
+    for text, _ in HOSTILE:
+        lines += [text, json.dumps({"prompt": f"a cat {len(lines)}"})]
+    jobs, errors = parse_lines(lines)
+    assert [job.line for job in jobs] == [1, *range(3, 2 * len(HOSTILE) + 2, 2)]
+    assert [error.line for error in errors] == list(range(2, 2 * len(HOSTILE) + 2, 2))
+    for error, (_, expected) in zip(errors, HOSTILE):
+        assert error.message.startswith(expected), error.message
+        assert len(error.message) <= 400 and ("is not allowed" in error.message or "invalid JSON" in error.message)
+
+
+def test_an_unexpected_exception_on_one_line_is_that_lines_error(monkeypatch):
+    import visattn.batch.jobs as jobs_module
+
+    original = jobs_module.parse_job
+
+    def exploding(data, line, max_pixels=None):
+        if data.get("prompt") == "boom":
+            raise KeyError("something nobody foresaw")
+        return original(data, line, max_pixels)
+
+    monkeypatch.setattr(jobs_module, "parse_job", exploding)
+    jobs, errors = parse_lines(['{"prompt": "boom", "id": "b"}', '{"prompt": "fine"}'])
+    assert [job.prompt for job in jobs] == ["fine"]
+    assert errors == [jobs_module.JobError(1, "cannot check this job: KeyError: 'something nobody foresaw'", "b")]
+
+
+def test_the_pixel_limit_is_documented_and_can_be_raised(tmp_path, monkeypatch):
+    from visattn.batch.jobs import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
+
+    big = json.dumps({"prompt": "a", "height": 8192, "width": 4096})
+    assert DEFAULT_MAX_PIXELS == 4096 * 4096
+    (error,) = parse_lines([big])[1]
+    assert "33,554,432 pixels is above the limit of 16,777,216" in error.message and "--max-pixels" in error.message
+    assert parse_lines([big], max_pixels=8192 * 4096)[0][0].height == 8192
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "a", "height": 64, "width": 64})
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1024")
+    code, _, err = run_main("batch", str(jobs), "--out", str(tmp_path / "out"), "--dry-run")
+    assert code == 1 and "above the limit of 1,024" in err
+    code, out, _ = run_main("batch", str(jobs), "--out", str(tmp_path / "out"), "--dry-run", "--max-pixels", "4096")
+    assert code == 0 and out.strip()
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    code, _, err = run_main("batch", str(jobs), "--out", str(tmp_path / "out"), "--dry-run")
+    assert code == 2 and "VISATTN_MAX_PIXELS='lots' is not allowed" in err
+    code, _, err = run_main("batch", str(jobs), "--out", str(tmp_path / "out"), "--max-pixels", "0")
+    assert code == 2 and "invalid value 0" in err
+
+
+def test_a_file_of_bad_lines_runs_the_good_ones_and_exits_non_zero(tmp_path, sd_dir):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", HOSTILE[0][0], {"id": "good", "prompt": "a red circle", **FAST})
+    out = tmp_path / "out"
+    code, _, err = run_main("batch", str(jobs), "--out", str(out), "--model", str(sd_dir), "--quiet")
+    assert code == 1 and "Traceback" not in err and f"{jobs}:1: invalid job: effects[0].layers" in err
+    assert (out / "good.png").is_file()
+    assert [(r["line"], r["status"]) for r in read_records(out / "results.jsonl")] == [(1, "invalid"), (2, "ok")]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ("x", "x-source", "x+source"),  # an edit's role suffix against a generation's id
+        ("a", "A"),  # letter case: one file on macOS and Windows
+        ("a.png", "a"),  # an id ending like an extension
+        ("results", "results.rank0", "x.json"),  # the runner's own file names
+    ],
+)
+def test_no_two_jobs_of_any_kinds_share_an_output_name(ids):
+    from visattn.batch.jobs import output_stems
+
+    lines = []
+    for job_id in ids:
+        lines.append(json.dumps({"id": job_id, "prompt": "a cat"}))
+        lines.append(json.dumps({"id": job_id, "edit": {"source": "a cat", "target": "a dog"}}))
+    jobs, errors = parse_lines(lines)
+    names = [
+        f"{stem}{ext}".casefold()
+        for job in jobs
+        for stem in output_stems(job.id, job.is_edit)
+        for ext in (".png", ".json", ".webp", ".mp4")
+    ]
+    assert len(names) == len(set(names)) and not {"results.jsonl", "results.rank0.jsonl"} & set(names)
+    # Every id that cannot be used is refused with its line, never silently dropped.
+    assert len(jobs) + len(errors) == len(lines)
+    assert all("id" in error.message for error in errors)
+
+
+def test_an_edit_and_a_generation_named_alike_both_keep_their_images(tmp_path, sd_pipe):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "x", "edit": {"source": "a red circle", "target": "a blue circle"}, "seed": 1, **FAST},
+        {"id": "x-source", "prompt": "a green square", "seed": 2, **FAST},
+    )
+    out = tmp_path / "out"
+    assert run_batch(jobs, out, pipeline=sd_pipe, progress=False, log=io.StringIO()).exit_status == 0
+    assert read_metadata(out / "x+source.png")["prompt"] == "a red circle"
+    assert read_metadata(out / "x-source.png")["prompt"] == "a green square"
+    assert read_sidecar(out / "x-source.png")["job_key"] == results_by_id(out)["x-source"]["key"]
+
+
+def test_resume_checks_that_the_file_found_is_this_jobs(tmp_path, counted):
+    pipe, calls = counted
+    out = tmp_path / "out"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "a", "prompt": "a red circle", "seed": 1, **FAST},
+        {"id": "b", "prompt": "a blue circle", "seed": 2, **FAST},
+    )
+    assert run_batch(jobs, out, pipeline=pipe, progress=False, log=io.StringIO()).ran == 2
+    # Another job's image and sidecar copied over b's (as an older, colliding version of the runner could do):
+    # the record still says ok, but the file is not b's, so b runs again; a is untouched.
+    for suffix in (".png", ".json"):
+        (out / f"b{suffix}").write_bytes((out / f"a{suffix}").read_bytes())
+    summary = run_batch(jobs, out, pipeline=pipe, progress=False, log=io.StringIO())
+    assert summary.skipped == 1 and summary.ran == 1 and calls[2:] == ["a blue circle"]
+    assert read_metadata(out / "b.png")["prompt"] == "a blue circle"
+    # A sidecar that is missing or damaged is not proof either.
+    (out / "a.json").write_text("{not json")
+    assert run_batch(jobs, out, pipeline=pipe, progress=False, log=io.StringIO()).ran == 1
+
+
+def test_a_line_that_is_not_utf8_is_its_own_error_and_lines_end_at_newlines_only(tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r\n{"prompt": "b\xff"}\n{"prompt": "c\xe2\x80\xa8d"}\n')
+    jobs, errors = parse_jobs(path)
+    assert [(job.line, job.prompt) for job in jobs] == [(1, "a"), (3, "c\u2028d")]  # U+2028 inside a string
+    assert [str(error) for error in errors] == ["line 2: not UTF-8 text: byte 0xff at column 14"]

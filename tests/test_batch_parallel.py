@@ -4,13 +4,15 @@ One 2-process spawn runs the same tiny-Wan jobs file three times: with a degree 
 (refused on every process before any job runs), as 2 groups of 1 (data parallel) and as 1 group of 2 (context
 parallel); one 4-process spawn runs it as 2 groups of 2. Every job runs on exactly the processes of one group,
 only the group's first process writes it, and the videos equal a single-process run of the same jobs. A job that
-fails (an unknown layer) is reported and the others still run.
+fails (an unknown layer) is reported and the others still run. A folder another run holds is refused on every rank
+of the launch (only the main process takes the lock; the others learn its answer), and no rank waits.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import pytest
 from PIL import Image, ImageSequence
 
 from visattn.batch import parse_jobs, run_batch
+from visattn.batch.lock import OutputLock
 from visattn.batch.outputs import read_records
 from visattn.batch.runner import enable_context_parallel
 from visattn.generate import UsageError
@@ -77,10 +80,12 @@ def _batch(out_dir: Path, jobs_file: Path, context_parallel: int) -> dict:
     }
 
 
-def batch_ranks(rank: int, world: int, root: str, degrees: tuple[int, ...]) -> dict[int, dict]:
-    """Each degree's run_batch on this rank, into ``root/cp{degree}-w{world}`` (a :func:`run_on_ranks` function)."""
+def batch_ranks(rank: int, world: int, root: str, degrees: tuple[int, ...], locked: str | None = None) -> dict:
+    """Each degree's run_batch on this rank, into ``root/cp{degree}-w{world}`` (a :func:`run_on_ranks` function);
+    with ``locked``, first a run_batch into that folder, which another process holds (key ``"locked"``)."""
     jobs_file = Path(root) / "jobs.jsonl"
-    return {degree: _batch(Path(root) / f"cp{degree}-w{world}", jobs_file, degree) for degree in degrees}
+    results: dict = {} if locked is None else {"locked": _batch(Path(locked), jobs_file, 1)}
+    return results | {degree: _batch(Path(root) / f"cp{degree}-w{world}", jobs_file, degree) for degree in degrees}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +97,9 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two(root) -> list[dict[int, dict]]:
-    return run_on_ranks(batch_ranks, str(root), (3, 1, 2), world=2)
+    # Another run (this test process) owns the folder "locked": the launch's ranks must all refuse it, none wait.
+    with OutputLock(root / "locked"):
+        return run_on_ranks(batch_ranks, str(root), (3, 1, 2), str(root / "locked"), world=2)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +152,13 @@ def test_a_degree_that_does_not_divide_the_world_is_refused_before_any_job(root,
         assert "context_parallel=3" in error and "world size (2 processes)" in error
         assert rank[3]["ran"] == []
     assert not (root / "cp3-w2").exists()
+
+
+def test_a_folder_another_run_owns_is_refused_on_every_rank_of_a_launch(root, two):
+    for rank in two:
+        assert f"is in use by another visattn batch run (pid {os.getpid()}" in rank["locked"]["error"]
+        assert rank["locked"]["ran"] == []
+    assert sorted(p.name for p in (root / "locked").iterdir()) == []  # nothing written; the owner's lock released
 
 
 @pytest.mark.parametrize(("dp", "cp"), [(2, 1), (1, 2), (2, 2)], ids=lambda n: str(n))

@@ -164,3 +164,22 @@ def test_bad_edits_name_the_field(spec, field, says):
         build_edit(spec)
     assert info.value.field == field
     assert says in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "message"),
+    [
+        ({"type": "pag", "layers": "a{99999999999}"}, "effects[0].layers", "not a regular expression"),
+        ({"type": "pag", "layers": ["mid", "b{99999999999}"]}, "effects[0].layers", "not a regular expression"),
+        ({"type": "pag", "scale": 10**400}, "effects[0].scale", "takes numbers up to 1.8e"),
+        ({"type": "pag", "scale": -(10**400)}, "effects[0].scale", "is not allowed"),
+    ],
+)
+def test_values_that_overflow_are_spec_errors_naming_the_field(spec, field, message):
+    """Issue 27: ``re`` raises OverflowError for a huge repetition, float() for a 400-digit number; neither may
+    escape as anything but a SpecError (a ValueError) that names the parameter and shows the value, shortened."""
+    with pytest.raises(SpecError, match=message) as caught:
+        build_effects([spec])
+    assert caught.value.field == field and len(str(caught.value)) < 300
+    with pytest.raises(ValueError):
+        build_effects([spec])

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from . import __version__
 from .commands import MODEL_HELP, checked_type
 from .generate import (
+    ALLOW_PICKLE_HELP,
     DEVICES,
     DTYPES,
     UsageError,
@@ -55,6 +56,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         progress=not args.quiet,
+        allow_pickle=args.allow_pickle,
     )
     # Paths only, one per line, on stdout: scripts can consume them; progress and logs stay on stderr.
     for path in paths:
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: outputs/)")
     gen.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available, else cpu")
     gen.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
+    gen.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     gen.add_argument("--quiet", action="store_true", help="hide the denoising progress bar")
     gen.set_defaults(run=_run_generate)
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,6 +54,8 @@ ALIASES: dict[str, str] = {
 # processor, a helper object, and Prompt-to-Prompt (an edit decides the pipeline's prompts: see build_edit).
 _NOT_EFFECTS = frozenset({"AttentionCall", "Effect", "LocalBlend"})
 _EDIT_TYPES = frozenset({"PromptToPrompt"})
+# The largest integer an effect parameter may be: beyond it, float(value) overflows.
+_LARGEST_INT = int(sys.float_info.max)
 
 EDIT_MODES = ("replace", "refine")
 _EDIT_OPTIONS = ("cross_steps", "self_steps", "weights", "local_blend", "layers", "edit_uncond")
@@ -126,12 +130,61 @@ def _check_kwargs(callable_: Any, kwargs: Mapping[str, Any], field: str, what: s
         raise SpecError(field, f"{what} needs {', '.join(missing)}")
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a value pasted into a message stays readable)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int beyond str()'s digit limit, a structure nested too deeply
+        return f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _check_numbers(kwargs: Mapping[str, Any], field: str, what: str) -> None:
+    """Integers no float can hold (a 400-digit scale), refused by name before a constructor's arithmetic
+    overflows on them."""
+    for name, value in kwargs.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_INT:
+            raise SpecError(
+                f"{field}.{name}", f"{_shown(value)} is not allowed: {what} takes numbers up to {_LARGEST_INT:.3g}"
+            )
+
+
+def _regex_culprit(kwargs: Mapping[str, Any], error: type[BaseException]) -> str | None:
+    """The keyword whose string (or list of strings) fails to compile as a regular expression with ``error``:
+    layer patterns are regexes, and ``re`` raises OverflowError or re.error, neither naming the argument."""
+    for name, value in kwargs.items():
+        for text in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []:
+            if not isinstance(text, str):
+                continue
+            try:
+                re.compile(text)
+            except error:
+                return name
+            except Exception:  # noqa: BLE001 - another failure of another argument: keep looking
+                continue
+    return None
+
+
 def _construct(factory: Any, kwargs: dict[str, Any], field: str, what: str) -> Any:
-    """``factory(**kwargs)``, with the constructor's own ValueError/TypeError re-raised as a :class:`SpecError`."""
+    """``factory(**kwargs)``, with the constructor's own failures re-raised as a :class:`SpecError`.
+
+    Besides ValueError/TypeError, arithmetic overflow, regular expressions ``re`` cannot compile (a layer pattern
+    ``a{99999999999}`` raises OverflowError) and runaway recursion are the spec's fault too; the field names the
+    argument when it can be found.
+    """
+    _check_numbers(kwargs, field, what)
     try:
         return factory(**kwargs)
     except (ValueError, TypeError) as exc:
         raise SpecError(field, f"{what}: {exc}") from None
+    except (ArithmeticError, re.error, RecursionError) as exc:
+        name = _regex_culprit(kwargs, type(exc)) if isinstance(exc, (OverflowError, re.error)) else None
+        if name is not None:
+            raise SpecError(
+                f"{field}.{name}",
+                f"{_shown(kwargs[name])} is not allowed: not a regular expression {what} can compile ({exc})",
+            ) from None
+        raise SpecError(field, f"{what}: {type(exc).__name__}: {exc}") from None
 
 
 def build_effect(spec: Mapping[str, Any], field: str = "effect") -> Effect:

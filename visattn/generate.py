@@ -138,13 +138,42 @@ def _reason(exc: BaseException, model: str) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
+#: weight files that are Python pickles: loading one runs whatever code its author put in it
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: ``--allow-pickle`` help of every command that loads a pipeline
+ALLOW_PICKLE_HELP = (
+    "also load pickle weights (.bin, .pt, ...) of a model without safetensors; loading a pickle can run code, so "
+    "only for models you trust (default: safetensors only)"
+)
+
+
+def pickle_only_components(folder: str | Path) -> dict[str, list[str]]:
+    """The components of a local pipeline folder whose weights are pickles only (no ``.safetensors`` file next to
+    them), with those file names; ``{}`` when every component with weights has safetensors."""
+    found: dict[str, list[str]] = {}
+    folder = Path(folder)
+    for component in sorted(path for path in folder.iterdir() if path.is_dir()):
+        files = [path for path in component.rglob("*") if path.is_file()]
+        pickles = sorted(path.name for path in files if path.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles and not any(path.suffix.lower() == ".safetensors" for path in files):
+            found[component.name] = pickles
+    return found
+
+
+def load_pipeline(
+    model: str | None, device: torch.device, dtype: torch.dtype, *, allow_pickle: bool = False
+) -> DiffusionPipeline:
     """The embedded default (``model`` None), a pipeline shipped with visattn (:data:`EMBEDDED_MODELS`), or a
     diffusers model id / local folder.
 
+    Weights load from safetensors only unless ``allow_pickle``: pickle files (``.bin``, ``.pt``, ...) can run
+    arbitrary code when loaded, so a folder or hub repository that has only those is refused by name. The
+    pipelines shipped with visattn are its own files and are loaded either way.
+
     Raises:
-        ModelLoadError: the folder does not exist or is not a diffusers pipeline, or the id cannot be loaded
-            (unknown, offline and not cached, missing component library, ...).
+        ModelLoadError: the folder does not exist, is not a diffusers pipeline, or has pickle weights only (without
+            ``allow_pickle``), or the id cannot be loaded (unknown, offline and not cached, no safetensors weights,
+            missing component library, ...).
     """
     if model is None:
         return load_default_pipeline(device, dtype)
@@ -155,6 +184,13 @@ def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype) -
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(
                 f"cannot load model {model!r}: the folder has no model_index.json, so it is not a diffusers pipeline"
+            )
+        pickles = {} if allow_pickle else pickle_only_components(path)
+        if pickles:
+            listed = "; ".join(f"{name}/: {', '.join(files)}" for name, files in pickles.items())
+            raise ModelLoadError(
+                f"cannot load model {model!r}: weights in pickle files only ({listed}), which can run code when "
+                "loaded; convert them to safetensors, or pass --allow-pickle (allow_pickle=True) if you trust them"
             )
         source = str(path)
     elif path.exists():
@@ -176,11 +212,19 @@ def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype) -
 
     # Newer diffusers renamed torch_dtype to dtype (and warn on the old name); older ones only know torch_dtype.
     dtype_keyword = "dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype"
+    # use_safetensors=True: diffusers and transformers refuse a component without safetensors weights instead of
+    # falling back to torch.load on a pickle; None is their default (safetensors first, pickles as a fallback).
+    safetensors = None if allow_pickle else True
     try:
         with _quiet_library_logs():
-            pipe = DiffusionPipeline.from_pretrained(source, **{dtype_keyword: dtype})
+            pipe = DiffusionPipeline.from_pretrained(source, use_safetensors=safetensors, **{dtype_keyword: dtype})
     except Exception as exc:  # any failure inside from_pretrained means "this model cannot be loaded here"
         hint = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if constants.HF_HUB_OFFLINE else ""
+        if not allow_pickle and "safetensors" in str(exc):
+            hint += (
+                " (visattn loads safetensors weights only; pass --allow-pickle (allow_pickle=True) to also load "
+                "pickle weights, if you trust this model)"
+            )
         raise ModelLoadError(f"cannot load model {model!r}: {_reason(exc, model)}{hint}") from exc
     return pipe.to(device)
 
@@ -255,6 +299,7 @@ def generate(
     device: str = "auto",
     dtype: str = "fp32",
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> list[Path]:
     """Generate ``num_images`` images for ``prompt``, save them with their parameters, and return the PNG paths.
 
@@ -274,6 +319,7 @@ def generate(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``, for a pipeline this function loads.
         dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``, for a pipeline this function loads.
         progress: show the pipeline's progress bar (on stderr).
+        allow_pickle: also load pickle weights of a ``model`` without safetensors (see :func:`load_pipeline`).
 
     Raises:
         UsageError: a parameter is out of range, the device is unavailable, or the pipeline has no image output.
@@ -293,7 +339,7 @@ def generate(
     load_seconds = None
     if pipeline is None:
         started = time.perf_counter()
-        pipeline = load_pipeline(model, resolve_device(device), torch_dtype)
+        pipeline = load_pipeline(model, resolve_device(device), torch_dtype, allow_pickle=allow_pickle)
         load_seconds = time.perf_counter() - started
         model_name = model or DEFAULT_MODEL
     else:

@@ -263,11 +263,36 @@ def _number(name: str, value: Any, low: float, high: float, *, integer: bool = F
     return int(value) if integer else float(value)
 
 
+#: the seeds the form accepts (the range of a 32-bit unsigned seed, which every frontend can type)
+MAX_SEED = 2**32 - 1
+
+
+def integer_input(name: str, value: Any, low: int, high: int) -> int:
+    """A form's integer field (``seed``, ``steps``) as an ``int``, or a :class:`DemoError` naming the field, the
+    value and the range.
+
+    Gradio's API passes what the client sent: ``7``, ``7.0`` and ``"7"`` are 7; ``1.5``, ``"1.5"``, ``"abc"``,
+    ``None``, booleans and non-finite numbers are refused rather than truncated or failing later inside ``int()``.
+    """
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = int(value) if len(value) <= 30 else None  # the length bounds int()'s work on long text
+        except ValueError:
+            number = None
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise DemoError(f"{name}={shown} is not allowed: must be an integer from {low} to {high}")
+    return number
+
+
 def _check(request: DemoRequest) -> None:
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         raise DemoError("prompt is empty: describe the image to generate (or the uploaded image)")
-    _number("seed", request.seed, 0, 2**32 - 1, integer=True)
-    _number("steps", request.steps, 1, MAX_STEPS, integer=True)
+    integer_input("seed", request.seed, 0, MAX_SEED)
+    integer_input("steps", request.steps, 1, MAX_STEPS)
     if request.guidance is not None:
         _number("guidance", request.guidance, 0, 100)
     if request.edit_mode not in EDIT_MODES:

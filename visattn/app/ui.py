@@ -18,7 +18,17 @@ import logging
 import os
 from typing import Any
 
-from .handlers import EDIT_MODES, INVERSION_METHODS, MAX_SIZE_FACTOR, MAX_STEPS, DemoEngine, DemoError, DemoRequest
+from .handlers import (
+    EDIT_MODES,
+    INVERSION_METHODS,
+    MAX_SEED,
+    MAX_SIZE_FACTOR,
+    MAX_STEPS,
+    DemoEngine,
+    DemoError,
+    DemoRequest,
+    integer_input,
+)
 from .handlers import prompt_words as _prompt_words
 
 logger = logging.getLogger(__name__)
@@ -224,10 +234,16 @@ def build_demo(engine: DemoEngine) -> Any:
                 decay_v,
                 entropy_v,
             ) = rest
+            try:
+                # Checked here, before anything else converts them: an API client may send any JSON value.
+                seed_n = integer_input("seed", 0 if seed_v is None else seed_v, 0, MAX_SEED)  # empty box: 0
+                steps_n = integer_input("steps", steps_v, 1, MAX_STEPS)
+            except DemoError as exc:
+                raise gr.Error(str(exc)) from None
             request = DemoRequest(
                 prompt=prompt_v or "",
-                seed=int(seed_v) if seed_v is not None else 0,
-                steps=int(steps_v),
+                seed=seed_n,
+                steps=steps_n,
                 guidance=float(guidance_v),
                 edit_mode=mode_v,
                 target=target_v or "",
@@ -311,6 +327,7 @@ def launch(
     share: bool = False,
     concurrency: int = 1,
     block: bool = True,
+    auth: tuple[str, str] | None = None,
 ) -> Any:
     """Build and start the demo server; returns the ``gr.Blocks`` (running in the background when ``block`` is
     False, for tests and notebooks: stop it with ``demo.close()``).
@@ -323,6 +340,7 @@ def launch(
         concurrency: how many generations run at once; further requests wait in the queue. Runs on one
             pipeline are serialized by the engine, so values above 1 only let upload checks and other light
             events overlap a generation.
+        auth: ``(user, password)``: Gradio's login page guards the demo (``None``: no login).
     """
     gr = _gradio()
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -336,6 +354,7 @@ def launch(
         server_name=host,
         server_port=port,
         share=share,
+        auth=auth,
         prevent_thread_lock=not block,
         max_file_size=MAX_UPLOAD_BYTES,
         show_error=False,

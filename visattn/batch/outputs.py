@@ -1,10 +1,11 @@
 """Atomic output files for batch runs: PNG images with their parameters, animated WebP or MP4 videos, JSON.
 
-Every file is written to a hidden temporary file in the same folder (``.NAME.PID.partial``) and moved into place
-with :func:`os.replace`, which is atomic on POSIX and Windows within one file system: a reader, or a resumed run
-after a crash or ``kill -9``, sees either the complete old file, the complete new file, or no file, never a
+Every file is written to a hidden temporary file in the same folder (``.NAME.PID@HOST.partial``) and moved into
+place with :func:`os.replace`, which is atomic on POSIX and Windows within one file system: a reader, or a resumed
+run after a crash or ``kill -9``, sees either the complete old file, the complete new file, or no file, never a
 truncated one. A process killed mid-write leaves only its hidden ``.partial`` file, which
-:func:`remove_partials` deletes at the start of the next run.
+:func:`remove_partials` deletes at the start of the next run: only files of this process or of dead processes of
+this host, never those of a process still writing.
 
 Images carry their parameters like ``visattn generate``'s (:mod:`visattn.images`: a ``visattn`` JSON text chunk
 and an AUTOMATIC1111-style ``parameters`` chunk, so :func:`visattn.images.read_metadata` reads them back) and get a
@@ -28,14 +29,28 @@ from typing import IO, Any
 from PIL import Image, PngImagePlugin
 
 from ..images import METADATA_KEY, PARAMETERS_KEY, format_parameters
+from .lock import host_name, process_alive
 
 VIDEO_FORMATS = ("webp", "mp4")
 PARTIAL_SUFFIX = ".partial"
 
 
 def _partial_path(path: Path) -> Path:
-    # Hidden and unique per process, so two processes never write the same temporary file either.
-    return path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    # Hidden and unique per process, so two processes never write the same temporary file either; the pid and host
+    # say whose it is, so a clean-up can tell a dead writer's leftovers from a live writer's file.
+    return path.with_name(f".{path.name}.{os.getpid()}@{host_name()}{PARTIAL_SUFFIX}")
+
+
+def partial_owner(path: str | Path) -> tuple[int, str | None] | None:
+    """``(pid, host)`` of a temporary file written by :func:`write_atomic` (host ``None`` for files of older
+    versions, which wrote ``.NAME.PID.partial``), or ``None`` for a name that is not one."""
+    name = Path(path).name
+    if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
+        return None
+    stem = name[: -len(PARTIAL_SUFFIX)]
+    stem, _, host = stem.rpartition("@") if "@" in stem else (stem, "", None)
+    pid = stem.rpartition(".")[2]
+    return (int(pid), host) if pid.isdigit() else None
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -73,16 +88,24 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 
 
 def remove_partials(directory: str | Path) -> list[Path]:
-    """Delete the temporary files a killed run left in ``directory``; returns what was removed.
+    """Delete the temporary files that killed runs left in ``directory``; returns what was removed.
 
-    Only call this while no other process writes to ``directory`` (the batch runner does it before its
-    processes start writing).
+    Removes files of this process and of processes of this host that no longer exist; a live process's file (it
+    may be writing it now) and files of other hosts (whose processes cannot be checked from here) are left alone.
+    Files of older versions, named without a host, count as this host's.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    here, me = host_name(), os.getpid()
     removed = []
     for partial in directory.glob(f".*{PARTIAL_SUFFIX}"):
+        owner = partial_owner(partial)
+        if owner is None:
+            continue
+        pid, host = owner
+        if (host or here) != here or (pid != me and process_alive(pid)):
+            continue
         with suppress(FileNotFoundError):
             partial.unlink()
             removed.append(partial)

@@ -13,16 +13,21 @@ writes files and records (the others hold the same result).
 
 Files (in ``out_dir``), and who writes them, so that no two processes ever write the same file:
 
-* ``{id}.png`` (``{id}-source.png`` and ``{id}-target.png`` for an edit), or ``{id}.webp`` / ``{id}.mp4`` for
+* ``{id}.png`` (``{id}+source.png`` and ``{id}+target.png`` for an edit), or ``{id}.webp`` / ``{id}.mp4`` for
   video, each with a ``.json`` sidecar: the process that ran the job (the first of its group; ids are unique
-  within a jobs file);
+  within a jobs file, ignoring case, and cannot contain ``+``, so no two jobs name the same file:
+  :func:`visattn.batch.jobs.output_stems`);
 * ``results.rank{N}.jsonl``: process ``N`` only (a group's first process), one record appended per finished or
   failed job (the log);
 * ``results.jsonl``: the main process only, after every process is done: one line per line of the jobs file, in
   file order (``ok``, ``error``, ``invalid`` or ``pending``), merged from the rank logs.
 
+One launch per folder: the main process holds ``.visattn-batch.lock`` (:mod:`visattn.batch.lock`) from before the
+start-up clean-up to the end; a second ``visattn batch`` on the same ``--out`` is refused on all its processes.
+
 Resuming: a job is finished when a rank log or ``results.jsonl`` holds an ``ok`` record with its id, the same
-parameter hash (:attr:`visattn.batch.jobs.Job.key`), the same model, and every output file still exists. Outputs
+parameter hash (:attr:`visattn.batch.jobs.Job.key`), the same model, and every output file still exists with a
+sidecar that names the same job id and parameter hash (a file some other job wrote is not this job's). Outputs
 are written atomically before the record (:mod:`visattn.batch.outputs`), so a killed run leaves no partial file
 and its interrupted job simply runs again. Every process reads the records before a barrier that precedes any
 write, so all processes agree on the jobs still to do.
@@ -57,7 +62,8 @@ from ..generate import (
     signature_default,
     weights_of,
 )
-from .jobs import Job, JobError, parse_jobs
+from .jobs import EDIT_ROLES, Job, JobError, check_max_pixels, max_pixels_from_env, output_stems, parse_jobs
+from .lock import FolderLocked, OutputLock
 from .outputs import (
     VIDEO_FORMATS,
     append_record,
@@ -186,6 +192,16 @@ class _Processes:
 
             torch.distributed.barrier(group=self._group)
 
+    def from_main(self, value: Any) -> Any:
+        """``value`` as the main process has it, on every process (a collective: every process must call it)."""
+        if self._group is None:
+            return value
+        import torch
+
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0, group=self._group)
+        return box[0]
+
 
 def _context_parallel_mesh(device_type: str, groups: int, degree: int) -> Any:
     """The ``dp x cp`` device mesh, dims ``("dp", "ring", "ulysses")``: diffusers slices ``["ring", "ulysses"]``
@@ -276,13 +292,26 @@ def _records(out_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _written_by(job: Job, path: Path) -> bool:
+    """Whether ``path`` exists and its sidecar says this job (id and parameter hash) wrote it."""
+    if not path.is_file():
+        return False
+    try:
+        sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(sidecar, dict) and sidecar.get("job_id") == job.id and sidecar.get("job_key") == job.key
+
+
 def _finished(job: Job, record: dict[str, Any], model: str, out_dir: Path) -> bool:
+    outputs = record.get("outputs")
     return (
         record.get("status") == "ok"
         and record.get("key") == job.key
         and record.get("model") == model
-        and bool(record.get("outputs"))
-        and all((out_dir / name).is_file() for name in record["outputs"])
+        and isinstance(outputs, list)
+        and bool(outputs)
+        and all(isinstance(name, str) and _written_by(job, out_dir / name) for name in outputs)
     )
 
 
@@ -377,7 +406,7 @@ class _JobRunner:
         )
         if edit is not None:
             # Source and target from the same noise: PromptToPrompt's generators repeat the seed per row.
-            prompt, generator, roles = edit.prompts, edit.generator(job.seed), ("source", "target")
+            prompt, generator, roles = edit.prompts, edit.generator(job.seed), EDIT_ROLES
         else:
             prompt, generator, roles = job.prompt, [torch.Generator("cpu").manual_seed(job.seed)], ("",)
         with attach(self.pipe, *([edit] if edit is not None else []), *effects), frame_rounding_quieted(self.pipe):
@@ -403,14 +432,14 @@ class _JobRunner:
         effect_specs = describe(effects)
         edit_spec = describe_edit(edit) if edit is not None else None
         names = []
-        for role, output in zip(roles, outputs):
-            stem = f"{job.id}-{role}" if role else job.id
+        for role, output, stem in zip(roles, outputs, output_stems(job.id, edit is not None)):
             if not self.writes:
                 continue
             role_prompt = job.prompt if edit is None else edit.prompts[roles.index(role)]
             metadata = {
                 **self.base,
                 "job_id": job.id,
+                "job_key": job.key,  # resuming checks it: a file is only this job's if its sidecar says so
                 "role": role or None,
                 "prompt": role_prompt,
                 "negative_prompt": job.negative_prompt,
@@ -510,6 +539,8 @@ def run_batch(
     dry_run: bool = False,
     log: IO[str] | None = None,
     context_parallel: int = 1,
+    max_pixels: int | None = None,
+    allow_pickle: bool = False,
 ) -> BatchSummary:
     """Run every job of ``jobs_file`` not finished yet, writing images, videos and results into ``out_dir``.
 
@@ -531,12 +562,18 @@ def run_batch(
         context_parallel: processes per job: each job runs on a group of that many processes, its denoiser(s)
             split with ``ContextParallelConfig(ulysses_degree=context_parallel)`` over the group, and the groups
             share the jobs (see the module docstring). Must divide the process count.
+        max_pixels: the largest ``height * width`` a job may ask for (default: the ``VISATTN_MAX_PIXELS``
+            environment variable, else :data:`visattn.batch.jobs.DEFAULT_MAX_PIXELS`); larger jobs are invalid
+            lines.
+        allow_pickle: also load pickle weights of a ``model`` without safetensors (see
+            :func:`visattn.generate.load_pipeline`; default: safetensors only).
 
     Raises:
         ValueError: ``context_parallel`` does not divide the process count (a
             :class:`~visattn.generate.ParameterError`, raised on every process before any job runs).
-        UsageError: the jobs file cannot be read, a bad device/dtype/video format, no MP4 encoder, or the model
-            cannot be loaded (raised after the other processes were released).
+        UsageError: the jobs file cannot be read, a bad device/dtype/video format, no MP4 encoder, another
+            ``visattn batch`` run owns ``out_dir`` (:class:`~visattn.batch.lock.FolderLocked`, on every process of
+            this launch), or the model cannot be loaded (raised after the other processes were released).
     """
     log = log if log is not None else sys.stderr
     if video_format not in VIDEO_FORMATS:
@@ -544,9 +581,10 @@ def run_batch(
     if video_format == "mp4" and mp4_encoder() is None:
         raise UsageError("video_format='mp4' needs PyAV (pip install av); use webp (always available)")
     torch_dtype = check_dtype(dtype)
+    max_pixels = max_pixels_from_env() if max_pixels is None else check_max_pixels(max_pixels)
     jobs_file, out_dir = Path(jobs_file), Path(out_dir)
     try:
-        jobs, invalid = parse_jobs(jobs_file)
+        jobs, invalid = parse_jobs(jobs_file, max_pixels)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read jobs file {str(jobs_file)!r}: {_one_line(exc)}") from None
 
@@ -562,12 +600,55 @@ def run_batch(
         writes=processes.writes,
     )
     model_name = _model_name(model, pipeline)
+    lock: OutputLock | None = None
+    refusal: tuple[bool, str] | None = None  # (the folder is locked, message)
     if processes.is_main:
         for error in invalid:
             print(f"{jobs_file}:{error.line}: invalid job: {error.message}", file=log)
         if not dry_run:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            remove_partials(out_dir)  # leftovers of a killed run; nobody writes before the barrier below
+            # Only the main process locks: the other ranks of this launch are the same run, not a second one.
+            try:
+                lock = OutputLock(out_dir).acquire()
+                remove_partials(out_dir)  # leftovers of killed runs; nobody writes before the barrier below
+            except FolderLocked as exc:
+                refusal = (True, str(exc))
+            except OSError as exc:  # no permission, not a folder, ...: reported, not left to hang the other ranks
+                refusal = (False, f"cannot use output folder {str(out_dir)!r}: {_one_line(exc)}")
+                if lock is not None:
+                    lock.release()
+    if not dry_run:
+        refusal = processes.from_main(refusal)  # every rank of this launch refuses alike, none waits for the others
+        if refusal is not None:
+            locked, message = refusal
+            raise FolderLocked(message) if locked else UsageError(message)
+    try:
+        return _run_locked(
+            jobs, invalid, processes, summary, out_dir, jobs_file, model, model_name, pipeline, torch_dtype,
+            video_format, progress, dry_run, log, allow_pickle,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(
+    jobs: list[Job],
+    invalid: list[JobError],
+    processes: _Processes,
+    summary: BatchSummary,
+    out_dir: Path,
+    jobs_file: Path,
+    model: str | None,
+    model_name: str,
+    pipeline: DiffusionPipeline | None,
+    torch_dtype: Any,
+    video_format: str,
+    progress: bool,
+    dry_run: bool,
+    log: IO[str],
+    allow_pickle: bool,
+) -> BatchSummary:
+    """The part of :func:`run_batch` that runs while the main process holds the folder's lock."""
     latest = _latest(_records(out_dir)) if out_dir.is_dir() else {}
     pending = [job for job in jobs if not (job.id in latest and _finished(job, latest[job.id], model_name, out_dir))]
     summary.skipped = len(jobs) - len(pending)
@@ -592,7 +673,7 @@ def run_batch(
         if mine and pipeline is None:
             started = time.perf_counter()
             try:
-                pipeline = load_pipeline(model, processes.device, torch_dtype)
+                pipeline = load_pipeline(model, processes.device, torch_dtype, allow_pickle=allow_pickle)
             except UsageError as exc:
                 load_error = exc
             run_info["load_seconds"] = time.perf_counter() - started

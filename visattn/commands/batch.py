@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import MODEL_HELP
+from . import MODEL_HELP, checked_type
 
 _DESCRIPTION = """\
 Run the jobs of a JSONL file (one JSON object per line) with visattn attached. A job is a prompt or a
@@ -16,11 +16,15 @@ Prompt-to-Prompt edit, with seed, size, frames and effects, e.g.
   {"prompt": "a dog running", "frames": 33, "fps": 16}
 Fields: id, prompt | edit, negative_prompt, seed, steps, guidance, height, width, frames, fps, effects.
 
-Writes ID.png (ID-source.png and ID-target.png for an edit) or ID.webp / ID.mp4 for video pipelines, each
-with a JSON sidecar, and results.jsonl with every parameter, the output files and timings. Run it again on the
-same --out to resume: finished jobs are skipped, and files are written atomically, so an interrupted run
-leaves no partial file. Bad lines and failing jobs are reported with their line numbers; the others still
-run; the exit status is 1 when any job failed or any line was invalid.
+Writes ID.png (ID+source.png and ID+target.png for an edit) or ID.webp / ID.mp4 for video pipelines, each
+with a JSON sidecar, and results.jsonl with every parameter, the output files and timings. Ids are letters,
+digits, '.', '_' and '-', unique ignoring case, so no two jobs write the same file. Run it again on the same
+--out to resume: finished jobs are skipped (a file counts only if its sidecar names the same job and
+parameters), and files are written atomically, so an interrupted run leaves no partial file. One run per
+--out: a second `visattn batch` on a folder in use is refused (the folder's .visattn-batch.lock names the
+owner; a dead owner's lock is taken over). Bad lines (any problem with one line) and failing jobs are reported
+with their line numbers; the others still run; the exit status is 1 when any job failed or any line was
+invalid. Images and video frames above --max-pixels (default 4096x4096, or VISATTN_MAX_PIXELS) are invalid.
 
 Scale out: every process of `accelerate launch` runs a disjoint shard on its own device, e.g.
   accelerate launch --num_processes 8 -m visattn.cli batch jobs.jsonl --out out/ --model ID
@@ -38,7 +42,8 @@ jobs across the world_size / N groups; N must divide the process count. The grou
 
 
 def add_parser(commands) -> None:
-    from ..generate import DEVICES, DTYPES
+    from ..batch.jobs import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, check_max_pixels
+    from ..generate import ALLOW_PICKLE_HELP, DEVICES, DTYPES
 
     parser = commands.add_parser(
         "batch",
@@ -64,6 +69,14 @@ def add_parser(commands) -> None:
         metavar="N",
         help="processes per job (Ulysses degree); must divide the process count (default: 1, data parallel only)",
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=checked_type(int, check_max_pixels),
+        metavar="N",
+        help=f"largest height*width of a job's images or frames (default: ${MAX_PIXELS_ENV}, else "
+        f"{DEFAULT_MAX_PIXELS} = 4096x4096); larger jobs are invalid lines",
+    )
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument("--dry-run", action="store_true", help="only validate the file and list the jobs to run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -82,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         dry_run=args.dry_run,
         context_parallel=args.context_parallel,
+        max_pixels=args.max_pixels,
+        allow_pickle=args.allow_pickle,
     )
     if args.dry_run and summary.process_index == 0:
         # stdout: the ids still to run, one per line, for scripts; the counts go to stderr with the errors.
