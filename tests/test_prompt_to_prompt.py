@@ -362,11 +362,19 @@ def test_local_blend_needs_cross_attention_layers():
         visattn.attach(pipeline("unet"), p2p)
 
 
-def test_different_noise_for_source_and_target_is_rejected():
-    p2p = PromptToPrompt.replace("a red cat", "a red dog")
-    pipe = pipeline("unet")
-    with visattn.attach(pipe, p2p), pytest.raises(ValueError, match="start from different noise.*p2p.generator"):
-        pipe(**call_kwargs("unet", prompt=p2p.prompts))
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_the_generator_every_diffusers_user_passes_gives_both_prompts_one_noise(family):
+    """As the authors' notebooks make one latent for every prompt: any generator, or none, works."""
+    p2p = PromptToPrompt.replace("a red cat", "a blue dog", **options(family))
+    pipe = pipeline(family)
+    with visattn.attach(pipe, p2p):
+        out = pipe(**call_kwargs(family, prompt=p2p.prompts, generator=torch.Generator().manual_seed(0)))[0]
+        pipe(**call_kwargs(family, prompt=p2p.prompts, generator=None))
+    out = np.asarray(out, dtype=np.float64)
+    # One generator draws the whole batch's noise at once: its first rows are a one-image generation's.
+    assert np.abs(out[0] - plain(family, "a red cat")[0]).max() <= 1e-4
+    assert np.abs(out[1] - out[0]).max() > 1e-4
+    assert "prepare_latents" not in vars(pipe)  # detach restores the pipeline
 
 
 def test_calling_without_both_prompts_is_rejected():

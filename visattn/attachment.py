@@ -117,6 +117,7 @@ class Attachment:
         self._layer_modules: list[torch.nn.Module] = []
         self._models: list[torch.nn.Module] = []
         self._hooks: list[DenoiserHook] = []
+        self._pipeline_undo: list = []
         self.layers: dict[str, list[str]] = {}
         self.attached = False
         denoisers, pipeline = _denoisers(target)
@@ -155,6 +156,11 @@ class Attachment:
                 effect.bind(merged_roles)
             for attribute, base, family, modules, roles in plans:
                 self._swap(attribute, base, family, modules, roles, pipeline)
+            if pipeline is not None:
+                for effect in self.effects:
+                    undo = effect.prepare_pipeline(pipeline)
+                    if undo is not None:
+                        self._pipeline_undo.append(undo)
         except BaseException:
             self._restore()
             raise
@@ -187,6 +193,8 @@ class Attachment:
 
     # --- detaching ---------------------------------------------------------------------------------------------
     def _restore(self) -> None:
+        while self._pipeline_undo:
+            self._pipeline_undo.pop()()
         for module in reversed(self._layer_modules):
             remove_layer_hook(module)
         for model in self._models:

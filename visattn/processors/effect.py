@@ -131,6 +131,11 @@ class Effect:
     def unbind(self) -> None:
         self._layer_names = None
 
+    def prepare_pipeline(self, pipeline: Any) -> Callable[[], None] | None:
+        """Adjust the attached pipeline before it runs (Prompt-to-Prompt gives every prompt the same initial
+        noise); returns what undoes it on detach, or ``None`` when the effect changes nothing there."""
+        return None
+
     def may_act_on_layer(self, name: str) -> bool:
         """Whether this effect, as bound, can act on the attention layer ``name`` at all."""
         return self._layer_names is None or name in self._layer_names

@@ -26,12 +26,13 @@ How it maps onto visattn
 * Which branches are edited. Like the authors' implementation, the conditional branches (every branch but
   ``"uncond"``) are edited and the unconditional one is left alone; ``edit_uncond=True`` also injects the
   source's unconditional maps into the target's (identity token mapping: both use the same negative prompt).
-* The same noise. The effect cannot change the pipeline's own latents, so the caller generates both rows from
-  one noise, with :meth:`PromptToPrompt.generator` (identically seeded generators per row) or with ``latents``
-  whose source and target rows are equal. At the first step the effect checks that the rows agree and raises a
-  ValueError otherwise, since an edit from different noise is silently meaningless. The source rows of an edit
-  are then exactly a plain generation with that seed (up to float rounding of a larger batch and of the
-  materialized attention).
+* The same noise. As the authors' notebooks make one latent for every prompt, the effect gives the target rows
+  the source rows' initial latents, whatever generator the call gets (or none): attached to a pipeline, it wraps
+  the pipeline's ``prepare_latents`` until detach (:meth:`PromptToPrompt.prepare_pipeline`). With
+  :meth:`PromptToPrompt.generator` (one identically seeded generator per row) the source rows are exactly a
+  plain generation with that seed (up to float rounding of a larger batch and of the materialized attention).
+  At the first step the effect checks that the rows agree and raises a ValueError otherwise (a denoiser driven
+  by hand with different noise per row), since an edit from different noise is silently meaningless.
 * Cross-attention (SD 1.x/2.x, SDXL, PixArt, Wan: role ``"cross"``) is edited as in the paper; rows are not
   renormalized (a refinement's added word keeps its own probability on top of the source's, a re-weighted
   word's probability is scaled), exactly as the authors' code does.
@@ -600,7 +601,10 @@ class PromptToPrompt(Effect):
     def generator(
         self, seed: int, num_images_per_prompt: int = 1, device: torch.device | str = "cpu"
     ) -> list[torch.Generator]:
-        """Generators for ``pipe(..., generator=...)`` that give source and target rows the same noise.
+        """Generators for ``pipe(..., generator=...)`` whose source rows are exactly a plain generation.
+
+        Any generator gives source and target the same noise (:meth:`prepare_pipeline`); these make the source
+        image ``j`` the image a one-image generation with seed ``seed + j`` gives.
 
         One generator per row, ``[source images..., target images...]``: image ``j`` of each prompt uses seed
         ``seed + j``, so the source image ``j`` is exactly what ``generator=torch.Generator().manual_seed(seed + j)``
@@ -613,6 +617,28 @@ class PromptToPrompt(Effect):
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an int >= 1; got {num_images_per_prompt!r}")
         return [torch.Generator(device).manual_seed(seed + j) for _ in range(2) for j in range(num_images_per_prompt)]
+
+    def prepare_pipeline(self, pipeline: Any) -> Any:
+        """Give the target prompt's rows the source prompt's initial noise, whatever generator the call gets (or
+        none), as the authors' notebooks do with one latent for every prompt: the pipeline's ``prepare_latents``
+        is wrapped on the instance (every diffusers pipeline makes its initial latents there) until detach."""
+        original = getattr(pipeline, "prepare_latents", None)
+        if not callable(original):
+            return None
+        shadowed = "prepare_latents" in vars(pipeline)
+
+        def prepare_latents(*args: Any, **kwargs: Any) -> Any:
+            return _shared_noise(original(*args, **kwargs))
+
+        pipeline.prepare_latents = prepare_latents
+
+        def undo() -> None:
+            if shadowed:
+                pipeline.prepare_latents = original
+            else:
+                vars(pipeline).pop("prepare_latents", None)
+
+        return undo
 
     def reset(self) -> None:
         """Forget per-generation state (the local blend's mask); done automatically at each new generation."""
@@ -662,9 +688,9 @@ class PromptToPrompt(Effect):
                 raise ValueError(
                     "PromptToPrompt: the source and target rows start from different noise (the denoiser's input "
                     f"rows {pair.source.start}..{pair.source.stop - 1} and {pair.target.start}.."
-                    f"{pair.target.stop - 1} differ at the first step). Generate both from the same noise: pass "
-                    "generator=p2p.generator(seed) (identically seeded generators per row), or latents whose "
-                    "source and target rows are equal"
+                    f"{pair.target.stop - 1} differ at the first step). Attached to a pipeline, visattn gives them "
+                    "the same initial latents; driving the denoiser yourself, pass latents whose source and target "
+                    "rows are equal"
                 )
 
     # --- the attention call ----------------------------------------------------------------------------------
@@ -887,6 +913,31 @@ class PromptToPrompt(Effect):
             f"cross_steps={self.cross_steps}, self_steps={self.self_steps}, weights={self.weights}, "
             f"local_blend={self.local_blend}, layers={self.layers}, edit_uncond={self.edit_uncond})"
         )
+
+
+def _shared_noise(prepared: Any) -> Any:
+    """``prepare_latents``'s result with the second half of the batch (the target prompt's rows) made equal to the
+    first (the source's): a tensor, a per-sample list, or a tuple whose batch-sized tensors (latents, noise, image
+    latents) all follow the first's rows. New tensors: latents the user passed are never written to."""
+    first = prepared[0] if isinstance(prepared, tuple) and prepared else prepared
+    if isinstance(first, torch.Tensor):
+        rows = first.shape[0] if first.dim() else 0
+    else:
+        rows = len(first) if isinstance(first, list) else 0
+    if rows < 2 or rows % 2:
+        return prepared  # one prompt's rows (an unconditional pass, a single image): nothing to pair
+    half = rows // 2
+
+    def shared(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
+            return torch.cat([value[:half], value[:half]])
+        if isinstance(value, list) and len(value) == rows and all(isinstance(v, torch.Tensor) for v in value):
+            return value[:half] + [v.clone() for v in value[:half]]
+        return value
+
+    if isinstance(prepared, tuple):
+        return tuple(shared(value) for value in prepared)
+    return shared(prepared)
 
 
 def _positions_of_any(tokens: PromptTokens, words: Sequence[str]) -> tuple[int, ...]:
