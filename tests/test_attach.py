@@ -277,3 +277,26 @@ def test_attachment_repr_and_states_are_informative():
         assert re.search(r"layers=\{'unet': \d+\}", repr(handle))
         (state,) = handle.states
         assert state.inputs.grid[0] == 1 and state.step.total == 2
+
+
+def test_one_effect_attached_to_two_pipelines_acts_as_two_independent_copies():
+    """Attaching a configured effect twice (two pipelines) and detaching one leaves the other exactly as it was:
+    the layers an effect acts on belong to each attachment, not to the effect object."""
+    first, second = tiny_pipeline("unet"), tiny_pipeline("unet")
+    pag = visattn.PerturbedAttentionGuidance(scale=3.0, layers="mid")
+    with visattn.attach(second, visattn.PerturbedAttentionGuidance(scale=3.0, layers="mid")):
+        expected = run(second, "unet")
+    handle = visattn.attach(first, pag)
+    with visattn.attach(second, pag):
+        handle.detach()
+        assert hooked(second.unet) == set(select_layers(visattn.layer_roles(second.unet), ["mid"]))
+        assert np.array_equal(run(second, "unet"), expected)
+
+
+def test_the_same_effect_twice_in_one_attach_is_refused():
+    pipe = pipeline("unet")
+    pag = visattn.PerturbedAttentionGuidance(scale=3.0)
+    before = processor_objects(pipe.unet)
+    with pytest.raises(ValueError, match=r"effects: .* is passed twice"):
+        visattn.attach(pipe, pag, pag)
+    assert processor_objects(pipe.unet) == before and not hooked(pipe.unet)

@@ -14,6 +14,7 @@ import visattn
 from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.interception import layer_hook
 from visattn.kernels import attention
+from visattn.layers import select_layers
 from visattn.processors import AttentionCall, PerturbedAttentionGuidance
 from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
 
@@ -173,4 +174,5 @@ def test_default_layers_are_the_familys_and_follow_the_model_attached():
             # Only the layers PAG can act on carry a hook; the others run their stock forward untouched.
             modules = visattn.attention_layers(denoiser)
             hooked = {name for name, module in modules.items() if layer_hook(module) is not None}
-            assert hooked and hooked == {name for name in modules if pag.may_act_on_layer(name)} != set(modules)
+            selected = set(select_layers(visattn.layer_roles(denoiser), pag.layers))
+            assert hooked and hooked == selected != set(modules)

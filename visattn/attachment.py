@@ -118,6 +118,8 @@ class Attachment:
         self._models: list[torch.nn.Module] = []
         self._hooks: list[DenoiserHook] = []
         self._pipeline_undo: list = []
+        #: per effect (in order), the attention layers it acts on in this attachment
+        self._selections: list[frozenset[str]] = []
         self.layers: dict[str, list[str]] = {}
         self.attached = False
         denoisers, pipeline = _denoisers(target)
@@ -153,7 +155,7 @@ class Attachment:
         try:
             for effect in self.effects:
                 effect.use_family_defaults(plans[0][2], merged_roles)
-                effect.bind(merged_roles)
+                self._selections.append(effect.bind(merged_roles))
             for attribute, base, family, modules, roles in plans:
                 self._swap(attribute, base, family, modules, roles, pipeline)
             if pipeline is not None:
@@ -174,11 +176,12 @@ class Attachment:
         register_hook(model, hook)
         self._hooks.append(hook)
         for name, role in roles.items():
-            if self.effects and not any(effect.may_act_on_layer(name) for effect in self.effects):
+            acting = [effect for effect, layers in zip(self.effects, self._selections, strict=True) if name in layers]
+            if self.effects and not acting:
                 continue  # no effect can act here: the stock forward runs without even a hook call
             module = modules[name]
             layer = AttentionLayerHook(
-                self.effects,
+                acting,
                 hook.state,
                 layer_name=name,
                 layer_index=all_names.index(name),
@@ -202,8 +205,9 @@ class Attachment:
             _invalidate_hook_cache(model)
             if getattr(model, _MARK, None) is not None:
                 delattr(model, _MARK)
+        states = self.states
         for effect in self.effects:
-            effect.unbind()
+            effect.detached(states)
         self._layer_modules.clear()
         self._models.clear()
         self._hooks.clear()
@@ -251,14 +255,20 @@ def attach(
 
     Raises:
         TypeError: the target has no denoiser, or an effect is not a visattn effect.
-        ValueError: bad ``layers``/``steps``; a model without attention modules; ``layers`` naming a module whose
-            processor computes attention without ``scaled_dot_product_attention``; an effect that needs a fact
-            (the latent grid, text tokens, words) the model's family does not provide.
+        ValueError: bad ``layers``/``steps``; the same effect passed twice; a model without attention modules;
+            ``layers`` naming a module whose processor computes attention without ``scaled_dot_product_attention``;
+            an effect that needs a fact (the latent grid, text tokens, words) the model's family does not provide.
         RuntimeError: visattn is already attached to this model.
     """
     for effect in effects:
         if not isinstance(effect, Effect):
             raise TypeError(f"attach takes visattn effects after the pipeline; got {type(effect).__name__}")
+    for index, effect in enumerate(effects):
+        if any(other is effect for other in effects[:index]):
+            raise ValueError(
+                f"effects: {effect!r} is passed twice; an effect composes once per attachment (build a second one "
+                "to apply it twice)"
+            )
     from .kernels import backend_names
 
     if backend not in backend_names():

@@ -237,7 +237,7 @@ class AttentionLayerHook(ModelHook):
     """The visattn hook of one attention module: runs its forward with attention routed through the effects.
 
     Args:
-        effects: the attachment's effects, in composition order (only those bound to this layer are used).
+        effects: the effects that act on this layer, in composition order.
         state: the denoiser's call state (grid, step, batch layout), kept by the denoiser hook.
         layer_name, layer_index: the module's name and position among the denoiser's attention modules.
         static_role: the module's role known before any call (``"text"`` marks text-only refiners).
@@ -259,7 +259,8 @@ class AttentionLayerHook(ModelHook):
         super().__init__()
         if backend not in backend_names():
             raise ValueError(f"backend={backend!r} is not one of {', '.join(backend_names())}")
-        self.effects = [effect for effect in effects if effect.may_act_on_layer(layer_name)]
+        #: the effects that act on this layer (the attachment resolved each one's ``layers``)
+        self.effects = list(effects)
         self.wrappers = [effect for effect in self.effects if hasattr(effect, "wrap_attention")]
         self.state = state
         self.layer_name = layer_name

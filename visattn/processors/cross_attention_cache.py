@@ -111,7 +111,7 @@ class CrossAttentionCache(Effect):
         return step.index, self.gate_index(step.total)
 
     # --- attach time ---------------------------------------------------------------------------------------------
-    def bind(self, roles: dict[str, str]) -> None:
+    def bind(self, roles: dict[str, str]) -> frozenset[str]:
         cross = {name for name, role in roles.items() if role == "cross"}
         if not cross:
             present = ", ".join(sorted(set(roles.values()))) or "none"
@@ -120,18 +120,18 @@ class CrossAttentionCache(Effect):
                 f"none (their roles: {present}). Joint-attention models (SD3, Flux, HunyuanVideo, CogVideoX) mix "
                 "text and image tokens in one attention and have no separate cross-attention to cache."
             )
-        super().bind(roles)
-        selected = frozenset(name for name in self._layer_names if name in cross)
+        selected = frozenset(name for name in super().bind(roles) if name in cross)
         if not selected:
             raise ValueError(
                 f"CrossAttentionCache(layers={list(self.layers)}) selects no cross-attention layer; "
                 f"cross-attention layers: {', '.join(sorted(cross))}"
             )
-        self._layer_names = selected
+        return selected
 
-    def unbind(self) -> None:
-        super().unbind()
-        self.clear()
+    def detached(self, states: list[Any]) -> None:
+        for state in states:
+            self._new_run(id(state))
+            self._last_step.pop(id(state), None)
 
     def clear(self) -> None:
         """Forget every cached output (the next run computes and stores them again)."""
@@ -149,7 +149,8 @@ class CrossAttentionCache(Effect):
     # --- one attention layer call ----------------------------------------------------------------------------------
     def wrap_attention(self, call: Callable[[], Any], hidden_states: torch.Tensor, layer_name: str, state: Any) -> Any:
         """Answer a cross-attention call from the cache after the gate; store its output at the gate step."""
-        if state is None or self._layer_names is None or layer_name not in self._layer_names:
+        # Called only by the hooks of the layers this cache was bound to.
+        if state is None:
             return call()
         index, gate = self._phase(state)
         if index is None or gate is None:

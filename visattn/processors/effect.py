@@ -106,7 +106,6 @@ class Effect:
         # attention module does not say that it is cross-attention).
         self._call_roles = tuple(layer for layer in self.layers or () if layer in ROLE_KEYWORDS) or self.roles
         self.steps = normalize_steps(steps)
-        self._layer_names: frozenset[str] | None = None
 
     # --- attach time -------------------------------------------------------------------------------------
     def use_family_defaults(self, family: Any, roles: dict[str, str]) -> None:
@@ -121,30 +120,28 @@ class Effect:
         :meth:`visattn.families.Family.missing`): :func:`visattn.attach` refuses a model whose family lacks one."""
         return ()
 
-    def bind(self, roles: dict[str, str]) -> None:
-        """Resolve ``layers`` against a denoiser's attention layers (``name -> static role``).
+    def bind(self, roles: dict[str, str]) -> frozenset[str]:
+        """The attention layers this effect acts on among a denoiser's (``roles``: ``name -> static role``):
+        ``layers`` resolved. The attachment keeps the answer, so one effect attached to several pipelines acts on
+        each one's own selection.
 
         Raises ValueError listing the available layers when an identifier matches nothing.
         """
-        self._layer_names = frozenset(select_layers(roles, self.layers, f"{type(self).__name__}(layers=...)"))
+        return frozenset(select_layers(roles, self.layers, f"{type(self).__name__}(layers=...)"))
 
-    def unbind(self) -> None:
-        self._layer_names = None
+    def detached(self, states: list[Any]) -> None:
+        """Forget what this effect kept for the denoiser call states of an attachment being detached (caches keyed
+        by state); other attachments of the same effect keep theirs."""
 
     def prepare_pipeline(self, pipeline: Any) -> Callable[[], None] | None:
         """Adjust the attached pipeline before it runs (Prompt-to-Prompt gives every prompt the same initial
         noise); returns what undoes it on detach, or ``None`` when the effect changes nothing there."""
         return None
 
-    def may_act_on_layer(self, name: str) -> bool:
-        """Whether this effect, as bound, can act on the attention layer ``name`` at all."""
-        return self._layer_names is None or name in self._layer_names
-
     # --- call time -----------------------------------------------------------------------------------------
     def acts_on(self, ctx: CallContext) -> bool:
+        # The layer is one this effect was bound to: a layer's hook holds only the effects that act on it.
         if ctx.role not in self._call_roles:
-            return False
-        if self._layer_names is not None and ctx.layer_name not in self._layer_names:
             return False
         return in_steps(self.steps, ctx.step.fraction)
 

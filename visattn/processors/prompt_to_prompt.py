@@ -502,17 +502,17 @@ class PromptToPrompt(Effect):
                 "target never share a call, so the edit cannot be made"
             )
 
-    def bind(self, roles: dict[str, str]) -> None:
-        super().bind(roles)
+    def bind(self, roles: dict[str, str]) -> frozenset[str]:
+        selected = super().bind(roles)
         text_layers = {name for name, role in roles.items() if role in ("cross", "joint")}
         # Only where the model's modules show their roles: a new-style attention module can be cross or joint
         # attention at run time while its class does not say so (Lumina 2, LTX-2), and is checked per call.
-        if self.local_blend is not None and text_layers and not text_layers & self._layer_names:
-            self.unbind()
+        if self.local_blend is not None and text_layers and not text_layers & selected:
             raise ValueError(
                 f"LocalBlend reads cross-attention maps, but layers={self.layers} selects no cross- or joint-attention "
                 f"layer of this model (it has {', '.join(sorted(set(roles.values())))} layers)"
             )
+        return selected
 
     # --- constructors --------------------------------------------------------------------------------------
     @classmethod

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ..context import CallContext
 from ..families import FAMILY_KEYS, VIDEO_FAMILIES, family_named
 from ..kernels.radial import AUTHORS_SPLIT_THRESHOLD, RadialPattern
-from ..layers import matches, normalize_layers, select_layers
+from ..layers import normalize_layers, select_layers
 from .effect import AttentionCall, Effect
 
 #: Denoiser classes the authors' code runs without an attention sink: their HunyuanVideo model subclasses
@@ -188,34 +188,20 @@ class RadialAttention(Effect):
                 self.steps = (start, stop)
             else:
                 self._sparse_steps_empty = True
-        self._dense_names: frozenset[str] | None = None
 
     # --- attach time -------------------------------------------------------------------------------------
-    def bind(self, roles: dict[str, str]) -> None:
-        super().bind(roles)
+    def bind(self, roles: dict[str, str]) -> frozenset[str]:
+        # The dense layers stay dense: the effect does not act on them at all.
         if isinstance(self.dense_layers, int):
             attention = [name for name, role in roles.items() if role in ("self", "joint")]
-            self._dense_names = frozenset(attention[: self.dense_layers])
+            dense = frozenset(attention[: self.dense_layers])
         else:
-            parameter = "RadialAttention(dense_layers=...)"
-            self._dense_names = frozenset(select_layers(roles, self.dense_layers, parameter))
-
-    def unbind(self) -> None:
-        super().unbind()
-        self._dense_names = None
+            dense = frozenset(select_layers(roles, self.dense_layers, "RadialAttention(dense_layers=...)"))
+        return super().bind(roles) - dense
 
     # --- call time -----------------------------------------------------------------------------------------
-    def _layer_is_dense(self, ctx: CallContext) -> bool:
-        if self._dense_names is not None:
-            return ctx.layer_name in self._dense_names
-        if isinstance(self.dense_layers, int):
-            return ctx.layer_index < self.dense_layers
-        return any(matches(layer, ctx.layer_name) for layer in self.dense_layers)
-
     def acts_on(self, ctx: CallContext) -> bool:
-        if self._sparse_steps_empty or not super().acts_on(ctx):
-            return False
-        return not self._layer_is_dense(ctx)
+        return not self._sparse_steps_empty and super().acts_on(ctx)
 
     def pattern_for(self, ctx: CallContext) -> RadialPattern | None:
         """The radial pattern of one call, or ``None`` when the call stays dense (no latent grid, one frame)."""
