@@ -21,6 +21,7 @@ from visattn.kernels import (
     NeighborhoodPattern,
     all_of,
     attention,
+    autotune,
     available_backends,
     choose_backend,
     density,
@@ -111,10 +112,24 @@ def fake_natten(calls: list, version: str = "0.21.7") -> types.ModuleType:
     functional = types.ModuleType("natten.functional")
     functional.na1d, functional.na2d, functional.na3d = neighborhood(1), neighborhood(2), neighborhood(3)
     functional.attention = dense
+    # NATTEN's backend selection, which visattn asks before running: the stand-in computes any shape.
+    backends = types.ModuleType("natten.backends")
+    backends.choose_backend = lambda query, key, value, torch_compile=False: "reference"
+    backends.choose_fmha_backend = lambda query, key, value, **kwargs: "reference"
     module = types.ModuleType("natten")
     module.__version__ = version
     module.functional = functional
+    module.backends = backends
     return module
+
+
+@pytest.fixture(autouse=True)
+def fresh_auto_decisions():
+    """backend="auto" caches its decisions per call shape; these tests swap NATTEN in and out between calls."""
+    autotune.clear()
+    natten_backend._ACCEPTS.clear()
+    yield
+    autotune.clear()
 
 
 @pytest.fixture
@@ -123,6 +138,7 @@ def natten_calls(monkeypatch):
     module = fake_natten(calls)
     monkeypatch.setitem(sys.modules, "natten", module)
     monkeypatch.setitem(sys.modules, "natten.functional", module.functional)
+    monkeypatch.setitem(sys.modules, "natten.backends", module.backends)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""What ``visattn info`` reports: versions, devices and attention backends."""
+"""What ``visattn info`` reports: versions, devices, attention backends and what ``backend="auto"`` chose."""
 
 from __future__ import annotations
 
@@ -54,6 +54,22 @@ def collect_info() -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "devices": devices,
         "backends": {name: {"available": ok, "reason": reason} for name, (ok, reason) in available_backends().items()},
+        "autotune": autotune_info(),
+    }
+
+
+def autotune_info() -> dict[str, Any]:
+    """How ``backend="auto"`` chooses here, and the decisions it made or read from its cache file."""
+    import os
+
+    from .kernels import autotune
+
+    return {
+        "cache_file": autotune.cache_path(),
+        "forced": os.environ.get("VISATTN_BACKEND") or None,
+        "measuring": os.environ.get("VISATTN_AUTOTUNE", "1") not in ("0", "false", "False", "off"),
+        "min_measured_work": autotune.MIN_MEASURED_WORK,
+        "decisions": {key: decision.to_json() for key, decision in autotune.decisions().items()},
     }
 
 
@@ -75,8 +91,37 @@ def format_info(info: dict[str, Any]) -> str:
     if not any(device["type"] == "cuda" for device in info["devices"]):
         build = f"CUDA {info['torch_cuda']} build" if info["torch_cuda"] else "CPU-only build"
         lines.append(f"  {'cuda':<12}none (torch is a {build})")
+    lines += ["", *_format_autotune(info.get("autotune"))]
     lines += ["", "attention backends"]
     for name, backend in info["backends"].items():
         state = "available" if backend["available"] else "unavailable"
         lines.append(f"  {name:<12}{state:<13}{backend['reason']}")
     return "\n".join(lines)
+
+
+def _format_autotune(auto: dict[str, Any] | None) -> list[str]:
+    """The ``backend='auto'`` section: its policy, its cache, and one line per decision."""
+    from .kernels.autotune import format_ms
+
+    if auto is None:
+        return []
+    lines = ["backend='auto'"]
+    if auto["forced"]:
+        lines.append(f"  forced        VISATTN_BACKEND={auto['forced']} (where that backend can compute the call)")
+    policy = (
+        f"measured on the first call per shape (calls of at least {auto['min_measured_work']:.3g} "
+        "batch*heads*Nq*Nk*dim)"
+        if auto["measuring"]
+        else "preference order only (VISATTN_AUTOTUNE=0)"
+    )
+    lines.append(f"  choice        {policy}")
+    cache = auto["cache_file"] or "memory only (set VISATTN_AUTOTUNE_CACHE=path.json to keep decisions)"
+    lines.append(f"  cache         {cache}")
+    if not auto["decisions"]:
+        lines.append("  decisions     none yet")
+    for key, decision in auto["decisions"].items():
+        timings = ", ".join(f"{name} {format_ms(t['per_call_s'])}" for name, t in decision["timings"].items())
+        lines.append(f"  {decision['backend']} ({decision['reason']})  {key}" + (f"  [{timings}]" if timings else ""))
+        for name, why in decision["rejected"].items():
+            lines.append(f"      {name} rejected: {why}")
+    return lines

@@ -4,7 +4,8 @@ A method turns ``(config, q, k, v)`` into a zero-argument callable (so timing me
 call, not mask construction), or raises :class:`Unavailable` with the reason it cannot run here. Baselines are
 written the way a user would write them: torch SDPA with its fastest backend, ``torch.compile(flex_attention)``
 with a ``BlockMask`` from the same ``mask_mod`` in the natural (row-major) token order, xformers'
-``memory_efficient_attention``; NATTEN and the visattn backends go through :func:`visattn.kernels.attention`.
+``memory_efficient_attention``; NATTEN and the visattn backends go through :func:`visattn.kernels.attention`, and
+``auto`` is what visattn chooses by itself (``backend="auto"``).
 """
 
 from __future__ import annotations
@@ -123,6 +124,27 @@ def _visattn_backend(name: str):
     return prepare
 
 
+def _auto(config: BenchConfig, q, k, v, time_fn) -> Thunk:
+    """visattn's ``backend="auto"``: its first call decides (measuring when the call qualifies), untimed.
+
+    The result's note names the backend it chose and why; the full record (each candidate's time) goes into the
+    report's ``autotune`` section.
+    """
+    from ..kernels.core import auto_decision
+
+    pattern = config.pattern()
+    request = AttentionRequest(q, k, v, pattern=pattern)
+
+    def call():
+        out = attention(q, k, v, pattern=pattern)
+        decision = auto_decision(request) if pattern is not None else None
+        label = f"-> {decision.backend}, {decision.reason}" if decision else "-> sdpa, plain call"
+        call.label = label  # type: ignore[attr-defined]
+        return out
+
+    return call
+
+
 #: method name -> preparer; the order is the report's column order
 METHODS: dict[str, Callable[..., Thunk]] = {
     "sdpa": _sdpa,
@@ -131,4 +153,5 @@ METHODS: dict[str, Callable[..., Thunk]] = {
     "natten": _visattn_backend("natten"),
     "triton": _visattn_backend("triton"),
     "reference": _visattn_backend("reference"),
+    "auto": _auto,
 }

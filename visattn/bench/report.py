@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..charts import grouped_bar_chart
-from ..info import collect_info
+from ..info import autotune_info, collect_info
 from .configs import BenchConfig
 from .runner import BenchResult
 
@@ -71,6 +71,8 @@ def write_report(
         "command": command,
         "configurations": [c.as_dict() for c in configs],
         "results": [r.as_dict() for r in results],
+        # What backend="auto" chose for each configuration, with every candidate's time (the ``auto`` method).
+        "autotune": autotune_info(),
         **(extra or {}),
     }
     paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md", "chart": out / f"{name}.png"}

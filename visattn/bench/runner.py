@@ -26,8 +26,8 @@ from ..kernels import density
 from .configs import BenchConfig
 from .methods import METHODS, Unavailable
 
-DEFAULT_GPU_METHODS = ("sdpa", "flex", "xformers", "natten", "triton")
-DEFAULT_CPU_METHODS = ("sdpa", "flex", "reference")
+DEFAULT_GPU_METHODS = ("sdpa", "flex", "xformers", "natten", "triton", "auto")
+DEFAULT_CPU_METHODS = ("sdpa", "flex", "reference", "auto")
 
 
 @dataclass
@@ -109,7 +109,7 @@ def run_benchmark(
         configs: from :func:`visattn.bench.configurations`; each model's dense configuration must come before
             its sparse ones for speedups to be filled in.
         methods: names from :data:`visattn.bench.methods.METHODS`; default: every GPU method on CUDA, else
-            ``sdpa``, eager ``flex`` and ``reference``.
+            ``sdpa``, eager ``flex`` and ``reference``; both end with ``auto`` (what ``backend="auto"`` chose).
         device, dtype: default CUDA + bf16 when available, else CPU + fp32.
         tile: (query, key) tile used for the visited-tile fraction (a block-sparse kernel's block sizes).
         backward: also time each method's backward pass (see the module docstring).

@@ -1,21 +1,44 @@
 """The one attention core every visattn effect routes through.
 
 ``attention(q, k, v, pattern=..., score_mod=..., identity_blend=...)`` describes a call completely; a backend
-(one file each in :mod:`visattn.kernels.backends`) computes it. ``backend="auto"`` picks the fastest backend that
-computes the request exactly: the dense SDPA path when nothing custom is asked for, NATTEN's fused kernels for
-plain neighborhood attention when NATTEN is installed, FlexAttention on CUDA for other patterns and modifiers,
-and the materialized reference on CPU (where FlexAttention would materialize too).
+(one file each in :mod:`visattn.kernels.backends`) computes it. ``backend="auto"`` picks, per call shape, the
+fastest backend that computes the request exactly:
+
+1. *Candidates* are the available backends whose ``supports()`` covers the call (pattern, modifier, head size,
+   dtype, device); the reference backend supports everything, so there is always one.
+2. Cheap rules decide where measuring cannot change the answer: a plain call runs dense SDPA; a single candidate
+   runs without timing; calls below :data:`visattn.kernels.autotune.MIN_MEASURED_WORK`, calls made while
+   ``torch.compile`` traces or a CUDA graph is captured, and ``VISATTN_AUTOTUNE=0`` use the preference order
+   (NATTEN, FlexAttention on CUDA, the reference).
+3. Otherwise the first call with a new key (:func:`visattn.kernels.autotune.request_key`: pattern and modifier
+   parameters, shapes, dtypes, device) times every candidate (the reference too on CPU; on CUDA it is left
+   out when a fused candidate exists) and plain dense SDPA on the same shapes, under ``no_grad``; the fastest
+   candidate is cached (in memory; on disk with ``VISATTN_AUTOTUNE_CACHE``) and its output is the call's
+   output. A sparse winner slower than dense attention is reported once (a warning with both times and the
+   density).
+4. A backend that raises one of its capability errors (``CAPABILITY_ERRORS``; NATTEN's "no suitable backend")
+   at run time is dropped for that key with a one-time warning and the next candidate runs; other errors
+   propagate.
+
+``backend="<name>"`` forces a backend (ValueError when it cannot compute the call); so does the environment
+variable ``VISATTN_BACKEND`` for calls made with ``backend="auto"``, where a backend that cannot compute the
+call falls back to auto's choice with a one-time warning.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Hashable
 from types import ModuleType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from . import autotune
+from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
-from .request import AttentionRequest
+from .request import AttentionRequest, UnsupportedCall
 from .spec import Pattern, ScoreModifier
 
 _BACKENDS: dict[str, ModuleType] = {
@@ -44,35 +67,266 @@ def backend_names() -> tuple[str, ...]:
     return ("auto",) + tuple(_BACKENDS)
 
 
-def choose_backend(request: AttentionRequest, backend: str = "auto") -> str:
-    """The backend that will run ``request``; raises ValueError when a named backend cannot."""
-    if backend != "auto":
-        module = _BACKENDS.get(backend)
-        if module is None:
-            raise ValueError(f"backend={backend!r} is not one of {', '.join(backend_names())}")
+#: the order the cheap rules prefer, for backends that do not get measured (others follow in registration order)
+_PREFERENCE = ("sdpa", "natten", "flex", "triton")
+_ERROR_TEXT = 200  # characters of an error message kept in a decision record
+
+
+def _module(name: str, source: str = "backend") -> ModuleType:
+    module = _BACKENDS.get(name)
+    if module is None:
+        raise ValueError(f"{source}={name!r} is not one of {', '.join(backend_names())}")
+    return module
+
+
+def _check_forced(request: AttentionRequest, name: str, source: str) -> str | None:
+    """Why the named backend cannot run ``request`` (``None``: it can)."""
+    module = _module(name, source)
+    ok, reason = module.availability()
+    if not ok:
+        return f"{source}={name!r} is not available: {reason}"
+    if not module.supports(request):
+        return (
+            f"{source}={name!r} cannot compute this call (pattern={request.pattern!r}, "
+            f"score_mod={request.score_mod!r}, return_lse={request.return_lse}); use backend='auto'"
+        )
+    return None
+
+
+def _env_backend(request: AttentionRequest) -> str | None:
+    """The backend ``VISATTN_BACKEND`` forces for this auto call, or ``None`` (unset, or cannot run it)."""
+    name = os.environ.get("VISATTN_BACKEND")
+    if not name or name == "auto":
+        return None
+    problem = _check_forced(request, name, "VISATTN_BACKEND")
+    if problem is None:
+        return name
+    autotune.warn_once(("env", name, problem), f"visattn: {problem}; backend='auto' chooses for such calls instead")
+    return None
+
+
+def candidates(request: AttentionRequest) -> tuple[list[str], dict[str, str]]:
+    """The backends that can compute ``request`` here, in preference order, and why each other one cannot.
+
+    A backend is a candidate when it is available, its ``supports()`` covers the call and (if it has one) its
+    ``auto_candidate()`` agrees (the Triton backend declines under Triton's CPU interpreter). The reference
+    backend, which supports everything, is always last.
+    """
+    order = [name for name in _PREFERENCE if name in _BACKENDS]
+    order += [name for name in _BACKENDS if name not in order and name != reference.NAME]
+    names, rejected = [], {}
+    for name in order:
+        module = _BACKENDS[name]
+        # supports() first: it is cheap, and availability() may try an import (NATTEN, Triton).
+        if not module.supports(request):
+            rejected[name] = "does not support this call"
+            continue
         ok, reason = module.availability()
         if not ok:
-            raise ValueError(f"backend={backend!r} is not available: {reason}")
-        if not module.supports(request):
-            raise ValueError(
-                f"backend={backend!r} cannot compute this call (pattern={request.pattern!r}, "
-                f"score_mod={request.score_mod!r}, return_lse={request.return_lse}); use backend='auto'"
+            rejected[name] = reason
+            continue
+        auto_candidate = getattr(module, "auto_candidate", None)
+        if auto_candidate is not None and not auto_candidate(request):
+            rejected[name] = "not chosen automatically here (force it with backend=)"
+            continue
+        names.append(name)
+    names.append(reference.NAME)
+    return names, rejected
+
+
+def _preferred(names: list[str], device: torch.device) -> str:
+    """The cheap rules' pick: the first candidate, except FlexAttention off CUDA and Triton unmeasured.
+
+    Eager FlexAttention (CPU) materializes scores like the reference does, with more overhead; the Triton kernels
+    have not been ranked against FlexAttention without a measurement.
+    """
+    for name in names:
+        if (name == "flex" and device.type != "cuda") or name == "triton":
+            continue
+        return name
+    return names[-1]
+
+
+def _measured(names: list[str], device: torch.device) -> list[str]:
+    """The candidates worth timing: on CUDA the materializing reference only when nothing fused can run."""
+    if device.type == "cuda" and len(names) > 1:
+        return [name for name in names if name != reference.NAME]
+    return names
+
+
+def _capability_errors(module: ModuleType) -> tuple[type[BaseException], ...]:
+    return (UnsupportedCall, *getattr(module, "CAPABILITY_ERRORS", ()))
+
+
+def _short(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    return text[:_ERROR_TEXT]
+
+
+def _measure(
+    request: AttentionRequest, names: list[str], decision: Decision
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Time ``names`` on ``request``, fill ``decision`` in; the winner's output when it can be reused.
+
+    Runs under ``no_grad``: the trial runs build no autograd graph, so when the call needs one the winner runs
+    again afterwards (the output is the winner's either way).
+    """
+    device = request.q.device
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    with torch.no_grad():
+        for name in names:
+            module = _BACKENDS[name]
+            captured: list = []
+
+            def call(module=module, captured=captured):
+                result = module.run(request)
+                captured[:] = [result]
+                return result
+
+            best = min((t.per_call_s for t in decision.timings.values()), default=None)
+            try:
+                decision.timings[name] = autotune.time_candidate(name, call, device, best)
+            except Exception as error:  # a candidate that fails is dropped, loudly; the others still compete
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                decision.rejected[name] = _short(error)
+                autotune.warn_once(
+                    ("measure", name, type(error).__name__),
+                    f"visattn: backend {name!r} failed while backend='auto' measured it ({_short(error)}); "
+                    "it is not used for such calls",
+                )
+                continue
+            if captured:
+                outputs[name] = captured[0]
+        if not decision.timings:
+            return None
+        decision.backend = min(decision.timings, key=lambda name: decision.timings[name].per_call_s)
+        if request.pattern is not None:
+            q, k, v = request.q, request.k, request.v
+            # Dense attention on the same shapes is the cost a sparse pattern has to beat.
+            dense = autotune.time_candidate("dense", lambda: F.scaled_dot_product_attention(q, k, v), device)
+            decision.timings["dense"] = dense
+            _check_against_dense(request, decision)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (request.q, request.k, request.v))
+    return None if needs_grad else outputs.get(decision.backend)
+
+
+def _check_against_dense(request: AttentionRequest, decision: Decision) -> None:
+    chosen, dense = decision.timings[decision.backend], decision.timings["dense"]
+    if chosen.per_call_s <= dense.per_call_s:
+        return
+    decision.kept_fraction = autotune.kept_fraction(request)
+    kept = "unknown" if decision.kept_fraction is None else f"{decision.kept_fraction:.1%}"
+    autotune.warn_once(
+        ("slower-than-dense", decision.describe),
+        f"visattn: the fastest backend for this sparse call, {decision.backend!r} "
+        f"({autotune.format_ms(chosen.per_call_s)}), is slower than dense attention on the same shapes "
+        f"({autotune.format_ms(dense.per_call_s)}) at {kept} density [{decision.describe}]",
+    )
+
+
+def _decide(
+    request: AttentionRequest, key: Hashable | None
+) -> tuple[Decision, tuple[torch.Tensor, torch.Tensor | None] | None]:
+    """A new decision for ``request`` (cached under ``key`` when it is not transient), and an output if one ran."""
+    names, rejected = candidates(request)
+    # Why the other backends are not candidates (sdpa's "dense only" goes without saying).
+    decision = Decision(names[0], "", tuple(names), rejected={n: r for n, r in rejected.items() if n != sdpa.NAME})
+    if key is not None:
+        decision.describe = autotune.describe_key(key)
+    blocker = None if len(names) > 1 else "only candidate"
+    blocker = blocker or ("no cache key" if key is None else autotune.measurement_blocker(request))
+    output = None
+    if blocker is None:
+        output = _measure(request, _measured(names, request.q.device), decision)
+        if decision.timings:
+            decision.reason = "measured"
+        else:
+            blocker = "every measured candidate failed"
+    if blocker is not None:
+        decision.backend = _preferred([n for n in names if n not in decision.rejected] or names, request.q.device)
+        decision.reason = blocker
+    transient = blocker in ("torch.compile is tracing", "CUDA graph capture", "no cache key")
+    if key is not None and not transient:
+        autotune.remember(key, decision)
+    return decision, output
+
+
+def _cached_decision(request: AttentionRequest, key: Hashable | None) -> Decision | None:
+    """The cached decision for ``key``; one read from the cache file is used only if its backend can run here."""
+    decision = autotune.decision_for(key) if key is not None else None
+    if decision is not None and not decision.checked:
+        module = _BACKENDS.get(decision.backend)
+        if module is None or not module.supports(request) or not module.availability()[0]:
+            return None  # made where another backend set was installed: decide again (and overwrite it)
+        decision.checked = True
+    return decision
+
+
+def _run_auto(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
+    key = autotune.request_key(request)
+    decision = _cached_decision(request, key)
+    if decision is None:
+        decision, output = _decide(request, key)
+        if output is not None:
+            return output
+    while True:
+        module = _BACKENDS[decision.backend]
+        try:
+            return module.run(request)
+        except _capability_errors(module) as error:
+            # The backend cannot compute this call after all (its supports() was too generous): drop it for
+            # this key, say so once, and run the next candidate.
+            failed = decision.backend
+            decision.rejected[failed] = _short(error)
+            remaining = [name for name in decision.candidates if name not in decision.rejected]
+            if not remaining:
+                raise
+            decision.backend = _preferred(remaining, request.q.device)
+            decision.reason = f"{failed} raised a capability error"
+            autotune.warn_once(
+                ("capability", failed, decision.describe),
+                f"visattn: backend {failed!r} cannot compute this call ({_short(error)}); "
+                f"using {decision.backend!r} instead",
             )
+
+
+def choose_backend(request: AttentionRequest, backend: str = "auto") -> str:
+    """The backend that will run ``request``; raises ValueError when a named backend cannot.
+
+    For ``"auto"`` this makes (and caches) the decision, measuring the candidates if the call qualifies.
+    """
+    if backend != "auto":
+        problem = _check_forced(request, backend, "backend")
+        if problem is not None:
+            raise ValueError(problem)
         return backend
+    forced = _env_backend(request)
+    if forced is not None:
+        return forced
     if request.is_plain:
-        return "sdpa"
-    # supports() first: it is cheap, and availability() tries an import when NATTEN is missing.
-    if natten.supports(request) and natten.availability()[0]:
-        return "natten"
-    if request.q.device.type == "cuda" and flex.availability()[0] and flex.supports(request):
-        return "flex"
-    return "reference"
+        return sdpa.NAME
+    key = autotune.request_key(request)
+    decision = _cached_decision(request, key)
+    if decision is None:
+        decision, _ = _decide(request, key)
+    return decision.backend
+
+
+def auto_decision(request: AttentionRequest) -> Decision | None:
+    """The cached decision ``backend="auto"`` made for calls like ``request`` (``None``: none made yet)."""
+    key = autotune.request_key(request)
+    return None if key is None else autotune.decision_for(key)
 
 
 def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Compute a prepared :class:`AttentionRequest`; returns ``(out, lse or None)``."""
-    name = choose_backend(request, backend)
-    out, lse = _BACKENDS[name].run(request)
+    name = backend
+    if backend == "auto":
+        name = _env_backend(request) or ("auto" if not request.is_plain else sdpa.NAME)
+    elif (problem := _check_forced(request, backend, "backend")) is not None:
+        raise ValueError(problem)
+    out, lse = _run_auto(request) if name == "auto" else _BACKENDS[name].run(request)
     if request.return_lse and lse is None:
         # Only reachable for a backend that cannot return it; the reference recomputes it exactly.
         _, lse = reference.run(request)

@@ -1,4 +1,5 @@
-"""The one argument every backend receives: an attention call described completely."""
+"""The one argument every backend receives: an attention call described completely; and the error a backend
+raises when it cannot compute one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ from typing import Any
 import torch
 
 from .spec import Pattern, ScoreModifier
+
+
+class UnsupportedCall(ValueError):
+    """Raised by a backend's ``run`` for a call it cannot compute (a capability, not a failure).
+
+    ``backend="auto"`` answers it by running the next candidate (with a one-time warning); a backend can list
+    other exception types its library raises for the same reason in a module-level ``CAPABILITY_ERRORS``.
+    """
 
 
 @dataclass

@@ -55,7 +55,11 @@ def supports(request: AttentionRequest) -> bool:
     # Model masks are supported only as key-padding masks ([B or 1, 1 or H, 1, Nk]); a full per-query mask
     # would have to be indexed per element, which the reference backend does better.
     mask = request.attn_mask
-    return mask is None or (mask.dim() == 4 and mask.shape[-2] == 1)
+    if mask is not None and (mask.dim() != 4 or mask.shape[-2] != 1):
+        return False
+    # FlexAttention refuses CPU inputs that require grad (it has no CPU backward), even under no_grad.
+    q, k, v = request.q, request.k, request.v
+    return not (q.device.type == "cpu" and (q.requires_grad or k.requires_grad or v.requires_grad))
 
 
 def _use_compiled(device: torch.device) -> bool:

@@ -101,7 +101,12 @@ def supports(request: AttentionRequest) -> bool:
     if end > min(n_q, n_k):
         return False  # the grid must sit whole in both sequences
     # Text-only queries with no text keys would have no key at all; the reference returns zeros for them.
-    return not (n_q > pattern.num_tokens and pattern.text_queries == "text" and n_k == pattern.num_tokens)
+    if n_q > pattern.num_tokens and pattern.text_queries == "text" and n_k == pattern.num_tokens:
+        return False
+    # NATTEN rejects windows of one token on an axis (a per-frame window (1, 3, 3) on video) and grid axes of one.
+    if min(pattern.kernel_size) < 2 or min(pattern.grid) < 2:
+        return False
+    return natten_accepts(request)
 
 
 def _grid_major(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
@@ -193,3 +198,71 @@ def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         text_lse = text_lse.transpose(1, 2)
         lse = torch.cat([text_lse[:, :, :start], grid_lse, text_lse[:, :, start:]], dim=2)
     return out, lse
+
+
+# --- what NATTEN itself can run (used by supports(); added for backend="auto") --------------------------------------
+#: exceptions NATTEN raises for calls it has no kernel for ("could not find a suitable backend": NotImplementedError)
+#: or whose arguments its checks reject (ValueError); ``backend="auto"`` then runs the next candidate
+CAPABILITY_ERRORS: tuple[type[BaseException], ...] = (NotImplementedError, ValueError)
+
+_ACCEPTS: dict[tuple, bool] = {}
+
+
+def _probe(shape: tuple[int, ...], like: torch.Tensor, grad: bool) -> torch.Tensor:
+    """A tensor of ``shape`` with ``like``'s dtype and device that owns one element (zero strides)."""
+    base = torch.empty((), dtype=like.dtype, device=like.device)
+    return base.requires_grad_(grad).expand(shape) if grad else base.expand(shape)
+
+
+def _cpu_rule(head_dim: int, head_dim_v: int) -> bool:
+    # NATTEN 0.21 runs on CPU only through eager FlexAttention, which it allows for head sizes that are powers
+    # of two in [8, 512] with equal QK and V head sizes (head sizes 4, 12, 24, 72, 96 are refused).
+    return head_dim == head_dim_v and 8 <= head_dim <= 512 and (head_dim & (head_dim - 1)) == 0
+
+
+def natten_accepts(request: AttentionRequest) -> bool:
+    """Whether NATTEN has a kernel for this call's head sizes, dtype and device, asked before it runs.
+
+    Asks NATTEN's own backend selection (``natten.backends.choose_backend`` for the grid part and
+    ``choose_fmha_backend`` for text queries) with stand-in tensors of the call's shapes that own one element, so
+    nothing is allocated or computed; cached per shape. When NATTEN is not importable this says True (the
+    availability check rejects it), and when its selection API differs from NATTEN 0.21's, the documented CPU
+    rule decides off CUDA and a CUDA call is accepted (a refusal at run time still falls back).
+    """
+    pattern: NeighborhoodPattern = request.pattern  # type: ignore[assignment]
+    q, v = request.q, request.v
+    batch, heads, n_q, dim = q.shape
+    grad = any(t.requires_grad for t in (q, request.k, v))
+    text_queries = n_q > pattern.num_tokens
+    module = _natten()
+    if isinstance(module, str):
+        return True
+    # The module's id keeps answers apart when a different natten is swapped in (tests do).
+    key = (id(module), pattern.grid, batch, heads, dim, v.shape[-1], q.dtype, str(q.device), grad, text_queries)
+    known = _ACCEPTS.get(key)
+    if known is not None:
+        return known
+    try:
+        from natten import backends as natten_backends
+
+        grid_shape = (batch, *pattern.grid, heads)
+        qk, vv = _probe((*grid_shape, dim), q, grad), _probe((*grid_shape, v.shape[-1]), v, grad)
+        natten_backends.choose_backend(qk, qk, vv, torch_compile=False)
+        if text_queries:
+            rows = (batch, n_q - pattern.num_tokens, heads)
+            keys = (batch, request.k.shape[2], heads)
+            natten_backends.choose_fmha_backend(
+                _probe((*rows, dim), q, grad),
+                _probe((*keys, dim), q, grad),
+                _probe((*keys, v.shape[-1]), v, grad),
+                is_causal=False,
+                is_varlen=False,
+                torch_compile=False,
+            )
+        accepted = True
+    except CAPABILITY_ERRORS:
+        accepted = False
+    except (ImportError, AttributeError, TypeError):  # another NATTEN release: fall back to what is known
+        accepted = q.device.type == "cuda" or _cpu_rule(dim, v.shape[-1])
+    _ACCEPTS[key] = accepted
+    return accepted

@@ -4,9 +4,8 @@ See :mod:`visattn.kernels.triton` for what the kernels do, their tile sizes and 
 what they support. This module adapts them to the backend interface. Importing it does not import Triton;
 :func:`availability` does, on first use.
 
-``backend="auto"`` never picks this backend: on CPU the kernels only run under Triton's (slow) interpreter, and
-on CUDA FlexAttention stays the default until the two are measured against each other on a GPU (they were not
-when this backend was written). Ask for it with ``backend="triton"``.
+``backend="auto"`` times this backend against the others where it is compiled (CUDA) and never picks it without
+measuring, nor under Triton's CPU interpreter (:func:`auto_candidate`). Ask for it with ``backend="triton"``.
 
 The identity blend is left to :func:`visattn.kernels.core.run_request`, which applies it after every backend
 (``torch.lerp``); :func:`visattn.kernels.triton.fused_attention` fuses it into the kernel when called directly.
@@ -67,3 +66,8 @@ def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         scale=request.scale,
         return_lse=request.return_lse,
     )
+
+
+def auto_candidate(request: AttentionRequest) -> bool:
+    """Whether ``backend="auto"`` may time this backend: not under Triton's CPU interpreter (minutes per call)."""
+    return not _kernels().INTERPRETED

@@ -123,7 +123,9 @@ def _radial_constexprs(pattern: RadialPattern | None) -> tuple[dict, tuple[int, 
     full = per_frame - 1
     windows = []
     for distance in range(frames):
-        window = full if distance < pattern.dense_distance else -1
+        # A frame with itself is always whole; every other distance is what the bands say (the whole-frame band
+        # below dense_distance keeps only every m-th distance once the split rule applies).
+        window = full if distance == 0 else -1
         for band in pattern.bands:
             if band.keeps_distance(distance):
                 window = full if band.window is None else band.window
