@@ -219,7 +219,7 @@ def test_embedded_pipelines_load_by_name_offline(tmp_path):
         code, out, err = run_main("generate", "a red circle moving right", "--model", TOY_VIDEO_MODEL, "--quiet")
         assert code == 2 and not out and "WanPipeline makes videos" in err and "visattn batch" in err
     else:
-        with pytest.raises(FileNotFoundError, match="python -m visattn.toy.train --which video"):
+        with pytest.raises(FileNotFoundError, match="python -m lab train --which video"):
             load_embedded_pipeline(TOY_VIDEO_MODEL)
     with pytest.raises(ValueError, match="visattn/nope.*" + EMBEDDED_MODELS[0]):
         load_embedded_pipeline("visattn/nope")

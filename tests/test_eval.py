@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from visattn.cli import main
-from visattn.testing import tiny_pipeline
-from visattn.toy.data import BACKGROUNDS, COLORS, Scene, ShapeSpec, render_scene
-from visattn.toy.eval import STUDIES, EvalConfig, evaluate
-from visattn.toy.eval.metrics import (
+from visattn.eval import STUDIES, EvalConfig, evaluate
+from visattn.eval.metrics import (
     background_change,
     cells_touched,
     color_mass,
@@ -33,10 +31,12 @@ from visattn.toy.eval.metrics import (
     to_uint8,
     upsample_mask,
 )
-from visattn.toy.eval.prompt_to_prompt import largest_attribute
-from visattn.toy.eval.prompts import HELD_OUT_SEED, clip_prompts, multi_object_scenes, single_object_scenes, word_swaps
-from visattn.toy.eval.quality import quality_checks, reported_beside_the_bar
-from visattn.toy.eval.runner import ImageModel, VideoModel
+from visattn.eval.prompt_to_prompt import largest_attribute
+from visattn.eval.prompts import HELD_OUT_SEED, clip_prompts, multi_object_scenes, single_object_scenes, word_swaps
+from visattn.eval.quality import quality_checks, reported_beside_the_bar
+from visattn.eval.runner import ImageModel, VideoModel
+from visattn.testing import tiny_pipeline
+from visattn.toy.data import BACKGROUNDS, COLORS, Scene, ShapeSpec, render_scene
 
 # --- metrics on hand-made inputs ----------------------------------------------------------------------------------
 
@@ -178,7 +178,7 @@ def test_cells_touched_and_map_share():
 
 
 def test_shapes_drawn_are_read_from_the_object_of_the_captions_colour():
-    from visattn.toy.eval.accuracy import DRAWN, drawn_shape, drawn_shapes, markdown
+    from visattn.eval.accuracy import DRAWN, drawn_shape, drawn_shapes, markdown
 
     def scene(shape, size="large", color="red"):
         spec = ShapeSpec(shape, color, size, "center", (32.0, 32.0), 10.0 if size == "large" else 6.0)
@@ -227,7 +227,7 @@ def test_prompts_are_held_out_deterministic_and_well_formed():
 
 def test_word_swaps_carry_the_scenes_a_perfect_edit_would_draw():
     """The colour swap's renders keep the silhouette and the shape swap's do not: why the quality bar's IoU clause
-    is checked on the colour swap (see visattn.toy.eval.quality)."""
+    is checked on the colour swap (see visattn.eval.quality)."""
     ceiling = {}
     for attribute in ("color", "shape"):
         ious = []
@@ -443,7 +443,7 @@ def test_cli_rejects_bad_requests(capsys):
     for kind, study in (("image", "prompt_accuracy"), ("video", "sparse_video")):
         if not _shipped(kind):
             assert main(["eval", "--quick", "--quiet", "--studies", study]) == 2
-            assert "python -m visattn.toy.train" in capsys.readouterr().err
+            assert "python -m lab train" in capsys.readouterr().err
 
 
 # --- the quality bar on the shipped weights --------------------------------------------------------------------------
@@ -461,8 +461,8 @@ def _failed_claims(results: dict, expected: int) -> list[str]:
     return [f"{c['claim']}: {c['measured']}" for c in checks if not c["passed"]]
 
 
-#: How many quality-bar claims each image study checks. The shipped image model meets all of them (benchmarks/
-#: results/eval-toy-image*.md); the shape word swap is reported beside the bar, not in it (visattn.toy.eval.quality).
+#: How many quality-bar claims each image study checks. The shipped image model meets all of them
+#: (lab/results/eval-toy-image*.md); the shape word swap is reported beside the bar, not in it (visattn.eval.quality).
 IMAGE_CLAIMS = {"prompt_accuracy": 1, "prompt_to_prompt": 1, "extrapolation_image": 1}
 
 
@@ -479,7 +479,7 @@ def test_quality_bar_on_the_shipped_toy_image_model(study):
 @pytest.mark.slow
 @pytest.mark.skipif(
     not _shipped("video"),
-    reason="the toy video weights are not in visattn/toy/weights yet (python -m visattn.toy.train --which video)",
+    reason="the toy video weights are not in visattn/toy/weights yet (python -m lab train --which video)",
 )
 def test_quality_bar_on_the_shipped_toy_video_model():
     config = EvalConfig(samples=8, video_steps=20, length_factors=(2,))

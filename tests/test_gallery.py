@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from visattn.charts import image_grid, stack_vertically
-from visattn.toy.eval.gallery import Gallery, filmstrip, short_caption
+from visattn.eval.gallery import Gallery, filmstrip, short_caption
 
 
 def solid(value: int, side: int = 16) -> np.ndarray:

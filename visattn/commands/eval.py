@@ -20,7 +20,7 @@ def _positive(text: str) -> int:
 
 
 def add_parser(commands) -> None:
-    from ..toy.eval.config import STUDIES  # light: no torch or diffusers import
+    from ..eval.config import STUDIES  # light: no torch or diffusers import
 
     parser = commands.add_parser(
         "eval",
@@ -33,7 +33,7 @@ def add_parser(commands) -> None:
         "study's first samples, with their numbers) and prints their paths.",
     )
     parser.add_argument("--quick", action="store_true", help="the small CI subset (2 samples, 4 steps)")
-    parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
+    parser.add_argument("--out", default="eval-results", metavar="DIR", help="output folder (default: eval-results)")
     parser.add_argument("--name", default=None, help="file name stem (default: eval or eval-quick)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
@@ -57,10 +57,10 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..eval import EvalConfig, evaluate, write_report
+    from ..eval.config import VIDEO_STUDIES
+    from ..eval.gallery import Gallery
     from ..generate import UsageError, load_pipeline, resolve_device
-    from ..toy.eval import EvalConfig, evaluate, write_report
-    from ..toy.eval.config import VIDEO_STUDIES
-    from ..toy.eval.gallery import Gallery
 
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     overrides = {}

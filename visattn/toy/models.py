@@ -15,8 +15,8 @@ Both pipelines are made of diffusers' and transformers' own classes, so a traine
   attention is what visattn's video effects act on) and a tiny :class:`~diffusers.WanTransformer3DModel`
   (a 3-D DiT with factorized RoPE); flow matching, sampled with the flow-matching Euler scheduler.
 
-Weights are trained by ``python -m visattn.toy.train`` (see :mod:`visattn.toy.train`) and shipped in
-``visattn/toy/weights/{image,video}``; :func:`load_toy_pipeline` loads them.
+Weights are trained by the repository's lab (``python -m lab train``, ``lab/train.py``; not installed) and shipped
+in ``visattn/toy/weights/{image,video}``; :func:`load_toy_pipeline` loads them.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Tokeniz
 
 from .vocab import CLIP_MAX_LENGTH, clip_tokenizer, t5_tokenizer
 
-#: Kinds of toy pipeline: :func:`load_toy_pipeline` and ``python -m visattn.toy.train --which``.
+#: Kinds of toy pipeline: :func:`load_toy_pipeline` and ``python -m lab train --which``.
 KINDS: tuple[str, ...] = ("image", "video")
 
 IMAGE_SIZE = 64  # pixels
@@ -127,7 +127,7 @@ IMAGE_SCHEDULE: dict[str, Any] = {
 
 #: Wan VAE: ``dim_mult`` of three levels = 4x spatially; no temporal downsampling, so one latent frame per frame.
 #: The pipeline reads the scale factors from the config; ``latents_mean``/``latents_std`` are measured after
-#: training (:func:`visattn.toy.train`), these are placeholders of the right length.
+#: training (``lab/train.py``), these are placeholders of the right length.
 VIDEO_VAE: dict[str, Any] = {
     "base_dim": 16,
     "z_dim": LATENT_CHANNELS,
@@ -279,9 +279,9 @@ def load_toy_pipeline(
     folder = (Path(root) if root is not None else weights_root()) / kind
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"no trained toy {kind} pipeline in {folder} (model_index.json is missing). Train it with "
-            f"`python -m visattn.toy.train --which {kind} --out {folder.parent}` (about an hour on two CPU cores, "
-            "minutes on a GPU)."
+            f"no trained toy {kind} pipeline in {folder} (model_index.json is missing). Train it from a "
+            f"checkout of the visattn repository with `python -m lab train --which {kind} --out {folder.parent}` "
+            "(about an hour on two CPU cores, minutes on a GPU)."
         )
     pipeline_cls = StableDiffusionPipeline if kind == "image" else WanPipeline
     with _quiet_loading():
