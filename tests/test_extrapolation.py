@@ -224,6 +224,19 @@ def test_reference_and_flex_agree_end_to_end(family):
     assert np.abs(reference - stock(family)).max() > 1e-4
 
 
+@pytest.mark.parametrize("family", ["wan", "hunyuan_video", "cogvideox"])
+def test_the_authors_rule_runs_end_to_end_and_backends_agree(family):
+    """The default (UltraViCo's authors' rule, keys centred) through attach on the tiny video pipelines."""
+    frames = latent_grid(family, call_kwargs(family))[0]
+    effect = ExtrapolationDecay(train_frames=max(1, frames // 2))
+    assert effect.mode == "ultravico"
+    reference = run(family, effect, backend="reference")
+    flex = run(family, effect, backend="flex")
+    assert np.isfinite(reference).all()
+    assert np.abs(reference - flex).max() <= 1e-4
+    assert np.abs(reference - stock(family)).max() > 1e-4
+
+
 @pytest.mark.parametrize("family", TINY_PIPELINES)
 def test_every_family_extrapolates(family):
     frames, size, tokens = training_size(family)

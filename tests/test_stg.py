@@ -152,7 +152,7 @@ def test_composes_with_neighborhood_attention():
 def test_bad_parameters_raise_clear_errors():
     with pytest.raises(ValueError, match="scale must be >= 0; got -0.5"):
         SpatioTemporalSkipGuidance(-0.5, layers="self")
-    with pytest.raises(ValueError, match=r"mode must be one of \('skip', 'identity'\); got 'drop'"):
+    with pytest.raises(ValueError, match=r"mode must be one of \('block', 'skip', 'identity'\); got 'drop'"):
         SpatioTemporalSkipGuidance(1.0, layers="self", mode="drop")
     with pytest.raises(ValueError, match="layers=None: STG needs the layers to skip"):
         SpatioTemporalSkipGuidance(1.0, layers=None)

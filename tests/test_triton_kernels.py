@@ -39,6 +39,7 @@ from visattn.kernels import (  # noqa: E402
     choose_backend,
     density,
 )
+from visattn.kernels.extrapolation import UltraViCoModifier  # noqa: E402
 from visattn.kernels.request import AttentionRequest  # noqa: E402
 from visattn.kernels.triton import fused_attention  # noqa: E402
 from visattn.kernels.triton.patterns import describe  # noqa: E402
@@ -154,6 +155,24 @@ def test_score_modifiers_in_any_chain_order():
         check_forward(pattern, score_mod=modifier, n_q=20, n_k=20)
     # factor 0 masks out-of-window pairs completely.
     check_forward(None, score_mod=DecayModifier(grid=(4, 8), window=(3, 3), factor=0.0), n_q=32)
+
+
+def test_ultravico_rule_matches_reference():
+    """UltraViCo's authors' rule in-kernel: positive far logits times alpha, the first-frame mask (Wan), bands
+    (HunyuanVideo) with text around the grid, composed with a neighborhood and an entropy scale."""
+    check_forward(None, score_mod=UltraViCoModifier((6, 2, 2), 2), n_q=24)
+    bands = UltraViCoModifier((12, 1, 2), 2, bands=((4, 5), (8, 9)), first_frame_mask=False, offset=3)
+    check_forward(None, score_mod=bands, n_q=29)
+    grid = (6, 2, 2)
+    pattern = NeighborhoodPattern(grid=grid, kernel_size=(3, 2, 2))
+    check_forward(pattern, score_mod=chain([EntropyScale(1.3), UltraViCoModifier(grid, 2, alpha=0.5)]), n_q=24)
+    with pytest.raises(visattn.kernels.triton.Unsupported, match="more than one DecayModifier / UltraViCoModifier"):
+        describe(None, chain([UltraViCoModifier(grid, 2), DecayModifier(grid=grid, window=(2, 2, 2), factor=0.5)]))
+
+
+def test_ultravico_gradients_match_reference_autograd():
+    modifier = chain([UltraViCoModifier((8, 2, 2), 2, alpha=0.7), EntropyScale(1.2)])
+    check_gradients(None, score_mod=modifier, n=32, lse_weight=1.0)
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the interpreter's log2(0) = -inf, on purpose

@@ -1,9 +1,12 @@
-"""Score modifiers for running a model beyond the size it was trained at: windowed decay and entropy scaling.
+"""Score modifiers for running a model beyond the size it was trained at: UltraViCo's rule, a box decay, entropy.
 
-* :class:`DecayModifier` (UltraViCo; "Breaking Extrapolation Limits in Video Diffusion Transformers", 2025):
-  beyond the training length, keys outside a query's training window disperse its attention; multiplying their
-  attention weights by a constant ``factor`` (adding ``log(factor)`` to their logits) suppresses them. The window
-  is a box over the token grid, one size per axis.
+* :class:`UltraViCoModifier` (UltraViCo; "Breaking Extrapolation Limits in Video Diffusion Transformers", 2025),
+  the authors' public rule (thu-ml/DiT-Extrapolation, branches ``ultra-wan`` and ``ultra-hunyuan``, the attention
+  kernel's inner loop ``_attn_fwd_inner``): positive logits of pairs farther apart than half the training length
+  (in flattened tokens) are multiplied by ``alpha``; on Wan, first-frame queries do not see keys beyond the
+  training length; on HunyuanVideo, periodic distance bands get ``band_factor`` instead.
+* :class:`DecayModifier` (visattn's box decay, after UltraViCo's idea): keys outside a box window centred on the
+  query have their attention weights multiplied by a constant ``factor`` (``log(factor)`` added to their logits).
 * :class:`EntropyScale`: the common training-free baseline for resolution extrapolation, which keeps the
   attention entropy near its training value by scaling logits with ``log(n) / log(n_train)`` for ``n`` keys
   (Jin et al., "Training-free Diffusion Model Adaptation for Variable-Sized Text-to-Image Synthesis", 2023,
@@ -24,7 +27,7 @@ import torch
 from .neighborhood import window_bounds
 from .spec import ScoreModifier
 
-__all__ = ["DecayModifier", "EntropyScale", "decay_window_mask"]
+__all__ = ["DecayModifier", "EntropyScale", "UltraViCoModifier", "decay_window_mask"]
 
 
 def _positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
@@ -60,8 +63,9 @@ def decay_window_mask(
 class DecayModifier(ScoreModifier):
     """Multiplies the attention weight of grid keys outside a grid query's training window by ``factor``.
 
-    UltraViCo (Breaking Extrapolation Limits in Video Diffusion Transformers, 2025). In logits: ``+ log(factor)``
-    for those pairs, so after the softmax their weights shrink by ``factor`` relative to the in-window keys.
+    visattn's box decay, after UltraViCo's idea (Breaking Extrapolation Limits in Video Diffusion Transformers,
+    2025) but not the authors' rule (that is :class:`UltraViCoModifier`). In logits: ``+ log(factor)`` for those
+    pairs, so after the softmax their weights shrink by ``factor`` relative to the in-window keys.
 
     Args:
         grid: the token grid, 1 to 3 axes (``(frames, height, width)`` for video), row-major.
@@ -155,3 +159,116 @@ class EntropyScale(ScoreModifier):
 
     def cache_key(self) -> Hashable:
         return ("entropy_scale", self.scale)
+
+
+#: HunyuanVideo's periodic distance bands in the authors' ``ultra-hunyuan`` kernel, in frames (inclusive bounds,
+#: times the tokens of one frame): ``46 * STEP <= |m - n| <= 54 * STEP`` and the same around 100, 150 and 200.
+HUNYUAN_BANDS: tuple[tuple[int, int], ...] = ((46, 54), (96, 104), (146, 154), (196, 204))
+
+
+def _unit_interval(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name}={value!r} must be a number in (0, 1] (1 leaves logits unchanged)")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class UltraViCoModifier(ScoreModifier):
+    """UltraViCo's logit rule as the authors' kernel computes it, on the grid tokens of a call.
+
+    Written from thu-ml/DiT-Extrapolation, ``sageattn/attn_qk_int8_per_block.py`` (branch ``ultra-wan``) and
+    ``src/para_attn/sage_attn/attn_qk_int8_per_block.py`` (branch ``ultra-hunyuan``), ``_attn_fwd_inner``. With
+    ``m``, ``n`` the query's and key's positions in the flattened grid (frame-major) and ``T = train_frames *
+    frame_tokens`` the training length in tokens:
+
+    * a pair with ``|m - n| > T / 2`` and a positive logit gets ``alpha * logit`` (negative logits are kept, so
+      far keys lose weight only where they would have won it);
+    * ``bands`` (HunyuanVideo): pairs whose distance lies in ``[lo * frame_tokens, hi * frame_tokens]`` for a band
+      ``(lo, hi)`` get ``band_factor * logit`` on positive logits instead of ``alpha``;
+    * ``first_frame_mask`` (Wan): queries ``m <= frame_tokens`` (the first frame and, as the authors compare, the
+      first token of the second) do not attend to keys ``n > T`` (score ``-inf``; the authors write ``-1e4`` in
+      base 2, a zero weight in float32 as well).
+
+    The authors' ``entropy_factor`` (HunyuanVideo) defaults to 1 and their inference script does not set it, so
+    it is not part of the rule. Text tokens (outside ``[offset, offset + prod(grid))``) are never changed, as in
+    the authors' HunyuanVideo kernel (``mask3``: the last 256 tokens, the text, are excluded).
+
+    Args:
+        grid: the token grid ``(frames, height, width)`` (or ``(height, width)`` for one frame), row-major.
+        train_frames: training length in frames of this grid (Wan 2.1: 21, HunyuanVideo: 33).
+        alpha: multiplier of positive far logits, in ``(0, 1]`` (the authors' ``--alpha``, 0.9).
+        first_frame_mask: Wan's mask of keys beyond the training length for first-frame queries.
+        bands: ``(lo, hi)`` frame-distance bands (HunyuanVideo: :data:`HUNYUAN_BANDS`); ``()`` for none.
+        band_factor: multiplier of positive logits in the bands, in ``(0, 1]`` (the authors' ``--beta``, 0.6).
+        offset: position of the first grid token in the query and key sequences.
+    """
+
+    grid: tuple[int, ...]
+    train_frames: int
+    alpha: float = 0.9
+    first_frame_mask: bool = True
+    bands: tuple[tuple[int, int], ...] = ()
+    band_factor: float = 0.6
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        grid = _positive_ints("grid", self.grid)
+        if isinstance(self.train_frames, bool) or not isinstance(self.train_frames, int) or self.train_frames < 1:
+            raise ValueError(f"train_frames={self.train_frames!r} must be an integer >= 1")
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ValueError(f"offset={self.offset!r} must be an integer >= 0")
+        bands = tuple(tuple(band) for band in self.bands)
+        for band in bands:
+            if len(band) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in band):
+                raise ValueError(f"bands={self.bands!r} must be (lo, hi) pairs of integers >= 0")
+            if band[0] > band[1]:
+                raise ValueError(f"bands={self.bands!r}: band {band} has lo > hi")
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "bands", bands)
+        object.__setattr__(self, "alpha", _unit_interval("alpha", self.alpha))
+        object.__setattr__(self, "band_factor", _unit_interval("band_factor", self.band_factor))
+        object.__setattr__(self, "first_frame_mask", bool(self.first_frame_mask))
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def frame_tokens(self) -> int:
+        """Tokens of one frame: every axis but the first of a 3-D grid, the whole grid otherwise."""
+        return math.prod(self.grid[1:]) if len(self.grid) == 3 else self.num_tokens
+
+    def score_mod(self, score, b, h, q_idx, kv_idx):
+        n = self.num_tokens
+        end = self.offset + n
+        grid_pair = (q_idx >= self.offset) & (q_idx < end) & (kv_idx >= self.offset) & (kv_idx < end)
+        m = q_idx - self.offset
+        k = kv_idx - self.offset
+        distance = (m - k).abs()
+        frame = self.frame_tokens
+        train = self.train_frames * frame
+        positive = grid_pair & (score > 0)
+        # The authors compare |m - n| <= T / 2 in floating point; 2 |m - n| > T is the same test in integers.
+        far = 2 * distance > train
+        band = torch.zeros_like(far)
+        for lo, hi in self.bands:
+            band = band | ((distance >= lo * frame) & (distance <= hi * frame))
+        if self.alpha != 1.0:
+            score = torch.where(positive & far & ~band, score * self.alpha, score)
+        if self.bands and self.band_factor != 1.0:
+            score = torch.where(positive & band, score * self.band_factor, score)
+        if self.first_frame_mask:
+            score = score.masked_fill(grid_pair & (m <= frame) & (k > train), float("-inf"))
+        return score
+
+    def cache_key(self) -> Hashable:
+        return (
+            "ultravico",
+            self.grid,
+            self.train_frames,
+            self.alpha,
+            self.first_frame_mask,
+            self.bands,
+            self.band_factor,
+            self.offset,
+        )

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .masking import load_tokens, tile_keep
-from .modifiers import score_bias
+from .modifiers import BOX_DECAY, ULTRAVICO, score_bias, ultravico_slope
 from .ops import dot
 
 
@@ -80,8 +80,12 @@ def _visit_query_tiles(
         lse = tl.where(lse == float("-inf"), 0.0, lse)
         delta = tl.load(DELTA + q_tok, mask=q_valid, other=0.0)
         s = dot(q, tl.trans(k), PRECISION) * qk_scale
-        if HAS_DECAY:
+        if HAS_DECAY == BOX_DECAY:
             s += score_bias(q_tok, kv_tok, decay_bias, DECAY)
+        if HAS_DECAY == ULTRAVICO:
+            slope, cut = ultravico_slope(q_tok, kv_tok, DECAY)
+            slope = tl.where(s > 0, slope, 1.0)  # only positive logits are scaled
+            s = tl.where(cut, float("-inf"), s * slope)
         p = tl.math.exp2(s - lse[:, None])
         # Padding query rows (only in the last query tile) contribute nothing.
         keep = q_valid[:, None] & kv_valid[None, :]
@@ -107,6 +111,8 @@ def _visit_query_tiles(
         dv += dot(tl.trans(p.to(do.dtype)), do, PRECISION)
         dp = dot(do, tl.trans(v), PRECISION)
         ds = p * (dp - delta[:, None])
+        if HAS_DECAY == ULTRAVICO:
+            ds = ds * slope  # d(slope * s)/ds: the rule is linear on each side of zero
         dk += dot(tl.trans(ds.to(q.dtype)), q, PRECISION)
     return dk, dv
 

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .masking import load_tokens, tile_keep
-from .modifiers import score_bias
+from .modifiers import BOX_DECAY, ULTRAVICO, score_bias, ultravico_slope
 from .ops import dot
 
 
@@ -74,8 +74,12 @@ def _visit_key_tiles(
             other=0.0,
         )
         s = dot(q, tl.trans(k), PRECISION) * qk_scale
-        if HAS_DECAY:
+        if HAS_DECAY == BOX_DECAY:
             s += score_bias(q_tok, kv_tok, decay_bias, DECAY)
+        if HAS_DECAY == ULTRAVICO:
+            slope, cut = ultravico_slope(q_tok, kv_tok, DECAY)
+            slope = tl.where(s > 0, slope, 1.0)  # only positive logits are scaled
+            s = tl.where(cut, float("-inf"), s * slope)
         p = tl.math.exp2(s - lse[:, None])
         keep = q_valid[:, None] & kv_valid[None, :]
         if MASKED:
@@ -99,6 +103,8 @@ def _visit_key_tiles(
         p = tl.where(keep, p, 0.0)
         dp = dot(do, tl.trans(v), PRECISION)
         ds = p * (dp - delta[:, None])
+        if HAS_DECAY == ULTRAVICO:
+            ds = ds * slope  # d(slope * s)/ds: the rule is linear on each side of zero
         dq += dot(ds.to(k.dtype), k, PRECISION)
     return dq
 

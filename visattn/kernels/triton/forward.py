@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .masking import load_tokens, tile_keep
-from .modifiers import score_bias
+from .modifiers import BOX_DECAY, ULTRAVICO, score_bias, ultravico_slope
 from .ops import dot
 
 
@@ -84,8 +84,12 @@ def _visit_tiles(
                 V + kv_tok[:, None] * stride_vn + offs_dv[None, :], mask=offs_dv[None, :] < HEAD_DIM_V, other=0.0
             )
         s = dot(q, tl.trans(k), PRECISION) * qk_scale
-        if HAS_DECAY:
+        if HAS_DECAY == BOX_DECAY:
             s += score_bias(q_tok, kv_tok, decay_bias, DECAY)
+        if HAS_DECAY == ULTRAVICO:
+            slope, cut = ultravico_slope(q_tok, kv_tok, DECAY)
+            slope = tl.where(s > 0, slope, 1.0)  # only positive logits are scaled
+            s = tl.where(cut, float("-inf"), s * slope)
         if MASKED:
             keep = tile_keep(
                 q_tok,

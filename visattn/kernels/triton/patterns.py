@@ -8,9 +8,10 @@ one model uses a handful of layer shapes, so the number of compiled variants sta
 
 :func:`describe` translates the public objects (:class:`~visattn.kernels.neighborhood.NeighborhoodPattern`,
 :class:`~visattn.kernels.radial.RadialPattern`, :class:`~visattn.kernels.extrapolation.DecayModifier`,
-:class:`~visattn.kernels.extrapolation.EntropyScale`, their ``AllOf`` / ``Chain`` combinations) into a
-:class:`KernelSpec`, or raises :class:`Unsupported` with the reason; everything else (model masks, arbitrary
-Python patterns, per-head patterns) is left to the FlexAttention and reference backends.
+:class:`~visattn.kernels.extrapolation.UltraViCoModifier`, :class:`~visattn.kernels.extrapolation.EntropyScale`,
+their ``AllOf`` / ``Chain`` combinations) into a :class:`KernelSpec`, or raises :class:`Unsupported` with the
+reason; everything else (model masks, arbitrary Python patterns, per-head patterns) is left to the FlexAttention
+and reference backends.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from ..extrapolation import DecayModifier, EntropyScale
+from ..extrapolation import DecayModifier, EntropyScale, UltraViCoModifier
 from ..neighborhood import NeighborhoodPattern
 from ..radial import RadialPattern
 from ..spec import AllOf, Chain, DensePattern, Pattern, ScoreModifier
+from .modifiers import BOX_DECAY, MAX_BANDS, NO_DECAY, ULTRAVICO
 
 __all__ = ["KernelSpec", "Unsupported", "describe", "grid_layout"]
 
@@ -139,11 +141,30 @@ def _radial_constexprs(pattern: RadialPattern | None) -> tuple[dict, tuple[int, 
     return constexprs, tuple(windows)
 
 
-def _decay_constexprs(decay: DecayModifier | None) -> dict:
+def _decay_constexprs(decay: DecayModifier | UltraViCoModifier | None) -> dict:
     if decay is None:
-        return {"HAS_DECAY": False, "DECAY": ((1, 1, 1), (1, 1, 1), 0)}
+        return {"HAS_DECAY": NO_DECAY.value, "DECAY": ((1, 1, 1), (1, 1, 1), 0)}
+    if isinstance(decay, UltraViCoModifier):
+        frame = decay.frame_tokens
+        bands = tuple((lo * frame, hi * frame) for lo, hi in decay.bands)
+        bands += ((-1, -1),) * (MAX_BANDS - len(bands))  # unused bands: compiled away
+        parameters = (
+            decay.offset,
+            decay.num_tokens,
+            frame,
+            decay.train_frames * frame,
+            decay.alpha,
+            decay.band_factor,
+            bands,
+            decay.first_frame_mask,
+        )
+        return {"HAS_DECAY": ULTRAVICO.value, "DECAY": parameters}
     pad = (1,) * (MAX_AXES - len(decay.grid))
-    return {"HAS_DECAY": True, "DECAY": (pad + decay.grid, pad + decay.window, decay.offset)}
+    return {"HAS_DECAY": BOX_DECAY.value, "DECAY": (pad + decay.grid, pad + decay.window, decay.offset)}
+
+
+def _ultravico_is_identity(rule: UltraViCoModifier) -> bool:
+    return rule.alpha == 1.0 and not rule.first_frame_mask and (not rule.bands or rule.band_factor == 1.0)
 
 
 def describe(pattern: Pattern | None, score_mod: ScoreModifier | None) -> KernelSpec:
@@ -152,8 +173,9 @@ def describe(pattern: Pattern | None, score_mod: ScoreModifier | None) -> Kernel
     Patterns: none / :class:`DensePattern`; at most one :class:`NeighborhoodPattern` (1-3-D grid, kernel,
     dilation, stride, per-axis causality, prefix or suffix text keys, both text-query modes) and at most one
     ``RadialPattern``, intersected with ``AllOf``. Modifiers: ``EntropyScale`` (any number) and at most one
-    ``DecayModifier``, in any ``Chain`` order. Anything else (custom Python patterns, per-head rules) has no
-    in-kernel form.
+    ``DecayModifier`` or one ``UltraViCoModifier``, in any ``Chain`` order (UltraViCo with at most
+    ``MAX_BANDS`` bands; not with a ``DecayModifier``, whose bias does not commute with it). Anything else
+    (custom Python patterns, per-head rules) has no in-kernel form.
     """
     neighborhood: NeighborhoodPattern | None = None
     radial: RadialPattern | None = None
@@ -169,21 +191,28 @@ def describe(pattern: Pattern | None, score_mod: ScoreModifier | None) -> Kernel
         else:
             raise Unsupported(f"pattern {type(part).__name__} has no in-kernel form (dense, neighborhood, radial)")
     multiplier = 1.0
-    decay: DecayModifier | None = None
+    decay: DecayModifier | UltraViCoModifier | None = None
     decay_bias = 0.0
     for part in _modifier_parts(score_mod):
         if type(part) is EntropyScale:
             multiplier *= part.scale
             decay_bias *= part.scale  # a multiplier after the decay scales its bias too
-        elif type(part) is DecayModifier:
+        elif type(part) in (DecayModifier, UltraViCoModifier):
             if decay is not None:
-                raise Unsupported("more than one DecayModifier in one Chain")
+                raise Unsupported("more than one DecayModifier / UltraViCoModifier in one Chain")
             decay = part
-            decay_bias = math.log2(part.factor) if part.factor > 0 else float("-inf")
+            if type(part) is DecayModifier:
+                decay_bias = math.log2(part.factor) if part.factor > 0 else float("-inf")
+            elif len(part.bands) > MAX_BANDS:
+                raise Unsupported(f"UltraViCoModifier with {len(part.bands)} bands (the kernels take {MAX_BANDS})")
         else:
-            raise Unsupported(f"score modifier {type(part).__name__} has no in-kernel form (decay, entropy scale)")
-    if decay is not None and decay.is_identity:
+            raise Unsupported(
+                f"score modifier {type(part).__name__} has no in-kernel form (decay, UltraViCo, entropy scale)"
+            )
+    if isinstance(decay, DecayModifier) and decay.is_identity:
         decay, decay_bias = None, 0.0  # changes no pair: no kernel code at all
+    if isinstance(decay, UltraViCoModifier) and _ultravico_is_identity(decay):
+        decay = None
     radial_constexprs, windows = _radial_constexprs(radial)
     constexprs = {**_neighborhood_constexprs(neighborhood), **radial_constexprs, **_decay_constexprs(decay)}
     # Neighborhoods want 2-D/3-D tiles; radial bands run along the row-major per-frame index, so keep that.
