@@ -17,8 +17,19 @@ from visattn.testing import COVERAGE_PIPELINES, call_kwargs, denoiser_of, pipeli
 from visattn.testing.coverage.checks import ContextRecorder
 from visattn.testing.coverage.pipelines import KNOWN_PIPELINE_LIMITS
 
-#: the bar for Prompt-to-Prompt's source image against a plain generation (images in [0, 1])
-SOURCE_TOLERANCE = 1e-5
+#: the bar for Prompt-to-Prompt's source image against a plain generation (images in [0, 1]): the edited calls
+#: compute the source rows in float32 with an explicit softmax (see visattn.testing.coverage.checks), rounding that
+#: the tiny Kandinsky 3 UNet carries to 1.6e-5 in its images
+SOURCE_TOLERANCE = 5e-5
+
+#: one level of an 8-bit image (Cosmos quantizes its videos for the safety checker, so a rounding difference
+#: far below SOURCE_TOLERANCE may flip a value by a whole level)
+EIGHT_BIT_LEVEL = 1 / 255
+
+
+def _source_tolerance(plain: np.ndarray) -> float:
+    levels = plain * 255
+    return EIGHT_BIT_LEVEL + 1e-6 if np.allclose(levels, np.round(levels), atol=1e-4) else SOURCE_TOLERANCE
 
 
 def _images(pipe, key: str, **overrides) -> np.ndarray:
@@ -72,7 +83,7 @@ def test_tiny_pipeline_through_visattn(key):
     per_prompt = {name: [defaults[name]] * len(p2p.prompts) for name in pipeline_spec(key).per_prompt_inputs}
     with visattn.attach(pipe, p2p):
         edited = _images(pipe, key, prompt=p2p.prompts, generator=p2p.generator(0), **per_prompt)
-    assert np.abs(edited[0] - plain[0]).max() <= SOURCE_TOLERANCE
+    assert np.abs(edited[0] - plain[0]).max() <= _source_tolerance(plain)
     assert np.abs(edited[1] - plain[0]).max() > 1e-4
     maps = visattn.AttentionMaps(words="red")
     with visattn.attach(pipe, maps):

@@ -9,7 +9,7 @@ import pytest
 from visattn.testing import TINY_PIPELINES, call_kwargs, pipeline_spec, text_tokenizer, tiny_pipeline
 from visattn.testing.tokenizers import llama_tokenizer
 from visattn.testing.video_pipelines import hunyuan_prompt_template
-from visattn.words import STOP_WORDS, PromptTokens, prompt_tokens, split_words
+from visattn.words import STOP_WORDS, PromptTokens, prompt_recipe, prompt_tokens, split_words
 
 PROMPT = "A red zebrafish, near the cat"
 WORDS = ("a", "red", "zebrafish", ",", "near", "the", "cat")
@@ -161,8 +161,8 @@ def test_bad_family_and_missing_tokenizer():
     with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
         prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
     # A family whose tokenizer ladder is not declared says so and names the ones that are.
-    with pytest.raises(ValueError, match=r"the flux2 family declares no tokenizer ladder .*'unet'"):
-        prompt_tokens(text_tokenizer("t5"), "a cat", family="flux2")
+    with pytest.raises(ValueError, match=r"the hunyuan_video15 family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="hunyuan_video15")
     with pytest.raises(ValueError, match="pass family="):
         prompt_tokens(text_tokenizer("clip"), "a cat")
     with pytest.raises(ValueError, match="tokenizer_2"):
@@ -306,3 +306,118 @@ def test_sana_keeps_bos_and_crops_its_complex_human_instruction():
         prompt_tokens(pipe, "a red circle near a blue square", max_sequence_length=4)
     with pytest.raises(ValueError, match="pass the pipeline, not its tokenizers"):
         prompt_tokens(pipe.tokenizer, "a red circle", family="sana", max_sequence_length=length)
+
+
+def _decodes_to_words(tokenizer, ids, tokens, words=("red", "circle")):
+    for word in words:
+        assert tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip().lower() == word
+
+
+def test_flux2_left_pads_its_system_chat_template():
+    """FLUX.2 lets apply_chat_template tokenize [system_message, prompt] (no generation prompt, no further <s>) and
+    pads on the tokenizer's side (Mistral's: left); the words decode back from those ids, at the end."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+    pipe = tiny_pipeline("flux2")
+    length = 48
+    ids = pipe.tokenizer.apply_chat_template(
+        format_input(["a red circle"], pipe.system_message),
+        add_generation_prompt=False,
+        tokenize=True,
+        return_dict=True,
+        padding="max_length",
+        truncation=True,
+        max_length=length,
+    )["input_ids"][0]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=length)
+    assert tokens.family == "flux2" and tokens.length == length == len(ids)
+    assert pipe.tokenizer.padding_side == "left" and 0 in tokens.special  # padding first
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+    class Flux2KleinPipeline:  # another pipeline of the family, with another text path
+        tokenizer = pipe.tokenizer
+
+    with pytest.raises(ValueError, match="describes the text sequence of Flux2Pipeline; Flux2KleinPipeline"):
+        prompt_tokens(Flux2KleinPipeline(), "a red circle", family="flux2", max_sequence_length=length)
+
+
+def test_lumina2_prefixes_its_system_prompt():
+    pipe = tiny_pipeline("lumina2")
+    length = 48
+    text = pipe.system_prompt + " <Prompt Start> " + "a red circle"
+    ids = pipe.tokenizer(text, padding="max_length", max_length=length).input_ids
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=length)
+    assert tokens.family == "lumina2" and tokens.length == length == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_cogview4_pads_on_the_left():
+    """CogView4 pads GLM's tokens on the left to a multiple of 16: the words sit at the end of the sequence."""
+    pipe = tiny_pipeline("cogview4")
+    ids = pipe.tokenizer("a red circle").input_ids
+    ids = [pipe.tokenizer.pad_token_id] * (16 - len(ids)) + ids
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=16)
+    assert tokens.positions("circle")[-1] == 15 and tokens.special[0] == 0
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_tokens_the_model_puts_around_the_text_hold_no_word():
+    """AuraFlow puts 8 register tokens before its T5 tokens; UniDiffuser 3 tokens before its CLIP tokens and one
+    after. They count in the length and hold no word."""
+    t5 = prompt_tokens(text_tokenizer("t5"), "a red circle", family="pixart", max_sequence_length=16)
+    aura = prompt_tokens(text_tokenizer("t5"), "a red circle", family="auraflow", max_sequence_length=16)
+    assert aura.length == 8 + 16 and set(range(8)) <= set(aura.special)
+    assert aura.word_tokens == tuple(tuple(p + 8 for p in positions) for positions in t5.word_tokens)
+    assert prompt_recipe("auraflow").sequence_length_of(aura.length) == 16
+    clip = prompt_tokens(text_tokenizer("clip"), "a red circle", family="unet")
+    uni = prompt_tokens({"clip_tokenizer": text_tokenizer("clip")}, "a red circle", family="unidiffuser")
+    assert uni.length == 3 + 77 + 1 and uni.positions("red") == tuple(p + 3 for p in clip.positions("red"))
+
+
+def test_hidream_maps_words_into_t5_and_both_llama_parts():
+    pipe = tiny_pipeline("hidream_image")
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=16)
+    assert tokens.length == 48 and prompt_recipe("hidream_image").sequence_length_of(48) == 16
+    t5 = pipe.tokenizer_3("a red circle").input_ids
+    llama = pipe.tokenizer_4("a red circle").input_ids
+    for word in ("red", "circle"):
+        first, second, third = (tuple(p for p in tokens.positions(word) if lo <= p < lo + 16) for lo in (0, 16, 32))
+        assert pipe.tokenizer_3.decode([t5[p] for p in first]).strip() == word
+        assert pipe.tokenizer_4.decode([llama[p - 16] for p in second]).strip() == word
+        assert third == tuple(p + 16 for p in second)
+
+
+def test_nucleus_renders_a_module_system_prompt_through_its_processor():
+    """NucleusMoE-Image renders [DEFAULT_SYSTEM_PROMPT, the prompt as a text part] with its processor's chat
+    template and tokenizes with the processor; the words decode back from those ids."""
+    pipe = tiny_pipeline("nucleus_moe_image")
+    text = pipe._format_prompt("a red circle")
+    ids = pipe.processor(text=[text]).input_ids[0]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids))
+    assert tokens.length == len(ids) and tokens.positions("a")[0] > 0
+    _decodes_to_words(pipe.processor.tokenizer, ids, tokens)
+
+
+def test_ovis_image_crops_its_chat_template_and_system_prompt():
+    pipe = tiny_pipeline("ovis_image")
+    length = 16
+    text = pipe._get_messages("a red circle")[0]
+    ids = pipe.tokenizer(
+        text, padding="max_length", max_length=length + pipe.user_prompt_begin_id, add_special_tokens=False
+    ).input_ids[pipe.user_prompt_begin_id :]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=length)
+    assert tokens.length == length == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_text_part_refuses_what_it_cannot_describe():
+    from visattn.families.base import PipelineTemplate, TextPart
+
+    with pytest.raises(ValueError, match="TextPart.padding must be one of"):
+        TextPart("t5", padding="middle")
+    with pytest.raises(ValueError, match="only for the parts that are not CLIP"):
+        TextPart("clip", padding="left")
+    with pytest.raises(ValueError, match="TextPart.template must be one of"):
+        TextPart("chat_template", template="pipeline:prompt_template_encode:prompt_template_encode_start_idx")
+    with pytest.raises(ValueError, match="required for, and only for"):
+        TextPart("t5", template=PipelineTemplate("prompt_template_encode"))

@@ -13,10 +13,16 @@ this module follows the recipe. The kinds of part:
   the text sequence is ``77 + max_sequence_length`` long and every word appears twice (once in each part).
 * HunyuanVideo: Llama over a chat template, ``template.format(prompt)``, with the first ``crop_start`` tokens
   (the system part of the template) cropped; the sequence is ``max_sequence_length`` long and still holds the
-  template's closing tokens after the prompt. Qwen-Image and Krea 2 read their template (Krea 2: a prefix, and a
-  suffix after the padding) from pipeline attributes; Z-Image renders its tokenizer's ``apply_chat_template``;
-  Sana prefixes its call's ``complex_human_instruction`` and keeps ``<bos>`` ahead of the cropped prefix.
+  template's closing tokens after the prompt. Where the template comes from is a typed record
+  (:mod:`visattn.families.base`): a diffusers module's dict (HunyuanVideo), pipeline attributes or module constants
+  (Qwen-Image, Krea 2 with a suffix after the padding, Lumina 2's system prompt, Kandinsky 5 and 6), the call's
+  default prefix (Sana's ``complex_human_instruction``, ``<bos>`` kept ahead of the cropped prefix), or the
+  tokenizer's own ``apply_chat_template`` with a system message and options (Z-Image, FLUX.2, EasyAnimate,
+  Ideogram 4, NucleusMoE-Image, Ovis-Image).
 * LongCat-Image: the prompt's own tokens (its template is cropped), quoted text tokenized letter by letter.
+* A part padded on the left (FLUX.2's Mistral, CogView4, Ideogram 4) holds its words at its end; tokens the model
+  puts around the text (AuraFlow's registers, UniDiffuser's timestep and image tokens) hold no word; pipelines that
+  pad to the longest prompt of the call (Qwen-Image, Kandinsky 5, Lumina-Next, Latte) have the call's text length.
 
 :func:`prompt_tokens` tokenizes the exact string the pipeline tokenizes, with the pipeline's own tokenizers,
 and maps each word to its token positions through the tokenizer's character offsets, so words split into
@@ -302,8 +308,10 @@ def _too_long(family: str, part: str, count: int, limit: int, prompt: str) -> Va
 
 
 def _clip_part(tokenizer: Any, prompt: str, words, family: str) -> tuple[list[list[int]], int]:
+    # Pipelines pad these parts to the tokenizer's model_max_length, at most 77 (HunyuanDiT's BERT says 512 and
+    # is padded to 77; the toy model's CLIP tokenizer holds 32).
     limit = getattr(tokenizer, "model_max_length", CLIP_LENGTH)
-    limit = limit if isinstance(limit, int) and limit < 100_000 else CLIP_LENGTH
+    limit = min(limit, CLIP_LENGTH) if isinstance(limit, int) and limit > 0 else CLIP_LENGTH
     per_word, count = _align(tokenizer, prompt, 0, words)
     if count > limit:
         raise _too_long(family, "CLIP", count, limit, prompt)
@@ -312,13 +320,14 @@ def _clip_part(tokenizer: Any, prompt: str, words, family: str) -> tuple[list[li
 
 def _t5_part(
     tokenizer: Any, prompt: str, words, family: str, max_length: int, spell: str | None = None
-) -> list[list[int]]:
+) -> tuple[list[list[int]], int]:
+    """Positions of each word in the part and the count of its tokens (the rest is padding)."""
     per_word, count = (
         _align(tokenizer, prompt, 0, words) if spell is None else _align_spelled(tokenizer, prompt, words, spell)
     )
     if count > max_length:
         raise _too_long(family, "T5", count, max_length, prompt)
-    return per_word
+    return per_word, count
 
 
 def _wan_clean(prompt: str) -> str:
@@ -355,6 +364,14 @@ def prompt_tokens(
         raise ValueError(f"prompt must be a string; got {type(prompt).__name__}")
     key = prompt_family(pipe_or_tokenizers, family)
     recipe = family_named(key).prompt
+    if recipe.pipelines and not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
+        name = type(pipe_or_tokenizers).__name__
+        if name not in recipe.pipelines:
+            raise ValueError(
+                f"the {key} tokenizer ladder describes the text sequence of {', '.join(recipe.pipelines)}; {name} "
+                "builds its own another way, so words cannot be mapped to its text positions. Address text "
+                "positions directly instead"
+            )
     prompt_text = _clean(prompt, recipe.clean)
     words = split_words(prompt_text)
     if max_sequence_length is None and recipe.variable:
@@ -369,33 +386,16 @@ def prompt_tokens(
 
     # Each part of the text sequence in turn; positions of later parts follow the earlier parts' lengths.
     per_word: list[list[int]] = [[] for _ in words]
-    length = 0
+    length = recipe.leading
     for part in recipe.parts:
         tokenizer = _tokenizer(pipe_or_tokenizers, part, key)
-        if part.kind == "clip":
-            part_words, part_length = _clip_part(tokenizer, prompt_text, words, key)
-        elif tokenizer is None:
-            # An optional part the pipeline fills with zero embeddings: positions with no word.
-            part_words, part_length = [[] for _ in words], max_sequence_length
-        elif part.kind == "t5":
-            part_words = _t5_part(tokenizer, prompt_text, words, key, max_sequence_length, part.spell)
-            part_length = max_sequence_length
-        else:
-            template = prompt_template
-            if template is None:
-                pipeline = (
-                    None
-                    if _is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)
-                    else pipe_or_tokenizers
-                )
-                template = _call_default(pipe_or_tokenizers, "prompt_template", None) or part.default_template(
-                    pipeline, tokenizer
-                )
-            part_words = _template_part(tokenizer, prompt_text, words, key, max_sequence_length, template)
-            part_length = max_sequence_length
+        part_words, part_length = _part_positions(
+            part, tokenizer, pipe_or_tokenizers, prompt_text, words, key, max_sequence_length, prompt_template
+        )
         per_word = [mine + [length + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]
         length += part_length
 
+    length += recipe.trailing
     owned = {p for positions in per_word for p in positions}
     return PromptTokens(
         prompt=prompt,
@@ -407,17 +407,64 @@ def prompt_tokens(
     )
 
 
+def _part_positions(
+    part: TextPart,
+    tokenizer: Any,
+    target: Any,
+    prompt: str,
+    words,
+    family: str,
+    max_length: int | None,
+    prompt_template: Mapping[str, Any] | None,
+) -> tuple[list[list[int]], int]:
+    """Each word's positions inside one part of the text sequence, and the part's length."""
+    if part.kind == "clip":
+        return _clip_part(_text_tokenizer(tokenizer), prompt, words, family)
+    if tokenizer is None:
+        # An optional part the pipeline fills with zero embeddings: positions with no word.
+        return [[] for _ in words], max_length
+    template: Mapping[str, Any] = {}
+    if part.kind == "t5":
+        part_words, count = _t5_part(_text_tokenizer(tokenizer), prompt, words, family, max_length, part.spell)
+    else:
+        template = prompt_template
+        if template is None:
+            pipeline = None if _is_tokenizer(target) or isinstance(target, Mapping) else target
+            # The chat template is rendered by what the pipeline calls (a processor, FLUX.2's and EasyAnimate's).
+            template = _call_default(target, "prompt_template", None) or part.default_template(pipeline, tokenizer)
+        part_words, count = _template_part(_text_tokenizer(tokenizer), prompt, words, family, max_length, template)
+    if part.padding_side(_text_tokenizer(tokenizer)) == "left":
+        if template.get("crop_start") or template.get("suffix_tokens"):
+            raise ValueError(
+                f"the {family} tokenizer ladder pads on the left but crops its template or appends a suffix"
+            )
+        # Left padding puts the tokens at the end of the part: every position moves by the padding's length.
+        part_words = [[p + max_length - count for p in positions] for positions in part_words]
+    return part_words, max_length
+
+
+def _text_tokenizer(tokenizer: Any) -> Any:
+    """The text tokenizer of a multimodal processor (Kandinsky 5's Qwen2-VL processor), or ``tokenizer`` itself."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    return inner if inner is not None and not _is_tokenizer(tokenizer) and _is_tokenizer(inner) else tokenizer
+
+
 def _clean(prompt: str, cleaning: str | None) -> str:
     """The prompt as the pipeline tokenizes it (see :attr:`visattn.families.PromptRecipe.clean`)."""
     if cleaning == "prompt_clean":
         return _wan_clean(prompt)
     if cleaning == "lower":
         return prompt.lower().strip()
+    if cleaning == "strip":
+        return prompt.strip()
     return prompt
 
 
-def _template_part(tokenizer: Any, prompt: str, words, family: str, max_length: int, template: Any) -> list[list[int]]:
-    """Positions of each word inside a chat template whose first ``crop_start`` tokens the pipeline crops."""
+def _template_part(
+    tokenizer: Any, prompt: str, words, family: str, max_length: int, template: Any
+) -> tuple[list[list[int]], int]:
+    """Positions of each word inside a chat template whose first ``crop_start`` tokens the pipeline crops, and
+    the count of the template's tokens that stay (the rest of the part is padding)."""
     if not isinstance(template, Mapping) or "template" not in template or template["template"].count("{}") != 1:
         raise ValueError(f"prompt_template must be a dict whose 'template' holds one '{{}}'; got {template!r}")
     crop_start = template.get("crop_start")
@@ -426,6 +473,9 @@ def _template_part(tokenizer: Any, prompt: str, words, family: str, max_length: 
         # maximum length, less the "{}" placeholder and <|eot_id|>.
         crop_start = len(tokenizer(template["template"], padding="max_length").input_ids) - 2
     region = template["template"].index("{}")
+    # A template rendered with its special tokens as text is tokenized without adding them again (FLUX.2).
+    if not template.get("add_special_tokens", True):
+        tokenizer = _NoSpecialTokens(tokenizer)
     per_word, count = _align(tokenizer, template["template"].format(prompt), region, words)
     # Tokens the pipeline appends after padding the prompt (Krea 2) take positions the prompt cannot have.
     budget = max_length - template.get("suffix_tokens", 0)
@@ -438,4 +488,5 @@ def _template_part(tokenizer: Any, prompt: str, words, family: str, max_length: 
             f"prompt_template crop_start={crop_start} crops part of the prompt: the template has fewer tokens "
             f"before its '{{}}' with this tokenizer"
         )
-    return [[p - crop_start if p >= keep else p for p in positions] for positions in per_word]
+    kept = [[p - crop_start if p >= keep else p for p in positions] for positions in per_word]
+    return kept, count - crop_start

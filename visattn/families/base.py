@@ -25,8 +25,11 @@ CLIP_LENGTH = 77
 #: how one tokenizer's tokens fill part of a text sequence (see :class:`TextPart`)
 TEXT_PART_KINDS = ("clip", "t5", "chat_template")
 
+#: which end of a text part the padding fills (see :attr:`TextPart.padding`)
+PADDING_SIDES = ("right", "left", "tokenizer")
+
 #: how pipelines clean a prompt before tokenizing it (see :class:`PromptRecipe`)
-PROMPT_CLEANING = ("prompt_clean", "lower")
+PROMPT_CLEANING = ("prompt_clean", "lower", "strip")
 
 #: what an effect may need from a family (see :meth:`Family.missing`): the latent grid, text tokens, and words
 #: mapped to text positions (the tokenizer ladder)
@@ -48,6 +51,185 @@ LAYOUTS = ("BCHW", "BCFHW", "BFCHW", "BFHWC", "BNCFHW", "auto", "packed")
 
 
 @dataclass(frozen=True)
+class ModuleConstant:
+    """A constant a diffusers module defines (NucleusMoE-Image's ``DEFAULT_SYSTEM_PROMPT``).
+
+    Attributes:
+        module: the module's import path.
+        attribute: the constant's name in it.
+    """
+
+    module: str
+    attribute: str
+
+    def value(self) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.attribute)
+
+
+@dataclass(frozen=True)
+class DiffusersTemplate:
+    """A chat template dict a diffusers module defines (``{"template": ..., "crop_start": ...}``), for pipelines
+    whose default ``prompt_template`` cannot be read from their own signature (bare tokenizers: HunyuanVideo).
+
+    Attributes:
+        module: the module's import path.
+        attribute: the name of the dict in it.
+    """
+
+    module: str
+    attribute: str
+
+    def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+        return dict(ModuleConstant(self.module, self.attribute).value())
+
+
+@dataclass(frozen=True)
+class PipelineTemplate:
+    """A template the pipeline keeps as attributes (Qwen-Image's ``prompt_template_encode`` and
+    ``prompt_template_encode_start_idx``) or its module keeps as constants (Kandinsky 6's).
+
+    Attributes:
+        template: the attribute holding the template, or a :class:`ModuleConstant`; one without ``"{}"`` is a
+            prefix the prompt is appended to (after ``joiner``).
+        crop: the number of leading tokens the pipeline drops: the attribute holding it, a
+            :class:`ModuleConstant`, or the number.
+        suffix: the attribute holding the number of tokens the pipeline appends after padding the prompt (Krea 2's
+            ``[prefix | prompt | PAD | suffix]``): the prompt's words sit before them, but they take that many
+            positions of ``max_sequence_length``.
+        joiner: text the pipeline puts between a prefix and the prompt (Lumina 2's ``" <Prompt Start> "`` after
+            its ``system_prompt``).
+    """
+
+    template: str | ModuleConstant
+    crop: str | int | ModuleConstant = 0
+    suffix: str | None = None
+    joiner: str = ""
+
+    def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+        text = _read(self.template, pipeline)
+        if "{}" not in text:
+            text = text + self.joiner + "{}"
+        crop = _read(self.crop, pipeline)
+        found: dict[str, Any] = {"template": text, "crop_start": crop}
+        if self.suffix is not None:
+            found["suffix_tokens"] = _pipeline_attribute(pipeline, self.suffix)
+        return found
+
+
+@dataclass(frozen=True)
+class CallPrefix:
+    """The pipeline ``__call__``'s default of ``parameter`` (lines joined by newlines) prefixes the prompt, and of
+    the prefix's tokens only the first ``kept`` and the last stay (Sana's ``complex_human_instruction``: ``<bos>``
+    and the last ``max_sequence_length - 1`` tokens); an empty default means no prefix.
+
+    Attributes:
+        parameter: the ``__call__`` parameter.
+        kept: how many of the prefix's leading tokens (special tokens included) the pipeline keeps.
+    """
+
+    parameter: str
+    kept: int
+
+    def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+        import inspect
+
+        try:
+            lines = inspect.signature(type(pipeline).__call__).parameters[self.parameter].default
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"this tokenizer ladder reads the default {self.parameter} of the pipeline's call: pass the "
+                "pipeline, not its tokenizers"
+            ) from None
+        if not lines or lines is inspect.Parameter.empty:
+            return {"template": "{}", "crop_start": 0}
+        prefix = lines if isinstance(lines, str) else "\n".join(lines)
+        # Of the prefix's tokens (special tokens included) the first `kept` and the last one stay.
+        dropped = len(tokenizer(prefix).input_ids) - self.kept - 1
+        return {"template": prefix + "{}", "crop_start": dropped, "keep_start": self.kept}
+
+
+@dataclass(frozen=True)
+class TokenizerChatTemplate:
+    """The tokenizer's own chat template around one user message.
+
+    Attributes:
+        options: keywords of ``apply_chat_template`` as ``(name, value)`` pairs (Z-Image's
+            ``enable_thinking=True``).
+        generation_prompt: whether the pipeline renders with ``add_generation_prompt=True``.
+        system: the system message the pipeline puts before the user message: the pipeline attribute holding it
+            (FLUX.2's ``system_message``) or a :class:`ModuleConstant` (NucleusMoE-Image's); ``None``: none.
+        prefix: the pipeline attribute holding text the pipeline puts before the prompt inside the user message
+            (Ovis-Image's ``system_prompt``); ``None``: the prompt alone.
+        crop: the number of leading tokens the pipeline drops: the pipeline attribute holding it (Ovis-Image's
+            ``user_prompt_begin_id``), a :class:`ModuleConstant`, or the number.
+        content_parts: the roles (``"system"``, ``"user"``) whose content the pipeline passes as
+            ``[{"type": "text", "text": ...}]`` (the multimodal form), not as a string.
+        special_tokens: whether tokenizing the rendered text adds the tokenizer's special tokens (BOS); ``False``
+            where the pipeline lets ``apply_chat_template`` tokenize (FLUX.2) or passes ``add_special_tokens=False``
+            (Ideogram 4, Ovis-Image): the rendered template holds its special tokens as text.
+    """
+
+    options: tuple[tuple[str, Any], ...] = ()
+    generation_prompt: bool = True
+    system: str | ModuleConstant | None = None
+    prefix: str | None = None
+    crop: str | int | ModuleConstant = 0
+    content_parts: tuple[str, ...] = ()
+    special_tokens: bool = True
+
+    def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+        def message(role: str, text: str) -> dict[str, Any]:
+            return {"role": role, "content": [{"type": "text", "text": text}] if role in self.content_parts else text}
+
+        messages = []
+        if self.system is not None:
+            messages.append(message("system", _read(self.system, pipeline)))
+        # A marker no template holds stands for the prompt, so the rendered text can carry "{}" in its place.
+        marker = "\x00PROMPT\x00"
+        prefix = "" if self.prefix is None else _pipeline_attribute(pipeline, self.prefix)
+        messages.append(message("user", prefix + marker))
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=self.generation_prompt, **dict(self.options)
+        )
+        if "{" in text or "}" in text:
+            raise ValueError(f"the tokenizer's chat template renders braces, which cannot be a template: {text!r}")
+        crop = _read(self.crop, pipeline)
+        return {"template": text.replace(marker, "{}"), "crop_start": crop, "add_special_tokens": self.special_tokens}
+
+
+def _read(source: str | int | ModuleConstant, pipeline: Any) -> Any:
+    """A value a template source names: a number as it is, a module constant, or a pipeline attribute."""
+    if isinstance(source, int):
+        return source
+    if isinstance(source, ModuleConstant):
+        return source.value()
+    return _pipeline_attribute(pipeline, source)
+
+
+def _pipeline_attribute(pipeline: Any, name: str) -> Any:
+    """``pipeline.<name>`` for a tokenizer ladder that reads it.
+
+    Raises:
+        ValueError: no pipeline was given, or the pipeline has no such attribute (another pipeline of the family,
+            e.g. FLUX.2 [klein], builds its text sequence another way).
+    """
+    if pipeline is None:
+        raise ValueError(f"this tokenizer ladder reads the pipeline's {name}: pass the pipeline, not its tokenizers")
+    if not hasattr(pipeline, name):
+        raise ValueError(
+            f"{type(pipeline).__name__} has no {name}, which this family's tokenizer ladder reads: the ladder "
+            "describes another pipeline of the family, so words cannot be mapped for this one"
+        )
+    return getattr(pipeline, name)
+
+
+#: where a ``"chat_template"`` part's template comes from (see :attr:`TextPart.template`)
+TemplateSource = DiffusersTemplate | PipelineTemplate | CallPrefix | TokenizerChatTemplate
+
+
+@dataclass(frozen=True)
 class TextPart:
     """One tokenizer's part of a denoiser's text sequence.
 
@@ -55,97 +237,57 @@ class TextPart:
         kind: ``"clip"``: ``<|startoftext|> words <|endoftext|> pad...`` over :data:`CLIP_LENGTH` positions (two
             CLIP encoders concatenated feature-wise share these positions); ``"t5"``: ``words </s> <pad>...`` over
             ``max_sequence_length`` positions (T5, umT5, and other tokenizers without a template);
-            ``"chat_template"``: a chat template (the pipeline's ``prompt_template``) around the prompt, with the
-            template's first ``crop_start`` tokens cropped, over ``max_sequence_length`` positions.
+            ``"chat_template"``: a chat template around the prompt, with the template's first ``crop_start``
+            tokens cropped, over ``max_sequence_length`` positions.
         tokenizers: pipeline component names holding the tokenizer, the first one present is used.
         optional: the pipeline runs without this tokenizer and then fills the part with zero embeddings (SD3's T5).
-        template: for ``"chat_template"``, where the template is: ``"module:attribute"`` of the pipeline's default
-            ``prompt_template`` dict (``template``, ``crop_start``; used when the pipeline's own signature cannot be
-            read, e.g. with bare tokenizers: HunyuanVideo), or ``"pipeline:<template attribute>:<crop attribute>"``
-            for pipelines that keep the template string and the number of leading tokens they drop as attributes
-            (Qwen-Image's ``prompt_template_encode`` and ``prompt_template_encode_start_idx``). A template
-            attribute without ``"{}"`` is a prefix the prompt is appended to; an optional fourth field,
-            ``"pipeline:<prefix attribute>:<crop attribute>:<suffix-count attribute>"``, names the number of
-            tokens the pipeline appends after padding the prompt (Krea 2's ``[prefix | prompt | PAD | suffix]``):
-            the prompt's words sit before them, but they take that many positions of ``max_sequence_length``.
-            ``"apply_chat_template[:<keyword>=<literal>,...]"``: the tokenizer's own chat template around one user
-            message, with a generation prompt and the keywords given (Z-Image's ``enable_thinking=True``), nothing
-            cropped. ``"call:<parameter>:<kept>"``: the pipeline ``__call__``'s default of ``<parameter>`` (lines
-            joined by newlines) prefixes the prompt, and of the prefix's tokens only the first ``<kept>`` and the
-            last stay (Sana's ``complex_human_instruction``: ``<bos>`` and the last ``max_sequence_length - 1``
-            tokens); an empty default means no prefix.
+        template: for ``"chat_template"``, where the template comes from: a :class:`DiffusersTemplate`,
+            :class:`PipelineTemplate`, :class:`CallPrefix` or :class:`TokenizerChatTemplate`. A call's own
+            ``prompt_template`` (HunyuanVideo) takes its place.
         spell: for ``"t5"``, ``"module:function"`` splitting the prompt into ``(piece, spelled)`` pairs that
             concatenate back to it; the pipeline tokenizes each piece on its own (no special tokens) and a spelled
             piece one character at a time (LongCat-Image's ``split_quotation``: quoted text, letter by letter).
+        padding: for the parts that are not CLIP, where the pipeline pads the tokens to ``max_sequence_length``:
+            ``"right"`` (after them), ``"left"`` (before them, so a word's positions depend on the prompt's token
+            count), or ``"tokenizer"``: the tokenizer's own ``padding_side``, which the pipeline leaves as it is
+            (FLUX.2's Mistral tokenizer pads on the left). Left padding is for templates that crop nothing.
     """
 
     kind: str
     tokenizers: tuple[str, ...] = ("tokenizer",)
     optional: bool = False
-    template: str | None = None
+    template: TemplateSource | None = None
     spell: str | None = None
+    padding: str = "right"
 
     def __post_init__(self) -> None:
         if self.kind not in TEXT_PART_KINDS:
             raise ValueError(f"TextPart.kind must be one of {TEXT_PART_KINDS}; got {self.kind!r}")
         if (self.kind == "chat_template") != (self.template is not None):
             raise ValueError("TextPart.template is required for, and only for, kind='chat_template'")
+        if self.template is not None and not isinstance(self.template, TemplateSource):
+            raise ValueError(f"TextPart.template must be one of {TemplateSource}; got {self.template!r}")
         if self.spell is not None and self.kind != "t5":
             raise ValueError("TextPart.spell is only for kind='t5'")
+        if self.padding not in PADDING_SIDES:
+            raise ValueError(f"TextPart.padding must be one of {PADDING_SIDES}; got {self.padding!r}")
+        if self.padding != "right" and self.kind == "clip":
+            raise ValueError("TextPart.padding is only for the parts that are not CLIP")
 
-    def default_template(self, pipeline: Any = None, tokenizer: Any = None) -> Any:
-        """The pipeline's chat template as ``{"template": ..., "crop_start": ...}`` (imported from diffusers on first
-        use, read from ``pipeline``'s attributes, or rendered by ``tokenizer.apply_chat_template``).
+    def padding_side(self, tokenizer: Any) -> str:
+        """``"right"`` or ``"left"``: where the pipeline pads this part's tokens with ``tokenizer``."""
+        if self.padding != "tokenizer":
+            return self.padding
+        return "left" if getattr(tokenizer, "padding_side", "right") == "left" else "right"
+
+    def default_template(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+        """The pipeline's chat template as ``{"template": ..., "crop_start": ...}`` (with ``keep_start``,
+        ``suffix_tokens`` and ``add_special_tokens`` where the source says).
 
         Raises:
             ValueError: the template lives on the pipeline and no pipeline was given.
         """
-        if self.template.startswith("apply_chat_template"):
-            import ast
-
-            _, _, given = self.template.partition(":")
-            options = {k: ast.literal_eval(v) for k, _, v in (o.partition("=") for o in given.split(",") if o)}
-            # A marker no template holds stands for the prompt, so the rendered text can carry "{}" in its place.
-            marker = "\x00PROMPT\x00"
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True, **options
-            )
-            if "{" in text or "}" in text:
-                raise ValueError(f"the tokenizer's chat template renders braces, which cannot be a template: {text!r}")
-            return {"template": text.replace(marker, "{}"), "crop_start": 0}
-        if self.template.startswith("call:"):
-            import inspect
-
-            _, parameter, kept = self.template.split(":")
-            try:
-                lines = inspect.signature(type(pipeline).__call__).parameters[parameter].default
-            except (AttributeError, KeyError, TypeError, ValueError):
-                raise ValueError(
-                    f"this tokenizer ladder reads the default {parameter} of the pipeline's call: pass the pipeline, "
-                    "not its tokenizers"
-                ) from None
-            if not lines or lines is inspect.Parameter.empty:
-                return {"template": "{}", "crop_start": 0}
-            prefix = lines if isinstance(lines, str) else "\n".join(lines)
-            # Of the prefix's tokens (special tokens included) the first `kept` and the last one stay.
-            dropped = len(tokenizer(prefix).input_ids) - int(kept) - 1
-            return {"template": prefix + "{}", "crop_start": dropped, "keep_start": int(kept)}
-        if self.template.startswith("pipeline:"):
-            _, template, crop, *suffix = self.template.split(":")
-            if pipeline is None or not hasattr(pipeline, template):
-                raise ValueError(
-                    f"this tokenizer ladder reads the pipeline's {template} and {crop}: pass the pipeline, not its "
-                    "tokenizers"
-                )
-            text = getattr(pipeline, template)
-            found = {"template": text if "{}" in text else text + "{}", "crop_start": getattr(pipeline, crop)}
-            if suffix:
-                found["suffix_tokens"] = getattr(pipeline, suffix[0])
-            return found
-        import importlib
-
-        module, attribute = self.template.split(":")
-        return getattr(importlib.import_module(module), attribute)
+        return self.template.resolve(pipeline, tokenizer)
 
 
 @dataclass(frozen=True)
@@ -159,12 +301,23 @@ class PromptRecipe:
         max_sequence_length: the pipelines' default ``max_sequence_length`` (the length of every part that is
             not CLIP) when the pipeline's own signature does not say; ``None`` for CLIP-only families.
         clean: what the pipeline does to the prompt before tokenizing: ``"prompt_clean"`` (Wan's: HTML entities
-            unescaped, whitespace collapsed), ``"lower"`` (lower-cased, stripped: PixArt's ``clean_caption=False``).
+            unescaped, whitespace collapsed), ``"lower"`` (lower-cased, stripped: PixArt's ``clean_caption=False``),
+            ``"strip"`` (whitespace stripped from both ends: LTX-2).
+        leading: positions the denoiser puts ahead of the parts in its text sequence, which hold no word
+            (AuraFlow's 8 register tokens; UniDiffuser's two timestep tokens and data-type token).
+        trailing: positions the denoiser puts after the parts, which hold no word (UniDiffuser's CLIP image
+            token). With ``leading``, the family's ``text_extra_tokens``.
+        pipelines: names of the pipeline classes whose text sequence this ladder describes, where other pipelines
+            of the family build theirs another way (FLUX.2 [klein]'s Qwen3, Cosmos 2.5's Qwen2.5-VL): words are
+            refused for the others. Empty: every pipeline of the family.
     """
 
     parts: tuple[TextPart, ...]
     max_sequence_length: int | None = None
     clean: str | None = None
+    leading: int = 0
+    trailing: int = 0
+    pipelines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.clean not in (None, *PROMPT_CLEANING):
@@ -174,8 +327,9 @@ class PromptRecipe:
 
     @property
     def fixed_length(self) -> int:
-        """Positions of the CLIP parts, whose length does not depend on the call."""
-        return sum(CLIP_LENGTH for part in self.parts if part.kind == "clip")
+        """Positions of the CLIP parts and the leading and trailing tokens: the length that does not depend on
+        the call."""
+        return self.leading + self.trailing + sum(CLIP_LENGTH for part in self.parts if part.kind == "clip")
 
     @property
     def variable(self) -> bool:
@@ -183,8 +337,11 @@ class PromptRecipe:
         return any(part.kind != "clip" for part in self.parts)
 
     def sequence_length_of(self, text_length: int) -> int | None:
-        """The call's ``max_sequence_length`` for a text sequence of ``text_length`` (``None``: CLIP only)."""
-        return text_length - self.fixed_length if self.variable else None
+        """The call's ``max_sequence_length`` for a text sequence of ``text_length`` (``None``: CLIP only); every
+        part that is not CLIP is that long (HiDream's T5 and two Llama layers)."""
+        if not self.variable:
+            return None
+        return (text_length - self.fixed_length) // sum(part.kind != "clip" for part in self.parts)
 
 
 @dataclass

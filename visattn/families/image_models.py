@@ -6,7 +6,18 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import PER_SAMPLE_LIST, Argument, Family, JoinedText, PromptRecipe, TextPart
+from .base import (
+    PER_SAMPLE_LIST,
+    Argument,
+    CallPrefix,
+    Family,
+    JoinedText,
+    ModuleConstant,
+    PipelineTemplate,
+    PromptRecipe,
+    TextPart,
+    TokenizerChatTemplate,
+)
 
 
 def _text(position: int, name: str = "encoder_hidden_states") -> Argument:
@@ -18,7 +29,7 @@ def _timestep(position: int, name: str = "timestep") -> Argument:
 
 
 #: Qwen-Image's pipelines keep their chat template and the count of leading tokens they drop as attributes
-QWEN_TEMPLATE = "pipeline:prompt_template_encode:prompt_template_encode_start_idx"
+QWEN_TEMPLATE = PipelineTemplate("prompt_template_encode", crop="prompt_template_encode_start_idx")
 
 
 #: Flow-matching pipelines that call the transformer with ``t / 1000`` and pack latents with ``img_ids``.
@@ -69,7 +80,34 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # CLIP's pooled embedding is no token; the text sequence is T5's (tokenizer_2).
         prompt=PromptRecipe((TextPart("t5", ("tokenizer_2",)),), max_sequence_length=512),
     ),
-    _packed_with_ids("flux2", ("Flux2Transformer2DModel",), timestep=2),
+    _packed_with_ids(
+        "flux2",
+        ("Flux2Transformer2DModel",),
+        timestep=2,
+        # Flux2Pipeline embeds its guidance (one call a step, whatever guidance_scale says); the [klein] pipelines
+        # call once per branch, in named cache contexts.
+        cfg="separate",
+        # Mistral 3 over its chat template [system_message, prompt] without a generation prompt, tokenized by
+        # apply_chat_template (no further <s>) and padded on the tokenizer's side (Mistral's: left) to
+        # max_sequence_length, nothing cropped. Flux2Pipeline's ladder: the [klein] pipelines' Qwen3 template
+        # differs.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=TokenizerChatTemplate(
+                        generation_prompt=False,
+                        system="system_message",
+                        content_parts=("system", "user"),
+                        special_tokens=False,
+                    ),
+                    padding="tokenizer",
+                ),
+            ),
+            max_sequence_length=512,
+            pipelines=("Flux2Pipeline",),
+        ),
+    ),
     _packed_with_ids("flux3", ("Flux3Transformer2DModel",), timestep=2),
     _packed_with_ids(
         "chroma",
@@ -78,7 +116,28 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=2,
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512),
     ),
-    _packed_with_ids("ovis_image", ("OvisImageTransformer2DModel",), timestep=2),
+    _packed_with_ids(
+        "ovis_image",
+        ("OvisImageTransformer2DModel",),
+        timestep=2,
+        # Qwen3 over its chat template (thinking off) around one user message, system_prompt + prompt, tokenized
+        # without further special tokens and padded to user_prompt_begin_id + max_sequence_length; the first
+        # user_prompt_begin_id tokens (the template's head and the system prompt) are dropped.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=TokenizerChatTemplate(
+                        options=(("enable_thinking", False),),
+                        prefix="system_prompt",
+                        crop="user_prompt_begin_id",
+                        special_tokens=False,
+                    ),
+                ),
+            ),
+            max_sequence_length=256,
+        ),
+    ),
     _packed_with_ids(
         "longcat_image",
         ("LongCatImageTransformer2DModel",),
@@ -100,7 +159,15 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # T5 tokens (no padding tokens: the pipeline zero-pads the embeddings to max_sequence_length).
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=128),
     ),
-    _packed_with_ids("bria_fibo", ("BriaFiboTransformer2DModel",), timestep=4, divisor=1.0),
+    _packed_with_ids(
+        "bria_fibo",
+        ("BriaFiboTransformer2DModel",),
+        timestep=4,
+        divisor=1.0,
+        # SmolLM3 over the prompt (its structured JSON caption as given), padded on the right (SmolLM3's side) to
+        # the longest prompt of the call and then with zeros to the negative prompt's length: the call's text length.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=2048),
+    ),
     Family(
         "qwen_image",
         ("QwenImageTransformer2DModel",),
@@ -130,6 +197,18 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # One block-causal joint sequence [text, image] per block, in two SDPA calls: text queries over the text,
         # image queries over every key.
         roles=(("^transformer_blocks", "joint"),),
+        # Qwen2.5-VL over the pipeline's text-to-image template, its first _drop_idx tokens (the system turn)
+        # dropped; each prompt keeps its valid tokens, padded to the longest prompt of the call (the call's text
+        # length: the pipeline sets no limit, so max_sequence_length is only the length of a mapping made outside a
+        # call). Not with condition images (their tokens join the template).
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template", ("processor",), template=PipelineTemplate("prompt_template_t2i", crop="_drop_idx")
+                ),
+            ),
+            max_sequence_length=1024,
+        ),
     ),
     Family(
         "nucleus_moe_image",
@@ -142,6 +221,25 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2),
         # Image queries over [image, text] keys (the text is key/value only): the joint sequence's text is last.
         text_position="last",
+        # Qwen3-VL (the "processor") over its chat template, [DEFAULT_SYSTEM_PROMPT, prompt as a text part] with a
+        # generation prompt, nothing cropped, padded on the tokenizer's side to the longest prompt of the call (a
+        # multiple of 8: the call's text length).
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    ("processor",),
+                    template=TokenizerChatTemplate(
+                        system=ModuleConstant(
+                            "diffusers.pipelines.nucleusmoe_image.pipeline_nucleusmoe_image", "DEFAULT_SYSTEM_PROMPT"
+                        ),
+                        content_parts=("user",),
+                    ),
+                    padding="tokenizer",
+                ),
+            ),
+            max_sequence_length=1024,
+        ),
     ),
     Family(
         "krea2",
@@ -162,8 +260,11 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             (
                 TextPart(
                     "chat_template",
-                    template="pipeline:prompt_template_encode_prefix:prompt_template_encode_start_idx"
-                    ":prompt_template_encode_num_suffix_tokens",
+                    template=PipelineTemplate(
+                        "prompt_template_encode_prefix",
+                        crop="prompt_template_encode_start_idx",
+                        suffix="prompt_template_encode_num_suffix_tokens",
+                    ),
                 ),
             ),
             max_sequence_length=512,
@@ -178,7 +279,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # Gemma 2 over the call's complex_human_instruction + the lower-cased prompt, padded; the pipeline keeps
         # <bos> and the last max_sequence_length - 1 tokens (the instruction's last token, the prompt, padding).
         prompt=PromptRecipe(
-            (TextPart("chat_template", template="call:complex_human_instruction:1"),),
+            (TextPart("chat_template", template=CallPrefix("complex_human_instruction", kept=1)),),
             max_sequence_length=300,
             clean="lower",
         ),
@@ -194,6 +295,12 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # The context refiner attends over the text, the noise refiner over the image, the main layers over
         # [text, image] (all the same module class).
         roles=(("^context_refiner", "text"), (r"^layers\.", "joint")),
+        # Gemma 2 over "<system_prompt> <Prompt Start> <prompt>" (<bos> first), padded to max_sequence_length, nothing
+        # cropped: the system prompt takes positions of max_sequence_length.
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template=PipelineTemplate("system_prompt", joiner=" <Prompt Start> ")),),
+            max_sequence_length=256,
+        ),
     ),
     # LuminaPipeline batches [cond, uncond] (its negative prompt after the prompt).
     Family(
@@ -203,6 +310,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=_timestep(1),
         timestep_reversed=True,
         text=_text(2),
+        # Gemma over the lower-cased prompt (clean_caption=False; the call's default True needs bs4 and ftfy and
+        # rewrites the prompt) padded to the longest prompt of the call, at most max_sequence_length.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=256, clean="lower"),
     ),
     Family(
         "cogview4",
@@ -212,6 +322,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(1),
         text_position="first",
         roles=(("", "joint"),),  # its processor joins [text, image] (the module looks like self-attention)
+        # GLM-4 over the prompt ([gMASK]<sop> first), padded on the left to the longest prompt of the call and
+        # then to a multiple of 16: the call's text length, the words at its end.
+        prompt=PromptRecipe((TextPart("t5", padding="left"),), max_sequence_length=1024),
     ),
     Family(
         "cogview3plus",
@@ -231,6 +344,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(1),
         text_position="first",
         roles=(("^single_transformer_blocks", "joint"),),  # fed [registers, text, image] already concatenated
+        # T5-style (Pile-T5) tokens padded to max_sequence_length, after the 8 register tokens.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=256, leading=8),
     ),
     Family(
         "hidream_image",
@@ -242,6 +357,16 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         joined_text=(JoinedText(Argument(("encoder_hidden_states_llama3",), 3), axis=2, times=2),),
         text_position="last",
         roles=(("", "joint"),),
+        # T5 (tokenizer_3), then Llama 3.1 (tokenizer_4) twice (the last layer's and the block's), each padded to
+        # max_sequence_length on its tokenizer's side; CLIP gives only pooled embeddings.
+        prompt=PromptRecipe(
+            (
+                TextPart("t5", ("tokenizer_3",)),
+                TextPart("t5", ("tokenizer_4",), padding="tokenizer"),
+                TextPart("t5", ("tokenizer_4",), padding="tokenizer"),
+            ),
+            max_sequence_length=128,
+        ),
     ),
     Family(
         "hunyuan_dit",
@@ -250,6 +375,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2),
         joined_text=(JoinedText(Argument(("encoder_hidden_states_t5",), 4)),),  # CLIP tokens, then T5's
         pag_layers=("blocks.1",),  # HunyuanDiTPAGPipeline's default
+        # Chinese BERT ("CLIP") over 77 positions, then mT5 (tokenizer_2) over 256: every word sits in both.
+        prompt=PromptRecipe((TextPart("clip"), TextPart("t5", ("tokenizer_2",))), max_sequence_length=256),
     ),
     Family(
         "hunyuan_image",
@@ -330,6 +457,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text_position="first",
         roles=((r"\.attn1$", "joint"),),
         cfg="separate",
+        # CLIP over 77 positions (its features encoded by the caption decoder), between the three leading tokens
+        # and the CLIP image token.
+        prompt=PromptRecipe((TextPart("clip", ("clip_tokenizer",)),), leading=3, trailing=1),
     ),
     Family("dit", ("DiTTransformer2DModel",), cfg="batched_cond_first", timestep=_timestep(1), text=None),
     # Z-Image: per-sample lists of latents and caption features; patch sizes are forward arguments. The pipeline
@@ -360,7 +490,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # its valid tokens, at most max_sequence_length of them, template included (the text-to-image, img2img,
         # inpaint and ControlNet pipelines; not the omni pipeline with condition images, which splits the prompt).
         prompt=PromptRecipe(
-            (TextPart("chat_template", template="apply_chat_template:enable_thinking=True"),),
+            (TextPart("chat_template", template=TokenizerChatTemplate(options=(("enable_thinking", True),))),),
             max_sequence_length=512,
         ),
     ),
@@ -377,6 +507,18 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2),
         text_position="first",
         roles=(("^layers", "joint"),),
+        # Qwen3-VL over its tokenizer's chat template (one user message as a text part, a generation prompt, no
+        # further special tokens), left-padded to max_sequence_length (prompt_upsampling off, the default).
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=TokenizerChatTemplate(content_parts=("user",), special_tokens=False),
+                    padding="left",
+                ),
+            ),
+            max_sequence_length=2048,
+        ),
     ),
     Family(
         "dreamlite_transformer",

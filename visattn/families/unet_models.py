@@ -43,6 +43,8 @@ UNET_FAMILIES: tuple[Family, ...] = (
         text=2,
         cfg_formula="cond_plus",
         roles=((r"_blocks\.\d+\.attentions\.0\.", "self"),),
+        # T5 over 128 tokens, cut after the longest prompt's valid tokens and one more (the call's text length).
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=128),
     ),
     # Stable Cascade (stage C prior, stage B decoder): called with the scheduler's own timestep ratio; its self_attn
     # blocks attend over [image tokens, text, pooled text, image embedding] keys. The pipelines batch [cond, uncond].

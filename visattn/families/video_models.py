@@ -6,11 +6,29 @@ puts the text (checked against the SDPA calls of the tiny models in :mod:`visatt
 
 from __future__ import annotations
 
-from .base import NOT_BATCHED_INPUT, Argument, Family, JoinedText, PromptRecipe, TextPart
+from .base import (
+    NOT_BATCHED_INPUT,
+    Argument,
+    CallPrefix,
+    DiffusersTemplate,
+    Family,
+    JoinedText,
+    ModuleConstant,
+    PipelineTemplate,
+    PromptRecipe,
+    TextPart,
+    TokenizerChatTemplate,
+)
+
+#: HunyuanVideo's default prompt_template (Llama chat template, its system part cropped)
+_HUNYUAN_TEMPLATE = DiffusersTemplate(
+    "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video", "DEFAULT_PROMPT_TEMPLATE"
+)
+
+#: the module of Kandinsky 6's pipeline, which keeps its prompt template as constants
+_KANDINSKY6 = "diffusers.pipelines.kandinsky6.pipeline_kandinsky6_ti2va"
 
 #: the Wan pipelines and their descendants: umT5 over 512 tokens, after prompt_clean (HTML unescape, whitespace)
-_HUNYUAN_TEMPLATE = "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video:DEFAULT_PROMPT_TEMPLATE"
-
 WAN_PROMPT = PromptRecipe((TextPart("t5"),), max_sequence_length=512, clean="prompt_clean")
 
 
@@ -157,6 +175,12 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text=3,
         text_position="first",
         roles=((r"\.attn1$", "joint"),),
+        # Qwen2-VL over its tokenizer's chat template (one user message as a text part, a generation prompt),
+        # padded on the right to max_sequence_length, nothing cropped.
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template=TokenizerChatTemplate(content_parts=("user",))),),
+            max_sequence_length=256,
+        ),
     ),
     _video(
         "hunyuan_video",
@@ -222,7 +246,16 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     ),
     # Latte folds frames into the batch, sample-major: spatial blocks see one frame per row (text repeated per
     # frame), temporal blocks one position's frames.
-    _video("latte", ("LatteTransformer3DModel",), timestep=1, text=2, frames_in_batch=True),
+    _video(
+        "latte",
+        ("LatteTransformer3DModel",),
+        timestep=1,
+        text=2,
+        frames_in_batch=True,
+        # T5 over the lower-cased prompt (clean_caption=False; PixArt's text path), padded to 120 tokens; with
+        # mask_feature (the default) the pipeline keeps the prompt's valid tokens only (the call's text length).
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=120, clean="lower"),
+    ),
     _video(
         "cosmos",
         ("CosmosTransformer3DModel",),
@@ -233,8 +266,32 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         cfg="separate",
         cfg_formula="cond_plus",
         batch_inputs=((Argument(("padding_mask",), 7), NOT_BATCHED_INPUT),),
+        # T5 over max_sequence_length (padding embeddings zeroed) in Cosmos 1 and 2; Cosmos 2.5 encodes a
+        # Qwen2.5-VL chat template instead.
+        prompt=PromptRecipe(
+            (TextPart("t5"),),
+            max_sequence_length=512,
+            pipelines=(
+                "CosmosTextToWorldPipeline",
+                "CosmosVideoToWorldPipeline",
+                "Cosmos2TextToImagePipeline",
+                "Cosmos2VideoToWorldPipeline",
+            ),
+        ),
     ),
-    _video("sana_video", ("SanaVideoTransformer3DModel",), timestep=2, text=1),
+    _video(
+        "sana_video",
+        ("SanaVideoTransformer3DModel",),
+        timestep=2,
+        text=1,
+        # Sana's text path: Gemma 2 over the call's complex_human_instruction + the lower-cased prompt, <bos> and
+        # the last max_sequence_length - 1 tokens kept.
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template=CallPrefix("complex_human_instruction", kept=1)),),
+            max_sequence_length=300,
+            clean="lower",
+        ),
+    ),
     _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2, roles=((r"\.cross_attn$", "cross"),)),
     _video(
         "kandinsky5",
@@ -245,6 +302,19 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="BFHWC",
         # The text encoder blocks attend over the text; the visual blocks' cross_attention modules to the text.
         roles=(("^text_transformer_blocks", "text"), (r"\.cross_attention$", "cross")),
+        # Qwen2.5-VL over the pipeline's prompt_template around the prompt_clean'ed prompt, its first
+        # prompt_template_encode_start_idx tokens dropped; padded to the longest prompt of the call (the call's
+        # text length). CLIP gives only the pooled embedding.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=PipelineTemplate("prompt_template", crop="prompt_template_encode_start_idx"),
+                ),
+            ),
+            max_sequence_length=256,
+            clean="prompt_clean",
+        ),
     ),
     _video(
         "kandinsky6",
@@ -255,6 +325,21 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # Video and audio text encoder blocks attend over the text; the video/audio blocks' cross_attention modules
         # to the text, va_/av_cross_attention between the video and audio streams.
         roles=(("_text_transformer_blocks", "text"), ("cross_attention$", "cross")),
+        # Qwen2.5-VL over the module's _PROMPT_TEMPLATE, its first _QWEN_CROP_START tokens dropped, padded to
+        # max_sequence_length (expand_prompts off, the default: the expansion rewrites the prompt). CLIP gives only
+        # the pooled embedding.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=PipelineTemplate(
+                        ModuleConstant(_KANDINSKY6, "_PROMPT_TEMPLATE"),
+                        crop=ModuleConstant(_KANDINSKY6, "_QWEN_CROP_START"),
+                    ),
+                ),
+            ),
+            max_sequence_length=1024,
+        ),
     ),
     # MotifVideoPipeline guides through a diffusers guider: one call per branch, "pred_cond" then "pred_uncond".
     _video(
@@ -266,6 +351,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         cfg="separate",
         # cross_attn modules attend to the text; the attn modules of both block kinds over [video, text]
         roles=((r"\.cross_attn$", "cross"), (r"\.attn$", "joint")),
+        # T5Gemma 2 over the prompt, padded to max_sequence_length on the tokenizer's own side.
+        prompt=PromptRecipe((TextPart("t5", padding="tokenizer"),), max_sequence_length=512),
     ),
     _video(
         "ltx",
@@ -289,6 +376,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         packed_patch=1,
         # attn2/audio_attn2 attend to the text, the *_to_*_attn modules between the video and audio streams
         roles=((r"attn2$", "cross"), (r"_to_\w+_attn$", "cross")),
+        # Gemma 3 over the stripped prompt, padded on the left to max_sequence_length; the text connectors move
+        # each row's valid tokens to the front (learnable registers fill the rest), so the words sit where right
+        # padding would put them, in the video and the audio text alike.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=1024, clean="strip"),
     ),
     # Wan-Animate 2: per-sample lists of [C, F, H, W] latents and of unpadded text, which the model pads to
     # config.text_len (the text length its cross-attention sees; its second call is over CLIP image tokens). Its

@@ -475,6 +475,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_easyanimate_components,
         call_defaults=lambda: video_call(guidance_scale=2.0, negative_prompt=""),
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
     ),
     PipelineSpec(
         family="qwen_image_21",
@@ -482,6 +484,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_qwen_image_21_components,
         call_defaults=lambda: image_call(height=LARGE_IMAGE_SIZE, width=LARGE_IMAGE_SIZE, **TRUE_CFG),
+        # one negative prompt string serves one prompt only (its embeddings are not repeated for the batch)
+        per_prompt_inputs=("negative_prompt",),
     ),
     PipelineSpec(
         family="krea2",
@@ -497,6 +501,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_nucleus_moe_image_components,
         call_defaults=lambda: image_call(guidance_scale=2.0, negative_prompt="", return_index=-2),
+        # one negative prompt string serves one prompt only (its embeddings are not repeated for the batch)
+        per_prompt_inputs=("negative_prompt",),
     ),
     PipelineSpec(
         family="bria_fibo2",

@@ -226,7 +226,9 @@ def _latte_components() -> dict[str, ComponentFactory]:
 
 
 def _latte_call() -> dict[str, Any]:
-    call = video_call(guidance_scale=7.5, video_length=NUM_FRAMES, clean_caption=False)
+    # mask_feature (the default) keeps one prompt's valid text tokens but a batch of prompts' 120, padding zeroed:
+    # a two-prompt call's first video would not be the one-prompt call's. Without it every call keeps 120 tokens.
+    call = video_call(guidance_scale=7.5, video_length=NUM_FRAMES, clean_caption=False, mask_feature=False)
     del call["num_frames"]  # Latte calls it video_length
     return call
 
