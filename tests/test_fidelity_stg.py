@@ -121,7 +121,7 @@ def test_wan_formula_with_block_skip_matches_the_authors_wan_pipeline():
             noise_perturb = transformer(*u_args, **u_kwargs)[0]
         noise_pred = noise_pred + scale * (noise_pred - noise_perturb)
     assert (noise_perturb - eps_u).abs().max() > 1e-4
-    effect = SpatioTemporalSkipGuidance(scale, layers="blocks.1", guidance="wan")
+    effect = SpatioTemporalSkipGuidance(scale, layers="blocks.1", guidance="cfg")
     ours = guided_first_step(family, effect, guidance_scale=guidance)
     assert (ours - noise_pred).abs().max() <= TOLERANCE
 
@@ -173,8 +173,8 @@ def test_block_mode_is_the_default_on_video_and_skip_on_images():
 
 
 def test_bad_parameters_name_parameter_value_and_range():
-    with pytest.raises(ValueError, match=r"guidance must be one of \('cond', 'wan'\); got 'cfg'"):
-        SpatioTemporalSkipGuidance(1.0, layers="self", guidance="cfg")
+    with pytest.raises(ValueError, match=r"guidance must be one of \('cond', 'cfg'\); got 'wan'"):
+        SpatioTemporalSkipGuidance(1.0, layers="self", guidance="wan")
     for rescale in (1.5, -0.1, True):
         with pytest.raises(ValueError, match=r"rescale=.* must be None or a number in the range \[0, 1\]"):
             SpatioTemporalSkipGuidance(1.0, layers="self", rescale=rescale)

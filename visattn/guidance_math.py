@@ -73,13 +73,13 @@ def stg_target(
 
     ``eps_cfg = eps_u + g (eps_c - eps_u)`` (``eps_c`` without CFG, ``eps_uncond=None``); then ``formula="cond"``
     (Mochi, CogVideoX, LTX-Video, HunyuanVideo pipelines): ``eps_cfg + s (eps_c - eps_p)``, ``eps_p`` perturbed on
-    the prompt; ``formula="wan"`` (``Wan2.1/pipeline.py``, ``WanSTGPipeline.__call__``): ``eps_cfg + s (eps_cfg -
+    the prompt; ``formula="cfg"`` (``Wan2.1/pipeline.py``, ``WanSTGPipeline.__call__``): ``eps_cfg + s (eps_cfg -
     eps_p)``, ``eps_p`` perturbed on the negative prompt. ``rescale``: :func:`rescaled` against ``eps_c``.
     """
     dtype = torch.promote_types(eps_cond.dtype, torch.float32)
     cond, perturbed = eps_cond.to(dtype), eps_perturbed.to(dtype)
     guided = cond if eps_uncond is None else eps_uncond.to(dtype) + cfg_scale * (cond - eps_uncond.to(dtype))
-    guided = guided + scale * ((guided if formula == "wan" else cond) - perturbed)
+    guided = guided + scale * ((guided if formula == "cfg" else cond) - perturbed)
     return guided if rescale is None else rescaled(guided, cond, rescale)
 
 

@@ -21,7 +21,7 @@ guidance adds ``scale * (eps_cond - eps_perturbed)``. Three perturbations:
   same perturbation as PAG, so it equals :class:`~visattn.processors.PerturbedAttentionGuidance`).
 
 Guidance formulas (``guidance``): ``"cond"`` (Mochi, CogVideoX, LTX-Video and HunyuanVideo pipelines):
-``eps_cfg + s (eps_c - eps_p)``, the perturbed pass on the prompt; ``"wan"`` (``Wan2.1/pipeline.py``,
+``eps_cfg + s (eps_c - eps_p)``, the perturbed pass on the prompt; ``"cfg"`` (``Wan2.1/pipeline.py``,
 ``WanSTGPipeline.__call__``): ``eps_cfg + s (eps_cfg - eps_p)``, the perturbed pass on the negative prompt.
 ``rescale=0.7`` is the authors' ``do_rescaling=True`` (off by default there too).
 
@@ -47,7 +47,7 @@ from .effect import AttentionCall
 from .perturbation_branch import PerturbationGuidance, identity_rows
 
 MODES = ("block", "skip", "identity")
-GUIDANCE = ("cond", "wan")
+GUIDANCE = ("cond", "cfg")
 #: prefix of the name of the block hooks in each block's diffusers ``HookRegistry``
 BLOCK_HOOK = "visattn.stg_block"
 
@@ -118,7 +118,7 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
             before the output projection) or ``"identity"`` (output = V); ``None``: ``"block"`` on video
             families, ``"skip"`` on image families. ``"block"`` needs the pipeline attached (not a bare denoiser).
         steps: fraction range of the schedule in which guidance is applied.
-        guidance: ``"cond"`` (``eps_cfg + s (eps_c - eps_p)``) or ``"wan"`` (the authors' Wan 2.1 formula,
+        guidance: ``"cond"`` (``eps_cfg + s (eps_c - eps_p)``) or ``"cfg"`` (the authors' Wan 2.1 formula,
             ``eps_cfg + s (eps_cfg - eps_p)`` with ``eps_p`` on the negative prompt; needs CFG).
         rescale: ``None`` or a number in ``[0, 1]``: the authors' std rescaling
             ``eps *= r * std(eps_c) / std(eps) + 1 - r`` (their ``rescaling_scale = 0.7``).
@@ -257,12 +257,12 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
             state.batch = layout
         prediction = prediction_of(output)
         if isinstance(prediction, list):
-            raise ValueError("STG guidance='wan' or rescale: per-sample prediction lists are not supported")
+            raise ValueError("STG guidance='cfg' or rescale: per-sample prediction lists are not supported")
         output = without_extra_rows(output, len(index), batch_size)
         return output, prediction[:batch_size], prediction[batch_size:]
 
     def _guided(self, forward, args, kwargs, state):
-        """The authors' whole guided prediction (``guidance="wan"`` or ``rescale``), folded into the pipeline's
+        """The authors' whole guided prediction (``guidance="cfg"`` or ``rescale``), folded into the pipeline's
         CFG: into the conditional rows of a batched call, or into the unconditional call that follows."""
         layout = state.batch
         timestep = state.family.scheduler_timestep(state.step.timestep)
@@ -270,12 +270,12 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
             return forward(*args, **kwargs)
         if state.guidance_terms is not None or state.family.one_sample_per_call:
             raise ValueError(
-                "STG with guidance='wan' or rescale computes the whole guided prediction: it cannot be composed "
+                "STG with guidance='cfg' or rescale computes the whole guided prediction: it cannot be composed "
                 "with other perturbation guidances, nor run on one-sample-per-call denoisers"
             )
         if state.family.cfg_formula != "uncond_plus":
-            raise ValueError(f"STG guidance='wan'/rescale needs u + g (c - u) CFG; {state.family.name} differs")
-        scale, names, wan = self.scale_at(timestep), layout.names, self.guidance == "wan"
+            raise ValueError(f"STG guidance='cfg'/rescale needs u + g (c - u) CFG; {state.family.name} differs")
+        scale, names, wan = self.scale_at(timestep), layout.names, self.guidance == "cfg"
         state.guidance_terms = []  # inner perturbation effects must not fold themselves meanwhile
         try:
             if "uncond" in names and "cond" in names:
@@ -291,7 +291,7 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
                 if g == 1.0:
                     if wan:
                         raise ValueError(
-                            "STG guidance='wan' perturbs the negative prompt, and this pipeline runs without CFG"
+                            "STG guidance='cfg' perturbs the negative prompt, and this pipeline runs without CFG"
                         )
                     output, main, perturbed = self._with_branch(forward, args, kwargs, state, layout.rows("cond"))
                     target = stg_target(None, main, perturbed, 1.0, scale, self.guidance, self.rescale)
@@ -321,7 +321,7 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
             inner, state.guidance_terms = state.guidance_terms, None
             if inner:
                 raise ValueError(
-                    "STG with guidance='wan' or rescale cannot be composed with other perturbation guidances"
+                    "STG with guidance='cfg' or rescale cannot be composed with other perturbation guidances"
                 )
 
     def perturb(self, call: AttentionCall, rows: slice) -> None:
