@@ -250,6 +250,19 @@ class NeighborhoodPattern(Pattern):
             keep = axis_keep if keep is None else keep & axis_keep
         return keep
 
+    def axis_mask(self, axis: int) -> torch.Tensor:
+        """``[size, size]`` bool: which key coordinates each query coordinate keeps on one grid axis.
+
+        The neighborhood keeps a pair of grid tokens exactly when every axis keeps the pair of its coordinates, so
+        these per-axis masks describe the whole grid mask; block masks classify tiles from them
+        (:mod:`visattn.kernels.block_masks`) without evaluating token pairs.
+        """
+        size, d = self.grid[axis], self.dilation[axis]
+        index = torch.arange(size)
+        first, stop = window_bounds(index, size, self.kernel_size[axis], d, self.stride[axis], self.is_causal[axis])
+        q, k = index.view(-1, 1), index.view(1, -1)
+        return (k >= first.view(-1, 1)) & (k < stop.view(-1, 1)) & (k % d == q % d)
+
     def mask_mod(self, b, h, q_idx, kv_idx):
         return grid_sequence_mask(
             q_idx,

@@ -237,6 +237,25 @@ class RadialPattern(Pattern):
                 return full if band.window is None else band.window
         return None
 
+    def frame_window_table(self) -> torch.Tensor:
+        """``[frames, frames]`` long: :meth:`frame_pair_window` of every frame pair, ``-1`` for a dropped pair.
+
+        A pair of latent tokens in frames ``(i, j)`` is kept exactly when ``|s_q - s_k| <= table[i, j]`` (``s`` the
+        flattened per-frame index); block masks classify tiles from this table (:mod:`visattn.kernels.block_masks`).
+        """
+        frames, full = self.grid[0], self.tokens_per_frame - 1
+        # The rule depends on the frames only through their distance, except for the sink.
+        by_distance = [full]
+        for distance in range(1, frames):
+            band = next((band for band in self._bands if band.keeps_distance(distance)), None)
+            by_distance.append(-1 if band is None else full if band.window is None else band.window)
+        index = torch.arange(frames)
+        table = torch.tensor(by_distance, dtype=torch.long)[(index.view(-1, 1) - index.view(1, -1)).abs()]
+        sink = index.view(1, -1) < self.sink_frames
+        if self.sink_queries:
+            sink = sink | (index.view(-1, 1) < self.sink_frames)
+        return table.masked_fill(sink, full)
+
     @property
     def grid_is_dense(self) -> bool:
         """Whether every latent query attends to every latent key (true for one frame, or bands covering all)."""

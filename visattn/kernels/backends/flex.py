@@ -1,9 +1,10 @@
 """FlexAttention backend: the pattern becomes a ``mask_mod`` and a cached ``BlockMask``; modifiers a ``score_mod``.
 
-Block masks are cached per (pattern, batch/heads if the pattern depends on them, lengths, device), so a layer
-that runs hundreds of times builds its mask once. On CUDA the kernel is compiled (``torch.compile``); on CPU
-FlexAttention runs eagerly unless ``VISATTN_FLEX_COMPILE=1`` is set (compiling costs more than it saves at the
-tiny sizes used there).
+Block masks are built per tile from the pattern's structure (:mod:`visattn.kernels.block_masks`: never an N x N
+evaluation, so a 128 x 128 grid or a long video is masked in bounded memory) and cached per (pattern, batch/heads if
+the pattern depends on them, lengths, device), so a layer that runs hundreds of times builds its mask once. On
+CUDA the kernel is compiled (``torch.compile``); on CPU FlexAttention runs eagerly unless ``VISATTN_FLEX_COMPILE=1``
+is set (compiling costs more than it saves at the tiny sizes used there).
 
 Tile-aligned token order: for a pattern over a 2-D or 3-D token grid (a neighborhood, for example), row-major
 order spreads each query block's neighborhood over many key blocks. Before calling FlexAttention the grid tokens
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..block_density import tile_aligned_order
+from ..block_masks import block_mask_from_pattern
 from ..neighborhood import NeighborhoodPattern, window_bounds
 from ..request import AttentionRequest
 from ..spec import AllOf, Pattern
@@ -90,8 +92,6 @@ def block_mask_for(
     ``order`` (from :func:`tile_order_for` with the same lengths and ``device``) makes position ``i`` stand for
     token ``order.q_order[i]`` (queries) and ``order.kv_order[i]`` (keys).
     """
-    from torch.nn.attention.flex_attention import create_block_mask
-
     per_item = pattern.depends_on_batch_or_head
     key = (
         pattern.cache_key(),
@@ -120,14 +120,19 @@ def block_mask_for(
             # Positions in the permuted sequence -> the tokens' original indices, which the pattern is about.
             return pattern.mask_mod(b, h, q_order[q_idx], kv_order[kv_idx])
 
-    block_mask = create_block_mask(
-        mask_mod,
-        batch if per_item else None,
-        heads if per_item else None,
+    # Built from the pattern's per-tile structure (visattn.kernels.block_masks), the same BlockMask torch's
+    # create_block_mask(mask_mod, ...) gives, without evaluating the mask on all N x N pairs.
+    block_mask = block_mask_from_pattern(
+        pattern,
+        batch,
+        heads,
         q_len,
         kv_len,
+        mask_mod=mask_mod,
         device=device,
-        BLOCK_SIZE=BLOCK_SIZE,
+        block_size=BLOCK_SIZE,
+        q_order=None if order is None else order.q_order,
+        kv_order=None if order is None else order.kv_order,
     )
     _remember(_BLOCK_MASKS, key, block_mask)
     return block_mask
