@@ -264,17 +264,17 @@ def test_unet_levels_get_their_own_training_window():
 def test_bad_parameters_raise_clear_errors():
     with pytest.raises(ValueError, match="train_frames .* and/or train_size"):
         ExtrapolationDecay()
-    with pytest.raises(ValueError, match="train_frames=0 must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"train_frames must be an integer in \[1, .*\]; got 0"):
         ExtrapolationDecay(train_frames=0)
     with pytest.raises(ValueError, match=r"train_size=\(4,\) must be an int or a \(height, width\) pair"):
         ExtrapolationDecay(train_size=(4,))
-    with pytest.raises(ValueError, match="train_size=2.5 must be an integer"):
+    with pytest.raises(ValueError, match=r"train_size must be an integer in \[1, 2147483647\]; got 2.5"):
         ExtrapolationDecay(train_size=(4, 2.5))
     for factor in (1.5, -0.1, float("nan"), True, "0.5"):
         with pytest.raises(ValueError, match="factor=.* must be a number in \\[0, 1\\]"):
             ExtrapolationDecay(train_frames=4, factor=factor)
     for tokens in (1, 0, 2.5, None):
-        with pytest.raises(ValueError, match="train_tokens=.* must be an integer >= 2"):
+        with pytest.raises(ValueError, match=r"train_tokens must be an integer in \[2, 2147483647\]; got "):
             EntropyScaling(tokens)
     with pytest.raises(ValueError, match="window=\\(3,\\) needs one entry per axis of grid=\\(3, 4\\)"):
         DecayModifier((3, 4), (3,), 0.5)

@@ -56,7 +56,7 @@ def test_bad_parameters_raise_clear_errors():
         NeighborhoodAttention(0)
     with pytest.raises(ValueError, match="dilation must be an integer >= 1"):
         NeighborhoodAttention(3, dilation=(1, 0))
-    with pytest.raises(ValueError, match="text must be 'full' or 'text'"):
+    with pytest.raises(ValueError, match=r"text must be one of \('full', 'text'\); got 'none'"):
         NeighborhoodAttention(3, text="none")
     with pytest.raises(ValueError, match="kernel"):
         run("pixart", NeighborhoodAttention(99))

@@ -147,11 +147,11 @@ def test_every_family_runs_guided_generation(family):
 
 
 def test_bad_parameters_raise_clear_errors():
-    with pytest.raises(ValueError, match="scale must be >= 0; got -1"):
+    with pytest.raises(ValueError, match=r"scale must be in \[0, 10000\]; got -1"):
         PerturbedAttentionGuidance(scale=-1)
     with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]; got 1.5"):
         PerturbedAttentionGuidance(strength=1.5)
-    with pytest.raises(ValueError, match="adaptive_scale must be >= 0"):
+    with pytest.raises(ValueError, match=r"adaptive_scale must be in \[0, 10000\]"):
         PerturbedAttentionGuidance(adaptive_scale=-0.1)
     with pytest.raises(ValueError, match="non-negative head indices"):
         PerturbedAttentionGuidance(heads={"mid": [-1]})

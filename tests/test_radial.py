@@ -347,14 +347,14 @@ def test_image_families_raise_a_clear_error():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"decay_factor": -1.0}, "decay_factor=-1.0 is not allowed"),
+        ({"decay_factor": -1.0}, r"decay_factor must be > 0 and <= 10000; got -1.0"),
         ({"block_size": 2.5}, "block_size=2.5 is not allowed"),
         ({"dense_distance": 0}, "dense_distance=0 is not allowed"),
         ({"sink_frames": -1}, "sink_frames=-1 is not allowed"),
-        ({"dense_steps": 1.5}, r"dense_steps=1.5 is not allowed; .*\[0, 1\]"),
+        ({"dense_steps": 1.5}, r"dense_steps must be in \[0, 1\]; got 1.5"),
         ({"dense_layers": -1}, "dense_layers=-1 is not allowed"),
         ({"dense_layers": 2.0}, "dense_layers=2.0 is not allowed"),
-        ({"text": "none"}, "text='none' is not allowed"),
+        ({"text": "none"}, r"text must be one of \('full', 'text'\); got 'none'"),
     ],
 )
 def test_bad_effect_parameters_raise_clear_errors(kwargs, message):

@@ -175,10 +175,10 @@ def test_every_family_runs_guided_generation(family):
 
 
 def test_bad_parameters_raise_clear_errors():
-    with pytest.raises(ValueError, match="scale must be >= 0; got -1"):
+    with pytest.raises(ValueError, match=r"scale must be in \[0, 10000\]; got -1"):
         SmoothedEnergyGuidance(scale=-1, sigma=1.0)
     for sigma in (0, -2.0, float("nan")):
-        with pytest.raises(ValueError, match=r"sigma must be a number > 0 .*; got"):
+        with pytest.raises(ValueError, match=r"sigma must be > 0; got"):
             SmoothedEnergyGuidance(scale=1.0, sigma=sigma)
     with pytest.raises(ValueError, match=r"blur must be one of \('query', 'key'\); got 'value'"):
         SmoothedEnergyGuidance(scale=1.0, sigma=1.0, blur="value")

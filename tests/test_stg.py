@@ -150,7 +150,7 @@ def test_composes_with_neighborhood_attention():
 
 
 def test_bad_parameters_raise_clear_errors():
-    with pytest.raises(ValueError, match="scale must be >= 0; got -0.5"):
+    with pytest.raises(ValueError, match=r"scale must be in \[0, 10000\]; got -0.5"):
         SpatioTemporalSkipGuidance(-0.5, layers="self")
     with pytest.raises(ValueError, match=r"mode must be one of \('block', 'skip', 'identity'\); got 'drop'"):
         SpatioTemporalSkipGuidance(1.0, layers="self", mode="drop")

@@ -20,6 +20,7 @@ from .layers import ROLE_KEYWORDS, normalize_layers, select_layers
 from .processors.effect import Effect
 from .state import DenoiserHook, register_hook, remove_hook
 from .steps import normalize_steps
+from .validation import check_layer_roles
 
 _MARK = "_visattn_attachment"
 #: pipeline components that hold a denoiser (Stable Cascade's prior stage calls its UNet "prior")
@@ -95,6 +96,43 @@ def _check_needs(effects: list[Effect], model: torch.nn.Module, family: Family) 
                 )
 
 
+#: the roles a layer's calls may have, by its static role: a module whose class does not say it attends over text
+#: is declared "self" and can turn out cross or joint at run time (Lumina 2, LTX-2); the other roles are certain
+_POSSIBLE_ROLES = {"self": ("self", "cross", "joint"), "cross": ("cross",), "joint": ("joint",), "text": ("text",)}
+
+
+def _check_selection(effect: Effect, selected: frozenset[str], roles: dict[str, str]) -> None:
+    """ValueError naming ``layers`` when an effect's layers are all of roles it never acts on (PAG on
+    ``layers="attn2"``, cross-attention only): attached, it would silently do nothing."""
+    if not selected or not effect.roles:
+        return  # nothing selected (all layers dense, say), or an effect on the denoiser call alone (roles = ())
+    acting = [name for name in selected if set(_POSSIBLE_ROLES.get(roles[name], effect.roles)) & set(effect.roles)]
+    if not acting:
+        found = sorted({roles[name] for name in selected})
+        raise ValueError(
+            f"{type(effect).__name__}(layers={effect.layers}) selects only {' and '.join(found)} attention layers "
+            f"({', '.join(sorted(selected))}); {type(effect).__name__} acts on {' and '.join(effect.roles)} attention "
+            "and would do nothing there"
+        )
+
+
+def _check_modules(effects: list[Effect], selections: list[frozenset[str]], plans: list) -> None:
+    """Let each effect check its parameters against the modules it will act on, before anything is hooked.
+
+    An effect opts in with ``check_modules(modules)``: ``{name: attention module}`` of its selected layers whose
+    static role is one it acts on (a module's static role can say "self" for a call that turns out to be cross
+    attention, never the reverse, so no layer it may act on is left out). PAG checks its ``heads`` there, against
+    each layer's head count (the module's ``heads`` attribute).
+    """
+    by_name = {name: module for *_, modules, _ in plans for name, module in modules.items()}
+    roles = {name: role for *_, plan_roles in plans for name, role in plan_roles.items()}
+    for effect, selected in zip(effects, selections, strict=True):
+        check = getattr(effect, "check_modules", None)
+        if check is not None:
+            acting = {name for name in selected if roles.get(name) in effect.roles}
+            check({name: module for name, module in by_name.items() if name in acting})
+
+
 def layer_roles(model: torch.nn.Module, family: Family | None = None) -> dict[str, str]:
     """Attention layer names mapped to their static role (``self``/``cross``/``joint``/``text``)."""
     family = family or family_of(model)
@@ -155,7 +193,11 @@ class Attachment:
         try:
             for effect in self.effects:
                 effect.use_family_defaults(plans[0][2], merged_roles)
+                check_layer_roles(effect.layers, effect.roles, type(effect).__name__)
                 self._selections.append(effect.bind(merged_roles))
+                # Against what ``layers`` selects, before the effect's own choices (RadialAttention's dense layers).
+                _check_selection(effect, frozenset(select_layers(merged_roles, effect.layers)), merged_roles)
+            _check_modules(self.effects, self._selections, plans)
             for attribute, base, family, modules, roles in plans:
                 self._swap(attribute, base, family, modules, roles, pipeline)
             if pipeline is not None:

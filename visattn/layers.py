@@ -30,19 +30,23 @@ FAMILY_DEFAULT = _FamilyDefault()
 
 def normalize_layers(layers: str | Iterable[str] | None, parameter: str = "layers") -> tuple[str, ...] | None:
     """``None`` (all layers) or a tuple of identifiers; TypeError/ValueError naming ``parameter`` otherwise."""
+    from .validation import ParameterTypeError, check_regex
+
     if layers is None:
         return None
     if isinstance(layers, str):
         layers = [layers]
+    if not isinstance(layers, Iterable) or isinstance(layers, Mapping):
+        raise ParameterTypeError(
+            f"{parameter} must be None, a layer identifier (regex or one of {ROLE_KEYWORDS}) or a list of them; "
+            f"got {layers!r} ({type(layers).__name__})"
+        )
     layers = tuple(layers)
     for layer in layers:
         if not isinstance(layer, str):
-            raise TypeError(f"{parameter} must be strings (regex or {ROLE_KEYWORDS}); got {layer!r}")
+            raise ParameterTypeError(f"{parameter} must be strings (regex or {ROLE_KEYWORDS}); got {layer!r}")
         if layer not in ROLE_KEYWORDS:
-            try:
-                re.compile(layer)
-            except re.error as error:
-                raise ValueError(f"{parameter}={layer!r} is not a valid regular expression: {error}") from None
+            check_regex(layer, parameter)
     if not layers:
         raise ValueError(f"{parameter} is empty; pass None for every layer")
     return layers

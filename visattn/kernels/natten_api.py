@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import check_number, check_same_device, check_tensor
 from .core import attention
 from .neighborhood import BoolOrTuple, IntOrTuple, NeighborhoodPattern
 
@@ -32,6 +33,8 @@ def _check_tensors(
 ) -> None:
     name = f"na{na_dim}d"
     for label, tensor in (("query", query), ("key", key), ("value", value)):
+        # Type, floating dtype and no empty axis first (numpy arrays, None, int/bool/complex tensors, zero tokens).
+        check_tensor(tensor, f"{name}: {label}")
         if tensor.dim() != na_dim + 3:
             raise ValueError(
                 f"{name} expects {label} shaped [batch, {na_dim} grid axes, heads, head_dim] "
@@ -45,8 +48,19 @@ def _check_tensors(
         raise ValueError(f"{name}: dtypes differ: query {query.dtype}, key {key.dtype}, value {value.dtype}")
     if (additional_keys is None) != (additional_values is None):
         raise ValueError(f"{name}: give both additional_keys and additional_values, or neither")
+    check_same_device(
+        {
+            "query": query,
+            "key": key,
+            "value": value,
+            "additional_keys": additional_keys,
+            "additional_values": additional_values,
+        }
+    )
     if additional_keys is None or additional_values is None:
         return
+    check_tensor(additional_keys, f"{name}: additional_keys")
+    check_tensor(additional_values, f"{name}: additional_values")
     batch, heads, head_dim = query.shape[0], query.shape[-2], query.shape[-1]
     if additional_keys.dim() != 4 or additional_values.dim() != 4:
         raise ValueError(
@@ -90,6 +104,8 @@ def neighborhood_attention(
 ) -> torch.Tensor:
     """The shared body of ``na1d/na2d/na3d``: ``na_dim`` grid axes taken from ``query.shape[1:1 + na_dim]``."""
     _check_tensors(na_dim, query, key, value, additional_keys, additional_values)
+    if scale is not None:
+        check_number(scale, f"na{na_dim}d: scale")
     grid = tuple(query.shape[1 : 1 + na_dim])
     pattern = NeighborhoodPattern(
         grid=grid,

@@ -24,6 +24,8 @@ __all__ = [
     "DensePattern",
     "all_of",
     "chain",
+    "check_tokens",
+    "required_tokens",
 ]
 
 
@@ -130,6 +132,44 @@ def chain(modifiers: Sequence[ScoreModifier | None]) -> ScoreModifier | None:
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else Chain(tuple(parts))
+
+
+def required_tokens(part: Pattern | ScoreModifier | None) -> tuple[int, int] | None:
+    """The least ``(queries, keys)`` a call needs for a pattern or modifier laid over a token grid, or ``None``.
+
+    Grid patterns and modifiers (neighborhood, radial, extrapolation decay) place ``num_tokens`` grid tokens at
+    ``offset`` for queries and keys alike, with ``extra_keys`` keys after the grid for grid queries; a call shorter
+    than that would index past its sequence, which their clamped index arithmetic would hide, giving a silently
+    wrong mask. Composites need what their largest member needs.
+    """
+    if part is None:
+        return None
+    if isinstance(part, (AllOf, Chain)):
+        needs = [need for member in part.parts if (need := required_tokens(member)) is not None]
+        if not needs:
+            return None
+        return max(q for q, _ in needs), max(k for _, k in needs)
+    num_tokens = getattr(part, "num_tokens", None)
+    if not isinstance(num_tokens, int):
+        return None
+    offset = getattr(part, "offset", 0)
+    extra = getattr(part, "extra_keys", 0)
+    return offset + num_tokens, offset + num_tokens + extra
+
+
+def check_tokens(part: Pattern | ScoreModifier | None, num_queries: int, num_keys: int, parameter: str) -> None:
+    """ValueError naming ``parameter`` when a grid pattern or modifier does not fit a call of ``num_queries``
+    queries and ``num_keys`` keys (see :func:`required_tokens`)."""
+    need = required_tokens(part)
+    if need is None:
+        return
+    if num_queries < need[0] or num_keys < need[1]:
+        grid = getattr(part, "grid", None)
+        described = f" (grid {grid})" if grid is not None else ""
+        raise ValueError(
+            f"{parameter} needs at least {need[0]} queries and {need[1]} keys{described}, but the call has "
+            f"{num_queries} queries and {num_keys} keys; the grid's token count must match the tensors"
+        )
 
 
 def grid_sequence_mask(

@@ -52,6 +52,7 @@ import torch
 
 from ..batching import prediction_of, take_input_rows, with_prediction
 from ..context import BatchLayout, Branch
+from ..validation import check_bool
 from .effect import Effect
 
 _GUIDANCE_BRANCHES = ("uncond", "cond")
@@ -142,8 +143,12 @@ class CrossAttentionCache(Effect):
                 "steps (gate_step >= warm_up; pass warm_up=0 for an early gate)"
             )
         self.gate_step = gate_step
-        self.average = bool(average)
-        self.single_branch = bool(single_branch if skip_uncond is None else skip_uncond)
+        self.average = check_bool(average, "average")
+        self.single_branch = (
+            check_bool(single_branch, "single_branch")
+            if skip_uncond is None
+            else check_bool(skip_uncond, "skip_uncond")
+        )
         self.self_attention = bool(self_attention)
         self._self_layers: frozenset[str] = frozenset()
         # (id of the denoiser state, layer name) -> {branch name: finished output rows, "shape": input shape}

@@ -24,13 +24,15 @@ from collections.abc import Iterable
 from ..context import CallContext
 from ..kernels.extrapolation import HUNYUAN_BANDS, DecayModifier, EntropyScale, UltraViCoModifier
 from ..kernels.neighborhood import NeighborhoodPattern
+from ..validation import check_int
 from .effect import AttentionCall, Effect
+
+# Training sizes above this are no training size (and 10**400 tokens would overflow the float arithmetic).
+_MAX_TRAIN_COUNT = 2**31 - 1
 
 
 def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
+    return check_int(value, name, minimum=minimum, maximum=_MAX_TRAIN_COUNT)
 
 
 def _scaled(train: int, layer: int, top: int) -> int:

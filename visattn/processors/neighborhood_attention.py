@@ -12,14 +12,28 @@ import functools
 from collections.abc import Iterable
 
 from ..kernels.neighborhood import NeighborhoodPattern
+from ..validation import ParameterTypeError, check_bool, check_choice, check_layer_roles
 from .effect import AttentionCall, Effect
 
 
-def _per_axis(value, name: str, minimum: int) -> tuple[int, ...] | int:
+def _per_axis(value: object, name: str, minimum: int) -> tuple[int, ...] | int:
+    """An int ``>= minimum`` or a 1- to 3-tuple of them (bounded above by the grid, checked per call)."""
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     if not 1 <= len(values) <= 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values):
-        raise ValueError(f"{name} must be an integer >= {minimum} or a tuple of 2 or 3 of them; got {value!r}")
+        error = (
+            ValueError if all(isinstance(v, int) and not isinstance(v, bool) for v in values) else ParameterTypeError
+        )
+        raise error(f"{name} must be an integer >= {minimum} or a tuple of 2 or 3 of them; got {value!r}")
     return values if isinstance(value, (tuple, list)) else values[0]
+
+
+def _causal(value: object) -> tuple[bool, ...] | bool:
+    """``is_causal``: a bool or a 1- to 3-tuple of bools (``"yes"`` or ``None`` would silently mean True/False)."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not 1 <= len(values) <= 3:
+        raise ValueError(f"is_causal must be a bool or a tuple of 2 or 3 bools; got {value!r}")
+    checked = tuple(check_bool(v, "is_causal") for v in values)
+    return checked if isinstance(value, (tuple, list)) else checked[0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -59,10 +73,9 @@ class NeighborhoodAttention(Effect):
         self.kernel_size = _per_axis(kernel_size, "kernel_size", 1)
         self.dilation = _per_axis(dilation, "dilation", 1)
         self.stride = _per_axis(stride, "stride", 1)
-        if text not in ("full", "text"):
-            raise ValueError(f"text must be 'full' or 'text'; got {text!r}")
-        self.is_causal = tuple(is_causal) if isinstance(is_causal, (tuple, list)) else bool(is_causal)
-        self.text = text
+        check_layer_roles(self.layers, self.roles, type(self).__name__)
+        self.text = check_choice(text, "text", ("full", "text"))
+        self.is_causal = _causal(is_causal)
 
     def _axes(self, grid: tuple[int, int, int]) -> tuple:
         """Grid axes and per-axis settings for this call: (height, width) for images, 3-D for video."""

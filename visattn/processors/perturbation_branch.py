@@ -33,6 +33,7 @@ from ..batching import prediction_of, take_input_rows, with_prediction, without_
 from ..context import BatchLayout, Branch, CallContext
 from ..guidance_math import fold_perturbations
 from ..steps import in_steps
+from ..validation import check_scale
 from .effect import AttentionCall, Effect
 
 _BRANCH_IDS = itertools.count()
@@ -46,17 +47,6 @@ class _Term:
     #: the perturbed branch's prediction (a per-sample list for denoisers that return one)
     perturbed: torch.Tensor | list[torch.Tensor]
     scale: float
-
-
-def check_scale(scale: float, parameter: str = "scale") -> float:
-    """``float(scale)``; ValueError naming the parameter unless it is a finite number ``>= 0``."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValueError(f"{parameter} must be a number >= 0; got {scale!r}")
-    if not scale >= 0:
-        raise ValueError(f"{parameter} must be >= 0; got {scale!r}")
-    if scale == float("inf"):
-        raise ValueError(f"{parameter} must be finite; got {scale!r}")
-    return float(scale)
 
 
 def identity_rows(call: AttentionCall, rows: slice, weight: torch.Tensor | float = 1.0) -> None:

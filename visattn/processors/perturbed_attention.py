@@ -14,29 +14,41 @@ prediction so the pipeline's own CFG arithmetic yields ``eps_cfg + scale * (eps_
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping
 
 import torch
 
 from ..context import CallContext
 from ..layers import FAMILY_DEFAULT, matches
+from ..validation import ParameterTypeError, check_fraction, check_layer_roles, check_regex, check_scale
 from .effect import AttentionCall
-from .perturbation_branch import PerturbationGuidance, check_scale, identity_rows
+from .perturbation_branch import PerturbationGuidance, identity_rows
 
 
-def _check_heads(heads) -> dict[str, tuple[int, ...]] | None:
+def _check_heads(heads: object) -> dict[str, tuple[int, ...]] | None:
+    """``heads`` normalized to ``{layer identifier: (head indices...)}``; each identifier must compile as a regex and
+    each index be an int >= 0 (whether it is below the layer's head count is checked at attach, see
+    :meth:`PerturbedAttentionGuidance.check_modules`)."""
     if heads is None:
         return None
-    if not isinstance(heads, Mapping) or not heads:
-        raise ValueError(f"heads must be a non-empty dict {{layer: [head indices]}}; got {heads!r}")
+    if not isinstance(heads, Mapping):
+        raise ParameterTypeError(
+            f"heads must be None or a non-empty dict {{layer identifier: [head indices]}}; got {heads!r} "
+            f"({type(heads).__name__})"
+        )
+    if not heads:
+        raise ValueError("heads must be None or a non-empty dict {layer identifier: [head indices]}; got {}")
     checked = {}
     for layer, indices in heads.items():
         if not isinstance(layer, str):
-            raise ValueError(f"heads keys must be layer identifiers (str); got {layer!r}")
-        indices = tuple(indices) if isinstance(indices, Iterable) else (indices,)
-        if not indices or any(not isinstance(i, int) or i < 0 for i in indices):
-            raise ValueError(f"heads[{layer!r}] must be non-negative head indices; got {indices!r}")
-        checked[layer] = indices
+            raise ParameterTypeError(f"heads keys must be layer identifiers (str); got {layer!r}")
+        check_regex(layer, "heads key")
+        indices = tuple(indices) if isinstance(indices, Iterable) and not isinstance(indices, str) else (indices,)
+        # bool is an int: heads={"mid": [True]} would select head 1 without saying so.
+        if not indices or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in indices):
+            raise ValueError(f"heads[{layer!r}] must be non-negative head indices (int); got {indices!r}")
+        checked[layer] = tuple(int(i) for i in indices)
     return checked
 
 
@@ -88,12 +100,37 @@ class PerturbedAttentionGuidance(PerturbationGuidance):
         adaptive_scale: float = 0.0,
         steps=None,
     ) -> None:
+        # Checked here first: the base class's own check predates the MAX_SCALE bound.
+        scale = check_scale(scale)
         super().__init__(scale, layers=layers, steps=steps)
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1]; got {strength}")
-        self.strength = float(strength)
+        check_layer_roles(self.layers, self.roles, type(self).__name__)
+        self.strength = check_fraction(strength, "strength")
         self.adaptive_scale = check_scale(adaptive_scale, "adaptive_scale")
         self.heads = _check_heads(heads)
+
+    def check_modules(self, modules: Mapping[str, torch.nn.Module]) -> None:
+        """Attach-time check of ``heads`` against the attention modules this effect acts on (name -> module).
+
+        Raises:
+            ValueError: a ``heads`` identifier selects none of these layers (it would perturb nothing), or an
+                index is not below a selected layer's head count (the module's ``heads`` attribute).
+        """
+        if self.heads is None:
+            return
+        for layer_id, indices in self.heads.items():
+            names = [name for name in modules if matches(layer_id, name)]
+            if not names:
+                raise ValueError(
+                    f"heads key {layer_id!r} matches none of the layers {type(self).__name__} acts on "
+                    f"({', '.join(modules)}); it would perturb nothing"
+                )
+            for name in names:
+                count = getattr(modules[name], "heads", None)
+                if isinstance(count, int) and not isinstance(count, bool) and max(indices) >= count:
+                    raise ValueError(
+                        f"heads[{layer_id!r}]: index {max(indices)} is out of range for layer {name!r}, which has "
+                        f"{count} heads (indices 0 to {count - 1})"
+                    )
 
     def scale_at(self, timestep: float | None) -> float:
         """The guidance scale at a scheduler timestep (adaptive scaling counts down from t = 1000)."""

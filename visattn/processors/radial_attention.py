@@ -20,10 +20,12 @@ import functools
 import math
 from collections.abc import Iterable
 
+from .. import validation
 from ..context import CallContext
 from ..families import FAMILY_KEYS, VIDEO_FAMILIES, family_named
 from ..kernels.radial import AUTHORS_SPLIT_THRESHOLD, RadialPattern
 from ..layers import normalize_layers, select_layers
+from ..validation import check_bool, check_choice, check_fraction, check_layer_roles, check_number
 from .effect import AttentionCall, Effect
 
 #: Denoiser classes the authors' code runs without an attention sink: their HunyuanVideo model subclasses
@@ -70,15 +72,13 @@ def _pattern(
     )
 
 
-def _dense_steps(value) -> float:
+def _dense_steps(value: object) -> float:
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"dense_steps={value!r} is not allowed; dense_steps must be a fraction in [0, 1] of the schedule "
-            f"(or None for no dense steps)"
-        )
-    return float(value)
+    try:
+        return check_fraction(value, "dense_steps")
+    except ValueError as error:
+        raise type(error)(f"{error} (a fraction of the schedule, or None for no dense steps)") from None
 
 
 def _dense_layers(value) -> int | tuple[str, ...]:
@@ -148,8 +148,12 @@ class RadialAttention(Effect):
         split_threshold: int = AUTHORS_SPLIT_THRESHOLD,
     ) -> None:
         super().__init__(layers=layers, steps=steps)
-        if text not in ("full", "text"):
-            raise ValueError(f"text={text!r} is not allowed; text must be 'full' or 'text'")
+        check_layer_roles(self.layers, self.roles, type(self).__name__)
+        check_choice(text, "text", ("full", "text"))
+        check_bool(sink_queries, "sink_queries")
+        # Bounded like a scale: band windows are decay_factor times token counts, which must stay finite integers.
+        decay_factor = check_number(decay_factor, "decay_factor", above=0.0, maximum=validation.MAX_SCALE)
+        # block_size, dense_distance and split_threshold: checked by RadialPattern below, naming each.
         if sink_frames is not None and (
             isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or sink_frames < 0
         ):

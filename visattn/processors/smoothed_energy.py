@@ -35,7 +35,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from .. import validation
 from ..layers import FAMILY_DEFAULT
+from ..validation import check_choice, check_layer_roles, check_number, check_scale
 from .effect import AttentionCall
 from .perturbation_branch import PerturbationGuidance
 
@@ -151,18 +153,21 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
         blur: str = "query",
         inf_threshold: float = INF_BLUR_THRESHOLD,
     ) -> None:
+        # Checked here first: the base class's own check predates the MAX_SCALE bound.
+        scale = check_scale(scale)
         super().__init__(scale, layers=layers, steps=steps)
-        for name, value in (("sigma", sigma), ("inf_threshold", inf_threshold)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(
-                    f"{name} must be a number > 0 (any sigma > inf_threshold, default {INF_BLUR_THRESHOLD:g}, is "
-                    f"infinite blur); got {value!r}"
-                )
-        if blur not in BLUR_TARGETS:
-            raise ValueError(f"blur must be one of {BLUR_TARGETS}; got {blur!r}")
-        self.sigma = float(sigma)
-        self.blur = blur
-        self.inf_threshold = float(inf_threshold)
+        check_layer_roles(self.layers, self.roles, type(self).__name__)
+        # The threshold is bounded so that every finite Gaussian (sigma <= threshold) has a finite kernel size;
+        # sigma itself may be anything positive, inf included: above the threshold the blur is the grid mean.
+        self.inf_threshold = check_number(
+            inf_threshold, "inf_threshold", above=0.0, maximum=validation.MAX_BLUR_THRESHOLD
+        )
+        try:
+            self.sigma = check_number(sigma, "sigma", above=0.0, allow_inf=True)
+        except ValueError as error:
+            hint = f"any sigma > inf_threshold ({self.inf_threshold:g}) is infinite blur"
+            raise type(error)(f"{error} ({hint})") from None
+        self.blur = check_choice(blur, "blur", BLUR_TARGETS)
 
     def perturb(self, call: AttentionCall, rows: slice) -> None:
         """Blur the perturbed rows' image queries (or keys) over the latent grid."""
