@@ -14,9 +14,9 @@ from PIL import Image
 import visattn
 from visattn.attachment import layer_roles
 from visattn.heatmaps import colorize, colormap_table, heatmap
+from visattn.kernels import ProbabilityRead
 from visattn.kernels.backends import reference
 from visattn.processors import AttentionCall, AttentionMaps, Effect
-from visattn.processors.attention_maps import attention_probabilities
 from visattn.testing import TINY_PIPELINES, call_kwargs, denoiser_of, latent_grid, tiny_pipeline
 from visattn.words import prompt_tokens
 
@@ -53,7 +53,7 @@ def first_text_layer(family: str) -> str:
 
 class ReferenceProbe(Effect):
     """Materializes each call's probabilities with the reference backend (the oracle), after every other effect,
-    and also records what :func:`attention_probabilities` computes for the same block."""
+    and also records the block the attention core's probability stage hands a read of it."""
 
     roles = ("cross", "joint")
 
@@ -62,16 +62,18 @@ class ReferenceProbe(Effect):
         self.records = []
 
     def apply(self, call: AttentionCall) -> None:
-        call.observers.append(self.observe)
+        ctx = call.ctx
+        rows, image, text = ctx.batch.rows("cond"), ctx.queries.image.as_slice(), ctx.keys.text.as_slice()
+        read = {}
+        keys = torch.arange(text.start, text.stop)
+        call.reads.append(ProbabilityRead(lambda block: read.update(block=block), rows=rows, queries=image, keys=keys))
+        call.observers.append(lambda done: self.observe(done, read["block"]))
 
-    def observe(self, call: AttentionCall) -> None:
+    def observe(self, call: AttentionCall, observed: torch.Tensor) -> None:
         ctx = call.ctx
         probs = torch.softmax(reference.masked_logits(call.request(), 0, call.q.shape[2]), dim=-1)
         rows, image, text = ctx.batch.rows("cond"), ctx.queries.image.as_slice(), ctx.keys.text.as_slice()
-        block = probs[rows, :, image, text]
-        keys = torch.arange(text.start, text.stop)
-        observed = attention_probabilities(call, rows, image, keys)
-        self.records.append((ctx, block, observed, call.lse is not None))
+        self.records.append((ctx, probs[rows, :, image, text], observed, call.lse is not None))
 
 
 # --- output neutrality -----------------------------------------------------------------------------------------
@@ -131,8 +133,8 @@ def test_score_modifiers_and_the_core_log_sum_exp_are_used():
 
 
 class BoostWord(Effect):
-    """Materializes the probabilities, shifts attention toward one text key (as Prompt-to-Prompt's re-weighting
-    does) and leaves them in ``call.probs`` with the matching output."""
+    """A probability editor: shifts attention toward one text key (as Prompt-to-Prompt's re-weighting does:
+    ``exp(4)`` times the key's weight, renormalized) and keeps what it made."""
 
     roles = ("cross",)
 
@@ -142,14 +144,17 @@ class BoostWord(Effect):
         self.seen = []
 
     def apply(self, call: AttentionCall) -> None:
-        logits = reference.masked_logits(call.request(), 0, call.q.shape[2])
-        logits[..., call.ctx.keys.text.start + self.position] += 4.0
-        call.probs = torch.softmax(logits, dim=-1)
-        call.output = torch.matmul(call.probs, call.v.float()).to(call.q.dtype)
-        self.seen.append(call.probs)
+        column = call.ctx.keys.text.start + self.position
+
+        def edit(probs, start, stop):
+            probs[..., column] *= float(np.exp(4.0))
+            probs /= probs.sum(-1, keepdim=True)
+            self.seen.append(probs.clone())
+
+        call.editors.append(edit)
 
 
-def test_probabilities_set_by_an_effect_are_used():
+def test_reads_see_the_probabilities_editors_made():
     tokens = prompt_tokens(pipeline("unet"), "a red circle")
     layer = "^" + re.escape(first_text_layer("unet")) + "$"
     boost = BoostWord(tokens.positions("red")[0], layers=layer)

@@ -26,6 +26,16 @@ def test_a_pipeline_call_with_cfg_equals_one_process(effects):
         assert np.abs(frames - oracle).max() <= 1e-5
 
 
+def test_wan22_two_transformers_each_split_equal_one_process():
+    """Wan 2.2 hands the low-noise steps to transformer_2 (boundary_ratio) with its own guidance scale: visattn rides
+    both splits, and PAG folds with the scale of the stage that runs."""
+    effects = ("pag", "neighborhood", "maps")
+    oracle = single_process_pipeline(effects, True)
+    assert np.abs(oracle - single_process_pipeline(effects)).max() > 1e-4  # the second transformer ran
+    for frames in run_on_ranks(parallel_pipeline, effects, True, world=2):
+        assert np.abs(frames - oracle).max() <= 1e-5
+
+
 @pytest.mark.parametrize(
     "effects", [(), ("neighborhood", "maps"), ("pag", "seg")], ids=["no-effect", "neighborhood+maps", "pag+seg"]
 )

@@ -12,6 +12,7 @@ from helpers import BandPattern, HeadScale
 import visattn
 from visattn.alignment import TokenMap, align_words, token_map, word_pairs
 from visattn.attachment import layer_roles
+from visattn.kernels import ProbabilityRead
 from visattn.processors import AttentionMaps, LocalBlend, PerturbedAttentionGuidance, PromptToPrompt
 from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
 from visattn.words import prompt_tokens
@@ -43,7 +44,7 @@ def plain(family: str, prompt: str, seed: int = 0) -> np.ndarray:
 
 
 class ProbsProbe(visattn.Effect):
-    """Records ``(context, probabilities)`` of every call after the output is known (reads ``call.probs``)."""
+    """Records ``(context, probabilities)`` of every call: a read of its whole final probabilities."""
 
     roles = ("self", "cross", "joint")
 
@@ -52,7 +53,8 @@ class ProbsProbe(visattn.Effect):
         self.calls = []
 
     def apply(self, call):
-        call.observers.append(lambda done: self.calls.append((done.ctx, done.probs)))
+        ctx = call.ctx
+        call.reads.append(ProbabilityRead(lambda probs: self.calls.append((ctx, probs))))
 
 
 def cond_halves(ctx, probs):
@@ -348,7 +350,7 @@ def test_bad_parameters_raise_clear_errors():
         PromptToPrompt("a cat", "a dog", mode="swap")
     with pytest.raises(ValueError, match="reweight needs weights"):
         PromptToPrompt.reweight("a cat", {})
-    with pytest.raises(ValueError, match=r"weights\['cat'\] must be a finite number"):
+    with pytest.raises(ValueError, match=r"weights\['cat'\] must be in \[-10000, 10000\]; got nan"):
         PromptToPrompt.reweight("a cat", {"cat": float("nan")})
     with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\); got 2"):
         LocalBlend("cat", threshold=2)
@@ -389,3 +391,30 @@ def test_a_prompt_longer_than_the_text_encoder_is_rejected():
     p2p = PromptToPrompt.replace(f"a cat {long}", f"a dog {long}")
     with pytest.raises(ValueError, match="CLIP tokens .* holds 77"):
         edit("unet", p2p)
+
+
+@pytest.mark.parametrize("steps", [5, 7, 10, 50])
+@pytest.mark.parametrize("cross, self_", [(0.8, 0.4), (0.3, 0.25), ((0.1, 0.55), (0.2, 0.7))])
+def test_step_windows_are_the_authors_integer_steps(steps, cross, self_):
+    """google/prompt-to-prompt, ptp_utils.update_alpha_time_word / get_time_words_attention_alpha: cross-attention
+    is injected at steps ``int(b0 * (N + 1)) <= i < int(b1 * (N + 1))`` (a table of N + 1 rows); AttentionControlEdit:
+    self-attention at ``int(N * s0) <= i < int(N * s1)``."""
+    from visattn.context import StepInfo
+    from visattn.processors.prompt_to_prompt import _cross_active, _self_active
+
+    def bounds(value):
+        return (0.0, value) if isinstance(value, float) else value
+
+    def authors_cross(i):  # transcription: alpha[:start] = 0; alpha[start:end] = 1; alpha[end:] = 0
+        rows = steps + 1
+        start, end = int(bounds(cross)[0] * rows), int(bounds(cross)[1] * rows)
+        return start <= i < end
+
+    def authors_self(i):
+        start, end = int(steps * bounds(self_)[0]), int(steps * bounds(self_)[1])
+        return start <= i < end
+
+    for i in range(steps):
+        step = StepInfo(i, steps, None)
+        assert _cross_active(bounds(cross), step) == authors_cross(i)
+        assert _self_active(bounds(self_), step) == authors_self(i)

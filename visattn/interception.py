@@ -116,6 +116,7 @@ def _unchanged(call: AttentionCall, q, k, v, attn_mask, scale) -> bool:
         and call.v is v
         and call.attn_mask is attn_mask
         and call.scale == scale
+        and not call.editors
     )
 
 
@@ -261,7 +262,7 @@ class AttentionLayerHook(ModelHook):
             raise ValueError(f"backend={backend!r} is not one of {', '.join(backend_names())}")
         #: the effects that act on this layer (the attachment resolved each one's ``layers``)
         self.effects = list(effects)
-        self.wrappers = [effect for effect in self.effects if hasattr(effect, "wrap_attention")]
+        self.wrappers = [effect for effect in self.effects if effect.wraps_attention]
         self.state = state
         self.layer_name = layer_name
         self.layer_index = layer_index
@@ -412,10 +413,10 @@ class AttentionLayerHook(ModelHook):
         for effect in acting:
             effect.apply(call)
         if call.output is None and _unchanged(call, q, k, v, mask, sdpa["scale"]):
-            if paired and not call.observers:
+            if paired and not call.observers and not call.reads:
                 # Nothing edits the target row at this step: its stock call answers, bit for bit.
                 return func(*args, **kwargs)
-            # Only observers acted: the stock computation answers, so observing never changes a bit (on the
+            # Only observers and reads acted: the stock computation answers, so observing never changes a bit (on the
             # gathered or reordered sequence under context parallelism, whose rows are the stock rows).
             if shard or order is not None or paired:
                 call.output = func(q, k, v, attn_mask=mask, scale=sdpa["scale"])

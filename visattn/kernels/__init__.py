@@ -1,6 +1,8 @@
 """Attention ops and backends: the attention core, patterns, score modifiers.
 
 ``attention`` is the single entry point; ``available_backends`` lists the backends and why any is missing.
+Beyond FlexAttention's split (``Pattern.mask_mod``, ``ScoreModifier.score_mod``), a call may name a probability
+stage (:mod:`.probabilities`): editors and reads of the softmax's probabilities.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from .block_density import density, tile_aligned_order
 from .core import attention, available_backends, backend_names, choose_backend, register_backend, run_request
 from .natten_api import na1d, na2d, na3d
 from .neighborhood import NeighborhoodPattern
+from .probabilities import Editor, ProbabilityRead
 from .request import AttentionRequest
 from .spec import AllOf, Chain, DensePattern, Pattern, ScoreModifier, all_of, chain
 
@@ -28,6 +31,8 @@ __all__ = [
     "register_backend",
     "run_request",
     "AttentionRequest",
+    "Editor",
+    "ProbabilityRead",
     "Pattern",
     "ScoreModifier",
     "DensePattern",

@@ -27,17 +27,20 @@ call falls back to auto's choice with a one-time warning.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_attention_inputs
 from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
+from .probabilities import Editor, ProbabilityRead, serve_reads
 from .request import AttentionRequest, UnsupportedCall
 from .spec import Pattern, ScoreModifier
 
@@ -321,6 +324,8 @@ def auto_decision(request: AttentionRequest) -> Decision | None:
 
 def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Compute a prepared :class:`AttentionRequest`; returns ``(out, lse or None)``."""
+    if request.editors or request.reads:
+        return _run_probability_stage(request, backend)
     name = backend
     if backend == "auto":
         name = _env_backend(request) or ("auto" if not request.is_plain else sdpa.NAME)
@@ -330,6 +335,34 @@ def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch
     if request.return_lse and lse is None:
         # Only reachable for a backend that cannot return it; the reference recomputes it exactly.
         _, lse = reference.run(request)
+    return _with_identity_blend(request, out), lse
+
+
+def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A call with a probability stage (:mod:`visattn.kernels.probabilities`).
+
+    Editors need materialized probabilities: the reference backend runs the call, editors and reads on the same
+    chunks. Reads alone leave the call to any backend (the probability stage does not change the output) and are
+    served once afterwards from its log-sum-exp; measuring backends never runs them twice.
+    """
+    if request.editors:
+        if backend not in ("auto", reference.NAME):
+            raise ValueError(
+                f"backend={backend!r} cannot edit attention probabilities (only the reference backend materializes "
+                "them); use backend='auto' or 'reference'"
+            )
+        out, lse = reference.run(request)
+        return _with_identity_blend(request, out), lse
+    call = dataclasses.replace(request, reads=())
+    if not call.is_plain:
+        # The backend computes the log-sum-exp anyway; asking a plain call for it would leave the dense SDPA path.
+        call = dataclasses.replace(call, return_lse=True)
+    out, lse = run_request(call, backend)
+    serve_reads(request, request.reads, lse)
+    return out, lse
+
+
+def _with_identity_blend(request: AttentionRequest, out: torch.Tensor) -> torch.Tensor:
     if request.identity_blend is not None:
         if request.q.shape[2] != request.k.shape[2]:
             raise ValueError(
@@ -339,7 +372,7 @@ def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch
         # lerp returns exactly v where the weight is 1 (PAG's identity), unlike out + w * (v - out).
         blend = request.identity_blend.to(device=out.device, dtype=out.dtype)
         out = torch.lerp(out, request.v.to(out.dtype), blend)
-    return out, lse
+    return out
 
 
 def attention(
@@ -356,6 +389,8 @@ def attention(
     return_lse: bool = False,
     use_dispatcher: bool = False,
     dispatcher_backend: Any = None,
+    editors: Sequence[Editor] = (),
+    reads: Sequence[ProbabilityRead] = (),
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention over ``[batch, heads, tokens, head_dim]`` tensors with a pattern, a score modifier and a blend.
 
@@ -371,10 +406,22 @@ def attention(
         return_lse: also return the natural-log log-sum-exp of the logits, ``[B, H, Nq]``.
         use_dispatcher, dispatcher_backend: route the dense path through diffusers' dispatcher with this
             backend (what ``model.set_attention_backend`` chose).
+        editors: the probability stage's editors, ``editor(probs, start, stop)`` changing the fp32 probabilities
+            ``[B, H, stop - start, Nk]`` of queries ``[start, stop)`` in place before they weight the values
+            (:mod:`visattn.kernels.probabilities`); the reference backend runs edited calls.
+        reads: :class:`~visattn.kernels.probabilities.ProbabilityRead` blocks of the final probabilities to hand
+            to observers; they leave the call on any backend.
 
     Returns:
         ``out`` (``[B, H, Nq, Dv]``, dtype of ``q``), or ``(out, lse)`` when ``return_lse``.
+
+    Raises:
+        TypeError, ValueError: bad inputs, checked up front by
+            :func:`visattn.validation.check_attention_inputs` (shapes, dtypes and devices; no values read).
     """
+    check_attention_inputs(
+        q, k, v, pattern=pattern, score_mod=score_mod, attn_mask=attn_mask, scale=scale, identity_blend=identity_blend
+    )
     request = AttentionRequest(
         q=q,
         k=k,
@@ -387,6 +434,8 @@ def attention(
         return_lse=return_lse,
         use_dispatcher=use_dispatcher,
         dispatcher_backend=dispatcher_backend,
+        editors=tuple(editors),
+        reads=tuple(reads),
     )
     out, lse = run_request(request, backend)
     return (out, lse) if return_lse else out

@@ -3,6 +3,7 @@ raises when it cannot compute one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ class AttentionRequest:
         return_lse: also return the log-sum-exp of the (masked, modified, scaled) logits, ``[B, H, Nq]``.
         dispatcher: ``None`` to call torch SDPA directly; otherwise the diffusers dispatcher is used with
             ``dispatcher_backend`` (``None`` there means diffusers' active backend).
+        editors, reads: the probability stage (:mod:`visattn.kernels.probabilities`): editors change the
+            softmax's probabilities before they weight the values (only the reference backend runs them), reads
+            receive blocks of the final probabilities.
     """
 
     q: torch.Tensor
@@ -48,11 +52,14 @@ class AttentionRequest:
     return_lse: bool = False
     use_dispatcher: bool = False
     dispatcher_backend: Any = None
+    editors: tuple[Callable[[torch.Tensor, int, int], None], ...] = ()
+    reads: tuple[Any, ...] = ()
 
     @property
     def is_plain(self) -> bool:
-        """True when nothing beyond dense softmax attention (with the model's own mask) is asked for."""
-        return self.pattern is None and self.score_mod is None and not self.return_lse
+        """True when nothing beyond dense softmax attention (with the model's own mask) is asked for (reads of
+        its probabilities are served apart)."""
+        return self.pattern is None and self.score_mod is None and not self.return_lse and not self.editors
 
     @property
     def effective_scale(self) -> float:

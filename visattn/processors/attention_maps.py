@@ -6,15 +6,12 @@ for Zero-Shot Referral Segmentation") aggregate these maps over layers, heads an
 Wan the maps are cross-attention probabilities (image queries, text keys); for MM-DiTs (SD3, Flux, CogVideoX,
 HunyuanVideo) they are the image-query/text-key block of the joint softmax.
 
-How the probabilities are obtained, cheapest first:
-
-* an effect that materialized the probabilities (Prompt-to-Prompt edits them) leaves them in
-  :attr:`AttentionCall.probs`, and they are read from there;
-* otherwise only the needed block is computed, ``exp(q k_text^T * scale (+ score_mod, masks) - lse)``, for the
-  rows of one batch branch, the image queries and the text keys of the tracked words, using the log-sum-exp
-  the attention core returned. A call whose core returned no log-sum-exp (the dense SDPA path cannot) gets it
-  recomputed here for those rows and queries, in chunks, without keeping the scores. Either way the full map is
-  never stored.
+How the probabilities are obtained: the effect reads a block of each call's final probabilities through the
+attention core's probability stage (:class:`visattn.kernels.ProbabilityRead`): the rows of one batch branch,
+the image queries and the text keys of the tracked words. The core serves it from the chunks it materializes when
+the call is edited (Prompt-to-Prompt), and otherwise computes just that block, ``exp(q k_text^T * scale
+(+ score_mod, masks) - lse)``, from the backend's log-sum-exp (recomputed for those rows when the backend gives
+none, as dense SDPA). The full map is never stored, and the call's output is never changed.
 
 RefAM's observation drives the ``drop_special`` default: start/end tokens, padding and stop words soak up most
 of the text attention ("attention magnets"), so the maps are renormalized over the remaining words.
@@ -35,110 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import heatmaps as rendering
+from .. import validation
 from ..context import CallContext, DenoiserCall
+from ..kernels.probabilities import ProbabilityRead
 from ..words import STOP_WORDS, PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
-
-# Queries per chunk when the log-sum-exp has to be recomputed: bounds the transient scores at
-# rows x heads x chunk x keys floats.
-LSE_QUERY_CHUNK = 1024
-
-
-# --- probabilities of one call ---------------------------------------------------------------------------------
-
-
-def _as_index(index: slice | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(index, slice):
-        return torch.arange(index.start, index.stop, device=device)
-    return index.to(device=device, dtype=torch.long)
-
-
-def _mask_block(mask: torch.Tensor, rows: slice, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-    """The part of a mask broadcastable to ``[B, H, Nq, Nk]`` that the selected rows/queries/keys see."""
-    while mask.dim() < 4:
-        mask = mask.unsqueeze(0)
-    # Index only the axes the mask really has, so a key-padding mask [B, 1, 1, Nk] stays small.
-    if mask.shape[0] > 1:
-        mask = mask[rows]
-    if mask.shape[2] > 1:
-        mask = mask.index_select(2, q_idx)
-    if mask.shape[3] > 1:
-        mask = mask.index_select(3, kv_idx)
-    return mask
-
-
-def attention_logits(
-    call: AttentionCall, rows: slice, queries: slice | torch.Tensor, keys: slice | torch.Tensor
-) -> torch.Tensor:
-    """Scaled, modified and masked fp32 logits of one call for a block of rows, queries and keys.
-
-    The same arithmetic as the reference backend (:func:`visattn.kernels.backends.reference.masked_logits`):
-    ``q k^T * scale``, then the score modifier, the model's mask and the pattern (masked pairs are ``-inf``),
-    with absolute batch, head, query and key indices so that modifiers and patterns see the pairs they would
-    see in the full call. Returns ``[rows, heads, len(queries), len(keys)]``.
-    """
-    request = call.request()
-    device = call.q.device
-    q_idx, kv_idx = _as_index(queries, device), _as_index(keys, device)
-    q = call.q[rows].index_select(2, q_idx).float()
-    k = call.k[rows].index_select(2, kv_idx).float()
-    logits = torch.matmul(q, k.transpose(-1, -2)) * request.effective_scale
-    b = torch.arange(rows.start, rows.stop, device=device).view(-1, 1, 1, 1)
-    h = torch.arange(q.shape[1], device=device).view(1, -1, 1, 1)
-    qi, ki = q_idx.view(1, 1, -1, 1), kv_idx.view(1, 1, 1, -1)
-    if request.score_mod is not None:
-        logits = request.score_mod.score_mod(logits, b, h, qi, ki)
-    if request.attn_mask is not None:
-        mask = _mask_block(request.attn_mask, rows, q_idx, kv_idx)
-        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
-    if request.pattern is not None:
-        logits = logits.masked_fill(~request.pattern.mask_mod(b, h, qi, ki), float("-inf"))
-    return logits
-
-
-def attention_lse(call: AttentionCall, rows: slice, queries: slice | torch.Tensor) -> torch.Tensor:
-    """Natural-log log-sum-exp over all keys for a block of rows and queries: ``[rows, heads, len(queries)]``.
-
-    Read from :attr:`AttentionCall.lse` when the core returned it, else recomputed in chunks of queries.
-    """
-    q_idx = _as_index(queries, call.q.device)
-    if call.lse is not None:
-        return call.lse[rows].index_select(2, q_idx.to(call.lse.device)).float()
-    all_keys = slice(0, call.k.shape[2])
-    parts = [
-        torch.logsumexp(attention_logits(call, rows, chunk, all_keys), dim=-1) for chunk in q_idx.split(LSE_QUERY_CHUNK)
-    ]
-    return torch.cat(parts, dim=2)
-
-
-def attention_probabilities(
-    call: AttentionCall, rows: slice, queries: slice | torch.Tensor, keys: slice | torch.Tensor
-) -> torch.Tensor:
-    """The final attention probabilities of one call for a block of rows, queries and keys (fp32).
-
-    ``[rows, heads, len(queries), len(keys)]``: taken from :attr:`AttentionCall.probs` when an effect set
-    them, otherwise ``exp(logits - lse)`` for just this block. An identity blend (SoftPAG) scales each row by
-    ``1 - s``, the weight left to the softmax map, when the keys are not the queries themselves.
-    """
-    device = call.q.device
-    q_idx, kv_idx = _as_index(queries, device), _as_index(keys, device)
-    if call.probs is not None:
-        probs = call.probs[rows].index_select(2, q_idx.to(call.probs.device))
-        return probs.index_select(3, kv_idx.to(call.probs.device)).float()
-    logits = attention_logits(call, rows, q_idx, kv_idx)
-    lse = attention_lse(call, rows, q_idx).to(logits.device)
-    # A query with every key masked has lse = -inf; its probabilities are zero, as the backends return.
-    probs = torch.exp(logits - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
-    if call.identity_blend is not None:
-        blend = call.identity_blend.float().to(device)
-        while blend.dim() < 4:
-            blend = blend.unsqueeze(0)
-        blend = blend.expand(call.q.shape[0], call.q.shape[1], call.q.shape[2], 1)[rows].index_select(2, q_idx)
-        # The identity's own column is the query's index: zero on every other key.
-        diagonal = (q_idx.view(-1, 1) == kv_idx.view(1, -1)).float()
-        probs = probs * (1.0 - blend) + blend * diagonal
-    return probs
-
 
 # --- which positions to track ------------------------------------------------------------------------------------
 
@@ -172,17 +70,36 @@ def _check_words(words: Any) -> tuple[str | int, ...] | None:
 
 
 def _check_resolution(resolution: Any) -> tuple[int, int] | None:
+    """``None`` or ``(height, width)``, at most :data:`visattn.validation.MAX_MAP_PIXELS` pixels: the running sums
+    hold ``words x frames x height x width`` floats for the whole run, so the size is bounded up front."""
     if resolution is None:
         return None
     if isinstance(resolution, int) and not isinstance(resolution, bool) and resolution > 0:
-        return resolution, resolution
-    if (
+        size = (resolution, resolution)
+    elif (
         isinstance(resolution, Sequence)
         and len(resolution) == 2
         and all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in resolution)
     ):
-        return int(resolution[0]), int(resolution[1])
-    raise ValueError(f"resolution must be None, a positive int or a (height, width) pair; got {resolution!r}")
+        size = (int(resolution[0]), int(resolution[1]))
+    else:
+        raise ValueError(f"resolution must be None, a positive int or a (height, width) pair; got {resolution!r}")
+    if size[0] * size[1] > validation.MAX_MAP_PIXELS:
+        raise ValueError(
+            f"resolution={resolution!r} is {size[0] * size[1]} pixels per frame; at most "
+            f"{validation.MAX_MAP_PIXELS} are allowed (each tracked word keeps a float32 map of that size per frame; "
+            "raise visattn.validation.MAX_MAP_PIXELS for more, or render larger with heatmaps(size=...))"
+        )
+    return size
+
+
+def _prompt_texts(prompts: Any) -> tuple[str, ...] | None:
+    """The prompt texts of ``AttentionMaps(prompt=...)`` or of a pipeline call (``None``: not comparable)."""
+    if isinstance(prompts, (str, PromptTokens)):
+        prompts = (prompts,)
+    if not isinstance(prompts, Sequence) or not all(isinstance(p, (str, PromptTokens)) for p in prompts):
+        return None
+    return tuple(p.prompt if isinstance(p, PromptTokens) else p for p in prompts)
 
 
 def _check_prompt(prompt: Any) -> tuple[str | PromptTokens, ...]:
@@ -247,16 +164,18 @@ class AttentionMaps(Effect):
         super().__init__(layers=layers, steps=steps)
         self.words = _check_words(words)
         self.resolution = _check_resolution(resolution)
-        if not isinstance(drop_special, bool):
-            raise ValueError(f"drop_special must be True or False; got {drop_special!r}")
-        self.drop_special = drop_special
+        self.drop_special = validation.check_bool(drop_special, "drop_special")
         # Without a prompt, the prompt is read from the running pipeline call (CallContext.denoiser.prompt).
         self._prompt_from_call = prompt is None
         self.prompts = None if prompt is None else _check_prompt(prompt)
         if not isinstance(branch, str) or not branch:
             raise ValueError(f"branch must be a batch-branch name such as 'cond'; got {branch!r}")
         self.branch = branch
+        if isinstance(stop_words, str) or not isinstance(stop_words, Iterable):
+            raise validation.ParameterTypeError(f"stop_words must be a collection of words; got {stop_words!r}")
         self.stop_words = frozenset(str(w).lower() for w in stop_words)
+        #: the denoiser call whose pipeline prompt was last compared with ``prompt=`` (once per denoiser call)
+        self._prompt_checked_in: Any = None
         #: the denoiser call whose prompt was last read (the prompt is read once per denoiser call)
         self._prompt_read_in: Any = None
         self.reset()
@@ -302,21 +221,40 @@ class AttentionMaps(Effect):
             )
         self.prompts, self._plans = prompts, {}
 
+    def _check_prompt_of_call(self, denoiser: DenoiserCall | None) -> None:
+        """ValueError when ``prompt=`` is not the running pipeline call's prompt: the maps would carry the words of
+        one prompt over the attention of another. Compared once per denoiser call; nothing to compare without a
+        pipeline, with ``prompt_embeds``, or with a prompt template that rewrites the text.
+        """
+        if denoiser is None or denoiser is self._prompt_checked_in:
+            return
+        self._prompt_checked_in = denoiser
+        called = _prompt_texts(denoiser.prompt.prompt)
+        if called is None or denoiser.prompt.prompt_template is not None:
+            return
+        if any(isinstance(p, PromptTokens) and not p.family for p in self.prompts):
+            return  # positions given by hand (no tokenizer behind them): their words are the user's to name
+        given = _prompt_texts(self.prompts)
+        if given != called:
+            raise ValueError(
+                f"AttentionMaps(prompt={list(given)!r}) does not match the pipeline call's prompt {list(called)!r}; "
+                "the maps would label the wrong words. Pass the call's prompt(s), in order, or leave prompt=None to "
+                "read it from the call"
+            )
+
     def apply(self, call: AttentionCall) -> None:
         ctx = call.ctx
         if ctx.grid is None or ctx.queries.image is None or ctx.keys.text is None or ctx.keys.text.length == 0:
             return
         if self.branch not in ctx.batch.names:
             return  # e.g. the unconditional call of a pipeline that runs its branches one by one
-        call.observers.append(self._observe)
-
-    def _observe(self, call: AttentionCall) -> None:
         if call.replay:
             return  # a backward recomputation: this call's maps were collected in the forward
-        ctx = call.ctx
         if self._prompt_from_call and ctx.denoiser is not None and ctx.denoiser is not self._prompt_read_in:
             self._prompt_read_in = ctx.denoiser
             self._read_prompt_of_call(ctx.denoiser)
+        if not self._prompt_from_call:
+            self._check_prompt_of_call(ctx.denoiser)
         text, image = ctx.keys.text, ctx.queries.image
         plan = self._plan(text.length, ctx)
         rows = ctx.batch.rows(self.branch)
@@ -327,7 +265,16 @@ class AttentionMaps(Effect):
                 "pass every prompt of the call (in order)"
             )
         keys = plan.positions.to(call.q.device) + text.start
-        probs = ctx.mean_over_heads(attention_probabilities(call, rows, image.as_slice(), keys))  # [rows, Nimg, K]
+
+        def observe(block: torch.Tensor) -> None:
+            self._observe(ctx, plan, block)
+
+        call.reads.append(ProbabilityRead(observe, rows=rows, queries=image.as_slice(), keys=keys))
+
+    def _observe(self, ctx: CallContext, plan: _Plan, block: torch.Tensor) -> None:
+        """Add one call's maps: ``block`` holds its probabilities ``[rows, heads, image queries, tracked keys]``."""
+        n_rows, n_prompts = block.shape[0], len(plan.prompts)
+        probs = ctx.mean_over_heads(block)  # [rows, Nimg, K]
         # Pipelines repeat each prompt num_images_per_prompt times in a row: average each prompt's images.
         probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
         frames, height, width = ctx.grid
@@ -513,6 +460,32 @@ class AttentionMaps(Effect):
             ]
             result[name] = drawn[0] if _is_single(image) else drawn
         return result
+
+    def sheet(self, images: Sequence[Any], labels: Sequence[str] | None = None, title: str | None = None) -> Any:
+        """One labelled sheet of the per-word maps (:func:`visattn.sheets.word_sheet`): a row per prompt, its
+        image first, then each word's map over it.
+
+        Args:
+            images: one generated image per prompt, in order (for video, its frames: the first is shown).
+            labels: a label per row (default: the prompts).
+            title: a line above the sheet.
+
+        Returns:
+            A PIL image.
+        """
+        from ..sheets import word_sheet
+
+        per_prompt = self._per_prompt()
+        images = list(images)
+        if len(images) != len(per_prompt):
+            raise ValueError(f"images must hold one image per prompt ({len(per_prompt)}); got {len(images)}")
+        if labels is None:
+            labels = [str(getattr(prompt, "prompt", prompt)) for prompt in self.prompts]
+        labels = list(labels)
+        if len(labels) != len(per_prompt):
+            raise ValueError(f"labels must hold one label per prompt ({len(per_prompt)}); got {len(labels)}")
+        rows = [(label, _frames(image)[0], maps) for label, image, maps in zip(labels, images, per_prompt, strict=True)]
+        return word_sheet(rows, title=title)
 
     def __repr__(self) -> str:
         return (

@@ -4,9 +4,10 @@ An effect contributes to an :class:`AttentionCall` in one of a few ways, followi
 a pattern (which pairs attend), a score modifier (how logits change), an output blend (per-head identity
 interpolation), changes to q/k/v, or a finished output. Effects that need the whole denoiser call (extra batch
 branches for guidance, latent blending for edits) override :meth:`Effect.wrap_denoiser`. An effect that may answer
-for a whole attention layer before anything is projected (a cache, as TGATE) defines
-``wrap_attention(call, hidden_states, layer_name, state)``; the layer's hook
-(:class:`visattn.interception.AttentionLayerHook`) calls it with ``call()`` computing the layer.
+for a whole attention layer before anything is projected (a cache, as TGATE) overrides
+:meth:`Effect.wrap_attention`; the layer's hook (:class:`visattn.interception.AttentionLayerHook`) calls it with
+``call()`` computing the layer. Editing or reading the softmax's probabilities goes through the attention core's
+probability stage (:attr:`AttentionCall.editors`, :attr:`AttentionCall.reads`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from ..context import CallContext
 from ..kernels import Pattern, ScoreModifier, all_of, chain, run_request
+from ..kernels.probabilities import Editor, ProbabilityRead, serve_reads
 from ..kernels.request import AttentionRequest
 from ..layers import FAMILY_DEFAULT, ROLE_KEYWORDS, normalize_layers, select_layers
 from ..steps import in_steps, normalize_steps
@@ -42,15 +44,14 @@ class AttentionCall:
     dispatcher_backend: Any = None
     #: set by an effect that computed the attention output itself (``[B, H, Nq, Dv]``); the core is skipped.
     output: torch.Tensor | None = None
-    #: the final attention probabilities ``[B, H, Nq, Nk]``, set by an effect that materialized them (for
-    #: example Prompt-to-Prompt, which edits them); observers read these instead of recomputing.
-    probs: torch.Tensor | None = None
     #: natural-log log-sum-exp of the logits ``[B, H, Nq]`` the output was computed with, when known.
     lse: torch.Tensor | None = None
-    #: callbacks ``observer(call)`` run once the output is known (attention maps, local-blend masks); when any is
-    #: registered on a non-plain call the core is asked for the log-sum-exp, so an observer can recompute just the
-    #: probabilities it needs (``exp(q k^T * scale - lse)`` over a few keys) without a materialized map. On a plain
-    #: call ``lse`` stays None (asking would leave the SDPA path) and observers compute it for their rows.
+    #: the probability stage (:mod:`visattn.kernels.probabilities`): editors change the softmax's probabilities
+    #: before they weight the values (Prompt-to-Prompt), reads receive blocks of the final probabilities
+    #: (attention maps); the core runs both.
+    editors: list[Editor] = field(default_factory=list)
+    reads: list[ProbabilityRead] = field(default_factory=list)
+    #: callbacks ``observer(call)`` run once the output is known (after the reads)
     observers: list[Callable[[AttentionCall], None]] = field(default_factory=list)
     #: a backward recomputation of a call already answered (context parallelism's Ulysses backward, see
     #: :mod:`visattn.parallel`): effects compute it as before but collect nothing again (maps, masks)
@@ -69,17 +70,16 @@ class AttentionCall:
             return_lse=return_lse,
             use_dispatcher=self.use_dispatcher,
             dispatcher_backend=self.dispatcher_backend,
+            editors=tuple(self.editors),
+            reads=tuple(self.reads),
         )
 
     def run(self) -> torch.Tensor:
         if self.output is None:
-            # Ask for the log-sum-exp only where the backend computes it anyway: on a plain call it would move the
-            # call off the dense SDPA path and change the output; observers recompute what they need instead.
-            request = self.request()
-            wants_lse = bool(self.observers) and not request.is_plain
-            if wants_lse:
-                request = self.request(return_lse=True)
-            self.output, self.lse = run_request(request, self.backend)
+            self.output, self.lse = run_request(self.request(), self.backend)
+        elif self.reads:
+            # The stock computation answered (only reads acted): serve them from the call's own logits.
+            serve_reads(self.request(), self.reads, self.lse)
         for observer in self.observers:
             observer(self)
         return self.output
@@ -155,6 +155,15 @@ class Effect:
     @property
     def wraps_denoiser(self) -> bool:
         return type(self).wrap_denoiser is not Effect.wrap_denoiser
+
+    def wrap_attention(self, call: Callable[[], Any], hidden_states: torch.Tensor, layer_name: str, state: Any) -> Any:
+        """Run one attention layer's forward (``call()``), before anything is projected; an effect that may answer
+        for a whole layer call (a cache: :class:`~visattn.processors.CrossAttentionCache`) overrides this."""
+        return call()
+
+    @property
+    def wraps_attention(self) -> bool:
+        return type(self).wrap_attention is not Effect.wrap_attention
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layers={self.layers}, steps={self.steps})"

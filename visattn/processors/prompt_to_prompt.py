@@ -47,23 +47,23 @@ How it maps onto visattn
 * Self-attention (role ``"self"``) of the target is replaced by the source's during ``self_steps``. The
   authors restrict this to layers of at most 16x16 tokens on SD; here every selected layer is injected, and
   ``layers=`` restricts it.
-* Composition. An edited call is computed by the effect itself on the materialized path (the reference
-  backend's :func:`~visattn.kernels.backends.reference.masked_logits`, so the call's patterns, score modifiers,
-  attention mask and identity blend from every other effect are honoured, in whatever order the effects were
-  given). It sets ``call.output`` and ``call.probs`` (the edited probabilities, for
-  :class:`~visattn.processors.AttentionMaps` and other observers). Calls outside every window are not touched.
+* Composition. The edit is an editor of the attention core's probability stage
+  (:mod:`visattn.kernels.probabilities`): the core computes the call with every other effect's pattern, score
+  modifier, attention mask and identity blend, in whatever order the effects were given, and the edit changes
+  the softmax's probabilities of each query chunk before they weight the values; reads of the same call
+  (:class:`~visattn.processors.AttentionMaps`) see the edited probabilities. Calls outside every window are not
+  touched.
 * Per-row processors. A processor that calls attention once per batch row (Mochi) never puts a source and its
   target in one call: the layer hook keeps each source row's queries, keys and values until its target row's call
   in the same layer call, and answers that call with the pair (``pairs_rows``), using only the target's output.
   The source rows' own calls stay plain; the kept rows are released when the layer call ends. A family that takes
   one sample per call (Cosmos 3 Omni: source and target are separate denoiser calls) is refused at attach.
-* Memory: an edited call materializes its probabilities (``batch x heads x queries x keys`` floats), like the
-  authors' code; with observers attached (attention maps) they are kept until the call ends.
+* Memory: an edited call materializes its probabilities chunk by chunk (``batch x heads x 1024 queries x keys``
+  floats at a time; the authors' code holds them all).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,12 +71,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import validation
 from ..alignment import TokenMap, token_map, word_pairs
 from ..batching import prediction_of, with_prediction
-from ..context import BatchLayout, CallContext
+from ..context import BatchLayout, CallContext, StepInfo
 from ..families import Family
-from ..kernels.backends.reference import QUERY_CHUNK, masked_logits
 from ..steps import in_steps, normalize_steps
+from ..validation import check_int, check_weight
 from ..words import PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
 
@@ -117,8 +118,26 @@ def _window(value: Any, parameter: str) -> Window:
     return normalize_steps(value, parameter)
 
 
-def _active(window: Window, fraction: float | None) -> bool:
-    return window is not None and in_steps(window, fraction)
+def _self_active(window: Window, step: StepInfo) -> bool:
+    """Whether self-attention is injected at ``step``: the authors' ``int(N * start) <= i < int(N * stop)``
+    (``AttentionControlEdit.num_self_replace``), or the fraction range where the schedule is unknown."""
+    if window is None:
+        return False
+    if step.index is None or not step.total:
+        return in_steps(window, step.fraction)
+    return int(step.total * window[0]) <= step.index < int(step.total * window[1])
+
+
+def _cross_active(window: Window, step: StepInfo) -> bool:
+    """Whether cross-attention is injected at ``step``: the authors' ``int((N + 1) * start) <= i <
+    int((N + 1) * stop)`` (``get_time_words_attention_alpha``, a table of ``num_steps + 1`` rows read at step
+    ``i``), or the fraction range where the schedule is unknown."""
+    if window is None:
+        return False
+    if step.index is None or not step.total:
+        return in_steps(window, step.fraction)
+    rows = step.total + 1
+    return int(rows * window[0]) <= step.index < int(rows * window[1])
 
 
 def _cross_schedule(cross_steps: Any, prompt: str, words: tuple[str, ...]) -> dict[str, Window]:
@@ -155,9 +174,8 @@ def _check_weights(weights: Any, prompt: str, words: tuple[str, ...]) -> dict[st
             lookup.index(word)
         except ValueError as error:
             raise ValueError(f"weights: {error}") from None
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"weights[{word!r}] must be a finite number; got {scale!r}")
-        checked[word] = float(scale)
+        # Bounded (visattn.validation.MAX_SCALE): a weight multiplies probabilities, and 1e39 overflows float32.
+        checked[word] = check_weight(scale, f"weights[{word!r}]")
     return checked
 
 
@@ -269,8 +287,8 @@ class LocalBlend:
             raise ValueError(f"words must be one or more words of the prompts; got {words!r}")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a number in (0, 1); got {threshold!r}")
-        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-            raise ValueError(f"radius must be an int >= 0; got {radius!r}")
+        # Bounded: the max-pooling window is 2 * radius + 1 cells, and torch fails on windows of 10**12.
+        radius = check_int(radius, "radius", minimum=0, maximum=validation.MAX_BLEND_RADIUS)
         self.words = words
         self.threshold = float(threshold)
         self.radius = radius
@@ -374,11 +392,11 @@ class _Tokens:
     blend_target: tuple[int, ...]
     _on_device: dict = field(default_factory=dict)
 
-    def alpha(self, fraction: float | None) -> torch.Tensor:
+    def alpha(self, step: StepInfo) -> torch.Tensor:
         """Per target text position, whether its cross-attention is injected at this step."""
-        alpha = torch.full((self.mapping.length,), _active(self.default, fraction), dtype=torch.bool)
+        alpha = torch.full((self.mapping.length,), _cross_active(self.default, step), dtype=torch.bool)
         for positions, window in self.windows:
-            alpha[list(positions)] = _active(window, fraction)
+            alpha[list(positions)] = _cross_active(window, step)
         return alpha
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -418,9 +436,10 @@ class PromptToPrompt(Effect):
         mode: ``"replace"`` (word swap: same word count) or ``"refine"`` (words added or removed).
         cross_steps: when the target's cross-attention is replaced by the source's: a fraction ``f`` (the first
             ``f`` of the schedule), a ``(start, stop)`` fraction range, ``0``/``None`` for never, or a dict
-            ``{"default": ..., word: ...}`` with a schedule per target word (the authors' 0.8 by default).
+            ``{"default": ..., word: ...}`` with a schedule per target word (the authors' 0.8 by default). Steps
+            ``int((N + 1) * start) <= i < int((N + 1) * stop)`` of ``N``, as the authors' table of ``N + 1`` rows.
         self_steps: when the target's self-attention is replaced by the source's (fraction or range; the authors'
-            0.4 by default; ``0``/``None`` for never).
+            0.4 by default; ``0``/``None`` for never): steps ``int(N * start) <= i < int(N * stop)``, as theirs.
         weights: ``{word: scale}`` for words of the target; their probabilities are multiplied by ``scale`` while
             their cross-attention is controlled (during ``cross_steps``), as the authors' ``AttentionReweight``.
         local_blend: a :class:`LocalBlend`, or ``None``.
@@ -482,7 +501,7 @@ class PromptToPrompt(Effect):
         self.self_steps = _window(self_steps, "self_steps")
         self.weights = _check_weights(weights, _text(target), target_words)
         self.local_blend = local_blend
-        self.edit_uncond = bool(edit_uncond)
+        self.edit_uncond = validation.check_bool(edit_uncond, "edit_uncond")
         self.prompt_template = prompt_template
         self._tokens: dict[tuple[int, int], _Tokens] = {}
         self._seen_at_start: set[tuple[str, ...]] = set()
@@ -697,19 +716,29 @@ class PromptToPrompt(Effect):
     def apply(self, call: AttentionCall) -> None:
         if call.output is not None:
             return  # an earlier effect computed this call itself
-        plan = self._plan(call.ctx)
+        ctx = call.ctx
+        plan = self._plan(ctx)
         if plan is None:
             return
-        # Claim the call now and compute it once every effect has contributed its pattern, score modifier and
-        # blend: the placeholder output makes the core skip the call, and the first observer computes it.
-        placeholder = call.q.new_empty(0)
-        call.output = placeholder
+        image = ctx.queries.image
+        # LocalBlend's maps of this call, [source/target, pairs, image queries], filled chunk by chunk; a backward
+        # recomputation (context parallelism's replay) edits again but collects nothing twice.
+        maps = None
+        if plan.collect and not call.replay:
+            maps = torch.zeros(2, plan.collect[0].count, image.length, device=call.q.device)
+            call.observers.append(lambda done: self._add_maps(maps, ctx.grid, ctx.input_grid))
 
-        def finish(finished: AttentionCall) -> None:
-            if finished.output is placeholder:
-                self._compute(finished, plan)
+        def edit(probs: torch.Tensor, start: int, stop: int) -> None:
+            lo, hi = max(image.start, start), min(image.stop, stop)
+            if lo >= hi:
+                return  # rows of text queries are not edited
+            rows = slice(lo - start, hi - start)
+            if maps is not None:
+                # The maps before editing: the target's own map of a target word (as the authors store them).
+                self._collect(probs, rows, ctx, plan, maps[:, :, lo - image.start : hi - image.start])
+            self._edit(probs, rows, ctx, plan)
 
-        call.observers.insert(0, finish)
+        call.editors.append(edit)
 
     def _plan(self, ctx: CallContext) -> _Plan | None:
         if ctx.queries.image is None or ctx.role not in self.roles:
@@ -717,8 +746,7 @@ class PromptToPrompt(Effect):
         pairs = _pairs_of(ctx.batch)
         if pairs is None:
             return None
-        fraction = ctx.step.fraction
-        self_on = _active(self.self_steps, fraction)
+        self_on = _self_active(self.self_steps, ctx.step)
         edited = [pair for pair in pairs if pair.name != _UNCOND or self.edit_uncond]
         if ctx.role == "self":
             if not (self_on and edited):
@@ -733,11 +761,11 @@ class PromptToPrompt(Effect):
             # whose text is the negative prompt's): the prompts' words need not fit its text.
             return None
         tokens = self._resolve(text.length, ctx)
-        alpha = tokens.alpha(fraction)
+        alpha = tokens.alpha(ctx.step)
         edits = []
         for pair in edited:
             if pair.name == _UNCOND:
-                uncond = torch.full_like(alpha, _active(self.cross_steps["default"], fraction))
+                uncond = torch.full_like(alpha, _cross_active(self.cross_steps["default"], ctx.step))
                 edits.append(_PairEdit(pair, uncond, True, None))
             else:
                 edits.append(_PairEdit(pair, alpha, False, tokens.equalizer))
@@ -810,46 +838,7 @@ class PromptToPrompt(Effect):
             blend_target,
         )
 
-    # --- computing an edited call ------------------------------------------------------------------------------
-    def _compute(self, call: AttentionCall, plan: _Plan) -> None:
-        request = call.request()
-        ctx = call.ctx
-        batch, _, n_q, _ = call.q.shape
-        v = call.v.float()
-        image = ctx.queries.image
-        keep = len(call.observers) > 1
-        maps = None
-        if plan.collect:
-            count = plan.collect[0].count
-            maps = torch.zeros(2, count, image.length, device=call.q.device)
-        outs, kept = [], []
-        for start in range(0, n_q, QUERY_CHUNK):
-            stop = min(n_q, start + QUERY_CHUNK)
-            logits = masked_logits(request, start, stop)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            # A query with every key masked gets zeros (not NaN), as the attention core returns.
-            probs = torch.exp(logits - lse.masked_fill(torch.isinf(lse), 0.0))
-            del logits
-            lo, hi = max(image.start, start), min(image.stop, stop)
-            if lo < hi:
-                rows = slice(lo - start, hi - start)
-                if maps is not None:
-                    # The maps before editing: the target's own map of a target word (as the authors store them).
-                    self._collect(probs, rows, ctx, plan, maps[:, :, lo - image.start : hi - image.start])
-                self._edit(probs, rows, ctx, plan)
-            outs.append(torch.matmul(probs, v))
-            if keep:
-                kept.append(_with_identity_blend(probs, call.identity_blend, start, stop))
-        out = torch.cat(outs, dim=2).to(call.q.dtype)
-        if call.identity_blend is not None:
-            # What the attention core does with another effect's identity blend (PAG's perturbed rows).
-            out = torch.lerp(out, call.v.to(out.dtype), call.identity_blend.to(device=out.device, dtype=out.dtype))
-        call.output = out
-        call.lse = None  # edited rows have no logits of their own
-        call.probs = torch.cat(kept, dim=2) if keep else None
-        if maps is not None and not call.replay:
-            self._add_maps(maps, ctx.grid, ctx.input_grid)
-
+    # --- editing a call's probabilities ----------------------------------------------------------------------
     def _add_maps(self, maps: torch.Tensor, grid: tuple[int, int, int], top: tuple[int, int, int]) -> None:
         """Give one call's ``[2, pairs, tokens]`` local-blend maps to the blend; a row-pair call (fewer pairs than
         the denoiser's conditional branch: a per-row processor) waits for the layer's other pairs, which follow
@@ -970,21 +959,6 @@ def _edit_text(
     if equalizer is not None:
         edited = torch.where(alpha, edited * equalizer, edited)
     return edited
-
-
-def _with_identity_blend(probs: torch.Tensor, blend: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
-    """Probabilities of queries ``[start, stop)`` as the output used them: an identity blend ``s`` (PAG, SoftPAG)
-    makes them ``(1 - s) * probs + s * identity``."""
-    if blend is None:
-        return probs
-    blend = blend.to(device=probs.device, dtype=probs.dtype)
-    while blend.dim() < 4:
-        blend = blend.unsqueeze(0)
-    if blend.shape[2] > 1:
-        blend = blend[:, :, start:stop]
-    queries = torch.arange(start, stop, device=probs.device).view(-1, 1)
-    identity = (queries == torch.arange(probs.shape[-1], device=probs.device).view(1, -1)).to(probs.dtype)
-    return probs * (1.0 - blend) + blend * identity
 
 
 def _renormalized(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -303,34 +303,42 @@ def single_process_case(case: Case) -> dict:
 # --- a pipeline call, and gradients ----------------------------------------------------------------------------
 
 
-def _wan_pipeline_images(effect_names: tuple[str, ...], parallel: Callable | None) -> np.ndarray:
-    """The tiny Wan pipeline's video (CFG on: one named call per branch) with ``effect_names`` attached."""
+def _wan_pipeline_images(effect_names: tuple[str, ...], parallel: Callable | None, two_stages: bool) -> np.ndarray:
+    """The tiny Wan pipeline's video (CFG on: one named call per branch) with ``effect_names`` attached; with
+    ``two_stages``, Wan 2.2's split: ``transformer`` for the high-noise steps, ``transformer_2`` for the rest."""
     import visattn
-    from visattn.testing import call_kwargs, tiny_pipeline
+    from visattn.testing import call_kwargs, tiny_denoiser, tiny_pipeline
     from visattn.testing.video_pipelines import TEXT_TOKENS as PIPELINE_TEXT_TOKENS
 
     pipe = tiny_pipeline("wan")
+    kwargs = call_kwargs("wan", guidance_scale=5.0)
+    if two_stages:
+        pipe.register_modules(transformer_2=tiny_denoiser("wan", seed=1))
+        pipe.register_to_config(boundary_ratio=0.5)
+        kwargs |= {"num_inference_steps": 4, "guidance_scale_2": 3.0}
     if parallel is not None:
         parallel(pipe.transformer)
+        if two_stages:
+            parallel(pipe.transformer_2)
     effects = _effects(effect_names, PIPELINE_TEXT_TOKENS, "self")
     with visattn.attach(pipe, *effects), torch.no_grad():
-        return np.asarray(pipe(**call_kwargs("wan", guidance_scale=5.0)).frames, dtype=np.float32)
+        return np.asarray(pipe(**kwargs).frames, dtype=np.float32)
 
 
-def parallel_pipeline(rank: int, world: int, effect_names: tuple[str, ...]) -> np.ndarray:
-    """The tiny Wan pipeline on a Ulysses split of its transformer (a :func:`run_on_ranks` function): every rank
-    runs the same call with the same seed."""
+def parallel_pipeline(rank: int, world: int, effect_names: tuple[str, ...], two_stages: bool = False) -> np.ndarray:
+    """The tiny Wan pipeline on a Ulysses split of its transformer(s) (a :func:`run_on_ranks` function): every
+    rank runs the same call with the same seed."""
     from diffusers import ContextParallelConfig
 
     def parallel(model: torch.nn.Module) -> None:
         model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
 
-    return _wan_pipeline_images(effect_names, parallel)
+    return _wan_pipeline_images(effect_names, parallel, two_stages)
 
 
-def single_process_pipeline(effect_names: tuple[str, ...]) -> np.ndarray:
+def single_process_pipeline(effect_names: tuple[str, ...], two_stages: bool = False) -> np.ndarray:
     """:func:`parallel_pipeline` in this process, unsplit: its oracle."""
-    return _wan_pipeline_images(effect_names, None)
+    return _wan_pipeline_images(effect_names, None, two_stages)
 
 
 def _text_gradient(effect_names: tuple[str, ...], parallel: Callable | None) -> np.ndarray:

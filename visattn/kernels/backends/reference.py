@@ -24,32 +24,44 @@ def supports(request: AttentionRequest) -> bool:
     return True
 
 
-def index_grids(batch: int, heads: int, q_start: int, q_stop: int, kv_len: int, device) -> tuple[torch.Tensor, ...]:
-    """Broadcastable ``(b, h, q_idx, kv_idx)`` index tensors shaped for ``[B, H, Nq, Nk]``."""
-    b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
-    h = torch.arange(heads, device=device).view(1, heads, 1, 1)
-    q_idx = torch.arange(q_start, q_stop, device=device).view(1, 1, -1, 1)
-    kv_idx = torch.arange(kv_len, device=device).view(1, 1, 1, kv_len)
-    return b, h, q_idx, kv_idx
+def masked_logits(
+    request: AttentionRequest,
+    q_start: int,
+    q_stop: int,
+    *,
+    rows: slice | None = None,
+    keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scaled, modified and masked fp32 logits for queries ``[q_start, q_stop)``: ``[B, H, n, Nk]``, or of a
+    block: batch ``rows`` (a contiguous range) and the key positions ``keys`` (an index tensor).
 
-
-def masked_logits(request: AttentionRequest, q_start: int, q_stop: int) -> torch.Tensor:
-    """Scaled, modified and masked fp32 logits for queries ``[q_start, q_stop)``: ``[B, H, n, Nk]``.
-
-    Masked pairs are ``-inf``. Exposed so that effects needing probabilities (attention maps, prompt-to-prompt)
-    compute them exactly as the reference backend does.
+    Masked pairs are ``-inf``. Modifiers and patterns see absolute batch, head, query and key indices, so a block
+    has exactly the logits it has in the whole call (:mod:`visattn.kernels.probabilities` reads blocks this way).
     """
-    q = request.q[:, :, q_start:q_stop].float()
-    k = request.k.float()
-    batch, heads = q.shape[0], q.shape[1]
+    rows = slice(0, request.q.shape[0]) if rows is None else rows
+    q = request.q[rows, :, q_start:q_stop].float()
+    k = request.k[rows].float()
+    if keys is not None:
+        k = k.index_select(2, keys.to(k.device))
+    heads = q.shape[1]
     logits = torch.matmul(q, k.transpose(-1, -2)) * request.effective_scale
-    b, h, q_idx, kv_idx = index_grids(batch, heads, q_start, q_stop, k.shape[2], q.device)
+    b = torch.arange(rows.start, rows.start + q.shape[0], device=q.device).view(-1, 1, 1, 1)
+    h = torch.arange(heads, device=q.device).view(1, heads, 1, 1)
+    q_idx = torch.arange(q_start, q_stop, device=q.device).view(1, 1, -1, 1)
+    kv_idx = (torch.arange(k.shape[2], device=q.device) if keys is None else keys.to(q.device)).view(1, 1, 1, -1)
     if request.score_mod is not None:
         logits = request.score_mod.score_mod(logits, b, h, q_idx, kv_idx)
     if request.attn_mask is not None:
         mask = request.attn_mask
+        while mask.dim() < 4:
+            mask = mask.unsqueeze(0)
+        # Index only the axes the mask has, so a key-padding mask [B, 1, 1, Nk] stays small.
+        if mask.shape[0] > 1:
+            mask = mask[rows]
         if mask.shape[-2] != 1:
             mask = mask[..., q_start:q_stop, :]
+        if keys is not None and mask.shape[-1] != 1:
+            mask = mask.index_select(-1, keys.to(mask.device))
         if mask.dtype == torch.bool:
             logits = logits.masked_fill(~mask, float("-inf"))
         else:
@@ -61,8 +73,12 @@ def masked_logits(request: AttentionRequest, q_start: int, q_stop: int) -> torch
 
 
 def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The call, chunk by chunk; the probability stage (editors, then reads) runs on each materialized chunk."""
+    from ..probabilities import chunk_block
+
     n_q = request.q.shape[2]
     outs, lses = [], []
+    blocks: list[list[torch.Tensor]] = [[] for _ in request.reads]
     v = request.v.float()
     for start in range(0, n_q, QUERY_CHUNK):
         stop = min(n_q, start + QUERY_CHUNK)
@@ -70,8 +86,19 @@ def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         # A query with every key masked gets zeros (not NaN), as fused kernels return.
         probs = torch.exp(logits - lse.masked_fill(torch.isinf(lse), 0.0))
+        del logits
+        for editor in request.editors:
+            editor(probs, start, stop)
+        for read, parts in zip(request.reads, blocks, strict=True):
+            block = chunk_block(request, read, probs, start, stop)
+            if block is not None:
+                parts.append(block)
         outs.append(torch.matmul(probs, v))
         lses.append(lse.squeeze(-1))
+    for read, parts in zip(request.reads, blocks, strict=True):
+        if parts:
+            read.observe(torch.cat(parts, dim=2))
     out = torch.cat(outs, dim=2).to(request.q.dtype)
-    lse = torch.cat(lses, dim=2) if request.return_lse else None
+    # Edited rows have no logits of their own: an edited call returns no log-sum-exp.
+    lse = torch.cat(lses, dim=2) if request.return_lse and not request.editors else None
     return out, lse
