@@ -200,3 +200,66 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(page, artifacts,
     assert generate(page).startswith("32x32 in ")  # inverted, then edited
     assert loaded_images(page, "#source") == 1 and loaded_images(page, "#edit") == 1
     screenshot(page, artifacts, "demo-upload-edit")
+
+
+def panel_label(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} [data-testid='block-label']").inner_text().strip()
+
+
+def test_prompt_to_prompt_controls_sheet_and_downloads(page, artifacts):
+    # The schedule and the blend threshold appear with an edit mode, beside the local-blend words.
+    assert not page.is_visible("#cross-steps")
+    page.fill("#prompt textarea", "a red circle")
+    page.get_by_label("replace").check()
+    page.fill("#target textarea", "a blue circle")
+    page.fill("#local-blend textarea", "circle")
+    for elem_id in ("cross-steps", "self-steps", "blend-threshold"):
+        sync_api.expect(page.locator(f"#{elem_id}")).to_be_visible()
+    set_slider(page, "cross-steps", 0.5)
+    set_slider(page, "self-steps", 0.2)
+    set_slider(page, "blend-threshold", 0.5)
+    text = generate(page)
+    assert '"cross_steps": 0.5' in text and '"self_steps": 0.2' in text
+    assert '"local_blend": {"words": ["circle"], "threshold": 0.5}' in text
+    assert (panel_label(page, "source"), panel_label(page, "edit")) == ("source", "edit")
+    assert loaded_images(page, "#maps-sheet") == 1  # the labelled sheet of per-word maps
+    # Downloads: the source, the edit and the sheet, as PNGs.
+    page.wait_for_function("document.querySelectorAll('#downloads a').length >= 3")
+    names = page.locator("#downloads a").evaluate_all("links => links.map(a => a.getAttribute('download') || a.href)")
+    assert any(name.endswith("-source.png") for name in names) and any(name.endswith("-maps.png") for name in names), (
+        names
+    )
+    screenshot(page, artifacts, "demo-p2p-controls")
+
+
+def test_pag_layers_inversion_default_and_no_radial_box_on_an_image_model(page, artifacts):
+    page.click("text=Guidance: PAG / SoftPAG")
+    # The layer choices are the loaded model's: its default (the mid block), then its UNet levels.
+    sync_api.expect(page.locator("#pag-layers")).to_contain_text("mid (default)")
+    page.locator("#pag-layers input").click()
+    page.get_by_role("option", name="up blocks").click()
+    page.locator("#pag-layers input").press("Tab")  # closes the list
+    sync_api.expect(page.locator("#pag-layers")).to_contain_text("up blocks")
+    set_slider(page, "pag-scale", 2)
+    sync_api.expect(page.locator("#pag-scale input[type=number]")).to_have_value("2")
+    text = generate(page)
+    assert '"layers": ["mid", "up"]' in text
+    assert (panel_label(page, "source"), panel_label(page, "edit")) == ("without effects", "with effects")
+    assert loaded_images(page, "#maps-sheet") == 1
+    screenshot(page, artifacts, "demo-pag-layers")
+
+    page.click("text=Sparse attention")
+    sync_api.expect(page.locator("#kernel-size")).to_be_visible()
+    assert not page.is_visible("#radial")  # Radial Attention is for video models only
+    page.click("text=Real image: upload, invert, edit")
+    assert page.get_by_label("ddim").is_checked()  # the same default as visattn edit --inversion
+    screenshot(page, artifacts, "demo-sparse-and-inversion")
+
+
+def test_examples_fill_the_form_with_toy_captions(page, artifacts):
+    example = "a large green triangle in the center on a black background"
+    page.locator("#examples").get_by_text("swap green -> yellow").click()
+    sync_api.expect(page.locator("#prompt textarea")).to_have_value(example)
+    sync_api.expect(page.locator("#target textarea")).to_have_value(example.replace("green", "yellow"))
+    sync_api.expect(page.locator("#local-blend textarea")).to_have_value("triangle")
+    screenshot(page, artifacts, "demo-examples")

@@ -8,6 +8,7 @@ import io
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,28 @@ from visattn.toy.models import VIDEO_FRAMES, VIDEO_SIZE, weights_root
 
 MID = "mid_block.attentions.0.transformer_blocks.0.attn1"
 STEPS = 2
+#: The form's fields after the word sliders as a fresh page sends them (visattn.app.ui.FORM_FIELDS).
+FORM_DEFAULTS = {
+    "local_blend": "",
+    "blend_threshold": 0.3,
+    "cross_steps": 0.8,
+    "self_steps": 0.4,
+    "seed": 0,
+    "steps": 1,
+    "guidance": 7.5,
+    "frames": None,
+    "upload": None,
+    "inversion": "ddim",
+    "pag_scale": 0.0,
+    "pag_strength": 1.0,
+    "pag_layers": ["mid"],
+    "head_set": None,
+    "kernel_size": 0,
+    "radial": False,
+    "size_factor": 1.0,
+    "decay": 1.0,
+    "entropy_scaling": False,
+}
 
 
 @functools.cache
@@ -109,6 +132,75 @@ def test_reweight_changes_the_edit_and_the_word_map():
     maps = dict((caption, pixels(image)) for image, caption in result.heatmaps)
     assert set(maps) == {"source: red", "source: circle", "edit: red (x4)", "edit: circle"}
     assert np.abs(maps["edit: red (x4)"] - maps["source: red"]).max() > 0
+
+
+def test_replace_steps_and_blend_threshold_reach_the_edit():
+    base = {"edit_mode": "replace", "target": "a blue circle", "steps": STEPS}
+    default = engine().run(DemoRequest("a red circle", **base))
+    assert "cross_steps" not in default.edit_spec and "self_steps" not in default.edit_spec  # the authors' values
+    changed = engine().run(DemoRequest("a red circle", cross_steps=0.0, self_steps=1.0, **base))
+    assert changed.edit_spec["cross_steps"] == 0.0 and changed.edit_spec["self_steps"] == 1.0
+    assert np.abs(pixels(changed.edit) - pixels(default.edit)).max() > 0  # the schedule changed the edit
+    blended = engine().run(DemoRequest("a red circle", local_blend="circle", blend_threshold=0.6, **base))
+    assert blended.edit_spec["local_blend"] == {"words": ["circle"], "threshold": 0.6}
+    for name, value in [("cross_steps", 1.5), ("self_steps", -0.1), ("blend_threshold", 1.0), ("blend_threshold", 0)]:
+        with pytest.raises(DemoError, match=f"^{name}={value!r} is not allowed"):
+            engine().run(DemoRequest("a red circle", **{**base, name: value}))
+
+
+def test_negative_word_weights_are_refused_by_name():
+    for weights in ({"red": -2.0}, {"red": float("nan")}, {"circle": 11.0}):
+        (word, value), *_ = weights.items()
+        with pytest.raises(DemoError, match=rf"^weight of '{word}'={value!r} is not allowed: must be a number from 0"):
+            engine().run(DemoRequest("a red circle", steps=1, edit_mode="reweight", weights=weights))
+    # 0 removes a word: allowed
+    result = engine().run(DemoRequest("a red circle", steps=1, edit_mode="reweight", weights={"red": 0.0}))
+    assert result.edit_spec == {"prompt": "a red circle", "reweight": {"red": 0.0}}
+
+
+def test_pag_layers_come_from_the_model_and_are_checked():
+    from visattn.app.handlers import pag_layer_choices
+
+    choices = pag_layer_choices(tiny_pipeline("unet"))
+    assert choices == [("mid (default)", "mid"), ("down blocks", "down"), ("up blocks", "up")]
+    result = engine().run(DemoRequest("a red circle", steps=STEPS, pag_scale=2.0, pag_layers=["up", "down"]))
+    assert result.effects[0]["layers"] == ["up", "down"]
+    assert np.abs(pixels(result.edit) - pixels(result.source)).max() > 0
+    default = engine().run(DemoRequest("a red circle", steps=STEPS, pag_scale=2.0, pag_layers=[]))
+    assert default.effects[0]["layers"] == ["mid"]
+    with pytest.raises(DemoError, match=r"pag_layers=\['attn1'\] is not allowed: choose from .*'mid', 'down', 'up'"):
+        engine().run(DemoRequest("a red circle", steps=1, pag_scale=2.0, pag_layers=["attn1"]))
+    # A transformer's blocks one by one, anchored (transformer_blocks.1 is not single_transformer_blocks.1).
+    flux = pag_layer_choices(tiny_pipeline("flux"))
+    assert flux[0][0].endswith("(default)") and ("transformer_blocks.0", r"^transformer_blocks\.0\.") in flux
+    assert ("single_transformer_blocks.0", r"^single_transformer_blocks\.0\.") in flux
+
+
+def test_panels_are_labelled_and_the_sheet_and_pngs_carry_the_run(tmp_path):
+    from visattn.images import METADATA_KEY, PARAMETERS_KEY
+
+    local = DemoEngine(pipeline=tiny_pipeline("unet"), output_dir=tmp_path)
+    plain_run = local.run(DemoRequest("a red circle", steps=STEPS))
+    assert plain_run.labels == ("generated", "")
+    effects = local.run(DemoRequest("a red circle", steps=STEPS, pag_scale=2.0))
+    assert effects.labels == ("without effects", "with effects")
+    edit = local.run(DemoRequest("a red circle", steps=STEPS, edit_mode="replace", target="a blue circle"))
+    assert edit.labels == ("source", "edit")
+    # One labelled sheet: a row per prompt, the image and each word's map (wider and taller than one image).
+    assert isinstance(edit.sheet, Image.Image) and edit.sheet.width > 3 * edit.size[0]
+    source_png, edit_png, sheet_png = map(Path, edit.files)
+    assert source_png.parent.parent == tmp_path and sheet_png.name == "a-red-circle-maps.png"
+    for path, role, prompt in [(source_png, "source", "a red circle"), (edit_png, "edit", "a blue circle")]:
+        with Image.open(path) as png:
+            metadata = json.loads(png.text[METADATA_KEY])
+            assert png.size == edit.size  # the generated pixels, not the enlarged preview
+            assert "Seed: 0" in png.text[PARAMETERS_KEY] and png.text[PARAMETERS_KEY].startswith(prompt)
+        assert metadata["role"] == role and metadata["prompt"] == prompt and metadata["steps"] == STEPS
+        assert metadata["edit"] == edit.edit_spec and json.loads(path.with_suffix(".json").read_text())["role"] == role
+    with Image.open(effects.files[1]) as png:
+        assert json.loads(json.loads(png.text[METADATA_KEY])["effects"][0])["type"] == "PerturbedAttentionGuidance"
+    with Image.open(sheet_png) as png:
+        assert json.loads(png.text[METADATA_KEY])["role"] == "per-word maps"
 
 
 def test_extrapolation_generates_beyond_the_native_size():
@@ -223,7 +315,8 @@ def test_upload_is_inverted_then_edited(tmp_path):
     height, width = native_size(tiny_pipeline("unet"))
     preview = engine().check_upload(str(path))
     assert preview.size == (width, height) and preview.mode == "RGB"
-    for method in ("negative-prompt", "null-text"):
+    assert DemoRequest("a red circle").inversion == "ddim"  # the default, as visattn edit's
+    for method in ("ddim", "negative-prompt", "null-text"):
         request = DemoRequest(
             "a red circle",
             steps=STEPS,
@@ -312,15 +405,17 @@ def test_cli_reports_a_model_that_cannot_be_loaded(tmp_path):
 def test_cli_serves_on_loopback_without_share_by_default(monkeypatch):
     pytest.importorskip("gradio")
     import visattn.app.ui
+    from visattn.commands.demo import SHARE_HINT
 
     calls = []
     monkeypatch.setattr(visattn.app.ui, "launch", lambda engine, **kwargs: calls.append((engine, kwargs)))
     assert run_cli("demo")[0] == 0
     (engine_used, kwargs), *_ = calls
-    assert kwargs == {"host": "127.0.0.1", "port": None, "share": False, "concurrency": 1, "auth": None}
+    hint = {"share_hint": SHARE_HINT}
+    assert kwargs == {"host": "127.0.0.1", "port": None, "share": False, "concurrency": 1, "auth": None, **hint}
     assert engine_used.model_name == DEFAULT_MODEL
     assert run_cli("demo", "--host", "0.0.0.0", "--port", "8123", "--share", "--concurrency", "3")[0] == 0
-    assert calls[1][1] == {"host": "0.0.0.0", "port": 8123, "share": True, "concurrency": 3, "auth": None}
+    assert calls[1][1] == {"host": "0.0.0.0", "port": 8123, "share": True, "concurrency": 3, "auth": None, **hint}
 
 
 def test_cli_warns_when_the_demo_is_exposed_and_takes_a_login(monkeypatch):
@@ -387,21 +482,18 @@ def test_integer_inputs_refuse_the_rest_by_name_and_value(value):
 
 def test_the_form_refuses_a_bad_seed_or_step_count_with_a_gradio_error():
     gr = pytest.importorskip("gradio")
-    from visattn.app.ui import MAX_WORD_SLIDERS, build_demo
+    from visattn.app.ui import FORM_FIELDS, MAX_WORD_SLIDERS, build_demo
 
     demo = build_demo(DemoEngine(pipeline=tiny_pipeline("unet")))
     (on_generate,) = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_generate"]
     words = ["a red circle", "", "none", [], *[1.0] * MAX_WORD_SLIDERS]
-    # blend, seed, steps, guidance, frames, upload, inversion, pag scale/strength, head set, kernel, radial,
-    # size factor, decay, entropy
-    rest = ["", 0, 1, 7.5, None, None, "negative-prompt", 0.0, 1.0, None, 0, False, 1.0, 1.0, False]
     for seed, steps, message in [
         (1.5, 1, "seed=1.5 is not allowed: must be an integer"),
         ("abc", 1, "seed='abc' is not allowed: must be an integer"),
         (0, "many", "steps='many' is not allowed: must be an integer from 1 to 200"),
         (0, 2.5, "steps=2.5 is not allowed"),
     ]:
-        values = words + [rest[0], seed, steps, *rest[3:]]
+        values = words + [{**FORM_DEFAULTS, "seed": seed, "steps": steps}[name] for name in FORM_FIELDS]
         with pytest.raises(gr.Error, match=message):
             on_generate(*values, progress=None)
 
@@ -412,17 +504,22 @@ def test_ui_turns_errors_into_messages(monkeypatch):
 
     # Outside a Gradio event, gr.Warning (the toast) is a Python warning.
     with pytest.warns(UserWarning, match="reweight: move at least one"):
-        source, edit, gallery, status = run_request(engine(), DemoRequest("a red circle", edit_mode="reweight"))
-    assert (source, edit, gallery) == (None, None, []) and status.startswith("error: reweight")
+        source, edit, gallery, sheet, files, status = run_request(
+            engine(), DemoRequest("a red circle", edit_mode="reweight")
+        )
+    assert (source["value"], edit["value"], gallery, sheet, files) == (None, None, [], None, None)
+    assert status.startswith("error: reweight")
 
     broken = DemoEngine(pipeline=tiny_pipeline("unet"))
     monkeypatch.setattr(broken, "run", lambda request, progress=None: 1 / 0)
     with pytest.warns(UserWarning, match="internal error: ZeroDivisionError"):
         outputs = run_request(broken, DemoRequest("a red circle"))
-    assert outputs[3].startswith("internal error: ZeroDivisionError")
+    assert outputs[-1].startswith("internal error: ZeroDivisionError")
 
-    source, edit, gallery, status = run_request(engine(), DemoRequest("a red circle", steps=1))
-    assert edit is None and [c for _, c in gallery] == ["red", "circle"]
+    source, edit, gallery, sheet, files, status = run_request(engine(), DemoRequest("a red circle", steps=1))
+    assert edit["value"] is None and [c for _, c in gallery] == ["red", "circle"]
+    assert source["label"] == "generated" and isinstance(sheet, Image.Image) and len(files) == 2  # image, sheet
+    source = source["value"]
     # Tiny outputs are enlarged for display by an integer factor, pixels kept (nearest neighbour).
     assert all(image.width >= DISPLAY_MIN_SIZE for image in (source, *(g for g, _ in gallery)))
     plain_source = engine().run(DemoRequest("a red circle", steps=1)).source
@@ -439,3 +536,63 @@ def test_ui_turns_errors_into_messages(monkeypatch):
     assert slider_updates("a red circle", "", "none", [])[0] == []
 
     build_demo(DemoEngine(pipeline=tiny_pipeline("unet")))  # the interface builds without launching
+
+
+def components(demo) -> dict:
+    """The demo's components by elem_id."""
+    return {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+
+def test_the_form_offers_the_controls_for_the_loaded_model():
+    pytest.importorskip("gradio")
+    from visattn.app.ui import build_demo
+
+    image_form = components(build_demo(DemoEngine(pipeline=tiny_pipeline("unet"))))
+    assert not image_form["radial"].visible  # an image model: no "Radial (video models)" box
+    assert image_form["inversion"].value == "ddim" and image_form["inversion"].choices[0][1] == "ddim"
+    assert [value for _, value in image_form["pag-layers"].choices] == ["mid", "down", "up"]
+    assert image_form["pag-layers"].value == ["mid"]
+    assert image_form["source"].label == "source / without effects"
+    for elem_id in ("cross-steps", "self-steps", "blend-threshold", "maps-sheet", "downloads"):
+        assert elem_id in image_form
+    assert image_form["weight-0"].minimum == 0  # negative weights are not offered
+    video_form = components(build_demo(DemoEngine(pipeline=tiny_pipeline("wan"), native_size=(32, 32), frames=9)))
+    assert video_form["radial"].visible
+
+
+def test_examples_are_captions_the_toy_model_knows():
+    pytest.importorskip("gradio")
+    from visattn.app.ui import TOY_EXAMPLE_LABELS, TOY_EXAMPLES
+    from visattn.toy.analyze import parse_caption
+    from visattn.toy.vocab import WORDS
+
+    for prompt, mode, target, blend, _ in TOY_EXAMPLES:
+        for caption in filter(None, (prompt, target)):
+            assert set(caption.split()) <= set(WORDS), caption
+            background, (scene,) = parse_caption(caption)  # one object: what the toy model draws best
+            assert background and all(scene.values()), caption
+        assert mode in ("none", "replace", "reweight") and set(blend.split()) <= set(WORDS)
+    assert len(TOY_EXAMPLE_LABELS) == len(TOY_EXAMPLES)
+
+
+def test_startup_lines_point_a_cli_user_to_share():
+    pytest.importorskip("gradio")
+    from visattn.app.ui import PYTHON_SHARE_HINT, startup_lines
+    from visattn.commands.demo import SHARE_HINT
+
+    lines = startup_lines("http://127.0.0.1:7860/", None, SHARE_HINT)
+    assert lines == ["* Running on local URL:  http://127.0.0.1:7860/", f"* {SHARE_HINT}"]
+    assert "--share" in SHARE_HINT and "launch()" not in SHARE_HINT and "share=True" in PYTHON_SHARE_HINT
+    shared = startup_lines("http://127.0.0.1:7860/", "https://x.gradio.live", SHARE_HINT)
+    assert shared[-1] == "* Running on public URL: https://x.gradio.live"
+
+
+def test_edit_command_and_demo_share_the_inversion_default():
+    import inspect
+
+    from visattn.edit import DEFAULT_INVERSION, edit
+
+    assert inspect.signature(edit).parameters["inversion"].default == DEFAULT_INVERSION == "ddim"
+    assert DemoRequest("a red circle").inversion == DEFAULT_INVERSION
+    status, out, _ = run_cli("edit", "--help")
+    assert status == 0 and "default: ddim" in " ".join(out.split())

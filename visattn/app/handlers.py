@@ -8,13 +8,15 @@ The Gradio layer (:mod:`visattn.app.ui`) only turns widgets into a :class:`DemoR
     engine = DemoEngine()  # the embedded default model, loaded on first use
     result = engine.run(DemoRequest("a red circle", edit_mode="reweight", weights={"red": 3.0}, steps=4))
     result.source, result.edit, result.heatmaps  # PIL images, and (image, caption) pairs per word
+    result.sheet, result.files  # one labelled sheet of per-word maps; PNGs that carry their parameters
 
 One run is one pipeline call (two for ``edit_mode="none"`` with effects: the plain generation on the left, the
 one with effects on the right):
 
 * Prompt-to-Prompt edits (Hertz et al., 2022, "Prompt-to-Prompt Image Editing with Cross Attention Control") are
-  built with :func:`visattn.effect_specs.build_edit` (word swap, refinement, re-weighting, local blending); the
-  source and the edit are generated in one batch from the same noise.
+  built with :func:`visattn.effect_specs.build_edit` (word swap, refinement, re-weighting, local blending, the
+  cross- and self-attention injection schedule, the blend threshold); the source and the edit are generated in one
+  batch from the same noise.
 * Perturbed-attention guidance (Ahn et al., 2024, "Self-Rectifying Diffusion Sampling with Perturbed-Attention
   Guidance"; SoftPAG below strength 1), optionally on a saved :class:`~visattn.guidance.HeadSet`
   (HeadHunter, "Fine-Grained Perturbation Guidance via Attention Head Selection"); neighborhood attention
@@ -23,9 +25,12 @@ one with effects on the right):
   extrapolation beyond the native size with UltraViCo's decay (:class:`~visattn.processors.ExtrapolationDecay`)
   and entropy scaling (Jin et al., 2023): all built from effect specs (:func:`visattn.effect_specs.build_effects`),
   which are echoed in the result so a run can be repeated in a batch job.
-* Per-word attention maps come from :class:`~visattn.processors.AttentionMaps` attached to the same call.
-* An uploaded image is inverted first (null-text inversion, Mokady et al., 2022, or negative-prompt inversion,
-  Miyake et al., 2023; :mod:`visattn.inversion`) with the source prompt, and the edit starts from its noise.
+* Per-word attention maps come from :class:`~visattn.processors.AttentionMaps` attached to the same call, as
+  small captioned pictures and as one labelled sheet (:meth:`~visattn.processors.AttentionMaps.sheet`).
+* An uploaded image is inverted first (plain DDIM inversion, the default shared with ``visattn edit``; null-text
+  inversion, Mokady et al., 2022; or negative-prompt inversion, Miyake et al., 2023; :mod:`visattn.inversion`)
+  with the source prompt, and the edit starts from its noise.
+* The images and the sheet are also written as PNGs carrying their parameters (:mod:`visattn.app.outputs`).
 
 Every problem with a request raises :class:`DemoError` with a message for the person using the demo.
 """
@@ -36,6 +41,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import tempfile
 import threading
 import time
@@ -48,8 +54,10 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_MODEL, embedded_call_defaults
-from ..families import GENERIC, VIDEO_FAMILIES, Family, declared_family
+from ..edit import DEFAULT_INVERSION, INVERSIONS
+from ..families import GENERIC, VIDEO_FAMILIES, Family, declared_family, family_of
 from ..frames import frame_rounding_quieted, makes_video, num_frames_argument
+from .outputs import run_metadata, save_run
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UploadError, fit_to_size, open_upload
 
 if TYPE_CHECKING:
@@ -59,9 +67,14 @@ logger = logging.getLogger(__name__)
 
 #: Edit modes of the form: no edit, word swap, refinement (words added/removed), re-weighting.
 EDIT_MODES: tuple[str, ...] = ("none", "replace", "refine", "reweight")
-#: Inversion methods for an uploaded image (both give per-step unconditional embeddings to edit with).
-INVERSION_METHODS: tuple[str, ...] = ("negative-prompt", "null-text")
-#: Families whose pipelines return videos; Radial Attention acts on these only.
+#: Inversion methods for an uploaded image, the default first: the CLI's (``visattn edit --inversion``) and the
+#: demo's default is the same, plain DDIM inversion, the one that kept the background in the issue's tests.
+INVERSION_METHODS: tuple[str, ...] = (DEFAULT_INVERSION, *(m for m in INVERSIONS if m != DEFAULT_INVERSION))
+#: Prompt-to-Prompt's defaults (the authors'): cross- and self-attention injection fractions, LocalBlend threshold.
+DEFAULT_CROSS_STEPS, DEFAULT_SELF_STEPS, DEFAULT_BLEND_THRESHOLD = 0.8, 0.4, 0.3
+#: Largest re-weighting scale the form accepts. Negative scales are refused: they flip the word's attention and
+#: blank the maps instead of weakening the word (0 removes it).
+MAX_WEIGHT = 10.0
 #: Largest size factor for extrapolation beyond the native size (the attention cost grows with its 4th power).
 MAX_SIZE_FACTOR = 4.0
 #: Largest step count the form accepts.
@@ -90,18 +103,26 @@ class DemoRequest:
         target: the edited prompt, for ``"replace"`` (same word count) and ``"refine"``.
         weights: ``{word: scale}``: re-weighting scales (``"reweight"``), or extra scales on words of the target
             (``"replace"``/``"refine"``); 1 leaves a word alone.
-        local_blend: words (comma or space separated) whose region may change; everything else keeps the
-            source (``""``: no local blending).
+        local_blend: words (comma separated) whose region may change; everything else keeps the source
+            (``""``: no local blending).
+        cross_steps: fraction of the schedule during which the edit's cross-attention is the source's (the
+            Prompt-to-Prompt authors' 0.8); in ``[0, 1]``.
+        self_steps: fraction during which its self-attention is the source's (0.4); in ``[0, 1]``.
+        blend_threshold: LocalBlend's threshold in ``(0, 1)`` on the words' normalized maps (the authors' 0.3):
+            lower grows the region that may change.
         pag_scale: perturbed-attention guidance scale; 0 turns it off.
         pag_strength: in ``[0, 1]``: 1 is PAG, lower is SoftPAG.
-        head_set: path of a saved :class:`~visattn.guidance.HeadSet` JSON; PAG then perturbs these heads only.
+        pag_layers: where PAG perturbs: values of :func:`pag_layer_choices` (``None`` or empty: the model's
+            default, :func:`default_pag_layers`).
+        head_set: path of a saved :class:`~visattn.guidance.HeadSet` JSON; PAG then perturbs these heads only
+            (not together with ``pag_layers``).
         kernel_size: neighborhood-attention window (odd, in latent tokens); 0 turns it off.
         radial: Radial Attention (video models only).
         size_factor: image size as a multiple of the model's native size (>= 1; 1 is the native size).
         decay: ExtrapolationDecay factor in ``[0, 1]`` for keys outside the native window; 1 turns it off.
         entropy_scaling: EntropyScaling of the logits when generating beyond the native size.
         image: path of an uploaded image to invert and edit, or ``None``.
-        inversion: one of :data:`INVERSION_METHODS`.
+        inversion: one of :data:`INVERSION_METHODS` (default: DDIM, as ``visattn edit``).
         frames: number of frames for video models (``None``: the engine's default).
     """
 
@@ -113,8 +134,12 @@ class DemoRequest:
     target: str = ""
     weights: Mapping[str, float] = field(default_factory=dict)
     local_blend: str = ""
+    cross_steps: float = DEFAULT_CROSS_STEPS
+    self_steps: float = DEFAULT_SELF_STEPS
+    blend_threshold: float = DEFAULT_BLEND_THRESHOLD
     pag_scale: float = 0.0
     pag_strength: float = 1.0
+    pag_layers: Sequence[str] | None = None
     head_set: str | None = None
     kernel_size: int = 0
     radial: bool = False
@@ -122,7 +147,7 @@ class DemoRequest:
     decay: float = 1.0
     entropy_scaling: bool = False
     image: str | None = None
-    inversion: str = "negative-prompt"
+    inversion: str = DEFAULT_INVERSION
     frames: int | None = None
 
 
@@ -139,6 +164,12 @@ class DemoResult:
         edit_spec: the Prompt-to-Prompt spec that ran, or ``None``.
         seconds: wall time of the run (inversion included).
         size: ``(width, height)`` generated.
+        labels: what the two panels show: ``("source", "edit")`` for an edit, ``("without effects", "with
+            effects")`` for effects alone, ``("generated", "")`` for a plain generation.
+        sheet: one labelled sheet of per-word maps over their images (PIL), or ``None`` when the model has no
+            cross/joint attention to map.
+        files: PNGs (and, for videos, animated WebPs) to download: each PNG carries its parameters in text chunks
+            and a JSON sidecar (:func:`visattn.images.save_image`).
     """
 
     source: Any
@@ -148,6 +179,9 @@ class DemoResult:
     edit_spec: dict[str, Any] | None
     seconds: float
     size: tuple[int, int]
+    labels: tuple[str, str] = ("source", "edit")
+    sheet: Any = None
+    files: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for the status box: size, time, and the specs (paste-able into a batch job)."""
@@ -236,6 +270,41 @@ def default_pag_layers(pipe: Any) -> str | list[str]:
         raise DemoError(f"{type(pipe).__name__} has no self or joint attention layer for PAG to perturb") from None
 
 
+def _pag_value(name: str) -> str:
+    """The layer identifier that selects exactly the block ``name`` (``transformer_blocks.1`` must not also pick
+    ``single_transformer_blocks.1`` or ``transformer_blocks.10``, as a plain ``re.search`` would)."""
+    return "^" + re.escape(name) + r"\."
+
+
+def pag_layer_choices(pipe: Any) -> list[tuple[str, str]]:
+    """``(label, layer identifier)`` pairs the demo offers for PAG's layers, from the loaded model itself.
+
+    First the model's default (:func:`default_pag_layers`, labelled "default"), then the blocks that hold self or
+    joint attention (the layers PAG perturbs): a UNet's ``down`` / ``mid`` / ``up`` levels in diffusers'
+    ``pag_applied_layers`` naming, a transformer's blocks one by one (anchored, so ``transformer_blocks.1`` is
+    that block only).
+    """
+    from ..attachment import layer_roles
+
+    denoiser = _denoiser(pipe)
+    family = _family(pipe) or GENERIC
+    choices = [(f"{layer} (default)", layer) for layer in default_pag_layers(pipe)]
+    unet_levels = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
+    for name, role in layer_roles(denoiser, family).items():
+        if role not in ("self", "joint"):
+            continue
+        parts = name.split(".")
+        if parts[0] in unet_levels:
+            choice = (f"{unet_levels[parts[0]]} blocks", unet_levels[parts[0]])
+        elif len(parts) > 2 and parts[1].isdigit():
+            choice = (f"{parts[0]}.{parts[1]}", _pag_value(f"{parts[0]}.{parts[1]}"))
+        else:  # a layer outside numbered blocks: itself, anchored at both ends
+            choice = (name, "^" + re.escape(name) + "$")
+        if all(value != choice[1] for _, value in choices):
+            choices.append(choice)
+    return choices
+
+
 def prompt_words(prompt: str, limit: int | None = None) -> list[str]:
     """The distinct content words of ``prompt`` in order (no stop words or punctuation): the words the demo offers
     a weight slider for. ``limit`` keeps the first ``limit``."""
@@ -299,6 +368,19 @@ def _check(request: DemoRequest) -> None:
         raise DemoError(f"edit_mode={request.edit_mode!r} is not allowed: choose from {', '.join(EDIT_MODES)}")
     if request.edit_mode in ("replace", "refine") and not (request.target or "").strip():
         raise DemoError(f"edit mode {request.edit_mode!r} needs the edited prompt")
+    for word, scale in dict(request.weights or {}).items():
+        ok = isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
+        if not ok or not 0 <= scale <= MAX_WEIGHT:
+            # A negative scale flips the word's attention and blanks every map instead of weakening the word.
+            raise DemoError(
+                f"weight of {word!r}={scale!r} is not allowed: must be a number from 0 (the word removed) to "
+                f"{MAX_WEIGHT:g}; 1 leaves the word alone, below 1 weakens it"
+            )
+    _number("cross_steps", request.cross_steps, 0, 1)
+    _number("self_steps", request.self_steps, 0, 1)
+    threshold = request.blend_threshold
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
+        raise DemoError(f"blend_threshold={threshold!r} is not allowed: must be a number between 0 and 1 (exclusive)")
     _number("pag_scale", request.pag_scale, 0, 100)
     _number("pag_strength", request.pag_strength, 0, 1)
     _number("kernel_size", request.kernel_size, 0, 10_000, integer=True)
@@ -388,6 +470,16 @@ class DemoEngine:
         """Whether the pipeline makes videos (it takes ``num_frames``)."""
         return makes_video(self.pipeline())
 
+    def is_video_family(self) -> bool:
+        """Whether the denoiser belongs to a video family (:data:`visattn.families.VIDEO_FAMILIES`): the models
+        Radial Attention acts on, so the form offers it for these only."""
+        denoiser = _denoiser(self.pipeline())
+        return denoiser is not None and family_of(denoiser).name in VIDEO_FAMILIES
+
+    def pag_layer_choices(self) -> list[tuple[str, str]]:
+        """:func:`pag_layer_choices` of the loaded model (the form's PAG layer selector)."""
+        return pag_layer_choices(self.pipeline())
+
     def native_size(self) -> tuple[int, int]:
         """``(height, width)`` the model was trained at (or the engine's override)."""
         return self._native_size if self._native_size is not None else native_size(self.pipeline())
@@ -448,20 +540,50 @@ class DemoEngine:
             outputs = self._generate(pipe, prompts, attached, inversion, call, seed, report, "generating")
         if baseline is not None:
             source, target = baseline[0], outputs[0]
+            labels = ("without effects", "with effects")
         elif edit is not None:
             source, target = outputs
+            labels = ("source" if image is None else "source (from the inverted upload)", "edit")
         else:
             source, target = outputs[0], None
+            labels = ("generated", "")
         heatmaps = self._heatmaps(maps, prompts, edit is not None, request, (width, height))
+        sheet = self._sheet(maps, outputs, prompts, request, labels)
+        edit_spec = None if edit is None else describe_edit(edit)
+        shown_source = self._displayable(source)
+        shown_edit = None if target is None else self._displayable(target)
+        metadata = run_metadata(
+            model=self.model_name,
+            pipeline=type(pipe).__name__,
+            seed=seed,
+            steps=int(call["num_inference_steps"]),
+            guidance=call.get("guidance_scale", request.guidance),
+            size=(width, height),
+            effects=specs,
+            edit=edit_spec,
+            inversion=request.inversion if image is not None else None,
+        )
+        pictures = [(labels[0], source, prompts[0])]
+        if target is not None:
+            pictures.append((labels[1], target, prompts[-1]))
+        # A video's panels are animated WebPs already written for display: offered as they are.
+        pictures = [
+            (role, picture if isinstance(picture, Image.Image) else shown, prompt)
+            for (role, picture, prompt), shown in zip(pictures, (shown_source, shown_edit))
+        ]
+        files = save_run(Path(tempfile.mkdtemp(prefix="run-", dir=self._outputs())), pictures, sheet, metadata)
         report(1.0, "done")
         return DemoResult(
-            source=self._displayable(source),
-            edit=None if target is None else self._displayable(target),
+            source=shown_source,
+            edit=shown_edit,
             heatmaps=heatmaps,
             effects=specs,
-            edit_spec=None if edit is None else describe_edit(edit),
+            edit_spec=edit_spec,
             seconds=time.perf_counter() - started,
             size=(width, height),
+            labels=labels,
+            sheet=sheet,
+            files=files,
         )
 
     # --- pieces of a run -------------------------------------------------------------------------------------------
@@ -491,7 +613,14 @@ class DemoEngine:
             spec = {"source": request.prompt, "target": request.target, "mode": request.edit_mode}
             if weights:
                 spec["weights"] = weights
-        if blend:
+        # Options at the authors' defaults stay out of the spec, so the echoed spec shows what the user changed.
+        if request.cross_steps != DEFAULT_CROSS_STEPS:
+            spec["cross_steps"] = float(request.cross_steps)
+        if request.self_steps != DEFAULT_SELF_STEPS:
+            spec["self_steps"] = float(request.self_steps)
+        if blend and request.blend_threshold != DEFAULT_BLEND_THRESHOLD:
+            spec["local_blend"] = {"words": blend, "threshold": float(request.blend_threshold)}
+        elif blend:
             spec["local_blend"] = blend
         try:
             return build_edit(spec)
@@ -504,9 +633,11 @@ class DemoEngine:
             pag: dict[str, Any] = {"type": "PerturbedAttentionGuidance", "scale": float(request.pag_scale)}
             pag["strength"] = float(request.pag_strength)
             if request.head_set:
+                if request.pag_layers:
+                    raise DemoError("choose PAG layers or a saved head set, not both: the head set names its layers")
                 pag.update(self._head_set(pipe, request.head_set))
             else:
-                pag["layers"] = default_pag_layers(pipe)
+                pag["layers"] = self._pag_layers(pipe, request.pag_layers)
             specs.append(pag)
         elif request.head_set:
             raise DemoError("a head set was uploaded but the PAG scale is 0: raise the scale to use it")
@@ -531,6 +662,22 @@ class DemoEngine:
                 specs.append({"type": "EntropyScaling", "train_tokens": max(2, train[0] * train[1])})
         return specs
 
+    def _pag_layers(self, pipe: Any, chosen: Sequence[str] | None) -> list[str]:
+        """The chosen PAG layers, each one of :func:`pag_layer_choices` (an API client may send anything); the
+        model's default when none is chosen."""
+        if not chosen:
+            return list(default_pag_layers(pipe))
+        if isinstance(chosen, str):
+            chosen = [chosen]
+        offered = [value for _, value in pag_layer_choices(pipe)]
+        unknown = [layer for layer in chosen if layer not in offered]
+        if unknown:
+            raise DemoError(
+                f"pag_layers={unknown!r} is not allowed: choose from the layers of {self.model_name}: "
+                + ", ".join(repr(value) for value in offered)
+            )
+        return list(dict.fromkeys(chosen))
+
     def _head_set(self, pipe: Any, path: str) -> dict[str, Any]:
         from ..guidance import HeadSet
 
@@ -544,13 +691,23 @@ class DemoEngine:
         return {"layers": list(by_layer), "heads": by_layer}
 
     def _invert(self, pipe: Any, image: Image.Image, request: DemoRequest, report: Progress) -> Any:
-        from ..inversion import negative_prompt_inversion, null_text_inversion
+        from ..inversion import ddim_inversion, negative_prompt_inversion, null_text_inversion
 
         guidance = 7.5 if request.guidance is None else float(request.guidance)
         if guidance < 1.0:
             raise DemoError("inverting an upload needs guidance >= 1 (1 turns guidance off)")
         report(0.0, f"inverting the image ({request.inversion} inversion)")
         try:
+            if request.inversion == "ddim":  # as visattn edit: the VAE posterior sampled with the run's seed
+                generator = torch.Generator("cpu").manual_seed(int(request.seed))
+                return ddim_inversion(
+                    pipe,
+                    image,
+                    request.prompt,
+                    num_inference_steps=request.steps,
+                    guidance_scale=guidance,
+                    generator=generator,
+                )
             if request.inversion == "null-text":
                 return null_text_inversion(
                     pipe,
@@ -610,7 +767,8 @@ class DemoEngine:
         call = dict(call)
         if inversion is not None:
             call["latents"] = call["latents"][: len(prompts)].clone()
-            effects = [*effects, inversion.effect()]
+            if inversion.uncond_embeds is not None:  # plain DDIM regenerates from its noise alone
+                effects = [*effects, inversion.effect()]
         total = int(call["num_inference_steps"])
         if "callback_on_step_end" in _parameters(pipe):
 
@@ -660,6 +818,29 @@ class DemoEngine:
                 gallery.append((self._displayable(picture), caption))
         return gallery
 
+    def _sheet(
+        self, maps: Any, images: Sequence[Any], prompts: Sequence[str], request: DemoRequest, labels: tuple[str, str]
+    ) -> Image.Image | None:
+        """One labelled sheet of every prompt's per-word maps over its image (the P2P notebooks'
+        ``show_cross_attention``), or ``None`` when the model has no cross/joint attention to map."""
+        if len(prompts) == 2:
+            rows = [f"source: {prompts[0]}", f"edit: {prompts[1]}"]
+            title = f"{request.edit_mode} edit: per-word attention maps"
+        else:
+            rows = [f"{labels[1] if labels[1] else labels[0]}: {prompts[0]}"]
+            title = "per-word attention maps"
+        try:
+            return maps.sheet(images, labels=rows, title=title)
+        except RuntimeError:  # nothing was recorded
+            return None
+
+    def _outputs(self) -> Path:
+        """The folder for files the page serves (videos, downloads): the engine's, or a temporary one."""
+        if self._output_dir is None:
+            self._output_dir = Path(tempfile.mkdtemp(prefix="visattn-demo-"))
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        return self._output_dir
+
     def _displayable(self, picture: Any) -> Any:
         """A PIL image as it is; a video (a list of frames) as the path of an animated WebP."""
         if isinstance(picture, Image.Image):
@@ -667,9 +848,6 @@ class DemoEngine:
         frames = [frame if isinstance(frame, Image.Image) else Image.fromarray(frame) for frame in picture]
         if len(frames) == 1:
             return frames[0]
-        if self._output_dir is None:
-            self._output_dir = Path(tempfile.mkdtemp(prefix="visattn-demo-"))
-        self._output_dir.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkstemp(suffix=".webp", dir=self._output_dir)[1])
+        path = Path(tempfile.mkstemp(suffix=".webp", dir=self._outputs())[1])
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0, lossless=True)
         return str(path)

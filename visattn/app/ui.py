@@ -6,10 +6,11 @@ settings the model cannot run) becomes a ``gr.Warning`` toast plus a message in 
 error is logged with its traceback on the server and shown in one line, and the server keeps serving.
 
 Element ids (``elem_id``) name the widgets for browser tests and custom CSS: ``prompt``, ``target``,
-``edit-mode``, ``weight-0`` ... ``weight-N``, ``local-blend``, ``seed``, ``steps``, ``guidance``, ``upload``,
-``upload-preview``, ``inversion``, ``pag-scale``, ``pag-strength``, ``head-set``, ``kernel-size``, ``radial``,
-``size-factor``, ``decay``, ``entropy``, ``frames``, ``generate``, ``source``, ``edit``, ``heatmaps``,
-``status``.
+``edit-mode``, ``weight-0`` ... ``weight-N``, ``local-blend``, ``blend-threshold``, ``cross-steps``,
+``self-steps``, ``seed``, ``steps``, ``guidance``, ``upload``, ``upload-preview``, ``inversion``, ``pag-scale``,
+``pag-strength``, ``pag-layers``, ``head-set``, ``kernel-size``, ``radial`` (video models only),
+``size-factor``, ``decay``, ``entropy``, ``frames``, ``examples``, ``generate``, ``source``, ``edit``,
+``maps-sheet``, ``heatmaps``, ``downloads``, ``status``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import os
 from typing import Any
 
 from .handlers import (
+    DEFAULT_BLEND_THRESHOLD,
+    DEFAULT_CROSS_STEPS,
+    DEFAULT_SELF_STEPS,
     EDIT_MODES,
     INVERSION_METHODS,
     MAX_SEED,
@@ -41,6 +45,42 @@ DEFAULT_STEPS = 20
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 #: Pictures are shown at least this many pixels wide, so the outputs of tiny models are visible.
 DISPLAY_MIN_SIZE = 256
+#: Largest weight a word slider offers (the handlers accept up to MAX_WEIGHT; 0 removes a word, never below).
+SLIDER_MAX_WEIGHT = 5.0
+#: How a Python caller of :func:`launch` gets a public link.
+PYTHON_SHARE_HINT = "To create a public link, pass share=True to visattn.app.ui.launch()."
+#: The panels' labels before the first run: what each panel shows in either kind of run.
+PANEL_LABELS = ("source / without effects", "edit / with effects")
+#: Example runs in the default toy model's caption grammar (README, "The toy models and their captions"): one
+#: object, a colour, a shape, a place and a background, each a word the model was trained on. Columns: prompt,
+#: edit mode, edited prompt, local-blend words, PAG scale.
+TOY_EXAMPLES: list[list[Any]] = [
+    ["a small red circle at the top left on a blue background", "none", "", "", 0.0],
+    [
+        "a large green triangle in the center on a black background",
+        "replace",
+        "a large yellow triangle in the center on a black background",
+        "triangle",
+        0.0,
+    ],
+    [
+        "a large yellow circle at the bottom right on a gray background",
+        "replace",
+        "a large red circle at the bottom right on a gray background",
+        "",
+        0.0,
+    ],
+    ["a small red circle at the top left on a blue background", "reweight", "", "", 0.0],
+    ["a large green triangle in the center on a black background", "none", "", "", 3.0],
+]
+#: What each example's button says (the table of five columns does not fit the page).
+TOY_EXAMPLE_LABELS: list[str] = [
+    "generate: a small red circle, top left, blue background",
+    "swap green -> yellow, blend on the triangle",
+    "swap yellow -> red circle, bottom right",
+    "re-weight: then move a word's slider (e.g. red to 3)",
+    "PAG scale 3 beside the plain generation",
+]
 
 _INTRO = (
     "Generate with **attention control**: edit by editing the prompt (Prompt-to-Prompt: swap words, add words, "
@@ -89,12 +129,16 @@ def build_demo(engine: DemoEngine) -> Any:
     """The ``gr.Blocks`` app for ``engine`` (not launched; see :func:`launch`)."""
     gr = _gradio()
     load_error = None
+    pag_choices: list[tuple[str, str]] = []
     try:
         video = engine.is_video()
+        video_family = engine.is_video_family()
         height, width = engine.native_size()
         model_line = f"Model: `{engine.model_name}` (native size {width}x{height})"
+        pag_choices = engine.pag_layer_choices()
     except DemoError as exc:
-        video, load_error = False, str(exc)
+        video = video_family = False
+        load_error = str(exc)
         model_line = f"Model: `{engine.model_name}`: **cannot be loaded**: {load_error}"
 
     with gr.Blocks(title="visattn editing demo") as demo:
@@ -112,14 +156,38 @@ def build_demo(engine: DemoEngine) -> Any:
                 with gr.Group(visible=False) as weight_group:
                     gr.Markdown("Word weights (1 leaves a word alone)")
                     sliders = [
-                        gr.Slider(-2.0, 5.0, value=1.0, step=0.1, visible=False, elem_id=f"weight-{i}")
+                        gr.Slider(0.0, SLIDER_MAX_WEIGHT, value=1.0, step=0.1, visible=False, elem_id=f"weight-{i}")
                         for i in range(MAX_WORD_SLIDERS)
                     ]
-                local_blend = gr.Textbox(
-                    label="Local-blend words (comma separated; only their region may change)",
-                    visible=False,
-                    elem_id="local-blend",
-                )
+                with gr.Group(visible=False) as p2p_group:
+                    local_blend = gr.Textbox(
+                        label="Local-blend words (comma separated; only their region may change)",
+                        elem_id="local-blend",
+                    )
+                    blend_threshold = gr.Slider(
+                        0.05,
+                        0.95,
+                        value=DEFAULT_BLEND_THRESHOLD,
+                        step=0.05,
+                        label="Blend threshold (lower: a larger region may change)",
+                        elem_id="blend-threshold",
+                    )
+                    cross_steps = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=DEFAULT_CROSS_STEPS,
+                        step=0.05,
+                        label="Cross replace steps: fraction of the schedule with the source's cross-attention",
+                        elem_id="cross-steps",
+                    )
+                    self_steps = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=DEFAULT_SELF_STEPS,
+                        step=0.05,
+                        label="Self replace steps: fraction of the schedule with the source's self-attention",
+                        elem_id="self-steps",
+                    )
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
@@ -134,12 +202,22 @@ def build_demo(engine: DemoEngine) -> Any:
                             label="What will be inverted", interactive=False, height=160, elem_id="upload-preview"
                         )
                         inversion = gr.Radio(
-                            list(INVERSION_METHODS), value=INVERSION_METHODS[0], label="Inversion", elem_id="inversion"
+                            list(INVERSION_METHODS),
+                            value=INVERSION_METHODS[0],
+                            label="Inversion (ddim, the default of visattn edit too, keeps the background best)",
+                            elem_id="inversion",
                         )
                 with gr.Accordion("Guidance: PAG / SoftPAG", open=False):
                     pag_scale = gr.Slider(0.0, 10.0, value=0.0, step=0.5, label="Scale (0: off)", elem_id="pag-scale")
                     pag_strength = gr.Slider(
                         0.0, 1.0, value=1.0, step=0.05, label="Strength (1: PAG, < 1: SoftPAG)", elem_id="pag-strength"
+                    )
+                    pag_layers = gr.Dropdown(
+                        choices=pag_choices,
+                        value=[value for label, value in pag_choices if label.endswith("(default)")],
+                        multiselect=True,
+                        label="Layers PAG perturbs (from this model; empty: its default)",
+                        elem_id="pag-layers",
                     )
                     head_set = gr.File(
                         label="Saved head set (visattn hunt JSON)",
@@ -151,7 +229,8 @@ def build_demo(engine: DemoEngine) -> Any:
                     kernel = gr.Slider(
                         0, 63, value=0, step=1, label="Neighborhood kernel size (0: off)", elem_id="kernel-size"
                     )
-                    radial = gr.Checkbox(value=False, label="Radial attention (video models)", elem_id="radial")
+                    # Radial Attention acts on video models only: an image model's form does not offer it.
+                    radial = gr.Checkbox(value=False, label="Radial attention", visible=video_family, elem_id="radial")
                 with gr.Accordion("Extrapolation beyond the native size", open=False):
                     size_factor = gr.Slider(
                         1.0, MAX_SIZE_FACTOR, value=1.0, step=0.25, label="Size (x native)", elem_id="size-factor"
@@ -168,10 +247,20 @@ def build_demo(engine: DemoEngine) -> Any:
                 run_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3, min_width=320):
                 with gr.Row():
-                    source = gr.Image(label="Source", interactive=False, height=300, elem_id="source")
-                    edit = gr.Image(label="Edit", interactive=False, height=300, elem_id="edit")
+                    # PNG, not Gradio's default WebP: what is shown is what was generated (enlarged).
+                    source = gr.Image(
+                        label=PANEL_LABELS[0], interactive=False, height=300, format="png", elem_id="source"
+                    )
+                    edit = gr.Image(label=PANEL_LABELS[1], interactive=False, height=300, format="png", elem_id="edit")
+                sheet = gr.Image(label="Per-word attention maps", interactive=False, format="png", elem_id="maps-sheet")
                 gallery = gr.Gallery(
                     label="Attention per word", columns=4, height="auto", object_fit="contain", elem_id="heatmaps"
+                )
+                downloads = gr.File(
+                    label="Downloads: PNGs with their parameters (text chunks; JSON sidecars beside them)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="downloads",
                 )
                 status = gr.Textbox(
                     label="Status",
@@ -182,12 +271,22 @@ def build_demo(engine: DemoEngine) -> Any:
                     elem_id="status",
                 )
 
+        # Below the form, full width: a click fills prompt, mode, edited prompt, blend words and PAG scale.
+        with gr.Column(elem_id="examples"):
+            gr.Examples(
+                TOY_EXAMPLES,
+                [prompt, mode, target, local_blend, pag_scale],
+                example_labels=TOY_EXAMPLE_LABELS,
+                label="Examples (captions the default toy model knows: one object, its size, colour, shape, place "
+                "and the background)",
+            )
+
         # --- events --------------------------------------------------------------------------------------------
         def on_mode(selected: str) -> list[Any]:
             editing = selected in ("replace", "refine")
             return [gr.update(visible=editing), gr.update(visible=selected != "none")]
 
-        mode.change(on_mode, [mode], [target, local_blend], queue=False)
+        mode.change(on_mode, [mode], [target, p2p_group], queue=False)
         word_inputs = [prompt, target, mode, shown_words, *sliders]
         word_outputs = [shown_words, weight_group, *sliders]
         for source_widget in (prompt, target, mode):
@@ -208,86 +307,121 @@ def build_demo(engine: DemoEngine) -> Any:
         upload.upload(on_upload, [upload], [upload, preview, status])
         upload.clear(lambda: [None, ""], None, [preview, status], queue=False)
 
+        # The form's fields after the word sliders, by name; FORM_FIELDS orders them, here and in API calls.
+        fields = {
+            "local_blend": local_blend,
+            "blend_threshold": blend_threshold,
+            "cross_steps": cross_steps,
+            "self_steps": self_steps,
+            "seed": seed,
+            "steps": steps,
+            "guidance": guidance,
+            "frames": frames,
+            "upload": upload,
+            "inversion": inversion,
+            "pag_scale": pag_scale,
+            "pag_strength": pag_strength,
+            "pag_layers": pag_layers,
+            "head_set": head_set,
+            "kernel_size": kernel,
+            "radial": radial,
+            "size_factor": size_factor,
+            "decay": decay,
+            "entropy_scaling": entropy,
+        }
+
         def on_generate(*values: Any, progress: Any = gr.Progress()) -> list[Any]:  # noqa: B008 (Gradio's API)
-            (
-                prompt_v,
-                target_v,
-                mode_v,
-                shown_v,
-                *rest,
-            ) = values
+            prompt_v, target_v, mode_v, shown_v, *rest = values
             slider_values, rest = rest[:MAX_WORD_SLIDERS], rest[MAX_WORD_SLIDERS:]
-            (
-                blend_v,
-                seed_v,
-                steps_v,
-                guidance_v,
-                frames_v,
-                upload_v,
-                inversion_v,
-                pag_scale_v,
-                pag_strength_v,
-                head_set_v,
-                kernel_v,
-                radial_v,
-                size_v,
-                decay_v,
-                entropy_v,
-            ) = rest
             try:
                 # Checked here, before anything else converts them: an API client may send any JSON value.
-                seed_n = integer_input("seed", 0 if seed_v is None else seed_v, 0, MAX_SEED)  # empty box: 0
-                steps_n = integer_input("steps", steps_v, 1, MAX_STEPS)
+                request = form_request(
+                    prompt_v, target_v, mode_v, dict(zip(shown_v or [], slider_values)), dict(zip(FORM_FIELDS, rest))
+                )
             except DemoError as exc:
                 raise gr.Error(str(exc)) from None
-            request = DemoRequest(
-                prompt=prompt_v or "",
-                seed=seed_n,
-                steps=steps_n,
-                guidance=float(guidance_v),
-                edit_mode=mode_v,
-                target=target_v or "",
-                weights=dict(zip(shown_v or [], slider_values)),
-                local_blend=blend_v or "",
-                pag_scale=float(pag_scale_v),
-                pag_strength=float(pag_strength_v),
-                head_set=head_set_v or None,
-                kernel_size=int(kernel_v),
-                radial=bool(radial_v),
-                size_factor=float(size_v),
-                decay=float(decay_v),
-                entropy_scaling=bool(entropy_v),
-                image=upload_v or None,
-                inversion=inversion_v,
-                frames=int(frames_v) if video else None,
-            )
+            if not video:
+                request.frames = None
             return run_request(engine, request, progress)
 
-        inputs = [
-            *word_inputs,
-            local_blend,
-            seed,
-            steps,
-            guidance,
-            frames,
-            upload,
-            inversion,
-            pag_scale,
-            pag_strength,
-            head_set,
-            kernel,
-            radial,
-            size_factor,
-            decay,
-            entropy,
-        ]
-        run_button.click(on_generate, inputs, [source, edit, gallery, status], concurrency_id="generate")
+        inputs = [*word_inputs, *(fields[name] for name in FORM_FIELDS)]
+        outputs = [source, edit, gallery, sheet, downloads, status]
+        run_button.click(on_generate, inputs, outputs, concurrency_id="generate")
     return demo
 
 
+#: The form's fields after the prompt, edited prompt, mode and word sliders, in the order the Generate event takes
+#: them (and :func:`form_request` reads them).
+FORM_FIELDS: tuple[str, ...] = (
+    "local_blend",
+    "blend_threshold",
+    "cross_steps",
+    "self_steps",
+    "seed",
+    "steps",
+    "guidance",
+    "frames",
+    "upload",
+    "inversion",
+    "pag_scale",
+    "pag_strength",
+    "pag_layers",
+    "head_set",
+    "kernel_size",
+    "radial",
+    "size_factor",
+    "decay",
+    "entropy_scaling",
+)
+
+
+def form_request(
+    prompt: str | None, target: str | None, mode: str, weights: dict[str, Any], fields: dict[str, Any]
+) -> DemoRequest:
+    """The :class:`DemoRequest` of one press of Generate: the form's values as Gradio hands them over.
+
+    Seed and step count are checked first (an API client may send any JSON value); the rest is checked by the
+    engine, which names the field it refuses.
+
+    Raises:
+        DemoError: a seed or step count that is not a whole number in range.
+    """
+    seed_v = fields["seed"]
+    seed = integer_input("seed", 0 if seed_v is None else seed_v, 0, MAX_SEED)  # an empty box is seed 0
+    steps = integer_input("steps", fields["steps"], 1, MAX_STEPS)
+    frames = fields["frames"]
+    return DemoRequest(
+        prompt=prompt or "",
+        seed=seed,
+        steps=steps,
+        guidance=float(fields["guidance"]),
+        edit_mode=mode,
+        target=target or "",
+        weights=weights,
+        local_blend=fields["local_blend"] or "",
+        blend_threshold=fields["blend_threshold"],
+        cross_steps=fields["cross_steps"],
+        self_steps=fields["self_steps"],
+        pag_scale=float(fields["pag_scale"]),
+        pag_strength=float(fields["pag_strength"]),
+        pag_layers=list(fields["pag_layers"] or []) or None,
+        head_set=fields["head_set"] or None,
+        kernel_size=int(fields["kernel_size"]),
+        radial=bool(fields["radial"]),
+        size_factor=float(fields["size_factor"]),
+        decay=float(fields["decay"]),
+        entropy_scaling=bool(fields["entropy_scaling"]),
+        image=fields["upload"] or None,
+        inversion=fields["inversion"],
+        frames=None if frames is None else int(frames),
+    )
+
+
 def run_request(engine: DemoEngine, request: DemoRequest, progress: Any = None) -> list[Any]:
-    """Run ``request`` and return the four outputs ``[source, edit, gallery, status]``; errors become a warning
-    toast and a status message (the images are cleared), never an exception."""
+    """Run ``request`` and return the six outputs ``[source, edit, gallery, sheet, downloads, status]``: the two
+    panels as ``gr.update``s that also set their labels ("source" / "edit", "without effects" / "with effects"),
+    the per-word gallery, the labelled sheet of maps, the PNGs to download. Errors become a warning toast and a
+    status message (the outputs are cleared), never an exception."""
     gr = _gradio()
 
     def report(fraction: float, description: str) -> None:
@@ -298,13 +432,33 @@ def run_request(engine: DemoEngine, request: DemoRequest, progress: Any = None) 
         result = engine.run(request, report)
     except DemoError as exc:
         gr.Warning(str(exc))
-        return [None, None, [], f"error: {exc}"]
+        return [*_cleared(gr), f"error: {exc}"]
     except Exception as exc:  # a bug, not a bad request: keep the server up, log the traceback for the operator
         logger.exception("the demo failed on %r", request)
         gr.Warning(f"internal error: {type(exc).__name__}: {exc}")
-        return [None, None, [], f"internal error: {type(exc).__name__}: {exc} (the server log has the details)"]
+        message = f"internal error: {type(exc).__name__}: {exc} (the server log has the details)"
+        return [*_cleared(gr), message]
     gallery = [(_enlarged(picture), caption) for picture, caption in result.heatmaps]
-    return [_enlarged(result.source), _enlarged(result.edit), gallery, result.summary()]
+    first, second = result.labels
+    return [
+        gr.update(value=_enlarged(result.source), label=first),
+        gr.update(value=_enlarged(result.edit), label=second or PANEL_LABELS[1]),
+        gallery,
+        result.sheet,
+        result.files or None,
+        result.summary(),
+    ]
+
+
+def _cleared(gr: Any) -> list[Any]:
+    """The outputs before the status of a failed run: nothing shown, the panels' labels back to the defaults."""
+    return [
+        gr.update(value=None, label=PANEL_LABELS[0]),
+        gr.update(value=None, label=PANEL_LABELS[1]),
+        [],
+        None,
+        None,
+    ]
 
 
 def _enlarged(picture: Any) -> Any:
@@ -328,6 +482,7 @@ def launch(
     concurrency: int = 1,
     block: bool = True,
     auth: tuple[str, str] | None = None,
+    share_hint: str | None = PYTHON_SHARE_HINT,
 ) -> Any:
     """Build and start the demo server; returns the ``gr.Blocks`` (running in the background when ``block`` is
     False, for tests and notebooks: stop it with ``demo.close()``).
@@ -341,6 +496,8 @@ def launch(
             pipeline are serialized by the engine, so values above 1 only let upload checks and other light
             events overlap a generation.
         auth: ``(user, password)``: Gradio's login page guards the demo (``None``: no login).
+        share_hint: printed under the local URL when ``share`` is off: how to get a public link where the demo is
+            started from (``visattn demo`` says ``--share``); ``None`` prints nothing.
     """
     gr = _gradio()
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -355,13 +512,29 @@ def launch(
         server_port=port,
         share=share,
         auth=auth,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,  # blocks below, after the start-up lines
         max_file_size=MAX_UPLOAD_BYTES,
         show_error=False,
-        quiet=not block,
+        # Gradio's own start-up lines tell a CLI user to edit launch(); the demo prints its own (startup_lines).
+        quiet=True,
         ssr_mode=False,
         mcp_server=False,
         theme=theme,
         css=_css(),
     )
+    if block:
+        for line in startup_lines(demo.local_url, demo.share_url, None if share else share_hint):
+            print(line, flush=True)
+        demo.block_thread()
     return demo
+
+
+def startup_lines(local_url: str | None, share_url: str | None, share_hint: str | None) -> list[str]:
+    """What the server prints once it listens: where to open the demo, and how to share it (``share_hint``,
+    written for the way the demo was started) when it is not shared yet."""
+    lines = [f"* Running on local URL:  {local_url}"]
+    if share_url:
+        lines.append(f"* Running on public URL: {share_url}")
+    elif share_hint:
+        lines.append(f"* {share_hint}")
+    return lines

@@ -22,6 +22,8 @@ from . import MODEL_HELP
 
 #: environment variable read for ``USER:PASSWORD`` when ``--auth`` is not given
 AUTH_ENV = "VISATTN_DEMO_AUTH"
+#: Printed under the local URL instead of Gradio's "set `share=True` in `launch()`", which a CLI user cannot do.
+SHARE_HINT = "To create a public link, run visattn demo --share (add --auth USER:PASSWORD to require a login)."
 
 
 def _port(text: str) -> int:
@@ -92,9 +94,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="the Gradio editing demo in your browser (needs visattn[app])",
-        description="Serve the editing demo: Prompt-to-Prompt edits (swap, refine, re-weight, local blend) with "
-        "per-word attention maps, PAG/SoftPAG guidance with saved head sets, sparse attention, extrapolation "
-        "beyond the native size, and editing of uploaded images through inversion. Binds the loopback interface "
+        description="Serve the editing demo: Prompt-to-Prompt edits (swap, refine, re-weight, local blend with its "
+        "threshold, cross/self replace steps) with a labelled sheet of per-word attention maps, PAG/SoftPAG "
+        "guidance on chosen layers or saved head sets, sparse attention, extrapolation beyond the native size, and "
+        "editing of uploaded images through inversion (DDIM by default, as visattn edit); results download as PNGs "
+        "that carry their parameters. Binds the loopback interface "
         "unless --host says otherwise; no public link unless --share. Without --model, uses the embedded default "
         "visattn/toy-image (a small model trained on captioned shapes).",
     )
@@ -142,5 +146,13 @@ def run(args: argparse.Namespace) -> int:
         args.model, resolve_device(args.device), check_dtype(args.dtype), allow_pickle=args.allow_pickle
     )
     engine = DemoEngine(name, pipeline=pipeline, device=args.device, dtype=args.dtype)
-    launch(engine, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency, auth=auth)
+    launch(
+        engine,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        concurrency=args.concurrency,
+        auth=auth,
+        share_hint=SHARE_HINT,
+    )
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..edit import DEFAULT_INVERSION, INVERSIONS
 from . import MODEL_HELP
 
 
@@ -21,7 +22,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--mode", choices=("auto", "replace", "refine"), default="auto", help="edit kind")
     parser.add_argument("--image", metavar="PNG", help="a real image to invert and edit (SD-family pipelines)")
     parser.add_argument(
-        "--inversion", choices=("null-text", "negative-prompt", "ddim"), default="null-text", help="for --image"
+        "--inversion",
+        choices=INVERSIONS,
+        default=DEFAULT_INVERSION,
+        help=f"for --image (default: {DEFAULT_INVERSION}, as the demo; it keeps the background best)",
     )
     parser.add_argument("--local-blend", nargs="+", metavar="WORD", help="only the region of these words changes")
     parser.add_argument("--cross-steps", type=float, default=0.8, help="fraction with cross-attention injection")
@@ -65,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.quiet,
     )
-    for key in ("source", "edit", "reconstruction"):
+    for key in ("source", "edit", "reconstruction", "maps"):
         if key in written:
             print(written[key])
-    for path in written["heatmaps"].values():
-        print(path)
     return 0
