@@ -3,7 +3,7 @@
 The effect limits self-attention to a window of latent rows around each query, using the grid visattn derives
 for every layer (UNet levels differ). It runs on any backend; the pattern is plain tensor code.
 
-    python examples/custom_effect.py --out outputs/custom_effect.png
+    python examples/custom_effect.py --out outputs/custom_effect   # -> outputs/custom_effect/custom_effect.png
 """
 
 from __future__ import annotations
@@ -52,22 +52,26 @@ class RowWindowAttention(Effect):
         call.patterns.append(RowWindow(width, self.rows))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/custom_effect.png"))
-    parser.add_argument("--rows", type=int, default=1)
-    args = parser.parse_args()
-
+def main(out_dir: str | Path = "outputs/custom_effect", rows: int = 1) -> list[Path]:
+    """Generate with and without the row window, side by side, into ``out_dir/custom_effect.png``; returns the
+    written paths. A path ending in ``.png`` is taken as the file itself (what this script once took)."""
+    out_dir = Path(out_dir)
+    path = out_dir if out_dir.suffix.lower() == ".png" else out_dir / "custom_effect.png"
     pipe = tiny_pipeline("unet")
     plain = pipe(**call_kwargs("unet"))[0][0]
-    with visattn.attach(pipe, RowWindowAttention(rows=args.rows)):
+    with visattn.attach(pipe, RowWindowAttention(rows=rows)):
         windowed = pipe(**call_kwargs("unet"))[0][0]
     side_by_side = np.concatenate([plain, windowed], axis=1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((side_by_side * 255).round().astype(np.uint8)).save(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((side_by_side * 255).round().astype(np.uint8)).save(path)
     change = float(torch.as_tensor(plain - windowed).abs().max())
-    print(f"wrote {args.out} (left: dense, right: {args.rows}-row window; max pixel change {change:.4f})")
+    print(f"wrote {path} (left: dense, right: {rows}-row window; max pixel change {change:.4f})")
+    return [path]
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/custom_effect"), help="output folder")
+    parser.add_argument("--rows", type=int, default=1, help="latent rows each query sees on either side")
+    args = parser.parse_args()
+    main(out_dir=args.out, rows=args.rows)

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 import visattn
+from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
 from visattn.kernels import NeighborhoodPattern, available_backends, density
 from visattn.processors import AttentionMaps, NeighborhoodAttention, PerturbedAttentionGuidance
 
@@ -68,7 +69,7 @@ def main(
         raise SystemExit(f"backend {backend!r} is not usable here: {why}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = FluxPipeline.from_pretrained(model_id, torch_dtype=dtype)
+    pipe = FluxPipeline.from_pretrained(model_id, **dtype_kwargs(dtype))
     if offload:
         pipe.enable_model_cpu_offload()
     else:

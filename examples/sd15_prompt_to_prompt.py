@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 import visattn
+from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
 from visattn.processors import AttentionMaps, LocalBlend, PromptToPrompt
 
 MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -65,7 +66,7 @@ def main(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = StableDiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(model_id, **dtype_kwargs(dtype)).to(device)
     # Prompt-to-Prompt and null-text inversion both work on the deterministic DDIM sampler.
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     written: list[Path] = []

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 import visattn
+from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
 from visattn.guidance import HeadSet
 from visattn.processors import PerturbedAttentionGuidance
 
@@ -61,7 +62,7 @@ def main(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variant = "fp16" if dtype == torch.float16 else None
-    pipe = StableDiffusionXLPipeline.from_pretrained(model_id, torch_dtype=dtype, variant=variant).to(device)
+    pipe = StableDiffusionXLPipeline.from_pretrained(model_id, variant=variant, **dtype_kwargs(dtype)).to(device)
     written: list[Path] = []
 
     def generate(*effects) -> Image.Image:

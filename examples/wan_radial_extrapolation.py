@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 import visattn
+from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
 from visattn.kernels import RadialPattern, density
 from visattn.processors import ExtrapolationDecay, RadialAttention, SpatioTemporalSkipGuidance
 
@@ -76,8 +77,8 @@ def main(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vae = AutoencoderKLWan.from_pretrained(model_id, subfolder="vae", torch_dtype=torch.float32)
-    pipe = WanPipeline.from_pretrained(model_id, vae=vae, torch_dtype=dtype).to(device)
+    vae = AutoencoderKLWan.from_pretrained(model_id, subfolder="vae", **dtype_kwargs(torch.float32))
+    pipe = WanPipeline.from_pretrained(model_id, vae=vae, **dtype_kwargs(dtype)).to(device)
     written: list[Path] = []
 
     def generate(name: str, *effects, num_frames: int = frames) -> None:

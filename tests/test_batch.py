@@ -267,16 +267,71 @@ def test_failing_and_invalid_jobs_are_reported_by_line_and_the_rest_run(tmp_path
     assert code == 1
     assert stdout.strip() == str(out / "results.jsonl")
     assert f"{jobs}:2: job 'no-layer' failed: ValueError:" in err and "nowhere" in err
-    assert f"{jobs}:3: job 'video' failed: UsageError: frames=5 needs a video pipeline" in err
+    # A video job for an image model is found from the folder's model_index.json, before anything is loaded.
+    assert f"{jobs}:3: invalid job: frames=5 asks for a video, but the model {sd_dir.resolve()} " in err
+    assert "(StableDiffusionPipeline) makes images" in err
     assert f"{jobs}:4: invalid job: unknown field 'stesp'" in err
     results = read_records(out / "results.jsonl")
     statuses = [(r["line"], r["status"]) for r in results]
-    assert statuses == [(1, "ok"), (2, "error"), (3, "error"), (4, "invalid"), (5, "ok")]
+    assert statuses == [(1, "ok"), (2, "error"), (3, "invalid"), (4, "invalid"), (5, "ok")]
     assert "Traceback" in results[1]["traceback"] and results[1]["model"] == str(sd_dir.resolve())
     assert (out / "good.png").is_file() and (out / "last.png").is_file() and not (out / "no-layer.png").exists()
     # Failed jobs are retried by the next run; finished ones are not.
     code, _, err = run_main("batch", str(jobs), "--out", str(out), "--model", str(sd_dir), "--quiet")
     assert code == 1 and "2 already done before this run" in err
+
+
+def test_video_jobs_for_an_image_model_are_invalid_in_the_dry_run(tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "image", "prompt": "a red circle", **FAST},
+        {"id": "clip", "prompt": "a red circle", "frames": 5},
+        {"id": "radial", "prompt": "a red circle", "effects": [{"type": "radial"}]},
+    )
+    out = tmp_path / "out"
+    code, stdout, err = run_main("batch", str(jobs), "--out", str(out), "--model", "visattn/tiny-sd", "--dry-run")
+    assert code == 1 and stdout.split() == ["image"]
+    assert f"{jobs}:2: invalid job: frames=5 asks for a video, but the model visattn/tiny-sd" in err
+    assert f"{jobs}:3: invalid job: effects[0] (radial) acts on videos only" in err
+    assert "1 valid jobs, 2 invalid lines" in err
+    # the same jobs for the toy video model: every one is valid (a job without frames makes a default-length clip)
+    code, stdout, err = run_main("batch", str(jobs), "--out", str(out), "--model", TOY_VIDEO_MODEL, "--dry-run")
+    assert code == 0 and stdout.split() == ["image", "clip", "radial"], err
+
+
+def test_train_video_frames_are_converted_with_the_loaded_pipelines_factors(tmp_path):
+    pipe = tiny_pipeline("wan")  # VAE temporal factor 4: 9 video frames are 3 latent frames
+    spec = {"type": "decay", "train_video_frames": 9, "factor": 0.5}
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", {"id": "clip", "prompt": "a red circle", "frames": 5, "effects": [spec], **FAST}
+    )
+    summary = run_batch(jobs, tmp_path / "out", pipeline=pipe, progress=False, log=io.StringIO())
+    assert summary.exit_status == 0
+    record = results_by_id(tmp_path / "out")["clip"]
+    assert record["effects"] == [{"type": "ExtrapolationDecay", "train_video_frames": 9, "factor": 0.5}]
+    assert "train_frames=3," in read_sidecar(tmp_path / "out" / "clip.webp")["effects"][0]
+    # for an image model the same effect is an invalid line (it counts video frames)
+    image_job = {"id": "img", "prompt": "a red circle", "effects": [spec], **FAST}
+    code, _, err = run_main(
+        "batch",
+        str(write_jobs(tmp_path / "img.jsonl", image_job)),
+        "--out",
+        str(tmp_path / "o"),
+        "--dry-run",
+        "--model",
+        "visattn/tiny-sd",
+    )
+    assert code == 1 and "effects[0].train_video_frames counts video frames" in err
+
+
+def test_model_kind_is_read_without_loading(sd_dir, tmp_path):
+    from visattn.batch.models import model_kind
+
+    assert model_kind(None).video is False and model_kind(TOY_VIDEO_MODEL).video is True
+    assert model_kind(str(sd_dir)).pipeline == "StableDiffusionPipeline"
+    assert model_kind("nobody/not-in-the-cache") is None  # unknown: checked when the job runs
+    (tmp_path / "model_index.json").write_text('{"_class_name": "MyCustomPipeline"}')
+    assert model_kind(str(tmp_path)) is None
 
 
 def test_video_job_writes_an_animated_webp_with_every_frame(tmp_path):

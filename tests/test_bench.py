@@ -130,3 +130,17 @@ def test_tgate_timing_quick(tmp_path, capsys):
     tgate = report["tgate"]
     assert set(tgate["seconds"]) == {"dense", "tgate"}
     assert tgate["speedup"] == pytest.approx(tgate["seconds"]["dense"] / tgate["seconds"]["tgate"])
+
+
+def test_bar_chart_uses_a_log_axis_when_bars_span_more_than_ten_times():
+    from visattn.charts import grouped_bar_chart, wants_log_axis
+
+    assert wants_log_axis([1.2, 70.0, 1.5]) and not wants_log_axis([0.3, 0.9, 1.0])
+    assert not wants_log_axis([0.0, 70.0])  # a zero bar cannot sit on a log axis: linear
+    groups = ["na2d 64x64 k7", "radial 33 frames"]
+    wide = grouped_bar_chart(groups, {"flex": [1.2, 70.0], "triton": [1.1, None]}, title="t", axis_label="x dense")
+    linear = grouped_bar_chart(groups, {"flex": [1.2, 70.0], "triton": [1.1, None]}, title="t", axis_label="x dense",
+                               log_scale=False)  # fmt: skip
+    assert wide.mode == "RGB" and wide.size == linear.size and wide.tobytes() != linear.tobytes()
+    with pytest.raises(ValueError, match="positive"):
+        grouped_bar_chart(groups, {"flex": [0.0, 2.0]}, title="t", axis_label="x", log_scale=True)

@@ -412,3 +412,11 @@ def test_save_image_never_overwrites_a_png_or_a_stray_sidecar(tmp_path):
     assert chunks["visattn"][0] == "tEXt"  # JSON is ASCII-escaped, so it is always a plain tEXt chunk
     assert read_metadata(first)["prompt"] == "naïve ☃"
     assert chunks["parameters"] == ("iTXt", format_parameters({"prompt": "naïve ☃"}))  # not latin-1: Pillow uses iTXt
+
+
+def test_unequal_words_with_mode_replace_are_told_in_cli_terms(tmp_path, capsys):
+    argv = ["edit", "--source", "a cat", "--target", "a fluffy cat", "--mode", "replace", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the source has 2" in err and "use --mode refine (mode='refine')" in err
+    assert "PromptToPrompt.refine(" not in err

@@ -183,3 +183,45 @@ def test_values_that_overflow_are_spec_errors_naming_the_field(spec, field, mess
     assert caught.value.field == field and len(str(caught.value)) < 300
     with pytest.raises(ValueError):
         build_effects([spec])
+
+
+# --- train_video_frames: a training length in video frames (issue 29) --------------------------------------------
+def test_train_video_frames_becomes_latent_frames_with_the_pipelines_factors():
+    spec = {"type": "decay", "train_video_frames": 81, "factor": 0.5}
+    (effect,) = build_effects([spec], latent_frames=lambda frames: 1 + (frames - 1) // 4)  # Wan's VAE: 81 -> 21
+    assert effect.train_frames == 21
+    assert describe([effect]) == [{"type": "ExtrapolationDecay", "train_video_frames": 81, "factor": 0.5}]
+    # checked without a pipeline (a jobs file before the model loads): the count passes through, the spec is valid
+    assert build_effect(spec).train_frames == 81
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ({"type": "decay", "train_video_frames": 81, "train_frames": 21}, "not both"),
+        ({"type": "decay", "train_video_frames": 0}, "must be a number of frames >= 1"),
+        ({"type": "decay", "train_video_frames": "81"}, "must be a number of frames >= 1"),
+        ({"type": "pag", "train_video_frames": 81}, "is not a parameter of PerturbedAttentionGuidance"),
+    ],
+)
+def test_bad_train_video_frames_name_the_field(spec, says):
+    with pytest.raises(SpecError, match=says) as caught:
+        build_effects([spec])
+    assert caught.value.field == "effects[0].train_video_frames"
+
+
+def test_a_converter_error_is_a_spec_error():
+    def image_pipeline(frames: int) -> int:
+        raise ValueError("StableDiffusionPipeline makes images")
+
+    with pytest.raises(SpecError, match="makes images"):
+        build_effect({"type": "decay", "train_video_frames": 9}, latent_frames=image_pipeline)
+
+
+def test_every_alias_is_documented_in_the_batch_guide():
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text(encoding="utf-8")
+    rows = [line for line in guide.splitlines() if line.startswith("| `")]
+    for alias, class_name in ALIASES.items():
+        assert any(f"`{alias}`" in row.split("|")[1] and f"`{class_name}`" in row for row in rows), alias

@@ -324,7 +324,10 @@ def cli_run(tmp_path_factory):
     out = root / "out"
     argv = ["eval", "--quick", "--steps", "2", "--seeds", "1", "--quiet", "--out", str(out)]
     argv += ["--image-model", "visattn/tiny-sd", "--video-model", str(root / "tiny-wan")]
-    assert main(argv) == 0
+    code = main(argv)
+    # Random weights: the quality bar's claims fail, and a failed claim fails the run (exit status 1).
+    failed = [c for c in json.loads((out / "eval-quick.json").read_text())["quality_bar"] if not c["passed"]]
+    assert code == (1 if failed else 0)
     return out, root / "tiny-wan"
 
 
@@ -431,6 +434,27 @@ def test_evaluation_is_deterministic(cli_run):
     again = json.loads(json.dumps(again["studies"]))
     for name in studies:
         assert without_timing(again[name]) == without_timing(reference[name]), name
+
+
+def _checks_of(passed: bool) -> dict:
+    """Results of the Prompt-to-Prompt study whose one quality-bar claim passes or fails."""
+    swap = {"success": 0.9, "success_without_p2p": 0.5, "iou": 0.85 if passed else 0.5, "iou_without_p2p": 0.5}
+    shape = {**swap, "iou_perfect_edit": 0.51}
+    return {"studies": {"prompt_to_prompt": {"word_swap": {"color": swap, "shape": shape}}}}
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_cli_exit_status_follows_the_quality_bar(monkeypatch, tmp_path, capsys, passed):
+    import visattn.eval
+
+    monkeypatch.setattr(visattn.eval, "evaluate", lambda *args, **kwargs: _checks_of(passed))
+    monkeypatch.setattr(visattn.eval, "write_report", lambda *args, **kwargs: {"json": tmp_path / "x.json"})
+    argv = ["eval", "--quick", "--quiet", "--studies", "prompt_to_prompt", "--out", str(tmp_path)]
+    assert main(argv) == (0 if passed else 1)
+    err = capsys.readouterr().err
+    assert ("1 of 1 claims FAIL" in err and "word swap" in err) != passed
+    assert main([*argv, "--allow-fail"]) == 0
+    assert ("--allow-fail" in capsys.readouterr().err) != passed
 
 
 def test_cli_rejects_bad_requests(capsys):

@@ -301,7 +301,7 @@ def test_real_example_runs_on_a_tiny_model_of_its_pipeline_class(name, tmp_path,
 
 
 def test_custom_effect_example_runs_and_changes_the_image(tmp_path):
-    out = tmp_path / "custom.png"
+    out = tmp_path / "custom"  # a folder, as for every example (issue 29: a folder used to crash it)
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "custom_effect.py"), "--out", str(out), "--rows", "0"],
         capture_output=True,
@@ -312,8 +312,16 @@ def test_custom_effect_example_runs_and_changes_the_image(tmp_path):
     assert "max pixel change" in result.stdout
     change = float(result.stdout.rsplit("max pixel change", 1)[1].strip(" )\n"))
     assert change > 0
-    with Image.open(out) as image:
+    with Image.open(out / "custom_effect.png") as image:
         assert image.width == 2 * image.height
+
+
+def test_custom_effect_main_takes_a_folder_or_a_png_path(tmp_path, capsys):
+    module = load_example("custom_effect")
+    (tmp_path / "existing").mkdir()
+    assert module.main(tmp_path / "existing") == [tmp_path / "existing" / "custom_effect.png"]
+    assert module.main(tmp_path / "picture.png") == [tmp_path / "picture.png"]
+    assert (tmp_path / "picture.png").is_file() and "max pixel change" in capsys.readouterr().out
 
 
 #: per toy example: the files it writes (in order) and patterns its printout must contain
@@ -373,3 +381,18 @@ def test_batch_jobs_file_is_valid_and_builds_every_effect(tmp_path, capsys):
         job.build_edit()
     assert cli(["batch", str(EXAMPLES / "batch_jobs.jsonl"), "--out", str(tmp_path), "--dry-run"]) == 0
     assert capsys.readouterr().out.split() == [job.id for job in jobs]
+
+
+def test_examples_pass_the_dtype_keyword_their_diffusers_takes(monkeypatch):
+    """diffusers 0.40 renamed from_pretrained's ``torch_dtype`` to ``dtype`` (the old name warns); the examples pass
+    whichever the installed release takes, through ``visattn.generate.dtype_kwargs``."""
+    import diffusers
+
+    from visattn.generate import dtype_kwargs
+
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        assert "torch_dtype=" not in path.read_text(encoding="utf-8"), path.name
+    monkeypatch.setattr(diffusers, "__version__", "0.40.0.dev0")
+    assert dtype_kwargs(torch.float16) == {"dtype": torch.float16}
+    monkeypatch.setattr(diffusers, "__version__", "0.39.1")
+    assert dtype_kwargs(torch.float16) == {"torch_dtype": torch.float16}

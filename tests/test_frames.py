@@ -83,3 +83,24 @@ def test_bad_frame_counts_name_the_parameter(frames):
 def test_one_frame_is_too_short_for_a_pipeline_that_always_adds_one():
     with pytest.raises(ValueError, match="frames=1 is too short"):
         num_frames_argument(load_embedded_pipeline(TOY_VIDEO_MODEL), 1)
+
+
+def test_latent_frames_follow_the_vae_and_the_temporal_patch():
+    from types import SimpleNamespace
+
+    from visattn.frames import latent_frames
+
+    wan = tiny_pipeline("wan")  # VAE temporal factor 4, patch (1, 2, 2)
+    assert [latent_frames(wan, frames) for frames in (1, 5, 9, 81)] == [1, 2, 3, 21]
+
+    class Hunyuan:  # HunyuanVideo's layout: a separate patch_size_t
+        vae_scale_factor_temporal = 4
+        transformer = SimpleNamespace(config={"patch_size": 2, "patch_size_t": 1})
+
+        def __call__(self, prompt, num_frames=129): ...
+
+    assert latent_frames(Hunyuan(), 129) == 33
+    with pytest.raises(ValueError, match="makes images"):
+        latent_frames(tiny_pipeline("unet"), 9)
+    with pytest.raises(ValueError, match="frames=0"):
+        latent_frames(wan, 0)

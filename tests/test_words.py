@@ -421,3 +421,104 @@ def test_text_part_refuses_what_it_cannot_describe():
         TextPart("chat_template", template="pipeline:prompt_template_encode:prompt_template_encode_start_idx")
     with pytest.raises(ValueError, match="required for, and only for"):
         TextPart("t5", template=PipelineTemplate("prompt_template_encode"))
+
+
+# --- the real CLIP vocabulary (issue 29) -------------------------------------------------------------------------
+# Stable Diffusion's tokenizer, built offline from the BPE merges open_clip_torch ships; the toy tokenizers above
+# know only the toy world's words, so punctuation glued to a word and capitals are checked here.
+from visattn.testing.tokenizers import clip_bpe_path, real_clip_tokenizer  # noqa: E402
+from visattn.words import _align, _align_by_prefix  # noqa: E402
+
+needs_real_clip = pytest.mark.skipif(
+    clip_bpe_path() is None, reason="the real CLIP vocabulary ships in open_clip_torch (pip install --no-deps ...)"
+)
+
+#: prompts with punctuation next to words, capitals, digits, apostrophes and runs of spaces
+REAL_PROMPTS = (
+    "a red car, at night",
+    "A Red CAR at Night",
+    "a red car,at night.",
+    "(a red car) parked; at NIGHT!!",
+    "a dog's toy, don't touch",
+    "top-left: 2024 cars",
+    "a  red\\ncar   at night",
+    "Café au lait",
+)
+
+
+@functools.cache
+def real_clip():
+    return real_clip_tokenizer()
+
+
+@needs_real_clip
+def test_real_clip_tokenizer_has_sd_ids():
+    tokenizer = real_clip()
+    assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
+    # the ids of openai/clip-vit-large-patch14 (Stable Diffusion 1.x's tokenizer/vocab.json)
+    assert tokenizer("a red car, at night").input_ids == [49406, 320, 736, 1615, 267, 536, 930, 49407]
+    assert tokenizer("A Red CAR").input_ids == tokenizer("a red car").input_ids  # CLIP lower-cases
+
+
+@needs_real_clip
+@pytest.mark.parametrize("prompt", REAL_PROMPTS)
+def test_every_word_maps_to_the_real_tokens_that_spell_it(prompt):
+    tokenizer = real_clip()
+    tokens = prompt_tokens(tokenizer, prompt, family="unet")
+    ids = tokenizer(prompt).input_ids
+    assert tokens.words == tuple(word for word, _, _ in split_words(prompt))
+    for word, positions in zip(tokens.words, tokens.word_tokens, strict=True):
+        assert positions, f"{word!r} has no token in {prompt!r}"
+        spelled = tokenizer.decode([ids[p] for p in positions]).replace(" ", "")  # bytes back to text
+        assert word in spelled, (word, spelled)
+    # every token between <|startoftext|> and <|endoftext|> belongs to a word
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert owned == set(range(1, len(ids) - 1))
+
+
+@needs_real_clip
+def test_punctuation_next_to_a_word_and_capitals_find_the_word():
+    tokenizer = real_clip()
+    tokens = prompt_tokens(tokenizer, "a red car, at night", family="unet")
+    assert tokens.positions("car") == (3,) and tokens.positions(",") == (4,) and tokens.positions("night") == (6,)
+    assert tokens.positions("car,") == (3, 4) and tokens.positions("red car") == (2, 3)
+    shouted = prompt_tokens(tokenizer, "A Red CAR at Night", family="unet")
+    for word in ("car", "CAR", "Car"):
+        assert shouted.positions(word) == (3,)
+    assert shouted.words == ("a", "red", "car", "at", "night")
+
+
+class _WithoutOffsets:
+    """The real tokenizer without character offsets, as a slow tokenizer is: alignment falls back to prefixes."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, **kwargs):
+        if kwargs.get("return_offsets_mapping"):
+            raise NotImplementedError("no offsets")
+        return self.tokenizer(text, **kwargs)
+
+
+@needs_real_clip
+@pytest.mark.parametrize("prompt", REAL_PROMPTS)
+def test_prefix_alignment_agrees_with_offsets_on_the_real_vocabulary(prompt):
+    """Without offsets, a token that spans a word boundary (CLIP's ``'s`` joins ``'`` and ``s``) belongs to both
+    words, as it does with offsets; before, the second word got no token."""
+    words = split_words(prompt)
+    assert _align_by_prefix(_WithoutOffsets(real_clip()), prompt, 0, words) == _align(real_clip(), prompt, 0, words)
+
+
+@needs_real_clip
+def test_an_edit_with_local_blend_and_maps_runs_on_the_real_vocabulary():
+    import visattn
+    from visattn.processors import AttentionMaps, LocalBlend, PromptToPrompt
+
+    pipe = tiny_pipeline("unet")
+    pipe.tokenizer = real_clip()
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))  # the tiny encoder knows the toy ids only
+    p2p = PromptToPrompt.replace("A red Car, at night", "a blue car, at night", local_blend=LocalBlend(["CAR"]))
+    maps = AttentionMaps(words=["car", "Night"], prompt=p2p.prompts)
+    with visattn.attach(pipe, p2p, maps):
+        pipe(prompt=p2p.prompts, generator=p2p.generator(0), num_inference_steps=2, height=32, width=32)
+    assert p2p.local_blend.mask is not None and maps.contributions

@@ -22,6 +22,7 @@ from .generate import (
     DEVICES,
     DTYPES,
     UsageError,
+    add_load_arguments,
     check_guidance,
     check_positive_int,
     check_seed,
@@ -57,6 +58,10 @@ def _run_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.quiet,
         allow_pickle=args.allow_pickle,
+        variant=args.variant,
+        scheduler=args.scheduler,
+        loras=args.lora,
+        offload=args.offload,
     )
     # Paths only, one per line, on stdout: scripts can consume them; progress and logs stay on stderr.
     for path in paths:
@@ -99,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available, else cpu")
     gen.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights dtype (default: fp32)")
     gen.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    add_load_arguments(gen)
     gen.add_argument("--quiet", action="store_true", help="hide the denoising progress bar")
     gen.set_defaults(run=_run_generate)
 

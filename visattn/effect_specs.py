@@ -4,6 +4,7 @@ An effect spec is a dict with a ``"type"`` and the keyword arguments of that eff
 
     {"type": "PerturbedAttentionGuidance", "scale": 3.0, "layers": "mid"}
     {"type": "neighborhood", "kernel_size": 7}            # a short alias (see ALIASES)
+    {"type": "decay", "train_video_frames": 81}           # training length in video frames (see below)
 
 ``type`` is a class name from :mod:`visattn.processors` (the names it registers lazily) or an alias; only the
 module of the types actually used is imported. :func:`build_effects` checks every spec up front and raises a
@@ -11,6 +12,12 @@ module of the types actually used is imported. :func:`build_effects` checks ever
 at the exact place. :func:`describe` turns effects back into specs for metadata; a spec that :func:`build_effects`
 built is described exactly as it was given (type normalized to the class name), so the description rebuilds the
 same effect.
+
+Video length: :class:`~visattn.processors.ExtrapolationDecay` counts ``train_frames`` in *latent* frames (after the
+VAE's temporal compression and the transformer's temporal patches: 21 for Wan 2.1's 81-frame clips). A model card
+gives the clip length in video frames, so a spec may give ``train_video_frames`` instead: the builder converts it
+with the pipeline's own factors (:func:`visattn.frames.latent_frames`) when it is given a ``latent_frames``
+converter (the batch runner passes the loaded pipeline's), and the description keeps the field as written.
 
 Prompt-to-Prompt edits (Hertz et al., 2022, "Prompt-to-Prompt Image Editing with Cross Attention Control") are
 not ordinary effects: they decide the prompts the pipeline is called with. They have their own spec, built by
@@ -28,7 +35,7 @@ import math
 import re
 import sys
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,6 +67,11 @@ _LARGEST_INT = int(sys.float_info.max)
 EDIT_MODES = ("replace", "refine")
 _EDIT_OPTIONS = ("cross_steps", "self_steps", "weights", "local_blend", "layers", "edit_uncond")
 _LOCAL_BLEND_FIELDS = ("words", "threshold", "radius")
+
+#: spec-only fields: ``{field: (the constructor parameter it sets, the effect classes that take it)}``
+VIDEO_FRAME_FIELDS: dict[str, tuple[str, frozenset[str]]] = {
+    "train_video_frames": ("train_frames", frozenset({"ExtrapolationDecay"})),
+}
 
 # Specs of the effects and edits built here, so describe() can return exactly what was given.
 _BUILT: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
@@ -187,8 +199,38 @@ def _construct(factory: Any, kwargs: dict[str, Any], field: str, what: str) -> A
         raise SpecError(field, f"{what}: {type(exc).__name__}: {exc}") from None
 
 
-def build_effect(spec: Mapping[str, Any], field: str = "effect") -> Effect:
+def _video_frames_to_latent(
+    cls: type, kwargs: dict[str, Any], field: str, latent_frames: Callable[[int], int] | None
+) -> dict[str, Any]:
+    """``kwargs`` with ``train_video_frames`` (video frames) replaced by ``train_frames`` (latent frames).
+
+    Without a converter (a jobs file checked before any model is loaded) the count is passed through unchanged:
+    the spec is checked, not run.
+    """
+    for name, (parameter, classes) in VIDEO_FRAME_FIELDS.items():
+        if name not in kwargs:
+            continue
+        if cls.__name__ not in classes:
+            raise SpecError(f"{field}.{name}", f"is not a parameter of {cls.__name__}; it is {', '.join(classes)}'s")
+        if parameter in kwargs:
+            raise SpecError(f"{field}.{name}", f"give {name} (video frames) or {parameter} (latent frames), not both")
+        value = kwargs.pop(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _LARGEST_INT:
+            raise SpecError(f"{field}.{name}", f"{_shown(value)} is not allowed: must be a number of frames >= 1")
+        try:
+            kwargs[parameter] = latent_frames(value) if latent_frames is not None else value
+        except ValueError as exc:
+            raise SpecError(f"{field}.{name}", str(exc)) from None
+    return kwargs
+
+
+def build_effect(
+    spec: Mapping[str, Any], field: str = "effect", *, latent_frames: Callable[[int], int] | None = None
+) -> Effect:
     """One effect from ``{"type": name, **kwargs}``; ``field`` names the spec in error messages.
+
+    ``latent_frames`` converts a spec's ``train_video_frames`` (video frames) into the effect's ``train_frames``
+    (latent frames), e.g. ``functools.partial(visattn.frames.latent_frames, pipe)``; see the module docstring.
 
     Raises:
         SpecError: not a dict, a missing or unknown ``type``, a keyword the constructor does not take, a missing
@@ -202,19 +244,27 @@ def build_effect(spec: Mapping[str, Any], field: str = "effect") -> Effect:
     kwargs = {key: value for key, value in spec.items() if key != "type"}
     if any(not isinstance(key, str) for key in kwargs):
         raise SpecError(field, f"parameter names must be strings; got {list(kwargs)!r}")
+    given = dict(kwargs)
+    kwargs = _video_frames_to_latent(cls, kwargs, field, latent_frames)
     _check_kwargs(cls, kwargs, field, cls.__name__)
     effect = _construct(cls, kwargs, field, cls.__name__)
-    _remember(effect, {"type": cls.__name__, **_jsonable(kwargs)})
+    _remember(effect, {"type": cls.__name__, **_jsonable(given)})  # as written: train_video_frames stays
     return effect
 
 
-def build_effects(specs: Sequence[Mapping[str, Any]] | None, field: str = "effects") -> list[Effect]:
-    """Effects from a list of specs (``None`` or ``[]``: no effect), in order; errors name ``field[i]...``."""
+def build_effects(
+    specs: Sequence[Mapping[str, Any]] | None,
+    field: str = "effects",
+    *,
+    latent_frames: Callable[[int], int] | None = None,
+) -> list[Effect]:
+    """Effects from a list of specs (``None`` or ``[]``: no effect), in order; errors name ``field[i]...``.
+    ``latent_frames``: see :func:`build_effect`."""
     if specs is None:
         return []
     if isinstance(specs, (str, bytes, Mapping)) or not isinstance(specs, Sequence):
         raise SpecError(field, f"must be a list of effect objects; got {specs!r}")
-    return [build_effect(spec, f"{field}[{i}]") for i, spec in enumerate(specs)]
+    return [build_effect(spec, f"{field}[{i}]", latent_frames=latent_frames) for i, spec in enumerate(specs)]
 
 
 def _local_blend(value: Any, field: str) -> Any:

@@ -46,6 +46,28 @@ def num_frames_argument(pipe: Any, frames: int) -> int:
     return frames
 
 
+def latent_frames(pipe: Any, frames: int) -> int:
+    """Temporal tokens of a ``frames``-frame clip for ``pipe``'s denoiser: ``frames`` through the VAE's temporal
+    compression (``1 + (frames - 1) // t``: the first frame is kept, then one latent per ``t`` frames) and the
+    transformer's temporal patch size. 81 frames of Wan 2.1 -> 21; 129 of HunyuanVideo -> 33.
+
+    Raises:
+        ValueError: ``pipe`` is not a video pipeline, or ``frames`` is not a positive integer.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames={frames!r} must be an integer >= 1")
+    if not makes_video(pipe):
+        raise ValueError(f"{type(pipe).__name__} makes images; a length in video frames needs a video pipeline")
+    temporal = int(getattr(pipe, "vae_scale_factor_temporal", None) or 1)
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    config = getattr(denoiser, "config", {}) or {}
+    patch = config.get("patch_size_t")  # HunyuanVideo, CogVideoX 1.5: a separate temporal patch size
+    if patch is None:
+        sizes = config.get("patch_size")
+        patch = sizes[0] if isinstance(sizes, (list, tuple)) and len(sizes) == 3 else 1  # Wan: (t, h, w)
+    return max(1, (1 + (frames - 1) // temporal) // int(patch or 1))
+
+
 class _DropRoundingWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_ROUNDING_WARNING)

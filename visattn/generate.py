@@ -15,10 +15,12 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,25 +162,235 @@ def pickle_only_components(folder: str | Path) -> dict[str, list[str]]:
     return found
 
 
+#: the first diffusers release whose ``from_pretrained`` takes ``dtype=`` (0.40.0: ``torch_dtype`` then warns that
+#: it is deprecated; releases before it know only ``torch_dtype``)
+DTYPE_KEYWORD_SINCE = (0, 40)
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``{"dtype": dtype}`` for diffusers' ``from_pretrained`` on diffusers 0.40 and later, ``{"torch_dtype":
+    dtype}`` before: ``from_pretrained(model_id, **dtype_kwargs(torch.float16))`` works, without a deprecation
+    warning, on every diffusers visattn supports."""
+    import diffusers
+
+    major, minor = (int(part) for part in re.findall(r"\d+", diffusers.__version__)[:2])  # "0.40.0.dev0" -> 0, 40
+    new = (major, minor) >= DTYPE_KEYWORD_SINCE
+    return {"dtype": dtype} if new else {"torch_dtype": dtype}
+
+
+# --- load options: variant, scheduler, LoRA weights, CPU offload ------------------------------------------------
+@dataclass(frozen=True)
+class LoraWeights:
+    """One LoRA to load into a pipeline.
+
+    Args:
+        source (str): a local file or folder, or a Hugging Face repository id, as diffusers'
+            ``load_lora_weights`` takes it.
+        scale (float): the adapter's weight, applied with diffusers' ``set_adapters`` (default 1.0).
+    """
+
+    source: str
+    scale: float = 1.0
+
+    def record(self) -> dict[str, Any]:
+        return {"source": self.source, "scale": self.scale}
+
+
+def parse_lora(text: str) -> LoraWeights:
+    """``PATH_OR_ID[:SCALE]`` as a :class:`LoraWeights`, e.g. ``owner/style-lora:0.8`` or ``./my-lora``.
+
+    The scale is split at the last ``:`` only when what follows is a number, so ``C:\\loras\\x`` and ids without
+    a scale stay whole.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ParameterError("lora", text, "must be a LoRA file, folder or hub id, optionally with :SCALE")
+    source, sep, tail = text.rpartition(":")
+    if sep and source:
+        try:
+            scale = float(tail)
+        except ValueError:
+            return LoraWeights(text)
+        if not math.isfinite(scale):
+            raise ParameterError("lora", text, "the scale after ':' must be a finite number (e.g. :0.8)")
+        return LoraWeights(source, scale)
+    return LoraWeights(text)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How :func:`load_pipeline` sets up a pipeline beyond its model, device and dtype (the CLI's ``--variant``,
+    ``--scheduler``, ``--lora`` and ``--offload``).
+
+    Args:
+        variant (str | None): the weights variant ``from_pretrained`` loads (``"fp16"`` reads
+            ``diffusion_pytorch_model.fp16.safetensors``); ``None``: the default weights. Hub ids and folders only.
+        scheduler (str | None): a diffusers scheduler class name (``"EulerDiscreteScheduler"``), built with
+            ``from_config(pipe.scheduler.config)`` so the model's own schedule settings are kept; ``None``: the
+            pipeline's scheduler.
+        loras (tuple[LoraWeights, ...]): LoRAs loaded with ``load_lora_weights`` and weighted with
+            ``set_adapters`` (default: none).
+        offload (bool): ``enable_model_cpu_offload`` instead of moving the pipeline to the device: each component
+            moves to the GPU only while it runs (default False). Needs a CUDA device.
+    """
+
+    variant: str | None = None
+    scheduler: str | None = None
+    loras: tuple[LoraWeights, ...] = field(default_factory=tuple)
+    offload: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """What goes into every output's parameters (the scheduler is recorded as the class that ran)."""
+        return {"variant": self.variant, "offload": self.offload, "loras": [lora.record() for lora in self.loras]}
+
+
+def add_load_arguments(parser: Any) -> None:
+    """``--variant``, ``--scheduler``, ``--lora`` and ``--offload`` on an argparse parser (generate, batch)."""
+    import argparse
+
+    def lora_type(text: str) -> LoraWeights:
+        try:
+            return parse_lora(text)
+        except ParameterError as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc.allowed}") from None
+
+    parser.add_argument(
+        "--variant", metavar="NAME", help="weights variant of a hub or folder model, e.g. fp16 (default: the main one)"
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="CLASS",
+        help="a diffusers scheduler class, e.g. EulerDiscreteScheduler, built from the model's scheduler config "
+        "(default: the model's own; a wrong name lists the ones that fit)",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=lora_type,
+        default=[],
+        metavar="PATH_OR_ID[:SCALE]",
+        help="load a LoRA (file, folder or hub id) with diffusers' load_lora_weights, weighted SCALE (default 1) "
+        "with set_adapters; repeat for several",
+    )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="diffusers' enable_model_cpu_offload: weights wait on the CPU, each component moves to the GPU while "
+        "it runs (less GPU memory, a little slower; needs a GPU)",
+    )
+
+
+def load_options_from(args: Any) -> LoadOptions:
+    """The :class:`LoadOptions` of arguments parsed with :func:`add_load_arguments`."""
+    return LoadOptions(variant=args.variant, scheduler=args.scheduler, loras=tuple(args.lora), offload=args.offload)
+
+
+def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Replace ``pipe.scheduler`` with the diffusers scheduler class ``name``, from the current one's config.
+
+    Raises:
+        UsageError: ``name`` is not a scheduler the current one declares compatible (the message lists them).
+    """
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    current = getattr(pipe, "scheduler", None)
+    if current is None:
+        raise UsageError(f"{type(pipe).__name__} has no scheduler to replace; leave --scheduler unset")
+    # diffusers' own list of the schedulers that can take this one's config; for a scheduler without one (some
+    # flow-matching schedulers), any diffusers scheduler class is tried.
+    compatible = sorted({cls.__name__ for cls in current.compatibles} | {type(current).__name__})
+    by_lower = {known.lower(): known for known in compatible}
+    name = by_lower.get(name.lower(), name) if isinstance(name, str) else name
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    is_scheduler = isinstance(cls, type) and issubclass(cls, SchedulerMixin)
+    if not is_scheduler or (len(compatible) > 1 and name not in compatible):
+        raise UsageError(
+            f"scheduler {name!r} is not a diffusers scheduler {type(pipe).__name__} can use; "
+            f"choose from {', '.join(compatible)} (current: {type(current).__name__})"
+        )
+    pipe.scheduler = cls.from_config(current.config)
+
+
+def load_loras(pipe: DiffusionPipeline, loras: Sequence[LoraWeights], *, allow_pickle: bool = False) -> None:
+    """Load ``loras`` as named adapters (``lora0``, ``lora1``, ...) and weight them with ``set_adapters``.
+
+    ``set_adapters`` rather than ``fuse_lora``: the weights stay separate, so several LoRAs combine with their own
+    scales and ``pipe.unload_lora_weights()`` restores the model exactly (fusing changes the base weights).
+
+    Raises:
+        UsageError: the pipeline cannot load LoRAs.
+        ModelLoadError: a LoRA cannot be found or does not fit the model.
+    """
+    if not loras:
+        return
+    if not hasattr(pipe, "load_lora_weights"):
+        raise UsageError(f"{type(pipe).__name__} cannot load LoRA weights (diffusers has no LoRA loader for it)")
+    names = []
+    for index, lora in enumerate(loras):
+        name = f"lora{index}"
+        try:
+            with _quiet_library_logs():
+                # use_safetensors=True refuses pickle files; None lets diffusers fall back to them.
+                pipe.load_lora_weights(lora.source, adapter_name=name, use_safetensors=None if allow_pickle else True)
+        except Exception as exc:  # any failure inside the loader means "this LoRA cannot be used here"
+            raise ModelLoadError(f"cannot load LoRA {lora.source!r}: {_reason(exc, lora.source)}") from exc
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+
+
+def check_offload(device: torch.device, offload: bool) -> None:
+    """Refuse CPU offload onto the CPU, before any weights are loaded."""
+    if offload and device.type == "cpu":
+        raise UsageError(
+            "--offload needs a GPU: it keeps the weights on the CPU and moves each component to the GPU while it "
+            "runs; on the CPU, leave it unset"
+        )
+
+
+def place_pipeline(pipe: DiffusionPipeline, device: torch.device, offload: bool = False) -> DiffusionPipeline:
+    """``pipe`` on ``device``, or with diffusers' model CPU offload onto it (``offload``; GPU only)."""
+    check_offload(device, offload)
+    if not offload:
+        return pipe.to(device)
+    pipe.enable_model_cpu_offload(device=device)
+    return pipe
+
+
 def load_pipeline(
-    model: str | None, device: torch.device, dtype: torch.dtype, *, allow_pickle: bool = False
+    model: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    allow_pickle: bool = False,
+    options: LoadOptions | None = None,
 ) -> DiffusionPipeline:
     """The embedded default (``model`` None), a pipeline shipped with visattn (:data:`EMBEDDED_MODELS`), or a
     diffusers model id / local folder.
 
     Weights load from safetensors only unless ``allow_pickle``: pickle files (``.bin``, ``.pt``, ...) can run
     arbitrary code when loaded, so a folder or hub repository that has only those is refused by name. The
-    pipelines shipped with visattn are its own files and are loaded either way.
+    pipelines shipped with visattn are its own files and are loaded either way. ``options`` (a :class:`LoadOptions`)
+    picks a weights variant, swaps the scheduler, loads LoRAs and offloads to the CPU; the scheduler and LoRAs are
+    set before the pipeline is placed on ``device``.
 
     Raises:
+        UsageError: an option the model cannot take (a variant for an embedded pipeline, an unknown scheduler,
+            offload without a GPU, LoRAs for a pipeline without a LoRA loader).
         ModelLoadError: the folder does not exist, is not a diffusers pipeline, or has pickle weights only (without
             ``allow_pickle``), or the id cannot be loaded (unknown, offline and not cached, no safetensors weights,
             missing component library, ...).
     """
-    if model is None:
-        return load_default_pipeline(device, dtype)
-    if model in EMBEDDED_MODELS:
-        return load_embedded_pipeline(model, device, dtype)
+    options = options or LoadOptions()
+    check_offload(device, options.offload)
+    if model is None or model in EMBEDDED_MODELS:
+        if options.variant is not None:
+            raise UsageError(
+                f"--variant {options.variant!r} selects weight files of a hub or folder model; "
+                f"{model or DEFAULT_MODEL} is shipped with visattn and has one set of weights"
+            )
+        # Loaded on the CPU: LoRAs and the scheduler are set there, then the pipeline is placed (or offloaded).
+        pipe = load_default_pipeline("cpu", dtype) if model is None else load_embedded_pipeline(model, "cpu", dtype)
+        return _finish(pipe, device, options, allow_pickle)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -206,18 +418,17 @@ def load_pipeline(
                 f"cannot load model {model!r}: no such folder, and not a valid Hugging Face model id (owner/name)"
             ) from None
         source = model
-    import diffusers.utils
     from diffusers import DiffusionPipeline
     from huggingface_hub import constants
 
-    # Newer diffusers renamed torch_dtype to dtype (and warn on the old name); older ones only know torch_dtype.
-    dtype_keyword = "dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype"
     # use_safetensors=True: diffusers and transformers refuse a component without safetensors weights instead of
     # falling back to torch.load on a pickle; None is their default (safetensors first, pickles as a fallback).
     safetensors = None if allow_pickle else True
     try:
         with _quiet_library_logs():
-            pipe = DiffusionPipeline.from_pretrained(source, use_safetensors=safetensors, **{dtype_keyword: dtype})
+            pipe = DiffusionPipeline.from_pretrained(
+                source, use_safetensors=safetensors, variant=options.variant, **dtype_kwargs(dtype)
+            )
     except Exception as exc:  # any failure inside from_pretrained means "this model cannot be loaded here"
         hint = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if constants.HF_HUB_OFFLINE else ""
         if not allow_pickle and "safetensors" in str(exc):
@@ -226,7 +437,17 @@ def load_pipeline(
                 "pickle weights, if you trust this model)"
             )
         raise ModelLoadError(f"cannot load model {model!r}: {_reason(exc, model)}{hint}") from exc
-    return pipe.to(device)
+    return _finish(pipe, device, options, allow_pickle)
+
+
+def _finish(
+    pipe: DiffusionPipeline, device: torch.device, options: LoadOptions, allow_pickle: bool
+) -> DiffusionPipeline:
+    """Scheduler, LoRAs, then placement: what :func:`load_pipeline` does after the weights are loaded."""
+    if options.scheduler is not None:
+        set_scheduler(pipe, options.scheduler)
+    load_loras(pipe, options.loras, allow_pickle=allow_pickle)
+    return place_pipeline(pipe, device, options.offload)
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -300,6 +521,10 @@ def generate(
     dtype: str = "fp32",
     progress: bool = True,
     allow_pickle: bool = False,
+    variant: str | None = None,
+    scheduler: str | None = None,
+    loras: Sequence[str | LoraWeights] = (),
+    offload: bool = False,
 ) -> list[Path]:
     """Generate ``num_images`` images for ``prompt``, save them with their parameters, and return the PNG paths.
 
@@ -320,6 +545,8 @@ def generate(
         dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``, for a pipeline this function loads.
         progress: show the pipeline's progress bar (on stderr).
         allow_pickle: also load pickle weights of a ``model`` without safetensors (see :func:`load_pipeline`).
+        variant, scheduler, loras, offload: for a pipeline this function loads (see :class:`LoadOptions`); a LoRA
+            is a :class:`LoraWeights` or ``"PATH_OR_ID[:SCALE]"``. Recorded in every image's parameters.
 
     Raises:
         UsageError: a parameter is out of range, the device is unavailable, or the pipeline has no image output.
@@ -335,11 +562,21 @@ def generate(
     check_size("height", height)
     check_size("width", width)
     torch_dtype = check_dtype(dtype)
+    if isinstance(loras, (str, LoraWeights)):
+        loras = (loras,)  # one LoRA given as such, not a sequence of characters
+    options = LoadOptions(
+        variant=variant,
+        scheduler=scheduler,
+        loras=tuple(lora if isinstance(lora, LoraWeights) else parse_lora(lora) for lora in loras),
+        offload=offload,
+    )
 
     load_seconds = None
+    if pipeline is not None and options != LoadOptions():
+        raise UsageError("variant, scheduler, loras and offload apply to a pipeline generate loads; set them on yours")
     if pipeline is None:
         started = time.perf_counter()
-        pipeline = load_pipeline(model, resolve_device(device), torch_dtype, allow_pickle=allow_pickle)
+        pipeline = load_pipeline(model, resolve_device(device), torch_dtype, allow_pickle=allow_pickle, options=options)
         load_seconds = time.perf_counter() - started
         model_name = model or DEFAULT_MODEL
     else:
@@ -385,6 +622,7 @@ def generate(
         "model": model_name,
         "pipeline": type(pipeline).__name__,
         "scheduler": type(pipeline.scheduler).__name__ if getattr(pipeline, "scheduler", None) else None,
+        **options.record(),
         "device": weights_device,
         "dtype": weights_dtype,
         "effects": [repr(effect) for effect in effects],

@@ -246,18 +246,26 @@ def _align(
 def _align_by_prefix(
     tokenizer: Any, text: str, region: int, words: Sequence[tuple[str, int, int]]
 ) -> tuple[list[list[int]], int]:
-    """Alignment for tokenizers without character offsets (slow tokenizers): count the tokens of growing
-    prefixes, each ending at a word boundary, so a word owns the tokens its prefix adds."""
+    """Alignment for tokenizers without character offsets (slow tokenizers): tokenize growing prefixes, each
+    ending at a word boundary; a word owns the tokens from the first one its prefix changes to the end.
+
+    Comparing the tokens, not only counting them, matters where a token spans a word boundary: in "a dog's toy"
+    CLIP's ``'s`` merges the punctuation word ``'`` with ``s``, so the prefix ending at ``s`` has as many tokens
+    as the one ending at ``'``, and the changed last token belongs to both words.
+    """
     full = list(tokenizer(text).input_ids)
     plain = list(tokenizer(text, add_special_tokens=False).input_ids)
     # Leading special tokens (BOS) shift every position by their count.
     lead = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
     per_word: list[list[int]] = []
-    previous = len(tokenizer(text[:region], add_special_tokens=False).input_ids) if region else 0
+    previous = list(tokenizer(text[:region], add_special_tokens=False).input_ids) if region else []
     for _, _, stop in words:
-        count = len(tokenizer(text[: region + stop], add_special_tokens=False).input_ids)
-        per_word.append(list(range(lead + previous, lead + count)))
-        previous = count
+        current = list(tokenizer(text[: region + stop], add_special_tokens=False).input_ids)
+        changed = next(
+            (i for i, (a, b) in enumerate(zip(previous, current)) if a != b), min(len(previous), len(current))
+        )
+        per_word.append(list(range(lead + changed, lead + len(current))))
+        previous = current
     return per_word, len(full)
 
 

@@ -2,6 +2,8 @@
 
 * :mod:`visattn.batch.jobs`: the job format, parsing and validation, line by line (errors carry the line number),
   and the output names, which no two jobs share;
+* :mod:`visattn.batch.models`: what the model makes (images or videos), read before it loads, so a video job for
+  an image model is an invalid line;
 * :mod:`visattn.batch.outputs`: atomic writes of PNGs, animated WebPs / MP4s, sidecars and result records;
 * :mod:`visattn.batch.lock`: one launch per output folder (a lock file naming its owner);
 * :mod:`visattn.batch.runner`: resuming, sharding, running and merging results (:func:`run_batch`).

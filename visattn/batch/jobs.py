@@ -10,7 +10,9 @@ Fields (see :data:`FIELDS`): ``prompt`` or ``edit`` (exactly one), ``id`` (lette
 ``-``; default: a readable name derived from the prompt and a hash of the parameters), ``negative_prompt``,
 ``seed`` (default 0), ``steps``, ``guidance``, ``height``, ``width`` (default: the pipeline's own), ``frames``
 (video pipelines), ``fps`` (of the written video, default 16) and ``effects`` (specs for
-:func:`visattn.effect_specs.build_effects`). Blank lines and lines starting with ``#`` are skipped.
+:func:`visattn.effect_specs.build_effects`; ``train_video_frames`` is converted for the loaded pipeline, see
+:meth:`Job.build_effects`). Blank lines and lines starting with ``#`` are skipped. Whether a job fits the model
+(a video job for an image model) is checked by :mod:`visattn.batch.models` once the model is named.
 
 Every job gets a :attr:`Job.key`, a hash of its parameters: a run is resumed by skipping jobs whose id *and* key
 already have a result, so changing a job's parameters runs it again. Each line is parsed and checked on its own:
@@ -33,7 +35,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,9 +123,10 @@ class Job:
         """The job's parameters as JSON-able data (defaults filled in; ``None`` = the pipeline's default)."""
         return _parameters(self.__dict__)
 
-    def build_effects(self) -> list[Effect]:
-        """Fresh effects for one run (effects keep per-run state, so every run builds its own)."""
-        return build_effects(list(self.effects))
+    def build_effects(self, latent_frames: Callable[[int], int] | None = None) -> list[Effect]:
+        """Fresh effects for one run (effects keep per-run state, so every run builds its own); ``latent_frames``
+        converts a spec's ``train_video_frames`` for the loaded pipeline (see :mod:`visattn.effect_specs`)."""
+        return build_effects(list(self.effects), latent_frames=latent_frames)
 
     def build_edit(self) -> PromptToPrompt | None:
         """A fresh :class:`~visattn.processors.PromptToPrompt` for an edit job, else ``None``."""

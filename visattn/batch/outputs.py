@@ -129,6 +129,10 @@ def save_png(image: Image.Image, path: str | Path, metadata: Mapping[str, Any], 
 
 
 # --- videos -------------------------------------------------------------------------------------------------------
+# Why not diffusers' export_to_video: it writes MP4 only (the default here is animated WebP, which needs nothing
+# beyond Pillow), needs imageio + imageio-ffmpeg (or OpenCV) where visattn already uses PyAV, takes an integer fps
+# where jobs may ask for 23.976, writes to a path rather than the atomic writer's handle, and by default rescales
+# frames to multiples of 16 px (a 32 x 30 clip would come back 32 x 32); here odd sizes are cropped to even ones.
 def mp4_encoder() -> str | None:
     """``"pyav"`` when PyAV is installed (what :func:`save_video` encodes MP4 with), else ``None``."""
     import importlib.util

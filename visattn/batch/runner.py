@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import os
 import socket
@@ -50,9 +51,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .. import __version__
 from ..defaults import DEFAULT_MODEL, embedded_call_defaults
-from ..frames import frame_rounding_quieted, makes_video, num_frames_argument
+from ..frames import frame_rounding_quieted, latent_frames, makes_video, num_frames_argument
 from ..generate import (
     DEVICES,
+    LoadOptions,
     ParameterError,
     UsageError,
     call_arguments,
@@ -64,6 +66,7 @@ from ..generate import (
 )
 from .jobs import EDIT_ROLES, Job, JobError, check_max_pixels, max_pixels_from_env, output_stems, parse_jobs
 from .lock import FolderLocked, OutputLock
+from .models import check_kinds, model_kind
 from .outputs import (
     VIDEO_FORMATS,
     append_record,
@@ -303,12 +306,20 @@ def _written_by(job: Job, path: Path) -> bool:
     return isinstance(sidecar, dict) and sidecar.get("job_id") == job.id and sidecar.get("job_key") == job.key
 
 
-def _finished(job: Job, record: dict[str, Any], model: str, out_dir: Path) -> bool:
+def _setup(options: LoadOptions) -> dict[str, Any]:
+    """What of the load options changes the outputs, so a result made with another LoRA, scheduler or variant is
+    not taken as finished (offload only changes where weights wait)."""
+    return {"variant": options.variant, "scheduler": options.scheduler, "loras": options.record()["loras"]}
+
+
+def _finished(job: Job, record: dict[str, Any], model: str, out_dir: Path, setup: dict[str, Any]) -> bool:
     outputs = record.get("outputs")
     return (
         record.get("status") == "ok"
         and record.get("key") == job.key
         and record.get("model") == model
+        # Records from before the load options had none: the defaults.
+        and record.get("setup", _setup(LoadOptions())) == setup
         and isinstance(outputs, list)
         and bool(outputs)
         and all(isinstance(name, str) and _written_by(job, out_dir / name) for name in outputs)
@@ -356,18 +367,21 @@ class _JobRunner:
         video_format: str,
         run: dict[str, Any],
         writes: bool = True,
+        options: LoadOptions | None = None,
     ) -> None:
         import diffusers
         import torch
 
         self.pipe, self.out_dir, self.model, self.video_format = pipeline, out_dir, model, video_format
         self.run_info, self.writes = run, writes
+        self.options = options or LoadOptions()
         device, dtype = weights_of(pipeline)
         scheduler = getattr(pipeline, "scheduler", None)
         self.base = {
             "model": model,
             "pipeline": type(pipeline).__name__,
             "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+            **self.options.record(),
             "device": device,
             "dtype": dtype,
             "visattn_version": __version__,
@@ -385,7 +399,8 @@ class _JobRunner:
         started = time.perf_counter()
         if job.frames is not None and not makes_video(self.pipe):
             raise UsageError(f"frames={job.frames} needs a video pipeline; {type(self.pipe).__name__} makes images")
-        effects = job.build_effects()
+        # A spec's train_video_frames becomes latent frames with this pipeline's VAE and patch factors.
+        effects = job.build_effects(functools.partial(latent_frames, self.pipe))
         edit = job.build_edit()
         negative = job.negative_prompt
         if negative is not None and edit is not None:
@@ -481,6 +496,7 @@ class _JobRunner:
             "status": status,
             "parameters": job.parameters(),
             "model": self.model,
+            "setup": _setup(self.options),
             "rank": self.run_info["rank"],
             "num_processes": self.run_info["num_processes"],
             "context_parallel": self.run_info.get("context_parallel", 1),
@@ -541,6 +557,7 @@ def run_batch(
     context_parallel: int = 1,
     max_pixels: int | None = None,
     allow_pickle: bool = False,
+    options: LoadOptions | None = None,
 ) -> BatchSummary:
     """Run every job of ``jobs_file`` not finished yet, writing images, videos and results into ``out_dir``.
 
@@ -567,6 +584,9 @@ def run_batch(
             lines.
         allow_pickle: also load pickle weights of a ``model`` without safetensors (see
             :func:`visattn.generate.load_pipeline`; default: safetensors only).
+        options: variant, scheduler, LoRAs and CPU offload of a pipeline this function loads
+            (:class:`~visattn.generate.LoadOptions`); recorded with every output. A finished job made with another
+            variant, scheduler or LoRA runs again.
 
     Raises:
         ValueError: ``context_parallel`` does not divide the process count (a
@@ -581,12 +601,18 @@ def run_batch(
     if video_format == "mp4" and mp4_encoder() is None:
         raise UsageError("video_format='mp4' needs PyAV (pip install av); use webp (always available)")
     torch_dtype = check_dtype(dtype)
+    if pipeline is not None and options is not None and options != LoadOptions():
+        raise UsageError("variant, scheduler, LoRAs and offload apply to a pipeline batch loads; set them on yours")
     max_pixels = max_pixels_from_env() if max_pixels is None else check_max_pixels(max_pixels)
     jobs_file, out_dir = Path(jobs_file), Path(out_dir)
     try:
         jobs, invalid = parse_jobs(jobs_file, max_pixels)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read jobs file {str(jobs_file)!r}: {_one_line(exc)}") from None
+    model_name = _model_name(model, pipeline)
+    # A video job for an image model is an invalid line now, in --dry-run too, not a failure after loading.
+    jobs, mismatched = check_kinds(jobs, model_kind(model, pipeline), model_name)
+    invalid = sorted([*invalid, *mismatched], key=lambda error: error.line)
 
     processes = _Processes(device, context_parallel)
     summary = BatchSummary(
@@ -599,7 +625,6 @@ def run_batch(
         num_groups=processes.num_groups,
         writes=processes.writes,
     )
-    model_name = _model_name(model, pipeline)
     lock: OutputLock | None = None
     refusal: tuple[bool, str] | None = None  # (the folder is locked, message)
     if processes.is_main:
@@ -624,7 +649,7 @@ def run_batch(
     try:
         return _run_locked(
             jobs, invalid, processes, summary, out_dir, jobs_file, model, model_name, pipeline, torch_dtype,
-            video_format, progress, dry_run, log, allow_pickle,
+            video_format, progress, dry_run, log, allow_pickle, options or LoadOptions(),
         )  # fmt: skip
     finally:
         if lock is not None:
@@ -647,10 +672,14 @@ def _run_locked(
     dry_run: bool,
     log: IO[str],
     allow_pickle: bool,
+    options: LoadOptions,
 ) -> BatchSummary:
     """The part of :func:`run_batch` that runs while the main process holds the folder's lock."""
     latest = _latest(_records(out_dir)) if out_dir.is_dir() else {}
-    pending = [job for job in jobs if not (job.id in latest and _finished(job, latest[job.id], model_name, out_dir))]
+    setup = _setup(options)
+    pending = [
+        job for job in jobs if not (job.id in latest and _finished(job, latest[job.id], model_name, out_dir, setup))
+    ]
     summary.skipped = len(jobs) - len(pending)
     summary.pending = [job.id for job in pending]
     if dry_run:
@@ -673,7 +702,9 @@ def _run_locked(
         if mine and pipeline is None:
             started = time.perf_counter()
             try:
-                pipeline = load_pipeline(model, processes.device, torch_dtype, allow_pickle=allow_pickle)
+                pipeline = load_pipeline(
+                    model, processes.device, torch_dtype, allow_pickle=allow_pickle, options=options
+                )
             except UsageError as exc:
                 load_error = exc
             run_info["load_seconds"] = time.perf_counter() - started
@@ -695,6 +726,7 @@ def _run_locked(
                 progress and processes.writes,  # one bar per group
                 log,
                 processes.writes,
+                options,
             )
     finally:
         processes.barrier()  # the merge below must see every process's records
@@ -720,10 +752,11 @@ def _run_shard(
     progress: bool,
     log: IO[str],
     writes: bool = True,
+    options: LoadOptions | None = None,
 ) -> None:
     from tqdm.auto import tqdm
 
-    runner = _JobRunner(pipeline, out_dir, model_name, video_format, run_info, writes)
+    runner = _JobRunner(pipeline, out_dir, model_name, video_format, run_info, writes, options)
     rank_log = out_dir / RANK_RESULTS.format(rank=run_info["rank"])
     count, groups = run_info["num_processes"], run_info.get("num_groups", run_info["num_processes"])
     if groups == count:

@@ -15,6 +15,10 @@ Prompt-to-Prompt edit, with seed, size, frames and effects, e.g.
   {"edit": {"source": "a cat riding a bike", "target": "a dog riding a bike"}, "seed": 7}
   {"prompt": "a dog running", "frames": 33, "fps": 16}
 Fields: id, prompt | edit, negative_prompt, seed, steps, guidance, height, width, frames, fps, effects.
+Effects take a class name or an alias (pag, softpag, seg, stg, neighborhood, radial, decay, extrapolation,
+entropy, maps, tgate; see docs/batch.md); ExtrapolationDecay's training length may be given in video frames as
+"train_video_frames" (converted with the model's VAE). A video job (frames, radial, train_video_frames) for an
+image model is an invalid line, reported by --dry-run too.
 
 Writes ID.png (ID+source.png and ID+target.png for an edit) or ID.webp / ID.mp4 for video pipelines, each
 with a JSON sidecar, and results.jsonl with every parameter, the output files and timings. Ids are letters,
@@ -43,7 +47,7 @@ jobs across the world_size / N groups; N must divide the process count. The grou
 
 def add_parser(commands) -> None:
     from ..batch.jobs import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, check_max_pixels
-    from ..generate import ALLOW_PICKLE_HELP, DEVICES, DTYPES
+    from ..generate import ALLOW_PICKLE_HELP, DEVICES, DTYPES, add_load_arguments
 
     parser = commands.add_parser(
         "batch",
@@ -77,6 +81,7 @@ def add_parser(commands) -> None:
         f"{DEFAULT_MAX_PIXELS} = 4096x4096); larger jobs are invalid lines",
     )
     parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    add_load_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="only validate the file and list the jobs to run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -84,6 +89,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import run_batch
+    from ..generate import load_options_from
 
     summary = run_batch(
         args.jobs,
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         context_parallel=args.context_parallel,
         max_pixels=args.max_pixels,
         allow_pickle=args.allow_pickle,
+        options=load_options_from(args),
     )
     if args.dry_run and summary.process_index == 0:
         # stdout: the ids still to run, one per line, for scripts; the counts go to stderr with the errors.

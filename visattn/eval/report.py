@@ -58,7 +58,11 @@ def markdown(results: dict[str, Any], env: dict[str, Any], command: str = "") ->
         rows = [[c["claim"], c["measured"], "pass" if c["passed"] else "FAIL"] for c in checks]
         lines += ["", "## Quality bar", ""]
         if results.get("quick"):
-            lines += ["Quick subset: too few samples and steps to judge the bar; run without --quick.", ""]
+            lines += [
+                "Quick subset: fewer samples and steps than the bar is set for, so a FAIL may be noise; it still "
+                "fails `visattn eval` (exit status 1). Run without --quick to judge the bar.",
+                "",
+            ]
         lines.append(table(["claim", "measured", "result"], rows).rstrip())
         beside = reported_beside_the_bar(results)
         if beside:

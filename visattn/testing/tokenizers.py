@@ -14,11 +14,18 @@ How each keeps vocabulary words whole while still splitting unknown words:
   segmentation of a known word is the word itself and of an unknown one is a prefix piece plus characters.
 * Llama (BPE with byte fallback): the mirror image of CLIP, growing ``▁``-prefixed words left-to-right with
   ``(▁prefix, char)`` merges; characters outside the alphabet fall back to ``<0xNN>`` byte tokens.
+
+The real CLIP tokenizer (:func:`real_clip_tokenizer`) is built from OpenAI's BPE merges, which the
+``open_clip_torch`` package ships as ``bpe_simple_vocab_16e6.txt.gz``; it is what Stable Diffusion's
+``tokenizer/`` folder holds (49,408 tokens, same ids), so words can be tested on the real vocabulary offline.
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from functools import lru_cache
+from pathlib import Path
 
 from tokenizers import normalizers, pre_tokenizers
 from transformers import CLIPTokenizer, LlamaTokenizer, T5Tokenizer, TokenizersBackend
@@ -111,6 +118,66 @@ def llama_tokenizer() -> LlamaTokenizer:
     mark_every_word = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="always")
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), mark_every_word])
     return tokenizer
+
+
+#: the file of OpenAI's CLIP BPE merges inside the ``open_clip`` package
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+#: merges the real CLIP tokenizer uses: the file's lines after its header, up to a 49,408-token vocabulary
+_CLIP_MERGES = 49152 - 256 - 2
+
+
+def clip_bpe_path() -> Path | None:
+    """The CLIP BPE merges file of an installed ``open_clip_torch``, or ``None`` when it is not installed.
+
+    The package is located, not imported: importing ``open_clip`` needs torchvision and timm, the data file does not.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / CLIP_BPE_FILE
+    return path if path.is_file() else None
+
+
+def _byte_characters() -> list[str]:
+    """GPT-2's byte-to-character table, in CLIP's order: printable bytes stand for themselves, the others map
+    to characters from U+0100 up (so every byte sequence is a string of visible characters)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = dict(zip(printable, printable))
+    extra = 0
+    for byte in range(256):
+        if byte not in codes:
+            codes[byte] = 256 + extra
+            extra += 1
+    return [chr(codes[byte]) for byte in [*printable, *(b for b in range(256) if b not in printable)]]
+
+
+@lru_cache(maxsize=1)
+def _real_clip_vocab_and_merges(path: Path) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    merges = tuple(tuple(line.split()) for line in lines[1 : _CLIP_MERGES + 1])
+    characters = _byte_characters()
+    tokens = characters + [c + _END_OF_WORD for c in characters] + ["".join(merge) for merge in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}, merges  # type: ignore[return-value]
+
+
+def real_clip_tokenizer() -> CLIPTokenizer:
+    """The tokenizer of Stable Diffusion's CLIP text encoder (``openai/clip-vit-large-patch14``): the same 49,408
+    tokens and ids, lower-casing, punctuation split off, 77 positions. Built from the merges that
+    ``open_clip_torch`` ships (:func:`clip_bpe_path`); nothing is downloaded.
+
+    Raises:
+        ModuleNotFoundError: ``open_clip_torch`` is not installed (``pip install --no-deps open_clip_torch``: the
+            data file is all that is needed, not its torch, torchvision and timm requirements).
+    """
+    path = clip_bpe_path()
+    if path is None:
+        raise ModuleNotFoundError(
+            f"the real CLIP vocabulary comes from open_clip_torch's {CLIP_BPE_FILE}; install it with "
+            "pip install --no-deps open_clip_torch"
+        )
+    vocab, merges = _real_clip_vocab_and_merges(path)
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=CLIP_MAX_LENGTH)
 
 
 def text_tokenizer(kind: str) -> TokenizersBackend:
