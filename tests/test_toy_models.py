@@ -57,3 +57,18 @@ def test_configured_models_fit_the_shipped_size_budget():
     assert total <= MAX_SHIPPED_BYTES
     with pytest.raises(ValueError, match="kind='audio'"):
         models.parameter_bytes("audio")
+
+
+def test_words_outside_the_toy_grammar_are_named():
+    from visattn.toy.vocab import unknown_words
+
+    assert unknown_words("a corgi riding a bicycle, at the top left") == ("corgi", "riding", "bicycle")
+    assert unknown_words("a large green triangle in the center on a black background") == ()
+
+
+def test_generate_warns_about_words_the_default_model_does_not_know(tmp_path, capsys):
+    from visattn.generate import generate
+
+    generate("a corgi at the top left", steps=1, out_dir=tmp_path, progress=False)
+    err = capsys.readouterr().err
+    assert "visattn/toy-image knows only the words of its training captions; unknown here: corgi" in err

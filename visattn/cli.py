@@ -83,8 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate images, saved with their parameters",
         description="Generate images with visattn attached. Writes PNGs (parameters in PNG text chunks) and JSON "
-        "sidecars, and prints the written paths. Without --model, uses the embedded default visattn/toy-image "
-        "(a small model trained on shapes: 'a small red circle at the top left on a blue background').",
+        "sidecars, and prints the written paths. Without --model, uses the embedded default visattn/toy-image, a "
+        "small model trained on shapes that knows only its caption grammar: one to three objects joined by 'and', "
+        "then 'on a BACKGROUND background'; an object is 'a SIZE COLOUR SHAPE PLACE' with SIZE small|large, "
+        "COLOUR red|green|blue|yellow|purple|orange, SHAPE circle|square|triangle|star, PLACE 'in the center' or "
+        "'at the' top left|top|top right|left|right|bottom left|bottom|bottom right, BACKGROUND "
+        "black|white|gray|blue|green. Example: 'a large green triangle in the center on a black background'. "
+        "Words outside the grammar are named in a warning.",
     )
     gen.add_argument("prompt", metavar="PROMPT", help="the text prompt")
     gen.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import __version__
-from .defaults import DEFAULT_MODEL, EMBEDDED_MODELS, load_default_pipeline, load_embedded_pipeline
+from .defaults import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    TOY_VIDEO_MODEL,
+    load_default_pipeline,
+    load_embedded_pipeline,
+)
 from .frames import makes_video
 from .images import save_image, slugify
 
@@ -503,6 +509,19 @@ def weights_of(pipe: DiffusionPipeline) -> tuple[str | None, str | None]:
     return str(first.device), name
 
 
+def _warn_unknown_toy_words(model: str, prompt: str) -> None:
+    """Say which words of ``prompt`` the toy model does not know (it draws arbitrary shapes for them)."""
+    from .toy.vocab import unknown_words
+
+    unknown = unknown_words(prompt)
+    if unknown:
+        print(
+            f"visattn: {model} knows only the words of its training captions; unknown here: {', '.join(unknown)} "
+            "(its grammar: visattn generate --help)",
+            file=sys.stderr,
+        )
+
+
 def generate(
     prompt: str,
     *,
@@ -582,6 +601,8 @@ def generate(
     else:
         model_name = model or pipeline_name(pipeline)
 
+    if model_name in (DEFAULT_MODEL, TOY_VIDEO_MODEL):
+        _warn_unknown_toy_words(model_name, prompt)
     if makes_video(pipeline):
         # Checked before the call: a video pipeline would run to the end before showing it has no images.
         raise UsageError(

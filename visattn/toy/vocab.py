@@ -41,6 +41,17 @@ WORDS: tuple[str, ...] = tuple(
     )
 )
 
+
+def unknown_words(prompt: str) -> tuple[str, ...]:
+    """The words of ``prompt`` a toy model never saw in training (in order, once each): to a toy model they mean
+    nothing, so a prompt made of them draws arbitrary shapes."""
+    seen: dict[str, None] = {}
+    for word in prompt.lower().replace(",", " ").split():
+        if word not in WORDS:
+            seen.setdefault(word)
+    return tuple(seen)
+
+
 #: Text length of the image model (CLIP pads every prompt to it). The longest toy caption (three objects,
 #: every one "at the top left"-long) is 30 words plus start and end tokens.
 CLIP_MAX_LENGTH = 32
