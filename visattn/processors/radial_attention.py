@@ -42,34 +42,8 @@ def authors_sink_frames(family: str) -> int:
     return 1
 
 
-@functools.lru_cache(maxsize=256)
-def _pattern(
-    grid,
-    decay_factor,
-    block_size,
-    dense_distance,
-    sink_frames,
-    sink_queries,
-    offset,
-    extra,
-    prefix,
-    text_queries,
-    split_threshold,
-) -> RadialPattern:
-    # One pattern object per layout and configuration, so backends' block-mask caches hit across layers/steps.
-    return RadialPattern(
-        grid,
-        decay_factor,
-        block_size,
-        dense_distance,
-        sink_frames,
-        sink_queries,
-        offset,
-        extra,
-        prefix,
-        text_queries,
-        split_threshold,
-    )
+# One pattern object per layout and configuration, so backends' block-mask caches hit across layers and steps.
+_pattern = functools.lru_cache(maxsize=256)(RadialPattern)
 
 
 def _dense_steps(value: object) -> float:
