@@ -98,10 +98,12 @@ class DenoiserHook(ModelHook):
         check_model(module, inputs.grid, inputs.text_length, family.text.names if family.text else ())
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
-        self.state.call = DenoiserCall(family, inputs, self.state.batch, self.state.step, self.state.pipeline_ref)
         if not in_steps(self.steps, self.state.step.fraction):
             # The attachment's window is closed at this step: no effect acts, so none adds branches either.
+            self.state.call = None
             return forward(*args, **kwargs)
+        # Read only where effects may act (it walks to the pipeline's __call__ for the prompt and CFG scale).
+        self.state.call = DenoiserCall(family, inputs, self.state.batch, self.state.step, self.state.pipeline_ref)
         for effect in reversed(self.effects):
             if effect.wraps_denoiser:
                 forward = _bind_wrapper(effect, forward, self.state)
