@@ -1,39 +1,80 @@
 #!/usr/bin/env bash
-# One GPU session's worth of checks for the Triton kernels, in the order that matters if time runs out:
-# the machine and versions, the kernel tests on real hardware, then the benchmark.
+# One GPU session in one command: everything only a GPU can show, in the order that matters if time runs out,
+# every artifact under one folder.
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [tests|bench|e2e|all] [extra visattn bench args...]
+#   bash benchmarks/gpu_session.sh OUT_DIR [STEP ...] [--dry-run] [-- extra visattn bench args...]
+#
+# Steps (default: all, in this order):
+#   machine   GPU, driver, torch/triton/diffusers versions            -> machine.txt
+#   tests     kernel correctness on the real GPU: Triton kernels,      -> tests.txt, tests-junit.xml
+#             backend choice, block masks, UltraViCo in-kernel
+#   auto      what backend="auto" measures and picks on this GPU      -> auto.txt, autotune.json, info.json
+#             for the benchmark's layouts (VISATTN_AUTOTUNE_CACHE)
+#   bench     the kernel benchmark (visattn bench)                    -> bench.json/.md/.png, bench.txt
+#   dispatch  visattn's per-call overhead on the tiny denoisers       -> dispatch-*.json/.md, dispatch.txt
+#   e2e       end-to-end denoiser benchmark (visattn bench --end-to-end)  -> e2e/, e2e.txt
 #
 # Works without installing visattn (PYTHONPATH=repo root), so it runs on a machine that cannot reach a package
 # index as long as torch, triton, transformers, accelerate and diffusers import there. Every step has its own
-# time limit and writes its log to OUT_DIR, so a step that hangs or fails still leaves the others' results.
+# time limit (STEP_LIMIT seconds, default 300; BENCH_LIMIT for bench and e2e, default 400) and writes its log to
+# OUT_DIR, so a step that hangs or fails still leaves the others' results; the exit status is the number of
+# failed steps. --dry-run prints each step's command and runs nothing (CI checks the plan this way).
 set -u
-out=${1:?usage: gpu_session.sh OUT_DIR [tests|bench|e2e|all] [bench args...]}
-what=${2:-all}
-shift $(( $# >= 2 ? 2 : 1 ))
-mkdir -p "$out"
+out=${1:?usage: gpu_session.sh OUT_DIR [STEP ...] [--dry-run] [-- bench args...]}
+shift
+all_steps=(machine tests auto bench dispatch e2e)
+steps=()
+dry=0
+bench_args=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --dry-run) dry=1 ;;
+    --) shift; bench_args=("$@"); break ;;
+    all) steps+=("${all_steps[@]}") ;;
+    machine|tests|auto|bench|dispatch|e2e) steps+=("$1") ;;
+    *) echo "gpu_session.sh: unknown step '$1' (steps: ${all_steps[*]}, all)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ ${#steps[@]} -gt 0 ]] || steps=("${all_steps[@]}")
+
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export VISATTN_AUTOTUNE_CACHE="$out/autotune.json"
 py=${PYTHON:-python3}
+mkdir -p "$out"
 
-{
-  date -u +%FT%TZ
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-  $py - <<'EOF'
-import torch, triton
-print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)
-print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
-EOF
-} 2>&1 | tee "$out/machine.txt"
+# pytest-xdist spreads the kernel tests over the CPU cores when it is there; without it they run in one process.
+workers=()
+if [[ $dry == 0 ]] && $py -c "import xdist" 2>/dev/null; then workers=(-n "${TEST_WORKERS:-8}"); fi
 
-if [[ $what == tests || $what == all ]]; then
-  timeout "${TEST_LIMIT:-300}" $py -m pytest "$root/tests/test_triton_kernels.py" -q -x -p no:cacheprovider \
-    -n "${TEST_WORKERS:-8}" 2>&1 | tee "$out/tests.txt" | tail -30
-fi
-if [[ $what == bench || $what == all ]]; then
-  timeout "${BENCH_LIMIT:-400}" $py -m visattn.cli bench --out "$out" --quiet "$@" 2>&1 | tee "$out/bench.txt" | tail -60
-fi
-if [[ $what == e2e ]]; then
-  timeout "${BENCH_LIMIT:-400}" $py -m visattn.cli bench --end-to-end --out "$out" --quiet "$@" 2>&1 \
-    | tee "$out/bench.txt" | tail -60
-fi
+command_for() {
+  case $1 in
+    machine) echo "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; $py -m visattn.cli info" ;;
+    tests) echo "$py -m pytest $root/tests/test_triton_kernels.py $root/tests/test_backend_choice.py $root/tests/test_block_masks.py $root/tests/test_fidelity_ultravico.py -q -p no:cacheprovider ${workers[*]} --junitxml=$out/tests-junit.xml" ;;
+    auto) echo "$py $root/benchmarks/auto_choice.py --out $out" ;;
+    bench) echo "$py -m visattn.cli bench --out $out --quiet ${bench_args[*]}" ;;
+    dispatch) echo "$py -m visattn.cli bench --dispatch --out $out --quiet" ;;
+    e2e) echo "$py -m visattn.cli bench --end-to-end --out $out/e2e --quiet ${bench_args[*]}" ;;
+  esac
+}
+
+limit_for() {
+  case $1 in bench|e2e) echo "${BENCH_LIMIT:-400}" ;; *) echo "${STEP_LIMIT:-300}" ;; esac
+}
+
+failed=0
+for step in "${steps[@]}"; do
+  cmd=$(command_for "$step")
+  if [[ $dry == 1 ]]; then
+    echo "step $step (limit $(limit_for "$step") s): $cmd"
+    continue
+  fi
+  echo "== $step ($(date -u +%FT%TZ))"
+  if ! timeout "$(limit_for "$step")" bash -c "$cmd" > "$out/$step.txt" 2>&1; then
+    echo "step $step failed or ran past its limit: see $out/$step.txt" >&2
+    failed=$((failed + 1))
+  fi
+  tail -20 "$out/$step.txt"
+done
+exit "$failed"
