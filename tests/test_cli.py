@@ -420,3 +420,11 @@ def test_unequal_words_with_mode_replace_are_told_in_cli_terms(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "the source has 2" in err and "use --mode refine (mode='refine')" in err
     assert "PromptToPrompt.refine(" not in err
+
+
+def test_the_parameters_text_names_loras_and_the_variant_and_no_unknown_size():
+    text = format_parameters(
+        {"prompt": "p", "steps": 2, "variant": "fp16", "loras": [{"source": "owner/style", "scale": 0.8}]}
+    )
+    assert text.splitlines()[1] == 'Steps: 2, Variant: fp16, LoRAs: "owner/style:0.8", Effects: none'
+    assert "Size: 64x32" in format_parameters({"prompt": "p", "width": 64, "height": 32})

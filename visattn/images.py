@@ -54,13 +54,18 @@ def format_parameters(metadata: Mapping[str, Any]) -> str:
     if metadata.get("negative_prompt"):
         lines.append(f"Negative prompt: {metadata['negative_prompt']}")
     effects = metadata.get("effects") or []
+    loras = [lora for lora in metadata.get("loras") or [] if isinstance(lora, Mapping) and "source" in lora]
+    width, height = metadata.get("width"), metadata.get("height")
     fields = {
         "Steps": metadata.get("steps"),
         "Sampler": metadata.get("scheduler"),
         "CFG scale": metadata.get("guidance"),
         "Seed": metadata.get("image_seed", metadata.get("seed")),
-        "Size": f"{metadata.get('width')}x{metadata.get('height')}",
+        "Size": f"{width}x{height}" if width is not None and height is not None else None,
         "Model": metadata.get("model"),
+        "Variant": metadata.get("variant"),
+        # A1111 writes LoRAs into the prompt as <lora:name:scale>; here they get their own field.
+        "LoRAs": json.dumps(", ".join(f"{lora['source']}:{lora['scale']:g}" for lora in loras)) if loras else None,
         "Pipeline": metadata.get("pipeline"),
         "Dtype": metadata.get("dtype"),
         "visattn": metadata.get("visattn_version"),
