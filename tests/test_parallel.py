@@ -10,12 +10,10 @@ the stock split model.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
-from visattn.testing.parallel import EFFECTS, Case, parallel_cases, run_on_ranks, single_process_case
+from visattn.testing.parallel import EFFECTS, Case, CaseRuns
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +30,8 @@ RING = (Case("wan", ("neighborhood",), ulysses=1, ring=2),)
 CASES = STOCK + NO_EFFECT + WAN_EFFECTS + FLUX_EFFECTS + COMPOSED + RING
 
 
-@functools.cache
-def split_results() -> list[dict[str, dict]]:
-    return run_on_ranks(parallel_cases, CASES, world=2)
-
-
-@functools.cache
-def single(case: Case) -> dict:
-    return single_process_case(case)
-
-
-def _ranks(case: Case) -> list[dict]:
-    return [results[case.name] for results in split_results()]
+RUNS = CaseRuns(CASES)
+single, _ranks = RUNS.single, RUNS.ranks
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -9,12 +9,10 @@ cross-attention over replicated text). Classes with no plan anywhere are refused
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
-from visattn.testing.parallel import Case, parallel_cases, run_on_ranks, single_process_case
+from visattn.testing.parallel import Case, CaseRuns
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +28,8 @@ EFFECTS = tuple(Case(model, (effect,)) for model in PLANNED for effect in ("pag"
 CASES = STOCK + NO_EFFECT + EFFECTS
 
 
-@functools.cache
-def split_results() -> list[dict[str, dict]]:
-    return run_on_ranks(parallel_cases, CASES, world=2)
-
-
-@functools.cache
-def single(case: Case) -> dict:
-    return single_process_case(case)
-
-
-def _ranks(case: Case) -> list[dict]:
-    return [results[case.name] for results in split_results()]
+RUNS = CaseRuns(CASES)
+single, _ranks = RUNS.single, RUNS.ranks
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -300,6 +300,28 @@ def single_process_case(case: Case) -> dict:
     return _run_case(model, inputs, case, None)
 
 
+class CaseRuns:
+    """The results of ``cases``: one split run on ``world`` processes (made on first use, shared by every test of
+    a module) and each case's single-process oracle, both cached."""
+
+    def __init__(self, cases: tuple[Case, ...], world: int = 2) -> None:
+        self.cases, self.world = cases, world
+        self._split: list[dict[str, dict]] | None = None
+        self._single: dict[Case, dict] = {}
+
+    def ranks(self, case: Case) -> list[dict]:
+        """Each rank's results of ``case``."""
+        if self._split is None:
+            self._split = run_on_ranks(parallel_cases, self.cases, world=self.world)
+        return [results[case.name] for results in self._split]
+
+    def single(self, case: Case) -> dict:
+        """``case`` in this process, unsplit."""
+        if case not in self._single:
+            self._single[case] = single_process_case(case)
+        return self._single[case]
+
+
 # --- a pipeline call, and gradients ----------------------------------------------------------------------------
 
 
