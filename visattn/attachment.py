@@ -158,6 +158,8 @@ class Attachment:
         self._pipeline_undo: list = []
         #: per effect (in order), the attention layers it acts on in this attachment
         self._selections: list[frozenset[str]] = []
+        #: what each effect keeps while attached (Effect.new_run), by id(effect): each attachment its own
+        self.runs: dict[int, Any] = {}
         self.layers: dict[str, list[str]] = {}
         self.attached = False
         denoisers, pipeline = _denoisers(target)
@@ -192,6 +194,8 @@ class Attachment:
         merged_roles = {name: role for *_, roles in plans for name, role in roles.items()}
         try:
             for effect in self.effects:
+                self.runs[id(effect)] = effect.new_run()
+            for effect in self.effects:
                 effect.use_family_defaults(plans[0][2], merged_roles)
                 check_layer_roles(effect.layers, effect.roles, type(effect).__name__)
                 self._selections.append(effect.bind(merged_roles))
@@ -211,7 +215,7 @@ class Attachment:
         self.attached = True
 
     def _swap(self, attribute, model, family, modules, roles, pipeline) -> None:
-        hook = DenoiserHook(family, self.effects, pipeline, steps=self._steps)
+        hook = DenoiserHook(family, self.effects, pipeline, steps=self._steps, runs=self.runs)
         all_names = list(modules)
         self._models.append(model)
         setattr(model, _MARK, weakref.ref(self))
@@ -264,6 +268,14 @@ class Attachment:
 
     def __exit__(self, *exc_info) -> None:
         self.detach()
+
+    def run_of(self, effect: Effect) -> Any:
+        """What ``effect`` learned and kept in this attachment (:meth:`Effect.new_run`): its collected maps, caches,
+        per-generation masks. Raises KeyError for an effect that is not part of this attachment."""
+        try:
+            return self.runs[id(effect)]
+        except KeyError:
+            raise KeyError(f"{effect!r} is not one of this attachment's effects") from None
 
     @property
     def states(self):

@@ -8,6 +8,7 @@ each sequence (:mod:`visattn.families`), and :class:`CallContext` joins the two.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +166,8 @@ class CallContext:
         denoiser: the facts of the denoiser call this attention call runs in (:class:`DenoiserCall`: its input
             grid, the pipeline, its prompt and guidance scale); ``None`` for a layer called outside an attached
             denoiser.
+        runs: what each effect of the attachment keeps while attached, by ``id(effect)``
+            (:meth:`visattn.processors.Effect.run_of` reads it).
     """
 
     role: str
@@ -183,6 +186,7 @@ class CallContext:
     total_heads: int | None = None
     head_group: Any = field(default=None, compare=False, repr=False)
     denoiser: DenoiserCall | None = field(default=None, compare=False, repr=False)
+    runs: Mapping[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def input_grid(self) -> tuple[int, int, int] | None:

@@ -467,6 +467,7 @@ class AttentionLayerHook(ModelHook):
             total_heads=heads[1] if heads else None,
             head_group=self._parallel.ulysses_group if heads else None,
             denoiser=state.call,
+            runs=state.runs,
         )
         return ctx, partial
 

@@ -9,7 +9,7 @@ scheduler it derives the step index; from the pipeline's guidance settings, the 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,6 +45,9 @@ class DenoiserState:
     call: DenoiserCall | None = None
     #: guidance terms nested perturbation effects hand to the outermost one within this denoiser call
     guidance_terms: list | None = None
+    #: what each effect of the attachment keeps while attached (:meth:`visattn.processors.Effect.new_run`), by
+    #: ``id(effect)``; one mapping shared by every denoiser of the attachment (Wan 2.2's two transformers)
+    runs: dict[int, Any] = field(default_factory=dict)
 
     @property
     def pipeline(self) -> Any:
@@ -58,14 +61,16 @@ class DenoiserHook(ModelHook):
     # Stateful so that diffusers hands it the pipeline's cache context (the branch name of the call).
     _is_stateful = True
 
-    def __init__(self, family: Family, effects: list, pipeline: Any = None, steps=None) -> None:
+    def __init__(
+        self, family: Family, effects: list, pipeline: Any = None, steps=None, runs: dict[int, Any] | None = None
+    ) -> None:
         super().__init__()
         #: the attachment's step window (``attach(steps=...)``): outside it no effect acts, nor wraps the call
         self.steps = steps
         self._schedule_key: tuple | None = None
         self._schedule: torch.Tensor | None = None
         pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
-        self.state = DenoiserState(family, pipeline_ref=pipeline_ref)
+        self.state = DenoiserState(family, pipeline_ref=pipeline_ref, runs={} if runs is None else runs)
         self.effects = effects
         self.cache = StateManager(_NoState)
         # The timestep of the last conditional call of a pipeline that runs one call per CFG branch.

@@ -129,6 +129,18 @@ class Effect:
         """
         return frozenset(select_layers(roles, self.layers, f"{type(self).__name__}(layers=...)"))
 
+    def new_run(self) -> Any:
+        """A fresh object for what this effect learns and keeps at run time in one attachment (caches, collected
+        maps, per-generation masks, counters); ``None`` when it keeps nothing. :func:`visattn.attach` makes one per
+        attachment, so one effect attached to several pipelines acts as several independent copies; call-time
+        code reaches it with :meth:`run_of`."""
+        return None
+
+    def run_of(self, where: Any) -> Any:
+        """This effect's run state in the attachment ``where`` belongs to: a :class:`~visattn.context.CallContext`,
+        a :class:`~visattn.state.DenoiserState` or an :class:`~visattn.attachment.Attachment`."""
+        return where.runs[id(self)]
+
     def detached(self, states: list[Any]) -> None:
         """Forget what this effect kept for the denoiser call states of an attachment being detached (caches keyed
         by state); other attachments of the same effect keep theirs."""
