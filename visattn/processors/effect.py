@@ -12,9 +12,11 @@ probability stage (:attr:`AttentionCall.editors`, :attr:`AttentionCall.reads`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -85,6 +87,27 @@ class AttentionCall:
         return self.output
 
 
+def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a subclass constructor so that the outermost call records its arguments (for :meth:`Effect.copy_with`)
+    and marks the instance constructed (after which a class with ``frozen_parameters`` refuses changes)."""
+
+    @functools.wraps(init)
+    def constructor(self: Effect, *args: Any, **kwargs: Any) -> None:
+        outermost = "_constructing" not in self.__dict__
+        if outermost:
+            object.__setattr__(self, "_constructing", True)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            if outermost:
+                object.__delattr__(self, "_constructing")
+        if outermost:
+            object.__setattr__(self, "_arguments", (type(self), (args, kwargs)))
+            object.__setattr__(self, "_constructed", True)
+
+    return constructor
+
+
 class Effect:
     """Base class of visattn effects.
 
@@ -96,6 +119,58 @@ class Effect:
 
     #: the roles this effect acts on when ``layers`` does not say otherwise
     roles: tuple[str, ...] = ("self", "cross", "joint")
+    #: whether an instance's attributes are fixed once its constructor returns (see :meth:`copy_with`); an effect
+    #: keeps what it learns at run time in its per-attachment run state (:meth:`new_run`), never on itself
+    frozen_parameters: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__dict__["__init__"])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._refuse_change(name)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._refuse_change(name)
+        object.__delattr__(self, name)
+
+    def _refuse_change(self, name: str) -> None:
+        if type(self).frozen_parameters and self.__dict__.get("_constructed", False):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} cannot change: an effect's parameters are fixed once it is built, "
+                f"since one effect may be attached to several pipelines; build another with "
+                f"effect.copy_with({name}=...)"
+            )
+
+    def copy_with(self, **changes: Any) -> Effect:
+        """A new effect of the same class with the same constructor arguments except ``changes`` (validated by the
+        constructor as usual). Raises TypeError naming a parameter the constructor does not take."""
+        cls, arguments = self.__dict__["_arguments"]
+        signature = inspect.signature(cls.__init__)
+        unknown = sorted(set(changes) - set(signature.parameters) - {"self"})
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+        if unknown and not takes_any:
+            raise TypeError(
+                f"{cls.__name__}.copy_with: no parameter {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join(name for name in signature.parameters if name != 'self')}"
+            )
+        bound = signature.bind_partial(None, *arguments[0], **arguments[1])
+        given = dict(bound.arguments)
+        given.pop(next(iter(signature.parameters)))  # self
+        args, kwargs = [], {}
+        for name, value in {**given, **changes}.items():
+            kind = signature.parameters[name].kind if name in signature.parameters else inspect.Parameter.KEYWORD_ONLY
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(value)
+            elif kind is inspect.Parameter.POSITIONAL_ONLY:
+                args.append(value)
+            else:
+                kwargs[name] = value
+        return cls(*args, **kwargs)
 
     def __init__(self, *, layers: str | Iterable[str] | None = None, steps=None) -> None:
         # FAMILY_DEFAULT (perturbation guidance): resolved per model at attach, see use_family_defaults.
