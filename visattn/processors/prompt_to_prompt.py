@@ -64,12 +64,13 @@ How it maps onto visattn
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .. import validation
 from ..alignment import TokenMap, token_map, word_pairs
@@ -77,9 +78,12 @@ from ..batching import prediction_of, with_prediction
 from ..context import BatchLayout, CallContext, StepInfo
 from ..families import Family
 from ..steps import in_steps, normalize_steps
-from ..validation import check_int, check_weight
+from ..validation import check_weight
 from ..words import PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
 from .effect import AttentionCall, Effect
+from .local_blend import BlendRun, LocalBlend, _mask_for_prediction, blend_latents
+
+__all__ = ["LocalBlend", "PromptToPrompt", "_mask_for_prediction"]
 
 Window = tuple[float, float] | None
 
@@ -204,177 +208,6 @@ def _pairs_of(layout: BatchLayout) -> list[_Pair] | None:
     return pairs
 
 
-# --- local blend ---------------------------------------------------------------------------------------------
-
-
-def _mask_for_prediction(mask: torch.Tensor, row_shape: torch.Size, family: Family) -> torch.Tensor:
-    """A ``[frames, height, width]`` token-grid mask expanded to broadcast against one prediction row, whose axes
-    follow the family's latent layout (:meth:`visattn.families.Family.prediction_axes`)."""
-    if family.grid_items(len(row_shape)):
-        # Items along a leading axis of the row, held by the grid along its frames with the last item first
-        # (JoyImage-Edit): each item takes its frames of the mask, back in the prediction's item order.
-        items = row_shape[0]
-        if mask.shape[0] % items:
-            raise ValueError(f"LocalBlend: the grid's {mask.shape[0]} frames do not split into {items} items")
-        per_item = mask.reshape(items, -1, *mask.shape[1:])
-        per_item = torch.cat([per_item[1:], per_item[:1]])
-        return torch.stack([_mask_for_prediction(m, row_shape[1:], family) for m in per_item])
-    frames, height, width = mask.shape
-    axes = family.prediction_axes(len(row_shape))
-    if axes is None:
-        # Packed latents: one token per grid cell, in grid order.
-        flat, extra = mask.reshape(-1), row_shape[0] - frames * height * width
-        if extra > 0 and family.text_position is not None:
-            # The prediction also holds the joint sequence's text rows (Qwen-Image 2.1, Ideogram 4): the target
-            # keeps its own there (the pipeline drops them).
-            kept = torch.ones(extra, dtype=flat.dtype, device=flat.device)
-            flat = torch.cat([kept, flat] if family.text_position == "first" else [flat, kept])
-        if flat.numel() != row_shape[0]:
-            raise ValueError(
-                f"LocalBlend: the {family.name} prediction has {row_shape[0]} tokens, the grid {tuple(mask.shape)}"
-            )
-        return flat.reshape(-1, *([1] * (len(row_shape) - 1)))
-    shape = [1] * len(row_shape)
-    for axis, size, dim in zip(axes, (frames, height, width), (0, 1, 2)):
-        if axis is None:
-            if size != 1:
-                raise ValueError(f"LocalBlend: the {family.name} prediction has no frame axis but the grid has {size}")
-            continue
-        target = row_shape[axis]
-        if target % size:
-            raise ValueError(
-                f"LocalBlend: prediction axis {axis} of size {target} is not a multiple of the grid's {size}"
-            )
-        mask = mask.repeat_interleave(target // size, dim=dim)
-        shape[axis] = target
-    return mask.reshape(shape)
-
-
-class LocalBlend:
-    """Keep the target equal to the source outside the region of chosen words (Hertz et al., 2022, local
-    blending; per frame for video, as Video-P2P).
-
-    At every denoising step the cross-attention maps of ``words`` (looked up in both prompts: a source word's
-    map is read from the source rows, a target word's from the target rows, as the authors union
-    ``mask[:1] + mask[1:]``) are averaged over heads and over the controlled cross/joint layers (resized to the
-    denoiser's latent grid), accumulated over the steps so far, max-pooled over ``(2 * radius + 1)^2`` grid
-    cells, normalized by their maximum per frame and thresholded at ``threshold``.
-
-    Unlike the authors, who overwrite the pipeline's latents after each step (which needs a pipeline callback),
-    the effect blends the denoiser's prediction, the same way in every branch: the target's prediction outside
-    the mask is the source's. The mask is the union of the masks of all steps so far (a position that once
-    belonged to the edited region stays in it). Guarantee: at every latent position outside :attr:`mask`, the
-    target's latents equal the source's bit for bit after every step, provided both started from the same
-    noise and the scheduler update and the guidance combination act elementwise and identically on all rows
-    (diffusers' deterministic schedulers, plain classifier-free guidance; not ``guidance_rescale > 0``, which
-    normalizes over the whole image, nor a stochastic sampler with different noise per row). Decoded images
-    agree away from the mask up to the VAE decoder's receptive field. Blending starts at the first step, so
-    that this holds.
-
-    Args:
-        words: a word or words (several words in a row, ``"red circle"``, count as one) whose region may change.
-        threshold: in ``(0, 1)``; cells whose normalized map exceeds it belong to the region (the authors' 0.3).
-        radius: max-pooling radius in latent-grid cells before thresholding (the authors' ``k = 1``).
-
-    Attributes:
-        mask: the blend region, ``[pairs, frames, height, width]`` booleans on the denoiser's latent-token grid
-            (``None`` before the first step), one per source/target image pair.
-    """
-
-    def __init__(self, words: str | Sequence[str], threshold: float = 0.3, radius: int = 1) -> None:
-        words = (words,) if isinstance(words, str) else tuple(words)
-        if not words or any(not isinstance(word, str) or not split_words(word) for word in words):
-            raise ValueError(f"words must be one or more words of the prompts; got {words!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be a number in (0, 1); got {threshold!r}")
-        # Bounded: the max-pooling window is 2 * radius + 1 cells, and torch fails on windows of 10**12.
-        radius = check_int(radius, "radius", minimum=0, maximum=validation.MAX_BLEND_RADIUS)
-        self.words = words
-        self.threshold = float(threshold)
-        self.radius = radius
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the maps and the mask (done automatically when a new generation starts)."""
-        self.mask: torch.Tensor | None = None
-        self._sum: torch.Tensor | None = None
-        self._call_sum: torch.Tensor | None = None
-        self._call_layers = 0
-
-    def _check_words(self, source, source_words: tuple[str, ...], target, target_words: tuple[str, ...]) -> None:
-        """Raise ValueError for a word in neither prompt (listing both prompts' words)."""
-        for word in self.words:
-            found = False
-            for prompt, words in ((source, source_words), (target, target_words)):
-                try:
-                    _word_lookup(_text(prompt), words).index(word)
-                    found = True
-                except ValueError:
-                    pass
-            if not found:
-                raise ValueError(
-                    f"LocalBlend word {word!r} is in neither prompt; the source's words are {list(source_words)}, "
-                    f"the target's {list(target_words)}"
-                )
-
-    # --- called by PromptToPrompt ------------------------------------------------------------------------------
-    def _begin_call(self) -> None:
-        self._call_sum, self._call_layers = None, 0
-
-    def _add_layer(self, maps: torch.Tensor, grid: tuple[int, int, int], top: tuple[int, int, int]) -> None:
-        """Add one layer's ``[2, pairs, grid tokens]`` maps (source words, target words)."""
-        frames = top[0]
-        if grid[0] == 1 and frames > 1 and maps.shape[1] % frames == 0:
-            # A video UNet folds frames into the batch, sample-major ``(b f)``: its spatial layers see one frame
-            # per row, so each pair's frames are consecutive rows. Fold them back into the frames axis.
-            maps = maps.reshape(2, maps.shape[1] // frames, frames * maps.shape[2])
-            grid = (frames, *grid[1:])
-        maps = maps.reshape(maps.shape[0] * maps.shape[1], 1, *grid)
-        if tuple(grid) != tuple(top):
-            maps = F.interpolate(maps, size=tuple(top), mode="trilinear", align_corners=False)
-        maps = maps.reshape(2, -1, *top)
-        self._call_sum = maps if self._call_sum is None else self._call_sum + maps
-        self._call_layers += 1
-
-    def _end_call(self) -> None:
-        """Fold this denoiser call's maps into the running sum and grow the mask."""
-        if not self._call_layers:
-            return
-        step = self._call_sum / self._call_layers
-        self._sum = step if self._sum is None or self._sum.shape != step.shape else self._sum + step
-        maps = self._sum
-        height, width = maps.shape[-2:]
-        if self.radius:
-            size = 2 * self.radius + 1
-            flat = maps.reshape(-1, 1, height, width)
-            maps = F.max_pool2d(flat, size, stride=1, padding=self.radius).reshape(maps.shape)
-        peak = maps.amax(dim=(-2, -1), keepdim=True)
-        normalized = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-        mask = (normalized > self.threshold).any(dim=0)
-        self.mask = mask if self.mask is None or self.mask.shape != mask.shape else self.mask | mask
-
-    def _blend(self, prediction: torch.Tensor, pairs: list[_Pair], family: Family) -> torch.Tensor:
-        if self.mask is None:
-            return prediction
-        # A per-sample list (Z-Image) blends item by item: every item is one row.
-        blended = list(prediction) if isinstance(prediction, list) else prediction.clone()
-        for pair in pairs:
-            if pair.count != self.mask.shape[0]:
-                raise ValueError(
-                    f"LocalBlend: branch {pair.name!r} holds {pair.count} image pairs but the mask was built for "
-                    f"{self.mask.shape[0]}"
-                )
-            for j in range(pair.count):
-                src, tgt = pair.source.start + j, pair.target.start + j
-                row = prediction[tgt]
-                keep = _mask_for_prediction(self.mask[j], row.shape, family).to(row.device)
-                blended[tgt] = torch.where(keep, row, prediction[src])
-        return blended
-
-    def __repr__(self) -> str:
-        return f"LocalBlend(words={self.words}, threshold={self.threshold}, radius={self.radius})"
-
-
 # --- token resolution ----------------------------------------------------------------------------------------
 
 
@@ -422,6 +255,33 @@ class _Plan:
     collect: list[_Pair]
 
 
+@dataclass
+class _Run:
+    """What one attachment of a :class:`PromptToPrompt` learns while editing (:meth:`PromptToPrompt.new_run`)."""
+
+    #: the local blend's maps and mask (``None`` without a blend)
+    blend: BlendRun | None = None
+    #: the prompts' token positions per ``(id(pipeline), text length)``
+    tokens: dict[tuple[int, int], _Tokens] = field(default_factory=dict)
+    #: the branch sets seen at step 0 of this generation (a set seen again starts a new generation)
+    seen_at_start: set[tuple[str, ...]] = field(default_factory=set)
+    #: pairs of the denoiser call's conditional branch, and the local-blend maps of row-pair calls of the layer
+    #: call so far (a per-row processor answers one pair per call; the blend takes a layer's pairs together)
+    blend_pairs: int = 0
+    row_maps: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """This attachment's local-blend mask (see :attr:`LocalBlend.mask`)."""
+        return None if self.blend is None else self.blend.mask
+
+    def reset(self) -> None:
+        """Forget the generation: the blend's maps and mask, the branches seen at its start."""
+        if self.blend is not None:
+            self.blend.reset()
+        self.seen_at_start.clear()
+
+
 class PromptToPrompt(Effect):
     """Prompt-to-Prompt editing (Hertz et al., 2022) for every supported family; see the module docstring.
 
@@ -454,6 +314,7 @@ class PromptToPrompt(Effect):
     """
 
     roles = ("self", "cross", "joint")
+    frozen_parameters = True
 
     #: the edit pairs each branch's rows as ``[source..., target...]`` within one call: a processor that calls
     #: attention once per batch row (Mochi) gets each target row's call answered together with its source row's
@@ -493,22 +354,22 @@ class PromptToPrompt(Effect):
         if local_blend is not None and not isinstance(local_blend, LocalBlend):
             raise ValueError(f"local_blend must be a LocalBlend or None; got {type(local_blend).__name__}")
         if local_blend is not None:
-            local_blend._check_words(source, source_words, target, target_words)
+            _check_blend_words(local_blend, source, source_words, target, target_words)
         if prompt_template is not None and not isinstance(prompt_template, Mapping):
             raise ValueError(f"prompt_template must be a dict or None; got {prompt_template!r}")
         self.source, self.target, self.mode = source, target, mode
-        self.cross_steps = _cross_schedule(cross_steps, _text(target), target_words)
+        # Parameters are fixed once built (frozen_parameters): the containers are read-only views too.
+        self.cross_steps = MappingProxyType(_cross_schedule(cross_steps, _text(target), target_words))
         self.self_steps = _window(self_steps, "self_steps")
-        self.weights = _check_weights(weights, _text(target), target_words)
+        self.weights = MappingProxyType(_check_weights(weights, _text(target), target_words))
         self.local_blend = local_blend
         self.edit_uncond = validation.check_bool(edit_uncond, "edit_uncond")
-        self.prompt_template = prompt_template
-        self._tokens: dict[tuple[int, int], _Tokens] = {}
-        self._seen_at_start: set[tuple[str, ...]] = set()
-        # Pairs of the denoiser call's conditional branch, and the local-blend maps of row-pair calls of the layer
-        # call so far (a per-row processor answers one pair per call; the blend takes a layer's pairs together).
-        self._blend_pairs = 0
-        self._row_maps: list[torch.Tensor] = []
+        self.prompt_template = None if prompt_template is None else MappingProxyType(dict(prompt_template))
+
+    def new_run(self) -> _Run:
+        """What one attachment learns while editing (token positions per pipeline, the generation's first
+        branches, the local blend's maps and mask): :class:`_Run`."""
+        return _Run(blend=None if self.local_blend is None else self.local_blend.new_run())
 
     def use_family_defaults(self, family: Family, roles: dict[str, str]) -> None:
         super().use_family_defaults(family, roles)
@@ -640,30 +501,29 @@ class PromptToPrompt(Effect):
     def prepare_pipeline(self, pipeline: Any) -> Any:
         """Give the target prompt's rows the source prompt's initial noise, whatever generator the call gets (or
         none), as the authors' notebooks do with one latent for every prompt: the pipeline's ``prepare_latents``
-        is wrapped on the instance (every diffusers pipeline makes its initial latents there) until detach."""
-        original = getattr(pipeline, "prepare_latents", None)
-        if not callable(original):
+        is wrapped on the instance (every diffusers pipeline makes its initial latents there) until detach. With a
+        :class:`LocalBlend` that blends latents (the authors'), the pipeline's ``scheduler.step`` is wrapped too,
+        so that the blend follows each scheduler step as the authors' step callback does."""
+        undo = [_wrap_method(pipeline, "prepare_latents", lambda original: _shared_noise_of(original))]
+        if self.local_blend is not None and self.local_blend.blends_latents:
+            scheduler = getattr(pipeline, "scheduler", None)
+            if scheduler is not None:
+                undo.append(_wrap_method(scheduler, "step", lambda original: _blending_step(original, id(self))))
+        undo = [u for u in undo if u is not None]
+        if not undo:
             return None
-        shadowed = "prepare_latents" in vars(pipeline)
 
-        def prepare_latents(*args: Any, **kwargs: Any) -> Any:
-            return _shared_noise(original(*args, **kwargs))
+        def undo_all() -> None:
+            for u in reversed(undo):
+                u()
 
-        pipeline.prepare_latents = prepare_latents
-
-        def undo() -> None:
-            if shadowed:
-                pipeline.prepare_latents = original
-            else:
-                vars(pipeline).pop("prepare_latents", None)
-
-        return undo
+        return undo_all
 
     def reset(self) -> None:
-        """Forget per-generation state (the local blend's mask); done automatically at each new generation."""
+        """Forget the most recent generation's local-blend maps and mask; a new generation starts over by itself
+        (each attachment keeps its own, see :meth:`new_run`)."""
         if self.local_blend is not None:
             self.local_blend.reset()
-        self._seen_at_start.clear()
 
     # --- the denoiser call -----------------------------------------------------------------------------------
     def wrap_denoiser(self, forward, args, kwargs, state):
@@ -677,27 +537,38 @@ class PromptToPrompt(Effect):
                 f"PromptToPrompt pairs each branch's rows as [source..., target...], but the denoiser's batch has "
                 f"branches of odd size ({sizes}); call the pipeline with prompt=p2p.prompts"
             )
+        run = self.run_of(state)
         step = state.step
         if step.index == 0:
-            self._start_generation(layout.names)
+            self._start_generation(run, layout.names, state.pipeline)
             self._check_noise(state.inputs.sample if state.inputs is not None else None, pairs)
-        self._blend_pairs = next((pair.count for pair in pairs if pair.name == _COND), 0)
-        self._row_maps.clear()
-        blend = self.local_blend
+        run.blend_pairs = next((pair.count for pair in pairs if pair.name == _COND), 0)
+        run.row_maps.clear()
+        blend = run.blend
         if blend is None:
             return forward(*args, **kwargs)
-        blend._begin_call()
+        blend.begin_call()
         output = forward(*args, **kwargs)
-        if _COND in layout.names:
-            blend._end_call()
-        return with_prediction(output, blend._blend(prediction_of(output), pairs, state.family))
+        made = _COND in layout.names and blend.end_call(step, state.family.unet_levels)
+        if not self.local_blend.blends_latents:
+            return with_prediction(output, blend.blend_prediction(prediction_of(output), pairs, state.family))
+        if made:
+            slot = _blend_slot(state.pipeline, id(self))
+            if slot is None:
+                blend.warn_unblended()
+            else:
+                slot.pending = functools.partial(blend_latents, mask=blend.mask, family=state.family)
+        return output
 
-    def _start_generation(self, names: tuple[str, ...]) -> None:
+    def _start_generation(self, run: _Run, names: tuple[str, ...], pipeline: Any) -> None:
         # A branch seen at step 0 again means a new generation (pipelines that call the denoiser once per
         # branch make several step-0 calls per generation).
-        if names in self._seen_at_start:
-            self.reset()
-        self._seen_at_start.add(names)
+        if names in run.seen_at_start:
+            run.reset()
+        run.seen_at_start.add(names)
+        slot = _blend_slot(pipeline, id(self))
+        if slot is not None:
+            slot.pending = None  # nothing left over from an interrupted generation
 
     def _check_noise(self, sample: torch.Tensor | None, pairs: list[_Pair]) -> None:
         if sample is None:
@@ -726,7 +597,8 @@ class PromptToPrompt(Effect):
         maps = None
         if plan.collect and not call.replay:
             maps = torch.zeros(2, plan.collect[0].count, image.length, device=call.q.device)
-            call.observers.append(lambda done: self._add_maps(maps, ctx.grid, ctx.input_grid))
+            run = self.run_of(ctx)
+            call.observers.append(lambda done: self._add_maps(run, maps, ctx))
 
         def edit(probs: torch.Tensor, start: int, stop: int) -> None:
             lo, hi = max(image.start, start), min(image.stop, stop)
@@ -794,16 +666,17 @@ class PromptToPrompt(Effect):
                 "PromptToPrompt needs the pipeline's tokenizers to find the words: attach it to the pipeline "
                 "(visattn.attach(pipe, p2p)), not to the denoiser alone"
             )
+        cache = self.run_of(ctx).tokens
         key = (id(pipe), length)
-        if key in self._tokens:
-            return self._tokens[key]
+        if key in cache:
+            return cache[key]
         options: dict[str, Any] = {}
         # The text length this call sees settles the call's max_sequence_length (SD3 puts 77 CLIP tokens first).
         sequence_length = prompt_recipe(prompt_family(pipe)).sequence_length_of(length)
         if sequence_length is not None:
             options["max_sequence_length"] = sequence_length
         if self.prompt_template is not None:
-            options["prompt_template"] = self.prompt_template
+            options["prompt_template"] = dict(self.prompt_template)
         source = prompt_tokens(pipe, self.source, **options)
         target = prompt_tokens(pipe, self.target, **options)
         if source.length != length:
@@ -811,8 +684,8 @@ class PromptToPrompt(Effect):
                 f"PromptToPrompt: this attention call has {length} text tokens, but {self.source!r} tokenizes to a "
                 f"text sequence of {source.length} for the {source.family} family"
             )
-        self._tokens[key] = self._tokens_for(source, target, length)
-        return self._tokens[key]
+        cache[key] = self._tokens_for(source, target, length)
+        return cache[key]
 
     def _tokens_for(self, source: PromptTokens, target: PromptTokens, length: int) -> _Tokens:
         """The token map, per-word windows, equalizer and blend positions of the two prompts."""
@@ -839,17 +712,17 @@ class PromptToPrompt(Effect):
         )
 
     # --- editing a call's probabilities ----------------------------------------------------------------------
-    def _add_maps(self, maps: torch.Tensor, grid: tuple[int, int, int], top: tuple[int, int, int]) -> None:
+    def _add_maps(self, run: _Run, maps: torch.Tensor, ctx: CallContext) -> None:
         """Give one call's ``[2, pairs, tokens]`` local-blend maps to the blend; a row-pair call (fewer pairs than
         the denoiser's conditional branch: a per-row processor) waits for the layer's other pairs, which follow
         in row order."""
-        if maps.shape[1] < self._blend_pairs:
-            self._row_maps.append(maps)
-            if sum(part.shape[1] for part in self._row_maps) < self._blend_pairs:
+        if maps.shape[1] < run.blend_pairs:
+            run.row_maps.append(maps)
+            if sum(part.shape[1] for part in run.row_maps) < run.blend_pairs:
                 return
-            maps = torch.cat(self._row_maps, dim=1)
-            self._row_maps.clear()
-        self.local_blend._add_layer(maps, grid, top)
+            maps = torch.cat(run.row_maps, dim=1)
+            run.row_maps.clear()
+        run.blend.add_layer(maps, ctx.grid, ctx.input_grid, ctx.layer_name)
 
     def _collect(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan, out: torch.Tensor) -> None:
         text = ctx.keys.text
@@ -969,3 +842,85 @@ def _renormalized(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor
     scale = torch.where(image_sum > 0, room / image_sum.clamp_min(torch.finfo(image.dtype).tiny), 0.0)
     text = torch.where(text_sum > 1.0, text / text_sum.clamp_min(1.0), text)
     return text, image * scale
+
+
+def _check_blend_words(blend: LocalBlend, source, source_words: tuple[str, ...], target, target_words) -> None:
+    """Raise ValueError for a blend word in neither prompt (listing both prompts' words)."""
+    for word in blend.words:
+        found = False
+        for prompt, words in ((source, source_words), (target, target_words)):
+            try:
+                _word_lookup(_text(prompt), words).index(word)
+                found = True
+            except ValueError:
+                pass
+        if not found:
+            raise ValueError(
+                f"LocalBlend word {word!r} is in neither prompt; the source's words are {list(source_words)}, "
+                f"the target's {list(target_words)}"
+            )
+
+
+def _wrap_method(owner: Any, name: str, wrap: Callable[[Callable], Callable]) -> Callable[[], None] | None:
+    """Shadow ``owner.name`` on the instance by ``wrap(original)``; returns what restores it (``None`` when
+    ``owner`` has no such method)."""
+    original = getattr(owner, name, None)
+    if not callable(original):
+        return None
+    shadowed = name in vars(owner)
+    setattr(owner, name, wrap(original))
+
+    def undo() -> None:
+        if shadowed:
+            setattr(owner, name, original)
+        else:
+            vars(owner).pop(name, None)
+
+    return undo
+
+
+def _shared_noise_of(original: Callable) -> Callable:
+    def prepare_latents(*args: Any, **kwargs: Any) -> Any:
+        return _shared_noise(original(*args, **kwargs))
+
+    return prepare_latents
+
+
+class _BlendSlot:
+    """The latent blend the next scheduler step applies (set by the conditional denoiser call of the step)."""
+
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
+        self.pending: Callable[[Any], Any] | None = None
+
+
+def _blending_step(original: Callable, owner: int) -> Callable:
+    """``scheduler.step`` followed by the pending local blend of its latents (the authors' ``step_callback``)."""
+    slot = _BlendSlot(owner)
+
+    @functools.wraps(original)
+    def step(*args: Any, **kwargs: Any) -> Any:
+        output = original(*args, **kwargs)
+        pending, slot.pending = slot.pending, None
+        if pending is None:
+            return output
+        if isinstance(output, tuple):
+            return (pending(output[0]), *output[1:])
+        if hasattr(output, "prev_sample"):
+            output.prev_sample = pending(output.prev_sample)
+            return output
+        return pending(output)
+
+    step.visattn_local_blend = slot
+    return step
+
+
+def _blend_slot(pipeline: Any, owner: int) -> _BlendSlot | None:
+    """The blend slot of the edit ``owner`` on the pipeline's scheduler (``None``: not wrapped, a bare denoiser)."""
+    step = getattr(getattr(pipeline, "scheduler", None), "step", None)
+    while step is not None:
+        slot = getattr(step, "visattn_local_blend", None)
+        if isinstance(slot, _BlendSlot) and slot.owner == owner:
+            return slot
+        step = getattr(step, "__wrapped__", None)
+    return None
