@@ -249,10 +249,13 @@ def _expanded(mask: torch.Tensor, family: str, latents: torch.Tensor) -> torch.T
     return mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).expand(latents.shape[1:])
 
 
+@pytest.mark.parametrize("variant", ["authors", "prediction"])
 @pytest.mark.parametrize("family", ["unet", "wan", "flux"])
-def test_local_blend_keeps_the_latents_outside_the_mask_equal_to_the_source(family):
+def test_local_blend_keeps_the_latents_outside_the_mask_equal_to_the_source(family, variant):
+    """The authors' blend (the latents after each scheduler step, the last step's mask) and visattn's prediction
+    blend (a mask grown over the steps) both leave the final latents outside the mask equal to the source's."""
     # Random tiny models spread attention almost evenly, so a high threshold gives a partial mask.
-    blend = LocalBlend(["cat", "dog"], threshold=0.9, radius=0)
+    blend = LocalBlend(["cat", "dog"], threshold=0.9, radius=0, variant=variant)
     p2p = PromptToPrompt.replace("a red cat", "a red dog", local_blend=blend)
     latents = edit(family, p2p, output_type="latent")
     assert blend.mask is not None and blend.mask.any() and not blend.mask.all()
@@ -271,6 +274,85 @@ def test_local_blend_starts_over_at_each_generation():
     first = blend.mask.clone()
     edit("unet", p2p)
     assert torch.equal(first, blend.mask)
+
+
+# --- one edit, several attachments (issue 27) -----------------------------------------------------------------
+
+
+def _blended_edit() -> PromptToPrompt:
+    blend = LocalBlend(["cat", "dog"], threshold=0.9, radius=0)
+    return PromptToPrompt.replace("a red cat", "a red dog", self_steps=1.0, local_blend=blend)
+
+
+def _latents(family: str, p2p: PromptToPrompt) -> torch.Tensor:
+    pipe = pipeline(family)
+    return pipe(**call_kwargs(family, prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent"))[0]
+
+
+def test_one_edit_attached_to_two_pipelines_gives_each_what_it_gives_alone():
+    alone = {}
+    for family in ("unet", "sd3"):
+        p2p = _blended_edit()
+        alone[family] = (edit(family, p2p, output_type="latent"), p2p.local_blend.mask.clone())
+    shared = _blended_edit()
+    with visattn.attach(pipeline("unet"), shared) as first, visattn.attach(pipeline("sd3"), shared) as second:
+        outputs = [(family, _latents(family, shared)) for family in ("unet", "sd3", "unet")]
+        for family, latents in outputs:
+            assert torch.equal(latents, alone[family][0])
+        assert torch.equal(first.run_of(shared).mask, alone["unet"][1])
+        assert torch.equal(second.run_of(shared).mask, alone["sd3"][1])
+        assert shared.local_blend.mask is first.run_of(shared).mask  # the most recent generation's
+    assert "step" not in vars(pipeline("unet").scheduler) and "prepare_latents" not in vars(pipeline("unet"))
+
+
+def test_an_edit_attached_again_gives_what_it_gave_the_first_time():
+    p2p = _blended_edit()
+    first = edit("unet", p2p, output_type="latent")
+    first_mask = p2p.local_blend.mask.clone()
+    assert torch.equal(edit("unet", p2p, output_type="latent"), first)
+    assert torch.equal(p2p.local_blend.mask, first_mask)
+
+
+def test_parameters_are_fixed_once_built_and_copy_with_changes_them():
+    p2p = _blended_edit()
+    with pytest.raises(AttributeError, match=r"self_steps cannot change.*copy_with\(self_steps="):
+        p2p.self_steps = 0.2
+    with pytest.raises(AttributeError, match=r"threshold cannot change.*copy_with\(threshold="):
+        p2p.local_blend.threshold = 0.5
+    with pytest.raises(TypeError):
+        p2p.cross_steps["default"] = (0.0, 1.0)
+    reweighted = PromptToPrompt.reweight("a red cat", {"red": 2.0})
+    with pytest.raises(TypeError):
+        reweighted.weights["red"] = 3.0
+    other = p2p.copy_with(self_steps=0)
+    assert other.self_steps is None and p2p.self_steps == (0.0, 1.0) and other.local_blend is p2p.local_blend
+    assert not torch.equal(edit("unet", other, output_type="latent"), edit("unet", p2p, output_type="latent"))
+    with pytest.raises(TypeError, match="no parameter 'bogus'"):
+        p2p.copy_with(bogus=1)
+    blend = LocalBlend("dog")
+    assert blend.copy_with(threshold=0.5).threshold == 0.5 and blend.copy_with(threshold=0.5).words == ("dog",)
+    assert blend.start == 0.2 and blend.copy_with(variant="prediction").start == 0.0
+    with pytest.raises(TypeError, match="no parameter 'radiuss'"):
+        blend.copy_with(radiuss=2)
+    with pytest.raises(ValueError, match="start must be 0 for variant='prediction'"):
+        LocalBlend("dog", start=0.2, variant="prediction")
+
+
+def test_a_bare_denoiser_builds_the_mask_and_warns_that_nothing_is_blended():
+    from visattn.testing import tiny_denoiser
+
+    model = tiny_denoiser("unet")
+    tokens = prompt_tokens(pipeline("unet"), "a red cat"), prompt_tokens(pipeline("unet"), "a red dog")
+    p2p = PromptToPrompt(*tokens, local_blend=LocalBlend("dog"))
+    inputs = {
+        "sample": torch.randn(4, model.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0)),
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.randn(4, tokens[0].length, model.config.cross_attention_dim),
+    }
+    inputs["sample"][[1, 3]] = inputs["sample"][[0, 2]]
+    with visattn.attach(model, p2p), pytest.warns(UserWarning, match="nothing is blended"), torch.no_grad():
+        model(**inputs)
+    assert p2p.local_blend.mask is not None
 
 
 # --- every family, composition ----------------------------------------------------------------------------------
