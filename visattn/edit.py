@@ -244,23 +244,24 @@ def _image_edit(pipeline, image, source, p2p, effects, method, steps, guidance, 
     original = pipeline.scheduler
     pipeline.scheduler = inverted.scheduler()
     try:
-        with attach(pipeline, *effects, *extra):
+        with attach(pipeline, *effects, *extra) as attachment:
             images = pipeline(prompt=p2p.prompts, output_type="pil", **call).images
     finally:
         pipeline.scheduler = original
-    blend = p2p.local_blend
-    if blend is not None and blend.mask is not None:
-        images = [images[0], keep_upload_outside(images[1], image, blend.mask[0])]
+    mask = attachment.run_of(p2p).mask  # this edit's local-blend region (None without a blend)
+    if mask is not None:
+        images = [images[0], keep_upload_outside(images[1], image, mask[0])]
     return images, reconstruction, inverted
 
 
 def keep_upload_outside(edited: Any, upload: Any, mask: torch.Tensor) -> Any:
     """The edit inside LocalBlend's region, the uploaded image everywhere else.
 
-    The authors blend the edit's latents with the source row's, which reproduces the image only as well as the
-    inversion reconstructs it (negative-prompt and null-text inversion change a toy image's background by 55-79 of
-    255 on average); an edit of an upload must keep the upload outside the region, so the region (the blend's mask
-    on the latent grid, first frame, nearest-upsampled) takes the edit and the rest the upload's own pixels.
+    The authors blend the edit's latents with the source row's (LocalBlend's default), which reproduces the image
+    only as well as the inversion reconstructs it (negative-prompt and null-text inversion change a toy image's
+    background by 55-79 of 255 on average); an edit of an upload must keep the upload outside the region, so the
+    region (the blend's mask on the latent grid, first frame, nearest-upsampled) takes the edit and the rest the
+    upload's own pixels.
     """
     import numpy as np
     import torch.nn.functional as F
