@@ -25,6 +25,9 @@
 * **Local blend** (:class:`~visattn.processors.LocalBlend` on the two colour words): outside the blend region
   (the effect's latent mask, upsampled to pixels) the edit should equal the source. Reported: the mean absolute
   pixel difference there with the blend and without it (the same swap), over the same region.
+* **Edits of an upload** (:mod:`visattn.eval.upload_edit`): a rendered held-out scene is inverted with each
+  inversion ``visattn edit`` offers and colour-swapped with a local blend; the mean change of its background, in
+  0-255 units, should stay within 3 (issue 28).
 * **Word maps** (:class:`~visattn.processors.AttentionMaps`): where a one-object caption's colour and shape words
   attend (raw attention probabilities), averaged over layers and steps. *On the object*: the share of the word's
   map in the latent cells the generated object touches; *object area*: the share of cells it touches, what a map
@@ -56,6 +59,10 @@ from .metrics import (
 from .prompts import single_object_scenes, word_swaps
 from .runner import EvalContext
 from .tables import table
+from .upload_edit import count as upload_count
+from .upload_edit import headline as upload_headline
+from .upload_edit import markdown as upload_markdown
+from .upload_edit import run as upload_run
 
 NAME = "prompt_to_prompt"
 
@@ -80,7 +87,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     scenes = single_object_scenes(n, seed=config.data_seed, size=image.size)
     # weight 1 is the source itself; a valid config has at least one other weight (two distinct values)
     reweighted = [w for w in config.reweight_scales if w != 1.0]
-    total = 6 * n + n * len(reweighted)
+    total = 6 * n + n * len(reweighted) + upload_count(config)
     result: dict[str, Any] = {"settings": dict(steps)}
     plain_swaps: list[tuple[np.ndarray, np.ndarray]] = []
     with ctx.bar(total, "prompt-to-prompt") as bar:
@@ -206,6 +213,7 @@ def run(ctx: EvalContext) -> dict[str, Any]:
             "samples": weight_samples,
         }
         result["word_maps"] = _word_maps(ctx, scenes, seeds, bar.update)
+        result["upload_edit"] = upload_run(ctx, NAME, bar.update)
     return result
 
 
@@ -380,6 +388,7 @@ def markdown(result: dict[str, Any]) -> str:
             digits=4,
         )
         + _word_maps_markdown(result["word_maps"])
+        + (upload_markdown(result["upload_edit"]) if "upload_edit" in result else "")
     )
 
 
@@ -410,4 +419,5 @@ def headline(result: dict[str, Any]) -> dict[str, float | None]:
         "re-weight monotonicity": result["reweight"]["monotonicity"],
         "colour word's map on the object": result["word_maps"]["color_on_object"],
         "shape word's map on the object": result["word_maps"]["shape_on_object"],
+        **(upload_headline(result["upload_edit"]) if "upload_edit" in result else {}),
     }
