@@ -12,9 +12,10 @@ only what the changed words control changes. Three edits:
 * re-weighting, :meth:`PromptToPrompt.reweight`: one prompt; chosen tokens' probabilities are multiplied by a
   scale (combinable with a swap or a refinement through ``weights=``).
 
-Self-attention maps are injected too during ``self_steps``, and :class:`LocalBlend` keeps everything outside
-the edited words' region equal to the source. Video-P2P (Liu et al., 2023) applies the same edits to video
-models; here the video families (Wan, CogVideoX, HunyuanVideo) use the same code, with per-frame maps.
+Self-attention maps are injected too during ``self_steps``, and :class:`LocalBlend`
+(:mod:`visattn.processors.local_blend`) keeps everything outside the edited words' region equal to the source.
+Video-P2P (Liu et al., 2023) applies the same edits to video models; here the video families (Wan, CogVideoX,
+HunyuanVideo) use the same code, with per-frame maps.
 
 How it maps onto visattn
 ------------------------
@@ -289,6 +290,12 @@ class PromptToPrompt(Effect):
     ``prompt=p2p.prompts`` and ``generator=p2p.generator(seed)``; the output holds the source images, then the
     target images.
 
+    A configuration (issue 27): its parameters are fixed once built (assigning one raises AttributeError; the
+    dict-like ones are read-only views; :meth:`~visattn.processors.Effect.copy_with` builds a changed copy), and
+    what it learns while editing (token positions, the generation's first branches, the local blend's maps and
+    mask) lives in the run state each attachment makes (:meth:`new_run`; ``attachment.run_of(p2p)``), so one
+    edit attached to several pipelines, or attached again, acts as independent copies.
+
     Args:
         source, target: the two prompts (equal for a pure re-weighting); or both as
             :class:`visattn.words.PromptTokens` (their text positions given, so no tokenizer is needed: a denoiser
@@ -302,7 +309,8 @@ class PromptToPrompt(Effect):
             0.4 by default; ``0``/``None`` for never): steps ``int(N * start) <= i < int(N * stop)``, as theirs.
         weights: ``{word: scale}`` for words of the target; their probabilities are multiplied by ``scale`` while
             their cross-attention is controlled (during ``cross_steps``), as the authors' ``AttentionReweight``.
-        local_blend: a :class:`LocalBlend`, or ``None``.
+        local_blend: a :class:`LocalBlend` (the authors' latent blend by default, see
+            :mod:`visattn.processors.local_blend`), or ``None``.
         layers: attention layers to control (diffusers' ``pag_applied_layers`` identifiers and the role keywords
             ``"self"``, ``"cross"``, ``"joint"``); ``None`` controls every layer.
         edit_uncond: also inject into the unconditional branch (the authors edit the conditional one only).
