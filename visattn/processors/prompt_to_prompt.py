@@ -780,7 +780,7 @@ class PromptToPrompt(Effect):
     def __repr__(self) -> str:
         return (
             f"PromptToPrompt(mode={self.mode!r}, source={self.source!r}, target={self.target!r}, "
-            f"cross_steps={self.cross_steps}, self_steps={self.self_steps}, weights={self.weights}, "
+            f"cross_steps={dict(self.cross_steps)}, self_steps={self.self_steps}, weights={dict(self.weights)}, "
             f"local_blend={self.local_blend}, layers={self.layers}, edit_uncond={self.edit_uncond})"
         )
 
