@@ -278,3 +278,16 @@ def test_end_to_end_latents_match_the_authors_step_callback():
     assert (ours - theirs).abs().max() <= 1e-5
     # the blend acted: outside the mask the edit's latents are the source's
     assert torch.equal(ours[1][:, ~blend.mask[0, 0]], ours[0][:, ~blend.mask[0, 0]])
+
+
+def test_the_layers_read_are_the_16x16_level_or_the_closest_one():
+    """The authors' maps are SD 1.x's 16x16 layers at 512 px; other sizes and models read the level closest to
+    16x16 tokens (visattn's generalization), transformers their latent grid."""
+    from visattn.processors.local_blend import authors_grid
+
+    assert authors_grid({(64, 64), (32, 32), (16, 16), (8, 8)}, unet=True) == (16, 16)  # SD 1.x at 512 px
+    assert authors_grid({(96, 96), (48, 48), (24, 24)}, unet=True) == (24, 24)  # SD 1.x/2.x at 768 px
+    assert authors_grid({(64, 64), (32, 32)}, unet=True) == (32, 32)  # SDXL at 1024 px
+    assert authors_grid({(8, 8), (4, 4)}, unet=True) == (8, 8)
+    assert authors_grid({(16, 24), (8, 12)}, unet=True) == (16, 24)  # a non-square latent
+    assert authors_grid({(32, 32), (16, 16)}, unet=False) == (32, 32)
