@@ -500,3 +500,12 @@ def test_step_windows_are_the_authors_integer_steps(steps, cross, self_):
         step = StepInfo(i, steps, None)
         assert _cross_active(bounds(cross), step) == authors_cross(i)
         assert _self_active(bounds(self_), step) == authors_self(i)
+
+
+def test_a_batch_spec_names_the_blend_variant():
+    from visattn.effect_specs import build_edit
+
+    spec = {"source": "a cat", "target": "a dog", "local_blend": {"words": ["cat", "dog"], "variant": "prediction"}}
+    blend = build_edit(spec).local_blend
+    assert blend.variant == "prediction" and blend.start == 0.0
+    assert build_edit({"source": "a cat", "target": "a dog", "local_blend": "dog"}).local_blend.variant == "authors"
