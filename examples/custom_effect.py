@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 import visattn
+from visattn.effects import AttentionCall, Effect
 from visattn.kernels import Pattern
-from visattn.processors import AttentionCall, Effect
 from visattn.testing import call_kwargs, tiny_pipeline
 
 

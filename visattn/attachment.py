@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from .effects.base import Effect
 from .families import Family, family_of
 from .interception import AttentionLayerHook, can_intercept, register_layer_hook, remove_layer_hook
 from .layers import ROLE_KEYWORDS, normalize_layers, select_layers
-from .processors.effect import Effect
 from .state import DenoiserHook, register_hook, remove_hook
 from .steps import normalize_steps
 from .validation import check_layer_roles

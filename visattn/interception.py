@@ -7,7 +7,7 @@ module's forward inside a :class:`torch.overrides.TorchFunctionMode` that answer
 ``torch.nn.functional.scaled_dot_product_attention``: old-style processors call it directly, new-style ones
 through diffusers' dispatcher, whose native backend calls it. diffusers' own model-agnostic layer skipping
 (``hooks/layer_skip.py``) intercepts attention the same way. Each intercepted call becomes an
-:class:`~visattn.processors.effect.AttentionCall` with its :class:`~visattn.context.CallContext` (role, latent
+:class:`~visattn.effects.base.AttentionCall` with its :class:`~visattn.context.CallContext` (role, latent
 grid, text span, batch layout, step) derived from the call's shapes and the denoiser state; effects contribute
 to it and the attention core computes it. A call no effect acts on runs the original function untouched, and a
 layer no effect can act on is not intercepted at all, so the identity is exact by construction.
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
+from .effects.base import AttentionCall, Effect
 from .kernels import backend_names
 from .parallel import (
     ParallelView,
@@ -52,7 +53,6 @@ from .parallel import (
     remember_for_backward,
     ulysses_heads,
 )
-from .processors.effect import AttentionCall, Effect
 from .steps import in_steps
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from .processors.effect import Effect
+from .effects.base import Effect
 
 METHODS = ("ddim", "null-text", "negative-prompt")
 

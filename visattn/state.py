@@ -45,7 +45,7 @@ class DenoiserState:
     call: DenoiserCall | None = None
     #: guidance terms nested perturbation effects hand to the outermost one within this denoiser call
     guidance_terms: list | None = None
-    #: what each effect of the attachment keeps while attached (:meth:`visattn.processors.Effect.new_run`), by
+    #: what each effect of the attachment keeps while attached (:meth:`visattn.effects.Effect.new_run`), by
     #: ``id(effect)``; one mapping shared by every denoiser of the attachment (Wan 2.2's two transformers)
     runs: dict[int, Any] = field(default_factory=dict)
 

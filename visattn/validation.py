@@ -254,7 +254,7 @@ def check_attention_inputs(
 
     Shapes, dtypes and devices only: no tensor value is read, so the check never synchronizes a device.
     """
-    from .kernels.spec import Pattern, ScoreModifier, check_tokens
+    from .kernels.patterns import Pattern, ScoreModifier, check_tokens
 
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         check_tensor(tensor, name, dims=4)

@@ -27,10 +27,10 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
 from ..attachment import Attachment, attach, attention_layers
+from ..effects.base import AttentionCall, Effect
 from ..families import family_of
 from ..interception import AttentionLayerHook, layer_hook, register_layer_hook, remove_layer_hook
 from ..layers import matches, normalize_layers, select_layers
-from ..processors.effect import AttentionCall, Effect
 from ..state import HOOK_NAME
 from .head_sets import HeadSet, layer_pattern
 
@@ -55,7 +55,7 @@ PERTURBED_ROLES = ("self", "joint")
 class IdentityPerturbation(Effect):
     """Blend chosen heads of every batch row toward the identity attention map (PAG at ``strength=1``).
 
-    Unlike :class:`visattn.processors.PerturbedAttentionGuidance`, which adds a perturbed branch to the batch,
+    Unlike :class:`visattn.effects.PerturbedAttentionGuidance`, which adds a perturbed branch to the batch,
     this effect perturbs whole calls: a guider installs it only for the pass that computes the perturbed
     prediction. Output per selected head: ``(1 - strength) * softmax(QK^T) V + strength * V`` (SoftPAG).
 

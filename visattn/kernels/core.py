@@ -40,9 +40,9 @@ from ..validation import check_attention_inputs
 from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
+from .patterns import Pattern, ScoreModifier
 from .probabilities import Editor, ProbabilityRead, serve_reads
 from .request import AttentionRequest, UnsupportedCall
-from .spec import Pattern, ScoreModifier
 
 _BACKENDS: dict[str, ModuleType] = {
     module.NAME: module
@@ -396,8 +396,8 @@ def attention(
 
     Args:
         q, k, v: ``[B, H, Nq, D]``, ``[B, H, Nk, D]``, ``[B, H, Nk, Dv]``.
-        pattern: which query-key pairs attend (:class:`visattn.kernels.spec.Pattern`); ``None`` = all.
-        score_mod: logit modifier (:class:`visattn.kernels.spec.ScoreModifier`) applied after scaling.
+        pattern: which query-key pairs attend (:class:`visattn.kernels.patterns.Pattern`); ``None`` = all.
+        score_mod: logit modifier (:class:`visattn.kernels.patterns.ScoreModifier`) applied after scaling.
         attn_mask: the model's own additive or boolean mask, broadcastable to ``[B, H, Nq, Nk]``.
         scale: logit scale, default ``1/sqrt(D)``.
         identity_blend: per-head (or per-token) weight ``s`` broadcastable to ``[B, H, Nq, 1]``;
