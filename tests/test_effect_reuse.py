@@ -4,6 +4,8 @@ detached and attached again, behaves as independent copies; its parameters are f
 from __future__ import annotations
 
 import functools
+import pickle
+from copy import deepcopy
 from types import MappingProxyType
 
 import numpy as np
@@ -146,6 +148,15 @@ def test_parameters_are_frozen_and_copy_with_changes_one(name, family, factory, 
         effect.copy_with(**{parameter: bad})
     with pytest.raises(TypeError, match="no parameter 'nonsense'"):
         effect.copy_with(nonsense=1)
+
+
+@pytest.mark.parametrize(("name", "family", "factory", "change"), EFFECTS, ids=IDS)
+def test_copies_and_pickles_are_built_from_the_parameters(name, family, factory, change):
+    """A frozen effect copies and pickles as its configuration (its attachments' state stays behind)."""
+    effect = factory()
+    for copy in (pickle.loads(pickle.dumps(effect)), deepcopy(effect)):
+        assert type(copy) is type(effect) and repr(copy) == repr(effect)
+        assert copy.layers is FAMILY_DEFAULT if effect.layers is FAMILY_DEFAULT else copy.layers == effect.layers
 
 
 def _given(effect) -> dict:

@@ -108,6 +108,11 @@ def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
     return constructor
 
 
+def _rebuild(cls: type, args: tuple, kwargs: dict) -> Effect:
+    """An effect built again from its constructor arguments (how frozen effects copy and pickle)."""
+    return cls(*args, **kwargs)
+
+
 class LayerRoles(Mapping[str, str]):
     """What :meth:`Effect.bind` sees of the model being attached: its attention layers' static roles
     (``name -> role``, in model order), the model's ``family``, and the attachment's run states (``runs``, by
@@ -166,6 +171,14 @@ class Effect:
                 f"since one effect may be attached to several pipelines; build another with "
                 f"effect.copy_with({name}=...)"
             )
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A frozen effect is its configuration: copies and pickles rebuild it from its constructor arguments (checked
+        # again), leaving out what it holds for its attachments (a read-only mapping or a weak set would not pickle).
+        if type(self).frozen_parameters and "_arguments" in self.__dict__:
+            cls, (args, kwargs) = self.__dict__["_arguments"]
+            return _rebuild, (cls, args, kwargs)
+        return super().__reduce_ex__(protocol)
 
     def copy_with(self, **changes: Any) -> Effect:
         """A new effect of the same class with the same constructor arguments except ``changes`` (validated by the
@@ -250,8 +263,17 @@ class Effect:
     def run_of(self, where: Any) -> Any:
         """This effect's run state in the attachment ``where`` belongs to: a :class:`~visattn.context.CallContext`,
         a :class:`~visattn.state.DenoiserState`, a :class:`LayerRoles` (at bind) or an
-        :class:`~visattn.attachment.Attachment`."""
-        return where.runs[id(self)]
+        :class:`~visattn.attachment.Attachment`.
+
+        Raises KeyError when this effect is not part of that attachment (a call context built by hand).
+        """
+        try:
+            return where.runs[id(self)]
+        except KeyError:
+            raise KeyError(
+                f"{type(self).__name__} has no run state here: it is not one of the effects attached where this call "
+                "runs (attach it with visattn.attach)"
+            ) from None
 
     def attached(self, run: Any, roles: Mapping[str, str], pipeline: Any) -> Callable[[], None] | None:
         """Attach-time work of one attachment once its hooks are in place: fill ``run`` (this effect's run state
