@@ -139,9 +139,16 @@ class LayerRoles(Mapping[str, str]):
 class Effect:
     """Base class of visattn effects.
 
+    An effect is a configuration a user can reuse: its constructor validates the parameters, which are fixed once
+    it returns (:attr:`frozen_parameters`; :meth:`copy_with` builds a changed copy). What it learns while attached
+    (layers, caches, counters, collected results) goes in its run state, one per attachment (:meth:`new_run`,
+    reached with :meth:`run_of`), so one effect attached to several pipelines acts as independent copies.
+
     Args:
         layers: identifiers as in diffusers' ``pag_applied_layers`` plus ``"self"``/``"cross"``/``"joint"``
-            (see :mod:`visattn.layers`); ``None`` acts on every layer of the roles in :attr:`roles`.
+            (see :mod:`visattn.layers`); ``None`` acts on every layer of the roles in :attr:`roles`;
+            ``FAMILY_DEFAULT`` (perturbation guidance) the attached model family's default, resolved per
+            attachment.
         steps: a fraction ``f`` (the first ``f`` of the schedule) or a ``(start, stop)`` fraction range.
     """
 
