@@ -144,6 +144,7 @@ class UnconditionalEmbeddings(Effect):
     """
 
     roles = ()
+    frozen_parameters = True
 
     def __init__(self, embeddings: Sequence[torch.Tensor], pooled: torch.Tensor | None = None) -> None:
         super().__init__()

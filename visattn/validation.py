@@ -229,7 +229,9 @@ def check_layer_roles(layers: tuple[str, ...] | None, roles: tuple[str, ...], ow
     """
     from .layers import ROLE_KEYWORDS
 
-    wrong = [layer for layer in layers or () if layer in ROLE_KEYWORDS and layer not in roles]
+    if not isinstance(layers, tuple):
+        return  # None (every layer) or FAMILY_DEFAULT (resolved at attach, never a role keyword)
+    wrong = [layer for layer in layers if layer in ROLE_KEYWORDS and layer not in roles]
     if wrong:
         raise ValueError(
             f"{owner}(layers=...) names {wrong[0]!r} attention, which {owner} does not act on; it acts on "

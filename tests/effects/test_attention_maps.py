@@ -304,12 +304,15 @@ def test_prompt_is_read_from_the_pipeline_call(family):
 
 
 def test_an_inferred_prompt_that_changes_needs_a_reset():
-    maps = AttentionMaps()
-    run("unet", maps)
-    with pytest.raises(ValueError, match="call reset"):
-        run("unet", maps, prompt="a blue square")
-    maps.reset()
-    run("unet", maps, prompt="a blue square")
+    """Maps accumulate over the generations of one attachment: a second prompt there needs a reset (a new
+    attachment starts with maps of its own)."""
+    maps, pipe = AttentionMaps(), pipeline("unet")
+    with visattn.attach(pipe, maps):
+        pipe(**call_kwargs("unet"))
+        with pytest.raises(ValueError, match="call reset"):
+            pipe(**call_kwargs("unet", prompt="a blue square"))
+        maps.reset()
+        pipe(**call_kwargs("unet", prompt="a blue square"))
     assert "square" in maps.maps()
 
 

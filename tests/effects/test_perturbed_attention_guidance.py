@@ -15,7 +15,7 @@ from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.effects import AttentionCall, PerturbedAttentionGuidance
 from visattn.interception import layer_hook
 from visattn.kernels import attention
-from visattn.layers import select_layers
+from visattn.layers import FAMILY_DEFAULT, select_layers
 from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
 
 
@@ -169,10 +169,11 @@ def test_default_layers_are_the_familys_and_follow_the_model_attached():
     for key, layers in expected.items():
         pipe = tiny_pipeline(key)
         denoiser = pipe.unet if key == "unet" else pipe.transformer
-        with visattn.attach(pipe, pag):
-            assert pag.layers == layers
+        with visattn.attach(pipe, pag) as handle:
+            # Resolved by the attachment, for this model; the effect keeps its parameter as given.
+            assert handle.layers_of(pag) == layers and pag.layers is FAMILY_DEFAULT
             # Only the layers PAG can act on carry a hook; the others run their stock forward untouched.
             modules = visattn.attention_layers(denoiser)
             hooked = {name for name, module in modules.items() if layer_hook(module) is not None}
-            selected = set(select_layers(visattn.layer_roles(denoiser), pag.layers))
+            selected = set(select_layers(visattn.layer_roles(denoiser), handle.layers_of(pag)))
             assert hooked and hooked == selected != set(modules)

@@ -157,9 +157,9 @@ def test_block_skip_default_formula_and_rescaling_match_the_authors_cogvideox_pi
 def test_block_mode_is_the_default_on_video_and_skip_on_images():
     effect = SpatioTemporalSkipGuidance(1.0, layers="blocks.1")
     transformer = pipeline("wan").transformer
-    with visattn.attach(pipeline("wan"), effect):
+    with visattn.attach(pipeline("wan"), effect) as handle:
         # Block mode perturbs no attention call: no attention module is hooked, block 1 is.
-        assert effect._resolved == "block"
+        assert handle.run_of(effect).mode == "block"
         assert all(layer_hook(module) is None for module in attention_layers(transformer).values())
         name = f"visattn.stg_block.{effect.branch}"
         hooked = [
@@ -168,8 +168,8 @@ def test_block_mode_is_the_default_on_video_and_skip_on_images():
         assert hooked == [transformer.blocks[1]]
     assert transformer.blocks[1]._diffusers_hook.get_hook(name) is None  # removed on detach
     image = SpatioTemporalSkipGuidance(1.0, layers="mid")
-    with visattn.attach(pipeline("unet"), image):
-        assert image._resolved == "skip"
+    with visattn.attach(pipeline("unet"), image) as handle:
+        assert handle.run_of(image).mode == "skip"
 
 
 def test_bad_parameters_name_parameter_value_and_range():

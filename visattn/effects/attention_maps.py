@@ -23,6 +23,7 @@ does not grow with the number of steps or layers.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,8 +118,14 @@ class AttentionMaps(Effect):
     """Collect per-word attention maps (image queries to text keys) while a pipeline runs; an observer only.
 
     The output is unchanged bit for bit: the effect adds an observer to each cross/joint attention call and
-    reads the probabilities after the core ran (see the module docstring for how). Maps accumulate over
-    pipeline runs until :meth:`reset`.
+    reads the probabilities after the core ran (see the module docstring for how). Maps accumulate over the
+    pipeline runs of one attachment until :meth:`reset`.
+
+    Each attachment collects its own maps (its run state, a :class:`CollectedMaps`): one ``AttentionMaps``
+    attached to two pipelines keeps two independent sets. The results methods (:meth:`maps`, :meth:`heatmaps`,
+    :meth:`overlay`, :meth:`sheet`, :attr:`contributions`, :attr:`nbytes`) read the latest run's, that is the
+    attachment whose generation observed a call most recently; ``attachment.run_of(maps)`` gives one
+    attachment's, with the same methods.
 
     Args:
         words: words to track (text, all occurrences; several words such as ``"red car"`` in a row; or word
@@ -143,6 +150,7 @@ class AttentionMaps(Effect):
     """
 
     roles = ("cross", "joint")
+    frozen_parameters = True
 
     def needs(self) -> tuple[str, ...]:
         # Prompts given as PromptTokens carry their text positions; prompt strings need the tokenizer ladder.
@@ -174,74 +182,38 @@ class AttentionMaps(Effect):
         if isinstance(stop_words, str) or not isinstance(stop_words, Iterable):
             raise validation.ParameterTypeError(f"stop_words must be a collection of words; got {stop_words!r}")
         self.stop_words = frozenset(str(w).lower() for w in stop_words)
-        #: the denoiser call whose pipeline prompt was last compared with ``prompt=`` (once per denoiser call)
-        self._prompt_checked_in: Any = None
-        #: the denoiser call whose prompt was last read (the prompt is read once per denoiser call)
-        self._prompt_read_in: Any = None
-        self.reset()
+        # Which of this effect's runs (one per attachment) collected last: what the results methods read.
+        self._collected = _Collected()
 
     # --- state ------------------------------------------------------------------------------------------------
+    def new_run(self) -> CollectedMaps:
+        run = CollectedMaps(self)
+        self._collected.runs.add(run)
+        return run
+
+    def latest(self) -> CollectedMaps | None:
+        """The maps of the attachment whose generation observed a call most recently (``None`` before any)."""
+        return self._collected.latest
+
     def reset(self) -> None:
-        """Forget every collected map (the prompt and the settings stay)."""
-        self._plans: dict[int, _Plan] = {}
-        self._sums: list[torch.Tensor] | None = None
-        self._names: tuple[tuple[str, ...], ...] | None = None
-        self._size: tuple[int, int, int] | None = None
-        self.contributions = 0
+        """Forget every collected map, in every attachment of this effect (the settings stay);
+        ``attachment.run_of(maps).reset()`` forgets one attachment's."""
+        for run in list(self._collected.runs):
+            run.reset()
+
+    @property
+    def contributions(self) -> int:
+        """Attention calls summed into the latest run's maps (0 before any)."""
+        latest = self.latest()
+        return 0 if latest is None else latest.contributions
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the running sums (independent of the number of steps and layers aggregated)."""
-        return sum(t.numel() * t.element_size() for t in self._sums or ())
+        """Bytes held by the latest run's running sums (independent of the number of steps and layers aggregated)."""
+        latest = self.latest()
+        return 0 if latest is None else latest.nbytes
 
     # --- call time -----------------------------------------------------------------------------------------------
-    def _read_prompt_of_call(self, denoiser: DenoiserCall) -> None:
-        """Take the prompt (and a custom HunyuanVideo template) from the pipeline's running ``__call__``."""
-        pipeline, call = denoiser.pipeline, denoiser.prompt
-        if pipeline is None:
-            return
-        prompt = call.prompt
-        if prompt is None:
-            return  # called with prompt_embeds: _plan asks for prompt= explicitly
-        if call.prompt_template is not None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt = [
-                prompt_tokens(
-                    pipeline, p, prompt_template=call.prompt_template, max_sequence_length=call.max_sequence_length
-                )
-                for p in prompts
-            ]
-        prompts = _check_prompt(prompt)
-        if prompts == self.prompts:
-            return
-        if self._sums is not None:
-            raise ValueError(
-                f"AttentionMaps holds maps of the prompt(s) {self.prompts!r}; call reset() before a call with "
-                f"another prompt ({prompts!r}), or use one AttentionMaps per prompt"
-            )
-        self.prompts, self._plans = prompts, {}
-
-    def _check_prompt_of_call(self, denoiser: DenoiserCall | None) -> None:
-        """ValueError when ``prompt=`` is not the running pipeline call's prompt: the maps would carry the words of
-        one prompt over the attention of another. Compared once per denoiser call; nothing to compare without a
-        pipeline, with ``prompt_embeds``, or with a prompt template that rewrites the text.
-        """
-        if denoiser is None or denoiser is self._prompt_checked_in:
-            return
-        self._prompt_checked_in = denoiser
-        called = _prompt_texts(denoiser.prompt.prompt)
-        if called is None or denoiser.prompt.prompt_template is not None:
-            return
-        if any(isinstance(p, PromptTokens) and not p.family for p in self.prompts):
-            return  # positions given by hand (no tokenizer behind them): their words are the user's to name
-        given = _prompt_texts(self.prompts)
-        if given != called:
-            raise ValueError(
-                f"AttentionMaps(prompt={list(given)!r}) does not match the pipeline call's prompt {list(called)!r}; "
-                "the maps would label the wrong words. Pass the call's prompt(s), in order, or leave prompt=None to "
-                "read it from the call"
-            )
-
     def apply(self, call: AttentionCall) -> None:
         ctx = call.ctx
         if ctx.grid is None or ctx.queries.image is None or ctx.keys.text is None or ctx.keys.text.length == 0:
@@ -250,13 +222,15 @@ class AttentionMaps(Effect):
             return  # e.g. the unconditional call of a pipeline that runs its branches one by one
         if call.replay:
             return  # a backward recomputation: this call's maps were collected in the forward
-        if self._prompt_from_call and ctx.denoiser is not None and ctx.denoiser is not self._prompt_read_in:
-            self._prompt_read_in = ctx.denoiser
-            self._read_prompt_of_call(ctx.denoiser)
+        run: CollectedMaps = self.run_of(ctx)
+        self._collected.latest = run
+        if self._prompt_from_call and ctx.denoiser is not None and ctx.denoiser is not run.prompt_read_in:
+            run.prompt_read_in = ctx.denoiser
+            run.read_prompt_of_call(ctx.denoiser)
         if not self._prompt_from_call:
-            self._check_prompt_of_call(ctx.denoiser)
+            run.check_prompt_of_call(ctx.denoiser)
         text, image = ctx.keys.text, ctx.queries.image
-        plan = self._plan(text.length, ctx)
+        plan = run.plan(text.length, ctx)
         rows = ctx.batch.rows(self.branch)
         n_rows, n_prompts = rows.stop - rows.start, len(plan.prompts)
         if n_rows % n_prompts:
@@ -267,54 +241,9 @@ class AttentionMaps(Effect):
         keys = plan.positions.to(call.q.device) + text.start
 
         def observe(block: torch.Tensor) -> None:
-            self._observe(ctx, plan, block)
+            run.observe(ctx, plan, block)
 
         call.reads.append(ProbabilityRead(observe, rows=rows, queries=image.as_slice(), keys=keys))
-
-    def _observe(self, ctx: CallContext, plan: _Plan, block: torch.Tensor) -> None:
-        """Add one call's maps: ``block`` holds its probabilities ``[rows, heads, image queries, tracked keys]``."""
-        n_rows, n_prompts = block.shape[0], len(plan.prompts)
-        probs = ctx.mean_over_heads(block)  # [rows, Nimg, K]
-        # Pipelines repeat each prompt num_images_per_prompt times in a row: average each prompt's images.
-        probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
-        frames, height, width = ctx.grid
-        for index, prompt_plan in enumerate(plan.prompts):
-            p = probs[index]
-            masses = p @ prompt_plan.word_matrix.to(p.device)  # [Nimg, words]
-            if prompt_plan.kept is not None:
-                total = p @ prompt_plan.kept.to(p.device)
-                masses = masses / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)
-            maps = masses.transpose(0, 1).reshape(-1, frames, height, width)
-            self._accumulate(index, maps, plan, ctx.input_grid)
-        self.contributions += 1
-
-    def _accumulate(self, index: int, maps: torch.Tensor, plan: _Plan, input_grid: tuple[int, int, int]) -> None:
-        if self._sums is None:
-            size = self.resolution or input_grid[1:]
-            self._size = (maps.shape[1], int(size[0]), int(size[1]))
-            self._sums = [
-                torch.zeros(len(p.names), *self._size, device=maps.device, dtype=torch.float32) for p in plan.prompts
-            ]
-            self._names = tuple(p.names for p in plan.prompts)
-        frames, height, width = self._size
-        if maps.shape[1:] != self._size:
-            if maps.shape[1] == frames:
-                downsampling = maps.shape[-2] > height or maps.shape[-1] > width
-                maps = F.interpolate(maps, size=(height, width), mode="bilinear", antialias=downsampling)
-            else:
-                maps = F.interpolate(maps.unsqueeze(1), size=self._size, mode="trilinear").squeeze(1)
-        self._sums[index] += maps.to(self._sums[index].device)
-
-    def _plan(self, text_length: int, ctx: CallContext) -> _Plan:
-        if self.prompts is None:
-            raise ValueError(
-                "AttentionMaps needs the prompt to know which text positions hold which word: the pipeline was "
-                "called without one (prompt_embeds?); pass AttentionMaps(prompt=...)"
-            )
-        plan = self._plans.get(text_length)
-        if plan is None:
-            plan = self._plans[text_length] = self._build_plan(text_length, ctx)
-        return plan
 
     def _tokens(self, prompt: str | PromptTokens, text_length: int, ctx: CallContext) -> PromptTokens:
         layer = ctx.layer_name
@@ -335,8 +264,8 @@ class AttentionMaps(Effect):
             )
         return prompt
 
-    def _build_plan(self, text_length: int, ctx: CallContext) -> _Plan:
-        tokens = [self._tokens(prompt, text_length, ctx) for prompt in self.prompts]
+    def _build_plan(self, prompts: tuple, text_length: int, ctx: CallContext) -> _Plan:
+        tokens = [self._tokens(prompt, text_length, ctx) for prompt in prompts]
         selections = [self._select(t) for t in tokens]
         if self.words is not None:
             found = {sel for selection in selections for sel, _, _ in selection}
@@ -393,16 +322,180 @@ class AttentionMaps(Effect):
             selection.append((selector, name, positions))
         return selection
 
-    # --- results -------------------------------------------------------------------------------------------------
+    # --- results: the latest run's --------------------------------------------------------------------------------
+    def _latest_maps(self) -> CollectedMaps:
+        latest = self.latest()
+        if latest is None:
+            raise RuntimeError(
+                "AttentionMaps has no maps yet: run the pipeline with it attached (it observes cross/joint "
+                "attention layers of the chosen branch and steps)"
+            )
+        return latest
+
+    def maps(self) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """The latest run's maps (:meth:`CollectedMaps.maps`)."""
+        return self._latest_maps().maps()
+
+    def heatmaps(self, size: int | tuple[int, int] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+        """The latest run's heatmaps (:meth:`CollectedMaps.heatmaps`)."""
+        return self._latest_maps().heatmaps(size)
+
+    def overlay(self, image: Any, alpha: float = 0.5, prompt: int = 0) -> dict[str, Any]:
+        """The latest run's maps over ``image`` (:meth:`CollectedMaps.overlay`)."""
+        return self._latest_maps().overlay(image, alpha, prompt)
+
+    def sheet(self, images: Sequence[Any], labels: Sequence[str] | None = None, title: str | None = None) -> Any:
+        """The latest run's sheet (:meth:`CollectedMaps.sheet`)."""
+        return self._latest_maps().sheet(images, labels, title)
+
+    def __repr__(self) -> str:
+        return (
+            f"AttentionMaps(words={self.words}, layers={self.layers}, steps={self.steps}, "
+            f"resolution={self.resolution}, drop_special={self.drop_special}, branch={self.branch!r})"
+        )
+
+
+class _Collected:
+    """Which of an :class:`AttentionMaps`'s runs (one per attachment) collected last; the effect's results methods
+    read that one."""
+
+    def __init__(self) -> None:
+        self.runs: weakref.WeakSet[CollectedMaps] = weakref.WeakSet()
+        self.latest: CollectedMaps | None = None
+
+
+class CollectedMaps:
+    """One attachment's collected maps: what an :class:`AttentionMaps` learns and sums while attached there (its
+    run state, ``attachment.run_of(maps)``), with the same results methods as the effect.
+
+    Attributes:
+        prompts: the prompts the maps are of (given, or read from the pipeline call).
+        contributions: attention calls summed into the maps.
+    """
+
+    def __init__(self, effect: AttentionMaps) -> None:
+        self.effect = effect
+        self.prompts = effect.prompts
+        #: the denoiser call whose pipeline prompt was last compared with ``prompt=`` (once per denoiser call)
+        self.prompt_checked_in: Any = None
+        #: the denoiser call whose prompt was last read (the prompt is read once per denoiser call)
+        self.prompt_read_in: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the collected maps (the prompt stays)."""
+        self.plans: dict[int, _Plan] = {}
+        self.sums: list[torch.Tensor] | None = None
+        self.names: tuple[tuple[str, ...], ...] | None = None
+        self.size: tuple[int, int, int] | None = None
+        self.contributions = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the running sums (independent of the number of steps and layers aggregated)."""
+        return sum(t.numel() * t.element_size() for t in self.sums or ())
+
+    def read_prompt_of_call(self, denoiser: DenoiserCall) -> None:
+        """Take the prompt (and a custom HunyuanVideo template) from the pipeline's running ``__call__``."""
+        pipeline, call = denoiser.pipeline, denoiser.prompt
+        if pipeline is None:
+            return
+        prompt = call.prompt
+        if prompt is None:
+            return  # called with prompt_embeds: _plan asks for prompt= explicitly
+        if call.prompt_template is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt = [
+                prompt_tokens(
+                    pipeline, p, prompt_template=call.prompt_template, max_sequence_length=call.max_sequence_length
+                )
+                for p in prompts
+            ]
+        prompts = _check_prompt(prompt)
+        if prompts == self.prompts:
+            return
+        if self.sums is not None:
+            raise ValueError(
+                f"AttentionMaps holds maps of the prompt(s) {self.prompts!r}; call reset() before a call with "
+                f"another prompt ({prompts!r}), or use one AttentionMaps per prompt"
+            )
+        self.prompts, self.plans = prompts, {}
+
+    def check_prompt_of_call(self, denoiser: DenoiserCall | None) -> None:
+        """ValueError when ``prompt=`` is not the running pipeline call's prompt: the maps would carry the words of
+        one prompt over the attention of another. Compared once per denoiser call; nothing to compare without a
+        pipeline, with ``prompt_embeds``, or with a prompt template that rewrites the text.
+        """
+        if denoiser is None or denoiser is self.prompt_checked_in:
+            return
+        self.prompt_checked_in = denoiser
+        called = _prompt_texts(denoiser.prompt.prompt)
+        if called is None or denoiser.prompt.prompt_template is not None:
+            return
+        if any(isinstance(p, PromptTokens) and not p.family for p in self.prompts):
+            return  # positions given by hand (no tokenizer behind them): their words are the user's to name
+        given = _prompt_texts(self.prompts)
+        if given != called:
+            raise ValueError(
+                f"AttentionMaps(prompt={list(given)!r}) does not match the pipeline call's prompt {list(called)!r}; "
+                "the maps would label the wrong words. Pass the call's prompt(s), in order, or leave prompt=None to "
+                "read it from the call"
+            )
+
+    def plan(self, text_length: int, ctx: CallContext) -> _Plan:
+        if self.prompts is None:
+            raise ValueError(
+                "AttentionMaps needs the prompt to know which text positions hold which word: the pipeline was "
+                "called without one (prompt_embeds?); pass AttentionMaps(prompt=...)"
+            )
+        plan = self.plans.get(text_length)
+        if plan is None:
+            plan = self.plans[text_length] = self.effect._build_plan(self.prompts, text_length, ctx)
+        return plan
+
+    def observe(self, ctx: CallContext, plan: _Plan, block: torch.Tensor) -> None:
+        """Add one call's maps: ``block`` holds its probabilities ``[rows, heads, image queries, tracked keys]``."""
+        n_rows, n_prompts = block.shape[0], len(plan.prompts)
+        probs = ctx.mean_over_heads(block)  # [rows, Nimg, K]
+        # Pipelines repeat each prompt num_images_per_prompt times in a row: average each prompt's images.
+        probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
+        frames, height, width = ctx.grid
+        for index, prompt_plan in enumerate(plan.prompts):
+            p = probs[index]
+            masses = p @ prompt_plan.word_matrix.to(p.device)  # [Nimg, words]
+            if prompt_plan.kept is not None:
+                total = p @ prompt_plan.kept.to(p.device)
+                masses = masses / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)
+            maps = masses.transpose(0, 1).reshape(-1, frames, height, width)
+            self._accumulate(index, maps, plan, ctx.input_grid)
+        self.contributions += 1
+
+    def _accumulate(self, index: int, maps: torch.Tensor, plan: _Plan, input_grid: tuple[int, int, int]) -> None:
+        if self.sums is None:
+            size = self.effect.resolution or input_grid[1:]
+            self.size = (maps.shape[1], int(size[0]), int(size[1]))
+            self.sums = [
+                torch.zeros(len(p.names), *self.size, device=maps.device, dtype=torch.float32) for p in plan.prompts
+            ]
+            self.names = tuple(p.names for p in plan.prompts)
+        frames, height, width = self.size
+        if maps.shape[1:] != self.size:
+            if maps.shape[1] == frames:
+                downsampling = maps.shape[-2] > height or maps.shape[-1] > width
+                maps = F.interpolate(maps, size=(height, width), mode="bilinear", antialias=downsampling)
+            else:
+                maps = F.interpolate(maps.unsqueeze(1), size=self.size, mode="trilinear").squeeze(1)
+        self.sums[index] += maps.to(self.sums[index].device)
+
     def _per_prompt(self) -> list[dict[str, torch.Tensor]]:
-        if self._sums is None or self.contributions == 0:
+        if self.sums is None or self.contributions == 0:
             raise RuntimeError(
                 "AttentionMaps has no maps yet: run the pipeline with it attached (it observes cross/joint "
                 "attention layers of the chosen branch and steps)"
             )
         return [
             {name: (sums[i] / self.contributions).cpu() for i, name in enumerate(names)}
-            for sums, names in zip(self._sums, self._names, strict=True)
+            for sums, names in zip(self.sums, self.names, strict=True)
         ]
 
     def maps(self) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
@@ -429,7 +522,7 @@ class AttentionMaps(Effect):
                 array = values.numpy()
                 low, high = float(array.min()), float(array.max())
                 frames = [rendering.heatmap(frame, size=size, vmin=low, vmax=high) for frame in array]
-                images[name] = frames[0] if self._size[0] == 1 else frames
+                images[name] = frames[0] if self.size[0] == 1 else frames
             result.append(images)
         return result[0] if len(self.prompts) == 1 else result
 
@@ -449,7 +542,7 @@ class AttentionMaps(Effect):
         if isinstance(prompt, bool) or not isinstance(prompt, int) or not 0 <= prompt < len(per_prompt):
             raise ValueError(f"prompt must be an index below {len(per_prompt)}; got {prompt!r}")
         frames = _frames(image)
-        latent_frames = self._size[0]
+        latent_frames = self.size[0]
         result: dict[str, Any] = {}
         for name, values in per_prompt[prompt].items():
             array = values.numpy()
@@ -486,12 +579,6 @@ class AttentionMaps(Effect):
             raise ValueError(f"labels must hold one label per prompt ({len(per_prompt)}); got {len(labels)}")
         rows = [(label, _frames(image)[0], maps) for label, image, maps in zip(labels, images, per_prompt, strict=True)]
         return word_sheet(rows, title=title)
-
-    def __repr__(self) -> str:
-        return (
-            f"AttentionMaps(words={self.words}, layers={self.layers}, steps={self.steps}, "
-            f"resolution={self.resolution}, drop_special={self.drop_special}, branch={self.branch!r})"
-        )
 
 
 def _is_single(image: Any) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -108,12 +108,47 @@ def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
     return constructor
 
 
+def _rebuild(cls: type, args: tuple, kwargs: dict) -> Effect:
+    """An effect built again from its constructor arguments (how frozen effects copy and pickle)."""
+    return cls(*args, **kwargs)
+
+
+class LayerRoles(Mapping[str, str]):
+    """What :meth:`Effect.bind` sees of the model being attached: its attention layers' static roles
+    (``name -> role``, in model order), the model's ``family``, and the attachment's run states (``runs``, by
+    ``id(effect)``), so that ``effect.run_of(roles)`` reaches the effect's run state at bind."""
+
+    def __init__(self, roles: Mapping[str, str], family: Any, runs: Mapping[int, Any]) -> None:
+        self._roles = dict(roles)
+        self.family = family
+        self.runs = runs
+
+    def __getitem__(self, name: str) -> str:
+        return self._roles[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._roles)
+
+    def __len__(self) -> int:
+        return len(self._roles)
+
+    def __repr__(self) -> str:
+        return f"LayerRoles({self._roles!r}, family={getattr(self.family, 'name', self.family)!r})"
+
+
 class Effect:
     """Base class of visattn effects.
 
+    An effect is a configuration a user can reuse: its constructor validates the parameters, which are fixed once
+    it returns (:attr:`frozen_parameters`; :meth:`copy_with` builds a changed copy). What it learns while attached
+    (layers, caches, counters, collected results) goes in its run state, one per attachment (:meth:`new_run`,
+    reached with :meth:`run_of`), so one effect attached to several pipelines acts as independent copies.
+
     Args:
         layers: identifiers as in diffusers' ``pag_applied_layers`` plus ``"self"``/``"cross"``/``"joint"``
-            (see :mod:`visattn.layers`); ``None`` acts on every layer of the roles in :attr:`roles`.
+            (see :mod:`visattn.layers`); ``None`` acts on every layer of the roles in :attr:`roles`;
+            ``FAMILY_DEFAULT`` (perturbation guidance) the attached model family's default, resolved per
+            attachment.
         steps: a fraction ``f`` (the first ``f`` of the schedule) or a ``(start, stop)`` fraction range.
     """
 
@@ -144,6 +179,14 @@ class Effect:
                 f"effect.copy_with({name}=...)"
             )
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A frozen effect is its configuration: copies and pickles rebuild it from its constructor arguments (checked
+        # again), leaving out what it holds for its attachments (a read-only mapping or a weak set would not pickle).
+        if type(self).frozen_parameters and "_arguments" in self.__dict__:
+            cls, (args, kwargs) = self.__dict__["_arguments"]
+            return _rebuild, (cls, args, kwargs)
+        return super().__reduce_ex__(protocol)
+
     def copy_with(self, **changes: Any) -> Effect:
         """A new effect of the same class with the same constructor arguments except ``changes`` (validated by the
         constructor as usual). Raises TypeError naming a parameter the constructor does not take."""
@@ -173,36 +216,49 @@ class Effect:
         return cls(*args, **kwargs)
 
     def __init__(self, *, layers: str | Iterable[str] | None = None, steps=None) -> None:
-        # FAMILY_DEFAULT (perturbation guidance): resolved per model at attach, see use_family_defaults.
-        self._family_default = layers is FAMILY_DEFAULT
-        self.layers = None if self._family_default else normalize_layers(layers)
+        # FAMILY_DEFAULT (perturbation guidance) stays as given: each attachment resolves it against its own
+        # model (layers_for), so one effect attached to an SD and an SD3 pipeline perturbs each one's default.
+        self.layers = FAMILY_DEFAULT if layers is FAMILY_DEFAULT else normalize_layers(layers)
         # The roles a call must have at run time: the role keywords of ``layers``, else the effect's own roles.
         # Checked on every call too, since a module's static role can miss what its calls are (a new-style
-        # attention module does not say that it is cross-attention).
-        self._call_roles = tuple(layer for layer in self.layers or () if layer in ROLE_KEYWORDS) or self.roles
+        # attention module does not say that it is cross-attention). A family's default names no role keyword.
+        explicit = () if self.layers is FAMILY_DEFAULT else self.layers or ()
+        self._call_roles = tuple(layer for layer in explicit if layer in ROLE_KEYWORDS) or self.roles
         self.steps = normalize_steps(steps)
 
     # --- attach time -------------------------------------------------------------------------------------
-    def use_family_defaults(self, family: Any, roles: dict[str, str]) -> None:
-        """Resolve ``layers=FAMILY_DEFAULT`` against the model about to be attached (``roles``: its attention
-        layers' static roles), before :meth:`bind`."""
-        if self._family_default:
-            self.layers = normalize_layers(family.default_pag_layers(roles))
-            self._call_roles = self.roles
+    def layers_for(self, roles: Mapping[str, str]) -> tuple[str, ...] | None:
+        """``layers`` for the model being attached (``roles``: a :class:`LayerRoles`): ``FAMILY_DEFAULT`` becomes
+        the model family's default (:meth:`visattn.families.Family.default_pag_layers`); nothing is stored."""
+        if self.layers is not FAMILY_DEFAULT:
+            return self.layers
+        family = getattr(roles, "family", None)
+        if family is None:
+            raise ValueError(
+                f"{type(self).__name__}(layers=FAMILY_DEFAULT) is resolved against the attached model's family; "
+                "bind it through visattn.attach"
+            )
+        return normalize_layers(family.default_pag_layers(dict(roles)))
+
+    def use_family_defaults(self, family: Any, roles: Mapping[str, str]) -> None:
+        """An attach-time check of the model's family (``roles``: its attention layers' static roles), before
+        :meth:`bind`: raise ValueError to refuse a family the effect cannot work with. Nothing is stored on the
+        effect; ``layers=FAMILY_DEFAULT`` is resolved per attachment by :meth:`layers_for`."""
 
     def needs(self) -> tuple[str, ...]:
         """The family facts this effect cannot work without (``"grid"``, ``"text"``, ``"words"``; see
         :meth:`visattn.families.Family.missing`): :func:`visattn.attach` refuses a model whose family lacks one."""
         return ()
 
-    def bind(self, roles: dict[str, str]) -> frozenset[str]:
-        """The attention layers this effect acts on among a denoiser's (``roles``: ``name -> static role``):
-        ``layers`` resolved. The attachment keeps the answer, so one effect attached to several pipelines acts on
-        each one's own selection.
+    def bind(self, roles: Mapping[str, str]) -> frozenset[str]:
+        """The attention layers this effect acts on among a denoiser's (``roles``: a :class:`LayerRoles`,
+        ``name -> static role``): ``layers`` resolved. The attachment keeps the answer, so one effect attached to
+        several pipelines acts on each one's own selection. What an override learns here belongs in the
+        attachment's run state (``self.run_of(roles)``), never on the effect.
 
         Raises ValueError listing the available layers when an identifier matches nothing.
         """
-        return frozenset(select_layers(roles, self.layers, f"{type(self).__name__}(layers=...)"))
+        return frozenset(select_layers(roles, self.layers_for(roles), f"{type(self).__name__}(layers=...)"))
 
     def new_run(self) -> Any:
         """A fresh object for what this effect learns and keeps at run time in one attachment (caches, collected
@@ -213,12 +269,28 @@ class Effect:
 
     def run_of(self, where: Any) -> Any:
         """This effect's run state in the attachment ``where`` belongs to: a :class:`~visattn.context.CallContext`,
-        a :class:`~visattn.state.DenoiserState` or an :class:`~visattn.attachment.Attachment`."""
-        return where.runs[id(self)]
+        a :class:`~visattn.state.DenoiserState`, a :class:`LayerRoles` (at bind) or an
+        :class:`~visattn.attachment.Attachment`.
 
-    def detached(self, states: list[Any]) -> None:
-        """Forget what this effect kept for the denoiser call states of an attachment being detached (caches keyed
-        by state); other attachments of the same effect keep theirs."""
+        Raises KeyError when this effect is not part of that attachment (a call context built by hand).
+        """
+        try:
+            return where.runs[id(self)]
+        except KeyError:
+            raise KeyError(
+                f"{type(self).__name__} has no run state here: it is not one of the effects attached where this call "
+                "runs (attach it with visattn.attach)"
+            ) from None
+
+    def attached(self, run: Any, roles: Mapping[str, str], pipeline: Any) -> Callable[[], None] | None:
+        """Attach-time work of one attachment once its hooks are in place: fill ``run`` (this effect's run state
+        there), hook what the effect needs on the pipeline (``None`` for a bare denoiser); returns what undoes it
+        on detach. By default :meth:`prepare_pipeline`."""
+        return self.prepare_pipeline(pipeline) if pipeline is not None else None
+
+    def detached(self, run: Any) -> None:
+        """Free what ``run`` (this effect's run state in an attachment being detached) holds that is of no use
+        after detach (TGATE's caches); what a user reads after a generation (collected maps) stays readable."""
 
     def prepare_pipeline(self, pipeline: Any) -> Callable[[], None] | None:
         """Adjust the attached pipeline before it runs (Prompt-to-Prompt gives every prompt the same initial

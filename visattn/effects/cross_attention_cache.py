@@ -40,11 +40,14 @@ known step the layers compute normally.
 
 Caches are refilled at the gate step of every run and dropped when a step before the gate (or a step index lower
 than the last one seen: a new run) arrives; a run or a second denoiser (Wan 2.2) that reaches the gate without a
-cache computes the layer once and reuses that. ``clear()`` or detaching frees them.
+cache computes the layer once and reuses that. ``clear()`` or detaching frees them. Each attachment of the effect
+keeps its own caches and step counters (its run state, ``attachment.run_of(tgate)``), so one effect attached to
+several pipelines acts as several independent copies.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -81,6 +84,34 @@ def tgate_phase(index: int, gate: int, warm_up: int, sp_interval: int, fi_interv
     return "reuse", ("store" if index % fi_interval == 0 else "reuse")
 
 
+class _Run:
+    """What one TGATE effect learns and keeps in one attachment (:meth:`CrossAttentionCache.new_run`); keyed by
+    denoiser state inside it, since the attachment's denoisers (Wan 2.2's two transformers) share layer names."""
+
+    def __init__(self) -> None:
+        #: the self-attention layers cached on the authors' schedule (those among the selected layers)
+        self.self_layers: frozenset[str] = frozenset()
+        # (id of the denoiser state, layer name) -> {branch name: finished output rows, "shape": input shape}
+        self.caches: dict[tuple[int, str], dict[str, Any]] = {}
+        # per denoiser state: last step seen (a smaller one starts a new run), and whether the guidance branches
+        # were verified to give the same prediction once cross-attention is cached (None: not checked yet)
+        self.last_step: dict[int, int] = {}
+        self.redundant: dict[int, bool | None] = {}
+        self.cond_prediction: dict[int, tuple[int, torch.Tensor, Any]] = {}
+
+    def clear(self) -> None:
+        self.caches.clear()
+        self.last_step.clear()
+        self.redundant.clear()
+        self.cond_prediction.clear()
+
+    def new_generation(self, state_id: int) -> None:
+        for key in [key for key in self.caches if key[0] == state_id]:
+            del self.caches[key]
+        self.redundant.pop(state_id, None)
+        self.cond_prediction.pop(state_id, None)
+
+
 class CrossAttentionCache(Effect):
     """Cache each cross-attention layer's output at the gate step and reuse it afterwards (T-GATE), and cache
     self-attention on the authors' schedule.
@@ -110,6 +141,7 @@ class CrossAttentionCache(Effect):
     """
 
     roles = ("cross",)
+    frozen_parameters = True
 
     def needs(self) -> tuple[str, ...]:
         return ("text",)
@@ -149,15 +181,9 @@ class CrossAttentionCache(Effect):
             if skip_uncond is None
             else check_bool(skip_uncond, "skip_uncond")
         )
-        self.self_attention = bool(self_attention)
-        self._self_layers: frozenset[str] = frozenset()
-        # (id of the denoiser state, layer name) -> {branch name: finished output rows, "shape": input shape}
-        self._caches: dict[tuple[int, str], dict[str, Any]] = {}
-        # per denoiser state: last step seen (a smaller one starts a new run), and whether the guidance branches
-        # were verified to give the same prediction once cross-attention is cached (None: not checked yet)
-        self._last_step: dict[int, int] = {}
-        self._redundant: dict[int, bool | None] = {}
-        self._cond_prediction: dict[int, tuple[int, torch.Tensor, Any]] = {}
+        self.self_attention = check_bool(self_attention, "self_attention")
+        # Every attachment keeps its own caches (new_run), so one effect may serve several pipelines.
+        self._runs: weakref.WeakSet[_Run] = weakref.WeakSet()
 
     @property
     def skip_uncond(self) -> bool:
@@ -178,7 +204,12 @@ class CrossAttentionCache(Effect):
         return step.index, self.gate_index(step.total)
 
     # --- attach time ---------------------------------------------------------------------------------------------
-    def bind(self, roles: dict[str, str]) -> frozenset[str]:
+    def new_run(self) -> _Run:
+        run = _Run()
+        self._runs.add(run)
+        return run
+
+    def bind(self, roles) -> frozenset[str]:
         cross = {name for name, role in roles.items() if role == "cross"}
         if not cross:
             present = ", ".join(sorted(set(roles.values()))) or "none"
@@ -195,27 +226,18 @@ class CrossAttentionCache(Effect):
                 f"cross-attention layers: {', '.join(sorted(cross))}"
             )
         # The authors hook every attention module: self-attention among the selected layers is cached as well.
-        chosen_self = frozenset(name for name in chosen if roles[name] == "self") if self.self_attention else ()
-        self._self_layers = self._self_layers | frozenset(chosen_self)
-        return selected | frozenset(chosen_self)
+        chosen_self = frozenset(name for name in chosen if roles[name] == "self" and self.self_attention)
+        self.run_of(roles).self_layers = chosen_self
+        return selected | chosen_self
 
-    def detached(self, states: list[Any]) -> None:
-        for state in states:
-            self._new_run(id(state))
-            self._last_step.pop(id(state), None)
+    def detached(self, run: _Run) -> None:
+        run.clear()
 
     def clear(self) -> None:
-        """Forget every cached output (the next run computes and stores them again)."""
-        self._caches.clear()
-        self._last_step.clear()
-        self._redundant.clear()
-        self._cond_prediction.clear()
-
-    def _new_run(self, state_id: int) -> None:
-        for key in [key for key in self._caches if key[0] == state_id]:
-            del self._caches[key]
-        self._redundant.pop(state_id, None)
-        self._cond_prediction.pop(state_id, None)
+        """Forget every cached output, in every attachment of this effect (the next run computes and stores them
+        again); ``attachment.run_of(tgate).clear()`` forgets one attachment's."""
+        for run in list(self._runs):
+            run.clear()
 
     # --- one attention layer call ----------------------------------------------------------------------------------
     def wrap_attention(self, call: Callable[[], Any], hidden_states: torch.Tensor, layer_name: str, state: Any) -> Any:
@@ -226,29 +248,32 @@ class CrossAttentionCache(Effect):
         index, gate = self._phase(state)
         if index is None or gate is None:
             return call()
+        run = self.run_of(state)
         key = (id(state), layer_name)
         cross, self_attention = tgate_phase(index, gate, self.warm_up, self.sp_interval, self.fi_interval)
-        action = self_attention if layer_name in self._self_layers else cross
+        action = self_attention if layer_name in run.self_layers else cross
         if action == "compute":
-            if layer_name not in self._self_layers:
-                self._caches.pop(key, None)  # before the gate: a new run's cross-attention is never reused
+            if layer_name not in run.self_layers:
+                run.caches.pop(key, None)  # before the gate: a new run's cross-attention is never reused
             return call()
         layout = _layout_of(state, hidden_states.shape[0])
         if action == "reuse":
-            cached = self._reuse(key, layout, hidden_states)
+            cached = self._reuse(run, key, layout, hidden_states)
             if cached is not None:
                 return cached
-            if layer_name in self._self_layers:
+            if layer_name in run.self_layers:
                 return call()  # the authors' processor: reuse without a cache computes, and stores nothing
         # A store step, or a run that reached the gate without a cross-attention cache for this layer (it started
         # late, or a second denoiser took over): compute, and store for the steps that follow.
         out = call()
         if isinstance(out, torch.Tensor):
-            self._store(key, layout, hidden_states, out, averaged=self.average and index == gate - 1)
+            self._store(run, key, layout, hidden_states, out, averaged=self.average and index == gate - 1)
         return out
 
-    def _store(self, key, layout: BatchLayout, hidden_states: torch.Tensor, out: torch.Tensor, averaged: bool) -> None:
-        entry = self._caches.setdefault(key, {})
+    def _store(
+        self, run: _Run, key, layout: BatchLayout, hidden_states: torch.Tensor, out: torch.Tensor, averaged: bool
+    ) -> None:
+        entry = run.caches.setdefault(key, {})
         if entry.get("shape") != tuple(hidden_states.shape[1:]) or entry.get("averaged") != averaged:
             entry.clear()  # a new kind of entry (per branch before the gate, branch means at it)
         entry["shape"] = tuple(hidden_states.shape[1:])
@@ -257,8 +282,10 @@ class CrossAttentionCache(Effect):
         for branch in layout.branches:
             entry[branch.name] = out[branch.start : branch.stop].detach()
 
-    def _reuse(self, key: tuple[int, str], layout: BatchLayout, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        entry = self._caches.get(key)
+    def _reuse(
+        self, run: _Run, key: tuple[int, str], layout: BatchLayout, hidden_states: torch.Tensor
+    ) -> torch.Tensor | None:
+        entry = run.caches.get(key)
         if entry is None or entry.get("shape") != tuple(hidden_states.shape[1:]):
             return None
         memo = entry.get("memo")
@@ -284,13 +311,13 @@ class CrossAttentionCache(Effect):
 
     # --- the denoiser call: drop the redundant unconditional branch after the gate ------------------------------
     def wrap_denoiser(self, forward, args, kwargs, state):
-        state_id = id(state)
+        state_id, run = id(state), self.run_of(state)
         index, gate = self._phase(state)
         if index is not None:
-            last = self._last_step.get(state_id)
+            last = run.last_step.get(state_id)
             if last is not None and index < last:
-                self._new_run(state_id)
-            self._last_step[state_id] = index
+                run.new_generation(state_id)
+            run.last_step[state_id] = index
         layout = state.batch
         if not (self.single_branch and self.average) or index is None or gate is None or index < gate or layout is None:
             return forward(*args, **kwargs)
@@ -337,21 +364,21 @@ class CrossAttentionCache(Effect):
 
     def _per_branch_guidance(self, forward, args, kwargs, state, name: str, index: int):
         # Pipelines that call the denoiser once per branch (Wan: "cond" first, then "uncond" with the same latents).
-        state_id = id(state)
+        state_id, run = id(state), self.run_of(state)
         sample = state.inputs.sample if state.inputs is not None else None
         if name == "cond":
             output = forward(*args, **kwargs)
             if sample is not None:
-                self._cond_prediction[state_id] = (index, sample, output)
+                run.cond_prediction[state_id] = (index, sample, output)
             return output
-        stored = self._cond_prediction.pop(state_id, None)
+        stored = run.cond_prediction.pop(state_id, None)
         usable = stored is not None and stored[0] == index and sample is not None and torch.equal(stored[1], sample)
-        redundant = self._redundant.get(state_id)
+        redundant = run.redundant.get(state_id)
         if usable and redundant:
             return stored[2]
         output = forward(*args, **kwargs)
         if usable and redundant is None:
-            self._redundant[state_id] = _agree(prediction_of(output), prediction_of(stored[2]))
+            run.redundant[state_id] = _agree(prediction_of(output), prediction_of(stored[2]))
         return output
 
     def __repr__(self) -> str:

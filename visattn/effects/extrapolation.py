@@ -47,6 +47,7 @@ class _GridSizedEffect(Effect):
     """
 
     roles = ("self", "joint")
+    frozen_parameters = True
 
     def needs(self) -> tuple[str, ...]:
         return ("grid",)

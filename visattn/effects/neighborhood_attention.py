@@ -55,6 +55,7 @@ class NeighborhoodAttention(Effect):
     """
 
     roles = ("self", "joint")
+    frozen_parameters = True
 
     def needs(self) -> tuple[str, ...]:
         return ("grid",)

@@ -80,10 +80,13 @@ class PerturbationGuidance(Effect):
     roles = ("self", "joint")
     #: prefix of the branch name this effect adds (``"<prefix>:<n>"``, unique per effect instance)
     branch_prefix = "perturbed"
+    frozen_parameters = True
 
     def __init__(self, scale: float, *, layers: str | Iterable[str] | None = None, steps=None) -> None:
         super().__init__(layers=layers, steps=steps)
         self.scale = check_scale(scale)
+        # Fixed at construction, like the parameters: one name per effect object (a copy_with copy gets its own),
+        # the same in every attachment; the effect is refused twice in one attachment, so names never collide.
         self.branch = f"{self.branch_prefix}:{next(_BRANCH_IDS)}"
 
     def scale_at(self, timestep: float | None) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import torch
 
@@ -26,7 +27,7 @@ from .base import AttentionCall
 from .perturbation_guidance import PerturbationGuidance, identity_rows
 
 
-def _check_heads(heads: object) -> dict[str, tuple[int, ...]] | None:
+def _check_heads(heads: object) -> Mapping[str, tuple[int, ...]] | None:
     """``heads`` normalized to ``{layer identifier: (head indices...)}``; each identifier must compile as a regex and
     each index be an int >= 0 (whether it is below the layer's head count is checked at attach, see
     :meth:`PerturbedAttentionGuidance.check_modules`)."""
@@ -49,7 +50,7 @@ def _check_heads(heads: object) -> dict[str, tuple[int, ...]] | None:
         if not indices or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in indices):
             raise ValueError(f"heads[{layer!r}] must be non-negative head indices (int); got {indices!r}")
         checked[layer] = tuple(int(i) for i in indices)
-    return checked
+    return MappingProxyType(checked)  # read-only: the effect's parameters are fixed once it is built
 
 
 def head_mask(heads: Mapping[str, tuple[int, ...]] | None, ctx: CallContext) -> torch.Tensor | None:
@@ -148,6 +149,7 @@ class PerturbedAttentionGuidance(PerturbationGuidance):
 
     def __repr__(self) -> str:
         return (
-            f"PerturbedAttentionGuidance(scale={self.scale}, layers={self.layers}, heads={self.heads}, "
+            f"PerturbedAttentionGuidance(scale={self.scale}, layers={self.layers}, "
+            f"heads={None if self.heads is None else dict(self.heads)}, "
             f"strength={self.strength}, adaptive_scale={self.adaptive_scale}, steps={self.steps})"
         )

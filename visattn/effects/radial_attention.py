@@ -103,6 +103,7 @@ class RadialAttention(Effect):
     """
 
     roles = ("self", "joint")
+    frozen_parameters = True
 
     def needs(self) -> tuple[str, ...]:
         return ("grid",)

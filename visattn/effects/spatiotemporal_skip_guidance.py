@@ -69,12 +69,29 @@ def _rows_of(tensor: torch.Tensor, rows: slice, batch_size: int) -> slice:
     return slice(rows.start * per, rows.stop * per)
 
 
+class _Run:
+    """What one STG effect learns and keeps in one attachment (:meth:`SpatioTemporalSkipGuidance.new_run`)."""
+
+    def __init__(self) -> None:
+        #: the perturbation on this model: ``mode``, or the family's (``"block"`` on video, ``"skip"`` on images)
+        self.mode = "skip"
+        #: ``mode="block"``: the attention layers whose blocks are skipped (the attention layers stay bare)
+        self.selected: frozenset[str] = frozenset()
+        #: transformer blocks hooked on the attached pipeline
+        self.hooked_blocks = 0
+        #: the denoiser call states of the running calls (innermost last), read by the block hooks
+        self.states: list[Any] = []
+        #: separate-CFG pipelines: the conditional call's (timestep, eps_c, eps_p, g), per denoiser state
+        self.pending: dict[int, tuple] = {}
+
+
 class _BlockSkipHook(ModelHook):
     """STG-R on one transformer block: the perturbed rows leave the block as they entered it."""
 
-    def __init__(self, effect: SpatioTemporalSkipGuidance, metadata: TransformerBlockMetadata) -> None:
+    def __init__(self, effect: SpatioTemporalSkipGuidance, run: _Run, metadata: TransformerBlockMetadata) -> None:
         super().__init__()
         self.effect = effect
+        self.run = run
         self.metadata = metadata
 
     def _restore(self, output: torch.Tensor, given: torch.Tensor, rows: slice, batch_size: int) -> torch.Tensor:
@@ -87,7 +104,7 @@ class _BlockSkipHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         output = self.fn_ref.original_forward(*args, **kwargs)
-        found = self.effect.block_rows()
+        found = self.effect.block_rows(self.run)
         if found is None:
             return output
         rows, batch_size = found
@@ -150,28 +167,27 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
         self.mode = mode
         self.guidance = guidance
         self.rescale = None if rescale is None else float(rescale)
-        self._resolved = mode or "skip"
-        self._selected: frozenset[str] = frozenset()
-        self._hooked_blocks = 0
-        self._states: list[Any] = []
-        #: separate-CFG pipelines: the conditional call's (timestep, eps_c, eps_p, g), per denoiser state
-        self._pending: dict[int, tuple] = {}
 
     # --- attach time -------------------------------------------------------------------------------------------
-    def use_family_defaults(self, family: Any, roles: dict[str, str]) -> None:
-        super().use_family_defaults(family, roles)
-        self._resolved = self.mode or ("block" if getattr(family, "video", False) else "skip")
+    def new_run(self) -> _Run:
+        return _Run()
 
-    def bind(self, roles: dict[str, str]) -> frozenset[str]:
+    def mode_for(self, family: Any) -> str:
+        """The perturbation on a model of ``family``: ``mode``, else ``"block"`` on video and ``"skip"`` on images."""
+        return self.mode or ("block" if getattr(family, "video", False) else "skip")
+
+    def bind(self, roles) -> frozenset[str]:
         selected = super().bind(roles)
-        if self._resolved != "block":
+        run = self.run_of(roles)
+        run.mode = self.mode_for(roles.family)
+        if run.mode != "block":
             return selected
-        # Block mode perturbs no attention call: the blocks are hooked in prepare_pipeline, the layers stay bare.
-        self._selected = selected
+        # Block mode perturbs no attention call: the blocks are hooked in attached(), the layers stay bare.
+        run.selected = selected
         return frozenset()
 
-    def prepare_pipeline(self, pipeline: Any):
-        if self._resolved != "block":
+    def attached(self, run: _Run, roles, pipeline: Any):
+        if run.mode != "block" or pipeline is None:
             return None
         from ..attachment import DENOISER_ATTRIBUTES  # the attachment imports the processors: import late
 
@@ -184,7 +200,7 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
             base = getattr(model, "_orig_mod", model)
             modules = dict(base.named_modules())
             blocks: dict[int, tuple[torch.nn.Module, TransformerBlockMetadata]] = {}
-            for layer in sorted(self._selected):
+            for layer in sorted(run.selected):
                 if layer not in modules:
                     continue
                 parts = layer.split(".")
@@ -200,10 +216,12 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
                         "TransformerBlockRegistry knows; use mode='skip' or 'identity' for this model"
                     )
             for block, metadata in blocks.values():
-                HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockSkipHook(self, metadata), name)
+                HookRegistry.check_if_exists_or_initialize(block).register_hook(
+                    _BlockSkipHook(self, run, metadata), name
+                )
                 hooked.append((base, block))
             _invalidate(base)
-        self._hooked_blocks += len(hooked)
+        run.hooked_blocks += len(hooked)
 
         def undo() -> None:
             for _base, block in hooked:
@@ -212,37 +230,38 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
                     registry.remove_hook(name, recurse=False)
             for base in {id(base): base for base, _ in hooked}.values():
                 _invalidate(base)
-            self._hooked_blocks -= len(hooked)
+            run.hooked_blocks -= len(hooked)
 
         return undo
 
-    def detached(self, states: list[Any]) -> None:
-        for state in states:
-            self._pending.pop(id(state), None)
+    def detached(self, run: _Run) -> None:
+        run.pending.clear()
 
     # --- call time ---------------------------------------------------------------------------------------------
-    def block_rows(self) -> tuple[slice, int] | None:
-        """The perturbed rows and batch size of the running denoiser call (``None`` outside this effect's call)."""
-        if not self._states or self._resolved != "block":
+    def block_rows(self, run: _Run) -> tuple[slice, int] | None:
+        """The perturbed rows and batch size of the running denoiser call of the attachment ``run`` belongs to
+        (``None`` outside this effect's call)."""
+        if not run.states or run.mode != "block":
             return None
-        batch = self._states[-1].batch
+        batch = run.states[-1].batch
         if batch is None or self.branch not in batch.names:
             return None
         return batch.rows(self.branch), batch.batch_size
 
     def wrap_denoiser(self, forward, args, kwargs, state):
-        if self._resolved == "block" and not self._hooked_blocks and self.scale_at(None) != 0:
+        run = self.run_of(state)
+        if run.mode == "block" and not run.hooked_blocks and self.scale_at(None) != 0:
             raise ValueError(
                 "SpatioTemporalSkipGuidance(mode='block') skips transformer blocks, which it finds through the "
                 "pipeline: attach the pipeline, not a bare denoiser (or use mode='skip' or 'identity')"
             )
-        self._states.append(state)
+        run.states.append(state)
         try:
             if self.guidance == "cond" and self.rescale is None:
                 return super().wrap_denoiser(forward, args, kwargs, state)
             return self._guided(forward, args, kwargs, state)
         finally:
-            self._states.pop()
+            run.states.pop()
 
     def _with_branch(self, forward, args, kwargs, state, source: slice):
         """Run the denoiser with a copy of ``source`` rows as this effect's branch: (output, main, perturbed)."""
@@ -303,10 +322,11 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
                     main, perturbed = prediction_of(output), None
                 else:
                     output, main, perturbed = self._with_branch(forward, args, kwargs, state, layout.rows("cond"))
-                self._pending[id(state)] = (state.step.timestep, main.detach(), perturbed, g)
+                self.run_of(state).pending[id(state)] = (state.step.timestep, main.detach(), perturbed, g)
                 return output
-            if names == ("uncond",) and id(state) in self._pending:
-                seen, cond, perturbed, g = self._pending.pop(id(state))
+            pending = self.run_of(state).pending
+            if names == ("uncond",) and id(state) in pending:
+                seen, cond, perturbed, g = pending.pop(id(state))
                 if seen != state.step.timestep:
                     return forward(*args, **kwargs)
                 if wan:
@@ -326,10 +346,13 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
 
     def perturb(self, call: AttentionCall, rows: slice) -> None:
         """Zero the perturbed rows' values (``"skip"``) or make their attention the identity (``"identity"``)."""
-        if self._resolved == "identity":
+        run = call.ctx.runs.get(id(self))
+        # Outside an attachment (a call context built by hand) the family is unknown: ``mode``, else "skip".
+        mode = run.mode if run is not None else self.mode or "skip"
+        if mode == "identity":
             identity_rows(call, rows, 1.0)
             return
-        if self._resolved == "block":
+        if mode == "block":
             return  # the blocks are skipped by their own hooks
         # With zero values every weighted sum is exactly zero, whatever pattern, modifier or blend other effects
         # add to the call, so the attention contributes nothing for these rows and the rest run unchanged.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -65,6 +66,7 @@ class IdentityPerturbation(Effect):
     """
 
     roles = PERTURBED_ROLES
+    frozen_parameters = True
 
     def __init__(self, heads: Mapping[str, Sequence[int] | None], strength: float = 1.0) -> None:
         if not isinstance(heads, Mapping) or not heads:
@@ -79,7 +81,7 @@ class IdentityPerturbation(Effect):
                     raise ValueError(f"heads[{layer!r}] must be non-negative head indices or None; got {indices!r}")
             checked[layer] = indices
         super().__init__(layers=[layer_pattern(layer) for layer in checked])
-        self.heads = checked
+        self.heads = MappingProxyType(checked)  # read-only: the effect's parameters are fixed once it is built
         self.strength = float(strength)
 
     def apply(self, call: AttentionCall) -> None:
@@ -108,7 +110,7 @@ class IdentityPerturbation(Effect):
         call.identity_blend = blend
 
     def __repr__(self) -> str:
-        return f"IdentityPerturbation(heads={self.heads}, strength={self.strength})"
+        return f"IdentityPerturbation(heads={dict(self.heads)}, strength={self.strength})"
 
 
 def _normalize_layer_selection(layers: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
