@@ -77,6 +77,29 @@ def test_key_shards_at_global_indices_merge_to_whole_attention(ring):
     assert (torch.cat(rows, dim=2) - whole).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("backend", ["reference", "flex"])
+def test_interleaved_shards_placed_by_runs(backend):
+    """Joint attention split per stream (Flux): each rank's shard is ``[text_r, image_r]``, two runs of the whole
+    sequence; placed by runs, every backend computes the whole sequence's rows."""
+    from visattn.kernels import available_backends
+
+    if not available_backends()[backend][0]:
+        pytest.skip(f"{backend} is not available here")
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 44, 8, generator=generator) for _ in range(3))  # 8 text tokens, then 4 x 3 x 3
+    pattern = NeighborhoodPattern((4, 3, 3), (3, 3, 3), offset=8)
+    whole = attention(q, k, v, pattern=pattern, backend="reference")
+    runs = [((0, 4), (8, 18)), ((4, 4), (26, 18))]  # rank r: text [4r, 4r + 4), image [8 + 18r, 26 + 18r)
+
+    def gather(x: torch.Tensor, placed: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        return torch.cat([x[:, :, start : start + length] for start, length in placed], dim=2)
+
+    for rank in range(2):
+        shards = [(gather(k, runs[s]), gather(v, runs[s]), runs[s]) for s in (rank, 1 - rank)]
+        out, _ = attend_key_shards(gather(q, runs[rank]), shards, runs[rank], pattern, None, None, backend)
+        assert (out - gather(whole, runs[rank])).abs().max() <= 1e-5
+
+
 def test_a_shard_the_pattern_masks_entirely_is_skipped():
     pattern = NeighborhoodPattern((4, 3, 3), (1, 3, 3))
     first_to_last = PlacedPattern(pattern, _Placement(((0, 9),), ((27, 9),)))

@@ -514,14 +514,22 @@ class _Placement:
     queries: tuple[tuple[int, int], ...]
     keys: tuple[tuple[int, int], ...]
     device: Any = field(default=None, compare=False)
+    _tables: tuple[torch.Tensor | None, torch.Tensor | None] = field(
+        default=(None, None), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        # Position tables only for blocks of several runs (joint shards), made once here: FlexAttention traces
+        # mask_mod, where building them would be traced too.
+        tables = tuple(None if len(runs) == 1 else _positions(runs, self.device) for runs in (self.queries, self.keys))
+        object.__setattr__(self, "_tables", tables)
 
     def place(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._lookup(self.queries, q_idx), self._lookup(self.keys, kv_idx)
+        return self._lookup(0, q_idx), self._lookup(1, kv_idx)
 
-    def _lookup(self, runs: tuple[tuple[int, int], ...], idx: torch.Tensor) -> torch.Tensor:
-        if len(runs) == 1:
-            return idx + runs[0][0]
-        return _positions(runs, self.device)[idx]
+    def _lookup(self, which: int, idx: torch.Tensor) -> torch.Tensor:
+        table = self._tables[which]
+        return idx + (self.queries, self.keys)[which][0][0] if table is None else table[idx]
 
 
 @dataclass(frozen=True)
@@ -557,7 +565,6 @@ class PlacedScoreModifier(ScoreModifier):
         return ("placed", self.inner.cache_key(), self.at.queries, self.at.keys)
 
 
-@functools.lru_cache(maxsize=64)
 def _positions(runs: tuple[tuple[int, int], ...], device: Any) -> torch.Tensor:
     return torch.cat([torch.arange(start, start + length, device=device) for start, length in runs])
 
