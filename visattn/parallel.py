@@ -14,15 +14,14 @@ modifiers and per-token effects need; this module says where that slice sits:
 * **Local calls**: a processor that passes no parallel config (Wan's cross-attention over replicated text) calls
   SDPA on this rank's query shard. Effects need the full query grid, so the queries are gathered from every rank,
   the call runs whole on each (every rank ends with the same maps and masks), and each keeps its own rows.
-
 * **Ring calls** (``ring_degree > 1``): each rank keeps its query shard and the key/value shards rotate. visattn
   computes the ring itself for the layers its effects act on (:func:`ring_attention`, in place of diffusers'
   ``TemplatedRingAttention``): the effects contribute once per call against the whole sequence's context, each
-  key shard's step evaluates their patterns and score modifiers at global token indices (:class:`PlacedPattern`), a key
-  shard the pattern masks entirely is skipped, and the steps merge by log-sum-exp as diffusers' ring does. Effects
-  that need whole rows or the whole query grid (probability edits and reads, changed queries, keys or values) are
-  refused with a ValueError naming the Ulysses config (:func:`check_model` before any step, :func:`ring_attention`
-  as a backstop).
+  key shard's step evaluates their patterns and score modifiers at global token indices
+  (:class:`PlacedPattern`), a key shard the pattern masks entirely is skipped, and the steps merge by log-sum-exp
+  as diffusers' ring does. Effects that need whole rows or the whole query grid (probability edits and reads,
+  changed queries, keys or values) are refused with a ValueError naming the Ulysses config (:func:`check_model`
+  before any step, :func:`ring_attention` as a backstop).
 """
 
 from __future__ import annotations
@@ -678,8 +677,8 @@ def ring_attention(
     ``query``, ``key``, ``value`` are this rank's shards in diffusers' layout ``[B, N, H, D]``. The effects see the
     whole sequence's context once (as in one process); the key/value shards are all-gathered over the ring, and
     each step runs visattn's core on this rank's queries and one key shard with the patterns and score modifiers
-    placed at both shards' global positions (:class:`PlacedPattern`), skipping a shard the patterns mask entirely. Steps
-    merge by log-sum-exp (:func:`_merge`); an identity blend (PAG) then mixes in each query's own value, which this
+    placed at both shards' global positions (:func:`attend_key_shards`), skipping a shard the patterns mask
+    entirely; steps merge by log-sum-exp. An identity blend (PAG) then mixes in each query's own value, which this
     rank's own key shard holds. Returns ``(out [B, N, H, D], lse [B, N, H])``.
 
     Raises:
@@ -710,12 +709,14 @@ def ring_attention(
     ctx, partial = layer._context(q, whole_keys, n_q=n_q * ring)
     acting = [effect for effect in layer.effects if effect.acts_on(ctx)]
     query_positions = _shard_positions(ctx.queries, ctx.role, ring)
-    key_positions = query_positions if ctx.keys == ctx.queries else torch.arange(n_k * ring)
     if acting and (partial is not None or query_positions is None):
         raise ValueError(
             f"visattn cannot place the ring shards of layer {layer.layer_name!r} in its whole sequence "
             f"({ctx.role} attention over {ctx.queries.length} tokens). {use}"
         )
+    if query_positions is None:
+        query_positions = torch.arange(n_q * ring)  # nothing acts: positions place no pattern
+    key_positions = query_positions if ctx.keys == ctx.queries else torch.arange(n_k * ring)
     call = AttentionCall(ctx, q, k, v, scale=scale, backend=layer.backend)
     for effect in acting:
         effect.apply(call)
