@@ -683,7 +683,7 @@ def ring_attention(
 
     Raises:
         ValueError: an effect that needs more than patterns, score modifiers and identity blends (the message
-            names it and the Ulysses config); a model mask, or gradients through the call.
+            names it and the Ulysses config); a model mask.
     """
     import torch.distributed._functional_collectives as funcol
 
@@ -691,11 +691,6 @@ def ring_attention(
 
     ring, rank, mesh = int(config.ring_degree), int(config._ring_local_rank), config._ring_mesh
     use = f"Use Ulysses: ContextParallelConfig(ulysses_degree={ring})"
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        raise ValueError(
-            f"gradients through visattn's effects under ring attention (layer {layer.layer_name!r}) are not "
-            f"supported. {use}"
-        )
     if attn_mask is not None:
         raise ValueError(
             f"layer {layer.layer_name!r} passes an attention mask to ring attention, which diffusers applies to every "
@@ -747,8 +742,13 @@ def ring_attention(
     pattern, score_mod = all_of(call.patterns), chain(call.score_mods)
     queries = _runs(query_positions[own])
     flat = torch.cat([key.flatten(), value.flatten()]).contiguous()
-    # diffusers' template gathers with all_gather_tensor, which newer torch renames all_gather_single.
+    # diffusers' template gathers with all_gather_tensor, which newer torch renames all_gather_single. With
+    # gradients the gather is autograd-aware (its backward reduce-scatters each shard's key/value gradient back to
+    # the rank that holds it): the rest of the ring is plain autograd, so gradients through effects are exact.
+    needs_grad = torch.is_grad_enabled() and (key.requires_grad or value.requires_grad)
     gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+    if needs_grad:
+        gather = funcol.all_gather_tensor_autograd
     shards = gather(flat, gather_dim=0, group=mesh.get_group()).chunk(ring)
 
     def shards_in_ring_order() -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int], ...]]]:

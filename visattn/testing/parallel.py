@@ -415,13 +415,18 @@ def _text_gradient(effect_names: tuple[str, ...], parallel: Callable | None) -> 
     return text.grad.numpy()
 
 
-def parallel_text_gradient(rank: int, world: int, effect_names: tuple[str, ...]) -> np.ndarray:
-    """:func:`_text_gradient` on a Ulysses split (a :func:`run_on_ranks` function). The text is replicated, so each
-    rank holds the part of the gradient that flows through its shard: summed over ranks, the whole gradient."""
+def parallel_text_gradient(rank: int, world: int, effect_names: tuple[str, ...], ring: bool = False) -> np.ndarray:
+    """:func:`_text_gradient` on a Ulysses split, or a ring split with ``ring`` (a :func:`run_on_ranks` function).
+    The text is replicated, so each rank holds the part of the gradient that flows through its shard: summed over
+    ranks, the whole gradient."""
     from diffusers import ContextParallelConfig
 
+    if ring:
+        cpu_ring()
+    degrees = {"ring_degree": world} if ring else {"ulysses_degree": world}
+
     def parallel(model: torch.nn.Module) -> None:
-        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+        model.enable_parallelism(config=ContextParallelConfig(**degrees))
 
     return _text_gradient(effect_names, parallel)
 
