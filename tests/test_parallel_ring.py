@@ -34,10 +34,11 @@ NO_EFFECT = tuple(_ring("wan", order=order) for order in ("after", "before"))
 EXACT = (
     *(_ring("wan", (effect,)) for effect in ("neighborhood", "radial", "decay", "entropy", "pag", "pag_head", "stg")),
     *(_ring("flux", (effect,)) for effect in ("neighborhood", "decay", "pag")),
+    _ring("wan", ("maps",)),  # cross-attention over replicated text: a local call, gathered
     _ring("wan", ("pag", "neighborhood", "decay"), order="before"),
 )
 #: need whole rows or the whole query grid
-REFUSED = tuple(_ring("wan", (effect,)) for effect in ("p2p", "seg", "maps"))
+REFUSED = (*(_ring("wan", (effect,)) for effect in ("p2p", "seg")), _ring("flux", ("maps",)))
 CASES = STOCK + NO_EFFECT + EXACT + REFUSED
 
 RUNS = CaseRuns(CASES)
@@ -113,6 +114,9 @@ def test_ring_refusal_names_what_each_effect_needs():
     assert ring_refusal(visattn.NeighborhoodAttention(kernel_size=3)) is None
     assert ring_refusal(visattn.PerturbedAttentionGuidance(scale=2.0)) is None
     assert "blurs the queries" in ring_refusal(visattn.SmoothedEnergyGuidance(scale=2.0))
+    maps = visattn.AttentionMaps()
+    assert ring_refusal(maps, frozenset({"self", "cross"})) is None
+    assert "joint attention" in ring_refusal(maps, frozenset({"joint"}))
     assert "center_keys" in ring_refusal(visattn.ExtrapolationDecay(mode="ultravico", train_frames=2, center_keys=True))
 
 
@@ -139,12 +143,16 @@ def test_attaching_with_no_effect_changes_stock_ring_nothing(case):
 @pytest.mark.parametrize("case", EXACT, ids=lambda case: case.name)
 def test_index_based_effects_under_ring_equal_one_process(case):
     oracle = single(case)
-    assert _max_diff(oracle["output"], single(_ring(case.model, order="none"))["output"]) > 0
+    changes = _max_diff(oracle["output"], single(_ring(case.model, order="none"))["output"]) > 0
+    assert changes or case.effects == ("maps",)  # an observer changes nothing
     stock = _ranks(_ring(case.model, order="none"))
     for rank, plain in zip(_ranks(case), stock, strict=True):
         assert "error" not in rank, rank.get("error")
         assert _max_diff(rank["output"], oracle["output"]) <= TOLERANCE
         assert np.array_equal(rank["after_detach"], plain["output"])
+        if "maps" in oracle:
+            # Every rank ends with the maps one process makes.
+            assert _max_diff(rank["maps"], oracle["maps"]) <= TOLERANCE
 
 
 @pytest.mark.slow

@@ -204,7 +204,7 @@ def check_model(
                 f"alone (ulysses_degree=1) or under Ulysses. {use}"
             )
         for effect in effects:
-            reason = ring_refusal(effect)
+            reason = ring_refusal(effect, _static_roles(model, effect))
             if reason is not None:
                 raise ValueError(
                     f"{type(effect).__name__} cannot run under ring attention (ring_degree={ring} on {name}): "
@@ -405,7 +405,8 @@ _STOCK_TEMPLATE: list = []
 _RING_REFUSALS = {
     "PromptToPrompt": "it edits whole rows of attention probabilities (normalized over every key) and reads the "
     "whole query grid's maps",
-    "AttentionMaps": "it reads whole rows of attention probabilities, normalized over every key",
+    "AttentionMaps": "it reads whole rows of joint attention probabilities, normalized over every key (its maps of "
+    "cross-attention over replicated text run under ring)",
     "SmoothedEnergyGuidance": "it blurs the queries (or keys) over the whole latent grid, of which each rank holds "
     "a shard",
     "SpatioTemporalSkipGuidance": "mode='skip' zeroes the values of the perturbed rows on every key shard (mode="
@@ -414,17 +415,34 @@ _RING_REFUSALS = {
 }
 
 
-def ring_refusal(effect: Any) -> str | None:
-    """Why ``effect`` cannot run exactly under ring attention, or ``None`` when it can.
+def _static_roles(model: torch.nn.Module, effect: Any) -> frozenset[str]:
+    """The static roles (``"self"``, ``"cross"``, ``"joint"``, ...) of the attention layers of ``model`` whose visattn
+    hook carries ``effect``."""
+    from .interception import layer_hook
+
+    return frozenset(
+        hook.static_role
+        for module in _unwrapped(model).modules()
+        if (hook := layer_hook(module)) is not None and any(carried is effect for carried in hook.effects)
+    )
+
+
+def ring_refusal(effect: Any, roles: frozenset[str] | None = None) -> str | None:
+    """Why ``effect`` cannot run exactly under ring attention, or ``None`` when it can (``roles``: the static roles
+    of the layers it is attached to, when known).
 
     Exact under ring: effects whose every contribution to a call is a pattern or score modifier of global token
     indices, or a per-row and per-head identity blend (each query's own value sits in the key shard its rank
     holds, for self and joint attention): NeighborhoodAttention, RadialAttention, ExtrapolationDecay (not
     UltraViCo's centered keys, a mean over the whole sequence), EntropyScaling, PerturbedAttentionGuidance (PAG and
-    SoftPAG), SpatioTemporalSkipGuidance in modes ``"identity"`` and ``"block"``. The rest edit or read whole rows
-    of probabilities (Prompt-to-Prompt, AttentionMaps), change queries, keys or values over the whole grid (SEG's
-    blur, STG's skip) or are not known to be exact (effects of your own).
+    SoftPAG), SpatioTemporalSkipGuidance in modes ``"identity"`` and ``"block"``; AttentionMaps where none of its
+    layers is joint attention (its maps then come from cross-attention, which a processor runs on its query shard
+    over replicated text without the ring, as Wan does: visattn gathers the queries as under Ulysses; a ring call
+    that still reads probabilities is refused by :func:`ring_attention`). The rest edit or read whole rows of
+    probabilities (Prompt-to-Prompt, AttentionMaps on joint attention), change queries, keys or values over the
+    whole grid (SEG's blur, STG's skip) or are not known to be exact (effects of your own).
     """
+    from .processors.attention_maps import AttentionMaps
     from .processors.extrapolation import EntropyScaling, ExtrapolationDecay
     from .processors.neighborhood_attention import NeighborhoodAttention
     from .processors.perturbed_attention import PerturbedAttentionGuidance
@@ -439,6 +457,8 @@ def ring_refusal(effect: Any) -> str | None:
         mode = getattr(effect, "_resolved", None) or effect.mode  # the mode the family's default resolved to
         return None if mode in ("identity", "block") else _RING_REFUSALS["SpatioTemporalSkipGuidance"]
     if isinstance(effect, (NeighborhoodAttention, RadialAttention, EntropyScaling, PerturbedAttentionGuidance)):
+        return None
+    if isinstance(effect, AttentionMaps) and roles is not None and "joint" not in roles:
         return None
     known = next((why for cls in type(effect).__mro__ if (why := _RING_REFUSALS.get(cls.__name__))), None)
     return known or (
