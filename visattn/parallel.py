@@ -204,7 +204,9 @@ def check_model(
                 f"alone (ulysses_degree=1) or under Ulysses. {use}"
             )
         for effect in effects:
-            reason = ring_refusal(effect, _static_roles(model, effect))
+            reason = ring_refusal(effect)
+            if reason is not None:  # some effects run on some layers only: ask again with the layers' roles
+                reason = ring_refusal(effect, _static_roles(model, effect))
             if reason is not None:
                 raise ValueError(
                     f"{type(effect).__name__} cannot run under ring attention (ring_degree={ring} on {name}): "
