@@ -51,6 +51,7 @@ from .parallel import (
     own_rows,
     parallel_view,
     remember_for_backward,
+    ring_layer,
     ulysses_heads,
 )
 from .steps import in_steps
@@ -311,7 +312,7 @@ class AttentionLayerHook(ModelHook):
         self._row_cursor = 0
         self._row_stash.clear()
         try:
-            with _Interceptor(self):
+            with _Interceptor(self), ring_layer(self, self._parallel):
                 out = original(*args, **kwargs)
         finally:
             # The kept source rows serve this layer call only: release them now.
@@ -369,7 +370,7 @@ class AttentionLayerHook(ModelHook):
         acting = [effect for effect in self.effects if effect.acts_on(ctx)]
         if not acting:
             return func(*args, **kwargs)
-        check_supported(view, self.layer_name)
+        check_supported(view, self.layer_name, shard)
         self._warn_unplaced(ctx, q.shape[2], acting)
         if heads is not None and self._replay is None:
             remember_for_backward(self, ctx, q)

@@ -4,8 +4,8 @@ One spawn runs every case on both ranks (``visattn.testing.parallel``); each tes
 case in one process, the oracle. Stock context parallelism reproduces one process; attaching visattn (before or
 after enable_parallelism) with no effect changes nothing; every effect under Ulysses equals one process, on Wan
 (self- and cross-attention, text replicated) and Flux (joint attention whose text and image are split per rank);
-observers and LocalBlend end with the same maps and masks on every rank; ring attention is refused; detach restores
-the stock split model.
+observers and LocalBlend end with the same maps and masks on every rank; detach restores the stock split model. Ring
+attention: tests/core/test_parallel_ring.py.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ WAN_EFFECTS = tuple(Case("wan", (effect,)) for effect in EFFECTS)
 # Flux has no cross-attention or 3-D grid: its joint layers carry the text, so P2P edits and maps act there.
 FLUX_EFFECTS = tuple(Case("flux", (effect,)) for effect in EFFECTS if effect != "radial")
 COMPOSED = (Case("wan", ("pag", "neighborhood", "maps"), order="before"), Case("flux", ("seg", "p2p_blend", "maps")))
-RING = (Case("wan", ("neighborhood",), ulysses=1, ring=2),)
-CASES = STOCK + NO_EFFECT + WAN_EFFECTS + FLUX_EFFECTS + COMPOSED + RING
+CASES = STOCK + NO_EFFECT + WAN_EFFECTS + FLUX_EFFECTS + COMPOSED
 
 
 RUNS = CaseRuns(CASES)
@@ -65,10 +64,3 @@ def test_every_effect_under_ulysses_equals_one_process(case):
             if key in oracle:
                 # Every rank ends with the maps and masks one process makes.
                 assert _max_diff(rank[key], oracle[key]) <= TOLERANCE, key
-
-
-@pytest.mark.parametrize("case", RING, ids=lambda case: case.name)
-def test_ring_attention_is_refused_with_a_clear_error(case):
-    for rank in _ranks(case):
-        assert "ring attention (ring_degree=2)" in rank["error"]
-        assert "ContextParallelConfig(ulysses_degree=2)" in rank["error"]

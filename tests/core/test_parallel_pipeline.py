@@ -1,5 +1,6 @@
-"""A whole pipeline call with classifier-free guidance, and gradients, under context parallelism (Ulysses, 2 gloo
-processes): both equal one process with visattn's effects attached."""
+"""A whole pipeline call with classifier-free guidance, and gradients, under context parallelism (Ulysses, and ring
+for gradients through index-based effects; 2 gloo processes): both equal one process with visattn's effects
+attached."""
 
 from __future__ import annotations
 
@@ -44,4 +45,13 @@ def test_gradients_summed_over_ranks_equal_one_process(effects):
     Ulysses backward recomputes the attention; visattn answers that recomputation as it answered the forward."""
     oracle = single_process_text_gradient(effects)
     total = sum(run_on_ranks(parallel_text_gradient, effects, world=2))
+    assert np.abs(total - oracle).max() <= 1e-5 * max(1.0, float(np.abs(oracle).max()))
+
+
+def test_gradients_through_index_based_effects_under_ring_summed_over_ranks_equal_one_process():
+    """Under ring visattn computes the ring calls its effects act on with plain autograd (the key/value gather is
+    autograd-aware), so the text-embedding gradient summed over ranks is the one-process gradient."""
+    effects = ("pag", "neighborhood", "decay")
+    oracle = single_process_text_gradient(effects)
+    total = sum(run_on_ranks(parallel_text_gradient, effects, True, world=2))
     assert np.abs(total - oracle).max() <= 1e-5 * max(1.0, float(np.abs(oracle).max()))
