@@ -595,7 +595,7 @@ def dispatch_benchmark(
         threads: ``torch.set_num_threads`` for the run (restored after); ``None`` keeps torch's setting.
         progress: print one line per model to stderr.
         layer_shapes: the layers of the per-layer comparisons (:data:`visattn.bench.layers.LAYER_SHAPES`).
-        layer_repeats: timed calls per side of each per-layer comparison; default ``min(repeats, 30)``.
+        layer_repeats: timed calls per side of each per-layer comparison; default ``min(repeats, 60)``.
 
     Raises:
         ValueError: an unknown class or variant, ``repeats < 1``, ``warmup < 0``, ``rounds < 1``, ``threads < 1``.
@@ -629,7 +629,7 @@ def dispatch_benchmark(
                 print(f"dispatch: {class_name}", file=sys.stderr, flush=True)
             models.append(time_model(class_name, variants=variants, repeats=repeats, warmup=warmup, rounds=rounds))
         wanted = [name for name in LAYER_VARIANTS if variants is None or name in variants]
-        layer_repeats = min(repeats, 30) if layer_repeats is None else layer_repeats
+        layer_repeats = min(repeats, 60) if layer_repeats is None else layer_repeats
         layers = []
         if wanted:
             layers = layer_benchmark(
