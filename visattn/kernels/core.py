@@ -365,6 +365,10 @@ def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[tor
     return out, lse
 
 
+#: blends up to this many weights are checked in Python (per-head blends); larger ones (per token) with tensor ops
+_LISTED_BLEND = 1024
+
+
 def _identity_rows(request: AttentionRequest) -> list[bool] | None:
     """Which batch rows an identity blend answers alone (weight exactly 1 on every head and query: PAG's perturbed
     rows), or ``None`` when none does or the call cannot be split by rows.
@@ -386,7 +390,12 @@ def _identity_rows(request: AttentionRequest) -> list[bool] | None:
         or request.q.shape[2] != request.k.shape[2]
     ):
         return None
-    whole = blend.reshape(blend.shape[0], -1).eq(1).all(dim=1).tolist()
+    rows = blend.reshape(blend.shape[0], -1)
+    if rows.numel() <= _LISTED_BLEND:
+        # A per-head blend (PAG: [B, H, 1, 1]): one read into Python beats three tensor ops on a few numbers.
+        whole = [all(weight == 1.0 for weight in row) for row in rows.tolist()]
+    else:
+        whole = rows.eq(1).all(dim=1).tolist()
     return whole if any(whole) else None
 
 
