@@ -30,6 +30,7 @@ def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(vi
         assert 0 < r.visattn_min_us <= r.visattn_us and 0 < r.baseline_min_us <= r.baseline_us
         assert r.ratio == pytest.approx(r.visattn_us / r.baseline_us)
         assert r.ratio_min == pytest.approx(r.visattn_min_us / r.baseline_min_us)
+        assert r.paired_ratio > 0
     # The comparison is fair only when both sides compute the same thing: PAG and SEG give the same layer output
     # as diffusers' PAG processor and the plain blur, AttentionMaps the same output and maps.
     for r in layers[:3]:
