@@ -400,11 +400,16 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> Layer
 
     from ..testing import call_kwargs, tiny_pipeline
 
-    pipe = tiny_pipeline(key)
+    # Two copies of the same pipeline (same seed, same weights): the plain one never has visattn attached, so the
+    # two sides can alternate while the edit stays attached to the other.
+    pipe, plain_pipe = tiny_pipeline(key), tiny_pipeline(key)
     p2p = visattn.PromptToPrompt.replace(*P2P_PROMPTS, cross_steps=1.0, self_steps=1.0)
 
-    def generate(prompts):
-        return pipe(**call_kwargs(key, prompt=prompts, generator=p2p.generator(0, 1), output_type="latent"))[0]
+    def generate(prompts, pipeline=pipe):
+        return pipeline(**call_kwargs(key, prompt=prompts, generator=p2p.generator(0, 1), output_type="latent"))[0]
+
+    def generate_plain():
+        return generate(list(P2P_PROMPTS), plain_pipe)
 
     def attach_detach():
         with visattn.attach(pipe, p2p):
@@ -415,13 +420,12 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> Layer
             return generate(p2p.prompts)
 
     with torch.no_grad():
-        plain = generate(list(P2P_PROMPTS))
+        plain = generate_plain()
         attach = _interleaved({"attach": attach_detach}, repeats, warmup, rounds)["attach"]
-        sides = {"visattn": attached_generation, "baseline": lambda: generate(list(P2P_PROMPTS))}
-        per_attach = _interleaved(sides, repeats, warmup, rounds)
+        per_attach = _interleaved({"visattn": attached_generation, "baseline": generate_plain}, repeats, warmup, rounds)
         with visattn.attach(pipe, p2p):
             edited = generate(p2p.prompts)
-            sides = {"visattn": lambda: generate(p2p.prompts), "baseline": lambda: generate(list(P2P_PROMPTS))}
+            sides = {"visattn": lambda: generate(p2p.prompts), "baseline": generate_plain}
             samples = _interleaved(sides, repeats, warmup, rounds)
     # The source rows are the plain generation's first prompt, bit for bit or nearly (the edit leaves them alone).
     diff = _max_diff(edited[0], plain[0])
