@@ -719,8 +719,20 @@ def header(report: DispatchReport, command: str = "") -> str:
         f"Measured {env['date']} on {cpu['name']} ({settings.get('cpus')} CPUs), {settings['threads']} torch "
         f"thread(s); visattn {env['visattn']}, "
         f"torch {packages['torch']}, diffusers {packages['diffusers']}, python {env['python']}. "
-        f"fp32, {settings['grad']}, median of {settings['repeats']} forwards per variant in {settings['rounds']} "
-        f"interleaved rounds, each after {settings['warmup']} untimed forward(s).",
+        f"fp32, {settings['grad']}"
+        + (
+            f", median of {settings['repeats']} forwards per variant in {settings['rounds']} interleaved rounds, "
+            f"each after {settings['warmup']} untimed forward(s)"
+            if report.models
+            else ""
+        )
+        + (
+            f"; per layer: {settings['layer_repeats']} calls per side, alternated one by one, after "
+            f"{min(settings['warmup'], 2)} untimed"
+            if report.layers
+            else ""
+        )
+        + ".",
     ]
     if command:
         lines += ["", f"`{command}`"]
