@@ -282,6 +282,8 @@ class AttentionLayerHook(ModelHook):
         self._row_cursor = 0
         self._call_rows: tuple[int, int] | None = None
         self._row_stash: dict[int, _StashedRow] = {}
+        # Layouts by call shape and denoiser inputs (see _layout).
+        self._layouts: dict[tuple, tuple] = {}
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
@@ -554,7 +556,21 @@ class AttentionLayerHook(ModelHook):
 
     def _layout(self, n_q: int, n_k: int):
         """Role, query and key layouts, latent grid, and the placement of a partial call (see :class:`_Partial`)
-        of a call with ``n_q`` queries and ``n_k`` keys."""
+        of a call with ``n_q`` queries and ``n_k`` keys.
+
+        Derived once per shape and denoiser input grid and text length (the answer depends on nothing else), then
+        reused: every part of it is immutable.
+        """
+        inputs = self.state.inputs
+        key = (n_q, n_k, None if inputs is None else (inputs.grid, inputs.text_length), self.state.family.name)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= _LAYOUTS_KEPT:
+                self._layouts.clear()
+            layout = self._layouts[key] = self._derive_layout(n_q, n_k)
+        return layout
+
+    def _derive_layout(self, n_q: int, n_k: int):
         family, inputs = self.state.family, self.state.inputs
         grids = family.level_grids(inputs.grid if inputs is not None else None)
         text_length = inputs.text_length if inputs is not None else None
@@ -619,6 +635,9 @@ def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLa
 
 
 _UNCHANGED = object()
+
+#: call shapes whose layout one layer hook keeps (a pipeline sees a handful; more means resolutions keep changing)
+_LAYOUTS_KEPT = 64
 
 
 def _force_native_dispatch(processor: Any) -> Any:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from visattn.bench.dispatch import VARIANTS, dispatch_benchmark, markdown_table
+from visattn.bench.layers import LAYER_VARIANTS, QUICK_SHAPES
 from visattn.cli import main
 
 FAST = {"repeats": 2, "warmup": 0, "rounds": 1}
@@ -15,8 +16,28 @@ FAST = {"repeats": 2, "warmup": 0, "rounds": 1}
 
 @pytest.fixture(scope="module")
 def video_report():
-    """Every variant on a tiny video DiT whose inputs come from its tiny pipeline."""
-    return dispatch_benchmark(["WanTransformer3DModel"], **FAST)
+    """Every variant on a tiny video DiT whose inputs come from its tiny pipeline, and the per-layer comparisons
+    on the tiny UNet's layer shape."""
+    return dispatch_benchmark(["WanTransformer3DModel"], layer_shapes=QUICK_SHAPES, **FAST)
+
+
+def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(video_report):
+    layers = video_report.layers
+    assert [(r.variant, r.layer) for r in layers][:3] == [(v, QUICK_SHAPES[0].name) for v in LAYER_VARIANTS[:3]]
+    assert [r.variant for r in layers] == list(LAYER_VARIANTS)
+    for r in layers:
+        assert r.samples == FAST["repeats"] and r.baseline
+        assert 0 < r.visattn_min_us <= r.visattn_us and 0 < r.baseline_min_us <= r.baseline_us
+        assert r.ratio == pytest.approx(r.visattn_us / r.baseline_us)
+        assert r.ratio_min == pytest.approx(r.visattn_min_us / r.baseline_min_us)
+        assert r.paired_ratio > 0
+    # The comparison is fair only when both sides compute the same thing: PAG and SEG give the same layer output
+    # as diffusers' PAG processor and the plain blur, AttentionMaps the same output and maps.
+    for r in layers[:3]:
+        assert r.max_abs_diff <= 1e-5, r
+    assert "PAGCFGIdentitySelfAttnProcessor2_0" in layers[0].baseline
+    assert "batch-2" in layers[-1].baseline
+    assert "Per layer" in video_report.markdown() and "| PAG (layer) |" in video_report.markdown()
 
 
 def test_every_variant_is_timed_against_stock(video_report):
@@ -132,3 +153,13 @@ def test_cli_bad_requests_are_usage_errors(tmp_path, capsys, arguments, needle):
     assert main(["bench", *arguments, "--quiet", "--out", str(tmp_path)]) == 2
     assert needle in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_run_of_per_layer_comparisons_alone_times_no_model():
+    report = dispatch_benchmark(
+        ["QwenImageTransformer2DModel"], variants=["PAG (layer)"], layer_shapes=QUICK_SHAPES, **FAST
+    )
+    assert report.models == []
+    assert [r.variant for r in report.layers] == ["PAG (layer)"]
+    assert report.settings["layer_repeats"] == FAST["repeats"]
+    assert "| PAG (layer) |" in report.markdown()

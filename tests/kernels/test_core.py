@@ -79,6 +79,30 @@ def test_identity_blend_interpolates_toward_values_per_head():
     torch.testing.assert_close(out[:, 2], v[:, 2])
 
 
+@pytest.mark.parametrize("identity_rows", [[2], [3], [0, 2], [0, 1, 2, 3]])
+def test_rows_the_identity_answers_alone_are_their_values_and_the_others_unchanged(identity_rows, monkeypatch):
+    """PAG's perturbed rows: weight 1 on every head. Their attention is not computed (it would be thrown away);
+    every row's output is bit for bit what the whole call gives."""
+    from visattn.kernels import core
+
+    q, k, v = qkv(batch=4)
+    mask = torch.randn(4, 1, 37, 37)
+    blend = torch.zeros(4, 3, 1, 1)
+    blend[identity_rows] = 1.0
+    blend[1, 1] = 0.5 if 1 not in identity_rows else 1.0  # a SoftPAG head on a computed row
+    whole = core._with_identity_blend(
+        AttentionRequest(q, k, v, attn_mask=mask, identity_blend=blend),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+    )
+    seen = []
+    run = core.sdpa.run
+    monkeypatch.setattr(core.sdpa, "run", lambda request: (seen.append(request.q.shape[0]), run(request))[1])
+    out = attention(q, k, v, attn_mask=mask, identity_blend=blend)
+    assert torch.equal(out, whole)
+    assert torch.equal(out[identity_rows], v[identity_rows])
+    assert seen == ([4 - len(identity_rows)] if len(identity_rows) < 4 else [])
+
+
 def test_identity_blend_needs_square_attention():
     q, k, v = qkv(n_q=5, n_k=7)
     with pytest.raises(ValueError, match="as many queries as keys"):

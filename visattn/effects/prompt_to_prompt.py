@@ -721,6 +721,20 @@ class PromptToPrompt(Effect):
         if plan is None:
             return
         image = ctx.queries.image
+        mask = call.attn_mask
+        if (
+            plan.role == "self"
+            and image.as_slice() == slice(0, call.q.shape[2])
+            and (mask is None or mask.dim() < 4 or mask.shape[0] == 1)
+        ):
+            # Injecting the source's self-attention map, softmax(q_s k_s^T) v_t, is attention with the source
+            # rows' queries and keys: no probabilities to materialize, and any backend can run it.
+            q, k = call.q.clone(), call.k.clone()
+            for edit in plan.edits:
+                q[edit.pair.target] = call.q[edit.pair.source]
+                k[edit.pair.target] = call.k[edit.pair.source]
+            call.q, call.k = q, k
+            return
         # LocalBlend's maps of this call, [source/target, pairs, image queries], filled chunk by chunk; a backward
         # recomputation (context parallelism's replay) edits again but collects nothing twice.
         maps = None

@@ -29,6 +29,7 @@ axis equals blurring the queries, ``(G * Q) K^T = G * (Q K^T)``, so the authors 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -66,8 +67,10 @@ def axis_kernel_size(sigma: float, length: int) -> int:
     return min(gaussian_kernel_size(sigma), length - (length % 2 - 1))
 
 
+@functools.lru_cache(maxsize=64)
 def gaussian_kernel1d(size: int, sigma: float) -> torch.Tensor:
-    """A normalized 1-D Gaussian of ``size`` taps (odd) and standard deviation ``sigma``, float64."""
+    """A normalized 1-D Gaussian of ``size`` taps (odd) and standard deviation ``sigma``, float64 (built once per
+    size and sigma: the same kernel serves every call; callers must not write to it)."""
     half = (size - 1) / 2
     x = torch.linspace(-half, half, size, dtype=torch.float64)
     pdf = torch.exp(-0.5 * (x / sigma) ** 2)
