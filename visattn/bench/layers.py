@@ -233,7 +233,7 @@ def _hook(module: torch.nn.Module, effect: Any, shape: LayerShape, branches: Seq
     layout = BatchLayout(tuple(parts))
     inputs = DenoiserInputs(rows, (1, shape.height, shape.width), 999.0, shape.text_tokens)
     step = StepInfo(0, 10, 999.0)
-    state = DenoiserState(family, inputs=inputs, step=step, batch=layout)
+    state = DenoiserState(family, inputs=inputs, step=step, batch=layout, runs={id(effect): effect.new_run()})
     state.call = DenoiserCall(family, inputs, layout, step, None)
     name = "mid_block.attentions.0.transformer_blocks.0." + ("attn2" if role == "cross" else "attn1")
     hook = AttentionLayerHook([effect], state, layer_name=name, layer_index=0, static_role=role)
@@ -250,7 +250,7 @@ def _prompt_tokens(text_tokens: int):
 
 
 def _plain_maps(effect: Any, shape: LayerShape) -> PlainMapsProcessor:
-    """The plain processor collecting what ``effect`` (an :class:`~visattn.processors.AttentionMaps` over
+    """The plain processor collecting what ``effect`` (an :class:`~visattn.effects.AttentionMaps` over
     :data:`MAP_WORDS`) collects: its word matrix and kept positions, taken from the words by hand."""
     content = [(i, word) for i, word in enumerate(MAP_WORDS) if word not in effect.stop_words]
     names = list(dict.fromkeys(word for _, word in content))
