@@ -11,12 +11,12 @@ one-time compilation of the sparse kernel.
 
 What it shows:
 
-1. :class:`~visattn.processors.AttentionMaps` on joint attention: Flux has no cross-attention layers; the
+1. :class:`~visattn.effects.AttentionMaps` on joint attention: Flux has no cross-attention layers; the
    image-query/text-key block of each joint softmax is the cross-attention map, read without changing the image;
-2. :class:`~visattn.processors.NeighborhoodAttention` (Hassani et al. 2023): each image token attends to a
+2. :class:`~visattn.effects.NeighborhoodAttention` (Hassani et al. 2023): each image token attends to a
    32 x 32 window of the 64 x 64 latent grid (text tokens stay global), on the Triton or FlexAttention backend,
    with the first 20% of the steps left dense to lay out the composition;
-3. :class:`~visattn.processors.PerturbedAttentionGuidance` (Ahn et al. 2024) on a guidance-distilled model: Flux
+3. :class:`~visattn.effects.PerturbedAttentionGuidance` (Ahn et al. 2024) on a guidance-distilled model: Flux
    dev runs one conditional branch (its guidance scale is an input of the model, not classifier-free guidance),
    so visattn adds the perturbed branch itself and folds ``scale * (eps_cond - eps_perturbed)`` into it.
 
@@ -33,9 +33,9 @@ import torch
 from PIL import Image
 
 import visattn
-from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
+from visattn.diffusers_compat import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
+from visattn.effects import AttentionMaps, NeighborhoodAttention, PerturbedAttentionGuidance
 from visattn.kernels import NeighborhoodPattern, available_backends, density
-from visattn.processors import AttentionMaps, NeighborhoodAttention, PerturbedAttentionGuidance
 
 MODEL_ID = "black-forest-labs/FLUX.1-dev"
 PROMPT = "a red fox reading a newspaper on a park bench, autumn leaves, soft morning light"

@@ -11,9 +11,9 @@ minute on an A100 per the paper).
 
 What it shows:
 
-1. a word swap, "squirrel" -> "lion" (Hertz et al. 2022), with :class:`~visattn.processors.LocalBlend` keeping
+1. a word swap, "squirrel" -> "lion" (Hertz et al. 2022), with :class:`~visattn.effects.LocalBlend` keeping
    everything outside the animal's attention region equal to the source;
-2. per-word heatmaps of source and edit from :class:`~visattn.processors.AttentionMaps` (it only observes);
+2. per-word heatmaps of source and edit from :class:`~visattn.effects.AttentionMaps` (it only observes);
 3. a real image edit: :func:`visattn.null_text_inversion` (Mokady et al. 2022) finds the noise and per-step
    unconditional embeddings that regenerate the image, then the same word swap runs from that noise. Without
    ``--image`` the source image of step 1 stands in for a real photo.
@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 import visattn
-from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
-from visattn.processors import AttentionMaps, LocalBlend, PromptToPrompt
+from visattn.diffusers_compat import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
+from visattn.effects import AttentionMaps, LocalBlend, PromptToPrompt
 
 MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SOURCE = "a painting of a squirrel eating a burger"

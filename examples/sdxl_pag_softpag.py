@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 
 import visattn
-from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
+from visattn.diffusers_compat import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
+from visattn.effects import PerturbedAttentionGuidance
 from visattn.guidance import HeadSet
-from visattn.processors import PerturbedAttentionGuidance
 
 MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 PROMPT = "a corgi sitting in a field of flowers, golden hour, detailed fur"

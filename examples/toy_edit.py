@@ -4,9 +4,9 @@ Runs offline on a CPU in a few seconds (the default pipeline's weights ship with
 downloaded). What it shows, with the same calls you would make on Stable Diffusion 1.5 (see
 ``sd15_prompt_to_prompt.py``):
 
-1. a word swap ("red" -> "green", Hertz et al. 2022) where :class:`~visattn.processors.LocalBlend` keeps every
+1. a word swap ("red" -> "green", Hertz et al. 2022) where :class:`~visattn.effects.LocalBlend` keeps every
    latent outside the circle's attention region equal to the source;
-2. per-word attention heatmaps of source and edit, collected by :class:`~visattn.processors.AttentionMaps`
+2. per-word attention heatmaps of source and edit, collected by :class:`~visattn.effects.AttentionMaps`
    while the edit runs (an observer: it never changes the images);
 3. a re-weighting of one word ("circle" x 3) from one prompt.
 
@@ -26,7 +26,7 @@ from PIL import Image
 import visattn
 from visattn.charts import image_grid
 from visattn.defaults import load_default_pipeline
-from visattn.processors import AttentionMaps, LocalBlend, PromptToPrompt
+from visattn.effects import AttentionMaps, LocalBlend, PromptToPrompt
 
 SOURCE = "a small red circle at the top left on a blue background"
 TARGET = "a small green circle at the top left on a blue background"

@@ -28,8 +28,8 @@ from PIL import Image
 import visattn
 from visattn.charts import image_grid
 from visattn.defaults import DEFAULT_MODEL, load_default_pipeline
+from visattn.effects import PerturbedAttentionGuidance, SmoothedEnergyGuidance
 from visattn.guidance import HeadSet, layer_heads
-from visattn.processors import PerturbedAttentionGuidance, SmoothedEnergyGuidance
 
 PROMPT = "a large yellow star in the center on a gray background"
 VIEW_SIZE = 256  # the toy images are tiny; saved views are enlarged (nearest neighbour) to this height

@@ -5,11 +5,11 @@ Runs offline on a CPU in seconds, on the trained toy-world video model that ship
 of 32 x 32 px moving shapes; see ``wan_radial_extrapolation.py`` for the real model). The clip is generated at
 twice the length the model was trained on (18 frames instead of 9), once densely and once with each effect:
 
-* :class:`~visattn.processors.NeighborhoodAttention`: each latent token attends to a 3-D window (frames x rows x
+* :class:`~visattn.effects.NeighborhoodAttention`: each latent token attends to a 3-D window (frames x rows x
   columns) around itself (Hassani et al. 2023);
-* :class:`~visattn.processors.RadialAttention`: attention density halves with every doubling of the frame
+* :class:`~visattn.effects.RadialAttention`: attention density halves with every doubling of the frame
   distance (Li et al. 2025), with the first steps and the first layer dense;
-* :class:`~visattn.processors.ExtrapolationDecay`: keys outside each query's training-length window get half
+* :class:`~visattn.effects.ExtrapolationDecay`: keys outside each query's training-length window get half
   their weight (UltraViCo).
 
 For the two sparse patterns it prints the exact fraction of query-key pairs kept and of 16 x 16 tiles a
@@ -31,9 +31,9 @@ from PIL import Image
 import visattn
 from visattn.charts import image_grid
 from visattn.defaults import TOY_VIDEO_MODEL, load_embedded_pipeline
+from visattn.effects import ExtrapolationDecay, NeighborhoodAttention, RadialAttention
 from visattn.frames import frame_rounding_quieted, num_frames_argument
 from visattn.kernels import NeighborhoodPattern, RadialPattern, density
-from visattn.processors import ExtrapolationDecay, NeighborhoodAttention, RadialAttention
 from visattn.toy.analyze import motion_continuity, track
 from visattn.toy.models import VIDEO_FRAMES, VIDEO_SIZE
 

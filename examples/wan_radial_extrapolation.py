@@ -10,13 +10,13 @@ three 81-frame videos at 480 x 832 (dense, radial, STG; STG adds a third batch r
 
 What it shows:
 
-1. :class:`~visattn.processors.RadialAttention` (Li et al. 2025): attention density halves with every doubling
+1. :class:`~visattn.effects.RadialAttention` (Li et al. 2025): attention density halves with every doubling
    of the distance between frames; the first 24% of the steps and the first layer stay dense, as the authors
    run Wan. The script prints the exact share of pairs and 128 x 128 tiles the mask keeps on the 81-frame grid.
-2. :class:`~visattn.processors.ExtrapolationDecay` (UltraViCo): at 161 frames (41 latent frames, twice the 21
+2. :class:`~visattn.effects.ExtrapolationDecay` (UltraViCo): at 161 frames (41 latent frames, twice the 21
    Wan was trained on), keys outside each query's 21-frame window get half their attention weight, which
    counters the repetition and drift of plain extrapolation.
-3. :class:`~visattn.processors.SpatioTemporalSkipGuidance` (Hyung et al. 2024): a perturbed branch with the
+3. :class:`~visattn.effects.SpatioTemporalSkipGuidance` (Hyung et al. 2024): a perturbed branch with the
    self-attention of block 8 skipped; guidance steers away from it.
 
     python examples/wan_radial_extrapolation.py --out outputs/wan
@@ -33,9 +33,9 @@ import torch
 from PIL import Image
 
 import visattn
-from visattn.generate import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
+from visattn.diffusers_compat import dtype_kwargs  # dtype on diffusers >= 0.40, torch_dtype before
+from visattn.effects import ExtrapolationDecay, RadialAttention, SpatioTemporalSkipGuidance
 from visattn.kernels import RadialPattern, density
-from visattn.processors import ExtrapolationDecay, RadialAttention, SpatioTemporalSkipGuidance
 
 MODEL_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 PROMPT = "a golden retriever running along a beach at sunset, waves rolling in, cinematic tracking shot"

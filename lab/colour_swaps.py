@@ -15,10 +15,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
 
+from visattn.effects import PromptToPrompt
+from visattn.eval.generation import ImageModel
 from visattn.eval.metrics import foreground_iou
 from visattn.eval.prompts import word_swaps
-from visattn.eval.runner import ImageModel
-from visattn.processors import PromptToPrompt
 
 SIDE, PAD, HEAD, LINE = 128, 6, 34, 22
 

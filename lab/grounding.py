@@ -11,7 +11,7 @@ world knows every mask exactly, so each object's colour, shape and size words ar
 background's colour word on the background.
 
 Why the toy model has it: trained on the denoising loss alone, its colour words attend to most of the image, so
-attention heatmaps say little and :class:`~visattn.processors.LocalBlend`'s region covered about 80% of it.
+attention heatmaps say little and :class:`~visattn.effects.LocalBlend`'s region covered about 80% of it.
 Grounded, the colour word's share of attention on its object doubles and the region halves. It does not keep a
 Prompt-to-Prompt colour swap's outline: the model reads colour from the position words too, and redraws the
 outline late (see docs/toy-world.md). The same training stage's outline-consistency loss

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from visattn.effects import AttentionCall, Effect
 from visattn.kernels import Pattern, ScoreModifier
-from visattn.processors import AttentionCall, Effect
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from .effects.base import Effect, LayerRoles
 from .families import Family, family_of
 from .interception import AttentionLayerHook, can_intercept, register_layer_hook, remove_layer_hook
 from .layers import ROLE_KEYWORDS, normalize_layers, select_layers
-from .processors.effect import Effect
 from .state import DenoiserHook, register_hook, remove_hook
 from .steps import normalize_steps
 from .validation import check_layer_roles
@@ -101,7 +101,7 @@ def _check_needs(effects: list[Effect], model: torch.nn.Module, family: Family) 
 _POSSIBLE_ROLES = {"self": ("self", "cross", "joint"), "cross": ("cross",), "joint": ("joint",), "text": ("text",)}
 
 
-def _check_selection(effect: Effect, selected: frozenset[str], roles: dict[str, str]) -> None:
+def _check_selection(effect: Effect, layers, selected: frozenset[str], roles: dict[str, str]) -> None:
     """ValueError naming ``layers`` when an effect's layers are all of roles it never acts on (PAG on
     ``layers="attn2"``, cross-attention only): attached, it would silently do nothing."""
     if not selected or not effect.roles:
@@ -110,7 +110,7 @@ def _check_selection(effect: Effect, selected: frozenset[str], roles: dict[str, 
     if not acting:
         found = sorted({roles[name] for name in selected})
         raise ValueError(
-            f"{type(effect).__name__}(layers={effect.layers}) selects only {' and '.join(found)} attention layers "
+            f"{type(effect).__name__}(layers={layers}) selects only {' and '.join(found)} attention layers "
             f"({', '.join(sorted(selected))}); {type(effect).__name__} acts on {' and '.join(effect.roles)} attention "
             "and would do nothing there"
         )
@@ -160,6 +160,8 @@ class Attachment:
         self._selections: list[frozenset[str]] = []
         #: what each effect keeps while attached (Effect.new_run), by id(effect): each attachment its own
         self.runs: dict[int, Any] = {}
+        #: per effect, by id(effect): its layer identifiers resolved for this model (FAMILY_DEFAULT resolved)
+        self._layer_ids: dict[int, tuple[str, ...] | None] = {}
         self.layers: dict[str, list[str]] = {}
         self.attached = False
         denoisers, pipeline = _denoisers(target)
@@ -192,23 +194,27 @@ class Attachment:
             )
         # Wan 2.2's two transformers share layer names, so effects bind once against the union.
         merged_roles = {name: role for *_, roles in plans for name, role in roles.items()}
+        # What effects see of the model; what they learn from it goes to this attachment's run states, never on
+        # the effect, so one effect attached to several pipelines acts on each one's own layers.
+        model = LayerRoles(merged_roles, plans[0][2], self.runs)
         try:
             for effect in self.effects:
                 self.runs[id(effect)] = effect.new_run()
             for effect in self.effects:
-                effect.use_family_defaults(plans[0][2], merged_roles)
-                check_layer_roles(effect.layers, effect.roles, type(effect).__name__)
-                self._selections.append(effect.bind(merged_roles))
+                effect.use_family_defaults(model.family, model)
+                layer_ids = effect.layers_for(model)
+                check_layer_roles(layer_ids, effect.roles, type(effect).__name__)
+                self._layer_ids[id(effect)] = layer_ids
+                self._selections.append(effect.bind(model))
                 # Against what ``layers`` selects, before the effect's own choices (RadialAttention's dense layers).
-                _check_selection(effect, frozenset(select_layers(merged_roles, effect.layers)), merged_roles)
+                _check_selection(effect, layer_ids, frozenset(select_layers(merged_roles, layer_ids)), merged_roles)
             _check_modules(self.effects, self._selections, plans)
             for attribute, base, family, modules, roles in plans:
                 self._swap(attribute, base, family, modules, roles, pipeline)
-            if pipeline is not None:
-                for effect in self.effects:
-                    undo = effect.prepare_pipeline(pipeline)
-                    if undo is not None:
-                        self._pipeline_undo.append(undo)
+            for effect in self.effects:
+                undo = effect.attached(self.runs[id(effect)], model, pipeline)
+                if undo is not None:
+                    self._pipeline_undo.append(undo)
         except BaseException:
             self._restore()
             raise
@@ -251,9 +257,9 @@ class Attachment:
             _invalidate_hook_cache(model)
             if getattr(model, _MARK, None) is not None:
                 delattr(model, _MARK)
-        states = self.states
         for effect in self.effects:
-            effect.detached(states)
+            if id(effect) in self.runs:
+                effect.detached(self.runs[id(effect)])
         self._layer_modules.clear()
         self._models.clear()
         self._hooks.clear()
@@ -274,6 +280,15 @@ class Attachment:
         per-generation masks. Raises KeyError for an effect that is not part of this attachment."""
         try:
             return self.runs[id(effect)]
+        except KeyError:
+            raise KeyError(f"{effect!r} is not one of this attachment's effects") from None
+
+    def layers_of(self, effect: Effect) -> tuple[str, ...] | None:
+        """The layer identifiers ``effect`` acts on in this attachment: its ``layers``, with ``FAMILY_DEFAULT``
+        resolved against this model's family (``None``: every layer of its roles). Raises KeyError for an effect
+        that is not part of this attachment."""
+        try:
+            return self._layer_ids[id(effect)]
         except KeyError:
             raise KeyError(f"{effect!r} is not one of this attachment's effects") from None
 

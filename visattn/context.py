@@ -167,7 +167,7 @@ class CallContext:
             grid, the pipeline, its prompt and guidance scale); ``None`` for a layer called outside an attached
             denoiser.
         runs: what each effect of the attachment keeps while attached, by ``id(effect)``
-            (:meth:`visattn.processors.Effect.run_of` reads it).
+            (:meth:`visattn.effects.Effect.run_of` reads it).
     """
 
     role: str

@@ -69,7 +69,7 @@ def _as_edit_advice(message: str) -> str:
 
 
 def _edit_effect(source: str, target: str | None, weights: Mapping[str, float], mode: str, **schedule: Any):
-    from .processors import PromptToPrompt
+    from .effects import PromptToPrompt
 
     if target is None or target == source:
         if not weights:
@@ -138,7 +138,7 @@ def edit(
     if inversion not in INVERSIONS:
         raise ParameterError("inversion", inversion, f"must be one of {', '.join(INVERSIONS)}")
     torch_dtype = check_dtype(dtype)
-    from .processors import AttentionMaps, LocalBlend
+    from .effects import AttentionMaps, LocalBlend
 
     schedule = {"cross_steps": cross_steps, "self_steps": self_steps}
     if local_blend:

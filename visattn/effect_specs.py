@@ -6,14 +6,14 @@ An effect spec is a dict with a ``"type"`` and the keyword arguments of that eff
     {"type": "neighborhood", "kernel_size": 7}            # a short alias (see ALIASES)
     {"type": "decay", "train_video_frames": 81}           # training length in video frames (see below)
 
-``type`` is a class name from :mod:`visattn.processors` (the names it registers lazily) or an alias; only the
+``type`` is a class name from :mod:`visattn.effects` (the names it registers lazily) or an alias; only the
 module of the types actually used is imported. :func:`build_effects` checks every spec up front and raises a
 :class:`SpecError` that names the offending field (``effects[1].kernel_size``), so a jobs file or a form can point
 at the exact place. :func:`describe` turns effects back into specs for metadata; a spec that :func:`build_effects`
 built is described exactly as it was given (type normalized to the class name), so the description rebuilds the
 same effect.
 
-Video length: :class:`~visattn.processors.ExtrapolationDecay` counts ``train_frames`` in *latent* frames (after the
+Video length: :class:`~visattn.effects.ExtrapolationDecay` counts ``train_frames`` in *latent* frames (after the
 VAE's temporal compression and the transformer's temporal patches: 21 for Wan 2.1's 81-frame clips). A model card
 gives the clip length in video frames, so a spec may give ``train_video_frames`` instead: the builder converts it
 with the pipeline's own factors (:func:`visattn.frames.latent_frames`) when it is given a ``latent_frames``
@@ -39,10 +39,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .processors.effect import Effect
-    from .processors.prompt_to_prompt import PromptToPrompt
+    from .effects.base import Effect
+    from .effects.prompt_to_prompt import PromptToPrompt
 
-#: short names for the effect classes of :mod:`visattn.processors` (a spec may also use the class name itself)
+#: short names for the effect classes of :mod:`visattn.effects` (a spec may also use the class name itself)
 ALIASES: dict[str, str] = {
     "pag": "PerturbedAttentionGuidance",
     "softpag": "PerturbedAttentionGuidance",
@@ -57,7 +57,7 @@ ALIASES: dict[str, str] = {
     "tgate": "CrossAttentionCache",
 }
 
-# Names in the registry of visattn.processors that are not effects a spec can build: the base classes, the
+# Names in the registry of visattn.effects that are not effects a spec can build: the base classes, the
 # processor, a helper object, and Prompt-to-Prompt (an edit decides the pipeline's prompts: see build_edit).
 _NOT_EFFECTS = frozenset({"AttentionCall", "Effect", "LocalBlend"})
 _EDIT_TYPES = frozenset({"PromptToPrompt"})
@@ -88,7 +88,7 @@ class SpecError(ValueError):
 
 # --- the registry -----------------------------------------------------------------------------------------------
 def effect_types() -> tuple[str, ...]:
-    """The class names a spec's ``type`` may use, from :mod:`visattn.processors`' registry (nothing is imported)."""
+    """The class names a spec's ``type`` may use, from :mod:`visattn.effects`' registry (nothing is imported)."""
     from . import processors
 
     return tuple(sorted(name for name in processors.__all__ if name not in _NOT_EFFECTS | _EDIT_TYPES))
@@ -113,7 +113,7 @@ def resolve_type(name: Any, field: str = "type") -> type[Effect]:
     if class_name not in effect_types():
         raise SpecError(field, f"{name!r} is not a known effect. Use {_choices()}")
     from . import processors
-    from .processors.effect import Effect
+    from .effects.base import Effect
 
     cls = getattr(processors, class_name)  # imports only this effect's module
     if not (isinstance(cls, type) and issubclass(cls, Effect)):
@@ -268,8 +268,8 @@ def build_effects(
 
 
 def _local_blend(value: Any, field: str) -> Any:
-    """A :class:`~visattn.processors.LocalBlend` from words (a string or list) or ``{words, threshold, radius}``."""
-    from .processors import LocalBlend
+    """A :class:`~visattn.effects.LocalBlend` from words (a string or list) or ``{words, threshold, radius}``."""
+    from .effects import LocalBlend
 
     if value is None:
         return None
@@ -286,7 +286,7 @@ def _local_blend(value: Any, field: str) -> Any:
 
 
 def build_edit(spec: Mapping[str, Any], field: str = "edit") -> PromptToPrompt:
-    """A :class:`~visattn.processors.PromptToPrompt` edit from its spec (Hertz et al., 2022).
+    """A :class:`~visattn.effects.PromptToPrompt` edit from its spec (Hertz et al., 2022).
 
     Forms:
         ``{"source": ..., "target": ..., "mode"?: "replace" | "refine", ...options}``: a word swap or a
@@ -294,7 +294,7 @@ def build_edit(spec: Mapping[str, Any], field: str = "edit") -> PromptToPrompt:
         ``"refine"``.
         ``{"prompt": ..., "reweight": {word: scale}, ...options}``: re-weighting.
 
-    Options (see :class:`~visattn.processors.PromptToPrompt`): ``cross_steps``, ``self_steps``, ``weights``
+    Options (see :class:`~visattn.effects.PromptToPrompt`): ``cross_steps``, ``self_steps``, ``weights``
     (swap/refine only), ``local_blend`` (words, or ``{"words", "threshold", "radius", "start", "variant"}``),
     ``layers``, ``edit_uncond``.
 
@@ -302,7 +302,7 @@ def build_edit(spec: Mapping[str, Any], field: str = "edit") -> PromptToPrompt:
         SpecError: an unknown field, a missing prompt, or a value PromptToPrompt rejects (a word that is not in
             its prompt, a bad schedule, ...).
     """
-    from .processors import PromptToPrompt
+    from .effects import PromptToPrompt
     from .words import split_words
 
     if not isinstance(spec, Mapping):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -34,13 +33,14 @@ from .defaults import (
     load_default_pipeline,
     load_embedded_pipeline,
 )
+from .diffusers_compat import dtype_kwargs
 from .frames import makes_video
 from .images import save_image, slugify
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from .processors.effect import Effect
+    from .effects.base import Effect
 
 #: ``--dtype`` names and the torch dtypes they stand for.
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -166,22 +166,6 @@ def pickle_only_components(folder: str | Path) -> dict[str, list[str]]:
         if pickles and not any(path.suffix.lower() == ".safetensors" for path in files):
             found[component.name] = pickles
     return found
-
-
-#: the first diffusers release whose ``from_pretrained`` takes ``dtype=`` (0.40.0: ``torch_dtype`` then warns that
-#: it is deprecated; releases before it know only ``torch_dtype``)
-DTYPE_KEYWORD_SINCE = (0, 40)
-
-
-def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``{"dtype": dtype}`` for diffusers' ``from_pretrained`` on diffusers 0.40 and later, ``{"torch_dtype":
-    dtype}`` before: ``from_pretrained(model_id, **dtype_kwargs(torch.float16))`` works, without a deprecation
-    warning, on every diffusers visattn supports."""
-    import diffusers
-
-    major, minor = (int(part) for part in re.findall(r"\d+", diffusers.__version__)[:2])  # "0.40.0.dev0" -> 0, 40
-    new = (major, minor) >= DTYPE_KEYWORD_SINCE
-    return {"dtype": dtype} if new else {"torch_dtype": dtype}
 
 
 # --- load options: variant, scheduler, LoRA weights, CPU offload ------------------------------------------------

@@ -7,7 +7,7 @@ module's forward inside a :class:`torch.overrides.TorchFunctionMode` that answer
 ``torch.nn.functional.scaled_dot_product_attention``: old-style processors call it directly, new-style ones
 through diffusers' dispatcher, whose native backend calls it. diffusers' own model-agnostic layer skipping
 (``hooks/layer_skip.py``) intercepts attention the same way. Each intercepted call becomes an
-:class:`~visattn.processors.effect.AttentionCall` with its :class:`~visattn.context.CallContext` (role, latent
+:class:`~visattn.effects.base.AttentionCall` with its :class:`~visattn.context.CallContext` (role, latent
 grid, text span, batch layout, step) derived from the call's shapes and the denoiser state; effects contribute
 to it and the attention core computes it. A call no effect acts on runs the original function untouched, and a
 layer no effect can act on is not intercepted at all, so the identity is exact by construction.
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
+from .effects.base import AttentionCall, Effect
 from .kernels import backend_names
 from .parallel import (
     ParallelView,
@@ -50,9 +51,9 @@ from .parallel import (
     own_rows,
     parallel_view,
     remember_for_backward,
+    ring_layer,
     ulysses_heads,
 )
-from .processors.effect import AttentionCall, Effect
 from .steps import in_steps
 
 if TYPE_CHECKING:
@@ -281,6 +282,8 @@ class AttentionLayerHook(ModelHook):
         self._row_cursor = 0
         self._call_rows: tuple[int, int] | None = None
         self._row_stash: dict[int, _StashedRow] = {}
+        # Layouts by call shape and denoiser inputs (see _layout).
+        self._layouts: dict[tuple, tuple] = {}
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
@@ -311,7 +314,7 @@ class AttentionLayerHook(ModelHook):
         self._row_cursor = 0
         self._row_stash.clear()
         try:
-            with _Interceptor(self):
+            with _Interceptor(self), ring_layer(self, self._parallel):
                 out = original(*args, **kwargs)
         finally:
             # The kept source rows serve this layer call only: release them now.
@@ -369,7 +372,7 @@ class AttentionLayerHook(ModelHook):
         acting = [effect for effect in self.effects if effect.acts_on(ctx)]
         if not acting:
             return func(*args, **kwargs)
-        check_supported(view, self.layer_name)
+        check_supported(view, self.layer_name, shard)
         self._warn_unplaced(ctx, q.shape[2], acting)
         if heads is not None and self._replay is None:
             remember_for_backward(self, ctx, q)
@@ -553,7 +556,21 @@ class AttentionLayerHook(ModelHook):
 
     def _layout(self, n_q: int, n_k: int):
         """Role, query and key layouts, latent grid, and the placement of a partial call (see :class:`_Partial`)
-        of a call with ``n_q`` queries and ``n_k`` keys."""
+        of a call with ``n_q`` queries and ``n_k`` keys.
+
+        Derived once per shape and denoiser input grid and text length (the answer depends on nothing else), then
+        reused: every part of it is immutable.
+        """
+        inputs = self.state.inputs
+        key = (n_q, n_k, None if inputs is None else (inputs.grid, inputs.text_length), self.state.family.name)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= _LAYOUTS_KEPT:
+                self._layouts.clear()
+            layout = self._layouts[key] = self._derive_layout(n_q, n_k)
+        return layout
+
+    def _derive_layout(self, n_q: int, n_k: int):
         family, inputs = self.state.family, self.state.inputs
         grids = family.level_grids(inputs.grid if inputs is not None else None)
         text_length = inputs.text_length if inputs is not None else None
@@ -618,6 +635,9 @@ def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLa
 
 
 _UNCHANGED = object()
+
+#: call shapes whose layout one layer hook keeps (a pipeline sees a handful; more means resolutions keep changing)
+_LAYOUTS_KEPT = 64
 
 
 def _force_native_dispatch(processor: Any) -> Any:

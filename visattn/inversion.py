@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from .processors.effect import Effect
+from .effects.base import Effect
 
 METHODS = ("ddim", "null-text", "negative-prompt")
 
@@ -144,6 +144,7 @@ class UnconditionalEmbeddings(Effect):
     """
 
     roles = ()
+    frozen_parameters = True
 
     def __init__(self, embeddings: Sequence[torch.Tensor], pooled: torch.Tensor | None = None) -> None:
         super().__init__()

@@ -22,6 +22,9 @@ class _FamilyDefault:
     def __repr__(self) -> str:
         return "FAMILY_DEFAULT"
 
+    def __reduce__(self) -> str:
+        return "FAMILY_DEFAULT"  # one sentinel: copies and pickles are the module's (tested with ``is``)
+
 
 #: ``layers=FAMILY_DEFAULT``: the family's default layers, resolved at attach
 #: (:meth:`visattn.families.Family.default_pag_layers`: diffusers' PAG pipeline default, else the middle layer)

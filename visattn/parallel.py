@@ -14,23 +14,31 @@ modifiers and per-token effects need; this module says where that slice sits:
 * **Local calls**: a processor that passes no parallel config (Wan's cross-attention over replicated text) calls
   SDPA on this rank's query shard. Effects need the full query grid, so the queries are gathered from every rank,
   the call runs whole on each (every rank ends with the same maps and masks), and each keeps its own rows.
-
-Ring attention (``ring_degree > 1``) splits keys across ranks too, which per-token effects cannot see whole: it
-is refused while effects act (see :func:`check_supported`).
+* **Ring calls** (``ring_degree > 1``): each rank keeps its query shard and the key/value shards rotate. visattn
+  computes the ring itself for the layers its effects act on (:func:`ring_attention`, in place of diffusers'
+  ``TemplatedRingAttention``): the effects contribute once per call against the whole sequence's context, each
+  key shard's step evaluates their patterns and score modifiers at global token indices
+  (:class:`PlacedPattern`), a key shard the pattern masks entirely is skipped, and the steps merge by log-sum-exp
+  as diffusers' ring does. Effects that need whole rows or the whole query grid (probability edits and reads,
+  changed queries, keys or values) are refused with a ValueError naming the Ulysses config (:func:`check_model`
+  before any step, :func:`ring_attention` as a backstop).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .context import TokenLayout
+from .kernels.patterns import Pattern, ScoreModifier, all_of, chain
 
 
 @dataclass(frozen=True)
@@ -84,18 +92,19 @@ def is_query_shard(view: ParallelView | None, layer_heads: int | None, call_head
     return view is not None and bool(layer_heads) and call_heads == layer_heads
 
 
-def check_supported(view: ParallelView | None, layer_name: str) -> None:
-    """Refuse ring attention while effects act on a layer: each rank holds only part of the keys, so patterns,
-    score modifiers and edits over whole rows would be silently wrong.
+def check_supported(view: ParallelView | None, layer_name: str, query_shard: bool = False) -> None:
+    """Refuse an effect's call that holds part of the keys: patterns, score modifiers and edits over whole rows would
+    be silently wrong. Ring calls never reach here (visattn computes them itself, :func:`ring_attention`); under ring
+    only the local calls a processor makes on its query shard (``query_shard``, run on the gathered queries) do.
 
     Raises:
-        ValueError: ``ring_degree > 1``.
+        ValueError: ``ring_degree > 1`` and the call is not a query shard.
     """
-    if view is not None and view.ring > 1:
+    if view is not None and view.ring > 1 and not query_shard:
         raise ValueError(
-            f"visattn effects act on layer {layer_name!r}, which runs ring attention (ring_degree={view.ring}): each "
-            "rank holds only part of the keys, so effects that need whole rows cannot run. Use Ulysses instead: "
-            f"ContextParallelConfig(ulysses_degree={view.world})"
+            f"visattn effects act on layer {layer_name!r}, which runs ring attention (ring_degree={view.ring}) in a "
+            "call visattn cannot place in the whole sequence, so effects that need whole rows cannot run. Use "
+            f"Ulysses instead: ContextParallelConfig(ulysses_degree={view.world})"
         )
 
 
@@ -167,25 +176,42 @@ def unsplit_inputs(model: torch.nn.Module, hook_name: str, args: tuple, kwargs: 
 
 
 def check_model(
-    model: torch.nn.Module, grid: tuple[int, int, int] | None, text_length: int | None, text_names: tuple[str, ...]
+    model: torch.nn.Module,
+    grid: tuple[int, int, int] | None,
+    text_length: int | None,
+    text_names: tuple[str, ...],
+    effects: Sequence[Any] = (),
 ) -> None:
     """Refuse, before any attention runs, a context-parallel split that visattn's effects cannot follow.
 
     Raises:
-        ValueError: ring attention (``ring_degree > 1``); a Ulysses degree that does not divide the layers' head
-            count; a latent grid, or a text the model's plan splits (``text_names``), that does not split evenly.
+        ValueError: ring attention combined with Ulysses (diffusers' unified attention) or ``ring_anything``, or
+            with an effect that is not exact under ring (:func:`ring_refusal`); a Ulysses degree that does not
+            divide the layers' head count; a latent grid, or a text the model's plan splits (``text_names``), that
+            does not split evenly.
     """
     config = getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
     if config is None:
         return
     ring, ulysses = int(config.ring_degree), int(config.ulysses_degree)
     name = type(model).__name__
-    if ring > 1:
-        raise ValueError(
-            f"{name} runs ring attention (ring_degree={ring}): each rank holds only part of the keys, so visattn's "
-            "effects cannot see whole attention rows. Use Ulysses: "
-            f"ContextParallelConfig(ulysses_degree={ring * ulysses})"
-        )
+    if ring > 1 and effects:
+        use = f"Use Ulysses: ContextParallelConfig(ulysses_degree={ring * ulysses})"
+        if ulysses > 1 or getattr(config, "ring_anything", False):
+            what = f"ulysses_degree={ulysses}" if ulysses > 1 else "ring_anything=True"
+            raise ValueError(
+                f"{name} runs ring attention (ring_degree={ring}) with {what}: visattn's effects run under ring "
+                f"alone (ulysses_degree=1) or under Ulysses. {use}"
+            )
+        for effect in effects:
+            reason = ring_refusal(effect, model=model)
+            if reason is not None:  # some effects run on some layers only: ask again with the layers' roles
+                reason = ring_refusal(effect, _static_roles(model, effect), model=model)
+            if reason is not None:
+                raise ValueError(
+                    f"{type(effect).__name__} cannot run under ring attention (ring_degree={ring} on {name}): "
+                    f"{reason}. {use}"
+                )
     heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
     if isinstance(heads, int) and heads % ulysses:
         raise ValueError(
@@ -194,11 +220,13 @@ def check_model(
         )
     split = (context_parallel_plan(model) or {}).get("") or {}
     text = text_length if any(name in split for name in text_names) else None
+    degree = ring * ulysses
     for what, count in (("latent grid", math.prod(grid) if grid else None), ("text", text)):
-        if count is not None and count % ulysses:
+        if count is not None and count % degree:
             raise ValueError(
-                f"the {what} of this call has {count} tokens, which ulysses_degree={ulysses} cannot split evenly; "
-                f"use a size whose token count is a multiple of {ulysses}"
+                f"the {what} of this call has {count} tokens, which a context-parallel degree of {degree} "
+                f"(ulysses_degree={ulysses}, ring_degree={ring}) cannot split evenly; use a size whose token count "
+                f"is a multiple of {degree}"
             )
 
 
@@ -361,3 +389,411 @@ def _native_backward_through_visattn(ctx: Any, grad_out: torch.Tensor, *args: An
     layer, call_ctx = entry
     with layer.replaying(call_ctx):
         return _STOCK_BACKWARD[0](ctx, grad_out, *args, **kwargs)
+
+
+# --- ring attention ---------------------------------------------------------------------------------------------
+
+# Under ring, diffusers' template (TemplatedRingAttention, reached through _templated_context_parallel_attention)
+# keeps each rank's query shard, all-gathers the key/value shards and loops over them, merging each step's output
+# by log-sum-exp. visattn routes the calls of the layers its effects act on (the layer hook is active, see
+# ring_layer) to ring_attention instead, which does the same with visattn's attention core: each step knows where
+# its key shard sits in the whole sequence. Other calls run diffusers' template unchanged.
+
+_RING_LAYER: contextvars.ContextVar[Any] = contextvars.ContextVar("visattn_ring_layer", default=None)
+_STOCK_TEMPLATE: list = []
+
+
+#: why the effects visattn ships that need whole rows or the whole grid cannot run under ring (by class name)
+_RING_REFUSALS = {
+    "PromptToPrompt": "it edits whole rows of attention probabilities (normalized over every key) and reads the "
+    "whole query grid's maps",
+    "AttentionMaps": "it reads whole rows of joint attention probabilities, normalized over every key (its maps of "
+    "cross-attention over replicated text run under ring)",
+    "SmoothedEnergyGuidance": "it blurs the queries (or keys) over the whole latent grid, of which each rank holds "
+    "a shard",
+    "SpatioTemporalSkipGuidance": "mode='skip' zeroes the values of the perturbed rows on every key shard (mode="
+    "'identity' and mode='block' run under ring)",
+    "CrossAttentionCache": "it reuses whole outputs of layers whose rows it has not seen whole",
+}
+
+
+def _static_roles(model: torch.nn.Module, effect: Any) -> frozenset[str]:
+    """The static roles (``"self"``, ``"cross"``, ``"joint"``, ...) of the attention layers of ``model`` whose visattn
+    hook carries ``effect``."""
+    from .interception import layer_hook
+
+    return frozenset(
+        hook.static_role
+        for module in _unwrapped(model).modules()
+        if (hook := layer_hook(module)) is not None and any(carried is effect for carried in hook.effects)
+    )
+
+
+def ring_refusal(effect: Any, roles: frozenset[str] | None = None, model: torch.nn.Module | None = None) -> str | None:
+    """Why ``effect`` cannot run exactly under ring attention, or ``None`` when it can (``roles``: the static roles
+    of the layers it is attached to, when known; ``model``: the denoiser, whose family decides STG's default mode).
+
+    Exact under ring: effects whose every contribution to a call is a pattern or score modifier of global token
+    indices, or a per-row and per-head identity blend (each query's own value sits in the key shard its rank
+    holds, for self and joint attention): NeighborhoodAttention, RadialAttention, ExtrapolationDecay (not
+    UltraViCo's centered keys, a mean over the whole sequence), EntropyScaling, PerturbedAttentionGuidance (PAG and
+    SoftPAG), SpatioTemporalSkipGuidance in modes ``"identity"`` and ``"block"``; AttentionMaps where none of its
+    layers is joint attention (its maps then come from cross-attention, which a processor runs on its query shard
+    over replicated text without the ring, as Wan does: visattn gathers the queries as under Ulysses; a ring call
+    that still reads probabilities is refused by :func:`ring_attention`). The rest edit or read whole rows of
+    probabilities (Prompt-to-Prompt, AttentionMaps on joint attention), change queries, keys or values over the
+    whole grid (SEG's blur, STG's skip) or are not known to be exact (effects of your own).
+    """
+    from .effects.attention_maps import AttentionMaps
+    from .effects.extrapolation import EntropyScaling, ExtrapolationDecay
+    from .effects.neighborhood_attention import NeighborhoodAttention
+    from .effects.perturbed_attention_guidance import PerturbedAttentionGuidance
+    from .effects.radial_attention import RadialAttention
+    from .effects.spatiotemporal_skip_guidance import SpatioTemporalSkipGuidance
+
+    if isinstance(effect, ExtrapolationDecay):
+        if getattr(effect, "mode", None) == "ultravico" and getattr(effect, "center_keys", False):
+            return "center_keys subtracts the mean key of the whole sequence, which no rank holds"
+        return None
+    if isinstance(effect, SpatioTemporalSkipGuidance):
+        if effect.mode is None and model is not None:
+            from .families import family_of
+
+            mode = effect.mode_for(family_of(model))  # the mode the family's default resolves to
+        else:
+            mode = effect.mode
+        return None if mode in ("identity", "block") else _RING_REFUSALS["SpatioTemporalSkipGuidance"]
+    if isinstance(effect, (NeighborhoodAttention, RadialAttention, EntropyScaling, PerturbedAttentionGuidance)):
+        return None
+    if isinstance(effect, AttentionMaps) and roles is not None and "joint" not in roles:
+        return None
+    known = next((why for cls in type(effect).__mro__ if (why := _RING_REFUSALS.get(cls.__name__))), None)
+    return known or (
+        "visattn does not know it to be exact under ring (only patterns, score modifiers and identity blends are: "
+        "each rank holds its query shard and sees the keys one shard at a time)"
+    )
+
+
+@contextlib.contextmanager
+def ring_layer(layer: Any, view: ParallelView | None) -> Iterator[None]:
+    """Route the ring calls made while a layer's forward runs (``view.ring > 1``) to :func:`ring_attention`."""
+    if view is None or view.ring <= 1:
+        yield
+        return
+    _install_ring()
+    token = _RING_LAYER.set(layer)
+    try:
+        yield
+    finally:
+        _RING_LAYER.reset(token)
+
+
+def _install_ring() -> None:
+    from diffusers.models import attention_dispatch
+
+    if _STOCK_TEMPLATE:
+        return
+    _STOCK_TEMPLATE.append(attention_dispatch._templated_context_parallel_attention)
+    attention_dispatch._templated_context_parallel_attention = _context_parallel_through_visattn
+
+
+def _context_parallel_through_visattn(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    return_lse: bool = False,
+    *,
+    forward_op,
+    backward_op,
+    _parallel_config: Any = None,
+):
+    """diffusers' context-parallel template, with the ring calls of a layer visattn's effects act on computed by
+    :func:`ring_attention` (every other call runs the stock template)."""
+    layer = _RING_LAYER.get()
+    config = getattr(_parallel_config, "context_parallel_config", None)
+    if layer is None or config is None or config.ring_degree <= 1:
+        return _STOCK_TEMPLATE[0](
+            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
+            forward_op=forward_op, backward_op=backward_op, _parallel_config=_parallel_config,
+        )  # fmt: skip
+    if config.ulysses_degree > 1 or getattr(config, "ring_anything", False) or is_causal or dropout_p or enable_gqa:
+        raise ValueError(
+            f"visattn effects act on layer {layer.layer_name!r}, whose ring attention (ring_degree="
+            f"{config.ring_degree}, ulysses_degree={config.ulysses_degree}) visattn cannot compute (it runs ring "
+            "alone, without causal masks, dropout or grouped heads). Use Ulysses: "
+            f"ContextParallelConfig(ulysses_degree={config.ring_degree * config.ulysses_degree})"
+        )
+    out, lse = ring_attention(layer, query, key, value, attn_mask, scale, config)
+    return (out, lse) if return_lse else out
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where one block of a whole sequence sits in it: query ``i`` of the block is token ``queries[i]`` of the
+    whole sequence and key ``j`` is token ``keys[j]``, as runs ``((start, length), ...)``."""
+
+    queries: tuple[tuple[int, int], ...]
+    keys: tuple[tuple[int, int], ...]
+    device: Any = field(default=None, compare=False)
+    _tables: tuple[torch.Tensor | None, torch.Tensor | None] = field(
+        default=(None, None), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        # Position tables only for blocks of several runs (joint shards), made once here: FlexAttention traces
+        # mask_mod, where building them would be traced too.
+        tables = tuple(None if len(runs) == 1 else _positions(runs, self.device) for runs in (self.queries, self.keys))
+        object.__setattr__(self, "_tables", tables)
+
+    def place(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._lookup(0, q_idx), self._lookup(1, kv_idx)
+
+    def _lookup(self, which: int, idx: torch.Tensor) -> torch.Tensor:
+        table = self._tables[which]
+        return idx + (self.queries, self.keys)[which][0][0] if table is None else table[idx]
+
+
+@dataclass(frozen=True)
+class PlacedPattern(Pattern):
+    """A pattern of the whole sequence evaluated on one block of it (a ring step: this rank's query shard against
+    one key shard), at the block's global token indices."""
+
+    inner: Pattern
+    at: _Placement
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return self.inner.mask_mod(b, h, *self.at.place(q_idx, kv_idx))
+
+    def cache_key(self) -> Hashable:
+        return ("placed", self.inner.cache_key(), self.at.queries, self.at.keys)
+
+    @property
+    def depends_on_batch_or_head(self) -> bool:
+        return self.inner.depends_on_batch_or_head
+
+
+@dataclass(frozen=True)
+class PlacedScoreModifier(ScoreModifier):
+    """A score modifier of the whole sequence evaluated on one block of it, at its global token indices."""
+
+    inner: ScoreModifier
+    at: _Placement
+
+    def score_mod(self, score, b, h, q_idx, kv_idx):
+        return self.inner.score_mod(score, b, h, *self.at.place(q_idx, kv_idx))
+
+    def cache_key(self) -> Hashable:
+        return ("placed", self.inner.cache_key(), self.at.queries, self.at.keys)
+
+
+def _positions(runs: tuple[tuple[int, int], ...], device: Any) -> torch.Tensor:
+    return torch.cat([torch.arange(start, start + length, device=device) for start, length in runs])
+
+
+def _runs(positions: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """``positions`` (integers) as runs of consecutive tokens ``((start, length), ...)``."""
+    values = positions.tolist()
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and runs[-1][0] + runs[-1][1] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return tuple((start, length) for start, length in runs)
+
+
+def _shard_positions(layout: TokenLayout, role: str, world: int) -> torch.Tensor | None:
+    """The whole-sequence position of every position of the gathered sequence (the shards in rank order), or
+    ``None`` when a joint sequence does not split evenly per stream."""
+    if role == "joint" and layout.text is not None and layout.image is not None:
+        order = joint_order(layout, world)
+        if order is None:
+            return None
+        positions = torch.empty_like(order)
+        positions[order] = torch.arange(len(order))
+        return positions
+    return torch.arange(layout.length)
+
+
+#: query-by-key pairs of a pattern evaluated at once while looking for an empty key shard
+_EMPTY_CHECK_PAIRS = 1 << 24
+
+
+def _any_pair(pattern: Pattern, batch: int, heads: int, n_q: int, n_k: int, device: Any) -> bool:
+    """Whether ``pattern`` keeps any pair of an ``n_q`` by ``n_k`` block (in query chunks, to bound memory)."""
+    per_batch_head = pattern.depends_on_batch_or_head
+    b = torch.arange(batch if per_batch_head else 1, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(heads if per_batch_head else 1, device=device).view(1, -1, 1, 1)
+    kv = torch.arange(n_k, device=device).view(1, 1, 1, -1)
+    step = max(1, _EMPTY_CHECK_PAIRS // max(1, n_k * b.numel() * h.numel()))
+    for start in range(0, n_q, step):
+        q = torch.arange(start, min(n_q, start + step), device=device).view(1, 1, -1, 1)
+        if bool(pattern.mask_mod(b, h, q, kv).any()):
+            return True
+    return False
+
+
+def _merge(
+    prev: tuple[torch.Tensor, torch.Tensor] | None, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge one step's ``(out [B, H, N, D], lse [B, H, N])`` into the running pair as diffusers' ring does
+    (``TemplatedRingAttention``), in fp32; rows a step leaves empty (``lse = -inf``) keep the other side."""
+    out, lse = out.float(), lse.float().unsqueeze(-1)
+    if prev is None:
+        return out, lse
+    prev_out, prev_lse = prev
+    merged = prev_out - torch.sigmoid(lse - prev_lse) * (prev_out - out)
+    merged_lse = prev_lse - torch.nn.functional.logsigmoid(prev_lse - lse)
+    empty, prev_empty = torch.isneginf(lse), torch.isneginf(prev_lse)
+    merged = torch.where(empty, prev_out, torch.where(prev_empty, out, merged))
+    merged_lse = torch.where(empty, prev_lse, torch.where(prev_empty, lse, merged_lse))
+    return merged, merged_lse
+
+
+def attend_key_shards(
+    q: torch.Tensor,
+    shards: Iterable[tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int], ...]]],
+    queries: tuple[tuple[int, int], ...],
+    pattern: Pattern | None,
+    score_mod: ScoreModifier | None,
+    scale: float | None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of queries ``q`` (``[B, H, N, D]``, at whole-sequence positions ``queries``, as runs ``((start,
+    length), ...)``) over the keys of ``shards`` (``(k, v, key positions)`` each), one shard at a time: each step
+    runs visattn's core with ``pattern`` and ``score_mod`` (of the whole sequence) placed at the shards' positions,
+    a shard the pattern masks entirely is skipped, and the steps merge by log-sum-exp (:func:`_merge`). Returns
+    ``(out, lse)`` in fp32, ``[B, H, N, D]`` and ``[B, H, N, 1]``; a row no shard reaches has lse ``-inf``.
+    """
+    from .kernels.core import run_request
+    from .kernels.request import AttentionRequest
+
+    batch, heads, n_q, _ = q.shape
+    merged = None
+    for k, v, keys in shards:
+        at = _Placement(queries, keys, q.device)
+        placed_pattern = None if pattern is None else PlacedPattern(pattern, at)
+        placed_mod = None if score_mod is None else PlacedScoreModifier(score_mod, at)
+        if placed_pattern is not None and not _any_pair(placed_pattern, batch, heads, n_q, k.shape[2], q.device):
+            continue  # every pair of this shard is masked: it adds nothing (lse = -inf)
+        request = AttentionRequest(q, k, v, pattern=placed_pattern, score_mod=placed_mod, scale=scale, return_lse=True)
+        out, lse = run_request(request, backend)
+        merged = _merge(merged, out, lse)
+    if merged is None:
+        empty = q.new_full((batch, heads, n_q, 1), float("-inf"), dtype=torch.float32)
+        return torch.zeros_like(q, dtype=torch.float32), empty
+    return merged
+
+
+def ring_attention(
+    layer: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    scale: float | None,
+    config: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ring call of a layer visattn's effects act on, as diffusers' ring computes it, with the effects.
+
+    ``query``, ``key``, ``value`` are this rank's shards in diffusers' layout ``[B, N, H, D]``. The effects see the
+    whole sequence's context once (as in one process); the key/value shards are all-gathered over the ring, and
+    each step runs visattn's core on this rank's queries and one key shard with the patterns and score modifiers
+    placed at both shards' global positions (:func:`attend_key_shards`), skipping a shard the patterns mask
+    entirely; steps merge by log-sum-exp. An identity blend (PAG) then mixes in each query's own value, which this
+    rank's own key shard holds. Returns ``(out [B, N, H, D], lse [B, N, H])``.
+
+    Raises:
+        ValueError: an effect that needs more than patterns, score modifiers and identity blends (the message
+            names it and the Ulysses config); a model mask.
+    """
+    import torch.distributed._functional_collectives as funcol
+
+    from .effects.base import AttentionCall
+
+    ring, rank, mesh = int(config.ring_degree), int(config._ring_local_rank), config._ring_mesh
+    use = f"Use Ulysses: ContextParallelConfig(ulysses_degree={ring})"
+    if attn_mask is not None:
+        raise ValueError(
+            f"layer {layer.layer_name!r} passes an attention mask to ring attention, which diffusers applies to every "
+            f"key shard alike; visattn does not place it in the whole sequence. {use}"
+        )
+    layer._intercepted += 1  # the layer's effects reached this call (see AttentionLayerHook's warning)
+    q, k, v = (x.permute(0, 2, 1, 3) for x in (query, key, value))
+    batch, heads, n_q, dim = q.shape
+    n_k = k.shape[2]
+    whole_keys = k[:, :, :1].expand(batch, heads, n_k * ring, dim)  # shapes only: the context reads them
+    ctx, partial = layer._context(q, whole_keys, n_q=n_q * ring)
+    acting = [effect for effect in layer.effects if effect.acts_on(ctx)]
+    query_positions = _shard_positions(ctx.queries, ctx.role, ring)
+    if acting and (partial is not None or query_positions is None):
+        raise ValueError(
+            f"visattn cannot place the ring shards of layer {layer.layer_name!r} in its whole sequence "
+            f"({ctx.role} attention over {ctx.queries.length} tokens). {use}"
+        )
+    if query_positions is None:
+        query_positions = torch.arange(n_q * ring)  # nothing acts: positions place no pattern
+    key_positions = query_positions if ctx.keys == ctx.queries else torch.arange(n_k * ring)
+    call = AttentionCall(ctx, q, k, v, scale=scale, backend=layer.backend)
+    for effect in acting:
+        effect.apply(call)
+    changed = [
+        what
+        for what, moved in (
+            ("queries", call.q is not q),
+            ("keys", call.k is not k),
+            ("values", call.v is not v),
+            ("the mask", call.attn_mask is not None),
+            ("the scale", call.scale != scale),
+            ("the output", call.output is not None),
+            ("probabilities", bool(call.editors or call.reads or call.observers)),
+        )
+        if moved
+    ]
+    own = slice(rank * n_q, (rank + 1) * n_q)
+    blend = call.identity_blend
+    if blend is not None and (n_q != n_k or ctx.keys != ctx.queries):
+        changed.append("an identity blend over keys that are not its queries")
+    if changed:
+        names = ", ".join(sorted({type(effect).__name__ for effect in acting}))
+        raise ValueError(
+            f"{names} changed {', '.join(changed)} of a ring call (layer {layer.layer_name!r}): under ring attention "
+            f"each rank holds its query shard and sees the keys one shard at a time, so only patterns, score "
+            f"modifiers and identity blends can run. {use}"
+        )
+    pattern, score_mod = all_of(call.patterns), chain(call.score_mods)
+    queries = _runs(query_positions[own])
+    flat = torch.cat([key.flatten(), value.flatten()]).contiguous()
+    # diffusers' template gathers with all_gather_tensor, which newer torch renames all_gather_single. With
+    # gradients the gather is autograd-aware (its backward reduce-scatters each shard's key/value gradient back to
+    # the rank that holds it): the rest of the ring is plain autograd, so gradients through effects are exact.
+    needs_grad = torch.is_grad_enabled() and (key.requires_grad or value.requires_grad)
+    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+    if needs_grad:
+        gather = funcol.all_gather_tensor_autograd
+    shards = gather(flat, gather_dim=0, group=mesh.get_group()).chunk(ring)
+
+    def shards_in_ring_order() -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int], ...]]]:
+        for step in range(ring):
+            source = (rank + step) % ring  # diffusers' order: the local shard first, then the next ranks'
+            keys = _runs(key_positions[source * n_k : (source + 1) * n_k])
+            if step == 0:
+                yield k, v, keys
+                continue
+            kv = shards[source]
+            shard_k = kv[: key.numel()].reshape_as(key).permute(0, 2, 1, 3)
+            yield shard_k, kv[key.numel() :].reshape_as(value).permute(0, 2, 1, 3), keys
+
+    out, lse = attend_key_shards(q, shards_in_ring_order(), queries, pattern, score_mod, scale, layer.backend)
+    if blend is not None:
+        blend = blend.to(device=out.device, dtype=out.dtype)
+        if blend.shape[2] > 1:
+            blend = blend[:, :, query_positions[own].to(blend.device)]
+        # As the core blends (lerp: exactly v where the weight is 1); each query's own value is in the local shard.
+        out = torch.lerp(out, v.to(out.dtype), blend)
+    return out.to(query.dtype).permute(0, 2, 1, 3), lse.squeeze(-1).permute(0, 2, 1)

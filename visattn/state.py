@@ -45,7 +45,7 @@ class DenoiserState:
     call: DenoiserCall | None = None
     #: guidance terms nested perturbation effects hand to the outermost one within this denoiser call
     guidance_terms: list | None = None
-    #: what each effect of the attachment keeps while attached (:meth:`visattn.processors.Effect.new_run`), by
+    #: what each effect of the attachment keeps while attached (:meth:`visattn.effects.Effect.new_run`), by
     #: ``id(effect)``; one mapping shared by every denoiser of the attachment (Wan 2.2's two transformers)
     runs: dict[int, Any] = field(default_factory=dict)
 
@@ -100,7 +100,7 @@ class DenoiserHook(ModelHook):
             inputs.batch_size = len(latents)
         self.state.inputs = inputs
         family = self.state.family
-        check_model(module, inputs.grid, inputs.text_length, family.text.names if family.text else ())
+        check_model(module, inputs.grid, inputs.text_length, family.text.names if family.text else (), self.effects)
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
         if not in_steps(self.steps, self.state.step.fraction):

@@ -229,7 +229,9 @@ def check_layer_roles(layers: tuple[str, ...] | None, roles: tuple[str, ...], ow
     """
     from .layers import ROLE_KEYWORDS
 
-    wrong = [layer for layer in layers or () if layer in ROLE_KEYWORDS and layer not in roles]
+    if not isinstance(layers, tuple):
+        return  # None (every layer) or FAMILY_DEFAULT (resolved at attach, never a role keyword)
+    wrong = [layer for layer in layers if layer in ROLE_KEYWORDS and layer not in roles]
     if wrong:
         raise ValueError(
             f"{owner}(layers=...) names {wrong[0]!r} attention, which {owner} does not act on; it acts on "
@@ -254,7 +256,7 @@ def check_attention_inputs(
 
     Shapes, dtypes and devices only: no tensor value is read, so the check never synchronizes a device.
     """
-    from .kernels.spec import Pattern, ScoreModifier, check_tokens
+    from .kernels.patterns import Pattern, ScoreModifier, check_tokens
 
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         check_tensor(tensor, name, dims=4)

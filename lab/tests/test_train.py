@@ -1,6 +1,6 @@
 """Training the toy-world pipelines (lab/train.py): the quick run end to end, seeds, resuming, the stages.
 
-The run-time side (tokenizers, size budget, the loader's message) is tested in tests/test_toy_models.py.
+The run-time side (tokenizers, size budget, the loader's message) is tested in tests/toy/test_toy_models.py.
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@ one with effects on the right):
   (HeadHunter, "Fine-Grained Perturbation Guidance via Attention Head Selection"); neighborhood attention
   (Hassani et al., 2023, "Neighborhood Attention Transformer"); Radial Attention (Li et al., 2025, "Radial
   Attention: O(n log n) Sparse Attention with Energy Decay for Long Video Generation", video models only);
-  extrapolation beyond the native size with UltraViCo's decay (:class:`~visattn.processors.ExtrapolationDecay`)
+  extrapolation beyond the native size with UltraViCo's decay (:class:`~visattn.effects.ExtrapolationDecay`)
   and entropy scaling (Jin et al., 2023): all built from effect specs (:func:`visattn.effect_specs.build_effects`),
   which are echoed in the result so a run can be repeated in a batch job.
-* Per-word attention maps come from :class:`~visattn.processors.AttentionMaps` attached to the same call, as
-  small captioned pictures and as one labelled sheet (:meth:`~visattn.processors.AttentionMaps.sheet`).
+* Per-word attention maps come from :class:`~visattn.effects.AttentionMaps` attached to the same call, as
+  small captioned pictures and as one labelled sheet (:meth:`~visattn.effects.AttentionMaps.sheet`).
 * An uploaded image is inverted first (plain DDIM inversion, the default shared with ``visattn edit``; null-text
   inversion, Mokady et al., 2022; or negative-prompt inversion, Miyake et al., 2023; :mod:`visattn.inversion`)
   with the source prompt, and the edit starts from its noise.
@@ -533,7 +533,7 @@ class DemoEngine:
             if edit is None and effects:
                 # Without an edit the left image is the same seed without effects: what the effects changed.
                 baseline = self._generate(pipe, [request.prompt], [], inversion, call, seed, report, "without effects")
-            from ..processors import AttentionMaps
+            from ..effects import AttentionMaps
 
             maps = AttentionMaps(prompt=prompts)
             attached = [*([edit] if edit is not None else []), *effects, maps]

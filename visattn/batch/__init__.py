@@ -6,15 +6,15 @@
   an image model is an invalid line;
 * :mod:`visattn.batch.outputs`: atomic writes of PNGs, animated WebPs / MP4s, sidecars and result records;
 * :mod:`visattn.batch.lock`: one launch per output folder (a lock file naming its owner);
-* :mod:`visattn.batch.runner`: resuming, sharding, running and merging results (:func:`run_batch`).
+* :mod:`visattn.batch.execute`: resuming, sharding, running and merging results (:func:`run_batch`).
 
 See ``docs/batch.md``.
 """
 
 from __future__ import annotations
 
+from .execute import BatchSummary, run_batch
 from .jobs import Job, JobError, parse_jobs
 from .lock import FolderLocked
-from .runner import BatchSummary, run_batch
 
 __all__ = ["BatchSummary", "FolderLocked", "Job", "JobError", "parse_jobs", "run_batch"]

@@ -52,7 +52,7 @@ from ..generate import (
 from ..images import slugify
 
 if TYPE_CHECKING:
-    from ..processors import Effect, PromptToPrompt
+    from ..effects import Effect, PromptToPrompt
 
 #: every field a job may have
 FIELDS = (
@@ -129,7 +129,7 @@ class Job:
         return build_effects(list(self.effects), latent_frames=latent_frames)
 
     def build_edit(self) -> PromptToPrompt | None:
-        """A fresh :class:`~visattn.processors.PromptToPrompt` for an edit job, else ``None``."""
+        """A fresh :class:`~visattn.effects.PromptToPrompt` for an edit job, else ``None``."""
         return None if self.edit is None else build_edit(self.edit)
 
     @property

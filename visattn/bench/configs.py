@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels.neighborhood import NeighborhoodPattern
-from ..kernels.spec import Pattern
+from ..kernels.patterns import Pattern
 
 
 @dataclass(frozen=True)

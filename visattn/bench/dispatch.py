@@ -14,6 +14,12 @@ the call's inputs), one layer hook per attention module, and, where an effect ac
   NeighborhoodAttention and ExtrapolationDecay where calls have a latent grid, RadialAttention on video), built
   as :func:`visattn.testing.coverage.checks.check` builds them.
 
+A forward with an effect does more work than a stock forward (PAG's perturbed branch, AttentionMaps'
+probabilities), so those rows are not what visattn costs. The fair comparison is per layer,
+:mod:`visattn.bench.layers`: each effect on one attention layer against the same work without visattn
+(diffusers' own PAG processor, SEG's blur and the maps written plainly), and a Prompt-to-Prompt edit against a
+plain batch-2 generation (:data:`LAYER_VARIANTS`).
+
 Each forward is timed with ``time.perf_counter`` under ``torch.no_grad`` in fp32, with the garbage collector
 paused; the timed runs are split into rounds that interleave the variants, so drift on a shared machine spreads
 over all of them. Times are reported per forward (median and min) and per attention call: the forward's time
@@ -34,6 +40,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+from .layers import LAYER_SHAPES, LAYER_VARIANTS, LayerComparison, LayerShape, layer_benchmark, layer_table
 
 #: the models timed by default: a UNet, MM-DiTs (SD3, Flux, Qwen-Image) and video DiTs (Wan, LTX-2)
 DEFAULT_CLASSES: tuple[str, ...] = (
@@ -153,6 +161,8 @@ class DispatchReport:
     environment: dict[str, Any]
     settings: dict[str, Any]
     models: list[ModelTiming]
+    #: the per-layer comparisons against the same work without visattn (:mod:`visattn.bench.layers`)
+    layers: list[LayerComparison] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,10 +170,13 @@ class DispatchReport:
     def markdown(self) -> str:
         """The forward timings (one row per model and variant, skipped variants listed below), then the hooks
         timed alone."""
-        parts = [markdown_table(self.models)]
+        parts = [markdown_table(self.models)] if self.models else []
         if any(model.hook_costs for model in self.models):
             parts.append("Hooks alone (model and attention forwards replaced by no-ops; best of 5 loops):\n")
             parts.append(hook_cost_table(self.models))
+        if self.layers:
+            parts.append("Per layer, against the same work without visattn (median per call; interleaved):\n")
+            parts.append(layer_table(self.layers))
         return "\n".join(parts)
 
 
@@ -568,17 +581,21 @@ def dispatch_benchmark(
     rounds: int = 5,
     threads: int | None = 1,
     progress: bool = False,
+    layer_shapes: Sequence[LayerShape] = LAYER_SHAPES,
+    layer_repeats: int | None = None,
 ) -> DispatchReport:
     """Time stock vs attached forwards of tiny denoisers; see the module docstring for what each variant is.
 
     Args:
         classes: diffusers class names from :func:`available_classes`; default :data:`DEFAULT_CLASSES`.
-        variants: names from :data:`VARIANTS`; default every one that applies to each model.
+        variants: names from :data:`VARIANTS` and :data:`LAYER_VARIANTS`; default every one that applies.
         repeats: timed forwards per variant and model (median and min are reported).
         warmup: untimed forwards before each of the ``rounds`` interleaved blocks.
         rounds: blocks the timed forwards are split into, variants interleaved.
         threads: ``torch.set_num_threads`` for the run (restored after); ``None`` keeps torch's setting.
         progress: print one line per model to stderr.
+        layer_shapes: the layers of the per-layer comparisons (:data:`visattn.bench.layers.LAYER_SHAPES`).
+        layer_repeats: timed calls per side of each per-layer comparison; default ``min(repeats, 60)``.
 
     Raises:
         ValueError: an unknown class or variant, ``repeats < 1``, ``warmup < 0``, ``rounds < 1``, ``threads < 1``.
@@ -594,6 +611,8 @@ def dispatch_benchmark(
         raise ValueError(f"classes: {unknown} not tiny denoiser classes; allowed: {', '.join(allowed)}")
     _check_counts(repeats, warmup, rounds)
     _check_variants(variants)
+    if layer_repeats is not None:
+        _check_counts(layer_repeats, warmup, rounds)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads={threads!r}: must be a positive integer or None (keep torch's setting)")
     previous = torch.get_num_threads()
@@ -601,12 +620,26 @@ def dispatch_benchmark(
         torch.set_num_threads(threads)
     try:
         models = []
-        for class_name in classes:
+        # A run of per-layer comparisons alone times no model.
+        model_variants = variants is None or any(name in VARIANTS for name in variants)
+        for class_name in classes if model_variants else ():
             if progress:
                 import sys
 
                 print(f"dispatch: {class_name}", file=sys.stderr, flush=True)
             models.append(time_model(class_name, variants=variants, repeats=repeats, warmup=warmup, rounds=rounds))
+        wanted = [name for name in LAYER_VARIANTS if variants is None or name in variants]
+        layer_repeats = min(repeats, 60) if layer_repeats is None else layer_repeats
+        layers = []
+        if wanted:
+            layers = layer_benchmark(
+                wanted,
+                layer_shapes,
+                repeats=layer_repeats,
+                warmup=min(warmup, 2),
+                rounds=rounds,
+                progress=progress,
+            )
         env = environment()
         settings = {
             "threads": torch.get_num_threads(),
@@ -614,12 +647,13 @@ def dispatch_benchmark(
             "repeats": repeats,
             "warmup": warmup,
             "rounds": rounds,
+            "layer_repeats": layer_repeats,
             "dtype": "float32",
             "grad": "torch.no_grad",
         }
     finally:
         torch.set_num_threads(previous)
-    return DispatchReport(env, settings, models)
+    return DispatchReport(env, settings, models, layers)
 
 
 def _check_counts(repeats: int, warmup: int, rounds: int) -> None:
@@ -631,9 +665,9 @@ def _check_counts(repeats: int, warmup: int, rounds: int) -> None:
 def _check_variants(variants: Sequence[str] | None) -> set[str]:
     if variants is None:
         return set(VARIANTS)
-    unknown = [name for name in variants if name not in VARIANTS]
+    unknown = [name for name in variants if name not in VARIANTS and name not in LAYER_VARIANTS]
     if unknown:
-        raise ValueError(f"variants: {unknown} not known; allowed: {', '.join(VARIANTS)}")
+        raise ValueError(f"variants: {unknown} not known; allowed: {', '.join(VARIANTS + LAYER_VARIANTS)}")
     return {"stock", *variants}
 
 
@@ -685,8 +719,20 @@ def header(report: DispatchReport, command: str = "") -> str:
         f"Measured {env['date']} on {cpu['name']} ({settings.get('cpus')} CPUs), {settings['threads']} torch "
         f"thread(s); visattn {env['visattn']}, "
         f"torch {packages['torch']}, diffusers {packages['diffusers']}, python {env['python']}. "
-        f"fp32, {settings['grad']}, median of {settings['repeats']} forwards per variant in {settings['rounds']} "
-        f"interleaved rounds, each after {settings['warmup']} untimed forward(s).",
+        f"fp32, {settings['grad']}"
+        + (
+            f", median of {settings['repeats']} forwards per variant in {settings['rounds']} interleaved rounds, "
+            f"each after {settings['warmup']} untimed forward(s)"
+            if report.models
+            else ""
+        )
+        + (
+            f"; per layer: {settings['layer_repeats']} calls per side, alternated one by one, after "
+            f"{min(settings['warmup'], 2)} untimed"
+            if report.layers
+            else ""
+        )
+        + ".",
     ]
     if command:
         lines += ["", f"`{command}`"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .runner import time_call
+from .timing import time_call
 
 #: Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer config (diffusers' WanTransformer3DModel arguments)
 WAN21_1_3B: dict[str, Any] = {
@@ -44,7 +44,7 @@ _QUICK_LATENTS = (4, 8, 12)
 
 def default_effects(quick: bool = False) -> dict[str, list]:
     """The attention variants compared: dense, Radial Attention, and a 3-D neighborhood of similar density."""
-    from ..processors import NeighborhoodAttention, RadialAttention
+    from ..effects import NeighborhoodAttention, RadialAttention
 
     kernel = (3, 3, 5) if quick else (5, 15, 27)
     return {
@@ -151,13 +151,13 @@ def tgate_speedup(
     dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Seconds per generation with and without :class:`~visattn.processors.CrossAttentionCache` (TGATE).
+    """Seconds per generation with and without :class:`~visattn.effects.CrossAttentionCache` (TGATE).
 
     SD 1.5's UNet at 512 px with classifier-free guidance (``steps`` DDIM steps, cross-attention cached after
     ``gate_step``; latents returned, so the VAE is not timed). ``quick`` uses the tiny test pipeline on CPU.
     """
     from .. import attach
-    from ..processors import CrossAttentionCache
+    from ..effects import CrossAttentionCache
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda" and not quick:

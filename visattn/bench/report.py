@@ -11,7 +11,7 @@ from typing import Any
 from ..charts import grouped_bar_chart
 from ..info import autotune_info, collect_info
 from .configs import BenchConfig
-from .runner import BenchResult
+from .timing import BenchResult
 
 
 def environment() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ..generate import (
 from . import MODEL_HELP, checked_type
 
 # The authors' search settings, as in visattn.guidance.head_hunter (not imported here: it pulls in torch, and the
-# CLI parses arguments before loading anything heavy; tests/test_hunt.py checks the two agree).
+# CLI parses arguments before loading anything heavy; tests/guidance/test_head_hunter.py checks the two agree).
 AUTHORS_HEADS_PER_ROUND = 3
 AUTHORS_SEARCH_GUIDANCE = 0.0
 

@@ -6,13 +6,13 @@ deterministic analyzer reads back (:mod:`visattn.toy.analyze`), so each effect o
 ==========================  ==========================================================================
 study                       what is measured (module)
 ==========================  ==========================================================================
-``prompt_accuracy``         colour, shape, size, position, count on held-out captions (:mod:`.accuracy`)
+``prompt_accuracy``         colour, shape, size, position, count on held-out captions (:mod:`.accuracy_study`)
 ``prompt_to_prompt``        word-swap success and foreground IoU, re-weighting monotonicity, local
-                            blend's change outside its region (:mod:`.prompt_to_prompt`)
-``perturbation_guidance``   PAG / SoftPAG: sharpness and accuracy vs scale and strength (:mod:`.guidance`)
-``sparse_image/_video``     neighborhood and radial attention vs dense: PSNR and time (:mod:`.sparse`)
+                            blend's change outside its region (:mod:`.prompt_to_prompt_study`)
+``perturbation_guidance``   PAG / SoftPAG: sharpness and accuracy vs scale and strength (:mod:`.guidance_study`)
+``sparse_image/_video``     neighborhood and radial attention vs dense: PSNR and time (:mod:`.sparse_study`)
 ``extrapolation_image``     duplicated objects at 2x resolution, with entropy scaling / decay
-``extrapolation_video``     motion continuity at 2x and 4x length, with decay (:mod:`.extrapolation`)
+``extrapolation_video``     motion continuity at 2x and 4x length, with decay (:mod:`.extrapolation_study`)
 ==========================  ==========================================================================
 
 Every metric is a plain function in :mod:`.metrics`. Prompts come from a held-out data seed

@@ -58,13 +58,13 @@ class EvalConfig:
             the unedited source image).
         pag_scales, pag_strengths: the perturbation-guidance grid; strength 1 is PAG, below 1 SoftPAG. Scale 0 is
             the unguided baseline.
-        pag_layers: the layers the guidance perturbs (a :class:`~visattn.processors.PerturbedAttentionGuidance`
+        pag_layers: the layers the guidance perturbs (a :class:`~visattn.effects.PerturbedAttentionGuidance`
             ``layers`` value). Not PAG's usual mid block: the toy UNet's mid block works on 4 x 4 latent pixels,
             where replacing self-attention by the identity moves pixels by 0.6% at scale 3; the up blocks decide
             the shapes.
         resolution_factor: image extrapolation: side multiple of the training resolution.
         length_factors: video extrapolation: multiples of the training length (in temporal tokens).
-        decay_factor: :class:`~visattn.processors.ExtrapolationDecay`'s weight for out-of-window keys.
+        decay_factor: :class:`~visattn.effects.ExtrapolationDecay`'s weight for out-of-window keys.
         timing_repeats: timed runs per method in the sparse-attention studies (median, after one warm-up).
     """
 

@@ -8,20 +8,32 @@ from typing import Any
 
 import torch
 
-from . import accuracy, extrapolation, guidance, prompt_to_prompt, sparse
+from . import accuracy_study, extrapolation_study, guidance_study, prompt_to_prompt_study, sparse_study
 from .config import STUDIES, VIDEO_STUDIES, EvalConfig
 from .gallery import Gallery
-from .runner import EvalContext, ImageModel, VideoModel
+from .generation import EvalContext, ImageModel, VideoModel
 
 #: study name -> (run, markdown section, headline numbers for the chart)
 _STUDIES: dict[str, tuple[Callable, Callable, Callable]] = {
-    accuracy.NAME: (accuracy.run, accuracy.markdown, accuracy.headline),
-    prompt_to_prompt.NAME: (prompt_to_prompt.run, prompt_to_prompt.markdown, prompt_to_prompt.headline),
-    guidance.NAME: (guidance.run, guidance.markdown, guidance.headline),
-    sparse.IMAGE: (sparse.run_image, sparse.markdown, sparse.headline),
-    sparse.VIDEO: (sparse.run_video, sparse.markdown, sparse.headline),
-    extrapolation.IMAGE: (extrapolation.run_image, extrapolation.markdown_image, extrapolation.headline_image),
-    extrapolation.VIDEO: (extrapolation.run_video, extrapolation.markdown_video, extrapolation.headline_video),
+    accuracy_study.NAME: (accuracy_study.run, accuracy_study.markdown, accuracy_study.headline),
+    prompt_to_prompt_study.NAME: (
+        prompt_to_prompt_study.run,
+        prompt_to_prompt_study.markdown,
+        prompt_to_prompt_study.headline,
+    ),
+    guidance_study.NAME: (guidance_study.run, guidance_study.markdown, guidance_study.headline),
+    sparse_study.IMAGE: (sparse_study.run_image, sparse_study.markdown, sparse_study.headline),
+    sparse_study.VIDEO: (sparse_study.run_video, sparse_study.markdown, sparse_study.headline),
+    extrapolation_study.IMAGE: (
+        extrapolation_study.run_image,
+        extrapolation_study.markdown_image,
+        extrapolation_study.headline_image,
+    ),
+    extrapolation_study.VIDEO: (
+        extrapolation_study.run_video,
+        extrapolation_study.markdown_video,
+        extrapolation_study.headline_video,
+    ),
 }
 assert tuple(_STUDIES) == STUDIES
 

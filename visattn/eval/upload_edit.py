@@ -20,9 +20,9 @@ from PIL import Image
 from ..edit import INVERSIONS, edit
 from ..toy.data import render_scene
 from .gallery import short_caption
+from .generation import EvalContext
 from .metrics import background_change, mean
 from .prompts import word_swaps
-from .runner import EvalContext
 from .tables import table
 
 #: uploads edited per inversion, and the most steps an edit takes (null-text inversion optimizes the

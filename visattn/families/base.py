@@ -455,7 +455,7 @@ class Family:
             prediction by ``1 + g``.
         batch_inputs: the forward inputs that do not lead with the batch, each with how it carries it (one of
             :data:`NOT_BATCHED_INPUT`, :data:`PER_SAMPLE_LIST`, :data:`FOLDED`, or the batch's axis), so that a
-            perturbation branch copies rows correctly (:mod:`visattn.batching`); every other tensor whose leading
+            perturbation branch copies rows correctly (:mod:`visattn.denoiser_batch`); every other tensor whose leading
             axis is the batch is copied row by row.
         context_before_grid: self-attention puts context latents before the grid (Helios's history), so the
             grid is the sequence's last tokens.

@@ -2,7 +2,7 @@
 
 Pipelines combine predictions themselves (``eps = eps_u + g * (eps_c - eps_u)`` with CFG), and how they do it
 is a per-pipeline fact visattn needs (perturbation guidance folds its terms into the conditional prediction
-through ``g``, see :mod:`visattn.guidance_math`). ``g`` is the scale the pipeline applies *to this denoiser
+through ``g``, see :mod:`visattn.guidance.arithmetic`). ``g`` is the scale the pipeline applies *to this denoiser
 call's conditional prediction*, which is not always an attribute. :func:`pipeline_guidance_scale` knows, per
 diffusers pipeline family:
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,10 +28,10 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
 from ..attachment import Attachment, attach, attention_layers
+from ..effects.base import AttentionCall, Effect
 from ..families import family_of
 from ..interception import AttentionLayerHook, layer_hook, register_layer_hook, remove_layer_hook
 from ..layers import matches, normalize_layers, select_layers
-from ..processors.effect import AttentionCall, Effect
 from ..state import HOOK_NAME
 from .head_sets import HeadSet, layer_pattern
 
@@ -55,7 +56,7 @@ PERTURBED_ROLES = ("self", "joint")
 class IdentityPerturbation(Effect):
     """Blend chosen heads of every batch row toward the identity attention map (PAG at ``strength=1``).
 
-    Unlike :class:`visattn.processors.PerturbedAttentionGuidance`, which adds a perturbed branch to the batch,
+    Unlike :class:`visattn.effects.PerturbedAttentionGuidance`, which adds a perturbed branch to the batch,
     this effect perturbs whole calls: a guider installs it only for the pass that computes the perturbed
     prediction. Output per selected head: ``(1 - strength) * softmax(QK^T) V + strength * V`` (SoftPAG).
 
@@ -65,6 +66,7 @@ class IdentityPerturbation(Effect):
     """
 
     roles = PERTURBED_ROLES
+    frozen_parameters = True
 
     def __init__(self, heads: Mapping[str, Sequence[int] | None], strength: float = 1.0) -> None:
         if not isinstance(heads, Mapping) or not heads:
@@ -79,7 +81,7 @@ class IdentityPerturbation(Effect):
                     raise ValueError(f"heads[{layer!r}] must be non-negative head indices or None; got {indices!r}")
             checked[layer] = indices
         super().__init__(layers=[layer_pattern(layer) for layer in checked])
-        self.heads = checked
+        self.heads = MappingProxyType(checked)  # read-only: the effect's parameters are fixed once it is built
         self.strength = float(strength)
 
     def apply(self, call: AttentionCall) -> None:
@@ -108,7 +110,7 @@ class IdentityPerturbation(Effect):
         call.identity_blend = blend
 
     def __repr__(self) -> str:
-        return f"IdentityPerturbation(heads={self.heads}, strength={self.strength})"
+        return f"IdentityPerturbation(heads={dict(self.heads)}, strength={self.strength})"
 
 
 def _normalize_layer_selection(layers: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:

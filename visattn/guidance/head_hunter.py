@@ -381,7 +381,7 @@ def hunt_heads(
     """Greedy HeadHunter search ("Fine-Grained Perturbation Guidance via Attention Head Selection").
 
     Round ``r`` tries every remaining candidate added to the heads chosen in rounds ``1 .. r-1``: it generates
-    the prompts with :class:`visattn.processors.PerturbedAttentionGuidance` on that set (attached with
+    the prompts with :class:`visattn.effects.PerturbedAttentionGuidance` on that set (attached with
     :func:`visattn.attach`), scores the images with ``objective`` and keeps the ``heads_per_round`` candidates
     with the highest scores (ties: the earlier candidate), as the authors' ``select_topk_heads`` does. The cost is
     one generation of the prompts per remaining candidate per round, plus one unguided generation for
@@ -421,7 +421,7 @@ def hunt_heads(
     """
     from tqdm.auto import tqdm
 
-    from ..processors.perturbed_attention import PerturbedAttentionGuidance
+    from ..effects.perturbed_attention_guidance import PerturbedAttentionGuidance
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):

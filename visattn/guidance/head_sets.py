@@ -221,11 +221,11 @@ class HeadSet:
         return self
 
     def effect(self, scale: float = 3.0, strength: float = 1.0, **kwargs: Any):
-        """A :class:`visattn.processors.PerturbedAttentionGuidance` (SoftPAG when ``strength < 1``) on these heads.
+        """A :class:`visattn.effects.PerturbedAttentionGuidance` (SoftPAG when ``strength < 1``) on these heads.
 
         Extra keyword arguments (``adaptive_scale``, ``steps``) go to the effect.
         """
-        from ..processors.perturbed_attention import PerturbedAttentionGuidance
+        from ..effects.perturbed_attention_guidance import PerturbedAttentionGuidance
 
         if not self._pairs:
             raise ValueError("an empty HeadSet selects no head to perturb; add heads first")

@@ -12,15 +12,15 @@ from .block_density import density, tile_aligned_order
 from .core import attention, available_backends, backend_names, choose_backend, register_backend, run_request
 from .natten_api import na1d, na2d, na3d
 from .neighborhood import NeighborhoodPattern
+from .patterns import AllOf, Chain, DensePattern, Pattern, ScoreModifier, all_of, chain
 from .probabilities import Editor, ProbabilityRead
 from .request import AttentionRequest
-from .spec import AllOf, Chain, DensePattern, Pattern, ScoreModifier, all_of, chain
 
 # Patterns and modifiers with heavier or optional dependencies resolve on first use.
 _LAZY = {
     "RadialPattern": ".radial",
-    "DecayModifier": ".extrapolation",
-    "EntropyScale": ".extrapolation",
+    "DecayModifier": ".extrapolation_scores",
+    "EntropyScale": ".extrapolation_scores",
 }
 
 __all__ = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .spec import Pattern
+from .patterns import Pattern
 
 __all__ = ["Density", "density", "tile_aligned_order"]
 

@@ -12,14 +12,14 @@ pattern is:
   rule: :class:`~visattn.kernels.neighborhood.NeighborhoodPattern` with per-axis prefix sums of its 1-D masks
   (exact: the mask is kept when every axis keeps it), :class:`~visattn.kernels.radial.RadialPattern` per frame
   pair, comparing the pair's window with the least and the largest flattened-index distance of the two boxes;
-  tokens outside the grid follow :func:`~visattn.kernels.spec.grid_sequence_mask`'s conventions;
+  tokens outside the grid follow :func:`~visattn.kernels.patterns.grid_sequence_mask`'s conventions;
 * a tile pair is visited when some piece pair keeps a pair, and full when every piece pair keeps every pair and
   both tiles are whole (``create_block_mask`` pads the last tile with masked pairs, so it is never full).
 
 Any other pattern is evaluated one chunk of query tiles at a time (memory bounded by tile x keys, never N x N).
-An intersection (:class:`~visattn.kernels.spec.AllOf`) intersects its members' tiles: full when full in all;
+An intersection (:class:`~visattn.kernels.patterns.AllOf`) intersects its members' tiles: full when full in all;
 where two or more members are only partly kept, those tile pairs are evaluated to learn whether their kept pairs
-meet. The result is the same block mask ``create_block_mask`` builds (``tests/test_block_masks.py``).
+meet. The result is the same block mask ``create_block_mask`` builds (``tests/kernels/test_block_masks.py``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from .neighborhood import NeighborhoodPattern
+from .patterns import AllOf, Pattern
 from .radial import RadialPattern
-from .spec import AllOf, Pattern
 
 __all__ = ["TileClasses", "block_mask_from_pattern", "tile_classes"]
 

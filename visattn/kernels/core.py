@@ -40,9 +40,9 @@ from ..validation import check_attention_inputs
 from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
+from .patterns import Pattern, ScoreModifier
 from .probabilities import Editor, ProbabilityRead, serve_reads
 from .request import AttentionRequest, UnsupportedCall
-from .spec import Pattern, ScoreModifier
 
 _BACKENDS: dict[str, ModuleType] = {
     module.NAME: module
@@ -331,6 +331,9 @@ def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch
         name = _env_backend(request) or ("auto" if not request.is_plain else sdpa.NAME)
     elif (problem := _check_forced(request, backend, "backend")) is not None:
         raise ValueError(problem)
+    identity = _identity_rows(request)
+    if identity is not None:
+        return _run_without_identity_rows(request, identity, backend), None
     out, lse = _run_auto(request) if name == "auto" else _BACKENDS[name].run(request)
     if request.return_lse and lse is None:
         # Only reachable for a backend that cannot return it; the reference recomputes it exactly.
@@ -360,6 +363,77 @@ def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[tor
     out, lse = run_request(call, backend)
     serve_reads(request, request.reads, lse)
     return out, lse
+
+
+#: blends up to this many weights are checked in Python (per-head blends); larger ones (per token) with tensor ops
+_LISTED_BLEND = 1024
+
+
+def _identity_rows(request: AttentionRequest) -> list[bool] | None:
+    """Which batch rows an identity blend answers alone (weight exactly 1 on every head and query: PAG's perturbed
+    rows), or ``None`` when none does or the call cannot be split by rows.
+
+    Those rows' output is their values, bit for bit (``lerp`` at weight 1), so computing their attention would be
+    thrown away. Only a blend on the CPU is read (no device sync), and only for calls whose rows are independent
+    of their batch index: no pattern or score modifier (whose ``mask_mod`` may read it), no log-sum-exp asked.
+    """
+    blend = request.identity_blend
+    if (
+        blend is None
+        or blend.device.type != "cpu"
+        or blend.dim() != 4
+        or request.return_lse
+        or request.pattern is not None
+        or request.score_mod is not None
+        or request.q.shape[0] < 2
+        or blend.shape[0] != request.q.shape[0]
+        or request.q.shape[2] != request.k.shape[2]
+    ):
+        return None
+    rows = blend.reshape(blend.shape[0], -1)
+    if rows.numel() <= _LISTED_BLEND:
+        # A per-head blend (PAG: [B, H, 1, 1]): one read into Python beats three tensor ops on a few numbers.
+        whole = [all(weight == 1.0 for weight in row) for row in rows.tolist()]
+    else:
+        whole = rows.eq(1).all(dim=1).tolist()
+    return whole if any(whole) else None
+
+
+def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor, batch: int) -> torch.Tensor | None:
+    """Rows ``rows`` of ``x`` along the batch axis, where ``x`` has one (a mask may broadcast over it)."""
+    if x is None or x.dim() < 4 or x.shape[0] != batch:
+        return x
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+
+
+def _run_without_identity_rows(request: AttentionRequest, whole: list[bool], backend: str) -> torch.Tensor:
+    """The call with the rows ``whole`` marks answered by their values and only the others computed."""
+    q, v = request.q, request.v
+    batch = q.shape[0]
+    computed = [row for row, identity in enumerate(whole) if not identity]
+    out_dtype = q.dtype
+    if not computed:
+        return v.to(out_dtype, copy=True)
+    if computed == list(range(computed[0], computed[-1] + 1)):
+        index: slice | torch.Tensor = slice(computed[0], computed[-1] + 1)
+    else:
+        index = torch.tensor(computed, device=q.device)
+    blend = _rows(request.identity_blend, index, batch)
+    part = dataclasses.replace(
+        request,
+        q=_rows(q, index, batch),
+        k=_rows(request.k, index, batch),
+        v=_rows(v, index, batch),
+        attn_mask=_rows(request.attn_mask, index, batch),
+        identity_blend=None if not bool(blend.any()) else blend,
+    )
+    computed_out, _ = run_request(part, backend)
+    if isinstance(index, slice) and index.start == 0:
+        # The usual layout ([uncond, cond, perturbed...]): the computed rows first, the identity rows after.
+        return torch.cat([computed_out, v[index.stop :].to(out_dtype)])
+    out = v.to(out_dtype, copy=True)
+    out[index] = computed_out
+    return out
 
 
 def _with_identity_blend(request: AttentionRequest, out: torch.Tensor) -> torch.Tensor:
@@ -396,8 +470,8 @@ def attention(
 
     Args:
         q, k, v: ``[B, H, Nq, D]``, ``[B, H, Nk, D]``, ``[B, H, Nk, Dv]``.
-        pattern: which query-key pairs attend (:class:`visattn.kernels.spec.Pattern`); ``None`` = all.
-        score_mod: logit modifier (:class:`visattn.kernels.spec.ScoreModifier`) applied after scaling.
+        pattern: which query-key pairs attend (:class:`visattn.kernels.patterns.Pattern`); ``None`` = all.
+        score_mod: logit modifier (:class:`visattn.kernels.patterns.ScoreModifier`) applied after scaling.
         attn_mask: the model's own additive or boolean mask, broadcastable to ``[B, H, Nq, Nk]``.
         scale: logit scale, default ``1/sqrt(D)``.
         identity_blend: per-head (or per-token) weight ``s`` broadcastable to ``[B, H, Nq, 1]``;

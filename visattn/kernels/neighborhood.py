@@ -1,4 +1,5 @@
-"""Neighborhood attention as a :class:`~visattn.kernels.spec.Pattern`: sliding windows over a 1-, 2- or 3-D token grid.
+"""Neighborhood attention as a :class:`~visattn.kernels.patterns.Pattern`: sliding windows over a 1-, 2- or 3-D
+token grid.
 
 Semantics follow NATTEN (checked against NATTEN's FlexAttention mask; implemented here from the description):
 
@@ -38,7 +39,7 @@ from typing import Literal
 
 import torch
 
-from .spec import Pattern, grid_sequence_mask
+from .patterns import Pattern, grid_sequence_mask
 
 __all__ = [
     "NeighborhoodPattern",

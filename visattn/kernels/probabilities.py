@@ -75,11 +75,19 @@ def serve_reads(request: AttentionRequest, reads, lse: torch.Tensor | None) -> N
     from .backends.reference import masked_logits
 
     batch, n_q = request.q.shape[0], request.q.shape[2]
+    # Without a mask, pattern or modifier no logit is -inf: the block's rows are one fused softmax over every key.
+    unmasked = request.attn_mask is None and request.pattern is None and request.score_mod is None
     for read in reads:
         rows, queries = read.resolved(batch, n_q)
         parts = []
         for start in range(queries.start, queries.stop, READ_QUERY_CHUNK):
             stop = min(queries.stop, start + READ_QUERY_CHUNK)
+            if lse is None and unmasked:
+                probs = torch.softmax(masked_logits(request, start, stop, rows=rows), dim=-1)
+                if read.keys is not None:
+                    probs = probs.index_select(-1, read.keys.to(probs.device))
+                parts.append(_blended(request, probs, rows, start, stop, read.keys))
+                continue
             if lse is None:
                 logits = masked_logits(request, start, stop, rows=rows)
                 block_lse = torch.logsumexp(logits, dim=-1)

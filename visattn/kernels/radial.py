@@ -1,4 +1,4 @@
-"""Radial Attention's static sparse mask as a :class:`~visattn.kernels.spec.Pattern`.
+"""Radial Attention's static sparse mask as a :class:`~visattn.kernels.patterns.Pattern`.
 
 Radial Attention (Li et al., 2025, "Radial Attention: O(n log n) Sparse Attention with Energy Decay for Long
 Video Generation") observes that post-softmax attention in video diffusion transformers decays with spatial and
@@ -8,7 +8,8 @@ distance between the query's frame and the key's frame. The rule here is the aut
 ``get_diagonal_split_mask`` and the per-frame-pair ``local_mask`` of ``gen_log_mask_shrinked``), for a latent
 grid ``(frames, height, width)`` flattened frame-major (``fhw``, as every visattn video family lays tokens out).
 With the defaults it is token-exact with the authors' mask for their Wan setting (``model_type="wan"``, block
-size 128 or 64), and with ``sink_frames=0`` for their HunyuanVideo setting (``tests/test_fidelity_radial.py``):
+size 128 or 64), and with ``sink_frames=0`` for their HunyuanVideo setting
+(``tests/fidelity/test_fidelity_radial_attention.py``):
 
 * Tokens per frame ``S = height * width``; ``base = 2 ** S.bit_length()`` (the smallest power of two above
   ``S``, as the authors write it).
@@ -60,7 +61,7 @@ from typing import Literal
 
 import torch
 
-from .spec import Pattern, grid_sequence_mask
+from .patterns import Pattern, grid_sequence_mask
 
 __all__ = ["AUTHORS_SPLIT_THRESHOLD", "RadialBand", "RadialPattern"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .spec import Pattern, ScoreModifier
+from .patterns import Pattern, ScoreModifier
 
 
 class UnsupportedCall(ValueError):

@@ -25,7 +25,7 @@ from diffusers import (
 )
 
 from visattn.testing import grids
-from visattn.testing.spec import PipelineSpec
+from visattn.testing.pipeline_spec import PipelineSpec
 from visattn.testing.text_encoders import clip_text_model, t5_encoder
 from visattn.testing.tokenizers import clip_tokenizer, t5_tokenizer
 from visattn.testing.vaes import FLOW_IMAGE_VAE, IMAGE_VAE, LATENT_CHANNELS, image_vae

@@ -7,7 +7,9 @@ oracle the split runs are compared against.
 
 Two workarounds, for CPU test runs only: diffusers 0.42.1's ``enable_parallelism`` divides by
 ``torch.accelerator.device_count()``, which is 0 on a CPU build, so the workers report one device; and its native
-ring path needs a log-sum-exp the CPU kernel does not return, so ring cases only check that visattn refuses ring.
+ring path needs a log-sum-exp its native forward op does not return (it raises), so the workers give that op one
+(:func:`_native_forward_with_lse`: torch's SDPA for the output, the log-sum-exp of the same logits beside it) and
+stock ring runs on CPU. visattn's own ring path (``visattn.parallel.ring_attention``) does not use that op.
 """
 
 from __future__ import annotations
@@ -89,6 +91,34 @@ def run_on_ranks(fn: Callable, *args: Any, world: int = 2, timeout: float = TIME
     return [gathered[rank] for rank in range(world)]
 
 
+def _native_forward_with_lse(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                             enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):  # fmt: skip
+    """diffusers' native forward op (``[B, N, H, D]`` in and out), also returning the log-sum-exp (``[B, N, H]``)
+    its ring template asks for: the stock op raises there. Test harness only (see the module docstring)."""
+    stock = _STOCK_NATIVE_FORWARD[0]
+    out = stock(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, False, _save_ctx,
+                _parallel_config)  # fmt: skip
+    if not return_lse:
+        return out
+    if attn_mask is not None or is_causal or dropout_p or enable_gqa:
+        raise ValueError("the CPU ring harness computes the log-sum-exp of plain attention only")
+    q, k = query.permute(0, 2, 1, 3).float(), key.permute(0, 2, 1, 3).float()
+    logits = q @ k.transpose(-1, -2) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    return out, torch.logsumexp(logits, dim=-1).permute(0, 2, 1)
+
+
+_STOCK_NATIVE_FORWARD: list = []
+
+
+def cpu_ring() -> None:
+    """Let diffusers' native backend run ring attention on CPU (see the module docstring); idempotent."""
+    from diffusers.models import attention_dispatch
+
+    if not _STOCK_NATIVE_FORWARD:
+        _STOCK_NATIVE_FORWARD.append(attention_dispatch._native_attention_forward_op)
+        attention_dispatch._native_attention_forward_op = _native_forward_with_lse
+
+
 # --- the cases ------------------------------------------------------------------------------------------------
 
 
@@ -134,6 +164,8 @@ def _effects(names: tuple[str, ...], text_length: int, role: str) -> list:
         "neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=3, layers=role),
         "radial": lambda: visattn.RadialAttention(dense_steps=None, block_size=4, decay_factor=0.2, layers=role),
         "decay": lambda: visattn.ExtrapolationDecay(train_size=2, factor=0.5, layers=role),
+        "entropy": lambda: visattn.EntropyScaling(train_tokens=8, layers=role),
+        "stg": lambda: visattn.SpatioTemporalSkipGuidance(scale=2.0, mode="identity", layers=role),
         "maps": lambda: visattn.AttentionMaps(prompt=_tokens(source, text_length), drop_special=False),
         "p2p": lambda: visattn.PromptToPrompt(
             _tokens(source, text_length), _tokens(target, text_length), cross_steps=1.0, self_steps=1.0
@@ -150,7 +182,9 @@ def _effects(names: tuple[str, ...], text_length: int, role: str) -> list:
 
 
 #: every effect a case may name
-EFFECTS = ("pag", "pag_head", "seg", "neighborhood", "radial", "decay", "maps", "p2p", "p2p_blend")
+EFFECTS = (
+    "pag", "pag_head", "seg", "stg", "neighborhood", "radial", "decay", "entropy", "maps", "p2p", "p2p_blend"
+)  # fmt: skip
 
 #: text tokens of the tiny inputs (even, so that a joint family's text splits across 2 ranks)
 TEXT_TOKENS = 8
@@ -268,8 +302,8 @@ def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parall
     finally:
         if handle is not None:
             handle.detach()
-    if parallel is not None and case.order != "none" and case.ring == 1:
-        # Detach restores the stock context-parallel model exactly (the CPU kernel cannot run stock ring).
+    if parallel is not None and case.order != "none":
+        # Detach restores the stock context-parallel model exactly.
         with torch.no_grad():
             result["after_detach"] = model(**inputs)[0].float().numpy()
     return result
@@ -281,6 +315,8 @@ def parallel_cases(rank: int, world: int, cases: tuple[Case, ...]) -> dict[str, 
 
     from visattn.parallel import enable_context_parallelism
 
+    if any(case.ring > 1 for case in cases):
+        cpu_ring()
     results = {}
     for case in cases:
         model, inputs = _model_and_inputs(case.model)
@@ -379,13 +415,18 @@ def _text_gradient(effect_names: tuple[str, ...], parallel: Callable | None) -> 
     return text.grad.numpy()
 
 
-def parallel_text_gradient(rank: int, world: int, effect_names: tuple[str, ...]) -> np.ndarray:
-    """:func:`_text_gradient` on a Ulysses split (a :func:`run_on_ranks` function). The text is replicated, so each
-    rank holds the part of the gradient that flows through its shard: summed over ranks, the whole gradient."""
+def parallel_text_gradient(rank: int, world: int, effect_names: tuple[str, ...], ring: bool = False) -> np.ndarray:
+    """:func:`_text_gradient` on a Ulysses split, or a ring split with ``ring`` (a :func:`run_on_ranks` function).
+    The text is replicated, so each rank holds the part of the gradient that flows through its shard: summed over
+    ranks, the whole gradient."""
     from diffusers import ContextParallelConfig
 
+    if ring:
+        cpu_ring()
+    degrees = {"ring_degree": world} if ring else {"ulysses_degree": world}
+
     def parallel(model: torch.nn.Module) -> None:
-        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+        model.enable_parallelism(config=ContextParallelConfig(**degrees))
 
     return _text_gradient(effect_names, parallel)
 

@@ -18,7 +18,7 @@ from visattn.families import VIDEO_FAMILIES
 from visattn.testing.coverage.pipelines import COVERAGE_PIPELINE_SPECS
 from visattn.testing.grids import Grid
 from visattn.testing.image_pipelines import IMAGE_PIPELINES
-from visattn.testing.spec import ComponentFactory, PipelineSpec
+from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
 from visattn.testing.video_pipelines import VIDEO_PIPELINES as VIDEO_PIPELINES_SPECS
 
 _CORE: dict[str, PipelineSpec] = {spec.key: spec for spec in (*IMAGE_PIPELINES, *VIDEO_PIPELINES_SPECS)}
@@ -34,7 +34,7 @@ TINY_PIPELINES: tuple[str, ...] = tuple(_CORE)
 VIDEO_PIPELINES: tuple[str, ...] = tuple(key for key, spec in _CORE.items() if spec.family in VIDEO_FAMILIES)
 
 #: The tiny pipelines of the other covered denoiser classes (:mod:`visattn.testing.coverage.pipelines`), each run
-#: by ``tests/test_coverage_pipelines.py``.
+#: by ``tests/families/test_coverage_pipelines.py``.
 COVERAGE_PIPELINES: tuple[str, ...] = tuple(spec.key for spec in COVERAGE_PIPELINE_SPECS)
 
 

@@ -22,7 +22,6 @@ in ``visattn/toy/weights/{image,video}``; :func:`load_toy_pipeline` loads them.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -43,6 +42,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
+from ..diffusers_compat import dtype_kwargs
 from .vocab import CLIP_MAX_LENGTH, clip_tokenizer, t5_tokenizer
 
 #: Kinds of toy pipeline: :func:`load_toy_pipeline` and ``python -m lab train --which``.
@@ -285,7 +285,7 @@ def load_toy_pipeline(
         )
     pipeline_cls = StableDiffusionPipeline if kind == "image" else WanPipeline
     with _quiet_loading():
-        pipe = pipeline_cls.from_pretrained(folder, torch_dtype=dtype)
+        pipe = pipeline_cls.from_pretrained(folder, **dtype_kwargs(dtype))
     return pipe.to(device)
 
 
@@ -300,10 +300,7 @@ def _quiet_loading() -> Iterator[None]:
     for module, _ in enabled:
         module.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
-            # diffusers 0.42 renames torch_dtype to dtype; older releases visattn supports know only torch_dtype
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-            yield
+        yield
     finally:
         for module, was_enabled in enabled:
             if was_enabled:

@@ -32,8 +32,8 @@ import torch
 from ..block_density import tile_aligned_order
 from ..block_masks import block_mask_from_pattern
 from ..neighborhood import NeighborhoodPattern, window_bounds
+from ..patterns import AllOf, Pattern
 from ..request import AttentionRequest
-from ..spec import AllOf, Pattern
 
 NAME = "flex"
 

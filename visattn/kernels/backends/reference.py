@@ -80,12 +80,17 @@ def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
     outs, lses = [], []
     blocks: list[list[torch.Tensor]] = [[] for _ in request.reads]
     v = request.v.float()
+    # Without a mask, pattern or modifier no logit is -inf: one fused softmax (the log-sum-exp only where asked).
+    unmasked = request.attn_mask is None and request.pattern is None and request.score_mod is None
     for start in range(0, n_q, QUERY_CHUNK):
         stop = min(n_q, start + QUERY_CHUNK)
         logits = masked_logits(request, start, stop)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        # A query with every key masked gets zeros (not NaN), as fused kernels return.
-        probs = torch.exp(logits - lse.masked_fill(torch.isinf(lse), 0.0))
+        if unmasked and not request.return_lse:
+            probs, lse = torch.softmax(logits, dim=-1), None
+        else:
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            # A query with every key masked gets zeros (not NaN), as fused kernels return.
+            probs = torch.exp(logits - lse.masked_fill(torch.isinf(lse), 0.0))
         del logits
         for editor in request.editors:
             editor(probs, start, stop)
@@ -94,7 +99,8 @@ def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
             if block is not None:
                 parts.append(block)
         outs.append(torch.matmul(probs, v))
-        lses.append(lse.squeeze(-1))
+        if lse is not None:
+            lses.append(lse.squeeze(-1))
     for read, parts in zip(request.reads, blocks, strict=True):
         if parts:
             read.observe(torch.cat(parts, dim=2))

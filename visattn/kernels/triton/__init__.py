@@ -22,8 +22,8 @@ Supported:
   stride, per-axis causal, prefix or suffix text keys, text queries "full" or "text");
   :class:`~visattn.kernels.radial.RadialPattern` (bands, split distances, sink frames, text); an ``AllOf`` of at
   most one of each.
-* modifiers: :class:`~visattn.kernels.extrapolation.EntropyScale` (folded into the scale) and one
-  :class:`~visattn.kernels.extrapolation.DecayModifier` (in-kernel windowed bias), in any ``Chain`` order.
+* modifiers: :class:`~visattn.kernels.extrapolation_scores.EntropyScale` (folded into the scale) and one
+  :class:`~visattn.kernels.extrapolation_scores.DecayModifier` (in-kernel windowed bias), in any ``Chain`` order.
 * identity blend (SoftPAG) fused into the forward epilogue; log-sum-exp (natural log, ``[B, H, Nq]``),
   differentiable; gradients for ``q``, ``k``, ``v``.
 
@@ -40,7 +40,7 @@ tiny sizes. No GPU performance figure is claimed here: none was measured.
 from __future__ import annotations
 
 from .autograd import FusedAttention, fused_attention
+from .kernel_spec import KernelSpec, Unsupported, describe
 from .launch import INTERPRETED, tile_config
-from .patterns import KernelSpec, Unsupported, describe
 
 __all__ = ["FusedAttention", "INTERPRETED", "KernelSpec", "Unsupported", "describe", "fused_attention", "tile_config"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import Pattern, ScoreModifier
+from ..patterns import Pattern, ScoreModifier
 from . import launch
-from .patterns import KernelSpec, Unsupported, describe
+from .kernel_spec import KernelSpec, Unsupported, describe
 
 __all__ = ["FusedAttention", "check_inputs", "fused_attention"]
 
@@ -108,7 +108,7 @@ def fused_attention(
     Args:
         q, k, v: ``[B, H, Nq, D]``, ``[B, H, Nk, D]``, ``[B, H, Nk, Dv]``; float16, bfloat16 or float32; any
             strides with a unit stride on the last dimension avoid a copy (diffusers' ``[B, N, H, D]`` transposed).
-        pattern, score_mod: see :func:`visattn.kernels.triton.patterns.describe` for what is supported.
+        pattern, score_mod: see :func:`visattn.kernels.triton.kernel_spec.describe` for what is supported.
         scale: logit scale, default ``1/sqrt(D)``.
         identity_blend: weight ``s`` broadcastable to ``[B, H, Nq, 1]``: ``(1 - s) * attention + s * v``
             (SoftPAG). Needs ``Nq == Nk`` and ``Dv``-sized values at each query's own position.

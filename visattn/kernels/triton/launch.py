@@ -33,7 +33,7 @@ import triton
 from .backward_kv import attention_backward_kv_kernel
 from .backward_q import attention_backward_q_kernel
 from .forward import attention_forward_kernel
-from .patterns import KernelSpec
+from .kernel_spec import KernelSpec
 from .plan import Plan, get_plan
 
 __all__ = ["INTERPRETED", "TileConfig", "backward", "forward", "tile_config"]

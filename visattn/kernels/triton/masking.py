@@ -1,7 +1,7 @@
 """In-kernel pattern arithmetic shared by the forward and backward kernels: which pairs of a tile are kept.
 
 Everything is computed from token indices (``q_tok`` ``[BLOCK_M, 1]``, ``kv_tok`` ``[1, BLOCK_N]``) and
-compile-time pattern parameters (:mod:`visattn.kernels.triton.patterns`); the formulas are those of
+compile-time pattern parameters (:mod:`visattn.kernels.triton.kernel_spec`); the formulas are those of
 :mod:`visattn.kernels.neighborhood` (NATTEN's conventions: border-clamped windows, dilation groups, stride
 leaders, per-axis causality), evaluated once per query row for the window bounds and once per pair for the
 comparison.

@@ -1,10 +1,10 @@
 """In-kernel score modifiers: visattn's box decay (an additive bias) and UltraViCo's rule, on a tile of logits.
 
 ``EntropyScale`` needs no kernel code: a constant logit multiplier is folded into the softmax scale on the host
-(:func:`visattn.kernels.triton.patterns.describe`). ``DecayModifier`` adds ``log(factor)`` (here in base 2, like
+(:func:`visattn.kernels.triton.kernel_spec.describe`). ``DecayModifier`` adds ``log(factor)`` (here in base 2, like
 every logit inside the kernels) to pairs of grid tokens whose key lies outside the query's training window: a
 box of ``window`` positions per axis, centred on the query and shifted inward at the borders, exactly as
-:func:`visattn.kernels.extrapolation.decay_window_mask` defines it. ``UltraViCoModifier`` multiplies positive
+:func:`visattn.kernels.extrapolation_scores.decay_window_mask` defines it. ``UltraViCoModifier`` multiplies positive
 logits of far pairs (and of the distance bands) and masks first-frame queries from keys beyond the training
 length (:func:`ultravico_slope`); it commutes with the host's positive logit scale (base 2, entropy scale), since
 it multiplies and compares with zero only.
@@ -79,7 +79,7 @@ def ultravico_slope(q_tok, kv_tok, DECAY: tl.constexpr):
     ``band_factor`` in the bands, else 1); ``cut`` marks the pairs whose score becomes ``-inf`` (first-frame
     queries, keys beyond the training length). ``DECAY = (offset, tokens, frame_tokens, train_tokens, alpha,
     band_factor, bands, first_frame_mask)`` with ``bands`` :data:`MAX_BANDS` ``(lo, hi)`` token distances, as
-    :class:`visattn.kernels.extrapolation.UltraViCoModifier` defines them.
+    :class:`visattn.kernels.extrapolation_scores.UltraViCoModifier` defines them.
     """
     offset: tl.constexpr = DECAY[0]
     n: tl.constexpr = DECAY[1]

@@ -29,7 +29,7 @@ import torch
 
 from ..block_density import tile_aligned_order
 from ..neighborhood import NeighborhoodPattern, window_bounds
-from .patterns import KernelSpec, grid_layout
+from .kernel_spec import KernelSpec, grid_layout
 
 __all__ = ["Plan", "TileLists", "get_plan", "tile_shape_for"]
 

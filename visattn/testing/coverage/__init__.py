@@ -7,7 +7,7 @@ visattn's coverage checks on one of them.
 
 from __future__ import annotations
 
-from visattn.testing.coverage.spec import TinyDenoiser
+from visattn.testing.coverage.denoiser_spec import TinyDenoiser
 
 
 def _tables() -> tuple[TinyDenoiser, ...]:

@@ -1,6 +1,6 @@
 """The per-class coverage checks: what visattn does on one tiny denoiser, measured, as one table row.
 
-The tests (``tests/test_coverage.py``) assert on these rows, and ``python -m visattn.testing.coverage`` writes
+The tests (``tests/families/test_coverage.py``) assert on these rows, and ``python -m visattn.testing.coverage`` writes
 them to ``docs/models.md``, so the coverage table is generated from the same checks the tests run.
 """
 
@@ -15,10 +15,10 @@ import torch
 
 import visattn
 from visattn.context import CallContext
+from visattn.effects.base import AttentionCall, Effect
 from visattn.families import family_of
 from visattn.interception import layer_hook
-from visattn.processors.effect import AttentionCall, Effect
-from visattn.testing.coverage.spec import TinyDenoiser
+from visattn.testing.coverage.denoiser_spec import TinyDenoiser
 from visattn.words import PromptTokens
 
 #: the identity bar of the issue: fp32, max abs diff

@@ -4,7 +4,7 @@ Every entry is built from a config with 2 heads x 16 dims (Allegro: 2 x 24; audi
 layers per block kind, and a latent token grid of 3 frames x 4 x 6 (non-square, several frames) after patchify, except
 ChronoEdit (2 frames, its edit call) and JoyImage-Edit (2 items of 1 frame). Text is 7 tokens unless the class fixes it
 (Wan image-conditioned variants need exactly 512). ``SDPA_TOKENS`` lists the (Nq, Nk) of every
-``scaled_dot_product_attention`` call one forward makes (``tests/test_coverage.py`` checks them); what visattn
+``scaled_dot_product_attention`` call one forward makes (``tests/families/test_coverage.py`` checks them); what visattn
 must know to read each class's latent grid lives in :mod:`visattn.families`.
 
 Left out: none of the 25 requested classes. Caveats, in the entries' notes:
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from visattn.testing.coverage.spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
+from visattn.testing.coverage.denoiser_spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
 
 F, H, W = 3, 4, 6  # latent tokens after patchify
 TEXT = 7  # text tokens
@@ -1268,7 +1268,8 @@ def _n(f: int = F, h: int = H, w: int = W) -> int:
 
 
 #: The (Nq, Nk) token counts of every scaled_dot_product_attention call one forward of each entry makes (checked by
-#: tests/test_coverage.py; batch rows, heads and masks aside). Classes whose self-attention is not SDPA lack (N, N).
+#: tests/families/test_coverage.py; batch rows, heads and masks aside). Classes whose self-attention is not SDPA lack
+#: (N, N).
 SDPA_TOKENS: dict[str, set[tuple[int, int]]] = {
     "WanVACETransformer3DModel": {(_n(), _n()), (_n(), TEXT)},
     "WanAnimateTransformer3DModel": {

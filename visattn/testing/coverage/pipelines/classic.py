@@ -49,6 +49,7 @@ from transformers import SiglipImageProcessor
 from transformers import logging as transformers_logging
 
 from visattn.testing.coverage import tiny_denoiser_entry, unets
+from visattn.testing.coverage.denoiser_spec import built
 from visattn.testing.coverage.pipelines.classic_encoders import (
     allow_omnigen_without_torchvision,
     bert_model,
@@ -62,8 +63,7 @@ from visattn.testing.coverage.pipelines.classic_encoders import (
 )
 from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, image_call
 from visattn.testing.coverage.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor, qwen_tokenizer
-from visattn.testing.coverage.spec import built
-from visattn.testing.spec import ComponentFactory, PipelineSpec
+from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
 from visattn.testing.text_encoders import clip_text_model, llama_model, t5_encoder
 from visattn.testing.tokenizers import clip_tokenizer, llama_tokenizer, t5_tokenizer
 from visattn.testing.vaes import FLOW_IMAGE_VAE, IMAGE_VAE, hunyuan_video_vae, image_vae

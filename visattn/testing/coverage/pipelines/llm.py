@@ -78,12 +78,12 @@ from transformers import (
 )
 from transformers.models.t5gemma.modeling_t5gemma import T5GemmaEncoder
 
+from visattn.testing.coverage.denoiser_spec import built
 from visattn.testing.coverage.images import COGVIEW4, ERNIE_IMAGE, FLUX2, LUMINA2, LUMINA_NEXT, PRX, SANA
 from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, flow_vae, image_call
 from visattn.testing.coverage.pipelines.qwen_text import qwen3_vl_model, qwen_tokenizer
-from visattn.testing.coverage.spec import built
 from visattn.testing.coverage.videos import TINY_DENOISERS as VIDEO_DENOISERS
-from visattn.testing.spec import PipelineSpec
+from visattn.testing.pipeline_spec import PipelineSpec
 from visattn.testing.vaes import FLOW_IMAGE_VAE, image_vae, wan_vae
 from visattn.testing.vocab import CHARACTERS, VOCABULARY
 

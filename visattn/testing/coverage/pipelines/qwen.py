@@ -47,6 +47,7 @@ from diffusers import (
 from transformers import ByT5Tokenizer, T5EncoderModel
 
 from visattn.testing.coverage import tiny_denoiser_entry
+from visattn.testing.coverage.denoiser_spec import TinyDenoiser
 from visattn.testing.coverage.images import (
     BRIA_FIBO2,
     HUNYUAN_IMAGE,
@@ -71,8 +72,7 @@ from visattn.testing.coverage.pipelines.qwen_text import (
     qwen3_vl_processor,
     qwen_tokenizer,
 )
-from visattn.testing.coverage.spec import TinyDenoiser
-from visattn.testing.spec import PipelineSpec
+from visattn.testing.pipeline_spec import PipelineSpec
 from visattn.testing.text_encoders import clip_text_model, t5_encoder
 from visattn.testing.tokenizers import clip_tokenizer
 from visattn.testing.vaes import hunyuan_video_vae

@@ -34,7 +34,7 @@ from visattn.testing.coverage import tiny_denoiser_entry
 from visattn.testing.coverage.images import AURAFLOW, BRIA, CHROMA, COGVIEW3PLUS, GLM_IMAGE
 from visattn.testing.coverage.pipelines import t5_video
 from visattn.testing.coverage.pipelines.common import TEXT_TOKENS, flow_vae, image_call
-from visattn.testing.spec import ComponentFactory, PipelineSpec
+from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
 from visattn.testing.text_encoders import t5_encoder, umt5_encoder
 from visattn.testing.tokenizers import llama_tokenizer, t5_tokenizer
 from visattn.testing.vaes import image_vae

@@ -42,9 +42,9 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from visattn.testing.coverage import tiny_denoiser_entry
+from visattn.testing.coverage.denoiser_spec import built
 from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, PROMPT, TEXT_TOKENS
-from visattn.testing.coverage.spec import built
-from visattn.testing.spec import ComponentFactory, PipelineSpec
+from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
 from visattn.testing.text_encoders import t5_encoder, umt5_encoder
 from visattn.testing.tokenizers import t5_tokenizer
 from visattn.testing.vaes import IMAGE_VAE, LATENT_CHANNELS, WAN_VAE, wan_vae

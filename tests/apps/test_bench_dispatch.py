@@ -1,0 +1,165 @@
+"""``visattn bench --dispatch``: the structure of the dispatch-overhead report (never a speed bound)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from visattn.bench.dispatch import VARIANTS, dispatch_benchmark, markdown_table
+from visattn.bench.layers import LAYER_VARIANTS, QUICK_SHAPES
+from visattn.cli import main
+
+FAST = {"repeats": 2, "warmup": 0, "rounds": 1}
+
+
+@pytest.fixture(scope="module")
+def video_report():
+    """Every variant on a tiny video DiT whose inputs come from its tiny pipeline, and the per-layer comparisons
+    on the tiny UNet's layer shape."""
+    return dispatch_benchmark(["WanTransformer3DModel"], layer_shapes=QUICK_SHAPES, **FAST)
+
+
+def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(video_report):
+    layers = video_report.layers
+    assert [(r.variant, r.layer) for r in layers][:3] == [(v, QUICK_SHAPES[0].name) for v in LAYER_VARIANTS[:3]]
+    assert [r.variant for r in layers] == list(LAYER_VARIANTS)
+    for r in layers:
+        assert r.samples == FAST["repeats"] and r.baseline
+        assert 0 < r.visattn_min_us <= r.visattn_us and 0 < r.baseline_min_us <= r.baseline_us
+        assert r.ratio == pytest.approx(r.visattn_us / r.baseline_us)
+        assert r.ratio_min == pytest.approx(r.visattn_min_us / r.baseline_min_us)
+        assert r.paired_ratio > 0
+    # The comparison is fair only when both sides compute the same thing: PAG and SEG give the same layer output
+    # as diffusers' PAG processor and the plain blur, AttentionMaps the same output and maps.
+    for r in layers[:3]:
+        assert r.max_abs_diff <= 1e-5, r
+    assert "PAGCFGIdentitySelfAttnProcessor2_0" in layers[0].baseline
+    assert "batch-2" in layers[-1].baseline
+    assert "Per layer" in video_report.markdown() and "| PAG (layer) |" in video_report.markdown()
+
+
+def test_every_variant_is_timed_against_stock(video_report):
+    (model,) = video_report.models
+    assert model.class_name == "WanTransformer3DModel" and model.source.startswith("pipeline:")
+    assert model.attention_calls > 0 and model.hooked_layers > 0 and model.batch_size > 0
+    assert [v.variant for v in model.variants] == list(VARIANTS)  # a video model: every variant applies
+    assert model.skipped == {}
+    stock = model.variant("stock")
+    assert stock.ratio == 1.0 and stock.overhead_per_call_us == 0.0
+    for v in model.variants:
+        assert v.samples == FAST["repeats"]
+        assert 0 < v.min_us <= v.median_us
+        assert v.per_call_us == pytest.approx(v.median_us / model.attention_calls)
+        assert v.ratio == pytest.approx(v.median_us / stock.median_us)
+        assert v.ratio_min == pytest.approx(v.min_us / stock.min_us)
+        assert v.overhead_per_call_us == pytest.approx((v.median_us - stock.median_us) / model.attention_calls)
+    assert "perturbed branch" in model.variant("PAG").note
+
+
+def test_hooks_alone_are_measured_for_the_dispatch_only_variants(video_report):
+    (model,) = video_report.models
+    costs = {cost.variant: cost for cost in model.hook_costs}
+    assert set(costs) == {"no effect", "closed (effect steps)"}
+    stock_us = model.variant("stock").median_us
+    for cost in costs.values():
+        assert cost.layer_calls >= model.hooked_layers
+        assert cost.denoiser_us >= 0 and cost.layer_us >= 0
+        assert cost.per_forward_us == pytest.approx(cost.denoiser_us + cost.layer_us)
+        assert cost.per_call_us == pytest.approx(cost.per_forward_us / model.attention_calls)
+        assert cost.ratio == pytest.approx((stock_us + cost.per_forward_us) / stock_us)
+
+
+def test_report_records_environment_settings_and_renders_markdown(video_report):
+    env, settings = video_report.environment, video_report.settings
+    assert env["packages"]["torch"] and env["packages"]["diffusers"] and env["visattn"] and env["date"]
+    assert settings["threads"] == 1 and settings["repeats"] == FAST["repeats"]
+    table = video_report.markdown()
+    assert "| WanTransformer3DModel | " in table and "| no effect |" in table and "Hooks alone" in table
+    json.dumps(video_report.as_dict())  # JSON-serializable as it is
+
+
+def test_variants_that_do_not_apply_are_listed_with_a_reason():
+    previous = torch.get_num_threads()
+    report = dispatch_benchmark(["QwenImageTransformer2DModel"], variants=["no effect", "RadialAttention"], **FAST)
+    assert torch.get_num_threads() == previous  # the run's thread count is restored
+    (model,) = report.models
+    assert model.source == "coverage"
+    assert [v.variant for v in model.variants] == ["stock", "no effect"]
+    assert "video" in model.skipped["RadialAttention"]
+    assert "RadialAttention: image model" in markdown_table(report.models)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"classes": ["NoSuchModel"]}, ["classes", "NoSuchModel", "WanTransformer3DModel"]),
+        ({"classes": []}, ["classes", "empty"]),
+        ({"repeats": 0}, ["repeats=0", ">= 1"]),
+        ({"warmup": -1}, ["warmup=-1", ">= 0"]),
+        ({"rounds": 0}, ["rounds=0", ">= 1"]),
+        ({"threads": 0}, ["threads=0", "positive"]),
+        ({"variants": ["fast"]}, ["variants", "fast", "no effect"]),
+    ],
+)
+def test_bad_input_is_a_value_error_naming_parameter_value_and_allowed(kwargs, words):
+    arguments = {"classes": ["WanTransformer3DModel"], **FAST, **kwargs}
+    with pytest.raises(ValueError) as error:
+        dispatch_benchmark(**arguments)
+    assert all(word in str(error.value) for word in words), str(error.value)
+
+
+def test_cli_prints_the_table_and_writes_json_and_markdown(tmp_path, capsys):
+    status = main(
+        ["bench", "--dispatch", "--classes", "WanTransformer3DModel", "--variants", "no effect", "PAG"]
+        + ["--repeats", "2", "--warmup", "0", "--rounds", "1", "--quiet", "--out", str(tmp_path), "--name", "d"]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| WanTransformer3DModel |" in printed and "torch thread" in printed
+    assert printed.split()[-2:] == [str(tmp_path / "d.json"), str(tmp_path / "d.md")]
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["command"].startswith("visattn bench")
+    assert report["settings"]["threads"] == 1
+    (model,) = report["models"]
+    assert [v["variant"] for v in model["variants"]] == ["stock", "no effect", "PAG"]
+    assert all(v["median_us"] > 0 and v["ratio"] > 0 for v in model["variants"])
+    assert model["attention_calls"] > 0
+    markdown = (tmp_path / "d.md").read_text()
+    assert "diffusers" in markdown and "| WanTransformer3DModel | " in markdown
+
+
+def test_cli_default_name_is_dispatch_and_the_date(tmp_path, capsys):
+    arguments = ["bench", "--dispatch", "--classes", "QwenImageTransformer2DModel", "--variants", "no effect"]
+    assert main(arguments + ["--repeats", "1", "--warmup", "0", "--quiet", "--out", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("dispatch-*.json")
+    date = json.loads(written.read_text())["environment"]["date"][:10]
+    assert written.name == f"dispatch-{date}.json"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "needle"),
+    [
+        (["--dispatch", "--quick"], "--quick"),
+        (["--dispatch", "--tgate"], "--tgate"),
+        (["--classes", "WanTransformer3DModel"], "--dispatch"),
+        (["--dispatch", "--classes", "NoSuchModel"], "NoSuchModel"),
+        (["--dispatch", "--classes", "WanTransformer3DModel", "--repeats", "0"], "repeats"),
+        (["--dispatch", "--classes", "WanTransformer3DModel", "--threads", "0"], "threads"),
+    ],
+)
+def test_cli_bad_requests_are_usage_errors(tmp_path, capsys, arguments, needle):
+    assert main(["bench", *arguments, "--quiet", "--out", str(tmp_path)]) == 2
+    assert needle in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_run_of_per_layer_comparisons_alone_times_no_model():
+    report = dispatch_benchmark(
+        ["QwenImageTransformer2DModel"], variants=["PAG (layer)"], layer_shapes=QUICK_SHAPES, **FAST
+    )
+    assert report.models == []
+    assert [r.variant for r in report.layers] == ["PAG (layer)"]
+    assert report.settings["layer_repeats"] == FAST["repeats"]
+    assert "| PAG (layer) |" in report.markdown()

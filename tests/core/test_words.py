@@ -1,0 +1,524 @@
+"""Word-to-token mapping: every family's text layout, decoded back to the words; errors for bad input."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from visattn.testing import TINY_PIPELINES, call_kwargs, pipeline_spec, text_tokenizer, tiny_pipeline
+from visattn.testing.tokenizers import llama_tokenizer
+from visattn.testing.video_pipelines import hunyuan_prompt_template
+from visattn.words import STOP_WORDS, PromptTokens, prompt_recipe, prompt_tokens, split_words
+
+PROMPT = "A red zebrafish, near the cat"
+WORDS = ("a", "red", "zebrafish", ",", "near", "the", "cat")
+
+
+@functools.cache
+def pipeline(family: str):
+    return tiny_pipeline(family)
+
+
+def call_options(family: str) -> dict:
+    kwargs = call_kwargs(family)
+    return {k: kwargs[k] for k in ("max_sequence_length", "prompt_template") if k in kwargs}
+
+
+def text_sequence(family: str, pipe, prompt: str, options: dict) -> tuple[list[tuple[object, int]], int]:
+    """``(tokenizer, id)`` per position of the text sequence, built the way each pipeline builds it."""
+
+    def padded(tokenizer, text, length):
+        ids = tokenizer(text, padding="max_length", max_length=length, truncation=True).input_ids
+        return [(tokenizer, i) for i in ids]
+
+    length = options.get("max_sequence_length")
+    if family in ("unet", "StableDiffusionXLPipeline"):
+        return padded(pipe.tokenizer, prompt, 77), 77
+    if family == "sd3":
+        return padded(pipe.tokenizer, prompt, 77) + padded(pipe.tokenizer_3, prompt, length), 77 + length
+    if family == "flux":
+        return padded(pipe.tokenizer_2, prompt, length), length
+    if family == "hunyuan_video":
+        template = options["prompt_template"]
+        crop = template["crop_start"]
+        return padded(pipe.tokenizer, template["template"].format(prompt), length + crop)[crop:], length
+    if family == "pixart":
+        prompt = prompt.lower().strip()
+    return padded(pipe.tokenizer, prompt, length), length
+
+
+@pytest.mark.parametrize("family", TINY_PIPELINES)
+def test_positions_decode_to_the_words(family):
+    pipe = pipeline(family)
+    options = call_options(family)
+    tokens = prompt_tokens(pipe, PROMPT, **options)
+    assert tokens.family == pipeline_spec(family).family and tokens.words == WORDS
+    sequence, length = text_sequence(family, pipe, PROMPT, options)
+    assert tokens.length == length == len(sequence)
+    for index, word in enumerate(tokens.words):
+        positions = tokens.word_tokens[index]
+        # SD3 holds each word twice: in the 77 CLIP positions and in the T5 part after them.
+        parts = (
+            [[p for p in positions if p < 77], [p for p in positions if p >= 77]] if family == "sd3" else [positions]
+        )
+        for part in parts:
+            assert part, f"{family}: {word!r} has no positions in one part of the text sequence"
+            tokenizer = sequence[part[0]][0]
+            decoded = tokenizer.decode([sequence[p][1] for p in part]).strip().lower()
+            assert decoded == word, (family, word, decoded)
+    # "zebrafish" is not in the tiny vocabulary, so it splits into several subword tokens.
+    assert len(tokens.positions("zebrafish")) > (2 if family == "sd3" else 1)
+    # Everything else is special: start/end, padding, the template; and nothing is both.
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert owned.isdisjoint(tokens.special) and owned | set(tokens.special) == set(range(length))
+
+
+def test_clip_layout_has_start_end_and_padding_as_special():
+    tokens = prompt_tokens(text_tokenizer("clip"), "a red circle", family="unet")
+    assert tokens.word_tokens == ((1,), (2,), (3,))
+    assert tokens.special == (0, *range(4, 77))
+
+
+def test_t5_layout_starts_at_zero_and_respects_max_sequence_length():
+    tokens = prompt_tokens(text_tokenizer("t5"), "a red circle", family="flux", max_sequence_length=8)
+    assert tokens.word_tokens == ((0,), (1,), (2,)) and tokens.length == 8
+    assert tokens.special == (3, 4, 5, 6, 7)
+
+
+def test_family_defaults_come_from_the_pipeline_signature():
+    # Without max_sequence_length the pipeline's own default applies (Flux: 512, SD3: 77 + 256).
+    assert prompt_tokens(pipeline("flux"), "a cat").length == 512
+    assert prompt_tokens(pipeline("sd3"), "a cat").length == 77 + 256
+
+
+def test_hunyuan_template_prefix_is_cropped_and_suffix_is_special():
+    template = hunyuan_prompt_template()
+    tokens = prompt_tokens(
+        llama_tokenizer(), "red cat", family="hunyuan_video", max_sequence_length=8, prompt_template=template
+    )
+    assert tokens.word_tokens == ((0,), (1,))
+    # <|eot_id|> closes the template after the prompt; then padding.
+    assert tokens.special == tuple(range(2, 8))
+    tokenizer = llama_tokenizer()
+    ids = tokenizer(template["template"].format("red cat")).input_ids[template["crop_start"] :]
+    assert tokenizer.convert_ids_to_tokens(ids[2]) == "<|eot_id|>"
+
+
+def test_wrong_crop_start_is_an_error():
+    template = {**hunyuan_prompt_template(), "crop_start": 40}
+    with pytest.raises(ValueError, match="crop_start=40"):
+        prompt_tokens(llama_tokenizer(), "red cat", family="hunyuan_video", prompt_template=template)
+
+
+def test_positions_by_text_index_and_phrase():
+    tokens = prompt_tokens(text_tokenizer("clip"), "a red cat and a red dog", family="unet")
+    assert tokens.positions("red") == (2, 6)  # every occurrence
+    assert tokens.positions("RED") == (2, 6)  # words are lower-cased
+    assert tokens.positions(2) == (3,) and tokens.positions(-1) == (7,)
+    assert tokens.positions("red dog") == (6, 7)  # consecutive words
+    assert tokens.content_words() == (1, 2, 5, 6)  # "a" and "and" are stop words
+    assert {"a", "and", "the", ","} <= STOP_WORDS
+
+
+def test_unknown_word_error_lists_the_prompt_words():
+    tokens = prompt_tokens(text_tokenizer("t5"), "a red circle", family="pixart", max_sequence_length=16)
+    with pytest.raises(ValueError, match=r"'dog' is not in the prompt.*0: 'a', 1: 'red', 2: 'circle'"):
+        tokens.positions("dog")
+    with pytest.raises(ValueError, match="word index 3 is out of range.*'circle'"):
+        tokens.positions(3)
+    with pytest.raises(ValueError, match="word must be"):
+        tokens.positions(1.5)
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "options", "part"),
+    [
+        ("unet", "clip", {}, "CLIP"),
+        ("flux", "t5", {"max_sequence_length": 16}, "T5"),
+        ("hunyuan_video", "llama", {"max_sequence_length": 16, "prompt_template": hunyuan_prompt_template()}, "Llama"),
+    ],
+)
+def test_long_prompt_is_an_error_with_the_counts(family, kind, options, part):
+    limit = 77 if family == "unet" else 16
+    prompt = " ".join(["cat"] * 80)
+    with pytest.raises(ValueError, match=rf"has \d+ {part} tokens .* holds {limit}"):
+        prompt_tokens(text_tokenizer(kind), prompt, family=family, **options)
+    # A prompt that exactly fills the sequence is fine.
+    fits = limit - (2 if kind == "clip" else 1)
+    assert len(prompt_tokens(text_tokenizer(kind), " ".join(["cat"] * fits), family=family, **options).words) == fits
+
+
+def test_sd3_checks_both_limits():
+    tokenizers = {"tokenizer": text_tokenizer("clip"), "tokenizer_3": text_tokenizer("t5")}
+    with pytest.raises(ValueError, match="T5 tokens"):
+        prompt_tokens(tokenizers, "a red circle on a blue square", family="sd3", max_sequence_length=4)
+    with pytest.raises(ValueError, match="CLIP tokens"):
+        prompt_tokens(tokenizers, " ".join(["cat"] * 90), family="sd3", max_sequence_length=512)
+
+
+def test_bad_family_and_missing_tokenizer():
+    with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
+        prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
+    # A family whose tokenizer ladder is not declared says so and names the ones that are.
+    with pytest.raises(ValueError, match=r"the hunyuan_video15 family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="hunyuan_video15")
+    with pytest.raises(ValueError, match="pass family="):
+        prompt_tokens(text_tokenizer("clip"), "a cat")
+    with pytest.raises(ValueError, match="tokenizer_2"):
+        prompt_tokens({"tokenizer": text_tokenizer("clip")}, "a cat", family="flux")
+
+
+class _NoOffsets:
+    """A tokenizer that cannot report character offsets, like transformers' slow tokenizers."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, **kwargs):
+        if kwargs.get("return_offsets_mapping"):
+            raise NotImplementedError("no offsets")
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("kind", ["clip", "t5"])
+def test_tokenizers_without_offsets_align_the_same(kind):
+    family = "unet" if kind == "clip" else "pixart"
+    prompt = "a red zebrafish, near the cat"
+    expected = prompt_tokens(text_tokenizer(kind), prompt, family=family, max_sequence_length=16)
+    assert prompt_tokens(_NoOffsets(text_tokenizer(kind)), prompt, family=family, max_sequence_length=16) == expected
+
+
+def test_split_words_lowercases_and_splits_punctuation():
+    assert [w for w, _, _ in split_words("Top-left: a CAT's hat")] == [
+        "top",
+        "-",
+        "left",
+        ":",
+        "a",
+        "cat",
+        "'",
+        "s",
+        "hat",
+    ]
+    assert isinstance(prompt_tokens(text_tokenizer("clip"), "", family="unet"), PromptTokens)
+
+
+def test_qwen_image_reads_its_chat_template_from_the_pipeline():
+    """Qwen-Image drops its template's first prompt_template_encode_start_idx tokens; a word's positions are its
+    tokens after that prefix, and they decode back to the word."""
+    pipe = tiny_pipeline("qwen_image")
+    template, drop = pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
+    ids = pipe.tokenizer(template.format("a red circle")).input_ids[drop:]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids))
+    assert tokens.family == "qwen_image" and tokens.length == len(ids)
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    with pytest.raises(ValueError, match="pass the pipeline, not its tokenizers"):
+        prompt_tokens(pipe.tokenizer, "a red circle", family="qwen_image", max_sequence_length=len(ids))
+
+
+def test_krea2_pads_between_the_prompt_and_its_template_suffix():
+    """Krea 2 tokenizes ``[prefix | prompt | PAD | suffix]`` over max_sequence_length positions after dropping the
+    prefix's first tokens; the words decode back from the ids it builds, and the suffix takes from the budget."""
+    pipe = tiny_pipeline("krea2")
+    drop, reserve = pipe.prompt_template_encode_start_idx, pipe.prompt_template_encode_num_suffix_tokens
+    length = 24
+    prompt = "a red circle"
+    ids = pipe.tokenizer(
+        pipe.prompt_template_encode_prefix + prompt, padding="max_length", max_length=length + drop - reserve
+    ).input_ids
+    ids = (ids + pipe.tokenizer(pipe.prompt_template_encode_suffix).input_ids)[drop:]
+    tokens = prompt_tokens(pipe, prompt, max_sequence_length=length)
+    assert tokens.family == "krea2" and tokens.length == length == len(ids)
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    # The prompt may fill max_sequence_length less the suffix, no more.
+    fits = " ".join(["cat"] * (length - reserve))
+    assert len(prompt_tokens(pipe, fits, max_sequence_length=length).words) == length - reserve
+    with pytest.raises(ValueError, match=rf"holds {length - reserve}"):
+        prompt_tokens(pipe, fits + " cat", max_sequence_length=length)
+
+
+def test_longcat_image_spells_quoted_text_letter_by_letter():
+    """LongCat-Image keeps the prompt's own tokens, quoted text tokenized a character at a time, padded to
+    tokenizer_max_length; the words decode back from the ids it builds."""
+    from diffusers.pipelines.longcat_image.pipeline_longcat_image import split_quotation
+
+    pipe = tiny_pipeline("longcat_image")
+    prompt = "a red sign saying 'cat' near a circle"
+    ids = []
+    for piece, quoted in split_quotation(prompt):
+        for chunk in piece if quoted else [piece]:
+            ids += pipe.tokenizer(chunk, add_special_tokens=False).input_ids
+    length = pipe.tokenizer_max_length
+    tokens = prompt_tokens(pipe, prompt, max_sequence_length=length)
+    assert tokens.family == "longcat_image" and tokens.length == length
+    for word in ("red", "circle", "cat"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    assert len(tokens.positions("cat")) == 3  # c, a, t
+    assert tokens.positions("'")[-1] == tokens.positions("cat")[-1] + 1
+    with pytest.raises(ValueError, match="holds 4"):
+        prompt_tokens(pipe, prompt, max_sequence_length=4)
+
+
+def test_z_image_renders_the_tokenizers_chat_template():
+    """Z-Image tokenizes its tokenizer's chat template (thinking on) around the prompt and crops nothing; the words
+    decode back from those ids, and the template counts against max_sequence_length."""
+    pipe = tiny_pipeline("z_image")
+    messages = [{"role": "user", "content": "a red circle"}]
+    text = pipe.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    ids = pipe.tokenizer(text).input_ids
+    tokens = prompt_tokens(pipe.tokenizer, "a red circle", family="z_image", max_sequence_length=len(ids))
+    assert tokens.family == "z_image" and tokens.length == len(ids)
+    assert tokens.positions("a")[0] > 0  # the template's user turn comes first
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    assert prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids)) == tokens
+    with pytest.raises(ValueError, match=rf"holds {len(ids) - 1}"):
+        prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids) - 1)
+
+
+def test_sana_keeps_bos_and_crops_its_complex_human_instruction():
+    """Sana prefixes the call's complex_human_instruction to the lower-cased prompt and keeps <bos> and the last
+    max_sequence_length - 1 tokens; the words decode back from the ids it keeps."""
+    import inspect
+
+    pipe = tiny_pipeline("sana")
+    instruction = "\n".join(inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default)
+    length = 24
+    all_ids = pipe.tokenizer(
+        instruction + "a red circle",
+        padding="max_length",
+        max_length=len(pipe.tokenizer.encode(instruction)) + length - 2,
+    ).input_ids
+    ids = all_ids[:1] + all_ids[-(length - 1) :]
+    tokens = prompt_tokens(pipe, "A Red circle", max_sequence_length=length)
+    assert tokens.family == "sana" and tokens.length == length and 0 in tokens.special
+    for word in ("red", "circle"):
+        assert pipe.tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip() == word
+    with pytest.raises(ValueError, match="holds 4"):
+        prompt_tokens(pipe, "a red circle near a blue square", max_sequence_length=4)
+    with pytest.raises(ValueError, match="pass the pipeline, not its tokenizers"):
+        prompt_tokens(pipe.tokenizer, "a red circle", family="sana", max_sequence_length=length)
+
+
+def _decodes_to_words(tokenizer, ids, tokens, words=("red", "circle")):
+    for word in words:
+        assert tokenizer.decode([ids[p] for p in tokens.positions(word)]).strip().lower() == word
+
+
+def test_flux2_left_pads_its_system_chat_template():
+    """FLUX.2 lets apply_chat_template tokenize [system_message, prompt] (no generation prompt, no further <s>) and
+    pads on the tokenizer's side (Mistral's: left); the words decode back from those ids, at the end."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+    pipe = tiny_pipeline("flux2")
+    length = 48
+    ids = pipe.tokenizer.apply_chat_template(
+        format_input(["a red circle"], pipe.system_message),
+        add_generation_prompt=False,
+        tokenize=True,
+        return_dict=True,
+        padding="max_length",
+        truncation=True,
+        max_length=length,
+    )["input_ids"][0]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=length)
+    assert tokens.family == "flux2" and tokens.length == length == len(ids)
+    assert pipe.tokenizer.padding_side == "left" and 0 in tokens.special  # padding first
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+    class Flux2KleinPipeline:  # another pipeline of the family, with another text path
+        tokenizer = pipe.tokenizer
+
+    with pytest.raises(ValueError, match="describes the text sequence of Flux2Pipeline; Flux2KleinPipeline"):
+        prompt_tokens(Flux2KleinPipeline(), "a red circle", family="flux2", max_sequence_length=length)
+
+
+def test_lumina2_prefixes_its_system_prompt():
+    pipe = tiny_pipeline("lumina2")
+    length = 48
+    text = pipe.system_prompt + " <Prompt Start> " + "a red circle"
+    ids = pipe.tokenizer(text, padding="max_length", max_length=length).input_ids
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=length)
+    assert tokens.family == "lumina2" and tokens.length == length == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_cogview4_pads_on_the_left():
+    """CogView4 pads GLM's tokens on the left to a multiple of 16: the words sit at the end of the sequence."""
+    pipe = tiny_pipeline("cogview4")
+    ids = pipe.tokenizer("a red circle").input_ids
+    ids = [pipe.tokenizer.pad_token_id] * (16 - len(ids)) + ids
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=16)
+    assert tokens.positions("circle")[-1] == 15 and tokens.special[0] == 0
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_tokens_the_model_puts_around_the_text_hold_no_word():
+    """AuraFlow puts 8 register tokens before its T5 tokens; UniDiffuser 3 tokens before its CLIP tokens and one
+    after. They count in the length and hold no word."""
+    t5 = prompt_tokens(text_tokenizer("t5"), "a red circle", family="pixart", max_sequence_length=16)
+    aura = prompt_tokens(text_tokenizer("t5"), "a red circle", family="auraflow", max_sequence_length=16)
+    assert aura.length == 8 + 16 and set(range(8)) <= set(aura.special)
+    assert aura.word_tokens == tuple(tuple(p + 8 for p in positions) for positions in t5.word_tokens)
+    assert prompt_recipe("auraflow").sequence_length_of(aura.length) == 16
+    clip = prompt_tokens(text_tokenizer("clip"), "a red circle", family="unet")
+    uni = prompt_tokens({"clip_tokenizer": text_tokenizer("clip")}, "a red circle", family="unidiffuser")
+    assert uni.length == 3 + 77 + 1 and uni.positions("red") == tuple(p + 3 for p in clip.positions("red"))
+
+
+def test_hidream_maps_words_into_t5_and_both_llama_parts():
+    pipe = tiny_pipeline("hidream_image")
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=16)
+    assert tokens.length == 48 and prompt_recipe("hidream_image").sequence_length_of(48) == 16
+    t5 = pipe.tokenizer_3("a red circle").input_ids
+    llama = pipe.tokenizer_4("a red circle").input_ids
+    for word in ("red", "circle"):
+        first, second, third = (tuple(p for p in tokens.positions(word) if lo <= p < lo + 16) for lo in (0, 16, 32))
+        assert pipe.tokenizer_3.decode([t5[p] for p in first]).strip() == word
+        assert pipe.tokenizer_4.decode([llama[p - 16] for p in second]).strip() == word
+        assert third == tuple(p + 16 for p in second)
+
+
+def test_nucleus_renders_a_module_system_prompt_through_its_processor():
+    """NucleusMoE-Image renders [DEFAULT_SYSTEM_PROMPT, the prompt as a text part] with its processor's chat
+    template and tokenizes with the processor; the words decode back from those ids."""
+    pipe = tiny_pipeline("nucleus_moe_image")
+    text = pipe._format_prompt("a red circle")
+    ids = pipe.processor(text=[text]).input_ids[0]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=len(ids))
+    assert tokens.length == len(ids) and tokens.positions("a")[0] > 0
+    _decodes_to_words(pipe.processor.tokenizer, ids, tokens)
+
+
+def test_ovis_image_crops_its_chat_template_and_system_prompt():
+    pipe = tiny_pipeline("ovis_image")
+    length = 16
+    text = pipe._get_messages("a red circle")[0]
+    ids = pipe.tokenizer(
+        text, padding="max_length", max_length=length + pipe.user_prompt_begin_id, add_special_tokens=False
+    ).input_ids[pipe.user_prompt_begin_id :]
+    tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=length)
+    assert tokens.length == length == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_text_part_refuses_what_it_cannot_describe():
+    from visattn.families.base import PipelineTemplate, TextPart
+
+    with pytest.raises(ValueError, match="TextPart.padding must be one of"):
+        TextPart("t5", padding="middle")
+    with pytest.raises(ValueError, match="only for the parts that are not CLIP"):
+        TextPart("clip", padding="left")
+    with pytest.raises(ValueError, match="TextPart.template must be one of"):
+        TextPart("chat_template", template="pipeline:prompt_template_encode:prompt_template_encode_start_idx")
+    with pytest.raises(ValueError, match="required for, and only for"):
+        TextPart("t5", template=PipelineTemplate("prompt_template_encode"))
+
+
+# --- the real CLIP vocabulary (issue 29) -------------------------------------------------------------------------
+# Stable Diffusion's tokenizer, built offline from the BPE merges open_clip_torch ships; the toy tokenizers above
+# know only the toy world's words, so punctuation glued to a word and capitals are checked here.
+from visattn.testing.tokenizers import clip_bpe_path, real_clip_tokenizer  # noqa: E402
+from visattn.words import _align, _align_by_prefix  # noqa: E402
+
+needs_real_clip = pytest.mark.skipif(
+    clip_bpe_path() is None, reason="the real CLIP vocabulary ships in open_clip_torch (pip install --no-deps ...)"
+)
+
+#: prompts with punctuation next to words, capitals, digits, apostrophes and runs of spaces
+REAL_PROMPTS = (
+    "a red car, at night",
+    "A Red CAR at Night",
+    "a red car,at night.",
+    "(a red car) parked; at NIGHT!!",
+    "a dog's toy, don't touch",
+    "top-left: 2024 cars",
+    "a  red\\ncar   at night",
+    "Café au lait",
+)
+
+
+@functools.cache
+def real_clip():
+    return real_clip_tokenizer()
+
+
+@needs_real_clip
+def test_real_clip_tokenizer_has_sd_ids():
+    tokenizer = real_clip()
+    assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
+    # the ids of openai/clip-vit-large-patch14 (Stable Diffusion 1.x's tokenizer/vocab.json)
+    assert tokenizer("a red car, at night").input_ids == [49406, 320, 736, 1615, 267, 536, 930, 49407]
+    assert tokenizer("A Red CAR").input_ids == tokenizer("a red car").input_ids  # CLIP lower-cases
+
+
+@needs_real_clip
+@pytest.mark.parametrize("prompt", REAL_PROMPTS)
+def test_every_word_maps_to_the_real_tokens_that_spell_it(prompt):
+    tokenizer = real_clip()
+    tokens = prompt_tokens(tokenizer, prompt, family="unet")
+    ids = tokenizer(prompt).input_ids
+    assert tokens.words == tuple(word for word, _, _ in split_words(prompt))
+    for word, positions in zip(tokens.words, tokens.word_tokens, strict=True):
+        assert positions, f"{word!r} has no token in {prompt!r}"
+        spelled = tokenizer.decode([ids[p] for p in positions]).replace(" ", "")  # bytes back to text
+        assert word in spelled, (word, spelled)
+    # every token between <|startoftext|> and <|endoftext|> belongs to a word
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert owned == set(range(1, len(ids) - 1))
+
+
+@needs_real_clip
+def test_punctuation_next_to_a_word_and_capitals_find_the_word():
+    tokenizer = real_clip()
+    tokens = prompt_tokens(tokenizer, "a red car, at night", family="unet")
+    assert tokens.positions("car") == (3,) and tokens.positions(",") == (4,) and tokens.positions("night") == (6,)
+    assert tokens.positions("car,") == (3, 4) and tokens.positions("red car") == (2, 3)
+    shouted = prompt_tokens(tokenizer, "A Red CAR at Night", family="unet")
+    for word in ("car", "CAR", "Car"):
+        assert shouted.positions(word) == (3,)
+    assert shouted.words == ("a", "red", "car", "at", "night")
+
+
+class _WithoutOffsets:
+    """The real tokenizer without character offsets, as a slow tokenizer is: alignment falls back to prefixes."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, **kwargs):
+        if kwargs.get("return_offsets_mapping"):
+            raise NotImplementedError("no offsets")
+        return self.tokenizer(text, **kwargs)
+
+
+@needs_real_clip
+@pytest.mark.parametrize("prompt", REAL_PROMPTS)
+def test_prefix_alignment_agrees_with_offsets_on_the_real_vocabulary(prompt):
+    """Without offsets, a token that spans a word boundary (CLIP's ``'s`` joins ``'`` and ``s``) belongs to both
+    words, as it does with offsets; before, the second word got no token."""
+    words = split_words(prompt)
+    assert _align_by_prefix(_WithoutOffsets(real_clip()), prompt, 0, words) == _align(real_clip(), prompt, 0, words)
+
+
+@needs_real_clip
+def test_an_edit_with_local_blend_and_maps_runs_on_the_real_vocabulary():
+    import visattn
+    from visattn.effects import AttentionMaps, LocalBlend, PromptToPrompt
+
+    pipe = tiny_pipeline("unet")
+    pipe.tokenizer = real_clip()
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))  # the tiny encoder knows the toy ids only
+    p2p = PromptToPrompt.replace("A red Car, at night", "a blue car, at night", local_blend=LocalBlend(["CAR"]))
+    maps = AttentionMaps(words=["car", "Night"], prompt=p2p.prompts)
+    with visattn.attach(pipe, p2p, maps):
+        pipe(prompt=p2p.prompts, generator=p2p.generator(0), num_inference_steps=2, height=32, width=32)
+    assert p2p.local_blend.mask is not None and maps.contributions

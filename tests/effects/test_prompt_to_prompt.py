@@ -1,0 +1,511 @@
+"""Prompt-to-Prompt: exact identities, injection of the source's maps, alignment, local blend, every family."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from helpers import BandPattern, HeadScale
+
+import visattn
+from visattn.alignment import TokenMap, align_words, token_map, word_pairs
+from visattn.attachment import layer_roles
+from visattn.effects import AttentionMaps, LocalBlend, PerturbedAttentionGuidance, PromptToPrompt
+from visattn.kernels import ProbabilityRead
+from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
+from visattn.words import prompt_tokens
+
+
+@functools.cache
+def pipeline(family: str):
+    return tiny_pipeline(family)
+
+
+def options(family: str) -> dict:
+    """What the effect needs to know about a call beyond the pipeline (the tiny HunyuanVideo template)."""
+    kwargs = call_kwargs(family)
+    return {"prompt_template": kwargs["prompt_template"]} if "prompt_template" in kwargs else {}
+
+
+def edit(family: str, p2p: PromptToPrompt, *others, before=(), seed: int = 0, images: int = 1, **overrides):
+    pipe = pipeline(family)
+    if images != 1:
+        overrides["num_images_per_prompt"] = images  # not every pipeline accepts the argument
+    with visattn.attach(pipe, *before, p2p, *others):
+        out = pipe(**call_kwargs(family, prompt=p2p.prompts, generator=p2p.generator(seed, images), **overrides))[0]
+    return out if overrides.get("output_type") == "latent" else np.asarray(out, dtype=np.float64)
+
+
+def plain(family: str, prompt: str, seed: int = 0) -> np.ndarray:
+    out = pipeline(family)(**call_kwargs(family, prompt=prompt, generator=torch.Generator().manual_seed(seed)))[0]
+    return np.asarray(out, dtype=np.float64)
+
+
+class ProbsProbe(visattn.Effect):
+    """Records ``(context, probabilities)`` of every call: a read of its whole final probabilities."""
+
+    roles = ("self", "cross", "joint")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
+
+    def apply(self, call):
+        ctx = call.ctx
+        call.reads.append(ProbabilityRead(lambda probs: self.calls.append((ctx, probs))))
+
+
+def cond_halves(ctx, probs):
+    rows = ctx.batch.rows("cond")
+    half = (rows.stop - rows.start) // 2
+    return probs[rows.start : rows.start + half], probs[rows.start + half : rows.stop]
+
+
+# --- exact identities ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["unet", "sd3"])
+def test_identical_prompts_give_identical_images(family):
+    p2p = PromptToPrompt.replace("a red cat", "a red cat", cross_steps=0.5, self_steps=0.5, **options(family))
+    out = edit(family, p2p)
+    assert np.array_equal(out[0], out[1])
+
+
+def test_reweight_with_unit_scales_is_exactly_a_no_op():
+    out = edit("unet", PromptToPrompt.reweight("a red cat", {"red": 1.0, "cat": 1.0}))
+    assert np.array_equal(out[0], out[1])
+
+
+def test_source_half_equals_a_plain_generation_with_the_same_seed():
+    out = edit("unet", PromptToPrompt.replace("a red cat", "a blue dog"))
+    reference = plain("unet", "a red cat")
+    assert np.abs(out[0] - reference[0]).max() <= 1e-5
+    assert np.abs(out[1] - reference[0]).max() > 1e-3  # the target is an edit, not a copy
+    # Several images per prompt: source image j is the plain generation seeded seed + j.
+    out = edit("unet", PromptToPrompt.replace("a red cat", "a blue dog"), seed=3, images=2)
+    for j in range(2):
+        assert np.abs(out[j] - plain("unet", "a red cat", seed=3 + j)[0]).max() <= 1e-5
+
+
+# --- injection ---------------------------------------------------------------------------------------------------
+
+
+def test_full_cross_injection_makes_the_target_maps_the_sources():
+    probe = ProbsProbe()
+    maps = AttentionMaps(words=[2], prompt=["a red cat", "a red dog"], drop_special=False)
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=0), probe, maps)
+    cross = [(ctx, probs) for ctx, probs in probe.calls if ctx.role == "cross"]
+    layers = [name for name, role in layer_roles(pipeline("unet").unet).items() if role == "cross"]
+    assert len(cross) == 2 * len(layers)  # every cross-attention layer at both steps
+    for ctx, probs in cross:
+        source, target = cond_halves(ctx, probs)
+        assert torch.equal(source, target)
+        if ctx.step.index == 1:  # once the latents differ, so does the unconditional branch: it is left alone
+            uncond = probs[ctx.batch.rows("uncond")]
+            assert not torch.equal(uncond[0], uncond[1])
+    source_maps, target_maps = maps.maps()
+    assert torch.equal(source_maps["cat"], target_maps["dog"])
+
+
+def test_joint_attention_takes_the_sources_text_block_and_keeps_rows_normalized():
+    probe = ProbsProbe()
+    edit("sd3", PromptToPrompt.refine("a red cat", "a small red cat", cross_steps=1.0, self_steps=0), probe)
+    pipe = pipeline("sd3")
+    source_tokens = prompt_tokens(pipe, "a red cat", max_sequence_length=16)
+    target_tokens = prompt_tokens(pipe, "a small red cat", max_sequence_length=16)
+    cat_source, cat_target = source_tokens.positions("cat"), target_tokens.positions("cat")
+    small = list(target_tokens.positions("small"))
+    joint = [(ctx, probs) for ctx, probs in probe.calls if ctx.role == "joint"]
+    assert joint
+    for ctx, probs in joint:
+        source, target = cond_halves(ctx, probs)
+        image, text = ctx.queries.image.as_slice(), ctx.keys.text.start
+        for s, t in zip(cat_source, cat_target):
+            assert torch.equal(target[:, :, image, text + t], source[:, :, image, text + s])
+        assert target[:, :, image, [text + p for p in small]].sum() > 0  # the added word keeps its own map
+        torch.testing.assert_close(target[:, :, image].sum(-1), torch.ones_like(target[:, :, image, 0]))
+
+
+def test_self_injection_copies_the_sources_self_attention():
+    probe = ProbsProbe(layers="self")
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=0, self_steps=1.0), probe)
+    assert probe.calls
+    for ctx, probs in probe.calls:
+        source, target = cond_halves(ctx, probs)
+        assert torch.equal(source, target)
+
+
+def test_per_word_schedule_leaves_that_words_map_to_the_target():
+    probe = ProbsProbe(layers="cross")
+    schedule = {"default": 1.0, "dog": 0}
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=schedule, self_steps=0), probe)
+    for ctx, probs in probe.calls:
+        source, target = cond_halves(ctx, probs)
+        assert torch.equal(target[..., :3], source[..., :3]) and torch.equal(target[..., 4:], source[..., 4:])
+        assert not torch.equal(target[..., 3], source[..., 3])  # "dog" (position 3) keeps the target's own map
+
+
+def test_refine_maps_through_the_alignment_and_added_words_keep_their_own():
+    probe = ProbsProbe(layers="cross")
+    edit("unet", PromptToPrompt.refine("a red cat", "a red fluffy cat", cross_steps=1.0, self_steps=0), probe)
+    # Source: <start> a red cat <end>; target: <start> a red fluffy cat <end>  (fluffy is several tokens here).
+    fluffy = prompt_tokens(pipeline("unet"), "a red fluffy cat").positions("fluffy")
+    cat = fluffy[-1] + 1
+    for ctx, probs in probe.calls:
+        source, target = cond_halves(ctx, probs)
+        assert torch.equal(target[..., :3], source[..., :3])
+        assert torch.equal(target[..., cat], source[..., 3])
+        assert torch.equal(target[..., cat + 1], source[..., 4])  # end of text follows its word
+        assert not torch.equal(target[..., fluffy[0]], source[..., fluffy[0]])
+
+
+def test_reweight_scales_the_words_map():
+    maps = AttentionMaps(words=["red"], prompt=["a red cat", "a red cat"], drop_special=False)
+    out = edit("unet", PromptToPrompt.reweight("a red cat", {"red": 3.0}, cross_steps=1.0, self_steps=0), maps)
+    source_maps, target_maps = maps.maps()
+    assert target_maps["red"].mean() > source_maps["red"].mean()
+    torch.testing.assert_close(target_maps["red"], 3.0 * source_maps["red"])
+    assert np.abs(out[0] - out[1]).max() > 1e-4
+
+
+def test_reweight_in_joint_attention_keeps_rows_normalized():
+    probe = ProbsProbe(layers="joint")
+    edit("flux", PromptToPrompt.reweight("a red cat", {"red": 2.0}, cross_steps=1.0, self_steps=0), probe)
+    red = prompt_tokens(pipeline("flux"), "a red cat", max_sequence_length=16).positions("red")
+    for ctx, probs in probe.calls:
+        source, target = cond_halves(ctx, probs)
+        image, text = ctx.queries.image.as_slice(), ctx.keys.text.start
+        rows = target[:, :, image]
+        torch.testing.assert_close(rows.sum(-1), torch.ones_like(rows[..., 0]))
+        columns = [text + p for p in red]
+        torch.testing.assert_close(rows[..., columns], 2.0 * source[:, :, image][..., columns])
+
+
+# --- alignment -----------------------------------------------------------------------------------------------
+
+
+def test_word_alignment_of_added_and_removed_words():
+    assert align_words(["a", "cat"], ["a", "fluffy", "cat"]) == (0, None, 1)
+    assert align_words(["a", "fluffy", "cat"], ["a", "cat"]) == (0, 2)
+    assert align_words(["a", "cat", "on", "a", "mat"], ["a", "cat", "on", "a", "red", "mat"]) == (0, 1, 2, 3, None, 4)
+    assert align_words(["a", "big", "cat"], ["a", "cat", "sitting"]) == (0, 2, None)
+    assert align_words(["A", "Cat"], ["a", "cat"]) == (0, 1)
+    assert word_pairs(["a", "cat"], ["a", "small", "cat"], "refine") == [(0, 0), (1, 2)]
+
+
+def test_token_map_of_an_added_word_shifts_the_rest():
+    pipe = pipeline("unet")
+    source, target = prompt_tokens(pipe, "a cat"), prompt_tokens(pipe, "a big cat")
+    mapping = token_map(source, target, word_pairs(source.words, target.words, "refine"))
+    # <start> a cat <end> pad...  ->  <start> a big cat <end> pad...
+    assert mapping.source_of(0) == (0,) and mapping.source_of(1) == (1,)
+    assert mapping.source_of(2) == () and not mapping.mapped[2]
+    assert mapping.source_of(3) == (2,) and mapping.source_of(4) == (3,)
+    assert mapping.source_of(76) == (76,)  # padding matched from the end too
+    assert all(mapping.mapped[p] for p in range(77) if p != 2)
+
+
+def test_token_map_of_a_removed_word_and_of_two_tokenizer_parts():
+    pipe = pipeline("sd3")
+    source = prompt_tokens(pipe, "a big cat", max_sequence_length=16)
+    target = prompt_tokens(pipe, "a cat", max_sequence_length=16)
+    mapping = token_map(source, target, word_pairs(source.words, target.words, "refine"))
+    # Every target token has a source, except one surplus padding token per part (the target has one word less).
+    unmapped = [p for p in range(target.length) if not mapping.mapped[p]]
+    assert len(unmapped) <= 2 and all(p in target.special and p not in (0, 76, 92) for p in unmapped)
+    for s, t in zip(source.positions("cat"), target.positions("cat")):  # the CLIP part and the T5 part
+        assert mapping.source_of(t) == (s,)
+    t5_end = target.positions("cat")[1] + 1
+    assert mapping.source_of(t5_end) == (source.positions("cat")[1] + 1,)
+
+
+def test_token_map_of_a_swap_with_different_token_counts_spreads_the_mass():
+    pipe = pipeline("unet")
+    source, target = prompt_tokens(pipe, "a cat"), prompt_tokens(pipe, "a zebrafish")
+    pieces = target.positions("zebrafish")
+    assert len(pieces) > 1
+    mapping = token_map(source, target, word_pairs(source.words, target.words, "replace"))
+    for piece in pieces:
+        assert mapping.source_of(piece) == (2,)
+    weights = [w for s, w in zip(mapping.source_index, mapping.weight) if s == 2]
+    assert sum(weights) == pytest.approx(1.0)
+    assert mapping.source_of(pieces[-1] + 1) == (3,)
+    assert TokenMap.identity(4).source_of(3) == (3,)
+
+
+# --- local blend ---------------------------------------------------------------------------------------------
+
+
+def _expanded(mask: torch.Tensor, family: str, latents: torch.Tensor) -> torch.Tensor:
+    """The blend mask of pair 0 laid out like one row of the family's latents (the test's own layout knowledge)."""
+    mask = mask[0]
+    if family == "flux":  # packed latents: one token per grid cell, in grid order
+        return mask.reshape(-1, 1).expand(latents.shape[1:])
+    if family == "unet":  # [C, H, W], grid = latent size
+        return mask[0].expand(latents.shape[1:])
+    # wan: [C, F, H, W] with 2x2 patches
+    return mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).expand(latents.shape[1:])
+
+
+@pytest.mark.parametrize("variant", ["authors", "prediction"])
+@pytest.mark.parametrize("family", ["unet", "wan", "flux"])
+def test_local_blend_keeps_the_latents_outside_the_mask_equal_to_the_source(family, variant):
+    """The authors' blend (the latents after each scheduler step, the last step's mask) and visattn's prediction
+    blend (a mask grown over the steps) both leave the final latents outside the mask equal to the source's."""
+    # Random tiny models spread attention almost evenly, so a high threshold gives a partial mask.
+    blend = LocalBlend(["cat", "dog"], threshold=0.9, radius=0, variant=variant)
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", local_blend=blend)
+    latents = edit(family, p2p, output_type="latent")
+    assert blend.mask is not None and blend.mask.any() and not blend.mask.all()
+    inside = _expanded(blend.mask, family, latents)
+    source, target = latents[0], latents[1]
+    assert torch.equal(source[~inside], target[~inside])
+    assert (source[inside] - target[inside]).abs().max() > 0
+    unblended = edit(family, PromptToPrompt.replace("a red cat", "a red dog"), output_type="latent")
+    assert not torch.equal(unblended[0][~inside], unblended[1][~inside])
+
+
+def test_local_blend_starts_over_at_each_generation():
+    blend = LocalBlend("dog", threshold=0.5)
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", local_blend=blend)
+    edit("unet", p2p)
+    first = blend.mask.clone()
+    edit("unet", p2p)
+    assert torch.equal(first, blend.mask)
+
+
+# --- one edit, several attachments (issue 27) -----------------------------------------------------------------
+
+
+def _blended_edit() -> PromptToPrompt:
+    blend = LocalBlend(["cat", "dog"], threshold=0.9, radius=0)
+    return PromptToPrompt.replace("a red cat", "a red dog", self_steps=1.0, local_blend=blend)
+
+
+def _latents(family: str, p2p: PromptToPrompt) -> torch.Tensor:
+    pipe = pipeline(family)
+    return pipe(**call_kwargs(family, prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent"))[0]
+
+
+def test_one_edit_attached_to_two_pipelines_gives_each_what_it_gives_alone():
+    alone = {}
+    for family in ("unet", "sd3"):
+        p2p = _blended_edit()
+        alone[family] = (edit(family, p2p, output_type="latent"), p2p.local_blend.mask.clone())
+    shared = _blended_edit()
+    with visattn.attach(pipeline("unet"), shared) as first, visattn.attach(pipeline("sd3"), shared) as second:
+        outputs = [(family, _latents(family, shared)) for family in ("unet", "sd3", "unet")]
+        for family, latents in outputs:
+            assert torch.equal(latents, alone[family][0])
+        assert torch.equal(first.run_of(shared).mask, alone["unet"][1])
+        assert torch.equal(second.run_of(shared).mask, alone["sd3"][1])
+        assert shared.local_blend.mask is first.run_of(shared).mask  # the most recent generation's
+    assert "step" not in vars(pipeline("unet").scheduler) and "prepare_latents" not in vars(pipeline("unet"))
+
+
+def test_an_edit_attached_again_gives_what_it_gave_the_first_time():
+    p2p = _blended_edit()
+    first = edit("unet", p2p, output_type="latent")
+    first_mask = p2p.local_blend.mask.clone()
+    assert torch.equal(edit("unet", p2p, output_type="latent"), first)
+    assert torch.equal(p2p.local_blend.mask, first_mask)
+
+
+def test_parameters_are_fixed_once_built_and_copy_with_changes_them():
+    p2p = _blended_edit()
+    with pytest.raises(AttributeError, match=r"self_steps cannot change.*copy_with\(self_steps="):
+        p2p.self_steps = 0.2
+    with pytest.raises(AttributeError, match=r"threshold cannot change.*copy_with\(threshold="):
+        p2p.local_blend.threshold = 0.5
+    with pytest.raises(TypeError):
+        p2p.cross_steps["default"] = (0.0, 1.0)
+    reweighted = PromptToPrompt.reweight("a red cat", {"red": 2.0})
+    with pytest.raises(TypeError):
+        reweighted.weights["red"] = 3.0
+    other = p2p.copy_with(self_steps=0)
+    assert other.self_steps is None and p2p.self_steps == (0.0, 1.0) and other.local_blend is p2p.local_blend
+    assert not torch.equal(edit("unet", other, output_type="latent"), edit("unet", p2p, output_type="latent"))
+    with pytest.raises(TypeError, match="no parameter 'bogus'"):
+        p2p.copy_with(bogus=1)
+    blend = LocalBlend("dog")
+    assert blend.copy_with(threshold=0.5).threshold == 0.5 and blend.copy_with(threshold=0.5).words == ("dog",)
+    assert blend.start == 0.2 and blend.copy_with(variant="prediction").start == 0.0
+    with pytest.raises(TypeError, match="no parameter 'radiuss'"):
+        blend.copy_with(radiuss=2)
+    with pytest.raises(ValueError, match="start must be 0 for variant='prediction'"):
+        LocalBlend("dog", start=0.2, variant="prediction")
+
+
+def test_a_bare_denoiser_builds_the_mask_and_warns_that_nothing_is_blended():
+    from visattn.testing import tiny_denoiser
+
+    model = tiny_denoiser("unet")
+    tokens = prompt_tokens(pipeline("unet"), "a red cat"), prompt_tokens(pipeline("unet"), "a red dog")
+    p2p = PromptToPrompt(*tokens, local_blend=LocalBlend("dog"))
+    inputs = {
+        "sample": torch.randn(4, model.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0)),
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.randn(4, tokens[0].length, model.config.cross_attention_dim),
+    }
+    inputs["sample"][[1, 3]] = inputs["sample"][[0, 2]]
+    with visattn.attach(model, p2p), pytest.warns(UserWarning, match="nothing is blended"), torch.no_grad():
+        model(**inputs)
+    assert p2p.local_blend.mask is not None
+
+
+# --- every family, composition ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", TINY_PIPELINES)
+def test_every_family_edits_end_to_end(family):
+    p2p = PromptToPrompt.refine("a red cat", "a red cat in the snow", weights={"snow": 2.0}, **options(family))
+    out = edit(family, p2p)
+    assert np.isfinite(out).all()
+    assert np.abs(out[0] - out[1]).max() > 1e-4
+    assert np.abs(out[0] - plain(family, "a red cat")[0]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("pag_first", [False, True], ids=["p2p-first", "pag-first"])
+def test_composes_with_perturbed_attention_guidance(pag_first):
+    pag = PerturbedAttentionGuidance(scale=2.0, layers="mid")
+    p2p = PromptToPrompt.replace("a red cat", "a red cat", self_steps=1.0)
+    out = edit("unet", p2p, before=[pag]) if pag_first else edit("unet", p2p, pag)
+    assert np.array_equal(out[0], out[1])  # identical prompts stay identical with a perturbed branch
+    assert np.abs(out[0] - edit("unet", p2p)[0]).max() > 1e-4
+    edited = edit("unet", PromptToPrompt.replace("a red cat", "a red dog"), pag)
+    assert np.isfinite(edited).all() and np.abs(edited[0] - edited[1]).max() > 1e-4
+
+
+class BandAndScale(visattn.Effect):
+    """A pattern and a score modifier on every call (to check that an edited call honours them)."""
+
+    def apply(self, call):
+        call.patterns.append(BandPattern(40))
+        call.score_mods.append(HeadScale(0.5))
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_patterns_and_score_modifiers_of_later_effects_are_honoured(family):
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0, **options(family))
+    out = edit(family, p2p, BandAndScale())
+    pipe = pipeline(family)
+    with visattn.attach(pipe, BandAndScale()):
+        alone = pipe(**call_kwargs(family, prompt="a red cat", generator=torch.Generator().manual_seed(0)))[0]
+    assert np.abs(out[0] - np.asarray(alone, dtype=np.float64)[0]).max() <= 1e-5
+    assert np.abs(out[0] - plain(family, "a red cat")[0]).max() > 1e-4
+
+
+def test_editing_the_unconditional_branch_is_optional():
+    probe = ProbsProbe(layers="cross")
+    edit("unet", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, edit_uncond=True), probe)
+    for ctx, probs in probe.calls:
+        uncond = probs[ctx.batch.rows("uncond")]
+        assert torch.equal(uncond[0], uncond[1])
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+
+def test_words_not_in_the_prompt_are_rejected_with_the_prompts_words():
+    listing = r"\[0: 'a', 1: 'red', 2: 'cat'\]"
+    with pytest.raises(ValueError, match=f"weights: word 'zebra' is not in the prompt; its words are {listing}"):
+        PromptToPrompt.reweight("a red cat", {"zebra": 2.0})
+    with pytest.raises(ValueError, match=f"cross_steps: word 'zebra' is not in the prompt; its words are {listing}"):
+        PromptToPrompt.replace("a blue cat", "a red cat", cross_steps={"default": 0.8, "zebra": 0.5})
+    with pytest.raises(
+        ValueError, match=r"'zebra' is in neither prompt; the source's words are \['a', 'blue', 'cat'\]"
+    ):
+        PromptToPrompt.replace("a blue cat", "a red cat", local_blend=LocalBlend("zebra"))
+
+
+def test_replace_with_different_word_counts_points_to_refine():
+    with pytest.raises(ValueError, match=r"source has 2 \['a', 'cat'\] and the target 3 .*PromptToPrompt.refine"):
+        PromptToPrompt.replace("a cat", "a fluffy cat")
+
+
+def test_bad_parameters_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"self_steps=1.5 must be a fraction in \(0, 1\]"):
+        PromptToPrompt.replace("a cat", "a dog", self_steps=1.5)
+    with pytest.raises(ValueError, match="mode='swap' is not one of"):
+        PromptToPrompt("a cat", "a dog", mode="swap")
+    with pytest.raises(ValueError, match="reweight needs weights"):
+        PromptToPrompt.reweight("a cat", {})
+    with pytest.raises(ValueError, match=r"weights\['cat'\] must be in \[-10000, 10000\]; got nan"):
+        PromptToPrompt.reweight("a cat", {"cat": float("nan")})
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\); got 2"):
+        LocalBlend("cat", threshold=2)
+    with pytest.raises(ValueError, match="source must be a non-empty prompt string"):
+        PromptToPrompt.replace("", "a dog")
+
+
+def test_local_blend_needs_cross_attention_layers():
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", local_blend=LocalBlend("dog"), layers="self")
+    with pytest.raises(ValueError, match=r"LocalBlend reads cross-attention maps, but layers=\('self',\) selects no"):
+        visattn.attach(pipeline("unet"), p2p)
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_the_generator_every_diffusers_user_passes_gives_both_prompts_one_noise(family):
+    """As the authors' notebooks make one latent for every prompt: any generator, or none, works."""
+    p2p = PromptToPrompt.replace("a red cat", "a blue dog", **options(family))
+    pipe = pipeline(family)
+    with visattn.attach(pipe, p2p):
+        out = pipe(**call_kwargs(family, prompt=p2p.prompts, generator=torch.Generator().manual_seed(0)))[0]
+        pipe(**call_kwargs(family, prompt=p2p.prompts, generator=None))
+    out = np.asarray(out, dtype=np.float64)
+    # One generator draws the whole batch's noise at once: its first rows are a one-image generation's.
+    assert np.abs(out[0] - plain(family, "a red cat")[0]).max() <= 1e-4
+    assert np.abs(out[1] - out[0]).max() > 1e-4
+    assert "prepare_latents" not in vars(pipe)  # detach restores the pipeline
+
+
+def test_calling_without_both_prompts_is_rejected():
+    p2p = PromptToPrompt.replace("a red cat", "a red dog")
+    pipe = pipeline("unet")
+    with visattn.attach(pipe, p2p), pytest.raises(ValueError, match="call the pipeline with prompt=p2p.prompts"):
+        pipe(**call_kwargs("unet", prompt="a red cat"))
+
+
+def test_a_prompt_longer_than_the_text_encoder_is_rejected():
+    long = " ".join(["red"] * 90)
+    p2p = PromptToPrompt.replace(f"a cat {long}", f"a dog {long}")
+    with pytest.raises(ValueError, match="CLIP tokens .* holds 77"):
+        edit("unet", p2p)
+
+
+@pytest.mark.parametrize("steps", [5, 7, 10, 50])
+@pytest.mark.parametrize("cross, self_", [(0.8, 0.4), (0.3, 0.25), ((0.1, 0.55), (0.2, 0.7))])
+def test_step_windows_are_the_authors_integer_steps(steps, cross, self_):
+    """google/prompt-to-prompt, ptp_utils.update_alpha_time_word / get_time_words_attention_alpha: cross-attention
+    is injected at steps ``int(b0 * (N + 1)) <= i < int(b1 * (N + 1))`` (a table of N + 1 rows); AttentionControlEdit:
+    self-attention at ``int(N * s0) <= i < int(N * s1)``."""
+    from visattn.context import StepInfo
+    from visattn.effects.prompt_to_prompt import _cross_active, _self_active
+
+    def bounds(value):
+        return (0.0, value) if isinstance(value, float) else value
+
+    def authors_cross(i):  # transcription: alpha[:start] = 0; alpha[start:end] = 1; alpha[end:] = 0
+        rows = steps + 1
+        start, end = int(bounds(cross)[0] * rows), int(bounds(cross)[1] * rows)
+        return start <= i < end
+
+    def authors_self(i):
+        start, end = int(steps * bounds(self_)[0]), int(steps * bounds(self_)[1])
+        return start <= i < end
+
+    for i in range(steps):
+        step = StepInfo(i, steps, None)
+        assert _cross_active(bounds(cross), step) == authors_cross(i)
+        assert _self_active(bounds(self_), step) == authors_self(i)
+
+
+def test_a_batch_spec_names_the_blend_variant():
+    from visattn.effect_specs import build_edit
+
+    spec = {"source": "a cat", "target": "a dog", "local_blend": {"words": ["cat", "dog"], "variant": "prediction"}}
+    blend = build_edit(spec).local_blend
+    assert blend.variant == "prediction" and blend.start == 0.0
+    assert build_edit({"source": "a cat", "target": "a dog", "local_blend": "dog"}).local_blend.variant == "authors"

@@ -1,0 +1,148 @@
+"""The attention core: backends agree with each other and with torch SDPA; patterns, modifiers, blends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import BandPattern, HeadScale
+
+from visattn.kernels import AttentionRequest, DensePattern, all_of, attention, available_backends, choose_backend
+
+
+def qkv(batch=2, heads=3, n_q=37, n_k=37, dim=16, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, n_q, dim, generator=generator, dtype=dtype)
+    k = torch.randn(batch, heads, n_k, dim, generator=generator, dtype=dtype)
+    v = torch.randn(batch, heads, n_k, dim, generator=generator, dtype=dtype)
+    return q, k, v
+
+
+def test_available_backends_lists_each_with_a_reason():
+    backends = available_backends()
+    assert {"sdpa", "reference", "flex"} <= set(backends)
+    for name, (available, reason) in backends.items():
+        assert isinstance(available, bool) and reason, name
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "reference", "flex"])
+def test_dense_backends_match_torch_sdpa(backend):
+    q, k, v = qkv(n_q=29, n_k=41)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attention(q, k, v, backend=backend), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", [None, BandPattern(3), BandPattern(0)])
+@pytest.mark.parametrize("modifier", [None, HeadScale(0.5)])
+def test_flex_matches_reference_with_patterns_modifiers_and_lse(pattern, modifier):
+    q, k, v = qkv()
+    ref, ref_lse = attention(q, k, v, pattern=pattern, score_mod=modifier, backend="reference", return_lse=True)
+    flex, flex_lse = attention(q, k, v, pattern=pattern, score_mod=modifier, backend="flex", return_lse=True)
+    torch.testing.assert_close(flex, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flex_lse, ref_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_pattern_equals_an_explicit_boolean_mask():
+    q, k, v = qkv()
+    idx = torch.arange(37)
+    mask = (idx[:, None] - idx[None, :]).abs() <= 2
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(attention(q, k, v, pattern=BandPattern(2)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lse_is_the_logsumexp_of_scaled_logits():
+    q, k, v = qkv()
+    _, lse = attention(q, k, v, backend="reference", return_lse=True)
+    expected = torch.logsumexp(q @ k.transpose(-1, -2) / 4.0, dim=-1)
+    torch.testing.assert_close(lse, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_model_padding_mask_combines_with_a_pattern():
+    q, k, v = qkv()
+    padding = torch.zeros(2, 1, 1, 37)
+    padding[0, ..., 30:] = float("-inf")
+    idx = torch.arange(37)
+    keep = ((idx[:, None] - idx[None, :]).abs() <= 5).float().log()
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=padding + keep)
+    for backend in ("reference", "flex"):
+        out = attention(q, k, v, pattern=BandPattern(5), attn_mask=padding, backend=backend)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_identity_blend_interpolates_toward_values_per_head():
+    q, k, v = qkv()
+    dense = attention(q, k, v)
+    blend = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)
+    out = attention(q, k, v, identity_blend=blend)
+    torch.testing.assert_close(out[:, 0], dense[:, 0])
+    torch.testing.assert_close(out[:, 1], 0.5 * dense[:, 1] + 0.5 * v[:, 1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[:, 2], v[:, 2])
+
+
+@pytest.mark.parametrize("identity_rows", [[2], [3], [0, 2], [0, 1, 2, 3]])
+def test_rows_the_identity_answers_alone_are_their_values_and_the_others_unchanged(identity_rows, monkeypatch):
+    """PAG's perturbed rows: weight 1 on every head. Their attention is not computed (it would be thrown away);
+    every row's output is bit for bit what the whole call gives."""
+    from visattn.kernels import core
+
+    q, k, v = qkv(batch=4)
+    mask = torch.randn(4, 1, 37, 37)
+    blend = torch.zeros(4, 3, 1, 1)
+    blend[identity_rows] = 1.0
+    blend[1, 1] = 0.5 if 1 not in identity_rows else 1.0  # a SoftPAG head on a computed row
+    whole = core._with_identity_blend(
+        AttentionRequest(q, k, v, attn_mask=mask, identity_blend=blend),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+    )
+    seen = []
+    run = core.sdpa.run
+    monkeypatch.setattr(core.sdpa, "run", lambda request: (seen.append(request.q.shape[0]), run(request))[1])
+    out = attention(q, k, v, attn_mask=mask, identity_blend=blend)
+    assert torch.equal(out, whole)
+    assert torch.equal(out[identity_rows], v[identity_rows])
+    assert seen == ([4 - len(identity_rows)] if len(identity_rows) < 4 else [])
+
+
+def test_identity_blend_needs_square_attention():
+    q, k, v = qkv(n_q=5, n_k=7)
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        attention(q, k, v, identity_blend=torch.ones(1))
+
+
+def test_auto_picks_sdpa_for_plain_calls_and_reference_on_cpu_for_patterns():
+    q, k, v = qkv()
+    assert choose_backend(AttentionRequest(q, k, v)) == "sdpa"
+    assert choose_backend(AttentionRequest(q, k, v, pattern=BandPattern(1))) == "reference"
+    assert choose_backend(AttentionRequest(q, k, v, return_lse=True)) == "reference"
+
+
+def test_bad_backend_names_and_unsupported_requests_raise_clearly():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="backend='nope' is not one of auto, sdpa"):
+        attention(q, k, v, backend="nope")
+    with pytest.raises(ValueError, match="backend='sdpa' cannot compute"):
+        attention(q, k, v, pattern=BandPattern(1), backend="sdpa")
+
+
+def test_patterns_compose_and_dense_drops_out():
+    assert all_of([None, DensePattern()]) is None
+    assert all_of([BandPattern(1), None]) == BandPattern(1)
+    both = all_of([BandPattern(4), BandPattern(2)])
+    q, k, v = qkv()
+    torch.testing.assert_close(attention(q, k, v, pattern=both), attention(q, k, v, pattern=BandPattern(2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_inputs_keep_their_dtype(dtype):
+    q, k, v = qkv(dtype=dtype)
+    out = attention(q, k, v, pattern=BandPattern(3), backend="reference")
+    assert out.dtype == dtype
+    expected = attention(q.float(), k.float(), v.float(), pattern=BandPattern(3), backend="reference")
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_non_contiguous_inputs_work():
+    q, k, v = qkv()
+    q_t = q.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not q_t.is_contiguous()
+    torch.testing.assert_close(attention(q_t, k, v, pattern=BandPattern(2)), attention(q, k, v, pattern=BandPattern(2)))

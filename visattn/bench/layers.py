@@ -1,0 +1,491 @@
+"""The fair per-layer comparison of ``visattn bench --dispatch``: each effect against the same work done without it.
+
+The model-level rows of :mod:`visattn.bench.dispatch` compare a forward with an effect to a stock forward of the
+same batch, which is not the same work (PAG adds a perturbed branch, AttentionMaps computes probabilities). Here
+each effect is timed on one attention layer against what the same result costs without visattn:
+
+* ``PAG``: the layer with diffusers' own PAG processor (``PAGCFGIdentitySelfAttnProcessor2_0``) on the batch
+  ``[uncond, cond, perturbed]``, against the stock processor with visattn's PAG acting on the perturbed rows;
+* ``SEG``: a plain processor (:class:`PlainSEGProcessor`: the stock processor's lines plus the authors' Gaussian
+  query blur of the perturbed rows, kernel built once), against the stock processor with visattn's SEG;
+* ``AttentionMaps``: a plain processor (:class:`PlainMapsProcessor`: the stock attention, then the image-to-text
+  probabilities of the conditional rows averaged over heads and summed per word), against the stock processor with
+  visattn's ``AttentionMaps`` on a cross-attention layer;
+* ``P2P``: a Prompt-to-Prompt edit of a tiny pipeline (two prompts, word swap, every step) against a plain
+  generation of the same two prompts as a batch of two (:func:`p2p_generation`).
+
+The layer's visattn hook is the one ``attach`` registers (:class:`visattn.interception.AttentionLayerHook`),
+driven by a :class:`visattn.state.DenoiserState` that says what a denoiser call would (the grid, the text length,
+the batch layout with the effect's branch), so the timed call runs every line ``attach`` runs per layer call.
+Layer shapes are SD 1.5's (:data:`LAYER_SHAPES`) and the tiny test UNet's, where Python overhead dominates.
+Times are medians of calls alternated one by one between the two sides, one thread, fp32, ``no_grad``, garbage
+collector paused.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: the per-layer comparisons, in report order
+LAYER_VARIANTS: tuple[str, ...] = ("PAG (layer)", "SEG (layer)", "AttentionMaps (layer)", "P2P (generation)")
+
+#: what each comparison's baseline is, for the table's notes
+BASELINES = {
+    "PAG (layer)": "diffusers' PAGCFGIdentitySelfAttnProcessor2_0, batch [uncond, cond, perturbed]",
+    "SEG (layer)": "plain processor: stock attention, perturbed rows' queries blurred (sigma 2, kernel built once)",
+    "AttentionMaps (layer)": "plain processor: stock attention + softmax of the cond rows, head mean, per-word sums",
+    "P2P (generation)": "the same two prompts as a plain batch-2 generation (edit attached once)",
+}
+
+#: SEG's sigma in the comparison (a finite Gaussian: the conv path, not the infinite blur's mean)
+SEG_SIGMA = 2.0
+#: the words AttentionMaps tracks: text positions 1..6 hold one word each, the rest are special tokens
+MAP_WORDS = ("a", "red", "cat", "riding", "a", "bicycle")
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One attention layer's shape: a latent grid of ``height x width`` tokens, ``channels`` split into ``heads``,
+    cross-attention to ``text_tokens`` text tokens of ``text_channels``."""
+
+    name: str
+    height: int
+    width: int
+    channels: int
+    heads: int
+    text_tokens: int = 77
+    text_channels: int = 768
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+
+#: SD 1.5's UNet: 8 heads per layer; 32x32 is down_blocks.0 at 256 px (the issue's layer), 8x8 the mid block at
+#: 512 px (PAG's default layer, where the projections outweigh the attention); and one layer of the tiny test UNet.
+LAYER_SHAPES: tuple[LayerShape, ...] = (
+    LayerShape("SD 1.5 down_blocks.0 @256px (32x32, 320 ch)", 32, 32, 320, 8),
+    LayerShape("SD 1.5 mid_block @512px (8x8, 1280 ch)", 8, 8, 1280, 8),
+    LayerShape("tiny UNet down_blocks.0 (16x16, 32 ch)", 16, 16, 32, 2, 77, 32),
+)
+QUICK_SHAPES: tuple[LayerShape, ...] = (LAYER_SHAPES[-1],)
+
+
+@dataclass
+class LayerComparison:
+    """One effect on one layer (or one generation) against the same work without visattn.
+
+    Attributes:
+        variant: a name from :data:`LAYER_VARIANTS`.
+        layer: the layer shape's (or pipeline's) name.
+        batch: rows of the layer call (or prompts of the generation).
+        visattn_us, baseline_us: median microseconds per layer call (per generation for P2P).
+        visattn_min_us, baseline_min_us: the fastest call of each.
+        ratio: ``visattn_us / baseline_us``; ``ratio_min`` the same for the minima.
+        paired_ratio: the median over the alternated pairs of ``visattn call / the baseline call next to it``:
+            two calls made back to back share the machine's state, so this cancels drift a shared machine adds to
+            both medians (the figure the budget is read from).
+        max_abs_diff: largest difference between the two outputs (the comparison is only fair if they agree).
+        samples: timed calls per side.
+        baseline: what the baseline is.
+    """
+
+    variant: str
+    layer: str
+    batch: int
+    visattn_us: float
+    baseline_us: float
+    visattn_min_us: float
+    baseline_min_us: float
+    ratio: float
+    ratio_min: float
+    paired_ratio: float
+    max_abs_diff: float
+    samples: int
+    baseline: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the baselines, written plainly -------------------------------------------------------------------------------
+def _gaussian_1d(sigma: float, length: int) -> torch.Tensor:
+    """The authors' kernel along an axis of ``length`` tokens: ``ceil(6 sigma) + 1`` taps made odd, clipped to the
+    axis, normalized (SusungHong/SEG-SDXL ``gaussian_blur_2d``)."""
+    import math
+
+    six = math.ceil(6.0 * sigma)
+    size = min(six + 1 - six % 2, length - (length % 2 - 1))
+    half = (size - 1) / 2
+    x = torch.linspace(-half, half, size, dtype=torch.float64)
+    pdf = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (pdf / pdf.sum()).float()
+
+
+class PlainSEGProcessor:
+    """``AttnProcessor2_0`` with SEG's query blur on the last third of the batch, written as a user would.
+
+    The Gaussian is built once (per grid) and applied as two 1-D convolutions with reflect padding over the
+    perturbed rows' queries, per head channel: what SEG-SDXL's ``SEGCFGSelfAttnProcessor`` does.
+    """
+
+    def __init__(self, height: int, width: int, sigma: float = SEG_SIGMA) -> None:
+        self.height, self.width = height, width
+        self.kernel_h = _gaussian_1d(sigma, height).view(1, 1, -1, 1)
+        self.kernel_w = _gaussian_1d(sigma, width).view(1, 1, 1, -1)
+
+    def blur(self, query: torch.Tensor) -> torch.Tensor:
+        """``query`` ``[B, H, N, D]`` blurred over the grid."""
+        b, h, n, d = query.shape
+        x = query.permute(0, 1, 3, 2).reshape(-1, 1, self.height, self.width)
+        rh, rw = self.kernel_h.shape[2] // 2, self.kernel_w.shape[3] // 2
+        if rh:
+            x = F.conv2d(F.pad(x, (0, 0, rh, rh), mode="reflect"), self.kernel_h)
+        if rw:
+            x = F.conv2d(F.pad(x, (rw, rw, 0, 0), mode="reflect"), self.kernel_w)
+        return x.reshape(b, h, d, n).permute(0, 1, 3, 2)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        perturbed = batch_size // 3 * 2
+        query = torch.cat([query[:perturbed], self.blur(query[perturbed:])])
+        out = F.scaled_dot_product_attention(query, key, value)
+        out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class PlainMapsProcessor:
+    """``AttnProcessor2_0`` that also sums per-word attention maps of the conditional rows, written plainly.
+
+    The probabilities ``softmax(q k^T * scale)`` of the second half of the batch (the conditional rows), averaged
+    over heads, summed per word (``word_matrix``: text positions x words) and renormalized over the kept positions
+    (``kept``), added to ``sums`` (``[words, H, W]``): the maps ``AttentionMaps`` collects.
+    """
+
+    def __init__(self, positions: torch.Tensor, word_matrix: torch.Tensor, kept: torch.Tensor, grid: tuple[int, int]):
+        self.positions, self.word_matrix, self.kept = positions, word_matrix, kept
+        self.grid = grid
+        self.sums = torch.zeros(word_matrix.shape[1], *grid)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(query, key, value)
+        cond = slice(batch_size // 2, batch_size)
+        probs = torch.softmax(query[cond] @ key[cond].transpose(-1, -2) * head_dim**-0.5, dim=-1)
+        probs = probs[..., self.positions].mean(dim=1).mean(dim=0)  # [N, tracked]
+        masses = (probs @ self.word_matrix) / (probs @ self.kept).unsqueeze(-1)
+        self.sums += masses.transpose(0, 1).reshape(-1, *self.grid)
+        out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+# --- the layer and its visattn hook --------------------------------------------------------------------------------
+def _attention(shape: LayerShape, cross: bool) -> torch.nn.Module:
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    torch.manual_seed(0)
+    module = Attention(
+        query_dim=shape.channels,
+        cross_attention_dim=shape.text_channels if cross else None,
+        heads=shape.heads,
+        dim_head=shape.channels // shape.heads,
+        bias=False,
+        out_bias=True,
+        processor=AttnProcessor2_0(),
+    )
+    return module.eval()
+
+
+def _hook(module: torch.nn.Module, effect: Any, shape: LayerShape, branches: Sequence[tuple[str, int]], role: str):
+    """Register visattn's layer hook for ``effect`` on ``module``, its denoiser state saying what a UNet call at
+    this layer's grid would: ``branches`` as ``(name, rows)`` in batch order. Returns a function removing it."""
+    from ..context import BatchLayout, Branch, DenoiserCall, StepInfo
+    from ..families import family_named
+    from ..families.base import DenoiserInputs
+    from ..interception import AttentionLayerHook, register_layer_hook, remove_layer_hook
+    from ..state import DenoiserState
+
+    family = family_named("unet")
+    rows, parts = 0, []
+    for name, size in branches:
+        parts.append(Branch(name, rows, rows + size))
+        rows += size
+    layout = BatchLayout(tuple(parts))
+    inputs = DenoiserInputs(rows, (1, shape.height, shape.width), 999.0, shape.text_tokens)
+    step = StepInfo(0, 10, 999.0)
+    state = DenoiserState(family, inputs=inputs, step=step, batch=layout, runs={id(effect): effect.new_run()})
+    state.call = DenoiserCall(family, inputs, layout, step, None)
+    name = "mid_block.attentions.0.transformer_blocks.0." + ("attn2" if role == "cross" else "attn1")
+    hook = AttentionLayerHook([effect], state, layer_name=name, layer_index=0, static_role=role)
+    register_layer_hook(module, hook)
+    return lambda: remove_layer_hook(module)
+
+
+def _prompt_tokens(text_tokens: int):
+    from ..words import PromptTokens
+
+    words = MAP_WORDS
+    special = (0, *range(len(words) + 1, text_tokens))
+    return PromptTokens(" ".join(words), words, tuple((i + 1,) for i in range(len(words))), special, text_tokens)
+
+
+def _plain_maps(effect: Any, shape: LayerShape) -> PlainMapsProcessor:
+    """The plain processor collecting what ``effect`` (an :class:`~visattn.effects.AttentionMaps` over
+    :data:`MAP_WORDS`) collects: its word matrix and kept positions, taken from the words by hand."""
+    content = [(i, word) for i, word in enumerate(MAP_WORDS) if word not in effect.stop_words]
+    names = list(dict.fromkeys(word for _, word in content))
+    positions = torch.tensor([i + 1 for i, _ in content])
+    matrix = torch.zeros(len(content), len(names))
+    for row, (_, word) in enumerate(content):
+        matrix[row, names.index(word)] = 1.0
+    kept = torch.ones(len(content))
+    return PlainMapsProcessor(positions, matrix, kept, (shape.height, shape.width))
+
+
+# --- timing ----------------------------------------------------------------------------------------------------------
+def _interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int) -> dict[str, list]:
+    """Seconds per call of each side: ``warmup`` untimed calls each, then the sides' calls alternated one by one
+    (``rounds`` is kept for the signature: alternating single calls spreads a shared machine's drift best),
+    garbage collector paused."""
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    for fn in sides.values():
+        for _ in range(warmup):
+            fn()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in sides.items():
+                begin = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - begin)
+    finally:
+        if enabled:
+            gc.enable()
+    return samples
+
+
+def _comparison(
+    variant: str, layer: str, batch: int, samples: dict[str, list], diff: float, **extra
+) -> LayerComparison:
+    ours, theirs = samples["visattn"], samples["baseline"]
+    median, base = statistics.median(ours) * 1e6, statistics.median(theirs) * 1e6
+    low, base_low = min(ours) * 1e6, min(theirs) * 1e6
+    return LayerComparison(
+        variant=variant,
+        layer=layer,
+        batch=batch,
+        visattn_us=median,
+        baseline_us=base,
+        visattn_min_us=low,
+        baseline_min_us=base_low,
+        ratio=median / base,
+        ratio_min=low / base_low,
+        paired_ratio=statistics.median(a / b for a, b in zip(ours, theirs, strict=True)),
+        max_abs_diff=diff,
+        samples=len(ours),
+        baseline=BASELINES[variant],
+        extra=extra,
+    )
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+    """PAG on a self-attention layer, batch ``[uncond, cond, perturbed]``, against diffusers' PAG processor."""
+    from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
+
+    import visattn
+
+    ours, theirs = _attention(shape, cross=False), _attention(shape, cross=False)
+    theirs.set_processor(PAGCFGIdentitySelfAttnProcessor2_0())
+    pag = visattn.PerturbedAttentionGuidance(scale=3.0, layers="self")
+    remove = _hook(ours, pag, shape, [("uncond", 1), ("cond", 1), (pag.branch, 1)], "self")
+    hidden = torch.randn(3, shape.tokens, shape.channels)
+    hidden[2] = hidden[1]
+    try:
+        with torch.no_grad():
+            sides = {"visattn": lambda: ours(hidden), "baseline": lambda: theirs(hidden)}
+            diff = _max_diff(sides["visattn"](), sides["baseline"]())
+            samples = _interleaved(sides, repeats, warmup, rounds)
+    finally:
+        remove()
+    return _comparison("PAG (layer)", shape.name, 3, samples, diff)
+
+
+def compare_seg(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+    """SEG (sigma 2) on a self-attention layer, batch ``[uncond, cond, perturbed]``, against a plain processor."""
+    import visattn
+
+    ours, theirs = _attention(shape, cross=False), _attention(shape, cross=False)
+    theirs.set_processor(PlainSEGProcessor(shape.height, shape.width))
+    seg = visattn.SmoothedEnergyGuidance(scale=3.0, sigma=SEG_SIGMA, layers="self")
+    remove = _hook(ours, seg, shape, [("uncond", 1), ("cond", 1), (seg.branch, 1)], "self")
+    hidden = torch.randn(3, shape.tokens, shape.channels)
+    hidden[2] = hidden[1]
+    try:
+        with torch.no_grad():
+            sides = {"visattn": lambda: ours(hidden), "baseline": lambda: theirs(hidden)}
+            diff = _max_diff(sides["visattn"](), sides["baseline"]())
+            samples = _interleaved(sides, repeats, warmup, rounds)
+    finally:
+        remove()
+    return _comparison("SEG (layer)", shape.name, 3, samples, diff)
+
+
+def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+    """AttentionMaps on a cross-attention layer, batch ``[uncond, cond]``, against a plain processor."""
+    import visattn
+
+    ours, theirs = _attention(shape, cross=True), _attention(shape, cross=True)
+    maps = visattn.AttentionMaps(prompt=_prompt_tokens(shape.text_tokens), layers="cross")
+    plain = _plain_maps(maps, shape)
+    theirs.set_processor(plain)
+    remove = _hook(ours, maps, shape, [("uncond", 1), ("cond", 1)], "cross")
+    hidden = torch.randn(2, shape.tokens, shape.channels)
+    text = torch.randn(2, shape.text_tokens, shape.text_channels)
+    try:
+        with torch.no_grad():
+            sides = {
+                "visattn": lambda: ours(hidden, encoder_hidden_states=text),
+                "baseline": lambda: theirs(hidden, encoder_hidden_states=text),
+            }
+            diff = _max_diff(sides["visattn"](), sides["baseline"]())
+            collected = maps.maps()
+            ours_maps = torch.stack([collected[w][0] for w in dict.fromkeys(MAP_WORDS) if w not in maps.stop_words])
+            diff = max(diff, _max_diff(ours_maps, plain.sums))
+            samples = _interleaved(sides, repeats, warmup, rounds)
+    finally:
+        remove()
+    return _comparison("AttentionMaps (layer)", shape.name, 2, samples, diff)
+
+
+#: the tiny pipelines P2P is timed on
+P2P_PIPELINES: tuple[str, ...] = ("unet",)
+P2P_PROMPTS = ("a red cat", "a red dog")
+
+
+def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+    """A Prompt-to-Prompt word swap (cross and self attention edited on every step) of tiny pipeline ``key``,
+    against a plain generation of the same two prompts as one batch (same initial noise).
+
+    The edit is attached once, as the model-level rows attach their effects, and each generation runs with it
+    attached. Timed apart, in ``extra``: ``attach_us``, what ``attach`` and ``detach`` cost together (median), and
+    ``per_attach_ratio``, a generation that attaches and detaches the edit itself against the plain one
+    (interleaved too): the first generation of an attachment also resolves the prompts' tokens.
+    """
+    import visattn
+
+    from ..testing import call_kwargs, tiny_pipeline
+
+    # Two copies of the same pipeline (same seed, same weights): the plain one never has visattn attached, so the
+    # two sides can alternate while the edit stays attached to the other.
+    pipe, plain_pipe = tiny_pipeline(key), tiny_pipeline(key)
+    p2p = visattn.PromptToPrompt.replace(*P2P_PROMPTS, cross_steps=1.0, self_steps=1.0)
+
+    def generate(prompts, pipeline=pipe):
+        return pipeline(**call_kwargs(key, prompt=prompts, generator=p2p.generator(0, 1), output_type="latent"))[0]
+
+    def generate_plain():
+        return generate(list(P2P_PROMPTS), plain_pipe)
+
+    def attach_detach():
+        with visattn.attach(pipe, p2p):
+            pass
+
+    def attached_generation():
+        with visattn.attach(pipe, p2p):
+            return generate(p2p.prompts)
+
+    with torch.no_grad():
+        plain = generate_plain()
+        attach = _interleaved({"attach": attach_detach}, repeats, warmup, rounds)["attach"]
+        per_attach = _interleaved({"visattn": attached_generation, "baseline": generate_plain}, repeats, warmup, rounds)
+        with visattn.attach(pipe, p2p):
+            edited = generate(p2p.prompts)
+            sides = {"visattn": lambda: generate(p2p.prompts), "baseline": generate_plain}
+            samples = _interleaved(sides, repeats, warmup, rounds)
+    # The source rows are the plain generation's first prompt, bit for bit or nearly (the edit leaves them alone).
+    diff = _max_diff(edited[0], plain[0])
+    name = f"tiny {key} pipeline, {len(P2P_PROMPTS)} prompts"
+    per_attach_ratio = statistics.median(per_attach["visattn"]) / statistics.median(per_attach["baseline"])
+    return _comparison(
+        "P2P (generation)",
+        name,
+        2,
+        samples,
+        diff,
+        attach_us=statistics.median(attach) * 1e6,
+        per_attach_ratio=per_attach_ratio,
+    )
+
+
+_LAYER_RUNS = {"PAG (layer)": compare_pag, "SEG (layer)": compare_seg, "AttentionMaps (layer)": compare_maps}
+
+
+def layer_benchmark(
+    variants: Sequence[str] | None = None,
+    shapes: Sequence[LayerShape] = LAYER_SHAPES,
+    *,
+    repeats: int = 20,
+    warmup: int = 2,
+    rounds: int = 5,
+    pipelines: Sequence[str] = P2P_PIPELINES,
+    progress: bool = False,
+) -> list[LayerComparison]:
+    """Every comparison in ``variants`` (default :data:`LAYER_VARIANTS`) on every shape (P2P on ``pipelines``)."""
+    wanted = [v for v in LAYER_VARIANTS if variants is None or v in variants]
+    results = []
+    for variant in wanted:
+        if variant == "P2P (generation)":
+            for key in pipelines:
+                if progress:
+                    import sys
+
+                    print(f"dispatch: {variant} on {key}", file=sys.stderr, flush=True)
+                results.append(p2p_generation(key, repeats=repeats, warmup=warmup, rounds=rounds))
+            continue
+        for shape in shapes:
+            if progress:
+                import sys
+
+                print(f"dispatch: {variant} on {shape.name}", file=sys.stderr, flush=True)
+            results.append(_LAYER_RUNS[variant](shape, repeats=repeats, warmup=warmup, rounds=rounds))
+    return results
+
+
+def layer_table(results: Sequence[LayerComparison]) -> str:
+    """One row per comparison: visattn and the baseline per call, their ratio, and how far the outputs differ."""
+    lines = [
+        "| effect | layer | rows | visattn ms | baseline ms | x baseline (paired) | x baseline | x baseline (min) "
+        "| max abs diff | baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.variant} | {r.layer} | {r.batch} | {r.visattn_us / 1e3:.3f} | {r.baseline_us / 1e3:.3f} | "
+            f"{r.paired_ratio:.3f} | {r.ratio:.3f} | {r.ratio_min:.3f} | {r.max_abs_diff:.1e} | {r.baseline} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,328 @@
+"""The base class of every visattn effect and the mutable description of one attention call it acts on.
+
+An effect contributes to an :class:`AttentionCall` in one of a few ways, following FlexAttention's split:
+a pattern (which pairs attend), a score modifier (how logits change), an output blend (per-head identity
+interpolation), changes to q/k/v, or a finished output. Effects that need the whole denoiser call (extra batch
+branches for guidance, latent blending for edits) override :meth:`Effect.wrap_denoiser`. An effect that may answer
+for a whole attention layer before anything is projected (a cache, as TGATE) overrides
+:meth:`Effect.wrap_attention`; the layer's hook (:class:`visattn.interception.AttentionLayerHook`) calls it with
+``call()`` computing the layer. Editing or reading the softmax's probabilities goes through the attention core's
+probability stage (:attr:`AttentionCall.editors`, :attr:`AttentionCall.reads`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..context import CallContext
+from ..kernels import Pattern, ScoreModifier, all_of, chain, run_request
+from ..kernels.probabilities import Editor, ProbabilityRead, serve_reads
+from ..kernels.request import AttentionRequest
+from ..layers import FAMILY_DEFAULT, ROLE_KEYWORDS, normalize_layers, select_layers
+from ..steps import in_steps, normalize_steps
+
+
+@dataclass
+class AttentionCall:
+    """One attention call as effects see it; :meth:`run` sends it through the attention core."""
+
+    ctx: CallContext
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    attn_mask: torch.Tensor | None = None
+    patterns: list[Pattern] = field(default_factory=list)
+    score_mods: list[ScoreModifier] = field(default_factory=list)
+    identity_blend: torch.Tensor | None = None
+    scale: float | None = None
+    backend: str = "auto"
+    use_dispatcher: bool = False
+    dispatcher_backend: Any = None
+    #: set by an effect that computed the attention output itself (``[B, H, Nq, Dv]``); the core is skipped.
+    output: torch.Tensor | None = None
+    #: natural-log log-sum-exp of the logits ``[B, H, Nq]`` the output was computed with, when known.
+    lse: torch.Tensor | None = None
+    #: the probability stage (:mod:`visattn.kernels.probabilities`): editors change the softmax's probabilities
+    #: before they weight the values (Prompt-to-Prompt), reads receive blocks of the final probabilities
+    #: (attention maps); the core runs both.
+    editors: list[Editor] = field(default_factory=list)
+    reads: list[ProbabilityRead] = field(default_factory=list)
+    #: callbacks ``observer(call)`` run once the output is known (after the reads)
+    observers: list[Callable[[AttentionCall], None]] = field(default_factory=list)
+    #: a backward recomputation of a call already answered (context parallelism's Ulysses backward, see
+    #: :mod:`visattn.parallel`): effects compute it as before but collect nothing again (maps, masks)
+    replay: bool = False
+
+    def request(self, return_lse: bool = False) -> AttentionRequest:
+        return AttentionRequest(
+            q=self.q,
+            k=self.k,
+            v=self.v,
+            pattern=all_of(self.patterns),
+            score_mod=chain(self.score_mods),
+            attn_mask=self.attn_mask,
+            scale=self.scale,
+            identity_blend=self.identity_blend,
+            return_lse=return_lse,
+            use_dispatcher=self.use_dispatcher,
+            dispatcher_backend=self.dispatcher_backend,
+            editors=tuple(self.editors),
+            reads=tuple(self.reads),
+        )
+
+    def run(self) -> torch.Tensor:
+        if self.output is None:
+            self.output, self.lse = run_request(self.request(), self.backend)
+        elif self.reads:
+            # The stock computation answered (only reads acted): serve them from the call's own logits.
+            serve_reads(self.request(), self.reads, self.lse)
+        for observer in self.observers:
+            observer(self)
+        return self.output
+
+
+def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a subclass constructor so that the outermost call records its arguments (for :meth:`Effect.copy_with`)
+    and marks the instance constructed (after which a class with ``frozen_parameters`` refuses changes)."""
+
+    @functools.wraps(init)
+    def constructor(self: Effect, *args: Any, **kwargs: Any) -> None:
+        outermost = "_constructing" not in self.__dict__
+        if outermost:
+            object.__setattr__(self, "_constructing", True)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            if outermost:
+                object.__delattr__(self, "_constructing")
+        if outermost:
+            object.__setattr__(self, "_arguments", (type(self), (args, kwargs)))
+            object.__setattr__(self, "_constructed", True)
+
+    return constructor
+
+
+def _rebuild(cls: type, args: tuple, kwargs: dict) -> Effect:
+    """An effect built again from its constructor arguments (how frozen effects copy and pickle)."""
+    return cls(*args, **kwargs)
+
+
+class LayerRoles(Mapping[str, str]):
+    """What :meth:`Effect.bind` sees of the model being attached: its attention layers' static roles
+    (``name -> role``, in model order), the model's ``family``, and the attachment's run states (``runs``, by
+    ``id(effect)``), so that ``effect.run_of(roles)`` reaches the effect's run state at bind."""
+
+    def __init__(self, roles: Mapping[str, str], family: Any, runs: Mapping[int, Any]) -> None:
+        self._roles = dict(roles)
+        self.family = family
+        self.runs = runs
+
+    def __getitem__(self, name: str) -> str:
+        return self._roles[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._roles)
+
+    def __len__(self) -> int:
+        return len(self._roles)
+
+    def __repr__(self) -> str:
+        return f"LayerRoles({self._roles!r}, family={getattr(self.family, 'name', self.family)!r})"
+
+
+class Effect:
+    """Base class of visattn effects.
+
+    An effect is a configuration a user can reuse: its constructor validates the parameters, which are fixed once
+    it returns (:attr:`frozen_parameters`; :meth:`copy_with` builds a changed copy). What it learns while attached
+    (layers, caches, counters, collected results) goes in its run state, one per attachment (:meth:`new_run`,
+    reached with :meth:`run_of`), so one effect attached to several pipelines acts as independent copies.
+
+    Args:
+        layers: identifiers as in diffusers' ``pag_applied_layers`` plus ``"self"``/``"cross"``/``"joint"``
+            (see :mod:`visattn.layers`); ``None`` acts on every layer of the roles in :attr:`roles`;
+            ``FAMILY_DEFAULT`` (perturbation guidance) the attached model family's default, resolved per
+            attachment.
+        steps: a fraction ``f`` (the first ``f`` of the schedule) or a ``(start, stop)`` fraction range.
+    """
+
+    #: the roles this effect acts on when ``layers`` does not say otherwise
+    roles: tuple[str, ...] = ("self", "cross", "joint")
+    #: whether an instance's attributes are fixed once its constructor returns (see :meth:`copy_with`); an effect
+    #: keeps what it learns at run time in its per-attachment run state (:meth:`new_run`), never on itself
+    frozen_parameters: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__dict__["__init__"])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._refuse_change(name)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._refuse_change(name)
+        object.__delattr__(self, name)
+
+    def _refuse_change(self, name: str) -> None:
+        if type(self).frozen_parameters and self.__dict__.get("_constructed", False):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} cannot change: an effect's parameters are fixed once it is built, "
+                f"since one effect may be attached to several pipelines; build another with "
+                f"effect.copy_with({name}=...)"
+            )
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A frozen effect is its configuration: copies and pickles rebuild it from its constructor arguments (checked
+        # again), leaving out what it holds for its attachments (a read-only mapping or a weak set would not pickle).
+        if type(self).frozen_parameters and "_arguments" in self.__dict__:
+            cls, (args, kwargs) = self.__dict__["_arguments"]
+            return _rebuild, (cls, args, kwargs)
+        return super().__reduce_ex__(protocol)
+
+    def copy_with(self, **changes: Any) -> Effect:
+        """A new effect of the same class with the same constructor arguments except ``changes`` (validated by the
+        constructor as usual). Raises TypeError naming a parameter the constructor does not take."""
+        cls, arguments = self.__dict__["_arguments"]
+        signature = inspect.signature(cls.__init__)
+        unknown = sorted(set(changes) - set(signature.parameters) - {"self"})
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+        if unknown and not takes_any:
+            raise TypeError(
+                f"{cls.__name__}.copy_with: no parameter {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join(name for name in signature.parameters if name != 'self')}"
+            )
+        bound = signature.bind_partial(None, *arguments[0], **arguments[1])
+        given = dict(bound.arguments)
+        given.pop(next(iter(signature.parameters)))  # self
+        args, kwargs = [], {}
+        for name, value in {**given, **changes}.items():
+            kind = signature.parameters[name].kind if name in signature.parameters else inspect.Parameter.KEYWORD_ONLY
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(value)
+            elif kind is inspect.Parameter.POSITIONAL_ONLY:
+                args.append(value)
+            else:
+                kwargs[name] = value
+        return cls(*args, **kwargs)
+
+    def __init__(self, *, layers: str | Iterable[str] | None = None, steps=None) -> None:
+        # FAMILY_DEFAULT (perturbation guidance) stays as given: each attachment resolves it against its own
+        # model (layers_for), so one effect attached to an SD and an SD3 pipeline perturbs each one's default.
+        self.layers = FAMILY_DEFAULT if layers is FAMILY_DEFAULT else normalize_layers(layers)
+        # The roles a call must have at run time: the role keywords of ``layers``, else the effect's own roles.
+        # Checked on every call too, since a module's static role can miss what its calls are (a new-style
+        # attention module does not say that it is cross-attention). A family's default names no role keyword.
+        explicit = () if self.layers is FAMILY_DEFAULT else self.layers or ()
+        self._call_roles = tuple(layer for layer in explicit if layer in ROLE_KEYWORDS) or self.roles
+        self.steps = normalize_steps(steps)
+
+    # --- attach time -------------------------------------------------------------------------------------
+    def layers_for(self, roles: Mapping[str, str]) -> tuple[str, ...] | None:
+        """``layers`` for the model being attached (``roles``: a :class:`LayerRoles`): ``FAMILY_DEFAULT`` becomes
+        the model family's default (:meth:`visattn.families.Family.default_pag_layers`); nothing is stored."""
+        if self.layers is not FAMILY_DEFAULT:
+            return self.layers
+        family = getattr(roles, "family", None)
+        if family is None:
+            raise ValueError(
+                f"{type(self).__name__}(layers=FAMILY_DEFAULT) is resolved against the attached model's family; "
+                "bind it through visattn.attach"
+            )
+        return normalize_layers(family.default_pag_layers(dict(roles)))
+
+    def use_family_defaults(self, family: Any, roles: Mapping[str, str]) -> None:
+        """An attach-time check of the model's family (``roles``: its attention layers' static roles), before
+        :meth:`bind`: raise ValueError to refuse a family the effect cannot work with. Nothing is stored on the
+        effect; ``layers=FAMILY_DEFAULT`` is resolved per attachment by :meth:`layers_for`."""
+
+    def needs(self) -> tuple[str, ...]:
+        """The family facts this effect cannot work without (``"grid"``, ``"text"``, ``"words"``; see
+        :meth:`visattn.families.Family.missing`): :func:`visattn.attach` refuses a model whose family lacks one."""
+        return ()
+
+    def bind(self, roles: Mapping[str, str]) -> frozenset[str]:
+        """The attention layers this effect acts on among a denoiser's (``roles``: a :class:`LayerRoles`,
+        ``name -> static role``): ``layers`` resolved. The attachment keeps the answer, so one effect attached to
+        several pipelines acts on each one's own selection. What an override learns here belongs in the
+        attachment's run state (``self.run_of(roles)``), never on the effect.
+
+        Raises ValueError listing the available layers when an identifier matches nothing.
+        """
+        return frozenset(select_layers(roles, self.layers_for(roles), f"{type(self).__name__}(layers=...)"))
+
+    def new_run(self) -> Any:
+        """A fresh object for what this effect learns and keeps at run time in one attachment (caches, collected
+        maps, per-generation masks, counters); ``None`` when it keeps nothing. :func:`visattn.attach` makes one per
+        attachment, so one effect attached to several pipelines acts as several independent copies; call-time
+        code reaches it with :meth:`run_of`."""
+        return None
+
+    def run_of(self, where: Any) -> Any:
+        """This effect's run state in the attachment ``where`` belongs to: a :class:`~visattn.context.CallContext`,
+        a :class:`~visattn.state.DenoiserState`, a :class:`LayerRoles` (at bind) or an
+        :class:`~visattn.attachment.Attachment`.
+
+        Raises KeyError when this effect is not part of that attachment (a call context built by hand).
+        """
+        try:
+            return where.runs[id(self)]
+        except KeyError:
+            raise KeyError(
+                f"{type(self).__name__} has no run state here: it is not one of the effects attached where this call "
+                "runs (attach it with visattn.attach)"
+            ) from None
+
+    def attached(self, run: Any, roles: Mapping[str, str], pipeline: Any) -> Callable[[], None] | None:
+        """Attach-time work of one attachment once its hooks are in place: fill ``run`` (this effect's run state
+        there), hook what the effect needs on the pipeline (``None`` for a bare denoiser); returns what undoes it
+        on detach. By default :meth:`prepare_pipeline`."""
+        return self.prepare_pipeline(pipeline) if pipeline is not None else None
+
+    def detached(self, run: Any) -> None:
+        """Free what ``run`` (this effect's run state in an attachment being detached) holds that is of no use
+        after detach (TGATE's caches); what a user reads after a generation (collected maps) stays readable."""
+
+    def prepare_pipeline(self, pipeline: Any) -> Callable[[], None] | None:
+        """Adjust the attached pipeline before it runs (Prompt-to-Prompt gives every prompt the same initial
+        noise); returns what undoes it on detach, or ``None`` when the effect changes nothing there."""
+        return None
+
+    # --- call time -----------------------------------------------------------------------------------------
+    def acts_on(self, ctx: CallContext) -> bool:
+        # The layer is one this effect was bound to: a layer's hook holds only the effects that act on it.
+        if ctx.role not in self._call_roles:
+            return False
+        return in_steps(self.steps, ctx.step.fraction)
+
+    def apply(self, call: AttentionCall) -> None:
+        """Contribute to one attention call (pattern, score modifier, blend, q/k/v, or output)."""
+
+    def wrap_denoiser(self, forward: Callable[..., Any], args: tuple, kwargs: dict, state: Any) -> Any:
+        """Run one denoiser call; effects that add batch branches or post-process predictions override this."""
+        return forward(*args, **kwargs)
+
+    @property
+    def wraps_denoiser(self) -> bool:
+        return type(self).wrap_denoiser is not Effect.wrap_denoiser
+
+    def wrap_attention(self, call: Callable[[], Any], hidden_states: torch.Tensor, layer_name: str, state: Any) -> Any:
+        """Run one attention layer's forward (``call()``), before anything is projected; an effect that may answer
+        for a whole layer call (a cache: :class:`~visattn.effects.CrossAttentionCache`) overrides this."""
+        return call()
+
+    @property
+    def wraps_attention(self) -> bool:
+        return type(self).wrap_attention is not Effect.wrap_attention
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={self.layers}, steps={self.steps})"
