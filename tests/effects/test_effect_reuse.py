@@ -296,3 +296,27 @@ def test_the_same_effect_twice_in_one_attachment_is_refused():
     with pytest.raises(KeyError, match="not one of this attachment's effects"):
         with visattn.attach(pipeline("unet"), pag) as handle:
             handle.run_of(PerturbedAttentionGuidance(layers="mid"))
+
+
+def test_every_shipped_effect_freezes_its_parameters():
+    """Every Effect class visattn ships is a frozen configuration (subclasses users write opt in with
+    ``frozen_parameters = True``; the base class leaves theirs as they wrote them)."""
+    import importlib
+    import pkgutil
+
+    from visattn.effects import Effect
+
+    for module in pkgutil.walk_packages(visattn.__path__, "visattn."):
+        if not module.name.startswith(("visattn.testing", "visattn.app", "visattn.commands")):
+            importlib.import_module(module.name)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    shipped = {cls for cls in subclasses(Effect) if cls.__module__.startswith("visattn.")}
+    assert len(shipped) >= 12, sorted(cls.__name__ for cls in shipped)
+    thawed = sorted(cls.__qualname__ for cls in shipped if not cls.frozen_parameters)
+    assert not thawed, f"effects whose parameters can change after construction: {thawed}"
+    assert Effect.frozen_parameters is False
