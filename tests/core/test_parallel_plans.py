@@ -52,6 +52,22 @@ def test_plans_come_from_diffusers_then_visattn_then_none():
     assert plan_source(tiny_denoiser("cogvideox")) == "none"
 
 
+def test_every_video_class_has_a_plan_or_a_reason_in_the_coverage_table():
+    # issue 26 item 4: each video class of the coverage list is split with a plan (diffusers' or visattn's), or
+    # its context parallel column says why not.
+    from visattn.families import declared_family
+    from visattn.testing.coverage import TINY_DENOISERS
+    from visattn.testing.coverage.__main__ import _context_parallel
+
+    bare = []
+    for entry in TINY_DENOISERS:
+        model = entry.build()
+        family = declared_family(model)
+        if family is not None and family.video and _context_parallel(model) == "none":
+            bare.append(entry.class_name)
+    assert not bare
+
+
 def test_a_class_with_no_plan_is_refused_by_name():
     import visattn
     from visattn.testing import tiny_denoiser

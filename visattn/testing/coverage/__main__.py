@@ -37,6 +37,42 @@ _NO_PLAN = {
         "its cross-attention sends the replicated text through Ulysses' all-to-all, and diffusion forcing builds "
         "per-token timesteps and a causal mask whole"
     ),
+    "WanAnimateTransformer3DModel": (
+        "its face adapter attends per frame (frames folded into the batch) through Ulysses' all-to-all, which "
+        "would join different frames' tokens from different ranks"
+    ),
+    "WanAnimate2Transformer3DModel": (
+        "its processor applies RoPE from the whole grid's sizes and scatters the tokens into buffers laid out for a "
+        "block mask of the whole video, which a sequence shard cannot fill"
+    ),
+    "AnyFlowTransformer3DModel": "its RoPE table is a dict (query, key), which diffusers' plan hooks cannot split",
+    "HunyuanVideoFramepackTransformer3DModel": (
+        "the forward slices the video off the packed [history, video] tokens after the blocks with no module "
+        "between to gather them, and with one prompt row crops the text to its valid length"
+    ),
+    "SanaVideoTransformer3DModel": (
+        "its self-attention is linear attention the processor computes itself, without diffusers' dispatcher"
+    ),
+    "SanaWMTransformer3DModel": (
+        "its self-attention (gated-delta-net linear attention, or its softmax variant) calls torch itself, "
+        "without diffusers' dispatcher"
+    ),
+    "Kandinsky5Transformer3DModel": (
+        "the forward builds RoPE from the embedded grid's shape and reshapes the tokens to that grid before its "
+        "output layer, with no module between to gather them; its NABLA sparse mask is built from local queries"
+    ),
+    "Kandinsky6Transformer3DModel": (
+        "the forward builds RoPE positions from the embedded grid's shape and reshapes the tokens to that grid "
+        "before its output layer, with no module between to gather them"
+    ),
+    "JoyImageEditTransformer3DModel": (
+        "its RoPE tables are nested tuples built by a method, not a module's output, which diffusers' plan hooks "
+        "cannot split"
+    ),
+    "Cosmos3OmniTransformer": (
+        "one packed sample per call with no batch axis (text ids and a list of vision latents packed by the "
+        "forward, a causal text pathway, grouped-query heads); no plan read for it yet"
+    ),
 }
 
 
