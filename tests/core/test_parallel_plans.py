@@ -57,7 +57,7 @@ def test_every_video_class_has_a_plan_or_a_reason_in_the_coverage_table():
     # its context parallel column says why not.
     from visattn.families import declared_family
     from visattn.testing.coverage import TINY_DENOISERS
-    from visattn.testing.coverage.__main__ import _context_parallel
+    from visattn.testing.coverage.__main__ import _context_parallel, core_context_parallel
 
     bare = []
     for entry in TINY_DENOISERS:
@@ -66,6 +66,11 @@ def test_every_video_class_has_a_plan_or_a_reason_in_the_coverage_table():
         if family is not None and family.video and _context_parallel(model) == "none":
             bare.append(entry.class_name)
     assert not bare
+    # The core families (CogVideoX, HunyuanVideo, Wan, ...) are listed below the table.
+    core = {name: split for name, _, split in core_context_parallel()}
+    assert core["CogVideoXTransformer3DModel"] == "none (processors call SDPA without diffusers' dispatcher)"
+    assert core["HunyuanVideoTransformer3DModel"] == "visattn plan"
+    assert "none" not in core.values()
 
 
 def test_a_class_with_no_plan_is_refused_by_name():
