@@ -3,8 +3,9 @@
 One spawn runs every case on both ranks (``visattn.testing.parallel``); each test compares a case with the same
 case in one process, the oracle. With visattn's plan the stock split reproduces one process, attaching visattn
 with no effect changes nothing, and effects under Ulysses equal one process: HunyuanVideo (joint [video, text]
-attention, both streams split after its token refiner, a padded prompt) and Wan-VACE (control blocks beside Wan's,
-cross-attention over replicated text). Classes with no plan anywhere are refused by name.
+attention, both streams split after its token refiner, a padded prompt), Wan-VACE (control blocks beside Wan's,
+cross-attention over replicated text) and Motif-Video (joint [video, text] attention with a text cross-attention and
+decoder blocks, a padded prompt). Classes with no plan anywhere are refused by name.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 #: the tiny models split with a plan visattn ships (keys of ``visattn.testing.parallel.MODELS``)
-PLANNED = ("hunyuan_video", "wan_vace")
+PLANNED = ("hunyuan_video", "wan_vace", "motif_video")
 
 STOCK = tuple(Case(model, order="none") for model in PLANNED)
 NO_EFFECT = tuple(Case(model, order=order) for model in PLANNED for order in ("after", "before"))
@@ -46,8 +47,30 @@ def test_plans_come_from_diffusers_then_visattn_then_none():
     assert plan_source(hunyuan) == "visattn"
     assert set(context_parallel_plan(hunyuan)) == {"", "x_embedder", "rope", "context_embedder", "proj_out"}
     assert plan_source(tiny_denoiser("wan_vace")) == "visattn"
+    assert plan_source(tiny_denoiser("motif_video")) == "visattn"
     # CogVideoX's processor calls torch's SDPA itself, not diffusers' dispatcher: no Ulysses, so no plan.
     assert plan_source(tiny_denoiser("cogvideox")) == "none"
+
+
+def test_every_video_class_has_a_plan_or_a_reason_in_the_coverage_table():
+    # issue 26 item 4: each video class of the coverage list is split with a plan (diffusers' or visattn's), or
+    # its context parallel column says why not.
+    from visattn.families import declared_family
+    from visattn.testing.coverage import TINY_DENOISERS
+    from visattn.testing.coverage.__main__ import _context_parallel, core_context_parallel
+
+    bare = []
+    for entry in TINY_DENOISERS:
+        model = entry.build()
+        family = declared_family(model)
+        if family is not None and family.video and _context_parallel(model) == "none":
+            bare.append(entry.class_name)
+    assert not bare
+    # The core families (CogVideoX, HunyuanVideo, Wan, ...) are listed below the table.
+    core = {name: split for name, _, split in core_context_parallel()}
+    assert core["CogVideoXTransformer3DModel"] == "none (processors call SDPA without diffusers' dispatcher)"
+    assert core["HunyuanVideoTransformer3DModel"] == "visattn plan"
+    assert "none" not in core.values()
 
 
 def test_a_class_with_no_plan_is_refused_by_name():

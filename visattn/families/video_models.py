@@ -82,6 +82,33 @@ def _wan_vace_cp_plan() -> dict:
     }
 
 
+def _motif_video_cp_plan() -> dict:
+    """Motif-Video's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The latent tokens after the patch embedding and the RoPE table (``[L, D]`` cos and sin) are split, and so is
+    the text after its projection (``context_embedder``, a plain projection): every joint call holds
+    ``[video_r, text_r]``, so Ulysses' all-to-all gathers each key once, and the text cross-attention gathers the
+    text shards whole. The prompt mask is split with the text, so the joint mask the forward builds
+    (``[ones(video_r), mask_r]``) and the cross-attention's text part describe this rank's keys; the dispatcher's
+    Ulysses template all-gathers such a local mask in the layout of the gathered keys. The decoder blocks attend
+    over ``[decoder_r, video_r]`` (both split). The output projection gathers the latent tokens. Not covered:
+    ``image_embeds`` (image-to-video), which the forward prepends whole to this rank's text shard, so the image
+    tokens would be gathered once per rank.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    def split_output(dim: int, ndim: int) -> ContextParallelInput:
+        return ContextParallelInput(split_dim=dim, expected_dims=ndim, split_output=True)
+
+    return {
+        "x_embedder": {0: split_output(1, 3)},
+        "rope": {0: split_output(0, 2), 1: split_output(0, 2)},
+        "context_embedder": {0: split_output(1, 3)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        "": {"encoder_attention_mask": ContextParallelInput(split_dim=1, expected_dims=2)},
+    }
+
+
 def _video(
     name: str,
     classes: tuple[str, ...],
@@ -353,6 +380,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         roles=((r"\.cross_attn$", "cross"), (r"\.attn$", "joint")),
         # T5Gemma 2 over the prompt, padded to max_sequence_length on the tokenizer's own side.
         prompt=PromptRecipe((TextPart("t5", padding="tokenizer"),), max_sequence_length=512),
+        cp_plan=_motif_video_cp_plan,
     ),
     _video(
         "ltx",

@@ -252,11 +252,25 @@ def _wan_vace_inputs(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
+def _motif_video_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A 3x8x8 latent video with its text-to-video condition (zero reference latents and mask, 9 channels) and 8
+    text tokens, the last 3 of the second row padding, batch 2."""
+    latents = torch.randn(2, 4, 3, 8, 8, generator=generator)
+    return {
+        "hidden_states": torch.cat([latents, torch.zeros(2, 5, 3, 8, 8)], dim=1),
+        "timestep": torch.tensor([500, 500]),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "encoder_attention_mask": torch.tensor([[1] * TEXT_TOKENS, [1] * (TEXT_TOKENS - 3) + [0] * 3]),
+    }
+
+
 #: models split with the plan visattn ships for their family (diffusers ships none): HunyuanVideo (joint
-#: [video, text] attention, both split after its token refiner) and Wan-VACE (Wan with VACE control blocks)
+#: [video, text] attention, both split after its token refiner), Wan-VACE (Wan with VACE control blocks) and
+#: Motif-Video (joint [video, text] attention, text cross-attention and decoder blocks, a padded prompt)
 MODELS += (
     _TinyModel("hunyuan_video", _hunyuan_video_inputs, "joint"),
     _TinyModel("wan_vace", _wan_vace_inputs, "self"),
+    _TinyModel("motif_video", _motif_video_inputs, "joint"),
 )
 
 
