@@ -218,8 +218,14 @@ def check_model(
             f"ulysses_degree={ulysses} does not divide the {heads} attention heads of {name}; use a degree that "
             f"divides {heads}"
         )
-    split = (context_parallel_plan(model) or {}).get("") or {}
-    text = text_length if any(name in split for name in text_names) else None
+    plan = context_parallel_plan(model) or {}
+    split = plan.get("") or {}
+    # Text is split where the plan names a text input of the forward, or splits the output of a module that embeds
+    # the text (Motif-Video and HunyuanVideo split at ``context_embedder``).
+    text_split = any(name in split for name in text_names) or any(
+        key and any(word in key for word in _TEXT_MODULE_WORDS) for key in plan
+    )
+    text = text_length if text_split else None
     degree = ring * ulysses
     for what, count in (("latent grid", math.prod(grid) if grid else None), ("text", text)):
         if count is not None and count % degree:
@@ -228,6 +234,10 @@ def check_model(
                 f"(ulysses_degree={ulysses}, ring_degree={ring}) cannot split evenly; use a size whose token count "
                 f"is a multiple of {degree}"
             )
+
+
+#: words in the names of modules whose output is the text sequence (a plan entry there splits the text)
+_TEXT_MODULE_WORDS = ("context_embedder", "text_embedder", "caption_projection", "text_proj")
 
 
 # --- plans for classes diffusers ships none for -------------------------------------------------------------------

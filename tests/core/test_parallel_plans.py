@@ -108,3 +108,23 @@ def test_effects_under_ulysses_equal_one_process(case):
         if "maps" in oracle:
             # Every rank ends with the maps one process makes.
             assert _max_diff(rank["maps"], oracle["maps"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("class_name", ["MotifVideoTransformer3DModel", "Flux2Transformer2DModel"])
+def test_a_text_the_degree_cannot_split_is_refused_before_any_step(class_name):
+    """Text split at its embedder (Motif-Video's plan) or as a forward input (FLUX.2's) must divide by the degree:
+    a ValueError naming the count and the degree, instead of diffusers' bare assertion inside the split."""
+    from types import SimpleNamespace
+
+    from visattn.parallel import check_model
+    from visattn.testing.coverage import tiny_denoiser_entry
+
+    entry = tiny_denoiser_entry(class_name)
+    model = entry.build()
+    config = SimpleNamespace(ring_degree=1, ulysses_degree=2, ring_anything=False)
+    model._parallel_config = SimpleNamespace(context_parallel_config=config)
+    text_names = ("encoder_hidden_states",)
+    grid = (entry.grid[0], entry.grid[1], entry.grid[2] - entry.grid[2] % 2)
+    check_model(model, grid, 8, text_names)  # even: accepted
+    with pytest.raises(ValueError, match=r"text of this call has 7 tokens.*degree of 2 \(ulysses_degree=2"):
+        check_model(model, grid, 7, text_names)
