@@ -185,7 +185,7 @@ def edit(
                 images = pipeline(prompt=p2p.prompts, generator=p2p.generator(seed), output_type="pil", **call).images
         else:
             images, reconstruction, inverted = _image_edit(
-                pipeline, image, source, p2p, effects, inversion, steps, guidance, seed
+                pipeline, image, source, p2p, effects, inversion, steps, guidance, seed, progress
             )
             base |= {"image": str(image) if isinstance(image, (str, Path)) else "<in memory>", "inversion": inversion}
             base |= {"steps": inverted.num_inference_steps, "guidance": inverted.guidance_scale}
@@ -209,7 +209,7 @@ def edit(
     return written
 
 
-def _image_edit(pipeline, image, source, p2p, effects, method, steps, guidance, seed):
+def _image_edit(pipeline, image, source, p2p, effects, method, steps, guidance, seed, progress=True):
     """Invert ``image`` under ``source`` and run the edit from the inverted noise; returns images, reconstruction."""
     from PIL import Image
 
@@ -233,6 +233,8 @@ def _image_edit(pipeline, image, source, p2p, effects, method, steps, guidance, 
     try:
         if method == "ddim":
             inverted = invert(pipeline, image, source, generator=torch.Generator("cpu").manual_seed(seed), **kwargs)
+        elif method == "null-text":
+            inverted = invert(pipeline, image, source, progress=progress, **kwargs)  # its own optimization bar
         else:
             inverted = invert(pipeline, image, source, **kwargs)
     except (TypeError, ValueError) as exc:
