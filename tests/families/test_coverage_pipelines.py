@@ -37,8 +37,8 @@ def _images(pipe, key: str, **overrides) -> np.ndarray:
         warnings.simplefilter("ignore")
         out = pipe(**call_kwargs(key, **overrides))
     # Videos come as frames (videos from a modular pipeline's state), images as images; Stable Cascade's prior stage
-    # returns image embeddings.
-    names = ("frames", "videos", "images", "image_embeddings")
+    # returns image embeddings, and a modular pipeline whose decode steps are popped (MiniMax-H3) its latents.
+    names = ("frames", "videos", "images", "image_embeddings", "latents")
     images = next(getattr(out, name) for name in names if getattr(out, name, None) is not None)
     images = images.float().numpy() if isinstance(images, torch.Tensor) else images
     return np.asarray(images, dtype=np.float32)

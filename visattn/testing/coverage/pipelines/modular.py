@@ -14,13 +14,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.modular_pipelines import Flux3AutoBlocks, Flux3ModularPipeline
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, MiniMaxH3Scheduler, MiniMaxH3Transformer3DModel
+from diffusers.modular_pipelines import (
+    Flux3AutoBlocks,
+    Flux3ModularPipeline,
+    MiniMaxH3Blocks,
+    MiniMaxH3ModularPipeline,
+    SequentialPipelineBlocks,
+)
 
+from visattn.testing.coverage import tiny_denoiser_entry
 from visattn.testing.coverage.images import FLUX3
 from visattn.testing.coverage.pipelines.common import TEXT_TOKENS, image_call
 from visattn.testing.coverage.pipelines.llm import flux2_vae
-from visattn.testing.coverage.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor
+from visattn.testing.coverage.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor, qwen_tokenizer
 from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
 
 # --- Flux 3 ---------------------------------------------------------------------------------------------------------
@@ -63,6 +71,64 @@ FLUX3_PIPELINE = PipelineSpec(
     pipeline_kwargs={"blocks": _flux3_blocks},
 )
 
-PIPELINES: tuple[PipelineSpec, ...] = (FLUX3_PIPELINE,)
+# --- MiniMax-H3 -----------------------------------------------------------------------------------------------------
+MINIMAX_H3 = tiny_denoiser_entry("MiniMaxH3Transformer3DModel")
+
+#: the Qwen3-VL hidden state MiniMax-H3 conditions on is ``hidden_states[50]``, and the text encoder step refuses a
+#: stack of 50 layers or fewer (its last state is post-norm), so the tiny encoder has 51 (16 wide: fast all the same)
+MINIMAX_H3_TEXT_LAYERS = 51
+
+#: the pipeline's shortest video is 5 s at its fixed 24 fps, snapped up to the VAE's 17 * n + 5 frames: 124 frames,
+#: 37 latent frames of 1x1 patches at 32x32 pixels, and 207 audio latents per stereo channel
+MINIMAX_H3_FRAMES = 124
+
+
+def _minimax_h3_blocks() -> SequentialPipelineBlocks:
+    # The text-to-video-and-audio workflow without its two decode steps (diffusers' after-denoise step says popping
+    # them leaves the latents in hand): MiniMax-H3's video VAE (a transformer decoder) and audio codec have no tiny
+    # versions here, so the pipeline returns the denoised video latents, which the checks compare.
+    blocks = MiniMaxH3Blocks().get_workflow("t2va")
+    blocks.sub_blocks.pop("decode.video")
+    blocks.sub_blocks.pop("decode.audio")
+    return blocks
+
+
+def _minimax_h3_transformer() -> MiniMaxH3Transformer3DModel:
+    # Without a VAE the pipeline sizes its latents by the released checkpoint (24 video, 32 audio channels): the
+    # tiny transformer takes those.
+    config = {**MINIMAX_H3.build().config, "in_channels": 24, "audio_in_channels": 32}
+    torch.manual_seed(0)
+    return MiniMaxH3Transformer3DModel.from_config(config).eval()
+
+
+def _minimax_h3_components() -> dict[str, ComponentFactory]:
+    # Guidance-distilled: no guider, one denoiser call per step over the packed [text | audio | video] rows. The
+    # prompt is tokenized verbatim (no chat template, no special tokens).
+    return {
+        "tokenizer": lambda: qwen_tokenizer("qwen3"),
+        "processor": qwen3_vl_processor,
+        "text_encoder": lambda: qwen3_vl_model(qwen_tokenizer("qwen3"), hidden_size=32, layers=MINIMAX_H3_TEXT_LAYERS),
+        "transformer": _minimax_h3_transformer,
+        "scheduler": MiniMaxH3Scheduler,
+        "audio_scheduler": MiniMaxH3Scheduler,
+    }
+
+
+def _minimax_h3_call() -> dict[str, Any]:
+    call = image_call(num_frames=MINIMAX_H3_FRAMES)
+    del call["output_type"]  # no decode step reads it
+    return call
+
+
+MINIMAX_H3_PIPELINE = PipelineSpec(
+    family="minimax_h3",
+    pipeline_cls=MiniMaxH3ModularPipeline,
+    denoiser="transformer",
+    components=_minimax_h3_components,
+    call_defaults=_minimax_h3_call,
+    pipeline_kwargs={"blocks": _minimax_h3_blocks},
+)
+
+PIPELINES: tuple[PipelineSpec, ...] = (FLUX3_PIPELINE, MINIMAX_H3_PIPELINE)
 
 KNOWN_PIPELINE_LIMITS: dict[str, str] = {}
