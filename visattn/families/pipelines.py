@@ -12,6 +12,8 @@ diffusers pipeline family:
 * Wan 2.1 / 2.2 call the denoiser once for ``"cond"`` and once for ``"uncond"`` and apply
   ``current_guidance_scale``: ``guidance_scale`` on ``transformer`` (high noise, ``t >= boundary``) and
   ``guidance_scale_2`` on ``transformer_2`` (low noise), and only when ``guidance_scale > 1``.
+* Modular pipelines (``ModularPipeline``) guide through a diffusers guider, the component ``guider``
+  (``ClassifierFreeGuidance``), which runs each branch as a separate call and knows per step whether it guides.
 * Flux and HunyuanVideo are guidance-distilled: ``guidance_scale`` is an embedding input, not CFG, so with the
   default call the batch is one ``"cond"`` branch and the scale is 1. With ``true_cfg_scale > 1`` and a negative
   prompt they run a separate ``"uncond"`` call and apply ``true_cfg_scale``, which is a local variable of
@@ -106,6 +108,11 @@ def _guider_scale(guider: Any) -> float | None:
     scale = _number(getattr(guider, "guidance_scale", None))
     if scale is None or not getattr(guider, "_enabled", True):
         return None
+    # ClassifierFreeGuidance knows per step whether it guides (off outside its start/stop range, or at a scale
+    # that changes nothing): then it returns the conditional prediction as is.
+    step_enabled = getattr(guider, "_is_cfg_enabled", None)
+    if callable(step_enabled) and not step_enabled():
+        return None
     return scale + 1.0 if getattr(guider, "use_original_formulation", False) else scale
 
 
@@ -180,4 +187,7 @@ def pipeline_call_prompt(pipeline: Any) -> CallPrompt:
     """The prompt (and HunyuanVideo's ``prompt_template`` and ``max_sequence_length``) the running pipeline call
     was given; empty when it runs with ``prompt_embeds`` or is not running."""
     local = _call_locals(pipeline)
+    # A modular pipeline's __call__(state=None, output=None, **kwargs) keeps the call's inputs in ``kwargs``.
+    if "prompt" not in local and isinstance(local.get("kwargs"), dict):
+        local = local["kwargs"]
     return CallPrompt(local.get("prompt"), local.get("prompt_template"), local.get("max_sequence_length"))
