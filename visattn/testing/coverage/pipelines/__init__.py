@@ -1,4 +1,5 @@
-"""Tiny offline pipelines of the covered denoiser classes, where diffusers ships a pipeline for them.
+"""Tiny offline pipelines of the covered denoiser classes, where diffusers ships a pipeline for them (a modular
+one, made from diffusers' blocks, for the classes it drives only through a ``ModularPipeline``: :mod:`.modular`).
 
 Each module holds the pipelines whose text encoders are of one kind, as
 :class:`visattn.testing.pipeline_spec.PipelineSpec`
