@@ -10,9 +10,9 @@ from diffusers.guiders import ClassifierFreeGuidance
 from diffusers.modular_pipelines import MiniMaxH3Blocks, MiniMaxH3ModularPipeline
 
 import visattn
-from visattn.families.pipelines import pipeline_call_prompt, pipeline_guidance_scale
+from visattn.families.pipelines import pipeline_call_prompt, pipeline_guidance_scale, pipeline_guider_call
 from visattn.interception import layer_hook
-from visattn.testing import tiny_pipeline
+from visattn.testing import call_kwargs, tiny_pipeline
 from visattn.testing.coverage import tiny_denoiser_entry
 from visattn.testing.coverage.checks import ContextRecorder
 
@@ -52,3 +52,27 @@ def test_call_prompt_of_a_modular_call(max_sequence_length):
     read = _ModularCall()(prompt="a red circle", **extra)
     assert read.prompt == "a red circle"
     assert read.max_sequence_length == max_sequence_length
+
+
+def test_guider_batches_name_the_branches():
+    # A modular pipeline names no cache context: the guider's prepared batches say which call is which branch.
+    pipe = tiny_pipeline("flux3")
+    recorder = ContextRecorder()
+    with torch.no_grad(), visattn.attach(pipe, recorder):
+        pipe(**call_kwargs("flux3"))
+    calls = {(ctx.step.index, ctx.batch.names) for ctx in recorder.contexts}
+    assert calls == {(step, (branch,)) for step in (0, 1) for branch in ("cond", "uncond")}
+
+
+def test_guider_outside_its_loop_names_no_branch():
+    pipe = tiny_pipeline("flux3")
+    guider = pipe.guider
+    assert pipeline_guider_call(pipe) is None  # nothing prepared yet
+    guider.set_state(step=1, num_inference_steps=2, timestep=torch.tensor(500.0))
+    guider.prepare_models(pipe.transformer)
+    _, name = pipeline_guider_call(pipe, step_index=1)
+    assert name == "pred_cond"
+    guider.prepare_models(pipe.transformer)
+    assert pipeline_guider_call(pipe, step_index=1)[1] == "pred_uncond"
+    # A call of another step (an extract pass before the next step) finds the count where the last batch left it.
+    assert pipeline_guider_call(pipe, step_index=0) is None

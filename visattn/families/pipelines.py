@@ -116,6 +116,30 @@ def _guider_scale(guider: Any) -> float | None:
     return scale + 1.0 if getattr(guider, "use_original_formulation", False) else scale
 
 
+def pipeline_guider_call(pipeline: Any, step_index: int | None = None) -> tuple[tuple, str] | None:
+    """Which prediction the pipeline's diffusers guider is computing with this denoiser call: ``(position, name)``
+    with ``name`` ``"pred_cond"``, ``"pred_uncond"``, a guider's ``"pred_cond_skip"``, ..., or ``None`` when it has
+    no guider or none has prepared a batch this step.
+
+    Modular pipelines run one denoiser call per batch the guider prepared, in the order of its
+    ``_input_predictions``, and call ``guider.prepare_models`` before each (which counts them from 1 per step); they
+    name no ``cache_context``, so the guider's count is what says which branch a call is. A call outside the
+    guider's loop (Wan-Animate 2's KV-cache "extract" pass) finds the count where the last batch left it: a guider
+    on another step than ``step_index`` (the call's step, when known) is not guiding this call, and ``position``
+    (guider, step, timestep, count) tells the caller when the guider has not moved since its last call.
+    """
+    guider = getattr(pipeline, "guider", None) if pipeline is not None else None
+    predictions = getattr(guider, "_input_predictions", None)
+    count = getattr(guider, "_count_prepared", None)
+    if not predictions or not isinstance(count, int) or not 1 <= count <= len(predictions):
+        return None
+    step = getattr(guider, "_step", None)
+    if step_index is not None and isinstance(step, int) and step != step_index:
+        return None
+    position = (id(guider), step, id(getattr(guider, "_timestep", None)), count)
+    return position, predictions[count - 1]
+
+
 def _per_call_cfg_scale(pipeline: Any, local: dict[str, Any], timestep: float | None) -> float | None:
     """The scale ``g`` of a pipeline that runs its ``"cond"`` and ``"uncond"`` predictions as separate calls, or
     ``None`` when it does not guide."""
