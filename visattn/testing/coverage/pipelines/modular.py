@@ -4,10 +4,12 @@ Flux 3, Wan-Animate 2 and MiniMax-H3 have no classic ``DiffusionPipeline``; diff
 blocks (``Flux3AutoBlocks``, ...) that a ``ModularPipeline`` runs. Each :class:`PipelineSpec` here names the
 modular pipeline class, the blocks it is made from (``pipeline_kwargs["blocks"]``: a zero-argument factory, so each
 pipeline gets its own blocks), and the tiny offline components :func:`visattn.testing.tiny_pipeline` sets on it
-with ``update_components``. The pipelines guide through a diffusers guider (``ClassifierFreeGuidance``, the
-component ``guider``), which calls the denoiser once per branch inside ``cache_context("cond" | "uncond")``.
+with ``update_components``. Flux 3 and Wan-Animate 2 guide through a diffusers guider (``ClassifierFreeGuidance``,
+the component ``guider``): one denoiser call per branch the guider prepared, conditional first, with no
+``cache_context`` name (visattn reads the branch from the guider, see
+:func:`visattn.families.pipelines.pipeline_guider_call`); MiniMax-H3 is guidance-distilled (one call per step).
 
-A call returns the ``PipelineState``; its ``images`` (or ``videos``) hold the output.
+A call returns the ``PipelineState``; its ``images`` or ``videos`` hold the output (MiniMax-H3's ``latents``).
 """
 
 from __future__ import annotations
