@@ -23,8 +23,10 @@ from .steps import normalize_steps
 from .validation import check_layer_roles
 
 _MARK = "_visattn_attachment"
-#: pipeline components that hold a denoiser (Stable Cascade's prior stage calls its UNet "prior")
-DENOISER_ATTRIBUTES = ("unet", "transformer", "transformer_2", "prior")
+#: pipeline components that hold a denoiser (Stable Cascade's prior stage calls its UNet "prior"); a
+#: ModularPipeline exposes its components as attributes too, and MiniMax-H3's ``ref2va`` workflow calls its
+#: reference-conditioned transformer "transformer_ref"
+DENOISER_ATTRIBUTES = ("unet", "transformer", "transformer_2", "transformer_ref", "prior")
 
 
 def _denoisers(target: Any) -> tuple[list[tuple[str, torch.nn.Module]], Any]:

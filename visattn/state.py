@@ -19,6 +19,7 @@ from diffusers.hooks.hooks import StateManager
 from .context import BatchLayout, Branch, DenoiserCall, StepInfo
 from .families import Family
 from .families.base import DenoiserInputs
+from .families.pipelines import pipeline_guider_call
 from .parallel import check_model, unsplit_inputs
 from .steps import in_steps
 
@@ -75,11 +76,14 @@ class DenoiserHook(ModelHook):
         self.cache = StateManager(_NoState)
         # The timestep of the last conditional call of a pipeline that runs one call per CFG branch.
         self._previous_timestep: float | None = None
+        # Where the pipeline's guider stood at the last call it named (see pipeline_guider_call).
+        self._guider_position: tuple | None = None
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.inputs, self.state.step, self.state.batch = None, StepInfo(), None
         self.state.call, self.state.guidance_terms = None, None
         self._previous_timestep = None
+        self._guider_position = None
         return module
 
     @property
@@ -141,6 +145,12 @@ class DenoiserHook(ModelHook):
     def _batch_layout(self, batch_size: int) -> BatchLayout:
         context = self._cache_context()
         name = getattr(context, "name", None)
+        if name is None:
+            # A modular pipeline names no cache context; its guider's count of prepared batches says the branch,
+            # unless the guider has not moved since the last call (a call outside its loop).
+            guided = pipeline_guider_call(self.pipeline, self.state.step.index)
+            if guided is not None and guided[0] != self._guider_position:
+                self._guider_position, name = guided
         timestep = self.state.inputs.timestep
         if name is not None and name != "cond_uncond":
             # A call the pipeline names (transformer.cache_context): diffusers' guiders say "pred_cond" and

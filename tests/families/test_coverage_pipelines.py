@@ -36,8 +36,10 @@ def _images(pipe, key: str, **overrides) -> np.ndarray:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = pipe(**call_kwargs(key, **overrides))
-    # Videos come as frames, images as images; Stable Cascade's prior stage returns image embeddings.
-    images = next(getattr(out, name) for name in ("frames", "images", "image_embeddings") if hasattr(out, name))
+    # Videos come as frames (videos from a modular pipeline's state), images as images; Stable Cascade's prior stage
+    # returns image embeddings, and a modular pipeline whose decode steps are popped (MiniMax-H3) its latents.
+    names = ("frames", "videos", "images", "image_embeddings", "latents")
+    images = next(getattr(out, name) for name in names if getattr(out, name, None) is not None)
     images = images.float().numpy() if isinstance(images, torch.Tensor) else images
     return np.asarray(images, dtype=np.float32)
 

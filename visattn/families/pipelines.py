@@ -12,6 +12,8 @@ diffusers pipeline family:
 * Wan 2.1 / 2.2 call the denoiser once for ``"cond"`` and once for ``"uncond"`` and apply
   ``current_guidance_scale``: ``guidance_scale`` on ``transformer`` (high noise, ``t >= boundary``) and
   ``guidance_scale_2`` on ``transformer_2`` (low noise), and only when ``guidance_scale > 1``.
+* Modular pipelines (``ModularPipeline``) guide through a diffusers guider, the component ``guider``
+  (``ClassifierFreeGuidance``), which runs each branch as a separate call and knows per step whether it guides.
 * Flux and HunyuanVideo are guidance-distilled: ``guidance_scale`` is an embedding input, not CFG, so with the
   default call the batch is one ``"cond"`` branch and the scale is 1. With ``true_cfg_scale > 1`` and a negative
   prompt they run a separate ``"uncond"`` call and apply ``true_cfg_scale``, which is a local variable of
@@ -106,7 +108,36 @@ def _guider_scale(guider: Any) -> float | None:
     scale = _number(getattr(guider, "guidance_scale", None))
     if scale is None or not getattr(guider, "_enabled", True):
         return None
+    # ClassifierFreeGuidance knows per step whether it guides (off outside its start/stop range, or at a scale
+    # that changes nothing): then it returns the conditional prediction as is.
+    step_enabled = getattr(guider, "_is_cfg_enabled", None)
+    if callable(step_enabled) and not step_enabled():
+        return None
     return scale + 1.0 if getattr(guider, "use_original_formulation", False) else scale
+
+
+def pipeline_guider_call(pipeline: Any, step_index: int | None = None) -> tuple[tuple, str] | None:
+    """Which prediction the pipeline's diffusers guider is computing with this denoiser call: ``(position, name)``
+    with ``name`` ``"pred_cond"``, ``"pred_uncond"``, a guider's ``"pred_cond_skip"``, ..., or ``None`` when it has
+    no guider or none has prepared a batch this step.
+
+    Modular pipelines run one denoiser call per batch the guider prepared, in the order of its
+    ``_input_predictions``, and call ``guider.prepare_models`` before each (which counts them from 1 per step); they
+    name no ``cache_context``, so the guider's count is what says which branch a call is. A call outside the
+    guider's loop (Wan-Animate 2's KV-cache "extract" pass) finds the count where the last batch left it: a guider
+    on another step than ``step_index`` (the call's step, when known) is not guiding this call, and ``position``
+    (guider, step, timestep, count) tells the caller when the guider has not moved since its last call.
+    """
+    guider = getattr(pipeline, "guider", None) if pipeline is not None else None
+    predictions = getattr(guider, "_input_predictions", None)
+    count = getattr(guider, "_count_prepared", None)
+    if not predictions or not isinstance(count, int) or not 1 <= count <= len(predictions):
+        return None
+    step = getattr(guider, "_step", None)
+    if step_index is not None and isinstance(step, int) and step != step_index:
+        return None
+    position = (id(guider), step, id(getattr(guider, "_timestep", None)), count)
+    return position, predictions[count - 1]
 
 
 def _per_call_cfg_scale(pipeline: Any, local: dict[str, Any], timestep: float | None) -> float | None:
@@ -180,4 +211,7 @@ def pipeline_call_prompt(pipeline: Any) -> CallPrompt:
     """The prompt (and HunyuanVideo's ``prompt_template`` and ``max_sequence_length``) the running pipeline call
     was given; empty when it runs with ``prompt_embeds`` or is not running."""
     local = _call_locals(pipeline)
+    # A modular pipeline's __call__(state=None, output=None, **kwargs) keeps the call's inputs in ``kwargs``.
+    if "prompt" not in local and isinstance(local.get("kwargs"), dict):
+        local = local["kwargs"]
     return CallPrompt(local.get("prompt"), local.get("prompt_template"), local.get("max_sequence_length"))

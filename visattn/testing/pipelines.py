@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
+from diffusers.modular_pipelines import ModularPipeline
 
 from visattn.families import VIDEO_FAMILIES
 from visattn.testing.coverage.pipelines import COVERAGE_PIPELINE_SPECS
@@ -77,7 +78,14 @@ def tiny_pipeline(key: str, *, seed: int = 0, dtype: torch.dtype = torch.float32
         for component in components.values():
             if isinstance(component, torch.nn.Module):
                 _cast(component, dtype)
-    pipe = spec.pipeline_cls(**components, **spec.pipeline_kwargs)
+    if issubclass(spec.pipeline_cls, ModularPipeline):
+        # A modular pipeline is made from its blocks (a factory in pipeline_kwargs, so each pipeline gets its own)
+        # and then given its components.
+        kwargs = {name: value() if name == "blocks" else value for name, value in spec.pipeline_kwargs.items()}
+        pipe = spec.pipeline_cls(**kwargs)
+        pipe.update_components(**components)
+    else:
+        pipe = spec.pipeline_cls(**components, **spec.pipeline_kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

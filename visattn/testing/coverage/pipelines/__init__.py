@@ -1,4 +1,5 @@
-"""Tiny offline pipelines of the covered denoiser classes, where diffusers ships a pipeline for them.
+"""Tiny offline pipelines of the covered denoiser classes, where diffusers ships a pipeline for them (a modular
+one, made from diffusers' blocks, for the classes it drives only through a ``ModularPipeline``: :mod:`.modular`).
 
 Each module holds the pipelines whose text encoders are of one kind, as
 :class:`visattn.testing.pipeline_spec.PipelineSpec`
@@ -11,10 +12,10 @@ key, or the pipeline class name for a family's second pipeline) and listed in
 
 from __future__ import annotations
 
-from visattn.testing.coverage.pipelines import classic, llm, qwen, t5
+from visattn.testing.coverage.pipelines import classic, llm, modular, qwen, t5
 from visattn.testing.pipeline_spec import PipelineSpec
 
-_MODULES = (t5, classic, qwen, llm)
+_MODULES = (t5, classic, qwen, llm, modular)
 
 #: every coverage pipeline spec
 COVERAGE_PIPELINE_SPECS: tuple[PipelineSpec, ...] = tuple(spec for module in _MODULES for spec in module.PIPELINES)

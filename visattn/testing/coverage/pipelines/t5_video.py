@@ -475,7 +475,7 @@ def _wan_animate_components() -> dict[str, ComponentFactory]:
     }
 
 
-def _frames(count: int, size: int) -> list[Image.Image]:
+def drifting_frames(count: int, size: int) -> list[Image.Image]:
     """``count`` frames of :func:`input_image` at ``size`` pixels, the disc drifting right by a pixel a frame."""
     image = input_image().resize((size, size))
     return [Image.fromarray(np.roll(np.asarray(image), shift, axis=1)) for shift in range(count)]
@@ -484,8 +484,8 @@ def _frames(count: int, size: int) -> list[Image.Image]:
 def _wan_animate_call() -> dict[str, Any]:
     call = video_call(
         image=input_image(),
-        pose_video=_frames(ANIMATE_FRAMES, IMAGE_SIZE),
-        face_video=_frames(ANIMATE_FRAMES, FACE_SIZE),
+        pose_video=drifting_frames(ANIMATE_FRAMES, IMAGE_SIZE),
+        face_video=drifting_frames(ANIMATE_FRAMES, FACE_SIZE),
         segment_frame_length=ANIMATE_FRAMES,
         prev_segment_conditioning_frames=1,
         mode="animate",
