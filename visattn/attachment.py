@@ -52,13 +52,19 @@ def attention_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {name: module for name, module in model.named_modules() if callable(getattr(module, "processor", None))}
 
 
-def _interceptable(model: torch.nn.Module, modules: dict, layers: tuple[str, ...] | None) -> dict:
+def _interceptable(
+    model: torch.nn.Module, modules: dict, layers: tuple[str, ...] | None, family: Family | None = None
+) -> dict:
     """The modules visattn can take attention over; ValueError when ``layers`` names one it cannot."""
     if not modules:
         raise ValueError(
             f"{type(model).__name__} has no attention modules with a diffusers processor; visattn has nothing to hook"
         )
-    blocked = {name: module for name, module in modules.items() if not can_intercept(module)}
+    blocked = {
+        name: module
+        for name, module in modules.items()
+        if not can_intercept(module) or (family is not None and family.is_opaque(name))
+    }
     if blocked and layers is not None:
         from .layers import matches
 
@@ -181,8 +187,8 @@ class Attachment:
                     "call detach() on the first attachment (or leave its with-block) before attaching again"
                 )
             all_modules = attention_layers(base)
-            modules = _interceptable(base, all_modules, layers)
             family = family_of(base)
+            modules = _interceptable(base, all_modules, layers, family)
             roles = {name: family.static_role(name, module) for name, module in modules.items()}
             selected = select_layers(roles, layers)
             plans.append((attribute, base, family, all_modules, {name: roles[name] for name in selected}))

@@ -288,7 +288,7 @@ class AttentionLayerHook(ModelHook):
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         original = self.fn_ref.original_forward
-        if not self.effects or not self._in_steps():
+        if not self.effects or self.state.auxiliary or not self._in_steps():
             return original(*args, **kwargs)
         call = functools.partial(self._intercepted_forward, module, original, args, kwargs)
         if self.wrappers:

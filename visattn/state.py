@@ -46,6 +46,8 @@ class DenoiserState:
     call: DenoiserCall | None = None
     #: guidance terms nested perturbation effects hand to the outermost one within this denoiser call
     guidance_terms: list | None = None
+    #: the running call predicts nothing (:attr:`visattn.families.Family.auxiliary_calls`): no effect acts in it
+    auxiliary: bool = False
     #: what each effect of the attachment keeps while attached (:meth:`visattn.effects.Effect.new_run`), by
     #: ``id(effect)``; one mapping shared by every denoiser of the attachment (Wan 2.2's two transformers)
     runs: dict[int, Any] = field(default_factory=dict)
@@ -94,6 +96,13 @@ class DenoiserHook(ModelHook):
         forward = self.fn_ref.original_forward
         if not self.effects:
             return forward(*args, **kwargs)  # nothing reads the call's state
+        if self.state.family.is_auxiliary(kwargs):
+            # A call that predicts nothing (a cache-filling pass): stock, with every layer hook standing aside.
+            self.state.auxiliary = True
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self.state.auxiliary = False
         # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
         seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
         inputs = self.state.family.read_inputs(module, seen_args, seen_kwargs)

@@ -76,3 +76,16 @@ def test_guider_outside_its_loop_names_no_branch():
     assert pipeline_guider_call(pipe, step_index=1)[1] == "pred_uncond"
     # A call of another step (an extract pass before the next step) finds the count where the last batch left it.
     assert pipeline_guider_call(pipe, step_index=0) is None
+
+
+def test_wan_animate_2_refuses_perturbation_guidance_and_leaves_its_extract_pass_stock():
+    """Wan-Animate 2's self-attention is flex attention in the passes that predict, and SDPA only in the KV-cache
+    "extract" pass: PAG and SEG are refused at attach (they would act nowhere, and the extract pass, which runs
+    stock, predicts nothing), instead of an IndexError inside the model."""
+    pipe = tiny_pipeline("wan_animate_2")
+    for effect in (visattn.PerturbedAttentionGuidance(scale=2.0), visattn.SmoothedEnergyGuidance(scale=2.0)):
+        with pytest.raises(ValueError, match="self"):
+            visattn.attach(pipe, effect)
+    assert not any(layer_hook(m) for m in visattn.attention_layers(pipe.transformer).values())
+    family = visattn.families.family_of(pipe.transformer)
+    assert family.is_auxiliary({"kv_cache_mode": "extract"}) and not family.is_auxiliary({"kv_cache_mode": "cached"})

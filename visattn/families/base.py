@@ -461,6 +461,12 @@ class Family:
             grid is the sequence's last tokens.
         one_sample_per_call: the forward takes one sample per call, without a batch axis (Cosmos 3 Omni packs
             one sample's text and vision tokens into one sequence): a perturbation branch runs as its own call.
+        opaque_layers: regular expressions of attention modules whose attention visattn cannot take over in the calls
+            that predict (Wan-Animate 2's self-attention is flex attention there): never hooked, as modules whose
+            processor bypasses ``scaled_dot_product_attention``.
+        auxiliary_calls: forward keyword values that mark a call predicting nothing (Wan-Animate 2's
+            ``kv_cache_mode="extract"`` pass, which fills a key/value cache from the driving video): such a call
+            runs stock, no effect acts in it.
         pag_layers: where perturbation guidance acts by default, in diffusers' ``pag_applied_layers`` naming (the
             default of diffusers' PAG pipeline for the family); ``None``: the middle self/joint layer.
         cp_plan: builds the context-parallel plan visattn ships for a class diffusers gives none (a ``_cp_plan``
@@ -501,11 +507,21 @@ class Family:
     batch_inputs: tuple[BatchInput, ...] = ()
     context_before_grid: bool = False
     one_sample_per_call: bool = False
+    auxiliary_calls: tuple[tuple[str, Any], ...] = ()
+    opaque_layers: tuple[str, ...] = ()
     pag_layers: tuple[str, ...] | None = None
     cp_plan: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)
     cp_gather_inputs: tuple[tuple[str, str, int], ...] = ()
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def is_opaque(self, layer_name: str) -> bool:
+        """Whether visattn cannot take the attention of ``layer_name`` over (:attr:`opaque_layers`)."""
+        return any(re.search(pattern, layer_name) for pattern in self.opaque_layers)
+
+    def is_auxiliary(self, kwargs: dict[str, Any]) -> bool:
+        """Whether a forward called with ``kwargs`` predicts nothing (:attr:`auxiliary_calls`)."""
+        return any(name in kwargs and kwargs[name] == value for name, value in self.auxiliary_calls)
 
     def __post_init__(self) -> None:
         if self.text_position not in (None, *TEXT_POSITIONS):

@@ -420,6 +420,9 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text_length_config="text_len",
         grid_reader="sample_list",
         roles=((r"\.cross_attn$", "cross"),),  # over the text, and over the CLIP image tokens (its added k/v)
+        # the modular pipeline's extract pass fills the key/value cache from the driving video and predicts nothing
+        auxiliary_calls=(("kv_cache_mode", "extract"),),
+        opaque_layers=(r"\.self_attn$",),  # flex attention in the denoising passes
     ),
     # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
     # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it).

@@ -223,12 +223,4 @@ WAN_ANIMATE2_PIPELINE = PipelineSpec(
 PIPELINES: tuple[PipelineSpec, ...] = (FLUX3_PIPELINE, WAN_ANIMATE2_PIPELINE, MINIMAX_H3_PIPELINE)
 
 #: pipelines whose end-to-end test fails today, by key, with the reason
-KNOWN_PIPELINE_LIMITS: dict[str, str] = {
-    WAN_ANIMATE2_PIPELINE.key: (
-        "perturbation guidance cannot act on Wan-Animate 2: its self-attention is SDPA only in the KV-cache 'extract' "
-        "pass over the driving video, which returns no prediction (PAG's perturbed branch finds no rows there: "
-        "IndexError in PerturbedAttentionGuidance.wrap_denoiser), and flex attention, which visattn does not take "
-        "over, in the denoising passes (identity and detach pass; the family declares no tokenizer ladder, so no "
-        "words checks)"
-    ),
-}
+KNOWN_PIPELINE_LIMITS: dict[str, str] = {}
