@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from . import accuracy, extrapolation, guidance, prompt_to_prompt, sparse
+from . import accuracy, extrapolation, guidance, guidance_sweep, prompt_to_prompt, sparse
 from .config import STUDIES, VIDEO_STUDIES, EvalConfig
 from .gallery import Gallery
 from .runner import EvalContext, ImageModel, VideoModel
@@ -18,6 +18,7 @@ _STUDIES: dict[str, tuple[Callable, Callable, Callable]] = {
     accuracy.NAME: (accuracy.run, accuracy.markdown, accuracy.headline),
     prompt_to_prompt.NAME: (prompt_to_prompt.run, prompt_to_prompt.markdown, prompt_to_prompt.headline),
     guidance.NAME: (guidance.run, guidance.markdown, guidance.headline),
+    guidance_sweep.NAME: (guidance_sweep.run, guidance_sweep.markdown, guidance_sweep.headline),
     sparse.IMAGE: (sparse.run_image, sparse.markdown, sparse.headline),
     sparse.VIDEO: (sparse.run_video, sparse.markdown, sparse.headline),
     extrapolation.IMAGE: (extrapolation.run_image, extrapolation.markdown_image, extrapolation.headline_image),
@@ -29,6 +30,7 @@ TITLES: dict[str, str] = {
     "prompt_accuracy": "Prompt accuracy",
     "prompt_to_prompt": "Prompt-to-Prompt",
     "perturbation_guidance": "PAG / SoftPAG",
+    "guidance_sweep": "Guidance sweep: the toy model's PAG / SoftPAG / SEG and re-weighting defaults",
     "sparse_image": "Sparse attention (image)",
     "sparse_video": "Sparse attention (video)",
     "extrapolation_image": "Extrapolation: 2x resolution (image)",
