@@ -8,7 +8,9 @@ downloaded). What it shows, with the same calls you would make on Stable Diffusi
    latent outside the circle's attention region equal to the source;
 2. per-word attention heatmaps of source and edit, collected by :class:`~visattn.effects.AttentionMaps`
    while the edit runs (an observer: it never changes the images);
-3. a re-weighting of one word ("circle" x 3) from one prompt.
+3. a re-weighting of one word ("red") from one prompt, by the weight measured to show on the toy model
+   (:func:`visattn.defaults.reweight_defaults`: its cross-attention is spread over all text positions, so a
+   weight near 1 barely moves the colour).
 
 The default pipeline is visattn's trained toy-world model (``visattn/toy-image``: 64 px shapes on plain
 backgrounds), so the edit is a real one: the circle turns green where it was, the background stays.
@@ -25,7 +27,7 @@ from PIL import Image
 
 import visattn
 from visattn.charts import image_grid
-from visattn.defaults import load_default_pipeline
+from visattn.defaults import DEFAULT_MODEL, load_default_pipeline, reweight_defaults
 from visattn.effects import AttentionMaps, LocalBlend, PromptToPrompt
 
 SOURCE = "a small red circle at the top left on a blue background"
@@ -71,14 +73,15 @@ def main(out_dir: str | Path = "outputs/toy_edit", steps: int = 10, seed: int = 
         )
         print(f"  {role} heatmaps, left to right: {', '.join(overlays)}")
 
-    # 3. Re-weighting: the same prompt twice; the edit's attention to "circle" is tripled.
-    reweight = PromptToPrompt.reweight(SOURCE, {"circle": 3.0})
+    # 3. Re-weighting: the same prompt twice; the edit's attention to "red" is multiplied by the measured weight.
+    weight = reweight_defaults(DEFAULT_MODEL)["weight"]
+    reweight = PromptToPrompt.reweight(SOURCE, {"red": weight})
     with visattn.attach(pipe, reweight):
         plain, stronger = pipe(
             prompt=reweight.prompts, generator=reweight.generator(seed), num_inference_steps=steps
         ).images
     save(
-        image_grid([[plain, stronger]], column_titles=["source", "'circle' weighted x3"], cell=VIEW_SIZE),
+        image_grid([[plain, stronger]], column_titles=["source", f"'red' weighted x{weight:g}"], cell=VIEW_SIZE),
         "reweight.png",
     )
     return written

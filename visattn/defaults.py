@@ -15,7 +15,8 @@ Nothing is downloaded for any of them. Everything that needs the default goes th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import copy
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +35,30 @@ EMBEDDED_MODELS: tuple[str, ...] = (DEFAULT_MODEL, TOY_VIDEO_MODEL, RANDOM_TINY_
 #: ``num_frames`` counts the frames of the clip (see :func:`visattn.frames.num_frames_argument`).
 EMBEDDED_CALL_DEFAULTS: dict[str, dict[str, int]] = {
     TOY_VIDEO_MODEL: {"height": 32, "width": 32, "num_frames": 9},
+}
+
+#: Perturbation guidance that shows on an embedded model, per method (``"pag"``, ``"softpag"``, ``"seg"``), as effect
+#: specs (:mod:`visattn.effect_specs`), chosen by a sweep on the toy image model (README, "Perturbation guidance":
+#: 8 captions, 15 steps; ``visattn eval --studies guidance_sweep`` reruns it, :mod:`visattn.eval.guidance_sweep_study`):
+#: per method, the largest image change whose prompt accuracy stays within 0.05 of the unguided images'. The
+#: effects' own defaults stay the authors' (PAG and SEG on the mid block of a Stable Diffusion UNet, the family
+#: default of the toy model's class); on the toy UNet, whose mid block works on 4 x 4 latent pixels, they move
+#: pixels by about 1e-4. The demo and the toy examples read these settings for the toy model.
+EMBEDDED_GUIDANCE: dict[str, dict[str, dict[str, Any]]] = {
+    DEFAULT_MODEL: {
+        "pag": {"type": "PerturbedAttentionGuidance", "scale": 3.0, "layers": "self"},
+        "softpag": {"type": "PerturbedAttentionGuidance", "scale": 3.0, "layers": "self", "strength": 0.5},
+        "seg": {"type": "SmoothedEnergyGuidance", "scale": 6.0, "layers": "self"},
+    },
+}
+
+#: Prompt-to-Prompt re-weighting that visibly changes the weighted word's region on an embedded model (the
+#: re-weighting table of the guidance sweep): ``weight`` strengthens a word, ``weaken`` weakens it, both acting
+#: during the authors' ``cross_steps``, 0.8. The toy model's cross-attention is spread over all 32 text positions
+#: and its causal text encoder writes every word into the tokens after it, so the word's own column carries a
+#: few percent of the attention: weights near 1 (``red=2``) barely show.
+EMBEDDED_REWEIGHT: dict[str, dict[str, float]] = {
+    DEFAULT_MODEL: {"weight": 5.0, "weaken": 0.0},
 }
 
 #: Weight seed of the random tiny pipeline: fixed so that a given generation seed always gives the same image.
@@ -67,3 +92,21 @@ def load_default_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype
     """The embedded default pipeline (:data:`DEFAULT_MODEL`, the trained toy image model) on ``device`` in
     ``dtype``; nothing is downloaded."""
     return load_embedded_pipeline(DEFAULT_MODEL, device, dtype)
+
+
+def guidance_defaults(model: str | None) -> dict[str, dict[str, Any]]:
+    """The guidance settings measured to show on the embedded ``model`` (``None``: the default model), as effect
+    specs by method (``"pag"``, ``"softpag"``, ``"seg"``; see :data:`EMBEDDED_GUIDANCE`): a copy, empty for
+    other models, where the effects' own defaults (the authors') apply.
+
+    >>> from visattn.effect_specs import build_effect
+    >>> pag = build_effect(guidance_defaults(None)["pag"])  # PAG where it shows on the toy model
+    """
+    return copy.deepcopy(EMBEDDED_GUIDANCE.get(model or DEFAULT_MODEL, {}))
+
+
+def reweight_defaults(model: str | None) -> dict[str, float]:
+    """Re-weighting scales measured to change the weighted word's region on the embedded ``model`` (``None``: the
+    default model): ``{"weight": strengthen, "weaken": weaken}`` (see :data:`EMBEDDED_REWEIGHT`); empty for
+    other models."""
+    return dict(EMBEDDED_REWEIGHT.get(model or DEFAULT_MODEL, {}))

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from ..defaults import DEFAULT_MODEL, embedded_call_defaults
+from ..defaults import DEFAULT_MODEL, embedded_call_defaults, guidance_defaults
 from ..edit import DEFAULT_INVERSION, INVERSIONS
 from ..families import GENERIC, VIDEO_FAMILIES, Family, declared_family, family_of
 from ..frames import frame_rounding_quieted, makes_video, num_frames_argument
@@ -257,13 +257,27 @@ def token_stride(pipe: Any) -> int:
     return factor * family.token_stride(_denoiser(pipe))
 
 
-def default_pag_layers(pipe: Any) -> str | list[str]:
-    """Where PAG perturbs by default: the family's default (diffusers' PAG pipeline default, e.g. a UNet's mid
-    block, the PAG paper's choice for Stable Diffusion), else the transformer's middle self/joint layer."""
+def default_pag_layers(pipe: Any, model: str | None = None) -> str | list[str]:
+    """Where PAG perturbs by default: for an embedded model with measured guidance settings (``model``, the name
+    it was loaded by; :func:`visattn.defaults.guidance_defaults`), the layers measured to show the effect (the toy
+    model's full-resolution up block, not its 4 x 4 mid block); else the family's default (diffusers' PAG pipeline
+    default, e.g. a UNet's mid block, the PAG paper's choice for Stable Diffusion), else the transformer's middle
+    self/joint layer. Measured layers that select nothing in ``pipe`` (a pipeline passed in under the default's
+    name) fall back to the family's default."""
     from ..attachment import layer_roles
+    from ..layers import normalize_layers, select_layers
 
     denoiser = _denoiser(pipe)
     family = _family(pipe) or GENERIC
+    measured = guidance_defaults(model).get("pag") if model is not None else None
+    if measured is not None:
+        layers = list(normalize_layers(measured["layers"]))
+        roles = {name: role for name, role in layer_roles(denoiser, family).items() if role in ("self", "joint")}
+        try:
+            select_layers(roles, tuple(layers))
+            return layers
+        except ValueError:
+            pass
     try:
         return list(family.default_pag_layers(layer_roles(denoiser, family)))
     except ValueError:
@@ -276,10 +290,11 @@ def _pag_value(name: str) -> str:
     return "^" + re.escape(name) + r"\."
 
 
-def pag_layer_choices(pipe: Any) -> list[tuple[str, str]]:
+def pag_layer_choices(pipe: Any, model: str | None = None) -> list[tuple[str, str]]:
     """``(label, layer identifier)`` pairs the demo offers for PAG's layers, from the loaded model itself.
 
-    First the model's default (:func:`default_pag_layers`, labelled "default"), then the blocks that hold self or
+    First the model's default (:func:`default_pag_layers` of ``pipe`` loaded as ``model``, labelled "default"),
+    then the blocks that hold self or
     joint attention (the layers PAG perturbs): a UNet's ``down`` / ``mid`` / ``up`` levels in diffusers'
     ``pag_applied_layers`` naming, a transformer's blocks one by one (anchored, so ``transformer_blocks.1`` is
     that block only).
@@ -288,7 +303,7 @@ def pag_layer_choices(pipe: Any) -> list[tuple[str, str]]:
 
     denoiser = _denoiser(pipe)
     family = _family(pipe) or GENERIC
-    choices = [(f"{layer} (default)", layer) for layer in default_pag_layers(pipe)]
+    choices = [(f"{layer} (default)", layer) for layer in default_pag_layers(pipe, model)]
     unet_levels = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
     for name, role in layer_roles(denoiser, family).items():
         if role not in ("self", "joint"):
@@ -450,6 +465,14 @@ class DemoEngine:
             return self._pipeline.name_or_path
         return DEFAULT_MODEL
 
+    @property
+    def _loaded_as(self) -> str | None:
+        """The name the pipeline was loaded by, for the embedded models' measured settings
+        (:func:`visattn.defaults.guidance_defaults`): ``None`` for a pipeline passed in without a model name."""
+        if self.model is not None:
+            return self.model
+        return None if self._caller_pipeline else DEFAULT_MODEL
+
     def pipeline(self) -> DiffusionPipeline:
         """The pipeline, loaded on first use.
 
@@ -478,7 +501,7 @@ class DemoEngine:
 
     def pag_layer_choices(self) -> list[tuple[str, str]]:
         """:func:`pag_layer_choices` of the loaded model (the form's PAG layer selector)."""
-        return pag_layer_choices(self.pipeline())
+        return pag_layer_choices(self.pipeline(), self._loaded_as)
 
     def native_size(self) -> tuple[int, int]:
         """``(height, width)`` the model was trained at (or the engine's override)."""
@@ -666,10 +689,10 @@ class DemoEngine:
         """The chosen PAG layers, each one of :func:`pag_layer_choices` (an API client may send anything); the
         model's default when none is chosen."""
         if not chosen:
-            return list(default_pag_layers(pipe))
+            return list(default_pag_layers(pipe, self._loaded_as))
         if isinstance(chosen, str):
             chosen = [chosen]
-        offered = [value for _, value in pag_layer_choices(pipe)]
+        offered = [value for _, value in pag_layer_choices(pipe, self._loaded_as)]
         unknown = [layer for layer in chosen if layer not in offered]
         if unknown:
             raise DemoError(

@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+from ..defaults import DEFAULT_MODEL, guidance_defaults, reweight_defaults
 from .handlers import (
     DEFAULT_BLEND_THRESHOLD,
     DEFAULT_CROSS_STEPS,
@@ -28,6 +29,7 @@ from .handlers import (
     MAX_SEED,
     MAX_SIZE_FACTOR,
     MAX_STEPS,
+    MAX_WEIGHT,
     DemoEngine,
     DemoError,
     DemoRequest,
@@ -45,12 +47,18 @@ DEFAULT_STEPS = 20
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 #: Pictures are shown at least this many pixels wide, so the outputs of tiny models are visible.
 DISPLAY_MIN_SIZE = 256
-#: Largest weight a word slider offers (the handlers accept up to MAX_WEIGHT; 0 removes a word, never below).
-SLIDER_MAX_WEIGHT = 5.0
+#: Largest weight a word slider offers (the handlers accept up to MAX_WEIGHT; 0 removes a word, never below): the
+#: whole accepted range, since on the default toy model a word's weight shows from about
+#: :func:`visattn.defaults.reweight_defaults`' ``weight`` (the guidance sweep's re-weighting table).
+SLIDER_MAX_WEIGHT = MAX_WEIGHT
 #: How a Python caller of :func:`launch` gets a public link.
 PYTHON_SHARE_HINT = "To create a public link, pass share=True to visattn.app.ui.launch()."
 #: The panels' labels before the first run: what each panel shows in either kind of run.
 PANEL_LABELS = ("source / without effects", "edit / with effects")
+#: PAG's scale in the examples: the default toy model's measured one (:func:`visattn.defaults.guidance_defaults`).
+TOY_PAG_SCALE: float = guidance_defaults(DEFAULT_MODEL)["pag"]["scale"]
+#: Re-weighting that shows on the default toy model (:func:`visattn.defaults.reweight_defaults`).
+TOY_REWEIGHT: dict[str, float] = reweight_defaults(DEFAULT_MODEL)
 #: Example runs in the default toy model's caption grammar (README, "The toy models and their captions"): one
 #: object, a colour, a shape, a place and a background, each a word the model was trained on. Columns: prompt,
 #: edit mode, edited prompt, local-blend words, PAG scale.
@@ -71,15 +79,15 @@ TOY_EXAMPLES: list[list[Any]] = [
         0.0,
     ],
     ["a small red circle at the top left on a blue background", "reweight", "", "", 0.0],
-    ["a large green triangle in the center on a black background", "none", "", "", 3.0],
+    ["a large green triangle in the center on a black background", "none", "", "", TOY_PAG_SCALE],
 ]
 #: What each example's button says (the table of five columns does not fit the page).
 TOY_EXAMPLE_LABELS: list[str] = [
     "generate: a small red circle, top left, blue background",
     "swap green -> yellow, blend on the triangle",
     "swap yellow -> red circle, bottom right",
-    "re-weight: then move a word's slider (e.g. red to 3)",
-    "PAG scale 3 beside the plain generation",
+    f"re-weight: then move a word's slider (red to {TOY_REWEIGHT['weight']:g}, or to {TOY_REWEIGHT['weaken']:g})",
+    f"PAG scale {TOY_PAG_SCALE:g} beside the plain generation",
 ]
 
 _INTRO = (

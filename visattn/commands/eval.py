@@ -30,12 +30,14 @@ def add_parser(commands) -> None:
         "eval",
         help="measure every effect on the toy world (JSON + markdown table)",
         description="Runs the toy world's evaluation: prompt accuracy; Prompt-to-Prompt word swap, re-weighting "
-        "and local blend; PAG / SoftPAG vs scale and strength; neighborhood and radial attention vs dense (PSNR, "
-        "time); duplicated objects at 2x resolution and motion continuity at 2x / 4x video length, with and "
-        "without the extrapolation fixes. Uses the shipped toy models unless --image-model / --video-model are "
-        "given. Writes <name>.json, <name>.md, <name>.png (the headline numbers) and <name>-gallery.png (each "
-        "study's first samples, with their numbers) and prints their paths. Exits with status 1 when a "
-        "quality-bar claim fails (its rows say FAIL; the failing claims are also printed on stderr).",
+        "and local blend; PAG / SoftPAG vs scale and strength; the guidance sweep behind the toy model's PAG / "
+        "SoftPAG / SEG and re-weighting defaults (image change and accuracy over layers and scales); neighborhood "
+        "and radial attention vs dense (PSNR, time); duplicated objects at 2x resolution and motion continuity at "
+        "2x / 4x video length, with and without the extrapolation fixes. Uses the shipped toy models unless "
+        "--image-model / --video-model are given. Writes <name>.json, <name>.md, <name>.png (the headline "
+        "numbers), <name>-gallery.png (each study's first samples, with their numbers) and, when the sweep ran, "
+        "<name>-guidance-sweep.png, and prints their paths. Exits with status 1 when a quality-bar claim fails "
+        "(its rows say FAIL; the failing claims are also printed on stderr).",
     )
     parser.add_argument("--quick", action="store_true", help="the small CI subset (2 samples, 4 steps)")
     parser.add_argument("--out", default="eval-results", metavar="DIR", help="output folder (default: eval-results)")

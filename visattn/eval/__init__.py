@@ -10,6 +10,8 @@ study                       what is measured (module)
 ``prompt_to_prompt``        word-swap success and foreground IoU, re-weighting monotonicity, local
                             blend's change outside its region (:mod:`.prompt_to_prompt_study`)
 ``perturbation_guidance``   PAG / SoftPAG: sharpness and accuracy vs scale and strength (:mod:`.guidance_study`)
+``guidance_sweep``          PAG / SoftPAG / SEG over layers and scales: image change and accuracy, the chosen
+                            defaults; re-weighting's colour change (:mod:`.guidance_sweep_study`)
 ``sparse_image/_video``     neighborhood and radial attention vs dense: PSNR and time (:mod:`.sparse_study`)
 ``extrapolation_image``     duplicated objects at 2x resolution, with entropy scaling / decay
 ``extrapolation_video``     motion continuity at 2x and 4x length, with decay (:mod:`.extrapolation_study`)
@@ -23,6 +25,7 @@ Every metric is a plain function in :mod:`.metrics`. Prompts come from a held-ou
 >>> gallery = Gallery(samples=4)              # keep each study's first 4 samples as pictures
 >>> results = evaluate(quick=True, gallery=gallery)   # the shipped toy models
 >>> write_report(results, "eval-results", gallery=gallery)   # eval.json, eval.md, eval.png, eval-gallery.png
+>>> # (and eval-guidance-sweep.png when the guidance sweep ran)
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ STUDIES: tuple[str, ...] = (
     "prompt_accuracy",
     "prompt_to_prompt",
     "perturbation_guidance",
+    "guidance_sweep",
     "sparse_image",
     "sparse_video",
     "extrapolation_image",
@@ -62,6 +63,13 @@ class EvalConfig:
             ``layers`` value). Not PAG's usual mid block: the toy UNet's mid block works on 4 x 4 latent pixels,
             where replacing self-attention by the identity moves pixels by 0.6% at scale 3; the up blocks decide
             the shapes.
+        sweep_layers, sweep_scales: the guidance sweep's candidates (:mod:`visattn.eval.guidance_sweep_study`): layer
+            selections and scales of PAG, SoftPAG and SEG.
+        sweep_softpag_strength: SoftPAG's strength in the sweep (below 1).
+        sweep_max_accuracy_drop: the sweep picks, per method, the largest change whose attribute accuracy is at
+            most this much below the unguided images'.
+        sweep_reweight_scales, sweep_reweight_cross_steps: the re-weighting sweep: weights given to the colour
+            word, and the ``cross_steps`` they act during (the authors' 0.8, and 1.0: every step).
         resolution_factor: image extrapolation: side multiple of the training resolution.
         length_factors: video extrapolation: multiples of the training length (in temporal tokens).
         decay_factor: :class:`~visattn.effects.ExtrapolationDecay`'s weight for out-of-window keys.
@@ -86,6 +94,12 @@ class EvalConfig:
     pag_scales: tuple[float, ...] = (0.0, 1.0, 3.0)
     pag_strengths: tuple[float, ...] = (0.25, 0.5, 1.0)
     pag_layers: str = "up"
+    sweep_layers: tuple[str, ...] = ("mid", "down", "up", "up_blocks.2", "self")
+    sweep_scales: tuple[float, ...] = (1.0, 3.0, 5.0, 8.0)
+    sweep_softpag_strength: float = 0.5
+    sweep_max_accuracy_drop: float = 0.05
+    sweep_reweight_scales: tuple[float, ...] = (0.0, 0.2, 2.0, 5.0, 10.0)
+    sweep_reweight_cross_steps: tuple[float, ...] = (0.8, 1.0)
     resolution_factor: int = 2
     length_factors: tuple[int, ...] = (2, 4)
     decay_factor: float = 0.5
@@ -114,6 +128,20 @@ class EvalConfig:
         _numbers("pag_strengths", self.pag_strengths, 0.0, at_most=1.0)
         if not isinstance(self.pag_layers, str) or not self.pag_layers:
             raise ValueError(f"pag_layers={self.pag_layers!r} must be a non-empty layer selection such as 'up'")
+        if not isinstance(self.sweep_layers, tuple) or not self.sweep_layers:
+            raise ValueError(f"sweep_layers={self.sweep_layers!r} must be a non-empty tuple of layer selections")
+        for layers in self.sweep_layers:
+            if not isinstance(layers, str) or not layers:
+                raise ValueError(f"sweep_layers={self.sweep_layers!r}: each must be a layer selection such as 'up'")
+        _numbers("sweep_scales", self.sweep_scales, 0.0)
+        if 0.0 in self.sweep_scales:
+            raise ValueError(f"sweep_scales={self.sweep_scales!r} must be > 0 (the unguided image is the reference)")
+        _numbers("sweep_softpag_strength", (self.sweep_softpag_strength,), 0.0, at_most=1.0)
+        if not 0.0 < self.sweep_softpag_strength < 1.0:
+            raise ValueError(f"sweep_softpag_strength={self.sweep_softpag_strength!r} must be in (0, 1)")
+        _numbers("sweep_max_accuracy_drop", (self.sweep_max_accuracy_drop,), 0.0, at_most=1.0)
+        _numbers("sweep_reweight_scales", self.sweep_reweight_scales, 0.0)
+        _numbers("sweep_reweight_cross_steps", self.sweep_reweight_cross_steps, 0.0, at_most=1.0)
         if 0.0 in self.pag_strengths:
             raise ValueError(f"pag_strengths={self.pag_strengths!r} must be > 0 (strength 0 perturbs nothing)")
         if isinstance(self.resolution_factor, bool) or not isinstance(self.resolution_factor, int):
@@ -140,6 +168,10 @@ class EvalConfig:
             "video_steps": 4,
             "pag_scales": (0.0, 3.0),
             "pag_strengths": (0.5, 1.0),
+            "sweep_layers": ("mid", "up"),
+            "sweep_scales": (5.0,),
+            "sweep_reweight_scales": (0.0, 5.0),
+            "sweep_reweight_cross_steps": (1.0,),
             "timing_repeats": 1,
         }
         settings.update(overrides)

@@ -1,5 +1,6 @@
 """The evaluation's files: ``<name>.json`` (everything), ``<name>.md`` (the paper table), ``<name>.png`` (the
-headline numbers as bars) and ``<name>-gallery.png`` (the studies' first samples, see :mod:`.gallery`)."""
+headline numbers as bars), ``<name>-gallery.png`` (the studies' first samples, see :mod:`.gallery`) and, when the
+guidance sweep ran, ``<name>-guidance-sweep.png`` (its change-vs-scale lines, :func:`.guidance_sweep_study.chart`)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,11 @@ def write_report(
             )
             paths["chart"] = out / f"{name}.png"
             image.save(paths["chart"])
+    if chart and "guidance_sweep" in payload["studies"]:
+        from .guidance_sweep_study import chart as sweep_chart
+
+        paths["guidance_sweep_chart"] = out / f"{name}-guidance-sweep.png"
+        sweep_chart(payload["studies"]["guidance_sweep"]).save(paths["guidance_sweep_chart"])
     picture = (
         gallery.render(f"visattn on the toy world: first samples of each study ({_device(env)})") if gallery else None
     )

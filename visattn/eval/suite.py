@@ -8,7 +8,14 @@ from typing import Any
 
 import torch
 
-from . import accuracy_study, extrapolation_study, guidance_study, prompt_to_prompt_study, sparse_study
+from . import (
+    accuracy_study,
+    extrapolation_study,
+    guidance_study,
+    guidance_sweep_study,
+    prompt_to_prompt_study,
+    sparse_study,
+)
 from .config import STUDIES, VIDEO_STUDIES, EvalConfig
 from .gallery import Gallery
 from .generation import EvalContext, ImageModel, VideoModel
@@ -22,6 +29,11 @@ _STUDIES: dict[str, tuple[Callable, Callable, Callable]] = {
         prompt_to_prompt_study.headline,
     ),
     guidance_study.NAME: (guidance_study.run, guidance_study.markdown, guidance_study.headline),
+    guidance_sweep_study.NAME: (
+        guidance_sweep_study.run,
+        guidance_sweep_study.markdown,
+        guidance_sweep_study.headline,
+    ),
     sparse_study.IMAGE: (sparse_study.run_image, sparse_study.markdown, sparse_study.headline),
     sparse_study.VIDEO: (sparse_study.run_video, sparse_study.markdown, sparse_study.headline),
     extrapolation_study.IMAGE: (
@@ -41,6 +53,7 @@ TITLES: dict[str, str] = {
     "prompt_accuracy": "Prompt accuracy",
     "prompt_to_prompt": "Prompt-to-Prompt",
     "perturbation_guidance": "PAG / SoftPAG",
+    "guidance_sweep": "Guidance sweep: the toy model's PAG / SoftPAG / SEG and re-weighting defaults",
     "sparse_image": "Sparse attention (image)",
     "sparse_video": "Sparse attention (video)",
     "extrapolation_image": "Extrapolation: 2x resolution (image)",
