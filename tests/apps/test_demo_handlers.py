@@ -596,3 +596,18 @@ def test_edit_command_and_demo_share_the_inversion_default():
     assert DemoRequest("a red circle").inversion == DEFAULT_INVERSION
     status, out, _ = run_cli("edit", "--help")
     assert status == 0 and "default: ddim" in " ".join(out.split())
+
+
+def test_a_temporary_output_folder_keeps_only_the_latest_runs(monkeypatch):
+    """The downloads of a long-running demo do not fill the disk: in the temporary folder the demo made, runs older
+    than the latest KEPT_RUNS are deleted (a folder the user names is kept whole)."""
+    from visattn.app import handlers
+
+    monkeypatch.setattr(handlers, "KEPT_RUNS", 2)
+    demo = DemoEngine(pipeline=tiny_pipeline("unet"))  # its own folder, not the one the other tests share
+    results = [demo.run(DemoRequest("a red circle", seed=seed, steps=2)) for seed in range(4)]
+    folder = Path(results[-1].files[0]).parent.parent
+    runs = sorted(path.name for path in folder.iterdir() if path.name.startswith("run-"))
+    assert len(runs) == 2
+    assert all(Path(path).exists() for path in results[-1].files)
+    assert not any(Path(path).exists() for path in results[0].files)

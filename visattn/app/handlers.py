@@ -37,11 +37,13 @@ Every problem with a request raises :class:`DemoError` with a message for the pe
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import logging
 import math
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -77,6 +79,8 @@ DEFAULT_CROSS_STEPS, DEFAULT_SELF_STEPS, DEFAULT_BLEND_THRESHOLD = 0.8, 0.4, 0.3
 MAX_WEIGHT = 10.0
 #: Largest size factor for extrapolation beyond the native size (the attention cost grows with its 4th power).
 MAX_SIZE_FACTOR = 4.0
+#: Runs a demo keeps in the temporary folder its downloads are served from; older runs are deleted.
+KEPT_RUNS = 20
 #: Largest step count the form accepts.
 MAX_STEPS = 200
 #: Null-text inversion's Adam iterations per step (the authors use 10).
@@ -452,6 +456,7 @@ class DemoEngine:
         self.frames = frames if frames is not None else trained.get("num_frames")
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self._output_dir = Path(output_dir) if output_dir is not None else None
+        self._owns_output_dir = False  # a temporary folder made on first use (see _outputs) is the demo's to prune
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
 
@@ -595,6 +600,7 @@ class DemoEngine:
             for (role, picture, prompt), shown in zip(pictures, (shown_source, shown_edit))
         ]
         files = save_run(Path(tempfile.mkdtemp(prefix="run-", dir=self._outputs())), pictures, sheet, metadata)
+        self._prune_outputs()
         report(1.0, "done")
         return DemoResult(
             source=shown_source,
@@ -858,11 +864,27 @@ class DemoEngine:
             return None
 
     def _outputs(self) -> Path:
-        """The folder for files the page serves (videos, downloads): the engine's, or a temporary one."""
+        """The folder for files the page serves (videos, downloads): the engine's, or a temporary one, which the
+        demo removes when it exits and in which it keeps only the latest :data:`KEPT_RUNS` runs."""
         if self._output_dir is None:
             self._output_dir = Path(tempfile.mkdtemp(prefix="visattn-demo-"))
+            self._owns_output_dir = True
+            atexit.register(shutil.rmtree, self._output_dir, ignore_errors=True)
         self._output_dir.mkdir(parents=True, exist_ok=True)
         return self._output_dir
+
+    def _prune_outputs(self) -> None:
+        """In a temporary output folder, delete the runs (and displayed videos) older than the latest
+        :data:`KEPT_RUNS`: a long-running demo would otherwise fill the disk. A folder the user named is kept whole."""
+        if not self._owns_output_dir:
+            return
+        entries = sorted(self._output_dir.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True)
+        runs = [path for path in entries if path.is_dir() and path.name.startswith("run-")]
+        videos = [path for path in entries if path.suffix == ".webp"]
+        for old in runs[KEPT_RUNS:]:
+            shutil.rmtree(old, ignore_errors=True)
+        for old in videos[2 * KEPT_RUNS :]:
+            old.unlink(missing_ok=True)
 
     def _displayable(self, picture: Any) -> Any:
         """A PIL image as it is; a video (a list of frames) as the path of an animated WebP."""

@@ -149,7 +149,8 @@ def build_demo(engine: DemoEngine) -> Any:
         load_error = str(exc)
         model_line = f"Model: `{engine.model_name}`: **cannot be loaded**: {load_error}"
 
-    with gr.Blocks(title="visattn editing demo") as demo:
+    # Gradio copies served files into its cache: delete copies older than a day, checked hourly.
+    with gr.Blocks(title="visattn editing demo", delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"## visattn editing demo\n{_INTRO}\n\n{model_line}")
         shown_words = gr.State([])
         with gr.Row():
