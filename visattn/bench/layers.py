@@ -319,30 +319,28 @@ def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) ->
 
     import visattn
 
-    ours, theirs = _attention(shape, cross=False), _attention(shape, cross=False)
-    theirs.set_processor(PAGCFGIdentitySelfAttnProcessor2_0())
     pag = visattn.PerturbedAttentionGuidance(scale=3.0, layers="self")
-    remove = _hook(ours, pag, shape, [("uncond", 1), ("cond", 1), (pag.branch, 1)], "self")
-    hidden = torch.randn(3, shape.tokens, shape.channels)
-    hidden[2] = hidden[1]
-    try:
-        with torch.no_grad():
-            sides = {"visattn": lambda: ours(hidden), "baseline": lambda: theirs(hidden)}
-            diff = _max_diff(sides["visattn"](), sides["baseline"]())
-            samples = _interleaved(sides, repeats, warmup, rounds)
-    finally:
-        remove()
-    return _comparison("PAG (layer)", shape.name, 3, samples, diff)
+    plain = PAGCFGIdentitySelfAttnProcessor2_0()
+    return _compare_perturbation("PAG (layer)", shape, pag, plain, repeats, warmup, rounds)
 
 
 def compare_seg(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
     """SEG (sigma 2) on a self-attention layer, batch ``[uncond, cond, perturbed]``, against a plain processor."""
     import visattn
 
-    ours, theirs = _attention(shape, cross=False), _attention(shape, cross=False)
-    theirs.set_processor(PlainSEGProcessor(shape.height, shape.width))
     seg = visattn.SmoothedEnergyGuidance(scale=3.0, sigma=SEG_SIGMA, layers="self")
-    remove = _hook(ours, seg, shape, [("uncond", 1), ("cond", 1), (seg.branch, 1)], "self")
+    plain = PlainSEGProcessor(shape.height, shape.width)
+    return _compare_perturbation("SEG (layer)", shape, seg, plain, repeats, warmup, rounds)
+
+
+def _compare_perturbation(
+    variant: str, shape: LayerShape, effect: Any, processor: Any, repeats: int, warmup: int, rounds: int
+) -> LayerComparison:
+    """A perturbation guidance on a self-attention layer, batch ``[uncond, cond, perturbed]`` (the perturbed row a
+    copy of the conditional one), against ``processor`` doing the same work without visattn."""
+    ours, theirs = _attention(shape, cross=False), _attention(shape, cross=False)
+    theirs.set_processor(processor)
+    remove = _hook(ours, effect, shape, [("uncond", 1), ("cond", 1), (effect.branch, 1)], "self")
     hidden = torch.randn(3, shape.tokens, shape.channels)
     hidden[2] = hidden[1]
     try:
@@ -352,7 +350,7 @@ def compare_seg(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) ->
             samples = _interleaved(sides, repeats, warmup, rounds)
     finally:
         remove()
-    return _comparison("SEG (layer)", shape.name, 3, samples, diff)
+    return _comparison(variant, shape.name, 3, samples, diff)
 
 
 def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
