@@ -55,6 +55,23 @@ def test_parity_with_stable_diffusion_pag_pipeline(guidance_scale, adaptive, lay
     assert np.abs(expected - ours).max() <= 1e-4
 
 
+@pytest.mark.parametrize("guidance_scale", [5.0, 1.0], ids=["cfg", "no-cfg"])
+@pytest.mark.parametrize("layers", [["mid"], ["up"]])
+def test_parity_with_stable_diffusion_xl_pag_pipeline(guidance_scale, layers):
+    """SDXL's PAG pipeline (its added text embeddings and time ids ride along in the perturbed branch)."""
+    from diffusers import StableDiffusionXLPAGPipeline
+
+    key = "StableDiffusionXLPipeline"
+    accepted = inspect.signature(StableDiffusionXLPAGPipeline.__init__).parameters
+    components = {k: v for k, v in pipeline(key).components.items() if k in accepted}
+    pag = StableDiffusionXLPAGPipeline(**components, pag_applied_layers=layers)
+    pag.set_progress_bar_config(disable=True)
+    expected = np.asarray(pag(**call_kwargs(key, guidance_scale=guidance_scale), pag_scale=2.0)[0], dtype=np.float64)
+    ours = run(key, PerturbedAttentionGuidance(scale=2.0, layers=layers), guidance_scale=guidance_scale)
+    assert np.abs(expected - run(key, guidance_scale=guidance_scale)).max() > 1e-3
+    assert np.abs(expected - ours).max() <= 1e-4
+
+
 def test_scale_zero_is_exactly_the_baseline():
     assert np.array_equal(run("unet", PerturbedAttentionGuidance(scale=0.0, layers="mid")), run("unet"))
 
