@@ -111,3 +111,31 @@ def reweight_defaults(model: str | None) -> dict[str, float]:
     default model): ``{"weight": strengthen, "weaken": weaken}`` (see :data:`EMBEDDED_REWEIGHT`); empty for
     other models."""
     return dict(EMBEDDED_REWEIGHT.get(model or DEFAULT_MODEL, {}))
+
+
+def with_guidance_defaults(spec: Any, model: str | None) -> Any:
+    """``spec`` (an effect spec, :mod:`visattn.effect_specs`) with the embedded ``model``'s measured guidance
+    settings (:func:`guidance_defaults`) filled in where it leaves them out: a PAG / SoftPAG / SEG spec without
+    ``layers`` gets the layers (and, without ``scale``, the scale) that show on that model, instead of the
+    effects' own defaults (the authors' mid block, a no-op on the toy UNet). Other specs and other models: as given.
+    """
+    measured = guidance_defaults(model) if model in EMBEDDED_GUIDANCE else {}
+    if not measured or not isinstance(spec, dict) or "layers" in spec:
+        return spec
+    from .effect_specs import SpecError, resolve_type
+
+    try:
+        kind = resolve_type(spec.get("type")).__name__
+    except SpecError:
+        return spec  # build_effects reports it with the job's field name
+    if kind == "PerturbedAttentionGuidance":
+        method = "softpag" if spec.get("strength", 1.0) != 1.0 else "pag"
+    elif kind == "SmoothedEnergyGuidance":
+        method = "seg"
+    else:
+        return spec
+    chosen = measured[method]
+    filled = {**spec, "layers": chosen["layers"]}
+    if "scale" not in spec:
+        filled["scale"] = chosen["scale"]
+    return filled

@@ -99,3 +99,21 @@ def test_the_sweep_chooses_the_largest_change_that_keeps_the_accuracy():
     assert color_change(a, b, region) == pytest.approx(0.2)
     assert pixel_change(a, b) == pytest.approx(0.1) and pixel_change(a, b, region) == pytest.approx(0.2)
     assert color_change(a, b, np.zeros((4, 4), dtype=bool)) is None
+
+
+def test_batch_guidance_specs_without_layers_act_where_the_toy_model_shows_them():
+    """A batch job's {"type": "pag"} on the embedded toy model perturbs the measured layers (the authors' mid
+    block moves its pixels by 1e-4); given layers, other effects and other models stay as written."""
+    from visattn.batch.jobs import parse_job
+    from visattn.defaults import with_guidance_defaults
+
+    measured = guidance_defaults(DEFAULT_MODEL)
+    job = parse_job({"id": "j", "prompt": "a red circle", "effects": [{"type": "pag"}, {"type": "seg", "scale": 2}]}, 1)
+    pag, seg = job.build_effects(model=DEFAULT_MODEL)
+    assert pag.layers == (measured["pag"]["layers"],) and pag.scale == measured["pag"]["scale"]
+    assert seg.layers == (measured["seg"]["layers"],) and seg.scale == 2
+    soft = with_guidance_defaults({"type": "PerturbedAttentionGuidance", "strength": 0.5}, DEFAULT_MODEL)
+    assert soft["layers"] == measured["softpag"]["layers"]
+    assert with_guidance_defaults({"type": "pag", "layers": "mid"}, DEFAULT_MODEL) == {"type": "pag", "layers": "mid"}
+    assert with_guidance_defaults({"type": "pag"}, "runwayml/stable-diffusion-v1-5") == {"type": "pag"}
+    assert with_guidance_defaults({"type": "neighborhood", "kernel_size": 3}, DEFAULT_MODEL)["kernel_size"] == 3

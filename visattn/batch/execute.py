@@ -400,7 +400,8 @@ class _JobRunner:
         if job.frames is not None and not makes_video(self.pipe):
             raise UsageError(f"frames={job.frames} needs a video pipeline; {type(self.pipe).__name__} makes images")
         # A spec's train_video_frames becomes latent frames with this pipeline's VAE and patch factors.
-        effects = job.build_effects(functools.partial(latent_frames, self.pipe))
+        # On an embedded model, PAG/SoftPAG/SEG without layers act where they were measured to show.
+        effects = job.build_effects(functools.partial(latent_frames, self.pipe), model=self.model)
         edit = job.build_edit()
         negative = job.negative_prompt
         if negative is not None and edit is not None:

@@ -123,10 +123,16 @@ class Job:
         """The job's parameters as JSON-able data (defaults filled in; ``None`` = the pipeline's default)."""
         return _parameters(self.__dict__)
 
-    def build_effects(self, latent_frames: Callable[[int], int] | None = None) -> list[Effect]:
-        """Fresh effects for one run (effects keep per-run state, so every run builds its own); ``latent_frames``
-        converts a spec's ``train_video_frames`` for the loaded pipeline (see :mod:`visattn.effect_specs`)."""
-        return build_effects(list(self.effects), latent_frames=latent_frames)
+    def build_effects(
+        self, latent_frames: Callable[[int], int] | None = None, model: str | None = None
+    ) -> list[Effect]:
+        """Fresh effects for one run; ``latent_frames`` converts a spec's ``train_video_frames`` for the loaded
+        pipeline (see :mod:`visattn.effect_specs`); ``model``: the loaded model's name, whose measured guidance
+        settings fill in what a PAG/SoftPAG/SEG spec leaves out (:func:`visattn.defaults.with_guidance_defaults`)."""
+        from ..defaults import with_guidance_defaults
+
+        specs = [with_guidance_defaults(spec, model) for spec in self.effects]
+        return build_effects(specs, latent_frames=latent_frames)
 
     def build_edit(self) -> PromptToPrompt | None:
         """A fresh :class:`~visattn.effects.PromptToPrompt` for an edit job, else ``None``."""
