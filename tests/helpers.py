@@ -72,3 +72,42 @@ class ZeroOutput(Effect):
 
     def apply(self, call: AttentionCall) -> None:
         call.output = torch.zeros_like(call.q[..., : call.v.shape[-1]])
+
+
+def mid_block_guidance_difference(authors_processor, effect) -> tuple[float, float]:
+    """The authors' perturbation processor in the tiny SD UNet's mid-block self-attention, combined as their
+    pipelines do (``uncond + g (cond - uncond) + s (cond - perturbed)``, s = 3, g = 5), against ``effect`` (scale 3,
+    layers "mid") attached to the same UNet. Returns ``(largest |visattn - authors|, largest |cond - perturbed|)``:
+    the second says the perturbation does something."""
+    import weakref
+
+    import visattn
+    from visattn.testing import tiny_pipeline
+
+    unet = tiny_pipeline("unet").unet
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor(500)
+    scale, g = 3.0, 5.0
+    mid = {name: m for name, m in unet.named_modules() if name.startswith("mid_block") and name.endswith("attn1")}
+    assert mid
+    stock = {name: module.processor for name, module in mid.items()}
+
+    class GuidedPipeline:  # what the effect reads from a pipeline: that it batches CFG, and its scale
+        _guidance_scale = g
+
+    pipe = GuidedPipeline()  # held here: the state keeps only a weak reference
+    with torch.no_grad():
+        try:
+            for module in mid.values():
+                module.set_processor(authors_processor)
+            eps_u, eps_c, eps_p = unet(torch.cat([latents] * 3), t, torch.cat([text, text[1:]])).sample.chunk(3)
+        finally:
+            for name, module in mid.items():
+                module.set_processor(stock[name])
+        expected = eps_u + g * (eps_c - eps_u) + scale * (eps_c - eps_p)
+        with visattn.attach(unet, effect) as handle:
+            handle.states[0].pipeline_ref = weakref.ref(pipe)
+            got_u, got_c = unet(torch.cat([latents] * 2), t, text).sample.chunk(2)
+    difference = ((got_u + g * (got_c - got_u)) - expected).abs().max().item()
+    return difference, (eps_c - eps_p).abs().max().item()

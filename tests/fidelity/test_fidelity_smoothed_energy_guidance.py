@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import inspect
 import math
-import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mid_block_guidance_difference
 
-import visattn
 from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.effects import AttentionCall, SmoothedEnergyGuidance
 from visattn.effects.smoothed_energy_guidance import AUTHORS_SIGMA, INF_BLUR_THRESHOLD, blur_grid, is_infinite_blur
-from visattn.testing import tiny_pipeline
 
 TOLERANCE = 1e-5
 
@@ -169,35 +167,10 @@ def test_unet_prediction_matches_the_authors_pipeline(sigma):
     """The guided prediction with the authors' processor in the mid block's self-attention and their combination
     ``uncond + g (cond - uncond) + s (cond - ptb)`` (SEG-SDXL ``StableDiffusionXLSEGPipeline.__call__``) equals
     visattn's on the tiny SD UNet."""
-    unet = tiny_pipeline("unet").unet
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    text = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(2))
-    t = torch.tensor(500)
-    scale, g = 3.0, 5.0
-    mid = {
-        name: module for name, module in unet.named_modules() if name.startswith("mid_block") and name.endswith("attn1")
-    }
-    assert mid
-    stock = {name: module.processor for name, module in mid.items()}
-
-    class GuidedPipeline:  # what the effect reads from a pipeline: that it batches CFG, and its scale
-        _guidance_scale = g
-
-    pipe = GuidedPipeline()  # held here: the state keeps only a weak reference
-    with torch.no_grad():
-        try:
-            for module in mid.values():
-                module.set_processor(AuthorsSEGProcessor(sigma))
-            eps_u, eps_c, eps_p = unet(torch.cat([latents] * 3), t, torch.cat([text, text[1:]])).sample.chunk(3)
-        finally:
-            for name, module in mid.items():
-                module.set_processor(stock[name])
-        expected = eps_u + g * (eps_c - eps_u) + scale * (eps_c - eps_p)
-        with visattn.attach(unet, SmoothedEnergyGuidance(scale, sigma, layers="mid")) as handle:
-            handle.states[0].pipeline_ref = weakref.ref(pipe)
-            got_u, got_c = unet(torch.cat([latents] * 2), t, text).sample.chunk(2)
-    assert (eps_c - eps_p).abs().max() > 1e-4
-    difference = ((got_u + g * (got_c - got_u)) - expected).abs().max().item()
+    difference, perturbation = mid_block_guidance_difference(
+        AuthorsSEGProcessor(sigma), SmoothedEnergyGuidance(3.0, sigma, layers="mid")
+    )
+    assert perturbation > 1e-4
     print(f"SEG sigma={sigma}: max |visattn - authors| = {difference:.3g}")
     assert difference <= TOLERANCE
 

@@ -12,16 +12,14 @@ projections, head split, ``skip_attention``, head merge, ``to_out[0]``).
 from __future__ import annotations
 
 import math
-import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mid_block_guidance_difference
 
-import visattn
 from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.effects import AttentionCall, PerturbedAttentionGuidance
-from visattn.testing import tiny_pipeline
 
 TOLERANCE = 1e-5
 
@@ -110,35 +108,8 @@ class AuthorsSoftPAGProcessor:
 def test_unet_prediction_matches_the_authors_processor(strength, heads):
     """The guided prediction ``uncond + g (cond - uncond) + s (cond - ptb)`` with the authors' processor in the
     tiny SD UNet's mid-block self-attention equals visattn's SoftPAG on the same heads."""
-    unet = tiny_pipeline("unet").unet
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    text = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(2))
-    t = torch.tensor(500)
-    scale, g = 3.0, 5.0
-    mid = {
-        name: module for name, module in unet.named_modules() if name.startswith("mid_block") and name.endswith("attn1")
-    }
-    assert mid
-    stock = {name: module.processor for name, module in mid.items()}
-
-    class GuidedPipeline:  # what the effect reads from a pipeline: that it batches CFG, and its scale
-        _guidance_scale = g
-
-    pipe = GuidedPipeline()  # held here: the state keeps only a weak reference
-    with torch.no_grad():
-        try:
-            for module in mid.values():
-                module.set_processor(AuthorsSoftPAGProcessor(strength, heads))
-            eps_u, eps_c, eps_p = unet(torch.cat([latents] * 3), t, torch.cat([text, text[1:]])).sample.chunk(3)
-        finally:
-            for name, module in mid.items():
-                module.set_processor(stock[name])
-        expected = eps_u + g * (eps_c - eps_u) + scale * (eps_c - eps_p)
-        effect = PerturbedAttentionGuidance(scale, layers="mid", heads={"mid": heads}, strength=strength)
-        with visattn.attach(unet, effect) as handle:
-            handle.states[0].pipeline_ref = weakref.ref(pipe)
-            got_u, got_c = unet(torch.cat([latents] * 2), t, text).sample.chunk(2)
-    assert (eps_c - eps_p).abs().max() > 1e-4
-    difference = ((got_u + g * (got_c - got_u)) - expected).abs().max().item()
+    effect = PerturbedAttentionGuidance(3.0, layers="mid", heads={"mid": heads}, strength=strength)
+    difference, perturbation = mid_block_guidance_difference(AuthorsSoftPAGProcessor(strength, heads), effect)
+    assert perturbation > 1e-4
     print(f"SoftPAG UNet a={strength} heads={heads}: max |visattn - authors| = {difference:.3g}")
     assert difference <= TOLERANCE
