@@ -111,3 +111,29 @@ def mid_block_guidance_difference(authors_processor, effect) -> tuple[float, flo
             got_u, got_c = unet(torch.cat([latents] * 2), t, text).sample.chunk(2)
     difference = ((got_u + g * (got_c - got_u)) - expected).abs().max().item()
     return difference, (eps_c - eps_p).abs().max().item()
+
+
+def perturbed_self_attention(effect, q, k, v, side: int) -> torch.Tensor:
+    """A ``[uncond, cond, perturbed]`` batch (equal thirds) of self-attention over a ``side x side`` grid through
+    ``effect`` (a perturbation guidance) and visattn's attention core."""
+    from visattn.context import BatchLayout, Branch, CallContext, Span, TokenLayout
+
+    n = q.shape[2]
+    layout = TokenLayout(n, image=Span(0, n))
+    rows = q.shape[0] // 3
+    branches = (Branch("uncond", 0, rows), Branch("cond", rows, 2 * rows), Branch(effect.branch, 2 * rows, 3 * rows))
+    ctx = CallContext(
+        role="self",
+        layer_name="layer",
+        layer_index=0,
+        family="test",
+        heads=q.shape[1],
+        head_dim=q.shape[3],
+        queries=layout,
+        keys=layout,
+        batch=BatchLayout(branches),
+        grid=(1, side, side),
+    )
+    call = AttentionCall(ctx, q, k, v)
+    effect.apply(call)
+    return call.run()

@@ -15,10 +15,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import mid_block_guidance_difference
+from helpers import mid_block_guidance_difference, perturbed_self_attention
 
-from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
-from visattn.effects import AttentionCall, SmoothedEnergyGuidance
+from visattn.effects import SmoothedEnergyGuidance
 from visattn.effects.smoothed_energy_guidance import AUTHORS_SIGMA, INF_BLUR_THRESHOLD, blur_grid, is_infinite_blur
 
 TOLERANCE = 1e-5
@@ -66,30 +65,6 @@ def authors_seg_attention(
     return F.scaled_dot_product_attention(query, key, value)
 
 
-def visattn_call(effect: SmoothedEnergyGuidance, q, k, v, side: int) -> torch.Tensor:
-    """The same ``[uncond, cond, perturbed]`` batch through visattn's effect and attention core."""
-    n = q.shape[2]
-    layout = TokenLayout(n, image=Span(0, n))
-    rows = q.shape[0] // 3
-    ctx = CallContext(
-        role="self",
-        layer_name="layer",
-        layer_index=0,
-        family="test",
-        heads=q.shape[1],
-        head_dim=q.shape[3],
-        queries=layout,
-        keys=layout,
-        batch=BatchLayout(
-            (Branch("uncond", 0, rows), Branch("cond", rows, 2 * rows), Branch(effect.branch, 2 * rows, 3 * rows))
-        ),
-        grid=(1, side, side),
-    )
-    call = AttentionCall(ctx, q, k, v)
-    effect.apply(call)
-    return call.run()
-
-
 def shared_inputs(side: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(6, 3, side * side, 8, generator=gen) for _ in range(3))
@@ -108,7 +83,7 @@ def test_attention_matches_the_authors_processor(sigma, side):
     q, k, v = shared_inputs(side)
     expected = authors_seg_attention(q, k, v, sigma)
     effect = SmoothedEnergyGuidance(scale=1.0, sigma=sigma)
-    got = visattn_call(effect, q, k, v, side)
+    got = perturbed_self_attention(effect, q, k, v, side)
     assert (got - expected).abs().max().item() <= TOLERANCE
     # the unperturbed rows are untouched
     torch.testing.assert_close(got[:4], F.scaled_dot_product_attention(q[:4], k[:4], v[:4]), atol=1e-6, rtol=0)
@@ -127,15 +102,17 @@ def test_finite_blur_matches_the_authors_gaussian_blur_2d(sigma):
 def test_authors_default_sigma_equals_infinite_blur():
     """``sigma=9999999`` (anything above 9999) is the infinite blur, exactly; 9999 itself is a finite Gaussian."""
     q, k, v = shared_inputs(8, seed=1)
-    infinite = visattn_call(SmoothedEnergyGuidance(scale=1.0, sigma=float("inf")), q, k, v, 8)
+    infinite = perturbed_self_attention(SmoothedEnergyGuidance(scale=1.0, sigma=float("inf")), q, k, v, 8)
     for sigma in (AUTHORS_SIGMA, 10000.0, 9999.5):
         assert is_infinite_blur(sigma)
-        assert torch.equal(visattn_call(SmoothedEnergyGuidance(scale=1.0, sigma=sigma), q, k, v, 8), infinite)
+        assert torch.equal(
+            perturbed_self_attention(SmoothedEnergyGuidance(scale=1.0, sigma=sigma), q, k, v, 8), infinite
+        )
     assert not is_infinite_blur(9999.0)
-    finite = visattn_call(SmoothedEnergyGuidance(scale=1.0, sigma=9999.0), q, k, v, 8)
+    finite = perturbed_self_attention(SmoothedEnergyGuidance(scale=1.0, sigma=9999.0), q, k, v, 8)
     assert not torch.equal(finite, infinite)
     # a threshold of the caller's choosing moves the switch, as the authors' ``inf_blur_threshold`` does
-    moved = visattn_call(SmoothedEnergyGuidance(scale=1.0, sigma=50.0, inf_threshold=10.0), q, k, v, 8)
+    moved = perturbed_self_attention(SmoothedEnergyGuidance(scale=1.0, sigma=50.0, inf_threshold=10.0), q, k, v, 8)
     assert torch.equal(moved, infinite)
 
 

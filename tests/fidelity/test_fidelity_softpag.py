@@ -16,10 +16,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import mid_block_guidance_difference
+from helpers import mid_block_guidance_difference, perturbed_self_attention
 
-from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
-from visattn.effects import AttentionCall, PerturbedAttentionGuidance
+from visattn.effects import PerturbedAttentionGuidance
 
 TOLERANCE = 1e-5
 
@@ -38,37 +37,13 @@ def authors_skip_attention(query, key, value, identity_scale: float, perturb_hea
     return attn_weight.to(query.dtype) @ value
 
 
-def visattn_call(effect: PerturbedAttentionGuidance, q, k, v) -> torch.Tensor:
-    """The same ``[uncond, cond, perturbed]`` batch through visattn's effect and attention core."""
-    n = q.shape[2]
-    layout = TokenLayout(n, image=Span(0, n))
-    rows = q.shape[0] // 3
-    ctx = CallContext(
-        role="self",
-        layer_name="layer",
-        layer_index=0,
-        family="test",
-        heads=q.shape[1],
-        head_dim=q.shape[3],
-        queries=layout,
-        keys=layout,
-        batch=BatchLayout(
-            (Branch("uncond", 0, rows), Branch("cond", rows, 2 * rows), Branch(effect.branch, 2 * rows, 3 * rows))
-        ),
-        grid=(1, 8, 8),
-    )
-    call = AttentionCall(ctx, q, k, v)
-    effect.apply(call)
-    return call.run()
-
-
 @pytest.mark.parametrize("heads", [[1], [0, 3], [0, 1, 2, 3]], ids=["one", "two", "all"])
 @pytest.mark.parametrize("strength", [0.1, 0.5, 0.9, 1.0])
 def test_attention_matches_the_authors_skip_attention(strength, heads):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(6, 4, 64, 8, generator=gen) for _ in range(3))
     effect = PerturbedAttentionGuidance(scale=1.0, layers="layer", heads={"layer": heads}, strength=strength)
-    got = visattn_call(effect, q, k, v)
+    got = perturbed_self_attention(effect, q, k, v, 8)
     expected = authors_skip_attention(q[4:], k[4:], v[4:], strength, heads)
     difference = (got[4:] - expected).abs().max().item()
     print(f"SoftPAG attention a={strength} heads={heads}: max |visattn - authors| = {difference:.3g}")
