@@ -21,7 +21,7 @@ from PIL import Image
 import visattn
 from visattn.effects import AttentionCall, Effect
 from visattn.kernels import Pattern
-from visattn.testing import call_kwargs, tiny_pipeline
+from visattn.tiny import call_kwargs, tiny_pipeline
 
 
 @dataclass(frozen=True)

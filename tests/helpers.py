@@ -82,7 +82,7 @@ def mid_block_guidance_difference(authors_processor, effect) -> tuple[float, flo
     import weakref
 
     import visattn
-    from visattn.testing import tiny_pipeline
+    from visattn.tiny import tiny_pipeline
 
     unet = tiny_pipeline("unet").unet
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -6,7 +6,7 @@
 * ``visattn/toy-video``: the trained toy-world :class:`~diffusers.WanPipeline` (9 frames of 32 x 32 px: "a red
   circle moving right on a black background").
 * ``visattn/tiny-sd``: a tiny Stable Diffusion pipeline with random weights built in code by
-  :func:`visattn.testing.tiny_pipeline`; its images are structured noise. It is for tests and for checking that
+  :func:`visattn.tiny.tiny_pipeline`; its images are structured noise. It is for tests and for checking that
   an effect runs at all, in a fraction of the toy model's time.
 
 Nothing is downloaded for any of them. Everything that needs the default goes through
@@ -72,8 +72,8 @@ def load_embedded_pipeline(
     """The pipeline shipped inside visattn under ``name`` (one of :data:`EMBEDDED_MODELS`), on ``device`` in
     ``dtype``."""
     if name == RANDOM_TINY_MODEL:
-        # Imported here: visattn.testing builds tokenizers and configs that nothing else in the CLI needs.
-        from visattn.testing import tiny_pipeline
+        # Imported here: visattn.tiny builds tokenizers and configs that nothing else in the CLI needs.
+        from visattn.tiny import tiny_pipeline
 
         return tiny_pipeline("unet", seed=_WEIGHT_SEED, dtype=dtype).to(device)
     if name in (DEFAULT_MODEL, TOY_VIDEO_MODEL):

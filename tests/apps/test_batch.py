@@ -24,7 +24,7 @@ from visattn.batch.outputs import read_records
 from visattn.cli import main
 from visattn.defaults import TOY_VIDEO_MODEL
 from visattn.images import read_metadata, read_sidecar
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 from visattn.toy.models import weights_root
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import visattn.batch.lock as lock_module
 from visattn.batch import run_batch
 from visattn.batch.lock import LOCK_NAME, FolderLocked, OutputLock, host_name
 from visattn.batch.outputs import partial_owner, remove_partials, write_bytes_atomic
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"steps": 2, "height": 32, "width": 32}

@@ -1,4 +1,4 @@
-"""``visattn batch`` over a ``dp x cp`` mesh: gloo processes on CPU (``visattn.testing.parallel.run_on_ranks``).
+"""``visattn batch`` over a ``dp x cp`` mesh: gloo processes on CPU (``harness.parallel.run_on_ranks``).
 
 One 2-process spawn runs the same tiny-Wan jobs file three times: with a degree that does not divide the world
 (refused on every process before any job runs), as 2 groups of 1 (data parallel) and as 1 group of 2 (context
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.parallel import run_on_ranks
 from PIL import Image, ImageSequence
 
 from visattn.batch import parse_jobs, run_batch
@@ -24,8 +25,7 @@ from visattn.batch.execute import enable_context_parallel
 from visattn.batch.lock import OutputLock
 from visattn.batch.outputs import read_records
 from visattn.generate import UsageError
-from visattn.testing import tiny_pipeline
-from visattn.testing.parallel import run_on_ranks
+from visattn.tiny import tiny_pipeline
 
 pytestmark = pytest.mark.slow
 

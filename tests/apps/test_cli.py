@@ -250,7 +250,7 @@ def test_same_seed_same_image_and_nothing_overwritten(generated):
 
 
 def test_python_api_seeds_sizes_and_effects(tmp_path):
-    from visattn.testing import tiny_pipeline
+    from visattn.tiny import tiny_pipeline
 
     pipe = tiny_pipeline("unet")
     stock = {name: type(module.processor) for name, module in visattn.attention_layers(pipe.unet).items()}

@@ -47,7 +47,7 @@ def free_port() -> int:
 def server():
     from visattn.app.handlers import DemoEngine
     from visattn.app.ui import launch
-    from visattn.testing import tiny_pipeline
+    from visattn.tiny import tiny_pipeline
 
     port = free_port()
     demo = launch(DemoEngine(pipeline=tiny_pipeline("unet")), port=port, block=False)

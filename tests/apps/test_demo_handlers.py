@@ -19,7 +19,7 @@ from visattn.app.uploads import UploadError, fit_to_size, open_upload
 from visattn.cli import main
 from visattn.defaults import DEFAULT_MODEL, EMBEDDED_CALL_DEFAULTS, TOY_VIDEO_MODEL
 from visattn.guidance import HeadSet
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 from visattn.toy.models import VIDEO_FRAMES, VIDEO_SIZE, weights_root
 
 MID = "mid_block.attentions.0.transformer_blocks.0.attn1"

@@ -12,7 +12,7 @@ from PIL import Image
 from visattn.cli import main
 from visattn.edit import edit, parse_weights
 from visattn.generate import UsageError
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

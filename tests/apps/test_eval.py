@@ -35,7 +35,7 @@ from visattn.eval.metrics import (
 from visattn.eval.prompt_to_prompt_study import largest_attribute
 from visattn.eval.prompts import HELD_OUT_SEED, clip_prompts, multi_object_scenes, single_object_scenes, word_swaps
 from visattn.eval.quality import quality_checks, reported_beside_the_bar
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 from visattn.toy.data import BACKGROUNDS, COLORS, Scene, ShapeSpec, render_scene
 
 # --- metrics on hand-made inputs ----------------------------------------------------------------------------------

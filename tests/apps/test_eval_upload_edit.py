@@ -6,7 +6,7 @@ from visattn.edit import INVERSIONS
 from visattn.eval import upload_edit
 from visattn.eval.config import EvalConfig
 from visattn.eval.generation import EvalContext, ImageModel
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 
 
 def test_every_inversion_is_measured_and_reported():

@@ -277,7 +277,7 @@ def test_real_example_documents_its_model_and_hardware(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REAL_EXAMPLES))
 def test_real_example_runs_on_a_tiny_model_of_its_pipeline_class(name, tmp_path, capsys):
-    from visattn.testing import tiny_pipeline
+    from visattn.tiny import tiny_pipeline
 
     _, family = REAL_EXAMPLES[name]
     tiny_pipeline(family).save_pretrained(tmp_path / "model")

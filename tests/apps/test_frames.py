@@ -9,7 +9,7 @@ import torch
 
 from visattn.defaults import TOY_VIDEO_MODEL, load_embedded_pipeline
 from visattn.frames import frame_rounding_quieted, makes_video, num_frames_argument
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 from visattn.toy.models import weights_root
 
 needs_toy_video = pytest.mark.skipif(

@@ -12,7 +12,7 @@ import torch
 
 from visattn.cli import main
 from visattn.generate import ModelLoadError, load_pipeline, pickle_only_components
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 
 
 def run_main(*argv: str) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ from helpers import Boom, Probe, Recorder, ZeroOutput
 import visattn
 from visattn.interception import layer_hook
 from visattn.layers import select_layers
-from visattn.testing import call_kwargs, tiny_pipeline
+from visattn.tiny import call_kwargs, tiny_pipeline
 
 
 @functools.cache
@@ -214,7 +214,7 @@ def test_outside_the_steps_range_the_output_is_stock():
 
 
 def test_wan22_attaches_to_both_transformers():
-    from visattn.testing import tiny_denoiser
+    from visattn.tiny import tiny_denoiser
 
     pipe = pipeline("wan")
     second = tiny_denoiser("wan", seed=1)

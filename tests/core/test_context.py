@@ -7,7 +7,7 @@ import torch
 
 import visattn
 from visattn.effects.base import Effect
-from visattn.testing import call_kwargs, latent_grid, tiny_pipeline
+from visattn.tiny import call_kwargs, latent_grid, tiny_pipeline
 
 
 class _Contexts(Effect):

@@ -37,8 +37,8 @@ from visattn.kernels import attention
 from visattn.kernels.natten_api import na1d, na2d, na3d
 from visattn.kernels.neighborhood import NeighborhoodPattern
 from visattn.layers import matches
-from visattn.testing import tiny_denoiser
-from visattn.testing.coverage import tiny_denoiser_entry
+from visattn.tiny import tiny_denoiser
+from visattn.tiny.denoisers import tiny_denoiser_entry
 from visattn.words import PromptTokens
 
 SEED = 27

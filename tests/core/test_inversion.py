@@ -27,7 +27,7 @@ from visattn.inversion import (
     null_text_inversion,
     reconstruct,
 )
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 
 PROMPT = "a red circle"
 STEPS = 3

@@ -1,6 +1,6 @@
 """Context parallelism (diffusers' enable_parallelism, Ulysses) with visattn attached: 2 gloo processes on CPU.
 
-One spawn runs every case on both ranks (``visattn.testing.parallel``); each test compares a case with the same
+One spawn runs every case on both ranks (``harness.parallel``); each test compares a case with the same
 case in one process, the oracle. Stock context parallelism reproduces one process; attaching visattn (before or
 after enable_parallelism) with no effect changes nothing; every effect under Ulysses equals one process, on Wan
 (self- and cross-attention, text replicated) and Flux (joint attention whose text and image are split per rank);
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from visattn.testing.parallel import EFFECTS, Case, CaseRuns
+from harness.parallel import EFFECTS, Case, CaseRuns
 
 pytestmark = pytest.mark.slow
 

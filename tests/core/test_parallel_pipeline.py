@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from visattn.testing.parallel import (
+from harness.parallel import (
     parallel_pipeline,
     parallel_text_gradient,
     run_on_ranks,

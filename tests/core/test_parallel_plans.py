@@ -1,6 +1,6 @@
 """Context-parallel plans visattn ships for families diffusers gives none: 2 gloo processes on CPU.
 
-One spawn runs every case on both ranks (``visattn.testing.parallel``); each test compares a case with the same
+One spawn runs every case on both ranks (``harness.parallel``); each test compares a case with the same
 case in one process, the oracle. With visattn's plan the stock split reproduces one process, attaching visattn
 with no effect changes nothing, and effects under Ulysses equal one process: HunyuanVideo (joint [video, text]
 attention, both streams split after its token refiner, a padded prompt), Wan-VACE (control blocks beside Wan's,
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from visattn.testing.parallel import Case, CaseRuns
+from harness.parallel import Case, CaseRuns
 
 pytestmark = pytest.mark.slow
 
 #: the bar of the issue for effects under Ulysses (fp32, max abs diff against one process)
 TOLERANCE = 1e-5
 
-#: the tiny models split with a plan visattn ships (keys of ``visattn.testing.parallel.MODELS``)
+#: the tiny models split with a plan visattn ships (keys of ``harness.parallel.MODELS``)
 PLANNED = ("hunyuan_video", "wan_vace", "motif_video")
 
 STOCK = tuple(Case(model, order="none") for model in PLANNED)
@@ -39,7 +38,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_plans_come_from_diffusers_then_visattn_then_none():
     from visattn.parallel import context_parallel_plan, plan_source
-    from visattn.testing import tiny_denoiser
+    from visattn.tiny import tiny_denoiser
 
     assert plan_source(tiny_denoiser("wan")) == "diffusers"
     assert context_parallel_plan(tiny_denoiser("wan")) is type(tiny_denoiser("wan"))._cp_plan
@@ -55,9 +54,10 @@ def test_plans_come_from_diffusers_then_visattn_then_none():
 def test_every_video_class_has_a_plan_or_a_reason_in_the_coverage_table():
     # issue 26 item 4: each video class of the coverage list is split with a plan (diffusers' or visattn's), or
     # its context parallel column says why not.
+    from harness.coverage_table import _context_parallel, core_context_parallel
+
     from visattn.families import declared_family
-    from visattn.testing.coverage import TINY_DENOISERS
-    from visattn.testing.coverage.__main__ import _context_parallel, core_context_parallel
+    from visattn.tiny.denoisers import TINY_DENOISERS
 
     bare = []
     for entry in TINY_DENOISERS:
@@ -75,7 +75,7 @@ def test_every_video_class_has_a_plan_or_a_reason_in_the_coverage_table():
 
 def test_a_class_with_no_plan_is_refused_by_name():
     import visattn
-    from visattn.testing import tiny_denoiser
+    from visattn.tiny import tiny_denoiser
 
     with pytest.raises(ValueError, match="CogVideoXTransformer3DModel has no context-parallel plan"):
         visattn.enable_context_parallelism(tiny_denoiser("cogvideox"), config=None)
@@ -117,7 +117,7 @@ def test_a_text_the_degree_cannot_split_is_refused_before_any_step(class_name):
     from types import SimpleNamespace
 
     from visattn.parallel import check_model
-    from visattn.testing.coverage import tiny_denoiser_entry
+    from visattn.tiny.denoisers import tiny_denoiser_entry
 
     entry = tiny_denoiser_entry(class_name)
     model = entry.build()

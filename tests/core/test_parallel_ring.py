@@ -1,6 +1,6 @@
 """Ring attention (diffusers' ``ContextParallelConfig(ring_degree=2)``) with visattn attached: 2 gloo processes on CPU.
 
-One spawn runs every case on both ranks (``visattn.testing.parallel``, whose harness lets diffusers' native backend
+One spawn runs every case on both ranks (``harness.parallel``, whose harness lets diffusers' native backend
 return the log-sum-exp its ring template needs on CPU). Stock ring reproduces one process; attaching visattn with no
 effect changes nothing; the effects whose contribution is a pattern or score modifier at global token indices, or a
 per-row identity blend, equal one process on Wan (self-attention split, text replicated) and Flux (joint attention
@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from harness.parallel import Case, CaseRuns
 
 from visattn.kernels import DecayModifier, NeighborhoodPattern, attention
 from visattn.parallel import PlacedPattern, _any_pair, _Placement, attend_key_shards, ring_refusal
-from visattn.testing.parallel import Case, CaseRuns
 
 #: the bar of the issue for effects under ring (fp32, max abs diff against one process)
 TOLERANCE = 1e-5

@@ -20,7 +20,7 @@ from visattn.kernels import attention
 from visattn.kernels.natten_api import na1d, na2d, na3d
 from visattn.kernels.neighborhood import NeighborhoodPattern
 from visattn.kernels.patterns import AllOf, required_tokens
-from visattn.testing import call_kwargs, tiny_denoiser, tiny_pipeline
+from visattn.tiny import call_kwargs, tiny_denoiser, tiny_pipeline
 from visattn.validation import ParameterTypeError
 
 

@@ -6,9 +6,9 @@ import functools
 
 import pytest
 
-from visattn.testing import TINY_PIPELINES, call_kwargs, pipeline_spec, text_tokenizer, tiny_pipeline
-from visattn.testing.tokenizers import llama_tokenizer
-from visattn.testing.video_pipelines import hunyuan_prompt_template
+from visattn.tiny import TINY_PIPELINES, call_kwargs, pipeline_spec, text_tokenizer, tiny_pipeline
+from visattn.tiny.tokenizers import llama_tokenizer
+from visattn.tiny.video_pipelines import hunyuan_prompt_template
 from visattn.words import STOP_WORDS, PromptTokens, prompt_recipe, prompt_tokens, split_words
 
 PROMPT = "A red zebrafish, near the cat"
@@ -426,7 +426,7 @@ def test_text_part_refuses_what_it_cannot_describe():
 # --- the real CLIP vocabulary (issue 29) -------------------------------------------------------------------------
 # Stable Diffusion's tokenizer, built offline from the BPE merges open_clip_torch ships; the toy tokenizers above
 # know only the toy world's words, so punctuation glued to a word and capitals are checked here.
-from visattn.testing.tokenizers import clip_bpe_path, real_clip_tokenizer  # noqa: E402
+from visattn.tiny.tokenizers import clip_bpe_path, real_clip_tokenizer  # noqa: E402
 from visattn.words import _align, _align_by_prefix  # noqa: E402
 
 needs_real_clip = pytest.mark.skipif(

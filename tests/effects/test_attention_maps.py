@@ -17,7 +17,7 @@ from visattn.effects import AttentionCall, AttentionMaps, Effect
 from visattn.heatmaps import colorize, colormap_table, heatmap
 from visattn.kernels import ProbabilityRead
 from visattn.kernels.backends import reference
-from visattn.testing import TINY_PIPELINES, call_kwargs, denoiser_of, latent_grid, tiny_pipeline
+from visattn.tiny import TINY_PIPELINES, call_kwargs, denoiser_of, latent_grid, tiny_pipeline
 from visattn.words import prompt_tokens
 
 

@@ -11,7 +11,7 @@ import torch
 
 import visattn
 from visattn.effects import CrossAttentionCache, PerturbedAttentionGuidance
-from visattn.testing import call_kwargs, denoiser_of, tiny_denoiser, tiny_pipeline
+from visattn.tiny import call_kwargs, denoiser_of, tiny_denoiser, tiny_pipeline
 
 STEPS = 5
 GATE = 2

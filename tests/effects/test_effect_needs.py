@@ -8,7 +8,7 @@ import pytest
 import visattn
 from visattn.families import Family
 from visattn.interception import layer_hook
-from visattn.testing.coverage import TINY_DENOISERS
+from visattn.tiny.denoisers import TINY_DENOISERS
 from visattn.words import PromptTokens
 
 ENTRIES = {entry.class_name: entry for entry in TINY_DENOISERS}

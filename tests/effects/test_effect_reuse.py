@@ -27,7 +27,7 @@ from visattn.effects import (
 from visattn.guidance.guider import IdentityPerturbation
 from visattn.inversion import UnconditionalEmbeddings
 from visattn.layers import FAMILY_DEFAULT
-from visattn.testing import call_kwargs, tiny_pipeline
+from visattn.tiny import call_kwargs, tiny_pipeline
 
 #: (id, family, effect factory, a parameter change for copy_with and a bad value for it)
 EFFECTS = [
@@ -307,7 +307,7 @@ def test_every_shipped_effect_freezes_its_parameters():
     from visattn.effects import Effect
 
     for module in pkgutil.walk_packages(visattn.__path__, "visattn."):
-        if not module.name.startswith(("visattn.testing", "visattn.app", "visattn.commands")):
+        if not module.name.startswith(("visattn.tiny", "visattn.app", "visattn.commands")):
             importlib.import_module(module.name)
 
     def subclasses(cls):
@@ -315,11 +315,11 @@ def test_every_shipped_effect_freezes_its_parameters():
             yield sub
             yield from subclasses(sub)
 
-    # visattn.testing's recorders (effects that observe for the tests) are scaffolding, not effects users attach
+    # visattn.tiny's recorders (effects that observe for the tests) are scaffolding, not effects users attach
     shipped = {
         cls
         for cls in subclasses(Effect)
-        if cls.__module__.startswith("visattn.") and not cls.__module__.startswith("visattn.testing")
+        if cls.__module__.startswith("visattn.") and not cls.__module__.startswith("visattn.tiny")
     }
     assert len(shipped) >= 12, sorted(cls.__name__ for cls in shipped)
     thawed = sorted(cls.__qualname__ for cls in shipped if not cls.frozen_parameters)

@@ -15,7 +15,7 @@ import visattn
 from visattn.context import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.effects import AttentionCall, EntropyScaling, ExtrapolationDecay, NeighborhoodAttention
 from visattn.kernels import DecayModifier, EntropyScale, NeighborhoodPattern, attention
-from visattn.testing import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
+from visattn.tiny import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
 
 BACKENDS = ["reference", "flex"]
 

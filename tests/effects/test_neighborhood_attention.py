@@ -9,7 +9,7 @@ import pytest
 
 import visattn
 from visattn.effects import NeighborhoodAttention
-from visattn.testing import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
+from visattn.tiny import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
 
 # UNet levels have different grids; the whole-grid kernel is checked on the top (full-resolution) level.
 TOP_LEVEL = {"unet": ["down_blocks.0", "up_blocks.1"], "StableDiffusionXLPipeline": ["down_blocks.0", "up_blocks.1"]}

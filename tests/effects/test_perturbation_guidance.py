@@ -24,7 +24,7 @@ from visattn.effects import (
     SmoothedEnergyGuidance,
     SpatioTemporalSkipGuidance,
 )
-from visattn.testing import call_kwargs, tiny_denoiser, tiny_pipeline
+from visattn.tiny import call_kwargs, tiny_denoiser, tiny_pipeline
 
 
 @functools.cache

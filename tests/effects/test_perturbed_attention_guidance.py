@@ -16,7 +16,7 @@ from visattn.effects import AttentionCall, PerturbedAttentionGuidance
 from visattn.interception import layer_hook
 from visattn.kernels import attention
 from visattn.layers import FAMILY_DEFAULT, select_layers
-from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
+from visattn.tiny import TINY_PIPELINES, call_kwargs, tiny_pipeline
 
 
 @functools.cache

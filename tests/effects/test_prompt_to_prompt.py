@@ -14,7 +14,7 @@ from visattn.alignment import TokenMap, align_words, token_map, word_pairs
 from visattn.attachment import layer_roles
 from visattn.effects import AttentionMaps, LocalBlend, PerturbedAttentionGuidance, PromptToPrompt
 from visattn.kernels import ProbabilityRead
-from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
+from visattn.tiny import TINY_PIPELINES, call_kwargs, tiny_pipeline
 from visattn.words import prompt_tokens
 
 
@@ -339,7 +339,7 @@ def test_parameters_are_fixed_once_built_and_copy_with_changes_them():
 
 
 def test_a_bare_denoiser_builds_the_mask_and_warns_that_nothing_is_blended():
-    from visattn.testing import tiny_denoiser
+    from visattn.tiny import tiny_denoiser
 
     model = tiny_denoiser("unet")
     tokens = prompt_tokens(pipeline("unet"), "a red cat"), prompt_tokens(pipeline("unet"), "a red dog")

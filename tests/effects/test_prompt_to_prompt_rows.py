@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import torch
+from harness.coverage_checks import prediction
 
 import visattn
 from visattn.effects.prompt_to_prompt import _mask_for_prediction
 from visattn.families import family_of
 from visattn.interception import layer_hook
-from visattn.testing.coverage import TINY_DENOISERS
-from visattn.testing.coverage.checks import prediction
+from visattn.tiny.denoisers import TINY_DENOISERS
 from visattn.words import PromptTokens
 
 ENTRIES = {entry.class_name: entry for entry in TINY_DENOISERS}

@@ -10,7 +10,7 @@ import pytest
 
 import visattn
 from visattn.effects import NeighborhoodAttention, PerturbedAttentionGuidance, RadialAttention
-from visattn.testing import VIDEO_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
+from visattn.tiny import VIDEO_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
 
 # Settings that make the tiny grids (3 frames of 4 x 4 tokens) visibly sparse.
 SPARSE = {"decay_factor": 0.25, "block_size": 2, "dense_steps": None}

@@ -16,7 +16,7 @@ from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.effects import AttentionCall, SmoothedEnergyGuidance
 from visattn.effects.smoothed_energy_guidance import blur_grid
 from visattn.kernels import attention
-from visattn.testing import TINY_PIPELINES, call_kwargs, tiny_pipeline
+from visattn.tiny import TINY_PIPELINES, call_kwargs, tiny_pipeline
 
 
 @functools.cache

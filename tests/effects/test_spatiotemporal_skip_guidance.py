@@ -17,7 +17,7 @@ from visattn.effects import (
     SpatioTemporalSkipGuidance,
 )
 from visattn.kernels import attention
-from visattn.testing import VIDEO_PIPELINES, call_kwargs, tiny_pipeline
+from visattn.tiny import VIDEO_PIPELINES, call_kwargs, tiny_pipeline
 
 # The spatiotemporal attention of each tiny video model: Wan's self-attention, the others' joint attention.
 SPATIOTEMPORAL = {"wan": "self", "cogvideox": "joint", "hunyuan_video": "joint"}

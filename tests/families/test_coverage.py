@@ -1,6 +1,6 @@
 """Every covered diffusers denoiser class, through visattn's generic path: identity, detach, and each effect.
 
-The rows come from :func:`visattn.testing.coverage.checks.check`, the same checks that generate docs/models.md.
+The rows come from :func:`harness.coverage_checks.check`, the same checks that generate docs/models.md.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import warnings
 
 import pytest
 import torch
+from harness.coverage_checks import ContextRecorder, CoverageRow, check, prediction, sdpa_token_counts
 
 import visattn
-from visattn.testing.coverage import TINY_DENOISERS
-from visattn.testing.coverage.checks import ContextRecorder, CoverageRow, check, prediction, sdpa_token_counts
-from visattn.testing.coverage.videos import SDPA_TOKENS
+from visattn.tiny.denoisers import TINY_DENOISERS
+from visattn.tiny.denoisers.videos import SDPA_TOKENS
 
 # Checks a class fails today, with why. Prompt-to-Prompt pairs source and target rows inside one attention call
 # (a per-row attention loop, as Mochi's, gets each target row answered with its source row), which a forward

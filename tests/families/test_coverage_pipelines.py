@@ -13,12 +13,12 @@ import torch
 import visattn
 from visattn.families import family_named
 from visattn.interception import layer_hook
-from visattn.testing import COVERAGE_PIPELINES, call_kwargs, denoiser_of, pipeline_spec, tiny_pipeline
-from visattn.testing.coverage.checks import ContextRecorder
-from visattn.testing.coverage.pipelines import KNOWN_PIPELINE_LIMITS
+from visattn.tiny import COVERAGE_PIPELINES, call_kwargs, denoiser_of, pipeline_spec, tiny_pipeline
+from visattn.tiny.denoisers.pipelines import KNOWN_PIPELINE_LIMITS
+from visattn.tiny.probes import ContextRecorder
 
 #: the bar for Prompt-to-Prompt's source image against a plain generation (images in [0, 1]): the edited calls
-#: compute the source rows in float32 with an explicit softmax (see visattn.testing.coverage.checks), rounding that
+#: compute the source rows in float32 with an explicit softmax (see harness.coverage_checks), rounding that
 #: the tiny Kandinsky 3 UNet carries to 1.6e-5 in its images
 SOURCE_TOLERANCE = 5e-5
 

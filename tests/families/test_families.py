@@ -10,9 +10,9 @@ import torch
 from helpers import Probe
 
 import visattn
-from visattn.testing import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
+from visattn.tiny import TINY_PIPELINES, call_kwargs, latent_grid, tiny_pipeline
 
-# How each pipeline lays out its denoiser batch with the call kwargs of visattn.testing (CFG on where it exists).
+# How each pipeline lays out its denoiser batch with the call kwargs of visattn.tiny (CFG on where it exists).
 EXPECTED_BRANCHES = {
     "unet": {("uncond", "cond")},
     "StableDiffusionXLPipeline": {("uncond", "cond")},

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from harness.coverage_checks import prediction
 
 import visattn
 from visattn import interception
@@ -15,8 +16,7 @@ from visattn.denoiser_batch import take_input_rows
 from visattn.effects.base import AttentionCall, Effect
 from visattn.families.base import FOLDED, NOT_BATCHED_INPUT, PER_SAMPLE_LIST, Argument
 from visattn.kernels.patterns import ScoreModifier
-from visattn.testing.coverage import tiny_denoiser_entry
-from visattn.testing.coverage.checks import prediction
+from visattn.tiny.denoisers import tiny_denoiser_entry
 
 
 def test_declared_batch_inputs_are_copied_as_declared():

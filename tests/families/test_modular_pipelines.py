@@ -12,9 +12,9 @@ from diffusers.modular_pipelines import MiniMaxH3Blocks, MiniMaxH3ModularPipelin
 import visattn
 from visattn.families.pipelines import pipeline_call_prompt, pipeline_guidance_scale, pipeline_guider_call
 from visattn.interception import layer_hook
-from visattn.testing import call_kwargs, tiny_pipeline
-from visattn.testing.coverage import tiny_denoiser_entry
-from visattn.testing.coverage.checks import ContextRecorder
+from visattn.tiny import call_kwargs, tiny_pipeline
+from visattn.tiny.denoisers import tiny_denoiser_entry
+from visattn.tiny.probes import ContextRecorder
 
 
 def test_attach_finds_a_modular_pipelines_reference_transformer():

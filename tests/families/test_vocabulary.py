@@ -14,7 +14,7 @@ import pytest
 
 import visattn
 from visattn.families import FAMILY_KEYS, PROMPT_FAMILIES, VIDEO_FAMILIES
-from visattn.testing import TINY_PIPELINES, VIDEO_PIPELINES, pipeline_spec
+from visattn.tiny import TINY_PIPELINES, VIDEO_PIPELINES, pipeline_spec
 
 PACKAGE = Path(visattn.__file__).parent
 # Keys the package used before its vocabulary became one; a module that still writes them keeps its own.

@@ -27,7 +27,7 @@ import torch
 import visattn
 from visattn.effects import CrossAttentionCache
 from visattn.effects.cross_attention_cache import tgate_phase
-from visattn.testing import call_kwargs, tiny_pipeline
+from visattn.tiny import call_kwargs, tiny_pipeline
 
 TOLERANCE = 1e-5
 STEPS = 12  # past the authors' gate (10), so every phase of their schedule runs

@@ -19,7 +19,7 @@ import torch
 import visattn
 from visattn.commands import hunt as hunt_command
 from visattn.guidance import HeadSet, head_hunter, hunt_heads
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 
 PROMPTS = ["a red circle", "a blue square"]
 CALL = {"num_inference_steps": 2}

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from visattn import ddim_inversion, null_text_inversion
-from visattn.testing import tiny_pipeline
+from visattn.tiny import tiny_pipeline
 
 PROMPT = "a red circle"
 GUIDANCE_SCALE = 7.5  # the notebook's GUIDANCE_SCALE

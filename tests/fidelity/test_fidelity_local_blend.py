@@ -29,8 +29,8 @@ from visattn.effects import LocalBlend, PromptToPrompt
 from visattn.effects.local_blend import blend_latents
 from visattn.families import family_of
 from visattn.kernels import ProbabilityRead
-from visattn.testing import tiny_pipeline
-from visattn.testing.vaes import LATENT_CHANNELS
+from visattn.tiny import tiny_pipeline
+from visattn.tiny.vaes import LATENT_CHANNELS
 
 WORDS = 77  # the authors' MAX_NUM_WORDS (the CLIP text length)
 

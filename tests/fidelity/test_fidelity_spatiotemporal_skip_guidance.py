@@ -29,7 +29,7 @@ import visattn
 from visattn.attachment import attention_layers
 from visattn.effects import SpatioTemporalSkipGuidance
 from visattn.interception import layer_hook
-from visattn.testing import call_kwargs, tiny_pipeline
+from visattn.tiny import call_kwargs, tiny_pipeline
 
 TOLERANCE = 1e-5
 

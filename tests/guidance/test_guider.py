@@ -16,7 +16,7 @@ from helpers import Probe
 import visattn
 from visattn.guidance import HeadPerturbationGuidance, HeadSet, IdentityPerturbation, layer_pattern
 from visattn.interception import layer_hook
-from visattn.testing import tiny_denoiser, tiny_pipeline
+from visattn.tiny import tiny_denoiser, tiny_pipeline
 
 MID = "mid_block.attentions.0.transformer_blocks.0.attn1"
 # Whole schedule: with num_inference_steps unset, both guiders treat every step as in range.

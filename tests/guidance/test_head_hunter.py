@@ -16,7 +16,7 @@ from visattn.cli import main
 from visattn.guidance import HeadSet, hunt_heads, resolve_objective
 from visattn.guidance.head_hunter import HuntStateError, contrast, saturation, sharpness
 from visattn.layers import matches
-from visattn.testing import tiny_denoiser, tiny_pipeline
+from visattn.tiny import tiny_denoiser, tiny_pipeline
 
 MID = "mid_block.attentions.0.transformer_blocks.0.attn1"
 UP = "up_blocks.1.attentions.0.transformer_blocks.0.attn1"

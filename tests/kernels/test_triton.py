@@ -45,7 +45,7 @@ from visattn.kernels.request import AttentionRequest  # noqa: E402
 from visattn.kernels.triton import fused_attention  # noqa: E402
 from visattn.kernels.triton.kernel_spec import describe  # noqa: E402
 from visattn.kernels.triton.plan import get_plan, tile_shape_for  # noqa: E402
-from visattn.testing import call_kwargs, tiny_pipeline  # noqa: E402
+from visattn.tiny import call_kwargs, tiny_pipeline  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {

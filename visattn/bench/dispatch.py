@@ -12,7 +12,7 @@ the call's inputs), one layer hook per attention module, and, where an effect ac
 * ``closed (attach steps)``: the same window given to ``attach(..., steps=(0.5, 1.0))`` instead;
 * one row per effect that applies to the model (PAG, SEG, AttentionMaps where the model reads text,
   NeighborhoodAttention and ExtrapolationDecay where calls have a latent grid, RadialAttention on video), built
-  as :func:`visattn.testing.coverage.checks.check` builds them.
+  as :func:`harness.coverage_checks.check` builds them.
 
 A forward with an effect does more work than a stock forward (PAG's perturbed branch, AttentionMaps'
 probabilities), so those rows are not what visattn costs. The fair comparison is per layer,
@@ -132,7 +132,7 @@ class ModelTiming:
     Attributes:
         class_name: the diffusers class.
         source: where the tiny model and its inputs come from: ``coverage`` (the coverage table's entry), or
-            ``pipeline:<key>`` (inputs of the first denoiser call of :func:`visattn.testing.tiny_pipeline`).
+            ``pipeline:<key>`` (inputs of the first denoiser call of :func:`visattn.tiny.tiny_pipeline`).
         attention_calls: ``scaled_dot_product_attention`` calls in one stock forward.
         hooked_layers: attention modules ``visattn.attach`` hooks.
         variants: the timed variants, ``stock`` first.
@@ -197,7 +197,7 @@ def _detached(value: Any) -> Any:
 
 def _pipeline_model(key: str) -> tuple[torch.nn.Module, tuple, dict[str, Any]]:
     """The tiny pipeline's denoiser and the inputs of its first call in a two-step pipeline call."""
-    from ..testing import call_kwargs, denoiser_of, tiny_pipeline
+    from ..tiny import call_kwargs, denoiser_of, tiny_pipeline
 
     pipe = tiny_pipeline(key)
     model = denoiser_of(pipe)
@@ -222,7 +222,7 @@ def _pipeline_model(key: str) -> tuple[torch.nn.Module, tuple, dict[str, Any]]:
 @functools.cache
 def _pipeline_classes() -> dict[str, str]:
     """Denoiser class name -> tiny pipeline key (the first pipeline of each class: ``unet`` is SD's UNet)."""
-    from ..testing import TINY_PIPELINES, tiny_denoiser
+    from ..tiny import TINY_PIPELINES, tiny_denoiser
 
     classes: dict[str, str] = {}
     for key in TINY_PIPELINES:
@@ -232,7 +232,7 @@ def _pipeline_classes() -> dict[str, str]:
 
 def available_classes() -> tuple[str, ...]:
     """Every class name :func:`dispatch_benchmark` can time: the tiny pipelines' denoisers and the coverage table."""
-    from ..testing.coverage import TINY_DENOISERS
+    from ..tiny.denoisers import TINY_DENOISERS
 
     names = dict.fromkeys(_pipeline_classes())
     names.update(dict.fromkeys(entry.class_name for entry in TINY_DENOISERS))
@@ -248,7 +248,7 @@ def tiny_model(class_name: str) -> tuple[torch.nn.Module, tuple, dict[str, Any],
     if key is not None:
         model, args, kwargs = _pipeline_model(key)
         return model, args, kwargs, f"pipeline:{key}"
-    from ..testing.coverage import TINY_DENOISERS
+    from ..tiny.denoisers import TINY_DENOISERS
 
     entry = next((e for e in TINY_DENOISERS if e.class_name == class_name), None)
     if entry is None:
@@ -304,7 +304,7 @@ def effect_variants(
     import math
 
     import visattn
-    from visattn.testing.coverage.checks import ContextRecorder, _synthetic_prompt
+    from visattn.tiny.probes import ContextRecorder, synthetic_prompt
 
     recorder = ContextRecorder()
     with visattn.attach(model, recorder), torch.no_grad():
@@ -332,7 +332,7 @@ def effect_variants(
         for name in ("closed (effect steps)", "closed (attach steps)", "PAG", "SEG"):
             skipped[name] = "no self or joint attention call"
     if text and grids:
-        prompt = _synthetic_prompt(text[0].text_span.length)
+        prompt = synthetic_prompt(text[0].text_span.length)
         variants["AttentionMaps"] = attached(visattn.AttentionMaps(prompt=prompt, drop_special=False))
     else:
         skipped["AttentionMaps"] = "no cross or joint call with text and a latent grid"

@@ -118,10 +118,10 @@ def _sd_pipeline(quick: bool, device: torch.device, dtype: torch.dtype):
     768-wide text encoder (the UNet is what TGATE changes; the text encoder runs once per generation)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    from ..testing import tiny_pipeline
-    from ..testing.text_encoders import clip_text_model
-    from ..testing.tokenizers import clip_tokenizer
-    from ..testing.vaes import image_vae
+    from ..tiny import tiny_pipeline
+    from ..tiny.text_encoders import clip_text_model
+    from ..tiny.tokenizers import clip_tokenizer
+    from ..tiny.vaes import image_vae
 
     if quick:
         pipe = tiny_pipeline("unet")

@@ -396,7 +396,7 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> Layer
     """
     import visattn
 
-    from ..testing import call_kwargs, tiny_pipeline
+    from ..tiny import call_kwargs, tiny_pipeline
 
     # Two copies of the same pipeline (same seed, same weights): the plain one never has visattn attached, so the
     # two sides can alternate while the edit stays attached to the other.

@@ -28,7 +28,7 @@ from .video_models import VIDEO_MODEL_FAMILIES
 
 FAMILIES: tuple[Family, ...] = UNET_FAMILIES + IMAGE_FAMILIES + VIDEO_MODEL_FAMILIES
 
-#: every family key: the one vocabulary of the package (``visattn.testing``, words, the app, batch and eval)
+#: every family key: the one vocabulary of the package (``visattn.tiny``, words, the app, batch and eval)
 FAMILY_KEYS: tuple[str, ...] = tuple(family.name for family in FAMILIES)
 
 #: keys of the families whose latents are videos (a frames axis), the one list the package uses

@@ -410,7 +410,7 @@ class Family:
     """One denoiser family: the classes it covers and the facts the generic path cannot infer.
 
     Attributes:
-        name: the family key, the one vocabulary of the package (``visattn.testing``, words, the app, batch).
+        name: the family key, the one vocabulary of the package (``visattn.tiny``, words, the app, batch).
         classes: diffusers class names of the denoisers (matched along the MRO, so subclasses are covered).
         sample: the latent input argument.
         layout: axes of the latent input: ``"BCHW"``, ``"BCFHW"``, ``"BFCHW"``, ``"BFHWC"``, ``"auto"`` (4-D is

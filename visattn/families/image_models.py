@@ -1,7 +1,7 @@
 """Facts of the text-to-image transformers (and PixArt-style DiTs): one :class:`Family` record per class.
 
 Argument positions follow each class's ``forward`` signature; ``text_position`` says where each joint sequence
-puts the text (checked against the SDPA calls of the tiny models in :mod:`visattn.testing.coverage`).
+puts the text (checked against the SDPA calls of the tiny models in :mod:`visattn.tiny.denoisers`).
 """
 
 from __future__ import annotations

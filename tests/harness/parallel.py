@@ -282,7 +282,7 @@ def _model(key: str) -> _TinyModel:
 
 
 def _model_and_inputs(key: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from visattn.testing import tiny_denoiser
+    from visattn.tiny import tiny_denoiser
 
     inputs = _model(key).inputs(torch.Generator().manual_seed(0))
     return tiny_denoiser(key), {**inputs, "return_dict": False}
@@ -379,8 +379,8 @@ def _wan_pipeline_images(effect_names: tuple[str, ...], parallel: Callable | Non
     """The tiny Wan pipeline's video (CFG on: one named call per branch) with ``effect_names`` attached; with
     ``two_stages``, Wan 2.2's split: ``transformer`` for the high-noise steps, ``transformer_2`` for the rest."""
     import visattn
-    from visattn.testing import call_kwargs, tiny_denoiser, tiny_pipeline
-    from visattn.testing.video_pipelines import TEXT_TOKENS as PIPELINE_TEXT_TOKENS
+    from visattn.tiny import call_kwargs, tiny_denoiser, tiny_pipeline
+    from visattn.tiny.video_pipelines import TEXT_TOKENS as PIPELINE_TEXT_TOKENS
 
     pipe = tiny_pipeline("wan")
     kwargs = call_kwargs("wan", guidance_scale=5.0)

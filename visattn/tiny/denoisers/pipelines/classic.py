@@ -2,9 +2,9 @@
 
 The video UNets (ModelScope, AnimateDiff, I2VGen-XL, Stable Video Diffusion), the unconditional and class-conditional
 ones (DDPM, DiT), aMUSEd, the Stable Cascade prior, UniDiffuser, HunyuanDiT, OmniGen, HunyuanVideo Framepack,
-HiDream-Image and DreamLite. Each reuses its class's tiny denoiser from :mod:`visattn.testing.coverage` (or a variant
+HiDream-Image and DreamLite. Each reuses its class's tiny denoiser from :mod:`visattn.tiny.denoisers` (or a variant
 of that config where the pipeline fixes other sizes), with the in-code tokenizers and tiny encoders of
-:mod:`visattn.testing` and :mod:`.classic_encoders`. Calls run 2 steps at 32x32 pixels (3 frames for the video UNets)
+:mod:`visattn.tiny` and :mod:`.classic_encoders`. Calls run 2 steps at 32x32 pixels (3 frames for the video UNets)
 unless a pipeline fixes its resolution (noted at its spec).
 """
 
@@ -48,9 +48,9 @@ from PIL import Image
 from transformers import SiglipImageProcessor
 from transformers import logging as transformers_logging
 
-from visattn.testing.coverage import tiny_denoiser_entry, unets
-from visattn.testing.coverage.denoiser_spec import built
-from visattn.testing.coverage.pipelines.classic_encoders import (
+from visattn.tiny.denoisers import tiny_denoiser_entry, unets
+from visattn.tiny.denoisers.denoiser_spec import built
+from visattn.tiny.denoisers.pipelines.classic_encoders import (
     allow_omnigen_without_torchvision,
     bert_model,
     bert_tokenizer,
@@ -61,13 +61,13 @@ from visattn.testing.coverage.pipelines.classic_encoders import (
     omnigen_tokenizer,
     siglip_image_encoder,
 )
-from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, image_call
-from visattn.testing.coverage.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor, qwen_tokenizer
-from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
-from visattn.testing.text_encoders import clip_text_model, llama_model, t5_encoder
-from visattn.testing.tokenizers import clip_tokenizer, llama_tokenizer, t5_tokenizer
-from visattn.testing.vaes import FLOW_IMAGE_VAE, IMAGE_VAE, hunyuan_video_vae, image_vae
-from visattn.testing.video_pipelines import hunyuan_prompt_template
+from visattn.tiny.denoisers.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, image_call
+from visattn.tiny.denoisers.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor, qwen_tokenizer
+from visattn.tiny.pipeline_spec import ComponentFactory, PipelineSpec
+from visattn.tiny.text_encoders import clip_text_model, llama_model, t5_encoder
+from visattn.tiny.tokenizers import clip_tokenizer, llama_tokenizer, t5_tokenizer
+from visattn.tiny.vaes import FLOW_IMAGE_VAE, IMAGE_VAE, hunyuan_video_vae, image_vae
+from visattn.tiny.video_pipelines import hunyuan_prompt_template
 
 #: frames of the video UNet pipelines, which compress no time and take any count
 VIDEO_FRAMES = 3

@@ -1,6 +1,6 @@
-"""Tiny tokenizers, encoders and processors for :mod:`visattn.testing.coverage.pipelines.classic`, built in code.
+"""Tiny tokenizers, encoders and processors for :mod:`visattn.tiny.denoisers.pipelines.classic`, built in code.
 
-What the classic pipelines need beyond :mod:`visattn.testing.tokenizers` and :mod:`visattn.testing.text_encoders`:
+What the classic pipelines need beyond :mod:`visattn.tiny.tokenizers` and :mod:`visattn.tiny.text_encoders`:
 BERT (HunyuanDiT) and GPT-2 (UniDiffuser's captioner) tokenizers over the shared vocabulary, a Llama with its LM head
 (HiDream), CLIP and SigLIP vision towers with their processors, OmniGen's tokenizer, and the stand-ins that let
 OmniGen's pipeline be built without torchvision.
@@ -31,10 +31,10 @@ from transformers import (
     TokenizersBackend,
 )
 
-from visattn.testing.tokenizers import llama_tokenizer
-from visattn.testing.vocab import CHARACTERS, VOCABULARY
+from visattn.tiny.tokenizers import llama_tokenizer
+from visattn.tiny.vocab import CHARACTERS, VOCABULARY
 
-# Two heads everywhere, as in visattn.testing.text_encoders.
+# Two heads everywhere, as in visattn.tiny.text_encoders.
 _HEADS = 2
 _LAYERS = 2
 

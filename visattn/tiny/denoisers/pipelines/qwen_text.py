@@ -2,7 +2,7 @@
 
 One byte-level BPE tokenizer (:func:`qwen_tokenizer`, a ``Qwen2Tokenizer``) serves every Qwen2 / Qwen2.5-VL / Qwen3 /
 Qwen3-VL text encoder. It keeps the real Qwen pre-tokenizer (the split regex, then byte-level), lower-cases its input
-like the other tiny tokenizers, and has one token per word of :data:`visattn.testing.vocab.VOCABULARY` and of the
+like the other tiny tokenizers, and has one token per word of :data:`visattn.tiny.vocab.VOCABULARY` and of the
 pipelines' prompt templates, both bare and with the leading space (``"red"``, ``"Ġred"``), matched whole before any
 merge (``ignore_merges``, as the real Qwen BPE does). Its only merges build the few template words the real
 vocabulary splits (:data:`SPLIT_WORDS`); any other word falls back to byte-level characters. Runs of spaces or
@@ -42,7 +42,7 @@ from transformers import (
 )
 from transformers.processing_utils import ProcessorMixin
 
-from visattn.testing.vocab import VOCABULARY
+from visattn.tiny.vocab import VOCABULARY
 
 #: words of the pipelines' system prompts and chat roles that :data:`VOCABULARY` lacks
 TEMPLATE_WORDS: tuple[str, ...] = tuple(

@@ -2,11 +2,11 @@
 Mistral 3, SmolLM3, Qwen3-VL) or an encoder-decoder's encoder (T5Gemma, T5Gemma 2). One :class:`PipelineSpec` per
 diffusers pipeline.
 
-The tokenizers are built in code like :mod:`visattn.testing.tokenizers`: :func:`gemma_tokenizer` is a Gemma-style
-BPE with byte fallback over :data:`visattn.testing.vocab.VOCABULARY` (plus :data:`INSTRUCTION_WORDS`, the words of
+The tokenizers are built in code like :mod:`visattn.tiny.tokenizers`: :func:`gemma_tokenizer` is a Gemma-style
+BPE with byte fallback over :data:`visattn.tiny.vocab.VOCABULARY` (plus :data:`INSTRUCTION_WORDS`, the words of
 the instructions these pipelines put before the prompt) and Gemma's special tokens, shared by every pipeline whose
 tokenizer is Gemma's; :func:`word_tokenizer` builds the same words with another model's special tokens (GLM-4,
-Mistral, SmolLM3), and Ideogram 4 uses the Qwen tokenizer of :mod:`visattn.testing.coverage.pipelines.qwen_text`.
+Mistral, SmolLM3), and Ideogram 4 uses the Qwen tokenizer of :mod:`visattn.tiny.denoisers.pipelines.qwen_text`.
 The text encoders are tiny random ``transformers`` models sized to them, the VAEs tiny versions of each pipeline's.
 None of these families declares a tokenizer ladder (their chat templates and instructions are not expressible as a
 :class:`visattn.families.PromptRecipe`), so the words checks do not run on them.
@@ -78,14 +78,14 @@ from transformers import (
 )
 from transformers.models.t5gemma.modeling_t5gemma import T5GemmaEncoder
 
-from visattn.testing.coverage.denoiser_spec import built
-from visattn.testing.coverage.images import COGVIEW4, ERNIE_IMAGE, FLUX2, LUMINA2, LUMINA_NEXT, PRX, SANA
-from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, flow_vae, image_call
-from visattn.testing.coverage.pipelines.qwen_text import qwen3_vl_model, qwen_tokenizer
-from visattn.testing.coverage.videos import TINY_DENOISERS as VIDEO_DENOISERS
-from visattn.testing.pipeline_spec import PipelineSpec
-from visattn.testing.vaes import FLOW_IMAGE_VAE, image_vae, wan_vae
-from visattn.testing.vocab import CHARACTERS, VOCABULARY
+from visattn.tiny.denoisers.denoiser_spec import built
+from visattn.tiny.denoisers.images import COGVIEW4, ERNIE_IMAGE, FLUX2, LUMINA2, LUMINA_NEXT, PRX, SANA
+from visattn.tiny.denoisers.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, flow_vae, image_call
+from visattn.tiny.denoisers.pipelines.qwen_text import qwen3_vl_model, qwen_tokenizer
+from visattn.tiny.denoisers.videos import TINY_DENOISERS as VIDEO_DENOISERS
+from visattn.tiny.pipeline_spec import PipelineSpec
+from visattn.tiny.vaes import FLOW_IMAGE_VAE, image_vae, wan_vae
+from visattn.tiny.vocab import CHARACTERS, VOCABULARY
 
 _SPACE = "▁"  # SentencePiece's word-boundary marker (U+2581)
 _HEADS = 2
@@ -104,7 +104,7 @@ GEMMA_SPECIAL_TOKENS: tuple[str, ...] = (
 
 #: Words of the instructions and system prompts these pipelines put before the prompt (Sana's and Sana-Video's
 #: "complex human instruction", Lumina 2's system prompt, Flux 2's system message), added to
-#: :data:`visattn.testing.vocab.VOCABULARY` so that those texts stay a few dozen tokens long.
+#: :data:`visattn.tiny.vocab.VOCABULARY` so that those texts stay a few dozen tokens long.
 INSTRUCTION_WORDS: tuple[str, ...] = tuple(
     """
     about adding additional ai alignment already asleep assistant attribution avoid based blooming bustling busy
@@ -122,7 +122,7 @@ INSTRUCTION_WORDS: tuple[str, ...] = tuple(
 # ------------------------------------------------------------------------------------------------------ tokenizers
 @lru_cache(maxsize=8)
 def _word_vocab_and_merges(head: tuple[str, ...]) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    # As visattn.testing.tokenizers' Llama: "▁"-prefixed words grow left to right with (▁prefix, char) merges, so
+    # As visattn.tiny.tokenizers' Llama: "▁"-prefixed words grow left to right with (▁prefix, char) merges, so
     # a vocabulary word is one token and any other word splits into a prefix and characters (bytes beyond them).
     # ``head``: the tokenizer's special tokens, first, in their ids' order.
     words = {*VOCABULARY, *INSTRUCTION_WORDS}
@@ -145,7 +145,7 @@ def gemma_tokenizer() -> GemmaTokenizerFast:
     """A Gemma BPE tokenizer (byte fallback) that prepends ``<bos>``, pads on the right with ``<pad>`` (id 0) and
     knows Gemma's chat tokens (``<start_of_turn>``, ``<end_of_turn>``) and image markers.
 
-    Words of :data:`visattn.testing.vocab.VOCABULARY` and :data:`INSTRUCTION_WORDS` are one token each.
+    Words of :data:`visattn.tiny.vocab.VOCABULARY` and :data:`INSTRUCTION_WORDS` are one token each.
     """
     vocab, merges = _word_vocab_and_merges(("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *GEMMA_SPECIAL_TOKENS))
     tokenizer = GemmaTokenizerFast(
@@ -655,7 +655,7 @@ def _dolly(frames: int) -> np.ndarray:
 
 # Sana-WM: camera-controlled image-to-world, one prompt per call (a str), Sana's instruction + select on Gemma 2,
 # the LTX-2 VAE; the first latent frame is the encoded image, held clean with a per-frame timestep of 0. The tiny
-# Sana-WM of visattn.testing.coverage.videos, with chunked Plücker rays for the 4x temporal VAE here: 6 ray channels
+# Sana-WM of visattn.tiny.denoisers.videos, with chunked Plücker rays for the 4x temporal VAE here: 6 ray channels
 # per pixel frame of a latent frame (the real model's 48 are for LTX-2's 8x).
 _SANA_WM = built(
     "SanaWMTransformer3DModel",

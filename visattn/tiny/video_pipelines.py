@@ -20,11 +20,11 @@ from diffusers import (
     WanTransformer3DModel,
 )
 
-from visattn.testing import grids
-from visattn.testing.pipeline_spec import PipelineSpec
-from visattn.testing.text_encoders import clip_text_model, llama_model, t5_encoder, umt5_encoder
-from visattn.testing.tokenizers import clip_tokenizer, llama_tokenizer, t5_tokenizer
-from visattn.testing.vaes import (
+from visattn.tiny import grids
+from visattn.tiny.pipeline_spec import PipelineSpec
+from visattn.tiny.text_encoders import clip_text_model, llama_model, t5_encoder, umt5_encoder
+from visattn.tiny.tokenizers import clip_tokenizer, llama_tokenizer, t5_tokenizer
+from visattn.tiny.vaes import (
     COGVIDEOX_VAE,
     HUNYUAN_VIDEO_VAE,
     LATENT_CHANNELS,

@@ -1,4 +1,4 @@
-"""Tests for visattn.testing: tiny offline pipelines, their grids, and the in-code tokenizers."""
+"""Tests for visattn.tiny: tiny offline pipelines, their grids, and the in-code tokenizers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from visattn.testing import (
+from visattn.tiny import (
     TINY_PIPELINES,
     VIDEO_PIPELINES,
     VOCABULARY,

@@ -24,11 +24,11 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from visattn.testing import grids
-from visattn.testing.pipeline_spec import PipelineSpec
-from visattn.testing.text_encoders import clip_text_model, t5_encoder
-from visattn.testing.tokenizers import clip_tokenizer, t5_tokenizer
-from visattn.testing.vaes import FLOW_IMAGE_VAE, IMAGE_VAE, LATENT_CHANNELS, image_vae
+from visattn.tiny import grids
+from visattn.tiny.pipeline_spec import PipelineSpec
+from visattn.tiny.text_encoders import clip_text_model, t5_encoder
+from visattn.tiny.tokenizers import clip_tokenizer, t5_tokenizer
+from visattn.tiny.vaes import FLOW_IMAGE_VAE, IMAGE_VAE, LATENT_CHANNELS, image_vae
 
 TEXT_WIDTH = 32  # hidden size of every CLIP/T5 encoder below unless noted
 IMAGE_SIZE = 32  # pixels; 16x16 latents with the 2x image VAE

@@ -1,22 +1,23 @@
-"""Tiny instances of every diffusers text-to-image and text-to-video denoiser class, and the coverage checks.
+"""Tiny instances of every diffusers text-to-image and text-to-video denoiser class visattn covers.
 
 ``TINY_DENOISERS`` joins the per-kind tables (:mod:`.images`, :mod:`.videos`, :mod:`.unets`); each entry builds a
-seeded model from a config and its forward inputs, offline. :func:`visattn.testing.coverage.checks.check` runs
-visattn's coverage checks on one of them.
+seeded model from a config and its forward inputs, offline. ``visattn bench --dispatch`` times visattn on them; the
+repository's coverage checks (``tests/harness/coverage_checks.py``, not installed) measure every effect on each and
+write docs/models.md.
 """
 
 from __future__ import annotations
 
-from visattn.testing.coverage.denoiser_spec import TinyDenoiser
+from visattn.tiny.denoisers.denoiser_spec import TinyDenoiser
 
 
 def _tables() -> tuple[TinyDenoiser, ...]:
-    from visattn.testing.coverage import unets
+    from visattn.tiny.denoisers import unets
 
     entries = list(unets.TINY_DENOISERS)
     for name in ("images", "videos"):
         try:
-            module = __import__(f"visattn.testing.coverage.{name}", fromlist=["TINY_DENOISERS"])
+            module = __import__(f"visattn.tiny.denoisers.{name}", fromlist=["TINY_DENOISERS"])
         except ImportError:
             continue
         entries.extend(module.TINY_DENOISERS)

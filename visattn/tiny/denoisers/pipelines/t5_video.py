@@ -1,7 +1,7 @@
 """Tiny text-to-video pipelines whose text encoder is T5 (or umT5): one :class:`PipelineSpec` per pipeline.
 
 All run 2 steps of a short clip at 32x32 (9 frames where the VAE's temporal compression allows it) with a 16-token
-text where the pipeline takes ``max_sequence_length``; :mod:`visattn.testing.coverage.pipelines.t5` lists them.
+text where the pipeline takes ``max_sequence_length``; :mod:`visattn.tiny.denoisers.pipelines.t5` lists them.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
-from visattn.testing.coverage import tiny_denoiser_entry
-from visattn.testing.coverage.denoiser_spec import built
-from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, PROMPT, TEXT_TOKENS
-from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
-from visattn.testing.text_encoders import t5_encoder, umt5_encoder
-from visattn.testing.tokenizers import t5_tokenizer
-from visattn.testing.vaes import IMAGE_VAE, LATENT_CHANNELS, WAN_VAE, wan_vae
+from visattn.tiny.denoisers import tiny_denoiser_entry
+from visattn.tiny.denoisers.denoiser_spec import built
+from visattn.tiny.denoisers.pipelines.common import IMAGE_SIZE, PROMPT, TEXT_TOKENS
+from visattn.tiny.pipeline_spec import ComponentFactory, PipelineSpec
+from visattn.tiny.text_encoders import t5_encoder, umt5_encoder
+from visattn.tiny.tokenizers import t5_tokenizer
+from visattn.tiny.vaes import IMAGE_VAE, LATENT_CHANNELS, WAN_VAE, wan_vae
 
 #: pixel frames of the clips: three latent frames with the 4x temporal VAEs
 NUM_FRAMES = 9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from visattn.testing.vaes import FLOW_IMAGE_VAE, image_vae
+from visattn.tiny.vaes import FLOW_IMAGE_VAE, image_vae
 
 #: pixels of the tiny images: 16x16 latents with the 2x VAE
 IMAGE_SIZE = 32

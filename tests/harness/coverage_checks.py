@@ -1,7 +1,8 @@
 """The per-class coverage checks: what visattn does on one tiny denoiser, measured, as one table row.
 
-The tests (``tests/families/test_coverage.py``) assert on these rows, and ``python -m visattn.testing.coverage`` writes
-them to ``docs/models.md``, so the coverage table is generated from the same checks the tests run.
+The tests (``tests/families/test_coverage.py``) assert on these rows, and
+``python -m tests.harness.coverage_table`` writes them to ``docs/models.md``, so the coverage table is generated
+from the same checks the tests run.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from typing import Any
 import torch
 
 import visattn
-from visattn.context import CallContext
-from visattn.effects.base import AttentionCall, Effect
 from visattn.families import family_of
 from visattn.interception import layer_hook
-from visattn.testing.coverage.denoiser_spec import TinyDenoiser
-from visattn.words import PromptTokens
+from visattn.tiny.denoisers.denoiser_spec import TinyDenoiser
+from visattn.tiny.probes import ContextRecorder, synthetic_prompt
 
 #: the identity bar of the issue: fp32, max abs diff
 IDENTITY_TOLERANCE = 1e-6
@@ -27,17 +26,6 @@ IDENTITY_TOLERANCE = 1e-6
 #: Prompt-to-Prompt's source rows are a plain generation; the edited calls compute them in float32 with an
 #: explicit softmax instead of the fused kernel, so they match to rounding (relative to the output's scale)
 SOURCE_TOLERANCE = 1e-4
-
-
-class ContextRecorder(Effect):
-    """Observes every call it is attached to (its context) and changes nothing."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.contexts: list[CallContext] = []
-
-    def apply(self, call: AttentionCall) -> None:
-        self.contexts.append(call.ctx)
 
 
 @dataclass
@@ -140,16 +128,9 @@ def sdpa_token_counts(entry: TinyDenoiser, batch_size: int = 2) -> set[tuple[int
     return recorder.seen
 
 
-def _synthetic_prompt(length: int, swap: int | None = None) -> PromptTokens:
-    """One word per text position, so every text token has a word to collect a map for; ``swap`` renames word
-    ``swap`` (a Prompt-to-Prompt target of the same length)."""
-    words = tuple(f"x{i}" if i == swap else f"w{i}" for i in range(length))
-    return PromptTokens(" ".join(words), words, tuple((i,) for i in range(length)), (), length, family="")
-
-
 def _editing(model, entry: TinyDenoiser, stock: torch.Tensor, length: int) -> dict[str, float]:
     """Prompt-to-Prompt (word swap, every step) and LocalBlend on one call of a source/target pair of rows."""
-    source, target = _synthetic_prompt(length), _synthetic_prompt(length, swap=min(1, length - 1))
+    source, target = synthetic_prompt(length), synthetic_prompt(length, swap=min(1, length - 1))
     # The whole schedule: a denoiser called by hand has no scheduler, and (0, 1) acts at unknown steps too.
     edit = visattn.PromptToPrompt(source, target, cross_steps=1.0, self_steps=1.0)
     with visattn.attach(model, edit):
@@ -229,7 +210,7 @@ def check(entry: TinyDenoiser) -> CoverageRow:
     if row.text_found and row.grid_found and entry.text_tokens and takes_text:
         try:
             length = text_contexts[0].text_span.length
-            maps = visattn.AttentionMaps(prompt=_synthetic_prompt(length), drop_special=False)
+            maps = visattn.AttentionMaps(prompt=synthetic_prompt(length), drop_special=False)
             row.maps = _change(model, entry, stock, maps)
             if maps.contributions == 0:
                 row.problems.append("AttentionMaps: collected nothing")

@@ -8,7 +8,7 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
-from visattn.testing.grids import Grid
+from visattn.tiny.grids import Grid
 
 #: A zero-argument builder for one pipeline component (model, tokenizer, scheduler, or ``None``).
 ComponentFactory = Callable[[], Any]
@@ -16,7 +16,7 @@ ComponentFactory = Callable[[], Any]
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """Everything :mod:`visattn.testing.pipelines` needs to know about one tiny pipeline.
+    """Everything :mod:`visattn.tiny.pipelines` needs to know about one tiny pipeline.
 
     Attributes:
         family: The key of the denoiser's family in :mod:`visattn.families` (the package's one vocabulary).
@@ -46,6 +46,6 @@ class PipelineSpec:
 
     @property
     def key(self) -> str:
-        """How :func:`visattn.testing.tiny_pipeline` names this pipeline: the family key for the family's
+        """How :func:`visattn.tiny.tiny_pipeline` names this pipeline: the family key for the family's
         default pipeline, the diffusers pipeline class name otherwise."""
         return self.family if self.default else self.pipeline_cls.__name__

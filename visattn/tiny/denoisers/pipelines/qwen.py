@@ -1,7 +1,7 @@
 """Tiny pipelines whose text encoder is a Qwen model (Qwen2-VL, Qwen2.5-VL, Qwen3, Qwen3-VL): one
 :class:`PipelineSpec` per diffusers pipeline.
 
-All of them share the tiny Qwen tokenizer of :mod:`visattn.testing.coverage.pipelines.qwen_text` (and the Qwen2-VL /
+All of them share the tiny Qwen tokenizer of :mod:`visattn.tiny.denoisers.pipelines.qwen_text` (and the Qwen2-VL /
 Qwen2.5-VL / Qwen3-VL processors built on it); the text encoders are tiny random ``transformers`` models sized to it.
 Their prompts go through chat templates whose system prefix the pipelines crop by a fixed token count, which no
 :class:`visattn.families.PromptRecipe` kind expresses, so their families declare no tokenizer ladder and the tests
@@ -46,9 +46,9 @@ from diffusers import (
 )
 from transformers import ByT5Tokenizer, T5EncoderModel
 
-from visattn.testing.coverage import tiny_denoiser_entry
-from visattn.testing.coverage.denoiser_spec import TinyDenoiser
-from visattn.testing.coverage.images import (
+from visattn.tiny.denoisers import tiny_denoiser_entry
+from visattn.tiny.denoisers.denoiser_spec import TinyDenoiser
+from visattn.tiny.denoisers.images import (
     BRIA_FIBO2,
     HUNYUAN_IMAGE,
     KREA2,
@@ -59,8 +59,8 @@ from visattn.testing.coverage.images import (
     QWEN_IMAGE_21,
     Z_IMAGE,
 )
-from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, flow_vae, image_call
-from visattn.testing.coverage.pipelines.qwen_text import (
+from visattn.tiny.denoisers.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, flow_vae, image_call
+from visattn.tiny.denoisers.pipelines.qwen_text import (
     qwen2_5_vl_model,
     qwen2_5_vl_processor,
     qwen2_5_vl_text_model,
@@ -72,10 +72,10 @@ from visattn.testing.coverage.pipelines.qwen_text import (
     qwen3_vl_processor,
     qwen_tokenizer,
 )
-from visattn.testing.pipeline_spec import PipelineSpec
-from visattn.testing.text_encoders import clip_text_model, t5_encoder
-from visattn.testing.tokenizers import clip_tokenizer
-from visattn.testing.vaes import hunyuan_video_vae
+from visattn.tiny.pipeline_spec import PipelineSpec
+from visattn.tiny.text_encoders import clip_text_model, t5_encoder
+from visattn.tiny.tokenizers import clip_tokenizer
+from visattn.tiny.vaes import hunyuan_video_vae
 
 #: the Qwen text encoders' width (the tiny denoisers' text input width)
 TEXT_WIDTH = 32

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from visattn.testing.coverage.denoiser_spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
+from visattn.tiny.denoisers.denoiser_spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
 
 F, H, W = 3, 4, 6  # latent tokens after patchify
 TEXT = 7  # text tokens

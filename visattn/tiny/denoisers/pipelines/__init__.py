@@ -2,18 +2,18 @@
 one, made from diffusers' blocks, for the classes it drives only through a ``ModularPipeline``: :mod:`.modular`).
 
 Each module holds the pipelines whose text encoders are of one kind, as
-:class:`visattn.testing.pipeline_spec.PipelineSpec`
-records in its ``PIPELINES`` tuple, reusing the class's tiny denoiser config from :mod:`visattn.testing.coverage`;
+:class:`visattn.tiny.pipeline_spec.PipelineSpec`
+records in its ``PIPELINES`` tuple, reusing the class's tiny denoiser config from :mod:`visattn.tiny.denoisers`;
 a pipeline visattn does not yet handle end to end is listed, with the reason, in the module's
-``KNOWN_PIPELINE_LIMITS``. They are reachable through :func:`visattn.testing.tiny_pipeline` by key (the family
+``KNOWN_PIPELINE_LIMITS``. They are reachable through :func:`visattn.tiny.tiny_pipeline` by key (the family
 key, or the pipeline class name for a family's second pipeline) and listed in
-:data:`visattn.testing.COVERAGE_PIPELINES`; ``tests/families/test_coverage_pipelines.py`` runs each one.
+:data:`visattn.tiny.COVERAGE_PIPELINES`; ``tests/families/test_coverage_pipelines.py`` runs each one.
 """
 
 from __future__ import annotations
 
-from visattn.testing.coverage.pipelines import classic, llm, modular, qwen, t5
-from visattn.testing.pipeline_spec import PipelineSpec
+from visattn.tiny.denoisers.pipelines import classic, llm, modular, qwen, t5
+from visattn.tiny.pipeline_spec import PipelineSpec
 
 _MODULES = (t5, classic, qwen, llm, modular)
 

@@ -16,11 +16,11 @@ from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.modular_pipelines import ModularPipeline
 
 from visattn.families import VIDEO_FAMILIES
-from visattn.testing.coverage.pipelines import COVERAGE_PIPELINE_SPECS
-from visattn.testing.grids import Grid
-from visattn.testing.image_pipelines import IMAGE_PIPELINES
-from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
-from visattn.testing.video_pipelines import VIDEO_PIPELINES as VIDEO_PIPELINES_SPECS
+from visattn.tiny.denoisers.pipelines import COVERAGE_PIPELINE_SPECS
+from visattn.tiny.grids import Grid
+from visattn.tiny.image_pipelines import IMAGE_PIPELINES
+from visattn.tiny.pipeline_spec import ComponentFactory, PipelineSpec
+from visattn.tiny.video_pipelines import VIDEO_PIPELINES as VIDEO_PIPELINES_SPECS
 
 _CORE: dict[str, PipelineSpec] = {spec.key: spec for spec in (*IMAGE_PIPELINES, *VIDEO_PIPELINES_SPECS)}
 _SPECS: dict[str, PipelineSpec] = {**_CORE, **{spec.key: spec for spec in COVERAGE_PIPELINE_SPECS}}
@@ -34,7 +34,7 @@ TINY_PIPELINES: tuple[str, ...] = tuple(_CORE)
 #: The core tiny pipelines whose family makes videos (:data:`visattn.families.VIDEO_FAMILIES`).
 VIDEO_PIPELINES: tuple[str, ...] = tuple(key for key, spec in _CORE.items() if spec.family in VIDEO_FAMILIES)
 
-#: The tiny pipelines of the other covered denoiser classes (:mod:`visattn.testing.coverage.pipelines`), each run
+#: The tiny pipelines of the other covered denoiser classes (:mod:`visattn.tiny.denoisers.pipelines`), each run
 #: by ``tests/families/test_coverage_pipelines.py``.
 COVERAGE_PIPELINES: tuple[str, ...] = tuple(spec.key for spec in COVERAGE_PIPELINE_SPECS)
 

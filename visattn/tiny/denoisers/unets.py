@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from visattn.testing.coverage.denoiser_spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
+from visattn.tiny.denoisers.denoiser_spec import TinyDenoiser, built, constant_timesteps, input_generator, randn
 
 H, W = 8, 12  # latent height, width
 FRAMES = 3

@@ -3,7 +3,7 @@
 Flux 3, Wan-Animate 2 and MiniMax-H3 have no classic ``DiffusionPipeline``; diffusers ships their pipelines as
 blocks (``Flux3AutoBlocks``, ...) that a ``ModularPipeline`` runs. Each :class:`PipelineSpec` here names the
 modular pipeline class, the blocks it is made from (``pipeline_kwargs["blocks"]``: a zero-argument factory, so each
-pipeline gets its own blocks), and the tiny offline components :func:`visattn.testing.tiny_pipeline` sets on it
+pipeline gets its own blocks), and the tiny offline components :func:`visattn.tiny.tiny_pipeline` sets on it
 with ``update_components``. Flux 3 and Wan-Animate 2 guide through a diffusers guider (``ClassifierFreeGuidance``,
 the component ``guider``): one denoiser call per branch the guider prepared, conditional first, with no
 ``cache_context`` name (visattn reads the branch from the guider, see
@@ -34,17 +34,17 @@ from diffusers.modular_pipelines import (
 )
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from visattn.testing.coverage import tiny_denoiser_entry
-from visattn.testing.coverage.images import FLUX3
-from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, image_call
-from visattn.testing.coverage.pipelines.llm import flux2_vae
-from visattn.testing.coverage.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor, qwen_tokenizer
-from visattn.testing.coverage.pipelines.t5_video import drifting_frames, input_image
-from visattn.testing.coverage.videos import TEXT
-from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
-from visattn.testing.text_encoders import umt5_encoder
-from visattn.testing.tokenizers import t5_tokenizer
-from visattn.testing.vaes import WAN_VAE
+from visattn.tiny.denoisers import tiny_denoiser_entry
+from visattn.tiny.denoisers.images import FLUX3
+from visattn.tiny.denoisers.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, image_call
+from visattn.tiny.denoisers.pipelines.llm import flux2_vae
+from visattn.tiny.denoisers.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor, qwen_tokenizer
+from visattn.tiny.denoisers.pipelines.t5_video import drifting_frames, input_image
+from visattn.tiny.denoisers.videos import TEXT
+from visattn.tiny.pipeline_spec import ComponentFactory, PipelineSpec
+from visattn.tiny.text_encoders import umt5_encoder
+from visattn.tiny.tokenizers import t5_tokenizer
+from visattn.tiny.vaes import WAN_VAE
 
 # --- Flux 3 ---------------------------------------------------------------------------------------------------------
 #: the Qwen3-VL hidden states Flux 3 stacks per text token (8 of 32 in the real model); two of the tiny encoder's

@@ -1,6 +1,6 @@
 """Configs and builders for the tiny VAEs.
 
-The configs are plain dicts so that :mod:`visattn.testing.grids` can derive latent grids from exactly the
+The configs are plain dicts so that :mod:`visattn.tiny.grids` can derive latent grids from exactly the
 values the models are built from. All VAEs compress space by 2 or 4 (real ones use 8) to keep decoding cheap;
 the video VAEs keep the real temporal compression of 4 because their causal chunking assumes it.
 """

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from visattn.testing.coverage.denoiser_spec import TinyDenoiser, randn
+from visattn.tiny.denoisers.denoiser_spec import TinyDenoiser, randn
 
 
 def _build(class_name: str, reinit: tuple[str, ...] = (), **config: Any) -> torch.nn.Module:

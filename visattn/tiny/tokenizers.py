@@ -1,6 +1,6 @@
 """Tiny CLIP, T5 and Llama tokenizers built in code, so tests never download a tokenizer.
 
-All three share :data:`visattn.testing.vocab.VOCABULARY`: each of those words is one token, and any other word
+All three share :data:`visattn.tiny.vocab.VOCABULARY`: each of those words is one token, and any other word
 splits into several character-level pieces. They lower-case their input like CLIP does, so "Red" and "red"
 give the same token.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from tokenizers import normalizers, pre_tokenizers
 from transformers import CLIPTokenizer, LlamaTokenizer, T5Tokenizer, TokenizersBackend
 
-from visattn.testing.vocab import CHARACTERS, VOCABULARY
+from visattn.tiny.vocab import CHARACTERS, VOCABULARY
 
 #: Kinds accepted by :func:`text_tokenizer`.
 TOKENIZER_KINDS: tuple[str, ...] = ("clip", "t5", "llama")

@@ -1,8 +1,12 @@
-"""Tiny, offline, deterministic diffusers models and pipelines for tests.
+"""Tiny, offline, deterministic diffusers models and pipelines: the ``tiny`` model of the CLI and demo, the subjects
+of ``visattn bench``, and a way to try any effect on any family without downloading weights.
 
 Every pipeline in :data:`TINY_PIPELINES` (named by its family key, see :mod:`visattn.families`) is a full
 pipeline with random weights small enough to run a two-step call in well under two seconds on a laptop CPU,
-with CLIP/T5/Llama tokenizers built in code (see :mod:`visattn.testing.tokenizers`). Nothing here touches the network.
+with CLIP/T5/Llama tokenizers built in code (see :mod:`visattn.tiny.tokenizers`). Nothing here touches the network.
+:mod:`visattn.tiny.denoisers` holds a tiny instance of every covered denoiser class, and :mod:`visattn.tiny.probes`
+records what visattn sees on a model. (The test scaffolding built on them, the coverage checks and the
+multi-process harness, lives in the repository's ``tests/harness`` and is not installed.)
 
 >>> pipe = tiny_pipeline("unet")
 >>> out = pipe(**call_kwargs("unet"))
@@ -10,8 +14,8 @@ with CLIP/T5/Llama tokenizers built in code (see :mod:`visattn.testing.tokenizer
 (1, 16, 16)
 """
 
-from visattn.testing.grids import Grid
-from visattn.testing.pipelines import (
+from visattn.tiny.grids import Grid
+from visattn.tiny.pipelines import (
     COVERAGE_PIPELINES,
     TINY_PIPELINES,
     VIDEO_PIPELINES,
@@ -22,14 +26,14 @@ from visattn.testing.pipelines import (
     tiny_denoiser,
     tiny_pipeline,
 )
-from visattn.testing.tokenizers import (
+from visattn.tiny.tokenizers import (
     TOKENIZER_KINDS,
     clip_tokenizer,
     llama_tokenizer,
     t5_tokenizer,
     text_tokenizer,
 )
-from visattn.testing.vocab import VOCABULARY
+from visattn.tiny.vocab import VOCABULARY
 
 __all__ = [
     "COVERAGE_PIPELINES",

@@ -1,8 +1,8 @@
 """Tiny pipelines whose text encoder is T5 (or umT5): one :class:`PipelineSpec` per diffusers pipeline.
 
-Every pipeline reuses its class's tiny denoiser from :mod:`visattn.testing.coverage` (adapted where the pipeline
+Every pipeline reuses its class's tiny denoiser from :mod:`visattn.tiny.denoisers` (adapted where the pipeline
 needs other channel counts), the in-code T5 tokenizer and a random T5/umT5 encoder as wide as the denoiser's text
-input. The video pipelines live in :mod:`visattn.testing.coverage.pipelines.t5_video` and are listed here too.
+input. The video pipelines live in :mod:`visattn.tiny.denoisers.pipelines.t5_video` and are listed here too.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from transformers import (
     TokenizersBackend,
 )
 
-from visattn.testing.coverage import tiny_denoiser_entry
-from visattn.testing.coverage.images import AURAFLOW, BRIA, CHROMA, COGVIEW3PLUS, GLM_IMAGE
-from visattn.testing.coverage.pipelines import t5_video
-from visattn.testing.coverage.pipelines.common import TEXT_TOKENS, flow_vae, image_call
-from visattn.testing.pipeline_spec import ComponentFactory, PipelineSpec
-from visattn.testing.text_encoders import t5_encoder, umt5_encoder
-from visattn.testing.tokenizers import llama_tokenizer, t5_tokenizer
-from visattn.testing.vaes import image_vae
+from visattn.tiny.denoisers import tiny_denoiser_entry
+from visattn.tiny.denoisers.images import AURAFLOW, BRIA, CHROMA, COGVIEW3PLUS, GLM_IMAGE
+from visattn.tiny.denoisers.pipelines import t5_video
+from visattn.tiny.denoisers.pipelines.common import TEXT_TOKENS, flow_vae, image_call
+from visattn.tiny.pipeline_spec import ComponentFactory, PipelineSpec
+from visattn.tiny.text_encoders import t5_encoder, umt5_encoder
+from visattn.tiny.tokenizers import llama_tokenizer, t5_tokenizer
+from visattn.tiny.vaes import image_vae
 
 KANDINSKY3 = tiny_denoiser_entry("Kandinsky3UNet")
 

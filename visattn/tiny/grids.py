@@ -2,7 +2,7 @@
 
 Each function repeats its pipeline's own arithmetic (latent shape from the VAE's scale factors, then the
 denoiser's patchify), so a test can check an automatically derived grid against an independent source.
-They accept any mapping, so both the dict configs in :mod:`visattn.testing.vaes` and a built model's
+They accept any mapping, so both the dict configs in :mod:`visattn.tiny.vaes` and a built model's
 ``.config`` work.
 """
 
