@@ -55,6 +55,7 @@ from .parallel import (
     ulysses_heads,
 )
 from .steps import in_steps
+from .warning_site import user_stacklevel
 
 if TYPE_CHECKING:
     from .state import DenoiserState
@@ -327,7 +328,7 @@ class AttentionLayerHook(ModelHook):
             warnings.warn(
                 f"visattn: attention layer {self.layer_name!r} ({type(processor).__name__}) computed its attention "
                 "without scaled_dot_product_attention, so visattn's effects did nothing there",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         return out
 
@@ -551,7 +552,7 @@ class AttentionLayerHook(ModelHook):
                 f"{self.state.family.name!r}) attends over {n_q} tokens that hold the {inputs.grid} grid "
                 f"({grid_tokens} tokens) together with tokens visattn cannot place (history, reference or audio "
                 "tokens, or text it cannot locate): it leaves such layers unchanged",
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
     def _layout(self, n_q: int, n_k: int):

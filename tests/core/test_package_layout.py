@@ -76,9 +76,7 @@ def test_nothing_installed_imports_the_tests_the_lab_or_pytest(name):
 def test_the_library_never_imports_an_app():
     library = [name for name in MODULES if not _is_under(name, APPS)]
     assert "visattn.attachment" in library and "visattn.tiny" in library
-    upward = {
-        name: sorted(target for target in _imports(MODULES[name]) if _is_under(target, APPS)) for name in library
-    }
+    upward = {name: sorted(target for target in _imports(MODULES[name]) if _is_under(target, APPS)) for name in library}
     upward = {name: targets for name, targets in upward.items() if targets}
     assert not upward, f"library modules import apps: {upward}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 import pytest
@@ -350,9 +351,12 @@ def test_a_bare_denoiser_builds_the_mask_and_warns_that_nothing_is_blended():
         "encoder_hidden_states": torch.randn(4, tokens[0].length, model.config.cross_attention_dim),
     }
     inputs["sample"][[1, 3]] = inputs["sample"][[0, 2]]
-    with visattn.attach(model, p2p), pytest.warns(UserWarning, match="nothing is blended"), torch.no_grad():
+    with visattn.attach(model, p2p), pytest.warns(UserWarning, match="nothing is blended") as caught, torch.no_grad():
         model(**inputs)
     assert p2p.local_blend.mask is not None
+    # the warning names the line that called the model, not a frame inside visattn, diffusers or torch
+    (warning,) = [w for w in caught if "nothing is blended" in str(w.message)]
+    assert (warning.filename, warning.lineno) == (__file__, inspect.currentframe().f_lineno - 4)
 
 
 # --- every family, composition ----------------------------------------------------------------------------------

@@ -106,8 +106,9 @@ def test_a_class_visattn_has_never_seen_runs_the_generic_path_with_one_warning()
     inputs = entry.inputs(2)
     with torch.no_grad():
         stock = prediction(model(**inputs))
-    with pytest.warns(UserWarning, match="no facts for UsersOwnTransformer"):
+    with pytest.warns(UserWarning, match="no facts for UsersOwnTransformer") as caught:
         handle = visattn.attach(model, visattn.PerturbedAttentionGuidance(scale=2.0, layers="self"))
+    assert [w.filename for w in caught if "no facts" in str(w.message)] == [__file__]  # points at the attach call
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once is enough
         with handle, torch.no_grad():

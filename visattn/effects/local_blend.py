@@ -58,6 +58,7 @@ from .. import validation
 from ..context import StepInfo
 from ..families import Family
 from ..validation import check_int
+from ..warning_site import user_stacklevel
 from ..words import split_words
 
 #: the blends :class:`LocalBlend` offers: the authors' (default) and visattn's prediction blend
@@ -365,7 +366,7 @@ class BlendRun:
                 "LocalBlend blends the latents after each scheduler step, but this attachment has no pipeline "
                 "scheduler to follow (a bare denoiser): the mask is built, nothing is blended. Blend the latents "
                 "yourself (x = x_source + mask * (x - x_source)) or use LocalBlend(..., variant='prediction')",
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
 

@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from ..warning_site import user_stacklevel
 from .base import (
     CLIP_LENGTH,
     TEXT_POSITIONS,
@@ -108,6 +109,6 @@ def family_of(model: torch.nn.Module) -> Family:
             "4-D or 5-D latent input and the config's patch sizes (grid patterns are skipped where that fails), "
             "and where text sits in joint sequences is unknown, so text effects (Prompt-to-Prompt, AttentionMaps) "
             "act only on cross-attention",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return GENERIC

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..warning_site import user_stacklevel
 from .request import AttentionRequest
 
 __all__ = [
@@ -382,7 +383,7 @@ def warn_once(key: Hashable, message: str) -> None:
     if key in _WARNED:
         return
     _WARNED.add(key)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def format_ms(seconds: float) -> str:
