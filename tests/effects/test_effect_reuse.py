@@ -182,6 +182,15 @@ def test_pag_heads_are_read_only():
         identity.strength = 0.5
 
 
+def test_arguments_the_user_changes_after_construction_reach_neither_copies_nor_pickles():
+    heads = {"mid": [0, 1]}
+    pag = PerturbedAttentionGuidance(layers="mid", heads=heads)
+    heads["mid"].append(2)
+    heads["up"] = [0]
+    for copied in (pag.copy_with(scale=2.0), pickle.loads(pickle.dumps(pag)), deepcopy(pag)):
+        assert dict(copied.heads) == {"mid": (0, 1)} == dict(pag.heads)
+
+
 def test_unconditional_embeddings_are_frozen():
     effect = UnconditionalEmbeddings([torch.zeros(1, 4, 8)])
     with pytest.raises(AttributeError, match="copy_with"):

@@ -12,6 +12,7 @@ probability stage (:attr:`AttentionCall.editors`, :attr:`AttentionCall.reads`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -102,10 +103,19 @@ def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
             if outermost:
                 object.__delattr__(self, "_constructing")
         if outermost:
-            object.__setattr__(self, "_arguments", (type(self), (args, kwargs)))
+            object.__setattr__(self, "_arguments", (type(self), _snapshot((args, kwargs))))
             object.__setattr__(self, "_constructed", True)
 
     return constructor
+
+
+def _snapshot(arguments: tuple[tuple, dict]) -> tuple[tuple, dict]:
+    """The constructor arguments as they were at construction: a dict or list the user changes afterwards must not
+    leak into a copy or a pickle. Arguments that cannot be deep-copied (an open handle, a module) are kept as given."""
+    try:
+        return copy.deepcopy(arguments)
+    except Exception:  # noqa: BLE001 - any object may refuse deepcopy; then the arguments are kept as given
+        return arguments
 
 
 def _rebuild(cls: type, args: tuple, kwargs: dict) -> Effect:
