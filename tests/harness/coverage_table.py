@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/models.md", help="where to write the table")
     args = parser.parse_args(argv)
+    # One thread: CPU reductions split across threads round differently, and the table's small differences (a
+    # Prompt-to-Prompt source row's 1e-7) would change from one machine to the next.
+    torch.set_num_threads(1)
     lines = []
     for entry in TINY_DENOISERS:
         with warnings.catch_warnings():
