@@ -388,20 +388,31 @@ def prompt_tokens(
         isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1
     ):
         raise ValueError(f"max_sequence_length must be a positive int; got {max_sequence_length!r}")
-    if _is_tokenizer(pipe_or_tokenizers) and len(recipe.parts) > 1:
-        names = " and ".join("/".join(part.tokenizers) for part in recipe.parts)
+    tokenized = [part for part in recipe.parts if part.kind != "reserved"]
+    if _is_tokenizer(pipe_or_tokenizers) and len(tokenized) > 1:
+        names = " and ".join("/".join(part.tokenizers) for part in tokenized)
         raise ValueError(f"{key} needs its tokenizers {names}: pass the pipeline or a mapping of them")
 
-    # Each part of the text sequence in turn; positions of later parts follow the earlier parts' lengths.
+    # Each part of the text sequence in turn; positions of later parts follow the earlier parts' lengths (or,
+    # where the denoiser gathers valid tokens first, the earlier parts' valid tokens).
     per_word: list[list[int]] = [[] for _ in words]
-    length = recipe.leading
+    length = start = recipe.leading
     for part in recipe.parts:
-        tokenizer = _tokenizer(pipe_or_tokenizers, part, key)
-        part_words, part_length = _part_positions(
-            part, tokenizer, pipe_or_tokenizers, prompt_text, words, key, max_sequence_length, prompt_template
+        tokenizer = None if part.kind == "reserved" else _tokenizer(pipe_or_tokenizers, part, key)
+        part_words, valid, part_length = _part_positions(
+            part,
+            tokenizer,
+            pipe_or_tokenizers,
+            prompt_text,
+            words,
+            key,
+            max_sequence_length,
+            prompt_template,
+            recipe.valid_first,
         )
-        per_word = [mine + [length + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]
+        per_word = [mine + [start + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]
         length += part_length
+        start = start + valid if recipe.valid_first else length
 
     length += recipe.trailing
     owned = {p for positions in per_word for p in positions}
@@ -424,13 +435,25 @@ def _part_positions(
     family: str,
     max_length: int | None,
     prompt_template: Mapping[str, Any] | None,
-) -> tuple[list[list[int]], int]:
-    """Each word's positions inside one part of the text sequence, and the part's length."""
+    valid_first: bool = False,
+) -> tuple[list[list[int]], int, int]:
+    """Each word's positions inside one part of the text sequence, the part's valid (unpadded) token count and
+    its length (``valid_first``: the denoiser moves the valid tokens to the front, whatever the padding side)."""
     if part.kind == "clip":
-        return _clip_part(_text_tokenizer(tokenizer), prompt, words, family)
-    if tokenizer is None:
-        # An optional part the pipeline fills with zero embeddings: positions with no word.
-        return [[] for _ in words], max_length
+        part_words, length = _clip_part(_text_tokenizer(tokenizer), prompt, words, family)
+        return part_words, length, length
+    if part.length is not None:
+        pipeline = None if _is_tokenizer(target) or isinstance(target, Mapping) else target
+        max_length = part.own_length(pipeline)
+    if part.kind == "reserved" or tokenizer is None:
+        # Positions another input fills, or an optional part the pipeline fills with zero embeddings: no word.
+        return [[] for _ in words], 0, max_length
+    if part.derive is not None:
+        return (
+            [[] for _ in words],
+            _derived_count(_text_tokenizer(tokenizer), prompt, part.derive, max_length),
+            max_length,
+        )
     template: Mapping[str, Any] = {}
     if part.kind == "t5":
         part_words, count = _t5_part(_text_tokenizer(tokenizer), prompt, words, family, max_length, part.spell)
@@ -441,14 +464,24 @@ def _part_positions(
             # The chat template is rendered by what the pipeline calls (a processor, FLUX.2's and EasyAnimate's).
             template = _call_default(target, "prompt_template", None) or part.default_template(pipeline, tokenizer)
         part_words, count = _template_part(_text_tokenizer(tokenizer), prompt, words, family, max_length, template)
-    if part.padding_side(_text_tokenizer(tokenizer)) == "left":
+    if not valid_first and part.padding_side(_text_tokenizer(tokenizer)) == "left":
         if template.get("crop_start") or template.get("suffix_tokens"):
             raise ValueError(
                 f"the {family} tokenizer ladder pads on the left but crops its template or appends a suffix"
             )
         # Left padding puts the tokens at the end of the part: every position moves by the padding's length.
         part_words = [[p + max_length - count for p in positions] for positions in part_words]
-    return part_words, max_length
+    return part_words, count, max_length
+
+
+def _derived_count(tokenizer: Any, prompt: str, derive: str, max_length: int) -> int:
+    """The valid tokens of a part over the text ``derive`` makes of the prompt (see
+    :attr:`visattn.families.TextPart.derive`), truncated to the part's length as the pipeline does."""
+    import importlib
+
+    module, attribute = derive.split(":")
+    text = getattr(importlib.import_module(module), attribute)(prompt)
+    return 0 if text is None else min(len(tokenizer(text).input_ids), max_length)
 
 
 def _text_tokenizer(tokenizer: Any) -> Any:

@@ -161,8 +161,8 @@ def test_bad_family_and_missing_tokenizer():
     with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
         prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
     # A family whose tokenizer ladder is not declared says so and names the ones that are.
-    with pytest.raises(ValueError, match=r"the hunyuan_video15 family declares no tokenizer ladder .*'unet'"):
-        prompt_tokens(text_tokenizer("t5"), "a cat", family="hunyuan_video15")
+    with pytest.raises(ValueError, match=r"the joyimage_edit family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="joyimage_edit")
     with pytest.raises(ValueError, match="pass family="):
         prompt_tokens(text_tokenizer("clip"), "a cat")
     with pytest.raises(ValueError, match="tokenizer_2"):
@@ -408,6 +408,87 @@ def test_ovis_image_crops_its_chat_template_and_system_prompt():
     tokens = prompt_tokens(pipe, "a red circle", max_sequence_length=length)
     assert tokens.length == length == len(ids)
     _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def _denoiser_text_sources(
+    family: str, prompt: str, embedders: dict[str, int], **call
+) -> tuple[list[int], list[int], list]:
+    """Where each position of the text sequence the denoiser's first block receives comes from, read off a real
+    generation: the embedders named in ``embedders`` are made to answer, for each of their positions ``j``,
+    ``sign * (j + 1)`` (the others' and the type embeddings' answers zero), so the block's text input says which
+    position of which embedder's output sits where after the model's reordering. Also the ids each text encoder
+    received for the prompt: ``(sources, mllm_ids, glyph_ids)``."""
+    import torch
+
+    pipe = pipeline(family)
+    model = pipe.transformer
+    ids: dict[str, list] = {}
+    seen: list[torch.Tensor] = []
+
+    def code(sign: int):
+        def hook(module, args, output):
+            positions = torch.arange(1, output.shape[1] + 1, dtype=output.dtype) * sign
+            return positions[None, :, None].expand_as(output).clone()
+
+        return hook
+
+    def zero(module, args, output):
+        return torch.zeros_like(output)
+
+    def encoder(name):
+        def hook(module, args, kwargs):
+            ids.setdefault(name, kwargs.get("input_ids", args[0] if args else None)[0].tolist())
+
+        return hook
+
+    def first_block(module, args, kwargs):
+        if not seen:
+            seen.append(args[1] if len(args) > 1 else kwargs["encoder_hidden_states"])
+
+    handles = [getattr(model, name).register_forward_hook(code(sign)) for name, sign in embedders.items()]
+    handles += [
+        getattr(model, name).register_forward_hook(zero) for name in ("cond_type_embed",) if hasattr(model, name)
+    ]
+    handles += [
+        getattr(pipe, name).register_forward_pre_hook(encoder(name), with_kwargs=True)
+        for name in ("text_encoder", "text_encoder_2")
+    ]
+    handles.append(model.transformer_blocks[0].register_forward_pre_hook(first_block, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            pipe(**{**call_kwargs(family), "prompt": prompt, "num_inference_steps": 1, **call})
+    finally:
+        for handle in handles:
+            handle.remove()
+    sources = [round(v) for v in seen[0][0, :, 0].tolist()]
+    return sources, ids["text_encoder"], ids.get("text_encoder_2", [])
+
+
+@pytest.mark.parametrize("family", ["hunyuan_image", "hunyuan_video15"])
+@pytest.mark.parametrize("prompt", ['a red sign saying "ok" near a circle', "a red circle"])
+def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(family, prompt):
+    """HunyuanImage and HunyuanVideo 1.5 gather each part's valid tokens first (the ByT5 glyph tokens of the
+    quoted text, then the cropped chat template's), then the padding: read off the first block's text input of a
+    real generation, every word's positions hold the chat-template tokens that spell it, right after the glyph
+    tokens, and the sequence is as long as the denoiser's."""
+    pipe = pipeline(family)
+    crop = pipe.prompt_template_encode_start_idx
+    sources, mllm_ids, glyph_ids = _denoiser_text_sources(
+        family, prompt, {"context_embedder": 1, "context_embedder_2": -1}, output_type="latent"
+    )
+    tokens = prompt_tokens(pipe, prompt)
+    assert tokens.family == family and tokens.length == len(sources)
+    # ByT5 runs on the quoted text only (its bytes, then </s>); without quotes its tokens are all padding
+    glyphs = sum(1 for i in glyph_ids if i != pipe.tokenizer_2.pad_token_id)
+    assert (glyphs > 0) == ('"' in prompt)
+    assert sources[:glyphs] == [-(j + 1) for j in range(glyphs)]  # the glyph tokens lead
+    for word in ("red", "circle", *(("ok",) if glyphs else ())):
+        positions = tokens.positions(word)
+        assert all(sources[p] > 0 for p in positions)  # chat-template tokens
+        spelled = pipe.tokenizer.decode([mllm_ids[crop + sources[p] - 1] for p in positions])
+        assert spelled.strip() == word
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert owned.isdisjoint(range(glyphs)) and min(owned) >= glyphs
 
 
 def test_text_part_refuses_what_it_cannot_describe():

@@ -389,6 +389,23 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # The token refiner (context_embedder) attends over the MLLM text only; single-stream blocks get the
         # image and text already concatenated.
         roles=(("^context_embedder", "text"), ("^single_transformer_blocks", "joint")),
+        # ByT5 over the prompt's quoted text (Text "...". , padded to tokenizer_2_max_length; all padding without
+        # quotes), then Qwen2.5-VL over the pipeline's chat template, its first prompt_template_encode_start_idx
+        # tokens dropped, padded to tokenizer_max_length; the model puts both parts' valid tokens first. The glyph
+        # tokens hold no word. Not the refiner pipeline's: it feeds no glyph tokens.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "t5",
+                    ("tokenizer_2",),
+                    length="tokenizer_2_max_length",
+                    derive="diffusers.pipelines.hunyuan_image.pipeline_hunyuanimage:extract_glyph_text",
+                ),
+                TextPart("chat_template", template=QWEN_TEMPLATE, length="tokenizer_max_length"),
+            ),
+            valid_first=True,
+            pipelines=("HunyuanImagePipeline",),
+        ),
     ),
     Family(
         "bria_fibo2",

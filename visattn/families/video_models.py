@@ -234,6 +234,32 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         joined_text=(JoinedText(Argument(("encoder_hidden_states_2",))), JoinedText(Argument(("image_embeds",)))),
         text_position="last",
         roles=(("^context_embedder", "text"), ("", "joint")),
+        # The model gathers the valid tokens first: the image-prompt tokens (vision_num_semantic_tokens, zeros and
+        # masked out in text-to-video), ByT5 over the prompt's double-quoted text (padded to tokenizer_2_max_length,
+        # all padding without quotes), Qwen2.5-VL over its tokenizer's chat template [system_message, prompt] with a
+        # generation prompt, the first prompt_template_encode_start_idx tokens dropped, padded to
+        # tokenizer_max_length. The glyph tokens hold no word. Text-to-video only: the image-to-video pipeline's
+        # image tokens are valid, ahead of the words.
+        prompt=PromptRecipe(
+            (
+                TextPart("reserved", length="vision_num_semantic_tokens"),
+                TextPart(
+                    "t5",
+                    ("tokenizer_2",),
+                    length="tokenizer_2_max_length",
+                    derive="diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5:extract_glyph_texts",
+                ),
+                TextPart(
+                    "chat_template",
+                    template=TokenizerChatTemplate(
+                        system="system_message", crop="prompt_template_encode_start_idx", special_tokens=False
+                    ),
+                    length="tokenizer_max_length",
+                ),
+            ),
+            valid_first=True,
+            pipelines=("HunyuanVideo15Pipeline",),
+        ),
     ),
     # Framepack puts history latents before the video in its joint sequence: the text position does not place it.
     _video(

@@ -206,9 +206,10 @@ def _hunyuan_image_components() -> dict[str, Any]:
 
 # HunyuanVideo 1.5: the Qwen2.5-VL language model alone, its third-to-last hidden state over a fixed 1000-token
 # block (system turn cropped at 108 tokens), ByT5 glyph text (256 tokens, zeros without quotes) and 729 zero image
-# tokens; CFG through a ClassifierFreeGuidance guider ("pred_cond" / "pred_uncond" calls).
+# tokens; CFG through a ClassifierFreeGuidance guider ("pred_cond" / "pred_uncond" calls). The text encoder starts
+# from a wide initialization: with Qwen's 0.02 its features are too small for the tiny denoiser to tell prompts apart.
 def _hunyuan_video15_vae() -> AutoencoderKLHunyuanVideo15:
-    return AutoencoderKLHunyuanVideo15(
+    vae = AutoencoderKLHunyuanVideo15(
         latent_channels=4,
         block_out_channels=(16, 16, 16),
         layers_per_block=1,
@@ -217,11 +218,17 @@ def _hunyuan_video15_vae() -> AutoencoderKLHunyuanVideo15:
         downsample_match_channel=False,
         upsample_match_channel=False,
     ).eval()
+    # Its mid-block attention broadcasts a [B, L, L] causal mask against [B, 1, L, L] scores, which fails for a
+    # batch of more than one video (diffusers 0.42.1): decode one video at a time, as a Prompt-to-Prompt call needs.
+    vae.enable_slicing()
+    return vae
 
 
 def _hunyuan_video15_components() -> dict[str, Any]:
     return {
-        "text_encoder": lambda: qwen2_5_vl_text_model(qwen_tokenizer(), hidden_size=TEXT_WIDTH, layers=3),
+        "text_encoder": lambda: qwen2_5_vl_text_model(
+            qwen_tokenizer(), hidden_size=TEXT_WIDTH, layers=3, initializer_range=0.5
+        ),
         "tokenizer": qwen_tokenizer,
         "transformer": tiny_denoiser_entry("HunyuanVideo15Transformer3DModel").build,
         "vae": _hunyuan_video15_vae,
@@ -445,6 +452,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_hunyuan_image_components,
         call_defaults=lambda: image_call(prompt='a red circle, "ok"', negative_prompt=""),
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
     ),
     PipelineSpec(
         family="hunyuan_video15",
@@ -452,6 +461,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_hunyuan_video15_components,
         call_defaults=lambda: video_call(prompt='a red circle, "ok"', negative_prompt=""),
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
     ),
     PipelineSpec(
         family="kandinsky5",
