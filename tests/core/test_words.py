@@ -491,6 +491,50 @@ def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(family, p
     assert owned.isdisjoint(range(glyphs)) and min(owned) >= glyphs
 
 
+def _fed(family: str, prompt: str, encoder: str = "text_encoder", **call) -> tuple[list[int], int]:
+    """The ids the pipeline's ``encoder`` received first (the prompt's) and the text length of the denoiser's first
+    call, read off a real one-step generation of the tiny pipeline."""
+    import torch
+
+    from visattn.families import family_named
+
+    pipe = pipeline(family)
+    text = family_named(pipeline_spec(family).family).text
+    ids: list[list[int]] = []
+    lengths: list[int] = []
+
+    def encoded(module, args, kwargs):
+        if not ids:
+            ids.append(kwargs.get("input_ids", args[0] if args else None)[0].tolist())
+
+    def denoised(module, args, kwargs):
+        if not lengths:
+            lengths.append(text.read(args, kwargs).shape[1])
+
+    handles = [
+        getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True),
+        getattr(pipe, pipeline_spec(family).denoiser).register_forward_pre_hook(denoised, with_kwargs=True),
+    ]
+    try:
+        with torch.no_grad():
+            pipe(**{**call_kwargs(family), "prompt": prompt, "num_inference_steps": 1, "output_type": "latent", **call})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ids[0], lengths[0]
+
+
+def test_ernie_image_words_are_the_prompts_own_tokens_padded_to_the_longest():
+    """ERNIE-Image encodes each prompt on its own (<s> first) and zero-pads the batch to its longest prompt: the
+    words decode back from the ids its text encoder received, and the call's text length is that prompt's."""
+    pipe = pipeline("ernie_image")
+    ids, length = _fed("ernie_image", "A red circle, near a cat")
+    assert length == len(ids)  # the prompt is longer than the empty negative prompt
+    tokens = prompt_tokens(pipe, "A red circle, near a cat", max_sequence_length=length)
+    assert tokens.length == length and tokens.special == (0,)  # <s>
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
 def test_text_part_refuses_what_it_cannot_describe():
     from visattn.families.base import PipelineTemplate, TextPart
 

@@ -458,6 +458,11 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2, "text_bth"),
         text_position="last",
         roles=(("", "joint"),),  # single-stream: [image, text] in one sequence
+        # Mistral 3 over each prompt on its own (<s> first), zero-padded on the right to the longest prompt of the
+        # call: the call's text length (the pipeline sets no limit, so max_sequence_length is only the length of a
+        # mapping made outside a call). Words are those of the prompt as given: with the prompt enhancer on
+        # (use_pe=True and a pe model) the pipeline encodes the enhancer's rewrite instead.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=1024),
     ),
     # DiTPipeline batches [class labels, null class]: the conditional rows first.
     # UniDiffuser (U-ViT): one joint self-attention over [t_img, t_text, data_type, text, CLIP image, image], the text
