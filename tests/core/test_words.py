@@ -491,29 +491,33 @@ def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(family, p
     assert owned.isdisjoint(range(glyphs)) and min(owned) >= glyphs
 
 
-def _fed(family: str, prompt: str, encoder: str = "text_encoder", **call) -> tuple[list[int], int]:
-    """The ids the pipeline's ``encoder`` received first (the prompt's) and the text length of the denoiser's first
-    call, read off a real one-step generation of the tiny pipeline."""
+def _fed(family: str, prompt: str, encoder: str = "text_encoder", **call) -> tuple[list[int], dict]:
+    """The ids the pipeline's ``encoder`` received first (the prompt's) and the keyword inputs of the denoiser's
+    first call (its text input under ``"text"``), read off a real one-step generation of the tiny pipeline."""
+    import inspect
+
     import torch
 
     from visattn.families import family_named
 
     pipe = pipeline(family)
+    denoiser = getattr(pipe, pipeline_spec(family).denoiser)
     text = family_named(pipeline_spec(family).family).text
     ids: list[list[int]] = []
-    lengths: list[int] = []
+    inputs: list[dict] = []
 
     def encoded(module, args, kwargs):
         if not ids:
             ids.append(kwargs.get("input_ids", args[0] if args else None)[0].tolist())
 
     def denoised(module, args, kwargs):
-        if not lengths:
-            lengths.append(text.read(args, kwargs).shape[1])
+        if not inputs:
+            bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+            inputs.append({**bound, "text": text.read(args, kwargs)})
 
     handles = [
         getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True),
-        getattr(pipe, pipeline_spec(family).denoiser).register_forward_pre_hook(denoised, with_kwargs=True),
+        denoiser.register_forward_pre_hook(denoised, with_kwargs=True),
     ]
     try:
         with torch.no_grad():
@@ -521,17 +525,32 @@ def _fed(family: str, prompt: str, encoder: str = "text_encoder", **call) -> tup
     finally:
         for handle in handles:
             handle.remove()
-    return ids[0], lengths[0]
+    return ids[0], inputs[0]
 
 
 def test_ernie_image_words_are_the_prompts_own_tokens_padded_to_the_longest():
     """ERNIE-Image encodes each prompt on its own (<s> first) and zero-pads the batch to its longest prompt: the
     words decode back from the ids its text encoder received, and the call's text length is that prompt's."""
     pipe = pipeline("ernie_image")
-    ids, length = _fed("ernie_image", "A red circle, near a cat")
+    ids, inputs = _fed("ernie_image", "A red circle, near a cat")
+    length = inputs["text"].shape[1]
     assert length == len(ids)  # the prompt is longer than the empty negative prompt
     tokens = prompt_tokens(pipe, "A red circle, near a cat", max_sequence_length=length)
     assert tokens.length == length and tokens.special == (0,)  # <s>
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_stable_cascade_prior_follows_clip_with_its_pooled_and_image_tokens():
+    """Stable Cascade's prior attends over [CLIP's 77 positions, the pooled text, the image embedding], the last
+    two mapped to clip_seq tokens each: the words decode back from the ids its CLIP encoder received, and the
+    sequence is as long as the prior's text keys."""
+    pipe = pipeline("stable_cascade")
+    ids, inputs = _fed("stable_cascade", "a red circle near a cat")
+    clip_seq = pipe.prior.config.clip_seq
+    keys = inputs["clip_text"].shape[1] + clip_seq * (inputs["clip_text_pooled"].shape[1] + inputs["clip_img"].shape[1])
+    tokens = prompt_tokens(pipe, "a red circle near a cat")
+    assert tokens.length == keys and len(ids) == inputs["clip_text"].shape[1]
+    assert set(range(len(ids), keys)) <= set(tokens.special)
     _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
 
 

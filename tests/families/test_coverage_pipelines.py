@@ -29,7 +29,11 @@ EIGHT_BIT_LEVEL = 1 / 255
 
 def _source_tolerance(plain: np.ndarray) -> float:
     levels = plain * 255
-    return EIGHT_BIT_LEVEL + 1e-6 if np.allclose(levels, np.round(levels), atol=1e-4) else SOURCE_TOLERANCE
+    if np.allclose(levels, np.round(levels), atol=1e-4):
+        return EIGHT_BIT_LEVEL + 1e-6
+    # Outputs that are not images in [0, 1] (Stable Cascade's prior returns image embeddings in the hundreds) carry
+    # the same rounding relative to their size.
+    return SOURCE_TOLERANCE * max(1.0, float(np.abs(plain).max()))
 
 
 def _images(pipe, key: str, **overrides) -> np.ndarray:

@@ -217,12 +217,16 @@ def _pipeline_attribute(pipeline: Any, name: str) -> Any:
     """
     if pipeline is None:
         raise ValueError(f"this tokenizer ladder reads the pipeline's {name}: pass the pipeline, not its tokenizers")
-    if not hasattr(pipeline, name):
-        raise ValueError(
-            f"{type(pipeline).__name__} has no {name}, which this family's tokenizer ladder reads: the ladder "
-            "describes another pipeline of the family, so words cannot be mapped for this one"
-        )
-    return getattr(pipeline, name)
+    # A dotted name reads through components (Stable Cascade's "prior.config.clip_seq").
+    value = pipeline
+    for attribute in name.split("."):
+        if not hasattr(value, attribute):
+            raise ValueError(
+                f"{type(pipeline).__name__} has no {name}, which this family's tokenizer ladder reads: the ladder "
+                "describes another pipeline of the family, so words cannot be mapped for this one"
+            )
+        value = getattr(value, attribute)
+    return value
 
 
 #: where a ``"chat_template"`` part's template comes from (see :attr:`TextPart.template`)
@@ -253,15 +257,17 @@ class TextPart:
             (FLUX.2's Mistral tokenizer pads on the left). Left padding is for templates that crop nothing.
         length: the part's own length where the pipeline pads it to a length of its own, not to the call's
             ``max_sequence_length``: a number, or the pipeline attribute holding it (HunyuanImage's
-            ``tokenizer_max_length`` and ``tokenizer_2_max_length``); ``None``: ``max_sequence_length`` (77 for
-            CLIP). Required for ``"reserved"``.
+            ``tokenizer_max_length`` and ``tokenizer_2_max_length``; dotted through a component: Stable Cascade's
+            ``"prior.config.clip_seq"``); ``None``: ``max_sequence_length`` (77 for CLIP). Required for
+            ``"reserved"``.
         derive: for ``"t5"``, ``"module:function"`` turning the prompt into the text this part tokenizes (with
             special tokens, truncated to the part's length), ``None`` from it leaving the part all padding
             (HunyuanImage's ``extract_glyph_text``: the prompt's quoted text, formatted for ByT5). Its tokens hold
             no word: they spell a rewritten text, and the prompt's words sit in the other parts.
 
     The kind ``"reserved"`` is positions another input of the denoiser fills, which hold no word and count as
-    padding (HunyuanVideo 1.5's image-prompt tokens, zeros and masked out in text-to-video).
+    padding (HunyuanVideo 1.5's image-prompt tokens, zeros and masked out in text-to-video; Stable Cascade's pooled
+    text and image embeddings, each mapped to ``clip_seq`` tokens).
     """
 
     kind: str

@@ -64,6 +64,17 @@ UNET_FAMILIES: tuple[Family, ...] = (
         roles=((r"\.attention$", "joint"),),
         unet_levels=True,
         cfg="batched_cond_first",
+        # The prior: CLIP's last hidden states over its 77 positions, then the pooled text and the image embedding
+        # (zeros without images), each mapped to prior.config.clip_seq tokens that hold no word. Not the decoder
+        # stage's: it gets no CLIP text.
+        prompt=PromptRecipe(
+            (
+                TextPart("clip"),
+                TextPart("reserved", length="prior.config.clip_seq"),
+                TextPart("reserved", length="prior.config.clip_seq"),
+            ),
+            pipelines=("StableCascadePriorPipeline",),
+        ),
     ),
     _unet("dreamlite_unet", ("DreamLiteUNetModel",), text=2),
     # aMUSEd: a [B, H, W] map of VQ token ids, one token per latent pixel, and no timestep (it unmasks tokens);
