@@ -554,6 +554,16 @@ def test_stable_cascade_prior_follows_clip_with_its_pooled_and_image_tokens():
     _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
 
 
+def test_amused_words_are_its_clip_positions():
+    """aMUSEd's U-ViT cross-attends to CLIP's penultimate hidden states over the tokenizer's padded length: the words
+    decode back from the ids its CLIP encoder received."""
+    pipe = pipeline("amused")
+    ids, inputs = _fed("amused", "a red circle near a cat")
+    tokens = prompt_tokens(pipe, "a red circle near a cat")
+    assert tokens.length == inputs["text"].shape[1] == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
 def test_text_part_refuses_what_it_cannot_describe():
     from visattn.families.base import PipelineTemplate, TextPart
 

@@ -1,6 +1,6 @@
 """Every covered class's tiny pipeline (where diffusers ships one), run end to end through visattn: identity,
-detach, perturbation guidance, and, where the family declares its tokenizer ladder, Prompt-to-Prompt and
-AttentionMaps addressed by words."""
+detach, perturbation guidance, and, where the family declares its tokenizer ladder, Prompt-to-Prompt (where a
+call's rows are plain generations of their prompts) and AttentionMaps addressed by words."""
 
 from __future__ import annotations
 
@@ -81,16 +81,18 @@ def test_tiny_pipeline_through_visattn(key):
 
     if family.prompt is None:
         return
-    # Words: Prompt-to-Prompt keeps the source image a plain generation and edits the target.
+    # Words: Prompt-to-Prompt keeps the source image a plain generation and edits the target (where a call's rows
+    # can be plain generations of their prompts).
     source, target = "a red circle", "a blue circle"
-    p2p = visattn.PromptToPrompt.replace(source, target)
     plain = _images(pipe, key, prompt=source)
-    defaults = call_kwargs(key)
-    per_prompt = {name: [defaults[name]] * len(p2p.prompts) for name in pipeline_spec(key).per_prompt_inputs}
-    with visattn.attach(pipe, p2p):
-        edited = _images(pipe, key, prompt=p2p.prompts, generator=p2p.generator(0), **per_prompt)
-    assert np.abs(edited[0] - plain[0]).max() <= _source_tolerance(plain)
-    assert np.abs(edited[1] - plain[0]).max() > 1e-4
+    if not pipeline_spec(key).one_prompt_per_call:
+        p2p = visattn.PromptToPrompt.replace(source, target)
+        defaults = call_kwargs(key)
+        per_prompt = {name: [defaults[name]] * len(p2p.prompts) for name in pipeline_spec(key).per_prompt_inputs}
+        with visattn.attach(pipe, p2p):
+            edited = _images(pipe, key, prompt=p2p.prompts, generator=p2p.generator(0), **per_prompt)
+        assert np.abs(edited[0] - plain[0]).max() <= _source_tolerance(plain)
+        assert np.abs(edited[1] - plain[0]).max() > 1e-4
     maps = visattn.AttentionMaps(words="red")
     with visattn.attach(pipe, maps):
         assert np.array_equal(_images(pipe, key, prompt=source), plain)

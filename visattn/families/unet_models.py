@@ -89,6 +89,7 @@ UNET_FAMILIES: tuple[Family, ...] = (
         timestep=Argument(()),
         text=Argument(("encoder_hidden_states",), 1),
         unet_levels=True,
+        prompt=PromptRecipe((TextPart("clip"),)),
     ),
     _video_unet("unet_3d", ("UNet3DConditionModel",), text=2, prompt=CLIP_PROMPT),
     _video_unet(

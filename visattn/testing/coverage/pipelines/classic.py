@@ -579,6 +579,10 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_amused_components,
         call_defaults=lambda: image_call(guidance_scale=10.0),
+        one_prompt_per_call=(
+            "AmusedScheduler.step samples every row's tokens and masks from one generator, so a row of a "
+            "two-prompt call is not the plain generation of its prompt (nor does it take one generator per prompt)"
+        ),
     ),
     STABLE_CASCADE_PRIOR,
     PipelineSpec(
