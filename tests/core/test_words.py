@@ -491,9 +491,10 @@ def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(family, p
     assert owned.isdisjoint(range(glyphs)) and min(owned) >= glyphs
 
 
-def _fed(family: str, prompt: str, encoder: str = "text_encoder", **call) -> tuple[list[int], dict]:
-    """The ids the pipeline's ``encoder`` received first (the prompt's) and the keyword inputs of the denoiser's
-    first call (its text input under ``"text"``), read off a real one-step generation of the tiny pipeline."""
+def _fed(family: str, prompt: str, encoder: str | None = "text_encoder", **call) -> tuple[list[int], dict]:
+    """The ids the pipeline's ``encoder`` received first (the prompt's; none without an encoder) and the keyword
+    inputs of the denoiser's first call (its text input under ``"text"``), read off a real one-step generation of
+    the tiny pipeline."""
     import inspect
 
     import torch
@@ -515,17 +516,16 @@ def _fed(family: str, prompt: str, encoder: str = "text_encoder", **call) -> tup
             bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
             inputs.append({**bound, "text": text.read(args, kwargs)})
 
-    handles = [
-        getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True),
-        denoiser.register_forward_pre_hook(denoised, with_kwargs=True),
-    ]
+    handles = [denoiser.register_forward_pre_hook(denoised, with_kwargs=True)]
+    if encoder is not None:
+        handles.append(getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True))
     try:
         with torch.no_grad():
             pipe(**{**call_kwargs(family), "prompt": prompt, "num_inference_steps": 1, "output_type": "latent", **call})
     finally:
         for handle in handles:
             handle.remove()
-    return ids[0], inputs[0]
+    return (ids[0] if ids else []), inputs[0]
 
 
 def test_ernie_image_words_are_the_prompts_own_tokens_padded_to_the_longest():
@@ -562,6 +562,21 @@ def test_amused_words_are_its_clip_positions():
     tokens = prompt_tokens(pipe, "a red circle near a cat")
     assert tokens.length == inputs["text"].shape[1] == len(ids)
     _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_omnigen_words_sit_at_the_end_of_its_left_padded_instruction():
+    """OmniGen feeds its denoiser the token ids of the processor's instruction template around the prompt, padded on
+    the left to the longest row of the call (the default negative prompt's), then a time token: the words decode
+    back from the ids the denoiser received."""
+    pipe = pipeline("omnigen")
+    _, inputs = _fed("omnigen", "a red circle near a cat", encoder=None)
+    ids = inputs["text"][0].tolist()  # the conditional row
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=len(ids))
+    assert tokens.length == len(ids) + 1 and tokens.special[0] == 0 and tokens.special[-1] == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+    # the instruction's own tokens end the row, after the left padding
+    instruction = pipe.tokenizer(pipe.multimodal_processor.add_prefix_instruction("a red circle near a cat")).input_ids
+    assert len(instruction) < len(ids) and ids[-len(instruction) :] == instruction
 
 
 def test_text_part_refuses_what_it_cannot_describe():

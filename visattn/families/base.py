@@ -92,7 +92,8 @@ class PipelineTemplate:
 
     Attributes:
         template: the attribute holding the template, or a :class:`ModuleConstant`; one without ``"{}"`` is a
-            prefix the prompt is appended to (after ``joiner``).
+            prefix the prompt is appended to (after ``joiner``). An attribute that is a method wraps a prompt: it
+            is called with ``"{}"`` (OmniGen's ``multimodal_processor.add_prefix_instruction``).
         crop: the number of leading tokens the pipeline drops: the attribute holding it, a
             :class:`ModuleConstant`, or the number.
         suffix: the attribute holding the number of tokens the pipeline appends after padding the prompt (Krea 2's
@@ -109,6 +110,8 @@ class PipelineTemplate:
 
     def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
         text = _read(self.template, pipeline)
+        if callable(text):
+            text = text("{}")
         if "{}" not in text:
             text = text + self.joiner + "{}"
         crop = _read(self.crop, pipeline)

@@ -431,6 +431,21 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # Its decoder layers' self_attn modules are built as cross-attention (is_cross_attention) yet attend over
         # the whole joint sequence.
         roles=((r"^layers\.\d+\.self_attn$", "joint"),),
+        # Phi-3's tokens (<s> first) of the processor's instruction template around the prompt, padded on the left
+        # to the longest prompt of the call (the negative prompt's, by default: the call's text length), then the
+        # time token, which holds no word. Text-to-image prompts: an <img><|image_1|></img> tag puts the image's
+        # tokens among the words.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=PipelineTemplate("multimodal_processor.add_prefix_instruction"),
+                    padding="left",
+                ),
+            ),
+            max_sequence_length=1024,
+            trailing=1,
+        ),
     ),
     # PRX: image queries over [text, image] keys (the text is not updated: no text queries at all).
     Family(
