@@ -579,6 +579,19 @@ def test_omnigen_words_sit_at_the_end_of_its_left_padded_instruction():
     assert len(instruction) < len(ids) and ids[-len(instruction) :] == instruction
 
 
+def test_sana_wm_keeps_bos_and_crops_its_default_chi_prompt():
+    """SANA-WM prefixes its module's DEFAULT_CHI_PROMPT (the call's chi_prompt defaults to None) to the prompt as
+    given and keeps <bos> and the last max_sequence_length - 1 tokens: the words decode back from the ids its text
+    encoder received, at the positions the denoiser's text keeps."""
+    pipe = pipeline("sana_wm")
+    ids, inputs = _fed("sana_wm", "A red circle near a cat")
+    length = inputs["text"].shape[-2]
+    kept = ids[:1] + ids[len(ids) - (length - 1) :]
+    tokens = prompt_tokens(pipe, "A red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length and 0 in tokens.special
+    _decodes_to_words(pipe.tokenizer, kept, tokens, ("red", "circle", "near", "cat"))
+
+
 def test_text_part_refuses_what_it_cannot_describe():
     from visattn.families.base import PipelineTemplate, TextPart
 

@@ -125,15 +125,18 @@ class PipelineTemplate:
 class CallPrefix:
     """The pipeline ``__call__``'s default of ``parameter`` (lines joined by newlines) prefixes the prompt, and of
     the prefix's tokens only the first ``kept`` and the last stay (Sana's ``complex_human_instruction``: ``<bos>``
-    and the last ``max_sequence_length - 1`` tokens); an empty default means no prefix.
+    and the last ``max_sequence_length - 1`` tokens); an empty default means no prefix, or ``fallback``'s.
 
     Attributes:
         parameter: the ``__call__`` parameter.
         kept: how many of the prefix's leading tokens (special tokens included) the pipeline keeps.
+        fallback: the prefix the pipeline uses when the parameter is empty (SANA-WM's ``chi_prompt`` defaults to
+            ``None``, which means its module's ``DEFAULT_CHI_PROMPT``); ``None``: no prefix then.
     """
 
     parameter: str
     kept: int
+    fallback: ModuleConstant | None = None
 
     def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
         import inspect
@@ -145,6 +148,8 @@ class CallPrefix:
                 f"this tokenizer ladder reads the default {self.parameter} of the pipeline's call: pass the "
                 "pipeline, not its tokenizers"
             ) from None
+        if (not lines or lines is inspect.Parameter.empty) and self.fallback is not None:
+            lines = self.fallback.value()
         if not lines or lines is inspect.Parameter.empty:
             return {"template": "{}", "crop_start": 0}
         prefix = lines if isinstance(lines, str) else "\n".join(lines)

@@ -345,7 +345,30 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
             clean="lower",
         ),
     ),
-    _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2, roles=((r"\.cross_attn$", "cross"),)),
+    _video(
+        "sana_wm",
+        ("SanaWMTransformer3DModel",),
+        timestep=1,
+        text=2,
+        text_axis=-2,  # the pipeline passes the Gemma states as [B, 1, T, D]
+        roles=((r"\.cross_attn$", "cross"),),
+        # Sana's text path without lower-casing: Gemma 2 over the call's chi_prompt (None: the module's
+        # DEFAULT_CHI_PROMPT) + the prompt, padded on the right; <bos> and the last max_sequence_length - 1 tokens
+        # kept.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=CallPrefix(
+                        "chi_prompt",
+                        kept=1,
+                        fallback=ModuleConstant("diffusers.pipelines.sana_wm.pipeline_sana_wm", "DEFAULT_CHI_PROMPT"),
+                    ),
+                ),
+            ),
+            max_sequence_length=300,
+        ),
+    ),
     _video(
         "kandinsky5",
         ("Kandinsky5Transformer3DModel",),
