@@ -491,10 +491,12 @@ def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(family, p
     assert owned.isdisjoint(range(glyphs)) and min(owned) >= glyphs
 
 
-def _fed(family: str, prompt: str, encoder: str | None = "text_encoder", **call) -> tuple[list[int], dict]:
-    """The ids the pipeline's ``encoder`` received first (the prompt's; none without an encoder) and the keyword
-    inputs of the denoiser's first call (its text input under ``"text"``), read off a real one-step generation of
-    the tiny pipeline."""
+def _fed(
+    family: str, prompt: str, encoder: str | None = "text_encoder", row: int = 0, **call
+) -> tuple[list[int], dict]:
+    """The ids of batch row ``row`` the pipeline's ``encoder`` received first (the prompt's; none without an
+    encoder) and the keyword inputs of the denoiser's first call (its text input under ``"text"``), read off a real
+    one-step generation of the tiny pipeline."""
     import inspect
 
     import torch
@@ -509,7 +511,7 @@ def _fed(family: str, prompt: str, encoder: str | None = "text_encoder", **call)
 
     def encoded(module, args, kwargs):
         if not ids:
-            ids.append(kwargs.get("input_ids", args[0] if args else None)[0].tolist())
+            ids.append(kwargs.get("input_ids", args[0] if args else None)[row].tolist())
 
     def denoised(module, args, kwargs):
         if not inputs:
@@ -590,6 +592,19 @@ def test_sana_wm_keeps_bos_and_crops_its_default_chi_prompt():
     tokens = prompt_tokens(pipe, "A red circle near a cat", max_sequence_length=length)
     assert tokens.length == length and 0 in tokens.special
     _decodes_to_words(pipe.tokenizer, kept, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_dreamlite_crops_its_generate_template_and_pads_to_the_longest():
+    """DreamLite (generate mode) encodes [negative prompt, prompt] with its generate template, drops the template's
+    first prompt_template_encode_generate_start_idx tokens and pads the valid tokens to the longer row: the words
+    decode back from the prompt row's ids its text encoder received."""
+    pipe = pipeline("dreamlite_unet")
+    crop = pipe.prompt_template_encode_generate_start_idx
+    ids, inputs = _fed("dreamlite_unet", "a red circle near a cat", row=1)  # [negative prompt, prompt]
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) - crop  # the prompt is the longer row
+    _decodes_to_words(pipe.tokenizer, ids[crop:], tokens, ("red", "circle", "near", "cat"))
 
 
 def test_text_part_refuses_what_it_cannot_describe():

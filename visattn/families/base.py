@@ -101,12 +101,15 @@ class PipelineTemplate:
             positions of ``max_sequence_length``.
         joiner: text the pipeline puts between a prefix and the prompt (Lumina 2's ``" <Prompt Start> "`` after
             its ``system_prompt``).
+        prefix: text the pipeline's call puts before the prompt inside the template, which no attribute holds
+            (DreamLite's ``"[Generate]: "``).
     """
 
     template: str | ModuleConstant
     crop: str | int | ModuleConstant = 0
     suffix: str | None = None
     joiner: str = ""
+    prefix: str = ""
 
     def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
         text = _read(self.template, pipeline)
@@ -114,6 +117,7 @@ class PipelineTemplate:
             text = text("{}")
         if "{}" not in text:
             text = text + self.joiner + "{}"
+        text = text.replace("{}", self.prefix + "{}")
         crop = _read(self.crop, pipeline)
         found: dict[str, Any] = {"template": text, "crop_start": crop}
         if self.suffix is not None:
