@@ -498,6 +498,7 @@ def _fed(
     encoder) and the keyword inputs of the denoiser's first call (its text input under ``"text"``), read off a real
     one-step generation of the tiny pipeline."""
     import inspect
+    import warnings
 
     import torch
 
@@ -522,7 +523,8 @@ def _fed(
     if encoder is not None:
         handles.append(getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tiny models' own (flex attention without torch.compile, ...)
             pipe(**{**call_kwargs(family), "prompt": prompt, "num_inference_steps": 1, "output_type": "latent", **call})
     finally:
         for handle in handles:
@@ -605,6 +607,29 @@ def test_dreamlite_crops_its_generate_template_and_pads_to_the_longest():
     tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
     assert tokens.length == length == len(ids) - crop  # the prompt is the longer row
     _decodes_to_words(pipe.tokenizer, ids[crop:], tokens, ("red", "circle", "near", "cat"))
+
+
+def test_flux3_words_follow_its_chat_template_in_the_window():
+    """Flux 3's text encoder step renders its processor's chat template around the prompt and right-pads the ids
+    to a multiple of 80 capped at max_sequence_length: the words decode back from the ids its Qwen3-VL received,
+    and the sequence is the denoiser's text length."""
+    pipe = pipeline("flux3")
+    ids, inputs = _fed("flux3", "a red circle near a cat", output_type="np")
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) and tokens.positions("a")[0] > 0  # the template's user turn first
+    _decodes_to_words(pipe.tokenizer.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_wan_animate_2_words_are_its_umt5_positions():
+    """Wan-Animate 2 encodes the prompt as given with umT5 and its model pads the text to config.text_len: the
+    words decode back from the ids its text encoder received."""
+    pipe = pipeline("wan_animate_2")
+    ids, _ = _fed("wan_animate_2", "A red circle", output_type="np")
+    length = pipe.transformer.config.text_len
+    tokens = prompt_tokens(pipe, "A red circle", max_sequence_length=length)
+    assert tokens.length == length
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
 
 
 def test_text_part_refuses_what_it_cannot_describe():

@@ -108,7 +108,19 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             pipelines=("Flux2Pipeline",),
         ),
     ),
-    _packed_with_ids("flux3", ("Flux3Transformer2DModel",), timestep=2),
+    _packed_with_ids(
+        "flux3",
+        ("Flux3Transformer2DModel",),
+        timestep=2,
+        # Flux3ModularPipeline's text encoder step: Qwen3-VL over its processor's chat template (one user message, a
+        # generation prompt), right-padded to a multiple of 80 tokens capped at max_sequence_length (the call's text
+        # length; each guider branch has its own), nothing cropped. Words are those of the prompt as given: with the
+        # auto blocks' prompt upsampler the blocks encode its rewrite.
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template=TokenizerChatTemplate()),),
+            max_sequence_length=8192,
+        ),
+    ),
     _packed_with_ids(
         "chroma",
         ("ChromaTransformer2DModel",),

@@ -472,6 +472,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # the modular pipeline's extract pass fills the key/value cache from the driving video and predicts nothing
         auxiliary_calls=(("kv_cache_mode", "extract"),),
         opaque_layers=(r"\.self_attn$",),  # flex attention in the denoising passes
+        # umT5 over the prompt as given (no prompt_clean), its valid tokens padded with zeros to config.text_len.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512),
     ),
     # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
     # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it).
