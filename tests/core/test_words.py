@@ -632,6 +632,27 @@ def test_wan_animate_2_words_are_its_umt5_positions():
     _decodes_to_words(pipe.tokenizer, ids, tokens)
 
 
+def test_dreamlite_refuses_words_in_edit_mode():
+    """Given an input image, DreamLite encodes its edit template, whose image tokens come before the words: words
+    are refused for such a call (its text length, the call's longest prompt, could not tell), and mapped again in
+    a generate call."""
+    import visattn
+    from visattn.testing.coverage.pipelines.qwen import input_image
+
+    pipe = pipeline("dreamlite_unet")
+    call = {
+        **call_kwargs("dreamlite_unet"),
+        "prompt": "a red circle",
+        "num_inference_steps": 1,
+        "output_type": "latent",
+    }
+    with visattn.attach(pipe, visattn.AttentionMaps(words="red")):
+        with pytest.raises(ValueError, match="describes calls without image; this call's DreamLitePipeline"):
+            pipe(**call, image=input_image())
+        pipe(**call)
+    assert prompt_tokens(pipe, "a red circle").positions("red")  # outside a call: the generate layout
+
+
 def test_text_part_refuses_what_it_cannot_describe():
     from visattn.families.base import PipelineTemplate, TextPart
 

@@ -430,6 +430,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # The Perceiver makes the gist tokens from the text; injection layers cross-attend to a text bundle; the main
         # layers attend over [gist, image].
         roles=(("^perceiver", "text"), (r"\.cross_attention$", "cross"), (r"^layers\.\d+\.attention$", "joint")),
+        # No tokenizer ladder: the main layers' text positions hold gist tokens the Perceiver makes from the whole
+        # text, none of which is a word's.
     ),
     # OmniGen: text ids, then one time token, then the image; the time token counts as text here. The pipeline
     # batches [prompt, negative prompt(, image-only prompt)]: the conditional rows first.
@@ -477,6 +479,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(1),
         text_position="first",
         roles=(("^transformer_blocks", "joint"),),  # [glyph text, image] in one sequence
+        # No tokenizer ladder: the text it attends to is only ByT5's tokens of the prompt's quoted texts (each on its
+        # own, left-padded across the batch); the rest of the prompt reaches it as the AR model's image tokens, so
+        # its words hold no text position.
     ),
     Family(
         "ernie_image",
@@ -569,6 +574,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             max_sequence_length=2048,
         ),
     ),
+    # No tokenizer ladder: no pipeline drives it on its own (it is the DreamLite UNet's inner transformer, whose
+    # family, dreamlite_unet, maps the words).
     Family(
         "dreamlite_transformer",
         ("DreamLiteTransformer2DModel",),

@@ -215,3 +215,14 @@ def pipeline_call_prompt(pipeline: Any) -> CallPrompt:
     if "prompt" not in local and isinstance(local.get("kwargs"), dict):
         local = local["kwargs"]
     return CallPrompt(local.get("prompt"), local.get("prompt_template"), local.get("max_sequence_length"))
+
+
+def pipeline_call_inputs_given(pipeline: Any, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of the call inputs ``names`` the running pipeline call was given (not ``None``); none when it is not
+    running."""
+    if not names:
+        return ()
+    local = _call_locals(pipeline)
+    if isinstance(local.get("kwargs"), dict):  # a modular pipeline's __call__(state=None, output=None, **kwargs)
+        local = {**local, **local["kwargs"]}
+    return tuple(name for name in names if local.get(name) is not None)

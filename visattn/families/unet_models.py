@@ -82,8 +82,8 @@ UNET_FAMILIES: tuple[Family, ...] = (
         text=2,
         # Generate mode (no input image): Qwen3-VL over the pipeline's generate template around "[Generate]: "
         # + the prompt, its first prompt_template_encode_generate_start_idx tokens dropped; each prompt keeps its
-        # valid tokens, padded to the longest prompt of the call (the call's text length). Not edit mode: the input
-        # image's tokens come before the words there.
+        # valid tokens, padded to the longest prompt of the call (the call's text length). Not edit mode (an input
+        # image): its template puts the image's tokens before the words.
         prompt=PromptRecipe(
             (
                 TextPart(
@@ -96,6 +96,7 @@ UNET_FAMILIES: tuple[Family, ...] = (
                 ),
             ),
             max_sequence_length=200,
+            without_inputs=("image",),
         ),
     ),
     # aMUSEd: a [B, H, W] map of VQ token ids, one token per latent pixel, and no timestep (it unmasks tokens);

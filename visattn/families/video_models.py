@@ -261,7 +261,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
             pipelines=("HunyuanVideo15Pipeline",),
         ),
     ),
-    # Framepack puts history latents before the video in its joint sequence: the text position does not place it.
+    # Framepack puts history latents before the video in its joint sequence: the text position does not place it,
+    # so no text is located in its joint calls and a tokenizer ladder would address nothing.
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
@@ -476,7 +477,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512),
     ),
     # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
-    # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it).
+    # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it), and
+    # its rows are scattered by index: no text is located, so a tokenizer ladder would address nothing.
     _video(
         "minimax_h3",
         ("MiniMaxH3Transformer3DModel",),
@@ -488,7 +490,11 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         roles=(("^token_refiner", "text"),),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
-    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks.
+    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks. No
+    # tokenizer ladder: with an input image (the edit it is made for) its prompt goes through Qwen3-VL's processor as
+    # "<image>\n" + the instruction, so the image's tokens, as many as the processor makes of its size, sit before
+    # the words, which no PromptRecipe part expresses. (Its text-only path, without an image, crops the Qwen-Image
+    # template prompt_template_encode["image"]: a ladder for it would need without_inputs=("image",).)
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),
