@@ -447,8 +447,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         roles=((r"^layers\.\d+\.self_attn$", "joint"),),
         # Phi-3's tokens (<s> first) of the processor's instruction template around the prompt, padded on the left
         # to the longest prompt of the call (the negative prompt's, by default: the call's text length), then the
-        # time token, which holds no word. Text-to-image prompts: an <img><|image_1|></img> tag puts the image's
-        # tokens among the words.
+        # time token, which holds no word. Text-to-image calls: with input_images, the prompt's <img><|image_1|></img>
+        # tags put the images' tokens among the words.
         prompt=PromptRecipe(
             (
                 TextPart(
@@ -459,6 +459,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             ),
             max_sequence_length=1024,
             trailing=1,
+            without_inputs=("input_images",),
         ),
     ),
     # PRX: image queries over [text, image] keys (the text is not updated: no text queries at all).

@@ -218,11 +218,18 @@ def pipeline_call_prompt(pipeline: Any) -> CallPrompt:
 
 
 def pipeline_call_inputs_given(pipeline: Any, names: tuple[str, ...]) -> tuple[str, ...]:
-    """Which of the call inputs ``names`` the running pipeline call was given (not ``None``); none when it is not
+    """Which of the call inputs ``names`` the running pipeline call was given: not ``None``, nor a list of nothing
+    given (OmniGen wraps a missing ``input_images`` as ``[None]`` for a single prompt); none when it is not
     running."""
     if not names:
         return ()
     local = _call_locals(pipeline)
     if isinstance(local.get("kwargs"), dict):  # a modular pipeline's __call__(state=None, output=None, **kwargs)
         local = {**local, **local["kwargs"]}
-    return tuple(name for name in names if local.get(name) is not None)
+    return tuple(name for name in names if _given(local.get(name)))
+
+
+def _given(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_given(item) for item in value)
+    return value is not None
