@@ -20,9 +20,14 @@ this module follows the recipe. The kinds of part:
   tokenizer's own ``apply_chat_template`` with a system message and options (Z-Image, FLUX.2, EasyAnimate,
   Ideogram 4, NucleusMoE-Image, Ovis-Image).
 * LongCat-Image: the prompt's own tokens (its template is cropped), quoted text tokenized letter by letter.
-* A part padded on the left (FLUX.2's Mistral, CogView4, Ideogram 4) holds its words at its end; tokens the model
-  puts around the text (AuraFlow's registers, UniDiffuser's timestep and image tokens) hold no word; pipelines that
-  pad to the longest prompt of the call (Qwen-Image, Kandinsky 5, Lumina-Next, Latte) have the call's text length.
+* A part padded on the left (FLUX.2's Mistral, CogView4, Ideogram 4, OmniGen) holds its words at its end; tokens
+  the model puts around the text (AuraFlow's registers, UniDiffuser's timestep and image tokens, OmniGen's time
+  token) hold no word; pipelines that pad to the longest prompt of the call (Qwen-Image, Kandinsky 5, Lumina-Next,
+  Latte, ERNIE-Image, DreamLite) have the call's text length.
+* HunyuanImage and HunyuanVideo 1.5 gather each part's valid tokens first (``valid_first``): the ByT5 tokens of the
+  prompt's quoted text (a part over a text the pipeline derives from the prompt, which holds no word) come before
+  the words, so their count moves the words; parts another input fills (HunyuanVideo 1.5's image tokens, Stable
+  Cascade's pooled text and image embedding) are ``"reserved"``: positions with no word.
 
 :func:`prompt_tokens` tokenizes the exact string the pipeline tokenizes, with the pipeline's own tokenizers,
 and maps each word to its token positions through the tokenizer's character offsets, so words split into
