@@ -46,7 +46,7 @@ from typing import Any
 
 from .attachment import DENOISER_ATTRIBUTES
 from .families import CLIP_LENGTH, PROMPT_FAMILIES, PromptRecipe, TextPart, declared_family, family_named
-from .families.pipelines import pipeline_call_inputs_given
+from .families.pipelines import pipeline_call_variables_set
 
 __all__ = [
     "CLIP_LENGTH",
@@ -386,13 +386,14 @@ def prompt_tokens(
                 "builds its own another way, so words cannot be mapped to its text positions. Address text "
                 "positions directly instead"
             )
-    if recipe.without_inputs and not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
-        given = pipeline_call_inputs_given(pipe_or_tokenizers, recipe.without_inputs)
+    if recipe.refused_with and not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
+        given = pipeline_call_variables_set(pipe_or_tokenizers, recipe.refused_with)
         if given:
             raise ValueError(
                 f"the {key} tokenizer ladder describes calls without {', '.join(given)}; this call's "
-                f"{type(pipe_or_tokenizers).__name__} builds its text sequence another way with it, so words cannot "
-                "be mapped to its text positions. Address text positions directly instead"
+                f"{type(pipe_or_tokenizers).__name__} builds its text sequence another way with it (other tokens "
+                "before the words, or a rewritten prompt), so words cannot be mapped to its text positions. Call it "
+                "without, or address text positions directly"
             )
     prompt_text = _clean(prompt, recipe.clean)
     words = split_words(prompt_text)

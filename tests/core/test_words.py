@@ -653,6 +653,24 @@ def test_dreamlite_refuses_words_in_edit_mode():
     assert prompt_tokens(pipe, "a red circle").positions("red")  # outside a call: the generate layout
 
 
+def test_ernie_image_refuses_words_when_its_prompt_enhancer_rewrites_the_prompts():
+    """ERNIE-Image's prompt enhancer (use_pe, on by default where the pipeline has a pe model) encodes the text it
+    generates, not the prompts given: Prompt-to-Prompt's words are refused in such a call, and mapped without it."""
+    import visattn
+    from visattn.testing.coverage.pipelines.llm import mistral3_model, mistral_tokenizer
+
+    pipe = tiny_pipeline("ernie_image")  # not the cached one: it gets an enhancer
+    pe_tokenizer = mistral_tokenizer()
+    pe_tokenizer.model_max_length = 4  # the enhancer generates that many tokens
+    pipe.register_modules(pe=mistral3_model(pe_tokenizer), pe_tokenizer=pe_tokenizer)
+    p2p = visattn.PromptToPrompt.replace("a red circle", "a blue circle")
+    call = {**call_kwargs("ernie_image"), "prompt": p2p.prompts, "generator": p2p.generator(0), "output_type": "latent"}
+    with visattn.attach(pipe, p2p):
+        with pytest.raises(ValueError, match="describes calls without revised_prompts; this call's ErnieImagePipeline"):
+            pipe(**call)
+        pipe(**call, use_pe=False)
+
+
 def test_text_part_refuses_what_it_cannot_describe():
     from visattn.families.base import PipelineTemplate, TextPart
 

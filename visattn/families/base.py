@@ -371,9 +371,11 @@ class PromptRecipe:
             the parts' order, and puts every part's padding after them (HunyuanImage: ``[valid ByT5, valid MLLM,
             ByT5 padding, MLLM padding]``), so a word's positions follow the valid tokens of the parts before its
             part (the glyph tokens of the prompt's quoted text); each part's padding side then does not matter.
-        without_inputs: call inputs with which the pipeline builds its text sequence another way (DreamLite's
-            ``image``: its edit template puts the image's tokens before the words). Words are refused while a call
-            given any of them runs (its text length cannot tell, the pipelines padding to the call's longest prompt).
+        refused_with: variables of the running pipeline call, its inputs or its locals, with which the pipeline
+            builds its text sequence another way: DreamLite's ``image`` (its edit template puts the image's tokens
+            before the words), ERNIE-Image's ``revised_prompts`` (set when its prompt enhancer rewrote the prompts),
+            LongCat-Image's ``enable_prompt_rewrite``. Words are refused while a call with any of them set runs (the
+            text length cannot tell: these pipelines pad to the call's longest prompt).
     """
 
     parts: tuple[TextPart, ...]
@@ -383,7 +385,7 @@ class PromptRecipe:
     trailing: int = 0
     pipelines: tuple[str, ...] = ()
     valid_first: bool = False
-    without_inputs: tuple[str, ...] = ()
+    refused_with: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.clean not in (None, *PROMPT_CLEANING):

@@ -156,11 +156,12 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=2,
         # Qwen2.5-VL over [prefix | prompt | PAD | suffix], prefix and suffix cropped: the prompt's own tokens (quoted
         # text letter by letter) padded to tokenizer_max_length (512). Words are those of the prompt as given, so
-        # with enable_prompt_rewrite=False (the rewrite replaces the prompt with the text encoder's own). Not the edit
-        # pipeline's: it keeps the image tokens ahead of the prompt.
+        # they are refused in a call with enable_prompt_rewrite (its default: the rewrite replaces the prompt with the
+        # text encoder's own). Not the edit pipeline's: it keeps the image tokens ahead of the prompt.
         prompt=PromptRecipe(
             (TextPart("t5", spell="diffusers.pipelines.longcat_image.pipeline_longcat_image:split_quotation"),),
             max_sequence_length=512,
+            refused_with=("enable_prompt_rewrite",),
         ),
     ),
     _packed_with_ids(
@@ -459,7 +460,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             ),
             max_sequence_length=1024,
             trailing=1,
-            without_inputs=("input_images",),
+            refused_with=("input_images",),
         ),
     ),
     # PRX: image queries over [text, image] keys (the text is not updated: no text queries at all).
@@ -493,9 +494,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         roles=(("", "joint"),),  # single-stream: [image, text] in one sequence
         # Mistral 3 over each prompt on its own (<s> first), zero-padded on the right to the longest prompt of the
         # call: the call's text length (the pipeline sets no limit, so max_sequence_length is only the length of a
-        # mapping made outside a call). Words are those of the prompt as given: with the prompt enhancer on
-        # (use_pe=True and a pe model) the pipeline encodes the enhancer's rewrite instead.
-        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=1024),
+        # mapping made outside a call). Words are those of the prompt as given: refused when the prompt enhancer ran
+        # (use_pe=True and a pe model), which sets revised_prompts and encodes its rewrite instead.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=1024, refused_with=("revised_prompts",)),
     ),
     # DiTPipeline batches [class labels, null class]: the conditional rows first.
     # UniDiffuser (U-ViT): one joint self-attention over [t_img, t_text, data_type, text, CLIP image, image], the text

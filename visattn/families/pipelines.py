@@ -217,19 +217,19 @@ def pipeline_call_prompt(pipeline: Any) -> CallPrompt:
     return CallPrompt(local.get("prompt"), local.get("prompt_template"), local.get("max_sequence_length"))
 
 
-def pipeline_call_inputs_given(pipeline: Any, names: tuple[str, ...]) -> tuple[str, ...]:
-    """Which of the call inputs ``names`` the running pipeline call was given: not ``None``, nor a list of nothing
-    given (OmniGen wraps a missing ``input_images`` as ``[None]`` for a single prompt); none when it is not
-    running."""
+def pipeline_call_variables_set(pipeline: Any, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of ``names``, inputs or locals of the running pipeline call, are set: not ``None`` nor ``False``, nor a
+    list of nothing set (OmniGen wraps a missing ``input_images`` as ``[None]`` for a single prompt); none when it is
+    not running."""
     if not names:
         return ()
     local = _call_locals(pipeline)
     if isinstance(local.get("kwargs"), dict):  # a modular pipeline's __call__(state=None, output=None, **kwargs)
         local = {**local, **local["kwargs"]}
-    return tuple(name for name in names if _given(local.get(name)))
+    return tuple(name for name in names if _set(local.get(name)))
 
 
-def _given(value: Any) -> bool:
+def _set(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
-        return any(_given(item) for item in value)
-    return value is not None
+        return any(_set(item) for item in value)
+    return value is not None and value is not False

@@ -96,7 +96,7 @@ UNET_FAMILIES: tuple[Family, ...] = (
                 ),
             ),
             max_sequence_length=200,
-            without_inputs=("image",),
+            refused_with=("image",),
         ),
     ),
     # aMUSEd: a [B, H, W] map of VQ token ids, one token per latent pixel, and no timestep (it unmasks tokens);

@@ -494,7 +494,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     # tokenizer ladder: with an input image (the edit it is made for) its prompt goes through Qwen3-VL's processor as
     # "<image>\n" + the instruction, so the image's tokens, as many as the processor makes of its size, sit before
     # the words, which no PromptRecipe part expresses. (Its text-only path, without an image, crops the Qwen-Image
-    # template prompt_template_encode["image"]: a ladder for it would need without_inputs=("image",).)
+    # template prompt_template_encode["image"]: a ladder for it would need refused_with=("image",).)
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),
