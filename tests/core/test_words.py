@@ -672,7 +672,7 @@ def test_ernie_image_refuses_words_when_its_prompt_enhancer_rewrites_the_prompts
 
 
 def test_text_part_refuses_what_it_cannot_describe():
-    from visattn.families.base import PipelineTemplate, TextPart
+    from visattn.families.base import PipelineTemplate, PromptRecipe, TextPart
 
     with pytest.raises(ValueError, match="TextPart.padding must be one of"):
         TextPart("t5", padding="middle")
@@ -682,6 +682,17 @@ def test_text_part_refuses_what_it_cannot_describe():
         TextPart("chat_template", template="pipeline:prompt_template_encode:prompt_template_encode_start_idx")
     with pytest.raises(ValueError, match="required for, and only for"):
         TextPart("t5", template=PipelineTemplate("prompt_template_encode"))
+    with pytest.raises(ValueError, match="TextPart.derive is only for kind='t5'"):
+        TextPart("clip", derive="module:function")
+    with pytest.raises(ValueError, match="TextPart.length is required for kind='reserved'"):
+        TextPart("reserved")
+    with pytest.raises(ValueError, match="TextPart.length must be a positive int, a pipeline attribute name or None"):
+        TextPart("t5", length=0)
+    with pytest.raises(ValueError, match="cannot mix parts of max_sequence_length with parts whose length"):
+        PromptRecipe((TextPart("t5"), TextPart("reserved", length="clip_seq")), max_sequence_length=8)
+    # numeric lengths count toward the fixed length, so the call's max_sequence_length still follows from the text's
+    recipe = PromptRecipe((TextPart("t5"), TextPart("reserved", length=4)), max_sequence_length=8)
+    assert recipe.sequence_length_of(16 + 4) == 16
 
 
 # --- the real CLIP vocabulary (issue 29) -------------------------------------------------------------------------
