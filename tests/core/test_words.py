@@ -699,6 +699,11 @@ def test_text_part_refuses_what_it_cannot_describe():
     # numeric lengths count toward the fixed length, so the call's max_sequence_length still follows from the text's
     recipe = PromptRecipe((TextPart("t5"), TextPart("reserved", length=4)), max_sequence_length=8)
     assert recipe.sequence_length_of(16 + 4) == 16
+    # lengths read from the pipeline: no fixed length, and no max_sequence_length to find
+    hunyuan = prompt_recipe("hunyuan_image")
+    assert hunyuan.sequence_length_of(1128) is None
+    with pytest.raises(ValueError, match="reads part lengths from the pipeline"):
+        _ = hunyuan.fixed_length
 
 
 # --- the real CLIP vocabulary (issue 29) -------------------------------------------------------------------------

@@ -401,7 +401,16 @@ class PromptRecipe:
     @property
     def fixed_length(self) -> int:
         """Positions of the CLIP parts, the parts of a numeric length, and the leading and trailing tokens: the
-        length that does not depend on the call."""
+        length that does not depend on the call.
+
+        Raises:
+            ValueError: a part reads its length from the pipeline (:attr:`TextPart.length` names an attribute).
+        """
+        if any(isinstance(part.length, str) for part in self.parts):
+            raise ValueError(
+                "this PromptRecipe reads part lengths from the pipeline (TextPart.length names an attribute), so its "
+                "fixed length depends on the pipeline"
+            )
         return (
             self.leading
             + self.trailing
