@@ -26,8 +26,9 @@ this module follows the recipe. The kinds of part:
   Latte, ERNIE-Image, DreamLite) have the call's text length.
 * HunyuanImage and HunyuanVideo 1.5 gather each part's valid tokens first (``valid_first``): the ByT5 tokens of the
   prompt's quoted text (a part over a text the pipeline derives from the prompt, which holds no word) come before
-  the words, so their count moves the words; parts another input fills (HunyuanVideo 1.5's image tokens, Stable
-  Cascade's pooled text and image embedding) are ``"reserved"``: positions with no word.
+  the words, so their count moves the words; parts another input fills (HunyuanVideo 1.5's image tokens, valid
+  ahead of the words in image-to-video; Stable Cascade's pooled text and image embedding) are ``"reserved"``:
+  positions with no word.
 
 :func:`prompt_tokens` tokenizes the exact string the pipeline tokenizes, with the pipeline's own tokenizers,
 and maps each word to its token positions through the tokenizer's character offsets, so words split into
@@ -460,8 +461,11 @@ def _part_positions(
     if part.length is not None:
         pipeline = None if _is_tokenizer(target) or isinstance(target, Mapping) else target
         max_length = part.own_length(pipeline)
-    if part.kind == "reserved" or tokenizer is None:
-        # Positions another input fills, or an optional part the pipeline fills with zero embeddings: no word.
+    if part.kind == "reserved":
+        # Positions another input fills: no word; valid tokens in the pipelines that fill them.
+        return [[] for _ in words], max_length if type(target).__name__ in part.valid_in else 0, max_length
+    if tokenizer is None:
+        # An optional part the pipeline fills with zero embeddings: positions with no word.
         return [[] for _ in words], 0, max_length
     if part.derive is not None:
         return (

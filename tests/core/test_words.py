@@ -415,9 +415,9 @@ def _denoiser_text_sources(
 ) -> tuple[list[int], list[int], list]:
     """Where each position of the text sequence the denoiser's first block receives comes from, read off a real
     generation: the embedders named in ``embedders`` are made to answer, for each of their positions ``j``,
-    ``sign * (j + 1)`` (the others' and the type embeddings' answers zero), so the block's text input says which
-    position of which embedder's output sits where after the model's reordering. Also the ids each text encoder
-    received for the prompt: ``(sources, mllm_ids, glyph_ids)``."""
+    ``code * (j + 1)`` (the type embeddings' answers zero), so the block's text input says which position of which
+    embedder's output sits where after the model's reordering. Also the ids each text encoder received for the
+    prompt: ``(sources, mllm_ids, glyph_ids)``."""
     import torch
 
     pipe = pipeline(family)
@@ -425,9 +425,9 @@ def _denoiser_text_sources(
     ids: dict[str, list] = {}
     seen: list[torch.Tensor] = []
 
-    def code(sign: int):
+    def code(scale: int):
         def hook(module, args, output):
-            positions = torch.arange(1, output.shape[1] + 1, dtype=output.dtype) * sign
+            positions = torch.arange(1, output.shape[1] + 1, dtype=output.dtype) * scale
             return positions[None, :, None].expand_as(output).clone()
 
         return hook
@@ -445,7 +445,7 @@ def _denoiser_text_sources(
         if not seen:
             seen.append(args[1] if len(args) > 1 else kwargs["encoder_hidden_states"])
 
-    handles = [getattr(model, name).register_forward_hook(code(sign)) for name, sign in embedders.items()]
+    handles = [getattr(model, name).register_forward_hook(code(scale)) for name, scale in embedders.items()]
     handles += [
         getattr(model, name).register_forward_hook(zero) for name in ("cond_type_embed",) if hasattr(model, name)
     ]
@@ -464,31 +464,39 @@ def _denoiser_text_sources(
     return sources, ids["text_encoder"], ids.get("text_encoder_2", [])
 
 
-@pytest.mark.parametrize("family", ["hunyuan_image", "hunyuan_video15"])
+#: what the first block's text input says of a position (see _denoiser_text_sources): the chat template's tokens
+#: answer j + 1, the glyph tokens -(j + 1), the image tokens 10000 * (j + 1)
+_HUNYUAN_CODES = {"context_embedder": 1, "context_embedder_2": -1, "image_embedder": 10000}
+
+
+@pytest.mark.parametrize("key", ["hunyuan_image", "hunyuan_video15", "HunyuanVideo15ImageToVideoPipeline"])
 @pytest.mark.parametrize("prompt", ['a red sign saying "ok" near a circle', "a red circle"])
-def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(family, prompt):
-    """HunyuanImage and HunyuanVideo 1.5 gather each part's valid tokens first (the ByT5 glyph tokens of the
-    quoted text, then the cropped chat template's), then the padding: read off the first block's text input of a
-    real generation, every word's positions hold the chat-template tokens that spell it, right after the glyph
-    tokens, and the sequence is as long as the denoiser's."""
-    pipe = pipeline(family)
+def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(key, prompt):
+    """HunyuanImage and HunyuanVideo 1.5 gather each part's valid tokens first (HunyuanVideo 1.5's image tokens in
+    image-to-video, the ByT5 glyph tokens of the quoted text, then the cropped chat template's), then the padding:
+    read off the first block's text input of a real generation, every word's positions hold the chat-template
+    tokens that spell it, right after the image and glyph tokens, and the sequence is as long as the denoiser's."""
+    pipe = pipeline(key)
     crop = pipe.prompt_template_encode_start_idx
-    sources, mllm_ids, glyph_ids = _denoiser_text_sources(
-        family, prompt, {"context_embedder": 1, "context_embedder_2": -1}, output_type="latent"
-    )
+    codes = {name: c for name, c in _HUNYUAN_CODES.items() if hasattr(pipe.transformer, name)}
+    sources, mllm_ids, glyph_ids = _denoiser_text_sources(key, prompt, codes, output_type="latent")
     tokens = prompt_tokens(pipe, prompt)
-    assert tokens.family == family and tokens.length == len(sources)
+    assert tokens.family == pipeline_spec(key).family and tokens.length == len(sources)
+    # the image tokens lead in image-to-video (zeros, masked out, among the padding in text-to-video)
+    images = sum(1 for source in sources[:1000] if source >= 10000)
+    assert images == (pipe.vision_num_semantic_tokens if key == "HunyuanVideo15ImageToVideoPipeline" else 0)
+    assert sources[:images] == [10000 * (j + 1) for j in range(images)]
     # ByT5 runs on the quoted text only (its bytes, then </s>); without quotes its tokens are all padding
     glyphs = sum(1 for i in glyph_ids if i != pipe.tokenizer_2.pad_token_id)
     assert (glyphs > 0) == ('"' in prompt)
-    assert sources[:glyphs] == [-(j + 1) for j in range(glyphs)]  # the glyph tokens lead
+    assert sources[images : images + glyphs] == [-(j + 1) for j in range(glyphs)]
     for word in ("red", "circle", *(("ok",) if glyphs else ())):
         positions = tokens.positions(word)
-        assert all(sources[p] > 0 for p in positions)  # chat-template tokens
+        assert all(0 < sources[p] < 10000 for p in positions)  # chat-template tokens
         spelled = pipe.tokenizer.decode([mllm_ids[crop + sources[p] - 1] for p in positions])
         assert spelled.strip() == word
     owned = {p for positions in tokens.word_tokens for p in positions}
-    assert owned.isdisjoint(range(glyphs)) and min(owned) >= glyphs
+    assert min(owned) >= images + glyphs
 
 
 class _Seen(Exception):
@@ -692,6 +700,8 @@ def test_text_part_refuses_what_it_cannot_describe():
         TextPart("clip", derive="module:function")
     with pytest.raises(ValueError, match="TextPart.length is required for kind='reserved'"):
         TextPart("reserved")
+    with pytest.raises(ValueError, match="TextPart.valid_in is only for kind='reserved'"):
+        TextPart("t5", valid_in=("HunyuanVideo15ImageToVideoPipeline",))
     with pytest.raises(ValueError, match="TextPart.length must be a positive int, a pipeline attribute name or None"):
         TextPart("t5", length=0)
     with pytest.raises(ValueError, match="cannot mix parts of max_sequence_length with parts whose length"):

@@ -277,6 +277,10 @@ class TextPart:
             (HunyuanImage's ``extract_glyph_text``: the prompt's quoted text, formatted for ByT5). Its tokens hold
             no word: they spell a rewritten text, and the prompt's words sit in the other parts.
 
+        valid_in: for ``"reserved"``, the pipeline classes in which its tokens are valid, not padding (HunyuanVideo
+            1.5's image-to-video pipeline feeds SigLIP tokens of the image where the text-to-video one feeds masked
+            zeros): where the recipe gathers valid tokens first, they then come before the words.
+
     The kind ``"reserved"`` is positions another input of the denoiser fills, which hold no word and count as
     padding (HunyuanVideo 1.5's image-prompt tokens, zeros and masked out in text-to-video; Stable Cascade's pooled
     text and image embeddings, each mapped to ``clip_seq`` tokens).
@@ -290,6 +294,7 @@ class TextPart:
     padding: str = "right"
     length: int | str | None = None
     derive: str | None = None
+    valid_in: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in TEXT_PART_KINDS:
@@ -308,6 +313,8 @@ class TextPart:
             raise ValueError("TextPart.derive is only for kind='t5', without spell")
         if self.kind == "reserved" and self.length is None:
             raise ValueError("TextPart.length is required for kind='reserved'")
+        if self.valid_in and self.kind != "reserved":
+            raise ValueError("TextPart.valid_in is only for kind='reserved'")
         if isinstance(self.length, bool) or not (
             self.length is None or isinstance(self.length, str) or (isinstance(self.length, int) and self.length > 0)
         ):

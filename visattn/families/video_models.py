@@ -234,15 +234,17 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         joined_text=(JoinedText(Argument(("encoder_hidden_states_2",))), JoinedText(Argument(("image_embeds",)))),
         text_position="last",
         roles=(("^context_embedder", "text"), ("", "joint")),
-        # The model gathers the valid tokens first: the image-prompt tokens (vision_num_semantic_tokens, zeros and
-        # masked out in text-to-video), ByT5 over the prompt's double-quoted text (padded to tokenizer_2_max_length,
-        # all padding without quotes), Qwen2.5-VL over its tokenizer's chat template [system_message, prompt] with a
-        # generation prompt, the first prompt_template_encode_start_idx tokens dropped, padded to
-        # tokenizer_max_length. The glyph tokens hold no word. Text-to-video only: the image-to-video pipeline's
-        # image tokens are valid, ahead of the words.
+        # The model gathers the valid tokens first: the image-prompt tokens (vision_num_semantic_tokens SigLIP tokens
+        # of the image in image-to-video, ahead of the words; zeros and masked out in text-to-video), ByT5 over the
+        # prompt's double-quoted text (padded to tokenizer_2_max_length, all padding without quotes), Qwen2.5-VL over
+        # its tokenizer's chat template [system_message, prompt] with a generation prompt, the first
+        # prompt_template_encode_start_idx tokens dropped, padded to tokenizer_max_length. The glyph tokens hold no
+        # word.
         prompt=PromptRecipe(
             (
-                TextPart("reserved", length="vision_num_semantic_tokens"),
+                TextPart(
+                    "reserved", length="vision_num_semantic_tokens", valid_in=("HunyuanVideo15ImageToVideoPipeline",)
+                ),
                 TextPart(
                     "t5",
                     ("tokenizer_2",),
@@ -258,7 +260,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
                 ),
             ),
             valid_first=True,
-            pipelines=("HunyuanVideo15Pipeline",),
+            pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
         ),
     ),
     # Framepack puts history latents before the video in its joint sequence: the text position does not place it,

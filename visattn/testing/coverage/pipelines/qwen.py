@@ -32,6 +32,7 @@ from diffusers import (
     EasyAnimatePipeline,
     FlowMatchEulerDiscreteScheduler,
     HunyuanImagePipeline,
+    HunyuanVideo15ImageToVideoPipeline,
     HunyuanVideo15Pipeline,
     JoyImageEditPipeline,
     Kandinsky5T2VPipeline,
@@ -44,7 +45,7 @@ from diffusers import (
     QwenImagePipeline,
     ZImagePipeline,
 )
-from transformers import ByT5Tokenizer, T5EncoderModel
+from transformers import ByT5Tokenizer, SiglipImageProcessor, T5EncoderModel
 
 from visattn.testing.coverage import tiny_denoiser_entry
 from visattn.testing.coverage.denoiser_spec import TinyDenoiser
@@ -59,6 +60,7 @@ from visattn.testing.coverage.images import (
     QWEN_IMAGE_21,
     Z_IMAGE,
 )
+from visattn.testing.coverage.pipelines.classic_encoders import siglip_image_encoder
 from visattn.testing.coverage.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, flow_vae, image_call
 from visattn.testing.coverage.pipelines.qwen_text import (
     qwen2_5_vl_model,
@@ -237,6 +239,36 @@ def _hunyuan_video15_components() -> dict[str, Any]:
         "tokenizer_2": ByT5Tokenizer,
         "guider": lambda: ClassifierFreeGuidance(guidance_scale=2.0),
     }
+
+
+# HunyuanVideo 1.5 image-to-video: the same components, plus a SigLIP whose 729 tokens of the image (216 pixels in
+# patches of 8: the real model's vision_num_semantic_tokens) join the text, valid, ahead of the prompt. The pipeline
+# sizes the video from the image to about the transformer's target_size pixels (640), here IMAGE_SIZE.
+#: SigLIP's input size for 27 x 27 = 729 patches of 8 pixels
+_HY15_SIGLIP_SIZE = 27 * 8
+
+
+def _hunyuan_video15_i2v_transformer() -> torch.nn.Module:
+    model = tiny_denoiser_entry("HunyuanVideo15Transformer3DModel").build()
+    model.register_to_config(target_size=IMAGE_SIZE)
+    return model
+
+
+def _hunyuan_video15_i2v_components() -> dict[str, Any]:
+    return {
+        **_hunyuan_video15_components(),
+        "transformer": _hunyuan_video15_i2v_transformer,
+        "image_encoder": lambda: siglip_image_encoder(_HY15_SIGLIP_SIZE),
+        "feature_extractor": lambda: SiglipImageProcessor(
+            size={"height": _HY15_SIGLIP_SIZE, "width": _HY15_SIGLIP_SIZE}
+        ),
+    }
+
+
+def _hunyuan_video15_i2v_call() -> dict[str, Any]:
+    # its size comes from the image: no height or width
+    call = video_call(image=input_image(), prompt='a red circle, "ok"', negative_prompt="")
+    return {name: value for name, value in call.items() if name not in ("height", "width")}
 
 
 # Kandinsky 5 (text-to-video): its "tokenizer" is a Qwen2-VL processor; Qwen2.5-VL's last hidden state with the
@@ -461,6 +493,16 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_hunyuan_video15_components,
         call_defaults=lambda: video_call(prompt='a red circle, "ok"', negative_prompt=""),
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
+    ),
+    PipelineSpec(
+        family="hunyuan_video15",
+        pipeline_cls=HunyuanVideo15ImageToVideoPipeline,
+        default=False,
+        denoiser="transformer",
+        components=_hunyuan_video15_i2v_components,
+        call_defaults=_hunyuan_video15_i2v_call,
         # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
         per_prompt_inputs=("negative_prompt",),
     ),
