@@ -20,9 +20,15 @@ this module follows the recipe. The kinds of part:
   tokenizer's own ``apply_chat_template`` with a system message and options (Z-Image, FLUX.2, EasyAnimate,
   Ideogram 4, NucleusMoE-Image, Ovis-Image).
 * LongCat-Image: the prompt's own tokens (its template is cropped), quoted text tokenized letter by letter.
-* A part padded on the left (FLUX.2's Mistral, CogView4, Ideogram 4) holds its words at its end; tokens the model
-  puts around the text (AuraFlow's registers, UniDiffuser's timestep and image tokens) hold no word; pipelines that
-  pad to the longest prompt of the call (Qwen-Image, Kandinsky 5, Lumina-Next, Latte) have the call's text length.
+* A part padded on the left (FLUX.2's Mistral, CogView4, Ideogram 4, OmniGen) holds its words at its end; tokens
+  the model puts around the text (AuraFlow's registers, UniDiffuser's timestep and image tokens, OmniGen's time
+  token) hold no word; pipelines that pad to the longest prompt of the call (Qwen-Image, Kandinsky 5, Lumina-Next,
+  Latte, ERNIE-Image, DreamLite) have the call's text length.
+* HunyuanImage and HunyuanVideo 1.5 gather each part's valid tokens first (``valid_first``): the ByT5 tokens of the
+  prompt's quoted text (a part over a text the pipeline derives from the prompt, which holds no word) come before
+  the words, so their count moves the words; parts another input fills (HunyuanVideo 1.5's image tokens, valid
+  ahead of the words in image-to-video; Stable Cascade's pooled text and image embedding) are ``"reserved"``:
+  positions with no word.
 
 :func:`prompt_tokens` tokenizes the exact string the pipeline tokenizes, with the pipeline's own tokenizers,
 and maps each word to its token positions through the tokenizer's character offsets, so words split into
@@ -41,6 +47,7 @@ from typing import Any
 
 from .attachment import DENOISER_ATTRIBUTES
 from .families import CLIP_LENGTH, PROMPT_FAMILIES, PromptRecipe, TextPart, declared_family, family_named
+from .families.pipelines import pipeline_call_variables_set
 
 __all__ = [
     "CLIP_LENGTH",
@@ -380,6 +387,15 @@ def prompt_tokens(
                 "builds its own another way, so words cannot be mapped to its text positions. Address text "
                 "positions directly instead"
             )
+    if recipe.refused_with and not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
+        given = pipeline_call_variables_set(pipe_or_tokenizers, recipe.refused_with)
+        if given:
+            raise ValueError(
+                f"the {key} tokenizer ladder describes calls without {', '.join(given)}; this call's "
+                f"{type(pipe_or_tokenizers).__name__} builds its text sequence another way with it (other tokens "
+                "before the words, or a rewritten prompt), so words cannot be mapped to its text positions. Call it "
+                "without, or address text positions directly"
+            )
     prompt_text = _clean(prompt, recipe.clean)
     words = split_words(prompt_text)
     if max_sequence_length is None and recipe.variable:
@@ -388,20 +404,31 @@ def prompt_tokens(
         isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1
     ):
         raise ValueError(f"max_sequence_length must be a positive int; got {max_sequence_length!r}")
-    if _is_tokenizer(pipe_or_tokenizers) and len(recipe.parts) > 1:
-        names = " and ".join("/".join(part.tokenizers) for part in recipe.parts)
+    tokenized = [part for part in recipe.parts if part.kind != "reserved"]
+    if _is_tokenizer(pipe_or_tokenizers) and len(tokenized) > 1:
+        names = " and ".join("/".join(part.tokenizers) for part in tokenized)
         raise ValueError(f"{key} needs its tokenizers {names}: pass the pipeline or a mapping of them")
 
-    # Each part of the text sequence in turn; positions of later parts follow the earlier parts' lengths.
+    # Each part of the text sequence in turn; positions of later parts follow the earlier parts' lengths (or,
+    # where the denoiser gathers valid tokens first, the earlier parts' valid tokens).
     per_word: list[list[int]] = [[] for _ in words]
-    length = recipe.leading
+    length = start = recipe.leading
     for part in recipe.parts:
-        tokenizer = _tokenizer(pipe_or_tokenizers, part, key)
-        part_words, part_length = _part_positions(
-            part, tokenizer, pipe_or_tokenizers, prompt_text, words, key, max_sequence_length, prompt_template
+        tokenizer = None if part.kind == "reserved" else _tokenizer(pipe_or_tokenizers, part, key)
+        part_words, valid, part_length = _part_positions(
+            part,
+            tokenizer,
+            pipe_or_tokenizers,
+            prompt_text,
+            words,
+            key,
+            max_sequence_length,
+            prompt_template,
+            recipe.valid_first,
         )
-        per_word = [mine + [length + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]
+        per_word = [mine + [start + p for p in theirs] for mine, theirs in zip(per_word, part_words, strict=True)]
         length += part_length
+        start = start + valid if recipe.valid_first else length
 
     length += recipe.trailing
     owned = {p for positions in per_word for p in positions}
@@ -424,13 +451,28 @@ def _part_positions(
     family: str,
     max_length: int | None,
     prompt_template: Mapping[str, Any] | None,
-) -> tuple[list[list[int]], int]:
-    """Each word's positions inside one part of the text sequence, and the part's length."""
+    valid_first: bool = False,
+) -> tuple[list[list[int]], int, int]:
+    """Each word's positions inside one part of the text sequence, the part's valid (unpadded) token count and
+    its length (``valid_first``: the denoiser moves the valid tokens to the front, whatever the padding side)."""
     if part.kind == "clip":
-        return _clip_part(_text_tokenizer(tokenizer), prompt, words, family)
+        part_words, length = _clip_part(_text_tokenizer(tokenizer), prompt, words, family)
+        return part_words, length, length
+    if part.length is not None:
+        pipeline = None if _is_tokenizer(target) or isinstance(target, Mapping) else target
+        max_length = part.own_length(pipeline)
+    if part.kind == "reserved":
+        # Positions another input fills: no word; valid tokens in the pipelines that fill them.
+        return [[] for _ in words], max_length if type(target).__name__ in part.valid_in else 0, max_length
     if tokenizer is None:
         # An optional part the pipeline fills with zero embeddings: positions with no word.
-        return [[] for _ in words], max_length
+        return [[] for _ in words], 0, max_length
+    if part.derive is not None:
+        return (
+            [[] for _ in words],
+            _derived_count(_text_tokenizer(tokenizer), prompt, part.derive, max_length),
+            max_length,
+        )
     template: Mapping[str, Any] = {}
     if part.kind == "t5":
         part_words, count = _t5_part(_text_tokenizer(tokenizer), prompt, words, family, max_length, part.spell)
@@ -441,14 +483,24 @@ def _part_positions(
             # The chat template is rendered by what the pipeline calls (a processor, FLUX.2's and EasyAnimate's).
             template = _call_default(target, "prompt_template", None) or part.default_template(pipeline, tokenizer)
         part_words, count = _template_part(_text_tokenizer(tokenizer), prompt, words, family, max_length, template)
-    if part.padding_side(_text_tokenizer(tokenizer)) == "left":
+    if not valid_first and part.padding_side(_text_tokenizer(tokenizer)) == "left":
         if template.get("crop_start") or template.get("suffix_tokens"):
             raise ValueError(
                 f"the {family} tokenizer ladder pads on the left but crops its template or appends a suffix"
             )
         # Left padding puts the tokens at the end of the part: every position moves by the padding's length.
         part_words = [[p + max_length - count for p in positions] for positions in part_words]
-    return part_words, max_length
+    return part_words, count, max_length
+
+
+def _derived_count(tokenizer: Any, prompt: str, derive: str, max_length: int) -> int:
+    """The valid tokens of a part over the text ``derive`` makes of the prompt (see
+    :attr:`visattn.families.TextPart.derive`), truncated to the part's length as the pipeline does."""
+    import importlib
+
+    module, attribute = derive.split(":")
+    text = getattr(importlib.import_module(module), attribute)(prompt)
+    return 0 if text is None else min(len(tokenizer(text).input_ids), max_length)
 
 
 def _text_tokenizer(tokenizer: Any) -> Any:

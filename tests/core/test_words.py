@@ -161,8 +161,8 @@ def test_bad_family_and_missing_tokenizer():
     with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
         prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
     # A family whose tokenizer ladder is not declared says so and names the ones that are.
-    with pytest.raises(ValueError, match=r"the hunyuan_video15 family declares no tokenizer ladder .*'unet'"):
-        prompt_tokens(text_tokenizer("t5"), "a cat", family="hunyuan_video15")
+    with pytest.raises(ValueError, match=r"the joyimage_edit family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="joyimage_edit")
     with pytest.raises(ValueError, match="pass family="):
         prompt_tokens(text_tokenizer("clip"), "a cat")
     with pytest.raises(ValueError, match="tokenizer_2"):
@@ -410,8 +410,283 @@ def test_ovis_image_crops_its_chat_template_and_system_prompt():
     _decodes_to_words(pipe.tokenizer, ids, tokens)
 
 
+def _denoiser_text_sources(
+    family: str, prompt: str, embedders: dict[str, int], **call
+) -> tuple[list[int], list[int], list]:
+    """Where each position of the text sequence the denoiser's first block receives comes from, read off a real
+    generation: the embedders named in ``embedders`` are made to answer, for each of their positions ``j``,
+    ``code * (j + 1)`` (the type embeddings' answers zero), so the block's text input says which position of which
+    embedder's output sits where after the model's reordering. Also the ids each text encoder received for the
+    prompt: ``(sources, mllm_ids, glyph_ids)``."""
+    import torch
+
+    pipe = pipeline(family)
+    model = pipe.transformer
+    ids: dict[str, list] = {}
+    seen: list[torch.Tensor] = []
+
+    def code(scale: int):
+        def hook(module, args, output):
+            positions = torch.arange(1, output.shape[1] + 1, dtype=output.dtype) * scale
+            return positions[None, :, None].expand_as(output).clone()
+
+        return hook
+
+    def zero(module, args, output):
+        return torch.zeros_like(output)
+
+    def encoder(name):
+        def hook(module, args, kwargs):
+            ids.setdefault(name, kwargs.get("input_ids", args[0] if args else None)[0].tolist())
+
+        return hook
+
+    def first_block(module, args, kwargs):
+        if not seen:
+            seen.append(args[1] if len(args) > 1 else kwargs["encoder_hidden_states"])
+
+    handles = [getattr(model, name).register_forward_hook(code(scale)) for name, scale in embedders.items()]
+    handles += [
+        getattr(model, name).register_forward_hook(zero) for name in ("cond_type_embed",) if hasattr(model, name)
+    ]
+    handles += [
+        getattr(pipe, name).register_forward_pre_hook(encoder(name), with_kwargs=True)
+        for name in ("text_encoder", "text_encoder_2")
+    ]
+    handles.append(model.transformer_blocks[0].register_forward_pre_hook(first_block, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            pipe(**{**call_kwargs(family), "prompt": prompt, "num_inference_steps": 1, **call})
+    finally:
+        for handle in handles:
+            handle.remove()
+    sources = [round(v) for v in seen[0][0, :, 0].tolist()]
+    return sources, ids["text_encoder"], ids.get("text_encoder_2", [])
+
+
+#: what the first block's text input says of a position (see _denoiser_text_sources): the chat template's tokens
+#: answer j + 1, the glyph tokens -(j + 1), the image tokens 10000 * (j + 1)
+_HUNYUAN_CODES = {"context_embedder": 1, "context_embedder_2": -1, "image_embedder": 10000}
+
+
+@pytest.mark.parametrize("key", ["hunyuan_image", "hunyuan_video15", "HunyuanVideo15ImageToVideoPipeline"])
+@pytest.mark.parametrize("prompt", ['a red sign saying "ok" near a circle', "a red circle"])
+def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(key, prompt):
+    """HunyuanImage and HunyuanVideo 1.5 gather each part's valid tokens first (HunyuanVideo 1.5's image tokens in
+    image-to-video, the ByT5 glyph tokens of the quoted text, then the cropped chat template's), then the padding:
+    read off the first block's text input of a real generation, every word's positions hold the chat-template
+    tokens that spell it, right after the image and glyph tokens, and the sequence is as long as the denoiser's."""
+    pipe = pipeline(key)
+    crop = pipe.prompt_template_encode_start_idx
+    codes = {name: c for name, c in _HUNYUAN_CODES.items() if hasattr(pipe.transformer, name)}
+    sources, mllm_ids, glyph_ids = _denoiser_text_sources(key, prompt, codes, output_type="latent")
+    tokens = prompt_tokens(pipe, prompt)
+    assert tokens.family == pipeline_spec(key).family and tokens.length == len(sources)
+    # the image tokens lead in image-to-video (zeros, masked out, among the padding in text-to-video)
+    images = sum(1 for source in sources[:1000] if source >= 10000)
+    assert images == (pipe.vision_num_semantic_tokens if key == "HunyuanVideo15ImageToVideoPipeline" else 0)
+    assert sources[:images] == [10000 * (j + 1) for j in range(images)]
+    # ByT5 runs on the quoted text only (its bytes, then </s>); without quotes its tokens are all padding
+    glyphs = sum(1 for i in glyph_ids if i != pipe.tokenizer_2.pad_token_id)
+    assert (glyphs > 0) == ('"' in prompt)
+    assert sources[images : images + glyphs] == [-(j + 1) for j in range(glyphs)]
+    for word in ("red", "circle", *(("ok",) if glyphs else ())):
+        positions = tokens.positions(word)
+        assert all(0 < sources[p] < 10000 for p in positions)  # chat-template tokens
+        spelled = pipe.tokenizer.decode([mllm_ids[crop + sources[p] - 1] for p in positions])
+        assert spelled.strip() == word
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert min(owned) >= images + glyphs
+
+
+class _Seen(Exception):
+    """Stops a generation once the denoiser's first call has been seen."""
+
+
+def _fed(
+    family: str, prompt: str, encoder: str | None = "text_encoder", row: int = 0, **call
+) -> tuple[list[int], dict]:
+    """The ids of batch row ``row`` the pipeline's ``encoder`` received first (the prompt's; none without an
+    encoder) and the keyword inputs of the denoiser's first call (its text input under ``"text"``), read off a real
+    one-step generation of the tiny pipeline."""
+    import inspect
+    import warnings
+
+    import torch
+
+    from visattn.families import family_named
+
+    pipe = pipeline(family)
+    denoiser = getattr(pipe, pipeline_spec(family).denoiser)
+    text = family_named(pipeline_spec(family).family).text
+    ids: list[list[int]] = []
+    inputs: list[dict] = []
+
+    def encoded(module, args, kwargs):
+        if not ids:
+            ids.append(kwargs.get("input_ids", args[0] if args else None)[row].tolist())
+
+    def denoised(module, args, kwargs):
+        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        inputs.append({**bound, "text": text.read(args, kwargs)})
+        raise _Seen  # nothing after the first denoiser call is needed
+
+    handles = [denoiser.register_forward_pre_hook(denoised, with_kwargs=True)]
+    if encoder is not None:
+        handles.append(getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True))
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tiny models' own (flex attention without torch.compile, ...)
+            pipe(**{**call_kwargs(family), "prompt": prompt, "num_inference_steps": 1, "output_type": "latent", **call})
+    except _Seen:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (ids[0] if ids else []), inputs[0]
+
+
+def test_ernie_image_words_are_the_prompts_own_tokens_padded_to_the_longest():
+    """ERNIE-Image encodes each prompt on its own (<s> first) and zero-pads the batch to its longest prompt: the
+    words decode back from the ids its text encoder received, and the call's text length is that prompt's."""
+    pipe = pipeline("ernie_image")
+    ids, inputs = _fed("ernie_image", "A red circle, near a cat")
+    length = inputs["text"].shape[1]
+    assert length == len(ids)  # the prompt is longer than the empty negative prompt
+    tokens = prompt_tokens(pipe, "A red circle, near a cat", max_sequence_length=length)
+    assert tokens.length == length and tokens.special == (0,)  # <s>
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_stable_cascade_prior_follows_clip_with_its_pooled_and_image_tokens():
+    """Stable Cascade's prior attends over [CLIP's 77 positions, the pooled text, the image embedding], the last
+    two mapped to clip_seq tokens each: the words decode back from the ids its CLIP encoder received, and the
+    sequence is as long as the prior's text keys."""
+    pipe = pipeline("stable_cascade")
+    ids, inputs = _fed("stable_cascade", "a red circle near a cat")
+    clip_seq = pipe.prior.config.clip_seq
+    keys = inputs["clip_text"].shape[1] + clip_seq * (inputs["clip_text_pooled"].shape[1] + inputs["clip_img"].shape[1])
+    tokens = prompt_tokens(pipe, "a red circle near a cat")
+    assert tokens.length == keys and len(ids) == inputs["clip_text"].shape[1]
+    assert set(range(len(ids), keys)) <= set(tokens.special)
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_amused_words_are_its_clip_positions():
+    """aMUSEd's U-ViT cross-attends to CLIP's penultimate hidden states over the tokenizer's padded length: the words
+    decode back from the ids its CLIP encoder received."""
+    pipe = pipeline("amused")
+    ids, inputs = _fed("amused", "a red circle near a cat")
+    tokens = prompt_tokens(pipe, "a red circle near a cat")
+    assert tokens.length == inputs["text"].shape[1] == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_omnigen_words_sit_at_the_end_of_its_left_padded_instruction():
+    """OmniGen feeds its denoiser the token ids of the processor's instruction template around the prompt, padded on
+    the left to the longest row of the call (the default negative prompt's), then a time token: the words decode
+    back from the ids the denoiser received."""
+    pipe = pipeline("omnigen")
+    _, inputs = _fed("omnigen", "a red circle near a cat", encoder=None)
+    ids = inputs["text"][0].tolist()  # the conditional row
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=len(ids))
+    assert tokens.length == len(ids) + 1 and tokens.special[0] == 0 and tokens.special[-1] == len(ids)
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+    # the instruction's own tokens end the row, after the left padding
+    instruction = pipe.tokenizer(pipe.multimodal_processor.add_prefix_instruction("a red circle near a cat")).input_ids
+    assert len(instruction) < len(ids) and ids[-len(instruction) :] == instruction
+
+
+def test_sana_wm_keeps_bos_and_crops_its_default_chi_prompt():
+    """SANA-WM prefixes its module's DEFAULT_CHI_PROMPT (the call's chi_prompt defaults to None) to the prompt as
+    given and keeps <bos> and the last max_sequence_length - 1 tokens: the words decode back from the ids its text
+    encoder received, at the positions the denoiser's text keeps."""
+    pipe = pipeline("sana_wm")
+    ids, inputs = _fed("sana_wm", "A red circle near a cat")
+    length = inputs["text"].shape[-2]
+    kept = ids[:1] + ids[len(ids) - (length - 1) :]
+    tokens = prompt_tokens(pipe, "A red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length and 0 in tokens.special
+    _decodes_to_words(pipe.tokenizer, kept, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_dreamlite_crops_its_generate_template_and_pads_to_the_longest():
+    """DreamLite (generate mode) encodes [negative prompt, prompt] with its generate template, drops the template's
+    first prompt_template_encode_generate_start_idx tokens and pads the valid tokens to the longer row: the words
+    decode back from the prompt row's ids its text encoder received."""
+    pipe = pipeline("dreamlite_unet")
+    crop = pipe.prompt_template_encode_generate_start_idx
+    ids, inputs = _fed("dreamlite_unet", "a red circle near a cat", row=1)  # [negative prompt, prompt]
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) - crop  # the prompt is the longer row
+    _decodes_to_words(pipe.tokenizer, ids[crop:], tokens, ("red", "circle", "near", "cat"))
+
+
+def test_flux3_words_follow_its_chat_template_in_the_window():
+    """Flux 3's text encoder step renders its processor's chat template around the prompt and right-pads the ids
+    to a multiple of 80 capped at max_sequence_length: the words decode back from the ids its Qwen3-VL received,
+    and the sequence is the denoiser's text length."""
+    pipe = pipeline("flux3")
+    ids, inputs = _fed("flux3", "a red circle near a cat")
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) and tokens.positions("a")[0] > 0  # the template's user turn first
+    _decodes_to_words(pipe.tokenizer.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_wan_animate_2_words_are_its_umt5_positions():
+    """Wan-Animate 2 encodes the prompt as given with umT5 and its model pads the text to config.text_len: the
+    words decode back from the ids its text encoder received."""
+    pipe = pipeline("wan_animate_2")
+    ids, _ = _fed("wan_animate_2", "A red circle", output_type="np")
+    length = pipe.transformer.config.text_len
+    tokens = prompt_tokens(pipe, "A red circle", max_sequence_length=length)
+    assert tokens.length == length
+    _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_dreamlite_refuses_words_in_edit_mode():
+    """Given an input image, DreamLite encodes its edit template, whose image tokens come before the words: words
+    are refused for such a call (its text length, the call's longest prompt, could not tell), and mapped again in
+    a generate call."""
+    import visattn
+    from visattn.tiny.denoisers.pipelines.qwen import input_image
+
+    pipe = pipeline("dreamlite_unet")
+    call = {
+        **call_kwargs("dreamlite_unet"),
+        "prompt": "a red circle",
+        "num_inference_steps": 1,
+        "output_type": "latent",
+    }
+    with visattn.attach(pipe, visattn.AttentionMaps(words="red")):
+        with pytest.raises(ValueError, match="describes calls without image; this call's DreamLitePipeline"):
+            pipe(**call, image=input_image())
+        pipe(**call)
+    assert prompt_tokens(pipe, "a red circle").positions("red")  # outside a call: the generate layout
+
+
+def test_ernie_image_refuses_words_when_its_prompt_enhancer_rewrites_the_prompts():
+    """ERNIE-Image's prompt enhancer (use_pe, on by default where the pipeline has a pe model) encodes the text it
+    generates, not the prompts given: Prompt-to-Prompt's words are refused in such a call, and mapped without it."""
+    import visattn
+    from visattn.tiny.denoisers.pipelines.llm import mistral3_model, mistral_tokenizer
+
+    pipe = tiny_pipeline("ernie_image")  # not the cached one: it gets an enhancer
+    pe_tokenizer = mistral_tokenizer()
+    pe_tokenizer.model_max_length = 4  # the enhancer generates that many tokens
+    pipe.register_modules(pe=mistral3_model(pe_tokenizer), pe_tokenizer=pe_tokenizer)
+    p2p = visattn.PromptToPrompt.replace("a red circle", "a blue circle")
+    call = {**call_kwargs("ernie_image"), "prompt": p2p.prompts, "generator": p2p.generator(0), "output_type": "latent"}
+    with visattn.attach(pipe, p2p):
+        with pytest.raises(ValueError, match="describes calls without revised_prompts; this call's ErnieImagePipeline"):
+            pipe(**call)
+        pipe(**call, use_pe=False)
+
+
 def test_text_part_refuses_what_it_cannot_describe():
-    from visattn.families.base import PipelineTemplate, TextPart
+    from visattn.families.base import PipelineTemplate, PromptRecipe, TextPart
 
     with pytest.raises(ValueError, match="TextPart.padding must be one of"):
         TextPart("t5", padding="middle")
@@ -421,6 +696,24 @@ def test_text_part_refuses_what_it_cannot_describe():
         TextPart("chat_template", template="pipeline:prompt_template_encode:prompt_template_encode_start_idx")
     with pytest.raises(ValueError, match="required for, and only for"):
         TextPart("t5", template=PipelineTemplate("prompt_template_encode"))
+    with pytest.raises(ValueError, match="TextPart.derive is only for kind='t5'"):
+        TextPart("clip", derive="module:function")
+    with pytest.raises(ValueError, match="TextPart.length is required for kind='reserved'"):
+        TextPart("reserved")
+    with pytest.raises(ValueError, match="TextPart.valid_in is only for kind='reserved'"):
+        TextPart("t5", valid_in=("HunyuanVideo15ImageToVideoPipeline",))
+    with pytest.raises(ValueError, match="TextPart.length must be a positive int, a pipeline attribute name or None"):
+        TextPart("t5", length=0)
+    with pytest.raises(ValueError, match="cannot mix parts of max_sequence_length with parts whose length"):
+        PromptRecipe((TextPart("t5"), TextPart("reserved", length="clip_seq")), max_sequence_length=8)
+    # numeric lengths count toward the fixed length, so the call's max_sequence_length still follows from the text's
+    recipe = PromptRecipe((TextPart("t5"), TextPart("reserved", length=4)), max_sequence_length=8)
+    assert recipe.sequence_length_of(16 + 4) == 16
+    # lengths read from the pipeline: no fixed length, and no max_sequence_length to find
+    hunyuan = prompt_recipe("hunyuan_image")
+    assert hunyuan.sequence_length_of(1128) is None
+    with pytest.raises(ValueError, match="reads part lengths from the pipeline"):
+        _ = hunyuan.fixed_length
 
 
 # --- the real CLIP vocabulary (issue 29) -------------------------------------------------------------------------

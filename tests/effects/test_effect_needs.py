@@ -39,15 +39,15 @@ def _untouched(model) -> bool:
             r"CrossAttentionCache needs text tokens, but DiTTransformer2DModel \(family 'dit'\) takes no text",
         ),
         (
-            "HunyuanVideo15Transformer3DModel",
+            "JoyImageEditTransformer3DModel",
             lambda: visattn.AttentionMaps(),
-            r"AttentionMaps needs words mapped to text positions, but HunyuanVideo15Transformer3DModel \(family "
-            r"'hunyuan_video15'\) declares no tokenizer ladder",
+            r"AttentionMaps needs words mapped to text positions, but JoyImageEditTransformer3DModel \(family "
+            r"'joyimage_edit'\) declares no tokenizer ladder",
         ),
         (
-            "HunyuanVideo15Transformer3DModel",
+            "JoyImageEditTransformer3DModel",
             lambda: visattn.PromptToPrompt("a cat", "a dog"),
-            r"PromptToPrompt needs words mapped to text positions, but HunyuanVideo15Transformer3DModel",
+            r"PromptToPrompt needs words mapped to text positions, but JoyImageEditTransformer3DModel",
         ),
     ],
 )

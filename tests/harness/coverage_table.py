@@ -168,8 +168,9 @@ attached through its generic path (the stock processors stay; visattn answers th
 
 - **pipeline**: the diffusers pipeline that drives the class; "tiny" names the offline tiny pipeline
   (`visattn.tiny.tiny_pipeline(key)`) that `tests/families/test_coverage_pipelines.py` runs end to end: identity
-  bit-exact, detach, PAG, and where the family declares its tokenizer ladder, Prompt-to-Prompt and AttentionMaps
-  addressed by words ("known limit": listed with its reason in `KNOWN_PIPELINE_LIMITS`).
+  bit-exact, detach, PAG, and where the family declares its tokenizer ladder, Prompt-to-Prompt (where a call's
+  rows are plain generations of their prompts: not with a `one_prompt_per_call` spec) and AttentionMaps addressed
+  by words ("known limit": listed with its reason in `KNOWN_PIPELINE_LIMITS`).
 - **family**: the `visattn.families` entry whose facts apply (`generic`: inferred from the call, with a warning).
 - **identity**: max abs difference of the output with an observing effect on every layer (every call routed
   through visattn) against the stock model, fp32; "detach" says every processor object and hook is as before.

@@ -23,7 +23,7 @@ TEXT_POSITIONS = ("first", "last")
 CLIP_LENGTH = 77
 
 #: how one tokenizer's tokens fill part of a text sequence (see :class:`TextPart`)
-TEXT_PART_KINDS = ("clip", "t5", "chat_template")
+TEXT_PART_KINDS = ("clip", "t5", "chat_template", "reserved")
 
 #: which end of a text part the padding fills (see :attr:`TextPart.padding`)
 PADDING_SIDES = ("right", "left", "tokenizer")
@@ -92,7 +92,8 @@ class PipelineTemplate:
 
     Attributes:
         template: the attribute holding the template, or a :class:`ModuleConstant`; one without ``"{}"`` is a
-            prefix the prompt is appended to (after ``joiner``).
+            prefix the prompt is appended to (after ``joiner``). An attribute that is a method wraps a prompt: it
+            is called with ``"{}"`` (OmniGen's ``multimodal_processor.add_prefix_instruction``).
         crop: the number of leading tokens the pipeline drops: the attribute holding it, a
             :class:`ModuleConstant`, or the number.
         suffix: the attribute holding the number of tokens the pipeline appends after padding the prompt (Krea 2's
@@ -100,17 +101,23 @@ class PipelineTemplate:
             positions of ``max_sequence_length``.
         joiner: text the pipeline puts between a prefix and the prompt (Lumina 2's ``" <Prompt Start> "`` after
             its ``system_prompt``).
+        prefix: text the pipeline's call puts before the prompt inside the template, which no attribute holds
+            (DreamLite's ``"[Generate]: "``).
     """
 
     template: str | ModuleConstant
     crop: str | int | ModuleConstant = 0
     suffix: str | None = None
     joiner: str = ""
+    prefix: str = ""
 
     def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
         text = _read(self.template, pipeline)
+        if callable(text):
+            text = text("{}")
         if "{}" not in text:
             text = text + self.joiner + "{}"
+        text = text.replace("{}", self.prefix + "{}")
         crop = _read(self.crop, pipeline)
         found: dict[str, Any] = {"template": text, "crop_start": crop}
         if self.suffix is not None:
@@ -122,15 +129,18 @@ class PipelineTemplate:
 class CallPrefix:
     """The pipeline ``__call__``'s default of ``parameter`` (lines joined by newlines) prefixes the prompt, and of
     the prefix's tokens only the first ``kept`` and the last stay (Sana's ``complex_human_instruction``: ``<bos>``
-    and the last ``max_sequence_length - 1`` tokens); an empty default means no prefix.
+    and the last ``max_sequence_length - 1`` tokens); an empty default means no prefix, or ``fallback``'s.
 
     Attributes:
         parameter: the ``__call__`` parameter.
         kept: how many of the prefix's leading tokens (special tokens included) the pipeline keeps.
+        fallback: the prefix the pipeline uses when the parameter is empty (SANA-WM's ``chi_prompt`` defaults to
+            ``None``, which means its module's ``DEFAULT_CHI_PROMPT``); ``None``: no prefix then.
     """
 
     parameter: str
     kept: int
+    fallback: ModuleConstant | None = None
 
     def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
         import inspect
@@ -142,6 +152,8 @@ class CallPrefix:
                 f"this tokenizer ladder reads the default {self.parameter} of the pipeline's call: pass the "
                 "pipeline, not its tokenizers"
             ) from None
+        if (not lines or lines is inspect.Parameter.empty) and self.fallback is not None:
+            lines = self.fallback.value()
         if not lines or lines is inspect.Parameter.empty:
             return {"template": "{}", "crop_start": 0}
         prefix = lines if isinstance(lines, str) else "\n".join(lines)
@@ -217,12 +229,16 @@ def _pipeline_attribute(pipeline: Any, name: str) -> Any:
     """
     if pipeline is None:
         raise ValueError(f"this tokenizer ladder reads the pipeline's {name}: pass the pipeline, not its tokenizers")
-    if not hasattr(pipeline, name):
-        raise ValueError(
-            f"{type(pipeline).__name__} has no {name}, which this family's tokenizer ladder reads: the ladder "
-            "describes another pipeline of the family, so words cannot be mapped for this one"
-        )
-    return getattr(pipeline, name)
+    # A dotted name reads through components (Stable Cascade's "prior.config.clip_seq").
+    value = pipeline
+    for attribute in name.split("."):
+        if not hasattr(value, attribute):
+            raise ValueError(
+                f"{type(pipeline).__name__} has no {name}, which this family's tokenizer ladder reads: the ladder "
+                "describes another pipeline of the family, so words cannot be mapped for this one"
+            )
+        value = getattr(value, attribute)
+    return value
 
 
 #: where a ``"chat_template"`` part's template comes from (see :attr:`TextPart.template`)
@@ -251,6 +267,23 @@ class TextPart:
             ``"right"`` (after them), ``"left"`` (before them, so a word's positions depend on the prompt's token
             count), or ``"tokenizer"``: the tokenizer's own ``padding_side``, which the pipeline leaves as it is
             (FLUX.2's Mistral tokenizer pads on the left). Left padding is for templates that crop nothing.
+        length: the part's own length where the pipeline pads it to a length of its own, not to the call's
+            ``max_sequence_length``: a number, or the pipeline attribute holding it (HunyuanImage's
+            ``tokenizer_max_length`` and ``tokenizer_2_max_length``; dotted through a component: Stable Cascade's
+            ``"prior.config.clip_seq"``); ``None``: ``max_sequence_length`` (77 for CLIP). Required for
+            ``"reserved"``.
+        derive: for ``"t5"``, ``"module:function"`` turning the prompt into the text this part tokenizes (with
+            special tokens, truncated to the part's length), ``None`` from it leaving the part all padding
+            (HunyuanImage's ``extract_glyph_text``: the prompt's quoted text, formatted for ByT5). Its tokens hold
+            no word: they spell a rewritten text, and the prompt's words sit in the other parts.
+
+        valid_in: for ``"reserved"``, the pipeline classes in which its tokens are valid, not padding (HunyuanVideo
+            1.5's image-to-video pipeline feeds SigLIP tokens of the image where the text-to-video one feeds masked
+            zeros): where the recipe gathers valid tokens first, they then come before the words.
+
+    The kind ``"reserved"`` is positions another input of the denoiser fills, which hold no word and count as
+    padding (HunyuanVideo 1.5's image-prompt tokens, zeros and masked out in text-to-video; Stable Cascade's pooled
+    text and image embeddings, each mapped to ``clip_seq`` tokens).
     """
 
     kind: str
@@ -259,6 +292,9 @@ class TextPart:
     template: TemplateSource | None = None
     spell: str | None = None
     padding: str = "right"
+    length: int | str | None = None
+    derive: str | None = None
+    valid_in: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in TEXT_PART_KINDS:
@@ -273,6 +309,34 @@ class TextPart:
             raise ValueError(f"TextPart.padding must be one of {PADDING_SIDES}; got {self.padding!r}")
         if self.padding != "right" and self.kind == "clip":
             raise ValueError("TextPart.padding is only for the parts that are not CLIP")
+        if self.derive is not None and (self.kind != "t5" or self.spell is not None):
+            raise ValueError("TextPart.derive is only for kind='t5', without spell")
+        if self.kind == "reserved" and self.length is None:
+            raise ValueError("TextPart.length is required for kind='reserved'")
+        if self.valid_in and self.kind != "reserved":
+            raise ValueError("TextPart.valid_in is only for kind='reserved'")
+        if isinstance(self.length, bool) or not (
+            self.length is None or isinstance(self.length, str) or (isinstance(self.length, int) and self.length > 0)
+        ):
+            raise ValueError(
+                f"TextPart.length must be a positive int, a pipeline attribute name or None; got {self.length!r}"
+            )
+
+    @property
+    def words(self) -> bool:
+        """Whether the prompt's words have positions in this part (not in a reserved or derived part)."""
+        return self.kind != "reserved" and self.derive is None
+
+    def own_length(self, pipeline: Any = None) -> int | None:
+        """The part's :attr:`length` (read from ``pipeline`` where it names an attribute); ``None``: the call's
+        ``max_sequence_length`` (or CLIP's 77).
+
+        Raises:
+            ValueError: the length is a pipeline attribute and no pipeline (or one without it) was given.
+        """
+        if self.length is None or isinstance(self.length, int):
+            return self.length
+        return int(_pipeline_attribute(pipeline, self.length))
 
     def padding_side(self, tokenizer: Any) -> str:
         """``"right"`` or ``"left"``: where the pipeline pads this part's tokens with ``tokenizer``."""
@@ -310,6 +374,15 @@ class PromptRecipe:
         pipelines: names of the pipeline classes whose text sequence this ladder describes, where other pipelines
             of the family build theirs another way (FLUX.2 [klein]'s Qwen3, Cosmos 2.5's Qwen2.5-VL): words are
             refused for the others. Empty: every pipeline of the family.
+        valid_first: the denoiser gathers the parts' valid (unpadded) tokens to the front of its text sequence, in
+            the parts' order, and puts every part's padding after them (HunyuanImage: ``[valid ByT5, valid MLLM,
+            ByT5 padding, MLLM padding]``), so a word's positions follow the valid tokens of the parts before its
+            part (the glyph tokens of the prompt's quoted text); each part's padding side then does not matter.
+        refused_with: variables of the running pipeline call, its inputs or its locals, with which the pipeline
+            builds its text sequence another way: DreamLite's ``image`` (its edit template puts the image's tokens
+            before the words), ERNIE-Image's ``revised_prompts`` (set when its prompt enhancer rewrote the prompts),
+            LongCat-Image's ``enable_prompt_rewrite``. Words are refused while a call with any of them set runs (the
+            text length cannot tell: these pipelines pad to the call's longest prompt).
     """
 
     parts: tuple[TextPart, ...]
@@ -318,30 +391,52 @@ class PromptRecipe:
     leading: int = 0
     trailing: int = 0
     pipelines: tuple[str, ...] = ()
+    valid_first: bool = False
+    refused_with: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.clean not in (None, *PROMPT_CLEANING):
             raise ValueError(f"PromptRecipe.clean must be one of {PROMPT_CLEANING} or None; got {self.clean!r}")
         if self.variable and self.max_sequence_length is None:
             raise ValueError("a PromptRecipe with a t5 or chat_template part needs max_sequence_length")
+        if self.variable and any(isinstance(part.length, str) for part in self.parts):
+            # sequence_length_of reads the call's max_sequence_length off the text length, without the pipeline.
+            raise ValueError(
+                "a PromptRecipe cannot mix parts of max_sequence_length with parts whose length is a pipeline attribute"
+            )
 
     @property
     def fixed_length(self) -> int:
-        """Positions of the CLIP parts and the leading and trailing tokens: the length that does not depend on
-        the call."""
-        return self.leading + self.trailing + sum(CLIP_LENGTH for part in self.parts if part.kind == "clip")
+        """Positions of the CLIP parts, the parts of a numeric length, and the leading and trailing tokens: the
+        length that does not depend on the call.
+
+        Raises:
+            ValueError: a part reads its length from the pipeline (:attr:`TextPart.length` names an attribute).
+        """
+        if any(isinstance(part.length, str) for part in self.parts):
+            raise ValueError(
+                "this PromptRecipe reads part lengths from the pipeline (TextPart.length names an attribute), so its "
+                "fixed length depends on the pipeline"
+            )
+        return (
+            self.leading
+            + self.trailing
+            + sum(CLIP_LENGTH if part.kind == "clip" else part.length or 0 for part in self.parts)
+        )
 
     @property
     def variable(self) -> bool:
         """Whether the call's ``max_sequence_length`` sets part of the sequence's length."""
-        return any(part.kind != "clip" for part in self.parts)
+        return any(part.kind != "clip" and part.length is None for part in self.parts)
 
     def sequence_length_of(self, text_length: int) -> int | None:
-        """The call's ``max_sequence_length`` for a text sequence of ``text_length`` (``None``: CLIP only); every
-        part that is not CLIP is that long (HiDream's T5 and two Llama layers)."""
+        """The call's ``max_sequence_length`` for a text sequence of ``text_length`` (``None``: no part has that
+        length); every such part is that long (HiDream's T5 and two Llama layers)."""
         if not self.variable:
             return None
-        return (text_length - self.fixed_length) // sum(part.kind != "clip" for part in self.parts)
+        return (text_length - self.fixed_length) // sum(
+            part.kind != "clip" and part.length is None for part in self.parts
+        )
 
 
 @dataclass

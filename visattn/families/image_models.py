@@ -108,7 +108,19 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             pipelines=("Flux2Pipeline",),
         ),
     ),
-    _packed_with_ids("flux3", ("Flux3Transformer2DModel",), timestep=2),
+    _packed_with_ids(
+        "flux3",
+        ("Flux3Transformer2DModel",),
+        timestep=2,
+        # Flux3ModularPipeline's text encoder step: Qwen3-VL over its processor's chat template (one user message, a
+        # generation prompt), right-padded to a multiple of 80 tokens capped at max_sequence_length (the call's text
+        # length; each guider branch has its own), nothing cropped. Words are those of the prompt as given: with the
+        # auto blocks' prompt upsampler the blocks encode its rewrite.
+        prompt=PromptRecipe(
+            (TextPart("chat_template", template=TokenizerChatTemplate()),),
+            max_sequence_length=8192,
+        ),
+    ),
     _packed_with_ids(
         "chroma",
         ("ChromaTransformer2DModel",),
@@ -144,11 +156,12 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=2,
         # Qwen2.5-VL over [prefix | prompt | PAD | suffix], prefix and suffix cropped: the prompt's own tokens (quoted
         # text letter by letter) padded to tokenizer_max_length (512). Words are those of the prompt as given, so
-        # with enable_prompt_rewrite=False (the rewrite replaces the prompt with the text encoder's own). Not the edit
-        # pipeline's: it keeps the image tokens ahead of the prompt.
+        # they are refused in a call with enable_prompt_rewrite (its default: the rewrite replaces the prompt with the
+        # text encoder's own). Not the edit pipeline's: it keeps the image tokens ahead of the prompt.
         prompt=PromptRecipe(
             (TextPart("t5", spell="diffusers.pipelines.longcat_image.pipeline_longcat_image:split_quotation"),),
             max_sequence_length=512,
+            refused_with=("enable_prompt_rewrite",),
         ),
     ),
     _packed_with_ids(
@@ -389,6 +402,23 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # The token refiner (context_embedder) attends over the MLLM text only; single-stream blocks get the
         # image and text already concatenated.
         roles=(("^context_embedder", "text"), ("^single_transformer_blocks", "joint")),
+        # ByT5 over the prompt's quoted text (Text "...". , padded to tokenizer_2_max_length; all padding without
+        # quotes), then Qwen2.5-VL over the pipeline's chat template, its first prompt_template_encode_start_idx
+        # tokens dropped, padded to tokenizer_max_length; the model puts both parts' valid tokens first. The glyph
+        # tokens hold no word. Not the refiner pipeline's: it feeds no glyph tokens.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "t5",
+                    ("tokenizer_2",),
+                    length="tokenizer_2_max_length",
+                    derive="diffusers.pipelines.hunyuan_image.pipeline_hunyuanimage:extract_glyph_text",
+                ),
+                TextPart("chat_template", template=QWEN_TEMPLATE, length="tokenizer_max_length"),
+            ),
+            valid_first=True,
+            pipelines=("HunyuanImagePipeline",),
+        ),
     ),
     Family(
         "bria_fibo2",
@@ -401,6 +431,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # The Perceiver makes the gist tokens from the text; injection layers cross-attend to a text bundle; the main
         # layers attend over [gist, image].
         roles=(("^perceiver", "text"), (r"\.cross_attention$", "cross"), (r"^layers\.\d+\.attention$", "joint")),
+        # No tokenizer ladder: the main layers' text positions hold gist tokens the Perceiver makes from the whole
+        # text, none of which is a word's.
     ),
     # OmniGen: text ids, then one time token, then the image; the time token counts as text here. The pipeline
     # batches [prompt, negative prompt(, image-only prompt)]: the conditional rows first.
@@ -414,6 +446,22 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # Its decoder layers' self_attn modules are built as cross-attention (is_cross_attention) yet attend over
         # the whole joint sequence.
         roles=((r"^layers\.\d+\.self_attn$", "joint"),),
+        # Phi-3's tokens (<s> first) of the processor's instruction template around the prompt, padded on the left
+        # to the longest prompt of the call (the negative prompt's, by default: the call's text length), then the
+        # time token, which holds no word. Text-to-image calls: with input_images, the prompt's <img><|image_1|></img>
+        # tags put the images' tokens among the words.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=PipelineTemplate("multimodal_processor.add_prefix_instruction"),
+                    padding="left",
+                ),
+            ),
+            max_sequence_length=1024,
+            trailing=1,
+            refused_with=("input_images",),
+        ),
     ),
     # PRX: image queries over [text, image] keys (the text is not updated: no text queries at all).
     Family(
@@ -433,6 +481,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(1),
         text_position="first",
         roles=(("^transformer_blocks", "joint"),),  # [glyph text, image] in one sequence
+        # No tokenizer ladder: the text it attends to is only ByT5's tokens of the prompt's quoted texts (each on its
+        # own, left-padded across the batch); the rest of the prompt reaches it as the AR model's image tokens, so
+        # its words hold no text position.
     ),
     Family(
         "ernie_image",
@@ -441,6 +492,11 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text=_text(2, "text_bth"),
         text_position="last",
         roles=(("", "joint"),),  # single-stream: [image, text] in one sequence
+        # Mistral 3 over each prompt on its own (<s> first), zero-padded on the right to the longest prompt of the
+        # call: the call's text length (the pipeline sets no limit, so max_sequence_length is only the length of a
+        # mapping made outside a call). Words are those of the prompt as given: refused when the prompt enhancer ran
+        # (use_pe=True and a pe model), which sets revised_prompts and encodes its rewrite instead.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=1024, refused_with=("revised_prompts",)),
     ),
     # DiTPipeline batches [class labels, null class]: the conditional rows first.
     # UniDiffuser (U-ViT): one joint self-attention over [t_img, t_text, data_type, text, CLIP image, image], the text
@@ -520,6 +576,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             max_sequence_length=2048,
         ),
     ),
+    # No tokenizer ladder: no pipeline drives it on its own (it is the DreamLite UNet's inner transformer, whose
+    # family, dreamlite_unet, maps the words).
     Family(
         "dreamlite_transformer",
         ("DreamLiteTransformer2DModel",),

@@ -215,3 +215,21 @@ def pipeline_call_prompt(pipeline: Any) -> CallPrompt:
     if "prompt" not in local and isinstance(local.get("kwargs"), dict):
         local = local["kwargs"]
     return CallPrompt(local.get("prompt"), local.get("prompt_template"), local.get("max_sequence_length"))
+
+
+def pipeline_call_variables_set(pipeline: Any, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of ``names``, inputs or locals of the running pipeline call, are set: not ``None`` nor ``False``, nor a
+    list of nothing set (OmniGen wraps a missing ``input_images`` as ``[None]`` for a single prompt); none when it is
+    not running."""
+    if not names:
+        return ()
+    local = _call_locals(pipeline)
+    if isinstance(local.get("kwargs"), dict):  # a modular pipeline's __call__(state=None, output=None, **kwargs)
+        local = {**local, **local["kwargs"]}
+    return tuple(name for name in names if _set(local.get(name)))
+
+
+def _set(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_set(item) for item in value)
+    return value is not None and value is not False

@@ -6,7 +6,7 @@ those layers see one frame per row, and their temporal layers (a pixel's frames)
 
 from __future__ import annotations
 
-from .base import FOLDED, Argument, Family, JoinedText, PromptRecipe, TextPart
+from .base import FOLDED, Argument, Family, JoinedText, PipelineTemplate, PromptRecipe, TextPart
 
 #: SD 1.x/2.x, SDXL (two CLIP tokenizers sharing positions), AnimateDiff, ModelScope: one CLIP sequence
 CLIP_PROMPT = PromptRecipe((TextPart("clip", ("tokenizer", "tokenizer_2")),))
@@ -64,8 +64,41 @@ UNET_FAMILIES: tuple[Family, ...] = (
         roles=((r"\.attention$", "joint"),),
         unet_levels=True,
         cfg="batched_cond_first",
+        # The prior: CLIP's last hidden states over its 77 positions, then the pooled text and the image embedding
+        # (zeros without images), each mapped to prior.config.clip_seq tokens that hold no word. Not the decoder
+        # stage's: it gets no CLIP text.
+        prompt=PromptRecipe(
+            (
+                TextPart("clip"),
+                TextPart("reserved", length="prior.config.clip_seq"),
+                TextPart("reserved", length="prior.config.clip_seq"),
+            ),
+            pipelines=("StableCascadePriorPipeline",),
+        ),
     ),
-    _unet("dreamlite_unet", ("DreamLiteUNetModel",), text=2),
+    _unet(
+        "dreamlite_unet",
+        ("DreamLiteUNetModel",),
+        text=2,
+        # Generate mode (no input image): Qwen3-VL over the pipeline's generate template around "[Generate]: "
+        # + the prompt, its first prompt_template_encode_generate_start_idx tokens dropped; each prompt keeps its
+        # valid tokens, padded to the longest prompt of the call (the call's text length). Not edit mode (an input
+        # image): its template puts the image's tokens before the words.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=PipelineTemplate(
+                        "prompt_template_encode_generate",
+                        crop="prompt_template_encode_generate_start_idx",
+                        prefix="[Generate]: ",
+                    ),
+                ),
+            ),
+            max_sequence_length=200,
+            refused_with=("image",),
+        ),
+    ),
     # aMUSEd: a [B, H, W] map of VQ token ids, one token per latent pixel, and no timestep (it unmasks tokens);
     # with downsample=True every attention runs one level down (H/2 x W/2). Output: logits [B, codebook, H, W].
     Family(
@@ -78,6 +111,8 @@ UNET_FAMILIES: tuple[Family, ...] = (
         timestep=Argument(()),
         text=Argument(("encoder_hidden_states",), 1),
         unet_levels=True,
+        # CLIP's penultimate hidden states over the tokenizer's padded length (77).
+        prompt=PromptRecipe((TextPart("clip"),)),
     ),
     _video_unet("unet_3d", ("UNet3DConditionModel",), text=2, prompt=CLIP_PROMPT),
     _video_unet(

@@ -234,8 +234,37 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         joined_text=(JoinedText(Argument(("encoder_hidden_states_2",))), JoinedText(Argument(("image_embeds",)))),
         text_position="last",
         roles=(("^context_embedder", "text"), ("", "joint")),
+        # The model gathers the valid tokens first: the image-prompt tokens (vision_num_semantic_tokens SigLIP tokens
+        # of the image in image-to-video, ahead of the words; zeros and masked out in text-to-video), ByT5 over the
+        # prompt's double-quoted text (padded to tokenizer_2_max_length, all padding without quotes), Qwen2.5-VL over
+        # its tokenizer's chat template [system_message, prompt] with a generation prompt, the first
+        # prompt_template_encode_start_idx tokens dropped, padded to tokenizer_max_length. The glyph tokens hold no
+        # word.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "reserved", length="vision_num_semantic_tokens", valid_in=("HunyuanVideo15ImageToVideoPipeline",)
+                ),
+                TextPart(
+                    "t5",
+                    ("tokenizer_2",),
+                    length="tokenizer_2_max_length",
+                    derive="diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5:extract_glyph_texts",
+                ),
+                TextPart(
+                    "chat_template",
+                    template=TokenizerChatTemplate(
+                        system="system_message", crop="prompt_template_encode_start_idx", special_tokens=False
+                    ),
+                    length="tokenizer_max_length",
+                ),
+            ),
+            valid_first=True,
+            pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
+        ),
     ),
-    # Framepack puts history latents before the video in its joint sequence: the text position does not place it.
+    # Framepack puts history latents before the video in its joint sequence: the text position does not place it,
+    # so no text is located in its joint calls and a tokenizer ladder would address nothing.
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
@@ -319,7 +348,30 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
             clean="lower",
         ),
     ),
-    _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2, roles=((r"\.cross_attn$", "cross"),)),
+    _video(
+        "sana_wm",
+        ("SanaWMTransformer3DModel",),
+        timestep=1,
+        text=2,
+        text_axis=-2,  # the pipeline passes the Gemma states as [B, 1, T, D]
+        roles=((r"\.cross_attn$", "cross"),),
+        # Sana's text path without lower-casing: Gemma 2 over the call's chi_prompt (None: the module's
+        # DEFAULT_CHI_PROMPT) + the prompt, padded on the right; <bos> and the last max_sequence_length - 1 tokens
+        # kept.
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=CallPrefix(
+                        "chi_prompt",
+                        kept=1,
+                        fallback=ModuleConstant("diffusers.pipelines.sana_wm.pipeline_sana_wm", "DEFAULT_CHI_PROMPT"),
+                    ),
+                ),
+            ),
+            max_sequence_length=300,
+        ),
+    ),
     _video(
         "kandinsky5",
         ("Kandinsky5Transformer3DModel",),
@@ -423,9 +475,12 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # the modular pipeline's extract pass fills the key/value cache from the driving video and predicts nothing
         auxiliary_calls=(("kv_cache_mode", "extract"),),
         opaque_layers=(r"\.self_attn$",),  # flex attention in the denoising passes
+        # umT5 over the prompt as given (no prompt_clean), its valid tokens padded with zeros to config.text_len.
+        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512),
     ),
     # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
-    # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it).
+    # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it), and
+    # its rows are scattered by index: no text is located, so a tokenizer ladder would address nothing.
     _video(
         "minimax_h3",
         ("MiniMaxH3Transformer3DModel",),
@@ -437,7 +492,11 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         roles=(("^token_refiner", "text"),),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
-    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks.
+    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks. No
+    # tokenizer ladder: with an input image (the edit it is made for) its prompt goes through Qwen3-VL's processor as
+    # "<image>\n" + the instruction, so the image's tokens, as many as the processor makes of its size, sit before
+    # the words, which no PromptRecipe part expresses. (Its text-only path, without an image, crops the Qwen-Image
+    # template prompt_template_encode["image"]: a ladder for it would need refused_with=("image",).)
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),

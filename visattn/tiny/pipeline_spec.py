@@ -32,6 +32,9 @@ class PipelineSpec:
             (SDXL beside SD for ``"unet"``) is keyed by its diffusers class name.
         per_prompt_inputs: call inputs the pipeline needs once per prompt when given a list of prompts
             (I2VGenXL's conditioning image), as a Prompt-to-Prompt call must pass them.
+        one_prompt_per_call: why a call with several prompts is not a plain generation of each (aMUSEd's scheduler
+            draws the whole batch's tokens from one generator), so Prompt-to-Prompt's source cannot be one: its
+            check is skipped and AttentionMaps by words still runs; ``""``: several prompts are fine.
     """
 
     family: str
@@ -43,6 +46,7 @@ class PipelineSpec:
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
     default: bool = True
     per_prompt_inputs: tuple[str, ...] = ()
+    one_prompt_per_call: str = ""
 
     @property
     def key(self) -> str:

@@ -501,6 +501,12 @@ _DREAMLITE_VAE: dict[str, Any] = {
 }
 
 
+#: why the DreamLite pipelines run no two-prompt call
+_DREAMLITE_ONE_PROMPT = "the DreamLite pipelines take one prompt (a string) per call"
+#: the DreamLite calls' max_sequence_length: their "[Generate]: " prefix alone takes 12 tokens of the tiny vocabulary
+_DREAMLITE_TEXT_TOKENS = 2 * TEXT_TOKENS
+
+
 def _dreamlite_components() -> dict[str, ComponentFactory]:
     # The UNet denoises [noisy | condition] latents side by side (along the width); its text is a Qwen3-VL's last
     # hidden state (24 wide: the UNet's encoder_hid_dim) after the pipeline's fixed 34-token crop of the system
@@ -579,6 +585,10 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_amused_components,
         call_defaults=lambda: image_call(guidance_scale=10.0),
+        one_prompt_per_call=(
+            "AmusedScheduler.step samples every row's tokens and masks from one generator, so a row of a "
+            "two-prompt call is not the plain generation of its prompt (nor does it take one generator per prompt)"
+        ),
     ),
     STABLE_CASCADE_PRIOR,
     PipelineSpec(
@@ -629,7 +639,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         pipeline_cls=DreamLitePipeline,
         denoiser="unet",
         components=_dreamlite_components,
-        call_defaults=lambda: image_call(guidance_scale=3.5, max_sequence_length=TEXT_TOKENS),
+        call_defaults=lambda: image_call(guidance_scale=3.5, max_sequence_length=_DREAMLITE_TEXT_TOKENS),
+        one_prompt_per_call=_DREAMLITE_ONE_PROMPT,
     ),
     PipelineSpec(
         family="dreamlite_unet",
@@ -638,7 +649,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="unet",
         components=_dreamlite_components,
         # Distilled: no CFG (one batch row), and no guidance_scale (the pipeline warns when given one).
-        call_defaults=lambda: image_call(max_sequence_length=TEXT_TOKENS),
+        call_defaults=lambda: image_call(max_sequence_length=_DREAMLITE_TEXT_TOKENS),
+        one_prompt_per_call=_DREAMLITE_ONE_PROMPT,
     ),
 )
 

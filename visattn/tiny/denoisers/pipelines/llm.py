@@ -931,6 +931,7 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_sana_wm_components,
         call_defaults=_sana_wm_call,
+        one_prompt_per_call="SanaWMPipeline takes one prompt (a string) per call",
     ),
     PipelineSpec(
         family="cogview4",

@@ -84,6 +84,7 @@ FLUX3_PIPELINE = PipelineSpec(
     components=_flux3_components,
     call_defaults=_flux3_call,
     pipeline_kwargs={"blocks": _flux3_blocks},
+    one_prompt_per_call="the Flux 3 text encoder step takes one prompt (a string) per call",
 )
 
 # --- MiniMax-H3 -----------------------------------------------------------------------------------------------------
@@ -218,6 +219,7 @@ WAN_ANIMATE2_PIPELINE = PipelineSpec(
     components=_wan_animate2_components,
     call_defaults=_wan_animate2_call,
     pipeline_kwargs={"blocks": WanAnimate2Blocks},
+    one_prompt_per_call="the Wan-Animate 2 text encoder step takes one prompt (a string) per call",
 )
 
 PIPELINES: tuple[PipelineSpec, ...] = (FLUX3_PIPELINE, WAN_ANIMATE2_PIPELINE, MINIMAX_H3_PIPELINE)

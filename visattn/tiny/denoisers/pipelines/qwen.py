@@ -32,6 +32,7 @@ from diffusers import (
     EasyAnimatePipeline,
     FlowMatchEulerDiscreteScheduler,
     HunyuanImagePipeline,
+    HunyuanVideo15ImageToVideoPipeline,
     HunyuanVideo15Pipeline,
     JoyImageEditPipeline,
     Kandinsky5T2VPipeline,
@@ -44,7 +45,7 @@ from diffusers import (
     QwenImagePipeline,
     ZImagePipeline,
 )
-from transformers import ByT5Tokenizer, T5EncoderModel
+from transformers import ByT5Tokenizer, SiglipImageProcessor, T5EncoderModel
 
 from visattn.tiny.denoisers import tiny_denoiser_entry
 from visattn.tiny.denoisers.denoiser_spec import TinyDenoiser
@@ -59,6 +60,7 @@ from visattn.tiny.denoisers.images import (
     QWEN_IMAGE_21,
     Z_IMAGE,
 )
+from visattn.tiny.denoisers.pipelines.classic_encoders import siglip_image_encoder
 from visattn.tiny.denoisers.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, flow_vae, image_call
 from visattn.tiny.denoisers.pipelines.qwen_text import (
     qwen2_5_vl_model,
@@ -206,9 +208,10 @@ def _hunyuan_image_components() -> dict[str, Any]:
 
 # HunyuanVideo 1.5: the Qwen2.5-VL language model alone, its third-to-last hidden state over a fixed 1000-token
 # block (system turn cropped at 108 tokens), ByT5 glyph text (256 tokens, zeros without quotes) and 729 zero image
-# tokens; CFG through a ClassifierFreeGuidance guider ("pred_cond" / "pred_uncond" calls).
+# tokens; CFG through a ClassifierFreeGuidance guider ("pred_cond" / "pred_uncond" calls). The text encoder starts
+# from a wide initialization: with Qwen's 0.02 its features are too small for the tiny denoiser to tell prompts apart.
 def _hunyuan_video15_vae() -> AutoencoderKLHunyuanVideo15:
-    return AutoencoderKLHunyuanVideo15(
+    vae = AutoencoderKLHunyuanVideo15(
         latent_channels=4,
         block_out_channels=(16, 16, 16),
         layers_per_block=1,
@@ -217,11 +220,17 @@ def _hunyuan_video15_vae() -> AutoencoderKLHunyuanVideo15:
         downsample_match_channel=False,
         upsample_match_channel=False,
     ).eval()
+    # Its mid-block attention broadcasts a [B, L, L] causal mask against [B, 1, L, L] scores, which fails for a
+    # batch of more than one video (diffusers 0.42.1): decode one video at a time, as a Prompt-to-Prompt call needs.
+    vae.enable_slicing()
+    return vae
 
 
 def _hunyuan_video15_components() -> dict[str, Any]:
     return {
-        "text_encoder": lambda: qwen2_5_vl_text_model(qwen_tokenizer(), hidden_size=TEXT_WIDTH, layers=3),
+        "text_encoder": lambda: qwen2_5_vl_text_model(
+            qwen_tokenizer(), hidden_size=TEXT_WIDTH, layers=3, initializer_range=0.5
+        ),
         "tokenizer": qwen_tokenizer,
         "transformer": tiny_denoiser_entry("HunyuanVideo15Transformer3DModel").build,
         "vae": _hunyuan_video15_vae,
@@ -230,6 +239,36 @@ def _hunyuan_video15_components() -> dict[str, Any]:
         "tokenizer_2": ByT5Tokenizer,
         "guider": lambda: ClassifierFreeGuidance(guidance_scale=2.0),
     }
+
+
+# HunyuanVideo 1.5 image-to-video: the same components, plus a SigLIP whose 729 tokens of the image (216 pixels in
+# patches of 8: the real model's vision_num_semantic_tokens) join the text, valid, ahead of the prompt. The pipeline
+# sizes the video from the image to about the transformer's target_size pixels (640), here IMAGE_SIZE.
+#: SigLIP's input size for 27 x 27 = 729 patches of 8 pixels
+_HY15_SIGLIP_SIZE = 27 * 8
+
+
+def _hunyuan_video15_i2v_transformer() -> torch.nn.Module:
+    model = tiny_denoiser_entry("HunyuanVideo15Transformer3DModel").build()
+    model.register_to_config(target_size=IMAGE_SIZE)
+    return model
+
+
+def _hunyuan_video15_i2v_components() -> dict[str, Any]:
+    return {
+        **_hunyuan_video15_components(),
+        "transformer": _hunyuan_video15_i2v_transformer,
+        "image_encoder": lambda: siglip_image_encoder(_HY15_SIGLIP_SIZE),
+        "feature_extractor": lambda: SiglipImageProcessor(
+            size={"height": _HY15_SIGLIP_SIZE, "width": _HY15_SIGLIP_SIZE}
+        ),
+    }
+
+
+def _hunyuan_video15_i2v_call() -> dict[str, Any]:
+    # its size comes from the image: no height or width
+    call = video_call(image=input_image(), prompt='a red circle, "ok"', negative_prompt="")
+    return {name: value for name, value in call.items() if name not in ("height", "width")}
 
 
 # Kandinsky 5 (text-to-video): its "tokenizer" is a Qwen2-VL processor; Qwen2.5-VL's last hidden state with the
@@ -445,6 +484,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_hunyuan_image_components,
         call_defaults=lambda: image_call(prompt='a red circle, "ok"', negative_prompt=""),
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
     ),
     PipelineSpec(
         family="hunyuan_video15",
@@ -452,6 +493,18 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_hunyuan_video15_components,
         call_defaults=lambda: video_call(prompt='a red circle, "ok"', negative_prompt=""),
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
+    ),
+    PipelineSpec(
+        family="hunyuan_video15",
+        pipeline_cls=HunyuanVideo15ImageToVideoPipeline,
+        default=False,
+        denoiser="transformer",
+        components=_hunyuan_video15_i2v_components,
+        call_defaults=_hunyuan_video15_i2v_call,
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
     ),
     PipelineSpec(
         family="kandinsky5",

@@ -279,9 +279,14 @@ def qwen2_5_vl_model(
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
-def qwen2_5_vl_text_model(tokenizer: Qwen2Tokenizer, *, hidden_size: int = 32, layers: int = 2) -> Qwen2_5_VLTextModel:
-    """Qwen2.5-VL's language model alone (HunyuanVideo 1.5's text encoder)."""
-    config = Qwen2_5_VLTextConfig(**_text_config(tokenizer, hidden_size, layers, **_vl_rope(hidden_size)))
+def qwen2_5_vl_text_model(
+    tokenizer: Qwen2Tokenizer, *, hidden_size: int = 32, layers: int = 2, initializer_range: float = 0.02
+) -> Qwen2_5_VLTextModel:
+    """Qwen2.5-VL's language model alone (HunyuanVideo 1.5's text encoder); a larger ``initializer_range`` than
+    Qwen's 0.02 gives larger text features (a tiny denoiser then tells prompts apart more)."""
+    config = Qwen2_5_VLTextConfig(
+        **_text_config(tokenizer, hidden_size, layers, initializer_range=initializer_range, **_vl_rope(hidden_size))
+    )
     return Qwen2_5_VLTextModel(config).eval()
 
 
