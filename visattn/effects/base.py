@@ -12,7 +12,6 @@ probability stage (:attr:`AttentionCall.editors`, :attr:`AttentionCall.reads`).
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -109,13 +108,15 @@ def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
     return constructor
 
 
-def _snapshot(arguments: tuple[tuple, dict]) -> tuple[tuple, dict]:
-    """The constructor arguments as they were at construction: a dict or list the user changes afterwards must not
-    leak into a copy or a pickle. Arguments that cannot be deep-copied (an open handle, a module) are kept as given."""
-    try:
-        return copy.deepcopy(arguments)
-    except Exception:  # noqa: BLE001 - any object may refuse deepcopy; then the arguments are kept as given
-        return arguments
+def _snapshot(value: Any) -> Any:
+    """``value`` with its containers (dicts, lists, sets, tuples, nested) copied: a dict or list the user changes
+    after construction must not leak into a copy or a pickle. What the containers hold is kept as given, so a
+    LocalBlend or a callable stays the same object in every copy (they are configurations themselves)."""
+    if type(value) is dict:
+        return {key: _snapshot(item) for key, item in value.items()}
+    if type(value) in (list, tuple, set, frozenset):
+        return type(value)(_snapshot(item) for item in value)
+    return value
 
 
 def _rebuild(cls: type, args: tuple, kwargs: dict) -> Effect:
