@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .context import TokenLayout
+from .context import Span, TokenLayout
 from .kernels.patterns import Pattern, ScoreModifier, all_of, chain
 
 
@@ -126,10 +126,15 @@ def joint_order(layout: TokenLayout, world: int) -> torch.Tensor | None:
     Every rank concatenates its own shard of each stream (``[text_r, image_r]``), so the gathered sequence
     interleaves the streams rank by rank; ``q_layout = q_gathered[:, :, order]`` puts it in ``layout``'s order, and
     ``out_gathered[:, :, order] = out_layout`` puts the output back. ``None`` when the layout holds one stream
-    (nothing interleaves) or a stream does not split evenly.
+    (nothing interleaves) or a stream does not split evenly. The streams are the text and everything else: other
+    tokens (:attr:`TokenLayout.other`, HiDream's padding, Framepack's history) travel with the grid, in the
+    latent stream the model concatenates them into.
     """
-    spans = sorted((span for span in (layout.text, layout.image) if span is not None), key=lambda span: span.start)
-    if len(spans) < 2 or sum(span.length for span in spans) != layout.length:
+    rest = layout.outside_text()
+    if layout.text is None or layout.image is None or rest is None:
+        return None
+    spans = sorted((layout.text, Span(rest.start, rest.stop)), key=lambda span: span.start)
+    if any(span.length == 0 for span in spans):
         return None
     if any(span.length % world for span in spans):
         return None

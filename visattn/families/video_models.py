@@ -13,7 +13,9 @@ from .base import (
     DiffusersTemplate,
     Family,
     JoinedText,
+    LatentTokens,
     ModuleConstant,
+    OtherTokens,
     PipelineTemplate,
     PromptRecipe,
     TextPart,
@@ -235,7 +237,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text_position="last",
         roles=(("^context_embedder", "text"), ("", "joint")),
     ),
-    # Framepack puts history latents before the video in its joint sequence: the text position does not place it.
+    # Framepack: joint [history latents (4x, 2x, clean), video, image tokens, text]; the SigLIP image tokens join the
+    # text (as HunyuanVideo 1.5's image-prompt tokens), the history latents are other tokens before the grid.
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
@@ -251,6 +254,18 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         cfg="separate",
         timestep=1,
         text=2,
+        joined_text=(JoinedText(Argument(("image_embeds",), 5)),),
+        text_position="last",
+        # HunyuanVideoHistoryPatchEmbed: proj (1, 2, 2), proj_2x (2, 4, 4), proj_4x (4, 8, 8), the 2x and 4x inputs
+        # padded to a multiple of their kernel; packed as [4x, 2x, clean, video]
+        other_tokens=tuple(
+            OtherTokens("history latents", "before_grid", LatentTokens(Argument((name,)), kernel))
+            for name, kernel in (
+                ("latents_history_4x", (4, 8, 8)),
+                ("latents_history_2x", (2, 4, 4)),
+                ("latents_clean", (1, 2, 2)),
+            )
+        ),
         roles=(("^context_embedder", "text"),),
     ),
     _video(
