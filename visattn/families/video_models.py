@@ -266,7 +266,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
                 ("latents_clean", (1, 2, 2)),
             )
         ),
-        roles=(("^context_embedder", "text"),),
+        # single-stream blocks get the latents and the text already concatenated
+        roles=(("^context_embedder", "text"), ("", "joint")),
     ),
     _video(
         "mochi",
