@@ -31,10 +31,7 @@ ENTRIES = {entry.class_name: entry for entry in TINY_DENOISERS}
 
 # Text-conditioned classes whose self/joint calls hold tokens visattn does not place, so text effects and grid
 # effects see neither text nor grid there (the row says "n/a"). The test fails when one starts locating them.
-UNPLACED_TOKENS: dict[str, str] = {
-    "MiniMaxH3Transformer3DModel": "it scatters text, video and audio rows to index positions (text_indices, "
-    "video_indices, audio_indices), and visattn's token layouts are spans",
-}
+UNPLACED_TOKENS: dict[str, str] = {}
 
 
 @functools.cache

@@ -462,7 +462,8 @@ class LatentTokens:
 class CountedTokens:
     """A token count the model derives from its inputs by a rule of its own, computed by a named counter of
     :mod:`visattn.families.readers` (:data:`~visattn.families.readers.TOKEN_COUNTERS`; Bria FIBO 2's gist count,
-    from the text length and the config, with diffusers' own function).
+    from the text length and the config, with diffusers' own function; MiniMax-H3's rows between the text and the
+    grid, from its row indices).
 
     Attributes:
         counter: the counter's name.
@@ -473,7 +474,7 @@ class CountedTokens:
     def count(self, family: Family, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Any) -> int | None:
         from .readers import TOKEN_COUNTERS
 
-        return TOKEN_COUNTERS[self.counter](family, model, args, kwargs)
+        return TOKEN_COUNTERS[self.counter](family, model, args, kwargs, grid)
 
 
 @dataclass(frozen=True)

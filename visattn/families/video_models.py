@@ -10,6 +10,7 @@ from .base import (
     NOT_BATCHED_INPUT,
     Argument,
     CallPrefix,
+    CountedTokens,
     DiffusersTemplate,
     Family,
     JoinedText,
@@ -440,8 +441,9 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         auxiliary_calls=(("kv_cache_mode", "extract"),),
         opaque_layers=(r"\.self_attn$",),  # flex attention in the denoising passes
     ),
-    # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
-    # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it).
+    # MiniMax-H3: packed rows of one [text, conditioning or reference rows, audio, video] layout shared by the batch,
+    # scattered to index positions, called with t in [0, 1] (1 = clean). The rows between the text and the video
+    # (conditioning, references, audio) are other tokens; text effects act on the text rows, grid effects on the video.
     _video(
         "minimax_h3",
         ("MiniMaxH3Transformer3DModel",),
@@ -450,7 +452,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="packed",
         grid_reader="video_indices",
         timestep_reversed=True,
-        roles=(("^token_refiner", "text"),),
+        text_position="first",
+        other_tokens=(OtherTokens("audio and conditioning rows", "before_grid", CountedTokens("minimax_h3_rows")),),
+        # one packed sequence of every modality in each block (no cross-attention anywhere)
+        roles=(("^token_refiner", "text"), ("^transformer_blocks", "joint")),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
     # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks.

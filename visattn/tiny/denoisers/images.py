@@ -900,10 +900,10 @@ BRIA_FIBO2 = TinyDenoiser(
         "Perceiver (per layer: gist queries cross-attend to text bundle 0, Nq=G, Nk=T, bool key mask [B, 1, 1, T]; "
         "then gist self-attention Nq=Nk=G) makes G = compute_gist_count(valid text lengths) tokens; here "
         "min=max gist count = 4 != T = 8 (visattn counts G with diffusers' compute_gist_count). When rows get "
-        "different G, the gist goes LAST ([image, gist]) with a bool key mask. noise_refiner: image-only attention (Nq=Nk=HW). "
-        "Injection layers (injection_layer_ids) add gated cross-attention to their text bundle (Nq=G+HW, Nk=T, key "
-        "mask; its zero-initialized cross_attn_gate is seeded by build). context_latents (edit images) append tokens "
-        "after the image."
+        "different G, the gist goes LAST ([image, gist]) with a bool key mask. noise_refiner: image-only "
+        "attention (Nq=Nk=HW). Injection layers (injection_layer_ids) add gated cross-attention to their text "
+        "bundle (Nq=G+HW, Nk=T, key mask; its zero-initialized cross_attn_gate is seeded by build). "
+        "context_latents (edit images) append tokens after the image."
     ),
 )
 
