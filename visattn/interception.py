@@ -52,6 +52,7 @@ from .parallel import (
     parallel_view,
     remember_for_backward,
     ring_layer,
+    split_by_stream,
     ulysses_heads,
 )
 from .steps import in_steps
@@ -388,7 +389,7 @@ class AttentionLayerHook(ModelHook):
             q = gather_queries(q, view)
             if mask is not None and mask.ndim == 4 and mask.shape[-2] == n_local > 1:
                 mask = gather_queries(mask, view)
-        elif heads is not None and ctx.role == "joint" and partial is None:
+        elif heads is not None and ctx.role == "joint" and partial is None and split_by_stream(ctx):
             # Ulysses gathered every rank's [text_r, image_r]: reorder to the layout effects expect.
             order = joint_order(ctx.queries, view.ulysses)
             if order is not None:

@@ -149,6 +149,13 @@ def joint_order(layout: TokenLayout, world: int) -> torch.Tensor | None:
     return torch.tensor(order, dtype=torch.long)
 
 
+def split_by_stream(ctx: Any) -> bool:
+    """Whether a joint call's sequence was split stream by stream (``[text_r, image_r]`` per rank, the latent and
+    text inputs split apart), not as one packed stream (:attr:`visattn.families.Family.joint_one_stream`)."""
+    family = ctx.denoiser.family if ctx.denoiser is not None else None
+    return not getattr(family, "joint_one_stream", False)
+
+
 def unsplit_inputs(model: torch.nn.Module, hook_name: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The model's forward inputs as the pipeline passed them, for a hook that runs inside diffusers' input split.
 
@@ -622,10 +629,11 @@ def _runs(positions: torch.Tensor) -> tuple[tuple[int, int], ...]:
     return tuple((start, length) for start, length in runs)
 
 
-def _shard_positions(layout: TokenLayout, role: str, world: int) -> torch.Tensor | None:
+def _shard_positions(layout: TokenLayout, role: str, world: int, streams: bool = True) -> torch.Tensor | None:
     """The whole-sequence position of every position of the gathered sequence (the shards in rank order), or
-    ``None`` when a joint sequence does not split evenly per stream."""
-    if role == "joint" and layout.text is not None and layout.image is not None:
+    ``None`` when a joint sequence does not split evenly per stream. ``streams=False``: the model split its joint
+    sequences as one stream (:func:`split_by_stream`), so the shards are in sequence order."""
+    if streams and role == "joint" and layout.text is not None and layout.image is not None:
         order = joint_order(layout, world)
         if order is None:
             return None
@@ -745,7 +753,7 @@ def ring_attention(
     whole_keys = k[:, :, :1].expand(batch, heads, n_k * ring, dim)  # shapes only: the context reads them
     ctx, partial = layer._context(q, whole_keys, n_q=n_q * ring)
     acting = [effect for effect in layer.effects if effect.acts_on(ctx)]
-    query_positions = _shard_positions(ctx.queries, ctx.role, ring)
+    query_positions = _shard_positions(ctx.queries, ctx.role, ring, split_by_stream(ctx))
     if acting and (partial is not None or query_positions is None):
         raise ValueError(
             f"visattn cannot place the ring shards of layer {layer.layer_name!r} in its whole sequence "

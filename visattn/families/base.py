@@ -560,6 +560,9 @@ class Family:
         other_tokens: tokens the self and joint sequences hold besides the grid and the text, with where they sit
             and how many there are (:class:`OtherTokens`: HiDream's padding, Bria FIBO 2's gist tokens,
             Framepack's history latents).
+        joint_one_stream: the joint sequences are one stream where diffusers' context-parallel plan splits them (the
+            model packs every modality into one sequence before the block its plan splits: MiniMax-H3), so a
+            Ulysses call gathers them in sequence order, not stream by stream (``[text_r, image_r]`` per rank).
         one_sample_per_call: the forward takes one sample per call, without a batch axis (Cosmos 3 Omni packs
             one sample's text and vision tokens into one sequence): a perturbation branch runs as its own call.
         opaque_layers: regular expressions of attention modules whose attention visattn cannot take over in the calls
@@ -608,6 +611,7 @@ class Family:
     batch_inputs: tuple[BatchInput, ...] = ()
     context_before_grid: bool = False
     other_tokens: tuple[OtherTokens, ...] = ()
+    joint_one_stream: bool = False
     one_sample_per_call: bool = False
     auxiliary_calls: tuple[tuple[str, Any], ...] = ()
     opaque_layers: tuple[str, ...] = ()

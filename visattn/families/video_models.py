@@ -454,6 +454,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         timestep_reversed=True,
         text_position="first",
         other_tokens=(OtherTokens("audio and conditioning rows", "before_grid", CountedTokens("minimax_h3_rows")),),
+        joint_one_stream=True,  # diffusers' plan splits the packed sequence at the first block
         # one packed sequence of every modality in each block (no cross-attention anywhere)
         roles=(("^token_refiner", "text"), ("^transformer_blocks", "joint")),
     ),
