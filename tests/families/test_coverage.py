@@ -30,7 +30,9 @@ KNOWN_LIMITS: dict[str, dict[str, str]] = {
 ENTRIES = {entry.class_name: entry for entry in TINY_DENOISERS}
 
 # Text-conditioned classes whose self/joint calls hold tokens visattn does not place, so text effects and grid
-# effects see neither text nor grid there (the row says "n/a"). The test fails when one starts locating them.
+# effects see neither text nor grid there (the row says "n/a"), with why. The test fails when one starts locating
+# them. None today: tokens that are neither grid nor text are declared per family (Family.other_tokens: HiDream's
+# padding, Bria FIBO 2's gist tokens, Framepack's history latents, MiniMax-H3's rows between text and video).
 UNPLACED_TOKENS: dict[str, str] = {}
 
 
