@@ -159,29 +159,3 @@ def test_grid_patterns_keep_tokens_that_are_neither_grid_nor_text_visible(class_
         stock = prediction(model(**inputs))
     assert (expected - stock).abs().max() > 1e-3  # the window drops something
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_minimax_rows_scattered_out_of_span_order_stay_unplaced():
-    """MiniMax-H3's layout is read from its row indices: rows scattered in another order than [text, other, grid]
-    (here the whole sequence reversed) cannot be spans, so grid effects leave the calls alone and say so."""
-    from harness.coverage_checks import prediction
-
-    from visattn.tiny.denoisers import TINY_DENOISERS
-
-    entry = next(entry for entry in TINY_DENOISERS if entry.class_name == "MiniMaxH3Transformer3DModel")
-    model = entry.build()
-    inputs = entry.inputs(2)
-    last = inputs["position_ids"].shape[0] - 1
-    for name in ("text_indices", "video_indices", "audio_indices"):
-        inputs[name] = last - inputs[name]
-    for name in ("position_ids", "token_tags", "timestep_indices"):
-        inputs[name] = inputs[name].flip(0)
-    with torch.no_grad():
-        stock = prediction(model(**inputs))
-    probe = _Contexts()
-    with pytest.warns(UserWarning, match="cannot place"), torch.no_grad():
-        with visattn.attach(model, probe, visattn.NeighborhoodAttention(kernel_size=3)):
-            out = prediction(model(**inputs))
-    assert torch.equal(out, stock)
-    joint = [ctx for ctx in probe.contexts if ctx.layer_name.startswith("transformer_blocks")]
-    assert joint and all(ctx.grid is None and ctx.keys.text is None for ctx in joint)
