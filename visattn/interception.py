@@ -663,7 +663,7 @@ class AttentionLayerHook(ModelHook):
             return None
         if family.text_position == "last" and text_length is not None and n_text < text_length:
             # The processor dropped the padding at the end of the text (Framepack's batch of one keeps the valid
-            # tokens): effects see the whole text, the dropped positions masked out, as for Mochi below.
+            # tokens): effects see the whole text, the dropped positions masked out, as for Mochi (_derive_layout).
             layout = _layout_with_other(own + text_length, before, image_tokens, after, "last", text_length)
             return "joint", layout, layout, grid, _Partial(layout.length, slice(0, n_q), slice(0, n_q))
         layout = _layout_with_other(n_q, before, image_tokens, after, family.text_position, n_text)
