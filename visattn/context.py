@@ -38,13 +38,15 @@ class TokenLayout:
         length: tokens of the sequence.
         image: the latent grid's tokens (``None``: the sequence holds no grid visattn can place).
         text: the text tokens (``None``: no text).
-        other: tokens that are neither (the family's :attr:`~visattn.families.Family.other_tokens`: HiDream's pad
-            tokens of a non-square image, Bria FIBO 2's gist tokens, Framepack's history latents), in sequence
-            order. Effects treat them as context the model keeps: grid patterns (neighborhood, radial,
-            extrapolation) keep them visible to every grid query and give their own queries the rule of text
-            queries; SEG blurs the grid only, so they stay unblurred; PAG's and STG's identity acts on every query
-            row of the perturbed branch, as on text rows; Prompt-to-Prompt and attention maps read text only, and
-            a joint edit lets the keys outside the text (grid and these) share the mass the text block leaves.
+        other: tokens that are neither, in sequence order: the family's
+            :attr:`~visattn.families.Family.other_tokens` (HiDream's pad tokens of a non-square image, Bria FIBO
+            2's gist tokens, Framepack's history latents, MiniMax-H3's audio rows) and the context latents of
+            ``context_before_grid`` (Helios's history). Effects treat them as context the model keeps: grid
+            patterns (neighborhood, radial, extrapolation) keep them visible to every grid query and give their
+            own queries the rule of text queries; SEG blurs the grid only, so they stay unblurred; PAG's and STG's
+            identity acts on every query row of the perturbed branch, as on text rows; Prompt-to-Prompt and
+            attention maps read text only, and a joint edit lets the keys outside the text (grid and these) share
+            the mass the text block leaves.
     """
 
     length: int

@@ -618,10 +618,11 @@ class AttentionLayerHook(ModelHook):
             layout = TokenLayout(n_q, image=Span(0, n_q))
             return "self", layout, layout, grid, None
         if grids and family.context_before_grid and n_q > math.prod(grids[0]):
-            # Context latents (history) before the grid: placed where text would be, so that grid patterns keep
-            # them visible to every grid query and SEG leaves them unblurred, as they do text.
+            # Context latents (history) before the grid, however many the call holds: other tokens, so that grid
+            # patterns keep them visible to every grid query and SEG leaves them unblurred, and no text effect takes
+            # them for text.
             image_tokens = math.prod(grids[0])
-            layout = TokenLayout(n_q, image=Span(n_q - image_tokens, n_q), text=Span(0, n_q - image_tokens))
+            layout = _layout_with_other(n_q, n_q - image_tokens, image_tokens, 0)
             return "self", layout, layout, grids[0], None
         if grids and family.text_position is not None and fits_text(n_q - math.prod(grids[0])):
             image_tokens = math.prod(grids[0])

@@ -12,6 +12,7 @@ from harness.coverage_checks import prediction
 
 import visattn
 from visattn import interception
+from visattn.context import Span
 from visattn.denoiser_batch import take_input_rows
 from visattn.effects.base import AttentionCall, Effect
 from visattn.families.base import FOLDED, NOT_BATCHED_INPUT, PER_SAMPLE_LIST, Argument
@@ -122,9 +123,9 @@ def test_history_latents_stay_visible_to_grid_patterns():
     effect = _ThroughCore()
     _run(entry.build(), entry, effect)
     (queries,) = {c.queries for c in effect.contexts if c.role == "self"}
-    # The history comes first and is placed where text would be: grid patterns keep prefix keys visible.
-    assert queries.text.start == 0 and queries.text.stop == queries.image.start
-    assert queries.image.stop == queries.length
+    # The history comes first, placed as other tokens (not text): grid patterns keep them visible as prefix keys.
+    assert queries.text is None and queries.other == (Span(0, queries.image.start),)
+    assert queries.image.stop == queries.length and queries.grid_context() == (0, True)
 
 
 def test_a_forward_without_a_batch_axis_gets_its_perturbed_branch_as_a_second_call():

@@ -556,7 +556,8 @@ class Family:
             perturbation branch copies rows correctly (:mod:`visattn.denoiser_batch`); every other tensor whose leading
             axis is the batch is copied row by row.
         context_before_grid: self-attention puts context latents before the grid (Helios's history), so the
-            grid is the sequence's last tokens.
+            grid is the sequence's last tokens and every token before it is another token (as :attr:`other_tokens`
+            before the grid, counted from the call's length).
         other_tokens: tokens the self and joint sequences hold besides the grid and the text, with where they sit
             and how many there are (:class:`OtherTokens`: HiDream's padding, Bria FIBO 2's gist tokens,
             Framepack's history latents).
