@@ -32,11 +32,45 @@ class Span:
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Where the latent-grid tokens and the text tokens sit in one sequence (queries or keys)."""
+    """Where the latent-grid tokens and the text tokens sit in one sequence (queries or keys).
+
+    Attributes:
+        length: tokens of the sequence.
+        image: the latent grid's tokens (``None``: the sequence holds no grid visattn can place).
+        text: the text tokens (``None``: no text).
+        other: tokens that are neither, in sequence order: the family's
+            :attr:`~visattn.families.Family.other_tokens` (HiDream's pad tokens of a non-square image, Bria FIBO
+            2's gist tokens, Framepack's history latents, MiniMax-H3's audio rows) and the context latents of
+            ``context_before_grid`` (Helios's history). Effects treat them as context the model keeps: grid
+            patterns (neighborhood, radial, extrapolation) keep them visible to every grid query and give their
+            own queries the rule of text queries; SEG blurs the grid only, so they stay unblurred; PAG's and STG's
+            identity acts on every query row of the perturbed branch, as on text rows; Prompt-to-Prompt and
+            attention maps read text only, and a joint edit lets the keys outside the text (grid and these) share
+            the mass the text block leaves.
+    """
 
     length: int
     image: Span | None = None
     text: Span | None = None
+    other: tuple[Span, ...] = ()
+
+    def grid_context(self) -> tuple[int, bool]:
+        """``(extra_keys, prefix_keys)`` of a grid pattern over this layout: every key outside the grid stays
+        visible to grid queries (text and other tokens alike), so the keys after the grid and, when the grid does
+        not lead, every key before it (see :func:`visattn.kernels.patterns.grid_sequence_mask`)."""
+        if self.image is None:
+            return 0, False
+        return self.length - self.image.stop, self.image.start > 0
+
+    def outside_text(self) -> slice | None:
+        """The keys outside the text when they are contiguous (text first or last), else ``None``."""
+        if self.text is None:
+            return slice(0, self.length)
+        if self.text.stop == self.length:
+            return slice(0, self.text.start)
+        if self.text.start == 0:
+            return slice(self.text.stop, self.length)
+        return None
 
 
 @dataclass(frozen=True)

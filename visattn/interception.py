@@ -52,6 +52,7 @@ from .parallel import (
     parallel_view,
     remember_for_backward,
     ring_layer,
+    split_by_stream,
     ulysses_heads,
 )
 from .steps import in_steps
@@ -388,7 +389,7 @@ class AttentionLayerHook(ModelHook):
             q = gather_queries(q, view)
             if mask is not None and mask.ndim == 4 and mask.shape[-2] == n_local > 1:
                 mask = gather_queries(mask, view)
-        elif heads is not None and ctx.role == "joint" and partial is None:
+        elif heads is not None and ctx.role == "joint" and partial is None and split_by_stream(ctx):
             # Ulysses gathered every rank's [text_r, image_r]: reorder to the layout effects expect.
             order = joint_order(ctx.queries, view.ulysses)
             if order is not None:
@@ -563,7 +564,12 @@ class AttentionLayerHook(ModelHook):
         reused: every part of it is immutable.
         """
         inputs = self.state.inputs
-        key = (n_q, n_k, None if inputs is None else (inputs.grid, inputs.text_length), self.state.family.name)
+        key = (
+            n_q,
+            n_k,
+            None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
+            self.state.family.name,
+        )
         layout = self._layouts.get(key)
         if layout is None:
             if len(self._layouts) >= _LAYOUTS_KEPT:
@@ -585,7 +591,13 @@ class AttentionLayerHook(ModelHook):
         if self.static_role == "text":
             text = TokenLayout(n_q, text=Span(0, n_q))
             return "text", text, (text if n_k == n_q else TokenLayout(n_k, text=Span(0, n_k))), None, None
+        # The family's other tokens (padding, gist tokens, history) before and after the grid, if it has any.
+        other = inputs.other if inputs is not None and family.other_tokens else (0, 0)
         grid = grid_of(n_q)
+        if grids and other is not None and any(other):
+            placed = self._place_other(n_q, n_k, grids[0], other, text_length)
+            if placed is not None:
+                return placed
         if n_q != n_k:
             keys_are_text = text_length is not None and n_k == text_length
             if grid is not None and family.text_position is not None and not keys_are_text and fits_text(n_k - n_q):
@@ -606,10 +618,11 @@ class AttentionLayerHook(ModelHook):
             layout = TokenLayout(n_q, image=Span(0, n_q))
             return "self", layout, layout, grid, None
         if grids and family.context_before_grid and n_q > math.prod(grids[0]):
-            # Context latents (history) before the grid: placed where text would be, so that grid patterns keep
-            # them visible to every grid query and SEG leaves them unblurred, as they do text.
+            # Context latents (history) before the grid, however many the call holds: other tokens, so that grid
+            # patterns keep them visible to every grid query and SEG leaves them unblurred, and no text effect takes
+            # them for text.
             image_tokens = math.prod(grids[0])
-            layout = TokenLayout(n_q, image=Span(n_q - image_tokens, n_q), text=Span(0, n_q - image_tokens))
+            layout = _layout_with_other(n_q, n_q - image_tokens, image_tokens, 0)
             return "self", layout, layout, grids[0], None
         if grids and family.text_position is not None and fits_text(n_q - math.prod(grids[0])):
             image_tokens = math.prod(grids[0])
@@ -625,6 +638,53 @@ class AttentionLayerHook(ModelHook):
         # Tokens visattn cannot place (a grid it cannot read, extra tokens): effects see no grid and no text.
         layout = TokenLayout(n_q)
         return ("joint" if self.static_role == "joint" else "self"), layout, layout, None, None
+
+    def _place_other(self, n_q: int, n_k: int, grid: tuple[int, int, int], other: tuple[int, int], text_length):
+        """The layout of a call whose sequences hold the family's other tokens (``other``: how many before and
+        after the grid), or ``None`` when its token counts do not fit them (the call is placed as any other).
+
+        Self or joint calls hold ``[before, grid, after]`` with the text first or last (where the family says);
+        cross calls hold them as queries over text keys (Bria FIBO 2's injection layers).
+        """
+        family = self.state.family
+        before, after = other
+        image_tokens = math.prod(grid)
+        own = before + image_tokens + after
+        role = "joint" if self.static_role == "joint" else "self"
+        if n_q != n_k:
+            if n_q != own or text_length is None or n_k != text_length:
+                return None
+            queries = _layout_with_other(n_q, before, image_tokens, after)
+            return "cross", queries, TokenLayout(n_k, text=Span(0, n_k)), grid, None
+        n_text = n_q - own
+        if n_text == 0:
+            layout = _layout_with_other(n_q, before, image_tokens, after)
+            return role, layout, layout, grid, None
+        if family.text_position is None or n_text < 0 or (text_length is not None and n_text > text_length):
+            return None
+        if family.text_position == "last" and text_length is not None and n_text < text_length:
+            # The processor dropped the padding at the end of the text (Framepack's batch of one keeps the valid
+            # tokens): effects see the whole text, the dropped positions masked out, as for Mochi (_derive_layout).
+            layout = _layout_with_other(own + text_length, before, image_tokens, after, "last", text_length)
+            return "joint", layout, layout, grid, _Partial(layout.length, slice(0, n_q), slice(0, n_q))
+        layout = _layout_with_other(n_q, before, image_tokens, after, family.text_position, n_text)
+        return "joint", layout, layout, grid, None
+
+
+def _layout_with_other(
+    length: int, before: int, image_tokens: int, after: int, text_position: str | None = None, n_text: int = 0
+) -> TokenLayout:
+    """``[before, grid, after]`` other tokens around ``image_tokens`` grid tokens, with ``n_text`` text tokens first
+    or last (``text_position``; ``None``: no text)."""
+    start = n_text if text_position == "first" else 0
+    image = Span(start + before, start + before + image_tokens)
+    other = tuple(span for span in (Span(start, image.start), Span(image.stop, image.stop + after)) if span.length)
+    text = None
+    if text_position == "first":
+        text = Span(0, n_text)
+    elif text_position == "last":
+        text = Span(length - n_text, length)
+    return TokenLayout(length, image=image, text=text, other=other)
 
 
 def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLayout:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .context import TokenLayout
+from .context import Span, TokenLayout
 from .kernels.patterns import Pattern, ScoreModifier, all_of, chain
 
 
@@ -126,10 +126,15 @@ def joint_order(layout: TokenLayout, world: int) -> torch.Tensor | None:
     Every rank concatenates its own shard of each stream (``[text_r, image_r]``), so the gathered sequence
     interleaves the streams rank by rank; ``q_layout = q_gathered[:, :, order]`` puts it in ``layout``'s order, and
     ``out_gathered[:, :, order] = out_layout`` puts the output back. ``None`` when the layout holds one stream
-    (nothing interleaves) or a stream does not split evenly.
+    (nothing interleaves) or a stream does not split evenly. The streams are the text and everything else: other
+    tokens (:attr:`TokenLayout.other`, HiDream's padding, Framepack's history) travel with the grid, in the
+    latent stream the model concatenates them into.
     """
-    spans = sorted((span for span in (layout.text, layout.image) if span is not None), key=lambda span: span.start)
-    if len(spans) < 2 or sum(span.length for span in spans) != layout.length:
+    rest = layout.outside_text()
+    if layout.text is None or layout.image is None or rest is None:
+        return None
+    spans = sorted((layout.text, Span(rest.start, rest.stop)), key=lambda span: span.start)
+    if any(span.length == 0 for span in spans):
         return None
     if any(span.length % world for span in spans):
         return None
@@ -142,6 +147,13 @@ def joint_order(layout: TokenLayout, world: int) -> torch.Tensor | None:
             rank, offset = divmod(position, local[index])
             order.append(rank * block + before + offset)
     return torch.tensor(order, dtype=torch.long)
+
+
+def split_by_stream(ctx: Any) -> bool:
+    """Whether a joint call's sequence was split stream by stream (``[text_r, image_r]`` per rank, the latent and
+    text inputs split apart), not as one packed stream (:attr:`visattn.families.Family.joint_one_stream`)."""
+    family = ctx.denoiser.family if ctx.denoiser is not None else None
+    return not getattr(family, "joint_one_stream", False)
 
 
 def unsplit_inputs(model: torch.nn.Module, hook_name: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -617,10 +629,11 @@ def _runs(positions: torch.Tensor) -> tuple[tuple[int, int], ...]:
     return tuple((start, length) for start, length in runs)
 
 
-def _shard_positions(layout: TokenLayout, role: str, world: int) -> torch.Tensor | None:
+def _shard_positions(layout: TokenLayout, role: str, world: int, streams: bool = True) -> torch.Tensor | None:
     """The whole-sequence position of every position of the gathered sequence (the shards in rank order), or
-    ``None`` when a joint sequence does not split evenly per stream."""
-    if role == "joint" and layout.text is not None and layout.image is not None:
+    ``None`` when a joint sequence does not split evenly per stream. ``streams=False``: the model split its joint
+    sequences as one stream (:func:`split_by_stream`), so the shards are in sequence order."""
+    if streams and role == "joint" and layout.text is not None and layout.image is not None:
         order = joint_order(layout, world)
         if order is None:
             return None
@@ -740,7 +753,7 @@ def ring_attention(
     whole_keys = k[:, :, :1].expand(batch, heads, n_k * ring, dim)  # shapes only: the context reads them
     ctx, partial = layer._context(q, whole_keys, n_q=n_q * ring)
     acting = [effect for effect in layer.effects if effect.acts_on(ctx)]
-    query_positions = _shard_positions(ctx.queries, ctx.role, ring)
+    query_positions = _shard_positions(ctx.queries, ctx.role, ring, split_by_stream(ctx))
     if acting and (partial is not None or query_positions is None):
         raise ValueError(
             f"visattn cannot place the ring shards of layer {layer.layer_name!r} in its whole sequence "

@@ -72,3 +72,90 @@ def test_observing_and_grid_sized_effects_do_not_wrap_the_denoiser(effect):
     """Effects read denoiser-level facts from the context; only effects that change the denoiser call (add batch
     branches, blend predictions, swap inputs) wrap it."""
     assert not effect().wraps_denoiser
+
+
+# --- tokens that are neither grid nor text (TokenLayout.other) ------------------------------------------------------
+
+
+def _window(size: int, kernel: int) -> torch.Tensor:
+    """``[size, size]``: which positions of an axis each position's neighborhood holds (NATTEN's window, shifted
+    inward at the borders so that it always holds ``kernel`` positions)."""
+    start = (torch.arange(size) - kernel // 2).clamp(0, size - kernel)
+    positions = torch.arange(size)
+    return (positions[None] >= start[:, None]) & (positions[None] < start[:, None] + kernel)
+
+
+def _neighborhood_mask(length: int, grid_start: int, grid: tuple[int, int, int], kernel: int) -> torch.Tensor:
+    """The hand-built mask of a kernel-``kernel`` neighborhood over a grid at ``grid_start`` of a ``length``
+    sequence: grid queries keep their window of grid keys and every key outside the grid; other queries keep all."""
+    frames, height, width = grid
+    window = _window(height, kernel)[:, None, :, None] & _window(width, kernel)[None, :, None, :]
+    window = window.reshape(height * width, height * width)
+    if frames > 1:
+        window = (_window(frames, kernel)[:, None, :, None] & window[None, :, None, :]).reshape(
+            frames * height * width, frames * height * width
+        )
+    stop = grid_start + window.shape[0]
+    mask = torch.ones(length, length, dtype=torch.bool)
+    mask[grid_start:stop, grid_start:stop] = window
+    return mask
+
+
+class _MaskedSDPA(torch.overrides.TorchFunctionMode):
+    """Runs every self/joint SDPA call of ``length`` tokens (grid at ``grid_start``) and every call over the grid
+    alone with the hand-built neighborhood mask: the oracle, plain masked SDPA on the stock model."""
+
+    def __init__(self, length: int, grid_start: int, grid: tuple[int, int, int], kernel: int) -> None:
+        super().__init__()
+        tokens = grid[0] * grid[1] * grid[2]
+        self.masks = {
+            length: _neighborhood_mask(length, grid_start, grid, kernel),
+            tokens: _neighborhood_mask(tokens, 0, grid, kernel),
+        }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            call = dict(zip(("query", "key", "value", "attn_mask"), args), **kwargs)
+            n_q, n_k = call["query"].shape[-2], call["key"].shape[-2]
+            mask = self.masks.get(n_q) if n_q == n_k else None
+            if mask is not None:
+                model_mask = call.get("attn_mask")
+                call["attn_mask"] = mask if model_mask is None else mask & model_mask.bool()
+                return func(**call)
+        return func(*args, **kwargs)
+
+
+#: class, batch size, the main sequence's length and where its grid starts: HiDream pads a non-square 4x6 grid to
+#: 36 tokens before its 10 text tokens; Bria FIBO 2 puts 4 gist tokens before the grid (no text); Framepack puts 56
+#: history tokens before the grid, and with a batch of one drops the text's padding; MiniMax-H3 scatters its rows to
+#: [7 text, 6 audio, grid]
+_PLACED = (
+    ("HiDreamImageTransformer2DModel", 2, 46, 0),
+    ("BriaFibo2Transformer2DModel", 2, 28, 4),
+    ("HunyuanVideoFramepackTransformer3DModel", 1, None, 56),
+    ("MiniMaxH3Transformer3DModel", 2, 85, 13),
+)
+
+
+@pytest.mark.parametrize(("class_name", "batch_size", "length", "grid_start"), _PLACED)
+def test_grid_patterns_keep_tokens_that_are_neither_grid_nor_text_visible(class_name, batch_size, length, grid_start):
+    """NeighborhoodAttention on a sequence holding pad, gist or history tokens equals plain SDPA with a hand-built
+    mask: a window over the grid tokens only, every other key kept for grid queries, every key for the others."""
+    from harness.coverage_checks import prediction, sdpa_token_counts
+
+    from visattn.tiny.denoisers import TINY_DENOISERS
+
+    entry = next(entry for entry in TINY_DENOISERS if entry.class_name == class_name)
+    if length is None:  # the longest call the stock model makes
+        length = max(n_q for n_q, n_k in sdpa_token_counts(entry, batch_size) if n_q == n_k)
+    model = entry.build()
+    inputs = entry.inputs(batch_size)
+    with torch.no_grad(), _MaskedSDPA(length, grid_start, entry.grid, 3):
+        expected = prediction(model(**inputs))
+    with torch.no_grad(), visattn.attach(model, visattn.NeighborhoodAttention(kernel_size=3)):
+        out = prediction(model(**inputs))
+    with torch.no_grad():
+        stock = prediction(model(**inputs))
+    assert (expected - stock).abs().max() > 1e-3  # the window drops something
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

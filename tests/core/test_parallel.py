@@ -3,7 +3,8 @@
 One spawn runs every case on both ranks (``harness.parallel``); each test compares a case with the same
 case in one process, the oracle. Stock context parallelism reproduces one process; attaching visattn (before or
 after enable_parallelism) with no effect changes nothing; every effect under Ulysses equals one process, on Wan
-(self- and cross-attention, text replicated) and Flux (joint attention whose text and image are split per rank);
+(self- and cross-attention, text replicated), Flux (joint attention whose text and image are split per rank) and
+MiniMax-H3 (joint attention over one packed sequence that diffusers' plan splits as one stream);
 observers and LocalBlend end with the same maps and masks on every rank; detach restores the stock split model. Ring
 attention: tests/core/test_parallel_ring.py.
 """
@@ -63,3 +64,28 @@ def test_every_effect_under_ulysses_equals_one_process(case):
             if key in oracle:
                 # Every rank ends with the maps and masks one process makes.
                 assert _max_diff(rank[key], oracle[key]) <= TOLERANCE, key
+
+
+# MiniMax-H3: diffusers' plan splits its one packed [text | audio | video] sequence at the first block, so its joint
+# calls are one stream (Family.joint_one_stream): gathered in sequence order, never reordered stream by stream.
+MINIMAX_STOCK = Case("minimax_h3", order="none")
+MINIMAX_EFFECTS = tuple(Case("minimax_h3", (effect,)) for effect in ("pag", "seg", "neighborhood", "maps", "p2p"))
+MINIMAX_RUNS = CaseRuns((MINIMAX_STOCK, *MINIMAX_EFFECTS))
+
+
+def test_minimax_h3s_one_stream_under_ulysses_equals_one_process():
+    for rank in MINIMAX_RUNS.ranks(MINIMAX_STOCK):
+        assert _max_diff(rank["output"], MINIMAX_RUNS.single(MINIMAX_STOCK)["output"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", MINIMAX_EFFECTS, ids=lambda case: case.name)
+def test_effects_on_minimax_h3s_packed_sequence_under_ulysses_equal_one_process(case):
+    oracle = MINIMAX_RUNS.single(case)
+    assert _max_diff(oracle["output"], MINIMAX_RUNS.single(MINIMAX_STOCK)["output"]) > 0 or "maps" in case.effects
+    stock = MINIMAX_RUNS.ranks(MINIMAX_STOCK)
+    for rank, plain in zip(MINIMAX_RUNS.ranks(case), stock, strict=True):
+        assert "error" not in rank, rank.get("error")
+        assert _max_diff(rank["output"], oracle["output"]) <= TOLERANCE
+        assert np.array_equal(rank["after_detach"], plain["output"])
+        if "maps" in oracle:
+            assert _max_diff(rank["maps"], oracle["maps"]) <= TOLERANCE

@@ -184,6 +184,31 @@ def test_reweight_in_joint_attention_keeps_rows_normalized():
         torch.testing.assert_close(rows[..., columns], 2.0 * source[:, :, image][..., columns])
 
 
+def test_joint_attention_with_pad_tokens_keeps_rows_normalized_over_every_key():
+    """HiDream's non-square image puts pad tokens between the grid and the text: the edited text block is the
+    source's, and the keys outside the text (grid and padding) share what it leaves, so rows still sum to one."""
+    from visattn.tiny.denoisers import TINY_DENOISERS
+    from visattn.tiny.probes import synthetic_prompt
+
+    entry = next(entry for entry in TINY_DENOISERS if entry.class_name == "HiDreamImageTransformer2DModel")
+    model = entry.build()
+    source, target = synthetic_prompt(entry.text_tokens), synthetic_prompt(entry.text_tokens, swap=1)
+    probe = ProbsProbe()
+    with torch.no_grad(), visattn.attach(model, PromptToPrompt(source, target, cross_steps=1.0, self_steps=0), probe):
+        model(**entry.inputs(2))
+    assert probe.calls
+    for ctx, probs in probe.calls:
+        assert ctx.keys.other, "the pad tokens are placed"
+        source_rows, target_rows = cond_halves(ctx, probs)
+        image, text = ctx.queries.image.as_slice(), ctx.keys.text.as_slice()
+        pad = ctx.keys.other[0].as_slice()
+        assert pad.start == ctx.keys.image.stop and pad.stop == ctx.keys.text.start
+        torch.testing.assert_close(target_rows[:, :, image, text], source_rows[:, :, image, text])
+        rows = target_rows[:, :, image]
+        torch.testing.assert_close(rows.sum(-1), torch.ones_like(rows[..., 0]))
+        assert rows[..., pad].sum() > 0  # the padding keeps its share of the mass
+
+
 # --- alignment -----------------------------------------------------------------------------------------------
 
 

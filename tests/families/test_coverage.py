@@ -30,17 +30,10 @@ KNOWN_LIMITS: dict[str, dict[str, str]] = {
 ENTRIES = {entry.class_name: entry for entry in TINY_DENOISERS}
 
 # Text-conditioned classes whose self/joint calls hold tokens visattn does not place, so text effects and grid
-# effects see neither text nor grid there (the row says "n/a"). The test fails when one starts locating them.
-UNPLACED_TOKENS: dict[str, str] = {
-    "HiDreamImageTransformer2DModel": "pads the image tokens of a non-square image to config.max_resolution before "
-    "the text, and visattn's token layouts have no place for pad tokens (square images at max_resolution have none)",
-    "BriaFibo2Transformer2DModel": "its main layers attend over [gist tokens, image], the gist count derived from "
-    "the text length (min/max_num_gist_tokens, gist_step), which the family does not compute",
-    "HunyuanVideoFramepackTransformer3DModel": "its joint sequence holds history latents at three scales and image "
-    "tokens besides the video and the text",
-    "MiniMaxH3Transformer3DModel": "it scatters text, video and audio rows to index positions (text_indices, "
-    "video_indices, audio_indices), and visattn's token layouts are spans",
-}
+# effects see neither text nor grid there (the row says "n/a"), with why. The test fails when one starts locating
+# them. None today: tokens that are neither grid nor text are declared per family (Family.other_tokens: HiDream's
+# padding, Bria FIBO 2's gist tokens, Framepack's history latents, MiniMax-H3's rows between text and video).
+UNPLACED_TOKENS: dict[str, str] = {}
 
 
 @functools.cache

@@ -204,3 +204,74 @@ def test_compiled_model_keeps_working():
         compiled = np.asarray(pipe(**call_kwargs("unet"))[0], dtype=np.float64)
     assert np.abs(stock - compiled).max() <= 1e-5
     torch._dynamo.reset()
+
+
+# --- tokens that are neither grid nor text (Family.other_tokens) ----------------------------------------------------
+
+
+def _contexts(class_name: str, **changes):
+    """The contexts of one stock forward of a tiny denoiser, its inputs changed by ``changes``."""
+    from visattn.tiny.denoisers import tiny_denoiser_entry
+    from visattn.tiny.probes import ContextRecorder
+
+    entry = tiny_denoiser_entry(class_name)
+    model = entry.build()
+    inputs = {**entry.inputs(2), **{name: make(entry.inputs(2)) for name, make in changes.items()}}
+    recorder = ContextRecorder()
+    with torch.no_grad(), visattn.attach(model, recorder) as handle:
+        model(**inputs)
+        read = handle.states[0].inputs
+    return model, read, recorder.contexts
+
+
+def test_hidream_pads_only_a_non_square_grid_and_the_padding_is_placed_after_it():
+    from visattn.context import Span
+
+    model, read, contexts = _contexts("HiDreamImageTransformer2DModel")
+    tokens = read.grid[1] * read.grid[2]
+    assert read.grid[1] != read.grid[2] and read.other == (0, model.max_seq - tokens)
+    for ctx in contexts:
+        # every call holds the padded grid, then the text: its length is the model's, not visattn's
+        assert ctx.queries.other == (Span(tokens, model.max_seq),)
+        assert ctx.queries.text == Span(model.max_seq, ctx.queries.length)
+    square = {"hidden_states": lambda inputs: inputs["hidden_states"][..., : inputs["hidden_states"].shape[-2]]}
+    _, read, contexts = _contexts("HiDreamImageTransformer2DModel", **square)
+    assert read.grid[1] == read.grid[2] and read.other == (0, 0)
+    assert all(not ctx.queries.other and ctx.queries.image == Span(0, read.grid[1] ** 2) for ctx in contexts)
+
+
+def test_bria_fibo2_places_its_gist_tokens_and_the_context_images_tokens():
+    from diffusers.models.transformers.transformer_bria_fibo2 import compute_gist_count
+
+    from visattn.context import Span
+
+    context = {"context_latents": lambda inputs: [inputs["hidden_states"][..., :4, :]]}  # a 4x12 latent
+    model, read, contexts = _contexts("BriaFibo2Transformer2DModel", **context)
+    config = model.config
+    (gist,) = set(
+        compute_gist_count(
+            [read.text_length] * 2,
+            config.min_num_gist_tokens,
+            config.max_num_gist_tokens,
+            config.gist_step,
+            config.gist_min_text_len,
+            config.gist_max_text_len,
+        )
+    )
+    tokens = read.grid[1] * read.grid[2]
+    # the context image: 4 latent rows of the image's width, patch-embedded as the image is
+    assert read.other == (gist, (4 // config.patch_size) * read.grid[2])
+    main = [ctx for ctx in contexts if ctx.layer_name.endswith(".attention") and ctx.layer_name.startswith("layers")]
+    assert main
+    for ctx in main:
+        assert ctx.queries.image == Span(gist, gist + tokens) and ctx.queries.text is None
+        assert ctx.queries.other == (Span(0, gist), Span(gist + tokens, ctx.queries.length))
+    (cross,) = {ctx.keys for ctx in contexts if ctx.role == "cross"}
+    assert cross.text == Span(0, read.text_length)  # the injection layers' text bundle
+
+
+def test_other_tokens_name_where_they_sit():
+    from visattn.families import OtherTokens, PaddedGrid
+
+    with pytest.raises(ValueError, match="position must be one of.*'between'"):
+        OtherTokens("pad tokens", "between", PaddedGrid("max_seq"))

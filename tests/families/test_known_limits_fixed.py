@@ -12,11 +12,13 @@ from harness.coverage_checks import prediction
 
 import visattn
 from visattn import interception
+from visattn.context import Span
 from visattn.denoiser_batch import take_input_rows
 from visattn.effects.base import AttentionCall, Effect
 from visattn.families.base import FOLDED, NOT_BATCHED_INPUT, PER_SAMPLE_LIST, Argument
 from visattn.kernels.patterns import ScoreModifier
 from visattn.tiny.denoisers import tiny_denoiser_entry
+from visattn.tiny.probes import ContextRecorder
 
 
 def test_declared_batch_inputs_are_copied_as_declared():
@@ -121,9 +123,9 @@ def test_history_latents_stay_visible_to_grid_patterns():
     effect = _ThroughCore()
     _run(entry.build(), entry, effect)
     (queries,) = {c.queries for c in effect.contexts if c.role == "self"}
-    # The history comes first and is placed where text would be: grid patterns keep prefix keys visible.
-    assert queries.text.start == 0 and queries.text.stop == queries.image.start
-    assert queries.image.stop == queries.length
+    # The history comes first, placed as other tokens (not text): grid patterns keep them visible as prefix keys.
+    assert queries.text is None and queries.other == (Span(0, queries.image.start),)
+    assert queries.image.stop == queries.length and queries.grid_context() == (0, True)
 
 
 def test_a_forward_without_a_batch_axis_gets_its_perturbed_branch_as_a_second_call():
@@ -138,14 +140,39 @@ def test_a_forward_without_a_batch_axis_gets_its_perturbed_branch_as_a_second_ca
     assert {ctx.batch.names for ctx in recorder.contexts} == {("cond",), (pag.branch,)}
 
 
-def test_a_grid_effect_that_finds_no_grid_says_so_once(monkeypatch):
+def _scattered_minimax_inputs(entry, batch_size: int) -> dict:
+    """MiniMax-H3's tiny inputs with every row scattered to the mirrored position (the whole sequence reversed): a
+    valid call whose text, audio and video rows are not in the ``[text, others, video]`` order of its pipelines."""
+    inputs = entry.inputs(batch_size)
+    last = inputs["position_ids"].shape[0] - 1
+    for name in ("text_indices", "video_indices", "audio_indices"):
+        inputs[name] = last - inputs[name]
+    for name in ("position_ids", "token_tags", "timestep_indices"):
+        inputs[name] = inputs[name].flip(0)
+    return inputs
+
+
+def test_a_grid_effect_that_finds_no_grid_says_so_once_and_changes_nothing(monkeypatch):
+    """MiniMax-H3's rows scattered out of span order cannot be placed (its layout is read from its row indices): a
+    grid effect leaves the calls alone and warns once per family and effect."""
     monkeypatch.setattr(interception, "_WARNED_UNPLACED", set())
-    entry = tiny_denoiser_entry("MiniMaxH3Transformer3DModel")  # [text, audio, video]: the audio is unplaced
+    entry = tiny_denoiser_entry("MiniMaxH3Transformer3DModel")
     model = entry.build()
+    inputs = _scattered_minimax_inputs(entry, 2)
+    with torch.no_grad():
+        stock = prediction(model(**inputs))
+    recorder = ContextRecorder()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
-            _run(model, entry, visattn.SmoothedEnergyGuidance(scale=2.0, sigma=2.0, layers="self"))
+            seg = visattn.SmoothedEnergyGuidance(scale=2.0, sigma=2.0, layers="joint")
+            with torch.no_grad(), visattn.attach(model, recorder, seg, visattn.NeighborhoodAttention(kernel_size=3)):
+                out = prediction(model(**inputs))
     messages = [str(w.message) for w in caught if "needs the latent grid" in str(w.message)]
-    assert len(messages) == 1
+    assert len(messages) == 2  # one per effect, not per call
     assert "SmoothedEnergyGuidance" in messages[0] and "'minimax_h3'" in messages[0]
+    # With no grid to blur, SEG's perturbed branch equals the conditional one, so the guided output is the stock one;
+    # the neighborhood window has nothing to act on.
+    torch.testing.assert_close(out, stock, rtol=0, atol=1e-6)
+    joint = [ctx for ctx in recorder.contexts if ctx.layer_name.startswith("transformer_blocks")]
+    assert joint and all(ctx.grid is None and ctx.keys.text is None for ctx in joint)

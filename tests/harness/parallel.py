@@ -128,7 +128,8 @@ class Case:
 
     Attributes:
         model: a key of :data:`MODELS`: ``"wan"`` (self- and cross-attention, video), ``"flux"`` (joint
-            text-image attention), ``"hunyuan_video"`` (joint, split with the plan visattn ships).
+            text-image attention), ``"hunyuan_video"`` (joint, split with the plan visattn ships), ``"minimax_h3"``
+            (joint over one packed sequence, split as one stream by diffusers' plan).
         effects: names of :data:`EFFECTS`; empty for the stock model (``order="none"``) or no effect.
         order: ``"none"`` (visattn not attached), ``"after"`` or ``"before"`` ``enable_parallelism``.
         ulysses, ring: the context-parallel degrees.
@@ -272,6 +273,43 @@ MODELS += (
     _TinyModel("wan_vace", _wan_vace_inputs, "self"),
     _TinyModel("motif_video", _motif_video_inputs, "joint"),
 )
+
+
+def _minimax_h3_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A packed [8 text | 6 audio (3 stereo latents) | 3x4x4 video] t2va sequence of 62 rows (even, so that diffusers'
+    plan splits it across 2 ranks at the first block), batch 2."""
+    from diffusers.modular_pipelines.minimax_h3.before_denoise import MiniMaxH3PrepareLayoutStep
+
+    position_ids, token_tags, video_indices, audio_indices, text_indices, _, _ = (
+        MiniMaxH3PrepareLayoutStep.build_packed_sequence(
+            text_token_tags=torch.ones(TEXT_TOKENS, dtype=torch.long),
+            num_latent_frames=3,
+            latent_height=8,
+            latent_width=8,
+            num_audio_latents=3,
+            patch_size=(1, 2, 2),
+            audio_channels=2,
+            audio_tag=2,
+            video_tag=0,
+        )
+    )
+    return {
+        "hidden_states": torch.randn(2, video_indices.numel(), 96, generator=generator),  # 24 channels x 1x2x2
+        "audio_hidden_states": torch.randn(2, audio_indices.numel(), 32, generator=generator),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "timestep": torch.tensor([0.4]),
+        "timestep_indices": torch.zeros(position_ids.shape[0], dtype=torch.long),
+        "token_tags": token_tags,
+        "position_ids": position_ids,
+        "video_indices": video_indices,
+        "audio_indices": audio_indices,
+        "text_indices": text_indices,
+    }
+
+
+#: MiniMax-H3 with diffusers' own plan, which splits its one packed sequence (text, audio and video rows scattered
+#: into it) at the first block: its joint calls are one stream, gathered in sequence order
+MODELS += (_TinyModel("minimax_h3", _minimax_h3_inputs, "joint"),)
 
 
 def _model(key: str) -> _TinyModel:

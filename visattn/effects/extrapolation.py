@@ -231,10 +231,8 @@ class ExtrapolationDecay(_GridSizedEffect):
         grid, window = (ctx.grid[1:], window[1:]) if ctx.grid[0] == 1 else (ctx.grid, window)
         offset = ctx.queries.image.start
         if self.factor == 0.0:
-            text = ctx.queries.text
-            text_first = text is not None and text.start == 0
-            extra = 0 if text is None or text_first else text.length
-            call.patterns.append(_window_pattern(grid, window, offset, extra, text_first))
+            extra, prefix = ctx.keys.grid_context()
+            call.patterns.append(_window_pattern(grid, window, offset, extra, prefix))
             return
         call.score_mods.append(_decay(grid, window, self.factor, offset))
 

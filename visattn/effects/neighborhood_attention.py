@@ -91,15 +91,13 @@ class NeighborhoodAttention(Effect):
 
     def apply(self, call: AttentionCall) -> None:
         ctx = call.ctx
-        image, text = ctx.queries.image, ctx.queries.text
+        image = ctx.queries.image
         if ctx.grid is None or image is None or ctx.keys.image != image:
             return
         axes, kernel, dilation, stride, causal = self._axes(ctx.grid)
-        text_first = text is not None and text.start == 0
-        extra = 0 if text is None or text_first else text.length
-        call.patterns.append(
-            _pattern(axes, kernel, dilation, stride, causal, image.start, extra, text_first, self.text)
-        )
+        # Every key outside the grid (text, and other tokens such as HiDream's padding) stays visible to grid queries.
+        extra, prefix = ctx.keys.grid_context()
+        call.patterns.append(_pattern(axes, kernel, dilation, stride, causal, image.start, extra, prefix, self.text))
 
     def __repr__(self) -> str:
         return (

@@ -780,8 +780,9 @@ class PromptToPrompt(Effect):
                 probs[edit.pair.target, :, rows, text] = tgt_text
                 probs[edit.pair.target, :, rows, other] = tgt_other
                 continue
-            # Joint attention: edit the latent->text block, then let the latent->latent block take what is left.
-            image = ctx.keys.image.as_slice()
+            # Joint attention: edit the latent->text block, then let the keys outside the text (the latent grid, and
+            # other tokens the sequence holds: HiDream's padding, Framepack's history) take what is left.
+            image = ctx.keys.outside_text()
             new_text = _edit_text(src[..., text], tgt[..., text], mapping, alpha, equalizer)
             new_image = src[..., image] if plan.self_on else tgt[..., image]
             tgt_text, tgt_image = _renormalized(new_text, new_image)

@@ -190,7 +190,7 @@ class RadialAttention(Effect):
                 f"belongs to the {ctx.family!r} family, whose latents are images (no frames axis to decay over). "
                 f"For images use NeighborhoodAttention"
             )
-        image, text = ctx.queries.image, ctx.queries.text
+        image = ctx.queries.image
         if ctx.grid is None or image is None or ctx.keys.image != image:
             return None
         if math.prod(ctx.grid) != image.length:
@@ -198,9 +198,9 @@ class RadialAttention(Effect):
                 f"layer {ctx.layer_name!r}: the latent grid {ctx.grid} holds {math.prod(ctx.grid)} tokens but the "
                 f"call has {image.length} latent tokens; RadialAttention needs them to agree"
             )
-        text_first = text is not None and text.start == 0
         sink = authors_sink_frames(ctx.family) if self.sink_frames is None else self.sink_frames
-        extra = 0 if text is None or text_first else text.length
+        # Every key outside the grid (text, and other tokens such as history latents) stays visible to grid queries.
+        extra, prefix = ctx.keys.grid_context()
         pattern = _pattern(
             tuple(ctx.grid),
             self.decay_factor,
@@ -210,14 +210,13 @@ class RadialAttention(Effect):
             self.sink_queries,
             image.start,
             extra,
-            text_first,
+            prefix,
             self.text,
             self.split_threshold,
         )
-        # A rule that keeps every pair adds nothing; leaving the call alone keeps it bit-identical. (Only when
-        # the keys are exactly latents plus text: any other key would be masked for latent queries.)
-        covered = ctx.keys.length == image.length + (text.length if text is not None else 0)
-        if self.text == "full" and covered and _grid_is_dense(pattern):
+        # A rule that keeps every pair adds nothing (grid queries see every key outside the grid): leaving the call
+        # alone keeps it bit-identical.
+        if self.text == "full" and _grid_is_dense(pattern):
             return None
         return pattern
 

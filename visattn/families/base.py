@@ -447,6 +447,8 @@ class DenoiserInputs:
     grid: tuple[int, int, int] | None
     timestep: float | None
     text_length: int | None = None
+    #: the family's other tokens (:attr:`Family.other_tokens`) before and after the grid; ``None``: not readable
+    other: tuple[int, int] | None = (0, 0)
     #: the latent input itself (not copied), for facts only the values tell (see ``visattn.state``)
     sample: torch.Tensor | None = None
 
@@ -494,6 +496,102 @@ class JoinedText:
         if isinstance(times, str):
             times = int(getattr(getattr(model, "config", None), times, 1) or 1)
         return int(value.shape[self.axis]) * times
+
+
+#: where a family's other tokens sit in its self and joint sequences (see :class:`OtherTokens`): between the text
+#: (when it comes first) and the grid, or right after the grid (before the text when it comes last)
+OTHER_POSITIONS = ("before_grid", "after_grid")
+
+
+@dataclass(frozen=True)
+class PaddedGrid:
+    """The model pads the tokens of a non-square grid (height != width) to ``model.<size>`` tokens, the padding
+    right after the grid's tokens; a square grid is not padded (HiDream's ``patchify``: ``max_seq``, from
+    ``config.max_resolution`` and the patch size).
+
+    Attributes:
+        size: the model attribute holding the padded token count.
+    """
+
+    size: str
+
+    def count(self, family: Family, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Any) -> int | None:
+        if grid is None or grid[1] == grid[2]:
+            return 0
+        size = getattr(model, self.size, None)
+        tokens = math.prod(grid)
+        return size - tokens if isinstance(size, int) and size >= tokens else None
+
+
+@dataclass(frozen=True)
+class LatentTokens:
+    """Tokens of a latent input the model patch-embeds itself and puts in the sequence: per tensor, the product
+    over its last axes of ``ceil(size / kernel)`` (a convolution whose input is padded to a multiple of its kernel:
+    Framepack's history embedders); a list input counts each of its tensors (Bria FIBO 2's ``context_latents``).
+
+    Attributes:
+        argument: the forward argument (absent or ``None``: no tokens).
+        kernel: the patch along the input's last axes, each an int or the config attribute holding it.
+    """
+
+    argument: Argument
+    kernel: tuple[int | str, ...]
+
+    def count(self, family: Family, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Any) -> int | None:
+        value = self.argument.read(args, kwargs)
+        items = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
+        config = getattr(model, "config", None)
+        kernel = [k if isinstance(k, int) else getattr(config, k, None) for k in self.kernel]
+        if not all(isinstance(k, int) and k > 0 for k in kernel):
+            return None
+        total = 0
+        for item in items:
+            if not isinstance(item, torch.Tensor) or item.ndim < len(kernel):
+                return None
+            sizes = item.shape[-len(kernel) :]
+            total += math.prod(-(-int(size) // k) for size, k in zip(sizes, kernel))
+        return total
+
+
+@dataclass(frozen=True)
+class CountedTokens:
+    """A token count the model derives from its inputs by a rule of its own, computed by a named counter of
+    :mod:`visattn.families.readers` (:data:`~visattn.families.readers.TOKEN_COUNTERS`; Bria FIBO 2's gist count,
+    from the text length and the config, with diffusers' own function; MiniMax-H3's rows between the text and the
+    grid, from its row indices).
+
+    Attributes:
+        counter: the counter's name.
+    """
+
+    counter: str
+
+    def count(self, family: Family, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Any) -> int | None:
+        from .readers import TOKEN_COUNTERS
+
+        return TOKEN_COUNTERS[self.counter](family, model, args, kwargs, grid)
+
+
+@dataclass(frozen=True)
+class OtherTokens:
+    """Tokens a family's self and joint sequences hold besides the latent grid and the text (pad tokens, gist
+    tokens, history latents), placed so that effects can tell them apart (:attr:`visattn.context.TokenLayout.other`
+    says how each effect treats them).
+
+    Attributes:
+        what: what they are, in words (for messages).
+        position: one of :data:`OTHER_POSITIONS`; several groups at one position sit in the order declared.
+        count: how many there are in one call: :class:`PaddedGrid`, :class:`LatentTokens` or
+            :class:`CountedTokens`; a count that cannot be read (``None``) leaves the call's sequences unplaced.
+    """
+
+    what: str
+    position: str
+    count: PaddedGrid | LatentTokens | CountedTokens
+
+    def __post_init__(self) -> None:
+        if self.position not in OTHER_POSITIONS:
+            raise ValueError(f"OtherTokens.position must be one of {OTHER_POSITIONS}; got {self.position!r}")
 
 
 #: an input and how it carries the batch: one of the kinds above, or the axis of the batch (an int)
@@ -553,7 +651,14 @@ class Family:
             perturbation branch copies rows correctly (:mod:`visattn.denoiser_batch`); every other tensor whose leading
             axis is the batch is copied row by row.
         context_before_grid: self-attention puts context latents before the grid (Helios's history), so the
-            grid is the sequence's last tokens.
+            grid is the sequence's last tokens and every token before it is another token (as :attr:`other_tokens`
+            before the grid, counted from the call's length).
+        other_tokens: tokens the self and joint sequences hold besides the grid and the text, with where they sit
+            and how many there are (:class:`OtherTokens`: HiDream's padding, Bria FIBO 2's gist tokens,
+            Framepack's history latents).
+        joint_one_stream: the joint sequences are one stream where diffusers' context-parallel plan splits them (the
+            model packs every modality into one sequence before the block its plan splits: MiniMax-H3), so a
+            Ulysses call gathers them in sequence order, not stream by stream (``[text_r, image_r]`` per rank).
         one_sample_per_call: the forward takes one sample per call, without a batch axis (Cosmos 3 Omni packs
             one sample's text and vision tokens into one sequence): a perturbation branch runs as its own call.
         opaque_layers: regular expressions of attention modules whose attention visattn cannot take over in the calls
@@ -601,6 +706,8 @@ class Family:
     cfg_formula: str = "uncond_plus"
     batch_inputs: tuple[BatchInput, ...] = ()
     context_before_grid: bool = False
+    other_tokens: tuple[OtherTokens, ...] = ()
+    joint_one_stream: bool = False
     one_sample_per_call: bool = False
     auxiliary_calls: tuple[tuple[str, Any], ...] = ()
     opaque_layers: tuple[str, ...] = ()
@@ -686,7 +793,23 @@ class Family:
             text_length += self.text_extra_tokens + sum(part.length(model, args, kwargs) for part in self.joined_text)
         grid = read_grid(self, model, sample, args, kwargs) if sample is not None else None
         batch_size = sample.shape[0] if sample is not None else 0
-        return DenoiserInputs(batch_size, grid, timestep, text_length, sample=sample)
+        return DenoiserInputs(
+            batch_size, grid, timestep, text_length, self._other_counts(model, args, kwargs, grid), sample
+        )
+
+    def _other_counts(self, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Any) -> tuple[int, int] | None:
+        """The other tokens (:attr:`other_tokens`) before and after the grid in one call, ``None`` if a count
+        cannot be read."""
+        before = after = 0
+        for group in self.other_tokens:
+            count = group.count.count(self, model, args, kwargs, grid)
+            if count is None:
+                return None
+            if group.position == "before_grid":
+                before += count
+            else:
+                after += count
+        return before, after
 
     def scheduler_timestep(self, timestep: float | None) -> float | None:
         """The scheduler's timestep for the timestep the model was called with."""

@@ -10,9 +10,13 @@ from .base import (
     PER_SAMPLE_LIST,
     Argument,
     CallPrefix,
+    CountedTokens,
     Family,
     JoinedText,
+    LatentTokens,
     ModuleConstant,
+    OtherTokens,
+    PaddedGrid,
     PipelineTemplate,
     PromptRecipe,
     TextPart,
@@ -369,6 +373,9 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         # [T5, last Llama layer, this block's Llama layer] after the image, in both stream kinds
         joined_text=(JoinedText(Argument(("encoder_hidden_states_llama3",), 3), axis=2, times=2),),
         text_position="last",
+        # patchify pads a non-square image's tokens to max_seq (config.max_resolution / patch) before the text; the
+        # pad keys are zeroed (hidden_states_masks), not masked, so every query still gives them weight
+        other_tokens=(OtherTokens("pad tokens", "after_grid", PaddedGrid("max_seq")),),
         roles=(("", "joint"),),
         # T5 (tokenizer_3), then Llama 3.1 (tokenizer_4) twice (the last layer's and the block's), each padded to
         # max_sequence_length on its tokenizer's side; CLIP gives only pooled embeddings.
@@ -426,10 +433,19 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         cfg="separate",
         timestep=_timestep(1),
         timestep_divisor=1000.0,
+        # [B, 1 + injection layers, T, D]: the Perceiver's bundle, then one per injection layer, each T tokens
         text=_text(2),
-        text_position="first",  # gist tokens made from the text stand where the text would
-        # The Perceiver makes the gist tokens from the text; injection layers cross-attend to a text bundle; the main
-        # layers attend over [gist, image].
+        text_axis=2,
+        # The Perceiver makes the gist tokens from the text; injection layers cross-attend to a text bundle (the text
+        # effects act there); the main layers attend over [gist, image, context images], no text.
+        other_tokens=(
+            OtherTokens("gist tokens", "before_grid", CountedTokens("bria_fibo2_gists")),
+            OtherTokens(
+                "context image tokens",
+                "after_grid",
+                LatentTokens(Argument(("context_latents",), 4), ("patch_size", "patch_size")),
+            ),
+        ),
         roles=(("^perceiver", "text"), (r"\.cross_attention$", "cross"), (r"^layers\.\d+\.attention$", "joint")),
         # No tokenizer ladder: the main layers' text positions hold gist tokens the Perceiver makes from the whole
         # text, none of which is a word's.

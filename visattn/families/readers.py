@@ -1,7 +1,9 @@
-"""How to read a denoiser's forward call: the latent grid.
+"""How to read a denoiser's forward call: the latent grid, and token counts the model derives by rules of its own.
 
 Most denoisers patchify a latent tensor whose axes the family's ``layout`` names; packed-token models (Flux,
-Qwen-Image, ...) carry the grid in another argument, read by a named reader below (:data:`READERS`).
+Qwen-Image, ...) carry the grid in another argument, read by a named reader below (:data:`READERS`). Counts of
+tokens that are neither grid nor text, where the model computes them by a rule of its own, are named counters
+(:data:`TOKEN_COUNTERS`).
 """
 
 from __future__ import annotations
@@ -242,3 +244,60 @@ def read_grid(family: Family, model: torch.nn.Module, sample: torch.Tensor, args
     if family.grid_reader is not None:
         return READERS[family.grid_reader](family, model, sample, args, kwargs)
     return _spatial(family, model, sample)
+
+
+def bria_fibo2_gists(
+    family: Family, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Grid | None
+) -> int | None:
+    """Bria FIBO 2's gist tokens in one call: diffusers' ``compute_gist_count`` of each row's text length (its valid
+    tokens under ``encoder_attention_mask``) with the model's config. ``None`` when rows get different counts: the
+    model then pads the gist and moves it after the image, a layout visattn leaves unplaced."""
+    try:
+        from diffusers.models.transformers.transformer_bria_fibo2 import compute_gist_count
+    except ImportError:
+        return None
+    text = family.text.read(args, kwargs) if family.text is not None else None
+    if not isinstance(text, torch.Tensor) or text.ndim < 3:
+        return None
+    mask = kwargs.get("encoder_attention_mask", args[3] if len(args) > 3 else None)
+    lengths = mask.sum(dim=1).tolist() if isinstance(mask, torch.Tensor) else [text.shape[2]] * text.shape[0]
+    config = model.config
+    counts = compute_gist_count(
+        lengths,
+        min_gist=config.min_num_gist_tokens,
+        max_gist=config.max_num_gist_tokens,
+        gist_step=config.gist_step,
+        min_text_len=config.gist_min_text_len,
+        max_text_len=config.gist_max_text_len,
+    )
+    return counts[0] if len(set(counts)) == 1 else None
+
+
+def _is_range(indices: Any, start: int, stop: int) -> bool:
+    """Whether ``indices`` (a 1-D tensor) are exactly the rows ``start, ..., stop - 1`` in order."""
+    if not isinstance(indices, torch.Tensor) or indices.ndim != 1 or indices.numel() != stop - start:
+        return False
+    return bool(torch.equal(indices.cpu(), torch.arange(start, stop, dtype=indices.dtype)))
+
+
+def minimax_h3_rows(family: Family, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Grid | None) -> int | None:
+    """MiniMax-H3's rows between the text and the generated video: its forward scatters text, video and audio rows
+    to index positions, and every layout its pipelines build is ``[text | conditioning or reference rows | target
+    audio | target video]``, so the text is the first rows and the grid the last. Counted only when the indices say
+    so (``text_indices`` the first rows, the last grid-many ``video_indices`` the last rows); ``None`` otherwise (the
+    call stays unplaced)."""
+    ids, text, video = kwargs.get("position_ids"), kwargs.get("text_indices"), kwargs.get("video_indices")
+    if grid is None or not isinstance(ids, torch.Tensor) or not isinstance(video, torch.Tensor) or video.ndim != 1:
+        return None
+    length, tokens = ids.shape[0], math.prod(grid)
+    n_text = text.numel() if isinstance(text, torch.Tensor) else -1
+    if not _is_range(text, 0, n_text) or not _is_range(video[-tokens:], length - tokens, length):
+        return None
+    return length - n_text - tokens
+
+
+#: counters of :class:`~visattn.families.base.CountedTokens`, by name
+TOKEN_COUNTERS: dict[str, Callable[..., int | None]] = {
+    "bria_fibo2_gists": bria_fibo2_gists,
+    "minimax_h3_rows": minimax_h3_rows,
+}

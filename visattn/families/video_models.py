@@ -10,10 +10,13 @@ from .base import (
     NOT_BATCHED_INPUT,
     Argument,
     CallPrefix,
+    CountedTokens,
     DiffusersTemplate,
     Family,
     JoinedText,
+    LatentTokens,
     ModuleConstant,
+    OtherTokens,
     PipelineTemplate,
     PromptRecipe,
     TextPart,
@@ -263,8 +266,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
             pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
         ),
     ),
-    # Framepack puts history latents before the video in its joint sequence: the text position does not place it,
-    # so no text is located in its joint calls and a tokenizer ladder would address nothing.
+    # Framepack: joint [history latents (4x, 2x, clean), video, image tokens, text]; the SigLIP image tokens join the
+    # text (as HunyuanVideo 1.5's image-prompt tokens), the history latents are other tokens before the grid.
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
@@ -280,7 +283,20 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         cfg="separate",
         timestep=1,
         text=2,
-        roles=(("^context_embedder", "text"),),
+        joined_text=(JoinedText(Argument(("image_embeds",), 5)),),
+        text_position="last",
+        # HunyuanVideoHistoryPatchEmbed: proj (1, 2, 2), proj_2x (2, 4, 4), proj_4x (4, 8, 8), the 2x and 4x inputs
+        # padded to a multiple of their kernel; packed as [4x, 2x, clean, video]
+        other_tokens=tuple(
+            OtherTokens("history latents", "before_grid", LatentTokens(Argument((name,)), kernel))
+            for name, kernel in (
+                ("latents_history_4x", (4, 8, 8)),
+                ("latents_history_2x", (2, 4, 4)),
+                ("latents_clean", (1, 2, 2)),
+            )
+        ),
+        # single-stream blocks get the latents and the text already concatenated
+        roles=(("^context_embedder", "text"), ("", "joint")),
     ),
     _video(
         "mochi",
@@ -478,9 +494,9 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # umT5 over the prompt as given (no prompt_clean), its valid tokens padded with zeros to config.text_len.
         prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=512),
     ),
-    # MiniMax-H3: packed rows of one [text, audio, video] layout shared by the batch, called with t in [0, 1]
-    # (1 = clean). The audio between text and video leaves its joint sequence unplaced (grid effects refuse it), and
-    # its rows are scattered by index: no text is located, so a tokenizer ladder would address nothing.
+    # MiniMax-H3: packed rows of one [text, conditioning or reference rows, audio, video] layout shared by the batch,
+    # scattered to index positions, called with t in [0, 1] (1 = clean). The rows between the text and the video
+    # (conditioning, references, audio) are other tokens; text effects act on the text rows, grid effects on the video.
     _video(
         "minimax_h3",
         ("MiniMaxH3Transformer3DModel",),
@@ -489,7 +505,11 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="packed",
         grid_reader="video_indices",
         timestep_reversed=True,
-        roles=(("^token_refiner", "text"),),
+        text_position="first",
+        other_tokens=(OtherTokens("audio and conditioning rows", "before_grid", CountedTokens("minimax_h3_rows")),),
+        joint_one_stream=True,  # diffusers' plan splits the packed sequence at the first block
+        # one packed sequence of every modality in each block (no cross-attention anywhere)
+        roles=(("^token_refiner", "text"), ("^transformer_blocks", "joint")),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
     # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks. No

@@ -853,6 +853,7 @@ BRIA_FIBO = TinyDenoiser(
 
 # -------------------------------------------------------------------------------------------------------- Bria Fibo 2
 _FIBO2_H, _FIBO2_W, _FIBO2_T = 4, 6, 8
+_FIBO2_GIST = 4  # gist tokens: fewer than the text's, so that neither count can stand for the other
 
 
 def _bria_fibo2_inputs(batch_size: int) -> dict[str, Any]:
@@ -881,9 +882,9 @@ BRIA_FIBO2 = TinyDenoiser(
         cap_feat_dim=24,
         injection_layer_ids=(1,),
         perceiver_num_layers=1,
-        min_num_gist_tokens=_FIBO2_T,
-        max_num_gist_tokens=_FIBO2_T,
-        gist_step=_FIBO2_T,
+        min_num_gist_tokens=_FIBO2_GIST,
+        max_num_gist_tokens=_FIBO2_GIST,
+        gist_step=_FIBO2_GIST,
         gist_min_text_len=4,
         gist_max_text_len=16,
         axes_dims=(4, 6, 6),
@@ -892,17 +893,17 @@ BRIA_FIBO2 = TinyDenoiser(
     inputs=_bria_fibo2_inputs,
     grid=(1, _FIBO2_H, _FIBO2_W),
     text_tokens=_FIBO2_T,
-    text_position="first",
+    text_position=None,  # the main layers hold gist tokens, not the text (cross-attention reads the text)
     pipeline="BriaFibo2Pipeline",
     notes=(
         "Z-Image-like single stream of [G gist tokens, image] (Nq=Nk=G+HW). Gist tokens are not the text: a "
         "Perceiver (per layer: gist queries cross-attend to text bundle 0, Nq=G, Nk=T, bool key mask [B, 1, 1, T]; "
         "then gist self-attention Nq=Nk=G) makes G = compute_gist_count(valid text lengths) tokens; here "
-        "min=max gist count = T = 8 so G equals text_tokens, in general G != T. When rows get different G, the "
-        "gist goes LAST ([image, gist]) with a bool key mask. noise_refiner: image-only attention (Nq=Nk=HW). "
-        "Injection layers (injection_layer_ids) add gated cross-attention to their text bundle (Nq=G+HW, Nk=T, key "
-        "mask; its zero-initialized cross_attn_gate is seeded by build). context_latents (edit images) append tokens "
-        "after the image."
+        "min=max gist count = 4 != T = 8 (visattn counts G with diffusers' compute_gist_count). When rows get "
+        "different G, the gist goes LAST ([image, gist]) with a bool key mask. noise_refiner: image-only "
+        "attention (Nq=Nk=HW). Injection layers (injection_layer_ids) add gated cross-attention to their text "
+        "bundle (Nq=G+HW, Nk=T, key mask; its zero-initialized cross_attn_gate is seeded by build). "
+        "context_latents (edit images) append tokens after the image."
     ),
 )
 
