@@ -78,6 +78,7 @@ from ..alignment import TokenMap, token_map, word_pairs
 from ..context import BatchLayout, CallContext, StepInfo
 from ..denoiser_batch import prediction_of, with_prediction
 from ..families import Family
+from ..kernels.probabilities import LinearEdit, ProbabilityRead
 from ..steps import in_steps, normalize_steps
 from ..validation import check_weight
 from ..words import PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
@@ -225,6 +226,7 @@ class _Tokens:
     blend_source: tuple[int, ...]
     blend_target: tuple[int, ...]
     _on_device: dict = field(default_factory=dict)
+    _mixes: dict = field(default_factory=dict)
 
     def alpha(self, step: StepInfo) -> torch.Tensor:
         """Per target text position, whether its cross-attention is injected at this step."""
@@ -237,6 +239,17 @@ class _Tokens:
         if device not in self._on_device:
             self._on_device[device] = self.mapping.tensors(device)
         return self._on_device[device]
+
+    def value_mix(
+        self, alpha: torch.Tensor, identity: bool, equalizer: torch.Tensor | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:func:`_edit_text` as a linear map over the text keys, ``edited = source @ mix + target * keep``
+        (``keep`` ``None`` where zero), made once per step pattern and device."""
+        key = (bytes(alpha.tolist()), identity, equalizer is not None, device)
+        if key not in self._mixes:
+            mix, keep = _value_mix(None if identity else self.mapping, alpha, equalizer)
+            self._mixes[key] = (mix.to(device), None if keep is None else keep.to(device))
+        return self._mixes[key]
 
 
 @dataclass
@@ -614,23 +627,32 @@ class PromptToPrompt(Effect):
                 k[edit.pair.target] = call.k[edit.pair.source]
             call.q, call.k = q, k
             return
-        # LocalBlend's maps of this call, [source/target, pairs, image queries], filled chunk by chunk; a backward
-        # recomputation (context parallelism's replay) edits again but collects nothing twice.
-        maps = None
+        # LocalBlend's maps of this call, [source/target, pairs, image queries], read before the edit (the target's
+        # own map of a target word, as the authors store them); a backward recomputation (context parallelism's
+        # replay) edits again but collects nothing twice.
         if plan.collect and not call.replay:
             maps = torch.zeros(2, plan.collect[0].count, image.length, device=call.q.device)
             run = self.run_of(ctx)
+            call.reads.extend(self._blend_reads(ctx, plan, maps))
             call.observers.append(lambda done: self._add_maps(run, maps, ctx))
+        if not plan.edits:
+            return
+        text = ctx.keys.text.as_slice()
+        if (
+            plan.role == "cross"
+            and text == slice(0, call.k.shape[2])
+            and image.as_slice() == slice(0, call.q.shape[2])
+        ):
+            # Cross-attention over text keys alone: the edit is linear over the keys (the authors' mapper einsum,
+            # refinement alphas and equalizer), so the core computes it as attention over mixed values.
+            call.editors.extend(self._linear_edits(plan, call.q.device))
+            return
 
         def edit(probs: torch.Tensor, start: int, stop: int) -> None:
             lo, hi = max(image.start, start), min(image.stop, stop)
             if lo >= hi:
                 return  # rows of text queries are not edited
-            rows = slice(lo - start, hi - start)
-            if maps is not None:
-                # The maps before editing: the target's own map of a target word (as the authors store them).
-                self._collect(probs, rows, ctx, plan, maps[:, :, lo - image.start : hi - image.start])
-            self._edit(probs, rows, ctx, plan)
+            self._edit(probs, slice(lo - start, hi - start), ctx, plan)
 
         call.editors.append(edit)
 
@@ -746,15 +768,31 @@ class PromptToPrompt(Effect):
             run.row_maps.clear()
         run.blend.add_layer(maps, ctx.grid, ctx.input_grid, ctx.layer_name)
 
-    def _collect(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan, out: torch.Tensor) -> None:
-        text = ctx.keys.text
+    def _blend_reads(self, ctx: CallContext, plan: _Plan, maps: torch.Tensor) -> list[ProbabilityRead]:
+        """Reads filling ``maps[side]`` with the head mean of the blend words' summed probabilities, before the edit,
+        for the source (side 0) and the target (side 1) rows of the conditional branch."""
+        text, image = ctx.keys.text, ctx.queries.image.as_slice()
+        reads = []
         for pair in plan.collect:
             for side, (half, positions) in enumerate(
                 ((pair.source, plan.tokens.blend_source), (pair.target, plan.tokens.blend_target))
             ):
                 if positions:
-                    columns = torch.tensor([text.start + p for p in positions], device=probs.device)
-                    out[side] = ctx.mean_over_heads(probs[half, :, rows].index_select(-1, columns).sum(-1))
+                    columns = torch.tensor([text.start + p for p in positions], device=maps.device)
+
+                    def observe(block: torch.Tensor, side: int = side) -> None:
+                        maps[side] = ctx.mean_over_heads(block.sum(-1))
+
+                    reads.append(ProbabilityRead(observe, rows=half, queries=image, keys=columns, before_edits=True))
+        return reads
+
+    def _linear_edits(self, plan: _Plan, device: torch.device) -> list[LinearEdit]:
+        """The plan's cross-attention edits as :class:`~visattn.kernels.LinearEdit` s, one per pair of row halves."""
+        edits = []
+        for edit in plan.edits:
+            mix, keep = plan.tokens.value_mix(edit.alpha, edit.identity, edit.equalizer, device)
+            edits.append(LinearEdit(edit.pair.source, edit.pair.target, mix, keep))
+        return edits
 
     def _edit(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan) -> None:
         if plan.role == "self":
@@ -854,6 +892,33 @@ def _edit_text(
     if equalizer is not None:
         edited = torch.where(alpha, edited * equalizer, edited)
     return edited
+
+
+def _value_mix(
+    mapping: TokenMap | None, alpha: torch.Tensor, equalizer: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(mix, keep)`` with ``_edit_text(source, target, ...) == source @ mix + target * keep`` (``keep`` ``None``
+    where zero).
+
+    The authors' edits are linear over the keys: a word swap is ``source @ mapper`` (``einsum('hpw,bwn->bhpn')``),
+    a refinement ``source[..., mapper] * alphas + target * (1 - alphas)``, each blended with the target by the
+    per-word schedule (``alpha_words``), and a re-weighting multiplies the result by the equalizer where the
+    schedule controls the word. So ``mix[s, t] = mapper[s, t] * active[t] * scale[t]`` and ``keep[t] = (1 -
+    active[t]) * scale[t]``, with ``active`` the injected target tokens and ``scale`` the equalizer where
+    ``alpha`` holds, else one.
+    """
+    length = alpha.shape[0]
+    alpha = alpha.cpu()
+    if mapping is None:  # the unconditional branch: the same text on both sides, token i from token i
+        mapper, active = torch.eye(length), alpha
+    else:
+        source_index, target_index, weight, mapped = mapping.tensors()
+        mapper = torch.zeros(length, length).index_put_((source_index, target_index), weight, accumulate=True)
+        active = alpha & mapped
+    scale = torch.ones(length) if equalizer is None else torch.where(alpha, equalizer.cpu().float(), 1.0)
+    mix = mapper * (active * scale)
+    keep = (~active) * scale
+    return mix, (keep if bool(keep.any()) else None)
 
 
 def _renormalized(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

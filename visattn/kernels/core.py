@@ -41,7 +41,7 @@ from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
 from .patterns import Pattern, ScoreModifier
-from .probabilities import Editor, ProbabilityRead, serve_reads
+from .probabilities import Editor, LinearEdit, ProbabilityRead, linear_edits, serve_reads
 from .request import AttentionRequest, UnsupportedCall
 
 _BACKENDS: dict[str, ModuleType] = {
@@ -344,15 +344,26 @@ def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch
 def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A call with a probability stage (:mod:`visattn.kernels.probabilities`).
 
-    Editors need materialized probabilities: the reference backend runs the call, editors and reads on the same
-    chunks. Reads alone leave the call to any backend (the probability stage does not change the output) and are
-    served once afterwards from its log-sum-exp; measuring backends never runs them twice.
+    Editors linear over the keys (:class:`~visattn.kernels.probabilities.LinearEdit`) move into the values: any
+    backend computes the call as plain attention (:func:`_run_linear_edits`), unless the reference backend is
+    asked for (the materialized oracle). Other editors need materialized probabilities: the reference backend runs
+    the call, editors and reads on the same chunks. Reads alone leave the call to any backend (the probability
+    stage does not change the output) and are served once afterwards from its log-sum-exp; measuring backends never
+    runs them twice.
     """
     if request.editors:
+        linear = linear_edits(request) if backend != reference.NAME else None
+        if linear is not None:
+            out = _run_linear_edits(request, linear, backend)
+            if request.reads:
+                serve_reads(request, request.reads, None)
+            # Edited rows have no logits of their own: an edited call returns no log-sum-exp (as the reference).
+            return out, None
         if backend not in ("auto", reference.NAME):
             raise ValueError(
                 f"backend={backend!r} cannot edit attention probabilities (only the reference backend materializes "
-                "them); use backend='auto' or 'reference'"
+                "them; editors that are LinearEdits without a pattern or score modifier run anywhere); use "
+                "backend='auto' or 'reference'"
             )
         out, lse = reference.run(request)
         return _with_identity_blend(request, out), lse
@@ -363,6 +374,53 @@ def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[tor
     out, lse = run_request(call, backend)
     serve_reads(request, request.reads, lse)
     return out, lse
+
+
+def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], backend: str) -> torch.Tensor:
+    """A call whose editors are linear over the keys, as one plain attention call with mixed values.
+
+    An edit makes the target rows' probabilities ``P_s @ mix + P_t * keep``, so their output is
+    ``attention(q_s, k_s, mix @ v_t) + attention(q_t, k_t, keep * v_t)``: attention with the source rows' queries,
+    keys (and mask rows) over mixed target values, plus the target's own attention over re-weighted values. With
+    ``keep`` zero the target rows take the source rows' queries and keys in place; otherwise the first term is an
+    extra row appended to the batch. The one call runs on ``backend``'s choice for plain attention; the output's
+    identity blend follows, as for any call.
+    """
+    q, k, v, mask = request.q, request.k, request.v, request.attn_mask
+    batch = q.shape[0]
+    per_row_mask = mask is not None and mask.dim() == 4 and mask.shape[0] == batch and batch > 1
+    order = list(range(batch))  # the row whose queries and keys each row of the call attends with
+    values = v.clone()
+    extra_rows: list[int] = []  # the source rows of appended rows
+    extra_values, extra_targets = [], []
+    for edit in edits:
+        mixed = edit.mixed_values(v)
+        if edit.keep is None:
+            order[edit.target] = range(edit.source.start, edit.source.stop)
+            values[edit.target] = mixed
+        else:
+            values[edit.target] = v[edit.target] * edit.keep.to(device=v.device, dtype=v.dtype).view(-1, 1)
+            extra_rows += range(edit.source.start, edit.source.stop)
+            extra_values.append(mixed)
+            extra_targets += range(edit.target.start, edit.target.stop)
+    rows = order + extra_rows
+    index = None if rows == list(range(batch)) else torch.tensor(rows, device=q.device)
+    call = dataclasses.replace(
+        request,
+        q=q if index is None else q.index_select(0, index),
+        k=k if index is None else k.index_select(0, index),
+        v=torch.cat([values, *extra_values]) if extra_values else values,
+        attn_mask=mask.index_select(0, index.to(mask.device)) if per_row_mask and index is not None else mask,
+        identity_blend=None,
+        return_lse=False,
+        editors=(),
+        reads=(),
+    )
+    out, _ = run_request(call, backend)
+    if extra_targets:
+        # Out of place: the backend may keep its output for the backward pass.
+        out = out[:batch].index_add(0, torch.tensor(extra_targets, device=out.device), out[batch:])
+    return _with_identity_blend(request, out)
 
 
 #: blends up to this many weights are checked in Python (per-head blends); larger ones (per token) with tensor ops
