@@ -186,3 +186,23 @@ def test_linear_edit_rejects_rows_and_shapes_that_do_not_fit():
         LinearEdit(slice(0, 1), slice(1, 2), torch.ones(3, 2))
     with pytest.raises(ValueError, match="LinearEdit.keep must be a vector of 3 keys"):
         LinearEdit(slice(0, 1), slice(1, 2), mix, torch.ones(2))
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["replaced", "kept"])
+def test_a_linear_edit_has_the_edited_attentions_gradients(keep):
+    q, k, v, generator = linear_call()
+    edit = random_edit(generator, keep=keep)
+
+    def edited_by_hand(q, k, v):
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+        edited = probs.clone()
+        edited[2:4] = torch.matmul(probs[0:2], edit.mix) + (probs[2:4] * edit.keep if keep else 0)
+        return torch.matmul(edited, v)
+
+    grads = []
+    for run in (lambda *x: attention(*x, editors=[edit]), edited_by_hand):
+        inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+        run(*inputs).square().sum().backward()
+        grads.append([x.grad for x in inputs])
+    for fast, by_hand in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, by_hand, rtol=1e-5, atol=1e-5)

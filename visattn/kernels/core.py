@@ -377,22 +377,22 @@ def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[tor
 
 
 def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], backend: str) -> torch.Tensor:
-    """A call whose editors are linear over the keys, as one plain attention call with mixed values.
+    """A call whose editors are linear over the keys, as plain attention over mixed values.
 
     An edit makes the target rows' probabilities ``P_s @ mix + P_t * keep``, so their output is
-    ``attention(q_s, k_s, mix @ v_t) + attention(q_t, k_t, keep * v_t)``: attention with the source rows' queries,
-    keys (and mask rows) over mixed target values, plus the target's own attention over re-weighted values. With
-    ``keep`` zero the target rows take the source rows' queries and keys in place; otherwise the first term is an
-    extra row appended to the batch. The one call runs on ``backend``'s choice for plain attention; the output's
-    identity blend follows, as for any call.
+    ``attention(q_s, k_s, mix @ v_t) + attention(q_t, k_t, keep * v_t)``. With ``keep`` zero (a word swap, a
+    re-weighting) the target rows take the source rows' queries and keys in the call itself, whose batch keeps its
+    size. Otherwise (a refinement's added words) the target rows keep their own queries and keys over re-weighted
+    values, and a second call of the source rows over the mixed values is added to them: two calls rather than one
+    with appended rows, so the queries, the largest tensor of a cross-attention call, are never copied. The calls
+    run on ``backend``'s choice for plain attention; the output's identity blend follows, as for any call.
     """
     q, k, v, mask = request.q, request.k, request.v, request.attn_mask
     batch = q.shape[0]
-    per_row_mask = mask is not None and mask.dim() == 4 and mask.shape[0] == batch and batch > 1
     order = list(range(batch))  # the row whose queries and keys each row of the call attends with
     values = v.clone()
-    extra_rows: list[int] = []  # the source rows of appended rows
-    extra_values, extra_targets = [], []
+    sources: list[int] = []  # the rows attending over mixed values apart, and the rows their output is added to
+    mixed_values, targets = [], []
     for edit in edits:
         mixed = edit.mixed_values(v)
         if edit.keep is None:
@@ -400,26 +400,34 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
             values[edit.target] = mixed
         else:
             values[edit.target] = v[edit.target] * edit.keep.to(device=v.device, dtype=v.dtype).view(-1, 1)
-            extra_rows += range(edit.source.start, edit.source.stop)
-            extra_values.append(mixed)
-            extra_targets += range(edit.target.start, edit.target.stop)
-    rows = order + extra_rows
-    index = None if rows == list(range(batch)) else torch.tensor(rows, device=q.device)
-    call = dataclasses.replace(
-        request,
-        q=q if index is None else q.index_select(0, index),
-        k=k if index is None else k.index_select(0, index),
-        v=torch.cat([values, *extra_values]) if extra_values else values,
-        attn_mask=mask.index_select(0, index.to(mask.device)) if per_row_mask and index is not None else mask,
-        identity_blend=None,
-        return_lse=False,
-        editors=(),
-        reads=(),
+            sources += range(edit.source.start, edit.source.stop)
+            mixed_values.append(mixed)
+            targets += range(edit.target.start, edit.target.stop)
+    plain = dict(identity_blend=None, return_lse=False, editors=(), reads=())
+    out, _ = run_request(
+        dataclasses.replace(
+            request,
+            q=_rows(q, order, batch),
+            k=_rows(k, order, batch),
+            v=values,
+            attn_mask=_rows(mask, order, batch),
+            **plain,
+        ),
+        backend,
     )
-    out, _ = run_request(call, backend)
-    if extra_targets:
-        # Out of place: the backend may keep its output for the backward pass.
-        out = out[:batch].index_add(0, torch.tensor(extra_targets, device=out.device), out[batch:])
+    if sources:
+        mixed_call = dataclasses.replace(
+            request,
+            q=_rows(q, sources, batch),
+            k=_rows(k, sources, batch),
+            v=torch.cat(mixed_values),
+            attn_mask=_rows(mask, sources, batch),
+            **plain,
+        )
+        added, _ = run_request(mixed_call, backend)
+        index = torch.tensor(targets, device=out.device)
+        # In place only without autograd: a backend may keep its output for the backward pass.
+        out = out.index_add(0, index, added) if out.requires_grad else out.index_add_(0, index, added)
     return _with_identity_blend(request, out)
 
 
@@ -457,11 +465,16 @@ def _identity_rows(request: AttentionRequest) -> list[bool] | None:
     return whole if any(whole) else None
 
 
-def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor, batch: int) -> torch.Tensor | None:
-    """Rows ``rows`` of ``x`` along the batch axis, where ``x`` has one (a mask may broadcast over it)."""
+def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor | list[int], batch: int) -> torch.Tensor | None:
+    """Rows ``rows`` of ``x`` along the batch axis, where ``x`` has one (a mask may broadcast over it); a list of
+    rows in a row is a view."""
     if x is None or x.dim() < 4 or x.shape[0] != batch:
         return x
-    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+    if isinstance(rows, list):
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return x if len(rows) == batch else x[rows[0] : rows[0] + len(rows)]
+        rows = torch.tensor(rows, device=x.device)
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows.to(x.device))
 
 
 def _run_without_identity_rows(request: AttentionRequest, whole: list[bool], backend: str) -> torch.Tensor:
