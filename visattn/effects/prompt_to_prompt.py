@@ -275,7 +275,7 @@ class _Run:
 
     #: the local blend's maps and mask (``None`` without a blend)
     blend: BlendRun | None = None
-    #: the prompts' token positions per ``(id(pipeline), text length)``
+    #: the prompts' token positions per ``(id(pipeline), text length)`` (``(0, length)`` for PromptTokens)
     tokens: dict[tuple[int, int], _Tokens] = field(default_factory=dict)
     #: the branch sets seen at step 0 of this generation (a set seen again starts a new generation)
     seen_at_start: set[tuple[str, ...]] = field(default_factory=set)
@@ -693,6 +693,7 @@ class PromptToPrompt(Effect):
     def _resolve(self, length: int, ctx: CallContext) -> _Tokens:
         """The prompts' token positions for a text sequence of ``length`` (cached)."""
         pipe = ctx.denoiser.pipeline if ctx.denoiser is not None else None
+        cache = self.run_of(ctx).tokens
         if isinstance(self.source, PromptTokens):
             # Positions given: no tokenizer needed (a denoiser called by hand, or a family without a ladder).
             if self.source.length != length:
@@ -700,13 +701,15 @@ class PromptToPrompt(Effect):
                     f"PromptToPrompt: this attention call has {length} text tokens, but the PromptTokens given "
                     f"describe a text sequence of {self.source.length}"
                 )
-            return self._tokens_for(self.source, self.target, length)
+            key = (0, length)  # the same positions for every pipeline
+            if key not in cache:
+                cache[key] = self._tokens_for(self.source, self.target, length)
+            return cache[key]
         if pipe is None:
             raise ValueError(
                 "PromptToPrompt needs the pipeline's tokenizers to find the words: attach it to the pipeline "
                 "(visattn.attach(pipe, p2p)), not to the denoiser alone"
             )
-        cache = self.run_of(ctx).tokens
         key = (id(pipe), length)
         if key in cache:
             return cache[key]
