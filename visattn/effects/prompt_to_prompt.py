@@ -637,8 +637,11 @@ class PromptToPrompt(Effect):
             call.observers.append(lambda done: self._add_maps(run, maps, ctx))
         if not plan.edits:
             return
-        text = ctx.keys.text.as_slice()
-        if plan.role == "cross" and text == slice(0, call.k.shape[2]) and image.as_slice() == slice(0, call.q.shape[2]):
+        if (
+            plan.role == "cross"
+            and ctx.keys.text.as_slice() == slice(0, call.k.shape[2])
+            and image.as_slice() == slice(0, call.q.shape[2])
+        ):
             # Cross-attention over text keys alone: the edit is linear over the keys (the authors' mapper einsum,
             # refinement alphas and equalizer), so the core computes it as attention over mixed values.
             call.editors.extend(self._linear_edits(plan, call.q.device))
