@@ -489,6 +489,73 @@ def test_unet_cross_attention_edits_run_as_attention_over_mixed_values_and_match
             assert (fast_side[word] - slow_side[word]).abs().max() <= 1e-6
 
 
+class BeforeAndAfter(visattn.Effect):
+    """Attached after the edit: each cross call's whole probabilities before the edit and as the output used them."""
+
+    roles = ("cross",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
+
+    def apply(self, call):
+        seen = {"ctx": call.ctx}
+        call.reads.append(ProbabilityRead(lambda block: seen.update(before=block), before_edits=True))
+        call.reads.append(ProbabilityRead(lambda block: seen.update(after=block)))
+        self.calls.append(seen)
+
+
+@pytest.mark.parametrize("mode", ["replace", "refine"])
+def test_cross_edits_are_the_authors_formulas(mode):
+    """The target's edited cross-attention is the authors' (google/prompt-to-prompt, ``AttentionControlEdit``):
+    ``new * alpha_words + (1 - alpha_words) * P_tgt`` with ``new`` the word swap's ``einsum(P_src, mapper)`` or the
+    refinement's ``P_src[..., mapper] * alphas + P_tgt * (1 - alphas)``, times the ``AttentionReweight`` equalizer,
+    and a word with a shorter schedule (``"red"``: the first step) left to the target after it."""
+    source, target = ("a red cat", "a red dog") if mode == "replace" else ("a red cat", "a red fluffy cat")
+    weights = {"dog": 2.0} if mode == "replace" else {"fluffy": 2.0, "cat": 0.5}
+    p2p = PromptToPrompt(source, target, mode=mode, cross_steps={"default": 1.0, "red": 0.4}, weights=weights)
+    probe = BeforeAndAfter()
+    edit("unet", p2p, probe)
+    pipe = pipeline("unet")
+    src, tgt = prompt_tokens(pipe, source), prompt_tokens(pipe, target)
+    mapping = token_map(src, tgt, word_pairs(src.words, tgt.words, mode))
+    mapper = torch.zeros(mapping.length, mapping.length)
+    for s, t, w in zip(mapping.source_index, mapping.target_index, mapping.weight, strict=True):
+        mapper[s, t] += w
+    alphas = torch.tensor(mapping.mapped, dtype=torch.float32)  # refinement: 1 where a source token maps
+    equalizer = torch.ones(mapping.length)
+    for word, scale in weights.items():
+        equalizer[list(tgt.positions(word))] = scale
+    assert {seen["ctx"].step.index for seen in probe.calls} == {0, 1}
+    for seen in probe.calls:
+        alpha_words = torch.ones(mapping.length)
+        if seen["ctx"].step.index > 0:  # int((2 + 1) * 0.4) = 1: "red" is controlled at step 0 only
+            alpha_words[list(tgt.positions("red"))] = 0.0
+        before_source, before_target = cond_halves(seen["ctx"], seen["before"])
+        if mode == "replace":
+            new = torch.einsum("bhpw,wn->bhpn", before_source, mapper)
+        else:
+            new = torch.einsum("bhpw,wn->bhpn", before_source, mapper) * alphas + before_target * (1 - alphas)
+        new = new * equalizer
+        expected = new * alpha_words + (1 - alpha_words) * before_target
+        after_source, after_target = cond_halves(seen["ctx"], seen["after"])
+        assert torch.equal(after_source, before_source)
+        torch.testing.assert_close(after_target, expected, rtol=1e-5, atol=1e-7)
+        uncond = seen["ctx"].batch.rows("uncond")
+        assert torch.equal(seen["after"][uncond], seen["before"][uncond])
+
+
+def test_the_source_rows_are_a_plain_generation_of_both_prompts_bit_for_bit():
+    """No edited call of the UNet materializes probabilities (cross edits over mixed values, self injection with the
+    source's queries and keys), so the source rows are the stock computation of the same batch, bit for bit."""
+    p2p = PromptToPrompt.refine("a red cat", "a red fluffy cat", self_steps=1.0, weights={"fluffy": 2.0})
+    edited = edit("unet", p2p, output_type="latent")
+    pipe = pipeline("unet")
+    plain_latents = pipe(**call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent"))[0]
+    assert torch.equal(edited[0], plain_latents[0])
+    assert not torch.equal(edited[1], plain_latents[1])
+
+
 def test_joint_attention_edits_stay_materialized():
     """In a joint call the edited text block is renormalized against the image block (a ratio of sums, not linear
     over the keys): SD3's edits run on the reference backend's materialized probabilities."""

@@ -31,7 +31,8 @@ How it maps onto visattn
   the source rows' initial latents, whatever generator the call gets (or none): attached to a pipeline, it wraps
   the pipeline's ``prepare_latents`` until detach (:meth:`PromptToPrompt.prepare_pipeline`). With
   :meth:`PromptToPrompt.generator` (one identically seeded generator per row) the source rows are exactly a
-  plain generation with that seed (up to float rounding of a larger batch and of the materialized attention).
+  plain generation with that seed (up to float rounding of a larger batch, and of the materialized attention in
+  joint calls).
   At the first step the effect checks that the rows agree and raises a ValueError otherwise (a denoiser driven
   by hand with different noise per row), since an edit from different noise is silently meaningless.
 * Cross-attention (SD 1.x/2.x, SDXL, PixArt, Wan: role ``"cross"``) is edited as in the paper; rows are not
@@ -51,16 +52,26 @@ How it maps onto visattn
 * Composition. The edit is an editor of the attention core's probability stage
   (:mod:`visattn.kernels.probabilities`): the core computes the call with every other effect's pattern, score
   modifier, attention mask and identity blend, in whatever order the effects were given, and the edit changes
-  the softmax's probabilities of each query chunk before they weight the values; reads of the same call
-  (:class:`~visattn.effects.AttentionMaps`) see the edited probabilities. Calls outside every window are not
-  touched.
+  the softmax's probabilities before they weight the values; reads of the same call
+  (:class:`~visattn.effects.AttentionMaps`) see the edited probabilities, and the local blend reads the
+  probabilities before the edit (as the authors' ``AttentionStore`` stores them). Calls outside every window are
+  not touched.
+* Speed. In cross-attention over text keys the edit is linear over the keys: target token ``t`` receives
+  ``sum_s mapper[s, t] * P_src[s]`` where it is injected, its own ``P_tgt[t]`` otherwise, times the equalizer
+  where the schedule controls it. It is handed to the core as a :class:`~visattn.kernels.LinearEdit` (one per
+  pair of row halves), which computes it as attention over mixed values, ``attention(q_src, k_src, mix @ v_tgt)``
+  (plus ``attention(q_tgt, k_tgt, keep * v_tgt)`` where target tokens keep their own maps: a refinement's added
+  words, a word's shorter schedule), on any backend and without materializing probabilities, unless another
+  effect adds a pattern or score modifier to the call. Joint attention's edit renormalizes the image block
+  against the edited text block, which is not linear, so joint calls (and cross calls with keys besides the
+  text) edit materialized probabilities on the reference backend, chunk by chunk.
 * Per-row processors. A processor that calls attention once per batch row (Mochi) never puts a source and its
   target in one call: the layer hook keeps each source row's queries, keys and values until its target row's call
   in the same layer call, and answers that call with the pair (``pairs_rows``), using only the target's output.
   The source rows' own calls stay plain; the kept rows are released when the layer call ends. A family that takes
   one sample per call (Cosmos 3 Omni: source and target are separate denoiser calls) is refused at attach.
-* Memory: an edited call materializes its probabilities chunk by chunk (``batch x heads x 1024 queries x keys``
-  floats at a time; the authors' code holds them all).
+* Memory: a materialized edit (joint attention) holds its probabilities chunk by chunk (``batch x heads x 1024
+  queries x keys`` floats at a time; the authors' code holds them all); a cross-attention edit holds none.
 """
 
 from __future__ import annotations

@@ -467,7 +467,7 @@ def _identity_rows(request: AttentionRequest) -> list[bool] | None:
 
 def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor | list[int], batch: int) -> torch.Tensor | None:
     """Rows ``rows`` of ``x`` along the batch axis, where ``x`` has one (a mask may broadcast over it); a list of
-    rows in a row is a view."""
+    consecutive rows gives a view, no copy."""
     if x is None or x.dim() < 4 or x.shape[0] != batch:
         return x
     if isinstance(rows, list):

@@ -23,9 +23,10 @@ become ``P[source] @ mix + P[target] * keep``, a linear map over the key axis (P
 refinement and re-weighting of cross-attention are all of this form: the authors' ``mapper`` einsum, the
 ``alphas`` blend of a refinement, the equalizer). Since ``P' v = P[source] (mix v) + P[target] (keep * v)``, the
 edit moves into the values and the call needs no materialized probabilities: the core computes it as plain
-attention (:func:`linear_edit_call`) on any backend, in one call whose batch holds the target rows with the source
-rows' queries and keys and mixed values (``keep`` zero), or, when ``keep`` is not zero, one extra row per edited
-row (the source's queries and keys with the mixed values, added to the target's own attention of ``keep * v``).
+attention (``visattn.kernels.core._run_linear_edits``) on any backend, in one call whose batch holds the target
+rows with the source rows' queries and keys over mixed values (``keep`` zero), or, when ``keep`` is not zero, the
+call with the target rows over ``keep * v`` plus a second call of the source rows over the mixed values, added to
+the target rows.
 The reference backend still runs the edit materialized (``LinearEdit.__call__``): it is the oracle the fast form is
 tested against. The core takes the fast form when every editor is a ``LinearEdit``, no edited row is another
 edit's source, and the call has no pattern or score modifier (whose ``mask_mod``/``score_mod`` may read the batch
