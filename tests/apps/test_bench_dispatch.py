@@ -32,9 +32,13 @@ def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(vi
         assert r.ratio_min == pytest.approx(r.visattn_min_us / r.baseline_min_us)
         assert r.paired_ratio > 0
     # The comparison is fair only when both sides compute the same thing: PAG and SEG give the same layer output
-    # as diffusers' PAG processor and the plain blur, AttentionMaps the same output and maps.
-    for r in layers[:3]:
+    # as diffusers' PAG processor and the plain blur, AttentionMaps the same output and maps, P2P's layer the same
+    # unedited rows (its edited row agrees with the edit materialized on the reference backend).
+    for r in layers[:4]:
         assert r.max_abs_diff <= 1e-5, r
+    p2p_layer = layers[3]
+    assert p2p_layer.variant == "P2P (layer)" and p2p_layer.extra["edit_vs_materialized"] <= 1e-5
+    assert p2p_layer.extra["materialized_us"] > 0 and p2p_layer.extra["materialized_paired_ratio"] > 0
     assert "PAGCFGIdentitySelfAttnProcessor2_0" in layers[0].baseline
     assert "batch-2" in layers[-1].baseline
     assert "Per layer" in video_report.markdown() and "| PAG (layer) |" in video_report.markdown()

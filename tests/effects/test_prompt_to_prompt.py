@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 
@@ -14,7 +15,8 @@ import visattn
 from visattn.alignment import TokenMap, align_words, token_map, word_pairs
 from visattn.attachment import layer_roles
 from visattn.effects import AttentionMaps, LocalBlend, PerturbedAttentionGuidance, PromptToPrompt
-from visattn.kernels import ProbabilityRead
+from visattn.kernels import ProbabilityRead, run_request
+from visattn.kernels.probabilities import linear_edits
 from visattn.tiny import TINY_PIPELINES, call_kwargs, tiny_pipeline
 from visattn.words import prompt_tokens
 
@@ -432,6 +434,164 @@ def test_editing_the_unconditional_branch_is_optional():
     for ctx, probs in probe.calls:
         uncond = probs[ctx.batch.rows("uncond")]
         assert torch.equal(uncond[0], uncond[1])
+
+
+# --- the edit as attention over mixed values ----------------------------------------------------------------------
+
+
+class OracleProbe(visattn.Effect):
+    """Attached after the edit: every edited call's output and probabilities (final, and before the edit) against the
+    reference backend's materialized edit of the same call, on the same inputs."""
+
+    roles = ("cross", "joint")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.records = []
+
+    def apply(self, call):
+        if not call.editors:
+            return
+        seen, oracle = {}, {}
+
+        def reads(into):
+            return (
+                ProbabilityRead(lambda block: into.update(final=block)),
+                ProbabilityRead(lambda block: into.update(before=block), before_edits=True),
+            )
+
+        call.reads.extend(reads(seen))
+
+        def check(done):
+            request = dataclasses.replace(done.request(), reads=reads(oracle))
+            out, _ = run_request(request, "reference")
+            fast = linear_edits(request) is not None
+            diffs = [(a - b).abs().max().item() for a, b in ((done.output, out), *((seen[n], oracle[n]) for n in seen))]
+            self.records.append((done.ctx.role, fast, max(diffs)))
+
+        call.observers.append(check)
+
+
+FAST_PATH_EDITS = {
+    "replace": lambda: PromptToPrompt.replace(
+        "a red cat", "a blue dog", local_blend=LocalBlend(["cat", "dog"], threshold=0.3)
+    ),
+    "refine": lambda: PromptToPrompt.refine(
+        "a red cat", "a red fluffy cat", local_blend=LocalBlend(["fluffy", "cat"], threshold=0.3)
+    ),
+    "reweight": lambda: PromptToPrompt.reweight(
+        "a red cat", {"red": 3.0, "cat": 0.5}, local_blend=LocalBlend(["red"], threshold=0.3)
+    ),
+    "replace+reweight": lambda: PromptToPrompt.replace(
+        "a red cat",
+        "a blue cat",
+        weights={"blue": 2.0},
+        cross_steps={"default": 0.8, "cat": 0.4},
+        local_blend=LocalBlend(["blue"], threshold=0.3),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(FAST_PATH_EDITS))
+def test_unet_cross_attention_edits_run_as_attention_over_mixed_values_and_match_the_materialized_edit(kind):
+    """Word swap, refinement, re-weighting and a swap with re-weighting, observed by LocalBlend and AttentionMaps:
+    every edited cross-attention call takes the fast form, whose output and probabilities (the maps' and the local
+    blend's reads) equal the reference backend's materialized edit of the same call."""
+    probe = OracleProbe()
+    p2p = FAST_PATH_EDITS[kind]()
+    blend = p2p.local_blend
+    maps = AttentionMaps(words=["cat"], prompt=p2p.prompts)
+    fast = edit("unet", p2p, maps, probe, output_type="latent")
+    assert probe.records and all(role == "cross" and linear for role, linear, _ in probe.records)
+    assert max(diff for _, _, diff in probe.records) <= 2e-6
+    # The whole generation on the reference backend (every call materialized, rounding apart from SDPA's): the same
+    # latents up to that rounding, maps and local-blend mask.
+    fast_maps, fast_mask = maps.maps(), blend.mask.clone()
+    pipe = pipeline("unet")
+    maps.reset()
+    with visattn.attach(pipe, p2p, maps, backend="reference"):
+        slow = pipe(**call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent"))[0]
+    assert (fast - slow).abs().max() <= 1e-4 * slow.abs().max()
+    assert torch.equal(fast_mask, blend.mask)
+    for fast_side, slow_side in zip(fast_maps, maps.maps(), strict=True):
+        for word in fast_side:
+            assert (fast_side[word] - slow_side[word]).abs().max() <= 1e-6
+
+
+class BeforeAndAfter(visattn.Effect):
+    """Attached after the edit: each cross call's whole probabilities before the edit and as the output used them."""
+
+    roles = ("cross",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
+
+    def apply(self, call):
+        seen = {"ctx": call.ctx}
+        call.reads.append(ProbabilityRead(lambda block: seen.update(before=block), before_edits=True))
+        call.reads.append(ProbabilityRead(lambda block: seen.update(after=block)))
+        self.calls.append(seen)
+
+
+@pytest.mark.parametrize("mode", ["replace", "refine"])
+def test_cross_edits_are_the_authors_formulas(mode):
+    """The target's edited cross-attention is the authors' (google/prompt-to-prompt, ``AttentionControlEdit``):
+    ``new * alpha_words + (1 - alpha_words) * P_tgt`` with ``new`` the word swap's ``einsum(P_src, mapper)`` or the
+    refinement's ``P_src[..., mapper] * alphas + P_tgt * (1 - alphas)``, times the ``AttentionReweight`` equalizer,
+    and a word with a shorter schedule (``"red"``: the first step) left to the target after it."""
+    source, target = ("a red cat", "a red dog") if mode == "replace" else ("a red cat", "a red fluffy cat")
+    weights = {"dog": 2.0} if mode == "replace" else {"fluffy": 2.0, "cat": 0.5}
+    p2p = PromptToPrompt(source, target, mode=mode, cross_steps={"default": 1.0, "red": 0.4}, weights=weights)
+    probe = BeforeAndAfter()
+    edit("unet", p2p, probe)
+    pipe = pipeline("unet")
+    src, tgt = prompt_tokens(pipe, source), prompt_tokens(pipe, target)
+    mapping = token_map(src, tgt, word_pairs(src.words, tgt.words, mode))
+    mapper = torch.zeros(mapping.length, mapping.length)
+    for s, t, w in zip(mapping.source_index, mapping.target_index, mapping.weight, strict=True):
+        mapper[s, t] += w
+    alphas = torch.tensor(mapping.mapped, dtype=torch.float32)  # refinement: 1 where a source token maps
+    equalizer = torch.ones(mapping.length)
+    for word, scale in weights.items():
+        equalizer[list(tgt.positions(word))] = scale
+    assert {seen["ctx"].step.index for seen in probe.calls} == {0, 1}
+    for seen in probe.calls:
+        alpha_words = torch.ones(mapping.length)
+        if seen["ctx"].step.index > 0:  # int((2 + 1) * 0.4) = 1: "red" is controlled at step 0 only
+            alpha_words[list(tgt.positions("red"))] = 0.0
+        before_source, before_target = cond_halves(seen["ctx"], seen["before"])
+        if mode == "replace":
+            new = torch.einsum("bhpw,wn->bhpn", before_source, mapper)
+        else:
+            new = torch.einsum("bhpw,wn->bhpn", before_source, mapper) * alphas + before_target * (1 - alphas)
+        new = new * equalizer
+        expected = new * alpha_words + (1 - alpha_words) * before_target
+        after_source, after_target = cond_halves(seen["ctx"], seen["after"])
+        assert torch.equal(after_source, before_source)
+        torch.testing.assert_close(after_target, expected, rtol=1e-5, atol=1e-7)
+        uncond = seen["ctx"].batch.rows("uncond")
+        assert torch.equal(seen["after"][uncond], seen["before"][uncond])
+
+
+def test_the_source_rows_are_a_plain_generation_of_both_prompts_bit_for_bit():
+    """No edited call of the UNet materializes probabilities (cross edits over mixed values, self injection with the
+    source's queries and keys), so the source rows are the stock computation of the same batch, bit for bit."""
+    p2p = PromptToPrompt.refine("a red cat", "a red fluffy cat", self_steps=1.0, weights={"fluffy": 2.0})
+    edited = edit("unet", p2p, output_type="latent")
+    pipe = pipeline("unet")
+    plain_latents = pipe(**call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent"))[0]
+    assert torch.equal(edited[0], plain_latents[0])
+    assert not torch.equal(edited[1], plain_latents[1])
+
+
+def test_joint_attention_edits_stay_materialized():
+    """In a joint call the edited text block is renormalized against the image block (a ratio of sums, not linear
+    over the keys): SD3's edits run on the reference backend's materialized probabilities."""
+    probe = OracleProbe()
+    edit("sd3", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0), probe)
+    assert probe.records and all(role == "joint" and not linear for role, linear, _ in probe.records)
+    assert max(diff for _, _, diff in probe.records) == 0.0
 
 
 # --- errors ----------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import BandPattern, HeadScale
 
-from visattn.kernels import ProbabilityRead, attention
+from visattn.kernels import LinearEdit, ProbabilityRead, attention
 from visattn.kernels.backends import reference
 
 
@@ -90,3 +90,119 @@ def test_fully_masked_queries_read_zeros_not_nan():
     seen = []
     attention(q, k, v, attn_mask=mask, reads=[ProbabilityRead(seen.append)])
     assert torch.isfinite(seen[0]).all() and not seen[0][:, :, 4].any()
+
+
+# --- editors linear over the keys ------------------------------------------------------------------------------------
+
+
+def linear_call(batch=4, heads=2, n_q=12, n_k=7, dim=8, seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, n_q, dim, generator=generator)
+    k, v = (torch.randn(batch, heads, n_k, dim, generator=generator) for _ in range(2))
+    return q.to(dtype), k.to(dtype), v.to(dtype), generator
+
+
+def random_edit(generator, n_k=7, keep=True, source=slice(0, 2), target=slice(2, 4)):
+    mix = torch.rand(n_k, n_k, generator=generator) * (torch.rand(n_k, n_k, generator=generator) > 0.5)
+    return LinearEdit(source, target, mix, torch.rand(n_k, generator=generator) if keep else None)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["replaced", "kept"])
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_a_linear_edit_runs_as_attention_over_mixed_values_like_the_materialized_edit(keep, backend, monkeypatch):
+    q, k, v, generator = linear_call()
+    edit = random_edit(generator, keep=keep)
+    expected = attention(q, k, v, editors=[edit], backend="reference")
+    # The oracle by hand: the edited probabilities weight the values.
+    probs = softmax_reference(q, k, v)
+    probs[2:4] = torch.matmul(probs[0:2], edit.mix) + (probs[2:4] * edit.keep if keep else 0)
+    torch.testing.assert_close(expected, torch.matmul(probs, v), rtol=0, atol=2e-6)
+    materialized = []
+    monkeypatch.setattr(reference, "run", lambda request: materialized.append(request) or None)
+    out = attention(q, k, v, editors=[edit], backend=backend)
+    assert not materialized  # no backend materialized the probabilities
+    assert (out - expected).abs().max() <= 2e-6
+
+
+def test_linear_edits_compose_with_a_per_row_mask_an_identity_blend_and_reads():
+    q, k, v, generator = linear_call(n_q=7)
+    edits = [random_edit(generator), random_edit(generator, keep=False, source=slice(0, 1), target=slice(4, 5))]
+    q, k, v = (torch.cat([x, x[:1]]) for x in (q, k, v))  # a fifth row, replaced by row 0's edit
+    mask = torch.rand(5, 1, 7, 7, generator=generator) > 0.3
+    mask[..., 0] = True  # every query attends to some key
+    blend = torch.rand(5, 2, 1, 1, generator=generator)
+    keys = torch.tensor([1, 4, 6])
+
+    def run(backend):
+        seen = {}
+        reads = [
+            ProbabilityRead(lambda block: seen.update(final=block), rows=slice(1, 5), queries=slice(2, 6), keys=keys),
+            ProbabilityRead(lambda block: seen.update(before=block), rows=slice(2, 4), before_edits=True),
+        ]
+        out = attention(q, k, v, attn_mask=mask, identity_blend=blend, editors=edits, reads=reads, backend=backend)
+        return out, seen
+
+    out, seen = run("auto")
+    expected, oracle = run("reference")
+    assert (out - expected).abs().max() <= 2e-6
+    assert (seen["final"] - oracle["final"]).abs().max() <= 1e-6
+    assert (seen["before"] - oracle["before"]).abs().max() <= 1e-6
+    # Before the edits is the softmax itself (no blend); the final block is edited and blended.
+    unedited = softmax_reference(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(seen["before"], unedited[2:4], rtol=0, atol=1e-6)
+    assert (seen["final"] - unedited[1:5, :, 2:6][..., keys]).abs().max() > 1e-2
+
+
+def test_linear_edits_the_core_cannot_sum_fall_back_to_the_materialized_edit(monkeypatch):
+    q, k, v, generator = linear_call()
+    chained = [random_edit(generator, source=slice(0, 1), target=slice(1, 2)), random_edit(generator)]
+    mixed_kinds = [random_edit(generator), lambda probs, start, stop: None]
+    materialized = []
+    original = reference.run
+    monkeypatch.setattr(reference, "run", lambda request: materialized.append(request) or original(request))
+    for editors, kwargs in ((chained, {}), (mixed_kinds, {}), ([random_edit(generator)], {"pattern": BandPattern(3)})):
+        materialized.clear()
+        out = attention(q, k, v, editors=editors, **kwargs)
+        assert len(materialized) == 1  # the reference backend ran the call, edits and all
+        torch.testing.assert_close(out, attention(q, k, v, editors=editors, backend="reference", **kwargs))
+
+
+def test_a_linear_edit_in_half_precision_stays_close_to_the_fp32_oracle():
+    q, k, v, generator = linear_call(dtype=torch.bfloat16)
+    edit = random_edit(generator)
+    out = attention(q, k, v, editors=[edit])
+    assert out.dtype == torch.bfloat16
+    expected = attention(q.float(), k.float(), v.float(), editors=[edit], backend="reference")
+    assert (out.float() - expected).abs().max() <= 5e-2
+
+
+def test_linear_edit_rejects_rows_and_shapes_that_do_not_fit():
+    mix = torch.eye(3)
+    with pytest.raises(ValueError, match="as many rows"):
+        LinearEdit(slice(0, 1), slice(1, 3), mix)
+    with pytest.raises(ValueError, match=r"LinearEdit.source must be a slice\(start, stop\)"):
+        LinearEdit(slice(None, 1), slice(1, 2), mix)
+    with pytest.raises(ValueError, match=r"LinearEdit.mix must be a \[keys, keys\] matrix"):
+        LinearEdit(slice(0, 1), slice(1, 2), torch.ones(3, 2))
+    with pytest.raises(ValueError, match="LinearEdit.keep must be a vector of 3 keys"):
+        LinearEdit(slice(0, 1), slice(1, 2), mix, torch.ones(2))
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["replaced", "kept"])
+def test_a_linear_edit_has_the_edited_attentions_gradients(keep):
+    q, k, v, generator = linear_call()
+    edit = random_edit(generator, keep=keep)
+
+    def edited_by_hand(q, k, v):
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+        edited = probs.clone()
+        edited[2:4] = torch.matmul(probs[0:2], edit.mix) + (probs[2:4] * edit.keep if keep else 0)
+        return torch.matmul(edited, v)
+
+    grads = []
+    for run in (lambda *x: attention(*x, editors=[edit]), edited_by_hand):
+        inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+        run(*inputs).square().sum().backward()
+        grads.append([x.grad for x in inputs])
+    for fast, by_hand in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, by_hand, rtol=1e-5, atol=1e-5)

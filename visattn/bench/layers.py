@@ -11,8 +11,11 @@ each effect is timed on one attention layer against what the same result costs w
 * ``AttentionMaps``: a plain processor (:class:`PlainMapsProcessor`: the stock attention, then the image-to-text
   probabilities of the conditional rows averaged over heads and summed per word), against the stock processor with
   visattn's ``AttentionMaps`` on a cross-attention layer;
-* ``P2P``: a Prompt-to-Prompt edit of a tiny pipeline (two prompts, word swap, every step) against a plain
-  generation of the same two prompts as a batch of two (:func:`p2p_generation`).
+* ``P2P (layer)``: a Prompt-to-Prompt word swap on a cross-attention layer, batch ``[uncond x2, cond x2]``, against
+  the stock processor on the same rows unedited (what the layer costs in a plain generation of the two prompts);
+  the edit materialized on the reference backend is timed alongside (:func:`compare_p2p`);
+* ``P2P (generation)``: a Prompt-to-Prompt edit of a tiny pipeline (two prompts, word swap, every step) against a
+  plain generation of the same two prompts as a batch of two (:func:`p2p_generation`).
 
 The layer's visattn hook is the one ``attach`` registers (:class:`visattn.interception.AttentionLayerHook`),
 driven by a :class:`visattn.state.DenoiserState` that says what a denoiser call would (the grid, the text length,
@@ -35,13 +38,20 @@ import torch
 import torch.nn.functional as F
 
 #: the per-layer comparisons, in report order
-LAYER_VARIANTS: tuple[str, ...] = ("PAG (layer)", "SEG (layer)", "AttentionMaps (layer)", "P2P (generation)")
+LAYER_VARIANTS: tuple[str, ...] = (
+    "PAG (layer)",
+    "SEG (layer)",
+    "AttentionMaps (layer)",
+    "P2P (layer)",
+    "P2P (generation)",
+)
 
 #: what each comparison's baseline is, for the table's notes
 BASELINES = {
     "PAG (layer)": "diffusers' PAGCFGIdentitySelfAttnProcessor2_0, batch [uncond, cond, perturbed]",
     "SEG (layer)": "plain processor: stock attention, perturbed rows' queries blurred (sigma 2, kernel built once)",
     "AttentionMaps (layer)": "plain processor: stock attention + softmax of the cond rows, head mean, per-word sums",
+    "P2P (layer)": "stock processor, rows [uncond x2, cond x2] unedited (the layer in a plain batch-2 generation)",
     "P2P (generation)": "the same two prompts as a plain batch-2 generation (edit attached once)",
 }
 
@@ -216,9 +226,17 @@ def _attention(shape: LayerShape, cross: bool) -> torch.nn.Module:
     return module.eval()
 
 
-def _hook(module: torch.nn.Module, effect: Any, shape: LayerShape, branches: Sequence[tuple[str, int]], role: str):
+def _hook(
+    module: torch.nn.Module,
+    effect: Any,
+    shape: LayerShape,
+    branches: Sequence[tuple[str, int]],
+    role: str,
+    backend: str = "auto",
+):
     """Register visattn's layer hook for ``effect`` on ``module``, its denoiser state saying what a UNet call at
-    this layer's grid would: ``branches`` as ``(name, rows)`` in batch order. Returns a function removing it."""
+    this layer's grid would: ``branches`` as ``(name, rows)`` in batch order; ``backend`` as ``attach`` takes it.
+    Returns a function removing it."""
     from ..context import BatchLayout, Branch, DenoiserCall, StepInfo
     from ..families import family_named
     from ..families.base import DenoiserInputs
@@ -236,7 +254,7 @@ def _hook(module: torch.nn.Module, effect: Any, shape: LayerShape, branches: Seq
     state = DenoiserState(family, inputs=inputs, step=step, batch=layout, runs={id(effect): effect.new_run()})
     state.call = DenoiserCall(family, inputs, layout, step, None)
     name = "mid_block.attentions.0.transformer_blocks.0." + ("attn2" if role == "cross" else "attn1")
-    hook = AttentionLayerHook([effect], state, layer_name=name, layer_index=0, static_role=role)
+    hook = AttentionLayerHook([effect], state, layer_name=name, layer_index=0, static_role=role, backend=backend)
     register_layer_hook(module, hook)
     return lambda: remove_layer_hook(module)
 
@@ -380,6 +398,53 @@ def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -
     return _comparison("AttentionMaps (layer)", shape.name, 2, samples, diff)
 
 
+def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+    """A Prompt-to-Prompt word swap (``cat`` -> ``dog``) on a cross-attention layer, batch ``[uncond x2, cond x2]``,
+    against the stock processor on the same rows without the edit.
+
+    The edited call runs as attention over mixed values (:class:`visattn.kernels.LinearEdit`); the same hook forced
+    onto the reference backend, which materializes the probabilities and edits them, is timed in the same
+    alternation (``extra``: ``materialized_us``, ``materialized_paired_ratio``, and ``edit_vs_materialized``, the
+    largest difference of the two edited outputs). ``max_abs_diff`` compares the unedited rows with the stock ones.
+    """
+    import visattn
+
+    source = _prompt_tokens(shape.text_tokens)
+    words = tuple("dog" if word == "cat" else word for word in MAP_WORDS)
+    target = type(source)(" ".join(words), words, source.word_tokens, source.special, source.length)
+    p2p = visattn.PromptToPrompt.replace(source, target, cross_steps=1.0, self_steps=0)
+    ours, materialized, theirs = (_attention(shape, cross=True) for _ in range(3))
+    rows = [("uncond", 2), ("cond", 2)]
+    removers = [_hook(ours, p2p, shape, rows, "cross"), _hook(materialized, p2p, shape, rows, "cross", "reference")]
+    hidden = torch.randn(2, shape.tokens, shape.channels).repeat_interleave(2, dim=0)  # one noise per prompt pair
+    text = torch.randn(4, shape.text_tokens, shape.text_channels)
+    text[0] = text[1]  # the negative prompt, the same for both
+    try:
+        with torch.no_grad():
+            sides = {
+                "visattn": lambda: ours(hidden, encoder_hidden_states=text),
+                "materialized": lambda: materialized(hidden, encoder_hidden_states=text),
+                "baseline": lambda: theirs(hidden, encoder_hidden_states=text),
+            }
+            edited, oracle, stock = (side() for side in sides.values())
+            diff = _max_diff(edited[:3], stock[:3])
+            samples = _interleaved(sides, repeats, warmup, rounds)
+    finally:
+        for remove in removers:
+            remove()
+    slow = samples.pop("materialized")
+    return _comparison(
+        "P2P (layer)",
+        shape.name,
+        4,
+        samples,
+        diff,
+        materialized_us=statistics.median(slow) * 1e6,
+        materialized_paired_ratio=statistics.median(a / b for a, b in zip(slow, samples["baseline"], strict=True)),
+        edit_vs_materialized=_max_diff(edited, oracle),
+    )
+
+
 #: the tiny pipelines P2P is timed on
 P2P_PIPELINES: tuple[str, ...] = ("unet",)
 P2P_PROMPTS = ("a red cat", "a red dog")
@@ -440,7 +505,12 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> Layer
     )
 
 
-_LAYER_RUNS = {"PAG (layer)": compare_pag, "SEG (layer)": compare_seg, "AttentionMaps (layer)": compare_maps}
+_LAYER_RUNS = {
+    "PAG (layer)": compare_pag,
+    "SEG (layer)": compare_seg,
+    "AttentionMaps (layer)": compare_maps,
+    "P2P (layer)": compare_p2p,
+}
 
 
 def layer_benchmark(
@@ -486,4 +556,11 @@ def layer_table(results: Sequence[LayerComparison]) -> str:
             f"| {r.variant} | {r.layer} | {r.batch} | {r.visattn_us / 1e3:.3f} | {r.baseline_us / 1e3:.3f} | "
             f"{r.paired_ratio:.3f} | {r.ratio:.3f} | {r.ratio_min:.3f} | {r.max_abs_diff:.1e} | {r.baseline} |"
         )
-    return "\n".join(lines) + "\n"
+    notes = [
+        f"- {r.variant}, {r.layer}: the edit materialized on the reference backend (before LinearEdit) "
+        f"{r.extra['materialized_us'] / 1e3:.3f} ms, {r.extra['materialized_paired_ratio']:.3f} x baseline (paired); "
+        f"the two edited outputs differ by {r.extra['edit_vs_materialized']:.1e}"
+        for r in results
+        if "materialized_us" in r.extra
+    ]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")

@@ -31,7 +31,8 @@ How it maps onto visattn
   the source rows' initial latents, whatever generator the call gets (or none): attached to a pipeline, it wraps
   the pipeline's ``prepare_latents`` until detach (:meth:`PromptToPrompt.prepare_pipeline`). With
   :meth:`PromptToPrompt.generator` (one identically seeded generator per row) the source rows are exactly a
-  plain generation with that seed (up to float rounding of a larger batch and of the materialized attention).
+  plain generation with that seed (up to float rounding of a larger batch, and of the materialized attention in
+  joint calls).
   At the first step the effect checks that the rows agree and raises a ValueError otherwise (a denoiser driven
   by hand with different noise per row), since an edit from different noise is silently meaningless.
 * Cross-attention (SD 1.x/2.x, SDXL, PixArt, Wan: role ``"cross"``) is edited as in the paper; rows are not
@@ -51,16 +52,26 @@ How it maps onto visattn
 * Composition. The edit is an editor of the attention core's probability stage
   (:mod:`visattn.kernels.probabilities`): the core computes the call with every other effect's pattern, score
   modifier, attention mask and identity blend, in whatever order the effects were given, and the edit changes
-  the softmax's probabilities of each query chunk before they weight the values; reads of the same call
-  (:class:`~visattn.effects.AttentionMaps`) see the edited probabilities. Calls outside every window are not
-  touched.
+  the softmax's probabilities before they weight the values; reads of the same call
+  (:class:`~visattn.effects.AttentionMaps`) see the edited probabilities, and the local blend reads the
+  probabilities before the edit (as the authors' ``AttentionStore`` stores them). Calls outside every window are
+  not touched.
+* Speed. In cross-attention over text keys the edit is linear over the keys: target token ``t`` receives
+  ``sum_s mapper[s, t] * P_src[s]`` where it is injected, its own ``P_tgt[t]`` otherwise, times the equalizer
+  where the schedule controls it. It is handed to the core as a :class:`~visattn.kernels.LinearEdit` (one per
+  pair of row halves), which computes it as attention over mixed values, ``attention(q_src, k_src, mix @ v_tgt)``
+  (plus ``attention(q_tgt, k_tgt, keep * v_tgt)`` where target tokens keep their own maps: a refinement's added
+  words, a word's shorter schedule), on any backend and without materializing probabilities, unless another
+  effect adds a pattern or score modifier to the call. Joint attention's edit renormalizes the image block
+  against the edited text block, which is not linear, so joint calls (and cross calls with keys besides the
+  text) edit materialized probabilities on the reference backend, chunk by chunk.
 * Per-row processors. A processor that calls attention once per batch row (Mochi) never puts a source and its
   target in one call: the layer hook keeps each source row's queries, keys and values until its target row's call
   in the same layer call, and answers that call with the pair (``pairs_rows``), using only the target's output.
   The source rows' own calls stay plain; the kept rows are released when the layer call ends. A family that takes
   one sample per call (Cosmos 3 Omni: source and target are separate denoiser calls) is refused at attach.
-* Memory: an edited call materializes its probabilities chunk by chunk (``batch x heads x 1024 queries x keys``
-  floats at a time; the authors' code holds them all).
+* Memory: a materialized edit (joint attention) holds its probabilities chunk by chunk (``batch x heads x 1024
+  queries x keys`` floats at a time; the authors' code holds them all); a cross-attention edit holds none.
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ from ..alignment import TokenMap, token_map, word_pairs
 from ..context import BatchLayout, CallContext, StepInfo
 from ..denoiser_batch import prediction_of, with_prediction
 from ..families import Family
+from ..kernels.probabilities import LinearEdit, ProbabilityRead
 from ..steps import in_steps, normalize_steps
 from ..validation import check_weight
 from ..words import PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
@@ -225,6 +237,7 @@ class _Tokens:
     blend_source: tuple[int, ...]
     blend_target: tuple[int, ...]
     _on_device: dict = field(default_factory=dict)
+    _mixes: dict = field(default_factory=dict)
 
     def alpha(self, step: StepInfo) -> torch.Tensor:
         """Per target text position, whether its cross-attention is injected at this step."""
@@ -237,6 +250,17 @@ class _Tokens:
         if device not in self._on_device:
             self._on_device[device] = self.mapping.tensors(device)
         return self._on_device[device]
+
+    def value_mix(
+        self, alpha: torch.Tensor, identity: bool, equalizer: torch.Tensor | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:func:`_edit_text` as a linear map over the text keys, ``edited = source @ mix + target * keep``
+        (``keep`` ``None`` where zero), made once per step pattern and device."""
+        key = (bytes(alpha.tolist()), identity, equalizer is not None, device)
+        if key not in self._mixes:
+            mix, keep = _value_mix(None if identity else self.mapping, alpha, equalizer)
+            self._mixes[key] = (mix.to(device), None if keep is None else keep.to(device))
+        return self._mixes[key]
 
 
 @dataclass
@@ -262,7 +286,7 @@ class _Run:
 
     #: the local blend's maps and mask (``None`` without a blend)
     blend: BlendRun | None = None
-    #: the prompts' token positions per ``(id(pipeline), text length)``
+    #: the prompts' token positions per ``(id(pipeline), text length)`` (``(0, length)`` for PromptTokens)
     tokens: dict[tuple[int, int], _Tokens] = field(default_factory=dict)
     #: the branch sets seen at step 0 of this generation (a set seen again starts a new generation)
     seen_at_start: set[tuple[str, ...]] = field(default_factory=set)
@@ -614,23 +638,31 @@ class PromptToPrompt(Effect):
                 k[edit.pair.target] = call.k[edit.pair.source]
             call.q, call.k = q, k
             return
-        # LocalBlend's maps of this call, [source/target, pairs, image queries], filled chunk by chunk; a backward
-        # recomputation (context parallelism's replay) edits again but collects nothing twice.
-        maps = None
+        # LocalBlend's maps of this call, [source/target, pairs, image queries], read before the edit (the target's
+        # own map of a target word, as the authors store them); a backward recomputation (context parallelism's
+        # replay) edits again but collects nothing twice.
         if plan.collect and not call.replay:
             maps = torch.zeros(2, plan.collect[0].count, image.length, device=call.q.device)
             run = self.run_of(ctx)
+            call.reads.extend(self._blend_reads(ctx, plan, maps))
             call.observers.append(lambda done: self._add_maps(run, maps, ctx))
+        if not plan.edits:
+            return
+        if (
+            plan.role == "cross"
+            and ctx.keys.text.as_slice() == slice(0, call.k.shape[2])
+            and image.as_slice() == slice(0, call.q.shape[2])
+        ):
+            # Cross-attention over text keys alone: the edit is linear over the keys (the authors' mapper einsum,
+            # refinement alphas and equalizer), so the core computes it as attention over mixed values.
+            call.editors.extend(self._linear_edits(plan, call.q.device))
+            return
 
         def edit(probs: torch.Tensor, start: int, stop: int) -> None:
             lo, hi = max(image.start, start), min(image.stop, stop)
             if lo >= hi:
                 return  # rows of text queries are not edited
-            rows = slice(lo - start, hi - start)
-            if maps is not None:
-                # The maps before editing: the target's own map of a target word (as the authors store them).
-                self._collect(probs, rows, ctx, plan, maps[:, :, lo - image.start : hi - image.start])
-            self._edit(probs, rows, ctx, plan)
+            self._edit(probs, slice(lo - start, hi - start), ctx, plan)
 
         call.editors.append(edit)
 
@@ -675,6 +707,7 @@ class PromptToPrompt(Effect):
     def _resolve(self, length: int, ctx: CallContext) -> _Tokens:
         """The prompts' token positions for a text sequence of ``length`` (cached)."""
         pipe = ctx.denoiser.pipeline if ctx.denoiser is not None else None
+        cache = self.run_of(ctx).tokens
         if isinstance(self.source, PromptTokens):
             # Positions given: no tokenizer needed (a denoiser called by hand, or a family without a ladder).
             if self.source.length != length:
@@ -682,13 +715,15 @@ class PromptToPrompt(Effect):
                     f"PromptToPrompt: this attention call has {length} text tokens, but the PromptTokens given "
                     f"describe a text sequence of {self.source.length}"
                 )
-            return self._tokens_for(self.source, self.target, length)
+            key = (0, length)  # the same positions for every pipeline
+            if key not in cache:
+                cache[key] = self._tokens_for(self.source, self.target, length)
+            return cache[key]
         if pipe is None:
             raise ValueError(
                 "PromptToPrompt needs the pipeline's tokenizers to find the words: attach it to the pipeline "
                 "(visattn.attach(pipe, p2p)), not to the denoiser alone"
             )
-        cache = self.run_of(ctx).tokens
         key = (id(pipe), length)
         if key in cache:
             return cache[key]
@@ -746,15 +781,31 @@ class PromptToPrompt(Effect):
             run.row_maps.clear()
         run.blend.add_layer(maps, ctx.grid, ctx.input_grid, ctx.layer_name)
 
-    def _collect(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan, out: torch.Tensor) -> None:
-        text = ctx.keys.text
+    def _blend_reads(self, ctx: CallContext, plan: _Plan, maps: torch.Tensor) -> list[ProbabilityRead]:
+        """Reads filling ``maps[side]`` with the head mean of the blend words' summed probabilities, before the edit,
+        for the source (side 0) and the target (side 1) rows of the conditional branch."""
+        text, image = ctx.keys.text, ctx.queries.image.as_slice()
+        reads = []
         for pair in plan.collect:
             for side, (half, positions) in enumerate(
                 ((pair.source, plan.tokens.blend_source), (pair.target, plan.tokens.blend_target))
             ):
                 if positions:
-                    columns = torch.tensor([text.start + p for p in positions], device=probs.device)
-                    out[side] = ctx.mean_over_heads(probs[half, :, rows].index_select(-1, columns).sum(-1))
+                    columns = torch.tensor([text.start + p for p in positions], device=maps.device)
+
+                    def observe(block: torch.Tensor, side: int = side) -> None:
+                        maps[side] = ctx.mean_over_heads(block.sum(-1))
+
+                    reads.append(ProbabilityRead(observe, rows=half, queries=image, keys=columns, before_edits=True))
+        return reads
+
+    def _linear_edits(self, plan: _Plan, device: torch.device) -> list[LinearEdit]:
+        """The plan's cross-attention edits as :class:`~visattn.kernels.LinearEdit` s, one per pair of row halves."""
+        edits = []
+        for edit in plan.edits:
+            mix, keep = plan.tokens.value_mix(edit.alpha, edit.identity, edit.equalizer, device)
+            edits.append(LinearEdit(edit.pair.source, edit.pair.target, mix, keep))
+        return edits
 
     def _edit(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan) -> None:
         if plan.role == "self":
@@ -855,6 +906,33 @@ def _edit_text(
     if equalizer is not None:
         edited = torch.where(alpha, edited * equalizer, edited)
     return edited
+
+
+def _value_mix(
+    mapping: TokenMap | None, alpha: torch.Tensor, equalizer: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(mix, keep)`` with ``_edit_text(source, target, ...) == source @ mix + target * keep`` (``keep`` ``None``
+    where zero).
+
+    The authors' edits are linear over the keys: a word swap is ``source @ mapper`` (``einsum('hpw,bwn->bhpn')``),
+    a refinement ``source[..., mapper] * alphas + target * (1 - alphas)``, each blended with the target by the
+    per-word schedule (``alpha_words``), and a re-weighting multiplies the result by the equalizer where the
+    schedule controls the word. So ``mix[s, t] = mapper[s, t] * active[t] * scale[t]`` and ``keep[t] = (1 -
+    active[t]) * scale[t]``, with ``active`` the injected target tokens and ``scale`` the equalizer where
+    ``alpha`` holds, else one.
+    """
+    length = alpha.shape[0]
+    alpha = alpha.cpu()
+    if mapping is None:  # the unconditional branch: the same text on both sides, token i from token i
+        mapper, active = torch.eye(length), alpha
+    else:
+        source_index, target_index, weight, mapped = mapping.tensors()
+        mapper = torch.zeros(length, length).index_put_((source_index, target_index), weight, accumulate=True)
+        active = alpha & mapped
+    scale = torch.ones(length) if equalizer is None else torch.where(alpha, equalizer.cpu().float(), 1.0)
+    mix = mapper * (active * scale)
+    keep = (~active) * scale
+    return mix, (keep if bool(keep.any()) else None)
 
 
 def _renormalized(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,8 @@
 
 ``attention`` is the single entry point; ``available_backends`` lists the backends and why any is missing.
 Beyond FlexAttention's split (``Pattern.mask_mod``, ``ScoreModifier.score_mod``), a call may name a probability
-stage (:mod:`.probabilities`): editors and reads of the softmax's probabilities.
+stage (:mod:`.probabilities`): editors and reads of the softmax's probabilities (editors linear over the keys,
+:class:`LinearEdit`, run as attention over mixed values on any backend).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from .core import attention, available_backends, backend_names, choose_backend, 
 from .natten_api import na1d, na2d, na3d
 from .neighborhood import NeighborhoodPattern
 from .patterns import AllOf, Chain, DensePattern, Pattern, ScoreModifier, all_of, chain
-from .probabilities import Editor, ProbabilityRead
+from .probabilities import Editor, LinearEdit, ProbabilityRead
 from .request import AttentionRequest
 
 # Patterns and modifiers with heavier or optional dependencies resolve on first use.
@@ -32,6 +33,7 @@ __all__ = [
     "run_request",
     "AttentionRequest",
     "Editor",
+    "LinearEdit",
     "ProbabilityRead",
     "Pattern",
     "ScoreModifier",

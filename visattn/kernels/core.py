@@ -41,7 +41,7 @@ from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
 from .patterns import Pattern, ScoreModifier
-from .probabilities import Editor, ProbabilityRead, serve_reads
+from .probabilities import Editor, LinearEdit, ProbabilityRead, linear_edits, serve_reads
 from .request import AttentionRequest, UnsupportedCall
 
 _BACKENDS: dict[str, ModuleType] = {
@@ -344,15 +344,26 @@ def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch
 def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A call with a probability stage (:mod:`visattn.kernels.probabilities`).
 
-    Editors need materialized probabilities: the reference backend runs the call, editors and reads on the same
-    chunks. Reads alone leave the call to any backend (the probability stage does not change the output) and are
-    served once afterwards from its log-sum-exp; measuring backends never runs them twice.
+    Editors linear over the keys (:class:`~visattn.kernels.probabilities.LinearEdit`) move into the values: any
+    backend computes the call as plain attention (:func:`_run_linear_edits`), unless the reference backend is
+    asked for (the materialized oracle). Other editors need materialized probabilities: the reference backend runs
+    the call, editors and reads on the same chunks. Reads alone leave the call to any backend (the probability
+    stage does not change the output) and are served once afterwards from its log-sum-exp; measuring backends never
+    runs them twice.
     """
     if request.editors:
+        linear = linear_edits(request) if backend != reference.NAME else None
+        if linear is not None:
+            out = _run_linear_edits(request, linear, backend)
+            if request.reads:
+                serve_reads(request, request.reads, None)
+            # Edited rows have no logits of their own: an edited call returns no log-sum-exp (as the reference).
+            return out, None
         if backend not in ("auto", reference.NAME):
             raise ValueError(
                 f"backend={backend!r} cannot edit attention probabilities (only the reference backend materializes "
-                "them); use backend='auto' or 'reference'"
+                "them; editors that are LinearEdits without a pattern or score modifier run anywhere); use "
+                "backend='auto' or 'reference'"
             )
         out, lse = reference.run(request)
         return _with_identity_blend(request, out), lse
@@ -363,6 +374,61 @@ def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[tor
     out, lse = run_request(call, backend)
     serve_reads(request, request.reads, lse)
     return out, lse
+
+
+def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], backend: str) -> torch.Tensor:
+    """A call whose editors are linear over the keys, as plain attention over mixed values.
+
+    An edit makes the target rows' probabilities ``P_s @ mix + P_t * keep``, so their output is
+    ``attention(q_s, k_s, mix @ v_t) + attention(q_t, k_t, keep * v_t)``. With ``keep`` zero (a word swap, a
+    re-weighting) the target rows take the source rows' queries and keys in the call itself, whose batch keeps its
+    size. Otherwise (a refinement's added words) the target rows keep their own queries and keys over re-weighted
+    values, and a second call of the source rows over the mixed values is added to them: two calls rather than one
+    with appended rows, so the queries, the largest tensor of a cross-attention call, are never copied. The calls
+    run on ``backend``'s choice for plain attention; the output's identity blend follows, as for any call.
+    """
+    q, k, v, mask = request.q, request.k, request.v, request.attn_mask
+    batch = q.shape[0]
+    order = list(range(batch))  # the row whose queries and keys each row of the call attends with
+    values = v.clone()
+    sources: list[int] = []  # the rows attending over mixed values apart, and the rows their output is added to
+    mixed_values, targets = [], []
+    for edit in edits:
+        mixed = edit.mixed_values(v)
+        if edit.keep is None:
+            order[edit.target] = range(edit.source.start, edit.source.stop)
+            values[edit.target] = mixed
+        else:
+            values[edit.target] = v[edit.target] * edit.keep.to(device=v.device, dtype=v.dtype).view(-1, 1)
+            sources += range(edit.source.start, edit.source.stop)
+            mixed_values.append(mixed)
+            targets += range(edit.target.start, edit.target.stop)
+    plain = dict(identity_blend=None, return_lse=False, editors=(), reads=())
+    out, _ = run_request(
+        dataclasses.replace(
+            request,
+            q=_rows(q, order, batch),
+            k=_rows(k, order, batch),
+            v=values,
+            attn_mask=_rows(mask, order, batch),
+            **plain,
+        ),
+        backend,
+    )
+    if sources:
+        mixed_call = dataclasses.replace(
+            request,
+            q=_rows(q, sources, batch),
+            k=_rows(k, sources, batch),
+            v=torch.cat(mixed_values),
+            attn_mask=_rows(mask, sources, batch),
+            **plain,
+        )
+        added, _ = run_request(mixed_call, backend)
+        index = torch.tensor(targets, device=out.device)
+        # In place only without autograd: a backend may keep its output for the backward pass.
+        out = out.index_add(0, index, added) if out.requires_grad else out.index_add_(0, index, added)
+    return _with_identity_blend(request, out)
 
 
 #: blends up to this many weights are checked in Python (per-head blends); larger ones (per token) with tensor ops
@@ -399,11 +465,16 @@ def _identity_rows(request: AttentionRequest) -> list[bool] | None:
     return whole if any(whole) else None
 
 
-def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor, batch: int) -> torch.Tensor | None:
-    """Rows ``rows`` of ``x`` along the batch axis, where ``x`` has one (a mask may broadcast over it)."""
+def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor | list[int], batch: int) -> torch.Tensor | None:
+    """Rows ``rows`` of ``x`` along the batch axis, where ``x`` has one (a mask may broadcast over it); a list of
+    consecutive rows gives a view, no copy."""
     if x is None or x.dim() < 4 or x.shape[0] != batch:
         return x
-    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+    if isinstance(rows, list):
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return x if len(rows) == batch else x[rows[0] : rows[0] + len(rows)]
+        rows = torch.tensor(rows, device=x.device)
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows.to(x.device))
 
 
 def _run_without_identity_rows(request: AttentionRequest, whole: list[bool], backend: str) -> torch.Tensor:

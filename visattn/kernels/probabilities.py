@@ -5,16 +5,33 @@ An :class:`~visattn.kernels.request.AttentionRequest` names it with two lists:
 
 * ``editors``: ``editor(probs, start, stop)`` changes, in place, the fp32 probabilities ``[B, H, stop - start,
   Nk]`` of the queries ``[start, stop)`` before they weight the values (Prompt-to-Prompt injects the source
-  prompt's maps into the target's, Hertz et al. 2022). Only materialized probabilities can be edited, so the
-  reference backend runs edited calls, chunk by chunk.
+  prompt's maps into the target's, Hertz et al. 2022). An arbitrary editor needs materialized probabilities, so
+  the reference backend runs the call, chunk by chunk.
 * ``reads``: a :class:`ProbabilityRead` receives the final probabilities of a block of rows, queries and keys
-  (attention maps). Reads alone leave the call on whichever backend is fastest: the block is recomputed from its
-  own logits and the backend's log-sum-exp (or the log-sum-exp over its rows when the backend gives none, as
-  dense SDPA). In a call the reference backend runs anyway, reads are served from the chunks it materializes, once
-  for editors and reads together.
+  (attention maps), or with ``before_edits`` the softmax's own. Reads alone leave the call on whichever backend is
+  fastest: the block is recomputed from its own logits and the backend's log-sum-exp (or the log-sum-exp over its
+  rows when the backend gives none, as dense SDPA). In a call the reference backend runs anyway, reads are served
+  from the chunks it materializes, once for editors and reads together.
 
 "Final" means as the output used them: after the editors, and with an identity blend ``s`` (SoftPAG) as
 ``(1 - s) * probs + s * identity``.
+
+Editors linear over the keys
+----------------------------
+An editor that is a :class:`LinearEdit` declares what it does as data: rows ``target`` of the probabilities
+become ``P[source] @ mix + P[target] * keep``, a linear map over the key axis (Prompt-to-Prompt's word swap,
+refinement and re-weighting of cross-attention are all of this form: the authors' ``mapper`` einsum, the
+``alphas`` blend of a refinement, the equalizer). Since ``P' v = P[source] (mix v) + P[target] (keep * v)``, the
+edit moves into the values and the call needs no materialized probabilities: the core computes it as plain
+attention (``visattn.kernels.core._run_linear_edits``) on any backend, in one call whose batch holds the target
+rows with the source rows' queries and keys over mixed values (``keep`` zero), or, when ``keep`` is not zero, the
+call with the target rows over ``keep * v`` plus a second call of the source rows over the mixed values, added to
+the target rows.
+The reference backend still runs the edit materialized (``LinearEdit.__call__``): it is the oracle the fast form is
+tested against. The core takes the fast form when every editor is a ``LinearEdit``, no edited row is another
+edit's source, and the call has no pattern or score modifier (whose ``mask_mod``/``score_mod`` may read the batch
+index a row moved from); otherwise the reference backend runs it as before. Reads of such a call are served by
+recomputing their blocks (with the edits applied to the recomputed probabilities for final reads).
 """
 
 from __future__ import annotations
@@ -42,12 +59,15 @@ class ProbabilityRead:
         rows: the batch rows (a contiguous range); ``None``: every row.
         queries: the query positions (a contiguous range); ``None``: every query.
         keys: the key positions, as an index tensor; ``None``: every key.
+        before_edits: the softmax's probabilities as it made them, before the editors and the identity blend (what
+            Prompt-to-Prompt's local blend stores, as the authors' ``AttentionStore`` does before the edit).
     """
 
     observe: Callable[[torch.Tensor], None]
     rows: slice | None = None
     queries: slice | None = None
     keys: torch.Tensor | None = None
+    before_edits: bool = False
 
     def resolved(self, batch: int, n_q: int) -> tuple[slice, slice]:
         """``rows`` and ``queries`` as ``[start, stop)`` ranges."""
@@ -56,9 +76,98 @@ class ProbabilityRead:
         return rows, queries
 
 
+@dataclass(frozen=True, eq=False)
+class LinearEdit:
+    """An editor linear over the keys: rows ``target`` of the probabilities become
+    ``P[source] @ mix + P[target] * keep`` (see the module docstring: the core computes such an edit as attention
+    with mixed values, without materializing the probabilities).
+
+    Called as any editor (``edit(probs, start, stop)``) it applies itself to materialized probabilities: the
+    reference backend's form, the oracle of the fast one.
+
+    Attributes:
+        source, target: batch rows, two ``[start, stop)`` ranges of equal length; source row ``source.start + j``
+            feeds target row ``target.start + j``.
+        mix: ``[Nk, Nk]``: ``mix[s, t]`` is the weight of the source's probability at key ``s`` in the target's at
+            key ``t`` (Prompt-to-Prompt's token mapper, with its per-token schedule and equalizer folded in).
+        keep: ``[Nk]``, the weight of the target's own probability at each key; ``None``: zero everywhere (the
+            target's attention is replaced), which the fast form computes without an extra row.
+
+    Raises:
+        ValueError: rows that are not two ``[start, stop)`` ranges of one length, or a ``mix``/``keep`` whose
+            shape is not ``[Nk, Nk]``/``[Nk]``.
+    """
+
+    source: slice
+    target: slice
+    mix: torch.Tensor
+    keep: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name, rows in (("source", self.source), ("target", self.target)):
+            if (
+                not isinstance(rows, slice)
+                or not isinstance(rows.start, int)
+                or not isinstance(rows.stop, int)
+                or rows.step not in (None, 1)
+                or not 0 <= rows.start < rows.stop
+            ):
+                raise ValueError(f"LinearEdit.{name} must be a slice(start, stop) of batch rows; got {rows!r}")
+        if self.source.stop - self.source.start != self.target.stop - self.target.start:
+            raise ValueError(
+                f"LinearEdit.source {self.source!r} and target {self.target!r} must hold as many rows each"
+            )
+        if self.mix.dim() != 2 or self.mix.shape[0] != self.mix.shape[1]:
+            raise ValueError(f"LinearEdit.mix must be a [keys, keys] matrix; got shape {tuple(self.mix.shape)}")
+        if self.keep is not None and tuple(self.keep.shape) != (self.mix.shape[0],):
+            raise ValueError(
+                f"LinearEdit.keep must be a vector of {self.mix.shape[0]} keys (as mix) or None; got shape "
+                f"{tuple(self.keep.shape)}"
+            )
+
+    @property
+    def keys(self) -> int:
+        return self.mix.shape[0]
+
+    def __call__(self, probs: torch.Tensor, start: int, stop: int) -> None:
+        edited = torch.matmul(probs[self.source], self.mix.to(probs))
+        if self.keep is not None:
+            edited = edited + probs[self.target] * self.keep.to(probs)
+        probs[self.target] = edited
+
+    def mixed_values(self, v: torch.Tensor) -> torch.Tensor:
+        """``mix @ v`` of the target rows (``v``: the call's ``[B, H, Nk, Dv]`` values), in fp32 and back to
+        ``v``'s dtype: the values the source rows' attention weights in the fast form."""
+        return torch.matmul(self.mix.to(device=v.device, dtype=torch.float32), v[self.target].float()).to(v.dtype)
+
+
+def linear_edits(request: AttentionRequest) -> tuple[LinearEdit, ...] | None:
+    """The request's editors when the core can compute them as attention with mixed values (every editor a
+    :class:`LinearEdit` of the call's key count, no edited row read or edited by another edit, no pattern or score
+    modifier); ``None`` otherwise (the reference backend materializes the call)."""
+    editors = request.editors
+    if not editors or request.pattern is not None or request.score_mod is not None:
+        return None
+    if not all(isinstance(editor, LinearEdit) for editor in editors):
+        return None
+    batch, n_k = request.q.shape[0], request.k.shape[2]
+    targets: set[int] = set()
+    sources: set[int] = set()
+    for editor in editors:
+        if editor.keys != n_k or editor.source.stop > batch or editor.target.stop > batch:
+            return None  # the materialized form reports the mismatch
+        rows = set(range(editor.target.start, editor.target.stop))
+        if rows & targets:
+            return None  # a row edited twice: the edits compose in order, which the sum of attentions does not
+        targets |= rows
+        sources |= set(range(editor.source.start, editor.source.stop))
+    return None if targets & sources else tuple(editors)
+
+
 def chunk_block(request: AttentionRequest, read: ProbabilityRead, probs: torch.Tensor, start: int, stop: int):
     """The part of ``read``'s block in a materialized chunk ``probs`` (queries ``[start, stop)``), with the
-    identity blend applied; ``None`` when the chunk holds none of its queries."""
+    identity blend applied (unless the read is ``before_edits``); ``None`` when the chunk holds none of its
+    queries."""
     rows, queries = read.resolved(request.q.shape[0], request.q.shape[2])
     lo, hi = max(start, queries.start), min(stop, queries.stop)
     if lo >= hi:
@@ -66,15 +175,20 @@ def chunk_block(request: AttentionRequest, read: ProbabilityRead, probs: torch.T
     block = probs[rows, :, lo - start : hi - start]
     if read.keys is not None:
         block = block.index_select(-1, read.keys.to(block.device))
-    return _blended(request, block, rows, lo, hi, read.keys)
+    return block if read.before_edits else _blended(request, block, rows, lo, hi, read.keys)
 
 
 def serve_reads(request: AttentionRequest, reads, lse: torch.Tensor | None) -> None:
     """Give each read its block of a call computed elsewhere: from the block's logits and ``lse`` (the call's
-    log-sum-exp, ``[B, H, Nq]``), or the log-sum-exp over the block's rows when ``lse`` is ``None``."""
+    log-sum-exp before any edit, ``[B, H, Nq]``), or the log-sum-exp over the block's rows when ``lse`` is
+    ``None``. Final reads of an edited call (its editors linear, so no backend materialized its probabilities)
+    are served from the recomputed probabilities of every row, edited."""
     from .backends.reference import masked_logits
 
     batch, n_q = request.q.shape[0], request.q.shape[2]
+    if request.editors and any(not read.before_edits for read in reads):
+        _serve_edited(request, [read for read in reads if not read.before_edits])
+        reads = [read for read in reads if read.before_edits]
     # Without a mask, pattern or modifier no logit is -inf: the block's rows are one fused softmax over every key.
     unmasked = request.attn_mask is None and request.pattern is None and request.score_mod is None
     for read in reads:
@@ -86,7 +200,7 @@ def serve_reads(request: AttentionRequest, reads, lse: torch.Tensor | None) -> N
                 probs = torch.softmax(masked_logits(request, start, stop, rows=rows), dim=-1)
                 if read.keys is not None:
                     probs = probs.index_select(-1, read.keys.to(probs.device))
-                parts.append(_blended(request, probs, rows, start, stop, read.keys))
+                parts.append(probs if read.before_edits else _blended(request, probs, rows, start, stop, read.keys))
                 continue
             if lse is None:
                 logits = masked_logits(request, start, stop, rows=rows)
@@ -98,7 +212,30 @@ def serve_reads(request: AttentionRequest, reads, lse: torch.Tensor | None) -> N
                 block_lse = lse[rows, :, start:stop].float().to(logits.device)
             # A query with every key masked has lse = -inf: its probabilities are zero, as the backends return.
             probs = torch.exp(logits - block_lse.masked_fill(torch.isinf(block_lse), 0.0).unsqueeze(-1))
-            parts.append(_blended(request, probs, rows, start, stop, read.keys))
+            parts.append(probs if read.before_edits else _blended(request, probs, rows, start, stop, read.keys))
+        if parts:
+            read.observe(torch.cat(parts, dim=2))
+
+
+def _serve_edited(request: AttentionRequest, reads) -> None:
+    """Final reads of an edited call: the probabilities of every row over the reads' queries, recomputed chunk by
+    chunk as the reference backend makes them, edited, and cut into each read's block."""
+    from .backends.reference import softmax_chunk
+
+    batch, n_q = request.q.shape[0], request.q.shape[2]
+    spans = [read.resolved(batch, n_q)[1] for read in reads]
+    lo, hi = min(span.start for span in spans), max(span.stop for span in spans)
+    blocks: list[list[torch.Tensor]] = [[] for _ in reads]
+    for start in range(lo, hi, READ_QUERY_CHUNK):
+        stop = min(hi, start + READ_QUERY_CHUNK)
+        probs, _ = softmax_chunk(request, start, stop)
+        for editor in request.editors:
+            editor(probs, start, stop)
+        for read, parts in zip(reads, blocks, strict=True):
+            block = chunk_block(request, read, probs, start, stop)
+            if block is not None:
+                parts.append(block)
+    for read, parts in zip(reads, blocks, strict=True):
         if parts:
             read.observe(torch.cat(parts, dim=2))
 

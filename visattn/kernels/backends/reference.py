@@ -72,32 +72,49 @@ def masked_logits(
     return logits
 
 
-def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The call, chunk by chunk; the probability stage (editors, then reads) runs on each materialized chunk."""
+def softmax_chunk(
+    request: AttentionRequest, start: int, stop: int, *, with_lse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fp32 probabilities ``[B, H, stop - start, Nk]`` of queries ``[start, stop)``, and their log-sum-exp
+    (``[B, H, n, 1]``; ``None`` when neither asked nor needed)."""
+    logits = masked_logits(request, start, stop)
+    # Without a mask, pattern or modifier no logit is -inf: one fused softmax (the log-sum-exp only where asked).
+    unmasked = request.attn_mask is None and request.pattern is None and request.score_mod is None
+    if unmasked and not with_lse:
+        return torch.softmax(logits, dim=-1), None
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    # A query with every key masked gets zeros (not NaN), as fused kernels return.
+    return torch.exp(logits - lse.masked_fill(torch.isinf(lse), 0.0)), lse
+
+
+def _collect(
+    request: AttentionRequest, blocks: list, probs: torch.Tensor, start: int, stop: int, *, before_edits: bool
+) -> None:
+    """Add the chunk's part of each read of this stage (before or after the editors) to its list of blocks."""
     from ..probabilities import chunk_block
 
+    for read, parts in zip(request.reads, blocks, strict=True):
+        if read.before_edits == before_edits:
+            block = chunk_block(request, read, probs, start, stop)
+            if block is not None:
+                # A block before the edits is a copy: the editors change the chunk in place afterwards.
+                parts.append(block.clone() if before_edits else block)
+
+
+def run(request: AttentionRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The call, chunk by chunk; the probability stage (reads before the edits, editors, then the other reads)
+    runs on each materialized chunk."""
     n_q = request.q.shape[2]
     outs, lses = [], []
     blocks: list[list[torch.Tensor]] = [[] for _ in request.reads]
     v = request.v.float()
-    # Without a mask, pattern or modifier no logit is -inf: one fused softmax (the log-sum-exp only where asked).
-    unmasked = request.attn_mask is None and request.pattern is None and request.score_mod is None
     for start in range(0, n_q, QUERY_CHUNK):
         stop = min(n_q, start + QUERY_CHUNK)
-        logits = masked_logits(request, start, stop)
-        if unmasked and not request.return_lse:
-            probs, lse = torch.softmax(logits, dim=-1), None
-        else:
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            # A query with every key masked gets zeros (not NaN), as fused kernels return.
-            probs = torch.exp(logits - lse.masked_fill(torch.isinf(lse), 0.0))
-        del logits
+        probs, lse = softmax_chunk(request, start, stop, with_lse=request.return_lse)
+        _collect(request, blocks, probs, start, stop, before_edits=True)
         for editor in request.editors:
             editor(probs, start, stop)
-        for read, parts in zip(request.reads, blocks, strict=True):
-            block = chunk_block(request, read, probs, start, stop)
-            if block is not None:
-                parts.append(block)
+        _collect(request, blocks, probs, start, stop, before_edits=False)
         outs.append(torch.matmul(probs, v))
         if lse is not None:
             lses.append(lse.squeeze(-1))
