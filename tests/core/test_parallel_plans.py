@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 #: the tiny models split with a plan visattn ships (keys of ``visattn.testing.parallel.MODELS``)
-PLANNED = ("hunyuan_video", "wan_vace", "motif_video")
+PLANNED = ("hunyuan_video", "wan_vace", "motif_video", "kandinsky5")
 
 STOCK = tuple(Case(model, order="none") for model in PLANNED)
 NO_EFFECT = tuple(Case(model, order=order) for model in PLANNED for order in ("after", "before"))
@@ -48,6 +48,7 @@ def test_plans_come_from_diffusers_then_visattn_then_none():
     assert set(context_parallel_plan(hunyuan)) == {"", "x_embedder", "rope", "context_embedder", "proj_out"}
     assert plan_source(tiny_denoiser("wan_vace")) == "visattn"
     assert plan_source(tiny_denoiser("motif_video")) == "visattn"
+    assert plan_source(tiny_denoiser("kandinsky5")) == "visattn"
     # CogVideoX's processor calls torch's SDPA itself, not diffusers' dispatcher: no Ulysses, so no plan.
     assert plan_source(tiny_denoiser("cogvideox")) == "none"
 
@@ -128,3 +129,35 @@ def test_a_text_the_degree_cannot_split_is_refused_before_any_step(class_name):
     check_model(model, grid, 8, text_names)  # even: accepted
     with pytest.raises(ValueError, match=r"text of this call has 7 tokens.*degree of 2 \(ulysses_degree=2"):
         check_model(model, grid, 7, text_names)
+
+
+def test_kandinsky5_split_by_frames_refuses_frames_text_and_heads_the_degree_cannot_split():
+    """Kandinsky 5's plan splits the latents by frames and each visual block's text: the frame count (not the token
+    count) and the text length must divide by the degree, and the degree must divide the heads its attention modules
+    name ``num_heads`` (its config names no head count). Each refusal names the count and the degree."""
+    from types import SimpleNamespace
+
+    from visattn.parallel import check_model
+    from visattn.testing import tiny_denoiser
+
+    model = tiny_denoiser("kandinsky5")
+    heads = {module.num_heads for module in model.modules() if hasattr(module, "num_heads")}
+    assert heads == {2}
+
+    def split(ulysses: int) -> None:
+        config = SimpleNamespace(ring_degree=1, ulysses_degree=ulysses, ring_anything=False)
+        for module in model.modules():
+            if hasattr(module, "processor"):
+                module.processor._parallel_config = SimpleNamespace(context_parallel_config=config)
+        model._parallel_config = SimpleNamespace(context_parallel_config=config)
+
+    split(2)
+    text_names = ("encoder_hidden_states",)
+    check_model(model, (4, 3, 3), 8, text_names)  # 4 frames of 9 tokens, 8 text tokens: accepted
+    with pytest.raises(ValueError, match=r"latent grid of this call has 3 frames.*degree of 2 \(ulysses_degree=2"):
+        check_model(model, (3, 4, 4), 8, text_names)  # 48 tokens split evenly, 3 frames do not
+    with pytest.raises(ValueError, match=r"text of this call has 7 tokens.*degree of 2"):
+        check_model(model, (4, 3, 3), 7, text_names)
+    split(4)
+    with pytest.raises(ValueError, match=r"ulysses_degree=4 does not divide the 2 attention heads of Kandinsky5"):
+        check_model(model, (4, 4, 4), 8, text_names)

@@ -476,6 +476,13 @@ class Family:
         cp_gather_inputs: ``(submodule, argument, dim)`` of inputs the plan splits for the forward that a submodule
             needs whole (HunyuanVideo's token refiner reads the whole prompt mask): gathered back along ``dim``
             before it runs, by :func:`visattn.parallel.enable_context_parallelism`.
+        cp_gather_outputs: ``(submodule, output, dim)`` of outputs the forward needs whole after a submodule runs:
+            element ``output`` of its output (``0`` for a bare tensor) gathered along ``dim`` from every rank, as a
+            ``ContextParallelOutput`` entry of a plan gathers a module's output, for a point no plan entry can name:
+            a forward that reshapes or slices the tokens right after its last block (Kandinsky 6, Framepack), whose
+            index depends on the config (``"blocks.-1"``: the last module of the list ``blocks``, resolved per
+            model), or a block whose output holds ``None`` (diffusers' gather hook takes tensors only). Installed by
+            :func:`visattn.parallel.enable_context_parallelism`.
         known: declared by visattn (``False`` for the generic fallback of a class never seen).
     """
 
@@ -512,6 +519,7 @@ class Family:
     pag_layers: tuple[str, ...] | None = None
     cp_plan: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)
     cp_gather_inputs: tuple[tuple[str, str, int], ...] = ()
+    cp_gather_outputs: tuple[tuple[str, int, int], ...] = ()
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
 

@@ -109,6 +109,63 @@ def _motif_video_cp_plan() -> dict:
     }
 
 
+def _kandinsky5_cp_plan() -> dict:
+    """Kandinsky 5's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The forward reads the grid from the embedded latents (``[B, F, H, W, D]``), builds the RoPE table from that
+    shape and the pipeline's ``visual_rope_pos``, and reshapes the tokens back to that shape before its output
+    layer, with no module between the blocks and that reshape. So the split is by frames, at the input: the latents
+    along their frame axis and the frame positions with them (the height and width positions stay whole), so that
+    each rank builds the RoPE of its own frames and holds a contiguous run of tokens; the output layer's result is
+    gathered along frames. The text stays whole for the text blocks (Ulysses over replicated text: every key
+    doubled, the same attention) and is split for each visual block's cross-attention, whose all-to-all gathers it
+    once. Needs a frame count and a text length the degree divides, and a temporal patch of 1. Not covered: the
+    NABLA sparse attention (``sparse_params``), whose mask the processor builds from this rank's queries and keys.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    # split_output=True on a list element leaves it whole (diffusers' hook splits only the others).
+    whole = ContextParallelInput(split_dim=0, expected_dims=1, split_output=True)
+    return {
+        "": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=5),
+            "visual_rope_pos": [ContextParallelInput(split_dim=0, expected_dims=1), whole, whole],
+        },
+        "visual_transformer_blocks.*": {"text_embed": ContextParallelInput(split_dim=1, expected_dims=3)},
+        "out_layer": ContextParallelOutput(gather_dim=1, expected_dims=5),
+    }
+
+
+def _kandinsky6_cp_plan() -> dict:
+    """Kandinsky 6's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The forward flattens the embedded video and its RoPE table to tokens before the fused blocks and reshapes the
+    tokens to the grid right after the last one, so the video tokens are split at the first block's input (their
+    RoPE rows at every block's) and gathered at the last block's output (the family's ``cp_gather_outputs``: the
+    last block's index depends on the config, and its output holds ``None`` without audio, which diffusers' gather
+    hook refuses; so the plan is exact only through :func:`visattn.parallel.enable_context_parallelism`). The text
+    stays whole for the text blocks (Ulysses over replicated text: every key doubled, the same attention) and is
+    split for each fused block, with its padding mask, so that both text cross-attentions gather it once. The audio
+    tokens stay whole: their self-attention and the video-audio cross-attentions run Ulysses over replicated audio
+    (doubled keys or queries, the same attention), so any audio length splits. Needs a video token count and a text
+    length the degree divides. Not covered: effects that place text keys by count (AttentionMaps, Prompt-to-Prompt)
+    take the video-to-audio cross-attention's keys for text where the degree times the audio length equals the text
+    length (in one process, where the audio length does).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput
+
+    return {
+        "visual_transformer_blocks.0": {"vis": ContextParallelInput(split_dim=1, expected_dims=3)},
+        # Each block gets the forward's whole variables: the RoPE rows, the text and its mask are split at every one.
+        "visual_transformer_blocks.*": {
+            "vis_rope": ContextParallelInput(split_dim=0, expected_dims=5),
+            "text_v": ContextParallelInput(split_dim=1, expected_dims=3),
+            "text_a": ContextParallelInput(split_dim=1, expected_dims=3),
+            "attn_mask": ContextParallelInput(split_dim=1, expected_dims=2),
+        },
+    }
+
+
 def _video(
     name: str,
     classes: tuple[str, ...],
@@ -329,6 +386,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="BFHWC",
         # The text encoder blocks attend over the text; the visual blocks' cross_attention modules to the text.
         roles=(("^text_transformer_blocks", "text"), (r"\.cross_attention$", "cross")),
+        cp_plan=_kandinsky5_cp_plan,
         # Qwen2.5-VL over the pipeline's prompt_template around the prompt_clean'ed prompt, its first
         # prompt_template_encode_start_idx tokens dropped; padded to the longest prompt of the call (the call's
         # text length). CLIP gives only the pooled embedding.
@@ -352,6 +410,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # Video and audio text encoder blocks attend over the text; the video/audio blocks' cross_attention modules
         # to the text, va_/av_cross_attention between the video and audio streams.
         roles=(("_text_transformer_blocks", "text"), ("cross_attention$", "cross")),
+        cp_plan=_kandinsky6_cp_plan,
+        cp_gather_outputs=(("visual_transformer_blocks.-1", 0, 1),),
         # Qwen2.5-VL over the module's _PROMPT_TEMPLATE, its first _QWEN_CROP_START tokens dropped, padded to
         # max_sequence_length (expand_prompts off, the default: the expansion rewrites the prompt). CLIP gives only
         # the pooled embedding.

@@ -264,6 +264,36 @@ def _motif_video_inputs(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
+def _kandinsky5_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A 4x8x8 latent video (4x4x4 tokens after 2x2 patches, frames split) with its text-to-video condition (zero
+    reference latents and mask, 9 channels, ``[B, F, H, W, C]``), 8 text tokens and a pooled embedding, batch 2."""
+    latents = torch.randn(2, 4, 8, 8, 4, generator=generator)
+    return {
+        "hidden_states": torch.cat([latents, torch.zeros(2, 4, 8, 8, 5)], dim=-1),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "timestep": torch.tensor([500.0, 500.0]),
+        "pooled_projections": torch.randn(2, 16, generator=generator),
+        "visual_rope_pos": [torch.arange(4), torch.arange(4), torch.arange(4)],
+        "text_rope_pos": torch.arange(TEXT_TOKENS),
+        "scale_factor": (1.0, 2.0, 2.0),
+    }
+
+
+def _kandinsky6_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """Kandinsky 5's latent video and text (the last 3 text tokens of the second row padding, a boolean mask) with 3
+    audio latent tokens (replicated on every rank, so 6 in each Ulysses call: not the text's 8, see the plan), batch
+    2."""
+    inputs = _kandinsky5_inputs(generator)
+    return {
+        "hidden_states": inputs["hidden_states"],
+        "encoder_hidden_states": inputs["encoder_hidden_states"],
+        "pooled_projections": inputs["pooled_projections"],
+        "timestep": inputs["timestep"],
+        "audio_hidden_states": torch.randn(2, 3, 4, generator=generator),
+        "encoder_attention_mask": torch.tensor([[True] * TEXT_TOKENS, [True] * (TEXT_TOKENS - 3) + [False] * 3]),
+    }
+
+
 #: models split with the plan visattn ships for their family (diffusers ships none): HunyuanVideo (joint
 #: [video, text] attention, both split after its token refiner), Wan-VACE (Wan with VACE control blocks) and
 #: Motif-Video (joint [video, text] attention, text cross-attention and decoder blocks, a padded prompt)
@@ -271,6 +301,8 @@ MODELS += (
     _TinyModel("hunyuan_video", _hunyuan_video_inputs, "joint"),
     _TinyModel("wan_vace", _wan_vace_inputs, "self"),
     _TinyModel("motif_video", _motif_video_inputs, "joint"),
+    _TinyModel("kandinsky5", _kandinsky5_inputs, "self"),
+    _TinyModel("kandinsky6", _kandinsky6_inputs, "self"),
 )
 
 

@@ -57,15 +57,6 @@ _NO_PLAN = {
         "its self-attention (gated-delta-net linear attention, or its softmax variant) calls torch itself, "
         "without diffusers' dispatcher"
     ),
-    "Kandinsky5Transformer3DModel": (
-        "only a split by frames fits (the forward builds RoPE from the embedded grid's shape and reshapes to it "
-        "before its output layer); one reproduces the stock output, but AttentionMaps over its cross-attention "
-        "then differs from one process (0.15 on the tiny model), so none ships; NABLA masks are built locally"
-    ),
-    "Kandinsky6Transformer3DModel": (
-        "the forward builds RoPE positions from the embedded grid's shape and reshapes the tokens to that grid "
-        "before its output layer, with no module between to gather them"
-    ),
     "JoyImageEditTransformer3DModel": (
         "its RoPE tables are nested tuples built by a method, not a module's output, which diffusers' plan hooks "
         "cannot split"
