@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 #: the tiny models split with a plan visattn ships (keys of ``visattn.testing.parallel.MODELS``)
-PLANNED = ("hunyuan_video", "wan_vace", "motif_video", "kandinsky5")
+PLANNED = ("hunyuan_video", "wan_vace", "motif_video", "kandinsky5", "kandinsky6")
 
 STOCK = tuple(Case(model, order="none") for model in PLANNED)
 NO_EFFECT = tuple(Case(model, order=order) for model in PLANNED for order in ("after", "before"))
@@ -49,6 +49,7 @@ def test_plans_come_from_diffusers_then_visattn_then_none():
     assert plan_source(tiny_denoiser("wan_vace")) == "visattn"
     assert plan_source(tiny_denoiser("motif_video")) == "visattn"
     assert plan_source(tiny_denoiser("kandinsky5")) == "visattn"
+    assert plan_source(tiny_denoiser("kandinsky6")) == "visattn"
     # CogVideoX's processor calls torch's SDPA itself, not diffusers' dispatcher: no Ulysses, so no plan.
     assert plan_source(tiny_denoiser("cogvideox")) == "none"
 
@@ -95,6 +96,20 @@ def test_attaching_with_no_effect_changes_nothing_and_detach_restores(case):
     for rank, plain in zip(_ranks(case), stock, strict=True):
         assert np.array_equal(rank["output"], plain["output"])
         assert np.array_equal(rank["after_detach"], plain["output"])
+
+
+def test_a_gather_point_names_the_last_module_of_a_list_whatever_the_config():
+    from visattn.parallel import submodule_at
+    from visattn.testing import tiny_denoiser
+
+    model = tiny_denoiser("kandinsky6")
+    blocks = model.visual_transformer_blocks
+    assert submodule_at(model, "visual_transformer_blocks.-1") is blocks[len(blocks) - 1]
+    assert submodule_at(model, "visual_transformer_blocks.0.video_dec_block") is blocks[0].video_dec_block
+    with pytest.raises(ValueError, match=r"index -9 is outside a list of 2 modules"):
+        submodule_at(model, "visual_transformer_blocks.-9")
+    with pytest.raises(ValueError, match=r"Kandinsky6Transformer3DModel has no submodule 'proj_out'"):
+        submodule_at(model, "proj_out")
 
 
 @pytest.mark.parametrize("case", EFFECTS, ids=lambda case: case.name)

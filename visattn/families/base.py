@@ -479,10 +479,13 @@ class Family:
         cp_gather_outputs: ``(submodule, output, dim)`` of outputs the forward needs whole after a submodule runs:
             element ``output`` of its output (``0`` for a bare tensor) gathered along ``dim`` from every rank, as a
             ``ContextParallelOutput`` entry of a plan gathers a module's output, for a point no plan entry can name:
-            a forward that reshapes or slices the tokens right after its last block (Kandinsky 6, Framepack), whose
+            a forward that reshapes or slices the tokens right after its last block (Kandinsky 6), whose
             index depends on the config (``"blocks.-1"``: the last module of the list ``blocks``, resolved per
             model), or a block whose output holds ``None`` (diffusers' gather hook takes tensors only). Installed by
             :func:`visattn.parallel.enable_context_parallelism`.
+        cp_no_plan: why no context-parallel plan fits a class that has none (from diffusers or in
+            :attr:`cp_plan`), read from its forward and processors; the context parallel column of
+            ``docs/models.md`` shows it.
         known: declared by visattn (``False`` for the generic fallback of a class never seen).
     """
 
@@ -520,6 +523,7 @@ class Family:
     cp_plan: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)
     cp_gather_inputs: tuple[tuple[str, str, int], ...] = ()
     cp_gather_outputs: tuple[tuple[str, int, int], ...] = ()
+    cp_no_plan: str | None = None
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
 

@@ -202,13 +202,27 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "wan_animate",
         ("WanAnimateTransformer3DModel",),
+        cp_no_plan=(
+            "its face adapter attends per frame (frames folded into the batch) through Ulysses' all-to-all, which "
+            "would join different frames' tokens from different ranks"
+        ),
         timestep=1,
         text=2,
         prompt=WAN_PROMPT,
         # attn2 attends to the text (and image tokens); the module alone looks like self or joint attention.
         roles=((r"\.attn2$", "cross"),),
     ),
-    _video("skyreels_v2", ("SkyReelsV2Transformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video(
+        "skyreels_v2",
+        ("SkyReelsV2Transformer3DModel",),
+        timestep=1,
+        text=2,
+        prompt=WAN_PROMPT,
+        cp_no_plan=(
+            "its cross-attention sends the replicated text through Ulysses' all-to-all, and diffusion forcing "
+            "builds per-token timesteps and a causal mask whole"
+        ),
+    ),
     _video(
         "chronoedit",
         ("ChronoEditTransformer3DModel",),
@@ -225,6 +239,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "anyflow",
         ("AnyFlowTransformer3DModel",),
+        cp_no_plan=("its RoPE table is a dict (query, key), which diffusers' plan hooks cannot split"),
         timestep=1,
         text=3,
         layout="BFCHW",
@@ -285,6 +300,9 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "hunyuan_video15",
         ("HunyuanVideo15Transformer3DModel",),
+        cp_no_plan=(
+            "its processor builds a query-by-key text mask from the local sequence, which Ulysses cannot gather"
+        ),
         timestep=1,
         text=2,
         # [image-prompt tokens, glyph (ByT5) tokens, MLLM tokens], each row's valid tokens first, after the video
@@ -296,6 +314,14 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
+        cp_no_plan=(
+            "with one row per call (the pipeline's CFG) the forward crops the [image, text] condition to its valid "
+            "length, which varies by prompt, and with several rows (batched prompts, or the branch PAG adds) it "
+            "builds one key mask over the whole [latents, condition] sequence, whose per-rank share [latents_r, "
+            "condition_r] no plan entry can cut; the condition left whole would be gathered once per rank by "
+            "Ulysses (its keys counted twice in the joint softmax). Gathering the latents after the last block is "
+            "no longer the obstacle (cp_gather_outputs)"
+        ),
         batch_inputs=tuple(
             (Argument((name,)), NOT_BATCHED_INPUT)
             for name in (
@@ -366,6 +392,9 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "sana_video",
         ("SanaVideoTransformer3DModel",),
+        cp_no_plan=(
+            "its self-attention is linear attention the processor computes itself, without diffusers' dispatcher"
+        ),
         timestep=2,
         text=1,
         # Sana's text path: Gemma 2 over the call's complex_human_instruction + the lower-cased prompt, <bos> and
@@ -376,7 +405,17 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
             clean="lower",
         ),
     ),
-    _video("sana_wm", ("SanaWMTransformer3DModel",), timestep=1, text=2, roles=((r"\.cross_attn$", "cross"),)),
+    _video(
+        "sana_wm",
+        ("SanaWMTransformer3DModel",),
+        timestep=1,
+        text=2,
+        roles=((r"\.cross_attn$", "cross"),),
+        cp_no_plan=(
+            "its self-attention (gated-delta-net linear attention, or its softmax variant) calls torch itself, "
+            "without diffusers' dispatcher"
+        ),
+    ),
     _video(
         "kandinsky5",
         ("Kandinsky5Transformer3DModel",),
@@ -475,6 +514,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "wan_animate_2",
         ("WanAnimate2Transformer3DModel",),
+        cp_no_plan=(
+            "its processor applies RoPE from the whole grid's sizes and scatters the tokens into buffers laid out "
+            "for a block mask of the whole video, which a sequence shard cannot fill"
+        ),
         timestep=1,
         text=2,
         text_length_config="text_len",
@@ -501,6 +544,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),
+        cp_no_plan=(
+            "its RoPE tables are nested tuples built by a method, not a module's output, which diffusers' plan "
+            "hooks cannot split"
+        ),
         layout="BNCFHW",
         cfg="separate",
         timestep=1,
@@ -515,6 +562,12 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     Family(
         "cosmos3_omni",
         ("Cosmos3OmniTransformer",),
+        cp_no_plan=(
+            "both attention calls of every layer reach diffusers' dispatcher with enable_gqa=True (grouped-query "
+            "heads) and the text pathway with is_causal=True, which diffusers 0.42.1's context-parallel templates "
+            "refuse (Ulysses and ring); the class shards one packed sample through its own seams (_cp_shard_fn, "
+            "_cp_gather_fn) and a context-parallel processor outside diffusers' plans, which visattn does not ride"
+        ),
         one_sample_per_call=True,
         sample=Argument(("vision_tokens",), 5),
         layout="packed",
