@@ -199,8 +199,12 @@ def check_model(
     text_length: int | None,
     text_names: tuple[str, ...],
     effects: Sequence[Any] = (),
+    forward_inputs: tuple[tuple, dict] | None = None,
 ) -> None:
     """Refuse, before any attention runs, a context-parallel split that visattn's effects cannot follow.
+
+    ``forward_inputs`` (the forward's whole ``args`` and ``kwargs``) are read where the family's plan splits token
+    counts the grid and text do not give (``Family.cp_split_counts``, Framepack's packed history and condition).
 
     Raises:
         ValueError: ring attention combined with Ulysses (diffusers' unified attention) or ``ring_anything``, or
@@ -211,6 +215,8 @@ def check_model(
     config = getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
     if config is None:
         return
+    from .families import declared_family
+
     ring, ulysses = int(config.ring_degree), int(config.ulysses_degree)
     name = type(model).__name__
     if ring > 1 and effects:
@@ -255,7 +261,14 @@ def check_model(
         grid_count = (grid[axis], _GRID_AXES[axis])
     else:
         grid_count = (math.prod(grid) if grid else None, "tokens")
-    for what, (count, unit) in (("latent grid", grid_count), ("text", (text, "tokens"))):
+    counts = [("latent grid", grid_count), ("text", (text, "tokens"))]
+    family = declared_family(_unwrapped(model))
+    if family is not None and family.cp_split_counts and forward_inputs is not None and plan_source(model) == "visattn":
+        from .families.readers import SPLIT_COUNTS
+
+        read = SPLIT_COUNTS[family.cp_split_counts](_unwrapped(model), *forward_inputs)
+        counts = [(what, (count, "tokens")) for what, count in read]
+    for what, (count, unit) in counts:
         if count is not None and count % degree:
             raise ValueError(
                 f"the {what} of this call has {count} {unit}, which a context-parallel degree of {degree} "
@@ -393,7 +406,64 @@ def enable_context_parallelism(model_or_pipe: Any, config: Any) -> list[torch.nn
                 _gather_input(submodule_at(model, submodule), argument, dim, cp_config)
             for submodule, output, dim in family.cp_gather_outputs:
                 _gather_output(submodule_at(model, submodule), output, dim, cp_config)
+            for pattern, mask, streams in family.cp_joint_masks:
+                for module in _submodules_matching(model, pattern):
+                    _cut_joint_mask(module, mask, streams, cp_config)
     return models
+
+
+def _submodules_matching(model: torch.nn.Module, pattern: str) -> list[torch.nn.Module]:
+    """The submodules named by ``pattern``, where ``*`` stands for every module of a list (as in a plan's keys)."""
+    if "*" not in pattern:
+        return [submodule_at(model, pattern)]
+    head, _, tail = pattern.partition("*")
+    modules = submodule_at(model, head.rstrip("."))
+    if not isinstance(modules, torch.nn.ModuleList):
+        raise ValueError(f"{pattern!r}: '*' must follow a module list")
+    return [found for module in modules for found in _submodules_matching(module, tail.lstrip("."))]
+
+
+def _cut_joint_mask(module: torch.nn.Module, mask: str, streams: tuple[str, ...], config: Any) -> None:
+    """Cut the key mask argument ``mask`` of ``module`` to this rank's keys before it runs (see
+    :attr:`visattn.families.Family.cp_joint_masks`).
+
+    The forward builds the mask over the whole joint sequence ``[stream_0, stream_1, ...]`` (the arguments
+    ``streams``, in order), while this rank's joint keys are its share of each stream, ``[stream_0_r, stream_1_r,
+    ...]``: each stream's part of the mask is cut into equal shares and this rank's are concatenated, which
+    diffusers' Ulysses template then all-gathers in the layout of the gathered keys. The stream arguments give each
+    stream's length: whole where the plan splits them inside this module's forward (the first block), else this
+    rank's share.
+    """
+    import inspect
+
+    # The class's forward: diffusers' hooks replace the instance's with a (*args, **kwargs) wrapper.
+    names = list(inspect.signature(type(module).forward).parameters)[1:]
+    world = config._flattened_mesh.size()
+    rank = torch.distributed.get_rank(config._flattened_mesh.get_group())
+
+    def argument(name: str, args: tuple, kwargs: dict) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        position = names.index(name)
+        return args[position] if len(args) > position else None
+
+    def cut(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        whole = argument(mask, args, kwargs)
+        if not isinstance(whole, torch.Tensor):
+            return args, kwargs
+        lengths = [argument(name, args, kwargs).shape[1] for name in streams]
+        if sum(lengths) * world == whole.shape[-1]:
+            lengths = [length * world for length in lengths]
+        elif sum(lengths) != whole.shape[-1]:
+            return args, kwargs  # already cut (a module called twice), or not this layout
+        parts = whole.split(lengths, dim=-1)
+        local = torch.cat([part.chunk(world, dim=-1)[rank] for part in parts], dim=-1)
+        if mask in kwargs:
+            return args, {**kwargs, mask: local}
+        position = names.index(mask)
+        return (*args[:position], local, *args[position + 1 :]), kwargs
+
+    module.register_forward_pre_hook(cut, with_kwargs=True)
 
 
 def submodule_at(model: torch.nn.Module, name: str) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from visattn.testing.parallel import Case, CaseRuns
 
@@ -21,11 +22,26 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 #: the tiny models split with a plan visattn ships (keys of ``visattn.testing.parallel.MODELS``)
-PLANNED = ("hunyuan_video", "wan_vace", "motif_video", "kandinsky5", "kandinsky6")
+PLANNED = (
+    "hunyuan_video",
+    "wan_vace",
+    "motif_video",
+    "kandinsky5",
+    "kandinsky6",
+    "hunyuan_video_framepack",
+    "framepack_one_row",
+)
+
+#: the effects checked on each (Framepack's joint calls hold history tokens visattn cannot place, so grid and text
+#: effects leave them alone: only perturbation guidance acts there)
+_CHECKED = {model: ("pag", "neighborhood", "maps", "p2p") for model in PLANNED} | {
+    "hunyuan_video_framepack": ("pag",),
+    "framepack_one_row": ("pag",),
+}
 
 STOCK = tuple(Case(model, order="none") for model in PLANNED)
 NO_EFFECT = tuple(Case(model, order=order) for model in PLANNED for order in ("after", "before"))
-EFFECTS = tuple(Case(model, (effect,)) for model in PLANNED for effect in ("pag", "neighborhood", "maps", "p2p"))
+EFFECTS = tuple(Case(model, (effect,)) for model in PLANNED for effect in _CHECKED[model])
 CASES = STOCK + NO_EFFECT + EFFECTS
 
 
@@ -50,6 +66,7 @@ def test_plans_come_from_diffusers_then_visattn_then_none():
     assert plan_source(tiny_denoiser("motif_video")) == "visattn"
     assert plan_source(tiny_denoiser("kandinsky5")) == "visattn"
     assert plan_source(tiny_denoiser("kandinsky6")) == "visattn"
+    assert plan_source(tiny_denoiser("hunyuan_video_framepack")) == "visattn"
     # CogVideoX's processor calls torch's SDPA itself, not diffusers' dispatcher: no Ulysses, so no plan.
     assert plan_source(tiny_denoiser("cogvideox")) == "none"
 
@@ -176,3 +193,30 @@ def test_kandinsky5_split_by_frames_refuses_frames_text_and_heads_the_degree_can
     split(4)
     with pytest.raises(ValueError, match=r"ulysses_degree=4 does not divide the 2 attention heads of Kandinsky5"):
         check_model(model, (4, 4, 4), 8, text_names)
+
+
+def test_framepack_refuses_packed_latents_or_a_condition_the_degree_cannot_split():
+    """Framepack's plan splits the packed [history, window] latents and the [image, text] condition, counts neither
+    the grid nor the text gives (the family's cp_split_counts): each must divide the degree, and with one row the
+    forward keeps only the prompt's valid tokens, whose count is then the one to split."""
+    from types import SimpleNamespace
+
+    from visattn.parallel import check_model
+    from visattn.testing import tiny_denoiser
+    from visattn.testing.parallel import _model
+
+    model = tiny_denoiser("hunyuan_video_framepack")
+    config = SimpleNamespace(ring_degree=1, ulysses_degree=2, ring_anything=False)
+    model._parallel_config = SimpleNamespace(context_parallel_config=config)
+    inputs = _model("hunyuan_video_framepack").inputs(torch.Generator().manual_seed(0))
+
+    def check(**changed) -> None:
+        check_model(model, (2, 4, 4), 8, ("encoder_hidden_states",), (), ((), {**inputs, **changed}))
+
+    check()  # 32 + 32 + 4 + 2 = 70 packed latent tokens, 2 + 8 condition tokens: accepted
+    with pytest.raises(ValueError, match=r"packed latents of this call has 69 tokens.*degree of 2"):
+        check(latents_history_4x=torch.zeros(2, 4, 4, 8, 8))  # the 4x history pools to 1 token instead of 2
+    one_row = {name: value[:1] for name, value in inputs.items() if name.startswith(("encoder", "image"))}
+    check(**one_row)  # the first row's 8 valid text tokens
+    with pytest.raises(ValueError, match=r"condition \(image and text\) of this call has 7 tokens"):
+        check(**{**one_row, "encoder_attention_mask": torch.tensor([[1] * 5 + [0] * 3])})

@@ -483,6 +483,14 @@ class Family:
             index depends on the config (``"blocks.-1"``: the last module of the list ``blocks``, resolved per
             model), or a block whose output holds ``None`` (diffusers' gather hook takes tensors only). Installed by
             :func:`visattn.parallel.enable_context_parallelism`.
+        cp_joint_masks: ``(submodules, mask, streams)``: the key mask argument ``mask`` of ``submodules`` (a plan key,
+            ``*`` for every module of a list) covers the joint sequence of the arguments ``streams`` concatenated,
+            built whole by the forward while the plan splits each stream (Framepack's ``[latents, condition]``):
+            cut on each rank to its share of every stream, the layout of its joint keys, before the module runs.
+            Installed by :func:`visattn.parallel.enable_context_parallelism`.
+        cp_split_counts: the name of a reader in :data:`visattn.families.readers.SPLIT_COUNTS` of the token counts
+            the plan splits, where the latent grid and the text do not give them (Framepack's packed history, its
+            image and text condition): each must divide the context-parallel degree, checked before any step.
         cp_no_plan: why no context-parallel plan fits a class that has none (from diffusers or in
             :attr:`cp_plan`), read from its forward and processors; the context parallel column of
             ``docs/models.md`` shows it.
@@ -523,6 +531,8 @@ class Family:
     cp_plan: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)
     cp_gather_inputs: tuple[tuple[str, str, int], ...] = ()
     cp_gather_outputs: tuple[tuple[str, int, int], ...] = ()
+    cp_joint_masks: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    cp_split_counts: str | None = None
     cp_no_plan: str | None = None
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)

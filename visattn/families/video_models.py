@@ -166,6 +166,30 @@ def _kandinsky6_cp_plan() -> dict:
     }
 
 
+def _framepack_cp_plan() -> dict:
+    """HunyuanVideo Framepack's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The forward packs ``[history, video]`` latent tokens and their RoPE rows in its own code, builds the
+    ``[image, text]`` condition and one key mask over ``[latents, condition]``, runs the double- and single-stream
+    blocks and slices the video off the packed tokens. So both streams are split at the first block's input (each
+    joint call then holds ``[latents_r, condition_r]``, and Ulysses gathers every key once), the RoPE rows at every
+    block's; the key mask is cut to each rank's share of both streams (the family's ``cp_joint_masks``), and the
+    latents are gathered at the last single-stream block's output (``cp_gather_outputs``), before the slice: the
+    plan is exact only through :func:`visattn.parallel.enable_context_parallelism`. Needs packed latent and
+    condition token counts the degree divides; with one row per call the forward crops the condition to its valid
+    tokens (image tokens plus the prompt's valid ones), whose count must then divide.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput
+
+    tokens = ContextParallelInput(split_dim=1, expected_dims=3)
+    rope = [ContextParallelInput(split_dim=0, expected_dims=2)] * 2
+    return {
+        "transformer_blocks.0": {"hidden_states": tokens, "encoder_hidden_states": tokens},
+        "transformer_blocks.*": {"freqs_cis": rope},
+        "single_transformer_blocks.*": {"image_rotary_emb": rope},
+    }
+
+
 def _video(
     name: str,
     classes: tuple[str, ...],
@@ -314,14 +338,13 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
-        cp_no_plan=(
-            "with one row per call (the pipeline's CFG) the forward crops the [image, text] condition to its valid "
-            "length, which varies by prompt, and with several rows (batched prompts, or the branch PAG adds) it "
-            "builds one key mask over the whole [latents, condition] sequence, whose per-rank share [latents_r, "
-            "condition_r] no plan entry can cut; the condition left whole would be gathered once per rank by "
-            "Ulysses (its keys counted twice in the joint softmax). Gathering the latents after the last block is "
-            "no longer the obstacle (cp_gather_outputs)"
+        cp_plan=_framepack_cp_plan,
+        cp_joint_masks=(
+            ("transformer_blocks.*", "attention_mask", ("hidden_states", "encoder_hidden_states")),
+            ("single_transformer_blocks.*", "attention_mask", ("hidden_states", "encoder_hidden_states")),
         ),
+        cp_gather_outputs=(("single_transformer_blocks.-1", 0, 1),),
+        cp_split_counts="framepack_tokens",
         batch_inputs=tuple(
             (Argument((name,)), NOT_BATCHED_INPUT)
             for name in (

@@ -223,6 +223,8 @@ class _TinyModel:
     key: str
     inputs: Callable[[torch.Generator], dict[str, Any]]
     grid_role: str
+    #: the tiny denoiser's key, where the case's key names a variant of its inputs (``None``: ``key``)
+    denoiser: str | None = None
 
 
 #: the models the cases run: Wan (self- and cross-attention, text replicated) and Flux (joint attention)
@@ -294,6 +296,38 @@ def _kandinsky6_inputs(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
+def _framepack_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A 2x8x8 latent window (2x4x4 tokens) after its packed history (vanilla sampling: a clean prefix and 1x frame,
+    2 frames at 2x, 8 at 4x: 32 + 4 + 2 tokens), 2 image tokens and 8 text tokens, the last 6 of the second row
+    padding, batch 2: several rows, so the forward builds one key mask over [latents, condition], and its padding
+    reaches into the first rank's share of the condition (the whole mask, not cut, would then mask other keys)."""
+    prefix, i4, i2, i1, window = torch.arange(1 + 8 + 2 + 1 + 2).split([1, 8, 2, 1, 2])
+    return {
+        "hidden_states": torch.randn(2, 4, 2, 8, 8, generator=generator),
+        "timestep": torch.tensor([500.0, 500.0]),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "encoder_attention_mask": torch.tensor([[1] * TEXT_TOKENS, [1] * (TEXT_TOKENS - 6) + [0] * 6]),
+        "pooled_projections": torch.randn(2, 32, generator=generator),
+        "image_embeds": torch.randn(2, 2, 16, generator=generator),
+        "indices_latents": window,
+        "guidance": torch.full((2,), 10000.0),
+        "latents_clean": torch.randn(2, 4, 2, 8, 8, generator=generator),
+        "indices_latents_clean": torch.cat([prefix, i1]),
+        "latents_history_2x": torch.randn(2, 4, 2, 8, 8, generator=generator),
+        "indices_latents_history_2x": i2,
+        "latents_history_4x": torch.randn(2, 4, 8, 8, 8, generator=generator),
+        "indices_latents_history_4x": i4,
+    }
+
+
+def _framepack_one_row_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """:func:`_framepack_inputs`' second row alone: with one row the forward passes no key mask and crops the
+    condition to its valid tokens (2 image and 2 text tokens)."""
+    inputs = _framepack_inputs(generator)
+    # The frame indices are shared by the batch (1-D, no batch axis).
+    return {name: value if name.startswith("indices") else value[1:] for name, value in inputs.items()}
+
+
 #: models split with the plan visattn ships for their family (diffusers ships none): HunyuanVideo (joint
 #: [video, text] attention, both split after its token refiner), Wan-VACE (Wan with VACE control blocks) and
 #: Motif-Video (joint [video, text] attention, text cross-attention and decoder blocks, a padded prompt)
@@ -303,6 +337,8 @@ MODELS += (
     _TinyModel("motif_video", _motif_video_inputs, "joint"),
     _TinyModel("kandinsky5", _kandinsky5_inputs, "self"),
     _TinyModel("kandinsky6", _kandinsky6_inputs, "self"),
+    _TinyModel("hunyuan_video_framepack", _framepack_inputs, "joint"),
+    _TinyModel("framepack_one_row", _framepack_one_row_inputs, "joint", denoiser="hunyuan_video_framepack"),
 )
 
 
@@ -316,8 +352,9 @@ def _model(key: str) -> _TinyModel:
 def _model_and_inputs(key: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     from visattn.testing import tiny_denoiser
 
-    inputs = _model(key).inputs(torch.Generator().manual_seed(0))
-    return tiny_denoiser(key), {**inputs, "return_dict": False}
+    model = _model(key)
+    inputs = model.inputs(torch.Generator().manual_seed(0))
+    return tiny_denoiser(model.denoiser or key), {**inputs, "return_dict": False}
 
 
 def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parallel: Callable | None) -> dict:
