@@ -4,8 +4,11 @@ One spawn runs every case on both ranks (``visattn.testing.parallel``); each tes
 case in one process, the oracle. With visattn's plan the stock split reproduces one process, attaching visattn
 with no effect changes nothing, and effects under Ulysses equal one process: HunyuanVideo (joint [video, text]
 attention, both streams split after its token refiner, a padded prompt), Wan-VACE (control blocks beside Wan's,
-cross-attention over replicated text) and Motif-Video (joint [video, text] attention with a text cross-attention and
-decoder blocks, a padded prompt). Classes with no plan anywhere are refused by name.
+cross-attention over replicated text), Motif-Video (joint [video, text] attention with a text cross-attention and
+decoder blocks, a padded prompt), Kandinsky 5 (split by frames, the text per visual block), Kandinsky 6 (video
+tokens split at the first fused block and gathered at the last, replicated audio) and HunyuanVideo Framepack
+(packed history, a key mask cut per rank, several rows and one row). Classes with no plan anywhere are refused by
+name.
 """
 
 from __future__ import annotations

@@ -479,7 +479,7 @@ class Family:
         cp_gather_outputs: ``(submodule, output, dim)`` of outputs the forward needs whole after a submodule runs:
             element ``output`` of its output (``0`` for a bare tensor) gathered along ``dim`` from every rank, as a
             ``ContextParallelOutput`` entry of a plan gathers a module's output, for a point no plan entry can name:
-            a forward that reshapes or slices the tokens right after its last block (Kandinsky 6), whose
+            a forward that reshapes or slices the tokens right after its last block (Kandinsky 6, Framepack), whose
             index depends on the config (``"blocks.-1"``: the last module of the list ``blocks``, resolved per
             model), or a block whose output holds ``None`` (diffusers' gather hook takes tensors only). Installed by
             :func:`visattn.parallel.enable_context_parallelism`.
