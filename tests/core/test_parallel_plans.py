@@ -135,11 +135,17 @@ def test_a_gather_point_names_the_last_module_of_a_list_whatever_the_config():
 @pytest.mark.parametrize("case", EFFECTS, ids=lambda case: case.name)
 def test_effects_under_ulysses_equal_one_process(case):
     oracle = single(case)
-    assert _max_diff(oracle["output"], single(Case(case.model, order="none"))["output"]) > 0 or "maps" in case.effects
+    plain_oracle = single(Case(case.model, order="none"))["output"]
+    # The effect changes the output (AttentionMaps, an observer, does not), so a dropped effect fails.
+    assert _max_diff(oracle["output"], plain_oracle) > 1e-3 or "maps" in case.effects
     stock = _ranks(Case(case.model, order="none"))
+    # The split's own rounding, which guidance arithmetic carries: PAG at scale 2 returns 3 cond - 2 perturbed, so
+    # a difference e of both predictions may reach 5 e. It matters for Kandinsky 5 only, whose processor rounds the
+    # queries and keys to bfloat16 after RoPE: the stock split differs from one process by 4.7e-6 there.
+    carried = 5 * max(_max_diff(plain["output"], plain_oracle) for plain in stock)
     for rank, plain in zip(_ranks(case), stock, strict=True):
         assert "error" not in rank, rank.get("error")
-        assert _max_diff(rank["output"], oracle["output"]) <= TOLERANCE
+        assert _max_diff(rank["output"], oracle["output"]) <= TOLERANCE + carried
         assert np.array_equal(rank["after_detach"], plain["output"])
         if "maps" in oracle:
             # Every rank ends with the maps one process makes.

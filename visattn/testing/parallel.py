@@ -357,6 +357,13 @@ def _model_and_inputs(key: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     return tiny_denoiser(model.denoiser or key), {**inputs, "return_dict": False}
 
 
+def _prediction(output: Any) -> np.ndarray:
+    """The prediction of a ``return_dict=False`` forward: the first element of its tuple, or the bare tensor
+    Kandinsky 5 returns (whose first element would be the first batch row only)."""
+    prediction = output if isinstance(output, torch.Tensor) else output[0]
+    return prediction.float().numpy()
+
+
 def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parallel: Callable | None) -> dict:
     """Run one case; ``parallel`` enables context parallelism on the model (``None``: one process)."""
     import visattn
@@ -372,7 +379,7 @@ def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parall
     result: dict[str, Any] = {}
     try:
         with torch.no_grad():
-            result["output"] = model(**inputs)[0].float().numpy()
+            result["output"] = _prediction(model(**inputs))
         maps = next((effect for effect in effects if isinstance(effect, visattn.AttentionMaps)), None)
         if maps is not None:
             per_word = maps.maps()
@@ -388,7 +395,7 @@ def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parall
     if parallel is not None and case.order != "none":
         # Detach restores the stock context-parallel model exactly.
         with torch.no_grad():
-            result["after_detach"] = model(**inputs)[0].float().numpy()
+            result["after_detach"] = _prediction(model(**inputs))
     return result
 
 
