@@ -48,7 +48,7 @@ from .parallel import (
     gather_queries,
     is_query_shard,
     joint_order,
-    layer_heads,
+    module_heads,
     own_rows,
     parallel_layer,
     parallel_view,
@@ -309,7 +309,7 @@ class AttentionLayerHook(ModelHook):
         processor = getattr(module, "processor", None)
         # Context parallelism (diffusers' enable_parallelism): where this rank's part of each call sits.
         self._parallel = parallel_view(processor)
-        self._layer_heads = layer_heads(module)
+        self._layer_heads = module_heads(module)
         restore = _force_native_dispatch(processor)
         before = self._intercepted
         self._row_cursor = 0

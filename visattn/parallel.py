@@ -79,7 +79,7 @@ def parallel_view(processor: Any) -> ParallelView | None:
     )
 
 
-def layer_heads(module: torch.nn.Module) -> int | None:
+def module_heads(module: torch.nn.Module) -> int | None:
     """The head count of an attention module: diffusers' ``Attention`` calls it ``heads``, other attention classes
     ``num_heads`` (Kandinsky 5 and 6)."""
     for name in ("heads", "num_heads"):
@@ -287,7 +287,7 @@ def _split_layer_heads(model: torch.nn.Module) -> set[int]:
         count
         for module in _unwrapped(model).modules()
         if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None
-        and (count := layer_heads(module)) is not None
+        and (count := module_heads(module)) is not None
     }
 
 
