@@ -207,7 +207,8 @@ def check_model(
     counts the grid and text do not give (``Family.cp_split_counts``, Framepack's packed history and condition).
 
     Raises:
-        ValueError: ring attention combined with Ulysses (diffusers' unified attention) or ``ring_anything``, or
+        ValueError: ring attention on a plan that cuts a joint key mask per rank (``Family.cp_joint_masks``); ring
+            attention combined with Ulysses (diffusers' unified attention) or ``ring_anything``, or
             with an effect that is not exact under ring (:func:`ring_refusal`); a Ulysses degree that does not
             divide the layers' head count; a latent grid, or a text the model's plan splits (``text_names``), that
             does not split evenly.
@@ -219,6 +220,13 @@ def check_model(
 
     ring, ulysses = int(config.ring_degree), int(config.ulysses_degree)
     name = type(model).__name__
+    family = declared_family(_unwrapped(model))
+    if ring > 1 and family is not None and family.cp_joint_masks and plan_source(model) == "visattn":
+        raise ValueError(
+            f"{name} runs ring attention (ring_degree={ring}) with visattn's plan, whose joint key mask each rank "
+            f"cuts to its own keys: diffusers' ring applies that mask to every key shard. Use Ulysses: "
+            f"ContextParallelConfig(ulysses_degree={ring * ulysses})"
+        )
     if ring > 1 and effects:
         use = f"Use Ulysses: ContextParallelConfig(ulysses_degree={ring * ulysses})"
         if ulysses > 1 or getattr(config, "ring_anything", False):
@@ -262,7 +270,6 @@ def check_model(
     else:
         grid_count = (math.prod(grid) if grid else None, "tokens")
     counts = [("latent grid", grid_count), ("text", (text, "tokens"))]
-    family = declared_family(_unwrapped(model))
     if family is not None and family.cp_split_counts and forward_inputs is not None and plan_source(model) == "visattn":
         from .families.readers import SPLIT_COUNTS
 

@@ -229,3 +229,9 @@ def test_framepack_refuses_packed_latents_or_a_condition_the_degree_cannot_split
     check(**one_row)  # the first row's 8 valid text tokens
     with pytest.raises(ValueError, match=r"condition \(image and text\) of this call has 7 tokens"):
         check(**{**one_row, "encoder_attention_mask": torch.tensor([[1] * 5 + [0] * 3])})
+    # Ring gives every key shard the same mask, and this rank's cut fits its own keys only.
+    model._parallel_config = SimpleNamespace(
+        context_parallel_config=SimpleNamespace(ring_degree=2, ulysses_degree=1, ring_anything=False)
+    )
+    with pytest.raises(ValueError, match=r"ring_degree=2.*Use Ulysses: ContextParallelConfig\(ulysses_degree=2\)"):
+        check()
