@@ -263,7 +263,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "anyflow",
         ("AnyFlowTransformer3DModel",),
-        cp_no_plan=("its RoPE table is a dict (query, key), which diffusers' plan hooks cannot split"),
+        cp_no_plan="its RoPE table is a dict (query, key), which diffusers' plan hooks cannot split",
         timestep=1,
         text=3,
         layout="BFCHW",
