@@ -48,10 +48,11 @@ from .parallel import (
     gather_queries,
     is_query_shard,
     joint_order,
+    module_heads,
     own_rows,
+    parallel_layer,
     parallel_view,
     remember_for_backward,
-    ring_layer,
     split_by_stream,
     ulysses_heads,
 )
@@ -310,13 +311,13 @@ class AttentionLayerHook(ModelHook):
         processor = getattr(module, "processor", None)
         # Context parallelism (diffusers' enable_parallelism): where this rank's part of each call sits.
         self._parallel = parallel_view(processor)
-        self._layer_heads = getattr(module, "heads", None)
+        self._layer_heads = module_heads(module)
         restore = _force_native_dispatch(processor)
         before = self._intercepted
         self._row_cursor = 0
         self._row_stash.clear()
         try:
-            with _Interceptor(self), ring_layer(self, self._parallel):
+            with _Interceptor(self), parallel_layer(self, self._parallel):
                 out = original(*args, **kwargs)
         finally:
             # The kept source rows serve this layer call only: release them now.
@@ -359,7 +360,7 @@ class AttentionLayerHook(ModelHook):
         if q.ndim != 4 or sdpa["is_causal"] or sdpa["dropout_p"]:
             return func(*args, **kwargs)
         view = self._parallel
-        heads = ulysses_heads(view, self._layer_heads, q.shape[1])
+        heads = ulysses_heads(view, q.shape[1])
         n_local = q.shape[2]
         shard = heads is None and is_query_shard(view, self._layer_heads, q.shape[1])
         if self._replay is not None:

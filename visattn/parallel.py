@@ -79,17 +79,35 @@ def parallel_view(processor: Any) -> ParallelView | None:
     )
 
 
-def ulysses_heads(view: ParallelView | None, layer_heads: int | None, call_heads: int) -> tuple[int, int] | None:
+def module_heads(module: torch.nn.Module) -> int | None:
+    """The head count of an attention module: diffusers' ``Attention`` calls it ``heads``, other attention classes
+    ``num_heads`` (Kandinsky 5 and 6)."""
+    for name in ("heads", "num_heads"):
+        value = getattr(module, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def ulysses_heads(view: ParallelView | None, call_heads: int) -> tuple[int, int] | None:
     """``(head_offset, total_heads)`` of a call that Ulysses' all-to-all made (a slice of the layer's heads over the
-    whole sequence), or ``None`` for any other call."""
-    if view is None or view.ulysses <= 1 or not layer_heads or call_heads * view.ulysses != layer_heads:
+    whole sequence), or ``None`` for any other call.
+
+    A Ulysses call is one made inside diffusers' context-parallel template (:func:`_context_parallel_through_visattn`
+    marks it) with ``ulysses_degree > 1``: the template's all-to-all gave this rank ``call_heads`` of the layer's
+    ``call_heads * ulysses_degree``. The template says so, not the layer's attributes, which name the head count
+    differently per attention class (a call not recognized as a slice would average maps and select heads over this
+    rank's slice only).
+    """
+    if view is None or view.ulysses <= 1 or _TEMPLATE_CONFIG.get() is None:
         return None
-    return view.ulysses_rank * call_heads, layer_heads
+    return view.ulysses_rank * call_heads, call_heads * view.ulysses
 
 
-def is_query_shard(view: ParallelView | None, layer_heads: int | None, call_heads: int) -> bool:
-    """Whether a call of a parallelized layer runs on this rank's query shard with every head (no all-to-all)."""
-    return view is not None and bool(layer_heads) and call_heads == layer_heads
+def is_query_shard(view: ParallelView | None, heads: int | None, call_heads: int) -> bool:
+    """Whether a call of a parallelized layer of ``heads`` heads (``None``: unknown) runs on this rank's query shard
+    with every head: made outside diffusers' context-parallel template, so without an all-to-all."""
+    return view is not None and _TEMPLATE_CONFIG.get() is None and heads in (None, call_heads)
 
 
 def check_supported(view: ParallelView | None, layer_name: str, query_shard: bool = False) -> None:
@@ -193,11 +211,16 @@ def check_model(
     text_length: int | None,
     text_names: tuple[str, ...],
     effects: Sequence[Any] = (),
+    forward_inputs: tuple[tuple, dict] | None = None,
 ) -> None:
     """Refuse, before any attention runs, a context-parallel split that visattn's effects cannot follow.
 
+    ``forward_inputs`` (the forward's whole ``args`` and ``kwargs``) are read where the family's plan splits token
+    counts the grid and text do not give (``Family.cp_split_counts``, Framepack's packed history and condition).
+
     Raises:
-        ValueError: ring attention combined with Ulysses (diffusers' unified attention) or ``ring_anything``, or
+        ValueError: ring attention on a plan that cuts a joint key mask per rank (``Family.cp_joint_masks``); ring
+            attention combined with Ulysses (diffusers' unified attention) or ``ring_anything``, or
             with an effect that is not exact under ring (:func:`ring_refusal`); a Ulysses degree that does not
             divide the layers' head count; a latent grid, or a text the model's plan splits (``text_names``), that
             does not split evenly.
@@ -205,8 +228,17 @@ def check_model(
     config = getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
     if config is None:
         return
+    from .families import declared_family
+
     ring, ulysses = int(config.ring_degree), int(config.ulysses_degree)
     name = type(model).__name__
+    family = declared_family(_unwrapped(model))
+    if ring > 1 and family is not None and family.cp_joint_masks and plan_source(model) == "visattn":
+        raise ValueError(
+            f"{name} runs ring attention (ring_degree={ring}) with visattn's plan, whose joint key mask each rank "
+            f"cuts to its own keys: diffusers' ring applies that mask to every key shard. Use Ulysses: "
+            f"ContextParallelConfig(ulysses_degree={ring * ulysses})"
+        )
     if ring > 1 and effects:
         use = f"Use Ulysses: ContextParallelConfig(ulysses_degree={ring * ulysses})"
         if ulysses > 1 or getattr(config, "ring_anything", False):
@@ -225,27 +257,78 @@ def check_model(
                     f"{reason}. {use}"
                 )
     heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
-    if isinstance(heads, int) and heads % ulysses:
-        raise ValueError(
-            f"ulysses_degree={ulysses} does not divide the {heads} attention heads of {name}; use a degree that "
-            f"divides {heads}"
-        )
+    counts = {heads} if isinstance(heads, int) else _split_layer_heads(model)
+    for count in sorted(counts):
+        if count % ulysses:
+            raise ValueError(
+                f"ulysses_degree={ulysses} does not divide the {count} attention heads of {name}; use a degree that "
+                f"divides {count}"
+            )
     plan = context_parallel_plan(model) or {}
     split = plan.get("") or {}
-    # Text is split where the plan names a text input of the forward, or splits the output of a module that embeds
-    # the text (Motif-Video and HunyuanVideo split at ``context_embedder``).
+    # Text is split where the plan names a text input of the forward or of a block (Kandinsky 5 splits each visual
+    # block's ``text_embed``), or splits the output of a module that embeds the text (Motif-Video and HunyuanVideo
+    # split at ``context_embedder``).
     text_split = any(name in split for name in text_names) or any(
-        key and any(word in key for word in _TEXT_MODULE_WORDS) for key in plan
+        (key and any(word in key for word in _TEXT_MODULE_WORDS))
+        or (key and isinstance(entry, dict) and any(_names_text(arg, text_names) for arg in entry))
+        for key, entry in plan.items()
     )
     text = text_length if text_split else None
     degree = ring * ulysses
-    for what, count in (("latent grid", math.prod(grid) if grid else None), ("text", text)):
+    axis = _split_grid_axis(model, split)
+    if grid is not None and axis is not None:
+        grid_count = (grid[axis], _GRID_AXES[axis])
+    else:
+        grid_count = (math.prod(grid) if grid else None, "tokens")
+    counts = [("latent grid", grid_count), ("text", (text, "tokens"))]
+    if family is not None and family.cp_split_counts and forward_inputs is not None and plan_source(model) == "visattn":
+        from .families.readers import SPLIT_COUNTS
+
+        read = SPLIT_COUNTS[family.cp_split_counts](_unwrapped(model), *forward_inputs)
+        counts = [(what, (count, "tokens")) for what, count in read]
+    for what, (count, unit) in counts:
         if count is not None and count % degree:
             raise ValueError(
-                f"the {what} of this call has {count} tokens, which a context-parallel degree of {degree} "
-                f"(ulysses_degree={ulysses}, ring_degree={ring}) cannot split evenly; use a size whose token count "
-                f"is a multiple of {degree}"
+                f"the {what} of this call has {count} {unit}, which a context-parallel degree of {degree} "
+                f"(ulysses_degree={ulysses}, ring_degree={ring}) cannot split evenly; use a size whose number of "
+                f"{unit} is a multiple of {degree}"
             )
+
+
+#: the latent grid's axes, in the order of a grid ``(frames, height, width)``, and what one step along each is
+_GRID_AXES = ("frames", "rows", "columns")
+
+
+def _split_layer_heads(model: torch.nn.Module) -> set[int]:
+    """The head counts of the attention modules of ``model`` that diffusers parallelized (its config names none)."""
+    return {
+        count
+        for module in _unwrapped(model).modules()
+        if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None
+        and (count := module_heads(module)) is not None
+    }
+
+
+def _names_text(argument: Any, text_names: tuple[str, ...]) -> bool:
+    return isinstance(argument, str) and (argument in text_names or "text" in argument)
+
+
+def _split_grid_axis(model: torch.nn.Module, split: dict) -> int | None:
+    """The grid axis (0 frames, 1 rows, 2 columns) along which the plan splits the latents at the forward's input
+    (Kandinsky 5's plan splits ``[B, F, H, W, C]`` by frames), read with the family's latent layout; ``None`` when
+    the plan splits tokens (the whole grid's count must then divide)."""
+    from .families import declared_family
+
+    family = declared_family(_unwrapped(model))
+    if family is None or not split:
+        return None
+    entry = next((split[name] for name in family.sample.names if name in split), None)
+    dim = getattr(entry, "split_dim", None)
+    if dim is None or dim >= len(family.layout):
+        return None
+    letter = family.layout[dim]
+    return "FHW".index(letter) if letter in "FHW" else None
 
 
 #: words in the names of modules whose output is the text sequence (a plan entry there splits the text)
@@ -336,11 +419,109 @@ def enable_context_parallelism(model_or_pipe: Any, config: Any) -> list[torch.nn
     for model, plan in zip(models, plans, strict=True):
         model.enable_parallelism(config=config, cp_plan=plan)
         family = declared_family(_unwrapped(model))
-        if plan_source(model) == "visattn" and family.cp_gather_inputs:
+        if plan_source(model) == "visattn":
             cp_config = getattr(config, "context_parallel_config", config)
             for submodule, argument, dim in family.cp_gather_inputs:
-                _gather_input(_unwrapped(model).get_submodule(submodule), argument, dim, cp_config)
+                _gather_input(submodule_at(model, submodule), argument, dim, cp_config)
+            for submodule, output, dim in family.cp_gather_outputs:
+                _gather_output(submodule_at(model, submodule), output, dim, cp_config)
+            for pattern, mask, streams in family.cp_joint_masks:
+                for module in _submodules_matching(model, pattern):
+                    _cut_joint_mask(module, mask, streams, cp_config)
     return models
+
+
+def _submodules_matching(model: torch.nn.Module, pattern: str) -> list[torch.nn.Module]:
+    """The submodules named by ``pattern``, where ``*`` stands for every module of a list (as in a plan's keys)."""
+    if "*" not in pattern:
+        return [submodule_at(model, pattern)]
+    head, _, tail = pattern.partition("*")
+    modules = submodule_at(model, head.rstrip("."))
+    if not isinstance(modules, torch.nn.ModuleList):
+        raise ValueError(f"{pattern!r}: '*' must follow a module list")
+    return [found for module in modules for found in _submodules_matching(module, tail.lstrip("."))]
+
+
+def _cut_joint_mask(module: torch.nn.Module, mask: str, streams: tuple[str, ...], config: Any) -> None:
+    """Cut the key mask argument ``mask`` of ``module`` to this rank's keys before it runs (see
+    :attr:`visattn.families.Family.cp_joint_masks`).
+
+    The forward builds the mask over the whole joint sequence ``[stream_0, stream_1, ...]`` (the arguments
+    ``streams``, in order), while this rank's joint keys are its share of each stream, ``[stream_0_r, stream_1_r,
+    ...]``: each stream's part of the mask is cut into equal shares and this rank's are concatenated, which
+    diffusers' Ulysses template then all-gathers in the layout of the gathered keys. The stream arguments give each
+    stream's length: whole where the plan splits them inside this module's forward (the first block), else this
+    rank's share.
+    """
+    import inspect
+
+    # The class's forward: diffusers' hooks replace the instance's with a (*args, **kwargs) wrapper.
+    names = list(inspect.signature(type(module).forward).parameters)[1:]
+    world = config._flattened_mesh.size()
+    rank = torch.distributed.get_rank(config._flattened_mesh.get_group())
+
+    def argument(name: str, args: tuple, kwargs: dict) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        position = names.index(name)
+        return args[position] if len(args) > position else None
+
+    def cut(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        whole = argument(mask, args, kwargs)
+        if not isinstance(whole, torch.Tensor):
+            return args, kwargs
+        lengths = [argument(name, args, kwargs).shape[1] for name in streams]
+        if sum(lengths) * world == whole.shape[-1]:
+            lengths = [length * world for length in lengths]
+        elif sum(lengths) != whole.shape[-1]:
+            return args, kwargs  # already cut (a module called twice), or not this layout
+        parts = whole.split(lengths, dim=-1)
+        local = torch.cat([part.chunk(world, dim=-1)[rank] for part in parts], dim=-1)
+        if mask in kwargs:
+            return args, {**kwargs, mask: local}
+        position = names.index(mask)
+        return (*args[:position], local, *args[position + 1 :]), kwargs
+
+    module.register_forward_pre_hook(cut, with_kwargs=True)
+
+
+def submodule_at(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """The submodule ``name`` of ``model``, where a negative index counts from the end of a module list
+    (``"visual_transformer_blocks.-1"``: the last visual block, whatever the config's block count).
+
+    Raises:
+        ValueError: no such submodule (the message names the model's class and the missing part).
+    """
+    module = _unwrapped(model)
+    for atom in name.split(".") if name else ():
+        if isinstance(module, torch.nn.ModuleList) and atom.lstrip("-").isdigit():
+            index = int(atom)
+            if not -len(module) <= index < len(module):
+                raise ValueError(f"{name!r}: index {index} is outside a list of {len(module)} modules")
+            module = module[index]
+        elif isinstance(getattr(module, atom, None), torch.nn.Module):
+            module = getattr(module, atom)
+        else:
+            raise ValueError(f"{type(_unwrapped(model)).__name__} has no submodule {name!r} (no {atom!r})")
+    return module
+
+
+def _gather_output(module: torch.nn.Module, output: int, dim: int, config: Any) -> None:
+    """Gather element ``output`` of what ``module`` returns (a tensor, or a tuple or list whose other elements, even
+    ``None``, pass unchanged) along ``dim`` from every rank of ``config``'s mesh, once it has run (see
+    :attr:`visattn.families.Family.cp_gather_outputs`)."""
+    from diffusers.hooks.context_parallel import EquipartitionSharder
+
+    def whole(module: torch.nn.Module, args: tuple, result: Any) -> Any:
+        if isinstance(result, torch.Tensor):
+            return EquipartitionSharder.unshard(result, dim, config._flattened_mesh) if output == 0 else result
+        if not isinstance(result, (tuple, list)) or not isinstance(result[output], torch.Tensor):
+            return result
+        parts = list(result)
+        parts[output] = EquipartitionSharder.unshard(parts[output], dim, config._flattened_mesh)
+        return type(result)(parts)
+
+    module.register_forward_hook(whole)
 
 
 def _gather_input(module: torch.nn.Module, argument: str, dim: int, config: Any) -> None:
@@ -418,11 +599,13 @@ def _native_backward_through_visattn(ctx: Any, grad_out: torch.Tensor, *args: An
 # Under ring, diffusers' template (TemplatedRingAttention, reached through _templated_context_parallel_attention)
 # keeps each rank's query shard, all-gathers the key/value shards and loops over them, merging each step's output
 # by log-sum-exp. visattn routes the calls of the layers its effects act on (the layer hook is active, see
-# ring_layer) to ring_attention instead, which does the same with visattn's attention core: each step knows where
+# parallel_layer) to ring_attention instead, which does the same with visattn's attention core: each step knows where
 # its key shard sits in the whole sequence. Other calls run diffusers' template unchanged.
 
 _RING_LAYER: contextvars.ContextVar[Any] = contextvars.ContextVar("visattn_ring_layer", default=None)
 _STOCK_TEMPLATE: list = []
+#: the context-parallel config of the stock template call in progress (its SDPA calls are Ulysses calls)
+_TEMPLATE_CONFIG: contextvars.ContextVar[Any] = contextvars.ContextVar("visattn_cp_template", default=None)
 
 
 #: why the effects visattn ships that need whole rows or the whole grid cannot run under ring (by class name)
@@ -497,20 +680,22 @@ def ring_refusal(effect: Any, roles: frozenset[str] | None = None, model: torch.
 
 
 @contextlib.contextmanager
-def ring_layer(layer: Any, view: ParallelView | None) -> Iterator[None]:
-    """Route the ring calls made while a layer's forward runs (``view.ring > 1``) to :func:`ring_attention`."""
-    if view is None or view.ring <= 1:
+def parallel_layer(layer: Any, view: ParallelView | None) -> Iterator[None]:
+    """While a layer's forward runs under context parallelism: mark the calls made inside diffusers'
+    context-parallel template (:func:`ulysses_heads`), and route ring calls (``view.ring > 1``) to
+    :func:`ring_attention`."""
+    if view is None:
         yield
         return
-    _install_ring()
-    token = _RING_LAYER.set(layer)
+    _install_template()
+    token = _RING_LAYER.set(layer if view.ring > 1 else None)
     try:
         yield
     finally:
         _RING_LAYER.reset(token)
 
 
-def _install_ring() -> None:
+def _install_template() -> None:
     from diffusers.models import attention_dispatch
 
     if _STOCK_TEMPLATE:
@@ -535,14 +720,19 @@ def _context_parallel_through_visattn(
     _parallel_config: Any = None,
 ):
     """diffusers' context-parallel template, with the ring calls of a layer visattn's effects act on computed by
-    :func:`ring_attention` (every other call runs the stock template)."""
+    :func:`ring_attention`; every other call runs the stock template, marked as made inside it (the SDPA call its
+    Ulysses all-to-all leads to holds a slice of the heads, :func:`ulysses_heads`)."""
     layer = _RING_LAYER.get()
     config = getattr(_parallel_config, "context_parallel_config", None)
     if layer is None or config is None or config.ring_degree <= 1:
-        return _STOCK_TEMPLATE[0](
-            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
-            forward_op=forward_op, backward_op=backward_op, _parallel_config=_parallel_config,
-        )  # fmt: skip
+        token = _TEMPLATE_CONFIG.set(config)
+        try:
+            return _STOCK_TEMPLATE[0](
+                query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
+                forward_op=forward_op, backward_op=backward_op, _parallel_config=_parallel_config,
+            )  # fmt: skip
+        finally:
+            _TEMPLATE_CONFIG.reset(token)
     if config.ulysses_degree > 1 or getattr(config, "ring_anything", False) or is_causal or dropout_p or enable_gqa:
         raise ValueError(
             f"visattn effects act on layer {layer.layer_name!r}, whose ring attention (ring_degree="

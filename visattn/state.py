@@ -113,7 +113,8 @@ class DenoiserHook(ModelHook):
             inputs.batch_size = len(latents)
         self.state.inputs = inputs
         family = self.state.family
-        check_model(module, inputs.grid, inputs.text_length, family.text.names if family.text else (), self.effects)
+        text_names = family.text.names if family.text else ()
+        check_model(module, inputs.grid, inputs.text_length, text_names, self.effects, (seen_args, seen_kwargs))
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
         if not in_steps(self.steps, self.state.step.fraction):

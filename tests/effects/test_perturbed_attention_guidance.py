@@ -178,6 +178,17 @@ def test_bad_parameters_raise_clear_errors():
         run("unet", PerturbedAttentionGuidance(layers="mid", heads={"mid": [7]}))
 
 
+def test_a_head_index_out_of_range_is_refused_where_the_attention_names_its_count_num_heads():
+    # Kandinsky 5's attention names its head count num_heads (diffusers' Attention: heads).
+    from visattn.tiny import tiny_denoiser
+
+    model = tiny_denoiser("kandinsky5")
+    layer = "visual_transformer_blocks.0.self_attention"
+    with pytest.raises(ValueError, match=rf"index 2 is out of range for layer '{layer}', which has 2 heads"):
+        visattn.attach(model, PerturbedAttentionGuidance(layers="self", heads={layer: [2]}))
+    visattn.attach(model, PerturbedAttentionGuidance(layers="self", heads={layer: [1]})).detach()
+
+
 def test_default_layers_are_the_familys_and_follow_the_model_attached():
     """PAG's default layers are diffusers' PAG pipeline defaults per family ("mid" for SD, "blocks.1" for SD3), and
     the middle self/joint layer where the family declares none (Flux); one effect re-resolves per attach."""

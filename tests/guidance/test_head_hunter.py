@@ -121,6 +121,16 @@ def test_all_heads_lists_every_self_attention_head():
     assert candidates().pairs == ((UP, 0), (UP, 1), (MID, 0), (MID, 1))  # model order
 
 
+def test_all_heads_reads_head_counts_an_attention_class_names_num_heads():
+    # Kandinsky 5's attention module names its head count num_heads (diffusers' Attention: heads).
+    model = tiny_denoiser("kandinsky5")
+    every = HeadSet.all_heads(model)
+    # The visual blocks' self-attention (the text encoder block's is the family's "text" role).
+    self_layers = [f"visual_transformer_blocks.{i}.self_attention" for i in range(2)]
+    assert set(every.layers) == set(self_layers)
+    assert len(every) == sum(model.get_submodule(name).num_heads for name in self_layers) == 2 * 2
+
+
 def test_head_set_effect_perturbs_only_its_heads():
     pipe = pipeline()
     base = pipe("a red circle", generator=_generator(0), output_type="np", guidance_scale=0.0, **CALL).images

@@ -28,65 +28,16 @@ def _mark(value: float | None) -> str:
     return f"yes ({value:.2g})" if value > 1e-6 else "no change"
 
 
-#: why no plan (diffusers' or visattn's) can split a class whose processors do reach diffusers' dispatcher, for
-#: the classes whose forward was read for one (issue 26); the others say "none"
-_NO_PLAN = {
-    "HunyuanVideo15Transformer3DModel": (
-        "its processor builds a query-by-key text mask from the local sequence, which Ulysses cannot gather"
-    ),
-    "SkyReelsV2Transformer3DModel": (
-        "its cross-attention sends the replicated text through Ulysses' all-to-all, and diffusion forcing builds "
-        "per-token timesteps and a causal mask whole"
-    ),
-    "WanAnimateTransformer3DModel": (
-        "its face adapter attends per frame (frames folded into the batch) through Ulysses' all-to-all, which "
-        "would join different frames' tokens from different ranks"
-    ),
-    "WanAnimate2Transformer3DModel": (
-        "its processor applies RoPE from the whole grid's sizes and scatters the tokens into buffers laid out for a "
-        "block mask of the whole video, which a sequence shard cannot fill"
-    ),
-    "AnyFlowTransformer3DModel": "its RoPE table is a dict (query, key), which diffusers' plan hooks cannot split",
-    "HunyuanVideoFramepackTransformer3DModel": (
-        "the forward slices the video off the packed [history, video] tokens after the blocks with no module "
-        "between to gather them, and with one prompt row crops the text to its valid length"
-    ),
-    "SanaVideoTransformer3DModel": (
-        "its self-attention is linear attention the processor computes itself, without diffusers' dispatcher"
-    ),
-    "SanaWMTransformer3DModel": (
-        "its self-attention (gated-delta-net linear attention, or its softmax variant) calls torch itself, "
-        "without diffusers' dispatcher"
-    ),
-    "Kandinsky5Transformer3DModel": (
-        "only a split by frames fits (the forward builds RoPE from the embedded grid's shape and reshapes to it "
-        "before its output layer); one reproduces the stock output, but AttentionMaps over its cross-attention "
-        "then differs from one process (0.15 on the tiny model), so none ships; NABLA masks are built locally"
-    ),
-    "Kandinsky6Transformer3DModel": (
-        "the forward builds RoPE positions from the embedded grid's shape and reshapes the tokens to that grid "
-        "before its output layer, with no module between to gather them"
-    ),
-    "JoyImageEditTransformer3DModel": (
-        "its RoPE tables are nested tuples built by a method, not a module's output, which diffusers' plan hooks "
-        "cannot split"
-    ),
-    "Cosmos3OmniTransformer": (
-        "one packed sample per call with no batch axis (text ids and a list of vision latents packed by the "
-        "forward, a causal text pathway, grouped-query heads); no plan read for it yet"
-    ),
-}
-
-
 def _context_parallel(model: torch.nn.Module) -> str:
     """Where the class's context-parallel plan comes from, and for classes with none, why no plan fits: the
-    processors never reach diffusers' attention dispatcher (so no Ulysses all-to-all could run), or a reason
-    from :data:`_NO_PLAN`."""
+    processors never reach diffusers' attention dispatcher (so no Ulysses all-to-all could run), or the reason its
+    family record gives (``Family.cp_no_plan``)."""
     source = plan_source(model)
     if source != "none":
         return f"{source} plan"
-    if type(model).__name__ in _NO_PLAN:
-        return f"none ({_NO_PLAN[type(model).__name__]})"
+    family = declared_family(model)
+    if family is not None and family.cp_no_plan:
+        return f"none ({family.cp_no_plan})"
     processors = [module.processor for module in model.modules() if getattr(module, "processor", None) is not None]
     if processors and not any(hasattr(processor, "_parallel_config") for processor in processors):
         return "none (processors call SDPA without diffusers' dispatcher)"

@@ -224,6 +224,8 @@ class _TinyModel:
     key: str
     inputs: Callable[[torch.Generator], dict[str, Any]]
     grid_role: str
+    #: the tiny denoiser's key, where the case's key names a variant of its inputs (``None``: ``key``)
+    denoiser: str | None = None
 
 
 #: the models the cases run: Wan (self- and cross-attention, text replicated) and Flux (joint attention)
@@ -265,6 +267,68 @@ def _motif_video_inputs(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
+def _kandinsky5_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A 4x8x8 latent video (4x4x4 tokens after 2x2 patches, frames split) with its text-to-video condition (zero
+    reference latents and mask, 9 channels, ``[B, F, H, W, C]``), 8 text tokens and a pooled embedding, batch 2."""
+    latents = torch.randn(2, 4, 8, 8, 4, generator=generator)
+    return {
+        "hidden_states": torch.cat([latents, torch.zeros(2, 4, 8, 8, 5)], dim=-1),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "timestep": torch.tensor([500.0, 500.0]),
+        "pooled_projections": torch.randn(2, 16, generator=generator),
+        "visual_rope_pos": [torch.arange(4), torch.arange(4), torch.arange(4)],
+        "text_rope_pos": torch.arange(TEXT_TOKENS),
+        "scale_factor": (1.0, 2.0, 2.0),
+    }
+
+
+def _kandinsky6_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """Kandinsky 5's latent video and text (the last 3 text tokens of the second row padding, a boolean mask) with 3
+    audio latent tokens (replicated on every rank, so 6 in each Ulysses call: not the text's 8, see the plan), batch
+    2."""
+    inputs = _kandinsky5_inputs(generator)
+    return {
+        "hidden_states": inputs["hidden_states"],
+        "encoder_hidden_states": inputs["encoder_hidden_states"],
+        "pooled_projections": inputs["pooled_projections"],
+        "timestep": inputs["timestep"],
+        "audio_hidden_states": torch.randn(2, 3, 4, generator=generator),
+        "encoder_attention_mask": torch.tensor([[True] * TEXT_TOKENS, [True] * (TEXT_TOKENS - 3) + [False] * 3]),
+    }
+
+
+def _framepack_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """A 2x8x8 latent window (2x4x4 tokens) after its packed history (vanilla sampling: a clean prefix and 1x frame,
+    2 frames at 2x, 8 at 4x: 32 + 4 + 2 tokens), 2 image tokens and 8 text tokens, the last 6 of the second row
+    padding, batch 2: several rows, so the forward builds one key mask over [latents, condition], and its padding
+    reaches into the first rank's share of the condition (the whole mask, not cut, would then mask other keys)."""
+    prefix, i4, i2, i1, window = torch.arange(1 + 8 + 2 + 1 + 2).split([1, 8, 2, 1, 2])
+    return {
+        "hidden_states": torch.randn(2, 4, 2, 8, 8, generator=generator),
+        "timestep": torch.tensor([500.0, 500.0]),
+        "encoder_hidden_states": torch.randn(2, TEXT_TOKENS, 32, generator=generator),
+        "encoder_attention_mask": torch.tensor([[1] * TEXT_TOKENS, [1] * (TEXT_TOKENS - 6) + [0] * 6]),
+        "pooled_projections": torch.randn(2, 32, generator=generator),
+        "image_embeds": torch.randn(2, 2, 16, generator=generator),
+        "indices_latents": window,
+        "guidance": torch.full((2,), 10000.0),
+        "latents_clean": torch.randn(2, 4, 2, 8, 8, generator=generator),
+        "indices_latents_clean": torch.cat([prefix, i1]),
+        "latents_history_2x": torch.randn(2, 4, 2, 8, 8, generator=generator),
+        "indices_latents_history_2x": i2,
+        "latents_history_4x": torch.randn(2, 4, 8, 8, 8, generator=generator),
+        "indices_latents_history_4x": i4,
+    }
+
+
+def _framepack_one_row_inputs(generator: torch.Generator) -> dict[str, Any]:
+    """:func:`_framepack_inputs`' second row alone: with one row the forward passes no key mask and crops the
+    condition to its valid tokens (2 image and 2 text tokens)."""
+    inputs = _framepack_inputs(generator)
+    # The frame indices are shared by the batch (1-D, no batch axis).
+    return {name: value if name.startswith("indices") else value[1:] for name, value in inputs.items()}
+
+
 #: models split with the plan visattn ships for their family (diffusers ships none): HunyuanVideo (joint
 #: [video, text] attention, both split after its token refiner), Wan-VACE (Wan with VACE control blocks) and
 #: Motif-Video (joint [video, text] attention, text cross-attention and decoder blocks, a padded prompt)
@@ -272,6 +336,10 @@ MODELS += (
     _TinyModel("hunyuan_video", _hunyuan_video_inputs, "joint"),
     _TinyModel("wan_vace", _wan_vace_inputs, "self"),
     _TinyModel("motif_video", _motif_video_inputs, "joint"),
+    _TinyModel("kandinsky5", _kandinsky5_inputs, "self"),
+    _TinyModel("kandinsky6", _kandinsky6_inputs, "self"),
+    _TinyModel("hunyuan_video_framepack", _framepack_inputs, "joint"),
+    _TinyModel("framepack_one_row", _framepack_one_row_inputs, "joint", denoiser="hunyuan_video_framepack"),
 )
 
 
@@ -322,8 +390,16 @@ def _model(key: str) -> _TinyModel:
 def _model_and_inputs(key: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     from visattn.tiny import tiny_denoiser
 
-    inputs = _model(key).inputs(torch.Generator().manual_seed(0))
-    return tiny_denoiser(key), {**inputs, "return_dict": False}
+    model = _model(key)
+    inputs = model.inputs(torch.Generator().manual_seed(0))
+    return tiny_denoiser(model.denoiser or key), {**inputs, "return_dict": False}
+
+
+def _prediction(output: Any) -> np.ndarray:
+    """The prediction of a ``return_dict=False`` forward: the first element of its tuple, or the bare tensor
+    Kandinsky 5 returns (whose first element would be the first batch row only)."""
+    prediction = output if isinstance(output, torch.Tensor) else output[0]
+    return prediction.float().numpy()
 
 
 def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parallel: Callable | None) -> dict:
@@ -341,7 +417,7 @@ def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parall
     result: dict[str, Any] = {}
     try:
         with torch.no_grad():
-            result["output"] = model(**inputs)[0].float().numpy()
+            result["output"] = _prediction(model(**inputs))
         maps = next((effect for effect in effects if isinstance(effect, visattn.AttentionMaps)), None)
         if maps is not None:
             per_word = maps.maps()
@@ -357,7 +433,7 @@ def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parall
     if parallel is not None and case.order != "none":
         # Detach restores the stock context-parallel model exactly.
         with torch.no_grad():
-            result["after_detach"] = model(**inputs)[0].float().numpy()
+            result["after_detach"] = _prediction(model(**inputs))
     return result
 
 

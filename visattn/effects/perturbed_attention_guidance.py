@@ -22,6 +22,7 @@ import torch
 
 from ..context import CallContext
 from ..layers import FAMILY_DEFAULT, matches
+from ..parallel import module_heads
 from ..validation import ParameterTypeError, check_fraction, check_layer_roles, check_regex, check_scale
 from .base import AttentionCall
 from .perturbation_guidance import PerturbationGuidance, identity_rows
@@ -126,8 +127,8 @@ class PerturbedAttentionGuidance(PerturbationGuidance):
                     f"({', '.join(modules)}); it would perturb nothing"
                 )
             for name in names:
-                count = getattr(modules[name], "heads", None)
-                if isinstance(count, int) and not isinstance(count, bool) and max(indices) >= count:
+                count = module_heads(modules[name])
+                if count is not None and max(indices) >= count:
                     raise ValueError(
                         f"heads[{layer_id!r}]: index {max(indices)} is out of range for layer {name!r}, which has "
                         f"{count} heads (indices 0 to {count - 1})"

@@ -676,6 +676,24 @@ class Family:
         cp_gather_inputs: ``(submodule, argument, dim)`` of inputs the plan splits for the forward that a submodule
             needs whole (HunyuanVideo's token refiner reads the whole prompt mask): gathered back along ``dim``
             before it runs, by :func:`visattn.parallel.enable_context_parallelism`.
+        cp_gather_outputs: ``(submodule, output, dim)`` of outputs the forward needs whole after a submodule runs:
+            element ``output`` of its output (``0`` for a bare tensor) gathered along ``dim`` from every rank, as a
+            ``ContextParallelOutput`` entry of a plan gathers a module's output, for a point no plan entry can name:
+            a forward that reshapes or slices the tokens right after its last block (Kandinsky 6, Framepack), whose
+            index depends on the config (``"blocks.-1"``: the last module of the list ``blocks``, resolved per
+            model), or a block whose output holds ``None`` (diffusers' gather hook takes tensors only). Installed by
+            :func:`visattn.parallel.enable_context_parallelism`.
+        cp_joint_masks: ``(submodules, mask, streams)``: the key mask argument ``mask`` of ``submodules`` (a plan key,
+            ``*`` for every module of a list) covers the joint sequence of the arguments ``streams`` concatenated,
+            built whole by the forward while the plan splits each stream (Framepack's ``[latents, condition]``):
+            cut on each rank to its share of every stream, the layout of its joint keys, before the module runs.
+            Installed by :func:`visattn.parallel.enable_context_parallelism`.
+        cp_split_counts: the name of a reader in :data:`visattn.families.readers.SPLIT_COUNTS` of the token counts
+            the plan splits, where the latent grid and the text do not give them (Framepack's packed history, its
+            image and text condition): each must divide the context-parallel degree, checked before any step.
+        cp_no_plan: why no context-parallel plan fits a class that has none (from diffusers or in
+            :attr:`cp_plan`), read from its forward and processors; the context parallel column of
+            ``docs/models.md`` shows it.
         known: declared by visattn (``False`` for the generic fallback of a class never seen).
     """
 
@@ -714,6 +732,10 @@ class Family:
     pag_layers: tuple[str, ...] | None = None
     cp_plan: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)
     cp_gather_inputs: tuple[tuple[str, str, int], ...] = ()
+    cp_gather_outputs: tuple[tuple[str, int, int], ...] = ()
+    cp_joint_masks: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    cp_split_counts: str | None = None
+    cp_no_plan: str | None = None
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
 

@@ -301,3 +301,42 @@ TOKEN_COUNTERS: dict[str, Callable[..., int | None]] = {
     "bria_fibo2_gists": bria_fibo2_gists,
     "minimax_h3_rows": minimax_h3_rows,
 }
+
+
+# --- token counts a context-parallel plan splits (Family.cp_split_counts) ---------------------------------------
+
+
+def _pooled_tokens(latents: Any, kernel: tuple[int, int, int]) -> int:
+    """Tokens of a ``[B, C, F, H, W]`` latent patchified with ``kernel`` after padding each axis up to it."""
+    if not isinstance(latents, torch.Tensor):
+        return 0
+    return math.prod(-(-size // k) for size, k in zip(latents.shape[2:], kernel, strict=True))
+
+
+def framepack_tokens(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple[str, int], ...]:
+    """The token counts HunyuanVideo Framepack's plan splits: the packed latents (the window, the clean latents at
+    the window's patch, the 2x and 4x history at their pooled patches, each axis padded up as its embedder pads)
+    and the condition (the image tokens, then the text: with one row the forward keeps only its valid tokens)."""
+    parameters = list(inspect.signature(type(model).forward).parameters)[1:]
+
+    def argument(name: str) -> Any:
+        index = parameters.index(name)
+        return kwargs.get(name, args[index] if len(args) > index else None)
+
+    p, p_t = model.config.patch_size, model.config.patch_size_t
+    latents = (
+        _pooled_tokens(argument("hidden_states"), (p_t, p, p))
+        + _pooled_tokens(argument("latents_clean"), (1, 2, 2))
+        + _pooled_tokens(argument("latents_history_2x"), (2, 4, 4))
+        + _pooled_tokens(argument("latents_history_4x"), (4, 8, 8))
+    )
+    text, mask, image = argument("encoder_hidden_states"), argument("encoder_attention_mask"), argument("image_embeds")
+    text_tokens = int(mask[0].sum()) if text.shape[0] == 1 and mask is not None else text.shape[1]
+    image_tokens = image.shape[1] if isinstance(image, torch.Tensor) else 0
+    return (("packed latents", latents), ("condition (image and text)", image_tokens + text_tokens))
+
+
+#: readers of the token counts a family's context-parallel plan splits, by name (``Family.cp_split_counts``)
+SPLIT_COUNTS: dict[str, Callable[[torch.nn.Module, tuple, dict], tuple[tuple[str, int], ...]]] = {
+    "framepack_tokens": framepack_tokens,
+}

@@ -112,6 +112,87 @@ def _motif_video_cp_plan() -> dict:
     }
 
 
+def _kandinsky5_cp_plan() -> dict:
+    """Kandinsky 5's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The forward reads the grid from the embedded latents (``[B, F, H, W, D]``), builds the RoPE table from that
+    shape and the pipeline's ``visual_rope_pos``, and reshapes the tokens back to that shape before its output
+    layer, with no module between the blocks and that reshape. So the split is by frames, at the input: the latents
+    along their frame axis and the frame positions with them (the height and width positions stay whole), so that
+    each rank builds the RoPE of its own frames and holds a contiguous run of tokens; the output layer's result is
+    gathered along frames. The text stays whole for the text blocks (Ulysses over replicated text: every key
+    doubled, the same attention) and is split for each visual block's cross-attention, whose all-to-all gathers it
+    once. Needs a frame count and a text length the degree divides, and a temporal patch of 1. Not covered: the
+    NABLA sparse attention (``sparse_params``), whose mask the processor builds from this rank's queries and keys.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    # split_output=True on a list element leaves it whole (diffusers' hook splits only the others).
+    whole = ContextParallelInput(split_dim=0, expected_dims=1, split_output=True)
+    return {
+        "": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=5),
+            "visual_rope_pos": [ContextParallelInput(split_dim=0, expected_dims=1), whole, whole],
+        },
+        "visual_transformer_blocks.*": {"text_embed": ContextParallelInput(split_dim=1, expected_dims=3)},
+        "out_layer": ContextParallelOutput(gather_dim=1, expected_dims=5),
+    }
+
+
+def _kandinsky6_cp_plan() -> dict:
+    """Kandinsky 6's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The forward flattens the embedded video and its RoPE table to tokens before the fused blocks and reshapes the
+    tokens to the grid right after the last one, so the video tokens are split at the first block's input (their
+    RoPE rows at every block's) and gathered at the last block's output (the family's ``cp_gather_outputs``: the
+    last block's index depends on the config, and its output holds ``None`` without audio, which diffusers' gather
+    hook refuses; so the plan is exact only through :func:`visattn.parallel.enable_context_parallelism`). The text
+    stays whole for the text blocks (Ulysses over replicated text: every key doubled, the same attention) and is
+    split for each fused block, with its padding mask, so that both text cross-attentions gather it once. The audio
+    tokens stay whole: their self-attention and the video-audio cross-attentions run Ulysses over replicated audio
+    (doubled keys or queries, the same attention), so any audio length splits. Needs a video token count and a text
+    length the degree divides. Not covered: effects that place text keys by count (AttentionMaps, Prompt-to-Prompt)
+    take the video-to-audio cross-attention's keys for text where the degree times the audio length equals the text
+    length (in one process, where the audio length does).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput
+
+    return {
+        "visual_transformer_blocks.0": {"vis": ContextParallelInput(split_dim=1, expected_dims=3)},
+        # Each block gets the forward's whole variables: the RoPE rows, the text and its mask are split at every one.
+        "visual_transformer_blocks.*": {
+            "vis_rope": ContextParallelInput(split_dim=0, expected_dims=5),
+            "text_v": ContextParallelInput(split_dim=1, expected_dims=3),
+            "text_a": ContextParallelInput(split_dim=1, expected_dims=3),
+            "attn_mask": ContextParallelInput(split_dim=1, expected_dims=2),
+        },
+    }
+
+
+def _framepack_cp_plan() -> dict:
+    """HunyuanVideo Framepack's context-parallel plan (diffusers 0.42.1 ships none), read from its ``forward``.
+
+    The forward packs ``[history, video]`` latent tokens and their RoPE rows in its own code, builds the
+    ``[image, text]`` condition and one key mask over ``[latents, condition]``, runs the double- and single-stream
+    blocks and slices the video off the packed tokens. So both streams are split at the first block's input (each
+    joint call then holds ``[latents_r, condition_r]``, and Ulysses gathers every key once), the RoPE rows at every
+    block's; the key mask is cut to each rank's share of both streams (the family's ``cp_joint_masks``), and the
+    latents are gathered at the last single-stream block's output (``cp_gather_outputs``), before the slice: the
+    plan is exact only through :func:`visattn.parallel.enable_context_parallelism`. Needs packed latent and
+    condition token counts the degree divides; with one row per call the forward crops the condition to its valid
+    tokens (image tokens plus the prompt's valid ones), whose count must then divide.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput
+
+    tokens = ContextParallelInput(split_dim=1, expected_dims=3)
+    rope = [ContextParallelInput(split_dim=0, expected_dims=2)] * 2
+    return {
+        "transformer_blocks.0": {"hidden_states": tokens, "encoder_hidden_states": tokens},
+        "transformer_blocks.*": {"freqs_cis": rope},
+        "single_transformer_blocks.*": {"image_rotary_emb": rope},
+    }
+
+
 def _video(
     name: str,
     classes: tuple[str, ...],
@@ -148,13 +229,27 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "wan_animate",
         ("WanAnimateTransformer3DModel",),
+        cp_no_plan=(
+            "its face adapter attends per frame (frames folded into the batch) through Ulysses' all-to-all, which "
+            "would join different frames' tokens from different ranks"
+        ),
         timestep=1,
         text=2,
         prompt=WAN_PROMPT,
         # attn2 attends to the text (and image tokens); the module alone looks like self or joint attention.
         roles=((r"\.attn2$", "cross"),),
     ),
-    _video("skyreels_v2", ("SkyReelsV2Transformer3DModel",), timestep=1, text=2, prompt=WAN_PROMPT),
+    _video(
+        "skyreels_v2",
+        ("SkyReelsV2Transformer3DModel",),
+        timestep=1,
+        text=2,
+        prompt=WAN_PROMPT,
+        cp_no_plan=(
+            "its cross-attention sends the replicated text through Ulysses' all-to-all, and diffusion forcing "
+            "builds per-token timesteps and a causal mask whole"
+        ),
+    ),
     _video(
         "chronoedit",
         ("ChronoEditTransformer3DModel",),
@@ -171,6 +266,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "anyflow",
         ("AnyFlowTransformer3DModel",),
+        cp_no_plan="its RoPE table is a dict (query, key), which diffusers' plan hooks cannot split",
         timestep=1,
         text=3,
         layout="BFCHW",
@@ -231,6 +327,9 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "hunyuan_video15",
         ("HunyuanVideo15Transformer3DModel",),
+        cp_no_plan=(
+            "its processor builds a query-by-key text mask from the local sequence, which Ulysses cannot gather"
+        ),
         timestep=1,
         text=2,
         # [image-prompt tokens, glyph (ByT5) tokens, MLLM tokens], each row's valid tokens first, after the video
@@ -271,6 +370,13 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
+        cp_plan=_framepack_cp_plan,
+        cp_joint_masks=(
+            ("transformer_blocks.*", "attention_mask", ("hidden_states", "encoder_hidden_states")),
+            ("single_transformer_blocks.*", "attention_mask", ("hidden_states", "encoder_hidden_states")),
+        ),
+        cp_gather_outputs=(("single_transformer_blocks.-1", 0, 1),),
+        cp_split_counts="framepack_tokens",
         batch_inputs=tuple(
             (Argument((name,)), NOT_BATCHED_INPUT)
             for name in (
@@ -354,6 +460,9 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "sana_video",
         ("SanaVideoTransformer3DModel",),
+        cp_no_plan=(
+            "its self-attention is linear attention the processor computes itself, without diffusers' dispatcher"
+        ),
         timestep=2,
         text=1,
         # Sana's text path: Gemma 2 over the call's complex_human_instruction + the lower-cased prompt, <bos> and
@@ -387,6 +496,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
             ),
             max_sequence_length=300,
         ),
+        cp_no_plan=(
+            "its self-attention (gated-delta-net linear attention, or its softmax variant) calls torch itself, "
+            "without diffusers' dispatcher"
+        ),
     ),
     _video(
         "kandinsky5",
@@ -397,6 +510,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="BFHWC",
         # The text encoder blocks attend over the text; the visual blocks' cross_attention modules to the text.
         roles=(("^text_transformer_blocks", "text"), (r"\.cross_attention$", "cross")),
+        cp_plan=_kandinsky5_cp_plan,
         # Qwen2.5-VL over the pipeline's prompt_template around the prompt_clean'ed prompt, its first
         # prompt_template_encode_start_idx tokens dropped; padded to the longest prompt of the call (the call's
         # text length). CLIP gives only the pooled embedding.
@@ -420,6 +534,8 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         # Video and audio text encoder blocks attend over the text; the video/audio blocks' cross_attention modules
         # to the text, va_/av_cross_attention between the video and audio streams.
         roles=(("_text_transformer_blocks", "text"), ("cross_attention$", "cross")),
+        cp_plan=_kandinsky6_cp_plan,
+        cp_gather_outputs=(("visual_transformer_blocks.-1", 0, 1),),
         # Qwen2.5-VL over the module's _PROMPT_TEMPLATE, its first _QWEN_CROP_START tokens dropped, padded to
         # max_sequence_length (expand_prompts off, the default: the expansion rewrites the prompt). CLIP gives only
         # the pooled embedding.
@@ -483,6 +599,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "wan_animate_2",
         ("WanAnimate2Transformer3DModel",),
+        cp_no_plan=(
+            "its processor applies RoPE from the whole grid's sizes and scatters the tokens into buffers laid out "
+            "for a block mask of the whole video, which a sequence shard cannot fill"
+        ),
         timestep=1,
         text=2,
         text_length_config="text_len",
@@ -520,6 +640,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),
+        cp_no_plan=(
+            "its RoPE tables are nested tuples built by a method, not a module's output, which diffusers' plan "
+            "hooks cannot split"
+        ),
         layout="BNCFHW",
         cfg="separate",
         timestep=1,
@@ -534,6 +658,12 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     Family(
         "cosmos3_omni",
         ("Cosmos3OmniTransformer",),
+        cp_no_plan=(
+            "both attention calls of every layer reach diffusers' dispatcher with enable_gqa=True (grouped-query "
+            "heads) and the text pathway with is_causal=True, which diffusers 0.42.1's context-parallel templates "
+            "refuse (Ulysses and ring); the class shards one packed sample through its own seams (_cp_shard_fn, "
+            "_cp_gather_fn) and a context-parallel processor outside diffusers' plans, which visattn does not ride"
+        ),
         one_sample_per_call=True,
         sample=Argument(("vision_tokens",), 5),
         layout="packed",

@@ -32,6 +32,7 @@ from ..effects.base import AttentionCall, Effect
 from ..families import family_of
 from ..interception import AttentionLayerHook, layer_hook, register_layer_hook, remove_layer_hook
 from ..layers import matches, normalize_layers, select_layers
+from ..parallel import module_heads
 from ..state import HOOK_NAME
 from .head_sets import HeadSet, layer_pattern
 
@@ -298,11 +299,12 @@ class HeadPerturbationGuidance(BaseGuidance):
                     f"heads key {key!r} matches none of the perturbed layers; perturbed layers: {', '.join(names)}"
                 )
             for name in hits:
-                too_large = [i for i in indices if i >= modules[name].heads]
+                count = module_heads(modules[name])
+                too_large = [i for i in indices if count is not None and i >= count]
                 if too_large:
                     raise ValueError(
                         f"heads[{key!r}]: head {too_large[0]} is out of range for layer {name!r}, which has "
-                        f"{modules[name].heads} heads"
+                        f"{count} heads"
                     )
                 plan[name] = tuple(dict.fromkeys((*(plan.get(name) or ()), *indices)))
         return {name: plan[name] for name in names if name in plan}

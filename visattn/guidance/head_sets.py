@@ -55,14 +55,17 @@ def layer_heads(target: Any, roles: Iterable[str] | None = ("self", "joint")) ->
             The default is the layers perturbation guidance acts on.
     """
     from ..attachment import attention_layers, layer_roles
+    from ..parallel import module_heads
 
     wanted = None if roles is None else set(roles)
     heads: dict[str, int] = {}
     for model in _denoisers(target):
         model_roles = layer_roles(model)
         for name, module in attention_layers(model).items():
-            if wanted is None or model_roles[name] in wanted:
-                heads.setdefault(name, int(module.heads))
+            # diffusers' Attention names its head count `heads`, Kandinsky's attention `num_heads`.
+            count = module_heads(module)
+            if count is not None and (wanted is None or model_roles[name] in wanted):
+                heads.setdefault(name, count)
     return heads
 
 
