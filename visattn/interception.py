@@ -180,6 +180,19 @@ class _Partial:
     keys: slice
 
 
+def _called_part(layout: TokenLayout, partial: _Partial, n: int) -> TokenLayout | None:
+    """The layout of the ``n`` tokens a call holds when it is the start of ``layout`` with the end of the text
+    dropped (the queries and keys alike): its streams as the call concatenates them. ``None`` for other partial
+    calls."""
+    whole = slice(0, n)
+    text = layout.text
+    if partial.queries != whole or partial.keys != whole or text is None or text.stop != layout.length:
+        return None
+    if not text.start < n < layout.length:
+        return None
+    return dataclasses.replace(layout, length=n, text=Span(text.start, n))
+
+
 def _widen(x: torch.Tensor, length: int, span: slice) -> torch.Tensor:
     """``x`` (``[B, H, N, D]``) placed at ``span`` of a zero sequence of ``length`` tokens."""
     out = x.new_zeros(x.shape[0], x.shape[1], length, x.shape[3])
@@ -390,9 +403,11 @@ class AttentionLayerHook(ModelHook):
             q = gather_queries(q, view)
             if mask is not None and mask.ndim == 4 and mask.shape[-2] == n_local > 1:
                 mask = gather_queries(mask, view)
-        elif heads is not None and ctx.role == "joint" and partial is None and split_by_stream(ctx):
-            # Ulysses gathered every rank's [text_r, image_r]: reorder to the layout effects expect.
-            order = joint_order(ctx.queries, view.ulysses)
+        elif heads is not None and ctx.role == "joint" and split_by_stream(ctx):
+            # Ulysses gathered every rank's [text_r, image_r]: reorder to the layout effects expect. A call that
+            # dropped its text padding (one row of Framepack) interleaves the streams it holds, not the padded ones.
+            called = ctx.queries if partial is None else _called_part(ctx.queries, partial, q.shape[2])
+            order = None if called is None else joint_order(called, view.ulysses)
             if order is not None:
                 order = order.to(q.device)
                 q, k, v = q[:, :, order], k[:, :, order], v[:, :, order]

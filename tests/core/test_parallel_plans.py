@@ -34,11 +34,10 @@ PLANNED = (
     "framepack_one_row",
 )
 
-#: the effects checked on each (Framepack's joint calls hold history tokens visattn cannot place, so grid and text
-#: effects leave them alone: only perturbation guidance acts there)
+#: the effects checked on each (Framepack's history latents are placed as other tokens: grid effects keep them
+#: visible to every grid query, text effects read its text)
 _CHECKED = {model: ("pag", "neighborhood", "maps", "p2p") for model in PLANNED} | {
-    "hunyuan_video_framepack": ("pag",),
-    "framepack_one_row": ("pag",),
+    "framepack_one_row": ("pag", "neighborhood", "maps"),  # one row: no source/target pair to edit
 }
 
 STOCK = tuple(Case(model, order="none") for model in PLANNED)

@@ -152,7 +152,7 @@ def _tokens(words: list[str], length: int):
     return PromptTokens(" ".join(words), tuple(words), tuple((i,) for i in range(len(words))), (), length)
 
 
-def _effects(names: tuple[str, ...], text_length: int, role: str) -> list:
+def _effects(names: tuple[str, ...], text_length: int, role: str, kernel_size: int | tuple[int, ...] = 3) -> list:
     """The named effects; ``role`` is where the grid effects act (``"self"`` for Wan, ``"joint"`` for Flux)."""
     import visattn
 
@@ -162,7 +162,7 @@ def _effects(names: tuple[str, ...], text_length: int, role: str) -> list:
         "pag": lambda: visattn.PerturbedAttentionGuidance(scale=2.0, layers=role),
         "pag_head": lambda: visattn.PerturbedAttentionGuidance(scale=2.0, layers=role, heads={".": [1]}),
         "seg": lambda: visattn.SmoothedEnergyGuidance(scale=2.0, sigma=2.0, layers=role),
-        "neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=3, layers=role),
+        "neighborhood": lambda: visattn.NeighborhoodAttention(kernel_size=kernel_size, layers=role),
         "radial": lambda: visattn.RadialAttention(dense_steps=None, block_size=4, decay_factor=0.2, layers=role),
         "decay": lambda: visattn.ExtrapolationDecay(train_size=2, factor=0.5, layers=role),
         "entropy": lambda: visattn.EntropyScaling(train_tokens=8, layers=role),
@@ -226,6 +226,10 @@ class _TinyModel:
     grid_role: str
     #: the tiny denoiser's key, where the case's key names a variant of its inputs (``None``: ``key``)
     denoiser: str | None = None
+    #: text positions the text effects address (Framepack's image tokens join its text)
+    text_length: int = TEXT_TOKENS
+    #: NeighborhoodAttention's window (Framepack's 2-frame window cannot take 3 frames)
+    kernel_size: int | tuple[int, ...] = 3
 
 
 #: the models the cases run: Wan (self- and cross-attention, text replicated) and Flux (joint attention)
@@ -338,8 +342,16 @@ MODELS += (
     _TinyModel("motif_video", _motif_video_inputs, "joint"),
     _TinyModel("kandinsky5", _kandinsky5_inputs, "self"),
     _TinyModel("kandinsky6", _kandinsky6_inputs, "self"),
-    _TinyModel("hunyuan_video_framepack", _framepack_inputs, "joint"),
-    _TinyModel("framepack_one_row", _framepack_one_row_inputs, "joint", denoiser="hunyuan_video_framepack"),
+    # Framepack's text positions: its 2 image tokens, then the text
+    _TinyModel("hunyuan_video_framepack", _framepack_inputs, "joint", text_length=10, kernel_size=(1, 3, 3)),
+    _TinyModel(
+        "framepack_one_row",
+        _framepack_one_row_inputs,
+        "joint",
+        denoiser="hunyuan_video_framepack",
+        text_length=10,
+        kernel_size=(1, 3, 3),
+    ),
 )
 
 
@@ -406,7 +418,8 @@ def _run_case(model: torch.nn.Module, inputs: dict[str, Any], case: Case, parall
     """Run one case; ``parallel`` enables context parallelism on the model (``None``: one process)."""
     import visattn
 
-    effects = _effects(case.effects, TEXT_TOKENS, _model(case.model).grid_role)
+    tiny = _model(case.model)
+    effects = _effects(case.effects, tiny.text_length, tiny.grid_role, tiny.kernel_size)
     handle = None
     if case.order == "before":
         handle = visattn.attach(model, *effects)
