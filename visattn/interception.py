@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .state import DenoiserState
 
 HOOK_NAME = "visattn.attention"
+_SDPA = F.scaled_dot_product_attention
 
 #: stock processors that compute attention without ``scaled_dot_product_attention`` (linear attention, explicit
 #: ``baddbmm`` softmax, external kernels): visattn cannot take their attention over.
@@ -100,10 +101,10 @@ class _Interceptor(torch.overrides.TorchFunctionMode):
         self.layer = layer
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            return self.layer.attend(func, args, kwargs)
-        return func(*args, **kwargs)
+        # Every torch call of the stock processor passes here: the fewest lookups that tell SDPA from the rest.
+        if func is _SDPA:
+            return self.layer.attend(func, args, kwargs or {})
+        return func(*args, **kwargs) if kwargs else func(*args)
 
 
 def _unchanged(call: AttentionCall, q, k, v, attn_mask, scale) -> bool:
@@ -314,8 +315,12 @@ class AttentionLayerHook(ModelHook):
         self._row_cursor = 0
         self._row_stash.clear()
         try:
-            with _Interceptor(self), ring_layer(self, self._parallel):
-                out = original(*args, **kwargs)
+            with _Interceptor(self):
+                if self._parallel is None:
+                    out = original(*args, **kwargs)
+                else:
+                    with ring_layer(self, self._parallel):
+                        out = original(*args, **kwargs)
         finally:
             # The kept source rows serve this layer call only: release them now.
             self._row_stash.clear()
