@@ -134,7 +134,11 @@ class _RowProjectingInterceptor(_Interceptor):
             if x.ndim == 3 and x.shape[0] == self.batch:
                 self.layer._projected += 1
                 part = func(x[: self.computed], *args[1:], **(kwargs or {}))
-                return F.pad(part, (0, 0, 0, 0, 0, self.batch - self.computed))
+                # One copy of the computed rows and zeros in the others (F.pad would zero every row first).
+                out = part.new_empty((self.batch, *part.shape[1:]))
+                out[: self.computed].copy_(part)
+                out[self.computed :].zero_()
+                return out
         return func(*args, **kwargs) if kwargs else func(*args)
 
 
