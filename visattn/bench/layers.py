@@ -45,6 +45,11 @@ BASELINES = {
     "P2P (generation)": "the same two prompts as a plain batch-2 generation (edit attached once)",
 }
 
+#: the clocks a benchmark can read: ``"wall"`` (``time.perf_counter``: elapsed time, what a user waits) and ``"cpu"``
+#: (``time.thread_time``: the CPU time of the timing thread, which runs every op with one torch thread; on a shared
+#: machine it leaves out the time the thread waited for a core, which wall-clock samples are full of)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
 #: SEG's sigma in the comparison (a finite Gaussian: the conv path, not the infinite blur's mean)
 SEG_SIGMA = 2.0
 #: the words AttentionMaps tracks: text positions 1..6 hold one word each, the rest are special tokens
@@ -263,10 +268,13 @@ def _plain_maps(effect: Any, shape: LayerShape) -> PlainMapsProcessor:
 
 
 # --- timing ----------------------------------------------------------------------------------------------------------
-def _interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int) -> dict[str, list]:
+def _interleaved(
+    sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int, clock: str = "wall"
+) -> dict[str, list]:
     """Seconds per call of each side: ``warmup`` untimed calls each, then the sides' calls alternated one by one
     (``rounds`` is kept for the signature: alternating single calls spreads a shared machine's drift best),
     garbage collector paused."""
+    now = CLOCKS[clock]
     samples: dict[str, list[float]] = {name: [] for name in sides}
     for fn in sides.values():
         for _ in range(warmup):
@@ -276,9 +284,9 @@ def _interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int,
     try:
         for _ in range(repeats):
             for name, fn in sides.items():
-                begin = time.perf_counter()
+                begin = now()
                 fn()
-                samples[name].append(time.perf_counter() - begin)
+                samples[name].append(now() - begin)
     finally:
         if enabled:
             gc.enable()
@@ -313,7 +321,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """PAG on a self-attention layer, batch ``[uncond, cond, perturbed]``, against diffusers' PAG processor."""
     from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
 
@@ -321,20 +329,27 @@ def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) ->
 
     pag = visattn.PerturbedAttentionGuidance(scale=3.0, layers="self")
     plain = PAGCFGIdentitySelfAttnProcessor2_0()
-    return _compare_perturbation("PAG (layer)", shape, pag, plain, repeats, warmup, rounds)
+    return _compare_perturbation("PAG (layer)", shape, pag, plain, repeats, warmup, rounds, clock)
 
 
-def compare_seg(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def compare_seg(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """SEG (sigma 2) on a self-attention layer, batch ``[uncond, cond, perturbed]``, against a plain processor."""
     import visattn
 
     seg = visattn.SmoothedEnergyGuidance(scale=3.0, sigma=SEG_SIGMA, layers="self")
     plain = PlainSEGProcessor(shape.height, shape.width)
-    return _compare_perturbation("SEG (layer)", shape, seg, plain, repeats, warmup, rounds)
+    return _compare_perturbation("SEG (layer)", shape, seg, plain, repeats, warmup, rounds, clock)
 
 
 def _compare_perturbation(
-    variant: str, shape: LayerShape, effect: Any, processor: Any, repeats: int, warmup: int, rounds: int
+    variant: str,
+    shape: LayerShape,
+    effect: Any,
+    processor: Any,
+    repeats: int,
+    warmup: int,
+    rounds: int,
+    clock: str = "wall",
 ) -> LayerComparison:
     """A perturbation guidance on a self-attention layer, batch ``[uncond, cond, perturbed]`` (the perturbed row a
     copy of the conditional one), against ``processor`` doing the same work without visattn."""
@@ -347,13 +362,13 @@ def _compare_perturbation(
         with torch.no_grad():
             sides = {"visattn": lambda: ours(hidden), "baseline": lambda: theirs(hidden)}
             diff = _max_diff(sides["visattn"](), sides["baseline"]())
-            samples = _interleaved(sides, repeats, warmup, rounds)
+            samples = _interleaved(sides, repeats, warmup, rounds, clock)
     finally:
         remove()
     return _comparison(variant, shape.name, 3, samples, diff)
 
 
-def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """AttentionMaps on a cross-attention layer, batch ``[uncond, cond]``, against a plain processor."""
     import visattn
 
@@ -374,7 +389,7 @@ def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -
             collected = maps.maps()
             ours_maps = torch.stack([collected[w][0] for w in dict.fromkeys(MAP_WORDS) if w not in maps.stop_words])
             diff = max(diff, _max_diff(ours_maps, plain.sums))
-            samples = _interleaved(sides, repeats, warmup, rounds)
+            samples = _interleaved(sides, repeats, warmup, rounds, clock)
     finally:
         remove()
     return _comparison("AttentionMaps (layer)", shape.name, 2, samples, diff)
@@ -385,7 +400,7 @@ P2P_PIPELINES: tuple[str, ...] = ("unet",)
 P2P_PROMPTS = ("a red cat", "a red dog")
 
 
-def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """A Prompt-to-Prompt word swap (cross and self attention edited on every step) of tiny pipeline ``key``,
     against a plain generation of the same two prompts as one batch (same initial noise).
 
@@ -419,12 +434,14 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> Layer
 
     with torch.no_grad():
         plain = generate_plain()
-        attach = _interleaved({"attach": attach_detach}, repeats, warmup, rounds)["attach"]
-        per_attach = _interleaved({"visattn": attached_generation, "baseline": generate_plain}, repeats, warmup, rounds)
+        attach = _interleaved({"attach": attach_detach}, repeats, warmup, rounds, clock)["attach"]
+        per_attach = _interleaved(
+            {"visattn": attached_generation, "baseline": generate_plain}, repeats, warmup, rounds, clock
+        )
         with visattn.attach(pipe, p2p):
             edited = generate(p2p.prompts)
             sides = {"visattn": lambda: generate(p2p.prompts), "baseline": generate_plain}
-            samples = _interleaved(sides, repeats, warmup, rounds)
+            samples = _interleaved(sides, repeats, warmup, rounds, clock)
     # The source rows are the plain generation's first prompt, bit for bit or nearly (the edit leaves them alone).
     diff = _max_diff(edited[0], plain[0])
     name = f"tiny {key} pipeline, {len(P2P_PROMPTS)} prompts"
@@ -452,8 +469,10 @@ def layer_benchmark(
     rounds: int = 5,
     pipelines: Sequence[str] = P2P_PIPELINES,
     progress: bool = False,
+    clock: str = "wall",
 ) -> list[LayerComparison]:
-    """Every comparison in ``variants`` (default :data:`LAYER_VARIANTS`) on every shape (P2P on ``pipelines``)."""
+    """Every comparison in ``variants`` (default :data:`LAYER_VARIANTS`) on every shape (P2P on ``pipelines``),
+    timed with ``clock`` (a key of :data:`CLOCKS`)."""
     wanted = [v for v in LAYER_VARIANTS if variants is None or v in variants]
     results = []
     for variant in wanted:
@@ -463,14 +482,14 @@ def layer_benchmark(
                     import sys
 
                     print(f"dispatch: {variant} on {key}", file=sys.stderr, flush=True)
-                results.append(p2p_generation(key, repeats=repeats, warmup=warmup, rounds=rounds))
+                results.append(p2p_generation(key, repeats=repeats, warmup=warmup, rounds=rounds, clock=clock))
             continue
         for shape in shapes:
             if progress:
                 import sys
 
                 print(f"dispatch: {variant} on {shape.name}", file=sys.stderr, flush=True)
-            results.append(_LAYER_RUNS[variant](shape, repeats=repeats, warmup=warmup, rounds=rounds))
+            results.append(_LAYER_RUNS[variant](shape, repeats=repeats, warmup=warmup, rounds=rounds, clock=clock))
     return results
 
 
