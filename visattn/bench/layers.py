@@ -133,6 +133,15 @@ def _gaussian_1d(sigma: float, length: int) -> torch.Tensor:
     return (pdf / pdf.sum()).float()
 
 
+def _stock_output(attn: Any, out: torch.Tensor, residual: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The end of ``AttnProcessor2_0`` after its attention, line for line (cast, output projection, residual,
+    ``rescale_output_factor``: a division over the whole output), so a plain processor does the stock work."""
+    out = attn.to_out[1](attn.to_out[0](out.to(dtype)))
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 class PlainSEGProcessor:
     """``AttnProcessor2_0`` with SEG's query blur on the last third of the batch, written as a user would.
 
@@ -169,7 +178,7 @@ class PlainSEGProcessor:
         query = torch.cat([query[:perturbed], self.blur(query[perturbed:])])
         out = F.scaled_dot_product_attention(query, key, value)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        return attn.to_out[1](attn.to_out[0](out))
+        return _stock_output(attn, out, hidden_states, query.dtype)
 
 
 class PlainMapsProcessor:
@@ -201,7 +210,7 @@ class PlainMapsProcessor:
         masses = (probs @ self.word_matrix) / (probs @ self.kept).unsqueeze(-1)
         self.sums += masses.transpose(0, 1).reshape(-1, *self.grid)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        return attn.to_out[1](attn.to_out[0](out))
+        return _stock_output(attn, out, hidden_states, query.dtype)
 
 
 # --- the layer and its visattn hook --------------------------------------------------------------------------------
