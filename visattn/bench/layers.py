@@ -19,7 +19,7 @@ driven by a :class:`visattn.state.DenoiserState` that says what a denoiser call 
 the batch layout with the effect's branch), so the timed call runs every line ``attach`` runs per layer call.
 Layer shapes are SD 1.5's (:data:`LAYER_SHAPES`) and the tiny test UNet's, where Python overhead dominates.
 Times are medians of calls alternated one by one between the two sides, one thread, fp32, ``no_grad``, garbage
-collector paused.
+collector paused, on the wall clock or (``clock="cpu"``) in the timing thread's CPU time (:data:`CLOCKS`).
 """
 
 from __future__ import annotations
