@@ -436,12 +436,12 @@ def _stacked_rows(parts: list[torch.Tensor], like: torch.Tensor, dtype: torch.dt
     """``parts`` (``[b_i, H, N, D]``) stacked along the batch axis, laid out in memory as ``like`` is: CPU SDPA returns
     its output as a transposed ``[B, N, H, D]``, and a processor's ``transpose(1, 2).reshape`` of such an output
     copies nothing, so the stacked output keeps that layout (one copy here, none in the processor)."""
-    parts = [part.to(dtype) for part in parts if part.shape[0]]
-    order = sorted(range(4), key=lambda dim: -like.stride(dim))
-    if order[0] != 0 or order == [0, 1, 2, 3]:
-        return torch.cat(parts)
-    inverse = [order.index(dim) for dim in range(4)]
-    return torch.cat([part.permute(order) for part in parts]).permute(inverse)
+    parts = [part if part.dtype == dtype else part.to(dtype) for part in parts if part.shape[0]]
+    batch, heads, tokens, _ = like.stride()
+    if batch >= tokens > heads:
+        # [B, N, H, D] in memory (CPU SDPA's output): stack the transposed parts, hand back the transposed stack.
+        return torch.cat([part.transpose(1, 2) for part in parts]).transpose(1, 2)
+    return torch.cat(parts)
 
 
 def _run_without_identity_rows(
