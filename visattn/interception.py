@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from .state import DenoiserState
 
 HOOK_NAME = "visattn.attention"
+_SDPA = F.scaled_dot_product_attention
+_LINEAR = F.linear
 
 #: stock processors that compute attention without ``scaled_dot_product_attention`` (linear attention, explicit
 #: ``baddbmm`` softmax, external kernels): visattn cannot take their attention over.
@@ -80,6 +82,12 @@ UNINTERCEPTABLE_PROCESSORS = frozenset(
         "LinearAttnProcessor",
     }
 )
+
+
+#: stock processors whose query and key projections (``attn.to_q``, ``attn.to_k``, ``nn.Linear``) feed their one
+#: SDPA call and nothing else, through row-wise steps only (view, transpose, ``norm_q``/``norm_k``): rows whose
+#: attention effects answer by their values need neither projection (see :meth:`AttentionLayerHook._plan_rows`).
+ROW_PROJECTING_PROCESSORS = frozenset({"AttnProcessor2_0"})
 
 
 def can_intercept(module: torch.nn.Module) -> bool:
@@ -103,10 +111,38 @@ class _Interceptor(torch.overrides.TorchFunctionMode):
         self.layer = layer
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            return self.layer.attend(func, args, kwargs)
-        return func(*args, **kwargs)
+        # Every torch call of the stock processor passes here: the fewest lookups that tell SDPA from the rest.
+        if func is _SDPA:
+            return self.layer.attend(func, args, kwargs or {})
+        return func(*args, **kwargs) if kwargs else func(*args)
+
+
+class _RowProjectingInterceptor(_Interceptor):
+    """:class:`_Interceptor` that also answers the stock processor's query and key projections (``F.linear`` with the
+    layer's ``to_q`` or ``to_k`` weight on the call's batch) for the first ``computed`` rows only, as diffusers' PAG
+    processors project them; the other rows, whose attention output effects set to their values, hold zeros that
+    nothing reads (:meth:`AttentionLayerHook._plan_rows` makes sure of it)."""
+
+    def __init__(self, layer: AttentionLayerHook, weights: tuple[torch.Tensor, ...], batch: int, computed: int) -> None:
+        super().__init__(layer)
+        self.weights = weights
+        self.batch = batch
+        self.computed = computed
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is _SDPA:
+            return self.layer.attend(func, args, kwargs or {})
+        if func is _LINEAR and len(args) > 1 and any(args[1] is weight for weight in self.weights):
+            x = args[0]
+            if x.ndim == 3 and x.shape[0] == self.batch:
+                self.layer._projected += 1
+                part = func(x[: self.computed], *args[1:], **(kwargs or {}))
+                # One copy of the computed rows and zeros in the others (F.pad would zero every row first).
+                out = part.new_empty((self.batch, *part.shape[1:]))
+                out[: self.computed].copy_(part)
+                out[self.computed :].zero_()
+                return out
+        return func(*args, **kwargs) if kwargs else func(*args)
 
 
 def _unchanged(call: AttentionCall, q, k, v, attn_mask, scale) -> bool:
@@ -300,6 +336,13 @@ class AttentionLayerHook(ModelHook):
         self._row_stash: dict[int, _StashedRow] = {}
         # Layouts by call shape and denoiser inputs (see _layout).
         self._layouts: dict[tuple, tuple] = {}
+        # Whether every effect of the layer can say, before the processor runs, which rows it answers by their values
+        # (Effect.identity_only_rows), and the plan of the running layer call (see _plan_rows): the context the
+        # SDPA call must have, and how many projections were answered for part of the rows.
+        self._plans_rows = all(type(effect).identity_only_rows is not Effect.identity_only_rows for effect in effects)
+        self._planned: CallContext | None = None
+        self._planned_shape: tuple[int, ...] = ()
+        self._projected = 0
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
@@ -329,13 +372,20 @@ class AttentionLayerHook(ModelHook):
         before = self._intercepted
         self._row_cursor = 0
         self._row_stash.clear()
+        plan = self._plan_rows(module, processor, args, kwargs) if self._plans_rows else None
+        interceptor = _Interceptor(self) if plan is None else _RowProjectingInterceptor(self, *plan)
         try:
-            with _Interceptor(self), parallel_layer(self, self._parallel):
-                out = original(*args, **kwargs)
+            with interceptor:
+                if self._parallel is None:
+                    out = original(*args, **kwargs)
+                else:
+                    with parallel_layer(self, self._parallel):
+                        out = original(*args, **kwargs)
         finally:
             # The kept source rows serve this layer call only: release them now.
             self._row_stash.clear()
             self._call_rows = None
+            self._planned, self._projected = None, 0
             if restore is not _UNCHANGED:
                 processor._attention_backend = restore
         if self._intercepted == before and not self._warned:
@@ -346,6 +396,93 @@ class AttentionLayerHook(ModelHook):
                 stacklevel=user_stacklevel(),
             )
         return out
+
+    def _plan_rows(self, module, processor, args: tuple, kwargs: dict) -> tuple[tuple, int, int] | None:
+        """``(projection weights, batch, computed)`` when the processor needs its queries and keys for the first
+        ``computed`` rows of its ``batch`` only, or ``None``.
+
+        That holds when every effect acting on the call answers its rows by their values and does nothing else
+        (:meth:`~visattn.effects.Effect.identity_only_rows`: PAG's perturbed rows), those rows come last, and the
+        processor is one whose query and key projections feed its one SDPA call and nothing else
+        (:data:`ROW_PROJECTING_PROCESSORS`), called as self-attention on the denoiser's whole batch. The attention
+        core never computes those rows (their output is their values), so diffusers' PAG processors skip their
+        projections too; here the stock processor still makes every call, and the interception answers its
+        ``to_q``/``to_k`` projections for the other rows (:class:`_RowProjectingInterceptor`). The SDPA call is
+        checked against the plan (:meth:`_check_plan`).
+        """
+        if type(processor).__name__ not in ROW_PROJECTING_PROCESSORS or self._parallel is not None:
+            return None
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        encoder = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+        to_q, to_k = getattr(module, "to_q", None), getattr(module, "to_k", None)
+        heads = getattr(module, "heads", None)
+        if (
+            encoder is not None
+            or not isinstance(hidden, torch.Tensor)
+            or hidden.ndim not in (3, 4)
+            or type(to_q) is not torch.nn.Linear
+            or type(to_k) is not torch.nn.Linear
+            or not isinstance(heads, int)
+            or heads <= 0
+            or to_k.out_features % heads
+        ):
+            return None
+        batch = hidden.shape[0]
+        tokens = hidden.shape[1] if hidden.ndim == 3 else hidden.shape[2] * hidden.shape[3]
+        if batch * tokens * to_k.weight.numel() < _MIN_SKIPPED_WORK:
+            return None  # too little to save even if every row were answered by its values
+        layout = _rows_of(self.state.batch, batch)
+        if layout is None:
+            return None
+        ctx, partial = self._context_of(layout, heads, to_k.out_features // heads, tokens, tokens)
+        if partial is not None:
+            return None
+        identity = self._identity_only(ctx)
+        if not identity:
+            return None
+        computed = batch - len(identity)
+        if identity != set(range(computed, batch)) or len(identity) * tokens * to_k.weight.numel() < _MIN_SKIPPED_WORK:
+            return None  # rows in the middle of the batch, or too little work saved
+        self._planned = ctx
+        self._planned_shape = (batch, heads, tokens, ctx.head_dim, tokens)
+        return (to_q.weight, to_k.weight), batch, computed
+
+    def _identity_only(self, ctx: CallContext) -> set[int] | None:
+        """The rows the effects acting on ``ctx`` answer by their values and nothing else, or ``None`` when one of
+        them may do more (see :meth:`~visattn.effects.Effect.identity_only_rows`)."""
+        rows: set[int] = set()
+        for effect in self.effects:
+            if not effect.acts_on(ctx):
+                continue
+            answered = effect.identity_only_rows(ctx)
+            if answered is None:
+                return None
+            rows.update(range(answered.start, answered.stop))
+        return rows
+
+    def _check_plan(self, ctx: CallContext, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> None:
+        """An SDPA call whose queries and keys were projected for part of the rows must be the planned one, and the
+        effects must have done what they said (rows answered by their values, nothing else); otherwise the zero rows
+        could reach the output, so this refuses rather than compute a wrong one."""
+        problem = None
+        if ctx is not self._planned:
+            problem = f"its context ({ctx.role}, {ctx.heads} heads, {ctx.queries.length} tokens) is not the planned one"
+        elif call.identity_blend is None or (
+            call.output is not None
+            or call.q is not q
+            or call.k is not k
+            or call.patterns
+            or call.score_mods
+            or call.editors
+            or call.reads
+            or call.observers
+        ):
+            problem = "an effect did other than answer rows by their values"
+        if problem is not None:
+            raise RuntimeError(
+                f"visattn: layer {self.layer_name!r} projected queries and keys for part of its rows only, but "
+                f"{problem}; please report this"
+            )
 
     @contextlib.contextmanager
     def replaying(self, ctx: CallContext):
@@ -384,7 +521,12 @@ class AttentionLayerHook(ModelHook):
             ctx, partial = self._context(q, k, n_q=n_local * view.world)
             shard = ctx.grid is not None and partial is None
         if self._replay is None and not shard:
-            ctx, partial = self._context(q, k, heads=heads)
+            planned = self._planned
+            if planned is not None and heads is None and (*q.shape, k.shape[2]) == self._planned_shape:
+                # The call the plan was made for (_plan_rows): its context is the planned one.
+                ctx, partial = planned, None
+            else:
+                ctx, partial = self._context(q, k, heads=heads)
         acting = [effect for effect in self.effects if effect.acts_on(ctx)]
         if not acting:
             return func(*args, **kwargs)
@@ -433,6 +575,8 @@ class AttentionLayerHook(ModelHook):
         )
         for effect in acting:
             effect.apply(call)
+        if self._projected:
+            self._check_plan(ctx, call, q, k)
         if call.output is None and _unchanged(call, q, k, v, mask, sdpa["scale"]):
             if paired and not call.observers and not call.reads:
                 # Nothing edits the target row at this step: its stock call answers, bit for bit.
@@ -468,20 +612,31 @@ class AttentionLayerHook(ModelHook):
         ``n_q`` overrides the query count (a context-parallel query shard placed in the whole sequence); ``heads``
         is ``(head_offset, total_heads)`` of a call that holds a slice of the layer's heads (Ulysses).
         """
+        batch = self._batch_rows(q.shape[0])
+        return self._context_of(batch, q.shape[1], q.shape[3], n_q or q.shape[2], k.shape[2], heads)
+
+    def _context_of(
+        self,
+        batch: BatchLayout,
+        call_heads: int,
+        head_dim: int,
+        n_q: int,
+        n_k: int,
+        heads: tuple[int, int] | None = None,
+    ) -> tuple[CallContext, _Partial | None]:
+        """:meth:`_context` from the call's batch layout and shapes."""
         state = self.state
-        batch_size = q.shape[0]
-        batch = self._batch_rows(batch_size)
-        role, queries, keys, grid, partial = self._layout(n_q or q.shape[2], k.shape[2])
+        role, queries, keys, grid, partial = self._layout(n_q, n_k)
         ctx = CallContext(
             role=role,
             layer_name=self.layer_name,
             layer_index=self.layer_index,
             family=state.family.name,
-            heads=q.shape[1],
-            head_dim=q.shape[3],
+            heads=call_heads,
+            head_dim=head_dim,
             queries=queries,
             keys=keys,
-            batch=batch or BatchLayout((Branch("cond", 0, batch_size),)),
+            batch=batch,
             step=state.step if state.step is not None else StepInfo(),
             grid=grid,
             head_offset=heads[0] if heads else 0,
@@ -712,6 +867,12 @@ def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLa
 
 
 _UNCHANGED = object()
+
+#: multiply-adds of the query and key projections a plan must save (rows x tokens x weight size, per projection) to
+#: be made: answering a projection for part of the rows costs a few tensor calls more (about 5 us on a CPU), so on
+#: tiny layers (the test UNet's 256 tokens x 32 channels: 0.26 M per row) computing every row is cheaper, while
+#: SD 1.5's layers save 6.5 M to 105 M per row and projection
+_MIN_SKIPPED_WORK = 1 << 22
 
 #: call shapes whose layout one layer hook keeps (a pipeline sees a handful; more means resolutions keep changing)
 _LAYOUTS_KEPT = 64

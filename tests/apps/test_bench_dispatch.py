@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from visattn.bench.dispatch import VARIANTS, dispatch_benchmark, markdown_table
+from visattn.bench.dispatch import VARIANTS, dispatch_benchmark, header, markdown_table
 from visattn.bench.layers import LAYER_VARIANTS, QUICK_SHAPES
 from visattn.cli import main
 
@@ -167,3 +167,16 @@ def test_a_run_of_per_layer_comparisons_alone_times_no_model():
     assert [r.variant for r in report.layers] == ["PAG (layer)"]
     assert report.settings["layer_repeats"] == FAST["repeats"]
     assert "| PAG (layer) |" in report.markdown()
+
+
+def test_cpu_clock_times_the_same_comparisons_and_says_so():
+    """``clock="cpu"`` reads the timing thread's CPU time (a shared machine's waits for a core left out)."""
+    report = dispatch_benchmark(
+        ["UNet2DConditionModel"], variants=["no effect", "PAG (layer)"], layer_shapes=QUICK_SHAPES, clock="cpu", **FAST
+    )
+    assert report.settings["clock"] == "cpu" and "CPU time" in header(report)
+    assert [v.variant for v in report.models[0].variants] == ["stock", "no effect"]
+    (pag,) = report.layers
+    assert pag.max_abs_diff == 0 and 0 < pag.visattn_min_us <= pag.visattn_us
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        dispatch_benchmark(["UNet2DConditionModel"], clock="gpu", **FAST)

@@ -72,6 +72,71 @@ def test_parity_with_stable_diffusion_xl_pag_pipeline(guidance_scale, layers):
     assert np.abs(expected - ours).max() <= 1e-4
 
 
+class LinearRows(torch.overrides.TorchFunctionMode):
+    """Records how many batch rows each ``linear`` call on ``weights`` projects (visattn's interception, pushed
+    inside the attention module's forward, hands its own projections to this outer mode)."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights, self.rows = weights, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.linear and any(args[1] is weight for weight in self.weights):
+            self.rows.append(args[0].shape[0])
+        return func(*args, **(kwargs or {}))
+
+
+def query_and_key_weights(layers: tuple[str, ...]) -> list[torch.Tensor]:
+    unet = pipeline("unet").unet
+    modules = [m for name, m in unet.named_modules() if name.endswith("attn1") and name.startswith(layers)]
+    return [weight for module in modules for weight in (module.to_q.weight, module.to_k.weight)]
+
+
+@pytest.mark.parametrize("guidance_scale", [7.5, 1.0], ids=["cfg", "no-cfg"])
+def test_rows_answered_by_their_values_are_not_projected(guidance_scale, monkeypatch):
+    """As in diffusers' PAG processors, the stock processor projects queries and keys only for the rows PAG does not
+    answer by their values (on layers where that saves enough work; here, on every layer), and the generation still
+    matches diffusers' PAG pipeline and visattn computing every row."""
+    from visattn import interception
+
+    layers = ["mid", "up"]
+    every_row = run("unet", PerturbedAttentionGuidance(scale=2.0, layers=layers), guidance_scale=guidance_scale)
+    monkeypatch.setattr(interception, "_MIN_SKIPPED_WORK", 0)
+    recorder = LinearRows(query_and_key_weights(("mid_block", "up_blocks")))
+    with recorder:
+        ours = run("unet", PerturbedAttentionGuidance(scale=2.0, layers=layers), guidance_scale=guidance_scale)
+    batch = 2 if guidance_scale > 1 else 1  # [uncond, cond] or [cond], without the perturbed row
+    assert recorder.rows and set(recorder.rows) == {batch}
+    assert np.abs(ours - every_row).max() <= 1e-6
+    expected = diffusers_pag(layers, pag_scale=2.0, guidance_scale=guidance_scale)
+    assert np.abs(expected - ours).max() <= 1e-4
+
+
+def test_softpag_rows_still_attend_so_every_row_is_projected(monkeypatch):
+    from visattn import interception
+
+    monkeypatch.setattr(interception, "_MIN_SKIPPED_WORK", 0)
+    recorder = LinearRows(query_and_key_weights(("mid_block",)))
+    with recorder:
+        run("unet", PerturbedAttentionGuidance(scale=2.0, layers="mid", strength=0.5))
+    assert recorder.rows and set(recorder.rows) == {3}
+
+
+def test_an_effect_doing_more_than_answering_its_rows_by_their_values_is_refused(monkeypatch):
+    """Rows projected for part of the batch must never reach an output: an effect that says it only answers its rows
+    by their values (identity_only_rows) and then changes the call is refused with an error, not computed wrong."""
+    from visattn import interception
+
+    class Overreaching(PerturbedAttentionGuidance):
+        def perturb(self, call, rows):
+            super().perturb(call, rows)
+            call.q = call.q.clone()
+
+    monkeypatch.setattr(interception, "_MIN_SKIPPED_WORK", 0)
+    with pytest.raises(RuntimeError, match="projected queries and keys for part of its rows"):
+        run("unet", Overreaching(scale=2.0, layers="mid"))
+
+
 def test_scale_zero_is_exactly_the_baseline():
     assert np.array_equal(run("unet", PerturbedAttentionGuidance(scale=0.0, layers="mid")), run("unet"))
 

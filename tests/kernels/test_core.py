@@ -103,6 +103,25 @@ def test_rows_the_identity_answers_alone_are_their_values_and_the_others_unchang
     assert seen == ([4 - len(identity_rows)] if len(identity_rows) < 4 else [])
 
 
+def test_a_blend_changed_in_place_is_read_again(monkeypatch):
+    """The core remembers which rows a blend tensor answers alone (PAG hands the same tensor to every call of a
+    layout); changing the tensor in place makes it read the rows again."""
+    from visattn.kernels import core
+
+    q, k, v = qkv(batch=4)
+    blend = torch.zeros(4, 3, 1, 1)
+    blend[3] = 1.0
+    seen = []
+    run = core.sdpa.run
+    monkeypatch.setattr(core.sdpa, "run", lambda request: (seen.append(request.q.shape[0]), run(request))[1])
+    attention(q, k, v, identity_blend=blend)
+    blend[1] = 1.0  # rows 1 and 3 now answered by their values
+    out = attention(q, k, v, identity_blend=blend)
+    assert seen == [3, 2]
+    assert torch.equal(out[[1, 3]], v[[1, 3]])
+    assert torch.equal(out[[0, 2]], attention(q[[0, 2]], k[[0, 2]], v[[0, 2]]))
+
+
 def test_identity_blend_needs_square_attention():
     q, k, v = qkv(n_q=5, n_k=7)
     with pytest.raises(ValueError, match="as many queries as keys"):

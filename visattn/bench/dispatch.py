@@ -20,7 +20,8 @@ probabilities), so those rows are not what visattn costs. The fair comparison is
 (diffusers' own PAG processor, SEG's blur and the maps written plainly), and a Prompt-to-Prompt edit against a
 plain batch-2 generation (:data:`LAYER_VARIANTS`).
 
-Each forward is timed with ``time.perf_counter`` under ``torch.no_grad`` in fp32, with the garbage collector
+Each forward is timed with ``time.perf_counter`` (or, with ``clock="cpu"``, the timing thread's CPU time, which
+leaves out waits for a core on a shared machine) under ``torch.no_grad`` in fp32, with the garbage collector
 paused; the timed runs are split into rounds that interleave the variants, so drift on a shared machine spreads
 over all of them. Times are reported per forward (median and min) and per attention call: the forward's time
 divided by the number of ``scaled_dot_product_attention`` calls one stock forward makes.
@@ -32,7 +33,6 @@ import functools
 import gc
 import os
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from .layers import LAYER_SHAPES, LAYER_VARIANTS, LayerComparison, LayerShape, layer_benchmark, layer_table
+from .layers import CLOCKS, LAYER_SHAPES, LAYER_VARIANTS, LayerComparison, LayerShape, layer_benchmark, layer_table
 
 #: the models timed by default: a UNet, MM-DiTs (SD3, Flux, Qwen-Image) and video DiTs (Wan, LTX-2)
 DEFAULT_CLASSES: tuple[str, ...] = (
@@ -363,8 +363,10 @@ def _chunks(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def _timed_forwards(forward: Callable[[], Any], count: int, warmup: int) -> list[float]:
-    """Seconds of ``count`` forwards after ``warmup`` untimed ones, the garbage collector paused."""
+def _timed_forwards(forward: Callable[[], Any], count: int, warmup: int, clock: str = "wall") -> list[float]:
+    """Seconds of ``count`` forwards after ``warmup`` untimed ones on ``clock`` (:data:`CLOCKS`), the garbage
+    collector paused."""
+    now = CLOCKS[clock]
     for _ in range(warmup):
         forward()
     samples = []
@@ -372,9 +374,9 @@ def _timed_forwards(forward: Callable[[], Any], count: int, warmup: int) -> list
     gc.disable()  # a collection landing in one run would be a 10x outlier on a 2 ms forward
     try:
         for _ in range(count):
-            begin = time.perf_counter()
+            begin = now()
             forward()
-            samples.append(time.perf_counter() - begin)
+            samples.append(now() - begin)
     finally:
         if enabled:
             gc.enable()
@@ -388,6 +390,7 @@ def time_model(
     repeats: int = 200,
     warmup: int = 5,
     rounds: int = 5,
+    clock: str = "wall",
 ) -> ModelTiming:
     """Time every applicable variant of one tiny denoiser (see the module docstring); problems become ``skipped``.
 
@@ -396,6 +399,7 @@ def time_model(
         variants: names from :data:`VARIANTS` (``stock`` is always timed); ``None`` times every one that applies.
         repeats: timed forwards per variant, split into ``rounds`` interleaved blocks.
         warmup: untimed forwards before each block (after attaching).
+        clock: ``"wall"`` or ``"cpu"`` (:data:`CLOCKS`).
     """
     import visattn
 
@@ -421,10 +425,10 @@ def time_model(
                     continue
                 try:
                     if name == "stock":
-                        samples[name] += _timed_forwards(forward, count, warmup)
+                        samples[name] += _timed_forwards(forward, count, warmup, clock)
                     else:
                         with setups[name]():
-                            samples[name] += _timed_forwards(forward, count, warmup)
+                            samples[name] += _timed_forwards(forward, count, warmup, clock)
                 except Exception as error:  # noqa: BLE001 - the row records what failed and the others go on
                     skipped[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
     timing = ModelTiming(class_name, source, _batch_size(args, kwargs), calls, hooked, skipped=skipped)
@@ -583,6 +587,7 @@ def dispatch_benchmark(
     progress: bool = False,
     layer_shapes: Sequence[LayerShape] = LAYER_SHAPES,
     layer_repeats: int | None = None,
+    clock: str = "wall",
 ) -> DispatchReport:
     """Time stock vs attached forwards of tiny denoisers; see the module docstring for what each variant is.
 
@@ -596,6 +601,8 @@ def dispatch_benchmark(
         progress: print one line per model to stderr.
         layer_shapes: the layers of the per-layer comparisons (:data:`visattn.bench.layers.LAYER_SHAPES`).
         layer_repeats: timed calls per side of each per-layer comparison; default ``min(repeats, 60)``.
+        clock: ``"wall"`` (elapsed time) or ``"cpu"`` (the timing thread's CPU time, which leaves out waits for a
+            core on a shared machine): :data:`visattn.bench.layers.CLOCKS`.
 
     Raises:
         ValueError: an unknown class or variant, ``repeats < 1``, ``warmup < 0``, ``rounds < 1``, ``threads < 1``.
@@ -611,6 +618,8 @@ def dispatch_benchmark(
         raise ValueError(f"classes: {unknown} not tiny denoiser classes; allowed: {', '.join(allowed)}")
     _check_counts(repeats, warmup, rounds)
     _check_variants(variants)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r}: must be one of {', '.join(map(repr, CLOCKS))}")
     if layer_repeats is not None:
         _check_counts(layer_repeats, warmup, rounds)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -627,7 +636,9 @@ def dispatch_benchmark(
                 import sys
 
                 print(f"dispatch: {class_name}", file=sys.stderr, flush=True)
-            models.append(time_model(class_name, variants=variants, repeats=repeats, warmup=warmup, rounds=rounds))
+            models.append(
+                time_model(class_name, variants=variants, repeats=repeats, warmup=warmup, rounds=rounds, clock=clock)
+            )
         wanted = [name for name in LAYER_VARIANTS if variants is None or name in variants]
         layer_repeats = min(repeats, 60) if layer_repeats is None else layer_repeats
         layers = []
@@ -639,6 +650,7 @@ def dispatch_benchmark(
                 warmup=min(warmup, 2),
                 rounds=rounds,
                 progress=progress,
+                clock=clock,
             )
         env = environment()
         settings = {
@@ -650,6 +662,7 @@ def dispatch_benchmark(
             "layer_repeats": layer_repeats,
             "dtype": "float32",
             "grad": "torch.no_grad",
+            "clock": clock,
         }
     finally:
         torch.set_num_threads(previous)
@@ -720,6 +733,7 @@ def header(report: DispatchReport, command: str = "") -> str:
         f"thread(s); visattn {env['visattn']}, "
         f"torch {packages['torch']}, diffusers {packages['diffusers']}, python {env['python']}. "
         f"fp32, {settings['grad']}"
+        + (", timed in the timing thread's CPU time" if settings.get("clock") == "cpu" else "")
         + (
             f", median of {settings['repeats']} forwards per variant in {settings['rounds']} interleaved rounds, "
             f"each after {settings['warmup']} untimed forward(s)"

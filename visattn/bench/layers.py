@@ -22,7 +22,7 @@ driven by a :class:`visattn.state.DenoiserState` that says what a denoiser call 
 the batch layout with the effect's branch), so the timed call runs every line ``attach`` runs per layer call.
 Layer shapes are SD 1.5's (:data:`LAYER_SHAPES`) and the tiny test UNet's, where Python overhead dominates.
 Times are medians of calls alternated one by one between the two sides, one thread, fp32, ``no_grad``, garbage
-collector paused.
+collector paused, on the wall clock or (``clock="cpu"``) in the timing thread's CPU time (:data:`CLOCKS`).
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ BASELINES = {
     "P2P (layer)": "stock processor, rows [uncond x2, cond x2] unedited (the layer in a plain batch-2 generation)",
     "P2P (generation)": "the same two prompts as a plain batch-2 generation (edit attached once)",
 }
+
+#: the clocks a benchmark can read: ``"wall"`` (``time.perf_counter``: elapsed time, what a user waits) and ``"cpu"``
+#: (``time.thread_time``: the CPU time of the timing thread, which runs every op with one torch thread; on a shared
+#: machine it leaves out the time the thread waited for a core, which wall-clock samples are full of)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 #: SEG's sigma in the comparison (a finite Gaussian: the conv path, not the infinite blur's mean)
 SEG_SIGMA = 2.0
@@ -138,6 +143,15 @@ def _gaussian_1d(sigma: float, length: int) -> torch.Tensor:
     return (pdf / pdf.sum()).float()
 
 
+def _stock_output(attn: Any, out: torch.Tensor, residual: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The end of ``AttnProcessor2_0`` after its attention, line for line (cast, output projection, residual,
+    ``rescale_output_factor``: a division over the whole output), so a plain processor does the stock work."""
+    out = attn.to_out[1](attn.to_out[0](out.to(dtype)))
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 class PlainSEGProcessor:
     """``AttnProcessor2_0`` with SEG's query blur on the last third of the batch, written as a user would.
 
@@ -174,7 +188,7 @@ class PlainSEGProcessor:
         query = torch.cat([query[:perturbed], self.blur(query[perturbed:])])
         out = F.scaled_dot_product_attention(query, key, value)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        return attn.to_out[1](attn.to_out[0](out))
+        return _stock_output(attn, out, hidden_states, query.dtype)
 
 
 class PlainMapsProcessor:
@@ -206,7 +220,7 @@ class PlainMapsProcessor:
         masses = (probs @ self.word_matrix) / (probs @ self.kept).unsqueeze(-1)
         self.sums += masses.transpose(0, 1).reshape(-1, *self.grid)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        return attn.to_out[1](attn.to_out[0](out))
+        return _stock_output(attn, out, hidden_states, query.dtype)
 
 
 # --- the layer and its visattn hook --------------------------------------------------------------------------------
@@ -281,10 +295,13 @@ def _plain_maps(effect: Any, shape: LayerShape) -> PlainMapsProcessor:
 
 
 # --- timing ----------------------------------------------------------------------------------------------------------
-def _interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int) -> dict[str, list]:
+def _interleaved(
+    sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int, clock: str = "wall"
+) -> dict[str, list]:
     """Seconds per call of each side: ``warmup`` untimed calls each, then the sides' calls alternated one by one
     (``rounds`` is kept for the signature: alternating single calls spreads a shared machine's drift best),
     garbage collector paused."""
+    now = CLOCKS[clock]
     samples: dict[str, list[float]] = {name: [] for name in sides}
     for fn in sides.values():
         for _ in range(warmup):
@@ -294,9 +311,9 @@ def _interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int,
     try:
         for _ in range(repeats):
             for name, fn in sides.items():
-                begin = time.perf_counter()
+                begin = now()
                 fn()
-                samples[name].append(time.perf_counter() - begin)
+                samples[name].append(now() - begin)
     finally:
         if enabled:
             gc.enable()
@@ -331,7 +348,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """PAG on a self-attention layer, batch ``[uncond, cond, perturbed]``, against diffusers' PAG processor."""
     from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
 
@@ -339,20 +356,27 @@ def compare_pag(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) ->
 
     pag = visattn.PerturbedAttentionGuidance(scale=3.0, layers="self")
     plain = PAGCFGIdentitySelfAttnProcessor2_0()
-    return _compare_perturbation("PAG (layer)", shape, pag, plain, repeats, warmup, rounds)
+    return _compare_perturbation("PAG (layer)", shape, pag, plain, repeats, warmup, rounds, clock)
 
 
-def compare_seg(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def compare_seg(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """SEG (sigma 2) on a self-attention layer, batch ``[uncond, cond, perturbed]``, against a plain processor."""
     import visattn
 
     seg = visattn.SmoothedEnergyGuidance(scale=3.0, sigma=SEG_SIGMA, layers="self")
     plain = PlainSEGProcessor(shape.height, shape.width)
-    return _compare_perturbation("SEG (layer)", shape, seg, plain, repeats, warmup, rounds)
+    return _compare_perturbation("SEG (layer)", shape, seg, plain, repeats, warmup, rounds, clock)
 
 
 def _compare_perturbation(
-    variant: str, shape: LayerShape, effect: Any, processor: Any, repeats: int, warmup: int, rounds: int
+    variant: str,
+    shape: LayerShape,
+    effect: Any,
+    processor: Any,
+    repeats: int,
+    warmup: int,
+    rounds: int,
+    clock: str = "wall",
 ) -> LayerComparison:
     """A perturbation guidance on a self-attention layer, batch ``[uncond, cond, perturbed]`` (the perturbed row a
     copy of the conditional one), against ``processor`` doing the same work without visattn."""
@@ -365,13 +389,13 @@ def _compare_perturbation(
         with torch.no_grad():
             sides = {"visattn": lambda: ours(hidden), "baseline": lambda: theirs(hidden)}
             diff = _max_diff(sides["visattn"](), sides["baseline"]())
-            samples = _interleaved(sides, repeats, warmup, rounds)
+            samples = _interleaved(sides, repeats, warmup, rounds, clock)
     finally:
         remove()
     return _comparison(variant, shape.name, 3, samples, diff)
 
 
-def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """AttentionMaps on a cross-attention layer, batch ``[uncond, cond]``, against a plain processor."""
     import visattn
 
@@ -392,7 +416,7 @@ def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -
             collected = maps.maps()
             ours_maps = torch.stack([collected[w][0] for w in dict.fromkeys(MAP_WORDS) if w not in maps.stop_words])
             diff = max(diff, _max_diff(ours_maps, plain.sums))
-            samples = _interleaved(sides, repeats, warmup, rounds)
+            samples = _interleaved(sides, repeats, warmup, rounds, clock)
     finally:
         remove()
     return _comparison("AttentionMaps (layer)", shape.name, 2, samples, diff)
@@ -450,7 +474,7 @@ P2P_PIPELINES: tuple[str, ...] = ("unet",)
 P2P_PROMPTS = ("a red cat", "a red dog")
 
 
-def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """A Prompt-to-Prompt word swap (cross and self attention edited on every step) of tiny pipeline ``key``,
     against a plain generation of the same two prompts as one batch (same initial noise).
 
@@ -484,12 +508,14 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int) -> Layer
 
     with torch.no_grad():
         plain = generate_plain()
-        attach = _interleaved({"attach": attach_detach}, repeats, warmup, rounds)["attach"]
-        per_attach = _interleaved({"visattn": attached_generation, "baseline": generate_plain}, repeats, warmup, rounds)
+        attach = _interleaved({"attach": attach_detach}, repeats, warmup, rounds, clock)["attach"]
+        per_attach = _interleaved(
+            {"visattn": attached_generation, "baseline": generate_plain}, repeats, warmup, rounds, clock
+        )
         with visattn.attach(pipe, p2p):
             edited = generate(p2p.prompts)
             sides = {"visattn": lambda: generate(p2p.prompts), "baseline": generate_plain}
-            samples = _interleaved(sides, repeats, warmup, rounds)
+            samples = _interleaved(sides, repeats, warmup, rounds, clock)
     # The source rows are the plain generation's first prompt, bit for bit or nearly (the edit leaves them alone).
     diff = _max_diff(edited[0], plain[0])
     name = f"tiny {key} pipeline, {len(P2P_PROMPTS)} prompts"
@@ -522,8 +548,10 @@ def layer_benchmark(
     rounds: int = 5,
     pipelines: Sequence[str] = P2P_PIPELINES,
     progress: bool = False,
+    clock: str = "wall",
 ) -> list[LayerComparison]:
-    """Every comparison in ``variants`` (default :data:`LAYER_VARIANTS`) on every shape (P2P on ``pipelines``)."""
+    """Every comparison in ``variants`` (default :data:`LAYER_VARIANTS`) on every shape (P2P on ``pipelines``),
+    timed with ``clock`` (a key of :data:`CLOCKS`)."""
     wanted = [v for v in LAYER_VARIANTS if variants is None or v in variants]
     results = []
     for variant in wanted:
@@ -533,14 +561,14 @@ def layer_benchmark(
                     import sys
 
                     print(f"dispatch: {variant} on {key}", file=sys.stderr, flush=True)
-                results.append(p2p_generation(key, repeats=repeats, warmup=warmup, rounds=rounds))
+                results.append(p2p_generation(key, repeats=repeats, warmup=warmup, rounds=rounds, clock=clock))
             continue
         for shape in shapes:
             if progress:
                 import sys
 
                 print(f"dispatch: {variant} on {shape.name}", file=sys.stderr, flush=True)
-            results.append(_LAYER_RUNS[variant](shape, repeats=repeats, warmup=warmup, rounds=rounds))
+            results.append(_LAYER_RUNS[variant](shape, repeats=repeats, warmup=warmup, rounds=rounds, clock=clock))
     return results
 
 

@@ -39,6 +39,13 @@ def add_parser(commands) -> None:
     dispatch.add_argument("--variants", nargs="+", metavar="VARIANT", help="only these variants (stock always runs)")
     dispatch.add_argument("--threads", type=int, default=1, help="torch threads for the run (default 1)")
     dispatch.add_argument("--rounds", type=int, default=5, help="interleaved blocks the timed runs are split into")
+    dispatch.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (default); cpu: the timing thread's CPU time, which leaves out waits for a core on "
+        "a shared machine",
+    )
     parser.add_argument("--out", default="benchmarks/results", metavar="DIR", help="output folder")
     parser.add_argument(
         "--name", default=None, help="file name stem (default: bench, bench-quick, or dispatch-<date> with --dispatch)"
@@ -56,7 +63,7 @@ _KERNEL_OPTIONS = {
     "end_to_end": False,
     "tgate": False,
 }
-_DISPATCH_OPTIONS = {"classes": None, "variants": None, "threads": 1, "rounds": 5}
+_DISPATCH_OPTIONS = {"classes": None, "variants": None, "threads": 1, "rounds": 5, "clock": "wall"}
 
 
 def _flag(name: str) -> str:
@@ -120,6 +127,7 @@ def run_dispatch(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             threads=args.threads,
             progress=not args.quiet,
+            clock=args.clock,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

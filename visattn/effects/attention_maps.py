@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,15 @@ class _PromptPlan:
 class _Plan:
     positions: torch.Tensor  # [K] text positions to compute (union over prompts)
     prompts: tuple[_PromptPlan, ...]
+    #: the key indices of ``positions`` by (device, first text key): made once, read by every call
+    keys: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def keys_at(self, device: torch.device, text_start: int) -> torch.Tensor:
+        """The tracked positions as key indices of a call whose text starts at key ``text_start``, on ``device``."""
+        keys = self.keys.get((device, text_start))
+        if keys is None:
+            keys = self.keys[(device, text_start)] = self.positions.to(device) + text_start
+        return keys
 
 
 def _check_words(words: Any) -> tuple[str | int, ...] | None:
@@ -238,7 +247,7 @@ class AttentionMaps(Effect):
                 f"AttentionMaps got {n_prompts} prompts but the {self.branch!r} branch has {n_rows} rows; "
                 "pass every prompt of the call (in order)"
             )
-        keys = plan.positions.to(call.q.device) + text.start
+        keys = plan.keys_at(call.q.device, text.start)
 
         def observe(block: torch.Tensor) -> None:
             run.observe(ctx, plan, block)

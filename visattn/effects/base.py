@@ -318,6 +318,18 @@ class Effect:
     def apply(self, call: AttentionCall) -> None:
         """Contribute to one attention call (pattern, score modifier, blend, q/k/v, or output)."""
 
+    def identity_only_rows(self, ctx: CallContext) -> slice | None:
+        """The batch rows this effect's :meth:`apply` answers by their values in a call with context ``ctx`` (an
+        identity blend of weight exactly 1 on every head and query), when that is all it does there: it reads no
+        row's queries or keys and sets nothing else. ``slice(0, 0)`` when it does nothing in such a call; ``None``
+        (the default) when it may do anything.
+
+        Asked before the stock processor runs: when every effect of a layer answers, the layer's hook lets the
+        processor project queries and keys for the other rows only, as diffusers' PAG processors do
+        (:meth:`visattn.interception.AttentionLayerHook._plan_rows`).
+        """
+        return None
+
     def wrap_denoiser(self, forward: Callable[..., Any], args: tuple, kwargs: dict, state: Any) -> Any:
         """Run one denoiser call; effects that add batch branches or post-process predictions override this."""
         return forward(*args, **kwargs)

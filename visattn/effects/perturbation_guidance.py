@@ -49,6 +49,27 @@ class _Term:
     scale: float
 
 
+#: identity blends by layout (batch size, heads, rows, weight, device), so that every call of a layout gets the same
+#: tensor: one allocation per layout instead of two tensor ops per call, and the attention core reads its rows once
+#: (:func:`visattn.kernels.core._blend_rows`). Each entry keeps the blend's version counter: a blend that anything
+#: changed in place is made again.
+_BLENDS: dict[tuple, tuple[torch.Tensor, int]] = {}
+_BLENDS_KEPT = 64
+
+
+def _uniform_blend(batch_size: int, heads: int, rows: slice, weight: float, device: torch.device) -> torch.Tensor:
+    key = (batch_size, heads, rows.start, rows.stop, weight, device)
+    kept = _BLENDS.get(key)
+    if kept is not None and kept[0]._version == kept[1]:
+        return kept[0]
+    blend = torch.zeros(batch_size, heads, 1, 1, device=device, dtype=torch.float32)
+    blend[rows] = weight
+    if len(_BLENDS) >= _BLENDS_KEPT:
+        _BLENDS.clear()
+    _BLENDS[key] = (blend, blend._version)
+    return blend
+
+
 def identity_rows(call: AttentionCall, rows: slice, weight: torch.Tensor | float = 1.0) -> None:
     """Blend the attention output of ``rows`` toward the identity map (output = V) with ``weight``.
 
@@ -56,11 +77,11 @@ def identity_rows(call: AttentionCall, rows: slice, weight: torch.Tensor | float
     composing identity perturbations never weakens one of them.
     """
     ctx = call.ctx
-    blend = torch.zeros(ctx.batch.batch_size, ctx.heads, 1, 1, device=call.q.device, dtype=torch.float32)
     if isinstance(weight, torch.Tensor):
+        blend = torch.zeros(ctx.batch.batch_size, ctx.heads, 1, 1, device=call.q.device, dtype=torch.float32)
         blend[rows] = weight.to(blend.device, torch.float32).view(1, -1, 1, 1)
     else:
-        blend[rows] = float(weight)
+        blend = _uniform_blend(ctx.batch.batch_size, ctx.heads, rows, float(weight), call.q.device)
     if call.identity_blend is not None:
         blend = torch.maximum(call.identity_blend.to(blend), blend)
     call.identity_blend = blend

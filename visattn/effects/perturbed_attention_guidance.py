@@ -148,6 +148,14 @@ class PerturbedAttentionGuidance(PerturbationGuidance):
         heads = self._head_mask(call.ctx)
         identity_rows(call, rows, self.strength if heads is None else self.strength * heads)
 
+    def identity_only_rows(self, ctx: CallContext) -> slice | None:
+        """PAG's perturbed rows (identity attention on every head); ``None`` for SoftPAG (``strength < 1`` or chosen
+        heads), whose rows still attend."""
+        if self.strength != 1.0 or self.heads is not None:
+            return None
+        rows = self.perturbed_rows(ctx)
+        return rows if rows is not None else slice(0, 0)
+
     def __repr__(self) -> str:
         return (
             f"PerturbedAttentionGuidance(scale={self.scale}, layers={self.layers}, "

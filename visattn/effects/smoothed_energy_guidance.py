@@ -77,6 +77,12 @@ def gaussian_kernel1d(size: int, sigma: float) -> torch.Tensor:
     return pdf / pdf.sum()
 
 
+@functools.lru_cache(maxsize=64)
+def _kernel_on(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`gaussian_kernel1d` converted for the blur's device and dtype, once per combination (read-only)."""
+    return gaussian_kernel1d(size, sigma).to(device=device, dtype=dtype)
+
+
 def blurs(grid: tuple[int, int, int], sigma: float, threshold: float = INF_BLUR_THRESHOLD) -> bool:
     """Whether :func:`blur_grid` changes tokens on ``grid`` (a kernel of one tap is the identity)."""
     _, height, width = grid
@@ -113,7 +119,7 @@ def blur_grid(
         if size <= 1:
             continue
         radius = size // 2
-        kernel = gaussian_kernel1d(size, sigma).to(device=x.device, dtype=dtype)
+        kernel = _kernel_on(size, sigma, x.device, dtype)
         if axis == 2:
             x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, size, 1))
         else:

@@ -433,11 +433,42 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
 
 #: blends up to this many weights are checked in Python (per-head blends); larger ones (per token) with tensor ops
 _LISTED_BLEND = 1024
+#: what :func:`_blend_rows` read from recent blends, by ``id``: the blend itself (so the id cannot be reused while
+#: the entry lives), its version counter (an in-place change makes the entry stale) and the answer
+_READ_BLENDS: dict[int, tuple[torch.Tensor, int, tuple[tuple[bool, ...], tuple[bool, ...]]]] = {}
+_READ_BLENDS_KEPT = 64
 
 
-def _identity_rows(request: AttentionRequest) -> list[bool] | None:
+def _blend_rows(blend: torch.Tensor) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """Per batch row of a CPU blend ``[B, ...]``: whether its weight is exactly 1 everywhere, and whether it is
+    nonzero anywhere.
+
+    PAG hands the same blend tensor to every call of a layout (:func:`visattn.effects.perturbation_guidance.
+    identity_rows` keeps it), so the answer is remembered per tensor and version instead of read again per call.
+    """
+    seen = _READ_BLENDS.get(id(blend))
+    if seen is not None and seen[0] is blend and seen[1] == blend._version:
+        return seen[2]
+    rows = blend.reshape(blend.shape[0], -1)
+    if rows.numel() <= _LISTED_BLEND:
+        # A per-head blend (PAG: [B, H, 1, 1]): one read into Python beats tensor ops on a few numbers.
+        listed = rows.tolist()
+        answer = (
+            tuple(all(weight == 1.0 for weight in row) for row in listed),
+            tuple(any(weight != 0.0 for weight in row) for row in listed),
+        )
+    else:
+        answer = (tuple(rows.eq(1).all(dim=1).tolist()), tuple(rows.ne(0).any(dim=1).tolist()))
+    if len(_READ_BLENDS) >= _READ_BLENDS_KEPT:
+        _READ_BLENDS.clear()
+    _READ_BLENDS[id(blend)] = (blend, blend._version, answer)
+    return answer
+
+
+def _identity_rows(request: AttentionRequest) -> tuple[tuple[bool, ...], tuple[bool, ...]] | None:
     """Which batch rows an identity blend answers alone (weight exactly 1 on every head and query: PAG's perturbed
-    rows), or ``None`` when none does or the call cannot be split by rows.
+    rows), with which rows it blends at all (see :func:`_blend_rows`), or ``None`` when no row is answered alone
+    or the call cannot be split by rows.
 
     Those rows' output is their values, bit for bit (``lerp`` at weight 1), so computing their attention would be
     thrown away. Only a blend on the CPU is read (no device sync), and only for calls whose rows are independent
@@ -456,13 +487,8 @@ def _identity_rows(request: AttentionRequest) -> list[bool] | None:
         or request.q.shape[2] != request.k.shape[2]
     ):
         return None
-    rows = blend.reshape(blend.shape[0], -1)
-    if rows.numel() <= _LISTED_BLEND:
-        # A per-head blend (PAG: [B, H, 1, 1]): one read into Python beats three tensor ops on a few numbers.
-        whole = [all(weight == 1.0 for weight in row) for row in rows.tolist()]
-    else:
-        whole = rows.eq(1).all(dim=1).tolist()
-    return whole if any(whole) else None
+    rows = _blend_rows(blend)
+    return rows if any(rows[0]) else None
 
 
 def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor | list[int], batch: int) -> torch.Tensor | None:
@@ -477,8 +503,23 @@ def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor | list[int], batch:
     return x[rows] if isinstance(rows, slice) else x.index_select(0, rows.to(x.device))
 
 
-def _run_without_identity_rows(request: AttentionRequest, whole: list[bool], backend: str) -> torch.Tensor:
-    """The call with the rows ``whole`` marks answered by their values and only the others computed."""
+def _stacked_rows(parts: list[torch.Tensor], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``parts`` (``[b_i, H, N, D]``) stacked along the batch axis, laid out in memory as ``like`` is: CPU SDPA returns
+    its output as a transposed ``[B, N, H, D]``, and a processor's ``transpose(1, 2).reshape`` of such an output
+    copies nothing, so the stacked output keeps that layout (one copy here, none in the processor)."""
+    parts = [part if part.dtype == dtype else part.to(dtype) for part in parts if part.shape[0]]
+    batch, heads, tokens, _ = like.stride()
+    if batch >= tokens > heads:
+        # [B, N, H, D] in memory (CPU SDPA's output): stack the transposed parts, hand back the transposed stack.
+        return torch.cat([part.transpose(1, 2) for part in parts]).transpose(1, 2)
+    return torch.cat(parts)
+
+
+def _run_without_identity_rows(
+    request: AttentionRequest, rows: tuple[tuple[bool, ...], tuple[bool, ...]], backend: str
+) -> torch.Tensor:
+    """The call with the rows answered alone (``rows[0]``) answered by their values and only the others computed."""
+    whole, blended = rows
     q, v = request.q, request.v
     batch = q.shape[0]
     computed = [row for row, identity in enumerate(whole) if not identity]
@@ -489,19 +530,24 @@ def _run_without_identity_rows(request: AttentionRequest, whole: list[bool], bac
         index: slice | torch.Tensor = slice(computed[0], computed[-1] + 1)
     else:
         index = torch.tensor(computed, device=q.device)
-    blend = _rows(request.identity_blend, index, batch)
-    part = dataclasses.replace(
-        request,
+    part = AttentionRequest(
         q=_rows(q, index, batch),
         k=_rows(request.k, index, batch),
         v=_rows(v, index, batch),
+        pattern=request.pattern,
+        score_mod=request.score_mod,
         attn_mask=_rows(request.attn_mask, index, batch),
-        identity_blend=None if not bool(blend.any()) else blend,
+        scale=request.scale,
+        identity_blend=_rows(request.identity_blend, index, batch) if any(blended[i] for i in computed) else None,
+        return_lse=request.return_lse,
+        use_dispatcher=request.use_dispatcher,
+        dispatcher_backend=request.dispatcher_backend,
+        editors=request.editors,
+        reads=request.reads,
     )
     computed_out, _ = run_request(part, backend)
-    if isinstance(index, slice) and index.start == 0:
-        # The usual layout ([uncond, cond, perturbed...]): the computed rows first, the identity rows after.
-        return torch.cat([computed_out, v[index.stop :].to(out_dtype)])
+    if isinstance(index, slice):
+        return _stacked_rows([v[: index.start], computed_out, v[index.stop :]], computed_out, out_dtype)
     out = v.to(out_dtype, copy=True)
     out[index] = computed_out
     return out
