@@ -422,7 +422,7 @@ def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, c
     return _comparison("AttentionMaps (layer)", shape.name, 2, samples, diff)
 
 
-def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) -> LayerComparison:
+def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall") -> LayerComparison:
     """A Prompt-to-Prompt word swap (``cat`` -> ``dog``) on a cross-attention layer, batch ``[uncond x2, cond x2]``,
     against the stock processor on the same rows without the edit.
 
@@ -452,7 +452,7 @@ def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int) ->
             }
             edited, oracle, stock = (side() for side in sides.values())
             diff = _max_diff(edited[:3], stock[:3])
-            samples = _interleaved(sides, repeats, warmup, rounds)
+            samples = _interleaved(sides, repeats, warmup, rounds, clock)
     finally:
         for remove in removers:
             remove()
