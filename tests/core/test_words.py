@@ -499,6 +499,38 @@ def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(key, prom
     assert min(owned) >= images + glyphs
 
 
+@pytest.mark.parametrize("prompts", [["a red circle near a cat"], ["a red circle near a cat", "a blue circle"]])
+def test_framepack_words_follow_its_image_tokens_in_the_cropped_template(prompts):
+    """Framepack puts the image's SigLIP tokens ahead of HunyuanVideo's cropped Llama template: read off the first
+    block's text input of a real generation, the image tokens lead, every word's positions hold the template tokens
+    that spell it, and the sequence is as long as the denoiser's, the padding dropped in a one-row call (the forward
+    cuts the text at the row's mask) and kept in a two-row one (the call's max_sequence_length)."""
+    key = "hunyuan_video_framepack"
+    pipe = pipeline(key)
+    call = call_kwargs(key)
+    template, crop = call["prompt_template"], call["prompt_template"]["crop_start"]
+    codes = {"image_projection": 10000, "context_embedder": 1}
+    prompt = prompts[0] if len(prompts) == 1 else prompts
+    sources, llama_ids, _ = _denoiser_text_sources(
+        key, prompt, codes, output_type="latent", image=[call["image"]] * len(prompts)
+    )
+    length = prompt_recipe(key).sequence_length_of(len(sources), pipe)
+    tokens = prompt_tokens(pipe, prompts[0], max_sequence_length=length, prompt_template=template)
+    assert tokens.length == len(sources)
+    images = pipe.image_encoder.config.image_size // pipe.image_encoder.config.patch_size
+    images *= images  # one SigLIP token per patch, no class token
+    assert sources[:images] == [10000 * (j + 1) for j in range(images)]
+    valid = sum(1 for i in llama_ids if i != pipe.tokenizer.pad_token_id) - crop
+    assert length == (valid if len(prompts) == 1 else call["max_sequence_length"])
+    assert sources[images : images + valid] == [j + 1 for j in range(valid)]
+    for word in ("red", "circle", "near", "cat"):
+        positions = tokens.positions(word)
+        assert all(0 < sources[p] < 10000 for p in positions)  # template tokens
+        assert pipe.tokenizer.decode([llama_ids[crop + sources[p] - 1] for p in positions]).strip() == word
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert min(owned) >= images and owned.isdisjoint(tokens.special)
+
+
 class _Seen(Exception):
     """Stops a generation once the denoiser's first call has been seen."""
 
@@ -704,8 +736,13 @@ def test_text_part_refuses_what_it_cannot_describe():
         TextPart("t5", valid_in=("HunyuanVideo15ImageToVideoPipeline",))
     with pytest.raises(ValueError, match="TextPart.length must be a positive int, a pipeline attribute name or None"):
         TextPart("t5", length=0)
-    with pytest.raises(ValueError, match="cannot mix parts of max_sequence_length with parts whose length"):
-        PromptRecipe((TextPart("t5"), TextPart("reserved", length="clip_seq")), max_sequence_length=8)
+    # a length read from the pipeline beside parts of max_sequence_length (Framepack's image tokens): the call's
+    # max_sequence_length follows from the text length only with the pipeline
+    mixed = PromptRecipe((TextPart("reserved", length="clip_seq"), TextPart("t5")), max_sequence_length=8)
+    with pytest.raises(ValueError, match="reads part lengths from the pipeline"):
+        mixed.sequence_length_of(16 + 4)
+    with pytest.raises(ValueError, match="has no clip_seq, which this family's tokenizer ladder reads"):
+        mixed.sequence_length_of(16 + 4, pipeline("unet"))
     # numeric lengths count toward the fixed length, so the call's max_sequence_length still follows from the text's
     recipe = PromptRecipe((TextPart("t5"), TextPart("reserved", length=4)), max_sequence_length=8)
     assert recipe.sequence_length_of(16 + 4) == 16

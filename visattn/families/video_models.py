@@ -367,6 +367,11 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     ),
     # Framepack: joint [history latents (4x, 2x, clean), video, image tokens, text]; the SigLIP image tokens join the
     # text (as HunyuanVideo 1.5's image-prompt tokens), the history latents are other tokens before the grid.
+    # Tokenizer ladder: the image's SigLIP tokens (last_hidden_state: one per patch, no class token) ahead of
+    # HunyuanVideo's Llama template (the module's DEFAULT_PROMPT_TEMPLATE, its system part cropped), padded to
+    # max_sequence_length. A one-row call (one prompt, no batch: each CFG branch is a call of its own) keeps only
+    # the valid tokens (the forward cuts the text at the row's mask), so its text length is the prompt's: the call's
+    # max_sequence_length read off the text length is then the prompt's token count, which the ladder's padding fits.
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
@@ -391,6 +396,19 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text=2,
         joined_text=(JoinedText(Argument(("image_embeds",), 5)),),
         text_position="last",
+        prompt=PromptRecipe(
+            (
+                TextPart("reserved", length="image_encoder.embeddings.num_patches"),
+                TextPart(
+                    "chat_template",
+                    template=DiffusersTemplate(
+                        "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack", "DEFAULT_PROMPT_TEMPLATE"
+                    ),
+                ),
+            ),
+            max_sequence_length=256,
+            pipelines=("HunyuanVideoFramepackPipeline",),
+        ),
         # HunyuanVideoHistoryPatchEmbed: proj (1, 2, 2), proj_2x (2, 4, 4), proj_4x (4, 8, 8), the 2x and 4x inputs
         # padded to a multiple of their kernel; packed as [4x, 2x, clean, video]
         other_tokens=tuple(
