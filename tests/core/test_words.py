@@ -538,9 +538,9 @@ class _Seen(Exception):
 def _fed(
     family: str, prompt: str, encoder: str | None = "text_encoder", row: int = 0, **call
 ) -> tuple[list[int], dict]:
-    """The ids of batch row ``row`` the pipeline's ``encoder`` received first (the prompt's; none without an
-    encoder) and the keyword inputs of the denoiser's first call (its text input under ``"text"``), read off a real
-    one-step generation of the tiny pipeline."""
+    """The ids of batch row ``row`` the pipeline's ``encoder`` (a component, or a dotted path into one) received
+    first (the prompt's; none without an encoder) and the keyword inputs of the denoiser's first call (its text
+    input under ``"text"``), read off a real one-step generation of the tiny pipeline."""
     import inspect
     import warnings
 
@@ -565,7 +565,8 @@ def _fed(
 
     handles = [denoiser.register_forward_pre_hook(denoised, with_kwargs=True)]
     if encoder is not None:
-        handles.append(getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True))
+        module = functools.reduce(getattr, encoder.split("."), pipe)
+        handles.append(module.register_forward_pre_hook(encoded, with_kwargs=True))
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tiny models' own (flex attention without torch.compile, ...)
@@ -665,6 +666,20 @@ def test_flux3_words_follow_its_chat_template_in_the_window():
     tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
     assert tokens.length == length == len(ids) and tokens.positions("a")[0] > 0  # the template's user turn first
     _decodes_to_words(pipe.tokenizer.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+
+
+def test_minimax_h3_words_are_the_prompts_own_tokens():
+    """MiniMax-H3's text-to-video-and-audio step tokenizes the prompt verbatim (no template, no special tokens, no
+    padding) and feeds Qwen3-VL's language model those ids: the words decode back from the ids it received, and the
+    sequence is the denoiser's text length."""
+    pipe = pipeline("minimax_h3")
+    # its scheduler takes 2 steps at least (the denoiser is first called in the first)
+    ids, inputs = _fed("minimax_h3", "A red circle near a cat", encoder="text_encoder.model", num_inference_steps=2)
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "A red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) and tokens.special == ()
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+    assert tokens.positions(0) == (0,)  # nothing before the words
 
 
 def test_wan_animate_2_words_are_its_umt5_positions():

@@ -648,6 +648,14 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         joint_one_stream=True,  # diffusers' plan splits the packed sequence at the first block
         # one packed sequence of every modality in each block (no cross-attention anywhere)
         roles=(("^token_refiner", "text"), ("^transformer_blocks", "joint")),
+        # The text-to-video-and-audio request (t2va): Qwen3-VL over the prompt verbatim, no chat template and no
+        # special tokens (the step passes add_special_tokens=False; Qwen2's tokenizer adds none anyway), unpadded
+        # (one prompt, a string, per call): the text length is the prompt's token count, the call's
+        # max_sequence_length here (512 is only the length of a mapping made outside a call). A keyframe (image,
+        # last_image: fl2va) or references (ref2va) put their labels and vision blocks before the words.
+        prompt=PromptRecipe(
+            (TextPart("t5"),), max_sequence_length=512, refused_with=("references", "image", "last_image")
+        ),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
     # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks. No
