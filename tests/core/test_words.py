@@ -161,8 +161,8 @@ def test_bad_family_and_missing_tokenizer():
     with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
         prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
     # A family whose tokenizer ladder is not declared says so and names the ones that are.
-    with pytest.raises(ValueError, match=r"the joyimage_edit family declares no tokenizer ladder .*'unet'"):
-        prompt_tokens(text_tokenizer("t5"), "a cat", family="joyimage_edit")
+    with pytest.raises(ValueError, match=r"the bria_fibo2 family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="bria_fibo2")
     with pytest.raises(ValueError, match="pass family="):
         prompt_tokens(text_tokenizer("clip"), "a cat")
     with pytest.raises(ValueError, match="tokenizer_2"):
@@ -691,6 +691,36 @@ def test_wan_animate_2_words_are_its_umt5_positions():
     tokens = prompt_tokens(pipe, "A red circle", max_sequence_length=length)
     assert tokens.length == length
     _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_joyimage_edit_text_only_words_follow_its_cropped_template():
+    """Without an input image, JoyImage-Edit renders prompt_template_encode["image"] around the prompt, drops its
+    first prompt_template_encode_start_idx["image"] tokens and pads each prompt's valid tokens to the call's longest:
+    the words decode back from the ids its Qwen3-VL received, and the sequence is the denoiser's text length."""
+    pipe = pipeline("joyimage_edit")
+    crop = pipe.prompt_template_encode_start_idx["image"]
+    call = {**pipeline_spec("joyimage_edit").words_call, "negative_prompt": ["", ""]}
+    ids, inputs = _fed("joyimage_edit", ["a red circle near a cat", "a cat"], **call)
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) - crop  # the longer row
+    _decodes_to_words(pipe.tokenizer, ids[crop:], tokens, ("red", "circle", "near", "cat"))
+    short = prompt_tokens(pipe, "a cat", max_sequence_length=length)  # the other row, padded after its tokens
+    assert short.positions("cat") == tuple(p - 4 for p in tokens.positions("cat"))
+
+
+def test_joyimage_edit_refuses_words_with_an_input_image():
+    """With an input image JoyImage-Edit's processor puts the image's tokens before the words: words are refused in
+    such a call, and mapped in a text-only one."""
+    import visattn
+
+    pipe = pipeline("joyimage_edit")
+    words = pipeline_spec("joyimage_edit").words_call
+    call = {"prompt": "a red circle", "num_inference_steps": 1, "output_type": "latent"}
+    with visattn.attach(pipe, visattn.AttentionMaps(words="red")):
+        with pytest.raises(ValueError, match="describes calls without image; this call's JoyImageEditPipeline"):
+            pipe(**call_kwargs("joyimage_edit", **call))
+        pipe(**call_kwargs("joyimage_edit", **call, **words))
 
 
 def test_dreamlite_refuses_words_in_edit_mode():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,9 @@ class PipelineTemplate:
             its ``system_prompt``).
         prefix: text the pipeline's call puts before the prompt inside the template, which no attribute holds
             (DreamLite's ``"[Generate]: "``).
+        key: the key to read where the template and the crop are dicts of several templates (JoyImage-Edit keys
+            its ``prompt_template_encode`` and ``prompt_template_encode_start_idx`` by template type: ``"image"``
+            for its text-only path); ``None``: they are the values themselves.
     """
 
     template: str | ModuleConstant
@@ -110,19 +113,30 @@ class PipelineTemplate:
     suffix: str | None = None
     joiner: str = ""
     prefix: str = ""
+    key: str | None = None
 
     def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-        text = _read(self.template, pipeline)
+        text = self._keyed(_read(self.template, pipeline))
         if callable(text):
             text = text("{}")
         if "{}" not in text:
             text = text + self.joiner + "{}"
         text = text.replace("{}", self.prefix + "{}")
-        crop = _read(self.crop, pipeline)
+        crop = self._keyed(_read(self.crop, pipeline))
         found: dict[str, Any] = {"template": text, "crop_start": crop}
         if self.suffix is not None:
             found["suffix_tokens"] = _pipeline_attribute(pipeline, self.suffix)
         return found
+
+    def _keyed(self, value: Any) -> Any:
+        if self.key is None or isinstance(value, int):
+            return value
+        if not isinstance(value, Mapping) or self.key not in value:
+            raise ValueError(
+                f"this tokenizer ladder reads the template {self.key!r} of a dict of templates; the pipeline holds "
+                f"{value!r}"
+            )
+        return value[self.key]
 
 
 @dataclass(frozen=True)

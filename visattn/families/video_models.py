@@ -658,11 +658,13 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         ),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
-    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks. No
-    # tokenizer ladder: with an input image (the edit it is made for) its prompt goes through Qwen3-VL's processor as
-    # "<image>\n" + the instruction, so the image's tokens, as many as the processor makes of its size, sit before
-    # the words, which no PromptRecipe part expresses. (Its text-only path, without an image, crops the Qwen-Image
-    # template prompt_template_encode["image"]: a ladder for it would need refused_with=("image",).)
+    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks.
+    # Tokenizer ladder of its text-only path (no input image): Qwen3-VL over prompt_template_encode["image"], the
+    # first prompt_template_encode_start_idx["image"] tokens dropped, each prompt's valid tokens zero-padded on the
+    # right to the longest prompt of the call (the call's text length; max_sequence_length caps it). With an input
+    # image (the edit it is made for) the prompt goes through Qwen3-VL's processor as "<image>\n" + the instruction,
+    # so the image's tokens, as many as the processor makes of its size, sit before the words, which no part
+    # expresses: words are refused in such a call (refused_with), PromptTokens (positions given) serve it.
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),
@@ -677,6 +679,18 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         grid_reader="items_along_time",
         text_position="last",
         roles=(("^double_blocks", "joint"),),
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=PipelineTemplate(
+                        "prompt_template_encode", crop="prompt_template_encode_start_idx", key="image"
+                    ),
+                ),
+            ),
+            max_sequence_length=4096,
+            refused_with=("image",),
+        ),
     ),
     # Cosmos 3 Omni: one packed sample per call (no batch axis: one_sample_per_call),
     # vision latents as a list of [1, C, F, H, W], text as token ids, per-token scheduler timesteps. Vision queries
