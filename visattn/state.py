@@ -126,7 +126,13 @@ class DenoiserHook(ModelHook):
         for effect in reversed(self.effects):
             if effect.wraps_denoiser:
                 forward = _bind_wrapper(effect, forward, self.state)
-        return forward(*args, **kwargs)
+        try:
+            return forward(*args, **kwargs)
+        except BaseException:
+            # A call that raised (an effect refusing it) ends its pipeline call: its timestep must not make the next
+            # pipeline call's first call look like an unconditional one (separate CFG pairs calls by timestep).
+            self._previous_timestep = None
+            raise
 
     # --- derived facts -------------------------------------------------------------------------------------
     def _cache_context(self):

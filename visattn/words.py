@@ -13,13 +13,15 @@ this module follows the recipe. The kinds of part:
   the text sequence is ``77 + max_sequence_length`` long and every word appears twice (once in each part).
 * HunyuanVideo: Llama over a chat template, ``template.format(prompt)``, with the first ``crop_start`` tokens
   (the system part of the template) cropped; the sequence is ``max_sequence_length`` long and still holds the
-  template's closing tokens after the prompt. Where the template comes from is a typed record
+  template's closing tokens after the prompt (Framepack: the same, after the image's SigLIP tokens, a reserved
+  part). Where the template comes from is a typed record
   (:mod:`visattn.families.base`): a diffusers module's dict (HunyuanVideo), pipeline attributes or module constants
   (Qwen-Image, Krea 2 with a suffix after the padding, Lumina 2's system prompt, Kandinsky 5 and 6), the call's
   default prefix (Sana's ``complex_human_instruction``, ``<bos>`` kept ahead of the cropped prefix), or the
   tokenizer's own ``apply_chat_template`` with a system message and options (Z-Image, FLUX.2, EasyAnimate,
   Ideogram 4, NucleusMoE-Image, Ovis-Image).
-* LongCat-Image: the prompt's own tokens (its template is cropped), quoted text tokenized letter by letter.
+* LongCat-Image: the prompt's own tokens (its template is cropped), quoted text tokenized letter by letter;
+  MiniMax-H3: the prompt's own tokens, unpadded.
 * A part padded on the left (FLUX.2's Mistral, CogView4, Ideogram 4, OmniGen) holds its words at its end; tokens
   the model puts around the text (AuraFlow's registers, UniDiffuser's timestep and image tokens, OmniGen's time
   token) hold no word; pipelines that pad to the longest prompt of the call (Qwen-Image, Kandinsky 5, Lumina-Next,
@@ -368,8 +370,8 @@ def prompt_tokens(
         family: one of :data:`PROMPT_FAMILIES`; recognized from the pipeline when ``None``.
         max_sequence_length: the T5/umT5/Llama sequence length of the call (``max_sequence_length`` of the
             pipeline call); the pipeline's default when ``None``. Ignored by the CLIP-only families.
-        prompt_template: HunyuanVideo's ``prompt_template`` of the call (``template`` and ``crop_start``);
-            the pipeline's default when ``None``.
+        prompt_template: HunyuanVideo's or Framepack's ``prompt_template`` of the call (``template`` and
+            ``crop_start``); the pipeline's default when ``None``.
 
     Raises:
         ValueError: unknown family; a missing tokenizer; a prompt with more tokens than the text sequence

@@ -161,8 +161,8 @@ def test_bad_family_and_missing_tokenizer():
     with pytest.raises(ValueError, match="family='sdxx' is not a family key; the keys are unet, "):
         prompt_tokens(text_tokenizer("clip"), "a cat", family="sdxx")
     # A family whose tokenizer ladder is not declared says so and names the ones that are.
-    with pytest.raises(ValueError, match=r"the joyimage_edit family declares no tokenizer ladder .*'unet'"):
-        prompt_tokens(text_tokenizer("t5"), "a cat", family="joyimage_edit")
+    with pytest.raises(ValueError, match=r"the bria_fibo2 family declares no tokenizer ladder .*'unet'"):
+        prompt_tokens(text_tokenizer("t5"), "a cat", family="bria_fibo2")
     with pytest.raises(ValueError, match="pass family="):
         prompt_tokens(text_tokenizer("clip"), "a cat")
     with pytest.raises(ValueError, match="tokenizer_2"):
@@ -499,6 +499,38 @@ def test_hunyuan_words_sit_where_the_denoiser_gathers_the_valid_tokens(key, prom
     assert min(owned) >= images + glyphs
 
 
+@pytest.mark.parametrize("prompts", [["a red circle near a cat"], ["a red circle near a cat", "a blue circle"]])
+def test_framepack_words_follow_its_image_tokens_in_the_cropped_template(prompts):
+    """Framepack puts the image's SigLIP tokens ahead of HunyuanVideo's cropped Llama template: read off the first
+    block's text input of a real generation, the image tokens lead, every word's positions hold the template tokens
+    that spell it, and the sequence is as long as the denoiser's, the padding dropped in a one-row call (the forward
+    cuts the text at the row's mask) and kept in a two-row one (the call's max_sequence_length)."""
+    key = "hunyuan_video_framepack"
+    pipe = pipeline(key)
+    call = call_kwargs(key)
+    template, crop = call["prompt_template"], call["prompt_template"]["crop_start"]
+    codes = {"image_projection": 10000, "context_embedder": 1}
+    prompt = prompts[0] if len(prompts) == 1 else prompts
+    sources, llama_ids, _ = _denoiser_text_sources(
+        key, prompt, codes, output_type="latent", image=[call["image"]] * len(prompts)
+    )
+    length = prompt_recipe(key).sequence_length_of(len(sources), pipe)
+    tokens = prompt_tokens(pipe, prompts[0], max_sequence_length=length, prompt_template=template)
+    assert tokens.length == len(sources)
+    images = pipe.image_encoder.config.image_size // pipe.image_encoder.config.patch_size
+    images *= images  # one SigLIP token per patch, no class token
+    assert sources[:images] == [10000 * (j + 1) for j in range(images)]
+    valid = sum(1 for i in llama_ids if i != pipe.tokenizer.pad_token_id) - crop
+    assert length == (valid if len(prompts) == 1 else call["max_sequence_length"])
+    assert sources[images : images + valid] == [j + 1 for j in range(valid)]
+    for word in ("red", "circle", "near", "cat"):
+        positions = tokens.positions(word)
+        assert all(0 < sources[p] < 10000 for p in positions)  # template tokens
+        assert pipe.tokenizer.decode([llama_ids[crop + sources[p] - 1] for p in positions]).strip() == word
+    owned = {p for positions in tokens.word_tokens for p in positions}
+    assert min(owned) >= images and owned.isdisjoint(tokens.special)
+
+
 class _Seen(Exception):
     """Stops a generation once the denoiser's first call has been seen."""
 
@@ -506,9 +538,9 @@ class _Seen(Exception):
 def _fed(
     family: str, prompt: str, encoder: str | None = "text_encoder", row: int = 0, **call
 ) -> tuple[list[int], dict]:
-    """The ids of batch row ``row`` the pipeline's ``encoder`` received first (the prompt's; none without an
-    encoder) and the keyword inputs of the denoiser's first call (its text input under ``"text"``), read off a real
-    one-step generation of the tiny pipeline."""
+    """The ids of batch row ``row`` the pipeline's ``encoder`` (a component, or a dotted path into one) received
+    first (the prompt's; none without an encoder) and the keyword inputs of the denoiser's first call (its text
+    input under ``"text"``), read off a real one-step generation of the tiny pipeline."""
     import inspect
     import warnings
 
@@ -533,7 +565,8 @@ def _fed(
 
     handles = [denoiser.register_forward_pre_hook(denoised, with_kwargs=True)]
     if encoder is not None:
-        handles.append(getattr(pipe, encoder).register_forward_pre_hook(encoded, with_kwargs=True))
+        module = functools.reduce(getattr, encoder.split("."), pipe)
+        handles.append(module.register_forward_pre_hook(encoded, with_kwargs=True))
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tiny models' own (flex attention without torch.compile, ...)
@@ -635,6 +668,20 @@ def test_flux3_words_follow_its_chat_template_in_the_window():
     _decodes_to_words(pipe.tokenizer.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
 
 
+def test_minimax_h3_words_are_the_prompts_own_tokens():
+    """MiniMax-H3's text-to-video-and-audio step tokenizes the prompt verbatim (no template, no special tokens, no
+    padding) and feeds Qwen3-VL's language model those ids: the words decode back from the ids it received, and the
+    sequence is the denoiser's text length."""
+    pipe = pipeline("minimax_h3")
+    # its scheduler takes 2 steps at least (the denoiser is first called in the first)
+    ids, inputs = _fed("minimax_h3", "A red circle near a cat", encoder="text_encoder.model", num_inference_steps=2)
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "A red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) and tokens.special == ()
+    _decodes_to_words(pipe.tokenizer, ids, tokens, ("red", "circle", "near", "cat"))
+    assert tokens.positions(0) == (0,)  # nothing before the words
+
+
 def test_wan_animate_2_words_are_its_umt5_positions():
     """Wan-Animate 2 encodes the prompt as given with umT5 and its model pads the text to config.text_len: the
     words decode back from the ids its text encoder received."""
@@ -644,6 +691,36 @@ def test_wan_animate_2_words_are_its_umt5_positions():
     tokens = prompt_tokens(pipe, "A red circle", max_sequence_length=length)
     assert tokens.length == length
     _decodes_to_words(pipe.tokenizer, ids, tokens)
+
+
+def test_joyimage_edit_text_only_words_follow_its_cropped_template():
+    """Without an input image, JoyImage-Edit renders prompt_template_encode["image"] around the prompt, drops its
+    first prompt_template_encode_start_idx["image"] tokens and pads each prompt's valid tokens to the call's longest:
+    the words decode back from the ids its Qwen3-VL received, and the sequence is the denoiser's text length."""
+    pipe = pipeline("joyimage_edit")
+    crop = pipe.prompt_template_encode_start_idx["image"]
+    call = {**pipeline_spec("joyimage_edit").words_call, "negative_prompt": ["", ""]}
+    ids, inputs = _fed("joyimage_edit", ["a red circle near a cat", "a cat"], **call)
+    length = inputs["text"].shape[1]
+    tokens = prompt_tokens(pipe, "a red circle near a cat", max_sequence_length=length)
+    assert tokens.length == length == len(ids) - crop  # the longer row
+    _decodes_to_words(pipe.tokenizer, ids[crop:], tokens, ("red", "circle", "near", "cat"))
+    short = prompt_tokens(pipe, "a cat", max_sequence_length=length)  # the other row, padded after its tokens
+    assert short.positions("cat") == tuple(p - 4 for p in tokens.positions("cat"))
+
+
+def test_joyimage_edit_refuses_words_with_an_input_image():
+    """With an input image JoyImage-Edit's processor puts the image's tokens before the words: words are refused in
+    such a call, and mapped in a text-only one."""
+    import visattn
+
+    pipe = pipeline("joyimage_edit")
+    words = pipeline_spec("joyimage_edit").words_call
+    call = {"prompt": "a red circle", "num_inference_steps": 1, "output_type": "latent"}
+    with visattn.attach(pipe, visattn.AttentionMaps(words="red")):
+        with pytest.raises(ValueError, match="describes calls without image; this call's JoyImageEditPipeline"):
+            pipe(**call_kwargs("joyimage_edit", **call))
+        pipe(**call_kwargs("joyimage_edit", **call, **words))
 
 
 def test_dreamlite_refuses_words_in_edit_mode():
@@ -704,8 +781,13 @@ def test_text_part_refuses_what_it_cannot_describe():
         TextPart("t5", valid_in=("HunyuanVideo15ImageToVideoPipeline",))
     with pytest.raises(ValueError, match="TextPart.length must be a positive int, a pipeline attribute name or None"):
         TextPart("t5", length=0)
-    with pytest.raises(ValueError, match="cannot mix parts of max_sequence_length with parts whose length"):
-        PromptRecipe((TextPart("t5"), TextPart("reserved", length="clip_seq")), max_sequence_length=8)
+    # a length read from the pipeline beside parts of max_sequence_length (Framepack's image tokens): the call's
+    # max_sequence_length follows from the text length only with the pipeline
+    mixed = PromptRecipe((TextPart("reserved", length="clip_seq"), TextPart("t5")), max_sequence_length=8)
+    with pytest.raises(ValueError, match="reads part lengths from the pipeline"):
+        mixed.sequence_length_of(16 + 4)
+    with pytest.raises(ValueError, match="has no clip_seq, which this family's tokenizer ladder reads"):
+        mixed.sequence_length_of(16 + 4, pipeline("unet"))
     # numeric lengths count toward the fixed length, so the call's max_sequence_length still follows from the text's
     recipe = PromptRecipe((TextPart("t5"), TextPart("reserved", length=4)), max_sequence_length=8)
     assert recipe.sequence_length_of(16 + 4) == 16

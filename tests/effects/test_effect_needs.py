@@ -39,15 +39,15 @@ def _untouched(model) -> bool:
             r"CrossAttentionCache needs text tokens, but DiTTransformer2DModel \(family 'dit'\) takes no text",
         ),
         (
-            "JoyImageEditTransformer3DModel",
+            "BriaFibo2Transformer2DModel",
             lambda: visattn.AttentionMaps(),
-            r"AttentionMaps needs words mapped to text positions, but JoyImageEditTransformer3DModel \(family "
-            r"'joyimage_edit'\) declares no tokenizer ladder",
+            r"AttentionMaps needs words mapped to text positions, but BriaFibo2Transformer2DModel \(family "
+            r"'bria_fibo2'\) declares no tokenizer ladder",
         ),
         (
-            "JoyImageEditTransformer3DModel",
+            "BriaFibo2Transformer2DModel",
             lambda: visattn.PromptToPrompt("a cat", "a dog"),
-            r"PromptToPrompt needs words mapped to text positions, but JoyImageEditTransformer3DModel",
+            r"PromptToPrompt needs words mapped to text positions, but BriaFibo2Transformer2DModel",
         ),
     ],
 )

@@ -82,18 +82,19 @@ def test_tiny_pipeline_through_visattn(key):
     if family.prompt is None:
         return
     # Words: Prompt-to-Prompt keeps the source image a plain generation and edits the target (where a call's rows
-    # can be plain generations of their prompts).
+    # can be plain generations of their prompts), in the calls the family's ladder describes (words_call).
     source, target = "a red circle", "a blue circle"
-    plain = _images(pipe, key, prompt=source)
+    words = pipeline_spec(key).words_call
+    plain = _images(pipe, key, prompt=source, **words)
     if not pipeline_spec(key).one_prompt_per_call:
         p2p = visattn.PromptToPrompt.replace(source, target)
-        defaults = call_kwargs(key)
+        defaults = call_kwargs(key, **words)
         per_prompt = {name: [defaults[name]] * len(p2p.prompts) for name in pipeline_spec(key).per_prompt_inputs}
         with visattn.attach(pipe, p2p):
-            edited = _images(pipe, key, prompt=p2p.prompts, generator=p2p.generator(0), **per_prompt)
+            edited = _images(pipe, key, **words, prompt=p2p.prompts, generator=p2p.generator(0), **per_prompt)
         assert np.abs(edited[0] - plain[0]).max() <= _source_tolerance(plain)
         assert np.abs(edited[1] - plain[0]).max() > 1e-4
     maps = visattn.AttentionMaps(words="red")
     with visattn.attach(pipe, maps):
-        assert np.array_equal(_images(pipe, key, prompt=source), plain)
+        assert np.array_equal(_images(pipe, key, prompt=source, **words), plain)
     assert maps.contributions > 0

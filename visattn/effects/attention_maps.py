@@ -264,8 +264,10 @@ class AttentionMaps(Effect):
                     "denoiser, or pass prompt=visattn.words.prompt_tokens(pipe, prompt)"
                 )
             # The text length seen here settles the call's max_sequence_length (SD3 puts 77 CLIP tokens first).
-            length = prompt_recipe(prompt_family(pipeline)).sequence_length_of(text_length)
-            prompt = prompt_tokens(pipeline, prompt, max_sequence_length=length)
+            length = prompt_recipe(prompt_family(pipeline)).sequence_length_of(text_length, pipeline)
+            template = ctx.denoiser.prompt.prompt_template
+            options = {} if template is None else {"prompt_template": template}
+            prompt = prompt_tokens(pipeline, prompt, max_sequence_length=length, **options)
         if prompt.length != text_length:
             raise ValueError(
                 f"the prompt tokens describe a text sequence of {prompt.length} positions but layer {layer!r} sees "
@@ -405,21 +407,13 @@ class CollectedMaps:
         return sum(t.numel() * t.element_size() for t in self.sums or ())
 
     def read_prompt_of_call(self, denoiser: DenoiserCall) -> None:
-        """Take the prompt (and a custom HunyuanVideo template) from the pipeline's running ``__call__``."""
-        pipeline, call = denoiser.pipeline, denoiser.prompt
-        if pipeline is None:
+        """Take the prompt from the pipeline's running ``__call__`` (its words are located, with the call's
+        template where it passes one, once the text length is seen: Framepack's one-row calls drop the padding)."""
+        if denoiser.pipeline is None:
             return
-        prompt = call.prompt
+        prompt = denoiser.prompt.prompt
         if prompt is None:
             return  # called with prompt_embeds: _plan asks for prompt= explicitly
-        if call.prompt_template is not None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt = [
-                prompt_tokens(
-                    pipeline, p, prompt_template=call.prompt_template, max_sequence_length=call.max_sequence_length
-                )
-                for p in prompts
-            ]
         prompts = _check_prompt(prompt)
         if prompts == self.prompts:
             return

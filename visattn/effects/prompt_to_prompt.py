@@ -338,7 +338,8 @@ class PromptToPrompt(Effect):
         layers: attention layers to control (diffusers' ``pag_applied_layers`` identifiers and the role keywords
             ``"self"``, ``"cross"``, ``"joint"``); ``None`` controls every layer.
         edit_uncond: also inject into the unconditional branch (the authors edit the conditional one only).
-        prompt_template: HunyuanVideo's ``prompt_template`` when the call passes one (to locate the words).
+        prompt_template: a HunyuanVideo or Framepack ``prompt_template`` to locate the words with; ``None``: the
+            running call's own (the one it passes, or its default).
 
     Raises:
         ValueError: a bad schedule or weight, a word that is not in its prompt (the message lists the prompt's
@@ -729,11 +730,13 @@ class PromptToPrompt(Effect):
             return cache[key]
         options: dict[str, Any] = {}
         # The text length this call sees settles the call's max_sequence_length (SD3 puts 77 CLIP tokens first).
-        sequence_length = prompt_recipe(prompt_family(pipe)).sequence_length_of(length)
+        sequence_length = prompt_recipe(prompt_family(pipe)).sequence_length_of(length, pipe)
         if sequence_length is not None:
             options["max_sequence_length"] = sequence_length
-        if self.prompt_template is not None:
-            options["prompt_template"] = dict(self.prompt_template)
+        # The template the running call passes (HunyuanVideo, Framepack) wraps the prompt, unless one is given here.
+        template = self.prompt_template if self.prompt_template is not None else ctx.denoiser.prompt.prompt_template
+        if template is not None:
+            options["prompt_template"] = dict(template)
         source = prompt_tokens(pipe, self.source, **options)
         target = prompt_tokens(pipe, self.target, **options)
         if source.length != length:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,9 @@ class PipelineTemplate:
             its ``system_prompt``).
         prefix: text the pipeline's call puts before the prompt inside the template, which no attribute holds
             (DreamLite's ``"[Generate]: "``).
+        key: the key to read where the template and the crop are dicts of several templates (JoyImage-Edit keys
+            its ``prompt_template_encode`` and ``prompt_template_encode_start_idx`` by template type: ``"image"``
+            for its text-only path); ``None``: they are the values themselves.
     """
 
     template: str | ModuleConstant
@@ -110,19 +113,30 @@ class PipelineTemplate:
     suffix: str | None = None
     joiner: str = ""
     prefix: str = ""
+    key: str | None = None
 
     def resolve(self, pipeline: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-        text = _read(self.template, pipeline)
+        text = self._keyed(_read(self.template, pipeline))
         if callable(text):
             text = text("{}")
         if "{}" not in text:
             text = text + self.joiner + "{}"
         text = text.replace("{}", self.prefix + "{}")
-        crop = _read(self.crop, pipeline)
+        crop = self._keyed(_read(self.crop, pipeline))
         found: dict[str, Any] = {"template": text, "crop_start": crop}
         if self.suffix is not None:
             found["suffix_tokens"] = _pipeline_attribute(pipeline, self.suffix)
         return found
+
+    def _keyed(self, value: Any) -> Any:
+        if self.key is None or isinstance(value, int):
+            return value
+        if not isinstance(value, Mapping) or self.key not in value:
+            raise ValueError(
+                f"this tokenizer ladder reads the template {self.key!r} of a dict of templates; the pipeline holds "
+                f"{value!r}"
+            )
+        return value[self.key]
 
 
 @dataclass(frozen=True)
@@ -399,11 +413,6 @@ class PromptRecipe:
             raise ValueError(f"PromptRecipe.clean must be one of {PROMPT_CLEANING} or None; got {self.clean!r}")
         if self.variable and self.max_sequence_length is None:
             raise ValueError("a PromptRecipe with a t5 or chat_template part needs max_sequence_length")
-        if self.variable and any(isinstance(part.length, str) for part in self.parts):
-            # sequence_length_of reads the call's max_sequence_length off the text length, without the pipeline.
-            raise ValueError(
-                "a PromptRecipe cannot mix parts of max_sequence_length with parts whose length is a pipeline attribute"
-            )
 
     @property
     def fixed_length(self) -> int:
@@ -413,7 +422,16 @@ class PromptRecipe:
         Raises:
             ValueError: a part reads its length from the pipeline (:attr:`TextPart.length` names an attribute).
         """
-        if any(isinstance(part.length, str) for part in self.parts):
+        return self.fixed_length_in(None)
+
+    def fixed_length_in(self, pipeline: Any) -> int:
+        """:attr:`fixed_length` with the part lengths that are pipeline attributes read from ``pipeline``
+        (Framepack's SigLIP image tokens).
+
+        Raises:
+            ValueError: a part reads its length from the pipeline and ``pipeline`` is ``None`` or lacks it.
+        """
+        if pipeline is None and any(isinstance(part.length, str) for part in self.parts):
             raise ValueError(
                 "this PromptRecipe reads part lengths from the pipeline (TextPart.length names an attribute), so its "
                 "fixed length depends on the pipeline"
@@ -421,7 +439,7 @@ class PromptRecipe:
         return (
             self.leading
             + self.trailing
-            + sum(CLIP_LENGTH if part.kind == "clip" else part.length or 0 for part in self.parts)
+            + sum(CLIP_LENGTH if part.kind == "clip" else part.own_length(pipeline) or 0 for part in self.parts)
         )
 
     @property
@@ -429,12 +447,17 @@ class PromptRecipe:
         """Whether the call's ``max_sequence_length`` sets part of the sequence's length."""
         return any(part.kind != "clip" and part.length is None for part in self.parts)
 
-    def sequence_length_of(self, text_length: int) -> int | None:
+    def sequence_length_of(self, text_length: int, pipeline: Any = None) -> int | None:
         """The call's ``max_sequence_length`` for a text sequence of ``text_length`` (``None``: no part has that
-        length); every such part is that long (HiDream's T5 and two Llama layers)."""
+        length); every such part is that long (HiDream's T5 and two Llama layers). Part lengths that are pipeline
+        attributes are read from ``pipeline``.
+
+        Raises:
+            ValueError: a part's length is a pipeline attribute and ``pipeline`` is ``None`` or lacks it.
+        """
         if not self.variable:
             return None
-        return (text_length - self.fixed_length) // sum(
+        return (text_length - self.fixed_length_in(pipeline)) // sum(
             part.kind != "clip" and part.length is None for part in self.parts
         )
 

@@ -367,6 +367,11 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
     ),
     # Framepack: joint [history latents (4x, 2x, clean), video, image tokens, text]; the SigLIP image tokens join the
     # text (as HunyuanVideo 1.5's image-prompt tokens), the history latents are other tokens before the grid.
+    # Tokenizer ladder: the image's SigLIP tokens (last_hidden_state: one per patch, no class token) ahead of
+    # HunyuanVideo's Llama template (the module's DEFAULT_PROMPT_TEMPLATE, its system part cropped), padded to
+    # max_sequence_length. A one-row call (one prompt, no batch: each CFG branch is a call of its own) keeps only
+    # the valid tokens (the forward cuts the text at the row's mask), so its text length is the prompt's: the call's
+    # max_sequence_length read off the text length is then the prompt's token count, which the ladder's padding fits.
     _video(
         "hunyuan_video_framepack",
         ("HunyuanVideoFramepackTransformer3DModel",),
@@ -391,6 +396,19 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text=2,
         joined_text=(JoinedText(Argument(("image_embeds",), 5)),),
         text_position="last",
+        prompt=PromptRecipe(
+            (
+                TextPart("reserved", length="image_encoder.embeddings.num_patches"),
+                TextPart(
+                    "chat_template",
+                    template=DiffusersTemplate(
+                        "diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack", "DEFAULT_PROMPT_TEMPLATE"
+                    ),
+                ),
+            ),
+            max_sequence_length=256,
+            pipelines=("HunyuanVideoFramepackPipeline",),
+        ),
         # HunyuanVideoHistoryPatchEmbed: proj (1, 2, 2), proj_2x (2, 4, 4), proj_4x (4, 8, 8), the 2x and 4x inputs
         # padded to a multiple of their kernel; packed as [4x, 2x, clean, video]
         other_tokens=tuple(
@@ -630,13 +648,23 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         joint_one_stream=True,  # diffusers' plan splits the packed sequence at the first block
         # one packed sequence of every modality in each block (no cross-attention anywhere)
         roles=(("^token_refiner", "text"), ("^transformer_blocks", "joint")),
+        # The text-to-video-and-audio request (t2va): Qwen3-VL over the prompt verbatim, no chat template and no
+        # special tokens (the step passes add_special_tokens=False; Qwen2's tokenizer adds none anyway), unpadded
+        # (one prompt, a string, per call): the text length is the prompt's token count, the call's
+        # max_sequence_length here (512 is only the length of a mapping made outside a call). A keyframe (image,
+        # last_image: fl2va) or references (ref2va) put their labels and vision blocks before the words.
+        prompt=PromptRecipe(
+            (TextPart("t5"),), max_sequence_length=512, refused_with=("references", "image", "last_image")
+        ),
     ),
     # JoyImage-Edit: [B, items, C, T, H, W], references concatenated along time after the generated image (grid
-    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks. No
-    # tokenizer ladder: with an input image (the edit it is made for) its prompt goes through Qwen3-VL's processor as
-    # "<image>\n" + the instruction, so the image's tokens, as many as the processor makes of its size, sit before
-    # the words, which no PromptRecipe part expresses. (Its text-only path, without an image, crops the Qwen-Image
-    # template prompt_template_encode["image"]: a ladder for it would need refused_with=("image",).)
+    # frames 1...); the prediction keeps the input's item order; joint [image, text] in the double blocks.
+    # Tokenizer ladder of its text-only path (no input image): Qwen3-VL over prompt_template_encode["image"], the
+    # first prompt_template_encode_start_idx["image"] tokens dropped, each prompt's valid tokens zero-padded on the
+    # right to the longest prompt of the call (the call's text length; max_sequence_length caps it). With an input
+    # image (the edit it is made for) the prompt goes through Qwen3-VL's processor as "<image>\n" + the instruction,
+    # so the image's tokens, as many as the processor makes of its size, sit before the words, which no part
+    # expresses: words are refused in such a call (refused_with), PromptTokens (positions given) serve it.
     _video(
         "joyimage_edit",
         ("JoyImageEditTransformer3DModel",),
@@ -651,6 +679,18 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         grid_reader="items_along_time",
         text_position="last",
         roles=(("^double_blocks", "joint"),),
+        prompt=PromptRecipe(
+            (
+                TextPart(
+                    "chat_template",
+                    template=PipelineTemplate(
+                        "prompt_template_encode", crop="prompt_template_encode_start_idx", key="image"
+                    ),
+                ),
+            ),
+            max_sequence_length=4096,
+            refused_with=("image",),
+        ),
     ),
     # Cosmos 3 Omni: one packed sample per call (no batch axis: one_sample_per_call),
     # vision latents as a list of [1, C, F, H, W], text as token ids, per-token scheduler timesteps. Vision queries

@@ -35,6 +35,9 @@ class PipelineSpec:
         one_prompt_per_call: why a call with several prompts is not a plain generation of each (aMUSEd's scheduler
             draws the whole batch's tokens from one generator), so Prompt-to-Prompt's source cannot be one: its
             check is skipped and AttentionMaps by words still runs; ``""``: several prompts are fine.
+        words_call: call inputs overridden where words address the text (Prompt-to-Prompt and AttentionMaps by
+            words), for pipelines whose default call builds its text another way: JoyImage-Edit's input image puts
+            its tokens before the words (its family's ladder refuses such a call), so its words calls go without.
     """
 
     family: str
@@ -47,6 +50,7 @@ class PipelineSpec:
     default: bool = True
     per_prompt_inputs: tuple[str, ...] = ()
     one_prompt_per_call: str = ""
+    words_call: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -623,6 +623,8 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_framepack_components,
         call_defaults=_framepack_call,
+        # one image per prompt: the image latents and SigLIP tokens are encoded from the images given, unrepeated
+        per_prompt_inputs=("image",),
     ),
     PipelineSpec(
         family="hidream_image",

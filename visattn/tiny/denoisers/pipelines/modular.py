@@ -145,6 +145,7 @@ MINIMAX_H3_PIPELINE = PipelineSpec(
     components=_minimax_h3_components,
     call_defaults=_minimax_h3_call,
     pipeline_kwargs={"blocks": _minimax_h3_blocks},
+    one_prompt_per_call="the MiniMax-H3 text encoder step takes one prompt (a string) per call",
 )
 
 # --- Wan-Animate 2 --------------------------------------------------------------------------------------------------

@@ -570,6 +570,14 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         denoiser="transformer",
         components=_joyimage_edit_components,
         call_defaults=_joyimage_edit_call,
+        # one negative prompt string serves one prompt only (its embeddings are viewed as the batch's)
+        per_prompt_inputs=("negative_prompt",),
+        # Words address the text-only path (with an image, its tokens precede the words): no input image, and
+        # room for the words after the tokens the 34-token crop leaves of the system prefix (the tiny tokenizer
+        # spells the prefix's " \\n" and a few words byte by byte: 9 tokens, where the real one leaves fewer). The
+        # tiny model's ~20 text keys beside 1024 image keys move its images little (plain "red" and "blue" images
+        # differ by 3e-5 at guidance 2): guidance 20 makes an edit of one word measurable (3e-4).
+        words_call={"image": None, "max_sequence_length": 64, "guidance_scale": 20.0},
     ),
 )
 
