@@ -137,3 +137,22 @@ def perturbed_self_attention(effect, q, k, v, side: int) -> torch.Tensor:
     call = AttentionCall(ctx, q, k, v)
     effect.apply(call)
     return call.run()
+
+
+def self_attention_context(layer_name: str, branches, tokens: int = 10, heads: int = 3, head_dim: int = 8):
+    """The call context of a UNet self-attention call over ``tokens`` grid tokens, its batch split into
+    ``branches`` (``(name, start, stop)``), for tests that hand an effect a call of their own."""
+    from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
+
+    layout = TokenLayout(tokens, image=Span(0, tokens))
+    return CallContext(
+        role="self",
+        layer_name=layer_name,
+        layer_index=0,
+        family="unet",
+        heads=heads,
+        head_dim=head_dim,
+        queries=layout,
+        keys=layout,
+        batch=BatchLayout(tuple(Branch(*branch) for branch in branches)),
+    )

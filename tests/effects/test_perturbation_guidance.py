@@ -179,22 +179,12 @@ def test_guidance_applies_only_in_its_steps():
 def test_identity_rows_gives_every_call_of_a_layout_a_correct_blend_even_after_one_was_changed():
     """identity_rows keeps one blend per layout; a call whose blend something changed in place does not leak the
     change into the next call's."""
-    from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
+    from helpers import self_attention_context
+
     from visattn.effects import AttentionCall
     from visattn.effects.perturbation_guidance import identity_rows
 
-    layout = TokenLayout(10, image=Span(0, 10))
-    ctx = CallContext(
-        role="self",
-        layer_name="mid",
-        layer_index=0,
-        family="unet",
-        heads=3,
-        head_dim=8,
-        queries=layout,
-        keys=layout,
-        batch=BatchLayout((Branch("cond", 0, 2), Branch("pag:x", 2, 3))),
-    )
+    ctx = self_attention_context("mid", (("cond", 0, 2), ("pag:x", 2, 3)))
     q = torch.randn(3, 3, 10, 8)
     expected = torch.zeros(3, 3, 1, 1)
     expected[2] = 1.0

@@ -9,9 +9,9 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from helpers import self_attention_context
 
 import visattn
-from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
 from visattn.effects import AttentionCall, PerturbedAttentionGuidance
 from visattn.interception import layer_hook
 from visattn.kernels import attention
@@ -171,17 +171,8 @@ def test_a_fully_perturbed_head_outputs_its_values_exactly():
 def test_a_selected_head_of_the_perturbed_rows_outputs_its_values_through_the_effect():
     effect = PerturbedAttentionGuidance(scale=1.0, layers="mid", heads={"mid": [1]})
     q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
-    layout = TokenLayout(10, image=Span(0, 10))
-    ctx = CallContext(
-        role="self",
-        layer_name="mid_block.attentions.0.transformer_blocks.0.attn1",
-        layer_index=0,
-        family="unet",
-        heads=3,
-        head_dim=8,
-        queries=layout,
-        keys=layout,
-        batch=BatchLayout((Branch("cond", 0, 1), Branch(effect.branch, 1, 2))),
+    ctx = self_attention_context(
+        "mid_block.attentions.0.transformer_blocks.0.attn1", (("cond", 0, 1), (effect.branch, 1, 2))
     )
     call = AttentionCall(ctx, q, k, v)
     effect.apply(call)
