@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,45 +105,145 @@ def _sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
 
 
 class _Interceptor(torch.overrides.TorchFunctionMode):
-    """Answers ``scaled_dot_product_attention`` calls with the layer's effects; passes everything else through."""
+    """Answers ``scaled_dot_product_attention`` calls with the layer's effects (and, with a ``projection`` plan, the
+    query and key projections of its planned call, see :func:`_project_part`); passes everything else through.
 
-    def __init__(self, layer: AttentionLayerHook) -> None:
+    The routing of :class:`_Swap` is cheaper; this mode serves the forwards it cannot: a processor that calls SDPA
+    by another name, a forward that runs inside another :class:`~torch.overrides.TorchFunctionMode` (diffusers'
+    layer-skip hook compares the functions it sees with ``torch.nn.functional``'s, which routing replaces), and
+    the backward recomputation of a context-parallel call."""
+
+    def __init__(self, layer: AttentionLayerHook, projection: tuple | None = None) -> None:
         super().__init__()
         self.layer = layer
+        self.projection = projection
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         # Every torch call of the stock processor passes here: the fewest lookups that tell SDPA from the rest.
         if func is _SDPA:
             return self.layer.attend(func, args, kwargs or {})
+        if func is _LINEAR and self.projection is not None:
+            return _project_part(self.layer, self.projection, args, kwargs or {})
         return func(*args, **kwargs) if kwargs else func(*args)
 
 
-class _RowProjectingInterceptor(_Interceptor):
-    """:class:`_Interceptor` that also answers the stock processor's query and key projections (``F.linear`` with the
-    layer's ``to_q`` or ``to_k`` weight on the call's batch) for the first ``computed`` rows only, as diffusers' PAG
-    processors project them; the other rows, whose attention output effects set to their values, hold zeros that
-    nothing reads (:meth:`AttentionLayerHook._plan_rows` makes sure of it)."""
+def _project_part(layer: AttentionLayerHook, projection: tuple, args: tuple, kwargs: dict) -> torch.Tensor:
+    """An ``F.linear`` call of a forward that projects part of its rows: the query and key projections of the
+    planned call (``nn.Linear`` passes its weight as the second argument) for the first ``computed`` rows only, as
+    diffusers' PAG processors project them; the other rows, whose attention output effects set to their values,
+    hold zeros that nothing reads (:meth:`AttentionLayerHook._plan_rows` makes sure of it). Other calls run as
+    they are."""
+    weights, batch, computed = projection
+    if len(args) > 1 and (args[1] is weights[0] or args[1] is weights[1]):
+        x = args[0]
+        if x.ndim == 3 and x.shape[0] == batch:
+            layer._projected += 1
+            part = _LINEAR(x[:computed], *args[1:], **kwargs)
+            # One copy of the computed rows and zeros in the others (F.pad would zero every row first).
+            out = part.new_empty((batch, *part.shape[1:]))
+            out[:computed].copy_(part)
+            out[computed:].zero_()
+            return out
+    return _LINEAR(*args, **kwargs)
 
-    def __init__(self, layer: AttentionLayerHook, weights: tuple[torch.Tensor, ...], batch: int, computed: int) -> None:
-        super().__init__(layer)
-        self.weights = weights
-        self.batch = batch
-        self.computed = computed
+
+class _Route(threading.local):
+    """What the hooked forward running on this thread routes (see :class:`_Swap`): ``layer`` answers its
+    ``F.scaled_dot_product_attention`` calls, ``projection`` (``(weights, batch, computed)``, see
+    :meth:`AttentionLayerHook._plan_rows`) its query and key projections. ``layer`` is ``None`` outside hooked
+    forwards and while a layer answers a call, so that the attention core's own SDPA calls run the real function."""
+
+    layer: AttentionLayerHook | None = None
+    projection: tuple[tuple[torch.Tensor, ...], int, int] | None = None
+    #: whether the forward runs under :class:`_ProbingInterceptor` (a mode of visattn's own)
+    probing: bool = False
+
+
+_ROUTE = _Route()
+
+
+def _routed_sdpa(*args, **kwargs):
+    """``F.scaled_dot_product_attention`` while a hooked forward routes it: the running layer's answer on the
+    thread that runs it, the real function everywhere else."""
+    route = _ROUTE
+    layer = route.layer
+    if layer is None:
+        return _SDPA(*args, **kwargs)
+    if torch._C._len_torch_function_stack() > route.probing:
+        # A TorchFunctionMode entered inside the hooked forward (a hook registered before visattn's on the same
+        # module): it may compare functions with torch.nn.functional's, so the layer's later forwards take the mode
+        # (_Interceptor) rather than the routing.
+        layer._routing = "mode"
+    route.layer = None
+    try:
+        return layer.attend(_SDPA, args, kwargs)
+    finally:
+        route.layer = layer
+
+
+def _routed_linear(*args, **kwargs):
+    """``F.linear`` while a hooked forward projects part of its rows (see :func:`_project_part`): the running
+    layer's planned projections on the thread that runs it, the real function everywhere else."""
+    route = _ROUTE
+    if route.projection is None:
+        return _LINEAR(*args, **kwargs)
+    return _project_part(route.layer, route.projection, args, kwargs)
+
+
+class _Swap:
+    """One function of ``torch.nn.functional`` replaced while hooked forwards that need it run, on any thread.
+
+    Hooked forwards count in and out (under a lock), so the replacement stays while one is running anywhere and
+    the real function is back when none is. The replacement answers only on the thread whose forward routes it
+    (:class:`_Route`); elsewhere it calls the real function. Cheaper than a :class:`torch.overrides.TorchFunctionMode`,
+    which sees every torch call of the processor (about 20 per call, 2 us each on a CPU) where only one matters.
+    """
+
+    def __init__(self, name: str, replacement) -> None:
+        self.name = name
+        self.real = getattr(F, name)
+        self.replacement = replacement
+        self.users = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.users == 0:
+                setattr(F, self.name, self.replacement)
+            self.users += 1
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                setattr(F, self.name, self.real)
+
+
+_SDPA_SWAP = _Swap("scaled_dot_product_attention", _routed_sdpa)
+_LINEAR_SWAP = _Swap("linear", _routed_linear)
+
+
+class _ProbingInterceptor(torch.overrides.TorchFunctionMode):
+    """Answers the SDPA calls of a hooked forward that routing ``F.scaled_dot_product_attention`` (:func:`_routed_sdpa`)
+    did not reach: a processor that holds the function under another name. Every layer's first forward runs under it,
+    so that the layer knows whether routing alone reaches its calls; a layer where it does not keeps it."""
+
+    def __init__(self, layer: AttentionLayerHook) -> None:
+        super().__init__()
+        self.layer = layer
+        self.missed = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is _SDPA:
-            return self.layer.attend(func, args, kwargs or {})
-        if func is _LINEAR and len(args) > 1 and any(args[1] is weight for weight in self.weights):
-            x = args[0]
-            if x.ndim == 3 and x.shape[0] == self.batch:
-                self.layer._projected += 1
-                part = func(x[: self.computed], *args[1:], **(kwargs or {}))
-                # One copy of the computed rows and zeros in the others (F.pad would zero every row first).
-                out = part.new_empty((self.batch, *part.shape[1:]))
-                out[: self.computed].copy_(part)
-                out[self.computed :].zero_()
-                return out
-        return func(*args, **kwargs) if kwargs else func(*args)
+        kwargs = kwargs or {}
+        if func is _SDPA and _ROUTE.layer is self.layer:
+            # Not inside _routed_sdpa's answer (which clears the route): a call the attribute did not reach.
+            self.missed += 1
+            _ROUTE.layer = None
+            try:
+                return self.layer.attend(func, args, kwargs)
+            finally:
+                _ROUTE.layer = self.layer
+        return func(*args, **kwargs)
 
 
 def _unchanged(call: AttentionCall, q, k, v, attn_mask, scale) -> bool:
@@ -343,6 +444,10 @@ class AttentionLayerHook(ModelHook):
         self._planned: CallContext | None = None
         self._planned_shape: tuple[int, ...] = ()
         self._projected = 0
+        # How the layer's SDPA calls reach attend: None until a forward has made one (probed then, see _run_routed),
+        # "attribute" (routing F.scaled_dot_product_attention reaches them all) or "mode" (the processor calls it by
+        # another name: every forward runs under _ProbingInterceptor).
+        self._routing: str | None = None
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
@@ -373,14 +478,8 @@ class AttentionLayerHook(ModelHook):
         self._row_cursor = 0
         self._row_stash.clear()
         plan = self._plan_rows(module, processor, args, kwargs) if self._plans_rows else None
-        interceptor = _Interceptor(self) if plan is None else _RowProjectingInterceptor(self, *plan)
         try:
-            with interceptor:
-                if self._parallel is None:
-                    out = original(*args, **kwargs)
-                else:
-                    with parallel_layer(self, self._parallel):
-                        out = original(*args, **kwargs)
+            out = self._run_routed(original, args, kwargs, plan)
         finally:
             # The kept source rows serve this layer call only: release them now.
             self._row_stash.clear()
@@ -397,6 +496,51 @@ class AttentionLayerHook(ModelHook):
             )
         return out
 
+    def _run(self, original, args: tuple, kwargs: dict) -> Any:
+        if self._parallel is None:
+            return original(*args, **kwargs)
+        with parallel_layer(self, self._parallel):
+            return original(*args, **kwargs)
+
+    def _run_routed(self, original, args: tuple, kwargs: dict, projection: tuple | None) -> Any:
+        """Run the forward with ``F.scaled_dot_product_attention`` routed to :meth:`attend` on this thread, and with
+        ``F.linear`` routed too when part of the rows need no query and key projections (``projection``, see
+        :meth:`_plan_rows`).
+
+        Routing reaches the calls that look the function up in ``torch.nn.functional`` when they make them, as every
+        diffusers processor and its attention dispatcher's native backend do. The first forward of the layer checks
+        that (:class:`_ProbingInterceptor`, a mode that answers the calls routing missed); a layer whose processor
+        calls SDPA by another name, and a forward that runs inside another TorchFunctionMode, take the mode
+        (:class:`_Interceptor`) instead.
+        """
+        if self._routing == "mode" or torch._C._len_torch_function_stack():
+            with _Interceptor(self, projection):
+                return self._run(original, args, kwargs)
+        route = _ROUTE
+        outer = route.layer, route.projection, route.probing
+        route.layer, route.projection = self, projection
+        _SDPA_SWAP.__enter__()
+        if projection is not None:
+            _LINEAR_SWAP.__enter__()
+        try:
+            if self._routing == "attribute":
+                return self._run(original, args, kwargs)
+            before = self._intercepted
+            route.probing = True
+            probe = _ProbingInterceptor(self)
+            with probe:
+                out = self._run(original, args, kwargs)
+            if probe.missed:
+                self._routing = "mode"
+            elif self._routing is None and self._intercepted > before:
+                self._routing = "attribute"
+            return out
+        finally:
+            route.layer, route.projection, route.probing = outer
+            _SDPA_SWAP.__exit__()
+            if projection is not None:
+                _LINEAR_SWAP.__exit__()
+
     def _plan_rows(self, module, processor, args: tuple, kwargs: dict) -> tuple[tuple, int, int] | None:
         """``(projection weights, batch, computed)`` when the processor needs its queries and keys for the first
         ``computed`` rows of its ``batch`` only, or ``None``.
@@ -407,7 +551,7 @@ class AttentionLayerHook(ModelHook):
         (:data:`ROW_PROJECTING_PROCESSORS`), called as self-attention on the denoiser's whole batch. The attention
         core never computes those rows (their output is their values), so diffusers' PAG processors skip their
         projections too; here the stock processor still makes every call, and the interception answers its
-        ``to_q``/``to_k`` projections for the other rows (:class:`_RowProjectingInterceptor`). The SDPA call is
+        ``to_q``/``to_k`` projections for the other rows (:func:`_routed_linear`). The SDPA call is
         checked against the plan (:meth:`_check_plan`).
         """
         if type(processor).__name__ not in ROW_PROJECTING_PROCESSORS or self._parallel is not None:

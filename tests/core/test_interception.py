@@ -1,0 +1,158 @@
+"""How attention calls reach visattn: routing ``torch.nn.functional`` during hooked forwards, and the mode it falls
+back to (a processor that calls SDPA by another name, a forward inside another TorchFunctionMode, other threads)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
+from diffusers.models.attention_processor import AttnProcessor2_0
+from helpers import Probe, ZeroOutput
+
+import visattn
+from visattn.effects.base import AttentionCall, Effect
+from visattn.interception import layer_hook
+from visattn.tiny import call_kwargs, tiny_pipeline
+
+REAL_SDPA = torch._C._nn.scaled_dot_product_attention
+REAL_LINEAR = torch._C._nn.linear
+
+
+@functools.cache
+def pipeline():
+    return tiny_pipeline("unet")
+
+
+def run(**overrides) -> np.ndarray:
+    return np.asarray(pipeline()(**call_kwargs("unet", **overrides))[0], dtype=np.float64)
+
+
+def hooks(model):
+    return [hook for module in visattn.attention_layers(model).values() if (hook := layer_hook(module)) is not None]
+
+
+class BoundNameProcessor(AttnProcessor2_0):
+    """A processor that holds SDPA under its own name (imported once), which routing the attribute cannot reach."""
+
+    sdpa = staticmethod(REAL_SDPA)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch = hidden_states.shape[0]
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        head_dim = k.shape[-1] // attn.heads
+        q, k, v = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (q, k, v))
+        out = self.sdpa(q, k, v)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def test_routing_leaves_torch_functional_as_it_was_outside_hooked_forwards():
+    unet = pipeline().unet
+    with visattn.attach(pipeline(), visattn.PerturbedAttentionGuidance(scale=2.0, layers="mid")):
+        run()
+        assert F.scaled_dot_product_attention is REAL_SDPA
+        assert F.linear is REAL_LINEAR
+        assert {hook._routing for hook in hooks(unet)} == {"attribute"}
+    assert F.scaled_dot_product_attention is REAL_SDPA
+
+
+def test_a_processor_calling_sdpa_by_another_name_is_answered_through_the_mode():
+    """Routing misses such a processor's calls; the first forward finds that out and answers them anyway, and the
+    layer keeps the mode: zeroing the attention output changes the image on every call, the first included."""
+    unet = pipeline().unet
+    stock_processors = dict(unet.attn_processors)
+    try:
+        unet.set_attn_processor(BoundNameProcessor())
+        plain = run()
+        with visattn.attach(pipeline(), ZeroOutput(layers="self")):
+            first, second = run(), run()
+            assert {hook._routing for hook in hooks(unet)} == {"mode"}
+        zeroed = first
+        assert np.abs(zeroed - plain).max() > 1e-3
+        assert np.array_equal(first, second)
+    finally:
+        unet.set_attn_processor(stock_processors)
+    with visattn.attach(pipeline(), ZeroOutput(layers="self")):
+        assert np.array_equal(run(), zeroed), "the routed stock processors compute what the mode did"
+
+
+def test_a_torch_function_mode_around_the_forward_still_sees_the_real_functions():
+    """diffusers' layer-skip hook answers SDPA in a TorchFunctionMode that compares the function it sees with
+    torch.nn.functional's: around a hooked forward it must keep working (visattn answers through a mode there)."""
+    pipe = pipeline()
+    module = pipe.unet.mid_block.attentions[0].transformer_blocks[0].attn1
+    hidden = torch.randn(2, 4, module.to_q.in_features)
+    probe = Probe(layers="mid")
+    with torch.no_grad():
+        value = module.to_out[0](module.to_v(hidden))
+        with visattn.attach(pipe, probe), AttentionScoreSkipFunctionMode():
+            skipped = module(hidden)
+    assert probe.contexts, "visattn saw the call"
+    torch.testing.assert_close(skipped, value, rtol=0, atol=0)
+
+
+class Blocking(Effect):
+    """Waits inside an attention call (the forward is hooked and routing is installed) until told to go on."""
+
+    roles = ("self",)
+
+    def __init__(self, inside: threading.Event, go_on: threading.Event, **kwargs):
+        super().__init__(**kwargs)
+        self.inside, self.go_on = inside, go_on
+
+    def apply(self, call: AttentionCall) -> None:
+        self.inside.set()
+        self.go_on.wait(timeout=30)
+
+
+def test_another_thread_gets_the_real_attention_while_a_hooked_forward_routes_it():
+    inside, go_on = threading.Event(), threading.Event()
+    errors = []
+
+    def generate():
+        try:
+            with visattn.attach(pipeline(), Blocking(inside, go_on, layers="mid")):
+                run(num_inference_steps=1)
+        except Exception as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    try:
+        assert inside.wait(timeout=60)
+        q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
+        assert F.scaled_dot_product_attention is not REAL_SDPA  # routed, for the worker's forward
+        torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), REAL_SDPA(q, k, v), rtol=0, atol=0)
+    finally:
+        go_on.set()
+        worker.join(timeout=60)
+    assert not errors
+    assert F.scaled_dot_product_attention is REAL_SDPA
+
+
+def test_rows_answered_by_their_values_skip_their_projections_through_routing(monkeypatch):
+    """PAG's perturbed rows are not projected (their query and key projections hold zeros nothing reads) when the
+    routing serves the forward, as under the mode, and the image is the one computing every row gives."""
+    from visattn import interception
+
+    layers = ["mid"]
+    every_row = None
+    with visattn.attach(pipeline(), visattn.PerturbedAttentionGuidance(scale=2.0, layers=layers)):
+        every_row = run()
+    monkeypatch.setattr(interception, "_MIN_SKIPPED_WORK", 0)
+    module = pipeline().unet.mid_block.attentions[0].transformer_blocks[0].attn1
+    outputs = []
+    handle = module.to_q.register_forward_hook(lambda mod, args, out: outputs.append(out.detach().clone()))
+    try:
+        with visattn.attach(pipeline(), visattn.PerturbedAttentionGuidance(scale=2.0, layers=layers)):
+            ours = run()
+    finally:
+        handle.remove()
+    assert outputs and all(out.shape[0] == 3 for out in outputs)  # [uncond, cond, perturbed]
+    assert all(not out[2].any() and out[:2].abs().sum() > 0 for out in outputs)
+    assert np.abs(ours - every_row).max() <= 1e-6
