@@ -3,10 +3,13 @@
 diffusers' stock processor stays in place and computes everything it always does (projections, norms, rotary
 embeddings, output path); visattn replaces only the attention computation itself. One diffusers hook per
 selected attention module (:class:`AttentionLayerHook`, registered in the module's ``HookRegistry``) runs the
-module's forward inside a :class:`torch.overrides.TorchFunctionMode` that answers its calls of
-``torch.nn.functional.scaled_dot_product_attention``: old-style processors call it directly, new-style ones
-through diffusers' dispatcher, whose native backend calls it. diffusers' own model-agnostic layer skipping
-(``hooks/layer_skip.py``) intercepts attention the same way. Each intercepted call becomes an
+module's forward with its calls of ``torch.nn.functional.scaled_dot_product_attention`` answered by the layer:
+old-style processors call it directly, new-style ones through diffusers' dispatcher, whose native backend calls it.
+While hooked forwards run, ``torch.nn.functional`` holds a router in its place (:class:`_Swap`) that answers on the
+thread whose forward routes it and calls the real function everywhere else; a forward whose processor calls SDPA by
+another name, or that runs inside another :class:`torch.overrides.TorchFunctionMode`, is answered by a mode instead
+(:class:`_Interceptor`), as diffusers' own model-agnostic layer skipping (``hooks/layer_skip.py``) intercepts
+attention. Each intercepted call becomes an
 :class:`~visattn.effects.base.AttentionCall` with its :class:`~visattn.context.CallContext` (role, latent
 grid, text span, batch layout, step) derived from the call's shapes and the denoiser state; effects contribute
 to it and the attention core computes it. A call no effect acts on runs the original function untouched, and a
@@ -96,6 +99,9 @@ def can_intercept(module: torch.nn.Module) -> bool:
     return type(getattr(module, "processor", None)).__name__ not in UNINTERCEPTABLE_PROCESSORS
 
 
+_FAST_KEYWORDS = frozenset({"attn_mask", "dropout_p", "is_causal", "scale"})
+
+
 def _sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     values = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
@@ -113,7 +119,7 @@ class _Interceptor(torch.overrides.TorchFunctionMode):
     layer-skip hook compares the functions it sees with ``torch.nn.functional``'s, which routing replaces), and
     the backward recomputation of a context-parallel call."""
 
-    def __init__(self, layer: AttentionLayerHook, projection: tuple | None = None) -> None:
+    def __init__(self, layer: AttentionLayerHook, projection: _Projection | None = None) -> None:
         super().__init__()
         self.layer = layer
         self.projection = projection
@@ -127,24 +133,62 @@ class _Interceptor(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs) if kwargs else func(*args)
 
 
-def _project_part(layer: AttentionLayerHook, projection: tuple, args: tuple, kwargs: dict) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Projection:
+    """How a forward projects its queries and keys (see :meth:`AttentionLayerHook._plan_rows`): the first
+    ``computed`` of its ``batch`` rows are projected; each later row is a copy of the projection of row
+    ``copies[row]``, or zeros where that is ``None`` (a row whose queries and keys nothing reads)."""
+
+    weights: tuple[torch.Tensor, ...]
+    batch: int
+    computed: int
+    copies: dict[int, int | None]
+
+
+def _project_part(layer: AttentionLayerHook, projection: _Projection, args: tuple, kwargs: dict) -> torch.Tensor:
     """An ``F.linear`` call of a forward that projects part of its rows: the query and key projections of the
     planned call (``nn.Linear`` passes its weight as the second argument) for the first ``computed`` rows only, as
-    diffusers' PAG processors project them; the other rows, whose attention output effects set to their values,
-    hold zeros that nothing reads (:meth:`AttentionLayerHook._plan_rows` makes sure of it). Other calls run as
-    they are."""
-    weights, batch, computed = projection
+    diffusers' PAG processors project them; each other row holds its source row's projection (Prompt-to-Prompt's
+    target rows attend with their source rows' queries and keys) or zeros that nothing reads (PAG's rows answered by
+    their values); :meth:`AttentionLayerHook._plan_rows` makes sure of it. Other calls run as they are."""
+    weights = projection.weights
     if len(args) > 1 and (args[1] is weights[0] or args[1] is weights[1]):
         x = args[0]
+        batch, computed = projection.batch, projection.computed
         if x.ndim == 3 and x.shape[0] == batch:
             layer._projected += 1
-            part = _LINEAR(x[:computed], *args[1:], **kwargs)
-            # One copy of the computed rows and zeros in the others (F.pad would zero every row first).
-            out = part.new_empty((batch, *part.shape[1:]))
-            out[:computed].copy_(part)
-            out[computed:].zero_()
+            out = _project_into(x, computed, batch, *args[1:], **kwargs)
+            for row, source in projection.copies.items():
+                if source is None:
+                    out[row].zero_()
+                else:
+                    out[row].copy_(out[source])
             return out
     return _LINEAR(*args, **kwargs)
+
+
+def _project_into(x: torch.Tensor, computed: int, batch: int, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """A ``[batch, tokens, out]`` tensor whose first ``computed`` rows are ``F.linear(x[:computed], weight, bias)``,
+    bit for bit, and whose other rows are left for the caller. The projection is written in place with the op
+    ``F.linear`` runs (``matmul`` without a bias, ``addmm`` on the flattened rows with one), so the rows need no
+    copy; under autocast or autograd it is computed apart and copied in."""
+    part = x[:computed]
+    plain = (
+        part.is_contiguous()
+        and not torch.is_autocast_enabled(x.device.type)
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+    if not plain:
+        projected = _LINEAR(part, weight, bias)
+        out = projected.new_empty((batch, *projected.shape[1:]))
+        out[:computed].copy_(projected)
+        return out
+    out = x.new_empty((batch, x.shape[1], weight.shape[0]))
+    if bias is None:
+        torch.matmul(part, weight.t(), out=out[:computed])
+    else:
+        torch.addmm(bias, part.view(-1, x.shape[2]), weight.t(), out=out[:computed].view(-1, weight.shape[0]))
+    return out
 
 
 class _Route(threading.local):
@@ -154,7 +198,7 @@ class _Route(threading.local):
     forwards and while a layer answers a call, so that the attention core's own SDPA calls run the real function."""
 
     layer: AttentionLayerHook | None = None
-    projection: tuple[tuple[torch.Tensor, ...], int, int] | None = None
+    projection: _Projection | None = None
     #: whether the forward runs under :class:`_ProbingInterceptor` (a mode of visattn's own)
     probing: bool = False
 
@@ -440,20 +484,34 @@ class AttentionLayerHook(ModelHook):
         # Whether every effect of the layer can say, before the processor runs, which rows it answers by their values
         # (Effect.identity_only_rows), and the plan of the running layer call (see _plan_rows): the context the
         # SDPA call must have, and how many projections were answered for part of the rows.
-        self._plans_rows = all(type(effect).identity_only_rows is not Effect.identity_only_rows for effect in effects)
+        self._plans_rows = all(
+            type(effect).identity_only_rows is not Effect.identity_only_rows
+            or type(effect).shared_query_key_rows is not Effect.shared_query_key_rows
+            for effect in effects
+        )
         self._planned: CallContext | None = None
+        self._planned_rows: dict[int, int | None] = {}
+        # ((processor, to_q, to_k), their projections and head count or None) of the last forward planned for
+        self._projection_facts: tuple[tuple, tuple | None] | None = None
         self._planned_shape: tuple[int, ...] = ()
         self._projected = 0
         # How the layer's SDPA calls reach attend: None until a forward has made one (probed then, see _run_routed),
         # "attribute" (routing F.scaled_dot_product_attention reaches them all) or "mode" (the processor calls it by
         # another name: every forward runs under _ProbingInterceptor).
         self._routing: str | None = None
+        # Whether every effect acts at every step (none has steps=...): no step check per call.
+        self._stepless = all(effect.steps is None for effect in self.effects)
+        # Per call shape and denoiser input: the fields of the call context that do not change between denoiser
+        # calls, and where a partial call's tokens sit (see _context_of).
+        self._templates: dict[tuple, tuple[dict, _Partial | None]] = {}
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         original = self.fn_ref.original_forward
         if not self.effects or self.state.auxiliary or not self._in_steps():
             return original(*args, **kwargs)
+        if not self.wrappers:
+            return self._intercepted_forward(module, original, args, kwargs)
         call = functools.partial(self._intercepted_forward, module, original, args, kwargs)
         if self.wrappers:
             # Effects that may answer for a whole layer call (CrossAttentionCache reuses a finished output) wrap it
@@ -464,11 +522,12 @@ class AttentionLayerHook(ModelHook):
         return call()
 
     def _intercepted_forward(self, module, original, args, kwargs) -> Any:
-        step = self.state.step
-        fraction = step.fraction if step is not None else None
-        if not any(in_steps(effect.steps, fraction) for effect in self.effects):
-            # No effect acts at this step (a P2P self-attention window that has closed): skip the interception.
-            return original(*args, **kwargs)
+        if not self._stepless:
+            step = self.state.step
+            fraction = step.fraction if step is not None else None
+            if not any(in_steps(effect.steps, fraction) for effect in self.effects):
+                # No effect acts at this step (a P2P self-attention window that has closed): skip the interception.
+                return original(*args, **kwargs)
         processor = getattr(module, "processor", None)
         # Context parallelism (diffusers' enable_parallelism): where this rank's part of each call sits.
         self._parallel = parallel_view(processor)
@@ -484,7 +543,7 @@ class AttentionLayerHook(ModelHook):
             # The kept source rows serve this layer call only: release them now.
             self._row_stash.clear()
             self._call_rows = None
-            self._planned, self._projected = None, 0
+            self._planned, self._planned_rows, self._projected = None, {}, 0
             if restore is not _UNCHANGED:
                 processor._attention_backend = restore
         if self._intercepted == before and not self._warned:
@@ -502,7 +561,7 @@ class AttentionLayerHook(ModelHook):
         with parallel_layer(self, self._parallel):
             return original(*args, **kwargs)
 
-    def _run_routed(self, original, args: tuple, kwargs: dict, projection: tuple | None) -> Any:
+    def _run_routed(self, original, args: tuple, kwargs: dict, projection: _Projection | None) -> Any:
         """Run the forward with ``F.scaled_dot_product_attention`` routed to :meth:`attend` on this thread, and with
         ``F.linear`` routed too when part of the rows need no query and key projections (``projection``, see
         :meth:`_plan_rows`).
@@ -510,10 +569,12 @@ class AttentionLayerHook(ModelHook):
         Routing reaches the calls that look the function up in ``torch.nn.functional`` when they make them, as every
         diffusers processor and its attention dispatcher's native backend do. The first forward of the layer checks
         that (:class:`_ProbingInterceptor`, a mode that answers the calls routing missed); a layer whose processor
-        calls SDPA by another name, and a forward that runs inside another TorchFunctionMode, take the mode
-        (:class:`_Interceptor`) instead.
+        calls SDPA by another name, a forward that runs inside another TorchFunctionMode, and one torch.compile
+        traces, take the mode (:class:`_Interceptor`) instead.
         """
-        if self._routing == "mode" or torch._C._len_torch_function_stack():
+        if self._routing == "mode" or torch._C._len_torch_function_stack() or torch.compiler.is_compiling():
+            # Routing swaps a module attribute, which torch.compile's tracing would bake into the graph; a mode it
+            # traces as it runs.
             with _Interceptor(self, projection):
                 return self._run(original, args, kwargs)
         route = _ROUTE
@@ -541,77 +602,99 @@ class AttentionLayerHook(ModelHook):
             if projection is not None:
                 _LINEAR_SWAP.__exit__()
 
-    def _plan_rows(self, module, processor, args: tuple, kwargs: dict) -> tuple[tuple, int, int] | None:
-        """``(projection weights, batch, computed)`` when the processor needs its queries and keys for the first
-        ``computed`` rows of its ``batch`` only, or ``None``.
+    def _plan_rows(self, module, processor, args: tuple, kwargs: dict) -> _Projection | None:
+        """How the processor projects its queries and keys when part of its rows need no projection of their own,
+        or ``None`` (every row projected).
 
-        That holds when every effect acting on the call answers its rows by their values and does nothing else
-        (:meth:`~visattn.effects.Effect.identity_only_rows`: PAG's perturbed rows), those rows come last, and the
-        processor is one whose query and key projections feed its one SDPA call and nothing else
-        (:data:`ROW_PROJECTING_PROCESSORS`), called as self-attention on the denoiser's whole batch. The attention
-        core never computes those rows (their output is their values), so diffusers' PAG processors skip their
-        projections too; here the stock processor still makes every call, and the interception answers its
-        ``to_q``/``to_k`` projections for the other rows (:func:`_routed_linear`). The SDPA call is
-        checked against the plan (:meth:`_check_plan`).
+        That holds when every effect acting on the call, asked before the processor runs, says which rows it needs
+        no queries and keys of: rows it answers by their values (:meth:`~visattn.effects.Effect.identity_only_rows`:
+        PAG's perturbed rows, whose projections diffusers' PAG processors skip too) or rows that attend with another
+        row's (:meth:`~visattn.effects.Effect.shared_query_key_rows`: Prompt-to-Prompt's target rows), and that is all
+        it does in the call. Those rows must come after the others, and the processor must be one whose query and key
+        projections feed its one SDPA call and nothing else (:data:`ROW_PROJECTING_PROCESSORS`), called on the
+        denoiser's whole batch without a mask. The stock processor still makes every call; the interception answers
+        its ``to_q``/``to_k`` projections (:func:`_project_part`), and the SDPA call is checked against the plan
+        (:meth:`_check_plan`). Rows answered by their values are planned only where that saves enough work
+        (:data:`_MIN_SKIPPED_WORK`); shared rows always are (the call would copy their queries and keys otherwise).
         """
-        if type(processor).__name__ not in ROW_PROJECTING_PROCESSORS or self._parallel is not None:
+        if self._parallel is not None:
             return None
+        # Known per processor and projection modules (LoRA wraps to_q in a module of its own: planned again).
+        modules = module._modules
+        key = (processor, modules.get("to_q"), modules.get("to_k"))
+        facts = self._projection_facts
+        if facts is None or any(a is not b for a, b in zip(facts[0], key, strict=True)):
+            facts = self._projection_facts = (key, _projection_facts(module, processor))
+        if facts[1] is None:
+            return None
+        to_q, to_k, heads = facts[1]
         hidden = args[0] if args else kwargs.get("hidden_states")
         encoder = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
-        to_q, to_k = getattr(module, "to_q", None), getattr(module, "to_k", None)
-        heads = getattr(module, "heads", None)
+        mask = args[2] if len(args) > 2 else kwargs.get("attention_mask")
         if (
-            encoder is not None
+            mask is not None
             or not isinstance(hidden, torch.Tensor)
             or hidden.ndim not in (3, 4)
-            or type(to_q) is not torch.nn.Linear
-            or type(to_k) is not torch.nn.Linear
-            or not isinstance(heads, int)
-            or heads <= 0
-            or to_k.out_features % heads
+            or (encoder is not None and (not isinstance(encoder, torch.Tensor) or encoder.ndim != 3))
         ):
             return None
         batch = hidden.shape[0]
         tokens = hidden.shape[1] if hidden.ndim == 3 else hidden.shape[2] * hidden.shape[3]
-        if batch * tokens * to_k.weight.numel() < _MIN_SKIPPED_WORK:
-            return None  # too little to save even if every row were answered by its values
+        keys = tokens if encoder is None else encoder.shape[1]
+        if encoder is not None and encoder.shape[0] != batch:
+            return None
         layout = _rows_of(self.state.batch, batch)
         if layout is None:
             return None
-        ctx, partial = self._context_of(layout, heads, to_k.out_features // heads, tokens, tokens)
+        ctx, partial = self._context_of(layout, heads, to_k.out_features // heads, tokens, keys)
         if partial is not None:
             return None
-        identity = self._identity_only(ctx)
-        if not identity:
+        copies = self._row_sources(ctx, batch)
+        if not copies:
             return None
-        computed = batch - len(identity)
-        if identity != set(range(computed, batch)) or len(identity) * tokens * to_k.weight.numel() < _MIN_SKIPPED_WORK:
-            return None  # rows in the middle of the batch, or too little work saved
+        computed = batch - len(copies)
+        if set(copies) != set(range(computed, batch)) or any(
+            source is not None and source >= computed for source in copies.values()
+        ):
+            return None  # rows in the middle of the batch, or a row copying one that is not computed
+        if all(source is None for source in copies.values()):
+            work = len(copies) * (tokens * to_q.weight.numel() + keys * to_k.weight.numel()) // 2
+            if encoder is not None or work < _MIN_SKIPPED_WORK:
+                return None  # identity rows need self-attention; or too little work saved
         self._planned = ctx
-        self._planned_shape = (batch, heads, tokens, ctx.head_dim, tokens)
-        return (to_q.weight, to_k.weight), batch, computed
+        self._planned_rows = copies
+        self._planned_shape = (batch, heads, tokens, ctx.head_dim, keys)
+        return _Projection((to_q.weight, to_k.weight), batch, computed, copies)
 
-    def _identity_only(self, ctx: CallContext) -> set[int] | None:
-        """The rows the effects acting on ``ctx`` answer by their values and nothing else, or ``None`` when one of
-        them may do more (see :meth:`~visattn.effects.Effect.identity_only_rows`)."""
-        rows: set[int] = set()
+    def _row_sources(self, ctx: CallContext, batch: int) -> dict[int, int | None] | None:
+        """The rows the effects acting on ``ctx`` need no queries and keys of, each mapped to the row whose queries
+        and keys it attends with (``None``: none, the row is answered by its values), or ``None`` when one of them
+        may do more (see :meth:`~visattn.effects.Effect.identity_only_rows` and
+        :meth:`~visattn.effects.Effect.shared_query_key_rows`) or two of them claim the same row."""
+        sources: dict[int, int | None] = {}
         for effect in self.effects:
             if not effect.acts_on(ctx):
                 continue
             answered = effect.identity_only_rows(ctx)
-            if answered is None:
+            shared = effect.shared_query_key_rows(ctx) if answered is None else {}
+            if answered is None and shared is None:
                 return None
-            rows.update(range(answered.start, answered.stop))
-        return rows
+            claimed = dict(shared) if answered is None else dict.fromkeys(range(answered.start, answered.stop))
+            if claimed.keys() & sources.keys() or any(not 0 <= row < batch for row in claimed):
+                return None
+            sources.update(claimed)
+        return sources
 
     def _check_plan(self, ctx: CallContext, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> None:
         """An SDPA call whose queries and keys were projected for part of the rows must be the planned one, and the
-        effects must have done what they said (rows answered by their values, nothing else); otherwise the zero rows
-        could reach the output, so this refuses rather than compute a wrong one."""
+        effects must have done what they said (rows answered by their values, rows attending with their source
+        rows' queries and keys, nothing else); otherwise rows without projections of their own could reach the
+        output, so this refuses rather than compute a wrong one."""
         problem = None
+        identity = any(source is None for source in self._planned_rows.values())
         if ctx is not self._planned:
             problem = f"its context ({ctx.role}, {ctx.heads} heads, {ctx.queries.length} tokens) is not the planned one"
-        elif call.identity_blend is None or (
+        elif (call.identity_blend is None) == identity or (
             call.output is not None
             or call.q is not q
             or call.k is not k
@@ -621,7 +704,7 @@ class AttentionLayerHook(ModelHook):
             or call.reads
             or call.observers
         ):
-            problem = "an effect did other than answer rows by their values"
+            problem = "an effect did other than it said before the call (rows answered by their values or shared)"
         if problem is not None:
             raise RuntimeError(
                 f"visattn: layer {self.layer_name!r} projected queries and keys for part of its rows only, but "
@@ -649,9 +732,16 @@ class AttentionLayerHook(ModelHook):
     def attend(self, func, args: tuple, kwargs: dict) -> torch.Tensor:
         """Answer one ``scaled_dot_product_attention`` call of this layer."""
         self._intercepted += 1
-        sdpa = _sdpa_arguments(args, kwargs)
-        q, k, v = sdpa["query"], sdpa["key"], sdpa["value"]
-        if q.ndim != 4 or sdpa["is_causal"] or sdpa["dropout_p"]:
+        if len(args) == 3 and _FAST_KEYWORDS.issuperset(kwargs):
+            # How processors call it: q, k, v by position, the rest by keyword.
+            q, k, v = args
+            sdpa = kwargs
+            mask, scale = kwargs.get("attn_mask"), kwargs.get("scale")
+        else:
+            sdpa = _sdpa_arguments(args, kwargs)
+            q, k, v = sdpa["query"], sdpa["key"], sdpa["value"]
+            mask, scale = sdpa["attn_mask"], sdpa["scale"]
+        if q.ndim != 4 or sdpa.get("is_causal") or sdpa.get("dropout_p"):
             return func(*args, **kwargs)
         view = self._parallel
         heads = ulysses_heads(view, q.shape[1])
@@ -682,7 +772,6 @@ class AttentionLayerHook(ModelHook):
             # Grouped-query attention: give every query head its own key/value head, as SDPA's enable_gqa does.
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        mask = sdpa["attn_mask"]
         order = None
         if shard:
             # Every rank runs the whole call on the gathered queries, so observers and editors see the full grid.
@@ -715,20 +804,22 @@ class AttentionLayerHook(ModelHook):
                     ctx, q, k, v, mask = pair
                     paired = True
         call = AttentionCall(
-            ctx, q, k, v, attn_mask=mask, scale=sdpa["scale"], backend=self.backend, replay=self._replay is not None
+            ctx, q, k, v, attn_mask=mask, scale=scale, backend=self.backend, replay=self._replay is not None
         )
+        if self._projected and ctx is self._planned:
+            call.shared_rows = {row: source for row, source in self._planned_rows.items() if source is not None}
         for effect in acting:
             effect.apply(call)
         if self._projected:
             self._check_plan(ctx, call, q, k)
-        if call.output is None and _unchanged(call, q, k, v, mask, sdpa["scale"]):
+        if call.output is None and _unchanged(call, q, k, v, mask, scale):
             if paired and not call.observers and not call.reads:
                 # Nothing edits the target row at this step: its stock call answers, bit for bit.
                 return func(*args, **kwargs)
             # Only observers and reads acted: the stock computation answers, so observing never changes a bit (on the
             # gathered or reordered sequence under context parallelism, whose rows are the stock rows).
             if shard or order is not None or paired:
-                call.output = func(q, k, v, attn_mask=mask, scale=sdpa["scale"])
+                call.output = func(q, k, v, attn_mask=mask, scale=scale)
             else:
                 call.output = func(*args, **kwargs)
         out = call.run()
@@ -742,7 +833,7 @@ class AttentionLayerHook(ModelHook):
             out = gathered
         if shard:
             out = own_rows(out, view, n_local)
-        return out.to(q.dtype)
+        return out if out.dtype == q.dtype else out.to(q.dtype)
 
     def context(self, q: torch.Tensor, k: torch.Tensor) -> CallContext:
         """The :class:`CallContext` of one call, from its shapes, the layer and the denoiser state."""
@@ -770,22 +861,48 @@ class AttentionLayerHook(ModelHook):
     ) -> tuple[CallContext, _Partial | None]:
         """:meth:`_context` from the call's batch layout and shapes."""
         state = self.state
-        role, queries, keys, grid, partial = self._layout(n_q, n_k)
-        ctx = CallContext(
-            role=role,
-            layer_name=self.layer_name,
-            layer_index=self.layer_index,
-            family=state.family.name,
-            heads=call_heads,
-            head_dim=head_dim,
-            queries=queries,
-            keys=keys,
+        inputs = state.inputs
+        key = (
+            n_q,
+            n_k,
+            call_heads,
+            head_dim,
+            heads,
+            state.family.name,
+            None if inputs is None else inputs.grid,
+            None if inputs is None else inputs.text_length,
+            None if inputs is None else inputs.other,
+        )
+        entry = self._templates.get(key)
+        if entry is None:
+            role, queries, keys, grid, partial = self._layout(n_q, n_k)
+            fields = {
+                "role": role,
+                "layer_name": self.layer_name,
+                "layer_index": self.layer_index,
+                "family": state.family.name,
+                "heads": call_heads,
+                "head_dim": head_dim,
+                "queries": queries,
+                "keys": keys,
+                "grid": grid,
+                "token_order": "fhw",
+                "head_offset": heads[0] if heads else 0,
+                "total_heads": heads[1] if heads else None,
+                "head_group": self._parallel.ulysses_group if heads else None,
+            }
+            if len(self._templates) >= _LAYOUTS_KEPT:
+                self._templates.clear()
+            entry = self._templates[key] = (fields, partial)
+        fields, partial = entry
+        step = state.step
+        # Made without the frozen dataclass's __init__ (one object.__setattr__ per field): one context is made per
+        # attention call. tests/core/test_interception.py checks that these are the dataclass's fields.
+        ctx = object.__new__(CallContext)
+        ctx.__dict__.update(
+            fields,
             batch=batch,
-            step=state.step if state.step is not None else StepInfo(),
-            grid=grid,
-            head_offset=heads[0] if heads else 0,
-            total_heads=heads[1] if heads else None,
-            head_group=self._parallel.ulysses_group if heads else None,
+            step=step if step is not None else StepInfo(),
             denoiser=state.call,
             runs=state.runs,
         )
@@ -1039,6 +1156,24 @@ def _force_native_dispatch(processor: Any) -> Any:
         return _UNCHANGED
     processor._attention_backend = AttentionBackendName.NATIVE
     return backend
+
+
+def _projection_facts(module: torch.nn.Module, processor: Any) -> tuple[torch.nn.Linear, torch.nn.Linear, int] | None:
+    """``(to_q, to_k, heads)`` of a module whose processor projects queries and keys for its SDPA call alone
+    (:data:`ROW_PROJECTING_PROCESSORS`) with plain ``nn.Linear`` layers, or ``None``."""
+    if type(processor).__name__ not in ROW_PROJECTING_PROCESSORS:
+        return None
+    to_q, to_k = getattr(module, "to_q", None), getattr(module, "to_k", None)
+    heads = getattr(module, "heads", None)
+    if (
+        type(to_q) is not torch.nn.Linear
+        or type(to_k) is not torch.nn.Linear
+        or not isinstance(heads, int)
+        or heads <= 0
+        or to_k.out_features % heads
+    ):
+        return None
+    return to_q, to_k, heads
 
 
 def register_layer_hook(module: torch.nn.Module, hook: AttentionLayerHook) -> None:

@@ -7,6 +7,7 @@ import functools
 import threading
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
@@ -156,3 +157,59 @@ def test_rows_answered_by_their_values_skip_their_projections_through_routing(mo
     assert outputs and all(out.shape[0] == 3 for out in outputs)  # [uncond, cond, perturbed]
     assert all(not out[2].any() and out[:2].abs().sum() > 0 for out in outputs)
     assert np.abs(ours - every_row).max() <= 1e-6
+
+
+def test_call_contexts_made_per_call_hold_every_field_of_the_dataclass():
+    """The hook makes call contexts without the dataclass's __init__ (per call, it costs): they must still hold
+    exactly the dataclass's fields."""
+    import dataclasses
+
+    from visattn.context import CallContext
+
+    probe = Probe(layers="mid")
+    with visattn.attach(pipeline(), probe):
+        run(num_inference_steps=1)
+    names = {field.name for field in dataclasses.fields(CallContext)}
+    assert probe.contexts
+    for ctx in probe.contexts:
+        assert set(vars(ctx)) == names
+        assert dataclasses.replace(ctx) == ctx  # every field readable, equal to one built through __init__
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_projections_written_in_place_equal_f_linear_bit_for_bit(bias):
+    from visattn.interception import _project_into
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 33, 24)
+    weight = torch.randn(40, 24)
+    b = torch.randn(40) if bias else None
+    out = _project_into(x, 3, 4, weight, b)
+    assert out.shape == (4, 33, 40)
+    torch.testing.assert_close(out[:3], F.linear(x[:3], weight, b), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _project_into(x, 3, 4, weight, b)
+        torch.testing.assert_close(out[:3], F.linear(x[:3], weight, b), rtol=0, atol=0)
+
+
+def test_a_compiled_denoiser_gets_the_same_edit_as_the_eager_one():
+    """torch.compile traces the hooked forward: routing, which swaps a module attribute, would be baked into its
+    graph, so compiled forwards are answered through the mode; the edit (self-attention injection and a word swap,
+    whose target rows' projections are copies of their sources') equals the eager one exactly."""
+    import warnings
+
+    p2p = visattn.PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+    pipe = tiny_pipeline("unet")
+    kwargs = call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0, 1), num_inference_steps=1)
+    with visattn.attach(pipe, p2p):
+        eager = np.asarray(pipe(**kwargs)[0], dtype=np.float64)
+    unet = pipe.unet
+    try:
+        pipe.unet = torch.compile(unet, backend="eager")
+        kwargs["generator"] = p2p.generator(0, 1)
+        with warnings.catch_warnings(), visattn.attach(pipe, p2p):
+            warnings.simplefilter("ignore")  # dynamo's notes on graph breaks
+            compiled = np.asarray(pipe(**kwargs)[0], dtype=np.float64)
+    finally:
+        pipe.unet = unet
+    assert np.array_equal(compiled, eager)

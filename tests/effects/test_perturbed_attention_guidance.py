@@ -73,15 +73,21 @@ def test_parity_with_stable_diffusion_xl_pag_pipeline(guidance_scale, layers):
 
 
 class LinearRows(torch.overrides.TorchFunctionMode):
-    """Records how many batch rows each ``linear`` call on ``weights`` projects (visattn's interception, pushed
-    inside the attention module's forward, hands its own projections to this outer mode)."""
+    """Records how many batch rows each projection with one of ``weights`` computes: ``linear`` calls, and the
+    ``matmul`` (no bias) or ``addmm`` (flattened rows, with a bias) visattn's interception writes a part of the rows
+    with in place (it hands its own projections to this outer mode)."""
 
     def __init__(self, weights):
         super().__init__()
         self.weights, self.rows = weights, []
 
+    def _projects(self, weight) -> bool:
+        return any(weight is w or (weight._base is w) for w in self.weights)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.nn.functional.linear and any(args[1] is weight for weight in self.weights):
+        if func is torch.nn.functional.linear and self._projects(args[1]):
+            self.rows.append(args[0].shape[0])
+        elif func is torch.matmul and self._projects(args[1]):
             self.rows.append(args[0].shape[0])
         return func(*args, **(kwargs or {}))
 

@@ -698,3 +698,49 @@ def test_a_batch_spec_names_the_blend_variant():
     blend = build_edit(spec).local_blend
     assert blend.variant == "prediction" and blend.start == 0.0
     assert build_edit({"source": "a cat", "target": "a dog", "local_blend": "dog"}).local_blend.variant == "authors"
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_target_rows_projected_as_their_sources_equal_the_edit_made_in_the_call(monkeypatch, images):
+    """Self-attention injection and a word swap are attention with the source rows' queries and keys: the layer's hook
+    lets the processor project the target rows' queries and keys as copies of their sources' (one row copied, one
+    row less projected) instead of the edit copying every row in the call; the generation is the same, and the
+    target rows of to_q's output are their sources'."""
+    from visattn.effects.base import Effect
+
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+    module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn1
+    projected = []
+    handle = module.to_q.register_forward_hook(lambda mod, args, out: projected.append(out.detach().clone()))
+    try:
+        shared = edit("unet", p2p, images=images, output_type="latent")
+    finally:
+        handle.remove()
+    # rows [uncond sources, uncond targets, cond sources, cond targets], `images` rows each
+    assert projected and all(out.shape[0] == 4 * images for out in projected)
+    for out in projected:
+        torch.testing.assert_close(out[3 * images :], out[2 * images : 3 * images], rtol=0, atol=0)
+    monkeypatch.setattr(PromptToPrompt, "shared_query_key_rows", Effect.shared_query_key_rows)
+    in_the_call = edit("unet", p2p, images=images, output_type="latent")
+    torch.testing.assert_close(shared, in_the_call, rtol=0, atol=0)
+
+
+def test_edits_that_move_values_or_collect_maps_keep_every_row_projected():
+    """A refinement mixes the values and a local blend reads the target rows' own maps: their target rows keep
+    their own queries and keys."""
+    module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    for p2p in (
+        PromptToPrompt.refine("a red cat", "a red fluffy cat", cross_steps=1.0, self_steps=0),
+        PromptToPrompt.replace(
+            "a red cat", "a red dog", cross_steps=1.0, self_steps=0, local_blend=LocalBlend(words=["cat", "dog"])
+        ),
+    ):
+        projected = []
+        handle = module.to_q.register_forward_hook(
+            lambda mod, args, out, projected=projected: projected.append(out.detach().clone())
+        )
+        try:
+            edit("unet", p2p, output_type="latent")
+        finally:
+            handle.remove()
+        assert projected and not any(torch.equal(out[3], out[2]) for out in projected)

@@ -200,8 +200,10 @@ def test_compiled_model_keeps_working():
     pipe = tiny_pipeline("unet")
     stock = np.asarray(pipe(**call_kwargs("unet"))[0], dtype=np.float64)
     pipe.unet.compile(backend="aot_eager", dynamic=False)
-    with visattn.attach(pipe, Probe()):
+    probe = Probe()
+    with visattn.attach(pipe, probe):
         compiled = np.asarray(pipe(**call_kwargs("unet"))[0], dtype=np.float64)
+    assert probe.contexts, "the compiled forward's attention calls reach the effects"
     assert np.abs(stock - compiled).max() <= 1e-5
     torch._dynamo.reset()
 

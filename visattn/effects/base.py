@@ -22,6 +22,7 @@ import torch
 
 from ..context import CallContext
 from ..kernels import Pattern, ScoreModifier, all_of, chain, run_request
+from ..kernels.core import dense_attention
 from ..kernels.probabilities import Editor, ProbabilityRead, serve_reads
 from ..kernels.request import AttentionRequest
 from ..layers import FAMILY_DEFAULT, ROLE_KEYWORDS, normalize_layers, select_layers
@@ -58,6 +59,9 @@ class AttentionCall:
     #: a backward recomputation of a call already answered (context parallelism's Ulysses backward, see
     #: :mod:`visattn.parallel`): effects compute it as before but collect nothing again (maps, masks)
     replay: bool = False
+    #: rows whose queries and keys are already those of another row (``{row: source row}``), as effects asked
+    #: before the processor ran (:meth:`Effect.shared_query_key_rows`); empty otherwise
+    shared_rows: dict[int, int] = field(default_factory=dict)
 
     def request(self, return_lse: bool = False) -> AttentionRequest:
         return AttentionRequest(
@@ -78,7 +82,27 @@ class AttentionCall:
 
     def run(self) -> torch.Tensor:
         if self.output is None:
-            self.output, self.lse = run_request(self.request(), self.backend)
+            if (
+                not self.patterns
+                and not self.score_mods
+                and not self.editors
+                and not self.reads
+                and self.identity_blend is None
+            ):
+                # Plain attention over (maybe changed) q, k and v: the core's dense path, with the fewest steps.
+                out = dense_attention(
+                    self.q,
+                    self.k,
+                    self.v,
+                    self.attn_mask,
+                    self.scale,
+                    self.backend,
+                    self.use_dispatcher,
+                    self.dispatcher_backend,
+                )
+                self.output, self.lse = out, None
+            else:
+                self.output, self.lse = run_request(self.request(), self.backend)
         elif self.reads:
             # The stock computation answered (only reads acted): serve them from the call's own logits.
             serve_reads(self.request(), self.reads, self.lse)
@@ -327,6 +351,18 @@ class Effect:
         Asked before the stock processor runs: when every effect of a layer answers, the layer's hook lets the
         processor project queries and keys for the other rows only, as diffusers' PAG processors do
         (:meth:`visattn.interception.AttentionLayerHook._plan_rows`).
+        """
+        return None
+
+    def shared_query_key_rows(self, ctx: CallContext) -> dict[int, int] | None:
+        """The batch rows whose attention this effect computes with another row's queries and keys in a call with
+        context ``ctx``, as ``{row: source row}``, when that is all it does there (given :attr:`AttentionCall.
+        shared_rows` holding them, its :meth:`apply` changes nothing); ``{}`` when it does nothing in such a call;
+        ``None`` (the default) when it may do anything.
+
+        Asked before the stock processor runs, as :meth:`identity_only_rows`: the layer's hook may then let the
+        processor project those rows' queries and keys as copies of their source rows' (Prompt-to-Prompt's target
+        rows attend with their source rows' queries and keys), instead of the effect copying them in the call.
         """
         return None
 

@@ -89,6 +89,7 @@ from ..alignment import TokenMap, token_map, word_pairs
 from ..context import BatchLayout, CallContext, StepInfo
 from ..denoiser_batch import prediction_of, with_prediction
 from ..families import Family
+from ..kernels.core import gather_rows
 from ..kernels.probabilities import LinearEdit, ProbabilityRead
 from ..steps import in_steps, normalize_steps
 from ..validation import check_weight
@@ -278,6 +279,54 @@ class _Plan:
     self_on: bool
     tokens: _Tokens | None
     collect: list[_Pair]
+    #: what the calls of this plan reuse, by device: the cross-attention edits as LinearEdits, and the rows whose
+    #: queries and keys each row of a self-attention call attends with
+    _linear: dict = field(default_factory=dict)
+    _self_rows: dict = field(default_factory=dict)
+
+    def linear_edits(self, device: torch.device) -> list[LinearEdit]:
+        """The cross-attention edits as :class:`~visattn.kernels.LinearEdit` s, one per pair of row halves."""
+        edits = self._linear.get(device)
+        if edits is None:
+            edits = self._linear[device] = [
+                LinearEdit(
+                    edit.pair.source,
+                    edit.pair.target,
+                    *self.tokens.value_mix(edit.alpha, edit.identity, edit.equalizer, device),
+                )
+                for edit in self.edits
+            ]
+        return edits
+
+    @functools.cached_property
+    def moves_values(self) -> bool:
+        """Whether a cross-attention edit of the plan changes the target rows' values (see
+        :attr:`~visattn.kernels.LinearEdit.moves_values`); read on the CPU, where the token maps are made."""
+        return any(edit.moves_values for edit in self.linear_edits(torch.device("cpu")))
+
+    @functools.cached_property
+    def shared_rows(self) -> dict[int, int]:
+        """Each target row of the plan's edits mapped to its source row."""
+        return {
+            target: source
+            for edit in self.edits
+            for source, target in zip(
+                range(edit.pair.source.start, edit.pair.source.stop),
+                range(edit.pair.target.start, edit.pair.target.stop),
+                strict=True,
+            )
+        }
+
+    def self_rows(self, batch: int, device: torch.device) -> torch.Tensor:
+        """For a self-attention call of ``batch`` rows, the row whose queries and keys each row attends with: a
+        target row takes its source row's (the source's self-attention map injected)."""
+        rows = self._self_rows.get((batch, device))
+        if rows is None:
+            order = list(range(batch))
+            for edit in self.edits:
+                order[edit.pair.target] = range(edit.pair.source.start, edit.pair.source.stop)
+            rows = self._self_rows[(batch, device)] = torch.tensor(order, device=device)
+        return rows
 
 
 @dataclass
@@ -294,6 +343,9 @@ class _Run:
     #: call so far (a per-row processor answers one pair per call; the blend takes a layer's pairs together)
     blend_pairs: int = 0
     row_maps: list[torch.Tensor] = field(default_factory=list)
+    #: the plans of the denoiser call ``plans_for`` (see PromptToPrompt._plan)
+    plans: dict[tuple, tuple[BatchLayout, _Plan | None]] = field(default_factory=dict)
+    plans_for: Any = None
 
     @property
     def mask(self) -> torch.Tensor | None:
@@ -305,6 +357,8 @@ class _Run:
         if self.blend is not None:
             self.blend.reset()
         self.seen_at_start.clear()
+        self.plans.clear()
+        self.plans_for = None
 
 
 class PromptToPrompt(Effect):
@@ -617,6 +671,26 @@ class PromptToPrompt(Effect):
                 )
 
     # --- the attention call ----------------------------------------------------------------------------------
+    def shared_query_key_rows(self, ctx: CallContext) -> dict[int, int] | None:
+        """The target rows of a call whose edit is attention with the source rows' queries and keys over the target
+        rows' own values: self-attention injection, and a cross-attention word swap or schedule whose token map is
+        the identity (no re-weighting, no refinement, no local blend collecting maps). The layer's hook may then
+        project those rows' queries and keys as copies of their source rows' (see
+        :meth:`~visattn.effects.Effect.shared_query_key_rows`)."""
+        plan = self._plan(ctx)
+        if plan is None:
+            return {}
+        image = ctx.queries.image
+        if plan.collect or image.start != 0 or image.stop != ctx.queries.length:
+            return None
+        if plan.role == "cross":
+            text = ctx.keys.text
+            if text is None or text.start != 0 or text.stop != ctx.keys.length or plan.moves_values:
+                return None
+        elif plan.role != "self":
+            return None
+        return plan.shared_rows
+
     def apply(self, call: AttentionCall) -> None:
         if call.output is not None:
             return  # an earlier effect computed this call itself
@@ -624,20 +698,22 @@ class PromptToPrompt(Effect):
         plan = self._plan(ctx)
         if plan is None:
             return
+        if call.shared_rows and plan.shared_rows.items() <= call.shared_rows.items():
+            # The processor projected the target rows' queries and keys as their source rows' (the layer's hook asked
+            # shared_query_key_rows before it ran): the call is the edit already.
+            return
         image = ctx.queries.image
         mask = call.attn_mask
         if (
             plan.role == "self"
-            and image.as_slice() == slice(0, call.q.shape[2])
+            and image.start == 0
+            and image.stop == call.q.shape[2]
             and (mask is None or mask.dim() < 4 or mask.shape[0] == 1)
         ):
             # Injecting the source's self-attention map, softmax(q_s k_s^T) v_t, is attention with the source
             # rows' queries and keys: no probabilities to materialize, and any backend can run it.
-            q, k = call.q.clone(), call.k.clone()
-            for edit in plan.edits:
-                q[edit.pair.target] = call.q[edit.pair.source]
-                k[edit.pair.target] = call.k[edit.pair.source]
-            call.q, call.k = q, k
+            rows = plan.self_rows(call.q.shape[0], call.q.device)
+            call.q, call.k = gather_rows(call.q, rows), gather_rows(call.k, rows)
             return
         # LocalBlend's maps of this call, [source/target, pairs, image queries], read before the edit (the target's
         # own map of a target word, as the authors store them); a backward recomputation (context parallelism's
@@ -649,14 +725,17 @@ class PromptToPrompt(Effect):
             call.observers.append(lambda done: self._add_maps(run, maps, ctx))
         if not plan.edits:
             return
+        text = ctx.keys.text
         if (
             plan.role == "cross"
-            and ctx.keys.text.as_slice() == slice(0, call.k.shape[2])
-            and image.as_slice() == slice(0, call.q.shape[2])
+            and text.start == 0
+            and text.stop == call.k.shape[2]
+            and image.start == 0
+            and image.stop == call.q.shape[2]
         ):
             # Cross-attention over text keys alone: the edit is linear over the keys (the authors' mapper einsum,
             # refinement alphas and equalizer), so the core computes it as attention over mixed values.
-            call.editors.extend(self._linear_edits(plan, call.q.device))
+            call.editors.extend(plan.linear_edits(call.q.device))
             return
 
         def edit(probs: torch.Tensor, start: int, stop: int) -> None:
@@ -668,8 +747,29 @@ class PromptToPrompt(Effect):
         call.editors.append(edit)
 
     def _plan(self, ctx: CallContext) -> _Plan | None:
+        """What this call edits and collects (``None``: nothing), made once per what it depends on: the call's role,
+        batch, step, text keys, whether it has image queries and a grid, and the pipeline (the prompts' tokens)."""
         if ctx.queries.image is None or ctx.role not in self.roles:
             return None
+        run = self.run_of(ctx)
+        if ctx.denoiser is None:
+            return self._make_plan(ctx)
+        if run.plans_for is not ctx.denoiser:
+            # A new denoiser call (its batch, step and pipeline are the call's): the plans of the last one are done.
+            run.plans.clear()
+            run.plans_for = ctx.denoiser
+        text = ctx.keys.text
+        key = (ctx.role, None if text is None else (text.start, text.stop), ctx.grid is not None)
+        plans = run.plans
+        if key in plans:
+            batch, plan = plans[key]
+            if batch is ctx.batch or batch == ctx.batch:
+                return plan
+        plan = self._make_plan(ctx)
+        plans[key] = (ctx.batch, plan)
+        return plan
+
+    def _make_plan(self, ctx: CallContext) -> _Plan | None:
         pairs = _pairs_of(ctx.batch)
         if pairs is None:
             return None
@@ -801,14 +901,6 @@ class PromptToPrompt(Effect):
 
                     reads.append(ProbabilityRead(observe, rows=half, queries=image, keys=columns, before_edits=True))
         return reads
-
-    def _linear_edits(self, plan: _Plan, device: torch.device) -> list[LinearEdit]:
-        """The plan's cross-attention edits as :class:`~visattn.kernels.LinearEdit` s, one per pair of row halves."""
-        edits = []
-        for edit in plan.edits:
-            mix, keep = plan.tokens.value_mix(edit.alpha, edit.identity, edit.equalizer, device)
-            edits.append(LinearEdit(edit.pair.source, edit.pair.target, mix, keep))
-        return edits
 
     def _edit(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan) -> None:
         if plan.role == "self":

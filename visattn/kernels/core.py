@@ -44,6 +44,9 @@ from .patterns import Pattern, ScoreModifier
 from .probabilities import Editor, LinearEdit, ProbabilityRead, linear_edits, serve_reads
 from .request import AttentionRequest, UnsupportedCall
 
+#: the real SDPA, whatever ``torch.nn.functional`` holds while visattn routes a hooked forward
+_SDPA = torch._C._nn.scaled_dot_product_attention
+
 _BACKENDS: dict[str, ModuleType] = {
     module.NAME: module
     for module in (
@@ -322,6 +325,39 @@ def auto_decision(request: AttentionRequest) -> Decision | None:
     return None if key is None else autotune.decision_for(key)
 
 
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    scale: float | None,
+    backend: str = "auto",
+    use_dispatcher: bool = False,
+    dispatcher_backend: Any = None,
+) -> torch.Tensor:
+    """Plain attention (the model's mask, nothing else) as :func:`run_request` computes it for ``backend``, with the
+    fewest steps when ``auto`` takes the dense path (the attention call of an effect that only changes q, k or v,
+    and the calls of the edits computed over mixed values)."""
+    if backend == "auto" and not os.environ.get("VISATTN_BACKEND"):
+        if use_dispatcher:
+            return sdpa.run(
+                AttentionRequest(
+                    q,
+                    k,
+                    v,
+                    attn_mask=attn_mask,
+                    scale=scale,
+                    use_dispatcher=True,
+                    dispatcher_backend=dispatcher_backend,
+                )
+            )[0]
+        return _SDPA(q, k, v, attn_mask=attn_mask, dropout_p=0.0, scale=scale)
+    request = AttentionRequest(
+        q, k, v, attn_mask=attn_mask, scale=scale, use_dispatcher=use_dispatcher, dispatcher_backend=dispatcher_backend
+    )
+    return run_request(request, backend)[0]
+
+
 def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Compute a prepared :class:`AttentionRequest`; returns ``(out, lse or None)``."""
     if request.editors or request.reads:
@@ -390,45 +426,72 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
     q, k, v, mask = request.q, request.k, request.v, request.attn_mask
     batch = q.shape[0]
     order = list(range(batch))  # the row whose queries and keys each row of the call attends with
-    values = v.clone()
+    values = None  # the call's values once an edit changes them
     sources: list[int] = []  # the rows attending over mixed values apart, and the rows their output is added to
     mixed_values, targets = [], []
     for edit in edits:
-        mixed = edit.mixed_values(v)
         if edit.keep is None:
             order[edit.target] = range(edit.source.start, edit.source.stop)
-            values[edit.target] = mixed
+            if edit.moves_values:
+                values = v.clone() if values is None else values
+                values[edit.target] = edit.mixed_values(v)
         else:
+            values = v.clone() if values is None else values
             values[edit.target] = v[edit.target] * edit.keep.to(device=v.device, dtype=v.dtype).view(-1, 1)
             sources += range(edit.source.start, edit.source.stop)
-            mixed_values.append(mixed)
+            mixed_values.append(edit.mixed_values(v))
             targets += range(edit.target.start, edit.target.stop)
-    plain = dict(identity_blend=None, return_lse=False, editors=(), reads=())
-    out, _ = run_request(
-        dataclasses.replace(
-            request,
-            q=_rows(q, order, batch),
-            k=_rows(k, order, batch),
-            v=values,
-            attn_mask=_rows(mask, order, batch),
-            **plain,
-        ),
+    rows = _row_index(order, q.device)
+    dispatch = (request.use_dispatcher, request.dispatcher_backend)
+    out = dense_attention(
+        _rows(q, rows, batch),
+        _rows(k, rows, batch),
+        v if values is None else values,
+        _rows(mask, rows, batch),
+        request.scale,
         backend,
+        *dispatch,
     )
     if sources:
-        mixed_call = dataclasses.replace(
-            request,
-            q=_rows(q, sources, batch),
-            k=_rows(k, sources, batch),
-            v=torch.cat(mixed_values),
-            attn_mask=_rows(mask, sources, batch),
-            **plain,
+        rows = _row_index(sources, q.device)
+        added = dense_attention(
+            _rows(q, rows, batch),
+            _rows(k, rows, batch),
+            torch.cat(mixed_values),
+            _rows(mask, rows, batch),
+            request.scale,
+            backend,
+            *dispatch,
         )
-        added, _ = run_request(mixed_call, backend)
-        index = torch.tensor(targets, device=out.device)
+        index = _row_tensor(targets, out.device)
         # In place only without autograd: a backend may keep its output for the backward pass.
         out = out.index_add(0, index, added) if out.requires_grad else out.index_add_(0, index, added)
     return _with_identity_blend(request, out)
+
+
+#: row indices made into tensors, by rows and device (a pipeline's calls use a handful of row orders)
+_ROW_INDEX: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+_ROW_INDEX_KEPT = 256
+
+
+def _row_index(rows: list[int], device: torch.device) -> slice | torch.Tensor:
+    """Batch rows ``rows`` as a slice when they are consecutive (a view, no copy), else as an index tensor on
+    ``device`` (made once per rows and device)."""
+    first = rows[0]
+    if rows == list(range(first, first + len(rows))):
+        return slice(first, first + len(rows))
+    return _row_tensor(rows, device)
+
+
+def _row_tensor(rows: list[int], device: torch.device) -> torch.Tensor:
+    """Batch rows ``rows`` as an index tensor on ``device``, made once per rows and device."""
+    key = (tuple(rows), device)
+    index = _ROW_INDEX.get(key)
+    if index is None:
+        if len(_ROW_INDEX) >= _ROW_INDEX_KEPT:
+            _ROW_INDEX.clear()
+        index = _ROW_INDEX[key] = torch.tensor(rows, device=device)
+    return index
 
 
 #: blends up to this many weights are checked in Python (per-head blends); larger ones (per token) with tensor ops
@@ -497,10 +560,19 @@ def _rows(x: torch.Tensor | None, rows: slice | torch.Tensor | list[int], batch:
     if x is None or x.dim() < 4 or x.shape[0] != batch:
         return x
     if isinstance(rows, list):
-        if rows == list(range(rows[0], rows[0] + len(rows))):
-            return x if len(rows) == batch else x[rows[0] : rows[0] + len(rows)]
-        rows = torch.tensor(rows, device=x.device)
-    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows.to(x.device))
+        rows = _row_index(rows, x.device)
+    if isinstance(rows, slice):
+        return x if rows.start == 0 and rows.stop == batch else x[rows]
+    return gather_rows(x, rows if rows.device == x.device else rows.to(x.device))
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(0, index)`` of a ``[B, H, N, D]`` tensor, laid out in memory as ``x`` is when that is
+    ``[B, N, H, D]`` (the heads view of a projection, as processors hand SDPA): the attention output then keeps the
+    layout the processor's ``transpose(1, 2).reshape`` reads without a copy, as for the stock call."""
+    if x.dim() == 4 and x.stride(1) < x.stride(2):
+        return x.transpose(1, 2).index_select(0, index).transpose(1, 2)
+    return x.index_select(0, index)
 
 
 def _stacked_rows(parts: list[torch.Tensor], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

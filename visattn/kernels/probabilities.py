@@ -36,6 +36,7 @@ recomputing their blocks (with the edits applied to the recomputed probabilities
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,6 +129,16 @@ class LinearEdit:
     @property
     def keys(self) -> int:
         return self.mix.shape[0]
+
+    @functools.cached_property
+    def moves_values(self) -> bool:
+        """Whether the edit changes the target rows' values: ``False`` for an identity ``mix`` without ``keep`` (a
+        word swap of words with as many tokens, a schedule injecting every token), whose target rows attend with
+        the source rows' queries and keys over their own values. Read once per edit (one device sync)."""
+        if self.keep is not None:
+            return True
+        eye = torch.eye(self.keys, dtype=self.mix.dtype, device=self.mix.device)
+        return not torch.equal(self.mix, eye)
 
     def __call__(self, probs: torch.Tensor, start: int, stop: int) -> None:
         edited = torch.matmul(probs[self.source], self.mix.to(probs))
