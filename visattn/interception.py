@@ -489,6 +489,9 @@ class AttentionLayerHook(ModelHook):
             or type(effect).shared_query_key_rows is not Effect.shared_query_key_rows
             for effect in effects
         )
+        self._shares_rows = any(
+            type(effect).shared_query_key_rows is not Effect.shared_query_key_rows for effect in effects
+        )
         self._planned: CallContext | None = None
         self._planned_rows: dict[int, int | None] = {}
         # ((processor, to_q, to_k), their projections and head count or None) of the last forward planned for
@@ -614,8 +617,7 @@ class AttentionLayerHook(ModelHook):
         projections feed its one SDPA call and nothing else (:data:`ROW_PROJECTING_PROCESSORS`), called on the
         denoiser's whole batch without a mask. The stock processor still makes every call; the interception answers
         its ``to_q``/``to_k`` projections (:func:`_project_part`), and the SDPA call is checked against the plan
-        (:meth:`_check_plan`). Rows answered by their values are planned only where that saves enough work
-        (:data:`_MIN_SKIPPED_WORK`); shared rows always are (the call would copy their queries and keys otherwise).
+        (:meth:`_check_plan`). Planned only where that saves enough work (:data:`_MIN_SKIPPED_WORK`).
         """
         if self._parallel is not None:
             return None
@@ -643,6 +645,9 @@ class AttentionLayerHook(ModelHook):
         keys = tokens if encoder is None else encoder.shape[1]
         if encoder is not None and encoder.shape[0] != batch:
             return None
+        row_work = (tokens * to_q.weight.numel() + keys * to_k.weight.numel()) // 2
+        if batch * row_work < _MIN_SKIPPED_WORK or (encoder is not None and not self._shares_rows):
+            return None  # too little to save even if every row were planned; identity rows need self-attention
         layout = _rows_of(self.state.batch, batch)
         if layout is None:
             return None
@@ -657,10 +662,10 @@ class AttentionLayerHook(ModelHook):
             source is not None and source >= computed for source in copies.values()
         ):
             return None  # rows in the middle of the batch, or a row copying one that is not computed
-        if all(source is None for source in copies.values()):
-            work = len(copies) * (tokens * to_q.weight.numel() + keys * to_k.weight.numel()) // 2
-            if encoder is not None or work < _MIN_SKIPPED_WORK:
-                return None  # identity rows need self-attention; or too little work saved
+        if len(copies) * row_work < _MIN_SKIPPED_WORK:
+            return None  # too little work saved
+        if encoder is not None and any(source is None for source in copies.values()):
+            return None  # identity rows need self-attention
         self._planned = ctx
         self._planned_rows = copies
         self._planned_shape = (batch, heads, tokens, ctx.head_dim, keys)
@@ -1129,9 +1134,10 @@ def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLa
 
 _UNCHANGED = object()
 
-#: multiply-adds of the query and key projections a plan must save (rows x tokens x weight size, per projection) to
-#: be made: answering a projection for part of the rows costs a few tensor calls more (about 5 us on a CPU), so on
-#: tiny layers (the test UNet's 256 tokens x 32 channels: 0.26 M per row) computing every row is cheaper, while
+#: multiply-adds of the query and key projections a plan must save (rows x tokens x weight size, the mean of the two
+#: projections) to be made: planning and answering the projections for part of the rows costs more Python per call
+#: (about 40 us inside a tiny generation on a CPU), so on tiny layers (the test UNet's 256 tokens x 32 channels:
+#: 0.26 M per row) computing every row, and copying rows in the call where an edit shares them, is cheaper, while
 #: SD 1.5's layers save 6.5 M to 105 M per row and projection
 _MIN_SKIPPED_WORK = 1 << 22
 

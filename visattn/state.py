@@ -19,7 +19,7 @@ from diffusers.hooks.hooks import StateManager
 from .context import BatchLayout, Branch, DenoiserCall, StepInfo
 from .families import Family
 from .families.base import DenoiserInputs
-from .families.pipelines import pipeline_guider_call
+from .families.pipelines import denoiser_call_locals, pipeline_guider_call
 from .parallel import check_model, unsplit_inputs
 from .steps import in_steps
 
@@ -72,6 +72,7 @@ class DenoiserHook(ModelHook):
         self.steps = steps
         self._schedule_key: tuple | None = None
         self._schedule: torch.Tensor | None = None
+        self._step_indices: dict[float, int] = {}
         pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self.state = DenoiserState(family, pipeline_ref=pipeline_ref, runs={} if runs is None else runs)
         self.effects = effects
@@ -103,6 +104,10 @@ class DenoiserHook(ModelHook):
                 return forward(*args, **kwargs)
             finally:
                 self.state.auxiliary = False
+        with denoiser_call_locals():
+            return self._call(module, forward, args, kwargs)
+
+    def _call(self, module: torch.nn.Module, forward, args: tuple, kwargs: dict) -> Any:
         # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
         seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
         inputs = self.state.family.read_inputs(module, seen_args, seen_kwargs)
@@ -148,14 +153,22 @@ class DenoiserHook(ModelHook):
             return StepInfo(None, None, timestep)
         scheduled = self._scheduled(timesteps)
         target = self.state.family.scheduler_timestep(timestep)
-        index = int(torch.argmin((scheduled - target).abs()))
+        index = self._step_indices.get(target)
+        if index is None:
+            # Read as torch reads it (float32 differences, the first of equal ones), once per timestep and schedule;
+            # a timestep the schedule holds exactly needs no read.
+            index = self._step_indices[target] = int(torch.argmin((scheduled - target).abs()))
         return StepInfo(index, len(scheduled), timestep)
 
     def _scheduled(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """The scheduler's timesteps as a float CPU tensor, copied once per schedule (not once per call)."""
+        """The scheduler's timesteps as a float CPU tensor, copied once per schedule (not once per call); the step
+        index of each timestep looked up in it is kept with it."""
         key = (id(timesteps), timesteps.data_ptr(), timesteps._version, len(timesteps))
         if key != self._schedule_key:
             self._schedule_key, self._schedule = key, timesteps.detach().float().cpu()
+            self._step_indices = {}
+            for index, value in enumerate(self._schedule.tolist()):
+                self._step_indices.setdefault(value, index)
         return self._schedule
 
     def _batch_layout(self, batch_size: int) -> BatchLayout:

@@ -706,8 +706,10 @@ def test_target_rows_projected_as_their_sources_equal_the_edit_made_in_the_call(
     lets the processor project the target rows' queries and keys as copies of their sources' (one row copied, one
     row less projected) instead of the edit copying every row in the call; the generation is the same, and the
     target rows of to_q's output are their sources'."""
+    from visattn import interception
     from visattn.effects.base import Effect
 
+    monkeypatch.setattr(interception, "_MIN_SKIPPED_WORK", 0)  # the tiny layers would not pay for the plan
     p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
     module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn1
     projected = []
@@ -725,9 +727,12 @@ def test_target_rows_projected_as_their_sources_equal_the_edit_made_in_the_call(
     torch.testing.assert_close(shared, in_the_call, rtol=0, atol=0)
 
 
-def test_edits_that_move_values_or_collect_maps_keep_every_row_projected():
+def test_edits_that_move_values_or_collect_maps_keep_every_row_projected(monkeypatch):
     """A refinement mixes the values and a local blend reads the target rows' own maps: their target rows keep
     their own queries and keys."""
+    from visattn import interception
+
+    monkeypatch.setattr(interception, "_MIN_SKIPPED_WORK", 0)
     module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn2
     for p2p in (
         PromptToPrompt.refine("a red cat", "a red fluffy cat", cross_steps=1.0, self_steps=0),

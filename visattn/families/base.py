@@ -8,6 +8,7 @@ embeddings and output paths, and visattn only takes over the attention computati
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -821,8 +822,7 @@ class Family:
     # --- call time -----------------------------------------------------------------------------------------
     def read_inputs(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> DenoiserInputs:
         """Batch size, latent grid, timestep and text length of one forward call."""
-        from .readers import read_grid
-
+        read_grid = _read_grid()
         sample = self.sample.read(args, kwargs)
         if not isinstance(sample, torch.Tensor):
             sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
@@ -911,6 +911,14 @@ class Family:
             return 1
         patch = getattr(getattr(denoiser, "config", None), self.patch, None) or 1
         return int(patch[-1] if isinstance(patch, (tuple, list)) else patch)
+
+
+@functools.cache
+def _read_grid():
+    """:func:`visattn.families.readers.read_grid`, imported once (``readers`` imports this module)."""
+    from .readers import read_grid
+
+    return read_grid
 
 
 def _timestep_value(timestep: Any) -> float | None:

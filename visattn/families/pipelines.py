@@ -35,16 +35,49 @@ from typing import Any
 
 import torch
 
+#: the denoiser call running now (a number per call; 0: none) and the pipeline locals read during it, by pipeline
+_DENOISER_CALL = [0, 0]
+_LOCALS_READ: dict[int, tuple[int, dict[str, Any]]] = {}
 
-@torch.compiler.disable  # frame inspection is plain Python bookkeeping; never trace it into a compiled graph
+
+class denoiser_call_locals:
+    """While one denoiser call runs (the denoiser hook enters this), the running pipeline's ``__call__`` locals are
+    read once (:func:`_call_locals` keeps them until the call ends): its loop does not move during the call, and
+    reading them walks the stack and copies every local, several times a call otherwise."""
+
+    def __enter__(self) -> None:
+        _DENOISER_CALL[1] += 1
+        self.outer = _DENOISER_CALL[0]
+        _DENOISER_CALL[0] = _DENOISER_CALL[1]
+
+    def __exit__(self, *exc) -> None:
+        _DENOISER_CALL[0] = self.outer
+        if not self.outer:
+            _LOCALS_READ.clear()
+
+
 def _call_locals(pipeline: Any) -> dict[str, Any]:
-    """The local variables of the pipeline's running ``__call__`` (empty when it is not on the call stack).
+    """The local variables of the pipeline's running ``__call__`` (empty when it is not on the call stack), read
+    once per denoiser call (see :class:`denoiser_call_locals`).
 
     Some pipelines keep what they apply per call (PixArt's CFG switch, Wan 2.2's current guidance scale,
     CogVideoX's dynamic scale, the prompt) in locals of ``__call__`` rather than attributes; this reads them.
     """
     if pipeline is None:
         return {}
+    call = _DENOISER_CALL[0]
+    if call:
+        read = _LOCALS_READ.get(id(pipeline))
+        if read is not None and read[0] == call:
+            return read[1]
+    local = _read_call_locals(pipeline)
+    if call:
+        _LOCALS_READ[id(pipeline)] = (call, local)
+    return local
+
+
+@torch.compiler.disable  # frame inspection is plain Python bookkeeping; never trace it into a compiled graph
+def _read_call_locals(pipeline: Any) -> dict[str, Any]:
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
