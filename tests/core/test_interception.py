@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
 from diffusers.models.attention_processor import AttnProcessor2_0
-from helpers import Probe, ZeroOutput
+from helpers import Boom, Probe, ZeroOutput
 
 import visattn
 from visattn.effects.base import AttentionCall, Effect
@@ -216,3 +216,10 @@ def test_a_compiled_denoiser_gets_the_same_edit_as_the_eager_one(monkeypatch):
     finally:
         pipe.unet = unet
     assert np.array_equal(compiled, eager)
+
+
+def test_an_error_inside_a_hooked_forward_leaves_torch_functional_as_it_was():
+    with pytest.raises(RuntimeError, match="boom"), visattn.attach(pipeline(), Boom(layers="mid")):
+        run(num_inference_steps=1)
+    assert F.scaled_dot_product_attention is REAL_SDPA
+    assert F.linear is REAL_LINEAR

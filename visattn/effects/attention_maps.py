@@ -461,7 +461,8 @@ class CollectedMaps:
         n_rows, n_prompts = block.shape[0], len(plan.prompts)
         probs = ctx.mean_over_heads(block)  # [rows, Nimg, K]
         # Pipelines repeat each prompt num_images_per_prompt times in a row: average each prompt's images.
-        probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
+        if n_rows != n_prompts:
+            probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
         frames, height, width = ctx.grid
         for index, prompt_plan in enumerate(plan.prompts):
             p = probs[index]

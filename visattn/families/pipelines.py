@@ -27,17 +27,29 @@ pipeline attached) the pipeline's attributes are used.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-#: the denoiser call running now (a number per call; 0: none) and the pipeline locals read during it, by pipeline
-_DENOISER_CALL = [0, 0]
-_LOCALS_READ: dict[int, tuple[int, dict[str, Any]]] = {}
+
+class _DenoiserCallLocals(threading.local):
+    """On each thread: the denoiser call running there (a number per call; 0: none), and the pipeline locals read
+    during it, by pipeline."""
+
+    call: int = 0
+
+    def __init__(self) -> None:
+        self.read: dict[int, tuple[int, dict[str, Any]]] = {}
+
+
+_CALLS = itertools.count(1)
+_RUNNING = _DenoiserCallLocals()
 
 
 class denoiser_call_locals:
@@ -46,14 +58,13 @@ class denoiser_call_locals:
     reading them walks the stack and copies every local, several times a call otherwise."""
 
     def __enter__(self) -> None:
-        _DENOISER_CALL[1] += 1
-        self.outer = _DENOISER_CALL[0]
-        _DENOISER_CALL[0] = _DENOISER_CALL[1]
+        self.outer = _RUNNING.call
+        _RUNNING.call = next(_CALLS)
 
     def __exit__(self, *exc) -> None:
-        _DENOISER_CALL[0] = self.outer
+        _RUNNING.call = self.outer
         if not self.outer:
-            _LOCALS_READ.clear()
+            _RUNNING.read.clear()
 
 
 def _call_locals(pipeline: Any) -> dict[str, Any]:
@@ -65,14 +76,14 @@ def _call_locals(pipeline: Any) -> dict[str, Any]:
     """
     if pipeline is None:
         return {}
-    call = _DENOISER_CALL[0]
+    call = _RUNNING.call
     if call:
-        read = _LOCALS_READ.get(id(pipeline))
+        read = _RUNNING.read.get(id(pipeline))
         if read is not None and read[0] == call:
             return read[1]
     local = _read_call_locals(pipeline)
     if call:
-        _LOCALS_READ[id(pipeline)] = (call, local)
+        _RUNNING.read[id(pipeline)] = (call, local)
     return local
 
 

@@ -45,10 +45,12 @@ def masked_logits(
         k = k.index_select(2, keys.to(k.device))
     heads = q.shape[1]
     logits = torch.matmul(q, k.transpose(-1, -2)) * request.effective_scale
-    b = torch.arange(rows.start, rows.start + q.shape[0], device=q.device).view(-1, 1, 1, 1)
-    h = torch.arange(heads, device=q.device).view(1, heads, 1, 1)
-    q_idx = torch.arange(q_start, q_stop, device=q.device).view(1, 1, -1, 1)
-    kv_idx = (torch.arange(k.shape[2], device=q.device) if keys is None else keys.to(q.device)).view(1, 1, 1, -1)
+    if request.score_mod is not None or request.pattern is not None:
+        # Absolute indices, only where a modifier or a pattern reads them (maps read per call need none).
+        b = torch.arange(rows.start, rows.start + q.shape[0], device=q.device).view(-1, 1, 1, 1)
+        h = torch.arange(heads, device=q.device).view(1, heads, 1, 1)
+        q_idx = torch.arange(q_start, q_stop, device=q.device).view(1, 1, -1, 1)
+        kv_idx = (torch.arange(k.shape[2], device=q.device) if keys is None else keys.to(q.device)).view(1, 1, 1, -1)
     if request.score_mod is not None:
         logits = request.score_mod.score_mod(logits, b, h, q_idx, kv_idx)
     if request.attn_mask is not None:
