@@ -77,6 +77,25 @@ def test_identity_mode_equals_pag_on_the_same_layers(family):
     assert np.abs(stg - run(family)).max() > 1e-4
 
 
+def test_identity_mode_rows_are_not_projected_as_pags(monkeypatch):
+    """In "identity" mode the perturbed rows' attention is their values, as PAG's: their query and key projections
+    are skipped the same way (here on every layer, the work threshold lifted), with the same image."""
+    from visattn import interception
+
+    stg = SpatioTemporalSkipGuidance(2.0, layers="mid", mode="identity")
+    every_row = run("unet", stg)
+    monkeypatch.setattr(interception, "_MIN_SKIPPED_WORK", 0)
+    module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn1
+    outputs = []
+    handle = module.to_q.register_forward_hook(lambda mod, args, out: outputs.append(out.detach().clone()))
+    try:
+        planned = run("unet", stg)
+    finally:
+        handle.remove()
+    assert outputs and all(out.shape[0] == 3 and not out[2].any() for out in outputs)  # [uncond, cond, perturbed]
+    assert np.abs(planned - every_row).max() <= 1e-6
+
+
 def test_scale_zero_is_exactly_the_baseline():
     assert np.array_equal(run("wan", SpatioTemporalSkipGuidance(0.0, layers="self")), run("wan"))
 

@@ -39,7 +39,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
-from ..context import BatchLayout, Branch
+from ..context import BatchLayout, Branch, CallContext
 from ..denoiser_batch import prediction_of, take_input_rows, with_prediction, without_extra_rows
 from ..guidance.arithmetic import cond_for, stg_target, uncond_for
 from ..steps import in_steps
@@ -359,6 +359,19 @@ class SpatioTemporalSkipGuidance(PerturbationGuidance):
         values = call.v.clone()
         values[rows] = 0
         call.v = values
+
+    def identity_only_rows(self, ctx: CallContext) -> slice | None:
+        """The perturbed rows in ``"identity"`` mode (their attention output is their values, as PAG's), nothing in
+        ``"block"`` mode (the blocks are skipped by their own hooks), ``None`` in ``"skip"`` mode (it zeroes
+        values)."""
+        run = ctx.runs.get(id(self))
+        mode = run.mode if run is not None else self.mode or "skip"
+        if mode == "block":
+            return slice(0, 0)
+        if mode != "identity":
+            return None
+        rows = self.perturbed_rows(ctx)
+        return rows if rows is not None else slice(0, 0)
 
     def __repr__(self) -> str:
         return (
