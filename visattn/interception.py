@@ -116,8 +116,8 @@ class _Interceptor(torch.overrides.TorchFunctionMode):
 
     The routing of :class:`_Swap` is cheaper; this mode serves the forwards it cannot: a processor that calls SDPA
     by another name, a forward that runs inside another :class:`~torch.overrides.TorchFunctionMode` (diffusers'
-    layer-skip hook compares the functions it sees with ``torch.nn.functional``'s, which routing replaces), and
-    the backward recomputation of a context-parallel call."""
+    layer-skip hook compares the functions it sees with ``torch.nn.functional``'s, which routing replaces), a
+    forward ``torch.compile`` traces, and the backward recomputation of a context-parallel call."""
 
     def __init__(self, layer: AttentionLayerHook, projection: _Projection | None = None) -> None:
         super().__init__()
@@ -193,8 +193,8 @@ def _project_into(x: torch.Tensor, computed: int, batch: int, weight: torch.Tens
 
 class _Route(threading.local):
     """What the hooked forward running on this thread routes (see :class:`_Swap`): ``layer`` answers its
-    ``F.scaled_dot_product_attention`` calls, ``projection`` (``(weights, batch, computed)``, see
-    :meth:`AttentionLayerHook._plan_rows`) its query and key projections. ``layer`` is ``None`` outside hooked
+    ``F.scaled_dot_product_attention`` calls, ``projection`` (see :meth:`AttentionLayerHook._plan_rows`) its query
+    and key projections. ``layer`` is ``None`` outside hooked
     forwards and while a layer answers a call, so that the attention core's own SDPA calls run the real function."""
 
     layer: AttentionLayerHook | None = None
@@ -481,9 +481,10 @@ class AttentionLayerHook(ModelHook):
         self._row_stash: dict[int, _StashedRow] = {}
         # Layouts by call shape and denoiser inputs (see _layout).
         self._layouts: dict[tuple, tuple] = {}
-        # Whether every effect of the layer can say, before the processor runs, which rows it answers by their values
-        # (Effect.identity_only_rows), and the plan of the running layer call (see _plan_rows): the context the
-        # SDPA call must have, and how many projections were answered for part of the rows.
+        # Whether every effect of the layer can say, before the processor runs, which rows need no queries and keys of
+        # their own (Effect.identity_only_rows, Effect.shared_query_key_rows), and the plan of the running layer call
+        # (see _plan_rows): the context the SDPA call must have, the planned rows, and how many projections were
+        # answered for part of the rows.
         self._plans_rows = all(
             type(effect).identity_only_rows is not Effect.identity_only_rows
             or type(effect).shared_query_key_rows is not Effect.shared_query_key_rows
@@ -500,7 +501,7 @@ class AttentionLayerHook(ModelHook):
         self._projected = 0
         # How the layer's SDPA calls reach attend: None until a forward has made one (probed then, see _run_routed),
         # "attribute" (routing F.scaled_dot_product_attention reaches them all) or "mode" (the processor calls it by
-        # another name: every forward runs under _ProbingInterceptor).
+        # another name: every forward runs under _Interceptor).
         self._routing: str | None = None
         # Whether every effect acts at every step (none has steps=...): no step check per call.
         self._stepless = all(effect.steps is None for effect in self.effects)
@@ -515,13 +516,12 @@ class AttentionLayerHook(ModelHook):
             return original(*args, **kwargs)
         if not self.wrappers:
             return self._intercepted_forward(module, original, args, kwargs)
+        # Effects that may answer for a whole layer call (CrossAttentionCache reuses a finished output) wrap it before
+        # anything is projected, so that a reused call skips the stock processor's projections too.
         call = functools.partial(self._intercepted_forward, module, original, args, kwargs)
-        if self.wrappers:
-            # Effects that may answer for a whole layer call (CrossAttentionCache reuses a finished output) wrap it
-            # before anything is projected, so that a reused call skips the stock processor's projections too.
-            hidden_states = args[0] if args else kwargs.get("hidden_states")
-            for effect in reversed(self.wrappers):
-                call = functools.partial(effect.wrap_attention, call, hidden_states, self.layer_name, self.state)
+        hidden_states = args[0] if args else kwargs.get("hidden_states")
+        for effect in reversed(self.wrappers):
+            call = functools.partial(effect.wrap_attention, call, hidden_states, self.layer_name, self.state)
         return call()
 
     def _intercepted_forward(self, module, original, args, kwargs) -> Any:
