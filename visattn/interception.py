@@ -479,8 +479,6 @@ class AttentionLayerHook(ModelHook):
         self._row_cursor = 0
         self._call_rows: tuple[int, int] | None = None
         self._row_stash: dict[int, _StashedRow] = {}
-        # Layouts by call shape and denoiser inputs (see _layout).
-        self._layouts: dict[tuple, tuple] = {}
         # Whether every effect of the layer can say, before the processor runs, which rows need no queries and keys of
         # their own (Effect.identity_only_rows, Effect.shared_query_key_rows), and the plan of the running layer call
         # (see _plan_rows): the context the SDPA call must have, the planned rows, and how many projections were
@@ -880,7 +878,7 @@ class AttentionLayerHook(ModelHook):
         )
         entry = self._templates.get(key)
         if entry is None:
-            role, queries, keys, grid, partial = self._layout(n_q, n_k)
+            role, queries, keys, grid, partial = self._derive_layout(n_q, n_k)
             fields = {
                 "role": role,
                 "layer_name": self.layer_name,
@@ -993,28 +991,10 @@ class AttentionLayerHook(ModelHook):
                 stacklevel=user_stacklevel(),
             )
 
-    def _layout(self, n_q: int, n_k: int):
-        """Role, query and key layouts, latent grid, and the placement of a partial call (see :class:`_Partial`)
-        of a call with ``n_q`` queries and ``n_k`` keys.
-
-        Derived once per shape and denoiser input grid and text length (the answer depends on nothing else), then
-        reused: every part of it is immutable.
-        """
-        inputs = self.state.inputs
-        key = (
-            n_q,
-            n_k,
-            None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
-            self.state.family.name,
-        )
-        layout = self._layouts.get(key)
-        if layout is None:
-            if len(self._layouts) >= _LAYOUTS_KEPT:
-                self._layouts.clear()
-            layout = self._layouts[key] = self._derive_layout(n_q, n_k)
-        return layout
-
     def _derive_layout(self, n_q: int, n_k: int):
+        """Role, query and key layouts, latent grid, and the placement of a partial call (see :class:`_Partial`)
+        of a call with ``n_q`` queries and ``n_k`` keys. It depends on nothing but the shapes, the denoiser input's
+        grid, text length and other tokens, and the family: :meth:`_context_of` keeps it per those."""
         family, inputs = self.state.family, self.state.inputs
         grids = family.level_grids(inputs.grid if inputs is not None else None)
         text_length = inputs.text_length if inputs is not None else None
