@@ -145,6 +145,55 @@ class _Projection:
     copies: dict[int, int | None]
 
 
+@dataclass(frozen=True)
+class _RowPlan:
+    """What a layer does with the rows that need no queries and keys of their own in calls of one shape (see
+    :meth:`AttentionLayerHook._plan_rows`).
+
+    Attributes:
+        layout: the call's batch layout.
+        context_shape: ``(heads, head_dim, queries, keys)`` of the planned SDPA call, for its context.
+        shape: ``(batch, heads, queries, head_dim, keys)`` of the planned SDPA call, as it reaches :meth:`attend`.
+        copies: each such row mapped to the row whose queries and keys it takes, or ``None`` (a row answered by
+            its values).
+        projection: how the processor projects part of the rows (``None``: every row is projected).
+        copy_runs: without a projection plan, the shared rows copied in place in the SDPA call, as
+            ``(first target row, first source row, rows)`` runs.
+    """
+
+    layout: BatchLayout
+    context_shape: tuple[int, int, int, int]
+    shape: tuple[int, ...]
+    copies: dict[int, int | None]
+    projection: _Projection | None
+    copy_runs: tuple[tuple[int, int, int], ...]
+
+    @functools.cached_property
+    def only_shared(self) -> bool:
+        """Whether every planned row takes another row's queries and keys (none is answered by its values): once
+        they hold them, the stock computation is the effects' answer."""
+        return all(source is not None for source in self.copies.values())
+
+
+def _copy_runs(copies: dict[int, int | None]) -> tuple[tuple[int, int, int], ...]:
+    """``{target row: source row}`` as runs of consecutive targets copied from consecutive sources."""
+    runs: list[list[int]] = []
+    for target in sorted(copies):
+        source = copies[target]
+        last = runs[-1] if runs else None
+        if last is not None and target == last[0] + last[2] and source == last[1] + last[2]:
+            last[2] += 1
+        else:
+            runs.append([target, source, 1])
+    return tuple((target, source, count) for target, source, count in runs)
+
+
+def _share_rows(x: torch.Tensor, runs: tuple[tuple[int, int, int], ...]) -> None:
+    """Copy, in place, each run's source rows of ``x`` (``[B, ...]``) onto its target rows."""
+    for target, source, count in runs:
+        x[target : target + count].copy_(x[source : source + count])
+
+
 def _project_part(layer: AttentionLayerHook, projection: _Projection, args: tuple, kwargs: dict) -> torch.Tensor:
     """An ``F.linear`` call of a forward that projects part of its rows: the query and key projections of the
     planned call (``nn.Linear`` passes its weight as the second argument) for the first ``computed`` rows only, as
@@ -480,23 +529,19 @@ class AttentionLayerHook(ModelHook):
         self._call_rows: tuple[int, int] | None = None
         self._row_stash: dict[int, _StashedRow] = {}
         # Whether every effect of the layer can say, before the processor runs, which rows need no queries and keys of
-        # their own (Effect.identity_only_rows, Effect.shared_query_key_rows), and the plan of the running layer call
-        # (see _plan_rows): the context the SDPA call must have, the planned rows, and how many projections were
-        # answered for part of the rows.
-        self._plans_rows = all(
-            type(effect).identity_only_rows is not Effect.identity_only_rows
-            or type(effect).shared_query_key_rows is not Effect.shared_query_key_rows
-            for effect in effects
-        )
+        # their own (Effect.identity_only_rows, Effect.shared_query_key_rows); the plans made for its calls, per call
+        # shape and what the effects' answers depend on (see _plan_rows); and, while a layer call runs, its plan, the
+        # context its SDPA call must have, and how many projections were answered for part of the rows.
+        self._plans_rows = bool(self.effects) and all(effect.plans_rows for effect in self.effects)
         self._shares_rows = any(
             type(effect).shared_query_key_rows is not Effect.shared_query_key_rows for effect in effects
         )
+        self._row_plans: dict[tuple, _RowPlan | None] = {}
+        self._row_plan: _RowPlan | None = None
         self._planned: CallContext | None = None
-        self._planned_rows: dict[int, int | None] = {}
+        self._projected = 0
         # ((processor, to_q, to_k), their projections and head count or None) of the last forward planned for
         self._projection_facts: tuple[tuple, tuple | None] | None = None
-        self._planned_shape: tuple[int, ...] = ()
-        self._projected = 0
         # How the layer's SDPA calls reach attend: None until a forward has made one (probed then, see _run_routed),
         # "attribute" (routing F.scaled_dot_product_attention reaches them all) or "mode" (the processor calls it by
         # another name: every forward runs under _Interceptor).
@@ -537,14 +582,14 @@ class AttentionLayerHook(ModelHook):
         before = self._intercepted
         self._row_cursor = 0
         self._row_stash.clear()
-        plan = self._plan_rows(module, processor, args, kwargs) if self._plans_rows else None
+        plan = self._row_plan = self._plan_rows(module, processor, args, kwargs) if self._plans_rows else None
         try:
-            out = self._run_routed(original, args, kwargs, plan)
+            out = self._run_routed(original, args, kwargs, plan.projection if plan is not None else None)
         finally:
             # The kept source rows serve this layer call only: release them now.
             self._row_stash.clear()
             self._call_rows = None
-            self._planned, self._planned_rows, self._projected = None, {}, 0
+            self._planned, self._row_plan, self._projected = None, None, 0
             if restore is not _UNCHANGED:
                 processor._attention_backend = restore
         if self._intercepted == before and not self._warned:
@@ -603,19 +648,23 @@ class AttentionLayerHook(ModelHook):
             if projection is not None:
                 _LINEAR_SWAP.__exit__()
 
-    def _plan_rows(self, module, processor, args: tuple, kwargs: dict) -> _Projection | None:
-        """How the processor projects its queries and keys when part of its rows need no projection of their own,
-        or ``None`` (every row projected).
+    def _plan_rows(self, module, processor, args: tuple, kwargs: dict) -> _RowPlan | None:
+        """What the layer does, in this forward, with rows that need no queries and keys of their own, or ``None``
+        (nothing: every row is projected and the effects see the call as it is).
 
-        That holds when every effect acting on the call, asked before the processor runs, says which rows it needs
-        no queries and keys of: rows it answers by their values (:meth:`~visattn.effects.Effect.identity_only_rows`:
-        PAG's perturbed rows, whose projections diffusers' PAG processors skip too) or rows that attend with another
-        row's (:meth:`~visattn.effects.Effect.shared_query_key_rows`: Prompt-to-Prompt's target rows), and that is all
-        it does in the call. Those rows must come after the others, and the processor must be one whose query and key
-        projections feed its one SDPA call and nothing else (:data:`ROW_PROJECTING_PROCESSORS`), called on the
-        denoiser's whole batch without a mask. The stock processor still makes every call; the interception answers
-        its ``to_q``/``to_k`` projections (:func:`_project_part`), and the SDPA call is checked against the plan
-        (:meth:`_check_plan`). Planned only where that saves enough work (:data:`_MIN_SKIPPED_WORK`).
+        Such rows exist when every effect acting on the call, asked before the processor runs, says which rows it
+        needs no queries and keys of: rows it answers by their values (:meth:`~visattn.effects.Effect.
+        identity_only_rows`: PAG's perturbed rows, whose projections diffusers' PAG processors skip too) or rows that
+        attend with another row's (:meth:`~visattn.effects.Effect.shared_query_key_rows`: Prompt-to-Prompt's target
+        rows), and that is all it does in the call. The processor must be one whose query and key projections feed its
+        one SDPA call and nothing else (:data:`ROW_PROJECTING_PROCESSORS`), called on the denoiser's whole batch
+        without a mask. Where that saves enough work (:data:`_MIN_SKIPPED_WORK`) the processor projects the other
+        rows only (the interception answers its ``to_q``/``to_k`` calls, :func:`_project_part`); on smaller layers
+        a call whose only change is shared rows gets them copied in place in the SDPA call (:meth:`attend`), which
+        costs less than the edit gathering every row. Either way the SDPA call is checked against the plan.
+
+        Plans are kept per call shape, batch layout, denoiser inputs and the effects' :meth:`~visattn.effects.Effect.
+        row_plan_key` (read once per denoiser call): the effects are asked once per step pattern, not per call.
         """
         if self._parallel is not None:
             return None
@@ -623,11 +672,11 @@ class AttentionLayerHook(ModelHook):
         modules = module._modules
         key = (processor, modules.get("to_q"), modules.get("to_k"))
         facts = self._projection_facts
-        if facts is None or any(a is not b for a, b in zip(facts[0], key, strict=True)):
+        if facts is None or facts[0][0] is not key[0] or facts[0][1] is not key[1] or facts[0][2] is not key[2]:
             facts = self._projection_facts = (key, _projection_facts(module, processor))
+            self._row_plans.clear()
         if facts[1] is None:
             return None
-        to_q, to_k, heads = facts[1]
         hidden = args[0] if args else kwargs.get("hidden_states")
         encoder = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
         mask = args[2] if len(args) > 2 else kwargs.get("attention_mask")
@@ -638,36 +687,71 @@ class AttentionLayerHook(ModelHook):
             or (encoder is not None and (not isinstance(encoder, torch.Tensor) or encoder.ndim != 3))
         ):
             return None
+        state = self.state
+        inputs = state.inputs
+        if state.row_plan_key is None or state.batch is None:
+            return None  # not inside a denoiser call
+        plan_key = (
+            hidden.shape,
+            None if encoder is None else encoder.shape,
+            state.batch,
+            state.row_plan_key,
+            None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
+        )
+        plans = self._row_plans
+        plan = plans.get(plan_key, _MISSING)
+        if plan is _MISSING:
+            plan = self._make_row_plan(facts[1], hidden, encoder)
+            if len(plans) >= _LAYOUTS_KEPT:
+                plans.clear()
+            plans[plan_key] = plan
+        if plan is None:
+            return None
+        projection = plan.projection
+        if projection is not None and (
+            projection.weights[0] is not facts[1][0].weight or projection.weights[1] is not facts[1][1].weight
+        ):
+            # The modules' weights were replaced since (a LoRA fused, a state dict assigned): plan with the new ones.
+            plan = plans[plan_key] = self._make_row_plan(facts[1], hidden, encoder)
+            if plan is None:
+                return None
+        return plan
+
+    def _make_row_plan(
+        self, facts: tuple[torch.nn.Linear, torch.nn.Linear, int], hidden: torch.Tensor, encoder: torch.Tensor | None
+    ) -> _RowPlan | None:
+        """:meth:`_plan_rows`'s plan for a forward of these inputs, asking the effects."""
+        to_q, to_k, heads = facts
         batch = hidden.shape[0]
         tokens = hidden.shape[1] if hidden.ndim == 3 else hidden.shape[2] * hidden.shape[3]
         keys = tokens if encoder is None else encoder.shape[1]
-        if encoder is not None and encoder.shape[0] != batch:
-            return None
-        row_work = (tokens * to_q.weight.numel() + keys * to_k.weight.numel()) // 2
-        if batch * row_work < _MIN_SKIPPED_WORK or (encoder is not None and not self._shares_rows):
-            return None  # too little to save even if every row were planned; identity rows need self-attention
+        if encoder is not None and (encoder.shape[0] != batch or not self._shares_rows):
+            return None  # identity rows need self-attention
         layout = _rows_of(self.state.batch, batch)
         if layout is None:
             return None
-        ctx, partial = self._context_of(layout, heads, to_k.out_features // heads, tokens, keys)
+        head_dim = to_k.out_features // heads
+        ctx, partial = self._context_of(layout, heads, head_dim, tokens, keys)
         if partial is not None:
             return None
         copies = self._row_sources(ctx, batch)
         if not copies:
             return None
+        shape = (batch, heads, tokens, head_dim, keys)
+        row_work = (tokens * to_q.weight.numel() + keys * to_k.weight.numel()) // 2
         computed = batch - len(copies)
-        if set(copies) != set(range(computed, batch)) or any(
-            source is not None and source >= computed for source in copies.values()
-        ):
-            return None  # rows in the middle of the batch, or a row copying one that is not computed
-        if len(copies) * row_work < _MIN_SKIPPED_WORK:
-            return None  # too little work saved
-        if encoder is not None and any(source is None for source in copies.values()):
-            return None  # identity rows need self-attention
-        self._planned = ctx
-        self._planned_rows = copies
-        self._planned_shape = (batch, heads, tokens, ctx.head_dim, keys)
-        return _Projection((to_q.weight, to_k.weight), batch, computed, copies)
+        projected = (
+            len(copies) * row_work >= _MIN_SKIPPED_WORK
+            and set(copies) == set(range(computed, batch))
+            and all(source is None or source < computed for source in copies.values())
+            and (encoder is None or all(source is not None for source in copies.values()))
+        )
+        if projected:
+            projection = _Projection((to_q.weight, to_k.weight), batch, computed, copies)
+            return _RowPlan(layout, (heads, head_dim, tokens, keys), shape, copies, projection, ())
+        if any(source is None or source in copies for source in copies.values()):
+            return None  # rows answered by their values, or a row copied from a copy: every row projected
+        return _RowPlan(layout, (heads, head_dim, tokens, keys), shape, copies, None, _copy_runs(copies))
 
     def _row_sources(self, ctx: CallContext, batch: int) -> dict[int, int | None] | None:
         """The rows the effects acting on ``ctx`` need no queries and keys of, each mapped to the row whose queries
@@ -694,7 +778,7 @@ class AttentionLayerHook(ModelHook):
         rows' queries and keys, nothing else); otherwise rows without projections of their own could reach the
         output, so this refuses rather than compute a wrong one."""
         problem = None
-        identity = any(source is None for source in self._planned_rows.values())
+        identity = any(source is None for source in self._row_plan.copies.values())
         if ctx is not self._planned:
             problem = f"its context ({ctx.role}, {ctx.heads} heads, {ctx.queries.length} tokens) is not the planned one"
         elif (call.identity_blend is None) == identity or (
@@ -713,6 +797,19 @@ class AttentionLayerHook(ModelHook):
                 f"visattn: layer {self.layer_name!r} projected queries and keys for part of its rows only, but "
                 f"{problem}; please report this"
             )
+
+    def _share_planned_rows(self, plan: _RowPlan, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """Whether the planned call's rows that take another row's queries and keys hold them: projected so (both
+        projections answered, :func:`_project_part`), or copied in place here. The copy writes into the
+        processor's own query and key tensors, which feed this call alone (:data:`ROW_PROJECTING_PROCESSORS`); it
+        is not made where autograd records them (the rows are then shared by the effects in the call)."""
+        if plan.projection is not None:
+            return self._projected == 2
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            return False
+        _share_rows(q, plan.copy_runs)
+        _share_rows(k, plan.copy_runs)
+        return True
 
     @contextlib.contextmanager
     def replaying(self, ctx: CallContext):
@@ -746,6 +843,16 @@ class AttentionLayerHook(ModelHook):
             mask, scale = sdpa["attn_mask"], sdpa["scale"]
         if q.ndim != 4 or sdpa.get("is_causal") or sdpa.get("dropout_p"):
             return func(*args, **kwargs)
+        plan = self._row_plan
+        shared = False
+        if plan is not None and mask is None and self._replay is None and (*q.shape, k.shape[2]) == plan.shape:
+            # The call the plan was made for (_plan_rows): the planned context, and its shared rows copied in place
+            # unless the processor projected them so.
+            shared = self._share_planned_rows(plan, q, k)
+            if shared and plan.only_shared:
+                # Every acting effect said the shared rows are all it changes in this call: the stock computation
+                # over these queries and keys is the effects' answer.
+                return func(*args, **kwargs)
         view = self._parallel
         heads = ulysses_heads(view, q.shape[1])
         n_local = q.shape[2]
@@ -758,10 +865,11 @@ class AttentionLayerHook(ModelHook):
             ctx, partial = self._context(q, k, n_q=n_local * view.world)
             shard = ctx.grid is not None and partial is None
         if self._replay is None and not shard:
-            planned = self._planned
-            if planned is not None and heads is None and (*q.shape, k.shape[2]) == self._planned_shape:
-                # The call the plan was made for (_plan_rows): its context is the planned one.
-                ctx, partial = planned, None
+            if plan is not None and heads is None and (*q.shape, k.shape[2]) == plan.shape:
+                # The call the plan was made for (_plan_rows): the planned context, made for this call (its step and
+                # denoiser call are this call's).
+                ctx, partial = self._context_of(plan.layout, *plan.context_shape)[0], None
+                self._planned = ctx
             else:
                 ctx, partial = self._context(q, k, heads=heads)
         acting = [effect for effect in self.effects if effect.acts_on(ctx)]
@@ -809,8 +917,8 @@ class AttentionLayerHook(ModelHook):
         call = AttentionCall(
             ctx, q, k, v, attn_mask=mask, scale=scale, backend=self.backend, replay=self._replay is not None
         )
-        if self._projected and ctx is self._planned:
-            call.shared_rows = {row: source for row, source in self._planned_rows.items() if source is not None}
+        if shared and ctx is self._planned:
+            call.shared_rows = {row: source for row, source in plan.copies.items() if source is not None}
         for effect in acting:
             effect.apply(call)
         if self._projected:
@@ -1113,6 +1221,7 @@ def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLa
 
 
 _UNCHANGED = object()
+_MISSING = object()
 
 #: multiply-adds of the query and key projections a plan must save (rows x tokens x weight size, the mean of the two
 #: projections) to be made: planning and answering the projections for part of the rows costs more Python per call

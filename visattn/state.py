@@ -48,6 +48,9 @@ class DenoiserState:
     guidance_terms: list | None = None
     #: the running call predicts nothing (:attr:`visattn.families.Family.auxiliary_calls`): no effect acts in it
     auxiliary: bool = False
+    #: the effects' :meth:`~visattn.effects.Effect.row_plan_key` at this call's step (``None`` outside a denoiser
+    #: call): a layer's hook reuses the row plans it made while it stays the same
+    row_plan_key: tuple | None = None
     #: what each effect of the attachment keeps while attached (:meth:`visattn.effects.Effect.new_run`), by
     #: ``id(effect)``; one mapping shared by every denoiser of the attachment (Wan 2.2's two transformers)
     runs: dict[int, Any] = field(default_factory=dict)
@@ -76,6 +79,8 @@ class DenoiserHook(ModelHook):
         pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self.state = DenoiserState(family, pipeline_ref=pipeline_ref, runs={} if runs is None else runs)
         self.effects = effects
+        # The effects whose row plans depend on the step (see DenoiserState.row_plan_key).
+        self._row_planners = [effect for effect in effects if effect.plans_rows]
         self.cache = StateManager(_NoState)
         # The timestep of the last conditional call of a pipeline that runs one call per CFG branch.
         self._previous_timestep: float | None = None
@@ -84,7 +89,7 @@ class DenoiserHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.inputs, self.state.step, self.state.batch = None, StepInfo(), None
-        self.state.call, self.state.guidance_terms = None, None
+        self.state.call, self.state.guidance_terms, self.state.row_plan_key = None, None, None
         self._previous_timestep = None
         self._guider_position = None
         return module
@@ -122,6 +127,8 @@ class DenoiserHook(ModelHook):
         check_model(module, inputs.grid, inputs.text_length, text_names, self.effects, (seen_args, seen_kwargs))
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
+        step = self.state.step
+        self.state.row_plan_key = tuple(effect.row_plan_key(step) for effect in self._row_planners)
         if not in_steps(self.steps, self.state.step.fraction):
             # The attachment's window is closed at this step: no effect acts, so none adds branches either.
             self.state.call = None

@@ -741,11 +741,110 @@ def test_edits_that_move_values_or_collect_maps_keep_every_row_projected(monkeyp
         ),
     ):
         projected = []
+        # The projections themselves (not copies): rows copied in place in the SDPA call would show too.
         handle = module.to_q.register_forward_hook(
-            lambda mod, args, out, projected=projected: projected.append(out.detach().clone())
+            lambda mod, args, out, projected=projected: projected.append(out.detach())
         )
         try:
             edit("unet", p2p, output_type="latent")
         finally:
             handle.remove()
         assert projected and not any(torch.equal(out[3], out[2]) for out in projected)
+
+
+def _queries_of(module: torch.nn.Module) -> tuple[list[torch.Tensor], object]:
+    """The ``to_q`` outputs of ``module`` as the processor holds them (not copies: later in-place writes show)."""
+    seen: list[torch.Tensor] = []
+    handle = module.to_q.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+    return seen, handle
+
+
+@pytest.mark.parametrize(
+    ("images", "self_steps", "cross_steps"),
+    [(1, 1.0, 1.0), (2, 1.0, 1.0), (1, 0.5, {"default": 1.0, "dog": 0.5})],
+    ids=["one-image", "two-images", "closing-windows"],
+)
+def test_target_rows_copied_in_place_on_small_layers_equal_the_edit_made_in_the_call(images, self_steps, cross_steps):
+    """On layers too small to pay for a projection plan, the shared target rows are copied in place into the
+    processor's own queries and keys and the SDPA call runs as it is: the same generation, bit for bit, as the edit
+    gathering every row in the call, including across steps where a window closes (plans follow the step pattern)."""
+    from visattn.effects.base import Effect
+
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=cross_steps, self_steps=self_steps)
+    module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn1
+    seen, handle = _queries_of(module)
+    try:
+        copied = edit("unet", p2p, images=images, output_type="latent", num_inference_steps=4)
+    finally:
+        handle.remove()
+    assert len(seen) == 4
+    # rows [uncond sources, uncond targets, cond sources, cond targets]; self-attention injected while it is open
+    injected = [torch.equal(out[3 * images :], out[2 * images : 3 * images]) for out in seen]
+    assert injected == ([True] * 4 if self_steps == 1.0 else [True, True, False, False])
+    original = PromptToPrompt.shared_query_key_rows
+    try:
+        PromptToPrompt.shared_query_key_rows = Effect.shared_query_key_rows
+        in_the_call = edit("unet", p2p, images=images, output_type="latent", num_inference_steps=4)
+    finally:
+        PromptToPrompt.shared_query_key_rows = original
+    torch.testing.assert_close(copied, in_the_call, rtol=0, atol=0)
+
+
+def test_layers_ask_the_effects_once_per_step_pattern_not_per_call(monkeypatch):
+    """A layer keeps the plan it made while the effects' row_plan_key stays the same: with both windows open for the
+    whole schedule, each edited layer asks once, at the first step of the first generation, and not again in the
+    second; a self-attention window that closes halfway changes the key, so each layer asks once more then."""
+    asked: list[tuple[str, int]] = []
+    original = PromptToPrompt.shared_query_key_rows
+
+    def counting(self, ctx):
+        asked.append((ctx.layer_name, ctx.step.index))
+        return original(self, ctx)
+
+    monkeypatch.setattr(PromptToPrompt, "shared_query_key_rows", counting)
+    pipe = pipeline("unet")
+    layers = sorted(name for name, role in layer_roles(pipe.unet).items() if role in ("self", "cross"))
+    for self_steps, steps_asked in ((1.0, [0]), (0.5, [0, 2])):
+        p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=self_steps)
+        with visattn.attach(pipe, p2p):
+            for generation in range(2):
+                asked.clear()
+                pipe(**call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0), num_inference_steps=4))
+                expected = [(name, step) for name in layers for step in steps_asked] if generation == 0 else []
+                assert sorted(asked) == expected
+
+
+def test_rows_autograd_records_are_not_copied_in_place():
+    """Where autograd records the processor's queries, the shared rows are not written into them: the edit copies
+    them in the call instead, and the generation is the same."""
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+    module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn1
+    reference = edit("unet", p2p, output_type="latent")
+    seen, recorded_grad = [], []
+
+    def record(mod, args, out):
+        seen.append(out.detach())
+        recorded_grad.append(out.requires_grad)
+
+    handle = module.to_q.register_forward_hook(record)
+    # The pipeline runs under no_grad; this layer's forward runs with grad enabled (its weights require grad).
+    modes = []
+
+    def grad_on(mod, args):
+        modes.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(True)
+
+    pre = module.register_forward_pre_hook(grad_on)
+
+    def grad_back(mod, args, out):
+        torch.set_grad_enabled(modes.pop())
+
+    post = module.register_forward_hook(grad_back)
+    try:
+        recorded = edit("unet", p2p, output_type="latent")
+    finally:
+        for hook in (handle, pre, post):
+            hook.remove()
+    assert seen and all(recorded_grad)
+    assert not any(torch.equal(out[3], out[2]) for out in seen)
+    torch.testing.assert_close(recorded.detach(), reference, rtol=0, atol=0)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from ..context import CallContext
+from ..context import CallContext, StepInfo
 from ..kernels import Pattern, ScoreModifier, all_of, chain, run_request
 from ..kernels.core import dense_attention
 from ..kernels.probabilities import Editor, ProbabilityRead, serve_reads
@@ -366,9 +366,31 @@ class Effect:
         """
         return None
 
+    def row_plan_key(self, step: StepInfo) -> Hashable:
+        """What of the denoiser's ``step`` decides this effect's answers to :meth:`acts_on`,
+        :meth:`identity_only_rows` and :meth:`shared_query_key_rows`, beside the call's shapes, batch layout and the
+        denoiser's inputs (grid, text length), which the layer's hook keys its plans by too. A layer reuses the plan
+        it made for a call while every effect's key stays the same, asking the effects again when one changes.
+
+        The default, the step itself, plans again at every step; an effect whose answers change at a few steps
+        returns what they depend on (whether its step windows are open). Read once per denoiser call, and only of
+        effects that override one of the two row methods.
+        """
+        return step
+
     def wrap_denoiser(self, forward: Callable[..., Any], args: tuple, kwargs: dict, state: Any) -> Any:
         """Run one denoiser call; effects that add batch branches or post-process predictions override this."""
         return forward(*args, **kwargs)
+
+    @property
+    def plans_rows(self) -> bool:
+        """Whether this effect may say, before the processor runs, which rows need no queries and keys of their own
+        (it overrides :meth:`identity_only_rows` or :meth:`shared_query_key_rows`)."""
+        cls = type(self)
+        return (
+            cls.identity_only_rows is not Effect.identity_only_rows
+            or cls.shared_query_key_rows is not Effect.shared_query_key_rows
+        )
 
     @property
     def wraps_denoiser(self) -> bool:

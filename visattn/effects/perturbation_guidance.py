@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import BatchLayout, Branch, CallContext
+from ..context import BatchLayout, Branch, CallContext, StepInfo
 from ..denoiser_batch import prediction_of, take_input_rows, with_prediction, without_extra_rows
 from ..guidance.arithmetic import fold_perturbations
 from ..steps import in_steps
@@ -174,6 +174,11 @@ class PerturbationGuidance(Effect):
         return with_prediction(output, main)
 
     # --- the attention call: perturb this effect's rows ----------------------------------------------------------
+    def row_plan_key(self, step: StepInfo) -> bool:
+        """The perturbed rows follow the call's batch layout; of the step, only whether the effect's window is open
+        decides them (see :meth:`~visattn.effects.Effect.row_plan_key`)."""
+        return in_steps(self.steps, step.fraction)
+
     def perturbed_rows(self, ctx: CallContext) -> slice | None:
         """The batch rows of this effect's perturbed branch in this call (``None`` when it has none)."""
         if self.branch not in ctx.batch.names:

@@ -691,6 +691,14 @@ class PromptToPrompt(Effect):
             return None
         return plan.shared_rows
 
+    def row_plan_key(self, step: StepInfo) -> tuple:
+        """Of the step, the plans (and so :meth:`shared_query_key_rows`) depend on whether the effect's window, its
+        self-attention window and each cross-attention window are open (see
+        :meth:`~visattn.effects.Effect.row_plan_key`): a layer reuses its plan across the steps where none of them
+        opens or closes."""
+        cross = tuple(_cross_active(window, step) for window in self.cross_steps.values())
+        return in_steps(self.steps, step.fraction), _self_active(self.self_steps, step), cross
+
     def apply(self, call: AttentionCall) -> None:
         if call.output is not None:
             return  # an earlier effect computed this call itself
