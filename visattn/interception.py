@@ -689,13 +689,17 @@ class AttentionLayerHook(ModelHook):
             return None
         state = self.state
         inputs = state.inputs
-        if state.row_plan_key is None or state.batch is None:
+        if state.batch is None:
             return None  # not inside a denoiser call
+        step_key = state.row_plan_key
+        if step_key is None:
+            # A state the denoiser hook did not fill (a layer hooked on its own): this layer's effects say.
+            step_key = tuple(effect.row_plan_key(state.step) for effect in self.effects)
         plan_key = (
             hidden.shape,
             None if encoder is None else encoder.shape,
             state.batch,
-            state.row_plan_key,
+            step_key,
             None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
         )
         plans = self._row_plans
@@ -1234,6 +1238,14 @@ _MIN_SKIPPED_WORK = 1 << 22
 _LAYOUTS_KEPT = 64
 
 
+@functools.cache
+def _dispatch_names() -> tuple[Any, Any]:
+    """diffusers' ``AttentionBackendName`` and ``_AttentionBackendRegistry``, imported once (not at every call)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    return AttentionBackendName, _AttentionBackendRegistry
+
+
 def _force_native_dispatch(processor: Any) -> Any:
     """Route a dispatcher processor through the native backend (which calls SDPA) for this call.
 
@@ -1243,8 +1255,7 @@ def _force_native_dispatch(processor: Any) -> Any:
     """
     if not hasattr(processor, "_attention_backend"):
         return _UNCHANGED
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-
+    AttentionBackendName, _AttentionBackendRegistry = _dispatch_names()  # noqa: N806 (diffusers' class names)
     backend = processor._attention_backend
     chosen = backend if backend is not None else _AttentionBackendRegistry._active_backend
     if getattr(chosen, "value", chosen) == "native":

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from visattn.bench.dispatch import VARIANTS, dispatch_benchmark, header, markdown_table
-from visattn.bench.layers import LAYER_VARIANTS, QUICK_SHAPES
+from visattn.bench.layers import LAYER_VARIANTS, P2P_PIPELINES, QUICK_SHAPES
 from visattn.cli import main
 
 FAST = {"repeats": 2, "warmup": 0, "rounds": 1}
@@ -24,7 +24,11 @@ def video_report():
 def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(video_report):
     layers = video_report.layers
     assert [(r.variant, r.layer) for r in layers][:3] == [(v, QUICK_SHAPES[0].name) for v in LAYER_VARIANTS[:3]]
-    assert [r.variant for r in layers] == list(LAYER_VARIANTS)
+    # one row per layer variant, the P2P generation once per tiny pipeline it is timed on
+    assert [r.variant for r in layers] == [*LAYER_VARIANTS[:-1], *[LAYER_VARIANTS[-1]] * len(P2P_PIPELINES)]
+    assert [r.layer.split(" pipeline")[0] for r in layers[len(LAYER_VARIANTS) - 1 :]] == [
+        f"tiny {key}" for key in P2P_PIPELINES
+    ]
     for r in layers:
         assert r.samples == FAST["repeats"] and r.baseline
         assert 0 < r.visattn_min_us <= r.visattn_us and 0 < r.baseline_min_us <= r.baseline_us

@@ -585,13 +585,25 @@ def test_the_source_rows_are_a_plain_generation_of_both_prompts_bit_for_bit():
     assert not torch.equal(edited[1], plain_latents[1])
 
 
-def test_joint_attention_edits_stay_materialized():
+def test_joint_edits_injecting_everything_run_as_attention_and_the_others_materialized(monkeypatch):
     """In a joint call the edited text block is renormalized against the image block (a ratio of sums, not linear
-    over the keys): SD3's edits run on the reference backend's materialized probabilities."""
+    over the keys), so SD3's edits run on the reference backend's materialized probabilities, except where
+    self-attention and every text token are injected through an identity map: the target's image-query rows are then
+    the source's whole rows, attention with the source rows' image queries and keys (a LinearEdit of those queries),
+    on any backend. The generation equals the one with every joint edit materialized, up to float rounding."""
+    from visattn.effects.prompt_to_prompt import _Plan
+
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=0.5)
     probe = OracleProbe()
-    edit("sd3", PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0), probe)
-    assert probe.records and all(role == "joint" and not linear for role, linear, _ in probe.records)
-    assert max(diff for _, _, diff in probe.records) == 0.0
+    fast = edit("sd3", p2p, probe, output_type="latent", num_inference_steps=4)
+    assert probe.records and all(role == "joint" for role, _, _ in probe.records)
+    linear = [fast_form for _, fast_form, _ in probe.records]
+    assert any(linear) and not all(linear)  # self-attention injected at the first two steps only
+    assert max(diff for _, _, diff in probe.records) <= 1e-5
+    monkeypatch.setattr(_Plan, "moves_values", property(lambda plan: True))  # every joint edit materialized
+    materialized = edit("sd3", p2p, output_type="latent", num_inference_steps=4)
+    torch.testing.assert_close(fast, materialized, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fast[0], fast[1])
 
 
 # --- errors ----------------------------------------------------------------------------------------------------

@@ -184,8 +184,41 @@ def test_linear_edit_rejects_rows_and_shapes_that_do_not_fit():
         LinearEdit(slice(None, 1), slice(1, 2), mix)
     with pytest.raises(ValueError, match=r"LinearEdit.mix must be a \[keys, keys\] matrix"):
         LinearEdit(slice(0, 1), slice(1, 2), torch.ones(3, 2))
-    with pytest.raises(ValueError, match="LinearEdit.keep must be a vector of 3 keys"):
+    with pytest.raises(ValueError, match="LinearEdit.keep must be None or a vector of as many keys as mix"):
         LinearEdit(slice(0, 1), slice(1, 2), mix, torch.ones(2))
+    with pytest.raises(ValueError, match="LinearEdit.keep must be None or a vector of as many keys as mix"):
+        LinearEdit(slice(0, 1), slice(1, 2), None, torch.ones(3))
+    with pytest.raises(ValueError, match=r"LinearEdit.queries must be None or a slice\(start, stop\)"):
+        LinearEdit(slice(0, 1), slice(1, 2), None, queries=slice(3, 3))
+    with pytest.raises(ValueError, match="LinearEdit.queries needs keep=None"):
+        LinearEdit(slice(0, 1), slice(1, 2), mix, torch.ones(3), queries=slice(0, 2))
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["identity", "mixed"])
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_an_edit_of_part_of_the_queries_runs_as_attention_like_the_materialized_edit(mixed, backend, monkeypatch):
+    """The target rows' queries 5..9 take the source rows' probabilities (mixed over the keys, or as they are: no
+    matrix); the target rows' other queries keep their own attention. The core computes the edited queries in a call
+    of their own, with a per-query mask and an identity blend, and no backend materializes the probabilities."""
+    q, k, v, generator = linear_call(n_k=12)
+    mix = torch.rand(12, 12, generator=generator) if mixed else None
+    edit = LinearEdit(slice(0, 2), slice(2, 4), mix, queries=slice(5, 9))
+    mask = torch.rand(4, 1, 12, 12, generator=generator) > 0.3
+    mask[..., 0] = True
+    blend = torch.rand(4, 2, 1, 1, generator=generator)
+    expected = attention(q, k, v, attn_mask=mask, identity_blend=blend, editors=[edit], backend="reference")
+    # The oracle by hand: only the edited queries' rows of the target change.
+    probs = softmax_reference(q, k, v, attn_mask=mask)
+    source = probs[0:2, :, 5:9]
+    probs[2:4, :, 5:9] = source if mix is None else torch.matmul(source, mix)
+    eye = torch.eye(12).view(1, 1, 12, 12)
+    by_hand = torch.matmul(probs * (1 - blend) + blend * eye, v)
+    torch.testing.assert_close(expected, by_hand, rtol=0, atol=2e-6)
+    materialized = []
+    monkeypatch.setattr(reference, "run", lambda request: materialized.append(request) or None)
+    out = attention(q, k, v, attn_mask=mask, identity_blend=blend, editors=[edit], backend=backend)
+    assert not materialized
+    assert (out - expected).abs().max() <= 2e-6
 
 
 @pytest.mark.parametrize("keep", [False, True], ids=["replaced", "kept"])

@@ -469,8 +469,8 @@ def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, cl
     )
 
 
-#: the tiny pipelines P2P is timed on
-P2P_PIPELINES: tuple[str, ...] = ("unet",)
+#: the tiny pipelines P2P is timed on: the SD UNet (cross and self attention) and the MM-DiTs' joint attention
+P2P_PIPELINES: tuple[str, ...] = ("unet", "sd3", "flux")
 P2P_PROMPTS = ("a red cat", "a red dog")
 
 

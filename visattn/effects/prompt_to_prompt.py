@@ -239,6 +239,7 @@ class _Tokens:
     blend_target: tuple[int, ...]
     _on_device: dict = field(default_factory=dict)
     _mixes: dict = field(default_factory=dict)
+    _edits: dict = field(default_factory=dict)
 
     def alpha(self, step: StepInfo) -> torch.Tensor:
         """Per target text position, whether its cross-attention is injected at this step."""
@@ -263,6 +264,21 @@ class _Tokens:
             self._mixes[key] = (mix.to(device), None if keep is None else keep.to(device))
         return self._mixes[key]
 
+    def linear_edit(
+        self, pair: _Pair, alpha: torch.Tensor, identity: bool, equalizer: torch.Tensor | None, device: torch.device
+    ) -> LinearEdit:
+        """The :class:`~visattn.kernels.LinearEdit` of ``pair`` with :meth:`value_mix`'s map, made once per rows,
+        step pattern and device (so what it works out once, as :attr:`~visattn.kernels.LinearEdit.moves_values`,
+        is not worked out again at every denoiser call)."""
+        key = (pair.source.start, pair.source.stop, pair.target.start, pair.target.stop, bytes(alpha.tolist()))
+        key += (identity, equalizer is not None, device)
+        edit = self._edits.get(key)
+        if edit is None:
+            edit = self._edits[key] = LinearEdit(
+                pair.source, pair.target, *self.value_mix(alpha, identity, equalizer, device)
+            )
+        return edit
+
 
 @dataclass
 class _PairEdit:
@@ -283,18 +299,27 @@ class _Plan:
     #: queries and keys each row of a self-attention call attends with
     _linear: dict = field(default_factory=dict)
     _self_rows: dict = field(default_factory=dict)
+    _joint: dict = field(default_factory=dict)
 
     def linear_edits(self, device: torch.device) -> list[LinearEdit]:
         """The cross-attention edits as :class:`~visattn.kernels.LinearEdit` s, one per pair of row halves."""
         edits = self._linear.get(device)
         if edits is None:
             edits = self._linear[device] = [
-                LinearEdit(
-                    edit.pair.source,
-                    edit.pair.target,
-                    *self.tokens.value_mix(edit.alpha, edit.identity, edit.equalizer, device),
-                )
+                self.tokens.linear_edit(edit.pair, edit.alpha, edit.identity, edit.equalizer, device)
                 for edit in self.edits
+            ]
+        return edits
+
+    def joint_edits(self, device: torch.device, image: slice) -> list[LinearEdit]:
+        """A joint call's edits where self-attention and every text token are injected through an identity map:
+        each target row's ``image`` queries take the source row's probabilities over every key, as
+        :class:`~visattn.kernels.LinearEdit` s of those queries (no matrix: the identity)."""
+        key = (device, image.start, image.stop)
+        edits = self._joint.get(key)
+        if edits is None:
+            edits = self._joint[key] = [
+                LinearEdit(edit.pair.source, edit.pair.target, None, queries=image) for edit in self.edits
             ]
         return edits
 
@@ -744,6 +769,12 @@ class PromptToPrompt(Effect):
             # Cross-attention over text keys alone: the edit is linear over the keys (the authors' mapper einsum,
             # refinement alphas and equalizer), so the core computes it as attention over mixed values.
             call.editors.extend(plan.linear_edits(call.q.device))
+            return
+        if plan.role == "joint" and plan.self_on and not plan.moves_values and text.length:
+            # Self-attention injected and every text token too, through an identity map: the target's image-query
+            # rows become the source's whole rows (text and latent keys together, which sum to one already), which
+            # is attention with the source rows' image queries and keys over the target's values.
+            call.editors.extend(plan.joint_edits(call.q.device, image.as_slice()))
             return
 
         def edit(probs: torch.Tensor, start: int, stop: int) -> None:

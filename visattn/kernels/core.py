@@ -420,8 +420,11 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
     re-weighting) the target rows take the source rows' queries and keys in the call itself, whose batch keeps its
     size. Otherwise (a refinement's added words) the target rows keep their own queries and keys over re-weighted
     values, and a second call of the source rows over the mixed values is added to them: two calls rather than one
-    with appended rows, so the queries, the largest tensor of a cross-attention call, are never copied. The calls
-    run on ``backend``'s choice for plain attention; the output's identity blend follows, as for any call.
+    with appended rows, so the queries, the largest tensor of a cross-attention call, are never copied. An edit of
+    part of the queries (``queries``: the image queries of a joint call) leaves the target rows in the call as they
+    are and computes the edited queries in a call of their own, the source rows' queries there and keys over the
+    target's (mixed) values, written over the target rows' output there. The calls run on ``backend``'s choice for
+    plain attention; the output's identity blend follows, as for any call.
     """
     q, k, v, mask = request.q, request.k, request.v, request.attn_mask
     batch = q.shape[0]
@@ -429,7 +432,10 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
     values = None  # the call's values once an edit changes them
     sources: list[int] = []  # the rows attending over mixed values apart, and the rows their output is added to
     mixed_values, targets = [], []
+    partial = [edit for edit in edits if edit.queries is not None]
     for edit in edits:
+        if edit.queries is not None:
+            continue  # computed apart, below
         if edit.keep is None:
             order[edit.target] = range(edit.source.start, edit.source.stop)
             if edit.moves_values:
@@ -466,6 +472,22 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
         index = _row_tensor(targets, out.device)
         # In place only without autograd: a backend may keep its output for the backward pass.
         out = out.index_add(0, index, added) if out.requires_grad else out.index_add_(0, index, added)
+    if partial:
+        out = out.clone() if out.requires_grad else out
+        for edit in partial:
+            queries = edit.queries
+            source_mask = _rows(mask, edit.source, batch)
+            if source_mask is not None and source_mask.dim() == 4 and source_mask.shape[2] == q.shape[2] > 1:
+                source_mask = source_mask[:, :, queries]
+            out[edit.target, :, queries] = dense_attention(
+                q[edit.source, :, queries],
+                k[edit.source],
+                edit.mixed_values(v),
+                source_mask,
+                request.scale,
+                backend,
+                *dispatch,
+            ).to(out.dtype)
     return _with_identity_blend(request, out)
 
 

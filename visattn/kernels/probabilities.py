@@ -90,9 +90,14 @@ class LinearEdit:
         source, target: batch rows, two ``[start, stop)`` ranges of equal length; source row ``source.start + j``
             feeds target row ``target.start + j``.
         mix: ``[Nk, Nk]``: ``mix[s, t]`` is the weight of the source's probability at key ``s`` in the target's at
-            key ``t`` (Prompt-to-Prompt's token mapper, with its per-token schedule and equalizer folded in).
+            key ``t`` (Prompt-to-Prompt's token mapper, with its per-token schedule and equalizer folded in);
+            ``None``: the identity (the target takes the source's probabilities as they are), without a matrix.
         keep: ``[Nk]``, the weight of the target's own probability at each key; ``None``: zero everywhere (the
             target's attention is replaced), which the fast form computes without an extra row.
+        queries: the query positions the edit applies to (a ``[start, stop)`` range); ``None``: every query. The
+            target rows' other queries keep their own attention (Prompt-to-Prompt in joint attention edits the
+            image queries' rows, not the text queries'): the fast form computes the edited queries in a call of
+            their own (``keep`` must then be ``None``).
 
     Raises:
         ValueError: rows that are not two ``[start, stop)`` ranges of one length, or a ``mix``/``keep`` whose
@@ -101,8 +106,9 @@ class LinearEdit:
 
     source: slice
     target: slice
-    mix: torch.Tensor
+    mix: torch.Tensor | None
     keep: torch.Tensor | None = None
+    queries: slice | None = None
 
     def __post_init__(self) -> None:
         for name, rows in (("source", self.source), ("target", self.target)):
@@ -118,17 +124,31 @@ class LinearEdit:
             raise ValueError(
                 f"LinearEdit.source {self.source!r} and target {self.target!r} must hold as many rows each"
             )
-        if self.mix.dim() != 2 or self.mix.shape[0] != self.mix.shape[1]:
-            raise ValueError(f"LinearEdit.mix must be a [keys, keys] matrix; got shape {tuple(self.mix.shape)}")
-        if self.keep is not None and tuple(self.keep.shape) != (self.mix.shape[0],):
+        if self.mix is not None and (self.mix.dim() != 2 or self.mix.shape[0] != self.mix.shape[1]):
+            raise ValueError(f"LinearEdit.mix must be a [keys, keys] matrix or None; got shape {tuple(self.mix.shape)}")
+        if self.keep is not None and (self.mix is None or tuple(self.keep.shape) != (self.mix.shape[0],)):
             raise ValueError(
-                f"LinearEdit.keep must be a vector of {self.mix.shape[0]} keys (as mix) or None; got shape "
-                f"{tuple(self.keep.shape)}"
+                "LinearEdit.keep must be None or a vector of as many keys as mix (which must then be given); got "
+                f"shape {tuple(self.keep.shape)} with mix {None if self.mix is None else tuple(self.mix.shape)}"
             )
+        queries = self.queries
+        if queries is not None and (
+            not isinstance(queries, slice)
+            or not isinstance(queries.start, int)
+            or not isinstance(queries.stop, int)
+            or queries.step not in (None, 1)
+            or not 0 <= queries.start < queries.stop
+        ):
+            raise ValueError(
+                f"LinearEdit.queries must be None or a slice(start, stop) of query positions; got {queries!r}"
+            )
+        if queries is not None and self.keep is not None:
+            raise ValueError("LinearEdit.queries needs keep=None: an edit of part of the queries replaces their rows")
 
     @property
-    def keys(self) -> int:
-        return self.mix.shape[0]
+    def keys(self) -> int | None:
+        """The key count the edit is made for (``None``: any, an identity ``mix``)."""
+        return None if self.mix is None else self.mix.shape[0]
 
     @functools.cached_property
     def moves_values(self) -> bool:
@@ -137,18 +157,29 @@ class LinearEdit:
         the source rows' queries and keys over their own values. Read once per edit (one device sync)."""
         if self.keep is not None:
             return True
+        if self.mix is None:
+            return False
         eye = torch.eye(self.keys, dtype=self.mix.dtype, device=self.mix.device)
         return not torch.equal(self.mix, eye)
 
     def __call__(self, probs: torch.Tensor, start: int, stop: int) -> None:
-        edited = torch.matmul(probs[self.source], self.mix.to(probs))
+        rows = slice(None)
+        if self.queries is not None:
+            lo, hi = max(start, self.queries.start), min(stop, self.queries.stop)
+            if lo >= hi:
+                return  # the chunk holds none of the edited queries
+            rows = slice(lo - start, hi - start)
+        source = probs[self.source, :, rows]
+        edited = source.clone() if self.mix is None else torch.matmul(source, self.mix.to(probs))
         if self.keep is not None:
-            edited = edited + probs[self.target] * self.keep.to(probs)
-        probs[self.target] = edited
+            edited = edited + probs[self.target, :, rows] * self.keep.to(probs)
+        probs[self.target, :, rows] = edited
 
     def mixed_values(self, v: torch.Tensor) -> torch.Tensor:
         """``mix @ v`` of the target rows (``v``: the call's ``[B, H, Nk, Dv]`` values), in fp32 and back to
         ``v``'s dtype: the values the source rows' attention weights in the fast form."""
+        if self.mix is None:
+            return v[self.target]
         return torch.matmul(self.mix.to(device=v.device, dtype=torch.float32), v[self.target].float()).to(v.dtype)
 
 
@@ -165,8 +196,10 @@ def linear_edits(request: AttentionRequest) -> tuple[LinearEdit, ...] | None:
     targets: set[int] = set()
     sources: set[int] = set()
     for editor in editors:
-        if editor.keys != n_k or editor.source.stop > batch or editor.target.stop > batch:
+        if editor.keys not in (None, n_k) or editor.source.stop > batch or editor.target.stop > batch:
             return None  # the materialized form reports the mismatch
+        if editor.queries is not None and editor.queries.stop > request.q.shape[2]:
+            return None
         rows = set(range(editor.target.start, editor.target.stop))
         if rows & targets:
             return None  # a row edited twice: the edits compose in order, which the sum of attentions does not
