@@ -7,6 +7,7 @@ each sequence (:mod:`visattn.families`), and :class:`CallContext` joins the two.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,6 +109,12 @@ class BatchLayout:
     @property
     def batch_size(self) -> int:
         return self.branches[-1].stop if self.branches else 0
+
+    @functools.cached_property
+    def key(self) -> tuple[tuple[str, int, int], ...]:
+        """The branches as plain tuples: a dict key that hashes and compares without Python-level dataclass methods
+        (layer hooks key their plans by it at every call)."""
+        return tuple((branch.name, branch.start, branch.stop) for branch in self.branches)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -188,10 +188,11 @@ def _copy_runs(copies: dict[int, int | None]) -> tuple[tuple[int, int, int], ...
     return tuple((target, source, count) for target, source, count in runs)
 
 
-def _share_rows(x: torch.Tensor, runs: tuple[tuple[int, int, int], ...]) -> None:
-    """Copy, in place, each run's source rows of ``x`` (``[B, ...]``) onto its target rows."""
+def _share_rows(q: torch.Tensor, k: torch.Tensor, runs: tuple[tuple[int, int, int], ...]) -> None:
+    """Copy, in place, each run's source rows of ``q`` and ``k`` (``[B, ...]``) onto its target rows."""
     for target, source, count in runs:
-        x[target : target + count].copy_(x[source : source + count])
+        q[target : target + count].copy_(q[source : source + count])
+        k[target : target + count].copy_(k[source : source + count])
 
 
 def _project_part(layer: AttentionLayerHook, projection: _Projection, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -698,7 +699,7 @@ class AttentionLayerHook(ModelHook):
         plan_key = (
             hidden.shape,
             None if encoder is None else encoder.shape,
-            state.batch,
+            state.batch.key,
             step_key,
             None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
         )
@@ -811,8 +812,7 @@ class AttentionLayerHook(ModelHook):
             return self._projected == 2
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             return False
-        _share_rows(q, plan.copy_runs)
-        _share_rows(k, plan.copy_runs)
+        _share_rows(q, k, plan.copy_runs)
         return True
 
     @contextlib.contextmanager

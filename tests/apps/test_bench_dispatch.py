@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from visattn.bench.dispatch import VARIANTS, dispatch_benchmark, header, markdown_table
-from visattn.bench.layers import LAYER_VARIANTS, P2P_PIPELINES, QUICK_SHAPES
+from visattn.bench.layers import LAYER_VARIANTS, QUICK_SHAPES, p2p_pipelines
 from visattn.cli import main
 
 FAST = {"repeats": 2, "warmup": 0, "rounds": 1}
@@ -25,9 +25,11 @@ def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(vi
     layers = video_report.layers
     assert [(r.variant, r.layer) for r in layers][:3] == [(v, QUICK_SHAPES[0].name) for v in LAYER_VARIANTS[:3]]
     # one row per layer variant, the P2P generation once per tiny pipeline it is timed on
-    assert [r.variant for r in layers] == [*LAYER_VARIANTS[:-1], *[LAYER_VARIANTS[-1]] * len(P2P_PIPELINES)]
+    pipelines = p2p_pipelines()
+    assert len(pipelines) == 3  # SD's UNet, SD3 and Flux
+    assert [r.variant for r in layers] == [*LAYER_VARIANTS[:-1], *[LAYER_VARIANTS[-1]] * len(pipelines)]
     assert [r.layer.split(" pipeline")[0] for r in layers[len(LAYER_VARIANTS) - 1 :]] == [
-        f"tiny {key}" for key in P2P_PIPELINES
+        f"tiny {key}" for key in pipelines
     ]
     for r in layers:
         assert r.samples == FAST["repeats"] and r.baseline

@@ -194,23 +194,28 @@ def test_linear_edit_rejects_rows_and_shapes_that_do_not_fit():
         LinearEdit(slice(0, 1), slice(1, 2), mix, torch.ones(3), queries=slice(0, 2))
 
 
+@pytest.mark.parametrize("queries", [(5, 9), (2, 12), (0, 10)], ids=["few", "most-to-the-end", "most-from-the-start"])
 @pytest.mark.parametrize("mixed", [False, True], ids=["identity", "mixed"])
 @pytest.mark.parametrize("backend", ["auto", "sdpa"])
-def test_an_edit_of_part_of_the_queries_runs_as_attention_like_the_materialized_edit(mixed, backend, monkeypatch):
-    """The target rows' queries 5..9 take the source rows' probabilities (mixed over the keys, or as they are: no
-    matrix); the target rows' other queries keep their own attention. The core computes the edited queries in a call
-    of their own, with a per-query mask and an identity blend, and no backend materializes the probabilities."""
+def test_an_edit_of_part_of_the_queries_runs_as_attention_like_the_materialized_edit(
+    queries, mixed, backend, monkeypatch
+):
+    """The target rows' queries in a range take the source rows' probabilities (mixed over the keys, or as they are:
+    no matrix); the target rows' other queries keep their own attention. The core computes the smaller side apart
+    (the edited queries, or the unedited ones when most are edited), with a per-query mask and an identity blend,
+    and no backend materializes the probabilities."""
     q, k, v, generator = linear_call(n_k=12)
     mix = torch.rand(12, 12, generator=generator) if mixed else None
-    edit = LinearEdit(slice(0, 2), slice(2, 4), mix, queries=slice(5, 9))
+    lo, hi = queries
+    edit = LinearEdit(slice(0, 2), slice(2, 4), mix, queries=slice(lo, hi))
     mask = torch.rand(4, 1, 12, 12, generator=generator) > 0.3
     mask[..., 0] = True
     blend = torch.rand(4, 2, 1, 1, generator=generator)
     expected = attention(q, k, v, attn_mask=mask, identity_blend=blend, editors=[edit], backend="reference")
     # The oracle by hand: only the edited queries' rows of the target change.
     probs = softmax_reference(q, k, v, attn_mask=mask)
-    source = probs[0:2, :, 5:9]
-    probs[2:4, :, 5:9] = source if mix is None else torch.matmul(source, mix)
+    source = probs[0:2, :, lo:hi]
+    probs[2:4, :, lo:hi] = source if mix is None else torch.matmul(source, mix)
     eye = torch.eye(12).view(1, 1, 12, 12)
     by_hand = torch.matmul(probs * (1 - blend) + blend * eye, v)
     torch.testing.assert_close(expected, by_hand, rtol=0, atol=2e-6)

@@ -469,8 +469,19 @@ def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, cl
     )
 
 
-#: the tiny pipelines P2P is timed on: the SD UNet (cross and self attention) and the MM-DiTs' joint attention
-P2P_PIPELINES: tuple[str, ...] = ("unet", "sd3", "flux")
+#: the denoisers whose tiny pipelines P2P is timed on (as the model rows' image denoisers): SD's UNet (cross and self
+#: attention) and two MM-DiTs (joint attention)
+P2P_DENOISERS: tuple[str, ...] = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
+
+
+def p2p_pipelines() -> tuple[str, ...]:
+    """The tiny pipelines of :data:`P2P_DENOISERS` (the first tiny pipeline of each class)."""
+    from .dispatch import _pipeline_classes
+
+    classes = _pipeline_classes()
+    return tuple(classes[name] for name in P2P_DENOISERS)
+
+
 P2P_PROMPTS = ("a red cat", "a red dog")
 
 
@@ -546,17 +557,17 @@ def layer_benchmark(
     repeats: int = 20,
     warmup: int = 2,
     rounds: int = 5,
-    pipelines: Sequence[str] = P2P_PIPELINES,
+    pipelines: Sequence[str] | None = None,
     progress: bool = False,
     clock: str = "wall",
 ) -> list[LayerComparison]:
-    """Every comparison in ``variants`` (default :data:`LAYER_VARIANTS`) on every shape (P2P on ``pipelines``),
-    timed with ``clock`` (a key of :data:`CLOCKS`)."""
+    """Every comparison in ``variants`` (default :data:`LAYER_VARIANTS`) on every shape (P2P on ``pipelines``,
+    default :func:`p2p_pipelines`), timed with ``clock`` (a key of :data:`CLOCKS`)."""
     wanted = [v for v in LAYER_VARIANTS if variants is None or v in variants]
     results = []
     for variant in wanted:
         if variant == "P2P (generation)":
-            for key in pipelines:
+            for key in p2p_pipelines() if pipelines is None else pipelines:
                 if progress:
                     import sys
 

@@ -64,7 +64,13 @@ How it maps onto visattn
   words, a word's shorter schedule), on any backend and without materializing probabilities, unless another
   effect adds a pattern or score modifier to the call. Joint attention's edit renormalizes the image block
   against the edited text block, which is not linear, so joint calls (and cross calls with keys besides the
-  text) edit materialized probabilities on the reference backend, chunk by chunk.
+  text) edit materialized probabilities on the reference backend, chunk by chunk; except where self-attention and
+  every text token are injected through an identity map (no re-weighting, every word's window open), where the
+  target's image-query rows are the source's whole rows: attention with the source rows' image queries and keys
+  over the target's values (a :class:`~visattn.kernels.LinearEdit` of those queries), on any backend. Where the
+  edit is attention with the source rows' queries and keys (self-attention injection, a word swap with an
+  identity map), the target rows' queries and keys are the source rows' before the call runs
+  (:meth:`PromptToPrompt.shared_query_key_rows`): projected so on large layers, copied in place on small ones.
 * Per-row processors. A processor that calls attention once per batch row (Mochi) never puts a source and its
   target in one call: the layer hook keeps each source row's queries, keys and values until its target row's call
   in the same layer call, and answers that call with the pair (``pairs_rows``), using only the target's output.

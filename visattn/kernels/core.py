@@ -421,10 +421,11 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
     size. Otherwise (a refinement's added words) the target rows keep their own queries and keys over re-weighted
     values, and a second call of the source rows over the mixed values is added to them: two calls rather than one
     with appended rows, so the queries, the largest tensor of a cross-attention call, are never copied. An edit of
-    part of the queries (``queries``: the image queries of a joint call) leaves the target rows in the call as they
-    are and computes the edited queries in a call of their own, the source rows' queries there and keys over the
-    target's (mixed) values, written over the target rows' output there. The calls run on ``backend``'s choice for
-    plain attention; the output's identity blend follows, as for any call.
+    part of the queries (``queries``: the image queries of a joint call) computes the smaller side apart: the edited
+    queries in a call of the source rows' queries there and keys over the target's (mixed) values, the target rows
+    staying in the call as they are; or, when most queries are edited, the target rows take the source rows'
+    queries and keys in the call (as a whole-row edit) and their unedited queries get a call of their own. The
+    calls run on ``backend``'s choice for plain attention; the output's identity blend follows, as for any call.
     """
     q, k, v, mask = request.q, request.k, request.v, request.attn_mask
     batch = q.shape[0]
@@ -432,10 +433,21 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
     values = None  # the call's values once an edit changes them
     sources: list[int] = []  # the rows attending over mixed values apart, and the rows their output is added to
     mixed_values, targets = [], []
-    partial = [edit for edit in edits if edit.queries is not None]
+    n_q = q.shape[2]
+    # Edits of part of the queries, as (edit, whether the edited side is the one computed apart, its spans): the
+    # smaller side is computed apart. Few edited queries (SD3's image queries of a small latent beside a long text):
+    # the target rows stay in the call and the edited queries get a call of the source rows over the target's
+    # values. Most queries edited (a large latent beside a short text): the target rows take the source rows'
+    # queries and keys in the call, and their few unedited queries get a call of their own rows.
+    partial: list[tuple[LinearEdit, bool, list[slice]]] = []
     for edit in edits:
-        if edit.queries is not None:
+        queries = edit.queries
+        if queries is not None and 2 * (queries.stop - queries.start) <= n_q:
+            partial.append((edit, True, [queries]))
             continue  # computed apart, below
+        if queries is not None:
+            spans = [span for span in (slice(0, queries.start), slice(queries.stop, n_q)) if span.stop > span.start]
+            partial.append((edit, False, spans))
         if edit.keep is None:
             order[edit.target] = range(edit.source.start, edit.source.stop)
             if edit.moves_values:
@@ -474,20 +486,19 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
         out = out.index_add(0, index, added) if out.requires_grad else out.index_add_(0, index, added)
     if partial:
         out = out.clone() if out.requires_grad else out
-        for edit in partial:
-            queries = edit.queries
-            source_mask = _rows(mask, edit.source, batch)
-            if source_mask is not None and source_mask.dim() == 4 and source_mask.shape[2] == q.shape[2] > 1:
-                source_mask = source_mask[:, :, queries]
-            out[edit.target, :, queries] = dense_attention(
-                q[edit.source, :, queries],
-                k[edit.source],
-                edit.mixed_values(v),
-                source_mask,
-                request.scale,
-                backend,
-                *dispatch,
-            ).to(out.dtype)
+        for edit, edited, spans in partial:
+            # The edited queries (the source rows' queries and keys over the target's mixed values), or the unedited
+            # ones (the target rows' own).
+            rows = edit.source if edited else edit.target
+            span_values = edit.mixed_values(v) if edited else v[edit.target]
+            row_mask = _rows(mask, rows, batch)
+            for span in spans:
+                span_mask = row_mask
+                if span_mask is not None and span_mask.dim() == 4 and span_mask.shape[2] == n_q > 1:
+                    span_mask = span_mask[:, :, span]
+                out[edit.target, :, span] = dense_attention(
+                    q[rows, :, span], k[rows], span_values, span_mask, request.scale, backend, *dispatch
+                ).to(out.dtype)
     return _with_identity_blend(request, out)
 
 
