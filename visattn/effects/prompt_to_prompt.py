@@ -360,6 +360,11 @@ class _Plan:
         return rows
 
 
+#: plans one attachment keeps per generation (a generation makes a handful: roles x step patterns x batches)
+_PLANS_KEPT = 64
+_NO_PLAN = object()
+
+
 @dataclass
 class _Run:
     """What one attachment of a :class:`PromptToPrompt` learns while editing (:meth:`PromptToPrompt.new_run`)."""
@@ -374,9 +379,11 @@ class _Run:
     #: call so far (a per-row processor answers one pair per call; the blend takes a layer's pairs together)
     blend_pairs: int = 0
     row_maps: list[torch.Tensor] = field(default_factory=list)
-    #: the plans of the denoiser call ``plans_for`` (see PromptToPrompt._plan)
-    plans: dict[tuple, tuple[BatchLayout, _Plan | None]] = field(default_factory=dict)
+    #: the plans of this generation, by what they depend on (see PromptToPrompt._plan); the denoiser call last seen
+    #: and the step pattern and pipeline it runs with
+    plans: dict[tuple, _Plan | None] = field(default_factory=dict)
     plans_for: Any = None
+    plans_key: tuple = ()
 
     @property
     def mask(self) -> torch.Tensor | None:
@@ -793,25 +800,27 @@ class PromptToPrompt(Effect):
 
     def _plan(self, ctx: CallContext) -> _Plan | None:
         """What this call edits and collects (``None``: nothing), made once per what it depends on: the call's role,
-        batch, step, text keys, whether it has image queries and a grid, and the pipeline (the prompts' tokens)."""
+        batch, text keys, whether it has image queries and a grid, the pipeline (the prompts' tokens), and of the
+        step only whether each window is open (:meth:`row_plan_key`): a generation makes its plans at the steps
+        where a window opens or closes, and the steps between reuse them."""
         if ctx.queries.image is None or ctx.role not in self.roles:
             return None
         run = self.run_of(ctx)
         if ctx.denoiser is None:
             return self._make_plan(ctx)
         if run.plans_for is not ctx.denoiser:
-            # A new denoiser call (its batch, step and pipeline are the call's): the plans of the last one are done.
-            run.plans.clear()
+            # A new denoiser call: read once what of it the plans depend on.
             run.plans_for = ctx.denoiser
+            run.plans_key = (self.row_plan_key(ctx.step), id(ctx.denoiser.pipeline))
         text = ctx.keys.text
-        key = (ctx.role, None if text is None else (text.start, text.stop), ctx.grid is not None)
+        key = (ctx.role, None if text is None else (text.start, text.stop), ctx.grid is not None, ctx.batch.key)
+        key += run.plans_key
         plans = run.plans
-        if key in plans:
-            batch, plan = plans[key]
-            if batch is ctx.batch or batch == ctx.batch:
-                return plan
-        plan = self._make_plan(ctx)
-        plans[key] = (ctx.batch, plan)
+        plan = plans.get(key, _NO_PLAN)
+        if plan is _NO_PLAN:
+            if len(plans) >= _PLANS_KEPT:
+                plans.clear()
+            plan = plans[key] = self._make_plan(ctx)
         return plan
 
     def _make_plan(self, ctx: CallContext) -> _Plan | None:
