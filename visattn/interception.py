@@ -1227,11 +1227,11 @@ def _joint_layout(length: int, image_tokens: int, text_position: str) -> TokenLa
 _UNCHANGED = object()
 _MISSING = object()
 
-#: multiply-adds of the query and key projections a plan must save (rows x tokens x weight size, the mean of the two
-#: projections) to be made: planning and answering the projections for part of the rows costs more Python per call
+#: multiply-adds of the query and key projections a projection plan must save (rows x tokens x weight size, the mean
+#: of the two projections) to be made: answering the projections for part of the rows costs more Python per call
 #: (about 40 us inside a tiny generation on a CPU), so on tiny layers (the test UNet's 256 tokens x 32 channels:
-#: 0.26 M per row) computing every row, and copying rows in the call where an edit shares them, is cheaper, while
-#: SD 1.5's layers save 6.5 M to 105 M per row and projection
+#: 0.26 M per row) computing every row, and copying shared rows in place in the SDPA call, is cheaper, while SD 1.5's
+#: layers save 6.5 M to 105 M per row and projection
 _MIN_SKIPPED_WORK = 1 << 22
 
 #: call shapes whose layout one layer hook keeps (a pipeline sees a handful; more means resolutions keep changing)
