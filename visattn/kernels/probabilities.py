@@ -77,6 +77,17 @@ class ProbabilityRead:
         return rows, queries
 
 
+def _is_range(value: object) -> bool:
+    """Whether ``value`` is a non-empty ``slice(start, stop)`` of non-negative ints (step ``None`` or 1)."""
+    return (
+        isinstance(value, slice)
+        and isinstance(value.start, int)
+        and isinstance(value.stop, int)
+        and value.step in (None, 1)
+        and 0 <= value.start < value.stop
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class LinearEdit:
     """An editor linear over the keys: rows ``target`` of the probabilities become
@@ -112,13 +123,7 @@ class LinearEdit:
 
     def __post_init__(self) -> None:
         for name, rows in (("source", self.source), ("target", self.target)):
-            if (
-                not isinstance(rows, slice)
-                or not isinstance(rows.start, int)
-                or not isinstance(rows.stop, int)
-                or rows.step not in (None, 1)
-                or not 0 <= rows.start < rows.stop
-            ):
+            if not _is_range(rows):
                 raise ValueError(f"LinearEdit.{name} must be a slice(start, stop) of batch rows; got {rows!r}")
         if self.source.stop - self.source.start != self.target.stop - self.target.start:
             raise ValueError(
@@ -132,13 +137,7 @@ class LinearEdit:
                 f"shape {tuple(self.keep.shape)} with mix {None if self.mix is None else tuple(self.mix.shape)}"
             )
         queries = self.queries
-        if queries is not None and (
-            not isinstance(queries, slice)
-            or not isinstance(queries.start, int)
-            or not isinstance(queries.stop, int)
-            or queries.step not in (None, 1)
-            or not 0 <= queries.start < queries.stop
-        ):
+        if queries is not None and not _is_range(queries):
             raise ValueError(
                 f"LinearEdit.queries must be None or a slice(start, stop) of query positions; got {queries!r}"
             )
