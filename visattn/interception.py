@@ -102,6 +102,9 @@ def can_intercept(module: torch.nn.Module) -> bool:
 _FAST_KEYWORDS = frozenset({"attn_mask", "dropout_p", "is_causal", "scale"})
 
 
+_QKV = frozenset({"query", "key", "value"})
+
+
 def _sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     values = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
@@ -193,6 +196,85 @@ def _share_rows(q: torch.Tensor, k: torch.Tensor, runs: tuple[tuple[int, int, in
     for target, source, count in runs:
         q[target : target + count].copy_(q[source : source + count])
         k[target : target + count].copy_(k[source : source + count])
+
+
+@dataclass(frozen=True)
+class _SharedCall:
+    """How :meth:`AttentionLayerHook.attend` answers an SDPA call whose acting effects only make rows attend with
+    other rows' queries and keys, at all of their queries or part of them (Prompt-to-Prompt's self-attention
+    injection; in a joint call, the target rows' image queries), without their machinery: the stock call, on rows
+    gathered where whole rows are shared, then the queries computed apart written into its output.
+
+    Attributes:
+        rows: the row whose queries and keys each row of the stock call takes, as a slice or an index tensor;
+            ``None``: every row its own.
+        apart: ``(rows, query and key rows, queries)`` of the computations apart, each written over the stock
+            call's output of ``rows`` at ``queries``: those rows' values attended by the queries there and the keys
+            of ``query and key rows`` (their source rows', or their own where the source's took the stock call).
+    """
+
+    rows: slice | torch.Tensor | None
+    apart: tuple[tuple[slice, slice, slice], ...]
+
+    def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The call's answer; ``func`` is the SDPA function the processor called, ``kwargs`` its keywords."""
+        rows = self.rows
+        if rows is None:
+            out = func(q, k, v, **kwargs)
+        elif isinstance(rows, slice):
+            out = func(q[rows], k[rows], v, **kwargs)
+        else:
+            out = func(q.index_select(0, rows), k.index_select(0, rows), v, **kwargs)
+        for target, source, queries in self.apart:
+            out[target, :, queries] = func(q[source, :, queries], k[source], v[target], **kwargs)
+        return out
+
+
+def _shared_call(
+    copies: dict[int, int], spans: dict[int, slice], batch: int, n_q: int, device: torch.device
+) -> _SharedCall:
+    """:class:`_SharedCall` of rows that take another row's queries and keys (``copies``: ``{row: source}``) at the
+    queries ``spans`` gives (every query where it names none).
+
+    A row sharing part of its queries takes the cheaper side apart: few shared queries (SD3's image queries of a
+    small latent beside a long text) are computed apart with the source's queries and keys and the row stays
+    itself in the stock call; most of them (a large latent beside a short text) make the row take the source's
+    queries and keys in the stock call and its own other queries are computed apart.
+    """
+    order = list(range(batch))
+    apart: list[tuple[int, int, slice]] = []
+    for row, source in sorted(copies.items()):
+        queries = spans.get(row)
+        if queries is None or (queries.start == 0 and queries.stop == n_q):
+            order[row] = source
+        elif 2 * (queries.stop - queries.start) <= n_q:
+            apart.append((row, source, queries))
+        else:
+            order[row] = source
+            apart.extend(
+                (row, row, span)
+                for span in (slice(0, queries.start), slice(queries.stop, n_q))
+                if span.stop > span.start
+            )
+    # Consecutive rows computed apart over the same queries from consecutive rows: one call.
+    runs: list[list] = []
+    for row, source, queries in apart:
+        last = runs[-1] if runs else None
+        if last is not None and last[2] == queries and row == last[0] + last[3] and source == last[1] + last[3]:
+            last[3] += 1
+        else:
+            runs.append([row, source, queries, 1])
+    rows: slice | torch.Tensor | None = None
+    if order != list(range(batch)):
+        first = order[0]
+        consecutive = order == list(range(first, first + batch))
+        rows = slice(first, first + batch) if consecutive else torch.tensor(order, device=device)
+    return _SharedCall(
+        rows,
+        tuple(
+            (slice(row, row + count), slice(source, source + count), queries) for row, source, queries, count in runs
+        ),
+    )
 
 
 def _project_part(layer: AttentionLayerHook, projection: _Projection, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -538,9 +620,13 @@ class AttentionLayerHook(ModelHook):
             type(effect).shared_query_key_rows is not Effect.shared_query_key_rows for effect in effects
         )
         self._row_plans: dict[tuple, _RowPlan | None] = {}
+        # The SDPA calls no row plan covers whose effects only share rows, answered without them (_shared_call).
+        self._shared_calls: dict[tuple, _SharedCall | None] = {}
         self._row_plan: _RowPlan | None = None
         self._planned: CallContext | None = None
         self._projected = 0
+        # Whether the running forward's effects were asked (or their answer looked up) before the processor ran.
+        self._row_planned = False
         # ((processor, to_q, to_k), their projections and head count or None) of the last forward planned for
         self._projection_facts: tuple[tuple, tuple | None] | None = None
         # How the layer's SDPA calls reach attend: None until a forward has made one (probed then, see _run_routed),
@@ -590,7 +676,7 @@ class AttentionLayerHook(ModelHook):
             # The kept source rows serve this layer call only: release them now.
             self._row_stash.clear()
             self._call_rows = None
-            self._planned, self._row_plan, self._projected = None, None, 0
+            self._planned, self._row_plan, self._projected, self._row_planned = None, None, 0, False
             if restore is not _UNCHANGED:
                 processor._attention_backend = restore
         if self._intercepted == before and not self._warned:
@@ -703,6 +789,7 @@ class AttentionLayerHook(ModelHook):
             step_key,
             None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
         )
+        self._row_planned = True
         plans = self._row_plans
         plan = plans.get(plan_key, _MISSING)
         if plan is _MISSING:
@@ -758,11 +845,17 @@ class AttentionLayerHook(ModelHook):
             return None  # rows answered by their values, or a row copied from a copy: every row projected
         return _RowPlan(layout, (heads, head_dim, tokens, keys), shape, copies, None, _copy_runs(copies))
 
-    def _row_sources(self, ctx: CallContext, batch: int) -> dict[int, int | None] | None:
+    def _row_sources(
+        self, ctx: CallContext, batch: int, spans: dict[int, slice] | None = None
+    ) -> dict[int, int | None] | None:
         """The rows the effects acting on ``ctx`` need no queries and keys of, each mapped to the row whose queries
         and keys it attends with (``None``: none, the row is answered by its values), or ``None`` when one of them
         may do more (see :meth:`~visattn.effects.Effect.identity_only_rows` and
-        :meth:`~visattn.effects.Effect.shared_query_key_rows`) or two of them claim the same row."""
+        :meth:`~visattn.effects.Effect.shared_query_key_rows`) or two of them claim the same row.
+
+        Rows shared at part of their queries (:meth:`~visattn.effects.Effect.shared_query_span`) are put in
+        ``spans`` (``{row: queries}``) when it is given; without it such rows make the answer ``None`` (a plan made
+        before the processor runs shares whole rows only)."""
         sources: dict[int, int | None] = {}
         for effect in self.effects:
             if not effect.acts_on(ctx):
@@ -774,6 +867,12 @@ class AttentionLayerHook(ModelHook):
             claimed = dict(shared) if answered is None else dict.fromkeys(range(answered.start, answered.stop))
             if claimed.keys() & sources.keys() or any(not 0 <= row < batch for row in claimed):
                 return None
+            if shared:
+                queries = effect.shared_query_span(ctx)
+                if queries is not None:
+                    if spans is None or not 0 <= queries.start < queries.stop <= ctx.queries.length:
+                        return None
+                    spans.update(dict.fromkeys(shared, queries))
             sources.update(claimed)
         return sources
 
@@ -814,6 +913,64 @@ class AttentionLayerHook(ModelHook):
             return False
         _share_rows(q, k, plan.copy_runs)
         return True
+
+    def _shared_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> _SharedCall | None:
+        """How to answer this SDPA call when every effect acting on it only makes rows attend with other rows'
+        queries and keys (:meth:`~visattn.effects.Effect.shared_query_key_rows`, at the queries
+        :meth:`~visattn.effects.Effect.shared_query_span` names), or ``None``: the effects run the call.
+
+        This serves the calls no plan made before the processor ran covers (:meth:`_plan_rows`: other processors,
+        joint calls): nothing is written into the processor's tensors, the rows are gathered or computed apart
+        (:class:`_SharedCall`). Kept per call shape, batch layout, denoiser inputs and the effects'
+        :meth:`~visattn.effects.Effect.row_plan_key`, as row plans are; not made where the call holds part of the
+        batch, runs split across ranks, is a backward recomputation, or autograd records its inputs.
+        """
+        state = self.state
+        layout = state.batch
+        if (
+            not self._plans_rows
+            or layout is None
+            or self._parallel is not None
+            or self._replay is not None
+            or k.shape[1] != q.shape[1]
+            or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+        ):
+            return None
+        batch = _rows_of(layout, q.shape[0])
+        if batch is None:
+            return None  # a processor that calls SDPA per row
+        step_key = state.row_plan_key
+        if step_key is None:
+            step_key = tuple(effect.row_plan_key(state.step) for effect in self.effects)
+        inputs = state.inputs
+        key = (
+            q.shape,
+            k.shape,
+            v.shape,
+            q.device,
+            batch.key,
+            step_key,
+            None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
+        )
+        plans = self._shared_calls
+        plan = plans.get(key, _MISSING)
+        if plan is _MISSING:
+            plan = self._make_shared_call(batch, q, k)
+            if len(plans) >= _LAYOUTS_KEPT:
+                plans.clear()
+            plans[key] = plan
+        return plan
+
+    def _make_shared_call(self, batch: BatchLayout, q: torch.Tensor, k: torch.Tensor) -> _SharedCall | None:
+        """:meth:`_shared_call`'s plan for calls of these shapes, asking the effects."""
+        ctx, partial = self._context_of(batch, q.shape[1], q.shape[3], q.shape[2], k.shape[2])
+        if partial is not None or not any(effect.acts_on(ctx) for effect in self.effects):
+            return None
+        spans: dict[int, slice] = {}
+        copies = self._row_sources(ctx, q.shape[0], spans)
+        if not copies or any(source is None for source in copies.values()):
+            return None
+        return _shared_call(copies, spans, q.shape[0], q.shape[2], q.device)
 
     @contextlib.contextmanager
     def replaying(self, ctx: CallContext):
@@ -857,6 +1014,12 @@ class AttentionLayerHook(ModelHook):
                 # Every acting effect said the shared rows are all it changes in this call: the stock computation
                 # over these queries and keys is the effects' answer.
                 return func(*args, **kwargs)
+        elif self._shares_rows and mask is None and not self._row_planned:
+            # No plan was made before the processor ran (other processors, joint calls): plan at the SDPA call.
+            shared_call = self._shared_call(q, k, v)
+            if shared_call is not None:
+                rest = kwargs if sdpa is kwargs else {n: x for n, x in sdpa.items() if n not in _QKV}
+                return shared_call.run(func, q, k, v, rest)
         view = self._parallel
         heads = ulysses_heads(view, q.shape[1])
         n_local = q.shape[2]

@@ -802,6 +802,53 @@ def test_target_rows_copied_in_place_on_small_layers_equal_the_edit_made_in_the_
     torch.testing.assert_close(copied, in_the_call, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("family", "size", "side", "images"),
+    [
+        ("sd3", 32, "few", 1),
+        ("sd3", 32, "few", 2),
+        ("sd3", 64, "most", 1),
+        ("flux", 16, "few", 1),
+        ("flux", 32, "most", 2),
+    ],
+    ids=["sd3-few", "sd3-few-two-images", "sd3-most", "flux-few", "flux-most-two-images"],
+)
+def test_joint_calls_sharing_image_queries_skip_the_effects_and_equal_the_edit(
+    monkeypatch, family, size, side, images
+):
+    """In a joint call where self-attention and every text token are injected, the target rows' image queries attend
+    with the source rows' image queries and keys: the layer answers the SDPA call without running the effects, as
+    the stock call plus the cheaper side computed apart (few image queries: those, with the source's queries and
+    keys; most: the rest, with the target's own). The generation equals the one where the effects run every call,
+    and the closing self-attention window hands the later steps back to them."""
+    from visattn import interception
+    from visattn.effects.base import Effect
+
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=0.5)
+    runs = []
+    original_run = interception._SharedCall.run
+
+    def counting(self, func, q, k, v, kwargs):
+        queries = self.apart[0][2]
+        runs.append((q.shape[2], queries.stop - queries.start, self.rows is not None))
+        return original_run(self, func, q, k, v, kwargs)
+
+    monkeypatch.setattr(interception._SharedCall, "run", counting)
+    overrides = {"output_type": "latent", "num_inference_steps": 4, "height": size, "width": size, "images": images}
+    shared = edit(family, p2p, **overrides)
+    layers = [name for name, role in layer_roles(pipeline(family).transformer).items() if role == "joint"]
+    assert len(runs) == 2 * len(layers)  # the first two of four steps: self-attention injected
+    for n_q, apart, gathered in runs:
+        # few: the image queries apart, the rows as they are; most: the text queries apart, the rows gathered
+        assert (2 * apart <= n_q) and gathered == (side == "most")
+    monkeypatch.setattr(PromptToPrompt, "shared_query_key_rows", Effect.shared_query_key_rows)
+    runs.clear()
+    in_the_effects = edit(family, p2p, **overrides)
+    assert not runs
+    torch.testing.assert_close(shared, in_the_effects, rtol=0, atol=0)
+    assert not torch.equal(shared[0], shared[images])
+
+
 def test_layers_ask_the_effects_once_per_step_pattern_not_per_call(monkeypatch):
     """A layer keeps the plan it made while the effects' row_plan_key stays the same: with both windows open for the
     whole schedule, each edited layer asks once, at the first step of the first generation, and not again in the

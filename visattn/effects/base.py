@@ -366,6 +366,13 @@ class Effect:
         """
         return None
 
+    def shared_query_span(self, ctx: CallContext) -> slice | None:
+        """The queries at which the rows :meth:`shared_query_key_rows` names attend with their source rows' queries
+        and keys, as a range of the call's queries; ``None`` (the default): every query. Asked only where that
+        method named rows. The other queries of those rows attend with their own (in a joint call, Prompt-to-Prompt
+        shares the image queries and leaves the text queries to the target's own)."""
+        return None
+
     def row_plan_key(self, step: StepInfo) -> Hashable:
         """What of the denoiser's ``step`` decides this effect's answers to :meth:`acts_on`,
         :meth:`identity_only_rows` and :meth:`shared_query_key_rows`, beside the call's shapes, batch layout and the

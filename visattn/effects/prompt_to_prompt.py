@@ -216,6 +216,16 @@ class _Pair:
     count: int
 
 
+def _injects_joint_rows(plan: _Plan, ctx: CallContext) -> bool:
+    """Whether ``plan``'s joint call injects self-attention and every text token through an identity map: the
+    target rows' image queries then attend with the source rows' image queries and keys (their whole rows of
+    probabilities, text and latent keys together), over the target's own values."""
+    text = ctx.keys.text
+    if plan.role != "joint" or not plan.self_on or not plan.edits or text is None or not text.length:
+        return False
+    return not plan.moves_values
+
+
 def _pairs_of(layout: BatchLayout) -> list[_Pair] | None:
     """The source/target halves of every branch, or ``None`` if some branch has an odd number of rows."""
     pairs = []
@@ -718,8 +728,12 @@ class PromptToPrompt(Effect):
         plan = self._plan(ctx)
         if plan is None:
             return {}
+        if plan.collect:
+            return None
+        if plan.role == "joint":
+            return plan.shared_rows if _injects_joint_rows(plan, ctx) else None
         image = ctx.queries.image
-        if plan.collect or image.start != 0 or image.stop != ctx.queries.length:
+        if image.start != 0 or image.stop != ctx.queries.length:
             return None
         if plan.role == "cross":
             text = ctx.keys.text
@@ -728,6 +742,11 @@ class PromptToPrompt(Effect):
         elif plan.role != "self":
             return None
         return plan.shared_rows
+
+    def shared_query_span(self, ctx: CallContext) -> slice | None:
+        """In a joint call, the image queries (:meth:`shared_query_key_rows` shares the target rows there only: the
+        text queries keep the target's own queries and keys); every query otherwise."""
+        return ctx.queries.image.as_slice() if ctx.role == "joint" else None
 
     def row_plan_key(self, step: StepInfo) -> tuple:
         """Of the step, the plans (and so :meth:`shared_query_key_rows`) depend on whether the effect's window, its
@@ -783,7 +802,7 @@ class PromptToPrompt(Effect):
             # refinement alphas and equalizer), so the core computes it as attention over mixed values.
             call.editors.extend(plan.linear_edits(call.q.device))
             return
-        if plan.role == "joint" and plan.self_on and not plan.moves_values and text.length:
+        if _injects_joint_rows(plan, ctx):
             # Self-attention injected and every text token too, through an identity map: the target's image-query
             # rows become the source's whole rows (text and latent keys together, which sum to one already), which
             # is attention with the source rows' image queries and keys over the target's values.
