@@ -813,9 +813,7 @@ def test_target_rows_copied_in_place_on_small_layers_equal_the_edit_made_in_the_
     ],
     ids=["sd3-few", "sd3-few-two-images", "sd3-most", "flux-few", "flux-most-two-images"],
 )
-def test_joint_calls_sharing_image_queries_skip_the_effects_and_equal_the_edit(
-    monkeypatch, family, size, side, images
-):
+def test_joint_calls_sharing_image_queries_skip_the_effects_and_equal_the_edit(monkeypatch, family, size, side, images):
     """In a joint call where self-attention and every text token are injected, the target rows' image queries attend
     with the source rows' image queries and keys: the layer answers the SDPA call without running the effects, as
     the stock call plus the cheaper side computed apart (few image queries: those, with the source's queries and
