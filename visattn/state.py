@@ -73,8 +73,11 @@ class DenoiserHook(ModelHook):
         super().__init__()
         #: the attachment's step window (``attach(steps=...)``): outside it no effect acts, nor wraps the call
         self.steps = steps
-        self._schedule_key: tuple | None = None
+        # The scheduler's timesteps tensor last read (held, so its identity cannot pass to another tensor), its
+        # version and data pointer; their float CPU copy and its length.
+        self._schedule_of: tuple[torch.Tensor, int, int] | None = None
         self._schedule: torch.Tensor | None = None
+        self._schedule_length = 0
         self._step_indices: dict[float, int] = {}
         pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self.state = DenoiserState(family, pipeline_ref=pipeline_ref, runs={} if runs is None else runs)
@@ -165,14 +168,16 @@ class DenoiserHook(ModelHook):
             # Read as torch reads it (float32 differences, the first of equal ones), once per timestep and schedule;
             # a timestep the schedule holds exactly needs no read.
             index = self._step_indices[target] = int(torch.argmin((scheduled - target).abs()))
-        return StepInfo(index, len(scheduled), timestep)
+        return StepInfo(index, self._schedule_length, timestep)
 
     def _scheduled(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The scheduler's timesteps as a float CPU tensor, copied once per schedule (not once per call); the step
         index of each timestep looked up in it is kept with it."""
-        key = (id(timesteps), timesteps.data_ptr(), timesteps._version, len(timesteps))
-        if key != self._schedule_key:
-            self._schedule_key, self._schedule = key, timesteps.detach().float().cpu()
+        held = self._schedule_of
+        if held is None or held[0] is not timesteps or held[1] != timesteps._version or held[2] != timesteps.data_ptr():
+            self._schedule_of = (timesteps, timesteps._version, timesteps.data_ptr())
+            self._schedule = timesteps.detach().float().cpu()
+            self._schedule_length = len(self._schedule)
             self._step_indices = {}
             for index, value in enumerate(self._schedule.tolist()):
                 self._step_indices.setdefault(value, index)

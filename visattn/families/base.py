@@ -928,6 +928,10 @@ def _timestep_value(timestep: Any) -> float | None:
     if isinstance(timestep, torch.Tensor):
         if timestep.numel() == 0:
             return None
+        if timestep.ndim <= 1 and timestep.numel() <= 64:
+            # A scalar or one per batch row (every pipeline's call): one host read, no indexing op.
+            values = timestep.tolist()
+            return float(values[0] if timestep.ndim else values)
         return float(timestep.reshape(-1)[0])
     if isinstance(timestep, (int, float)):
         return float(timestep)

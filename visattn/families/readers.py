@@ -65,10 +65,11 @@ def _spatial(family: Family, model: torch.nn.Module, sample: torch.Tensor) -> Gr
     return None
 
 
-# The last position-id tensor read (held, so its identity cannot pass to another tensor), what was asked of it
-# and its grid: pipelines pass the same ids at every step, and counting distinct positions (torch.unique) on every
-# call costs more than the rest of the denoiser hook.
-_LAST_IDS: list = [None, None, None]
+# The last position-id tensor read (held, so its identity cannot pass to another tensor), what was asked of it, a
+# copy of its values and its grid: pipelines pass the same ids at every step, and the same values again at the next
+# generation of the same size; counting distinct positions (torch.unique) costs more than the rest of the denoiser
+# hook.
+_LAST_IDS: list = [None, None, None, None]
 
 
 def _position_ids(ids: Any, columns: tuple[int, ...], rows: int | None = None) -> Grid | None:
@@ -80,9 +81,23 @@ def _position_ids(ids: Any, columns: tuple[int, ...], rows: int | None = None) -
     if not isinstance(ids, torch.Tensor) or ids.ndim not in (2, 3):
         return None
     asked = (ids._version, columns, rows)
-    if _LAST_IDS[0] is not ids or _LAST_IDS[1] != asked:
-        _LAST_IDS[:] = [ids, asked, _count_positions(ids, columns, rows)]
-    return _LAST_IDS[2]
+    last, last_asked, values, grid = _LAST_IDS
+    if last is ids and last_asked == asked:
+        return grid
+    if not (
+        values is not None
+        and last_asked[1:] == asked[1:]
+        and values.shape == ids.shape
+        and values.dtype == ids.dtype
+        and values.device == ids.device
+        and torch.equal(values, ids)
+    ):
+        # The ids' values are new (the first call of a generation of another size): count their positions. Ids of
+        # the same values as the last ones (the next generation's, made again by the pipeline) have their grid.
+        grid = _count_positions(ids, columns, rows)
+        values = ids.detach().clone()
+    _LAST_IDS[:] = [ids, asked, values, grid]
+    return grid
 
 
 def _count_positions(ids: torch.Tensor, columns: tuple[int, ...], rows: int | None) -> Grid | None:
