@@ -35,7 +35,7 @@ import functools
 import math
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -664,7 +664,8 @@ class AttentionLayerHook(ModelHook):
         processor = getattr(module, "processor", None)
         # Context parallelism (diffusers' enable_parallelism): where this rank's part of each call sits.
         self._parallel = parallel_view(processor)
-        self._layer_heads = module_heads(module)
+        # The layer's head count tells a parallelized call's query shard (is_query_shard); unsplit calls need none.
+        self._layer_heads = module_heads(module) if self._parallel is not None else None
         restore = _force_native_dispatch(processor)
         before = self._intercepted
         self._row_cursor = 0
@@ -718,6 +719,8 @@ class AttentionLayerHook(ModelHook):
             _LINEAR_SWAP.__enter__()
         try:
             if self._routing == "attribute":
+                if self._parallel is None:
+                    return original(*args, **kwargs)
                 return self._run(original, args, kwargs)
             before = self._intercepted
             route.probing = True
@@ -775,20 +778,9 @@ class AttentionLayerHook(ModelHook):
         ):
             return None
         state = self.state
-        inputs = state.inputs
         if state.batch is None:
             return None  # not inside a denoiser call
-        step_key = state.row_plan_key
-        if step_key is None:
-            # A state the denoiser hook did not fill (a layer hooked on its own): this layer's effects say.
-            step_key = tuple(effect.row_plan_key(state.step) for effect in self.effects)
-        plan_key = (
-            hidden.shape,
-            None if encoder is None else encoder.shape,
-            state.batch.key,
-            step_key,
-            None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
-        )
+        plan_key = (hidden.shape, None if encoder is None else encoder.shape, self._plan_facts())
         self._row_planned = True
         plans = self._row_plans
         plan = plans.get(plan_key, _MISSING)
@@ -808,6 +800,24 @@ class AttentionLayerHook(ModelHook):
             if plan is None:
                 return None
         return plan
+
+    def _plan_facts(self) -> Hashable:
+        """What this layer's row plans depend on in the running denoiser call beside the call's shapes: the denoiser
+        hook's plan epoch, or, for a state it did not fill (a layer hooked on its own), the facts themselves (batch
+        layout, this layer's effects' :meth:`~visattn.effects.Effect.row_plan_key`, the inputs' grid, text length
+        and other tokens)."""
+        state = self.state
+        if state.plan_epoch is not None:
+            return state.plan_epoch
+        inputs = state.inputs
+        step_key = state.row_plan_key
+        if step_key is None:
+            step_key = tuple(effect.row_plan_key(state.step) for effect in self.effects)
+        return (
+            state.batch.key,
+            step_key,
+            None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
+        )
 
     def _make_row_plan(
         self, facts: tuple[torch.nn.Linear, torch.nn.Linear, int], hidden: torch.Tensor, encoder: torch.Tensor | None
@@ -939,19 +949,7 @@ class AttentionLayerHook(ModelHook):
         batch = _rows_of(layout, q.shape[0])
         if batch is None:
             return None  # a processor that calls SDPA per row
-        step_key = state.row_plan_key
-        if step_key is None:
-            step_key = tuple(effect.row_plan_key(state.step) for effect in self.effects)
-        inputs = state.inputs
-        key = (
-            q.shape,
-            k.shape,
-            v.shape,
-            q.device,
-            batch.key,
-            step_key,
-            None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
-        )
+        key = (q.shape, k.shape, v.shape, q.device, self._plan_facts())
         plans = self._shared_calls
         plan = plans.get(key, _MISSING)
         if plan is _MISSING:

@@ -8,6 +8,7 @@ scheduler it derives the step index; from the pipeline's guidance settings, the 
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ from .parallel import check_model, unsplit_inputs
 from .steps import in_steps
 
 HOOK_NAME = "visattn"
+#: plan epochs (DenoiserState.plan_epoch), never given twice: a layer's plans keyed by a forgotten one stay unused
+_PLAN_EPOCHS = itertools.count()
+_PLAN_EPOCHS_KEPT = 256
 
 
 class _NoState:
@@ -51,6 +55,10 @@ class DenoiserState:
     #: the effects' :meth:`~visattn.effects.Effect.row_plan_key` at this call's step (``None`` outside a denoiser
     #: call): a layer's hook reuses the row plans it made while it stays the same
     row_plan_key: tuple | None = None
+    #: a number for what a layer's row plans depend on in this call beside its own shapes (the batch layout,
+    #: :attr:`row_plan_key`, the inputs' grid, text length and other tokens): calls with equal facts get the same
+    #: number, so a layer keys its plans by it instead of by the facts (``None``: no effect plans rows)
+    plan_epoch: int | None = None
     #: what each effect of the attachment keeps while attached (:meth:`visattn.effects.Effect.new_run`), by
     #: ``id(effect)``; one mapping shared by every denoiser of the attachment (Wan 2.2's two transformers)
     runs: dict[int, Any] = field(default_factory=dict)
@@ -84,6 +92,8 @@ class DenoiserHook(ModelHook):
         self.effects = effects
         # The effects whose row plans depend on the step (see DenoiserState.row_plan_key).
         self._row_planners = [effect for effect in effects if effect.plans_rows]
+        # The plan epochs given out (DenoiserState.plan_epoch), by the facts they stand for.
+        self._plan_epochs: dict[tuple, int] = {}
         self.cache = StateManager(_NoState)
         # The timestep of the last conditional call of a pipeline that runs one call per CFG branch.
         self._previous_timestep: float | None = None
@@ -93,6 +103,7 @@ class DenoiserHook(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.inputs, self.state.step, self.state.batch = None, StepInfo(), None
         self.state.call, self.state.guidance_terms, self.state.row_plan_key = None, None, None
+        self.state.plan_epoch = None
         self._previous_timestep = None
         self._guider_position = None
         return module
@@ -131,7 +142,15 @@ class DenoiserHook(ModelHook):
         self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
         step = self.state.step
-        self.state.row_plan_key = tuple(effect.row_plan_key(step) for effect in self._row_planners)
+        if self._row_planners:
+            row_key = self.state.row_plan_key = tuple(effect.row_plan_key(step) for effect in self._row_planners)
+            facts = (self.state.batch.key, row_key, inputs.grid, inputs.text_length, inputs.other)
+            epoch = self._plan_epochs.get(facts)
+            if epoch is None:
+                if len(self._plan_epochs) >= _PLAN_EPOCHS_KEPT:
+                    self._plan_epochs.clear()
+                epoch = self._plan_epochs[facts] = next(_PLAN_EPOCHS)
+            self.state.plan_epoch = epoch
         if not in_steps(self.steps, self.state.step.fraction):
             # The attachment's window is closed at this step: no effect acts, so none adds branches either.
             self.state.call = None
