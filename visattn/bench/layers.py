@@ -489,46 +489,74 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
     """A Prompt-to-Prompt word swap (cross and self attention edited on every step) of tiny pipeline ``key``,
     against a plain generation of the same two prompts as one batch (same initial noise).
 
-    The edit is attached once, as the model-level rows attach their effects, and each generation runs with it
-    attached. Timed apart, in ``extra``: ``attach_us``, what ``attach`` and ``detach`` cost together (median), and
-    ``per_attach_ratio``, a generation that attaches and detaches the edit itself against the plain one
-    (interleaved too): the first generation of an attachment also resolves the prompts' tokens.
+    Two copies of the pipeline (same seed, same weights) alternate: one with the edit attached once, as the model-level
+    rows attach their effects, the other plain. The copies swap roles halfway (``repeats`` split in two, the edit
+    attached to the other copy for the second half): two copies of the same model need not run at the same speed
+    (their weights sit at other addresses; a plain copy against the other runs up to 1.6% slower on the tiny Flux,
+    ``extra["plain_copies_ratio"]``), and swapping cancels that out of the paired ratios. Timed apart, in ``extra``:
+    ``attach_us``, what ``attach`` and ``detach`` cost together (median), and ``per_attach_ratio``, a generation that
+    attaches and detaches the edit itself against the plain one (interleaved too): the first generation of an
+    attachment also resolves the prompts' tokens.
     """
     import visattn
 
     from ..tiny import call_kwargs, tiny_pipeline
 
-    # Two copies of the same pipeline (same seed, same weights): the plain one never has visattn attached, so the
-    # two sides can alternate while the edit stays attached to the other.
-    pipe, plain_pipe = tiny_pipeline(key), tiny_pipeline(key)
+    copies = (tiny_pipeline(key), tiny_pipeline(key))
     p2p = visattn.PromptToPrompt.replace(*P2P_PROMPTS, cross_steps=1.0, self_steps=1.0)
 
-    def generate(prompts, pipeline=pipe):
+    def generate(pipeline, prompts):
         return pipeline(**call_kwargs(key, prompt=prompts, generator=p2p.generator(0, 1), output_type="latent"))[0]
 
-    def generate_plain():
-        return generate(list(P2P_PROMPTS), plain_pipe)
+    def timed_sides(edited_copy, plain_copy) -> dict[str, list]:
+        sides = {
+            "visattn": lambda: generate(edited_copy, p2p.prompts),
+            "baseline": lambda: generate(plain_copy, plain),
+        }
+        with visattn.attach(edited_copy, p2p):
+            return _interleaved(
+                sides,
+                max(1, repeats // 2),
+                warmup,
+                rounds,
+                clock,
+            )
 
-    def attach_detach():
-        with visattn.attach(pipe, p2p):
-            pass
-
-    def attached_generation():
-        with visattn.attach(pipe, p2p):
-            return generate(p2p.prompts)
-
+    first, second = copies
+    plain = list(P2P_PROMPTS)
     with torch.no_grad():
-        plain = generate_plain()
+        reference = generate(second, plain)
+        # What the copies cost against each other with nothing attached (the bias the role swap cancels).
+        control = _interleaved(
+            {"first": lambda: generate(first, plain), "second": lambda: generate(second, plain)},
+            max(1, repeats // 2),
+            warmup,
+            rounds,
+            clock,
+        )
+
+        def attach_detach():
+            with visattn.attach(first, p2p):
+                pass
+
+        def attached_generation():
+            with visattn.attach(first, p2p):
+                return generate(first, p2p.prompts)
+
         attach = _interleaved({"attach": attach_detach}, repeats, warmup, rounds, clock)["attach"]
         per_attach = _interleaved(
-            {"visattn": attached_generation, "baseline": generate_plain}, repeats, warmup, rounds, clock
+            {"visattn": attached_generation, "baseline": lambda: generate(second, plain)},
+            repeats,
+            warmup,
+            rounds,
+            clock,
         )
-        with visattn.attach(pipe, p2p):
-            edited = generate(p2p.prompts)
-            sides = {"visattn": lambda: generate(p2p.prompts), "baseline": generate_plain}
-            samples = _interleaved(sides, repeats, warmup, rounds, clock)
+        with visattn.attach(first, p2p):
+            edited = generate(first, p2p.prompts)
+        halves = [timed_sides(first, second), timed_sides(second, first)]
+    samples = {side: halves[0][side] + halves[1][side] for side in ("visattn", "baseline")}
     # The source rows are the plain generation's first prompt, bit for bit or nearly (the edit leaves them alone).
-    diff = _max_diff(edited[0], plain[0])
+    diff = _max_diff(edited[0], reference[0])
     name = f"tiny {key} pipeline, {len(P2P_PROMPTS)} prompts"
     per_attach_ratio = statistics.median(per_attach["visattn"]) / statistics.median(per_attach["baseline"])
     return _comparison(
@@ -539,6 +567,10 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
         diff,
         attach_us=statistics.median(attach) * 1e6,
         per_attach_ratio=per_attach_ratio,
+        plain_copies_ratio=statistics.median(a / b for a, b in zip(control["first"], control["second"], strict=True)),
+        halves_paired_ratio=[
+            statistics.median(a / b for a, b in zip(half["visattn"], half["baseline"], strict=True)) for half in halves
+        ],
     )
 
 
@@ -601,5 +633,14 @@ def layer_table(results: Sequence[LayerComparison]) -> str:
         f"the two edited outputs differ by {r.extra['edit_vs_materialized']:.1e}"
         for r in results
         if "materialized_us" in r.extra
+    ]
+    notes += [
+        f"- {r.variant}, {r.layer}: the two halves (the pipeline copies swapping roles) "
+        f"{' / '.join(f'{ratio:.3f}' for ratio in r.extra['halves_paired_ratio'])} x baseline (paired); the plain "
+        f"copies against each other {r.extra['plain_copies_ratio']:.3f}; attach + detach "
+        f"{r.extra['attach_us'] / 1e3:.2f} ms; a generation attaching the edit itself "
+        f"{r.extra['per_attach_ratio']:.3f} x baseline"
+        for r in results
+        if "halves_paired_ratio" in r.extra
     ]
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
