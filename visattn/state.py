@@ -8,6 +8,7 @@ scheduler it derives the step index; from the pipeline's guidance settings, the 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from .context import BatchLayout, Branch, DenoiserCall, StepInfo
+from .context import BatchLayout, DenoiserCall, StepInfo
 from .families import Family
 from .families.base import DenoiserInputs
 from .families.pipelines import denoiser_call_locals, pipeline_guider_call
@@ -217,24 +218,31 @@ class DenoiserHook(ModelHook):
             # "pred_uncond"; other names (LTX-2's "uncond_stg", a guider's "pred_cond_skip") are guidance passes of
             # their own, which effects that act on the conditional branch leave alone. "cond_uncond" is one
             # batched call of both branches (LTX), laid out below.
-            return BatchLayout((Branch(_BRANCH_NAMES.get(name, name), 0, batch_size),))
+            return _layout(batch_size, (_BRANCH_NAMES.get(name, name),))
         cfg = self.state.family.cfg
         if cfg == "separate":
             if not _pipeline_batches_cfg(self.pipeline, None):
-                return BatchLayout((Branch("cond", 0, batch_size),))
+                return _layout(batch_size, ("cond",))
             # One call per branch, the conditional first: a second call at the same timestep is the unconditional.
             repeat = timestep is not None and timestep == self._previous_timestep
             self._previous_timestep = None if repeat else timestep
-            return BatchLayout((Branch("uncond" if repeat else "cond", 0, batch_size),))
+            return _layout(batch_size, ("uncond" if repeat else "cond",))
         if batch_size % 2 == 0 and _pipeline_batches_cfg(self.pipeline, self.state.inputs.sample):
             # Pipelines that batch guidance concatenate the negative prompt first (Z-Image: the positive first).
             order = ("cond", "uncond") if cfg == "batched_cond_first" else ("uncond", "cond")
-            return BatchLayout.split(batch_size, order)
-        return BatchLayout((Branch("cond", 0, batch_size),))
+            return _layout(batch_size, order)
+        return _layout(batch_size, ("cond",))
 
 
 #: cache-context names of the conditional and unconditional calls, as pipelines and diffusers' guiders name them
 _BRANCH_NAMES = {"cond": "cond", "pred_cond": "cond", "uncond": "uncond", "pred_uncond": "uncond"}
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(batch_size: int, names: tuple[str, ...]) -> BatchLayout:
+    """:meth:`BatchLayout.split`, made once per batch size and names (layouts are frozen: every denoiser call of a
+    generation shares one, with its :attr:`~BatchLayout.key` worked out once)."""
+    return BatchLayout.split(batch_size, names)
 
 
 def _bind_wrapper(effect, forward, state):

@@ -226,16 +226,28 @@ def _injects_joint_rows(plan: _Plan, ctx: CallContext) -> bool:
     return not plan.moves_values
 
 
-def _pairs_of(layout: BatchLayout) -> list[_Pair] | None:
-    """The source/target halves of every branch, or ``None`` if some branch has an odd number of rows."""
-    pairs = []
-    for branch in layout.branches:
-        if branch.size % 2:
-            return None
-        half = branch.size // 2
-        middle = branch.start + half
-        pairs.append(_Pair(branch.name, slice(branch.start, middle), slice(middle, branch.stop), half))
+def _pairs_of(layout: BatchLayout) -> tuple[_Pair, ...] | None:
+    """The source/target halves of every branch, or ``None`` if some branch has an odd number of rows (made once per
+    layout: every denoiser call and edited layer asks)."""
+    key = layout.key
+    pairs = _PAIRS.get(key, _NO_PAIRS)
+    if pairs is _NO_PAIRS:
+        pairs = []
+        for name, start, stop in key:
+            if (stop - start) % 2:
+                pairs = None
+                break
+            half = (stop - start) // 2
+            pairs.append(_Pair(name, slice(start, start + half), slice(start + half, stop), half))
+        if len(_PAIRS) >= 256:
+            _PAIRS.clear()
+        pairs = _PAIRS[key] = None if pairs is None else tuple(pairs)
     return pairs
+
+
+#: the pairs of each batch layout seen, by its key
+_PAIRS: dict[tuple, tuple[_Pair, ...] | None] = {}
+_NO_PAIRS = object()
 
 
 # --- token resolution ----------------------------------------------------------------------------------------
@@ -705,7 +717,7 @@ class PromptToPrompt(Effect):
         if slot is not None:
             slot.pending = None  # nothing left over from an interrupted generation
 
-    def _check_noise(self, sample: torch.Tensor | None, pairs: list[_Pair]) -> None:
+    def _check_noise(self, sample: torch.Tensor | None, pairs: Sequence[_Pair]) -> None:
         if sample is None:
             return
         for pair in pairs:

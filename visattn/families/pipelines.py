@@ -55,7 +55,7 @@ _RUNNING = _DenoiserCallLocals()
 class denoiser_call_locals:
     """While one denoiser call runs (the denoiser hook enters this), the running pipeline's ``__call__`` locals are
     read once (:func:`_call_locals` keeps them until the call ends): its loop does not move during the call, and
-    reading them walks the stack and copies every local, several times a call otherwise."""
+    reading them walks the stack and gathers every local, several times a call otherwise."""
 
     def __enter__(self) -> None:
         self.outer = _RUNNING.call
@@ -93,8 +93,12 @@ def _read_call_locals(pipeline: Any) -> dict[str, Any]:
     while frame is not None:
         code = frame.f_code
         # Only frames of a __call__ with a ``self`` are materialized; f_locals of other frames is never read.
-        if code.co_name == "__call__" and "self" in code.co_varnames and frame.f_locals.get("self") is pipeline:
-            return dict(frame.f_locals)
+        if code.co_name == "__call__" and "self" in code.co_varnames:
+            local = frame.f_locals
+            if local.get("self") is pipeline:
+                # The frame's own mapping, read (not copied): the pipeline's loop does not move while one of its
+                # denoiser calls runs, and _call_locals forgets it when the call ends.
+                return local
         frame = frame.f_back
     return {}
 
