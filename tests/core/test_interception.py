@@ -223,3 +223,35 @@ def test_an_error_inside_a_hooked_forward_leaves_torch_functional_as_it_was():
         run(num_inference_steps=1)
     assert F.scaled_dot_product_attention is REAL_SDPA
     assert F.linear is REAL_LINEAR
+
+
+@pytest.mark.parametrize(
+    ("copies", "spans", "calls_apart"),
+    [
+        ({1: 0}, {}, 0),  # a whole row
+        ({2: 0, 3: 1}, {2: slice(0, 4), 3: slice(0, 4)}, 1),  # few queries of two consecutive rows: one call apart
+        ({1: 0}, {1: slice(2, 12)}, 1),  # most queries: the row gathered, its own first queries apart
+        ({1: 0, 2: 0, 4: 3}, {1: slice(0, 4), 2: slice(2, 12)}, 2),  # the three forms together
+    ],
+    ids=["whole-row", "few-queries", "most-queries", "mixed"],
+)
+def test_shared_calls_equal_each_row_attending_with_its_sources_queries_and_keys(copies, spans, calls_apart):
+    """A call planned at the SDPA call (rows attending with another row's queries and keys at some of their
+    queries) equals each row's queries there attending with its source row's queries and keys over its own values,
+    and with its own elsewhere, whichever side the plan computes apart."""
+    from visattn.interception import _shared_call
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 12, 8) for _ in range(3))
+    plan = _shared_call(copies, spans, 5, 12, q.device)
+    out = plan.run(F.scaled_dot_product_attention, q, k, v, {})
+    expected = F.scaled_dot_product_attention(q, k, v)
+    for row, source in copies.items():
+        queries = spans.get(row, slice(0, 12))
+        shared = F.scaled_dot_product_attention(q[source : source + 1], k[source : source + 1], v[row : row + 1])
+        expected[row, :, queries] = shared[0, :, queries]
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert len(plan.apart) == calls_apart
+    assert (plan.rows is not None) == any(
+        spans.get(row) is None or 2 * (spans[row].stop - spans[row].start) > 12 for row in copies
+    )
