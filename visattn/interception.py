@@ -46,6 +46,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
 from .effects.base import AttentionCall, Effect
 from .kernels import backend_names
+from .kernels.probabilities import queries_apart
 from .parallel import (
     ParallelView,
     check_supported,
@@ -247,15 +248,11 @@ def _shared_call(
         queries = spans.get(row)
         if queries is None or (queries.start == 0 and queries.stop == n_q):
             order[row] = source
-        elif 2 * (queries.stop - queries.start) <= n_q:
-            apart.append((row, source, queries))
-        else:
+            continue
+        shared, computed = queries_apart(queries, n_q)
+        if not shared:
             order[row] = source
-            apart.extend(
-                (row, row, span)
-                for span in (slice(0, queries.start), slice(queries.stop, n_q))
-                if span.stop > span.start
-            )
+        apart.extend((row, source if shared else row, span) for span in computed)
     # Consecutive rows computed apart over the same queries from consecutive rows: one call.
     runs: list[list] = []
     for row, source, queries in apart:

@@ -41,7 +41,7 @@ from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
 from .patterns import Pattern, ScoreModifier
-from .probabilities import Editor, LinearEdit, ProbabilityRead, linear_edits, serve_reads
+from .probabilities import Editor, LinearEdit, ProbabilityRead, linear_edits, queries_apart, serve_reads
 from .request import AttentionRequest, UnsupportedCall
 
 #: the real SDPA, whatever ``torch.nn.functional`` holds while visattn routes a hooked forward
@@ -435,19 +435,15 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
     mixed_values, targets = [], []
     n_q = q.shape[2]
     # Edits of part of the queries, as (edit, whether the edited side is the one computed apart, its spans): the
-    # smaller side is computed apart. Few edited queries (SD3's image queries of a small latent beside a long text):
-    # the target rows stay in the call and the edited queries get a call of the source rows over the target's
-    # values. Most queries edited (a large latent beside a short text): the target rows take the source rows'
-    # queries and keys in the call, and their few unedited queries get a call of their own rows.
-    partial: list[tuple[LinearEdit, bool, list[slice]]] = []
+    # smaller side is computed apart (queries_apart); the edited queries computed apart take the source rows'
+    # queries and keys over the target's values, the unedited ones the target rows' own.
+    partial: list[tuple[LinearEdit, bool, tuple[slice, ...]]] = []
     for edit in edits:
-        queries = edit.queries
-        if queries is not None and 2 * (queries.stop - queries.start) <= n_q:
-            partial.append((edit, True, [queries]))
-            continue  # computed apart, below
-        if queries is not None:
-            spans = [span for span in (slice(0, queries.start), slice(queries.stop, n_q)) if span.stop > span.start]
-            partial.append((edit, False, spans))
+        if edit.queries is not None:
+            edited, spans = queries_apart(edit.queries, n_q)
+            partial.append((edit, edited, spans))
+            if edited:
+                continue  # computed apart, below
         if edit.keep is None:
             order[edit.target] = range(edit.source.start, edit.source.stop)
             if edit.moves_values:

@@ -88,6 +88,18 @@ def _is_range(value: object) -> bool:
     )
 
 
+def queries_apart(queries: slice, n_q: int) -> tuple[bool, tuple[slice, ...]]:
+    """Which side of a row edited at ``queries`` (of ``n_q``) is computed apart from the call: ``(True,
+    (queries,))`` when they are at most half of the queries (SD3's image queries of a small latent beside a long
+    text: the row stays itself in the call and the edited queries get a call of their own), else ``(False, the
+    other spans)`` (a large latent beside a short text: the row takes the edit's whole-row form in the call and its
+    few unedited queries get a call of their own). Either way the smaller side is computed twice."""
+    if 2 * (queries.stop - queries.start) <= n_q:
+        return True, (queries,)
+    others = (slice(0, queries.start), slice(queries.stop, n_q))
+    return False, tuple(span for span in others if span.stop > span.start)
+
+
 @dataclass(frozen=True, eq=False)
 class LinearEdit:
     """An editor linear over the keys: rows ``target`` of the probabilities become
