@@ -231,6 +231,7 @@ class Attachment:
     def _swap(self, attribute, model, family, modules, roles, pipeline) -> None:
         hook = DenoiserHook(family, self.effects, pipeline, steps=self._steps, runs=self.runs)
         all_names = list(modules)
+        hooked = 0
         self._models.append(model)
         setattr(model, _MARK, weakref.ref(self))
         register_hook(model, hook)
@@ -251,6 +252,10 @@ class Attachment:
             )
             register_layer_hook(module, layer)
             self._layer_modules.append(module)
+            hooked += 1
+        # Where most attention modules carry a hook, routing SDPA once per denoiser call costs less than once per
+        # layer call (the modules without one pay a pass-through per SDPA call instead).
+        hook.holds_route = 2 * hooked >= len(modules)
         _invalidate_hook_cache(model)
         self.layers[attribute] = list(roles)
 

@@ -145,8 +145,9 @@ class StepInfo:
 
 
 class DenoiserCall:
-    """What one denoiser call tells every attention call inside it, read once per call by the family layer
-    (:mod:`visattn.state`), so that no effect captures denoiser-level facts itself.
+    """What one denoiser call tells every attention call inside it, read at most once per call by the family layer
+    (:mod:`visattn.state`: when the call's first context is made, see :attr:`visattn.state.DenoiserState.call`), so
+    that no effect captures denoiser-level facts itself.
 
     Attributes:
         family: the denoiser's family record (:class:`visattn.families.Family`).

@@ -105,6 +105,12 @@ _FAST_KEYWORDS = frozenset({"attn_mask", "dropout_p", "is_causal", "scale"})
 
 _QKV = frozenset({"query", "key", "value"})
 
+#: no keyword arguments (shared, never changed)
+_NO_KEYWORDS: dict[str, Any] = {}
+
+#: the keywords of an SDPA call made with every argument by keyword (diffusers' native attention backend)
+_KEYWORD_CALL = _QKV | _FAST_KEYWORDS | {"enable_gqa"}
+
 
 def _sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -274,6 +280,50 @@ def _shared_call(
     )
 
 
+@dataclass(frozen=True)
+class _FastForward:
+    """A layer's forward that asks nothing new: in the denoiser calls of plan epoch ``epoch``, the processor (the same
+    object, on the native attention backend, not parallelized) makes one SDPA call of these shapes, answered by
+    ``call`` (:class:`_SharedCall`). Made after a forward that went so
+    (:meth:`AttentionLayerHook._intercepted_forward`); the next forwards that find the same facts run the processor
+    with that answer ready, without re-deriving what the full path derives (and checks) per forward. A call that is
+    not the expected one drops it."""
+
+    epoch: int
+    processor: Any
+    #: the processor's ``_attention_backend`` and diffusers' active backend (both the same objects: still native)
+    backend: Any
+    active_backend: Any
+    shapes: tuple[torch.Size, torch.Size, torch.Size]
+    device: torch.device
+    call: _SharedCall
+
+    def answer(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The expected SDPA call's output, or ``None`` when this call is another one."""
+        if args:
+            if len(args) != 3 or not _FAST_KEYWORDS.issuperset(kwargs):
+                return None
+            q, k, v = args
+        else:
+            if "value" not in kwargs or not _KEYWORD_CALL.issuperset(kwargs):
+                return None
+            q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
+        get = kwargs.get
+        if (
+            get("attn_mask") is not None
+            or get("is_causal")
+            or get("dropout_p")
+            or get("enable_gqa")
+            or (q.shape, k.shape, v.shape) != self.shapes
+            or q.device != self.device
+            or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+        ):
+            return None
+        # Every other argument at its default: only a scale is passed on (keywords cost the call their parsing).
+        scale = get("scale")
+        return self.call.run(_SDPA, q, k, v, _NO_KEYWORDS if scale is None else {"scale": scale})
+
+
 def _project_part(layer: AttentionLayerHook, projection: _Projection, args: tuple, kwargs: dict) -> torch.Tensor:
     """An ``F.linear`` call of a forward that projects part of its rows: the query and key projections of the
     planned call (``nn.Linear`` passes its weight as the second argument) for the first ``computed`` rows only, as
@@ -330,6 +380,8 @@ class _Route(threading.local):
     projection: _Projection | None = None
     #: whether the forward runs under :class:`_ProbingInterceptor` (a mode of visattn's own)
     probing: bool = False
+    #: the running forward's expected SDPA call and its answer (:class:`_FastForward`), or ``None``
+    fast: _FastForward | None = None
 
 
 _ROUTE = _Route()
@@ -347,8 +399,17 @@ def _routed_sdpa(*args, **kwargs):
         # module): it may compare functions with torch.nn.functional's, so the layer's later forwards take the mode
         # (_Interceptor) rather than the routing.
         layer._routing = "mode"
+        route.fast = layer._fast = None
     route.layer = None
     try:
+        fast = route.fast
+        if fast is not None:
+            out = fast.answer(args, kwargs)
+            if out is not None:
+                layer._intercepted += 1
+                return out
+            # Not the call the forward was expected to make: the layer plans its forwards again from the next one.
+            route.fast = layer._fast = None
         return layer.attend(_SDPA, args, kwargs)
     finally:
         route.layer = layer
@@ -392,7 +453,9 @@ class _Swap:
                 setattr(F, self.name, self.real)
 
 
-_SDPA_SWAP = _Swap("scaled_dot_product_attention", _routed_sdpa)
+#: ``F.scaled_dot_product_attention`` routed (:func:`_routed_sdpa`) while entered: by each hooked forward, or by the
+#: denoiser's forward for all of them (:attr:`visattn.state.DenoiserState.holds_route`)
+SDPA_ROUTE = _Swap("scaled_dot_product_attention", _routed_sdpa)
 _LINEAR_SWAP = _Swap("linear", _routed_linear)
 
 
@@ -587,9 +650,9 @@ class AttentionLayerHook(ModelHook):
         super().__init__()
         if backend not in backend_names():
             raise ValueError(f"backend={backend!r} is not one of {', '.join(backend_names())}")
-        #: the effects that act on this layer (the attachment resolved each one's ``layers``)
+        #: the effects that act on this layer (the attachment resolved each one's ``layers``); change them through
+        #: :meth:`add_effect` and :meth:`remove_effect`, which keep what the hook derives from them
         self.effects = list(effects)
-        self.wrappers = [effect for effect in self.effects if effect.wraps_attention]
         self.state = state
         self.layer_name = layer_name
         self.layer_index = layer_index
@@ -612,10 +675,6 @@ class AttentionLayerHook(ModelHook):
         # their own (Effect.identity_only_rows, Effect.shared_query_key_rows); the plans made for its calls, per call
         # shape and what the effects' answers depend on (see _plan_rows); and, while a layer call runs, its plan, the
         # context its SDPA call must have, and how many projections were answered for part of the rows.
-        self._plans_rows = bool(self.effects) and all(effect.plans_rows for effect in self.effects)
-        self._shares_rows = any(
-            type(effect).shared_query_key_rows is not Effect.shared_query_key_rows for effect in effects
-        )
         self._row_plans: dict[tuple, _RowPlan | None] = {}
         # The SDPA calls no row plan covers whose effects only share rows, answered without them (_shared_call).
         self._shared_calls: dict[tuple, _SharedCall | None] = {}
@@ -626,21 +685,67 @@ class AttentionLayerHook(ModelHook):
         self._row_planned = False
         # ((processor, to_q, to_k), their projections and head count or None) of the last forward planned for
         self._projection_facts: tuple[tuple, tuple | None] | None = None
+        # The last processor seen that projects for more than its SDPA call (ROW_PROJECTING_PROCESSORS): none of
+        # its forwards is planned before it runs, whatever its modules.
+        self._unplanned_processor: Any = None
+        # The forward that asks nothing new (_FastForward), and, while a full forward runs, the shared calls its SDPA
+        # calls took (shared call, shapes, device).
+        self._fast: _FastForward | None = None
+        self._shared_answers: list[tuple] = []
         # How the layer's SDPA calls reach attend: None until a forward has made one (probed then, see _run_routed),
         # "attribute" (routing F.scaled_dot_product_attention reaches them all) or "mode" (the processor calls it by
         # another name: every forward runs under _Interceptor).
         self._routing: str | None = None
-        # Whether every effect acts at every step (none has steps=...): no step check per call.
-        self._stepless = all(effect.steps is None for effect in self.effects)
         # Per call shape and denoiser input: the fields of the call context that do not change between denoiser
         # calls, and where a partial call's tokens sit (see _context_of).
         self._templates: dict[tuple, tuple[dict, _Partial | None]] = {}
+        self._derive_from_effects()
+
+    def _derive_from_effects(self) -> None:
+        """What the hook keeps about its effects (read at every call), worked out again whenever they change; the
+        plans made for the effects before are forgotten."""
+        effects = self.effects
+        self.wrappers = [effect for effect in effects if effect.wraps_attention]
+        self._plans_rows = bool(effects) and all(effect.plans_rows for effect in effects)
+        self._shares_rows = any(
+            type(effect).shared_query_key_rows is not Effect.shared_query_key_rows for effect in effects
+        )
+        # Whether every effect acts at every step (none has steps=...): no step check per call.
+        self._stepless = all(effect.steps is None for effect in effects)
+        self._row_plans.clear()
+        self._shared_calls.clear()
+        self._projection_facts = None
+        self._fast = None
+
+    def add_effect(self, effect: Effect) -> None:
+        """Let ``effect`` act on this layer too, after the others (visattn's guider adds its perturbation to a layer
+        an attachment hooked already)."""
+        self.effects.append(effect)
+        self._derive_from_effects()
+
+    def remove_effect(self, effect: Effect) -> None:
+        """Undo :meth:`add_effect`."""
+        self.effects.remove(effect)
+        self._derive_from_effects()
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         original = self.fn_ref.original_forward
-        if not self.effects or self.state.auxiliary or not self._in_steps():
+        state = self.state
+        if not self.effects or state.auxiliary or (self.steps is not None and not self._in_steps()):
             return original(*args, **kwargs)
+        fast = self._fast
+        if fast is not None and fast.epoch == state.plan_epoch:
+            processor = getattr(module, "processor", None)
+            if (
+                processor is fast.processor
+                and getattr(processor, "_attention_backend", _UNCHANGED) is fast.backend
+                and _active_backend() is fast.active_backend
+                and getattr(processor, "_parallel_config", None) is None
+                and not torch._C._len_torch_function_stack()
+                and not torch.compiler.is_compiling()
+            ):
+                return self._fast_forward(fast, original, args, kwargs)
         if not self.wrappers:
             return self._intercepted_forward(module, original, args, kwargs)
         # Effects that may answer for a whole layer call (CrossAttentionCache reuses a finished output) wrap it before
@@ -660,14 +765,23 @@ class AttentionLayerHook(ModelHook):
                 return original(*args, **kwargs)
         processor = getattr(module, "processor", None)
         # Context parallelism (diffusers' enable_parallelism): where this rank's part of each call sits.
-        self._parallel = parallel_view(processor)
-        # The layer's head count tells a parallelized call's query shard (is_query_shard); unsplit calls need none.
-        self._layer_heads = module_heads(module) if self._parallel is not None else None
+        if getattr(processor, "_parallel_config", None) is None:
+            self._parallel = self._layer_heads = None  # not split (the common case, checked first)
+        else:
+            self._parallel = parallel_view(processor)
+            # The layer's head count tells a parallelized call's query shard (is_query_shard).
+            self._layer_heads = module_heads(module) if self._parallel is not None else None
         restore = _force_native_dispatch(processor)
         before = self._intercepted
         self._row_cursor = 0
-        self._row_stash.clear()
-        plan = self._row_plan = self._plan_rows(module, processor, args, kwargs) if self._plans_rows else None
+        if self._row_stash:
+            self._row_stash.clear()
+        if self._plans_rows and processor is not self._unplanned_processor:
+            plan = self._row_plan = self._plan_rows(module, processor, args, kwargs)
+        else:
+            plan = None
+        answers = self._shared_answers
+        answers.clear()
         try:
             out = self._run_routed(original, args, kwargs, plan.projection if plan is not None else None)
         finally:
@@ -677,6 +791,31 @@ class AttentionLayerHook(ModelHook):
             self._planned, self._row_plan, self._projected, self._row_planned = None, None, 0, False
             if restore is not _UNCHANGED:
                 processor._attention_backend = restore
+        self._fast = None
+        if (
+            len(answers) == 1
+            and self._intercepted == before + 1
+            and plan is None
+            and restore is _UNCHANGED
+            and self._parallel is None
+            and self._routing == "attribute"
+            and self._stepless
+            and not self.wrappers
+            and self.state.plan_epoch is not None
+        ):
+            # Its one SDPA call took a shared call planned for the epoch: the next forwards with the same facts take
+            # it directly (see _FastForward).
+            call, shapes, device = answers[0]
+            self._fast = _FastForward(
+                self.state.plan_epoch,
+                processor,
+                getattr(processor, "_attention_backend", _UNCHANGED),
+                _active_backend(),
+                shapes,
+                device,
+                call,
+            )
+        answers.clear()
         if self._intercepted == before and not self._warned:
             self._warned = True
             warnings.warn(
@@ -685,6 +824,29 @@ class AttentionLayerHook(ModelHook):
                 stacklevel=user_stacklevel(),
             )
         return out
+
+    def _fast_forward(self, fast: _FastForward, original, args: tuple, kwargs: dict) -> Any:
+        """The forward with its SDPA call answered by ``fast`` (see :class:`_FastForward`); a call that is not the
+        expected one is answered by :meth:`attend`, as in a full forward."""
+        route = _ROUTE
+        outer = route.layer, route.projection, route.probing, route.fast
+        route.layer, route.projection, route.probing, route.fast = self, None, False, fast
+        self._row_cursor = 0
+        swap = not self.state.holds_route
+        if swap:
+            SDPA_ROUTE.__enter__()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            route.layer, route.projection, route.probing, route.fast = outer
+            if swap:
+                SDPA_ROUTE.__exit__()
+            if self._fast is not fast:
+                # A call went the full way (attend): release what it kept, as a full forward does.
+                self._row_stash.clear()
+                self._call_rows = None
+                self._planned, self._row_plan, self._projected, self._row_planned = None, None, 0, False
+                self._shared_answers.clear()
 
     def _run(self, original, args: tuple, kwargs: dict) -> Any:
         if self._parallel is None:
@@ -709,9 +871,12 @@ class AttentionLayerHook(ModelHook):
             with _Interceptor(self, projection):
                 return self._run(original, args, kwargs)
         route = _ROUTE
-        outer = route.layer, route.projection, route.probing
-        route.layer, route.projection = self, projection
-        _SDPA_SWAP.__enter__()
+        outer = route.layer, route.projection, route.probing, route.fast
+        route.layer, route.projection, route.fast = self, projection, None
+        # Routed already where the denoiser's forward holds it for every layer.
+        swap = not self.state.holds_route
+        if swap:
+            SDPA_ROUTE.__enter__()
         if projection is not None:
             _LINEAR_SWAP.__enter__()
         try:
@@ -730,8 +895,9 @@ class AttentionLayerHook(ModelHook):
                 self._routing = "attribute"
             return out
         finally:
-            route.layer, route.projection, route.probing = outer
-            _SDPA_SWAP.__exit__()
+            route.layer, route.projection, route.probing, route.fast = outer
+            if swap:
+                SDPA_ROUTE.__exit__()
             if projection is not None:
                 _LINEAR_SWAP.__exit__()
 
@@ -754,6 +920,9 @@ class AttentionLayerHook(ModelHook):
         row_plan_key` (read once per denoiser call): the effects are asked once per step pattern, not per call.
         """
         if self._parallel is not None:
+            return None
+        if type(processor).__name__ not in ROW_PROJECTING_PROCESSORS:
+            self._unplanned_processor = processor
             return None
         # Known per processor and projection modules (LoRA wraps to_q in a module of its own: planned again).
         modules = module._modules
@@ -943,14 +1112,13 @@ class AttentionLayerHook(ModelHook):
             or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
         ):
             return None
-        batch = _rows_of(layout, q.shape[0])
-        if batch is None:
-            return None  # a processor that calls SDPA per row
         key = (q.shape, k.shape, v.shape, q.device, self._plan_facts())
         plans = self._shared_calls
         plan = plans.get(key, _MISSING)
         if plan is _MISSING:
-            plan = self._make_shared_call(batch, q, k)
+            batch = _rows_of(layout, q.shape[0])
+            # None where the call holds part of the batch (a processor that calls SDPA per row).
+            plan = None if batch is None else self._make_shared_call(batch, q, k)
             if len(plans) >= _LAYOUTS_KEPT:
                 plans.clear()
             plans[key] = plan
@@ -993,6 +1161,11 @@ class AttentionLayerHook(ModelHook):
             q, k, v = args
             sdpa = kwargs
             mask, scale = kwargs.get("attn_mask"), kwargs.get("scale")
+        elif not args and "value" in kwargs and _KEYWORD_CALL.issuperset(kwargs):
+            # How diffusers' attention dispatcher calls it: every argument by keyword.
+            q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
+            sdpa = kwargs
+            mask, scale = kwargs.get("attn_mask"), kwargs.get("scale")
         else:
             sdpa = _sdpa_arguments(args, kwargs)
             q, k, v = sdpa["query"], sdpa["key"], sdpa["value"]
@@ -1013,7 +1186,9 @@ class AttentionLayerHook(ModelHook):
             # No plan was made before the processor ran (other processors, joint calls): plan at the SDPA call.
             shared_call = self._shared_call(q, k, v)
             if shared_call is not None:
-                rest = kwargs if sdpa is kwargs else {n: x for n, x in sdpa.items() if n not in _QKV}
+                rest = kwargs if sdpa is kwargs and args else {n: x for n, x in sdpa.items() if n not in _QKV}
+                if not sdpa.get("enable_gqa"):
+                    self._shared_answers.append((shared_call, (q.shape, k.shape, v.shape), q.device))
                 return shared_call.run(func, q, k, v, rest)
         view = self._parallel
         heads = ulysses_heads(view, q.shape[1])
@@ -1397,6 +1572,12 @@ _LAYOUTS_KEPT = 64
 
 
 @functools.cache
+def _active_backend() -> Any:
+    """diffusers' active attention backend (what a processor whose ``_attention_backend`` is ``None`` uses)."""
+    return _dispatch_names()[1]._active_backend
+
+
+@functools.cache
 def _dispatch_names() -> tuple[Any, Any]:
     """diffusers' ``AttentionBackendName`` and ``_AttentionBackendRegistry``, imported once (not at every call)."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
@@ -1411,10 +1592,10 @@ def _force_native_dispatch(processor: Any) -> Any:
     ``scaled_dot_product_attention``; a processor set to another diffusers backend (flash, sage, ...) would
     call its kernel directly and escape interception.
     """
-    if not hasattr(processor, "_attention_backend"):
+    backend = getattr(processor, "_attention_backend", _UNCHANGED)
+    if backend is _UNCHANGED:
         return _UNCHANGED
     AttentionBackendName, _AttentionBackendRegistry = _dispatch_names()  # noqa: N806 (diffusers' class names)
-    backend = processor._attention_backend
     chosen = backend if backend is not None else _AttentionBackendRegistry._active_backend
     if getattr(chosen, "value", chosen) == "native":
         return _UNCHANGED

@@ -22,6 +22,7 @@ from .context import BatchLayout, DenoiserCall, StepInfo
 from .families import Family
 from .families.base import DenoiserInputs
 from .families.pipelines import denoiser_call_locals, pipeline_guider_call
+from .interception import SDPA_ROUTE
 from .parallel import check_model, unsplit_inputs
 from .steps import in_steps
 
@@ -47,8 +48,6 @@ class DenoiserState:
     step: StepInfo = StepInfo()
     batch: BatchLayout | None = None
     pipeline_ref: Any = None
-    #: the facts of the running denoiser call, as attention calls see them (:attr:`CallContext.denoiser`)
-    call: DenoiserCall | None = None
     #: guidance terms nested perturbation effects hand to the outermost one within this denoiser call
     guidance_terms: list | None = None
     #: the running call predicts nothing (:attr:`visattn.families.Family.auxiliary_calls`): no effect acts in it
@@ -63,11 +62,38 @@ class DenoiserState:
     #: what each effect of the attachment keeps while attached (:meth:`visattn.effects.Effect.new_run`), by
     #: ``id(effect)``; one mapping shared by every denoiser of the attachment (Wan 2.2's two transformers)
     runs: dict[int, Any] = field(default_factory=dict)
+    #: whether the running denoiser call holds ``F.scaled_dot_product_attention`` routed for its whole forward
+    #: (:data:`visattn.interception.SDPA_ROUTE`), so that its layers need not route it call by call
+    holds_route: bool = False
+
+    #: the denoiser call whose facts :attr:`call` reads when first asked (``None``: none pending)
+    _pending_call: tuple | None = field(default=None, repr=False)
+    _call: DenoiserCall | None = field(default=None, repr=False)
 
     @property
     def pipeline(self) -> Any:
         """The attached pipeline (``None`` when a bare denoiser was attached)."""
         return self.pipeline_ref() if self.pipeline_ref is not None else None
+
+    @property
+    def call(self) -> DenoiserCall | None:
+        """The facts of the running denoiser call, as attention calls see them (:attr:`CallContext.denoiser`);
+        ``None`` outside a call in which effects act.
+
+        Made when first asked within the call (the denoiser hook leaves it pending): reading the prompt and the CFG
+        scale walks to the pipeline's ``__call__`` frame, which a call whose layers answer from plans they already
+        made never needs. A context made during the call holds the object made then, so it keeps the values read
+        while the pipeline's frame was there."""
+        pending = self._pending_call
+        if pending is not None:
+            self._pending_call = None
+            self._call = DenoiserCall(*pending)
+        return self._call
+
+    @call.setter
+    def call(self, value: DenoiserCall | None) -> None:
+        self._pending_call = None
+        self._call = value
 
 
 class DenoiserHook(ModelHook):
@@ -88,11 +114,22 @@ class DenoiserHook(ModelHook):
         self._schedule: torch.Tensor | None = None
         self._schedule_length = 0
         self._step_indices: dict[float, int] = {}
+        # The step of each timestep the model was called with, found in the schedule above.
+        self._step_infos: dict[float, StepInfo] = {}
         pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self.state = DenoiserState(family, pipeline_ref=pipeline_ref, runs={} if runs is None else runs)
         self.effects = effects
-        # The effects whose row plans depend on the step (see DenoiserState.row_plan_key).
+        # The effects whose row plans depend on the step (see DenoiserState.row_plan_key), and their keys per step
+        # where every one of them is frozen (its key is a function of the step alone).
         self._row_planners = [effect for effect in effects if effect.plans_rows]
+        self._row_keys: dict[tuple, tuple] | None = (
+            {} if all(type(effect).frozen_parameters for effect in self._row_planners) else None
+        )
+        # The effects that wrap the denoiser's forward, the outermost (the first attached) first.
+        self._denoiser_wrappers = [effect for effect in effects if effect.wraps_denoiser]
+        #: whether the denoiser's forward holds SDPA routed (set by the attachment: most of its attention modules
+        #: carry a layer hook, so routing once per denoiser call costs less than once per layer call)
+        self.holds_route = False
         # The plan epochs given out (DenoiserState.plan_epoch), by the facts they stand for.
         self._plan_epochs: dict[tuple, int] = {}
         self.cache = StateManager(_NoState)
@@ -124,27 +161,35 @@ class DenoiserHook(ModelHook):
                 return forward(*args, **kwargs)
             finally:
                 self.state.auxiliary = False
-        with denoiser_call_locals():
+        with denoiser_call_locals:
             return self._call(module, forward, args, kwargs)
 
     def _call(self, module: torch.nn.Module, forward, args: tuple, kwargs: dict) -> Any:
-        # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
-        seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
-        inputs = self.state.family.read_inputs(module, seen_args, seen_kwargs)
-        latents = self.state.family.sample.read(seen_args, seen_kwargs)
-        if isinstance(latents, (list, tuple)) and latents:
-            # Per-sample latent lists (Z-Image, Wan-Animate 2, Cosmos 3): one item per batch row, whatever the
-            # leading size of the first tensor argument, which the family's reader falls back to.
-            inputs.batch_size = len(latents)
-        self.state.inputs = inputs
         family = self.state.family
-        text_names = family.text.names if family.text else ()
-        check_model(module, inputs.grid, inputs.text_length, text_names, self.effects, (seen_args, seen_kwargs))
-        self.state.step = self._step_info(inputs.timestep)
+        if getattr(module, "_parallel_config", None) is None:
+            # Not split across ranks (diffusers' enable_parallelism sets this): the common case, read directly.
+            inputs = family.read_inputs(module, args, kwargs)
+        else:
+            # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
+            seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
+            inputs = family.read_inputs(module, seen_args, seen_kwargs)
+            text_names = family.text.names if family.text else ()
+            check_model(module, inputs.grid, inputs.text_length, text_names, self.effects, (seen_args, seen_kwargs))
+        self.state.inputs = inputs
+        step = self.state.step = self._step_info(inputs.timestep)
         self.state.batch = self._batch_layout(inputs.batch_size)
-        step = self.state.step
         if self._row_planners:
-            row_key = self.state.row_plan_key = tuple(effect.row_plan_key(step) for effect in self._row_planners)
+            row_keys = self._row_keys
+            if row_keys is None:
+                row_key = tuple(effect.row_plan_key(step) for effect in self._row_planners)
+            else:
+                step_key = (step.index, step.total, step.timestep)
+                row_key = row_keys.get(step_key)
+                if row_key is None:
+                    if len(row_keys) >= _PLAN_EPOCHS_KEPT:
+                        row_keys.clear()
+                    row_key = row_keys[step_key] = tuple(effect.row_plan_key(step) for effect in self._row_planners)
+            self.state.row_plan_key = row_key
             facts = (self.state.batch.key, row_key, inputs.grid, inputs.text_length, inputs.other)
             epoch = self._plan_epochs.get(facts)
             if epoch is None:
@@ -152,22 +197,45 @@ class DenoiserHook(ModelHook):
                     self._plan_epochs.clear()
                 epoch = self._plan_epochs[facts] = next(_PLAN_EPOCHS)
             self.state.plan_epoch = epoch
-        if not in_steps(self.steps, self.state.step.fraction):
+        if self.steps is not None and not in_steps(self.steps, step.fraction):
             # The attachment's window is closed at this step: no effect acts, so none adds branches either.
             self.state.call = None
             return forward(*args, **kwargs)
-        # Read only where effects may act (it walks to the pipeline's __call__ for the prompt and CFG scale).
-        self.state.call = DenoiserCall(family, inputs, self.state.batch, self.state.step, self.state.pipeline_ref)
-        for effect in reversed(self.effects):
-            if effect.wraps_denoiser:
-                forward = _bind_wrapper(effect, forward, self.state)
+        # Only where effects may act, and only once asked (it walks to the pipeline's __call__ for the prompt and CFG
+        # scale): see DenoiserState.call.
+        state = self.state
+        state._call, state._pending_call = None, (family, inputs, state.batch, state.step, state.pipeline_ref)
+        wrappers = self._denoiser_wrappers
+        if len(wrappers) > 1:
+            for effect in wrappers[:0:-1]:
+                forward = _bind_wrapper(effect, forward, state)
+        # Not under another TorchFunctionMode nor torch.compile's tracing: layers there take a mode (see
+        # AttentionLayerHook._run_routed), and a swapped module attribute would be baked into a compiled graph.
+        hold = (
+            self.holds_route
+            and not state.holds_route
+            and not torch._C._len_torch_function_stack()
+            and not torch.compiler.is_compiling()
+        )
+        if hold:
+            SDPA_ROUTE.__enter__()
+            state.holds_route = True
         try:
+            if wrappers:
+                # The outermost wrapper called directly (the others, if any, bound around the forward above).
+                return wrappers[0].wrap_denoiser(forward, args, kwargs, state)
             return forward(*args, **kwargs)
         except BaseException:
             # A call that raised (an effect refusing it) ends its pipeline call: its timestep must not make the next
             # pipeline call's first call look like an unconditional one (separate CFG pairs calls by timestep).
             self._previous_timestep = None
             raise
+        finally:
+            # Asked after the call, it would read the pipeline's locals where its frame has moved on (or ended).
+            state._pending_call = None
+            if hold:
+                state.holds_route = False
+                SDPA_ROUTE.__exit__()
 
     # --- derived facts -------------------------------------------------------------------------------------
     def _cache_context(self):
@@ -179,16 +247,22 @@ class DenoiserHook(ModelHook):
             return StepInfo(context.step_index, context.num_inference_steps, timestep)
         scheduler = getattr(self.pipeline, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
-        if timestep is None or timesteps is None or len(timesteps) == 0:
+        if timestep is None or timesteps is None:
             return StepInfo(None, None, timestep)
         scheduled = self._scheduled(timesteps)
+        if not self._schedule_length:
+            return StepInfo(None, None, timestep)
+        info = self._step_infos.get(timestep)
+        if info is not None:
+            return info  # this schedule's step at this timestep, found before
         target = self.state.family.scheduler_timestep(timestep)
         index = self._step_indices.get(target)
         if index is None:
             # Read as torch reads it (float32 differences, the first of equal ones), once per timestep and schedule;
             # a timestep the schedule holds exactly needs no read.
             index = self._step_indices[target] = int(torch.argmin((scheduled - target).abs()))
-        return StepInfo(index, self._schedule_length, timestep)
+        info = self._step_infos[timestep] = StepInfo(index, self._schedule_length, timestep)
+        return info
 
     def _scheduled(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The scheduler's timesteps as a float CPU tensor, copied once per schedule (not once per call); the step
@@ -199,6 +273,7 @@ class DenoiserHook(ModelHook):
             self._schedule = timesteps.detach().float().cpu()
             self._schedule_length = len(self._schedule)
             self._step_indices = {}
+            self._step_infos = {}
             for index, value in enumerate(self._schedule.tolist()):
                 self._step_indices.setdefault(value, index)
         return self._schedule

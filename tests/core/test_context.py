@@ -159,3 +159,28 @@ def test_grid_patterns_keep_tokens_that_are_neither_grid_nor_text_visible(class_
         stock = prediction(model(**inputs))
     assert (expected - stock).abs().max() > 1e-3  # the window drops something
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_pipelines_frame_is_read_only_in_calls_that_ask(sd, monkeypatch):
+    """Reading the prompt and the CFG scale walks to the pipeline's ``__call__`` frame. Once a Prompt-to-Prompt edit's
+    layers have planned their calls (the first generation), a generation's denoiser calls make no call context, so
+    nothing asks and the frame is not read; a recorder's contexts, made while the frame was there, keep the prompt."""
+    import visattn.families.pipelines as pipelines
+
+    reads = []
+    real = pipelines.pipeline_call_prompt
+    monkeypatch.setattr(pipelines, "pipeline_call_prompt", lambda pipeline: reads.append(1) or real(pipeline))
+    p2p = visattn.PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+    kwargs = call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0, 1))
+    with visattn.attach(sd, p2p):
+        sd(**kwargs)
+        assert reads, "the first generation plans its calls, with contexts that read the prompt"
+        reads.clear()
+        sd(**kwargs)
+    assert not reads
+    recorder = _Contexts()
+    with visattn.attach(sd, recorder):
+        sd(**kwargs)
+    assert reads
+    assert recorder.contexts
+    assert all(list(ctx.denoiser.prompt.prompt) == list(p2p.prompts) for ctx in recorder.contexts)

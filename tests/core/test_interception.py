@@ -255,3 +255,32 @@ def test_shared_calls_equal_each_row_attending_with_its_sources_queries_and_keys
     assert (plan.rows is not None) == any(
         spans.get(row) is None or 2 * (spans[row].stop - spans[row].start) > 12 for row in copies
     )
+
+
+def test_a_denoiser_whose_attention_is_mostly_hooked_routes_it_once_per_call():
+    """Where most attention modules carry a hook (self-attention: half of the UNet's), the denoiser's forward routes
+    SDPA for its whole call instead of each layer call: the modules without a hook run the stock attention through
+    the router, the image is the one routing per layer gives, and torch.nn.functional is as it was after the call and
+    after an error."""
+    pipe = pipeline()
+    unet = pipe.unet
+    cross = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    seen = []
+    handle = cross.register_forward_pre_hook(lambda module, args: seen.append(F.scaled_dot_product_attention))
+    try:
+        with visattn.attach(pipe, ZeroOutput(layers="self")):
+            denoiser_hook = unet._diffusers_hook.get_hook("visattn")
+            assert denoiser_hook.holds_route
+            held = run(num_inference_steps=1)
+            assert seen and all(function is not REAL_SDPA for function in seen), "routed around the unhooked layer"
+            assert F.scaled_dot_product_attention is REAL_SDPA
+            denoiser_hook.holds_route = False
+            seen.clear()
+            per_layer = run(num_inference_steps=1)
+            assert seen and all(function is REAL_SDPA for function in seen)
+        assert np.array_equal(held, per_layer)
+        with pytest.raises(RuntimeError, match="boom"), visattn.attach(pipe, Boom(layers="self")):
+            run(num_inference_steps=1)
+        assert F.scaled_dot_product_attention is REAL_SDPA
+    finally:
+        handle.remove()

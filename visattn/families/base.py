@@ -769,6 +769,8 @@ class Family:
 
     def is_auxiliary(self, kwargs: dict[str, Any]) -> bool:
         """Whether a forward called with ``kwargs`` predicts nothing (:attr:`auxiliary_calls`)."""
+        if not self.auxiliary_calls:
+            return False  # most families (this runs at every denoiser call)
         return any(name in kwargs and kwargs[name] == value for name, value in self.auxiliary_calls)
 
     def __post_init__(self) -> None:
@@ -823,7 +825,7 @@ class Family:
     def read_inputs(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> DenoiserInputs:
         """Batch size, latent grid, timestep and text length of one forward call."""
         read_grid = _read_grid()
-        sample = self.sample.read(args, kwargs)
+        sample = latents = self.sample.read(args, kwargs)
         if not isinstance(sample, torch.Tensor):
             sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         timestep = _timestep_value(self.timestep.read(args, kwargs))
@@ -834,13 +836,17 @@ class Family:
             # what its attention calls see, and it tells text calls from image-context calls over other tokens.
             padded = getattr(getattr(model, "config", None), self.text_length_config, None)
             text_length = int(padded) if isinstance(padded, int) else text_length
-        if text_length is not None:
+        if text_length is not None and (self.text_extra_tokens or self.joined_text):
             text_length += self.text_extra_tokens + sum(part.length(model, args, kwargs) for part in self.joined_text)
         grid = read_grid(self, model, sample, args, kwargs) if sample is not None else None
-        batch_size = sample.shape[0] if sample is not None else 0
-        return DenoiserInputs(
-            batch_size, grid, timestep, text_length, self._other_counts(model, args, kwargs, grid), sample
-        )
+        if isinstance(latents, (list, tuple)) and latents:
+            # Per-sample latent lists (Z-Image, Wan-Animate 2, Cosmos 3): one item per batch row, whatever the
+            # leading size of the first tensor argument, which the reader above falls back to.
+            batch_size = len(latents)
+        else:
+            batch_size = sample.shape[0] if sample is not None else 0
+        other = self._other_counts(model, args, kwargs, grid) if self.other_tokens else (0, 0)
+        return DenoiserInputs(batch_size, grid, timestep, text_length, other, sample)
 
     def _other_counts(self, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Any) -> tuple[int, int] | None:
         """The other tokens (:attr:`other_tokens`) before and after the grid in one call, ``None`` if a count

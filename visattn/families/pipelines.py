@@ -46,25 +46,34 @@ class _DenoiserCallLocals(threading.local):
 
     def __init__(self) -> None:
         self.read: dict[int, tuple[int, dict[str, Any]]] = {}
+        # The calls the running ones are nested in (0: none).
+        self.outer: list[int] = []
 
 
 _CALLS = itertools.count(1)
 _RUNNING = _DenoiserCallLocals()
 
 
-class denoiser_call_locals:
-    """While one denoiser call runs (the denoiser hook enters this), the running pipeline's ``__call__`` locals are
-    read once (:func:`_call_locals` keeps them until the call ends): its loop does not move during the call, and
-    reading them walks the stack and gathers every local, several times a call otherwise."""
+class _DenoiserCallScope:
+    """While one denoiser call runs (the denoiser hook enters :data:`denoiser_call_locals`), the running pipeline's
+    ``__call__`` locals are read once (:func:`_call_locals` keeps them until the call ends): its loop does not move
+    during the call, and reading them walks the stack and gathers every local, several times a call otherwise.
+    Calls nest (a denoiser called inside another's forward): each thread keeps the numbers of the calls it entered."""
 
     def __enter__(self) -> None:
-        self.outer = _RUNNING.call
-        _RUNNING.call = next(_CALLS)
+        running = _RUNNING
+        running.outer.append(running.call)
+        running.call = next(_CALLS)
 
     def __exit__(self, *exc) -> None:
-        _RUNNING.call = self.outer
-        if not self.outer:
-            _RUNNING.read.clear()
+        running = _RUNNING
+        outer = running.call = running.outer.pop()
+        if not outer:
+            running.read.clear()
+
+
+#: entered by the denoiser hook around each denoiser call (one object: entering it keeps its state per thread)
+denoiser_call_locals = _DenoiserCallScope()
 
 
 def _call_locals(pipeline: Any) -> dict[str, Any]:

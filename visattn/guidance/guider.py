@@ -381,7 +381,7 @@ class HeadPerturbationGuidance(BaseGuidance):
             for name in plan:
                 hook = hooks[name]
                 if hook is not None:
-                    hook.effects.append(effect)
+                    hook.add_effect(effect)
                     self._extended.append((hook, effect))
                     continue
                 hook = AttentionLayerHook(
@@ -402,7 +402,7 @@ class HeadPerturbationGuidance(BaseGuidance):
             self._attachment.detach()
             self._attachment = None
         for hook, effect in reversed(self._extended):
-            hook.effects.remove(effect)
+            hook.remove_effect(effect)
         for module in reversed(self._added):
             remove_layer_hook(module)
         self._extended.clear()
