@@ -113,6 +113,7 @@ class DenoiserHook(ModelHook):
         self._schedule_of: tuple[torch.Tensor, int, int] | None = None
         self._schedule: torch.Tensor | None = None
         self._schedule_length = 0
+        self._schedule_values: list[float] | None = None
         self._step_indices: dict[float, int] = {}
         # The step of each timestep the model was called with, found in the schedule above.
         self._step_infos: dict[float, StepInfo] = {}
@@ -270,12 +271,16 @@ class DenoiserHook(ModelHook):
         held = self._schedule_of
         if held is None or held[0] is not timesteps or held[1] != timesteps._version or held[2] != timesteps.data_ptr():
             self._schedule_of = (timesteps, timesteps._version, timesteps.data_ptr())
-            self._schedule = timesteps.detach().float().cpu()
-            self._schedule_length = len(self._schedule)
-            self._step_indices = {}
-            self._step_infos = {}
-            for index, value in enumerate(self._schedule.tolist()):
-                self._step_indices.setdefault(value, index)
+            values = timesteps.tolist()
+            if values != self._schedule_values:
+                # A schedule of other values (the next generation's is usually the same, made again): look up again.
+                self._schedule_values = values
+                self._schedule = timesteps.detach().float().cpu()
+                self._schedule_length = len(values)
+                self._step_indices = {}
+                self._step_infos = {}
+                for index, value in enumerate(self._schedule.tolist()):
+                    self._step_indices.setdefault(value, index)
         return self._schedule
 
     def _batch_layout(self, batch_size: int) -> BatchLayout:

@@ -689,11 +689,11 @@ class PromptToPrompt(Effect):
         if step.index == 0:
             self._start_generation(run, layout.names, state.pipeline)
             self._check_noise(state.inputs.sample if state.inputs is not None else None, pairs)
-        run.blend_pairs = next((pair.count for pair in pairs if pair.name == _COND), 0)
-        run.row_maps.clear()
         blend = run.blend
         if blend is None:
             return forward(*args, **kwargs)
+        run.blend_pairs = next((pair.count for pair in pairs if pair.name == _COND), 0)
+        run.row_maps.clear()
         blend.begin_call()
         output = forward(*args, **kwargs)
         made = _COND in layout.names and blend.end_call(step, state.family.unet_levels)
