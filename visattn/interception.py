@@ -1571,7 +1571,6 @@ _MIN_SKIPPED_WORK = 1 << 22
 _LAYOUTS_KEPT = 64
 
 
-@functools.cache
 def _active_backend() -> Any:
     """diffusers' active attention backend (what a processor whose ``_attention_backend`` is ``None`` uses)."""
     return _dispatch_names()[1]._active_backend

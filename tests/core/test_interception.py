@@ -284,3 +284,57 @@ def test_a_denoiser_whose_attention_is_mostly_hooked_routes_it_once_per_call():
         assert F.scaled_dot_product_attention is REAL_SDPA
     finally:
         handle.remove()
+
+
+def test_a_backend_chosen_after_layers_planned_their_forwards_is_still_forced_to_native(monkeypatch):
+    """Layers whose forwards take a planned answer (Prompt-to-Prompt's shared joint calls, from the second step on)
+    still route a processor through diffusers' native backend (which calls SDPA) when another becomes active, so that
+    the edit is made: the same image, every hooked dispatch on the native backend."""
+    import sys
+
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
+
+    pipe = tiny_pipeline("flux")
+    p2p = visattn.PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+
+    def generate() -> np.ndarray:
+        kwargs = call_kwargs("flux", prompt=p2p.prompts, generator=p2p.generator(0, 1), output_type="latent")
+        return np.asarray(pipe(**kwargs)[0], dtype=np.float64)
+
+    dispatch = sys.modules[type(next(iter(pipe.transformer.attn_processors.values()))).__module__]
+    original, seen = dispatch.dispatch_attention_fn, []
+
+    def spy(*args, backend=None, **kwargs):
+        seen.append(getattr(backend, "value", backend))
+        return original(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
+    with visattn.attach(pipe, p2p):
+        edited = generate()
+        monkeypatch.setattr(dispatch, "dispatch_attention_fn", spy)
+        with attention_backend("_native_math"):
+            again = generate()
+    assert seen and set(seen) == {"native"}
+    assert np.array_equal(edited, again)
+
+
+def test_an_effect_added_to_a_hooked_layer_acts_from_its_next_call():
+    """visattn's guider adds its perturbation to layers an attachment hooked already: the layer forgets the answers it
+    planned for its effects then (Prompt-to-Prompt's shared joint calls), and again when the effect goes."""
+    pipe = tiny_pipeline("flux")
+    p2p = visattn.PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+
+    def generate() -> np.ndarray:
+        kwargs = call_kwargs("flux", prompt=p2p.prompts, generator=p2p.generator(0, 1), output_type="latent")
+        return np.asarray(pipe(**kwargs)[0], dtype=np.float64)
+
+    with visattn.attach(pipe, p2p):
+        edited = generate()
+        layer = hooks(pipe.transformer)[0]
+        zero = ZeroOutput()
+        layer.add_effect(zero)
+        zeroed = generate()
+        layer.remove_effect(zero)
+        again = generate()
+    assert np.abs(zeroed - edited).max() > 1e-3
+    assert np.array_equal(again, edited)
