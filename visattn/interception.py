@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import threading
 import warnings
 from collections.abc import Hashable, Sequence
@@ -46,6 +47,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
 from .effects.base import AttentionCall, Effect
 from .kernels import backend_names
+from .kernels.core import _rows, _stacked_rows
 from .kernels.probabilities import queries_apart
 from .parallel import (
     ParallelView,
@@ -281,6 +283,39 @@ def _shared_call(
 
 
 @dataclass(frozen=True)
+class _IdentityCall:
+    """How :meth:`AttentionLayerHook.attend` answers an SDPA call whose acting effects only answer rows by their
+    values (:meth:`~visattn.effects.Effect.identity_only_rows`: PAG's perturbed rows, on every head), without their
+    machinery: the stock call over the other rows (``computed``: a slice, an index tensor, or ``None`` when every row
+    is answered so), the values in the rest, stacked in the memory layout the stock call returns. What the attention
+    core computes for such a call (:func:`visattn.kernels.core.run_request`), bit for bit."""
+
+    computed: slice | torch.Tensor | None
+
+    def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The call's answer; ``func`` is the SDPA function the processor called, ``kwargs`` its keywords."""
+        computed, batch = self.computed, q.shape[0]
+        if computed is None:
+            return v.to(q.dtype, copy=True)
+        part = func(_rows(q, computed, batch), _rows(k, computed, batch), _rows(v, computed, batch), **kwargs)
+        if isinstance(computed, slice):
+            return _stacked_rows([v[: computed.start], part, v[computed.stop :]], part, q.dtype)
+        out = v.to(q.dtype, copy=True)
+        out[computed] = part
+        return out
+
+
+def _identity_call(rows: Sequence[int], batch: int, device: torch.device) -> _IdentityCall:
+    """:class:`_IdentityCall` of a call of ``batch`` rows whose ``rows`` are answered by their values."""
+    computed = [row for row in range(batch) if row not in set(rows)]
+    if not computed:
+        return _IdentityCall(None)
+    if computed == list(range(computed[0], computed[-1] + 1)):
+        return _IdentityCall(slice(computed[0], computed[-1] + 1))
+    return _IdentityCall(torch.tensor(computed, device=device))
+
+
+@dataclass(frozen=True)
 class _FastForward:
     """A layer's forward that asks nothing new: in the denoiser calls of plan epoch ``epoch``, the processor (the same
     object, on the native attention backend, not parallelized) makes one SDPA call of these shapes, answered by
@@ -296,7 +331,7 @@ class _FastForward:
     active_backend: Any
     shapes: tuple[torch.Size, torch.Size, torch.Size]
     device: torch.device
-    call: _SharedCall
+    call: _SharedCall | _IdentityCall
 
     def answer(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The expected SDPA call's output, or ``None`` when this call is another one."""
@@ -677,7 +712,7 @@ class AttentionLayerHook(ModelHook):
         # context its SDPA call must have, and how many projections were answered for part of the rows.
         self._row_plans: dict[tuple, _RowPlan | None] = {}
         # The SDPA calls no row plan covers whose effects only share rows, answered without them (_shared_call).
-        self._shared_calls: dict[tuple, _SharedCall | None] = {}
+        self._shared_calls: dict[tuple, _SharedCall | _IdentityCall | None] = {}
         self._row_plan: _RowPlan | None = None
         self._planned: CallContext | None = None
         self._projected = 0
@@ -709,6 +744,13 @@ class AttentionLayerHook(ModelHook):
         self._plans_rows = bool(effects) and all(effect.plans_rows for effect in effects)
         self._shares_rows = any(
             type(effect).shared_query_key_rows is not Effect.shared_query_key_rows for effect in effects
+        )
+        # Whether some effect may say which rows it shares or answers by their values (planned at the SDPA call
+        # where no plan was made before the processor ran, see _shared_call).
+        self._plans_at_sdpa = any(
+            type(effect).shared_query_key_rows is not Effect.shared_query_key_rows
+            or type(effect).identity_only_rows is not Effect.identity_only_rows
+            for effect in effects
         )
         # Whether every effect acts at every step (none has steps=...): no step check per call.
         self._stepless = all(effect.steps is None for effect in effects)
@@ -1090,7 +1132,7 @@ class AttentionLayerHook(ModelHook):
         _share_rows(q, k, plan.copy_runs)
         return True
 
-    def _shared_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> _SharedCall | None:
+    def _shared_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> _SharedCall | _IdentityCall | None:
         """How to answer this SDPA call when every effect acting on it only makes rows attend with other rows'
         queries and keys (:meth:`~visattn.effects.Effect.shared_query_key_rows`, at the queries
         :meth:`~visattn.effects.Effect.shared_query_span` names), or ``None``: the effects run the call.
@@ -1124,14 +1166,26 @@ class AttentionLayerHook(ModelHook):
             plans[key] = plan
         return plan
 
-    def _make_shared_call(self, batch: BatchLayout, q: torch.Tensor, k: torch.Tensor) -> _SharedCall | None:
+    def _make_shared_call(
+        self, batch: BatchLayout, q: torch.Tensor, k: torch.Tensor
+    ) -> _SharedCall | _IdentityCall | None:
         """:meth:`_shared_call`'s plan for calls of these shapes, asking the effects."""
         ctx, partial = self._context_of(batch, q.shape[1], q.shape[3], q.shape[2], k.shape[2])
         if partial is not None or not any(effect.acts_on(ctx) for effect in self.effects):
             return None
         spans: dict[int, slice] = {}
         copies = self._row_sources(ctx, q.shape[0], spans)
-        if not copies or any(source is None for source in copies.values()):
+        if not copies:
+            return None
+        if all(source is None for source in copies.values()):
+            # Rows answered by their values only (each query's own value: as many queries as keys). The other rows
+            # are the stock computation, which a backend forced for effects (attach(backend=...), VISATTN_BACKEND)
+            # would compute instead in the core: planned only where none is.
+            forced = self.backend != "auto" or os.environ.get("VISATTN_BACKEND", "auto") not in ("", "auto")
+            if q.shape[2] != k.shape[2] or forced:
+                return None
+            return _identity_call(sorted(copies), q.shape[0], q.device)
+        if any(source is None for source in copies.values()):
             return None
         return _shared_call(copies, spans, q.shape[0], q.shape[2], q.device)
 
@@ -1182,8 +1236,9 @@ class AttentionLayerHook(ModelHook):
                 # Every acting effect said the shared rows are all it changes in this call: the stock computation
                 # over these queries and keys is the effects' answer.
                 return func(*args, **kwargs)
-        elif self._shares_rows and mask is None and not self._row_planned:
-            # No plan was made before the processor ran (other processors, joint calls): plan at the SDPA call.
+        elif self._plans_at_sdpa and mask is None and plan is None:
+            # No plan covers the call (other processors, joint calls, rows answered by their values where projecting
+            # only the others saves too little): plan at the SDPA call.
             shared_call = self._shared_call(q, k, v)
             if shared_call is not None:
                 rest = kwargs if sdpa is kwargs and args else {n: x for n, x in sdpa.items() if n not in _QKV}

@@ -267,3 +267,16 @@ def test_default_layers_are_the_familys_and_follow_the_model_attached():
             hooked = {name for name, module in modules.items() if layer_hook(module) is not None}
             selected = set(select_layers(visattn.layer_roles(denoiser), handle.layers_of(pag)))
             assert hooked and hooked == selected != set(modules)
+
+
+@pytest.mark.parametrize("family", ["unet", "sd3", "flux"])
+def test_rows_answered_by_their_values_at_the_sdpa_call_are_the_cores_answer_bit_for_bit(family):
+    """Where no plan was made before the processor ran (the tiny UNet's layers save too little by projecting part of
+    the rows; joint processors), the layer answers PAG's calls at the SDPA call (the stock call over the other rows,
+    the perturbed rows' values stacked): the same generation, bit for bit, as the attention core computing the call
+    (which a backend forced for effects keeps), on every layer and step."""
+    effect = PerturbedAttentionGuidance(scale=2.0, layers="self" if family == "unet" else "joint")
+    planned = run(family, effect)
+    with visattn.attach(pipeline(family), effect, backend="sdpa"):
+        core = np.asarray(pipeline(family)(**call_kwargs(family))[0], dtype=np.float64)
+    assert np.array_equal(planned, core)
