@@ -745,12 +745,10 @@ class AttentionLayerHook(ModelHook):
         self._shares_rows = any(
             type(effect).shared_query_key_rows is not Effect.shared_query_key_rows for effect in effects
         )
-        # Whether some effect may say which rows it shares or answers by their values (planned at the SDPA call
-        # where no plan was made before the processor ran, see _shared_call).
-        self._plans_at_sdpa = any(
-            type(effect).shared_query_key_rows is not Effect.shared_query_key_rows
-            or type(effect).identity_only_rows is not Effect.identity_only_rows
-            for effect in effects
+        # Whether some effect may say which rows it answers by their values (planned at the SDPA call where no plan
+        # covers the call, see _shared_call; shared rows are, where none was asked for before the processor ran).
+        self._answers_by_values = any(
+            type(effect).identity_only_rows is not Effect.identity_only_rows for effect in effects
         )
         # Whether every effect acts at every step (none has steps=...): no step check per call.
         self._stepless = all(effect.steps is None for effect in effects)
@@ -1236,7 +1234,9 @@ class AttentionLayerHook(ModelHook):
                 # Every acting effect said the shared rows are all it changes in this call: the stock computation
                 # over these queries and keys is the effects' answer.
                 return func(*args, **kwargs)
-        elif self._plans_at_sdpa and mask is None and plan is None:
+        elif (
+            mask is None and plan is None and ((self._shares_rows and not self._row_planned) or self._answers_by_values)
+        ):
             # No plan covers the call (other processors, joint calls, rows answered by their values where projecting
             # only the others saves too little): plan at the SDPA call.
             shared_call = self._shared_call(q, k, v)

@@ -713,6 +713,8 @@ class PromptToPrompt(Effect):
         if names in run.seen_at_start:
             run.reset()
         run.seen_at_start.add(names)
+        if self.local_blend is None or not self.local_blend.blends_latents:
+            return  # no latent blend: the scheduler's step is not wrapped (prepare_pipeline)
         slot = _blend_slot(pipeline, id(self))
         if slot is not None:
             slot.pending = None  # nothing left over from an interrupted generation
