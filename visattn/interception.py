@@ -307,7 +307,8 @@ class _IdentityCall:
 
 def _identity_call(rows: Sequence[int], batch: int, device: torch.device) -> _IdentityCall:
     """:class:`_IdentityCall` of a call of ``batch`` rows whose ``rows`` are answered by their values."""
-    computed = [row for row in range(batch) if row not in set(rows)]
+    answered = set(rows)
+    computed = [row for row in range(batch) if row not in answered]
     if not computed:
         return _IdentityCall(None)
     if computed == list(range(computed[0], computed[-1] + 1)):
