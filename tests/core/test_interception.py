@@ -338,3 +338,26 @@ def test_an_effect_added_to_a_hooked_layer_acts_from_its_next_call():
         again = generate()
     assert np.abs(zeroed - edited).max() > 1e-3
     assert np.array_equal(again, edited)
+
+
+def test_processors_set_again_between_generations_are_planned_again():
+    """A layer's planned forward is tied to its processor object: processors set again between generations (new
+    objects) take the full path once and the edit is the same."""
+    pipe = tiny_pipeline("flux")
+    p2p = visattn.PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+
+    def generate() -> np.ndarray:
+        kwargs = call_kwargs("flux", prompt=p2p.prompts, generator=p2p.generator(0, 1), output_type="latent")
+        return np.asarray(pipe(**kwargs)[0], dtype=np.float64)
+
+    stock_processors = dict(pipe.transformer.attn_processors)
+    plain = generate()
+    try:
+        with visattn.attach(pipe, p2p):
+            edited = generate()
+            assert all(hook._fast is not None for hook in hooks(pipe.transformer))
+            pipe.transformer.set_attn_processor({name: type(p)() for name, p in stock_processors.items()})
+            assert np.array_equal(generate(), edited)
+    finally:
+        pipe.transformer.set_attn_processor(stock_processors)
+    assert np.abs(edited - plain).max() > 1e-4
