@@ -28,6 +28,7 @@ collector paused, on the wall clock or (``clock="cpu"``) in the timing thread's 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -493,7 +494,9 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
     rows attach their effects, the other plain. The copies swap roles halfway (``repeats`` split in two, the edit
     attached to the other copy for the second half): two copies of the same model need not run at the same speed
     (their weights sit at other addresses; a plain copy against the other runs up to 1.6% slower on the tiny Flux,
-    ``extra["plain_copies_ratio"]``), and swapping cancels that out of the paired ratios. Timed apart, in ``extra``:
+    ``extra["plain_copies_ratio"]``), and swapping cancels that out of the paired ratios (each half's ratio in
+    ``extra["halves_paired_ratio"]``, their geometric mean, which cancels a fixed bias exactly, in
+    ``extra["halves_geometric_ratio"]``; the row's ratio pools the pairs of both halves). Timed apart, in ``extra``:
     ``attach_us``, what ``attach`` and ``detach`` cost together (median), and ``per_attach_ratio``, a generation that
     attaches and detaches the edit itself against the plain one (interleaved too): the first generation of an
     attachment also resolves the prompts' tokens.
@@ -559,6 +562,9 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
     diff = _max_diff(edited[0], reference[0])
     name = f"tiny {key} pipeline, {len(P2P_PROMPTS)} prompts"
     per_attach_ratio = statistics.median(per_attach["visattn"]) / statistics.median(per_attach["baseline"])
+    halves_ratios = [
+        statistics.median(a / b for a, b in zip(half["visattn"], half["baseline"], strict=True)) for half in halves
+    ]
     return _comparison(
         "P2P (generation)",
         name,
@@ -568,9 +574,10 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
         attach_us=statistics.median(attach) * 1e6,
         per_attach_ratio=per_attach_ratio,
         plain_copies_ratio=statistics.median(a / b for a, b in zip(control["first"], control["second"], strict=True)),
-        halves_paired_ratio=[
-            statistics.median(a / b for a, b in zip(half["visattn"], half["baseline"], strict=True)) for half in halves
-        ],
+        halves_paired_ratio=halves_ratios,
+        # A fixed speed difference between the copies multiplies one half's ratio and divides the other's: their
+        # geometric mean cancels it (steadier than the pooled median where the halves differ much).
+        halves_geometric_ratio=math.sqrt(halves_ratios[0] * halves_ratios[1]),
     )
 
 
@@ -636,7 +643,8 @@ def layer_table(results: Sequence[LayerComparison]) -> str:
     ]
     notes += [
         f"- {r.variant}, {r.layer}: the two halves (the pipeline copies swapping roles) "
-        f"{' / '.join(f'{ratio:.3f}' for ratio in r.extra['halves_paired_ratio'])} x baseline (paired); the plain "
+        f"{' / '.join(f'{ratio:.3f}' for ratio in r.extra['halves_paired_ratio'])} x baseline (paired), their "
+        f"geometric mean {r.extra['halves_geometric_ratio']:.3f}; the plain "
         f"copies against each other {r.extra['plain_copies_ratio']:.3f}; attach + detach "
         f"{r.extra['attach_us'] / 1e3:.2f} ms; a generation attaching the edit itself "
         f"{r.extra['per_attach_ratio']:.3f} x baseline"
