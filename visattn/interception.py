@@ -114,6 +114,16 @@ _NO_KEYWORDS: dict[str, Any] = {}
 _KEYWORD_CALL = _QKV | _FAST_KEYWORDS | {"enable_gqa"}
 
 
+def _direct_qkv(args: tuple, kwargs: dict) -> tuple | None:
+    """``(q, k, v)`` of an SDPA call made as processors make it (q, k, v by position, the rest by keyword) or as
+    diffusers' attention dispatcher does (every argument by keyword); ``None`` for any other form."""
+    if args:
+        return args if len(args) == 3 and _FAST_KEYWORDS.issuperset(kwargs) else None
+    if _QKV.issubset(kwargs) and _KEYWORD_CALL.issuperset(kwargs):
+        return kwargs["query"], kwargs["key"], kwargs["value"]
+    return None
+
+
 def _sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     values = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
@@ -336,14 +346,10 @@ class _FastForward:
 
     def answer(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The expected SDPA call's output, or ``None`` when this call is another one."""
-        if args:
-            if len(args) != 3 or not _FAST_KEYWORDS.issuperset(kwargs):
-                return None
-            q, k, v = args
-        else:
-            if "value" not in kwargs or not _KEYWORD_CALL.issuperset(kwargs):
-                return None
-            q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
+        qkv = _direct_qkv(args, kwargs)
+        if qkv is None:
+            return None
+        q, k, v = qkv
         get = kwargs.get
         if (
             get("attn_mask") is not None
@@ -826,10 +832,7 @@ class AttentionLayerHook(ModelHook):
         try:
             out = self._run_routed(original, args, kwargs, plan.projection if plan is not None else None)
         finally:
-            # The kept source rows serve this layer call only: release them now.
-            self._row_stash.clear()
-            self._call_rows = None
-            self._planned, self._row_plan, self._projected, self._row_planned = None, None, 0, False
+            self._end_layer_call()
             if restore is not _UNCHANGED:
                 processor._attention_backend = restore
         self._fast = None
@@ -884,10 +887,14 @@ class AttentionLayerHook(ModelHook):
                 SDPA_ROUTE.__exit__()
             if self._fast is not fast:
                 # A call went the full way (attend): release what it kept, as a full forward does.
-                self._row_stash.clear()
-                self._call_rows = None
-                self._planned, self._row_plan, self._projected, self._row_planned = None, None, 0, False
+                self._end_layer_call()
                 self._shared_answers.clear()
+
+    def _end_layer_call(self) -> None:
+        """Forget what one layer call kept: its source rows (they serve that call only), its row plan and context."""
+        self._row_stash.clear()
+        self._call_rows = None
+        self._planned, self._row_plan, self._projected, self._row_planned = None, None, 0, False
 
     def _run(self, original, args: tuple, kwargs: dict) -> Any:
         if self._parallel is None:
@@ -1209,14 +1216,10 @@ class AttentionLayerHook(ModelHook):
     def attend(self, func, args: tuple, kwargs: dict) -> torch.Tensor:
         """Answer one ``scaled_dot_product_attention`` call of this layer."""
         self._intercepted += 1
-        if len(args) == 3 and _FAST_KEYWORDS.issuperset(kwargs):
-            # How processors call it: q, k, v by position, the rest by keyword.
-            q, k, v = args
-            sdpa = kwargs
-            mask, scale = kwargs.get("attn_mask"), kwargs.get("scale")
-        elif not args and "value" in kwargs and _KEYWORD_CALL.issuperset(kwargs):
-            # How diffusers' attention dispatcher calls it: every argument by keyword.
-            q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
+        qkv = _direct_qkv(args, kwargs)
+        if qkv is not None:
+            # How processors and diffusers' dispatcher call it: the keywords are the call's other arguments.
+            q, k, v = qkv
             sdpa = kwargs
             mask, scale = kwargs.get("attn_mask"), kwargs.get("scale")
         else:
