@@ -226,13 +226,14 @@ class _SharedCall:
 
     Attributes:
         rows: the row whose queries and keys each row of the stock call takes, as a slice or an index tensor;
-            ``None``: every row its own.
+            ``None``: every row its own; an ``int``: every row that one row's (a batch of one source and its targets,
+            as Flux's guidance-distilled pair), taken as an expanded view rather than gathered copies.
         apart: ``(rows, query and key rows, queries)`` of the computations apart, each written over the stock
             call's output of ``rows`` at ``queries``: those rows' values attended by the queries there and the keys
             of ``query and key rows`` (their source rows', or their own where the source's took the stock call).
     """
 
-    rows: slice | torch.Tensor | None
+    rows: slice | torch.Tensor | int | None
     apart: tuple[tuple[slice, slice, slice], ...]
 
     def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -240,6 +241,10 @@ class _SharedCall:
         rows = self.rows
         if rows is None:
             out = func(q, k, v, **kwargs)
+        elif isinstance(rows, int):
+            # Every row attends with one row's queries and keys: a zero-stride view of it (SDPA reads each batch
+            # row through its stride; the same answer bit for bit as a gathered copy, without the two copies).
+            out = func(q[rows : rows + 1].expand(q.shape), k[rows : rows + 1].expand(k.shape), v, **kwargs)
         elif isinstance(rows, slice):
             out = func(q[rows], k[rows], v, **kwargs)
         else:
@@ -279,11 +284,15 @@ def _shared_call(
             last[3] += 1
         else:
             runs.append([row, source, queries, 1])
-    rows: slice | torch.Tensor | None = None
+    rows: slice | torch.Tensor | int | None = None
     if order != list(range(batch)):
         first = order[0]
-        consecutive = order == list(range(first, first + batch))
-        rows = slice(first, first + batch) if consecutive else torch.tensor(order, device=device)
+        if order == [first] * batch:
+            rows = first
+        elif order == list(range(first, first + batch)):
+            rows = slice(first, first + batch)
+        else:
+            rows = torch.tensor(order, device=device)
     return _SharedCall(
         rows,
         tuple(
@@ -337,10 +346,14 @@ class _FastForward:
 
     epoch: int
     processor: Any
-    #: the processor's ``_attention_backend`` and diffusers' active backend (both the same objects: still native)
+    #: the processor's ``_attention_backend``, diffusers' backend registry and its active backend (the backends
+    #: both the same objects: still native)
     backend: Any
+    registry: Any
     active_backend: Any
-    shapes: tuple[torch.Size, torch.Size, torch.Size]
+    q_shape: torch.Size
+    k_shape: torch.Size
+    v_shape: torch.Size
     device: torch.device
     call: _SharedCall | _IdentityCall
 
@@ -356,7 +369,9 @@ class _FastForward:
             or get("is_causal")
             or get("dropout_p")
             or get("enable_gqa")
-            or (q.shape, k.shape, v.shape) != self.shapes
+            or q.shape != self.q_shape
+            or k.shape != self.k_shape
+            or v.shape != self.v_shape
             or q.device != self.device
             or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
         ):
@@ -777,22 +792,24 @@ class AttentionLayerHook(ModelHook):
 
     # --- the module's forward ------------------------------------------------------------------------------
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
-        original = self.fn_ref.original_forward
         state = self.state
-        if not self.effects or state.auxiliary or (self.steps is not None and not self._in_steps()):
-            return original(*args, **kwargs)
         fast = self._fast
-        if fast is not None and fast.epoch == state.plan_epoch:
+        # A planned forward first (checked inline: this runs once per layer call). Tickets are made only for layers
+        # with effects and no step window of their own, and dropped when the effects change.
+        if fast is not None and fast.epoch == state.plan_epoch and not state.auxiliary:
             processor = getattr(module, "processor", None)
             if (
                 processor is fast.processor
                 and getattr(processor, "_attention_backend", _UNCHANGED) is fast.backend
-                and _active_backend() is fast.active_backend
+                and fast.registry._active_backend is fast.active_backend
                 and getattr(processor, "_parallel_config", None) is None
                 and not torch._C._len_torch_function_stack()
                 and not torch.compiler.is_compiling()
             ):
-                return self._fast_forward(fast, original, args, kwargs)
+                return self._fast_forward(fast, args, kwargs)
+        original = self.fn_ref.original_forward
+        if not self.effects or state.auxiliary or (self.steps is not None and not self._in_steps()):
+            return original(*args, **kwargs)
         if not self.wrappers:
             return self._intercepted_forward(module, original, args, kwargs)
         # Effects that may answer for a whole layer call (CrossAttentionCache reuses a finished output) wrap it before
@@ -844,6 +861,7 @@ class AttentionLayerHook(ModelHook):
             and self._parallel is None
             and self._routing == "attribute"
             and self._stepless
+            and self.steps is None
             and not self.wrappers
             and self.state.plan_epoch is not None
         ):
@@ -854,8 +872,9 @@ class AttentionLayerHook(ModelHook):
                 self.state.plan_epoch,
                 processor,
                 getattr(processor, "_attention_backend", _UNCHANGED),
+                _dispatch_names()[1],
                 _active_backend(),
-                shapes,
+                *shapes,
                 device,
                 call,
             )
@@ -869,7 +888,7 @@ class AttentionLayerHook(ModelHook):
             )
         return out
 
-    def _fast_forward(self, fast: _FastForward, original, args: tuple, kwargs: dict) -> Any:
+    def _fast_forward(self, fast: _FastForward, args: tuple, kwargs: dict) -> Any:
         """The forward with its SDPA call answered by ``fast`` (see :class:`_FastForward`); a call that is not the
         expected one is answered by :meth:`attend`, as in a full forward."""
         route = _ROUTE
@@ -880,7 +899,7 @@ class AttentionLayerHook(ModelHook):
         if swap:
             SDPA_ROUTE.__enter__()
         try:
-            return original(*args, **kwargs)
+            return self.fn_ref.original_forward(*args, **kwargs)
         finally:
             route.layer, route.projection, route.probing, route.fast = outer
             if swap:

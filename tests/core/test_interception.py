@@ -232,8 +232,9 @@ def test_an_error_inside_a_hooked_forward_leaves_torch_functional_as_it_was():
         ({2: 0, 3: 1}, {2: slice(0, 4), 3: slice(0, 4)}, 1),  # few queries of two consecutive rows: one call apart
         ({1: 0}, {1: slice(2, 12)}, 1),  # most queries: the row gathered, its own first queries apart
         ({1: 0, 2: 0, 4: 3}, {1: slice(0, 4), 2: slice(2, 12)}, 2),  # the three forms together
+        ({1: 0, 2: 0, 3: 0, 4: 0}, {2: slice(2, 12)}, 1),  # every row the first one's: an expanded view, no copies
     ],
-    ids=["whole-row", "few-queries", "most-queries", "mixed"],
+    ids=["whole-row", "few-queries", "most-queries", "mixed", "one-source"],
 )
 def test_shared_calls_equal_each_row_attending_with_its_sources_queries_and_keys(copies, spans, calls_apart):
     """A call planned at the SDPA call (rows attending with another row's queries and keys at some of their
@@ -252,6 +253,8 @@ def test_shared_calls_equal_each_row_attending_with_its_sources_queries_and_keys
         expected[row, :, queries] = shared[0, :, queries]
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     assert len(plan.apart) == calls_apart
+    if len(set(copies.values())) == 1 and len(copies) == 4:
+        assert plan.rows == 0  # not a gathered index tensor
     assert (plan.rows is not None) == any(
         spans.get(row) is None or 2 * (spans[row].stop - spans[row].start) > 12 for row in copies
     )

@@ -809,9 +809,10 @@ def test_target_rows_copied_in_place_on_small_layers_equal_the_edit_made_in_the_
         ("sd3", 32, "few", 2),
         ("sd3", 64, "most", 1),
         ("flux", 16, "few", 1),
+        ("flux", 32, "most", 1),
         ("flux", 32, "most", 2),
     ],
-    ids=["sd3-few", "sd3-few-two-images", "sd3-most", "flux-few", "flux-most-two-images"],
+    ids=["sd3-few", "sd3-few-two-images", "sd3-most", "flux-few", "flux-most", "flux-most-two-images"],
 )
 def test_joint_calls_sharing_image_queries_skip_the_effects_and_equal_the_edit(monkeypatch, family, size, side, images):
     """In a joint call where self-attention and every text token are injected, the target rows' image queries attend
