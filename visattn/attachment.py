@@ -330,7 +330,9 @@ def attach(
         layers: attention layers to hook, as diffusers' ``pag_applied_layers`` identifiers (regex searched in
             module names) plus ``"self"``, ``"cross"``, ``"joint"``; ``None`` swaps every attention layer.
         steps: fraction range of the denoising schedule in which effects act, e.g. ``(0.0, 0.3)``.
-        backend: attention-core backend (``"auto"``, ``"sdpa"``, ``"reference"``, ``"flex"``).
+        backend: attention-core backend (``"auto"``, ``"sdpa"``, ``"reference"``, ``"flex"``, ...). A backend
+            other than ``"auto"`` (or ``VISATTN_BACKEND``) computes every call an effect changes, none answered by
+            the stock SDPA call: ``backend="reference"`` makes a whole edited generation the materialized oracle.
 
     Returns:
         An :class:`Attachment`; ``detach()`` it or use it in a ``with`` block.

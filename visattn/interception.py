@@ -190,11 +190,9 @@ class _RowPlan:
     projection: _Projection | None
     copy_runs: tuple[tuple[int, int, int], ...]
 
-    @functools.cached_property
-    def only_shared(self) -> bool:
-        """Whether every planned row takes another row's queries and keys (none is answered by its values): once
-        they hold them, the stock computation is the effects' answer."""
-        return all(source is not None for source in self.copies.values())
+    #: whether every planned row takes another row's queries and keys (none is answered by its values) and no
+    #: backend is forced for effects: once they hold them, the stock computation is the effects' answer
+    only_shared: bool = False
 
 
 def _copy_runs(copies: dict[int, int | None]) -> tuple[tuple[int, int, int], ...]:
@@ -1034,6 +1032,14 @@ class AttentionLayerHook(ModelHook):
                 return None
         return plan
 
+    def backend_forced(self) -> bool:
+        """Whether a backend is forced for this layer's effects (``attach(backend=...)`` or ``VISATTN_BACKEND``).
+        Then every call an effect changes is computed by the attention core on that backend, none answered by the
+        stock SDPA call (the shared rows of Prompt-to-Prompt, the rows PAG answers by their values): forcing the
+        reference backend makes a whole generation the oracle. Read when plans are made; the denoiser hook's plan
+        epoch counts ``VISATTN_BACKEND`` among its facts, so a change of it plans again."""
+        return self.backend != "auto" or os.environ.get("VISATTN_BACKEND", "auto") not in ("", "auto")
+
     def _plan_facts(self) -> Hashable:
         """What this layer's row plans depend on in the running denoiser call beside the call's shapes: the denoiser
         hook's plan epoch, or, for a state it did not fill (a layer hooked on its own), the facts themselves (batch
@@ -1050,6 +1056,7 @@ class AttentionLayerHook(ModelHook):
             state.batch.key,
             step_key,
             None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
+            os.environ.get("VISATTN_BACKEND"),
         )
 
     def _make_row_plan(
@@ -1081,12 +1088,14 @@ class AttentionLayerHook(ModelHook):
             and all(source is None or source < computed for source in copies.values())
             and (encoder is None or all(source is not None for source in copies.values()))
         )
+        # Where a backend is forced for effects, the call still goes to it (the rows shared all the same).
+        only_shared = all(source is not None for source in copies.values()) and not self.backend_forced()
         if projected:
             projection = _Projection((to_q.weight, to_k.weight), batch, computed, copies)
-            return _RowPlan(layout, (heads, head_dim, tokens, keys), shape, copies, projection, ())
+            return _RowPlan(layout, (heads, head_dim, tokens, keys), shape, copies, projection, (), only_shared)
         if any(source is None or source in copies for source in copies.values()):
             return None  # rows answered by their values, or a row copied from a copy: every row projected
-        return _RowPlan(layout, (heads, head_dim, tokens, keys), shape, copies, None, _copy_runs(copies))
+        return _RowPlan(layout, (heads, head_dim, tokens, keys), shape, copies, None, _copy_runs(copies), only_shared)
 
     def _row_sources(
         self, ctx: CallContext, batch: int, spans: dict[int, slice] | None = None
@@ -1195,6 +1204,8 @@ class AttentionLayerHook(ModelHook):
         self, batch: BatchLayout, q: torch.Tensor, k: torch.Tensor
     ) -> _SharedCall | _IdentityCall | None:
         """:meth:`_shared_call`'s plan for calls of these shapes, asking the effects."""
+        if self.backend_forced():
+            return None  # the stock SDPA answers nothing a forced backend is asked to compute
         ctx, partial = self._context_of(batch, q.shape[1], q.shape[3], q.shape[2], k.shape[2])
         if partial is not None or not any(effect.acts_on(ctx) for effect in self.effects):
             return None
@@ -1203,11 +1214,8 @@ class AttentionLayerHook(ModelHook):
         if not copies:
             return None
         if all(source is None for source in copies.values()):
-            # Rows answered by their values only (each query's own value: as many queries as keys). The other rows
-            # are the stock computation, which a backend forced for effects (attach(backend=...), VISATTN_BACKEND)
-            # would compute instead in the core: planned only where none is.
-            forced = self.backend != "auto" or os.environ.get("VISATTN_BACKEND", "auto") not in ("", "auto")
-            if q.shape[2] != k.shape[2] or forced:
+            # Rows answered by their values only (each query's own value: as many queries as keys).
+            if q.shape[2] != k.shape[2]:
                 return None
             return _identity_call(sorted(copies), q.shape[0], q.device)
         if any(source is None for source in copies.values()):
@@ -1338,7 +1346,10 @@ class AttentionLayerHook(ModelHook):
             effect.apply(call)
         if self._projected:
             self._check_plan(ctx, call, q, k)
-        if call.output is None and _unchanged(call, q, k, v, mask, scale):
+        # Rows shared in place under a forced backend (the plan's only_shared is off): the call is the edit, and the
+        # forced backend computes it (AttentionCall.run), not the stock function.
+        stock_answers = not shared or plan.only_shared
+        if call.output is None and stock_answers and _unchanged(call, q, k, v, mask, scale):
             if paired and not call.observers and not call.reads:
                 # Nothing edits the target row at this step: its stock call answers, bit for bit.
                 return func(*args, **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,7 +192,10 @@ class DenoiserHook(ModelHook):
                         row_keys.clear()
                     row_key = row_keys[step_key] = tuple(effect.row_plan_key(step) for effect in self._row_planners)
             self.state.row_plan_key = row_key
-            facts = (self.state.batch.key, row_key, inputs.grid, inputs.text_length, inputs.other)
+            # VISATTN_BACKEND too: where a backend is forced for effects, layers plan no stock answers (see
+            # AttentionLayerHook.backend_forced), so setting it between calls must plan them again.
+            env_backend = os.environ.get("VISATTN_BACKEND")
+            facts = (self.state.batch.key, row_key, inputs.grid, inputs.text_length, inputs.other, env_backend)
             epoch = self._plan_epochs.get(facts)
             if epoch is None:
                 if len(self._plan_epochs) >= _PLAN_EPOCHS_KEPT:

@@ -906,3 +906,57 @@ def test_rows_autograd_records_are_not_copied_in_place():
     assert seen and all(recorded_grad)
     assert not any(torch.equal(out[3], out[2]) for out in seen)
     torch.testing.assert_close(recorded.detach(), reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_a_forced_backend_computes_every_edited_call_and_a_change_of_it_plans_again(monkeypatch, family):
+    """Where a backend is forced for effects, the calls an edit changes are the core's on that backend, not answered
+    by the stock SDPA call (the UNet's self-attention rows shared in place, Flux's joint calls planned at the SDPA
+    call): forcing the reference backend makes the whole generation the oracle, the auto one's up to rounding.
+    VISATTN_BACKEND set between generations of one attachment counts too, from the next denoiser call."""
+    from visattn import interception
+    from visattn.kernels.backends import reference
+
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+    pipe = pipeline(family)
+    edited = sorted(name for name, role in layer_roles(pipe.unet if family == "unet" else pipe.transformer).items())
+    monkeypatch.delenv("VISATTN_BACKEND", raising=False)
+    seen = {"stock answers": 0, "reference": 0}
+    real_run, real_reference = interception._SharedCall.run, reference.run
+
+    def shared(self, *args):
+        seen["stock answers"] += 1
+        return real_run(self, *args)
+
+    def materialized(request):
+        seen["reference"] += 1
+        return real_reference(request)
+
+    monkeypatch.setattr(interception._SharedCall, "run", shared)
+    monkeypatch.setattr(reference, "run", materialized)
+    kwargs = call_kwargs(family, prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent")
+    steps = kwargs.get("num_inference_steps", 2)
+
+    def generate(backend="auto"):
+        seen.update({"stock answers": 0, "reference": 0})
+        with visattn.attach(pipe, p2p, backend=backend):
+            kwargs["generator"] = p2p.generator(0)
+            return pipe(**kwargs)[0]
+
+    auto = generate()
+    assert seen["reference"] == 0
+    forced = generate("reference")
+    assert seen == {"stock answers": 0, "reference": steps * len(edited)}
+    assert (auto - forced).abs().max() <= 1e-4 * auto.abs().max()
+    assert not torch.equal(auto, forced)  # computed apart from the stock call (rounding differs)
+    with visattn.attach(pipe, p2p):
+        for env in (None, "reference", None):
+            if env is None:
+                monkeypatch.delenv("VISATTN_BACKEND", raising=False)
+            else:
+                monkeypatch.setenv("VISATTN_BACKEND", env)
+            seen.update({"stock answers": 0, "reference": 0})
+            kwargs["generator"] = p2p.generator(0)
+            out = pipe(**kwargs)[0]
+            assert (seen["reference"] > 0) == (env is not None)
+            torch.testing.assert_close(out, forced if env else auto, rtol=0, atol=0)
