@@ -256,7 +256,7 @@ def _hook(
     from ..families import family_named
     from ..families.base import DenoiserInputs
     from ..interception import AttentionLayerHook, register_layer_hook, remove_layer_hook
-    from ..state import DenoiserState
+    from ..state import _PLAN_EPOCHS, DenoiserState
 
     family = family_named("unet")
     rows, parts = 0, []
@@ -268,6 +268,10 @@ def _hook(
     step = StepInfo(0, 10, 999.0)
     state = DenoiserState(family, inputs=inputs, step=step, batch=layout, runs={id(effect): effect.new_run()})
     state.call = DenoiserCall(family, inputs, layout, step, None)
+    # A plan epoch, as the denoiser hook gives every call it reads: layers key their plans by it, and take their
+    # planned forwards (interception._FastForward) only within one; without it the layer would take a path no
+    # attached pipeline's calls take after their first.
+    state.plan_epoch = next(_PLAN_EPOCHS)
     name = "mid_block.attentions.0.transformer_blocks.0." + ("attn2" if role == "cross" else "attn1")
     hook = AttentionLayerHook([effect], state, layer_name=name, layer_index=0, static_role=role, backend=backend)
     register_layer_hook(module, hook)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import validation
+from ..kernels.core import _stacked_rows
 from ..layers import FAMILY_DEFAULT
 from ..validation import check_choice, check_layer_roles, check_number, check_scale
 from .base import AttentionCall
@@ -188,10 +189,14 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
         if not blurs(ctx.grid, self.sigma, self.inf_threshold):
             return
         tensor = call.q if self.blur == "query" else call.k
-        blurred = tensor.clone()
-        blurred[rows, :, span.as_slice()] = blur_grid(
-            tensor[rows, :, span.as_slice()], ctx.grid, self.sigma, self.inf_threshold
-        )
+        part = blur_grid(tensor[rows, :, span.as_slice()], ctx.grid, self.sigma, self.inf_threshold)
+        if span.start == 0 and span.stop == tensor.shape[2]:
+            # Every token of the rows is a grid token (UNet self-attention): the other rows and the blurred ones
+            # stacked, in the tensor's memory layout (one copy, not a clone and a write).
+            blurred = _stacked_rows([tensor[: rows.start], part, tensor[rows.stop :]], tensor, tensor.dtype)
+        else:
+            blurred = tensor.clone()
+            blurred[rows, :, span.as_slice()] = part
         if self.blur == "query":
             call.q = blurred
         else:

@@ -269,7 +269,7 @@ def serve_reads(request: AttentionRequest, reads, lse: torch.Tensor | None) -> N
             probs = torch.exp(logits - block_lse.masked_fill(torch.isinf(block_lse), 0.0).unsqueeze(-1))
             parts.append(probs if read.before_edits else _blended(request, probs, rows, start, stop, read.keys))
         if parts:
-            read.observe(torch.cat(parts, dim=2))
+            read.observe(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
 
 
 def _serve_edited(request: AttentionRequest, reads) -> None:
