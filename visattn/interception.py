@@ -225,7 +225,7 @@ class _SharedCall:
     Attributes:
         rows: the row whose queries and keys each row of the stock call takes, as a slice or an index tensor;
             ``None``: every row its own; an ``int``: every row that one row's (a batch of one source and its targets,
-            as Flux's guidance-distilled pair), taken as an expanded view rather than gathered copies.
+            as Flux's guidance-distilled pair), taken as an expanded view rather than gathered copies (on the CPU).
         apart: ``(rows, query and key rows, queries)`` of the computations apart, each written over the stock
             call's output of ``rows`` at ``queries``: those rows' values attended by the queries there and the keys
             of ``query and key rows`` (their source rows', or their own where the source's took the stock call).
@@ -285,7 +285,10 @@ def _shared_call(
     rows: slice | torch.Tensor | int | None = None
     if order != list(range(batch)):
         first = order[0]
-        if order == [first] * batch:
+        if order == [first] * batch and device.type == "cpu":
+            # A zero-stride view on the CPU, whose SDPA reads rows through their strides. Elsewhere the rows are
+            # gathered: whether every fused CUDA kernel takes a zero batch stride (rather than SDPA falling back
+            # to its math path) is not verified here, and a gather costs little beside real-sized attention.
             rows = first
         elif order == list(range(first, first + batch)):
             rows = slice(first, first + batch)
