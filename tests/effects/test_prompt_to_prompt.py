@@ -960,3 +960,41 @@ def test_a_forced_backend_computes_every_edited_call_and_a_change_of_it_plans_ag
             out = pipe(**kwargs)[0]
             assert (seen["reference"] > 0) == (env is not None)
             torch.testing.assert_close(out, forced if env else auto, rtol=0, atol=0)
+
+
+def test_source_and_target_rows_must_start_from_the_same_noise_and_the_pipelines_own_need_no_compare(monkeypatch):
+    """The first denoiser call refuses source and target rows of different noise. Latents the attached pipeline's
+    prepare_latents made (their halves equal by construction) are recognized and not compared again, unless they
+    were written to since: a pipeline that changes them in place gets the check."""
+    from visattn.effects import prompt_to_prompt
+
+    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=1.0)
+    pipe = pipeline("flux")
+    made = []
+    with visattn.attach(pipe, p2p):
+        attached = pipe.prepare_latents
+
+        def recording(*args, **kwargs):
+            out = attached(*args, **kwargs)
+            made.append(out[0])
+            return out
+
+        monkeypatch.setattr(pipe, "prepare_latents", recording)
+        kwargs = call_kwargs("flux", prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent")
+        pipe(**kwargs)
+        assert made and prompt_to_prompt._made_with_equal_halves(made[0])
+
+        def written(*args, **kwargs):
+            latents, ids = attached(*args, **kwargs)
+            latents[1:] += 1.0  # a pipeline changing the target row in place after preparing it
+            assert not prompt_to_prompt._made_with_equal_halves(latents)
+            return latents, ids
+
+        monkeypatch.setattr(pipe, "prepare_latents", written)
+        kwargs["generator"] = p2p.generator(0)
+        with pytest.raises(ValueError, match="start from different noise"):
+            pipe(**kwargs)
+        # Put back visattn's own wrapper before detaching (which takes it off), not after.
+        monkeypatch.undo()
+        assert pipe.prepare_latents == attached
+    assert "prepare_latents" not in vars(pipe)

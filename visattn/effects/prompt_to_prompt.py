@@ -83,6 +83,7 @@ How it maps onto visattn
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -722,6 +723,8 @@ class PromptToPrompt(Effect):
     def _check_noise(self, sample: torch.Tensor | None, pairs: Sequence[_Pair]) -> None:
         if sample is None:
             return
+        if len(pairs) == 1 and _made_with_equal_halves(sample) and pairs[0].target.stop == sample.shape[0]:
+            return  # prepare_latents' own output, unchanged since: its halves are equal (no compare, no device sync)
         for pair in pairs:
             if not torch.equal(sample[pair.source], sample[pair.target]):
                 raise ValueError(
@@ -1033,6 +1036,23 @@ class PromptToPrompt(Effect):
         )
 
 
+#: the tensors _shared_noise made (by id): a weak reference and the version they were made at. A pipeline that hands
+#: one to the denoiser unchanged (Flux's packed latents) needs no check that its source and target rows are equal.
+_EQUAL_HALVES: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _with_equal_halves(tensor: torch.Tensor) -> torch.Tensor:
+    key = id(tensor)
+    _EQUAL_HALVES[key] = (weakref.ref(tensor, lambda _, key=key: _EQUAL_HALVES.pop(key, None)), tensor._version)
+    return tensor
+
+
+def _made_with_equal_halves(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is one :func:`_shared_noise` made, not written to since (its halves are still equal)."""
+    entry = _EQUAL_HALVES.get(id(tensor))
+    return entry is not None and entry[0]() is tensor and entry[1] == tensor._version
+
+
 def _shared_noise(prepared: Any) -> Any:
     """``prepare_latents``'s result with the second half of the batch (the target prompt's rows) made equal to the
     first (the source's): a tensor, a per-sample list, or a tuple whose batch-sized tensors (latents, noise, image
@@ -1048,7 +1068,7 @@ def _shared_noise(prepared: Any) -> Any:
 
     def shared(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
-            return torch.cat([value[:half], value[:half]])
+            return _with_equal_halves(torch.cat([value[:half], value[:half]]))
         if isinstance(value, list) and len(value) == rows and all(isinstance(v, torch.Tensor) for v in value):
             return value[:half] + [v.clone() for v in value[:half]]
         return value
