@@ -7,7 +7,8 @@
 # Steps (default: all, in this order):
 #   machine   GPU, driver, torch/triton/diffusers versions            -> machine.txt
 #   tests     kernel correctness on the real GPU: Triton kernels,      -> tests.txt, tests-junit.xml
-#             backend choice, block masks, UltraViCo in-kernel
+#             backend choice, block masks, SDPA on zero-stride views,
+#             UltraViCo in-kernel
 #   auto      what backend="auto" measures and picks on this GPU      -> auto.txt, autotune.json, info.json
 #             for the benchmark's layouts (VISATTN_AUTOTUNE_CACHE)
 #   bench     the kernel benchmark (visattn bench)                    -> bench.json/.md/.png, bench.txt
@@ -51,7 +52,7 @@ if [[ $dry == 0 ]] && $py -c "import xdist" 2>/dev/null; then workers=(-n "${TES
 command_for() {
   case $1 in
     machine) echo "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; $py -m visattn.cli info" ;;
-    tests) echo "$py -m pytest $root/tests/kernels/test_triton.py $root/tests/kernels/test_autotune.py $root/tests/kernels/test_block_masks.py $root/tests/fidelity/test_fidelity_extrapolation.py -q -p no:cacheprovider ${workers[*]} --junitxml=$out/tests-junit.xml" ;;
+    tests) echo "$py -m pytest $root/tests/kernels/test_triton.py $root/tests/kernels/test_autotune.py $root/tests/kernels/test_block_masks.py $root/tests/kernels/test_sdpa_views.py $root/tests/fidelity/test_fidelity_extrapolation.py -q -p no:cacheprovider ${workers[*]} --junitxml=$out/tests-junit.xml" ;;
     auto) echo "$py $root/benchmarks/auto_choice.py --out $out" ;;
     bench) echo "$py -m visattn.cli bench --out $out --quiet ${bench_args[*]}" ;;
     dispatch) echo "$py -m visattn.cli bench --dispatch --out $out --quiet" ;;

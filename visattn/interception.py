@@ -287,8 +287,9 @@ def _shared_call(
         first = order[0]
         if order == [first] * batch and device.type == "cpu":
             # A zero-stride view on the CPU, whose SDPA reads rows through their strides. Elsewhere the rows are
-            # gathered: whether every fused CUDA kernel takes a zero batch stride (rather than SDPA falling back
-            # to its math path) is not verified here, and a gather costs little beside real-sized attention.
+            # gathered until a GPU shows that the fused CUDA kernels take a zero batch stride rather than SDPA
+            # falling back to its math path (tests/kernels/test_sdpa_views.py, run by benchmarks/gpu_session.sh); a
+            # gather costs little beside real-sized attention.
             rows = first
         elif order == list(range(first, first + batch)):
             rows = slice(first, first + batch)
