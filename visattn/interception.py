@@ -47,7 +47,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
 from .effects.base import AttentionCall, Effect
 from .kernels import backend_names
-from .kernels.core import _rows, _stacked_rows
+from .kernels.core import _rows, _stacked_rows, gather_rows
 from .kernels.probabilities import queries_apart
 from .parallel import (
     ParallelView,
@@ -223,15 +223,16 @@ class _SharedCall:
     gathered where whole rows are shared, then the queries computed apart written into its output.
 
     Attributes:
-        rows: the row whose queries and keys each row of the stock call takes, as a slice or an index tensor;
-            ``None``: every row its own; an ``int``: every row that one row's (a batch of one source and its targets,
-            as Flux's guidance-distilled pair), taken as an expanded view rather than gathered copies (on the CPU).
+        rows: the row whose queries and keys each row of the stock call takes, as an index tensor (gathered in
+            the layout the processor handed over); ``None``: every row its own; an ``int``: every row that one
+            row's (a batch of one source and its targets, as Flux's guidance-distilled pair), taken as an expanded
+            view rather than gathered copies (on the CPU).
         apart: ``(rows, query and key rows, queries)`` of the computations apart, each written over the stock
             call's output of ``rows`` at ``queries``: those rows' values attended by the queries there and the keys
             of ``query and key rows`` (their source rows', or their own where the source's took the stock call).
     """
 
-    rows: slice | torch.Tensor | int | None
+    rows: torch.Tensor | int | None
     apart: tuple[tuple[slice, slice, slice], ...]
 
     def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -243,10 +244,8 @@ class _SharedCall:
             # Every row attends with one row's queries and keys: a zero-stride view of it (SDPA reads each batch
             # row through its stride; the same answer bit for bit as a gathered copy, without the two copies).
             out = func(q[rows : rows + 1].expand(q.shape), k[rows : rows + 1].expand(k.shape), v, **kwargs)
-        elif isinstance(rows, slice):
-            out = func(q[rows], k[rows], v, **kwargs)
         else:
-            out = func(q.index_select(0, rows), k.index_select(0, rows), v, **kwargs)
+            out = func(gather_rows(q, rows), gather_rows(k, rows), v, **kwargs)
         for target, source, queries in self.apart:
             out[target, :, queries] = func(q[source, :, queries], k[source], v[target], **kwargs)
         return out
@@ -282,7 +281,7 @@ def _shared_call(
             last[3] += 1
         else:
             runs.append([row, source, queries, 1])
-    rows: slice | torch.Tensor | int | None = None
+    rows: torch.Tensor | int | None = None
     if order != list(range(batch)):
         first = order[0]
         if order == [first] * batch and device.type == "cpu":
@@ -291,8 +290,6 @@ def _shared_call(
             # falling back to its math path (tests/kernels/test_sdpa_views.py, run by benchmarks/gpu_session.sh); a
             # gather costs little beside real-sized attention.
             rows = first
-        elif order == list(range(first, first + batch)):
-            rows = slice(first, first + batch)
         else:
             rows = torch.tensor(order, device=device)
     return _SharedCall(
@@ -341,7 +338,7 @@ def _identity_call(rows: Sequence[int], batch: int, device: torch.device) -> _Id
 class _FastForward:
     """A layer's forward that asks nothing new: in the denoiser calls of plan epoch ``epoch``, the processor (the same
     object, on the native attention backend, not parallelized) makes one SDPA call of these shapes, answered by
-    ``call`` (:class:`_SharedCall`). Made after a forward that went so
+    ``call`` (:class:`_SharedCall` or :class:`_IdentityCall`). Made after a forward that went so
     (:meth:`AttentionLayerHook._intercepted_forward`); the next forwards that find the same facts run the processor
     with that answer ready, without re-deriving what the full path derives (and checks) per forward. A call that is
     not the expected one drops it."""
