@@ -238,17 +238,41 @@ class _SharedCall:
     def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """The call's answer; ``func`` is the SDPA function the processor called, ``kwargs`` its keywords."""
         rows = self.rows
+        # Views made with one op each where the tensors are plain (slicing then expanding takes two, and on small
+        # calls each op costs about as much as a few thousand multiply-adds of the attention itself).
+        plain = type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor
         if rows is None:
             out = func(q, k, v, **kwargs)
         elif isinstance(rows, int):
             # Every row attends with one row's queries and keys: a zero-stride view of it (SDPA reads each batch
             # row through its stride; the same answer bit for bit as a gathered copy, without the two copies).
-            out = func(q[rows : rows + 1].expand(q.shape), k[rows : rows + 1].expand(k.shape), v, **kwargs)
+            out = func(_row_expanded(q, rows, plain), _row_expanded(k, rows, plain), v, **kwargs)
         else:
             out = func(gather_rows(q, rows), gather_rows(k, rows), v, **kwargs)
         for target, source, queries in self.apart:
-            out[target, :, queries] = func(q[source, :, queries], k[source], v[target], **kwargs)
+            part = func(_rows_at(q, source, queries, plain), k[source], v[target], **kwargs)
+            _rows_at(out, target, queries, type(out) is torch.Tensor).copy_(part)
         return out
+
+
+def _row_expanded(x: torch.Tensor, row: int, plain: bool) -> torch.Tensor:
+    """``x[row : row + 1].expand(x.shape)``: row ``row`` of ``x`` read as every row (a zero batch stride)."""
+    if not plain:
+        return x[row : row + 1].expand(x.shape)
+    stride = x.stride()
+    return x.as_strided(x.shape, (0, *stride[1:]), x.storage_offset() + row * stride[0])
+
+
+def _rows_at(x: torch.Tensor, rows: slice, queries: slice, plain: bool) -> torch.Tensor:
+    """``x[rows, :, queries]`` of a ``[B, H, N, D]`` tensor (``rows`` and ``queries`` slices of step 1 within it)."""
+    if not plain:
+        return x[rows, :, queries]
+    size, stride = x.shape, x.stride()
+    return x.as_strided(
+        (rows.stop - rows.start, size[1], queries.stop - queries.start, size[3]),
+        stride,
+        x.storage_offset() + rows.start * stride[0] + queries.start * stride[2],
+    )
 
 
 def _shared_call(
