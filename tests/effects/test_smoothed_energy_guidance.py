@@ -81,6 +81,25 @@ def test_video_grids_blur_each_frame_on_its_own():
     torch.testing.assert_close(means, frames.mean(dim=3, keepdim=True).expand_as(means))
 
 
+@pytest.mark.parametrize("grid", [(1, 8, 8), (3, 4, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_blur_does_not_depend_on_the_tokens_memory_layout(grid, dtype):
+    # Attention hands its queries over as a transposed view ([B, H, N, D] over [B, N, H, D] memory); the blur reads
+    # them in place and must give what it gives a contiguous copy, bit for bit, in the tokens' dtype.
+    frames, height, width = grid
+    memory = torch.randn(2, frames * height * width, 3, 4).to(dtype)
+    view = memory.transpose(1, 2)
+    for sigma in (1.0, float("inf")):
+        blurred = blur_grid(view, grid, sigma)
+        assert blurred.shape == view.shape and blurred.dtype == dtype
+        assert torch.equal(blurred, blur_grid(view.contiguous(), grid, sigma))
+    # Per frame as the authors blur one image: frame f of a video is the blur of that frame alone.
+    per_frame = view.reshape(2, 3, frames, height * width, 4)
+    blurred = blur_grid(view, grid, 1.0).reshape(2, 3, frames, height * width, 4)
+    for f in range(frames):
+        assert torch.equal(blurred[:, :, f], blur_grid(per_frame[:, :, f], (1, height, width), 1.0))
+
+
 def test_infinite_query_blur_is_every_query_replaced_by_the_mean_query():
     q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
     effect = SmoothedEnergyGuidance(scale=1.0, sigma=float("inf"))

@@ -79,9 +79,28 @@ def gaussian_kernel1d(size: int, sigma: float) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _kernel_on(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`gaussian_kernel1d` converted for the blur's device and dtype, once per combination (read-only)."""
-    return gaussian_kernel1d(size, sigma).to(device=device, dtype=dtype)
+def _blur_passes(
+    height: int, width: int, sigma: float, device: torch.device, dtype: torch.dtype
+) -> tuple[tuple[tuple[int, int, int, int], torch.Tensor], ...]:
+    """The 1-D passes of a blur of ``height x width`` images: each pass's reflect padding (``F.pad`` order) and its
+    kernel shaped for ``conv2d``, on ``device`` in ``dtype``; worked out once per grid, sigma, device and dtype (the
+    kernels are read-only)."""
+    passes = []
+    for axis, length in ((2, height), (3, width)):
+        size = axis_kernel_size(sigma, length)
+        if size <= 1:
+            continue
+        radius = size // 2
+        kernel = gaussian_kernel1d(size, sigma).to(device=device, dtype=dtype)
+        if axis == 2:
+            passes.append(((0, 0, radius, radius), kernel.view(1, 1, size, 1)))
+        else:
+            passes.append(((radius, radius, 0, 0), kernel.view(1, 1, 1, size)))
+    return tuple(passes)
+
+
+#: the dtype a blur computes in, by the tokens' dtype (float32 at least)
+_BLUR_DTYPES = {torch.float32: torch.float32, torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 def blurs(grid: tuple[int, int, int], sigma: float, threshold: float = INF_BLUR_THRESHOLD) -> bool:
@@ -110,23 +129,26 @@ def blur_grid(
     *_, length, channels = tokens.shape
     if length != frames * height * width:
         raise ValueError(f"blur_grid: {length} tokens do not fill the grid {grid}")
-    dtype = torch.promote_types(tokens.dtype, torch.float32)
-    x = tokens.to(dtype).reshape(-1, frames, height, width, channels)
+    dtype = _BLUR_DTYPES.get(tokens.dtype) or torch.promote_types(tokens.dtype, torch.float32)
     if is_infinite_blur(sigma, threshold):
+        x = tokens.to(dtype).reshape(-1, frames, height, width, channels)
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).reshape(tokens.shape).to(tokens.dtype)
-    # One image per (sample, frame, channel): a depthwise blur is a plain conv with a single filter.
-    x = x.permute(0, 1, 4, 2, 3).reshape(-1, 1, height, width)
-    for axis, size in ((2, axis_kernel_size(sigma, height)), (3, axis_kernel_size(sigma, width))):
-        if size <= 1:
-            continue
-        radius = size // 2
-        kernel = _kernel_on(size, sigma, x.device, dtype)
-        if axis == 2:
-            x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, size, 1))
-        else:
-            x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, size))
-    x = x.reshape(-1, frames, channels, height, width).permute(0, 1, 3, 4, 2)
-    return x.reshape(tokens.shape).to(tokens.dtype)
+    # One image per (sample, frame, channel): a depthwise blur is a plain conv with a single filter. The images are
+    # gathered with one copy whatever the tokens' memory layout (attention's queries are often a transposed view),
+    # and a single frame's blurred images go back as a view (the caller stacks them with its other rows anyway).
+    lead = tokens.shape[:-2]
+    per_channel = (tokens if tokens.dtype == dtype else tokens.to(dtype)).transpose(-1, -2)  # [..., channels, tokens]
+    if frames == 1:
+        x = per_channel.reshape(-1, 1, height, width)
+    else:
+        x = per_channel.reshape(*lead, channels, frames, height * width).transpose(-3, -2).reshape(-1, 1, height, width)
+    for padding, kernel in _blur_passes(height, width, sigma, x.device, dtype):
+        x = F.conv2d(F.pad(x, padding, mode="reflect"), kernel)
+    if frames == 1:
+        x = x.reshape(*lead, channels, length).transpose(-1, -2)
+    else:
+        x = x.reshape(*lead, frames, channels, height * width).transpose(-2, -1).reshape(tokens.shape)
+    return x if x.dtype == tokens.dtype else x.to(tokens.dtype)
 
 
 class SmoothedEnergyGuidance(PerturbationGuidance):
