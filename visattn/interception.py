@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
-from .effects.base import AttentionCall, Effect
+from .effects.base import UNCHANGED_QUERY_KEY, AttentionCall, Effect, QueryKeyTransform
 from .kernels import backend_names
 from .kernels.core import _rows, _stacked_rows, gather_rows
 from .kernels.probabilities import queries_apart
@@ -359,13 +359,29 @@ def _identity_call(rows: Sequence[int], batch: int, device: torch.device) -> _Id
 
 
 @dataclass(frozen=True)
+class _TransformedCall:
+    """How :meth:`AttentionLayerHook.attend` answers an SDPA call whose acting effects only replace its queries and
+    keys by functions of them (:meth:`~visattn.effects.Effect.query_key_transform`: SEG's blurred rows): the stock
+    call over the transformed queries and keys, as the attention core computes it for such a call (the same SDPA
+    call), without building the call's context each time."""
+
+    transforms: tuple[QueryKeyTransform, ...]
+
+    def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The call's answer; ``func`` is the SDPA function the processor called, ``kwargs`` its keywords."""
+        for transform in self.transforms:
+            q, k = transform(q, k)
+        return func(q, k, v, **kwargs)
+
+
+@dataclass(frozen=True)
 class _FastForward:
     """A layer's forward that asks nothing new: in the denoiser calls of plan epoch ``epoch``, the processor (the same
     object, on the native attention backend, not parallelized) makes one SDPA call of these shapes, answered by
-    ``call`` (:class:`_SharedCall` or :class:`_IdentityCall`). Made after a forward that went so
-    (:meth:`AttentionLayerHook._intercepted_forward`); the next forwards that find the same facts run the processor
-    with that answer ready, without re-deriving what the full path derives (and checks) per forward. A call that is
-    not the expected one drops it."""
+    ``call`` (:class:`_SharedCall`, :class:`_IdentityCall` or :class:`_TransformedCall`). Made after a forward that
+    went so (:meth:`AttentionLayerHook._intercepted_forward`); the next forwards that find the same facts run the
+    processor with that answer ready, without re-deriving what the full path derives (and checks) per forward. A call
+    that is not the expected one drops it."""
 
     epoch: int
     processor: Any
@@ -378,7 +394,7 @@ class _FastForward:
     k_shape: torch.Size
     v_shape: torch.Size
     device: torch.device
-    call: _SharedCall | _IdentityCall
+    call: _SharedCall | _IdentityCall | _TransformedCall
 
     def answer(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The expected SDPA call's output, or ``None`` when this call is another one."""
@@ -757,7 +773,7 @@ class AttentionLayerHook(ModelHook):
         # context its SDPA call must have, and how many projections were answered for part of the rows.
         self._row_plans: dict[tuple, _RowPlan | None] = {}
         # The SDPA calls no row plan covers whose effects only share rows, answered without them (_shared_call).
-        self._shared_calls: dict[tuple, _SharedCall | _IdentityCall | None] = {}
+        self._shared_calls: dict[tuple, _SharedCall | _IdentityCall | _TransformedCall | None] = {}
         self._row_plan: _RowPlan | None = None
         self._planned: CallContext | None = None
         self._projected = 0
@@ -795,6 +811,9 @@ class AttentionLayerHook(ModelHook):
         self._answers_by_values = any(
             type(effect).identity_only_rows is not Effect.identity_only_rows for effect in effects
         )
+        # Whether some effect may say its whole change to a call is a function of the queries and keys (planned at
+        # the SDPA call too, see _make_shared_call).
+        self._transforms = any(type(effect).query_key_transform is not Effect.query_key_transform for effect in effects)
         # Whether every effect acts at every step (none has steps=...): no step check per call.
         self._stepless = all(effect.steps is None for effect in effects)
         self._row_plans.clear()
@@ -1191,14 +1210,19 @@ class AttentionLayerHook(ModelHook):
         _share_rows(q, k, plan.copy_runs)
         return True
 
-    def _shared_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> _SharedCall | _IdentityCall | None:
+    def _shared_call(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> _SharedCall | _IdentityCall | _TransformedCall | None:
         """How to answer this SDPA call when every effect acting on it only makes rows attend with other rows'
         queries and keys (:meth:`~visattn.effects.Effect.shared_query_key_rows`, at the queries
-        :meth:`~visattn.effects.Effect.shared_query_span` names), or ``None``: the effects run the call.
+        :meth:`~visattn.effects.Effect.shared_query_span` names), only answers rows by their values
+        (:meth:`~visattn.effects.Effect.identity_only_rows`), or only replaces the queries and keys by a function of
+        them (:meth:`~visattn.effects.Effect.query_key_transform`); ``None``: the effects run the call.
 
         This serves the calls no plan made before the processor ran covers (:meth:`_plan_rows`: other processors,
-        joint calls): nothing is written into the processor's tensors, the rows are gathered or computed apart
-        (:class:`_SharedCall`). Kept per call shape, batch layout, denoiser inputs and the effects'
+        joint calls, transformed queries): nothing is written into the processor's tensors, the rows are gathered or
+        computed apart (:class:`_SharedCall`), answered by their values (:class:`_IdentityCall`) or transformed
+        (:class:`_TransformedCall`). Kept per call shape, batch layout, denoiser inputs and the effects'
         :meth:`~visattn.effects.Effect.row_plan_key`, as row plans are; not made where the call holds part of the
         batch, runs split across ranks, is a backward recomputation, or autograd records its inputs.
         """
@@ -1227,13 +1251,19 @@ class AttentionLayerHook(ModelHook):
 
     def _make_shared_call(
         self, batch: BatchLayout, q: torch.Tensor, k: torch.Tensor
-    ) -> _SharedCall | _IdentityCall | None:
+    ) -> _SharedCall | _IdentityCall | _TransformedCall | None:
         """:meth:`_shared_call`'s plan for calls of these shapes, asking the effects."""
         if self.backend_forced():
             return None  # the stock SDPA answers nothing a forced backend is asked to compute
         ctx, partial = self._context_of(batch, q.shape[1], q.shape[3], q.shape[2], k.shape[2])
         if partial is not None or not any(effect.acts_on(ctx) for effect in self.effects):
             return None
+        if self._transforms:
+            transforms = [effect.query_key_transform(ctx) for effect in self.effects if effect.acts_on(ctx)]
+            if all(transform is not None for transform in transforms):
+                # Every acting effect's change is a function of the queries and keys (composed in attachment order,
+                # as their apply calls are): the stock call over what they make of them.
+                return _TransformedCall(tuple(t for t in transforms if t is not UNCHANGED_QUERY_KEY))
         spans: dict[int, slice] = {}
         copies = self._row_sources(ctx, q.shape[0], spans)
         if not copies:
@@ -1291,7 +1321,9 @@ class AttentionLayerHook(ModelHook):
                 # over these queries and keys is the effects' answer.
                 return func(*args, **kwargs)
         elif (
-            mask is None and plan is None and ((self._shares_rows and not self._row_planned) or self._answers_by_values)
+            mask is None
+            and plan is None
+            and ((self._shares_rows and not self._row_planned) or self._answers_by_values or self._transforms)
         ):
             # No plan covers the call (other processors, joint calls, rows answered by their values where projecting
             # only the others saves too little): plan at the SDPA call.

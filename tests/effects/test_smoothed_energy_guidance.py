@@ -203,3 +203,30 @@ def test_bad_parameters_raise_clear_errors():
         SmoothedEnergyGuidance(scale=1.0, sigma=1.0, blur="value")
     with pytest.raises(ValueError, match="matches no attention layer"):
         visattn.attach(pipeline("unet"), SmoothedEnergyGuidance(scale=1.0, sigma=1.0, layers="nowhere"))
+
+
+@pytest.mark.parametrize("family", ["unet", "sd3"])
+def test_blurred_calls_answered_at_the_sdpa_call_are_the_cores_answer_bit_for_bit(family, monkeypatch):
+    """All SEG does in a call is blur its rows' queries: the layer plans that once per call shape and answers the
+    call with the stock SDPA over the blurred queries, without building the call's context again. The same
+    generation, bit for bit, as the attention core computing every call (which a backend forced for effects keeps),
+    and the planned answer is what served the calls."""
+    from visattn import interception
+
+    served = {"planned": 0}
+    real_run = interception._TransformedCall.run
+
+    def counted(self, *args):
+        served["planned"] += 1
+        return real_run(self, *args)
+
+    monkeypatch.setattr(interception._TransformedCall, "run", counted)
+    effect = SmoothedEnergyGuidance(scale=3.0, sigma=2.0, layers="self" if family == "unet" else "joint")
+    planned = run(family, effect)
+    assert served["planned"] > 0
+    served["planned"] = 0
+    with visattn.attach(pipeline(family), effect, backend="sdpa"):
+        core = np.asarray(pipeline(family)(**call_kwargs(family))[0], dtype=np.float64)
+    assert served["planned"] == 0
+    assert np.array_equal(planned, core)
+    assert not np.array_equal(planned, run(family))  # the blur changed the generation

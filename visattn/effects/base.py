@@ -28,6 +28,18 @@ from ..kernels.request import AttentionRequest
 from ..layers import FAMILY_DEFAULT, ROLE_KEYWORDS, normalize_layers, select_layers
 from ..steps import in_steps, normalize_steps
 
+#: a function of a call's queries and keys returning the ones it attends with (see
+#: :meth:`Effect.query_key_transform`)
+QueryKeyTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _unchanged_query_key(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return q, k
+
+
+#: :meth:`Effect.query_key_transform`'s answer for a call the effect leaves alone
+UNCHANGED_QUERY_KEY: QueryKeyTransform = _unchanged_query_key
+
 
 @dataclass
 class AttentionCall:
@@ -373,6 +385,17 @@ class Effect:
         shares the image queries and leaves the text queries to the target's own)."""
         return None
 
+    def query_key_transform(self, ctx: CallContext) -> QueryKeyTransform | None:
+        """What this effect's :meth:`apply` does in a call with context ``ctx`` when all it does there is replace
+        the call's queries and keys by a function of them (SEG blurs its rows' queries): that function, ``(q, k) ->
+        (q, k)`` (new tensors; the given ones are never written to), or :data:`UNCHANGED_QUERY_KEY` when it does
+        nothing in such a call; ``None`` (the default) when it may do anything.
+
+        Asked once per call shape and plan facts (see :meth:`row_plan_key`), at the SDPA call: where every effect
+        acting on a call answers, the layer's hook answers it with the stock SDPA function over the transformed
+        queries and keys, without building the call's context each time."""
+        return None
+
     def row_plan_key(self, step: StepInfo) -> Hashable:
         """What of the denoiser's ``step`` decides this effect's answers to :meth:`acts_on`,
         :meth:`identity_only_rows` and :meth:`shared_query_key_rows`, beside the call's shapes, batch layout and the
@@ -391,12 +414,14 @@ class Effect:
 
     @property
     def plans_rows(self) -> bool:
-        """Whether this effect may say, before the processor runs, which rows need no queries and keys of their own
-        (it overrides :meth:`identity_only_rows` or :meth:`shared_query_key_rows`)."""
+        """Whether this effect may say, before the processor runs or at its SDPA call, what it does there in a form the
+        layer's hook plans (it overrides :meth:`identity_only_rows`, :meth:`shared_query_key_rows` or
+        :meth:`query_key_transform`): its answers are then keyed by :meth:`row_plan_key`."""
         cls = type(self)
         return (
             cls.identity_only_rows is not Effect.identity_only_rows
             or cls.shared_query_key_rows is not Effect.shared_query_key_rows
+            or cls.query_key_transform is not Effect.query_key_transform
         )
 
     @property

@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import validation
+from ..context import CallContext, Span
 from ..kernels.core import _stacked_rows
 from ..layers import FAMILY_DEFAULT
 from ..validation import check_choice, check_layer_roles, check_number, check_scale
-from .base import AttentionCall
+from .base import UNCHANGED_QUERY_KEY, AttentionCall, QueryKeyTransform
 from .perturbation_guidance import PerturbationGuidance
 
 BLUR_TARGETS = ("query", "key")
@@ -203,26 +204,58 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
 
     def perturb(self, call: AttentionCall, rows: slice) -> None:
         """Blur the perturbed rows' image queries (or keys) over the latent grid."""
-        ctx = call.ctx
+        span = self._blurred_span(call.ctx)
+        if span is None:
+            return
+        if self.blur == "query":
+            call.q = self._blurred_rows(call.q, rows, span, call.ctx.grid)
+        else:
+            call.k = self._blurred_rows(call.k, rows, span, call.ctx.grid)
+
+    def query_key_transform(self, ctx: CallContext) -> QueryKeyTransform | None:
+        """All SEG does in a call is blur its rows' queries (or keys): that function of them, planned once per call
+        shape by the layer's hook (see :meth:`visattn.effects.Effect.query_key_transform`)."""
+        rows = self.perturbed_rows(ctx)
+        if rows is None or rows.start == rows.stop:
+            return UNCHANGED_QUERY_KEY
+        layout = ctx.queries if self.blur == "query" else ctx.keys
+        span, grid = layout.image, ctx.grid
+        if grid is None or span is None or span.length != ctx.num_grid_tokens:
+            return None  # the full path takes the call (and warns where a grid effect finds no grid)
+        if not blurs(grid, self.sigma, self.inf_threshold):
+            return UNCHANGED_QUERY_KEY
+        if self.blur == "query":
+            return lambda q, k: (self._blurred_rows(q, rows, span, grid), k)
+        return lambda q, k: (q, self._blurred_rows(k, rows, span, grid))
+
+    def _blurred_span(self, ctx: CallContext) -> Span | None:
+        """The image tokens this call's blur covers, ``None`` where it blurs nothing (no grid, tokens that do not
+        fill it, a kernel of one tap)."""
         layout = ctx.queries if self.blur == "query" else ctx.keys
         span = layout.image
         if ctx.grid is None or span is None or span.length != ctx.num_grid_tokens:
-            return
+            return None
         if not blurs(ctx.grid, self.sigma, self.inf_threshold):
-            return
-        tensor = call.q if self.blur == "query" else call.k
-        part = blur_grid(tensor[rows, :, span.as_slice()], ctx.grid, self.sigma, self.inf_threshold)
+            return None
+        return span
+
+    def _blurred_rows(self, tensor: torch.Tensor, rows: slice, span: Span, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``tensor`` (``[B, H, N, D]``, never written to) with ``rows`` blurred over ``grid`` at ``span``."""
+        batch = tensor.shape[0]
         if span.start == 0 and span.stop == tensor.shape[2]:
             # Every token of the rows is a grid token (UNet self-attention): the other rows and the blurred ones
-            # stacked, in the tensor's memory layout (one copy, not a clone and a write).
-            blurred = _stacked_rows([tensor[: rows.start], part, tensor[rows.stop :]], tensor, tensor.dtype)
-        else:
-            blurred = tensor.clone()
-            blurred[rows, :, span.as_slice()] = part
-        if self.blur == "query":
-            call.q = blurred
-        else:
-            call.k = blurred
+            # stacked, in the tensor's memory layout (one copy, not a clone and a write). Only the rows there are
+            # sliced: on small layers every tensor op costs about as much as the blur's arithmetic.
+            part = blur_grid(tensor[rows], grid, self.sigma, self.inf_threshold)
+            parts = [tensor[: rows.start]] if rows.start else []
+            parts.append(part)
+            if rows.stop < batch:
+                parts.append(tensor[rows.stop :])
+            return _stacked_rows(parts, tensor, tensor.dtype)
+        part = blur_grid(tensor[rows, :, span.as_slice()], grid, self.sigma, self.inf_threshold)
+        blurred = tensor.clone()
+        blurred[rows, :, span.as_slice()] = part
+        return blurred
 
     def __repr__(self) -> str:
         return (
