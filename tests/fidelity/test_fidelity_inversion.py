@@ -18,8 +18,10 @@ Numerics: the DDIM latents agree to ~1e-7 (visattn's DDIM coefficients are Pytho
 tensors). Adam divides each gradient entry by its own magnitude (``m / (sqrt(v) + 1e-8)``), so entries whose
 gradient is near zero (9 of the 2464 at the first step here are below 1e-7) turn those 1e-8 latent differences into
 embedding differences up to ~5e-5 (of an embedding that moves by ~1e-2 per iteration), which the later steps carry
-along; most entries agree to 1e-5. The embedding bar is therefore 1e-4 in the maximum and 1e-5 for 95% of the
-entries (measured: about 1.3% above 1e-5 at 50 steps).
+along; most entries agree to 1e-5. The embedding bar is therefore 1e-4 in the maximum and 1e-5 for 90% of the
+entries. Measured above 1e-5 at 50 steps: about 1.3% on an Intel Xeon and 5.3% on an AMD EPYC, whose matmuls round
+the same float32 latents differently (~1e-7 apart there against ~1e-8), the code being the same; a real departure
+from the authors' loop (the learning-rate schedule below 50 steps) moves the maximum past 1e-3.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ PROMPT = "a red circle"
 GUIDANCE_SCALE = 7.5  # the notebook's GUIDANCE_SCALE
 TOLERANCE = 1e-5
 EMBEDDING_TOLERANCE = 1e-4  # Adam's per-entry normalization of near-zero gradients (module docstring)
+SHARE_ABOVE_TOLERANCE = 0.10  # of the embedding entries, above TOLERANCE (the CPU's rounding decides; module docstring)
 
 
 @functools.cache
@@ -211,7 +214,7 @@ def test_null_text_embeddings_match_null_optimization_at_50_steps():
     )
     assert moved > 1e-3
     assert latent_difference <= TOLERANCE and embedding_difference <= EMBEDDING_TOLERANCE
-    assert share <= 0.05
+    assert share <= SHARE_ABOVE_TOLERANCE
 
 
 def test_null_text_at_few_steps_differs_only_by_the_learning_rate_schedule():
@@ -230,5 +233,5 @@ def test_null_text_at_few_steps_differs_only_by_the_learning_rate_schedule():
         f"null-text, {steps} steps: embeddings vs the authors' 1 - i/100: {schedule_difference:.3g}; "
         f"with 1 - i/(2N): {difference:.3g} (entries above 1e-5: {share_above(result.uncond_embeds, rescheduled):.2%})"
     )
-    assert difference <= EMBEDDING_TOLERANCE and share_above(result.uncond_embeds, rescheduled) <= 0.05
+    assert difference <= EMBEDDING_TOLERANCE and share_above(result.uncond_embeds, rescheduled) <= SHARE_ABOVE_TOLERANCE
     assert schedule_difference > 10 * EMBEDDING_TOLERANCE  # the documented difference is real
