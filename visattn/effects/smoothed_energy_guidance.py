@@ -204,13 +204,9 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
 
     def perturb(self, call: AttentionCall, rows: slice) -> None:
         """Blur the perturbed rows' image queries (or keys) over the latent grid."""
-        span = self._blurred_span(call.ctx)
-        if span is None:
-            return
-        if self.blur == "query":
-            call.q = self._blurred_rows(call.q, rows, span, call.ctx.grid)
-        else:
-            call.k = self._blurred_rows(call.k, rows, span, call.ctx.grid)
+        transform = self._blur_of(call.ctx, rows)
+        if transform is not None:
+            call.q, call.k = transform(call.q, call.k)
 
     def query_key_transform(self, ctx: CallContext) -> QueryKeyTransform | None:
         """All SEG does in a call is blur its rows' queries (or keys): that function of them, planned once per call
@@ -218,26 +214,21 @@ class SmoothedEnergyGuidance(PerturbationGuidance):
         rows = self.perturbed_rows(ctx)
         if rows is None or rows.start == rows.stop:
             return UNCHANGED_QUERY_KEY
+        return self._blur_of(ctx, rows)
+
+    def _blur_of(self, ctx: CallContext, rows: slice) -> QueryKeyTransform | None:
+        """The blur of ``rows`` in a call with context ``ctx`` as a function of its queries and keys;
+        :data:`UNCHANGED_QUERY_KEY` where a kernel of one tap blurs nothing, ``None`` where the tokens do not fill
+        the grid (the full path takes such a call, and warns where a grid effect finds no grid)."""
         layout = ctx.queries if self.blur == "query" else ctx.keys
         span, grid = layout.image, ctx.grid
         if grid is None or span is None or span.length != ctx.num_grid_tokens:
-            return None  # the full path takes the call (and warns where a grid effect finds no grid)
+            return None
         if not blurs(grid, self.sigma, self.inf_threshold):
             return UNCHANGED_QUERY_KEY
         if self.blur == "query":
             return lambda q, k: (self._blurred_rows(q, rows, span, grid), k)
         return lambda q, k: (q, self._blurred_rows(k, rows, span, grid))
-
-    def _blurred_span(self, ctx: CallContext) -> Span | None:
-        """The image tokens this call's blur covers, ``None`` where it blurs nothing (no grid, tokens that do not
-        fill it, a kernel of one tap)."""
-        layout = ctx.queries if self.blur == "query" else ctx.keys
-        span = layout.image
-        if ctx.grid is None or span is None or span.length != ctx.num_grid_tokens:
-            return None
-        if not blurs(ctx.grid, self.sigma, self.inf_threshold):
-            return None
-        return span
 
     def _blurred_rows(self, tensor: torch.Tensor, rows: slice, span: Span, grid: tuple[int, int, int]) -> torch.Tensor:
         """``tensor`` (``[B, H, N, D]``, never written to) with ``rows`` blurred over ``grid`` at ``span``."""
