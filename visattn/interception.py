@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
-from .effects.base import UNCHANGED_QUERY_KEY, AttentionCall, Effect, QueryKeyTransform
+from .effects.base import NO_READS, UNCHANGED_QUERY_KEY, AttentionCall, Effect, ProbabilityReader, QueryKeyTransform
 from .kernels import backend_names
 from .kernels.core import _rows, _stacked_rows, gather_rows
-from .kernels.probabilities import queries_apart
+from .kernels.probabilities import queries_apart, rows_at, serve_plain_reads
 from .parallel import (
     ParallelView,
     check_supported,
@@ -250,8 +250,8 @@ class _SharedCall:
         else:
             out = func(gather_rows(q, rows), gather_rows(k, rows), v, **kwargs)
         for target, source, queries in self.apart:
-            part = func(_rows_at(q, source, queries, plain), k[source], v[target], **kwargs)
-            _rows_at(out, target, queries, type(out) is torch.Tensor).copy_(part)
+            part = func(rows_at(q, source, queries, plain), k[source], v[target], **kwargs)
+            rows_at(out, target, queries, type(out) is torch.Tensor).copy_(part)
         return out
 
 
@@ -261,18 +261,6 @@ def _row_expanded(x: torch.Tensor, row: int, plain: bool) -> torch.Tensor:
         return x[row : row + 1].expand(x.shape)
     stride = x.stride()
     return x.as_strided(x.shape, (0, *stride[1:]), x.storage_offset() + row * stride[0])
-
-
-def _rows_at(x: torch.Tensor, rows: slice, queries: slice, plain: bool) -> torch.Tensor:
-    """``x[rows, :, queries]`` of a ``[B, H, N, D]`` tensor (``rows`` and ``queries`` slices of step 1 within it)."""
-    if not plain:
-        return x[rows, :, queries]
-    size, stride = x.shape, x.stride()
-    return x.as_strided(
-        (rows.stop - rows.start, size[1], queries.stop - queries.start, size[3]),
-        stride,
-        x.storage_offset() + rows.start * stride[0] + queries.start * stride[2],
-    )
 
 
 def _shared_call(
@@ -361,17 +349,32 @@ def _identity_call(rows: Sequence[int], batch: int, device: torch.device) -> _Id
 @dataclass(frozen=True)
 class _TransformedCall:
     """How :meth:`AttentionLayerHook.attend` answers an SDPA call whose acting effects only replace its queries and
-    keys by functions of them (:meth:`~visattn.effects.Effect.query_key_transform`: SEG's blurred rows): the stock
-    call over the transformed queries and keys, as the attention core computes it for such a call (the same SDPA
-    call), without building the call's context each time."""
+    keys by functions of them (:meth:`~visattn.effects.Effect.query_key_transform`: SEG's blurred rows) or only read
+    its final probabilities (:meth:`~visattn.effects.Effect.probability_reads`: attention maps): the stock call over
+    the transformed queries and keys, then the reads served from them, as the attention core computes and serves
+    such a call (the same SDPA call; :func:`~visattn.kernels.probabilities.serve_plain_reads`), without building the
+    call's context each time."""
 
     transforms: tuple[QueryKeyTransform, ...]
+    readers: tuple[ProbabilityReader, ...] = ()
 
-    def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        """The call's answer; ``func`` is the SDPA function the processor called, ``kwargs`` its keywords."""
+    def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
+        """The call's answer, or ``None`` (nothing done) when a reader cannot say its reads without its effect's
+        full path; ``func`` is the SDPA function the processor called, ``kwargs`` its keywords."""
+        reads: list = []
+        for reader in self.readers:
+            read = reader()
+            if read is None:
+                return None
+            reads.extend(read)
         for transform in self.transforms:
             q, k = transform(q, k)
-        return func(q, k, v, **kwargs)
+        out = func(q, k, v, **kwargs)
+        if reads:
+            # The stock call answered; the reads get their blocks from its queries and keys, as AttentionCall.run
+            # serves them when only reads acted.
+            serve_plain_reads(q, k, kwargs.get("scale"), reads)
+        return out
 
 
 @dataclass(frozen=True)
@@ -814,6 +817,8 @@ class AttentionLayerHook(ModelHook):
         # Whether some effect may say its whole change to a call is a function of the queries and keys (planned at
         # the SDPA call too, see _make_shared_call).
         self._transforms = any(type(effect).query_key_transform is not Effect.query_key_transform for effect in effects)
+        # Whether some effect may say its whole part in a call is reading its probabilities (planned there too).
+        self._reads = any(type(effect).probability_reads is not Effect.probability_reads for effect in effects)
         # Whether every effect acts at every step (none has steps=...): no step check per call.
         self._stepless = all(effect.steps is None for effect in effects)
         self._row_plans.clear()
@@ -1258,12 +1263,10 @@ class AttentionLayerHook(ModelHook):
         ctx, partial = self._context_of(batch, q.shape[1], q.shape[3], q.shape[2], k.shape[2])
         if partial is not None or not any(effect.acts_on(ctx) for effect in self.effects):
             return None
-        if self._transforms:
-            transforms = [effect.query_key_transform(ctx) for effect in self.effects if effect.acts_on(ctx)]
-            if all(transform is not None for transform in transforms):
-                # Every acting effect's change is a function of the queries and keys (composed in attachment order,
-                # as their apply calls are): the stock call over what they make of them.
-                return _TransformedCall(tuple(t for t in transforms if t is not UNCHANGED_QUERY_KEY))
+        if self._transforms or self._reads:
+            stock = self._stock_answer(ctx, q.device)
+            if stock is not None:
+                return stock
         spans: dict[int, slice] = {}
         copies = self._row_sources(ctx, q.shape[0], spans)
         if not copies:
@@ -1276,6 +1279,27 @@ class AttentionLayerHook(ModelHook):
         if any(source is None for source in copies.values()):
             return None
         return _shared_call(copies, spans, q.shape[0], q.shape[2], q.device)
+
+    def _stock_answer(self, ctx: CallContext, device: torch.device) -> _TransformedCall | None:
+        """:class:`_TransformedCall` of a call in which every acting effect's part is a function of the queries and
+        keys (composed in attachment order, as their apply calls are) or reading the final probabilities (served
+        after every change, as the core serves reads); ``None`` where one may do anything else."""
+        transforms: list[QueryKeyTransform] = []
+        readers: list[ProbabilityReader] = []
+        for effect in self.effects:
+            if not effect.acts_on(ctx):
+                continue
+            transform = effect.query_key_transform(ctx)
+            if transform is not None:
+                if transform is not UNCHANGED_QUERY_KEY:
+                    transforms.append(transform)
+                continue
+            reader = effect.probability_reads(ctx, device)
+            if reader is None:
+                return None
+            if reader is not NO_READS:
+                readers.append(reader)
+        return _TransformedCall(tuple(transforms), tuple(readers))
 
     @contextlib.contextmanager
     def replaying(self, ctx: CallContext):
@@ -1323,16 +1347,23 @@ class AttentionLayerHook(ModelHook):
         elif (
             mask is None
             and plan is None
-            and ((self._shares_rows and not self._row_planned) or self._answers_by_values or self._transforms)
+            and (
+                (self._shares_rows and not self._row_planned)
+                or self._answers_by_values
+                or self._transforms
+                or self._reads
+            )
         ):
             # No plan covers the call (other processors, joint calls, rows answered by their values where projecting
             # only the others saves too little): plan at the SDPA call.
             shared_call = self._shared_call(q, k, v)
             if shared_call is not None:
                 rest = kwargs if sdpa is kwargs and args else {n: x for n, x in sdpa.items() if n not in _QKV}
-                if not sdpa.get("enable_gqa"):
-                    self._shared_answers.append((shared_call, (q.shape, k.shape, v.shape), q.device))
-                return shared_call.run(func, q, k, v, rest)
+                answer = shared_call.run(func, q, k, v, rest)
+                if answer is not None:
+                    if not sdpa.get("enable_gqa"):
+                        self._shared_answers.append((shared_call, (q.shape, k.shape, v.shape), q.device))
+                    return answer
         view = self._parallel
         heads = ulysses_heads(view, q.shape[1])
         n_local = q.shape[2]

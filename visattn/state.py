@@ -127,8 +127,10 @@ class DenoiserHook(ModelHook):
         self._row_keys: dict[tuple, tuple] | None = (
             {} if all(type(effect).frozen_parameters for effect in self._row_planners) else None
         )
-        # The effects that wrap the denoiser's forward, the outermost (the first attached) first.
+        # The effects that wrap the denoiser's forward, the outermost (the first attached) first, and those that read
+        # its call's facts before it runs.
         self._denoiser_wrappers = [effect for effect in effects if effect.wraps_denoiser]
+        self._denoiser_readers = [effect for effect in effects if effect.reads_denoiser_call]
         #: whether the denoiser's forward holds SDPA routed (set by the attachment: most of its attention modules
         #: carry a layer hook, so routing once per denoiser call costs less than once per layer call)
         self.holds_route = False
@@ -226,6 +228,8 @@ class DenoiserHook(ModelHook):
             SDPA_ROUTE.__enter__()
             state.holds_route = True
         try:
+            for effect in self._denoiser_readers:
+                effect.read_denoiser_call(state)
             if wrappers:
                 # The outermost wrapper called directly (the others, if any, bound around the forward above).
                 return wrappers[0].wrap_denoiser(forward, args, kwargs, state)

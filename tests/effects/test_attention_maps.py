@@ -92,6 +92,45 @@ def test_output_is_bit_identical_with_and_without_attention_maps(family, backend
 # --- exactness ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("family", ["unet", "sd3"])
+def test_reads_answered_at_the_sdpa_call_are_the_cores_reads_bit_for_bit(family, monkeypatch):
+    """All AttentionMaps does in a call is read its probabilities: the layer plans that once per call shape and
+    answers the call with the stock SDPA and the read served from its queries and keys, without building the
+    call's context again (on SD3 in the same planned call as SEG's blur, reading SEG's rows). The same image and
+    maps, bit for bit, as the attention core serving every read (which a backend forced for effects keeps), and the
+    planned answer is what served the calls."""
+    from visattn import interception
+
+    served = {"reads": 0}
+    real_run = interception._TransformedCall.run
+
+    def counted(self, *args):
+        out = real_run(self, *args)
+        served["reads"] += out is not None and bool(self.readers)
+        return out
+
+    monkeypatch.setattr(interception._TransformedCall, "run", counted)
+
+    def effects() -> list[Effect]:
+        if family == "unet":
+            return [AttentionMaps(prompt=prompt_of(family))]
+        # The maps of SEG's rows: read from the blurred queries.
+        seg = visattn.SmoothedEnergyGuidance(3.0, sigma=2.0, layers="joint")
+        return [AttentionMaps(prompt=prompt_of(family), branch=seg.branch), seg]
+
+    planned = effects()
+    planned_image = run(family, *planned)
+    assert served["reads"] > 0
+    served["reads"] = 0
+    core = effects()
+    core_image = run(family, *core, backend="sdpa")
+    assert served["reads"] == 0
+    assert np.array_equal(planned_image, core_image)
+    a, b = planned[0].maps(), core[0].maps()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[word], b[word]) for word in a)
+
+
 @pytest.mark.parametrize("family", ["unet", "sd3", "flux"])
 def test_observer_probabilities_equal_the_reference_backend(family):
     layer = "^" + re.escape(first_text_layer(family)) + "$"
@@ -314,6 +353,13 @@ def test_an_inferred_prompt_that_changes_needs_a_reset():
         maps.reset()
         pipe(**call_kwargs("unet", prompt="a blue square"))
     assert "square" in maps.maps()
+    # The calls of the second prompt have the first one's shapes (the layers' planned reads of them are kept): the
+    # reads are made again for the new prompt, so the maps are a new attachment's, bit for bit.
+    fresh = AttentionMaps()
+    run("unet", fresh, prompt="a blue square")
+    a, b = maps.maps(), fresh.maps()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[word], b[word]) for word in a)
 
 
 def test_prompt_embeds_without_a_prompt_is_a_clear_error():

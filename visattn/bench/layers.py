@@ -19,7 +19,9 @@ each effect is timed on one attention layer against what the same result costs w
 
 The layer's visattn hook is the one ``attach`` registers (:class:`visattn.interception.AttentionLayerHook`),
 driven by a :class:`visattn.state.DenoiserState` that says what a denoiser call would (the grid, the text length,
-the batch layout with the effect's branch), so the timed call runs every line ``attach`` runs per layer call.
+the batch layout with the effect's branch), so the timed call runs every line ``attach`` runs per layer call;
+``F.scaled_dot_product_attention`` is routed as the attached denoiser routes it around all its layers (once per
+denoiser call, so entered outside each timed layer call: :class:`_Routed`).
 Layer shapes are SD 1.5's (:data:`LAYER_SHAPES`) and the tiny test UNet's, where Python overhead dominates.
 Times are medians of calls alternated one by one between the two sides, one thread, fp32, ``no_grad``, garbage
 collector paused, on the wall clock or (``clock="cpu"``) in the timing thread's CPU time (:data:`CLOCKS`).
@@ -272,6 +274,9 @@ def _hook(
     # planned forwards (interception._FastForward) only within one; without it the layer would take a path no
     # attached pipeline's calls take after their first.
     state.plan_epoch = next(_PLAN_EPOCHS)
+    # The route held as an attached denoiser holds it for its whole call (see _Routed): entered once per denoiser
+    # call in a generation, not per layer call.
+    state.holds_route = True
     name = "mid_block.attentions.0.transformer_blocks.0." + ("attn2" if role == "cross" else "attn1")
     hook = AttentionLayerHook([effect], state, layer_name=name, layer_index=0, static_role=role, backend=backend)
     register_layer_hook(module, hook)
@@ -300,12 +305,29 @@ def _plain_maps(effect: Any, shape: LayerShape) -> PlainMapsProcessor:
 
 
 # --- timing ----------------------------------------------------------------------------------------------------------
+class _Routed:
+    """A hooked layer's call (its state's ``holds_route`` set, see :func:`_hook`) with SDPA routed around it, as the
+    attached denoiser routes it around all its layers once per call; :func:`_interleaved` enters the route before
+    its timer starts and leaves it after it stops, so a layer's time is what the layer costs inside a generation."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Any:
+        from ..interception import SDPA_ROUTE
+
+        with SDPA_ROUTE:
+            return self.fn()
+
+
 def _interleaved(
     sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int, clock: str = "wall"
 ) -> dict[str, list]:
     """Seconds per call of each side: ``warmup`` untimed calls each, then the sides' calls alternated one by one
     (``rounds`` is kept for the signature: alternating single calls spreads a shared machine's drift best),
-    garbage collector paused."""
+    garbage collector paused. A :class:`_Routed` side has the route entered outside its timed call."""
+    from ..interception import SDPA_ROUTE
+
     now = CLOCKS[clock]
     samples: dict[str, list[float]] = {name: [] for name in sides}
     for fn in sides.values():
@@ -316,6 +338,12 @@ def _interleaved(
     try:
         for _ in range(repeats):
             for name, fn in sides.items():
+                if isinstance(fn, _Routed):
+                    with SDPA_ROUTE:
+                        begin = now()
+                        fn.fn()
+                        samples[name].append(now() - begin)
+                    continue
                 begin = now()
                 fn()
                 samples[name].append(now() - begin)
@@ -392,7 +420,7 @@ def _compare_perturbation(
     hidden[2] = hidden[1]
     try:
         with torch.no_grad():
-            sides = {"visattn": lambda: ours(hidden), "baseline": lambda: theirs(hidden)}
+            sides = {"visattn": _Routed(lambda: ours(hidden)), "baseline": lambda: theirs(hidden)}
             diff = _max_diff(sides["visattn"](), sides["baseline"]())
             samples = _interleaved(sides, repeats, warmup, rounds, clock)
     finally:
@@ -414,7 +442,7 @@ def compare_maps(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, c
     try:
         with torch.no_grad():
             sides = {
-                "visattn": lambda: ours(hidden, encoder_hidden_states=text),
+                "visattn": _Routed(lambda: ours(hidden, encoder_hidden_states=text)),
                 "baseline": lambda: theirs(hidden, encoder_hidden_states=text),
             }
             diff = _max_diff(sides["visattn"](), sides["baseline"]())
@@ -451,8 +479,8 @@ def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, cl
     try:
         with torch.no_grad():
             sides = {
-                "visattn": lambda: ours(hidden, encoder_hidden_states=text),
-                "materialized": lambda: materialized(hidden, encoder_hidden_states=text),
+                "visattn": _Routed(lambda: ours(hidden, encoder_hidden_states=text)),
+                "materialized": _Routed(lambda: materialized(hidden, encoder_hidden_states=text)),
                 "baseline": lambda: theirs(hidden, encoder_hidden_states=text),
             }
             edited, oracle, stock = (side() for side in sides.values())

@@ -34,10 +34,14 @@ import torch.nn.functional as F
 
 from .. import heatmaps as rendering
 from .. import validation
-from ..context import CallContext, DenoiserCall
+from ..context import CallContext, DenoiserCall, StepInfo
 from ..kernels.probabilities import ProbabilityRead
+from ..steps import in_steps
 from ..words import STOP_WORDS, PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
-from .base import AttentionCall, Effect
+from .base import NO_READS, AttentionCall, Effect, ProbabilityReader
+
+#: the smallest normal number of each float dtype (a word mass's floor before dividing by it)
+_TINY = {dtype: torch.finfo(dtype).tiny for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 # --- which positions to track ------------------------------------------------------------------------------------
 
@@ -54,8 +58,20 @@ class _PromptPlan:
 class _Plan:
     positions: torch.Tensor  # [K] text positions to compute (union over prompts)
     prompts: tuple[_PromptPlan, ...]
-    #: the key indices of ``positions`` by (device, first text key): made once, read by every call
+    #: the key indices of ``positions`` by (device, first text key), and the prompts' matrices by device: made
+    #: once, read by every call
     keys: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def matrices_at(self, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor | None], ...]:
+        """Each prompt's ``(word_matrix, kept)`` on ``device``, ``kept`` as a ``[K, 1]`` column (moved once, read by
+        every call)."""
+        matrices = self.keys.get(device)
+        if matrices is None:
+            matrices = self.keys[device] = tuple(
+                (p.word_matrix.to(device), None if p.kept is None else p.kept.to(device).unsqueeze(1))
+                for p in self.prompts
+            )
+        return matrices
 
     def keys_at(self, device: torch.device, text_start: int) -> torch.Tensor:
         """The tracked positions as key indices of a call whose text starts at key ``text_start``, on ``device``."""
@@ -223,36 +239,79 @@ class AttentionMaps(Effect):
         return 0 if latest is None else latest.nbytes
 
     # --- call time -----------------------------------------------------------------------------------------------
-    def apply(self, call: AttentionCall) -> None:
-        ctx = call.ctx
+    def read_denoiser_call(self, state: Any) -> None:
+        """Read (``prompt=None``) or check (``prompt=...``) the prompt of the running pipeline call, once per denoiser
+        call and before it runs: the prompt is a fact of the denoiser call, and attention calls answered from a plan
+        (:meth:`probability_reads`) never see it."""
+        denoiser = state.call
+        if denoiser is not None:
+            run: CollectedMaps = self.run_of(state)
+            if self._prompt_from_call:
+                run.read_prompt_of_call(denoiser)
+            else:
+                run.check_prompt_of_call(denoiser)
+
+    def row_plan_key(self, step: StepInfo) -> bool:
+        """Whether the reads are made depends, of the step, only on whether the effect's window is open (see
+        :meth:`~visattn.effects.Effect.row_plan_key`)."""
+        return in_steps(self.steps, step.fraction)
+
+    def _reads_in(self, ctx: CallContext) -> bool:
+        """Whether this effect reads a call with context ``ctx``: image queries, text keys and its branch's rows."""
         if ctx.grid is None or ctx.queries.image is None or ctx.keys.text is None or ctx.keys.text.length == 0:
-            return
-        if self.branch not in ctx.batch.names:
-            return  # e.g. the unconditional call of a pipeline that runs its branches one by one
-        if call.replay:
-            return  # a backward recomputation: this call's maps were collected in the forward
-        run: CollectedMaps = self.run_of(ctx)
-        self._collected.latest = run
-        if self._prompt_from_call and ctx.denoiser is not None and ctx.denoiser is not run.prompt_read_in:
-            run.prompt_read_in = ctx.denoiser
-            run.read_prompt_of_call(ctx.denoiser)
-        if not self._prompt_from_call:
-            run.check_prompt_of_call(ctx.denoiser)
-        text, image = ctx.keys.text, ctx.queries.image
-        plan = run.plan(text.length, ctx)
-        rows = ctx.batch.rows(self.branch)
+            return False
+        return self.branch in ctx.batch.names  # not e.g. the unconditional call of a pipeline that runs branches apart
+
+    def _read(
+        self, run: CollectedMaps, ctx: CallContext, plan: _Plan, rows: slice, device: torch.device
+    ) -> ProbabilityRead:
+        """The read of one call of context ``ctx``: ``rows`` (the branch's), its image queries, the plan's text keys."""
         n_rows, n_prompts = rows.stop - rows.start, len(plan.prompts)
         if n_rows % n_prompts:
             raise ValueError(
                 f"AttentionMaps got {n_prompts} prompts but the {self.branch!r} branch has {n_rows} rows; "
                 "pass every prompt of the call (in order)"
             )
-        keys = plan.keys_at(call.q.device, text.start)
+        keys = plan.keys_at(device, ctx.keys.text.start)
 
         def observe(block: torch.Tensor) -> None:
             run.observe(ctx, plan, block)
 
-        call.reads.append(ProbabilityRead(observe, rows=rows, queries=image.as_slice(), keys=keys))
+        return ProbabilityRead(observe, rows=rows, queries=ctx.queries.image.as_slice(), keys=keys)
+
+    def apply(self, call: AttentionCall) -> None:
+        ctx = call.ctx
+        if not self._reads_in(ctx) or call.replay:
+            return  # a replay is a backward recomputation: this call's maps were collected in the forward
+        run: CollectedMaps = self.run_of(ctx)
+        self._collected.latest = run
+        plan = run.plan(ctx.keys.text.length, ctx)
+        call.reads.append(self._read(run, ctx, plan, ctx.batch.rows(self.branch), call.q.device))
+
+    def probability_reads(self, ctx: CallContext, device: torch.device) -> ProbabilityReader:
+        """The read :meth:`apply` adds to calls of context ``ctx`` on ``device``, made again whenever the plan of the
+        prompt changes (a new prompt, :meth:`reset`); ``None`` at a call before the plan is made, which makes and
+        checks it (see :meth:`~visattn.effects.Effect.probability_reads`)."""
+        if not self._reads_in(ctx):
+            return NO_READS
+        run: CollectedMaps = self.run_of(ctx)
+        collected, text_length = self._collected, ctx.keys.text.length
+        rows = ctx.batch.rows(self.branch)
+        made: list = [None, ()]  # the plan the reads below were made for, and them
+
+        def reads() -> tuple[ProbabilityRead, ...] | None:
+            plan = run.plans.get(text_length)
+            if plan is None:
+                return None
+            if plan is not made[0]:
+                n_rows = rows.stop - rows.start
+                if n_rows % len(plan.prompts):
+                    return None  # the full path says why
+                made[:] = [plan, (self._read(run, ctx, plan, rows, device),)]
+            collected.latest = run
+            return made[1]
+
+        return reads
 
     def _tokens(self, prompt: str | PromptTokens, text_length: int, ctx: CallContext) -> PromptTokens:
         layer = ctx.layer_name
@@ -387,10 +446,6 @@ class CollectedMaps:
     def __init__(self, effect: AttentionMaps) -> None:
         self.effect = effect
         self.prompts = effect.prompts
-        #: the denoiser call whose pipeline prompt was last compared with ``prompt=`` (once per denoiser call)
-        self.prompt_checked_in: Any = None
-        #: the denoiser call whose prompt was last read (the prompt is read once per denoiser call)
-        self.prompt_read_in: Any = None
         self.reset()
 
     def reset(self) -> None:
@@ -429,9 +484,8 @@ class CollectedMaps:
         one prompt over the attention of another. Compared once per denoiser call; nothing to compare without a
         pipeline, with ``prompt_embeds``, or with a prompt template that rewrites the text.
         """
-        if denoiser is None or denoiser is self.prompt_checked_in:
+        if denoiser is None:
             return
-        self.prompt_checked_in = denoiser
         called = _prompt_texts(denoiser.prompt.prompt)
         if called is None or denoiser.prompt.prompt_template is not None:
             return
@@ -459,30 +513,40 @@ class CollectedMaps:
     def observe(self, ctx: CallContext, plan: _Plan, block: torch.Tensor) -> None:
         """Add one call's maps: ``block`` holds its probabilities ``[rows, heads, image queries, tracked keys]``."""
         n_rows, n_prompts = block.shape[0], len(plan.prompts)
-        probs = ctx.mean_over_heads(block)  # [rows, Nimg, K]
-        # Pipelines repeat each prompt num_images_per_prompt times in a row: average each prompt's images.
-        if n_rows != n_prompts:
-            probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
-        frames, height, width = ctx.grid
-        for index, prompt_plan in enumerate(plan.prompts):
-            p = probs[index]
-            masses = p @ prompt_plan.word_matrix.to(p.device)  # [Nimg, words]
-            if prompt_plan.kept is not None:
-                total = p @ prompt_plan.kept.to(p.device)
-                masses = masses / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)
-            maps = masses.transpose(0, 1).reshape(-1, frames, height, width)
-            self._accumulate(index, maps, plan, ctx.input_grid)
+        if n_rows == 1 and ctx.head_group is None:
+            prompts: Sequence[torch.Tensor] = (block.mean(dim=(0, 1)),)  # one row of one prompt: [Nimg, K]
+        else:
+            probs = ctx.mean_over_heads(block)  # [rows, Nimg, K]
+            # Pipelines repeat each prompt num_images_per_prompt times in a row: average each prompt's images.
+            if n_rows != n_prompts:
+                probs = probs.view(n_prompts, n_rows // n_prompts, *probs.shape[1:]).mean(dim=1)
+            prompts = probs.unbind(0)
+        grid = ctx.grid
+        for index, (p, (word_matrix, kept)) in enumerate(zip(prompts, plan.matrices_at(block.device), strict=True)):
+            masses = p @ word_matrix  # [Nimg, words]
+            if kept is not None:
+                masses = masses / (p @ kept).clamp_min(_TINY[p.dtype])
+            self._accumulate(index, masses, grid, plan, ctx)
         self.contributions += 1
 
-    def _accumulate(self, index: int, maps: torch.Tensor, plan: _Plan, input_grid: tuple[int, int, int]) -> None:
+    def _accumulate(
+        self, index: int, masses: torch.Tensor, grid: tuple[int, int, int], plan: _Plan, ctx: CallContext
+    ) -> None:
+        """Add one prompt's word masses ``[tokens, words]`` of a call on ``grid`` to its sums."""
         if self.sums is None:
-            size = self.effect.resolution or input_grid[1:]
-            self.size = (maps.shape[1], int(size[0]), int(size[1]))
+            size = self.effect.resolution or ctx.input_grid[1:]
+            self.size = (grid[0], int(size[0]), int(size[1]))
             self.sums = [
-                torch.zeros(len(p.names), *self.size, device=maps.device, dtype=torch.float32) for p in plan.prompts
+                torch.zeros(len(p.names), *self.size, device=masses.device, dtype=torch.float32) for p in plan.prompts
             ]
+            # The sums read as [tokens, words], where a call's masses add without a transposed copy.
+            self._sums_by_token = [sums.flatten(1).t() for sums in self.sums]
             self.names = tuple(p.names for p in plan.prompts)
+        if grid == self.size and masses.device == self.sums[index].device:
+            self._sums_by_token[index].add_(masses)
+            return
         frames, height, width = self.size
+        maps = masses.t().reshape(-1, *grid)
         if maps.shape[1:] != self.size:
             if maps.shape[1] == frames:
                 downsampling = maps.shape[-2] > height or maps.shape[-1] > width

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +39,19 @@ def _unchanged_query_key(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor
 
 #: :meth:`Effect.query_key_transform`'s answer for a call the effect leaves alone
 UNCHANGED_QUERY_KEY: QueryKeyTransform = _unchanged_query_key
+
+#: a function called at each attention call an effect only reads, returning the blocks of the call's final
+#: probabilities it reads there, or ``None`` when it cannot say without its full path (see
+#: :meth:`Effect.probability_reads`)
+ProbabilityReader = Callable[[], Sequence[ProbabilityRead] | None]
+
+
+def _no_reads() -> tuple[ProbabilityRead, ...]:
+    return ()
+
+
+#: :meth:`Effect.probability_reads`'s answer for a call the effect leaves alone
+NO_READS: ProbabilityReader = _no_reads
 
 
 @dataclass
@@ -396,6 +409,22 @@ class Effect:
         queries and keys, without building the call's context each time."""
         return None
 
+    def probability_reads(self, ctx: CallContext, device: torch.device) -> ProbabilityReader | None:
+        """What this effect's :meth:`apply` does in a call with context ``ctx`` (its tensors on ``device``) when all
+        it does there is read the call's final probabilities (:class:`~visattn.kernels.probabilities.ProbabilityRead`:
+        attention maps): a function called at each such call returning the reads its :meth:`apply` would add, or
+        ``None`` where it cannot say without running :meth:`apply` (its per-prompt plan is not made yet: that call
+        takes the full path); :data:`NO_READS` when it does nothing in such a call; ``None`` (the default) when it
+        may do anything.
+
+        Asked once per call shape and plan facts (see :meth:`row_plan_key`), at the SDPA call: where every effect
+        acting on a call answers this or :meth:`query_key_transform`, the layer's hook answers it with the stock
+        SDPA function (over the transformed queries and keys) and serves the reads from that call's queries and
+        keys, as the attention core serves reads of a call the stock computation answered, without building the
+        call's context each time. Facts of the denoiser call (its prompt) are then not seen per attention call:
+        an effect that checks them does so in :meth:`read_denoiser_call`."""
+        return None
+
     def row_plan_key(self, step: StepInfo) -> Hashable:
         """What of the denoiser's ``step`` decides this effect's answers to :meth:`acts_on`,
         :meth:`identity_only_rows` and :meth:`shared_query_key_rows`, beside the call's shapes, batch layout and the
@@ -408,6 +437,17 @@ class Effect:
         """
         return step
 
+    def read_denoiser_call(self, state: Any) -> None:
+        """Read facts of the running denoiser call (``state``: its :class:`~visattn.state.DenoiserState`) before it
+        runs, once per call where the attachment acts; effects that only read such facts (AttentionMaps reads the
+        pipeline call's prompt) override this rather than :meth:`wrap_denoiser`, since attention calls answered
+        from a layer's plans (:meth:`probability_reads`) build no context that would carry them. May raise to
+        refuse the call."""
+
+    @property
+    def reads_denoiser_call(self) -> bool:
+        return type(self).read_denoiser_call is not Effect.read_denoiser_call
+
     def wrap_denoiser(self, forward: Callable[..., Any], args: tuple, kwargs: dict, state: Any) -> Any:
         """Run one denoiser call; effects that add batch branches or post-process predictions override this."""
         return forward(*args, **kwargs)
@@ -415,13 +455,15 @@ class Effect:
     @property
     def plans_rows(self) -> bool:
         """Whether this effect may say, before the processor runs or at its SDPA call, what it does there in a form the
-        layer's hook plans (it overrides :meth:`identity_only_rows`, :meth:`shared_query_key_rows` or
-        :meth:`query_key_transform`): its answers are then keyed by :meth:`row_plan_key`."""
+        layer's hook plans (it overrides :meth:`identity_only_rows`, :meth:`shared_query_key_rows`,
+        :meth:`query_key_transform` or :meth:`probability_reads`): its answers are then keyed by
+        :meth:`row_plan_key`."""
         cls = type(self)
         return (
             cls.identity_only_rows is not Effect.identity_only_rows
             or cls.shared_query_key_rows is not Effect.shared_query_key_rows
             or cls.query_key_transform is not Effect.query_key_transform
+            or cls.probability_reads is not Effect.probability_reads
         )
 
     @property

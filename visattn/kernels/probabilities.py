@@ -246,6 +246,9 @@ def serve_reads(request: AttentionRequest, reads, lse: torch.Tensor | None) -> N
         reads = [read for read in reads if read.before_edits]
     # Without a mask, pattern or modifier no logit is -inf: the block's rows are one fused softmax over every key.
     unmasked = request.attn_mask is None and request.pattern is None and request.score_mod is None
+    if lse is None and unmasked and request.identity_blend is None:
+        serve_plain_reads(request.q, request.k, request.scale, reads)
+        return
     for read in reads:
         rows, queries = read.resolved(batch, n_q)
         parts = []
@@ -268,6 +271,46 @@ def serve_reads(request: AttentionRequest, reads, lse: torch.Tensor | None) -> N
             # A query with every key masked has lse = -inf: its probabilities are zero, as the backends return.
             probs = torch.exp(logits - block_lse.masked_fill(torch.isinf(block_lse), 0.0).unsqueeze(-1))
             parts.append(probs if read.before_edits else _blended(request, probs, rows, start, stop, read.keys))
+        if parts:
+            read.observe(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+
+
+def rows_at(x: torch.Tensor, rows: slice, queries: slice, plain: bool) -> torch.Tensor:
+    """``x[rows, :, queries]`` of a ``[B, H, N, D]`` tensor (``rows`` and ``queries`` slices of step 1 within it),
+    made with one op where ``x`` is a plain tensor (slicing twice takes two, and on small calls each op costs about
+    as much as a few thousand multiply-adds of the attention itself)."""
+    if not plain:
+        return x[rows, :, queries]
+    size, stride = x.shape, x.stride()
+    return x.as_strided(
+        (rows.stop - rows.start, size[1], queries.stop - queries.start, size[3]),
+        stride,
+        x.storage_offset() + rows.start * stride[0] + queries.start * stride[2],
+    )
+
+
+def serve_plain_reads(q: torch.Tensor, k: torch.Tensor, scale: float | None, reads) -> None:
+    """Give each read its block of a call of plain attention (no mask, pattern, score modifier, editor or identity
+    blend) computed elsewhere without its log-sum-exp: the softmax over every key of the block's rows and queries
+    (fp32, chunk by chunk), then the read's keys. The logits are formed as
+    :func:`~visattn.kernels.backends.reference.masked_logits` forms them, op for op, so a block is the same bit for
+    bit whichever path serves it (a layer's planned stock answer serves reads here directly)."""
+    batch, n_q = q.shape[0], q.shape[2]
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    plain = type(q) is torch.Tensor
+    for read in reads:
+        rows, queries = read.resolved(batch, n_q)
+        keys_t = k[rows]
+        keys_t = (keys_t if keys_t.dtype == torch.float32 else keys_t.float()).transpose(-1, -2)
+        picked = None if read.keys is None else read.keys.to(q.device)
+        parts = []
+        for start in range(queries.start, queries.stop, READ_QUERY_CHUNK):
+            stop = min(queries.stop, start + READ_QUERY_CHUNK)
+            block = rows_at(q, rows, slice(start, stop), plain)
+            block = block if block.dtype == torch.float32 else block.float()
+            probs = torch.softmax(torch.matmul(block, keys_t) * scale, dim=-1)
+            parts.append(probs if picked is None else probs.index_select(-1, picked))
         if parts:
             read.observe(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
 
