@@ -47,8 +47,9 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
 from .effects.base import NO_READS, UNCHANGED_QUERY_KEY, AttentionCall, Effect, ProbabilityReader, QueryKeyTransform
 from .kernels import backend_names
-from .kernels.core import _rows, _stacked_rows, gather_rows
-from .kernels.probabilities import queries_apart, rows_at, serve_plain_reads
+from .kernels.core import _rows, _stacked_rows, gather_rows, run_request
+from .kernels.probabilities import Editor, queries_apart, rows_at, serve_plain_reads
+from .kernels.request import AttentionRequest
 from .parallel import (
     ParallelView,
     check_supported,
@@ -188,15 +189,23 @@ class _RowPlan:
     shape: tuple[int, ...]
     copies: dict[int, int | None]
     projection: _Projection | None
-    copy_runs: tuple[tuple[int, int, int], ...]
+    copy_runs: tuple[tuple[int, int, int, int, int], ...]
 
     #: whether every planned row takes another row's queries and keys (none is answered by its values) and no
     #: backend is forced for effects: once they hold them, the stock computation is the effects' answer
     only_shared: bool = False
 
+    @functools.cached_property
+    def copied_call(self) -> _CopiedRowsCall:
+        """The planned call's answer as a :class:`_FastForward` keeps it (rows copied in place, then the stock call)."""
+        return _CopiedRowsCall(self.copy_runs)
 
-def _copy_runs(copies: dict[int, int | None]) -> tuple[tuple[int, int, int], ...]:
-    """``{target row: source row}`` as runs of consecutive targets copied from consecutive sources."""
+
+def _copy_runs(copies: dict[int, int | None]) -> tuple[tuple[int, int, int, int, int], ...]:
+    """``{target row: source row}`` as runs of consecutive targets copied from consecutive sources, each ``(first
+    target, first source, rows, repeats, spacing)``: the run is repeated ``repeats`` times, every ``spacing`` rows
+    on both sides (Prompt-to-Prompt's target rows, one per branch: rows 1 and 3 from rows 0 and 2 is one run of one
+    row repeated twice, two rows apart), so that each is one strided copy."""
     runs: list[list[int]] = []
     for target in sorted(copies):
         source = copies[target]
@@ -205,14 +214,40 @@ def _copy_runs(copies: dict[int, int | None]) -> tuple[tuple[int, int, int], ...
             last[2] += 1
         else:
             runs.append([target, source, 1])
-    return tuple((target, source, count) for target, source, count in runs)
-
-
-def _share_rows(q: torch.Tensor, k: torch.Tensor, runs: tuple[tuple[int, int, int], ...]) -> None:
-    """Copy, in place, each run's source rows of ``q`` and ``k`` (``[B, ...]``) onto its target rows."""
+    if set(copies) & set(copies.values()):
+        # A target that is another run's source: copied one run after the other, in order.
+        return tuple((target, source, count, 1, 0) for target, source, count in runs)
+    groups: list[list[int]] = []
     for target, source, count in runs:
-        q[target : target + count].copy_(q[source : source + count])
-        k[target : target + count].copy_(k[source : source + count])
+        last = groups[-1] if groups else None
+        if last is not None and count == last[2]:
+            spacing = target - last[0] - (last[3] - 1) * last[4]
+            if (last[3] == 1 or spacing == last[4]) and source - last[1] == (last[3]) * spacing and spacing >= count:
+                last[3] += 1
+                last[4] = spacing
+                continue
+        groups.append([target, source, count, 1, 0])
+    return tuple(tuple(group) for group in groups)
+
+
+def _share_rows(q: torch.Tensor, k: torch.Tensor, runs: tuple[tuple[int, int, int, int, int], ...]) -> None:
+    """Copy, in place, each run's source rows of ``q`` and ``k`` (``[B, ...]``) onto its target rows (see
+    :func:`_copy_runs`)."""
+    for target, source, count, repeats, spacing in runs:
+        for x in (q, k):
+            if repeats == 1:
+                x[target : target + count].copy_(x[source : source + count])
+            elif type(x) is torch.Tensor:
+                # One strided view of each side (a view per run would take an op each).
+                stride, offset = x.stride(), x.storage_offset()
+                shape, strides = (repeats, count, *x.shape[1:]), (spacing * stride[0], *stride)
+                x.as_strided(shape, strides, offset + target * stride[0]).copy_(
+                    x.as_strided(shape, strides, offset + source * stride[0])
+                )
+            else:
+                for index in range(repeats):
+                    at, start = target + index * spacing, source + index * spacing
+                    x[at : at + count].copy_(x[start : start + count])
 
 
 @dataclass(frozen=True)
@@ -313,6 +348,23 @@ def _shared_call(
 
 
 @dataclass(frozen=True)
+class _CopiedRowsCall:
+    """How a forward planned before its processor ran (:meth:`AttentionLayerHook._plan_rows`, without a projection
+    plan) answers its SDPA call when every acting effect only shares rows: the target rows' queries and keys copied
+    in place from their source rows (``copy_runs``, see :func:`_copy_runs`), then the stock call. Kept as a
+    :class:`_FastForward`'s answer, so the layer's next forwards skip the plan's lookups; the copy writes into the
+    processor's own query and key tensors, which feed this call alone (the ticket holds the processor, one of
+    :data:`ROW_PROJECTING_PROCESSORS`, and refuses calls autograd records)."""
+
+    copy_runs: tuple[tuple[int, int, int, int, int], ...]
+
+    def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The call's answer; ``func`` is the SDPA function the processor called, ``kwargs`` its keywords."""
+        _share_rows(q, k, self.copy_runs)
+        return func(q, k, v, **kwargs)
+
+
+@dataclass(frozen=True)
 class _IdentityCall:
     """How :meth:`AttentionLayerHook.attend` answers an SDPA call whose acting effects only answer rows by their
     values (:meth:`~visattn.effects.Effect.identity_only_rows`: PAG's perturbed rows, on every head), without their
@@ -349,14 +401,18 @@ def _identity_call(rows: Sequence[int], batch: int, device: torch.device) -> _Id
 @dataclass(frozen=True)
 class _TransformedCall:
     """How :meth:`AttentionLayerHook.attend` answers an SDPA call whose acting effects only replace its queries and
-    keys by functions of them (:meth:`~visattn.effects.Effect.query_key_transform`: SEG's blurred rows) or only read
-    its final probabilities (:meth:`~visattn.effects.Effect.probability_reads`: attention maps): the stock call over
-    the transformed queries and keys, then the reads served from them, as the attention core computes and serves
-    such a call (the same SDPA call; :func:`~visattn.kernels.probabilities.serve_plain_reads`), without building the
-    call's context each time."""
+    keys by functions of them (:meth:`~visattn.effects.Effect.query_key_transform`: SEG's blurred rows), only read
+    its final probabilities (:meth:`~visattn.effects.Effect.probability_reads`: attention maps) or only edit them
+    (:meth:`~visattn.effects.Effect.probability_editors`: Prompt-to-Prompt's cross-attention edits): without
+    editors, the stock call over the transformed queries and keys, then the reads served from them, as the
+    attention core computes and serves such a call (the same SDPA call;
+    :func:`~visattn.kernels.probabilities.serve_plain_reads`); with editors, the core's request of the call
+    (:func:`~visattn.kernels.core.run_request`), as the effects' full path sends it. Either way without building
+    the call's context each time."""
 
     transforms: tuple[QueryKeyTransform, ...]
     readers: tuple[ProbabilityReader, ...] = ()
+    editors: tuple[Editor, ...] = ()
 
     def run(self, func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
         """The call's answer, or ``None`` (nothing done) when a reader cannot say its reads without its effect's
@@ -369,6 +425,10 @@ class _TransformedCall:
             reads.extend(read)
         for transform in self.transforms:
             q, k = transform(q, k)
+        if self.editors:
+            request = AttentionRequest(q, k, v, scale=kwargs.get("scale"), editors=self.editors, reads=tuple(reads))
+            out = run_request(request)[0]
+            return out if out.dtype == q.dtype else out.to(q.dtype)
         out = func(q, k, v, **kwargs)
         if reads:
             # The stock call answered; the reads get their blocks from its queries and keys, as AttentionCall.run
@@ -381,10 +441,10 @@ class _TransformedCall:
 class _FastForward:
     """A layer's forward that asks nothing new: in the denoiser calls of plan epoch ``epoch``, the processor (the same
     object, on the native attention backend, not parallelized) makes one SDPA call of these shapes, answered by
-    ``call`` (:class:`_SharedCall`, :class:`_IdentityCall` or :class:`_TransformedCall`). Made after a forward that
-    went so (:meth:`AttentionLayerHook._intercepted_forward`); the next forwards that find the same facts run the
-    processor with that answer ready, without re-deriving what the full path derives (and checks) per forward. A call
-    that is not the expected one drops it."""
+    ``call`` (:class:`_SharedCall`, :class:`_IdentityCall`, :class:`_TransformedCall` or :class:`_CopiedRowsCall`).
+    Made after a forward that went so (:meth:`AttentionLayerHook._intercepted_forward`); the next forwards that find
+    the same facts run the processor with that answer ready, without re-deriving what the full path derives (and
+    checks) per forward. A call that is not the expected one drops it."""
 
     epoch: int
     processor: Any
@@ -397,7 +457,7 @@ class _FastForward:
     k_shape: torch.Size
     v_shape: torch.Size
     device: torch.device
-    call: _SharedCall | _IdentityCall | _TransformedCall
+    call: _SharedCall | _IdentityCall | _TransformedCall | _CopiedRowsCall
 
     def answer(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The expected SDPA call's output, or ``None`` when this call is another one."""
@@ -817,8 +877,13 @@ class AttentionLayerHook(ModelHook):
         # Whether some effect may say its whole change to a call is a function of the queries and keys (planned at
         # the SDPA call too, see _make_shared_call).
         self._transforms = any(type(effect).query_key_transform is not Effect.query_key_transform for effect in effects)
-        # Whether some effect may say its whole part in a call is reading its probabilities (planned there too).
-        self._reads = any(type(effect).probability_reads is not Effect.probability_reads for effect in effects)
+        # Whether some effect may say its whole part in a call is reading or editing its probabilities (planned there
+        # too).
+        self._reads = any(
+            type(effect).probability_reads is not Effect.probability_reads
+            or type(effect).probability_editors is not Effect.probability_editors
+            for effect in effects
+        )
         # Whether every effect acts at every step (none has steps=...): no step check per call.
         self._stepless = all(effect.steps is None for effect in effects)
         self._row_plans.clear()
@@ -903,7 +968,7 @@ class AttentionLayerHook(ModelHook):
         if (
             len(answers) == 1
             and self._intercepted == before + 1
-            and plan is None
+            and (plan is None or plan.projection is None)
             and restore is _UNCHANGED
             and self._parallel is None
             and self._routing == "attribute"
@@ -1282,10 +1347,12 @@ class AttentionLayerHook(ModelHook):
 
     def _stock_answer(self, ctx: CallContext, device: torch.device) -> _TransformedCall | None:
         """:class:`_TransformedCall` of a call in which every acting effect's part is a function of the queries and
-        keys (composed in attachment order, as their apply calls are) or reading the final probabilities (served
-        after every change, as the core serves reads); ``None`` where one may do anything else."""
+        keys (composed in attachment order, as their apply calls are), reading the final probabilities (served
+        after every change, as the core serves reads) or editing them (in attachment order, as the core runs
+        editors); ``None`` where one may do anything else."""
         transforms: list[QueryKeyTransform] = []
         readers: list[ProbabilityReader] = []
+        editors: list[Editor] = []
         for effect in self.effects:
             if not effect.acts_on(ctx):
                 continue
@@ -1295,11 +1362,15 @@ class AttentionLayerHook(ModelHook):
                     transforms.append(transform)
                 continue
             reader = effect.probability_reads(ctx, device)
-            if reader is None:
+            if reader is not None:
+                if reader is not NO_READS:
+                    readers.append(reader)
+                continue
+            edits = effect.probability_editors(ctx, device)
+            if edits is None:
                 return None
-            if reader is not NO_READS:
-                readers.append(reader)
-        return _TransformedCall(tuple(transforms), tuple(readers))
+            editors.extend(edits)
+        return _TransformedCall(tuple(transforms), tuple(readers), tuple(editors))
 
     @contextlib.contextmanager
     def replaying(self, ctx: CallContext):
@@ -1343,6 +1414,9 @@ class AttentionLayerHook(ModelHook):
             if shared and plan.only_shared:
                 # Every acting effect said the shared rows are all it changes in this call: the stock computation
                 # over these queries and keys is the effects' answer.
+                if plan.projection is None and plan.copy_runs and not sdpa.get("enable_gqa"):
+                    copied = plan.copied_call
+                    self._shared_answers.append((copied, (q.shape, k.shape, v.shape), q.device))
                 return func(*args, **kwargs)
         elif (
             mask is None

@@ -260,6 +260,37 @@ def test_shared_calls_equal_each_row_attending_with_its_sources_queries_and_keys
     )
 
 
+def test_rows_copied_in_place_by_strided_runs_equal_copying_them_one_by_one():
+    """Shared rows copied in place (a layer too small for a projection plan) are grouped into runs repeated at a
+    fixed spacing, each one strided copy: the same tensors as copying every target row from its source row, for
+    any rows, memory layout and tensor subclass."""
+    import random
+
+    from visattn.interception import _copy_runs, _share_rows
+
+    assert _copy_runs({1: 0, 3: 2}) == ((1, 0, 1, 2, 2),)  # P2P's target rows of two branches: one strided copy
+    assert _copy_runs({2: 0, 3: 1, 6: 4, 7: 5}) == ((2, 0, 2, 2, 4),)
+    random.seed(0)
+    for trial in range(300):
+        batch = random.randint(2, 9)
+        rows = random.sample(range(batch), batch)
+        count = random.randint(1, batch // 2)
+        copies = dict(zip(rows[:count], rows[count : 2 * count], strict=True))
+        q = torch.randn(batch, 2, 3, 4).transpose(1, 2)  # as processors hand it over: [B, H, N, D] of a view
+        k = torch.randn(batch, 3, 5, 2)
+        if trial % 3 == 0:
+            k = k.as_subclass(HeadTagged)
+        expected_q, expected_k = q.clone(), k.clone()
+        for target, source in copies.items():
+            expected_q[target], expected_k[target] = q[source], k[source]
+        _share_rows(q, k, _copy_runs(copies))
+        assert torch.equal(q, expected_q) and torch.equal(k, expected_k), copies
+
+
+class HeadTagged(torch.Tensor):
+    """A tensor subclass (the copies go through indexing rather than strided views)."""
+
+
 def test_a_denoiser_whose_attention_is_mostly_hooked_routes_it_once_per_call():
     """Where most attention modules carry a hook (self-attention: half of the UNet's), the denoiser's forward routes
     SDPA for its whole call instead of each layer call: the modules without a hook run the stock attention through

@@ -518,6 +518,46 @@ def test_unet_cross_attention_edits_run_as_attention_over_mixed_values_and_match
             assert (fast_side[word] - slow_side[word]).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("kind", ["reweight", "refine"])
+def test_cross_edits_that_move_values_are_planned_at_the_sdpa_call_bit_for_bit(kind, monkeypatch):
+    """A cross-attention edit that mixes the values (re-weighting, refinement; no local blend reading maps) is all
+    Prompt-to-Prompt does in such a call: the layer plans its LinearEdits (and the maps' read) once per step pattern
+    and sends the call to the attention core without building its context. The same latents and maps, bit for bit,
+    as the effects' full path (which a backend forced for effects keeps), and the planned calls served the edit."""
+    from visattn import interception
+
+    served = {"edits": 0}
+    real_run = interception._TransformedCall.run
+
+    def counted(self, *args):
+        out = real_run(self, *args)
+        served["edits"] += out is not None and bool(self.editors)
+        return out
+
+    monkeypatch.setattr(interception._TransformedCall, "run", counted)
+
+    def generate(backend: str):
+        if kind == "reweight":
+            p2p = PromptToPrompt.reweight("a red cat", {"red": 3.0, "cat": 0.5})
+        else:
+            p2p = PromptToPrompt.refine("a red cat", "a red fluffy cat")
+        maps = AttentionMaps(prompt=p2p.prompts)
+        with visattn.attach(pipeline("unet"), p2p, maps, backend=backend):
+            latents = pipeline("unet")(
+                **call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent")
+            )[0]
+        return latents, maps.maps()
+
+    planned, planned_maps = generate("auto")
+    assert served["edits"] > 0
+    served["edits"] = 0
+    core, core_maps = generate("sdpa")
+    assert served["edits"] == 0
+    assert torch.equal(planned, core)
+    for planned_side, core_side in zip(planned_maps, core_maps, strict=True):
+        assert all(torch.equal(planned_side[word], core_side[word]) for word in planned_side)
+
+
 class BeforeAndAfter(visattn.Effect):
     """Attached after the edit: each cross call's whole probabilities before the edit and as the output used them."""
 
@@ -780,15 +820,27 @@ def test_target_rows_copied_in_place_on_small_layers_equal_the_edit_made_in_the_
     """On layers too small to pay for a projection plan, the shared target rows are copied in place into the
     processor's own queries and keys and the SDPA call runs as it is: the same generation, bit for bit, as the edit
     gathering every row in the call, including across steps where a window closes (plans follow the step pattern)."""
+    from visattn import interception
     from visattn.effects.base import Effect
 
     p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=cross_steps, self_steps=self_steps)
     module = pipeline("unet").unet.mid_block.attentions[0].transformer_blocks[0].attn1
     seen, handle = _queries_of(module)
+    # After a layer's first such forward in a plan epoch, its next ones take the copy from the planned forward.
+    planned = {"calls": 0}
+    real_run = interception._CopiedRowsCall.run
+
+    def counted(self, *args):
+        planned["calls"] += 1
+        return real_run(self, *args)
+
+    interception._CopiedRowsCall.run = counted
     try:
         copied = edit("unet", p2p, images=images, output_type="latent", num_inference_steps=4)
     finally:
         handle.remove()
+        interception._CopiedRowsCall.run = real_run
+    assert planned["calls"] > 0
     assert len(seen) == 4
     # rows [uncond sources, uncond targets, cond sources, cond targets]; self-attention injected while it is open
     injected = [torch.equal(out[3 * images :], out[2 * images : 3 * images]) for out in seen]

@@ -425,6 +425,18 @@ class Effect:
         an effect that checks them does so in :meth:`read_denoiser_call`."""
         return None
 
+    def probability_editors(self, ctx: CallContext, device: torch.device) -> Sequence[Editor] | None:
+        """What this effect's :meth:`apply` does in a call with context ``ctx`` (its tensors on ``device``) when all
+        it does there is add editors of the call's probabilities (:attr:`AttentionCall.editors`: Prompt-to-Prompt's
+        cross-attention edits, :class:`~visattn.kernels.probabilities.LinearEdit` s): those editors, the same
+        objects for every such call; ``()`` when it does nothing in such a call; ``None`` (the default) when it may
+        do anything.
+
+        Asked as :meth:`probability_reads` is: where every effect acting on a call answers one of these methods and
+        some adds editors, the layer's hook sends the call with them (and the reads) to the attention core directly,
+        without building the call's context each time."""
+        return None
+
     def row_plan_key(self, step: StepInfo) -> Hashable:
         """What of the denoiser's ``step`` decides this effect's answers to :meth:`acts_on`,
         :meth:`identity_only_rows` and :meth:`shared_query_key_rows`, beside the call's shapes, batch layout and the
@@ -456,14 +468,15 @@ class Effect:
     def plans_rows(self) -> bool:
         """Whether this effect may say, before the processor runs or at its SDPA call, what it does there in a form the
         layer's hook plans (it overrides :meth:`identity_only_rows`, :meth:`shared_query_key_rows`,
-        :meth:`query_key_transform` or :meth:`probability_reads`): its answers are then keyed by
-        :meth:`row_plan_key`."""
+        :meth:`query_key_transform`, :meth:`probability_reads` or :meth:`probability_editors`): its answers are then
+        keyed by :meth:`row_plan_key`."""
         cls = type(self)
         return (
             cls.identity_only_rows is not Effect.identity_only_rows
             or cls.shared_query_key_rows is not Effect.shared_query_key_rows
             or cls.query_key_transform is not Effect.query_key_transform
             or cls.probability_reads is not Effect.probability_reads
+            or cls.probability_editors is not Effect.probability_editors
         )
 
     @property

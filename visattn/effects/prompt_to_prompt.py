@@ -765,6 +765,26 @@ class PromptToPrompt(Effect):
         text queries keep the target's own queries and keys); every query otherwise."""
         return ctx.queries.image.as_slice() if ctx.role == "joint" else None
 
+    def probability_editors(self, ctx: CallContext, device: torch.device) -> tuple[LinearEdit, ...] | None:
+        """A cross-attention call over text keys alone whose edit is all this effect does there (no local blend
+        collecting maps): the edit's :class:`~visattn.kernels.LinearEdit` s, the same objects :meth:`apply` adds,
+        made once per step pattern (see :meth:`~visattn.effects.Effect.probability_editors`); ``()`` where the call
+        has nothing to edit; ``None`` for every other call (self-attention, joint calls and edits that move no
+        values share rows instead, see :meth:`shared_query_key_rows`)."""
+        plan = self._plan(ctx)
+        if plan is None:
+            return ()
+        if plan.collect or plan.role != "cross":
+            return None
+        if not plan.edits:
+            return ()
+        image, text = ctx.queries.image, ctx.keys.text
+        if image.start != 0 or image.stop != ctx.queries.length or text.start != 0 or text.stop != ctx.keys.length:
+            return None
+        if not plan.moves_values:
+            return None  # the target rows attend with the source rows' queries and keys: shared rows answer it
+        return tuple(plan.linear_edits(device))
+
     def row_plan_key(self, step: StepInfo) -> tuple:
         """Of the step, the plans (and so :meth:`shared_query_key_rows`) depend on whether the effect's window, its
         self-attention window and each cross-attention window are open (see
