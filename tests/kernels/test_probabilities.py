@@ -41,6 +41,43 @@ def test_a_read_gets_exactly_the_reference_probabilities_and_leaves_the_output_a
     torch.testing.assert_close(block, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "layout, rows, dtype",
+    [
+        ("contiguous", slice(1, 3), torch.float32),
+        ("transposed", slice(1, 2), torch.float32),  # as processors hand q over: one row merges with its heads
+        ("transposed", slice(0, 3), torch.float32),  # several rows of a transposed view: sliced rows, matmul
+        ("contiguous", slice(0, 2), torch.bfloat16),
+    ],
+)
+def test_plain_reads_served_apart_are_the_reference_blocks_in_any_layout(layout, rows, dtype):
+    """Reads of a plain call served apart (``serve_plain_reads``: by the core after a dense call, or by a layer's
+    planned stock answer) get the reference backend's probabilities, whether the rows and heads are read as one
+    axis of strided views or the rows are sliced, chunk by chunk over the queries."""
+    from visattn.kernels import probabilities
+
+    generator = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(3, 5, 2, 8, generator=generator) for _ in range(2))  # [B, N, H, D]
+    if layout == "transposed":
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+    else:
+        q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
+    q, k = q.to(dtype), k.to(dtype)
+    keys = torch.tensor([0, 2, 4])
+    blocks = []
+    read = ProbabilityRead(blocks.append, rows=rows, queries=slice(1, 5), keys=keys)
+    original = probabilities.READ_QUERY_CHUNK
+    try:
+        probabilities.READ_QUERY_CHUNK = 3  # two chunks
+        probabilities.serve_plain_reads(q, k, 0.3, [read])
+    finally:
+        probabilities.READ_QUERY_CHUNK = original
+    (block,) = blocks
+    expected = softmax_reference(q.float(), k.float(), k.float(), scale=0.3)[rows, :, 1:5][..., keys]
+    assert block.dtype == torch.float32 and block.shape == expected.shape
+    torch.testing.assert_close(block, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_editors_change_the_probabilities_before_they_weight_the_values_and_reads_see_the_edit():
     q, k, v = qkv()
     seen = []

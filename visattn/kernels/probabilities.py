@@ -292,27 +292,64 @@ def rows_at(x: torch.Tensor, rows: slice, queries: slice, plain: bool) -> torch.
 def serve_plain_reads(q: torch.Tensor, k: torch.Tensor, scale: float | None, reads) -> None:
     """Give each read its block of a call of plain attention (no mask, pattern, score modifier, editor or identity
     blend) computed elsewhere without its log-sum-exp: the softmax over every key of the block's rows and queries
-    (fp32, chunk by chunk), then the read's keys. The logits are formed as
-    :func:`~visattn.kernels.backends.reference.masked_logits` forms them, op for op, so a block is the same bit for
-    bit whichever path serves it (a layer's planned stock answer serves reads here directly)."""
-    batch, n_q = q.shape[0], q.shape[2]
+    (fp32, chunk by chunk), then the read's keys. Both the attention core and a layer's planned stock answer serve
+    such reads here, so a block is the same bit for bit whichever path serves it.
+
+    Where the block's rows and heads can be read as one batch axis (one row, or rows laid out head after head) of
+    fp32 plain tensors, the logits are one ``bmm`` of strided views; otherwise ``matmul`` over the sliced rows, as
+    :func:`~visattn.kernels.backends.reference.masked_logits` forms them. On small calls the op count sets the
+    cost (each op costs about as much as a few thousand multiply-adds of the attention itself)."""
+    batch, heads, n_q = q.shape[0], q.shape[1], q.shape[2]
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    plain = type(q) is torch.Tensor
+    plain = type(q) is torch.Tensor and type(k) is torch.Tensor
     for read in reads:
         rows, queries = read.resolved(batch, n_q)
-        keys_t = k[rows]
-        keys_t = (keys_t if keys_t.dtype == torch.float32 else keys_t.float()).transpose(-1, -2)
         picked = None if read.keys is None else read.keys.to(q.device)
+        merged = _merged_rows(q, k, rows, plain)
         parts = []
-        for start in range(queries.start, queries.stop, READ_QUERY_CHUNK):
-            stop = min(queries.stop, start + READ_QUERY_CHUNK)
-            block = rows_at(q, rows, slice(start, stop), plain)
-            block = block if block.dtype == torch.float32 else block.float()
-            probs = torch.softmax(torch.matmul(block, keys_t) * scale, dim=-1)
-            parts.append(probs if picked is None else probs.index_select(-1, picked))
+        if merged is not None:
+            keys_t, query_view = merged
+            for start in range(queries.start, queries.stop, READ_QUERY_CHUNK):
+                stop = min(queries.stop, start + READ_QUERY_CHUNK)
+                logits = torch.bmm(query_view(start, stop), keys_t).mul_(scale)
+                probs = torch.softmax(logits, dim=-1)
+                probs = probs if picked is None else probs.index_select(-1, picked)
+                parts.append(probs.view(rows.stop - rows.start, heads, stop - start, probs.shape[-1]))
+        else:
+            keys_t = k[rows]
+            keys_t = (keys_t if keys_t.dtype == torch.float32 else keys_t.float()).transpose(-1, -2)
+            for start in range(queries.start, queries.stop, READ_QUERY_CHUNK):
+                stop = min(queries.stop, start + READ_QUERY_CHUNK)
+                block = rows_at(q, rows, slice(start, stop), plain)
+                block = block if block.dtype == torch.float32 else block.float()
+                probs = torch.softmax(torch.matmul(block, keys_t) * scale, dim=-1)
+                parts.append(probs if picked is None else probs.index_select(-1, picked))
         if parts:
             read.observe(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+
+
+def _merged_rows(
+    q: torch.Tensor, k: torch.Tensor, rows: slice, plain: bool
+) -> tuple[torch.Tensor, Callable[[int, int], torch.Tensor]] | None:
+    """For :func:`serve_plain_reads`: ``k[rows]`` transposed as ``[rows * H, D, Nk]`` and a function making
+    ``q[rows, :, start:stop]`` as ``[rows * H, stop - start, D]``, both strided views (no copy), where the rows and
+    heads of both read as one axis; ``None`` otherwise (a tensor subclass, another dtype, rows not head after head)."""
+    if not plain or q.dtype != torch.float32 or k.dtype != torch.float32:
+        return None
+    count, heads = rows.stop - rows.start, q.shape[1]
+    qs, ks = q.stride(), k.stride()
+    if count != 1 and (qs[0] != heads * qs[1] or ks[0] != heads * ks[1]):
+        return None
+    keys_t = k.as_strided(
+        (count * heads, k.shape[3], k.shape[2]), (ks[1], ks[3], ks[2]), k.storage_offset() + rows.start * ks[0]
+    )
+    q_offset, d = q.storage_offset() + rows.start * qs[0], q.shape[3]
+
+    def query_view(start: int, stop: int) -> torch.Tensor:
+        return q.as_strided((count * heads, stop - start, d), (qs[1], qs[2], qs[3]), q_offset + start * qs[2])
+
+    return keys_t, query_view
 
 
 def _serve_edited(request: AttentionRequest, reads) -> None:
