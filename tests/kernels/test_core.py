@@ -165,3 +165,55 @@ def test_non_contiguous_inputs_work():
     q_t = q.transpose(1, 2).contiguous().transpose(1, 2)
     assert not q_t.is_contiguous()
     torch.testing.assert_close(attention(q_t, k, v, pattern=BandPattern(2)), attention(q, k, v, pattern=BandPattern(2)))
+
+
+def test_a_leading_temperature_is_folded_into_the_softmax_scale():
+    """Entropy scaling multiplies every logit by a constant: the core folds such leading multipliers into the
+    scale, so a call whose only modifier is one is plain attention (dense SDPA runs it, bit for bit SDPA with the
+    product scale, even where a backend is forced) and a chain keeps the modifiers after it, which see the same
+    logits as before (the reference's materialized chain is the oracle)."""
+    from visattn.kernels import EntropyScale, chain
+    from visattn.kernels.backends import reference
+    from visattn.kernels.core import _with_multipliers_in_scale
+
+    q, k, v = qkv(n_q=29, n_k=41)
+    temperature = EntropyScale(1.3)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=16**-0.5 * 1.3)
+    assert torch.equal(attention(q, k, v, score_mod=temperature, backend="sdpa"), expected)
+    assert torch.equal(attention(q, k, v, score_mod=temperature), expected)
+    # Two temperatures then a head-dependent modifier: the modifier stays, after the folded scale.
+    modifiers = chain([temperature, EntropyScale(0.8), HeadScale(0.5)])
+    request = _with_multipliers_in_scale(AttentionRequest(q, k, v, score_mod=modifiers, scale=0.2))
+    assert request.score_mod == HeadScale(0.5) and request.scale == pytest.approx(0.2 * 1.3 * 0.8)
+    unfolded = reference.run(AttentionRequest(q, k, v, score_mod=modifiers, scale=0.2))[0]
+    torch.testing.assert_close(attention(q, k, v, score_mod=modifiers, scale=0.2), unfolded, rtol=1e-5, atol=1e-6)
+    # A temperature after another modifier scales what that one added: it stays a modifier.
+    late = chain([HeadScale(0.5), temperature])
+    assert _with_multipliers_in_scale(AttentionRequest(q, k, v, score_mod=late)).score_mod == late
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.0])
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_sdpa_runs_a_positional_bias_as_an_additive_mask_like_the_reference(factor, mask):
+    """Extrapolation decay adds a bias of the query and key positions alone (``log(factor)``, or ``-inf``, on
+    out-of-window grid pairs): dense SDPA runs such a call with the bias materialized once as an additive mask,
+    combined with the model's own mask, and gets the reference backend's attention; a bias too large to
+    materialize is left to the backends that compute it in place."""
+    from visattn.kernels import DecayModifier
+    from visattn.kernels.backends import sdpa
+
+    q, k, v = qkv(n_q=4 + 36, n_k=4 + 36)  # 4 text tokens, then a 6 x 6 grid
+    decay = DecayModifier(grid=(6, 6), window=(3, 3), factor=factor, offset=4)
+    model_mask = None
+    if mask is not None:
+        keep = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+        keep[1, ..., 2] = False  # a padded text key of the second row
+        model_mask = keep if mask == "bool" else torch.zeros(keep.shape).masked_fill(~keep, -1e4)
+    request = AttentionRequest(q, k, v, score_mod=decay, attn_mask=model_mask)
+    assert sdpa.supports(request)
+    expected = attention(q, k, v, score_mod=decay, attn_mask=model_mask, backend="reference")
+    out = attention(q, k, v, score_mod=decay, attn_mask=model_mask, backend="sdpa")
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not sdpa.supports(AttentionRequest(q, k, v, score_mod=HeadScale(0.5)))  # not a bias of positions
+    big = torch.empty(1, 1, 8192, 16)
+    assert not sdpa.supports(AttentionRequest(big, big, big, score_mod=DecayModifier((64, 128), (32, 32), 0.5)))

@@ -40,7 +40,7 @@ from ..validation import check_attention_inputs
 from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
-from .patterns import Pattern, ScoreModifier
+from .patterns import Chain, Pattern, ScoreModifier
 from .probabilities import Editor, LinearEdit, ProbabilityRead, linear_edits, queries_apart, serve_reads
 from .request import AttentionRequest, UnsupportedCall
 
@@ -360,6 +360,7 @@ def dense_attention(
 
 def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Compute a prepared :class:`AttentionRequest`; returns ``(out, lse or None)``."""
+    request = _with_multipliers_in_scale(request)
     if request.editors or request.reads:
         return _run_probability_stage(request, backend)
     name = backend
@@ -375,6 +376,30 @@ def run_request(request: AttentionRequest, backend: str = "auto") -> tuple[torch
         # Only reachable for a backend that cannot return it; the reference recomputes it exactly.
         _, lse = reference.run(request)
     return _with_identity_blend(request, out), lse
+
+
+def _with_multipliers_in_scale(request: AttentionRequest) -> AttentionRequest:
+    """``request`` with the constant logit multipliers that lead its score modifier
+    (:attr:`~visattn.kernels.patterns.ScoreModifier.logit_multiplier`: entropy scaling's temperature) folded into
+    its softmax scale: ``(q k^T s) m`` is ``q k^T (s m)``, and a call whose only modifier was a temperature is then
+    plain attention that dense SDPA and every other backend run (the Triton kernels fold it so too). Only leading
+    ones: a multiplier after another modifier scales what that one added."""
+    modifier = request.score_mod
+    if modifier is None:
+        return request
+    parts = modifier.parts if isinstance(modifier, Chain) else (modifier,)
+    multiplier, folded = 1.0, 0
+    for part in parts:
+        factor = part.logit_multiplier
+        if factor is None:
+            break
+        multiplier *= factor
+        folded += 1
+    if not folded:
+        return request
+    rest = parts[folded:]
+    score_mod = None if not rest else rest[0] if len(rest) == 1 else Chain(rest)
+    return dataclasses.replace(request, score_mod=score_mod, scale=request.effective_scale * multiplier)
 
 
 def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[torch.Tensor, torch.Tensor | None]:

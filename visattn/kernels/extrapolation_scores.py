@@ -82,6 +82,9 @@ class DecayModifier(ScoreModifier):
     factor: float
     offset: int = 0
 
+    #: ``+ log(factor)`` (or ``-inf``) on pairs chosen by their positions alone
+    adds_position_bias = True
+
     def __post_init__(self) -> None:
         grid = _positive_ints("grid", self.grid)
         window = _positive_ints("window", self.window)
@@ -159,6 +162,10 @@ class EntropyScale(ScoreModifier):
 
     def cache_key(self) -> Hashable:
         return ("entropy_scale", self.scale)
+
+    @property
+    def logit_multiplier(self) -> float:
+        return self.scale
 
 
 #: HunyuanVideo's periodic distance bands in the authors' ``ultra-hunyuan`` kernel, in frames (inclusive bounds,

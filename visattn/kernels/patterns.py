@@ -63,6 +63,30 @@ class ScoreModifier:
     def cache_key(self) -> Hashable:
         raise NotImplementedError
 
+    #: whether :meth:`score_mod` adds to the score a bias that depends on the query and key positions alone (not
+    #: on the score, the batch row or the head): then :meth:`position_bias` materializes it, and dense SDPA runs
+    #: the call with it as an additive mask where that is small enough (:mod:`visattn.kernels.backends.sdpa`)
+    adds_position_bias: bool = False
+
+    def position_bias(self, n_q: int, n_k: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``[n_q, n_k]``: what :meth:`score_mod` adds to each score (``-inf`` where it masks), for modifiers that
+        :attr:`adds_position_bias`; made by the modifier's own :meth:`score_mod` on zero scores, so it is the same
+        arithmetic the other backends run."""
+        if not self.adds_position_bias:
+            raise TypeError(f"{type(self).__name__} does not add a bias of positions alone")
+        zero = torch.zeros((), dtype=torch.long, device=device)
+        q_idx = torch.arange(n_q, device=device).view(-1, 1)
+        kv_idx = torch.arange(n_k, device=device).view(1, -1)
+        scores = torch.zeros(n_q, n_k, device=device, dtype=torch.float32)
+        return self.score_mod(scores, zero, zero, q_idx, kv_idx).to(dtype)
+
+    @property
+    def logit_multiplier(self) -> float | None:
+        """The constant every logit is multiplied by, where that is all this modifier does (an attention
+        temperature); ``None`` otherwise. The attention core folds such modifiers, leading a chain, into the
+        softmax scale, so the call stays plain attention that any backend runs."""
+        return None
+
 
 @dataclass(frozen=True)
 class DensePattern(Pattern):
@@ -108,6 +132,10 @@ class Chain(ScoreModifier):
 
     def cache_key(self) -> Hashable:
         return ("chain",) + tuple(p.cache_key() for p in self.parts)
+
+    @property
+    def adds_position_bias(self) -> bool:
+        return all(part.adds_position_bias for part in self.parts)
 
 
 def all_of(patterns: Sequence[Pattern | None]) -> Pattern | None:

@@ -15,15 +15,63 @@ from ..request import AttentionRequest
 NAME = "sdpa"
 
 
+#: the largest ``[Nq, Nk]`` bias a score modifier is materialized into for SDPA (bytes; above it, a call with such
+#: a modifier is left to the backends that compute it in place: FlexAttention, Triton)
+MAX_BIAS_BYTES = 64 * 1024 * 1024
+
+#: biases made, by modifier, shape, device and dtype (a generation reuses each one at every step)
+_BIASES: dict = {}
+_BIASES_KEPT = 16
+
+
 def availability() -> tuple[bool, str]:
-    return True, "torch.nn.functional.scaled_dot_product_attention (best available SDPA kernel), dense only"
+    return True, (
+        "torch.nn.functional.scaled_dot_product_attention (best available SDPA kernel): dense, and score modifiers "
+        "that add a bias of positions alone (extrapolation decay) as an additive mask"
+    )
 
 
 def supports(request: AttentionRequest) -> bool:
-    return request.is_plain
+    if request.is_plain:
+        return True
+    # A modifier that adds a bias of the query and key positions alone is an additive mask SDPA takes.
+    modifier = request.score_mod
+    return (
+        modifier is not None
+        and request.pattern is None
+        and not request.return_lse
+        and not request.editors
+        and not request.use_dispatcher
+        and modifier.adds_position_bias
+        and request.q.shape[2] * request.k.shape[2] * request.q.element_size() <= MAX_BIAS_BYTES
+    )
+
+
+def _bias(request: AttentionRequest) -> torch.Tensor:
+    """The request's score modifier as an ``[Nq, Nk]`` additive mask in the queries' dtype (made once per
+    modifier, shape, device and dtype), combined with the model's own mask."""
+    modifier, q = request.score_mod, request.q
+    n_q, n_k = q.shape[2], request.k.shape[2]
+    key = (modifier.cache_key(), n_q, n_k, q.device, q.dtype)
+    bias = _BIASES.get(key)
+    if bias is None:
+        if len(_BIASES) >= _BIASES_KEPT:
+            _BIASES.clear()
+        bias = _BIASES[key] = modifier.position_bias(n_q, n_k, q.device, q.dtype)
+    mask = request.attn_mask
+    if mask is None:
+        return bias
+    if mask.dtype == torch.bool:
+        return torch.where(mask, bias, torch.tensor(float("-inf"), device=bias.device, dtype=bias.dtype))
+    return bias + mask.to(bias.dtype)
 
 
 def run(request: AttentionRequest) -> tuple[torch.Tensor, None]:
+    if not request.is_plain:
+        out = F.scaled_dot_product_attention(
+            request.q, request.k, request.v, attn_mask=_bias(request), dropout_p=0.0, scale=request.scale
+        )
+        return out, None
     if request.use_dispatcher:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
 
