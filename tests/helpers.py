@@ -10,6 +10,25 @@ from visattn.effects import AttentionCall, Effect
 from visattn.kernels import Pattern, ScoreModifier
 
 
+def count_planned_answers(monkeypatch, serving: str = "any") -> dict[str, int]:
+    """Count the SDPA calls a layer answered from a plan at the SDPA call (``interception._TransformedCall``) that
+    did ``serving``: ``"reads"``, ``"edits"`` or ``"any"``; the returned dict's ``"calls"`` grows as they run."""
+    from visattn import interception
+
+    served = {"calls": 0}
+    real_run = interception._TransformedCall.run
+    wanted = {"reads": lambda call: bool(call.readers), "edits": lambda call: bool(call.editors)}
+    counts = wanted.get(serving, lambda call: True)
+
+    def counted(self, *args):
+        out = real_run(self, *args)
+        served["calls"] += out is not None and counts(self)
+        return out
+
+    monkeypatch.setattr(interception._TransformedCall, "run", counted)
+    return served
+
+
 @dataclass(frozen=True)
 class BandPattern(Pattern):
     """Keeps pairs whose indices differ by at most ``width`` (a 1-D sliding window)."""

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import HeadScale
+from helpers import HeadScale, count_planned_answers
 from PIL import Image
 
 import visattn
@@ -99,17 +99,7 @@ def test_reads_answered_at_the_sdpa_call_are_the_cores_reads_bit_for_bit(family,
     call's context again (on SD3 in the same planned call as SEG's blur, reading SEG's rows). The same image and
     maps, bit for bit, as the attention core serving every read (which a backend forced for effects keeps), and the
     planned answer is what served the calls."""
-    from visattn import interception
-
-    served = {"reads": 0}
-    real_run = interception._TransformedCall.run
-
-    def counted(self, *args):
-        out = real_run(self, *args)
-        served["reads"] += out is not None and bool(self.readers)
-        return out
-
-    monkeypatch.setattr(interception._TransformedCall, "run", counted)
+    served = count_planned_answers(monkeypatch, "reads")
 
     def effects() -> list[Effect]:
         if family == "unet":
@@ -120,11 +110,11 @@ def test_reads_answered_at_the_sdpa_call_are_the_cores_reads_bit_for_bit(family,
 
     planned = effects()
     planned_image = run(family, *planned)
-    assert served["reads"] > 0
-    served["reads"] = 0
+    assert served["calls"] > 0
+    served["calls"] = 0
     core = effects()
     core_image = run(family, *core, backend="sdpa")
-    assert served["reads"] == 0
+    assert served["calls"] == 0
     assert np.array_equal(planned_image, core_image)
     a, b = planned[0].maps(), core[0].maps()
     assert a.keys() == b.keys()

@@ -9,7 +9,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from helpers import BandPattern, HeadScale
+from helpers import BandPattern, HeadScale, count_planned_answers
 
 import visattn
 from visattn.alignment import TokenMap, align_words, token_map, word_pairs
@@ -524,17 +524,7 @@ def test_cross_edits_that_move_values_are_planned_at_the_sdpa_call_bit_for_bit(k
     Prompt-to-Prompt does in such a call: the layer plans its LinearEdits (and the maps' read) once per step pattern
     and sends the call to the attention core without building its context. The same latents and maps, bit for bit,
     as the effects' full path (which a backend forced for effects keeps), and the planned calls served the edit."""
-    from visattn import interception
-
-    served = {"edits": 0}
-    real_run = interception._TransformedCall.run
-
-    def counted(self, *args):
-        out = real_run(self, *args)
-        served["edits"] += out is not None and bool(self.editors)
-        return out
-
-    monkeypatch.setattr(interception._TransformedCall, "run", counted)
+    served = count_planned_answers(monkeypatch, "edits")
 
     def generate(backend: str):
         if kind == "reweight":
@@ -549,10 +539,10 @@ def test_cross_edits_that_move_values_are_planned_at_the_sdpa_call_bit_for_bit(k
         return latents, maps.maps()
 
     planned, planned_maps = generate("auto")
-    assert served["edits"] > 0
-    served["edits"] = 0
+    assert served["calls"] > 0
+    served["calls"] = 0
     core, core_maps = generate("sdpa")
-    assert served["edits"] == 0
+    assert served["calls"] == 0
     assert torch.equal(planned, core)
     for planned_side, core_side in zip(planned_maps, core_maps, strict=True):
         assert all(torch.equal(planned_side[word], core_side[word]) for word in planned_side)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import count_planned_answers
 
 import visattn
 from visattn import BatchLayout, Branch, CallContext, Span, TokenLayout
@@ -211,22 +212,13 @@ def test_blurred_calls_answered_at_the_sdpa_call_are_the_cores_answer_bit_for_bi
     call with the stock SDPA over the blurred queries, without building the call's context again. The same
     generation, bit for bit, as the attention core computing every call (which a backend forced for effects keeps),
     and the planned answer is what served the calls."""
-    from visattn import interception
-
-    served = {"planned": 0}
-    real_run = interception._TransformedCall.run
-
-    def counted(self, *args):
-        served["planned"] += 1
-        return real_run(self, *args)
-
-    monkeypatch.setattr(interception._TransformedCall, "run", counted)
+    served = count_planned_answers(monkeypatch)
     effect = SmoothedEnergyGuidance(scale=3.0, sigma=2.0, layers="self" if family == "unet" else "joint")
     planned = run(family, effect)
-    assert served["planned"] > 0
-    served["planned"] = 0
+    assert served["calls"] > 0
+    served["calls"] = 0
     with visattn.attach(pipeline(family), effect, backend="sdpa"):
         core = np.asarray(pipeline(family)(**call_kwargs(family))[0], dtype=np.float64)
-    assert served["planned"] == 0
+    assert served["calls"] == 0
     assert np.array_equal(planned, core)
     assert not np.array_equal(planned, run(family))  # the blur changed the generation
