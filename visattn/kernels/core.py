@@ -302,6 +302,7 @@ def choose_backend(request: AttentionRequest, backend: str = "auto") -> str:
 
     For ``"auto"`` this makes (and caches) the decision, measuring the candidates if the call qualifies.
     """
+    request = _with_multipliers_in_scale(request)
     if backend != "auto":
         problem = _check_forced(request, backend, "backend")
         if problem is not None:
@@ -321,7 +322,7 @@ def choose_backend(request: AttentionRequest, backend: str = "auto") -> str:
 
 def auto_decision(request: AttentionRequest) -> Decision | None:
     """The cached decision ``backend="auto"`` made for calls like ``request`` (``None``: none made yet)."""
-    key = autotune.request_key(request)
+    key = autotune.request_key(_with_multipliers_in_scale(request))
     return None if key is None else autotune.decision_for(key)
 
 
