@@ -19,9 +19,10 @@ NAME = "sdpa"
 #: a modifier is left to the backends that compute it in place: FlexAttention, Triton)
 MAX_BIAS_BYTES = 64 * 1024 * 1024
 
-#: biases made, by modifier, shape, device and dtype (a generation reuses each one at every step)
+#: biases made, by modifier, shape, device and dtype (a generation reuses each one at every step), kept up to
+#: this many bytes in all (a UNet's levels each have their own)
 _BIASES: dict = {}
-_BIASES_KEPT = 16
+_BIASES_KEPT_BYTES = 2 * MAX_BIAS_BYTES
 
 
 def availability() -> tuple[bool, str]:
@@ -55,9 +56,11 @@ def _bias(request: AttentionRequest) -> torch.Tensor:
     key = (modifier.cache_key(), n_q, n_k, q.device, q.dtype)
     bias = _BIASES.get(key)
     if bias is None:
-        if len(_BIASES) >= _BIASES_KEPT:
+        bias = modifier.position_bias(n_q, n_k, q.device, q.dtype)
+        held = sum(kept.numel() * kept.element_size() for kept in _BIASES.values())
+        if held + bias.numel() * bias.element_size() > _BIASES_KEPT_BYTES:
             _BIASES.clear()
-        bias = _BIASES[key] = modifier.position_bias(n_q, n_k, q.device, q.dtype)
+        _BIASES[key] = bias
     mask = request.attn_mask
     if mask is None:
         return bias
