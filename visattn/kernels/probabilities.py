@@ -335,7 +335,7 @@ def _merged_rows(
     """For :func:`serve_plain_reads`: ``k[rows]`` transposed as ``[rows * H, D, Nk]`` and a function making
     ``q[rows, :, start:stop]`` as ``[rows * H, stop - start, D]``, both strided views (no copy), where the rows and
     heads of both read as one axis; ``None`` otherwise (a tensor subclass, another dtype, rows not head after head)."""
-    if not plain or q.dtype != torch.float32 or k.dtype != torch.float32:
+    if not plain or q.dtype != torch.float32 or k.dtype != torch.float32 or k.shape[:2] != q.shape[:2]:
         return None
     count, heads = rows.stop - rows.start, q.shape[1]
     qs, ks = q.stride(), k.stride()
