@@ -879,7 +879,7 @@ class AttentionLayerHook(ModelHook):
         self._transforms = any(type(effect).query_key_transform is not Effect.query_key_transform for effect in effects)
         # Whether some effect may say its whole part in a call is reading or editing its probabilities (planned there
         # too).
-        self._reads = any(
+        self._probability_stage = any(
             type(effect).probability_reads is not Effect.probability_reads
             or type(effect).probability_editors is not Effect.probability_editors
             for effect in effects
@@ -1328,7 +1328,7 @@ class AttentionLayerHook(ModelHook):
         ctx, partial = self._context_of(batch, q.shape[1], q.shape[3], q.shape[2], k.shape[2])
         if partial is not None or not any(effect.acts_on(ctx) for effect in self.effects):
             return None
-        if self._transforms or self._reads:
+        if self._transforms or self._probability_stage:
             stock = self._stock_answer(ctx, q.device)
             if stock is not None:
                 return stock
@@ -1425,7 +1425,7 @@ class AttentionLayerHook(ModelHook):
                 (self._shares_rows and not self._row_planned)
                 or self._answers_by_values
                 or self._transforms
-                or self._reads
+                or self._probability_stage
             )
         ):
             # No plan covers the call (other processors, joint calls, rows answered by their values where projecting
