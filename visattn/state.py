@@ -28,6 +28,8 @@ from .parallel import check_model, unsplit_inputs
 from .steps import in_steps
 
 HOOK_NAME = "visattn"
+#: the small stateful hook that receives the pipeline's cache context for the denoiser hook (see _BranchContextHook)
+CONTEXT_HOOK_NAME = "visattn.branch_context"
 #: plan epochs (DenoiserState.plan_epoch), never given twice: a layer's plans keyed by a forgotten one stay unused
 _PLAN_EPOCHS = itertools.count()
 _PLAN_EPOCHS_KEPT = 256
@@ -98,10 +100,10 @@ class DenoiserState:
 
 
 class DenoiserHook(ModelHook):
-    """Reads each denoiser call's inputs into a :class:`DenoiserState`, then lets effects wrap the call."""
+    """Reads each denoiser call's inputs into a :class:`DenoiserState`, then lets effects wrap the call.
 
-    # Stateful so that diffusers hands it the pipeline's cache context (the branch name of the call).
-    _is_stateful = True
+    The pipeline's cache context (the branch name of the call) reaches it through :class:`_BranchContextHook`, which
+    shares its :attr:`cache`; this hook is not stateful itself (see there why)."""
 
     def __init__(
         self, family: Family, effects: list, pipeline: Any = None, steps=None, runs: dict[int, Any] | None = None
@@ -369,9 +371,31 @@ def _pipeline_batches_cfg(pipeline: Any, sample: torch.Tensor | None) -> bool:
     return bool(torch.equal(sample[:half], sample[half:]))
 
 
+class _BranchContextHook(ModelHook):
+    """The stateful hook through which diffusers hands the denoiser hook the pipeline's cache context
+    (``transformer.cache_context("cond")``: the branch name, the step), and resets it between pipeline calls.
+
+    diffusers finds the StateManagers of every stateful hook under the model by looking through each such hook's
+    attributes, at every entry and exit of a cache context (twice per denoiser call); this hook holds only the
+    denoiser hook's StateManager, so that look stays a few steps long rather than one per attribute of the
+    denoiser hook. It passes the forward on unchanged.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, denoiser_hook: DenoiserHook) -> None:
+        super().__init__()
+        self.cache = denoiser_hook.cache
+        self._denoiser_hook = denoiser_hook
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return self._denoiser_hook.reset_state(module)
+
+
 def register_hook(model: torch.nn.Module, hook: DenoiserHook) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(model)
     registry.register_hook(hook, HOOK_NAME)
+    registry.register_hook(_BranchContextHook(hook), CONTEXT_HOOK_NAME)
     if hasattr(registry, "invalidate_child_registries_cache"):
         # Newer diffusers caches which children carry hooks; a new hook must invalidate it.
         registry.invalidate_child_registries_cache()
@@ -379,5 +403,8 @@ def register_hook(model: torch.nn.Module, hook: DenoiserHook) -> None:
 
 def remove_hook(model: torch.nn.Module) -> None:
     registry = getattr(model, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    if registry is None:
+        return
+    for name in (CONTEXT_HOOK_NAME, HOOK_NAME):
+        if registry.get_hook(name) is not None:
+            registry.remove_hook(name, recurse=False)
