@@ -35,6 +35,7 @@ from visattn.eval.metrics import (
 from visattn.eval.prompt_to_prompt_study import largest_attribute
 from visattn.eval.prompts import HELD_OUT_SEED, clip_prompts, multi_object_scenes, single_object_scenes, word_swaps
 from visattn.eval.quality import quality_checks, reported_beside_the_bar
+from visattn.eval.report import write_report
 from visattn.tiny import tiny_pipeline
 from visattn.toy.data import BACKGROUNDS, COLORS, Scene, ShapeSpec, render_scene
 
@@ -436,6 +437,26 @@ def test_evaluation_is_deterministic(cli_run):
         assert without_timing(again[name]) == without_timing(reference[name]), name
 
 
+def test_a_run_for_the_quality_bar_alone_measures_what_the_full_run_does(cli_run, tmp_path):
+    """``EvalConfig(bar_only=True)`` runs the Prompt-to-Prompt study's colour swap alone: the same numbers as the
+    full run's, the same claim checked, nothing else measured; the report refuses such results."""
+    out, _ = cli_run
+    reference = json.loads((out / "eval-quick.json").read_text())
+    config = EvalConfig.quick(samples=1, image_steps=2, bar_only=True)
+    alone = evaluate(pipeline("unet"), config=config, studies=["prompt_to_prompt"], progress=False)
+    result = json.loads(json.dumps(alone["studies"]["prompt_to_prompt"]))
+    assert list(result) == ["settings", "word_swap"] and list(result["word_swap"]) == ["color"]
+    assert result["word_swap"]["color"] == reference["studies"]["prompt_to_prompt"]["word_swap"]["color"]
+    claims = {c["claim"]: c["passed"] for c in reference["quality_bar"]}
+    assert [(c["claim"], c["passed"]) for c in quality_checks(alone)] == [
+        (claim, passed) for claim, passed in claims.items() if claim.startswith("word swap")
+    ]
+    with pytest.raises(ValueError, match="bar_only"):
+        write_report(alone, tmp_path)
+    with pytest.raises(ValueError, match="bar_only=1"):
+        EvalConfig(bar_only=1)
+
+
 def _checks_of(passed: bool) -> dict:
     """Results of the Prompt-to-Prompt study whose one quality-bar claim passes or fails."""
     swap = {"success": 0.9, "success_without_p2p": 0.5, "iou": 0.85 if passed else 0.5, "iou_without_p2p": 0.5}
@@ -494,7 +515,9 @@ IMAGE_CLAIMS = {"prompt_accuracy": 1, "prompt_to_prompt": 1, "extrapolation_imag
 @pytest.mark.skipif(not _shipped("image"), reason="the toy image weights are not in visattn/toy/weights yet")
 @pytest.mark.parametrize("study", list(IMAGE_CLAIMS))
 def test_quality_bar_on_the_shipped_toy_image_model(study):
-    config = EvalConfig(samples=8, image_steps=20)
+    # bar_only: the Prompt-to-Prompt study measures its colour swap alone, the one it is barred on (the same
+    # numbers as in a full run, test_a_run_for_the_quality_bar_alone_measures_what_the_full_run_does).
+    config = EvalConfig(samples=8, image_steps=20, bar_only=True)
     results = evaluate(config=config, studies=[study], device="cpu", progress=False)
     failed = _failed_claims(results, expected=IMAGE_CLAIMS[study])
     assert not failed, "quality bar not met: " + "; ".join(failed)

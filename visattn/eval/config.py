@@ -74,6 +74,10 @@ class EvalConfig:
         length_factors: video extrapolation: multiples of the training length (in temporal tokens).
         decay_factor: :class:`~visattn.effects.ExtrapolationDecay`'s weight for out-of-window keys.
         timing_repeats: timed runs per method in the sparse-attention studies (median, after one warm-up).
+        bar_only: measure only what the quality bar checks (:func:`visattn.eval.quality.quality_checks`): the
+            Prompt-to-Prompt study then runs its colour word swap alone (no shape swap, local blend,
+            re-weighting, word maps or upload edit). For checking the bar quickly (the test suite does); the report
+            needs every measurement, so :func:`visattn.eval.report.write_report` refuses such results.
     """
 
     samples: int = 16
@@ -104,10 +108,13 @@ class EvalConfig:
     length_factors: tuple[int, ...] = (2, 4)
     decay_factor: float = 0.5
     timing_repeats: int = 3
+    bar_only: bool = False
 
     def __post_init__(self) -> None:
         for name in ("samples", "image_steps", "video_steps", "video_text_tokens", "batch_size", "timing_repeats"):
             _positive_int(name, getattr(self, name))
+        if not isinstance(self.bar_only, bool):
+            raise ValueError(f"bar_only={self.bar_only!r} must be True or False")
         for name in ("seed", "data_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

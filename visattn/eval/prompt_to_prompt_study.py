@@ -83,11 +83,13 @@ def run(ctx: EvalContext) -> dict[str, Any]:
     n = config.samples
     seeds = ctx.seeds(n)
     steps = {"cross_steps": config.cross_steps, "self_steps": config.self_steps}
-    swaps = {attribute: word_swaps(attribute, n, seed=config.data_seed) for attribute in ("color", "shape")}
+    # The quality bar checks the colour swap alone (EvalConfig.bar_only runs nothing else).
+    attributes = ("color",) if config.bar_only else ("color", "shape")
+    swaps = {attribute: word_swaps(attribute, n, seed=config.data_seed) for attribute in attributes}
     scenes = single_object_scenes(n, seed=config.data_seed, size=image.size)
     # weight 1 is the source itself; a valid config has at least one other weight (two distinct values)
     reweighted = [w for w in config.reweight_scales if w != 1.0]
-    total = 6 * n + n * len(reweighted) + upload_count(config)
+    total = 2 * n if config.bar_only else 6 * n + n * len(reweighted) + upload_count(config)
     result: dict[str, Any] = {"settings": dict(steps)}
     plain_swaps: list[tuple[np.ndarray, np.ndarray]] = []
     with ctx.bar(total, "prompt-to-prompt") as bar:
@@ -140,6 +142,8 @@ def run(ctx: EvalContext) -> dict[str, Any]:
                 "samples": samples,
             }
         result["word_swap"] = word_swap
+        if config.bar_only:
+            return result
 
         blend_samples, blended = [], []
         for swap, seed, (plain_source, plain_edit) in zip(swaps["color"], seeds, plain_swaps):

@@ -89,11 +89,11 @@ def quality_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
 def reported_beside_the_bar(results: dict[str, Any]) -> list[str]:
     """Lines for the measurements the bar does not check but a reader weighs with it: the shape word swap, against
     what a perfect edit would score (see the module's docstring). Empty when the Prompt-to-Prompt study did not
-    run."""
+    run or measured the bar alone."""
     studies = results["studies"]
-    if "prompt_to_prompt" not in studies:
-        return []
-    shape = studies["prompt_to_prompt"]["word_swap"]["shape"]
+    shape = studies.get("prompt_to_prompt", {}).get("word_swap", {}).get("shape")
+    if shape is None:
+        return []  # the study did not run, or ran for the bar alone (EvalConfig.bar_only)
     return [
         "Shape word swap (not barred: a faithful shape swap changes the silhouette; a perfect shape swap's IoU "
         f"{shape['iou_perfect_edit']:.3f}): success "

@@ -85,7 +85,13 @@ def write_report(
     gallery: Gallery | None = None,
 ) -> dict[str, Path]:
     """Write ``<name>.json``, ``<name>.md``, (with ``chart``) ``<name>.png`` and (with a ``gallery`` that the
-    evaluation filled) ``<name>-gallery.png`` to ``out_dir``; return the paths."""
+    evaluation filled) ``<name>-gallery.png`` to ``out_dir``; return the paths. Results of a run that measured the
+    quality bar alone (:attr:`~visattn.eval.config.EvalConfig.bar_only`) lack what the report shows: refused."""
+    if results.get("config", {}).get("bar_only"):
+        raise ValueError(
+            "write_report needs every measurement, but these results come from EvalConfig(bar_only=True), which "
+            "measures only what the quality bar checks; evaluate again with bar_only=False to write the report"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
