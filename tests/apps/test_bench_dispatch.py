@@ -48,6 +48,13 @@ def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(vi
     assert "PAGCFGIdentitySelfAttnProcessor2_0" in layers[0].baseline
     assert "batch-2" in layers[-1].baseline
     assert "Per layer" in video_report.markdown() and "| PAG (layer) |" in video_report.markdown()
+    # The P2P generations' work, counted: the edit adds operators (the target rows' queries computed apart) and
+    # instructions of visattn's own, and the note says so.
+    for r in layers[len(LAYER_VARIANTS) - 1 :]:
+        added, plain = r.extra["work_added"], r.extra["work_plain"]
+        assert plain["aten_ops"] > 100 and sum(plain["opcodes"].values()) > 1000
+        assert added["aten_ops"] > 0 and added["opcodes"]["visattn"] > 0
+    assert "Python instructions, the edited one runs" in video_report.markdown()
 
 
 def test_every_variant_is_timed_against_stock(video_report):

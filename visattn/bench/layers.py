@@ -40,6 +40,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .work import count_work
+
 #: the per-layer comparisons, in report order
 LAYER_VARIANTS: tuple[str, ...] = (
     "PAG (layer)",
@@ -531,7 +533,9 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
     ``extra["halves_geometric_ratio"]``; the row's ratio pools the pairs of both halves). Timed apart, in ``extra``:
     ``attach_us``, what ``attach`` and ``detach`` cost together (median), and ``per_attach_ratio``, a generation that
     attaches and detaches the edit itself against the plain one (interleaved too): the first generation of an
-    attachment also resolves the prompts' tokens.
+    attachment also resolves the prompts' tokens. Counted apart (:func:`visattn.bench.work.count_work`, exact where
+    the times drift by a percent or two between runs): ``extra["work_plain"]``, the ATen operators and Python
+    instructions of the plain generation, and ``extra["work_added"]``, what the edited one does beyond it.
     """
     import visattn
 
@@ -588,6 +592,9 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
         )
         with visattn.attach(first, p2p):
             edited = generate(first, p2p.prompts)
+            # Counted apart from the timing (counting slows the calls down): exact, where the times drift.
+            work = count_work(lambda: generate(first, p2p.prompts))
+        work_plain = count_work(lambda: generate(second, plain))
         halves = [timed_sides(first, second), timed_sides(second, first)]
     samples = {side: halves[0][side] + halves[1][side] for side in ("visattn", "baseline")}
     # The source rows are the plain generation's first prompt, bit for bit or nearly (the edit leaves them alone).
@@ -610,6 +617,8 @@ def p2p_generation(key: str, *, repeats: int, warmup: int, rounds: int, clock: s
         # A fixed speed difference between the copies multiplies one half's ratio and divides the other's: their
         # geometric mean cancels it (steadier than the pooled median where the halves differ much).
         halves_geometric_ratio=math.sqrt(halves_ratios[0] * halves_ratios[1]),
+        work_added=work.minus(work_plain).as_dict(),
+        work_plain=work_plain.as_dict(),
     )
 
 
@@ -679,7 +688,13 @@ def layer_table(results: Sequence[LayerComparison]) -> str:
         f"geometric mean {r.extra['halves_geometric_ratio']:.3f}; the plain "
         f"copies against each other {r.extra['plain_copies_ratio']:.3f}; attach + detach "
         f"{r.extra['attach_us'] / 1e3:.2f} ms; a generation attaching the edit itself "
-        f"{r.extra['per_attach_ratio']:.3f} x baseline"
+        f"{r.extra['per_attach_ratio']:.3f} x baseline; beyond the plain generation's "
+        f"{r.extra['work_plain']['aten_ops']:.0f} ATen operators and "
+        f"{sum(r.extra['work_plain']['opcodes'].values()):.0f} Python instructions, the edited one runs "
+        f"{r.extra['work_added']['aten_ops']:+.0f} operators and "
+        + ", ".join(
+            f"{count:+.0f} instructions in {place}" for place, count in r.extra["work_added"]["opcodes"].items()
+        )
         for r in results
         if "halves_paired_ratio" in r.extra
     ]
