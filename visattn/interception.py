@@ -230,9 +230,34 @@ def _copy_runs(copies: dict[int, int | None]) -> tuple[tuple[int, int, int, int,
     return tuple(tuple(group) for group in groups)
 
 
+@functools.lru_cache(maxsize=64)
+def _copy_indices(
+    runs: tuple[tuple[int, int, int, int, int], ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The target and source rows of ``runs`` (see :func:`_copy_runs`) as index tensors on ``device``, made once per
+    runs and device; ``None`` where a target is also a source (the runs are then copied one after the other)."""
+    targets, sources = [], []
+    for target, source, count, repeats, spacing in runs:
+        for repeat in range(repeats):
+            targets.extend(range(target + repeat * spacing, target + repeat * spacing + count))
+            sources.extend(range(source + repeat * spacing, source + repeat * spacing + count))
+    if set(targets) & set(sources):
+        return None
+    return torch.tensor(targets, device=device), torch.tensor(sources, device=device)
+
+
 def _share_rows(q: torch.Tensor, k: torch.Tensor, runs: tuple[tuple[int, int, int, int, int], ...]) -> None:
     """Copy, in place, each run's source rows of ``q`` and ``k`` (``[B, ...]``) onto its target rows (see
     :func:`_copy_runs`)."""
+    if type(q) is torch.Tensor and type(k) is torch.Tensor:
+        indices = _copy_indices(runs, q.device)
+        if indices is not None:
+            # Two ops per tensor whatever the runs (a slice each side and a copy take three per run; on small calls
+            # each op costs about as much as a few thousand multiply-adds of the attention itself).
+            targets, sources = indices
+            for x in (q, k):
+                x.index_copy_(0, targets, x.index_select(0, sources))
+            return
     for target, source, count, repeats, spacing in runs:
         for x in (q, k):
             if repeats == 1:

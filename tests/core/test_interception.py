@@ -261,9 +261,9 @@ def test_shared_calls_equal_each_row_attending_with_its_sources_queries_and_keys
 
 
 def test_rows_copied_in_place_by_strided_runs_equal_copying_them_one_by_one():
-    """Shared rows copied in place (a layer too small for a projection plan) are grouped into runs repeated at a
-    fixed spacing, each one strided copy: the same tensors as copying every target row from its source row, for
-    any rows, memory layout and tensor subclass."""
+    """Shared rows copied in place (a layer too small for a projection plan): an indexed copy of every target row
+    per tensor (plain tensors), or runs repeated at a fixed spacing (subclasses): the same tensors as copying every
+    target row from its source row, for any rows, memory layout and tensor subclass."""
     import random
 
     from visattn.interception import _copy_runs, _share_rows
