@@ -21,7 +21,7 @@ from diffusers.hooks.hooks import StateManager
 
 from .context import BatchLayout, DenoiserCall, StepInfo
 from .families import Family
-from .families.base import DenoiserInputs
+from .families.base import DenoiserInputs, Schedule
 from .families.pipelines import denoiser_call_locals, pipeline_guider_call
 from .interception import SDPA_ROUTE
 from .parallel import check_model, unsplit_inputs
@@ -117,6 +117,8 @@ class DenoiserHook(ModelHook):
         self._schedule: torch.Tensor | None = None
         self._schedule_length = 0
         self._schedule_values: list[float] | None = None
+        # The timesteps last read with their values (for reading the model's timestep without a device sync).
+        self._schedule_view: Schedule | None = None
         self._step_indices: dict[float, int] = {}
         # The step of each timestep the model was called with, found in the schedule above.
         self._step_infos: dict[float, StepInfo] = {}
@@ -172,17 +174,18 @@ class DenoiserHook(ModelHook):
 
     def _call(self, module: torch.nn.Module, forward, args: tuple, kwargs: dict) -> Any:
         family = self.state.family
+        schedule = self._current_schedule()
         if getattr(module, "_parallel_config", None) is None:
             # Not split across ranks (diffusers' enable_parallelism sets this): the common case, read directly.
-            inputs = family.read_inputs(module, args, kwargs)
+            inputs = family.read_inputs(module, args, kwargs, schedule)
         else:
             # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
             seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
-            inputs = family.read_inputs(module, seen_args, seen_kwargs)
+            inputs = family.read_inputs(module, seen_args, seen_kwargs, schedule)
             text_names = family.text.names if family.text else ()
             check_model(module, inputs.grid, inputs.text_length, text_names, self.effects, (seen_args, seen_kwargs))
         self.state.inputs = inputs
-        step = self.state.step = self._step_info(inputs.timestep)
+        step = self.state.step = self._step_info(inputs.timestep, schedule)
         self.state.batch = self._batch_layout(inputs.batch_size)
         if self._row_planners:
             row_keys = self._row_keys
@@ -252,17 +255,23 @@ class DenoiserHook(ModelHook):
     def _cache_context(self):
         return getattr(self.cache, "_context", None)
 
-    def _step_info(self, timestep: float | None) -> StepInfo:
+    def _current_schedule(self) -> Schedule | None:
+        """The running scheduler's timesteps and their values (read to the host once per schedule), or ``None``
+        where the pipeline has no scheduler with a timesteps tensor."""
+        scheduler = getattr(self.pipeline, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        if not isinstance(timesteps, torch.Tensor):
+            return None
+        self._scheduled(timesteps)
+        return self._schedule_view if self._schedule_length else None
+
+    def _step_info(self, timestep: float | None, schedule: Schedule | None) -> StepInfo:
         context = self._cache_context()
         if context is not None and context.step_index is not None:
             return StepInfo(context.step_index, context.num_inference_steps, timestep)
-        scheduler = getattr(self.pipeline, "scheduler", None)
-        timesteps = getattr(scheduler, "timesteps", None)
-        if timestep is None or timesteps is None:
+        if timestep is None or schedule is None:
             return StepInfo(None, None, timestep)
-        scheduled = self._scheduled(timesteps)
-        if not self._schedule_length:
-            return StepInfo(None, None, timestep)
+        scheduled = self._schedule
         info = self._step_infos.get(timestep)
         if info is not None:
             return info  # this schedule's step at this timestep, found before
@@ -282,6 +291,7 @@ class DenoiserHook(ModelHook):
         if held is None or held[0] is not timesteps or held[1] != timesteps._version or held[2] != timesteps.data_ptr():
             self._schedule_of = (timesteps, timesteps._version, timesteps.data_ptr())
             values = timesteps.tolist()
+            self._schedule_view = Schedule(timesteps, values)
             if values != self._schedule_values:
                 # A schedule of other values (the next generation's is usually the same, made again): look up again.
                 self._schedule_values = values

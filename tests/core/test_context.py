@@ -184,3 +184,42 @@ def test_the_pipelines_frame_is_read_only_in_calls_that_ask(sd, monkeypatch):
     assert reads
     assert recorder.contexts
     assert all(list(ctx.denoiser.prompt.prompt) == list(p2p.prompts) for ctx in recorder.contexts)
+
+
+def test_a_timestep_that_is_a_view_of_the_schedule_is_read_from_its_values_on_the_host():
+    """Pipelines that pass the scheduler's ``t`` (SD, SDXL) or ``t.expand(batch)`` (SD3, Wan) hand the denoiser a
+    view of the scheduler's timesteps: its value is read from their values, read to the host once per schedule
+    (on a GPU, reading the tensor would wait for the device at every denoiser call). Other timesteps are read."""
+    from visattn.families.base import Schedule, _timestep_value
+
+    timesteps = torch.tensor([999.0, 749.0, 499.0, 249.0])
+    # Values that differ from the tensor's show which one was read.
+    schedule = Schedule(timesteps, [1.0, 2.0, 3.0, 4.0])
+    assert _timestep_value(timesteps[2], schedule) == 3.0
+    assert _timestep_value(timesteps[1].expand(4), schedule) == 2.0
+    assert _timestep_value(timesteps[1:], schedule) == 2.0  # the first of the call's timesteps
+    assert isinstance(_timestep_value(torch.tensor([5, 6])[1], Schedule(torch.tensor([5, 6]), [5, 6])), float)
+    # Not a view at an element of the schedule: read from the tensor.
+    assert _timestep_value(timesteps[2].clone(), schedule) == 499.0
+    assert _timestep_value(timesteps[2].to(torch.float64), schedule) == 499.0
+    assert _timestep_value(timesteps[2] / 1000, schedule) == pytest.approx(0.499)
+    assert _timestep_value(timesteps.view(torch.int32)[1], schedule) == timesteps.view(torch.int32)[1].item()
+    assert _timestep_value(timesteps[2], None) == 499.0
+
+
+def test_the_denoiser_hook_reads_the_unets_timestep_from_the_schedule(sd, monkeypatch):
+    """The tiny SD pipeline passes the scheduler's ``t``: every denoiser call's timestep is read from the
+    schedule's values, and the steps it finds are the ones reading the tensor finds."""
+    import visattn.families.base as base
+
+    found = []
+    real = base._scheduled_value
+    monkeypatch.setattr(base, "_scheduled_value", lambda t, s: found.append(real(t, s)) or found[-1])
+    recorder = _Contexts()
+    kwargs = call_kwargs("unet", prompt="a red circle", num_inference_steps=3)
+    with visattn.attach(sd, recorder):
+        sd(**kwargs)
+    assert len(found) == 3 and None not in found
+    assert found == [float(t) for t in sd.scheduler.timesteps]
+    steps = sorted({(ctx.denoiser.step.index, ctx.denoiser.step.timestep) for ctx in recorder.contexts})
+    assert steps == [(index, float(t)) for index, t in enumerate(sd.scheduler.timesteps)]

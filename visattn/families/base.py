@@ -822,13 +822,17 @@ class Family:
         return None
 
     # --- call time -----------------------------------------------------------------------------------------
-    def read_inputs(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> DenoiserInputs:
-        """Batch size, latent grid, timestep and text length of one forward call."""
+    def read_inputs(
+        self, model: torch.nn.Module, args: tuple, kwargs: dict, schedule: Schedule | None = None
+    ) -> DenoiserInputs:
+        """Batch size, latent grid, timestep and text length of one forward call. With the running scheduler's
+        ``schedule``, a timestep that is a view of its timesteps is read from their values, known on the host
+        (no device sync per call where the timesteps live on a GPU)."""
         read_grid = _read_grid()
         sample = latents = self.sample.read(args, kwargs)
         if not isinstance(sample, torch.Tensor):
             sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        timestep = _timestep_value(self.timestep.read(args, kwargs))
+        timestep = _timestep_value(self.timestep.read(args, kwargs), schedule)
         text = self.text.read(args, kwargs) if self.text is not None else None
         text_length = text.shape[self.text_axis] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
         if text is not None and self.text_length_config is not None:
@@ -927,13 +931,29 @@ def _read_grid():
     return read_grid
 
 
-def _timestep_value(timestep: Any) -> float | None:
-    """The first timestep of a call as a float (pipelines pass a scalar, a batch, or a per-token map)."""
+@dataclass(frozen=True)
+class Schedule:
+    """A scheduler's timesteps (a 1-D tensor, as it holds them) and their values, read once to the host."""
+
+    timesteps: torch.Tensor
+    values: list[float]
+
+
+def _timestep_value(timestep: Any, schedule: Schedule | None = None) -> float | None:
+    """The first timestep of a call as a float (pipelines pass a scalar, a batch, or a per-token map).
+
+    A timestep that is a view of ``schedule``'s timesteps (SD, SDXL and SD3 pass the scheduler's ``t`` itself or
+    ``t.expand(batch)``, Wan too) is read from the values held on the host: reading the tensor would wait for the
+    device at every denoiser call where the timesteps live on a GPU."""
     if timestep is None:
         return None
     if isinstance(timestep, torch.Tensor):
         if timestep.numel() == 0:
             return None
+        if schedule is not None:
+            value = _scheduled_value(timestep, schedule)
+            if value is not None:
+                return value
         if timestep.ndim <= 1 and timestep.numel() <= 64:
             # A scalar or one per batch row (every pipeline's call): one host read, no indexing op.
             values = timestep.tolist()
@@ -942,3 +962,23 @@ def _timestep_value(timestep: Any) -> float | None:
     if isinstance(timestep, (int, float)):
         return float(timestep)
     return None
+
+
+def _scheduled_value(timestep: torch.Tensor, schedule: Schedule) -> float | None:
+    """The value of ``timestep``'s first element where it is an element of ``schedule``'s timesteps (a view of
+    their storage at one of their elements, same dtype), else ``None``."""
+    held = schedule.timesteps
+    if (
+        held.ndim != 1
+        or held.stride(0) <= 0
+        or type(timestep) is not torch.Tensor
+        or timestep.dtype != held.dtype
+        or timestep.device != held.device
+        or torch.compiler.is_compiling()
+        or timestep.untyped_storage().data_ptr() != held.untyped_storage().data_ptr()
+    ):
+        return None
+    index, rest = divmod(timestep.storage_offset() - held.storage_offset(), held.stride(0))
+    if rest or not 0 <= index < len(schedule.values):
+        return None
+    return float(schedule.values[index])
