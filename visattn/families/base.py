@@ -966,17 +966,13 @@ def _timestep_value(timestep: Any, schedule: Schedule | None = None) -> float | 
 
 def _scheduled_value(timestep: torch.Tensor, schedule: Schedule) -> float | None:
     """The value of ``timestep``'s first element where it is an element of ``schedule``'s timesteps (a view of
-    their storage at one of their elements, same dtype), else ``None``."""
+    them, same dtype), else ``None``."""
     held = schedule.timesteps
-    if (
-        held.ndim != 1
-        or held.stride(0) <= 0
-        or type(timestep) is not torch.Tensor
-        or timestep.dtype != held.dtype
-        or timestep.device != held.device
-        or torch.compiler.is_compiling()
-        or timestep.untyped_storage().data_ptr() != held.untyped_storage().data_ptr()
-    ):
+    # A view's _base is the tensor it views (a view of a view: the first one's): a cheap first test that most other
+    # timesteps (Flux's t / 1000, a cast copy) fail.
+    if timestep._base is not held or type(timestep) is not torch.Tensor or timestep.dtype != held.dtype:
+        return None
+    if held.ndim != 1 or held.stride(0) <= 0 or torch.compiler.is_compiling():
         return None
     index, rest = divmod(timestep.storage_offset() - held.storage_offset(), held.stride(0))
     if rest or not 0 <= index < len(schedule.values):
