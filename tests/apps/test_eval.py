@@ -439,7 +439,8 @@ def test_evaluation_is_deterministic(cli_run):
 
 def test_a_run_for_the_quality_bar_alone_measures_what_the_full_run_does(cli_run, tmp_path):
     """``EvalConfig(bar_only=True)`` runs the Prompt-to-Prompt study's colour swap alone: the same numbers as the
-    full run's, the same claim checked, nothing else measured; the report refuses such results."""
+    full run's, the same claim checked, nothing else measured; the report of such results is their JSON alone, as
+    ``visattn eval --bar-only`` writes it."""
     out, _ = cli_run
     reference = json.loads((out / "eval-quick.json").read_text())
     config = EvalConfig.quick(samples=1, image_steps=2, bar_only=True)
@@ -451,10 +452,20 @@ def test_a_run_for_the_quality_bar_alone_measures_what_the_full_run_does(cli_run
     assert [(c["claim"], c["passed"]) for c in quality_checks(alone)] == [
         (claim, passed) for claim, passed in claims.items() if claim.startswith("word swap")
     ]
-    with pytest.raises(ValueError, match="bar_only"):
-        write_report(alone, tmp_path)
+    paths = write_report(alone, tmp_path / "api")
+    assert list(paths) == ["json"] and [p.name for p in (tmp_path / "api").iterdir()] == ["eval.json"]
+    written = json.loads(paths["json"].read_text())
+    assert written["studies"]["prompt_to_prompt"]["word_swap"] == result["word_swap"]
+    assert [c["claim"] for c in written["quality_bar"]] == [c["claim"] for c in quality_checks(alone)]
     with pytest.raises(ValueError, match="bar_only=1"):
         EvalConfig(bar_only=1)
+    argv = ["eval", "--quick", "--steps", "2", "--seeds", "1", "--quiet", "--bar-only", "--allow-fail"]
+    argv += ["--studies", "prompt_to_prompt", "--image-model", "visattn/tiny-sd", "--out", str(tmp_path / "cli")]
+    assert main(argv) == 0
+    assert [p.name for p in (tmp_path / "cli").iterdir()] == ["eval-quick.json"]
+    from_cli = json.loads((tmp_path / "cli" / "eval-quick.json").read_text())
+    assert from_cli["config"]["bar_only"] is True
+    assert from_cli["studies"]["prompt_to_prompt"]["word_swap"] == result["word_swap"]
 
 
 def _checks_of(passed: bool) -> dict:

@@ -1,7 +1,8 @@
 """``visattn eval``: measure every effect on the toy world and write the "paper table" (JSON, markdown, PNG).
 
 Exit status: 0 when every quality-bar claim that was checked passes, 1 when one fails (the report is written
-either way; ``--allow-fail`` exits 0 regardless), 2 for a request that cannot run.
+either way; ``--allow-fail`` exits 0 regardless), 2 for a request that cannot run. ``--bar-only`` measures only
+what the claims need and writes only the JSON.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def add_parser(commands) -> None:
         help="exit 0 even when a quality-bar claim fails (e.g. for --image-model / --video-model models the bar "
         "was not set for)",
     )
+    parser.add_argument(
+        "--bar-only",
+        action="store_true",
+        help="measure only what the quality bar checks (Prompt-to-Prompt: the colour swap alone) and write only "
+        "<name>.json; exit status as usual",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
@@ -82,13 +89,16 @@ def run(args: argparse.Namespace) -> int:
         overrides["samples"] = args.seeds
     if args.steps is not None:
         overrides["image_steps"] = overrides["video_steps"] = args.steps
+    if args.bar_only:
+        overrides["bar_only"] = True
     studies = args.studies
     selected = studies or ()
     wants_image = studies is None or any(s not in VIDEO_STUDIES for s in selected)
     wants_video = studies is None or any(s in VIDEO_STUDIES for s in selected)
     if args.gallery < 0:
         raise UsageError(f"--gallery {args.gallery}: must be an integer >= 0 (0 writes no gallery)")
-    gallery = Gallery(samples=args.gallery) if args.gallery else None
+    # A bar-only run writes no gallery (nor table or chart): only its JSON.
+    gallery = Gallery(samples=args.gallery) if args.gallery and not args.bar_only else None
     try:
         config = EvalConfig.quick(**overrides) if args.quick else EvalConfig(**overrides)
         image = load_pipeline(args.image_model, device, dtype) if args.image_model and wants_image else None

@@ -76,8 +76,8 @@ class EvalConfig:
         timing_repeats: timed runs per method in the sparse-attention studies (median, after one warm-up).
         bar_only: measure only what the quality bar checks (:func:`visattn.eval.quality.quality_checks`): the
             Prompt-to-Prompt study then runs its colour word swap alone (no shape swap, local blend,
-            re-weighting, word maps or upload edit). For checking the bar quickly (the test suite does); the report
-            needs every measurement, so :func:`visattn.eval.report.write_report` refuses such results.
+            re-weighting, word maps or upload edit). For checking the bar quickly (``visattn eval --bar-only``; the
+            test suite does); :func:`visattn.eval.report.write_report` writes only the JSON of such results.
     """
 
     samples: int = 16

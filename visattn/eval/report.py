@@ -86,18 +86,17 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``<name>.json``, ``<name>.md``, (with ``chart``) ``<name>.png`` and (with a ``gallery`` that the
     evaluation filled) ``<name>-gallery.png`` to ``out_dir``; return the paths. Results of a run that measured the
-    quality bar alone (:attr:`~visattn.eval.config.EvalConfig.bar_only`) lack what the report shows: refused."""
-    if results.get("config", {}).get("bar_only"):
-        raise ValueError(
-            "write_report needs every measurement, but these results come from EvalConfig(bar_only=True), which "
-            "measures only what the quality bar checks; evaluate again with bar_only=False to write the report"
-        )
+    quality bar alone (:attr:`~visattn.eval.config.EvalConfig.bar_only`) lack what the table, chart and gallery
+    show: only ``<name>.json`` is written for them (their measurements and the bar's claims)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     payload = _json_ready({"environment": env, "command": command, **results, "quality_bar": quality_checks(results)})
-    paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md"}
+    paths = {"json": out / f"{name}.json"}
     paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if results.get("config", {}).get("bar_only"):
+        return paths
+    paths["markdown"] = out / f"{name}.md"
     paths["markdown"].write_text(markdown(payload, env, command), encoding="utf-8")
     if chart:
         numbers: dict[str, float | None] = {}
