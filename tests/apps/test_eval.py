@@ -444,13 +444,21 @@ def test_a_run_for_the_quality_bar_alone_measures_what_the_full_run_does(cli_run
     out, _ = cli_run
     reference = json.loads((out / "eval-quick.json").read_text())
     config = EvalConfig.quick(samples=1, image_steps=2, bar_only=True)
-    alone = evaluate(pipeline("unet"), config=config, studies=["prompt_to_prompt"], progress=False)
-    result = json.loads(json.dumps(alone["studies"]["prompt_to_prompt"]))
+    studies = ["prompt_accuracy", "prompt_to_prompt", "extrapolation_image"]
+    alone = evaluate(pipeline("unet"), config=config, studies=studies, progress=False)
+    measured = json.loads(json.dumps(alone["studies"]))
+    full = reference["studies"]
+    result = measured["prompt_to_prompt"]
     assert list(result) == ["settings", "word_swap"] and list(result["word_swap"]) == ["color"]
-    assert result["word_swap"]["color"] == reference["studies"]["prompt_to_prompt"]["word_swap"]["color"]
+    assert result["word_swap"]["color"] == full["prompt_to_prompt"]["word_swap"]["color"]
+    # prompt accuracy: the single-object captions alone; image extrapolation: the larger size alone
+    assert measured["prompt_accuracy"] == {"single": full["prompt_accuracy"]["single"]}
+    assert measured["extrapolation_image"]["rows"] == [
+        r for r in full["extrapolation_image"]["rows"] if r["scale"] != "1x"
+    ]
     claims = {c["claim"]: c["passed"] for c in reference["quality_bar"]}
     assert [(c["claim"], c["passed"]) for c in quality_checks(alone)] == [
-        (claim, passed) for claim, passed in claims.items() if claim.startswith("word swap")
+        (claim, passed) for claim, passed in claims.items() if not claim.startswith("at 2x video length")
     ]
     paths = write_report(alone, tmp_path / "api")
     assert list(paths) == ["json"] and [p.name for p in (tmp_path / "api").iterdir()] == ["eval.json"]

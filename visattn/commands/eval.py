@@ -69,8 +69,8 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--bar-only",
         action="store_true",
-        help="measure only what the quality bar checks (Prompt-to-Prompt: the colour swap alone) and write only "
-        "<name>.json; exit status as usual",
+        help="measure only what the quality bar checks (Prompt-to-Prompt: the colour swap alone; prompt accuracy: "
+        "single objects; image extrapolation: no 1x row) and write only <name>.json; exit status as usual",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)

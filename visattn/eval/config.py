@@ -76,8 +76,10 @@ class EvalConfig:
         timing_repeats: timed runs per method in the sparse-attention studies (median, after one warm-up).
         bar_only: measure only what the quality bar checks (:func:`visattn.eval.quality.quality_checks`): the
             Prompt-to-Prompt study then runs its colour word swap alone (no shape swap, local blend,
-            re-weighting, word maps or upload edit). For checking the bar quickly (``visattn eval --bar-only``; the
-            test suite does); :func:`visattn.eval.report.write_report` writes only the JSON of such results.
+            re-weighting, word maps or upload edit), prompt accuracy its single-object captions alone, image
+            extrapolation the larger size alone (no 1x row); the other studies run as they are. For checking
+            the bar quickly (``visattn eval --bar-only``; the test suite does);
+            :func:`visattn.eval.report.write_report` writes only the JSON of such results.
     """
 
     samples: int = 16

@@ -51,6 +51,8 @@ def run_image(ctx: EvalContext) -> dict[str, Any]:
             (ExtrapolationDecay(train_size=side, factor=config.decay_factor),),
         ),
     ]
+    if config.bar_only:
+        conditions = conditions[1:]  # the quality bar compares the methods at the larger size alone
     rows = []
     with ctx.bar(len(conditions) * len(captions), "extrapolation (image)") as bar:
         for scale, method, size, effects in conditions:
