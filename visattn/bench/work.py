@@ -13,6 +13,7 @@ times slower: count and time in separate runs.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 #: where an instruction runs, by the file of its code: visattn's package, diffusers' hooks, anything else
 PLACES = ("visattn", "diffusers hooks", "other")
 
-_VISATTN_ROOT = str(Path(__file__).resolve().parents[1]) + "/"
+_VISATTN_ROOT = str(Path(__file__).resolve().parents[1]) + os.sep
 
 
 @dataclass(frozen=True)

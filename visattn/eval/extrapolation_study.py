@@ -52,7 +52,8 @@ def run_image(ctx: EvalContext) -> dict[str, Any]:
         ),
     ]
     if config.bar_only:
-        conditions = conditions[1:]  # the quality bar compares the methods at the larger size alone
+        # the quality bar compares the methods at the larger size alone
+        conditions = [condition for condition in conditions if condition[0] != "1x"]
     rows = []
     with ctx.bar(len(conditions) * len(captions), "extrapolation (image)") as bar:
         for scale, method, size, effects in conditions:
