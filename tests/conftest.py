@@ -11,7 +11,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Two torch threads per process; where pytest-xdist runs the suite in several processes (pyproject's addopts),
+# the 2 cores are shared among them: more threads than cores would make each wait for the others.
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 # Without a GPU the Triton kernels are checked under Triton's interpreter (tiny sizes); it must be switched on
 # before triton is first imported. FlexAttention on CPU does not use Triton, so nothing else changes.

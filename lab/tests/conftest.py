@@ -10,4 +10,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Two torch threads per process; where pytest-xdist runs the suite in several processes (pyproject's addopts),
+# the 2 cores are shared among them: more threads than cores would make each wait for the others.
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
