@@ -223,3 +223,37 @@ def test_the_denoiser_hook_reads_the_unets_timestep_from_the_schedule(sd, monkey
     assert found == [float(t) for t in sd.scheduler.timesteps]
     steps = sorted({(ctx.denoiser.step.index, ctx.denoiser.step.timestep) for ctx in recorder.contexts})
     assert steps == [(index, float(t)) for index, t in enumerate(sd.scheduler.timesteps)]
+
+
+def test_a_per_token_timestep_is_read_at_its_noisiest_token():
+    """Wan 2.2's image-to-video (``expand_timesteps``) gives every token its own timestep, the conditioning first
+    frame's tokens 0 (clean) and first in line: the call's step is read from its noisiest token, not its first."""
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    from visattn.families.base import _timestep_value
+
+    per_token = torch.tensor([[0.0, 0.0, 750.0, 750.0]])
+    assert _timestep_value(per_token) == 750.0
+    assert _timestep_value(torch.tensor([[1.0, 1.0, 0.25, 0.25]]), clean_is_high=True) == 0.25
+    assert _timestep_value(torch.tensor([[[0.0], [500.0]], [[250.0], [250.0]]])) == 500.0  # the first row's
+
+    t2v = tiny_pipeline("wan")
+    parts = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    components = {name: t2v.components[name] for name in parts}
+    pipe = WanImageToVideoPipeline(**components, image_encoder=None, image_processor=None, expand_timesteps=True)
+    kwargs = call_kwargs("wan", num_inference_steps=3)
+    # Encoded by the text-to-video pipeline: the image-to-video one cleans prompts with ftfy, which is not installed.
+    length = kwargs.pop("max_sequence_length")
+    prompt, negative = t2v.encode_prompt(kwargs.pop("prompt"), "", max_sequence_length=length)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k["timestep"].clone()), with_kwargs=True)
+    recorder = _Contexts()
+    image = Image.new("RGB", (kwargs["width"], kwargs["height"]), (200, 40, 40))
+    with visattn.attach(pipe, recorder):
+        pipe(image=image, prompt_embeds=prompt, negative_prompt_embeds=negative, **kwargs)
+    assert seen[0].ndim == 2 and seen[0][0, 0] == 0 and seen[0].max() > 0  # the first frame's tokens come first, clean
+    steps = sorted({ctx.denoiser.step.index for ctx in recorder.contexts})
+    assert steps == [0, 1, 2]
+    timesteps = sorted({ctx.denoiser.step.timestep for ctx in recorder.contexts}, reverse=True)
+    assert timesteps == pytest.approx([float(t) for t in pipe.scheduler.timesteps])

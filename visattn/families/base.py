@@ -832,7 +832,7 @@ class Family:
         sample = latents = self.sample.read(args, kwargs)
         if not isinstance(sample, torch.Tensor):
             sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        timestep = _timestep_value(self.timestep.read(args, kwargs), schedule)
+        timestep = _timestep_value(self.timestep.read(args, kwargs), schedule, clean_is_high=self.timestep_reversed)
         text = self.text.read(args, kwargs) if self.text is not None else None
         text_length = text.shape[self.text_axis] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
         if text is not None and self.text_length_config is not None:
@@ -939,8 +939,13 @@ class Schedule:
     values: list[float]
 
 
-def _timestep_value(timestep: Any, schedule: Schedule | None = None) -> float | None:
-    """The first timestep of a call as a float (pipelines pass a scalar, a batch, or a per-token map).
+def _timestep_value(timestep: Any, schedule: Schedule | None = None, clean_is_high: bool = False) -> float | None:
+    """The timestep of a call as a float: the first batch row's (pipelines pass a scalar, a batch, or a per-token map).
+
+    A per-token map (``[batch, tokens, ...]``) is read at its noisiest token: where a pipeline conditions some
+    tokens (Wan 2.2's and LTX's image-to-video give the first frame's tokens timestep 0, clean), those tokens say
+    nothing of the step, and they may come first. Noisiest is the largest timestep, or the smallest where the model
+    counts the other way (``clean_is_high``: 1 means clean).
 
     A timestep that is a view of ``schedule``'s timesteps (SD, SDXL and SD3 pass the scheduler's ``t`` itself or
     ``t.expand(batch)``, Wan too) is read from the values held on the host: reading the tensor would wait for the
@@ -958,7 +963,10 @@ def _timestep_value(timestep: Any, schedule: Schedule | None = None) -> float | 
             # A scalar or one per batch row (every pipeline's call): one host read, no indexing op.
             values = timestep.tolist()
             return float(values[0] if timestep.ndim else values)
-        return float(timestep.reshape(-1)[0])
+        if timestep.ndim <= 1:
+            return float(timestep[0])
+        first_row = timestep[0]
+        return float(first_row.min() if clean_is_high else first_row.max())
     if isinstance(timestep, (int, float)):
         return float(timestep)
     return None
