@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from diffusers.hooks.hooks import StateManager
 
 from .context import BatchLayout, DenoiserCall, StepInfo
 from .families import Family
-from .families.base import DenoiserInputs, Schedule
+from .families.base import DenoiserInputs, Schedule, noisiest_timestep
 from .families.pipelines import denoiser_call_locals, pipeline_guider_call
 from .interception import SDPA_ROUTE
 from .parallel import check_model, unsplit_inputs
@@ -33,6 +34,9 @@ CONTEXT_HOOK_NAME = "visattn.branch_context"
 #: plan epochs (DenoiserState.plan_epoch), never given twice: a layer's plans keyed by a forgotten one stay unused
 _PLAN_EPOCHS = itertools.count()
 _PLAN_EPOCHS_KEPT = 256
+# Timesteps taken from the scheduler whose check waits for the device (see DenoiserHook._check_later): beyond this
+# many, the oldest is waited for.
+_UNCHECKED_KEPT = 16
 
 
 class _NoState:
@@ -122,6 +126,14 @@ class DenoiserHook(ModelHook):
         self._step_indices: dict[float, int] = {}
         # The step of each timestep the model was called with, found in the schedule above.
         self._step_infos: dict[float, StepInfo] = {}
+        # The step the running scheduler takes next (its step_index), where the schedule above is its, it has one,
+        # and no check has found the model called at another step (then _steps_from_scheduler turns False).
+        self._scheduler_step: int | None = None
+        self._steps_from_scheduler = True
+        # Timesteps taken from the scheduler, not read (the read would wait for the device), to check once the
+        # device is done: (the call's noisiest timestep, on the host or being copied there; the copy's event or None;
+        # the timestep taken; the schedule).
+        self._unchecked: list[tuple[torch.Tensor, Any, float, Schedule]] = []
         pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self.state = DenoiserState(family, pipeline_ref=pipeline_ref, runs={} if runs is None else runs)
         self.effects = effects
@@ -174,16 +186,20 @@ class DenoiserHook(ModelHook):
 
     def _call(self, module: torch.nn.Module, forward, args: tuple, kwargs: dict) -> Any:
         family = self.state.family
+        if self._unchecked:
+            self._check_timesteps()
         schedule = self._current_schedule()
         if getattr(module, "_parallel_config", None) is None:
             # Not split across ranks (diffusers' enable_parallelism sets this): the common case, read directly.
-            inputs = family.read_inputs(module, args, kwargs, schedule)
+            inputs = family.read_inputs(module, args, kwargs, schedule, self._scheduler_step)
         else:
             # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
             seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
-            inputs = family.read_inputs(module, seen_args, seen_kwargs, schedule)
+            inputs = family.read_inputs(module, seen_args, seen_kwargs, schedule, self._scheduler_step)
             text_names = family.text.names if family.text else ()
             check_model(module, inputs.grid, inputs.text_length, text_names, self.effects, (seen_args, seen_kwargs))
+        if inputs.unread_timestep is not None:
+            self._check_later(inputs.unread_timestep, inputs.timestep, schedule)
         self.state.inputs = inputs
         step = self.state.step = self._step_info(inputs.timestep, schedule)
         self.state.batch = self._batch_layout(inputs.batch_size)
@@ -260,10 +276,60 @@ class DenoiserHook(ModelHook):
         where the pipeline has no scheduler with a timesteps tensor."""
         scheduler = getattr(self.pipeline, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
+        self._scheduler_step = None
         if not isinstance(timesteps, torch.Tensor):
             return None
         self._scheduled(timesteps)
-        return self._schedule_view if self._schedule_length else None
+        if not self._schedule_length:
+            return None
+        if self._steps_from_scheduler:
+            # diffusers' schedulers step from timesteps[step_index] (None before their first step; set_timesteps
+            # clears it): the step a denoiser call made for that step is at, known without reading its timestep.
+            step = getattr(scheduler, "step_index", None)
+            if type(step) is int and 0 <= step < self._schedule_length:
+                self._scheduler_step = step
+        return self._schedule_view
+
+    def _check_later(self, timestep: torch.Tensor, taken: float, schedule: Schedule) -> None:
+        """Check that a call whose timestep was taken from its scheduler (``taken``) was made at that step, without
+        waiting for the device: its noisiest timestep is copied to the host behind the call's work and compared
+        once the copy is done (at a later call)."""
+        noisiest = noisiest_timestep(timestep, self.state.family.timestep_reversed).detach()
+        event = None
+        if noisiest.device.type == "cuda":
+            host = torch.empty((), dtype=noisiest.dtype, pin_memory=True)
+            host.copy_(noisiest, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            noisiest = host
+        self._unchecked.append((noisiest, event, taken, schedule))
+        self._check_timesteps()
+
+    def _check_timesteps(self) -> None:
+        """Compare the timesteps taken from the scheduler whose host copies are done with what the calls were made
+        at; at the first that differs, warn and read every later call's timestep."""
+        unchecked = self._unchecked
+        family = self.state.family
+        while unchecked:
+            value, event, taken, schedule = unchecked[0]
+            if event is not None and not event.query():
+                if len(unchecked) <= _UNCHECKED_KEPT:
+                    return
+                event.synchronize()
+            del unchecked[0]
+            called = float(value)
+            step_called = _nearest(schedule.values, family.scheduler_timestep(called))
+            if step_called != _nearest(schedule.values, family.scheduler_timestep(taken)):
+                unchecked.clear()
+                self._steps_from_scheduler = False
+                warnings.warn(
+                    f"visattn: the denoiser was called at timestep {called:g} where its scheduler's step_index says "
+                    f"{taken:g}; visattn took the step of each call from the scheduler (reading the timestep waits "
+                    "for the GPU), so effects with step windows may have acted at other steps since the last "
+                    "matching call. It reads every call's timestep from now on.",
+                    stacklevel=2,
+                )
+                return
 
     def _step_info(self, timestep: float | None, schedule: Schedule | None) -> StepInfo:
         context = self._cache_context()
@@ -336,6 +402,11 @@ class DenoiserHook(ModelHook):
 
 #: cache-context names of the conditional and unconditional calls, as pipelines and diffusers' guiders name them
 _BRANCH_NAMES = {"cond": "cond", "pred_cond": "cond", "uncond": "uncond", "pred_uncond": "uncond"}
+
+
+def _nearest(values: list[float], value: float) -> float:
+    """The element of ``values`` nearest to ``value``."""
+    return min(values, key=lambda scheduled: abs(scheduled - value))
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -257,3 +259,68 @@ def test_a_per_token_timestep_is_read_at_its_noisiest_token():
     assert steps == [0, 1, 2]
     timesteps = sorted({ctx.denoiser.step.timestep for ctx in recorder.contexts}, reverse=True)
     assert timesteps == pytest.approx([float(t) for t in pipe.scheduler.timesteps])
+
+
+def _record_reads(monkeypatch) -> list:
+    """Reading the call's timestep waits for the device (as on a GPU), and the reads made are recorded."""
+    import visattn.families.base as base
+
+    reads = []
+    real = base._timestep_value
+    monkeypatch.setattr(base, "reading_waits", lambda timestep: True)
+    monkeypatch.setattr(base, "_timestep_value", lambda *a, **k: reads.append(real(*a, **k)) or reads[-1])
+    return reads
+
+
+@pytest.mark.parametrize("key", ["flux", "qwen_image"])
+def test_where_reading_the_timestep_waits_for_the_device_the_step_is_the_schedulers(key, monkeypatch):
+    """Flux passes ``t / 1000`` and Qwen-Image calls once per CFG branch: their timesteps are no views of the
+    schedule, and on a GPU reading one waits for every kernel queued before it (the stock loops never do per step).
+    There the step is the one the scheduler takes next (its ``step_index``), read only before its first step;
+    an edit whose windows depend on the step makes the same image as where every timestep is read."""
+    pipe = tiny_pipeline(key)
+    p2p = visattn.PromptToPrompt.replace("a red cat", "a red dog", cross_steps=0.5, self_steps=0.3)
+
+    def generate():
+        recorder = _Contexts()
+        kwargs = call_kwargs(
+            key, prompt=p2p.prompts, num_inference_steps=4, output_type="latent", generator=p2p.generator(0, 1)
+        )
+        with visattn.attach(pipe, p2p, recorder):
+            image = pipe(**kwargs)[0]
+        steps = {(ctx.denoiser.step.index, ctx.denoiser.batch.names) for ctx in recorder.contexts}
+        timesteps = sorted({ctx.denoiser.step.timestep for ctx in recorder.contexts}, reverse=True)
+        return image, sorted(steps), timesteps
+
+    read_image, read_steps, read_timesteps = generate()
+    reads = _record_reads(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every check agrees
+        image, steps, timesteps = generate()
+    calls_per_step = 2 if key == "qwen_image" else 1
+    assert len(reads) == calls_per_step  # the first step's calls only: the scheduler has no step_index before it
+    assert steps == read_steps and [index for index, _ in steps] == sorted(
+        index for index in range(4) for _ in range(calls_per_step)
+    )
+    assert timesteps == pytest.approx(read_timesteps)
+    assert torch.equal(image, read_image)
+
+
+def test_a_call_at_another_step_than_the_schedulers_is_found_and_later_calls_are_read(monkeypatch):
+    """A loop that calls the denoiser at another timestep than the one its scheduler steps from (its own loop over
+    a scheduler it does not step): the check finds it, warns, and the timesteps of later calls are read."""
+    pipe = tiny_pipeline("flux")
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: calls.append(dict(k)), with_kwargs=True)
+    pipe(**call_kwargs("flux", num_inference_steps=3, output_type="latent"))
+    second_step = calls[1]
+    reads = _record_reads(monkeypatch)
+    recorder = _Contexts()
+    with visattn.attach(pipe, recorder):
+        pipe.scheduler._step_index = 0  # a scheduler left at its first step
+        with pytest.warns(UserWarning, match="step_index"):
+            pipe.transformer(**second_step)
+        assert reads == []
+        pipe.transformer(**second_step)
+    assert len(reads) == 1
+    assert recorder.contexts[-1].denoiser.step.index == 1

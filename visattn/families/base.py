@@ -475,6 +475,9 @@ class DenoiserInputs:
     other: tuple[int, int] | None = (0, 0)
     #: the latent input itself (not copied), for facts only the values tell (see ``visattn.state``)
     sample: torch.Tensor | None = None
+    #: the call's timestep tensor where :attr:`timestep` was taken from the scheduler instead of read from it
+    #: (reading would wait for the device): the denoiser hook checks the two agree once the device is done
+    unread_timestep: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -823,16 +826,40 @@ class Family:
 
     # --- call time -----------------------------------------------------------------------------------------
     def read_inputs(
-        self, model: torch.nn.Module, args: tuple, kwargs: dict, schedule: Schedule | None = None
+        self,
+        model: torch.nn.Module,
+        args: tuple,
+        kwargs: dict,
+        schedule: Schedule | None = None,
+        scheduler_step: int | None = None,
     ) -> DenoiserInputs:
-        """Batch size, latent grid, timestep and text length of one forward call. With the running scheduler's
-        ``schedule``, a timestep that is a view of its timesteps is read from their values, known on the host
-        (no device sync per call where the timesteps live on a GPU)."""
+        """Batch size, latent grid, timestep and text length of one forward call.
+
+        With the running scheduler's ``schedule``, a timestep that is a view of its timesteps is read from their
+        values, known on the host (no device sync per call where the timesteps live on a GPU). Where the scheduler
+        says which step it takes next (``scheduler_step``, its ``step_index``) and reading the call's timestep would
+        wait for the device (:func:`reading_waits`: Flux's ``t / 1000``, a cast copy, a per-token map), the timestep
+        is that step's, in the model's units, and the tensor is handed on unread (``unread_timestep``) to be
+        checked once the device is done."""
         read_grid = _read_grid()
         sample = latents = self.sample.read(args, kwargs)
         if not isinstance(sample, torch.Tensor):
             sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        timestep = _timestep_value(self.timestep.read(args, kwargs), schedule, clean_is_high=self.timestep_reversed)
+        raw_timestep = self.timestep.read(args, kwargs)
+        unread = None
+        if (
+            isinstance(raw_timestep, torch.Tensor)
+            and reading_waits(raw_timestep)
+            and scheduler_step is not None
+            and schedule is not None
+            and raw_timestep.numel()
+            # torch.compile tracing this hook would guard on the scheduler's step (a graph per step)
+            and not torch.compiler.is_compiling()
+            and _scheduled_value(raw_timestep, schedule) is None
+        ):
+            timestep, unread = self.model_timestep(schedule.values[scheduler_step]), raw_timestep
+        else:
+            timestep = _timestep_value(raw_timestep, schedule, clean_is_high=self.timestep_reversed)
         text = self.text.read(args, kwargs) if self.text is not None else None
         text_length = text.shape[self.text_axis] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
         if text is not None and self.text_length_config is not None:
@@ -850,7 +877,7 @@ class Family:
         else:
             batch_size = sample.shape[0] if sample is not None else 0
         other = self._other_counts(model, args, kwargs, grid) if self.other_tokens else (0, 0)
-        return DenoiserInputs(batch_size, grid, timestep, text_length, other, sample)
+        return DenoiserInputs(batch_size, grid, timestep, text_length, other, sample, unread)
 
     def _other_counts(self, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Any) -> tuple[int, int] | None:
         """The other tokens (:attr:`other_tokens`) before and after the grid in one call, ``None`` if a count
@@ -873,6 +900,12 @@ class Family:
         if self.timestep_reversed:
             return (1.0 - timestep) * 1000.0
         return timestep * self.timestep_divisor
+
+    def model_timestep(self, scheduler_timestep: float) -> float:
+        """The timestep the model is called with at a scheduler timestep (:meth:`scheduler_timestep`'s inverse)."""
+        if self.timestep_reversed:
+            return 1.0 - scheduler_timestep / 1000.0
+        return scheduler_timestep / self.timestep_divisor
 
     def level_grids(self, top: tuple[int, int, int] | None) -> tuple[tuple[int, int, int], ...]:
         """The grids attention layers may see: the top grid, and each UNet level's (halved, rounded up)."""
@@ -963,13 +996,25 @@ def _timestep_value(timestep: Any, schedule: Schedule | None = None, clean_is_hi
             # A scalar or one per batch row (every pipeline's call): one host read, no indexing op.
             values = timestep.tolist()
             return float(values[0] if timestep.ndim else values)
-        if timestep.ndim <= 1:
-            return float(timestep[0])
-        first_row = timestep[0]
-        return float(first_row.min() if clean_is_high else first_row.max())
+        return float(noisiest_timestep(timestep, clean_is_high))
     if isinstance(timestep, (int, float)):
         return float(timestep)
     return None
+
+
+def reading_waits(timestep: torch.Tensor) -> bool:
+    """Whether reading ``timestep``'s value on the host would wait for its device (a CUDA tensor: the host read
+    waits for every kernel queued before it, which the stock denoising loops never do per step)."""
+    return timestep.device.type == "cuda"
+
+
+def noisiest_timestep(timestep: torch.Tensor, clean_is_high: bool = False) -> torch.Tensor:
+    """The value :func:`_timestep_value` reads, as a 0-d tensor on the timestep's device (no host read)."""
+    if timestep.ndim == 0:
+        return timestep
+    if timestep.ndim == 1:
+        return timestep[0]
+    return timestep[0].amin() if clean_is_high else timestep[0].amax()
 
 
 def _scheduled_value(timestep: torch.Tensor, schedule: Schedule) -> float | None:
