@@ -300,7 +300,7 @@ class DenoiserHook(ModelHook):
             host = torch.empty((), dtype=noisiest.dtype, pin_memory=True)
             host.copy_(noisiest, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(noisiest.device))
             noisiest = host
         self._unchecked.append((noisiest, event, taken, schedule))
         self._check_timesteps()
@@ -319,7 +319,13 @@ class DenoiserHook(ModelHook):
             del unchecked[0]
             called = float(value)
             step_called = _nearest(schedule.values, family.scheduler_timestep(called))
-            if step_called != _nearest(schedule.values, family.scheduler_timestep(taken)):
+            # A half-precision timestep rounds the step's (bf16 keeps 8 bits): nearer another step only by that much
+            # is still this one.
+            rounding = 4 * torch.finfo(value.dtype).eps * abs(taken) if value.dtype.is_floating_point else 0.0
+            if (
+                step_called != _nearest(schedule.values, family.scheduler_timestep(taken))
+                and abs(called - taken) > rounding
+            ):
                 unchecked.clear()
                 self._steps_from_scheduler = False
                 warnings.warn(
