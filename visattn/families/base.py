@@ -1005,7 +1005,7 @@ def _timestep_value(timestep: Any, schedule: Schedule | None = None, clean_is_hi
 def reading_waits(timestep: torch.Tensor) -> bool:
     """Whether reading ``timestep``'s value on the host would wait for its device (a CUDA tensor: the host read
     waits for every kernel queued before it, which the stock denoising loops never do per step)."""
-    return timestep.device.type == "cuda"
+    return timestep.is_cuda  # not .device.type: that makes a device object per call
 
 
 def noisiest_timestep(timestep: torch.Tensor, clean_is_high: bool = False) -> torch.Tensor:
