@@ -296,7 +296,7 @@ class DenoiserHook(ModelHook):
         once the copy is done (at a later call)."""
         noisiest = noisiest_timestep(timestep, self.state.family.timestep_reversed).detach()
         event = None
-        if noisiest.device.type == "cuda":
+        if noisiest.is_cuda:
             host = torch.empty((), dtype=noisiest.dtype, pin_memory=True)
             host.copy_(noisiest, non_blocking=True)
             event = torch.cuda.Event()
