@@ -126,9 +126,8 @@ class DenoiserHook(ModelHook):
         self._step_indices: dict[float, int] = {}
         # The step of each timestep the model was called with, found in the schedule above.
         self._step_infos: dict[float, StepInfo] = {}
-        # The step the running scheduler takes next (its step_index), where the schedule above is its, it has one,
-        # and no check has found the model called at another step (then _steps_from_scheduler turns False).
-        self._scheduler_step: int | None = None
+        # Whether the step the running scheduler takes next (its step_index) stands for the call's timestep where
+        # reading it would wait for the device; False once a check found the model called at another step.
         self._steps_from_scheduler = True
         # Timesteps taken from the scheduler, not read (the read would wait for the device), to check once the
         # device is done: (the call's noisiest timestep, on the host or being copied there; the copy's event or None;
@@ -188,14 +187,14 @@ class DenoiserHook(ModelHook):
         family = self.state.family
         if self._unchecked:
             self._check_timesteps()
-        schedule = self._current_schedule()
+        schedule, scheduler_step = self._current_schedule()
         if getattr(module, "_parallel_config", None) is None:
             # Not split across ranks (diffusers' enable_parallelism sets this): the common case, read directly.
-            inputs = family.read_inputs(module, args, kwargs, schedule, self._scheduler_step)
+            inputs = family.read_inputs(module, args, kwargs, schedule, scheduler_step)
         else:
             # Attached before enable_parallelism, this hook runs inside diffusers' input split: read the whole inputs.
             seen_args, seen_kwargs = unsplit_inputs(module, HOOK_NAME, args, kwargs)
-            inputs = family.read_inputs(module, seen_args, seen_kwargs, schedule, self._scheduler_step)
+            inputs = family.read_inputs(module, seen_args, seen_kwargs, schedule, scheduler_step)
             text_names = family.text.names if family.text else ()
             check_model(module, inputs.grid, inputs.text_length, text_names, self.effects, (seen_args, seen_kwargs))
         if inputs.unread_timestep is not None:
@@ -271,24 +270,25 @@ class DenoiserHook(ModelHook):
     def _cache_context(self):
         return getattr(self.cache, "_context", None)
 
-    def _current_schedule(self) -> Schedule | None:
-        """The running scheduler's timesteps and their values (read to the host once per schedule), or ``None``
-        where the pipeline has no scheduler with a timesteps tensor."""
+    def _current_schedule(self) -> tuple[Schedule | None, int | None]:
+        """The running scheduler's timesteps and their values (read to the host once per schedule), ``None`` where
+        the pipeline has no scheduler with a timesteps tensor; and the step it takes next, ``None`` where it does not
+        say (before its first step) or a check found the model called at another step."""
         scheduler = getattr(self.pipeline, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
-        self._scheduler_step = None
         if not isinstance(timesteps, torch.Tensor):
-            return None
+            return None, None
         self._scheduled(timesteps)
         if not self._schedule_length:
-            return None
+            return None, None
+        step = None
         if self._steps_from_scheduler:
             # diffusers' schedulers step from timesteps[step_index] (None before their first step; set_timesteps
             # clears it): the step a denoiser call made for that step is at, known without reading its timestep.
             step = getattr(scheduler, "step_index", None)
-            if type(step) is int and 0 <= step < self._schedule_length:
-                self._scheduler_step = step
-        return self._schedule_view
+            if type(step) is not int or not 0 <= step < self._schedule_length:
+                step = None
+        return self._schedule_view, step
 
     def _check_later(self, timestep: torch.Tensor, taken: float, schedule: Schedule) -> None:
         """Check that a call whose timestep was taken from its scheduler (``taken``) was made at that step, without

@@ -846,7 +846,7 @@ class Family:
         if not isinstance(sample, torch.Tensor):
             sample = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         raw_timestep = self.timestep.read(args, kwargs)
-        unread = None
+        timestep = unread = None
         if (
             isinstance(raw_timestep, torch.Tensor)
             and reading_waits(raw_timestep)
@@ -855,10 +855,10 @@ class Family:
             and raw_timestep.numel()
             # torch.compile tracing this hook would guard on the scheduler's step (a graph per step)
             and not torch.compiler.is_compiling()
-            and _scheduled_value(raw_timestep, schedule) is None
+            and (timestep := _scheduled_value(raw_timestep, schedule)) is None
         ):
             timestep, unread = self.model_timestep(schedule.values[scheduler_step]), raw_timestep
-        else:
+        elif timestep is None:
             timestep = _timestep_value(raw_timestep, schedule, clean_is_high=self.timestep_reversed)
         text = self.text.read(args, kwargs) if self.text is not None else None
         text_length = text.shape[self.text_axis] if isinstance(text, torch.Tensor) and text.ndim >= 3 else None
