@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import threading
 import warnings
 from collections.abc import Hashable, Sequence
@@ -47,7 +46,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .context import BatchLayout, Branch, CallContext, Span, StepInfo, TokenLayout
 from .effects.base import NO_READS, UNCHANGED_QUERY_KEY, AttentionCall, Effect, ProbabilityReader, QueryKeyTransform
 from .kernels import backend_names
-from .kernels.core import _rows, _stacked_rows, gather_rows, run_request
+from .kernels.core import _rows, _stacked_rows, backend_variable, gather_rows, run_request
 from .kernels.probabilities import Editor, queries_apart, rows_at, serve_plain_reads
 from .kernels.request import AttentionRequest
 from .parallel import (
@@ -291,7 +290,9 @@ class _SharedCall:
             view rather than gathered copies (on the CPU).
         apart: ``(rows, query and key rows, queries)`` of the computations apart, each written over the stock
             call's output of ``rows`` at ``queries``: those rows' values attended by the queries there and the keys
-            of ``query and key rows`` (their source rows', or their own where the source's took the stock call).
+            of ``query and key rows`` (their source rows', or their own where the source's took the stock call);
+            ``rows`` and ``query and key rows`` ``None``: every row of the call, each with its own queries, keys and
+            values (see :func:`_shared_call`).
     """
 
     rows: torch.Tensor | int | None
@@ -308,10 +309,22 @@ class _SharedCall:
         elif isinstance(rows, int):
             # Every row attends with one row's queries and keys: a zero-stride view of it (SDPA reads each batch
             # row through its stride; the same answer bit for bit as a gathered copy, without the two copies).
-            out = func(_row_expanded(q, rows, plain), _row_expanded(k, rows, plain), v, **kwargs)
+            if plain:
+                # _row_expanded's views, made here: this runs once per layer call.
+                sq, sk = q.stride(), k.stride()
+                q_rows = q.as_strided(q.shape, (0, sq[1], sq[2], sq[3]), q.storage_offset() + rows * sq[0])
+                k_rows = k.as_strided(k.shape, (0, sk[1], sk[2], sk[3]), k.storage_offset() + rows * sk[0])
+                out = func(q_rows, k_rows, v, **kwargs)
+            else:
+                out = func(_row_expanded(q, rows, False), _row_expanded(k, rows, False), v, **kwargs)
         else:
             out = func(gather_rows(q, rows), gather_rows(k, rows), v, **kwargs)
         for target, source, queries in self.apart:
+            if target is None:
+                # Every row at these queries with its own keys and values: the tensors as they are (no row views).
+                part = func(q[:, :, queries], k, v, **kwargs)
+                out[:, :, queries].copy_(part)
+                continue
             part = func(rows_at(q, source, queries, plain), k[source], v[target], **kwargs)
             rows_at(out, target, queries, type(out) is torch.Tensor).copy_(part)
         return out
@@ -355,6 +368,16 @@ def _shared_call(
             last[3] += 1
         else:
             runs.append([row, source, queries, 1])
+    if apart and all(source == row and queries == apart[0][2] for row, source, queries in apart):
+        # Every row computed apart takes its own queries and keys there (the source's whole rows fill the rest of
+        # it in the stock call): where every other row is itself in the stock call, its queries there come out the
+        # same in a call of their own (each query's answer depends on that query, the keys and the values alone: bit
+        # for bit on SDPA's CPU kernel, to rounding where a GPU kernel splits the keys by the call's size), so one
+        # call over every row takes the keys and values as they are (two ops fewer than views of some rows).
+        queries = apart[0][2]
+        apart_rows = {row for row, _, _ in apart}
+        if all(row in apart_rows or order[row] == row for row in range(batch)):
+            runs = [[None, None, queries, 0]]
     rows: torch.Tensor | int | None = None
     if order != list(range(batch)):
         first = order[0]
@@ -369,7 +392,10 @@ def _shared_call(
     return _SharedCall(
         rows,
         tuple(
-            (slice(row, row + count), slice(source, source + count), queries) for row, source, queries, count in runs
+            (slice(row, row + count), slice(source, source + count), queries)
+            if row is not None
+            else (None, None, queries)
+            for row, source, queries, count in runs
         ),
     )
 
@@ -488,10 +514,14 @@ class _FastForward:
 
     def answer(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The expected SDPA call's output, or ``None`` when this call is another one."""
-        qkv = _direct_qkv(args, kwargs)
-        if qkv is None:
-            return None
-        q, k, v = qkv
+        if not args and _KEYWORD_CALL.issuperset(kwargs) and _QKV.issubset(kwargs):
+            # diffusers' attention dispatcher passes every argument by keyword (the common case, read inline)
+            q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
+        else:
+            qkv = _direct_qkv(args, kwargs)
+            if qkv is None:
+                return None
+            q, k, v = qkv
         get = kwargs.get
         if (
             get("attn_mask") is not None
@@ -1179,7 +1209,7 @@ class AttentionLayerHook(ModelHook):
         stock SDPA call (the shared rows of Prompt-to-Prompt, the rows PAG answers by their values): forcing the
         reference backend makes a whole generation the oracle. Read when plans are made; the denoiser hook's plan
         epoch counts ``VISATTN_BACKEND`` among its facts, so a change of it plans again."""
-        return self.backend != "auto" or os.environ.get("VISATTN_BACKEND", "auto") not in ("", "auto")
+        return self.backend != "auto" or backend_variable() not in (None, "", "auto")
 
     def _plan_facts(self) -> Hashable:
         """What this layer's row plans depend on in the running denoiser call beside the call's shapes: the denoiser
@@ -1197,7 +1227,7 @@ class AttentionLayerHook(ModelHook):
             state.batch.key,
             step_key,
             None if inputs is None else (inputs.grid, inputs.text_length, inputs.other),
-            os.environ.get("VISATTN_BACKEND"),
+            backend_variable(),
         )
 
     def _make_row_plan(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from .families import Family
 from .families.base import DenoiserInputs, Schedule, noisiest_timestep
 from .families.pipelines import denoiser_call_locals, pipeline_guider_call
 from .interception import SDPA_ROUTE
+from .kernels.core import backend_variable
 from .parallel import check_model, unsplit_inputs
 from .steps import in_steps
 
@@ -216,7 +216,7 @@ class DenoiserHook(ModelHook):
             self.state.row_plan_key = row_key
             # VISATTN_BACKEND too: where a backend is forced for effects, layers plan no stock answers (see
             # AttentionLayerHook.backend_forced), so setting it between calls must plan them again.
-            env_backend = os.environ.get("VISATTN_BACKEND")
+            env_backend = backend_variable()
             facts = (self.state.batch.key, row_key, inputs.grid, inputs.text_length, inputs.other, env_backend)
             epoch = self._plan_epochs.get(facts)
             if epoch is None:

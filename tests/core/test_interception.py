@@ -260,6 +260,30 @@ def test_shared_calls_equal_each_row_attending_with_its_sources_queries_and_keys
     )
 
 
+def test_own_queries_apart_beside_rows_that_are_themselves_are_one_call_over_every_row():
+    """Flux's Prompt-to-Prompt pair: the target takes the source's queries and keys at its image queries, so the
+    stock call runs both rows on the source's and the target's text queries are computed apart with its own. Where
+    every other row is itself in the stock call, that call apart runs over every row with the keys and values as
+    they are (no row views): the other rows' queries there come out bit for bit as the stock call gave them."""
+    from visattn.interception import _shared_call
+
+    torch.manual_seed(0)
+    # [B, H, N, D] views of [B, N, H, D] tensors, as the processors hand them over
+    q, k, v = (torch.randn(2, 80, 2, 16).transpose(1, 2) for _ in range(3))
+    plan = _shared_call({1: 0}, {1: slice(16, 80)}, 2, 80, q.device)
+    assert plan.rows == 0 and plan.apart == ((None, None, slice(0, 16)),)
+    out = plan.run(F.scaled_dot_product_attention, q, k, v, {})
+    stock = F.scaled_dot_product_attention(q, k, v)
+    shared = F.scaled_dot_product_attention(q[:1], k[:1], v[1:])
+    assert torch.equal(out[0], stock[0])  # the source row: the stock call's, bit for bit
+    assert torch.equal(out[1, :, :16], stock[1, :, :16])  # the target's text queries: its own attention
+    assert torch.equal(out[1, :, 16:], shared[0, :, 16:])  # its image queries: the source's queries and keys
+
+    # A third row sharing the source's whole rows is not itself in the stock call: the rows apart are viewed.
+    plan = _shared_call({1: 0, 2: 0}, {1: slice(16, 80)}, 3, 80, q.device)
+    assert plan.apart == ((slice(1, 2), slice(1, 2), slice(0, 16)),)
+
+
 def test_rows_copied_in_place_by_strided_runs_equal_copying_them_one_by_one():
     """Shared rows copied in place (a layer too small for a projection plan): an indexed copy of every target row
     per tensor (plain tensors), or runs repeated at a fixed spacing (subclasses): the same tensors as copying every

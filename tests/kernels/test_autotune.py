@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import types
 import warnings
@@ -385,6 +386,20 @@ def test_backend_argument_and_env_var_still_force(measured, monkeypatch):
         attention(q, k, v, pattern=BandPattern(3))
     with pytest.raises(ValueError, match="backend='sdpa' cannot compute"):
         attention(q, k, v, pattern=BandPattern(3), backend="sdpa")
+
+
+def test_the_backend_variable_is_read_as_os_environ_holds_it(monkeypatch):
+    """The per-call read of VISATTN_BACKEND (one lookup in os.environ's own mapping) follows every way os.environ
+    changes: set, changed, emptied, removed."""
+    from visattn.kernels.core import backend_variable
+
+    monkeypatch.delenv("VISATTN_BACKEND", raising=False)
+    assert backend_variable() is None
+    for value in ("flex", "reference", "", "auto"):
+        monkeypatch.setenv("VISATTN_BACKEND", value)
+        assert backend_variable() == os.environ.get("VISATTN_BACKEND") == value
+    del os.environ["VISATTN_BACKEND"]
+    assert backend_variable() is None
 
 
 # --- showing the choice ---------------------------------------------------------------------------------------------

@@ -74,6 +74,28 @@ def backend_names() -> tuple[str, ...]:
 
 
 #: the order the cheap rules prefer, for backends that do not get measured (others follow in registration order)
+#: the environment variable that forces a backend for every auto call
+BACKEND_VARIABLE = "VISATTN_BACKEND"
+
+try:
+    # os.environ's own mapping, read with one dict lookup: os.environ.get encodes the name and raises and catches a
+    # KeyError when it is unset, about 2 us a call, and the denoiser hook reads the variable at every denoiser call.
+    # Setting os.environ (monkeypatch.setenv too) updates this mapping; os.putenv never updated os.environ.
+    _ENVIRON_DATA: dict | None = os.environ._data  # type: ignore[attr-defined]
+    _BACKEND_KEY = os.environ.encodekey(BACKEND_VARIABLE)  # type: ignore[attr-defined]
+    _decode_value = os.environ.decodevalue  # type: ignore[attr-defined]
+except AttributeError:  # another Python's os.environ
+    _ENVIRON_DATA = None
+
+
+def backend_variable() -> str | None:
+    """``VISATTN_BACKEND`` as it is set now, ``None`` when unset (the value ``os.environ.get`` gives, cheaper)."""
+    if _ENVIRON_DATA is None:
+        return os.environ.get(BACKEND_VARIABLE)
+    value = _ENVIRON_DATA.get(_BACKEND_KEY)
+    return None if value is None else _decode_value(value)
+
+
 _PREFERENCE = ("sdpa", "natten", "flex", "triton")
 _ERROR_TEXT = 200  # characters of an error message kept in a decision record
 
@@ -101,7 +123,7 @@ def _check_forced(request: AttentionRequest, name: str, source: str) -> str | No
 
 def _env_backend(request: AttentionRequest) -> str | None:
     """The backend ``VISATTN_BACKEND`` forces for this auto call, or ``None`` (unset, or cannot run it)."""
-    name = os.environ.get("VISATTN_BACKEND")
+    name = backend_variable()
     if not name or name == "auto":
         return None
     problem = _check_forced(request, name, "VISATTN_BACKEND")
@@ -339,7 +361,7 @@ def dense_attention(
     """Plain attention (the model's mask, nothing else) as :func:`run_request` computes it for ``backend``, with the
     fewest steps when ``auto`` takes the dense path (the attention call of an effect that only changes q, k or v,
     and the calls of the edits computed over mixed values)."""
-    if backend == "auto" and not os.environ.get("VISATTN_BACKEND"):
+    if backend == "auto" and not backend_variable():
         if use_dispatcher:
             return sdpa.run(
                 AttentionRequest(
