@@ -73,7 +73,6 @@ def backend_names() -> tuple[str, ...]:
     return ("auto",) + tuple(_BACKENDS)
 
 
-#: the order the cheap rules prefer, for backends that do not get measured (others follow in registration order)
 #: the environment variable that forces a backend for every auto call
 BACKEND_VARIABLE = "VISATTN_BACKEND"
 
@@ -96,6 +95,7 @@ def backend_variable() -> str | None:
     return None if value is None else _decode_value(value)
 
 
+#: the order the cheap rules prefer, for backends that do not get measured (others follow in registration order)
 _PREFERENCE = ("sdpa", "natten", "flex", "triton")
 _ERROR_TEXT = 200  # characters of an error message kept in a decision record
 
