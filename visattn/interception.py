@@ -309,14 +309,7 @@ class _SharedCall:
         elif isinstance(rows, int):
             # Every row attends with one row's queries and keys: a zero-stride view of it (SDPA reads each batch
             # row through its stride; the same answer bit for bit as a gathered copy, without the two copies).
-            if plain:
-                # _row_expanded's views, made here: this runs once per layer call.
-                sq, sk = q.stride(), k.stride()
-                q_rows = q.as_strided(q.shape, (0, sq[1], sq[2], sq[3]), q.storage_offset() + rows * sq[0])
-                k_rows = k.as_strided(k.shape, (0, sk[1], sk[2], sk[3]), k.storage_offset() + rows * sk[0])
-                out = func(q_rows, k_rows, v, **kwargs)
-            else:
-                out = func(_row_expanded(q, rows, False), _row_expanded(k, rows, False), v, **kwargs)
+            out = func(_row_expanded(q, rows, plain), _row_expanded(k, rows, plain), v, **kwargs)
         else:
             out = func(gather_rows(q, rows), gather_rows(k, rows), v, **kwargs)
         for target, source, queries in self.apart:
@@ -514,14 +507,10 @@ class _FastForward:
 
     def answer(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The expected SDPA call's output, or ``None`` when this call is another one."""
-        if not args and _KEYWORD_CALL.issuperset(kwargs) and _QKV.issubset(kwargs):
-            # diffusers' attention dispatcher passes every argument by keyword (the common case, read inline)
-            q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
-        else:
-            qkv = _direct_qkv(args, kwargs)
-            if qkv is None:
-                return None
-            q, k, v = qkv
+        qkv = _direct_qkv(args, kwargs)
+        if qkv is None:
+            return None
+        q, k, v = qkv
         get = kwargs.get
         if (
             get("attn_mask") is not None
