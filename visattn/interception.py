@@ -361,16 +361,18 @@ def _shared_call(
             last[3] += 1
         else:
             runs.append([row, source, queries, 1])
+    calls_apart = tuple(
+        (slice(row, row + count), slice(source, source + count), queries) for row, source, queries, count in runs
+    )
     if apart and all(source == row and queries == apart[0][2] for row, source, queries in apart):
         # Every row computed apart takes its own queries and keys there (the source's whole rows fill the rest of
         # it in the stock call): where every other row is itself in the stock call, its queries there come out the
         # same in a call of their own (each query's answer depends on that query, the keys and the values alone: bit
         # for bit on SDPA's CPU kernel, to rounding where a GPU kernel splits the keys by the call's size), so one
         # call over every row takes the keys and values as they are (two ops fewer than views of some rows).
-        queries = apart[0][2]
         apart_rows = {row for row, _, _ in apart}
         if all(row in apart_rows or order[row] == row for row in range(batch)):
-            runs = [[None, None, queries, 0]]
+            calls_apart = ((None, None, apart[0][2]),)
     rows: torch.Tensor | int | None = None
     if order != list(range(batch)):
         first = order[0]
@@ -382,15 +384,7 @@ def _shared_call(
             rows = first
         else:
             rows = torch.tensor(order, device=device)
-    return _SharedCall(
-        rows,
-        tuple(
-            (slice(row, row + count), slice(source, source + count), queries)
-            if row is not None
-            else (None, None, queries)
-            for row, source, queries, count in runs
-        ),
-    )
+    return _SharedCall(rows, calls_apart)
 
 
 @dataclass(frozen=True)

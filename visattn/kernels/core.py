@@ -126,7 +126,7 @@ def _env_backend(request: AttentionRequest) -> str | None:
     name = backend_variable()
     if not name or name == "auto":
         return None
-    problem = _check_forced(request, name, "VISATTN_BACKEND")
+    problem = _check_forced(request, name, BACKEND_VARIABLE)
     if problem is None:
         return name
     autotune.warn_once(("env", name, problem), f"visattn: {problem}; backend='auto' chooses for such calls instead")
