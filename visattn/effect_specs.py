@@ -66,7 +66,7 @@ _LARGEST_INT = int(sys.float_info.max)
 
 EDIT_MODES = ("replace", "refine")
 _EDIT_OPTIONS = ("cross_steps", "self_steps", "weights", "local_blend", "layers", "edit_uncond")
-_LOCAL_BLEND_FIELDS = ("words", "threshold", "radius", "start", "variant")
+_LOCAL_BLEND_FIELDS = ("words", "threshold", "radius", "start", "variant", "subtract", "subtract_threshold")
 
 #: spec-only fields: ``{field: (the constructor parameter it sets, the effect classes that take it)}``
 VIDEO_FRAME_FIELDS: dict[str, tuple[str, frozenset[str]]] = {
@@ -295,7 +295,8 @@ def build_edit(spec: Mapping[str, Any], field: str = "edit") -> PromptToPrompt:
         ``{"prompt": ..., "reweight": {word: scale}, ...options}``: re-weighting.
 
     Options (see :class:`~visattn.effects.PromptToPrompt`): ``cross_steps``, ``self_steps``, ``weights``
-    (swap/refine only), ``local_blend`` (words, or ``{"words", "threshold", "radius", "start", "variant"}``),
+    (swap/refine only), ``local_blend`` (words, or ``{"words", "threshold", "radius", "start", "variant", "subtract",
+    "subtract_threshold"}``),
     ``layers``, ``edit_uncond``.
 
     Raises:

@@ -651,6 +651,43 @@ def test_words_not_in_the_prompt_are_rejected_with_the_prompts_words():
         PromptToPrompt.replace("a blue cat", "a red cat", local_blend=LocalBlend("zebra"))
 
 
+@pytest.mark.parametrize(("family", "variant"), [("flux", "authors"), ("unet", "prediction")])
+def test_local_blend_subtract_words_take_their_region_out_of_the_mask(family, variant):
+    """LocalBlend(subtract=...) (the authors' ``substruct_words``) on a pipeline: the mask only loses cells against
+    the same blend without them, here some (a low subtract threshold); the fidelity tests compare it with their
+    code."""
+    blend = LocalBlend(["cat", "dog"], threshold=0.3, radius=0, variant=variant)
+    masks = {}
+    for subtract in (None, "red"):
+        used = blend.copy_with(subtract=subtract, subtract_threshold=0.05)
+        p2p = PromptToPrompt.replace("a red cat", "a red dog", local_blend=used)
+        edit(family, p2p, output_type="latent")
+        masks[subtract] = used.mask
+    assert masks["red"].shape == masks[None].shape
+    assert torch.equal(masks["red"] & masks[None], masks["red"])
+    assert masks["red"].sum() < masks[None].sum()
+
+
+def test_local_blend_subtract_words_are_checked_kept_and_shown():
+    with pytest.raises(ValueError, match=r"subtract must be one or more words of the prompts; got \(\)"):
+        LocalBlend("cat", subtract=[])
+    with pytest.raises(ValueError, match=r"subtract_threshold must be a number in \(0, 1\); got 1.0"):
+        LocalBlend("cat", subtract="red", subtract_threshold=1.0)
+    with pytest.raises(ValueError, match=r"LocalBlend subtract word 'zebra' is in neither prompt"):
+        PromptToPrompt.replace("a blue cat", "a red cat", local_blend=LocalBlend("cat", subtract="zebra"))
+    blend = LocalBlend("cat", subtract=["red", "blue"], subtract_threshold=0.4)
+    assert blend.subtract == ("red", "blue") and blend.copy_with(threshold=0.5).subtract == ("red", "blue")
+    assert blend.copy_with(subtract=None).subtract == () and LocalBlend("cat").subtract == ()
+    assert "subtract=('red', 'blue'), subtract_threshold=0.4" in repr(blend)
+    assert "subtract" not in repr(LocalBlend("cat"))
+    from visattn.effect_specs import build_edit
+
+    built = build_edit(
+        {"source": "a red cat", "target": "a red dog", "local_blend": {"words": ["cat", "dog"], "subtract": "red"}}
+    )
+    assert built.local_blend.subtract == ("red",) and built.local_blend.subtract_threshold == 0.3
+
+
 def test_replace_with_different_word_counts_points_to_refine():
     with pytest.raises(ValueError, match=r"source has 2 \['a', 'cat'\] and the target 3 .*PromptToPrompt.refine"):
         PromptToPrompt.replace("a cat", "a fluffy cat")

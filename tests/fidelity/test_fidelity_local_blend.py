@@ -6,7 +6,8 @@ The authors' local blend is google/prompt-to-prompt, ``prompt-to-prompt_stable.i
 32x32 tokens, summed over the steps so far by ``AttentionStore.between_steps``) right after ``scheduler.step`` in
 ``ptp_utils.diffusion_step``. :class:`AuthorsLocalBlend` below is written from reading that code (their tensor
 layout, their indices ``[2:4]`` and ``[:3]``, their 16x16 reshape, their ``start_blend`` counter and ``th`` pair),
-without the word lookup (positions are given) and without ``substruct_words``.
+without the word lookup (positions are given); ``substruct_words`` as ``null_text_w_ptp.ipynb`` has them (their
+``substruct_layers``: a second, unpooled mask at ``th[1]`` taken out of the first).
 
 Measured here: on shared random maps the masks are identical at every step and the blended latents agree to
 float rounding; end to end, on a tiny pipeline with SD 1.5's UNet layout at 512 px's 64x64 latents, visattn's
@@ -44,8 +45,11 @@ class AuthorsLocalBlend:
     ``[prompts * heads, 256 or 1024 tokens, WORDS]`` summed over the steps so far.
     """
 
-    def __init__(self, alpha: torch.Tensor, num_steps: int, start_blend: float = 0.2, th=(0.3, 0.3)) -> None:
+    def __init__(
+        self, alpha: torch.Tensor, num_steps: int, start_blend: float = 0.2, th=(0.3, 0.3), substruct=None
+    ) -> None:
         self.alpha = alpha
+        self.substruct = substruct  # their substruct_layers: [prompts, 1, 1, 1, 1, WORDS], or None
         self.start_blend = int(start_blend * num_steps)
         self.counter = 0
         self.th = th
@@ -68,6 +72,9 @@ class AuthorsLocalBlend:
             maps = [item.reshape(self.alpha.shape[0], -1, 1, 16, 16, WORDS) for item in maps]
             maps = torch.cat(maps, dim=1)
             mask = self.get_mask(x_t, maps, self.alpha, True)
+            if self.substruct is not None:
+                maps_sub = ~self.get_mask(x_t, maps, self.substruct, False)
+                mask = mask * maps_sub
             self.mask = mask
             mask = mask.float()
             x_t = x_t[:1] + mask * (x_t - x_t[:1])
@@ -92,43 +99,55 @@ LAYERS = [
 ]
 HEADS = 8
 SOURCE_WORDS, TARGET_WORDS = (3,), (3, 4)  # the blend words' token positions in each prompt
+SOURCE_SUBTRACT, TARGET_SUBTRACT = (2,), (2,)  # the subtract words' (their substruct_words)
 
 
-def _alpha() -> torch.Tensor:
+def _alpha(source=SOURCE_WORDS, target=TARGET_WORDS) -> torch.Tensor:
     alpha = torch.zeros(2, 1, 1, 1, 1, WORDS)
-    alpha[0, ..., list(SOURCE_WORDS)] = 1
-    alpha[1, ..., list(TARGET_WORDS)] = 1
+    alpha[0, ..., list(source)] = 1
+    alpha[1, ..., list(target)] = 1
     return alpha
 
 
 def _random_maps(generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One step's cross-attention probabilities per layer, ``[prompts * heads, tokens, WORDS]``: random logits,
-    raised for the blend words around a random centre (an object), so that the masks cover part of the grid."""
+    raised for the blend words around a random centre (an object), so that the masks cover part of the grid, and
+    for the subtract words around a point near it (a part of the object)."""
     centre = torch.rand(2, generator=generator) * 0.6 + 0.2
+    part = centre + (torch.rand(2, generator=generator) - 0.5) * 0.2
     maps = {}
     for _, name, side in LAYERS:
         logits = torch.randn(2 * HEADS, side * side, WORDS, generator=generator) * 2
         cells = (torch.arange(side) + 0.5) / side
-        distance = (cells[:, None] - centre[0]) ** 2 + (cells[None, :] - centre[1]) ** 2
-        bump = (4 * torch.exp(-distance / (2 * 0.12**2))).reshape(-1, 1)
-        logits[..., list(set(SOURCE_WORDS) | set(TARGET_WORDS))] += bump
+        for where, width, positions in (
+            (centre, 0.12, set(SOURCE_WORDS) | set(TARGET_WORDS)),
+            (part, 0.06, set(SOURCE_SUBTRACT) | set(TARGET_SUBTRACT)),
+        ):
+            distance = (cells[:, None] - where[0]) ** 2 + (cells[None, :] - where[1]) ** 2
+            logits[..., list(positions)] += (4 * torch.exp(-distance / (2 * width**2))).reshape(-1, 1)
         maps[name] = logits.softmax(-1)
     return maps
 
 
-def _visattn_layer_maps(probs: torch.Tensor) -> torch.Tensor:
-    """What Prompt-to-Prompt hands its blend for one layer: ``[2, pairs, tokens]``, words summed, heads averaged."""
+def _visattn_layer_maps(
+    probs: torch.Tensor, subtract: bool = False, words=(SOURCE_WORDS, TARGET_WORDS)
+) -> torch.Tensor:
+    """What Prompt-to-Prompt hands its blend for one layer: ``[2, pairs, tokens]`` (``[4, ...]`` with subtract
+    words: theirs after the blend words'), words summed, heads averaged."""
     probs = probs.reshape(2, HEADS, *probs.shape[1:])
-    return torch.stack(
-        [probs[0][..., list(SOURCE_WORDS)].sum(-1).mean(0), probs[1][..., list(TARGET_WORDS)].sum(-1).mean(0)]
-    )[:, None]
+    sides = [(0, words[0]), (1, words[1])]
+    if subtract:
+        sides += [(0, SOURCE_SUBTRACT), (1, TARGET_SUBTRACT)]
+    return torch.stack([probs[row][..., list(words)].sum(-1).mean(0) for row, words in sides])[:, None]
 
 
-def _run_both(blend: LocalBlend, steps: int, seed: int = 0):
-    """Feed the same random maps and latents to visattn's blend and to the transcription, step by step."""
+def _run_both(blend: LocalBlend, steps: int, seed: int = 0, words=(SOURCE_WORDS, TARGET_WORDS)):
+    """Feed the same random maps and latents to visattn's blend and to the transcription, step by step (``words``:
+    the blend words' positions in visattn's maps)."""
     generator = torch.Generator().manual_seed(seed)
     family = family_of(tiny_pipeline("unet").unet)
-    authors = AuthorsLocalBlend(_alpha(), steps, th=(blend.threshold, blend.threshold))
+    substruct = _alpha(SOURCE_SUBTRACT, TARGET_SUBTRACT) if blend.subtract else None
+    authors = AuthorsLocalBlend(_alpha(), steps, th=(blend.threshold, blend.subtract_threshold), substruct=substruct)
     run = blend.new_run()
     store: dict[str, list[torch.Tensor]] = {}
     for i in range(steps):
@@ -138,7 +157,8 @@ def _run_both(blend: LocalBlend, steps: int, seed: int = 0):
         for place, name, side in LAYERS:
             if side * side <= 32**2:
                 step_store[f"{place}_cross"].append(maps[name])
-            run.add_layer(_visattn_layer_maps(maps[name]), (1, side, side), (1, 64, 64), name)
+            layer_maps = _visattn_layer_maps(maps[name], bool(blend.subtract), words)
+            run.add_layer(layer_maps, (1, side, side), (1, 64, 64), name)
         # AttentionStore.between_steps: the store is the sum over the steps so far
         store = step_store if not store else {k: [a + b for a, b in zip(store[k], step_store[k])] for k in store}
         made = run.end_call(StepInfo(i, steps, None), unet=True)
@@ -168,6 +188,42 @@ def test_thresholds_match_the_authors(threshold):
     for _, run, authors, _, _ in _run_both(LocalBlend("cat", threshold=threshold), 5, seed=threshold.hex().__len__()):
         if run.mask is not None:
             assert torch.equal(run.mask[0, 0], authors.mask[1, 0])
+
+
+@pytest.mark.parametrize("subtract_threshold", [0.3, 0.6])
+def test_subtract_words_match_the_authors_substruct_words(subtract_threshold):
+    """The later notebook's ``substruct_words``: a second mask (not pooled, ``th[1]``) taken out of the blend
+    region, at every step; and it takes something out here (their region with the part's words removed)."""
+    steps = 6
+    blend = LocalBlend(["cat", "dog"], subtract="red", subtract_threshold=subtract_threshold)
+    without = [
+        run.mask.clone() for _, run, *_ in _run_both(blend.copy_with(subtract=None), steps) if run.mask is not None
+    ]
+    masks = []
+    for _, run, authors, got, expected in _run_both(blend, steps):
+        if run.mask is None:
+            assert authors.mask is None
+            continue
+        assert torch.equal(run.mask[0, 0], authors.mask[1, 0])
+        assert (got - expected).abs().max() <= 1e-5
+        masks.append(run.mask.clone())
+    assert len(masks) == len(without) == steps - 1
+    for mask, full in zip(masks, without):
+        assert torch.equal(mask & full, mask)  # only ever removes cells
+    assert any(mask.sum() < full.sum() for mask, full in zip(masks, without))
+    assert all(mask.any() for mask in masks)
+
+
+def test_subtract_words_with_the_prediction_variant_leave_their_region_out_of_each_step():
+    """visattn's prediction blend takes each step's subtract region out before the union over steps: after one
+    step the mask is the words' region minus the subtract words' region."""
+    blend = LocalBlend("cat", variant="prediction", subtract="red", subtract_threshold=0.4)
+    ((_, run, *_),) = list(_run_both(blend, 1))
+    ((_, full, *_),) = list(_run_both(blend.copy_with(subtract=None), 1))
+    part_blend = LocalBlend("red", variant="prediction", threshold=0.4, radius=0)
+    ((_, part, *_),) = list(_run_both(part_blend, 1, words=(SOURCE_SUBTRACT, TARGET_SUBTRACT)))
+    assert torch.equal(run.mask, full.mask & ~part.mask)
+    assert 0 < run.mask.sum() < full.mask.sum()
 
 
 def test_the_prediction_variant_differs():
@@ -236,16 +292,18 @@ class AuthorsStore(visattn.Effect):
         self.step_store = {"down_cross": [], "mid_cross": [], "up_cross": []}
 
 
-def test_end_to_end_latents_match_the_authors_step_callback():
+@pytest.mark.parametrize("subtract", [None, "red"])
+def test_end_to_end_latents_match_the_authors_step_callback(subtract):
     """visattn's default LocalBlend on a pipeline vs the transcription blending in the pipeline's step callback
     (``callback_on_step_end`` runs right after ``scheduler.step``, as their ``step_callback``), with the same
-    maps (no attention injected, so the stored maps are the maps either way)."""
+    maps (no attention injected, so the stored maps are the maps either way); with ``subtract`` words too (their
+    ``substruct_words``)."""
     pipe = sd15_layout_pipeline()
     source, target = "a red cat", "a red dog"
     call = {"num_inference_steps": 5, "height": 128, "width": 128, "output_type": "latent", "guidance_scale": 7.5}
 
     # Random tiny weights spread attention almost evenly: a high threshold gives a partial mask.
-    blend = LocalBlend(["cat", "dog"], threshold=0.9)
+    blend = LocalBlend(["cat", "dog"], threshold=0.9, subtract=subtract, subtract_threshold=0.9)
     p2p = PromptToPrompt.replace(source, target, cross_steps=0, self_steps=0, local_blend=blend)
     with visattn.attach(pipe, p2p):
         ours = pipe(prompt=p2p.prompts, generator=p2p.generator(0), **call).images
@@ -258,7 +316,11 @@ def test_end_to_end_latents_match_the_authors_step_callback():
     alpha = torch.zeros(2, 1, 1, 1, 1, WORDS)
     alpha[0, ..., 3] = 1  # "cat": <start> a red cat
     alpha[1, ..., 3] = 1  # "dog"
-    authors = AuthorsLocalBlend(alpha, call["num_inference_steps"], th=(0.9, 0.9))
+    substruct = None
+    if subtract:
+        substruct = torch.zeros(2, 1, 1, 1, 1, WORDS)
+        substruct[:, ..., 2] = 1  # "red" in both prompts
+    authors = AuthorsLocalBlend(alpha, call["num_inference_steps"], th=(0.9, 0.9), substruct=substruct)
 
     def step_callback(pipeline, i, t, kwargs):
         store.between_steps()

@@ -13,7 +13,10 @@ every step:
 3. max-pool with ``k = 1`` (a 3x3 window) at that 16x16 resolution, upsample (nearest) to the latent size and
    normalize by the per-sample maximum;
 4. threshold (``mask > th``, ``th = 0.3``) and take the union of the source's and the target's masks
-   (``mask[:1] + mask``);
+   (``mask[:1] + mask``); in the later notebook (``null_text_w_ptp.ipynb``), where ``substruct_words`` are given,
+   remove from it the region of those words: their maps the same way but not pooled, thresholded at ``th[1]``,
+   united over source and target (``mask * ~get_mask(maps, substruct_layers, False)``); here ``subtract`` and
+   ``subtract_threshold``;
 5. from the step after ``int(start_blend * steps)`` on (``start_blend = 0.2`` in the later notebooks; the first
    version blended from the first step), blend the *latents* after the scheduler step:
    ``x_t = x_t[:1] + mask * (x_t - x_t[:1])``. The mask is recomputed at every step, not accumulated.
@@ -129,6 +132,25 @@ def authors_grid(grids: set[tuple[int, int]], unet: bool) -> tuple[int, int]:
     return min(grids, key=lambda grid: (abs(math.log(grid[0] * grid[1] / AUTHORS_TOKENS)), -grid[0] * grid[1], grid))
 
 
+def _blend_words(words: Any, name: str) -> tuple[str, ...]:
+    if isinstance(words, str):
+        words = (words,)
+    else:
+        try:
+            words = tuple(words)
+        except TypeError:
+            raise ValueError(f"{name} must be one or more words of the prompts; got {words!r}") from None
+    if not words or any(not isinstance(word, str) or not split_words(word) for word in words):
+        raise ValueError(f"{name} must be one or more words of the prompts; got {words!r}")
+    return words
+
+
+def _threshold(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
+    return float(value)
+
+
 class _Latest:
     """Which run of a :class:`LocalBlend` finished a mask last (what :attr:`LocalBlend.mask` reads)."""
 
@@ -161,6 +183,13 @@ class LocalBlend:
             blends from the first step (its guarantee needs it) and takes only ``0``.
         variant: ``"authors"`` (the default: their layers, resolution, pooling, per-step mask and latent blend)
             or ``"prediction"`` (visattn's earlier blend; see the module docstring).
+        subtract: a word or words whose region is taken out of the blend region (the authors' ``substruct_words``
+            of ``null_text_w_ptp.ipynb``): looked up in both prompts as ``words`` are, their maps read from the same
+            layers, *not* max-pooled, normalized and thresholded at ``subtract_threshold``, united over source and
+            target; the blend region keeps only cells outside it. ``None`` (the default, as theirs): nothing taken
+            out. With ``variant="prediction"`` each step's region loses it before the union over steps.
+        subtract_threshold: in ``(0, 1)``; the threshold of the ``subtract`` words' maps (the authors' ``th[1]``,
+            0.3 by default as theirs).
 
     Attributes:
         mask: the blend region of the most recent generation of any attachment, ``[pairs, frames, height,
@@ -177,12 +206,13 @@ class LocalBlend:
         *,
         start: float | None = None,
         variant: str = "authors",
+        subtract: str | Sequence[str] | None = None,
+        subtract_threshold: float = 0.3,
     ) -> None:
-        words = (words,) if isinstance(words, str) else tuple(words)
-        if not words or any(not isinstance(word, str) or not split_words(word) for word in words):
-            raise ValueError(f"words must be one or more words of the prompts; got {words!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be a number in (0, 1); got {threshold!r}")
+        words = _blend_words(words, "words")
+        subtract = () if subtract is None else _blend_words(subtract, "subtract")
+        threshold = _threshold(threshold, "threshold")
+        subtract_threshold = _threshold(subtract_threshold, "subtract_threshold")
         # Bounded: the max-pooling window is 2 * radius + 1 cells, and torch fails on windows of 10**12.
         radius = check_int(radius, "radius", minimum=0, maximum=validation.MAX_BLEND_RADIUS)
         variant = validation.check_choice(variant, "variant", VARIANTS)
@@ -196,10 +226,12 @@ class LocalBlend:
             )
         for name, value in (
             ("words", words),
-            ("threshold", float(threshold)),
+            ("threshold", threshold),
             ("radius", radius),
             ("start", float(start)),
             ("variant", variant),
+            ("subtract", subtract),
+            ("subtract_threshold", subtract_threshold),
             ("_latest", _Latest()),
         ):
             object.__setattr__(self, name, value)
@@ -223,6 +255,8 @@ class LocalBlend:
             "radius": self.radius,
             "start": self.start,
             "variant": self.variant,
+            "subtract": self.subtract or None,
+            "subtract_threshold": self.subtract_threshold,
         }
         unknown = sorted(set(changes) - set(parameters))
         if unknown:
@@ -253,10 +287,17 @@ class LocalBlend:
         if self._latest.run is not None:
             self._latest.run.reset()
 
+    @property
+    def sides(self) -> int:
+        """How many maps each layer hands the blend per image pair: the words' (source, target), then the
+        ``subtract`` words' (source, target) where there are any."""
+        return 4 if self.subtract else 2
+
     def __repr__(self) -> str:
+        subtract = f", subtract={self.subtract}, subtract_threshold={self.subtract_threshold}" if self.subtract else ""
         return (
             f"LocalBlend(words={self.words}, threshold={self.threshold}, radius={self.radius}, start={self.start}, "
-            f"variant={self.variant!r})"
+            f"variant={self.variant!r}{subtract})"
         )
 
 
@@ -280,14 +321,15 @@ class BlendRun:
     def add_layer(
         self, maps: torch.Tensor, grid: tuple[int, int, int], top: tuple[int, int, int], layer_name: str
     ) -> None:
-        """Add one layer's ``[2, pairs, grid tokens]`` maps (source words, target words)."""
-        frames = top[0]
+        """Add one layer's ``[sides, pairs, grid tokens]`` maps (source words, target words, then the ``subtract``
+        words' source and target maps where the blend has any: :attr:`LocalBlend.sides`)."""
+        frames, sides = top[0], maps.shape[0]
         if grid[0] == 1 and frames > 1 and maps.shape[1] % frames == 0:
             # A video UNet folds frames into the batch, sample-major ``(b f)``: its spatial layers see one frame
             # per row, so each pair's frames are consecutive rows. Fold them back into the frames axis.
-            maps = maps.reshape(2, maps.shape[1] // frames, frames * maps.shape[2])
+            maps = maps.reshape(sides, maps.shape[1] // frames, frames * maps.shape[2])
             grid = (frames, *grid[1:])
-        self._layers.append((layer_name, tuple(grid), tuple(top), maps.reshape(2, -1, *grid)))
+        self._layers.append((layer_name, tuple(grid), tuple(top), maps.reshape(sides, -1, *grid)))
 
     def end_call(self, step: StepInfo, unet: bool) -> bool:
         """Fold this denoiser call's maps into the sum over steps and make the step's mask; whether a mask was
@@ -315,7 +357,11 @@ class BlendRun:
         if not blend_active(self.blend.start, step):
             self.mask = None
             return False
-        self.mask = authors_mask(self._sum, top, self.blend.threshold, self.blend.radius)
+        blend = self.blend
+        self.mask = authors_mask(self._sum[:2], top, blend.threshold, blend.radius)
+        if blend.subtract:
+            # The authors' ``mask * ~get_mask(maps, substruct_layers, False)``: not pooled, their ``th[1]``.
+            self.mask &= ~authors_mask(self._sum[2:], top, blend.subtract_threshold, 0)
         return True
 
     # --- visattn's prediction blend ------------------------------------------------------------------------------
@@ -323,21 +369,17 @@ class BlendRun:
         top = self._layers[0][2]
         resized = []
         for _, grid, _, maps in self._layers:
-            maps = maps.reshape(maps.shape[0] * maps.shape[1], 1, *grid)
+            sides = maps.shape[0]
+            maps = maps.reshape(sides * maps.shape[1], 1, *grid)
             if tuple(grid) != tuple(top):
                 maps = F.interpolate(maps, size=tuple(top), mode="trilinear", align_corners=False)
-            resized.append(maps.reshape(2, -1, *top))
+            resized.append(maps.reshape(sides, -1, *top))
         step = sum(resized[1:], resized[0]) / len(resized)
         self._sum = step if self._sum is None or self._sum.shape != step.shape else self._sum + step
-        maps = self._sum
-        height, width = maps.shape[-2:]
-        radius = self.blend.radius
-        if radius:
-            flat = maps.reshape(-1, 1, height, width)
-            maps = F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius).reshape(maps.shape)
-        peak = maps.amax(dim=(-2, -1), keepdim=True)
-        normalized = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-        mask = (normalized > self.blend.threshold).any(dim=0)
+        blend = self.blend
+        mask = _prediction_region(self._sum[:2], blend.threshold, blend.radius)
+        if blend.subtract:
+            mask &= ~_prediction_region(self._sum[2:], blend.subtract_threshold, 0)
         self.mask = mask if self.mask is None or self.mask.shape != mask.shape else self.mask | mask
 
     def blend_prediction(self, prediction: Any, pairs: Sequence[Any], family: Family) -> Any:
@@ -368,6 +410,18 @@ class BlendRun:
                 "yourself (x = x_source + mask * (x - x_source)) or use LocalBlend(..., variant='prediction')",
                 stacklevel=user_stacklevel(),
             )
+
+
+def _prediction_region(maps: torch.Tensor, threshold: float, radius: int) -> torch.Tensor:
+    """``variant="prediction"``'s region of ``[2 (source, target), pairs, frames, h, w]`` maps on the latent grid:
+    max-pooled over ``2 * radius + 1`` cells, normalized by each map's maximum, thresholded, source | target."""
+    height, width = maps.shape[-2:]
+    if radius:
+        flat = maps.reshape(-1, 1, height, width)
+        maps = F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius).reshape(maps.shape)
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    normalized = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+    return (normalized > threshold).any(dim=0)
 
 
 def authors_mask(maps: torch.Tensor, top: tuple[int, int, int], threshold: float, radius: int) -> torch.Tensor:

@@ -266,6 +266,9 @@ class _Tokens:
     equalizer: torch.Tensor | None
     blend_source: tuple[int, ...]
     blend_target: tuple[int, ...]
+    #: the positions of LocalBlend's ``subtract`` words in each prompt (empty without any)
+    subtract_source: tuple[int, ...]
+    subtract_target: tuple[int, ...]
     _on_device: dict = field(default_factory=dict)
     _mixes: dict = field(default_factory=dict)
     _edits: dict = field(default_factory=dict)
@@ -817,11 +820,11 @@ class PromptToPrompt(Effect):
             rows = plan.self_rows(call.q.shape[0], call.q.device)
             call.q, call.k = gather_rows(call.q, rows), gather_rows(call.k, rows)
             return
-        # LocalBlend's maps of this call, [source/target, pairs, image queries], read before the edit (the target's
-        # own map of a target word, as the authors store them); a backward recomputation (context parallelism's
-        # replay) edits again but collects nothing twice.
+        # LocalBlend's maps of this call, [source/target (then the subtract words' source/target), pairs, image
+        # queries], read before the edit (the target's own map of a target word, as the authors store them); a
+        # backward recomputation (context parallelism's replay) edits again but collects nothing twice.
         if plan.collect and not call.replay:
-            maps = torch.zeros(2, plan.collect[0].count, image.length, device=call.q.device)
+            maps = torch.zeros(self.local_blend.sides, plan.collect[0].count, image.length, device=call.q.device)
             run = self.run_of(ctx)
             call.reads.extend(self._blend_reads(ctx, plan, maps))
             call.observers.append(lambda done: self._add_maps(run, maps, ctx))
@@ -966,10 +969,9 @@ class PromptToPrompt(Effect):
             equalizer = torch.ones(length)
             for word, scale in self.weights.items():
                 equalizer[list(target.positions(word))] = scale
-        blend_source, blend_target = (), ()
-        if self.local_blend is not None:
-            blend_source = _positions_of_any(source, self.local_blend.words)
-            blend_target = _positions_of_any(target, self.local_blend.words)
+        blend = self.local_blend
+        words = () if blend is None else blend.words
+        subtract = () if blend is None else blend.subtract
         return _Tokens(
             source,
             target,
@@ -977,8 +979,10 @@ class PromptToPrompt(Effect):
             windows,
             self.cross_steps["default"],
             equalizer,
-            blend_source,
-            blend_target,
+            _positions_of_any(source, words),
+            _positions_of_any(target, words),
+            _positions_of_any(source, subtract),
+            _positions_of_any(target, subtract),
         )
 
     # --- editing a call's probabilities ----------------------------------------------------------------------
@@ -996,13 +1000,16 @@ class PromptToPrompt(Effect):
 
     def _blend_reads(self, ctx: CallContext, plan: _Plan, maps: torch.Tensor) -> list[ProbabilityRead]:
         """Reads filling ``maps[side]`` with the head mean of the blend words' summed probabilities, before the edit,
-        for the source (side 0) and the target (side 1) rows of the conditional branch."""
+        for the source (side 0) and the target (side 1) rows of the conditional branch; sides 2 and 3 the same for
+        the blend's ``subtract`` words, where it has any."""
         text, image = ctx.keys.text, ctx.queries.image.as_slice()
+        tokens = plan.tokens
         reads = []
         for pair in plan.collect:
-            for side, (half, positions) in enumerate(
-                ((pair.source, plan.tokens.blend_source), (pair.target, plan.tokens.blend_target))
-            ):
+            sides = [(pair.source, tokens.blend_source), (pair.target, tokens.blend_target)]
+            if maps.shape[0] > 2:
+                sides += [(pair.source, tokens.subtract_source), (pair.target, tokens.subtract_target)]
+            for side, (half, positions) in enumerate(sides):
                 if positions:
                     columns = torch.tensor([text.start + p for p in positions], device=maps.device)
 
@@ -1088,7 +1095,8 @@ def _shared_noise(prepared: Any) -> Any:
 
     def shared(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
-            return _with_equal_halves(torch.cat([value[:half], value[:half]]))
+            first = value[:half]  # one view, twice: each op costs a generation of tiny models about 10 us
+            return _with_equal_halves(torch.cat([first, first]))
         if isinstance(value, list) and len(value) == rows and all(isinstance(v, torch.Tensor) for v in value):
             return value[:half] + [v.clone() for v in value[:half]]
         return value
@@ -1168,8 +1176,8 @@ def _renormalized(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor
 
 
 def _check_blend_words(blend: LocalBlend, source, source_words: tuple[str, ...], target, target_words) -> None:
-    """Raise ValueError for a blend word in neither prompt (listing both prompts' words)."""
-    for word in blend.words:
+    """Raise ValueError for a blend word (or ``subtract`` word) in neither prompt (listing both prompts' words)."""
+    for kind, word in [("word", word) for word in blend.words] + [("subtract word", word) for word in blend.subtract]:
         found = False
         for prompt, words in ((source, source_words), (target, target_words)):
             try:
@@ -1179,7 +1187,7 @@ def _check_blend_words(blend: LocalBlend, source, source_words: tuple[str, ...],
                 pass
         if not found:
             raise ValueError(
-                f"LocalBlend word {word!r} is in neither prompt; the source's words are {list(source_words)}, "
+                f"LocalBlend {kind} {word!r} is in neither prompt; the source's words are {list(source_words)}, "
                 f"the target's {list(target_words)}"
             )
 
