@@ -45,6 +45,7 @@ FORM_DEFAULTS = {
     "size_factor": 1.0,
     "decay": 1.0,
     "entropy_scaling": False,
+    "blend_subtract": "",
 }
 
 
@@ -143,6 +144,10 @@ def test_replace_steps_and_blend_threshold_reach_the_edit():
     assert np.abs(pixels(changed.edit) - pixels(default.edit)).max() > 0  # the schedule changed the edit
     blended = engine().run(DemoRequest("a red circle", local_blend="circle", blend_threshold=0.6, **base))
     assert blended.edit_spec["local_blend"] == {"words": ["circle"], "threshold": 0.6}
+    excepted = engine().run(DemoRequest("a red circle", local_blend="circle", blend_subtract="red", **base))
+    assert excepted.edit_spec["local_blend"] == {"words": ["circle"], "subtract": ["red"]}
+    with pytest.raises(DemoError, match="^blend_subtract='red' needs local-blend words"):
+        engine().run(DemoRequest("a red circle", blend_subtract="red", **base))
     for name, value in [("cross_steps", 1.5), ("self_steps", -0.1), ("blend_threshold", 1.0), ("blend_threshold", 0)]:
         with pytest.raises(DemoError, match=f"^{name}={value!r} is not allowed"):
             engine().run(DemoRequest("a red circle", **{**base, name: value}))

@@ -77,6 +77,13 @@ def test_cli_reweight_and_refine(pipe, tmp_path, capsys, monkeypatch):
     assert any(p.endswith("-edit.png") for p in printed) and any(p.endswith("-maps.png") for p in printed)
     edited = next(p for p in printed if p.endswith("-edit.png"))
     assert _metadata(Path(edited))["mode"] == "reweight"
+    swap = ["edit", "--source", "a red circle", "--target", "a blue circle", "--local-blend", "circle"]
+    swap += ["--blend-subtract", "red", "blue", "--steps", "2", "--no-heatmaps", "--height", "32", "--width", "32"]
+    assert main([*swap, "--out", str(tmp_path / "sb"), "--quiet"]) == 0
+    edited = next(p for p in capsys.readouterr().out.split() if p.endswith("-edit.png"))
+    meta = _metadata(Path(edited))
+    assert meta["local_blend"] == ["circle"] and meta["blend_subtract"] == ["red", "blue"]
+    assert "subtract=('red', 'blue')" in meta["effects"][0]
     refine = ["edit", "--source", "a circle", "--target", "a red circle", "--steps", "2", "--no-heatmaps"]
     assert main([*refine, "--height", "32", "--width", "32", "--out", str(tmp_path / "rf"), "--quiet"]) == 0
     printed = capsys.readouterr().out.split()
@@ -109,6 +116,8 @@ def test_image_edit_inverts_then_edits(pipe, tmp_path):
         ({"target": "a blue circle", "reweight": {"green": 2.0}}, "green"),
         ({"target": "a big blue circle", "mode": "replace"}, "refine"),
         ({"target": "a blue circle", "inversion": "magic"}, "inversion='magic'"),
+        ({"target": "a blue circle", "blend_subtract": ["red"]}, r"blend_subtract=\['red'\] is not allowed: needs"),
+        ({"target": "a blue circle", "local_blend": ["circle"], "blend_subtract": ["green"]}, "subtract word 'green'"),
     ],
 )
 def test_bad_requests_are_usage_errors(pipe, tmp_path, kwargs, message):

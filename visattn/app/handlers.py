@@ -114,6 +114,8 @@ class DemoRequest:
         self_steps: fraction during which its self-attention is the source's (0.4); in ``[0, 1]``.
         blend_threshold: LocalBlend's threshold in ``(0, 1)`` on the words' normalized maps (the authors' 0.3):
             lower grows the region that may change.
+        blend_subtract: words (comma separated) whose region is taken out of the local blend's region, so that it
+            keeps the source (LocalBlend's ``subtract``, the authors' ``substruct_words``); needs ``local_blend``.
         pag_scale: perturbed-attention guidance scale; 0 turns it off.
         pag_strength: in ``[0, 1]``: 1 is PAG, lower is SoftPAG.
         pag_layers: where PAG perturbs: values of :func:`pag_layer_choices` (``None`` or empty: the model's
@@ -141,6 +143,7 @@ class DemoRequest:
     cross_steps: float = DEFAULT_CROSS_STEPS
     self_steps: float = DEFAULT_SELF_STEPS
     blend_threshold: float = DEFAULT_BLEND_THRESHOLD
+    blend_subtract: str = ""
     pag_scale: float = 0.0
     pag_strength: float = 1.0
     pag_layers: Sequence[str] | None = None
@@ -647,8 +650,18 @@ class DemoEngine:
             spec["cross_steps"] = float(request.cross_steps)
         if request.self_steps != DEFAULT_SELF_STEPS:
             spec["self_steps"] = float(request.self_steps)
-        if blend and request.blend_threshold != DEFAULT_BLEND_THRESHOLD:
-            spec["local_blend"] = {"words": blend, "threshold": float(request.blend_threshold)}
+        subtract = _blend_words(request.blend_subtract)
+        if subtract and not blend:
+            raise DemoError(
+                f"blend_subtract={request.blend_subtract!r} needs local-blend words: it takes its words' region out "
+                "of theirs"
+            )
+        if blend and (request.blend_threshold != DEFAULT_BLEND_THRESHOLD or subtract):
+            spec["local_blend"] = {"words": blend}
+            if request.blend_threshold != DEFAULT_BLEND_THRESHOLD:
+                spec["local_blend"]["threshold"] = float(request.blend_threshold)
+            if subtract:
+                spec["local_blend"]["subtract"] = subtract
         elif blend:
             spec["local_blend"] = blend
         try:

@@ -181,6 +181,10 @@ def build_demo(engine: DemoEngine) -> Any:
                         label="Blend threshold (lower: a larger region may change)",
                         elem_id="blend-threshold",
                     )
+                    blend_subtract = gr.Textbox(
+                        label="Local-blend exceptions (comma separated; their region keeps the source)",
+                        elem_id="blend-subtract",
+                    )
                     cross_steps = gr.Slider(
                         0.0,
                         1.0,
@@ -320,6 +324,7 @@ def build_demo(engine: DemoEngine) -> Any:
         fields = {
             "local_blend": local_blend,
             "blend_threshold": blend_threshold,
+            "blend_subtract": blend_subtract,
             "cross_steps": cross_steps,
             "self_steps": self_steps,
             "seed": seed,
@@ -381,6 +386,8 @@ FORM_FIELDS: tuple[str, ...] = (
     "size_factor",
     "decay",
     "entropy_scaling",
+    # Last: added after the others, so API clients that send the earlier fields by position keep working.
+    "blend_subtract",
 )
 
 
@@ -409,6 +416,7 @@ def form_request(
         weights=weights,
         local_blend=fields["local_blend"] or "",
         blend_threshold=fields["blend_threshold"],
+        blend_subtract=fields.get("blend_subtract") or "",
         cross_steps=fields["cross_steps"],
         self_steps=fields["self_steps"],
         pag_scale=float(fields["pag_scale"]),

@@ -28,6 +28,12 @@ def add_parser(commands) -> None:
         help=f"for --image (default: {DEFAULT_INVERSION}, as the demo; it keeps the background best)",
     )
     parser.add_argument("--local-blend", nargs="+", metavar="WORD", help="only the region of these words changes")
+    parser.add_argument(
+        "--blend-subtract",
+        nargs="+",
+        metavar="WORD",
+        help="with --local-blend: these words' region keeps the source (the authors' substruct_words)",
+    )
     parser.add_argument("--cross-steps", type=float, default=0.8, help="fraction with cross-attention injection")
     parser.add_argument("--self-steps", type=float, default=0.4, help="fraction with self-attention injection")
     parser.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         image=args.image,
         inversion=args.inversion,
         local_blend=args.local_blend,
+        blend_subtract=args.blend_subtract,
         cross_steps=args.cross_steps,
         self_steps=args.self_steps,
         model=args.model,
