@@ -95,6 +95,7 @@ def edit(
     image: str | Path | Any | None = None,
     inversion: str = DEFAULT_INVERSION,
     local_blend: Sequence[str] | None = None,
+    blend_threshold: float = 0.3,
     blend_subtract: Sequence[str] | None = None,
     cross_steps: float = 0.8,
     self_steps: float = 0.4,
@@ -120,6 +121,7 @@ def edit(
         image: a real image to edit (path or PIL image); it is inverted with ``inversion`` first (SD-family).
         inversion: ``"ddim"`` (the default), ``"null-text"`` or ``"negative-prompt"``.
         local_blend: words whose attention region may change; everything outside stays as in the source.
+        blend_threshold: LocalBlend's threshold in ``(0, 1)`` on the words' normalized maps (the authors' 0.3).
         blend_subtract: words whose region is taken out of ``local_blend``'s (LocalBlend's ``subtract``, the
             authors' ``substruct_words``); needs ``local_blend``.
         cross_steps, self_steps: fractions of the schedule with cross- / self-attention injection.
@@ -144,13 +146,17 @@ def edit(
     from .effects import AttentionMaps, LocalBlend
 
     schedule = {"cross_steps": cross_steps, "self_steps": self_steps}
+    threshold_ok = isinstance(blend_threshold, (int, float)) and not isinstance(blend_threshold, bool)
+    if not (threshold_ok and 0 < blend_threshold < 1):
+        raise ParameterError("blend_threshold", blend_threshold, "must be a number in (0, 1) (the authors' 0.3)")
     if blend_subtract and not local_blend:
         raise ParameterError(
             "blend_subtract", list(blend_subtract), "needs local_blend words: it takes its words' region out of theirs"
         )
-    if local_blend:
-        schedule["local_blend"] = LocalBlend(list(local_blend), subtract=list(blend_subtract or []) or None)
     try:
+        if local_blend:
+            subtract = list(blend_subtract or []) or None
+            schedule["local_blend"] = LocalBlend(list(local_blend), blend_threshold, subtract=subtract)
         p2p = _edit_effect(source, target, dict(reweight or {}), mode, **schedule)
     except ValueError as exc:
         raise UsageError(_as_edit_advice(str(exc))) from None
@@ -172,6 +178,7 @@ def edit(
         "reweight": dict(reweight or {}),
         "mode": "reweight" if p2p.target == source else p2p.mode,
         "local_blend": list(local_blend or []),
+        "blend_threshold": blend_threshold,
         "blend_subtract": list(blend_subtract or []),
         "cross_steps": cross_steps,
         "self_steps": self_steps,

@@ -78,11 +78,25 @@ def test_cli_reweight_and_refine(pipe, tmp_path, capsys, monkeypatch):
     edited = next(p for p in printed if p.endswith("-edit.png"))
     assert _metadata(Path(edited))["mode"] == "reweight"
     swap = ["edit", "--source", "a red circle", "--target", "a blue circle", "--local-blend", "circle"]
-    swap += ["--blend-subtract", "red", "blue", "--steps", "2", "--no-heatmaps", "--height", "32", "--width", "32"]
+    swap += [
+        "--blend-subtract",
+        "red",
+        "blue",
+        "--blend-threshold",
+        "0.5",
+        "--steps",
+        "2",
+        "--no-heatmaps",
+        "--height",
+        "32",
+        "--width",
+        "32",
+    ]
     assert main([*swap, "--out", str(tmp_path / "sb"), "--quiet"]) == 0
     edited = next(p for p in capsys.readouterr().out.split() if p.endswith("-edit.png"))
     meta = _metadata(Path(edited))
     assert meta["local_blend"] == ["circle"] and meta["blend_subtract"] == ["red", "blue"]
+    assert meta["blend_threshold"] == 0.5 and "threshold=0.5" in meta["effects"][0]
     assert "subtract=('red', 'blue')" in meta["effects"][0]
     refine = ["edit", "--source", "a circle", "--target", "a red circle", "--steps", "2", "--no-heatmaps"]
     assert main([*refine, "--height", "32", "--width", "32", "--out", str(tmp_path / "rf"), "--quiet"]) == 0
@@ -118,6 +132,14 @@ def test_image_edit_inverts_then_edits(pipe, tmp_path):
         ({"target": "a blue circle", "inversion": "magic"}, "inversion='magic'"),
         ({"target": "a blue circle", "blend_subtract": ["red"]}, r"blend_subtract=\['red'\] is not allowed: needs"),
         ({"target": "a blue circle", "local_blend": ["circle"], "blend_subtract": ["green"]}, "subtract word 'green'"),
+        (
+            {"target": "a blue circle", "local_blend": ["circle"], "blend_subtract": [""]},
+            "subtract must be one or more",
+        ),
+        (
+            {"target": "a blue circle", "local_blend": ["circle"], "blend_threshold": 1.5},
+            r"blend_threshold=1.5 is not allowed: must be a number in \(0, 1\)",
+        ),
     ],
 )
 def test_bad_requests_are_usage_errors(pipe, tmp_path, kwargs, message):

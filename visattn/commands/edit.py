@@ -29,6 +29,13 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--local-blend", nargs="+", metavar="WORD", help="only the region of these words changes")
     parser.add_argument(
+        "--blend-threshold",
+        type=float,
+        default=0.3,
+        help="with --local-blend: the words' normalized maps above it may change (default 0.3, the authors'; lower: "
+        "a larger region)",
+    )
+    parser.add_argument(
         "--blend-subtract",
         nargs="+",
         metavar="WORD",
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         image=args.image,
         inversion=args.inversion,
         local_blend=args.local_blend,
+        blend_threshold=args.blend_threshold,
         blend_subtract=args.blend_subtract,
         cross_steps=args.cross_steps,
         self_steps=args.self_steps,
