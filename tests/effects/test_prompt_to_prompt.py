@@ -651,7 +651,7 @@ def test_words_not_in_the_prompt_are_rejected_with_the_prompts_words():
         PromptToPrompt.replace("a blue cat", "a red cat", local_blend=LocalBlend("zebra"))
 
 
-@pytest.mark.parametrize(("family", "variant"), [("flux", "authors"), ("unet", "prediction")])
+@pytest.mark.parametrize(("family", "variant"), [("flux", "authors"), ("unet", "prediction"), ("wan", "authors")])
 def test_local_blend_subtract_words_take_their_region_out_of_the_mask(family, variant):
     """LocalBlend(subtract=...) (the authors' ``substruct_words``) on a pipeline: the mask only loses cells against
     the same blend without them, here some (a low subtract threshold); the fidelity tests compare it with their
