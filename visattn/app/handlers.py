@@ -656,14 +656,13 @@ class DemoEngine:
                 f"blend_subtract={request.blend_subtract!r} needs local-blend words: it takes its words' region out "
                 "of theirs"
             )
-        if blend and (request.blend_threshold != DEFAULT_BLEND_THRESHOLD or subtract):
-            spec["local_blend"] = {"words": blend}
-            if request.blend_threshold != DEFAULT_BLEND_THRESHOLD:
-                spec["local_blend"]["threshold"] = float(request.blend_threshold)
-            if subtract:
-                spec["local_blend"]["subtract"] = subtract
-        elif blend:
-            spec["local_blend"] = blend
+        blend_options: dict[str, Any] = {}
+        if request.blend_threshold != DEFAULT_BLEND_THRESHOLD:
+            blend_options["threshold"] = float(request.blend_threshold)
+        if subtract:
+            blend_options["subtract"] = subtract
+        if blend:
+            spec["local_blend"] = {"words": blend, **blend_options} if blend_options else blend
         try:
             return build_edit(spec)
         except SpecError as exc:

@@ -412,6 +412,13 @@ class BlendRun:
             )
 
 
+def _above(maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Cells of each map (over its last two axes) above ``threshold`` once divided by the map's maximum; an all-zero
+    map (a word absent from that prompt) has none (the authors' ``0 / 0`` compares false too)."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0) > threshold
+
+
 def _prediction_region(maps: torch.Tensor, threshold: float, radius: int) -> torch.Tensor:
     """``variant="prediction"``'s region of ``[2 (source, target), pairs, frames, h, w]`` maps on the latent grid:
     max-pooled over ``2 * radius + 1`` cells, normalized by each map's maximum, thresholded, source | target."""
@@ -419,9 +426,7 @@ def _prediction_region(maps: torch.Tensor, threshold: float, radius: int) -> tor
     if radius:
         flat = maps.reshape(-1, 1, height, width)
         maps = F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius).reshape(maps.shape)
-    peak = maps.amax(dim=(-2, -1), keepdim=True)
-    normalized = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-    return (normalized > threshold).any(dim=0)
+    return _above(maps, threshold).any(dim=0)
 
 
 def authors_mask(maps: torch.Tensor, top: tuple[int, int, int], threshold: float, radius: int) -> torch.Tensor:
@@ -437,9 +442,7 @@ def authors_mask(maps: torch.Tensor, top: tuple[int, int, int], threshold: float
     else:
         flat = F.interpolate(flat.reshape(-1, 1, frames, height, width).float(), size=tuple(top), mode="nearest")
     flat = flat.reshape(sides * pairs * top[0], 1, *top[1:])
-    peak = flat.amax(dim=(-2, -1), keepdim=True)
-    normalized = torch.where(peak > 0, flat / peak.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
-    return (normalized > threshold).reshape(sides, pairs, *top).any(dim=0)
+    return _above(flat, threshold).reshape(sides, pairs, *top).any(dim=0)
 
 
 def blend_latents(latents: Any, mask: torch.Tensor, family: Family) -> Any:
