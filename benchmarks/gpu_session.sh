@@ -53,7 +53,7 @@ if [[ $dry == 0 ]] && $py -c "import xdist" 2>/dev/null; then workers+=(-n "${TE
 command_for() {
   case $1 in
     machine) echo "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; $py -m visattn.cli info" ;;
-    tests) echo "$py -m pytest $root/tests/kernels/test_triton.py $root/tests/kernels/test_autotune.py $root/tests/kernels/test_block_masks.py $root/tests/kernels/test_sdpa_views.py $root/tests/core/test_device_syncs.py $root/tests/fidelity/test_fidelity_extrapolation.py -q -p no:cacheprovider ${workers[*]} --junitxml=$out/tests-junit.xml" ;;
+    tests) echo "$py -m pytest $root/tests/kernels/test_triton.py $root/tests/kernels/test_autotune.py $root/tests/kernels/test_block_masks.py $root/tests/kernels/test_sdpa_views.py $root/tests/core/test_device_syncs.py $root/tests/effects/test_prompt_to_prompt_gpu.py $root/tests/fidelity/test_fidelity_extrapolation.py -q -p no:cacheprovider ${workers[*]} --junitxml=$out/tests-junit.xml" ;;
     auto) echo "$py $root/benchmarks/auto_choice.py --out $out" ;;
     bench) echo "$py -m visattn.cli bench --out $out --quiet ${bench_args[*]}" ;;
     dispatch) echo "$py -m visattn.cli bench --dispatch --out $out --quiet" ;;

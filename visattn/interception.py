@@ -364,12 +364,18 @@ def _shared_call(
     calls_apart = tuple(
         (slice(row, row + count), slice(source, source + count), queries) for row, source, queries, count in runs
     )
-    if apart and all(source == row and queries == apart[0][2] for row, source, queries in apart):
+    if (
+        device.type == "cpu"
+        and apart
+        and all(source == row and queries == apart[0][2] for row, source, queries in apart)
+    ):
         # Every row computed apart takes its own queries and keys there (the source's whole rows fill the rest of
         # it in the stock call): where every other row is itself in the stock call, its queries there come out the
         # same in a call of their own (each query's answer depends on that query, the keys and the values alone: bit
-        # for bit on SDPA's CPU kernel, to rounding where a GPU kernel splits the keys by the call's size), so one
-        # call over every row takes the keys and values as they are (two ops fewer than views of some rows).
+        # for bit on SDPA's CPU kernel), so one call over every row takes the keys and values as they are (two ops
+        # fewer than views of some rows). Only on the CPU: a GPU kernel may pick other tiles or another backend for
+        # a call with fewer queries, and the source rows must stay the stock call's, bit for bit (a plain
+        # generation's image); there the rows apart are viewed and the other rows are never recomputed.
         apart_rows = {row for row, _, _ in apart}
         if all(row in apart_rows or order[row] == row for row in range(batch)):
             calls_apart = ((None, None, apart[0][2]),)

@@ -283,6 +283,12 @@ def test_own_queries_apart_beside_rows_that_are_themselves_are_one_call_over_eve
     plan = _shared_call({1: 0, 2: 0}, {1: slice(16, 80)}, 3, 80, q.device)
     assert plan.apart == ((slice(1, 2), slice(1, 2), slice(0, 16)),)
 
+    # Off the CPU (a GPU kernel may tile a call of fewer queries otherwise) the source rows are never recomputed:
+    # only the target's rows are viewed and computed apart, on a device whose rows are gathered.
+    plan = _shared_call({1: 0}, {1: slice(16, 80)}, 2, 80, torch.device("meta"))
+    assert plan.apart == ((slice(1, 2), slice(1, 2), slice(0, 16)),)
+    assert plan.rows.device.type == "meta" and plan.rows.shape == (2,)
+
 
 def test_rows_copied_in_place_by_strided_runs_equal_copying_them_one_by_one():
     """Shared rows copied in place (a layer too small for a projection plan): an indexed copy of every target row
