@@ -122,6 +122,25 @@ def test_a_blend_changed_in_place_is_read_again(monkeypatch):
     assert torch.equal(out[[0, 2]], attention(q[[0, 2]], k[[0, 2]], v[[0, 2]]))
 
 
+def test_a_blend_read_is_not_kept_alive_by_what_the_core_remembers():
+    """What the core remembers of a blend leaves with it: a per-token blend of a large call (megabytes) is freed
+    once its effect drops it, and its entry goes with it."""
+    import gc
+    import weakref
+
+    from visattn.kernels import core
+
+    q, k, v = qkv(batch=4)
+    blend = torch.zeros(4, 3, q.shape[2], 1)
+    blend[3] = 1.0
+    attention(q, k, v, identity_blend=blend)
+    alive = weakref.ref(blend)
+    remembered = len(core._READ_BLENDS)
+    del blend
+    gc.collect()
+    assert alive() is None and len(core._READ_BLENDS) == remembered - 1
+
+
 def test_identity_blend_needs_square_attention():
     q, k, v = qkv(n_q=5, n_k=7)
     with pytest.raises(ValueError, match="as many queries as keys"):

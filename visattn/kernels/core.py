@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections.abc import Hashable, Sequence
 from types import ModuleType
 from typing import Any
@@ -573,9 +574,10 @@ def _row_tensor(rows: list[int], device: torch.device) -> torch.Tensor:
 
 #: blends up to this many weights are checked in Python (per-head blends); larger ones (per token) with tensor ops
 _LISTED_BLEND = 1024
-#: what :func:`_blend_rows` read from recent blends, by ``id``: the blend itself (so the id cannot be reused while
-#: the entry lives), its version counter (an in-place change makes the entry stale) and the answer
-_READ_BLENDS: dict[int, tuple[torch.Tensor, int, tuple[tuple[bool, ...], tuple[bool, ...]]]] = {}
+#: what :func:`_blend_rows` read from recent blends, by ``id``: a weak reference to the blend (its entry leaves with
+#: it, so a blend is never kept alive here and its id cannot be reused while the entry lives), its version counter
+#: (an in-place change makes the entry stale) and the answer
+_READ_BLENDS: dict[int, tuple[weakref.ref, int, tuple[tuple[bool, ...], tuple[bool, ...]]]] = {}
 _READ_BLENDS_KEPT = 64
 
 
@@ -586,8 +588,9 @@ def _blend_rows(blend: torch.Tensor) -> tuple[tuple[bool, ...], tuple[bool, ...]
     PAG hands the same blend tensor to every call of a layout (:func:`visattn.effects.perturbation_guidance.
     identity_rows` keeps it), so the answer is remembered per tensor and version instead of read again per call.
     """
-    seen = _READ_BLENDS.get(id(blend))
-    if seen is not None and seen[0] is blend and seen[1] == blend._version:
+    key = id(blend)
+    seen = _READ_BLENDS.get(key)
+    if seen is not None and seen[0]() is blend and seen[1] == blend._version:
         return seen[2]
     rows = blend.reshape(blend.shape[0], -1)
     if rows.numel() <= _LISTED_BLEND:
@@ -601,7 +604,7 @@ def _blend_rows(blend: torch.Tensor) -> tuple[tuple[bool, ...], tuple[bool, ...]
         answer = (tuple(rows.eq(1).all(dim=1).tolist()), tuple(rows.ne(0).any(dim=1).tolist()))
     if len(_READ_BLENDS) >= _READ_BLENDS_KEPT:
         _READ_BLENDS.clear()
-    _READ_BLENDS[id(blend)] = (blend, blend._version, answer)
+    _READ_BLENDS[key] = (weakref.ref(blend, lambda _, key=key: _READ_BLENDS.pop(key, None)), blend._version, answer)
     return answer
 
 
