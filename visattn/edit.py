@@ -86,6 +86,39 @@ def _edit_effect(source: str, target: str | None, weights: Mapping[str, float], 
     return constructor(source, target, weights=weights or None, **schedule)
 
 
+def _blend_options(subtract_threshold: Any, radius: Any, start: Any, variant: Any) -> dict[str, Any]:
+    """:class:`~visattn.effects.LocalBlend`'s options that :func:`edit` was given away from their defaults, checked
+    by :func:`edit`'s names (ParameterError) before anything loads."""
+    from .effects.local_blend import VARIANTS
+    from .validation import MAX_BLEND_RADIUS
+
+    options: dict[str, Any] = {}
+    if variant not in VARIANTS:
+        raise ParameterError("blend_variant", variant, f"must be one of {', '.join(VARIANTS)}")
+    if variant != "authors":
+        options["variant"] = variant
+    if not (isinstance(radius, int) and not isinstance(radius, bool) and 0 <= radius <= MAX_BLEND_RADIUS):
+        raise ParameterError("blend_radius", radius, f"must be a whole number from 0 to {MAX_BLEND_RADIUS}")
+    if radius != 1:
+        options["radius"] = radius
+    if start is not None:
+        if not (isinstance(start, (int, float)) and not isinstance(start, bool) and 0 <= start <= 1):
+            raise ParameterError("blend_start", start, "must be a fraction of the schedule in [0, 1]")
+        if variant == "prediction" and start != 0:
+            raise ParameterError(
+                "blend_start", start, "must be 0 with blend_variant='prediction' (it blends from the first step)"
+            )
+        options["start"] = float(start)
+    number = isinstance(subtract_threshold, (int, float)) and not isinstance(subtract_threshold, bool)
+    if not (number and 0 < subtract_threshold < 1):
+        raise ParameterError(
+            "blend_subtract_threshold", subtract_threshold, "must be a number in (0, 1) (the authors' 0.3)"
+        )
+    if subtract_threshold != 0.3:
+        options["subtract_threshold"] = float(subtract_threshold)
+    return options
+
+
 def edit(
     source: str,
     target: str | None = None,
@@ -97,6 +130,10 @@ def edit(
     local_blend: Sequence[str] | None = None,
     blend_threshold: float = 0.3,
     blend_subtract: Sequence[str] | None = None,
+    blend_subtract_threshold: float = 0.3,
+    blend_radius: int = 1,
+    blend_start: float | None = None,
+    blend_variant: str = "authors",
     cross_steps: float = 0.8,
     self_steps: float = 0.4,
     pipeline: DiffusionPipeline | None = None,
@@ -124,6 +161,13 @@ def edit(
         blend_threshold: LocalBlend's threshold in ``(0, 1)`` on the words' normalized maps (the authors' 0.3).
         blend_subtract: words whose region is taken out of ``local_blend``'s (LocalBlend's ``subtract``, the
             authors' ``substruct_words``); needs ``local_blend``.
+        blend_subtract_threshold: the threshold in ``(0, 1)`` on ``blend_subtract``'s maps (the authors' 0.3).
+        blend_radius: the max-pooling radius of the words' maps (the authors' 1: a 3 x 3 window of their 16 x 16
+            maps' cells; latent cells with ``"prediction"``).
+        blend_start: the fraction of the schedule after which the blend acts (``None``: the variant's default,
+            the authors' 0.2; ``"prediction"`` blends from the first step).
+        blend_variant: ``"authors"`` (the latents blended after each scheduler step, as the authors' notebooks)
+            or ``"prediction"`` (visattn's: the prediction blended, so nothing outside the region changes at all).
         cross_steps, self_steps: fractions of the schedule with cross- / self-attention injection.
         pipeline, model, device, dtype: as in :func:`visattn.generate.generate`.
         seed, steps, guidance, height, width: generation parameters (pipeline defaults when ``None``).
@@ -153,10 +197,18 @@ def edit(
         raise ParameterError(
             "blend_subtract", list(blend_subtract), "needs local_blend words: it takes its words' region out of theirs"
         )
+    blend_options = _blend_options(blend_subtract_threshold, blend_radius, blend_start, blend_variant)
+    if blend_options and not local_blend:
+        name, value = next(iter(blend_options.items()))
+        raise ParameterError(f"blend_{name}", value, "needs local_blend words: it shapes their blend")
+    if "subtract_threshold" in blend_options and not blend_subtract:
+        raise ParameterError(
+            "blend_subtract_threshold", blend_subtract_threshold, "needs blend_subtract words: it thresholds their maps"
+        )
     try:
         if local_blend:
             subtract = list(blend_subtract or []) or None
-            schedule["local_blend"] = LocalBlend(list(local_blend), blend_threshold, subtract=subtract)
+            schedule["local_blend"] = LocalBlend(list(local_blend), blend_threshold, subtract=subtract, **blend_options)
         p2p = _edit_effect(source, target, dict(reweight or {}), mode, **schedule)
     except ValueError as exc:
         raise UsageError(_as_edit_advice(str(exc))) from None
@@ -180,6 +232,10 @@ def edit(
         "local_blend": list(local_blend or []),
         "blend_threshold": blend_threshold,
         "blend_subtract": list(blend_subtract or []),
+        "blend_subtract_threshold": blend_subtract_threshold,
+        "blend_radius": blend_radius,
+        "blend_start": blend_start,
+        "blend_variant": blend_variant,
         "cross_steps": cross_steps,
         "self_steps": self_steps,
         "seed": seed,

@@ -46,6 +46,9 @@ FORM_DEFAULTS = {
     "decay": 1.0,
     "entropy_scaling": False,
     "blend_subtract": "",
+    "blend_variant": "authors",
+    "blend_radius": 1,
+    "blend_subtract_threshold": 0.3,
 }
 
 
@@ -148,7 +151,34 @@ def test_replace_steps_and_blend_threshold_reach_the_edit():
     assert excepted.edit_spec["local_blend"] == {"words": ["circle"], "subtract": ["red"]}
     with pytest.raises(DemoError, match="^blend_subtract='red' needs local-blend words"):
         engine().run(DemoRequest("a red circle", blend_subtract="red", **base))
-    for name, value in [("cross_steps", 1.5), ("self_steps", -0.1), ("blend_threshold", 1.0), ("blend_threshold", 0)]:
+    options = {"blend_variant": "prediction", "blend_radius": 2, "blend_subtract_threshold": 0.6}
+    shaped = engine().run(DemoRequest("a red circle", local_blend="circle", blend_subtract="red", **options, **base))
+    assert shaped.edit_spec["local_blend"] == {
+        "words": ["circle"],
+        "subtract": ["red"],
+        "subtract_threshold": 0.6,
+        "radius": 2,
+        "variant": "prediction",
+    }
+    # At a high threshold the tiny model's region is partial: the radius and the variant each change the edit.
+    tight = {"local_blend": "circle", "blend_threshold": 0.9, **base}
+    pooled, unpooled = (engine().run(DemoRequest("a red circle", blend_radius=r, **tight)) for r in (1, 0))
+    predicted = engine().run(DemoRequest("a red circle", blend_radius=0, blend_variant="prediction", **tight))
+    assert np.abs(pixels(pooled.edit) - pixels(unpooled.edit)).max() > 0
+    assert np.abs(pixels(predicted.edit) - pixels(unpooled.edit)).max() > 0
+    # Without local-blend words the blend's options shape nothing (the form shows them anyway).
+    plain = engine().run(DemoRequest("a red circle", **options, **base))
+    assert "local_blend" not in plain.edit_spec
+    for name, value in [
+        ("cross_steps", 1.5),
+        ("self_steps", -0.1),
+        ("blend_threshold", 1.0),
+        ("blend_threshold", 0),
+        ("blend_subtract_threshold", 1.0),
+        ("blend_radius", 1.5),
+        ("blend_radius", 9),
+        ("blend_variant", "mine"),
+    ]:
         with pytest.raises(DemoError, match=f"^{name}={value!r} is not allowed"):
             engine().run(DemoRequest("a red circle", **{**base, name: value}))
 

@@ -98,6 +98,15 @@ def test_cli_reweight_and_refine(pipe, tmp_path, capsys, monkeypatch):
     assert meta["local_blend"] == ["circle"] and meta["blend_subtract"] == ["red", "blue"]
     assert meta["blend_threshold"] == 0.5 and "threshold=0.5" in meta["effects"][0]
     assert "subtract=('red', 'blue')" in meta["effects"][0]
+    assert meta["blend_variant"] == "authors" and meta["blend_radius"] == 1 and meta["blend_start"] is None
+    options = ["--blend-variant", "prediction", "--blend-radius", "2", "--blend-subtract-threshold", "0.6"]
+    assert main([*swap, *options, "--out", str(tmp_path / "pr"), "--quiet"]) == 0
+    edited = next(p for p in capsys.readouterr().out.split() if p.endswith("-edit.png"))
+    meta = _metadata(Path(edited))
+    assert meta["blend_variant"] == "prediction" and meta["blend_radius"] == 2
+    assert meta["blend_subtract_threshold"] == 0.6
+    for shown in ("variant='prediction'", "radius=2", "subtract_threshold=0.6", "start=0.0"):
+        assert shown in meta["effects"][0], shown
     refine = ["edit", "--source", "a circle", "--target", "a red circle", "--steps", "2", "--no-heatmaps"]
     assert main([*refine, "--height", "32", "--width", "32", "--out", str(tmp_path / "rf"), "--quiet"]) == 0
     printed = capsys.readouterr().out.split()
@@ -139,6 +148,27 @@ def test_image_edit_inverts_then_edits(pipe, tmp_path):
         (
             {"target": "a blue circle", "local_blend": ["circle"], "blend_threshold": 1.5},
             r"blend_threshold=1.5 is not allowed: must be a number in \(0, 1\)",
+        ),
+        ({"target": "a blue circle", "blend_radius": 3}, "blend_radius=3 is not allowed: needs local_blend"),
+        ({"target": "a blue circle", "local_blend": ["circle"], "blend_radius": -1}, "blend_radius=-1 is not allowed"),
+        ({"target": "a blue circle", "local_blend": ["circle"], "blend_variant": "x"}, "blend_variant='x' is not"),
+        ({"target": "a blue circle", "local_blend": ["circle"], "blend_start": 1.5}, "blend_start=1.5 is not"),
+        (
+            {"target": "a blue circle", "local_blend": ["circle"], "blend_variant": "prediction", "blend_start": 0.2},
+            "blend_start=0.2 is not allowed: must be 0 with blend_variant='prediction'",
+        ),
+        (
+            {"target": "a blue circle", "local_blend": ["circle"], "blend_subtract_threshold": 0.5},
+            "blend_subtract_threshold=0.5 is not allowed: needs blend_subtract",
+        ),
+        (
+            {
+                "target": "a blue circle",
+                "local_blend": ["circle"],
+                "blend_subtract": ["red"],
+                "blend_subtract_threshold": 0,
+            },
+            r"blend_subtract_threshold=0 is not allowed: must be a number in \(0, 1\)",
         ),
     ],
 )

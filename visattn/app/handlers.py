@@ -74,6 +74,9 @@ EDIT_MODES: tuple[str, ...] = ("none", "replace", "refine", "reweight")
 INVERSION_METHODS: tuple[str, ...] = (DEFAULT_INVERSION, *(m for m in INVERSIONS if m != DEFAULT_INVERSION))
 #: Prompt-to-Prompt's defaults (the authors'): cross- and self-attention injection fractions, LocalBlend threshold.
 DEFAULT_CROSS_STEPS, DEFAULT_SELF_STEPS, DEFAULT_BLEND_THRESHOLD = 0.8, 0.4, 0.3
+#: LocalBlend's default max-pooling radius (the authors'), the demo's largest, and its variants
+DEFAULT_BLEND_RADIUS, MAX_DEMO_BLEND_RADIUS = 1, 8
+BLEND_VARIANTS = ("authors", "prediction")
 #: Largest re-weighting scale the form accepts. Negative scales are refused: they flip the word's attention and
 #: blank the maps instead of weakening the word (0 removes it).
 MAX_WEIGHT = 10.0
@@ -116,6 +119,12 @@ class DemoRequest:
             lower grows the region that may change.
         blend_subtract: words (comma separated) whose region is taken out of the local blend's region, so that it
             keeps the source (LocalBlend's ``subtract``, the authors' ``substruct_words``); needs ``local_blend``.
+        blend_subtract_threshold: the threshold in ``(0, 1)`` on ``blend_subtract``'s maps (the authors' 0.3).
+        blend_radius: LocalBlend's max-pooling radius (the authors' 1; larger: wider margins around the region).
+        blend_variant: one of :data:`BLEND_VARIANTS`: ``"authors"`` (the latents blended after each step, as
+            their notebooks) or ``"prediction"`` (visattn's: nothing outside the region changes at all). The blend's
+            threshold, radius and variant shape nothing without ``local_blend`` (as the form shows them anyway), nor
+            ``blend_subtract_threshold`` without ``blend_subtract``; they are still checked.
         pag_scale: perturbed-attention guidance scale; 0 turns it off.
         pag_strength: in ``[0, 1]``: 1 is PAG, lower is SoftPAG.
         pag_layers: where PAG perturbs: values of :func:`pag_layer_choices` (``None`` or empty: the model's
@@ -144,6 +153,9 @@ class DemoRequest:
     self_steps: float = DEFAULT_SELF_STEPS
     blend_threshold: float = DEFAULT_BLEND_THRESHOLD
     blend_subtract: str = ""
+    blend_subtract_threshold: float = DEFAULT_BLEND_THRESHOLD
+    blend_radius: int = DEFAULT_BLEND_RADIUS
+    blend_variant: str = "authors"
     pag_scale: float = 0.0
     pag_strength: float = 1.0
     pag_layers: Sequence[str] | None = None
@@ -400,9 +412,13 @@ def _check(request: DemoRequest) -> None:
             )
     _number("cross_steps", request.cross_steps, 0, 1)
     _number("self_steps", request.self_steps, 0, 1)
-    threshold = request.blend_threshold
-    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
-        raise DemoError(f"blend_threshold={threshold!r} is not allowed: must be a number between 0 and 1 (exclusive)")
+    for name in ("blend_threshold", "blend_subtract_threshold"):
+        threshold = getattr(request, name)
+        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1):
+            raise DemoError(f"{name}={threshold!r} is not allowed: must be a number between 0 and 1 (exclusive)")
+    _number("blend_radius", request.blend_radius, 0, MAX_DEMO_BLEND_RADIUS, integer=True)
+    if request.blend_variant not in BLEND_VARIANTS:
+        raise DemoError(f"blend_variant={request.blend_variant!r} is not allowed: must be one of {BLEND_VARIANTS}")
     _number("pag_scale", request.pag_scale, 0, 100)
     _number("pag_strength", request.pag_strength, 0, 1)
     _number("kernel_size", request.kernel_size, 0, 10_000, integer=True)
@@ -661,6 +677,13 @@ class DemoEngine:
             blend_options["threshold"] = float(request.blend_threshold)
         if subtract:
             blend_options["subtract"] = subtract
+        if subtract and request.blend_subtract_threshold != DEFAULT_BLEND_THRESHOLD:
+            blend_options["subtract_threshold"] = float(request.blend_subtract_threshold)
+        if request.blend_radius != DEFAULT_BLEND_RADIUS:
+            blend_options["radius"] = int(request.blend_radius)
+        if request.blend_variant != "authors":
+            blend_options["variant"] = request.blend_variant
+        # Without local-blend words the blend's sliders shape nothing (the form shows them whatever the words).
         if blend:
             spec["local_blend"] = {"words": blend, **blend_options} if blend_options else blend
         try:

@@ -6,7 +6,8 @@ settings the model cannot run) becomes a ``gr.Warning`` toast plus a message in 
 error is logged with its traceback on the server and shown in one line, and the server keeps serving.
 
 Element ids (``elem_id``) name the widgets for browser tests and custom CSS: ``prompt``, ``target``,
-``edit-mode``, ``weight-0`` ... ``weight-N``, ``local-blend``, ``blend-threshold``, ``cross-steps``,
+``edit-mode``, ``weight-0`` ... ``weight-N``, ``local-blend``, ``blend-threshold``, ``blend-subtract``,
+``blend-variant``, ``blend-radius``, ``blend-subtract-threshold``, ``cross-steps``,
 ``self-steps``, ``seed``, ``steps``, ``guidance``, ``upload``, ``upload-preview``, ``inversion``, ``pag-scale``,
 ``pag-strength``, ``pag-layers``, ``head-set``, ``kernel-size``, ``radial`` (video models only),
 ``size-factor``, ``decay``, ``entropy``, ``frames``, ``examples``, ``generate``, ``source``, ``edit``,
@@ -21,11 +22,14 @@ from typing import Any
 
 from ..defaults import DEFAULT_MODEL, guidance_defaults, reweight_defaults
 from .handlers import (
+    BLEND_VARIANTS,
+    DEFAULT_BLEND_RADIUS,
     DEFAULT_BLEND_THRESHOLD,
     DEFAULT_CROSS_STEPS,
     DEFAULT_SELF_STEPS,
     EDIT_MODES,
     INVERSION_METHODS,
+    MAX_DEMO_BLEND_RADIUS,
     MAX_SEED,
     MAX_SIZE_FACTOR,
     MAX_STEPS,
@@ -185,6 +189,30 @@ def build_demo(engine: DemoEngine) -> Any:
                         label="Local-blend exceptions (comma separated; their region keeps the source)",
                         elem_id="blend-subtract",
                     )
+                    with gr.Accordion("Local-blend options", open=False):
+                        blend_variant = gr.Radio(
+                            list(BLEND_VARIANTS),
+                            value="authors",
+                            label="Blend: the authors' (latents, after each step) or prediction (nothing outside "
+                            "the region changes)",
+                            elem_id="blend-variant",
+                        )
+                        blend_radius = gr.Slider(
+                            0,
+                            MAX_DEMO_BLEND_RADIUS,
+                            value=DEFAULT_BLEND_RADIUS,
+                            step=1,
+                            label="Blend radius (max-pooling of the words' maps; larger: wider margins)",
+                            elem_id="blend-radius",
+                        )
+                        blend_subtract_threshold = gr.Slider(
+                            0.05,
+                            0.95,
+                            value=DEFAULT_BLEND_THRESHOLD,
+                            step=0.05,
+                            label="Exceptions threshold (lower: a larger region keeps the source)",
+                            elem_id="blend-subtract-threshold",
+                        )
                     cross_steps = gr.Slider(
                         0.0,
                         1.0,
@@ -325,6 +353,9 @@ def build_demo(engine: DemoEngine) -> Any:
             "local_blend": local_blend,
             "blend_threshold": blend_threshold,
             "blend_subtract": blend_subtract,
+            "blend_variant": blend_variant,
+            "blend_radius": blend_radius,
+            "blend_subtract_threshold": blend_subtract_threshold,
             "cross_steps": cross_steps,
             "self_steps": self_steps,
             "seed": seed,
@@ -388,6 +419,9 @@ FORM_FIELDS: tuple[str, ...] = (
     "entropy_scaling",
     # Last: added after the others, so API clients that send the earlier fields by position keep working.
     "blend_subtract",
+    "blend_variant",
+    "blend_radius",
+    "blend_subtract_threshold",
 )
 
 
@@ -417,6 +451,9 @@ def form_request(
         local_blend=fields["local_blend"] or "",
         blend_threshold=fields["blend_threshold"],
         blend_subtract=fields.get("blend_subtract") or "",
+        blend_variant=fields.get("blend_variant") or "authors",
+        blend_radius=fields.get("blend_radius", DEFAULT_BLEND_RADIUS),
+        blend_subtract_threshold=fields.get("blend_subtract_threshold", DEFAULT_BLEND_THRESHOLD),
         cross_steps=fields["cross_steps"],
         self_steps=fields["self_steps"],
         pag_scale=float(fields["pag_scale"]),

@@ -41,6 +41,35 @@ def add_parser(commands) -> None:
         metavar="WORD",
         help="with --local-blend: these words' region keeps the source (the authors' substruct_words)",
     )
+    parser.add_argument(
+        "--blend-subtract-threshold",
+        type=float,
+        default=0.3,
+        metavar="X",
+        help="with --blend-subtract: their normalized maps above it keep the source (default 0.3, the authors')",
+    )
+    parser.add_argument(
+        "--blend-radius",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --local-blend: the words' maps are max-pooled over (2N+1) x (2N+1) cells, of the authors' 16 x 16 "
+        "maps ('prediction': latent cells; default 1, the authors'; larger: a region with wider margins)",
+    )
+    parser.add_argument(
+        "--blend-variant",
+        choices=("authors", "prediction"),
+        default="authors",
+        help="with --local-blend: 'authors' blends the latents after each step (their notebooks); 'prediction' "
+        "blends the model's prediction from the first step, so nothing outside the region changes at all",
+    )
+    parser.add_argument(
+        "--blend-start",
+        type=float,
+        metavar="F",
+        help="with --local-blend: the fraction of the schedule before the blend acts (default: 0.2 for 'authors', as "
+        "theirs; 'prediction' needs 0)",
+    )
     parser.add_argument("--cross-steps", type=float, default=0.8, help="fraction with cross-attention injection")
     parser.add_argument("--self-steps", type=float, default=0.4, help="fraction with self-attention injection")
     parser.add_argument("--model", metavar="ID_OR_DIR", help=MODEL_HELP)
@@ -70,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         local_blend=args.local_blend,
         blend_threshold=args.blend_threshold,
         blend_subtract=args.blend_subtract,
+        blend_subtract_threshold=args.blend_subtract_threshold,
+        blend_radius=args.blend_radius,
+        blend_start=args.blend_start,
+        blend_variant=args.blend_variant,
         cross_steps=args.cross_steps,
         self_steps=args.self_steps,
         model=args.model,
