@@ -104,6 +104,21 @@ def _check_needs(effects: list[Effect], model: torch.nn.Module, family: Family) 
                 )
 
 
+def _check_prompt_as_given(effects: list[Effect], pipeline: Any, family: Family) -> None:
+    """ValueError, before anything is hooked (and before a generation runs its prompt rewriter, a 9B model for
+    FLUX.3), when an effect needs words and the pipeline's blocks rewrite the prompt before encoding it."""
+    if pipeline is None or family.prompt is None or not family.prompt.rewriting_blocks:
+        return
+    from .words import rewritten_prompt_reason
+
+    for effect in effects:
+        if "words" in effect.needs():
+            reason = rewritten_prompt_reason(pipeline, family.prompt)
+            if reason is not None:
+                raise ValueError(f"{type(effect).__name__} needs {_FACT_NAMES['words']}, but {reason}")
+            return
+
+
 #: the roles a layer's calls may have, by its static role: a module whose class does not say it attends over text
 #: is declared "self" and can turn out cross or joint at run time (Lumina 2, LTX-2); the other roles are certain
 _POSSIBLE_ROLES = {"self": ("self", "cross", "joint"), "cross": ("cross",), "joint": ("joint",), "text": ("text",)}
@@ -194,6 +209,7 @@ class Attachment:
             plans.append((attribute, base, family, all_modules, {name: roles[name] for name in selected}))
         for _, base, family, *_ in plans:
             _check_needs(self.effects, base, family)
+            _check_prompt_as_given(self.effects, pipeline, family)
         needs_schedule = self._steps is not None or any(effect.steps is not None for effect in self.effects)
         if needs_schedule and pipeline is None:
             raise ValueError(

@@ -49,7 +49,7 @@ from typing import Any
 
 from .attachment import DENOISER_ATTRIBUTES
 from .families import CLIP_LENGTH, PROMPT_FAMILIES, PromptRecipe, TextPart, declared_family, family_named
-from .families.pipelines import pipeline_call_variables_set
+from .families.pipelines import pipeline_blocks_named, pipeline_call_variables_set
 
 __all__ = [
     "CLIP_LENGTH",
@@ -353,6 +353,24 @@ def _wan_clean(prompt: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(html.unescape(prompt))).strip()
 
 
+def rewritten_prompt_reason(pipeline: Any, recipe: PromptRecipe | None) -> str | None:
+    """Why words cannot be mapped to ``pipeline``'s text positions because its blocks rewrite the prompt before
+    encoding it (:attr:`~visattn.families.PromptRecipe.rewriting_blocks`: FLUX.3's ``prompt_upsampler``), with the
+    fix; ``None`` where they do not."""
+    if recipe is None:
+        return None
+    steps = pipeline_blocks_named(pipeline, recipe.rewriting_blocks)
+    if not steps:
+        return None
+    pops = "; ".join(f"blocks.sub_blocks.pop({step!r})" for step in steps)
+    return (
+        f"{type(pipeline).__name__}'s blocks rewrite the prompt before encoding it ({', '.join(steps)}): the text "
+        "the model sees is the rewrite, each prompt rewritten apart, so words cannot be mapped to its text "
+        f"positions. Build the pipeline from blocks without that step ({pops}) to encode the prompt as given, or "
+        "address text positions directly"
+    )
+
+
 def prompt_tokens(
     pipe_or_tokenizers: Any,
     prompt: str,
@@ -398,6 +416,10 @@ def prompt_tokens(
                 "before the words, or a rewritten prompt), so words cannot be mapped to its text positions. Call it "
                 "without, or address text positions directly"
             )
+    if not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
+        reason = rewritten_prompt_reason(pipe_or_tokenizers, recipe)
+        if reason is not None:
+            raise ValueError(reason)
     prompt_text = _clean(prompt, recipe.clean)
     words = split_words(prompt_text)
     if max_sequence_length is None and recipe.variable:

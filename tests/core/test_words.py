@@ -762,6 +762,51 @@ def test_ernie_image_refuses_words_when_its_prompt_enhancer_rewrites_the_prompts
         pipe(**call, use_pe=False)
 
 
+@pytest.mark.parametrize(
+    ("key", "rewrite"), [("flux2", {"caption_upsample_temperature": 0.15}), ("ideogram4", {"prompt_upsampling": True})]
+)
+def test_words_are_refused_in_a_call_that_upsamples_its_prompt(key, rewrite, monkeypatch):
+    """FLUX.2 (a caption temperature) and Ideogram 4 (prompt_upsampling) encode their upsampler's rewrite of each
+    prompt, not the prompt given: Prompt-to-Prompt's words are refused in such a call (the rewriter, a Mistral or a
+    prompt-enhancer head the tiny pipelines lack, stands in as the identity), and mapped without it."""
+    import visattn
+
+    pipe = tiny_pipeline(key)  # not the cached one: its rewriter is replaced
+    monkeypatch.setattr(pipe, "upsample_prompt", lambda prompt, *args, **kwargs: prompt)
+    p2p = visattn.PromptToPrompt.replace("a red circle", "a blue circle")
+    call = {**call_kwargs(key), "prompt": p2p.prompts, "generator": p2p.generator(0), "output_type": "latent"}
+    (name,) = rewrite
+    with visattn.attach(pipe, p2p):
+        with pytest.raises(ValueError, match=f"describes calls without {name}; this call's {type(pipe).__name__}"):
+            pipe(**call, **rewrite)
+        pipe(**call, **{name: type(rewrite[name])(0)})  # a temperature of 0 (or False) rewrites nothing
+
+
+def test_words_are_refused_for_modular_blocks_that_rewrite_the_prompt():
+    """FLUX.3's auto blocks start with a prompt upsampler (a Qwen3.5 that expands each prompt into a long caption)
+    unless it is popped: an effect that needs words is refused when it is attached, before a generation runs the
+    upsampler, with the fix; effects without words attach, and the blocks without the step map words."""
+    from diffusers.modular_pipelines import Flux3AutoBlocks, Flux3ModularPipeline
+
+    import visattn
+
+    popped = tiny_pipeline("flux3")
+    assert "prompt_upsampler" not in popped.blocks.sub_blocks
+    pipe = Flux3ModularPipeline(blocks=Flux3AutoBlocks())
+    pipe.update_components(**{name: getattr(popped, name) for name in ("tokenizer", "text_encoder", "transformer")})
+    p2p = visattn.PromptToPrompt.replace("a red circle", "a blue circle")
+    fix = r"blocks.sub_blocks.pop\('prompt_upsampler'\)"
+    with pytest.raises(ValueError, match=f"PromptToPrompt needs words .* rewrite the prompt .*{fix}"):
+        visattn.attach(pipe, p2p)
+    with pytest.raises(ValueError, match=f"AttentionMaps needs words .*{fix}"):
+        visattn.attach(pipe, visattn.AttentionMaps(words="red"))
+    with pytest.raises(ValueError, match=fix):
+        prompt_tokens(pipe, "a red circle")
+    with visattn.attach(pipe, visattn.PerturbedAttentionGuidance(scale=2.0)):
+        pass
+    assert prompt_tokens(popped, "a red circle").positions("red")
+
+
 def test_text_part_refuses_what_it_cannot_describe():
     from visattn.families.base import PipelineTemplate, PromptRecipe, TextPart
 

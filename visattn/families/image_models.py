@@ -110,6 +110,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
             ),
             max_sequence_length=512,
             pipelines=("Flux2Pipeline",),
+            # With a temperature Flux2Pipeline has Mistral rewrite the prompt first and encodes the rewrite.
+            refused_with=("caption_upsample_temperature",),
         ),
     ),
     _packed_with_ids(
@@ -118,11 +120,12 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         timestep=2,
         # Flux3ModularPipeline's text encoder step: Qwen3-VL over its processor's chat template (one user message, a
         # generation prompt), right-padded to a multiple of 80 tokens capped at max_sequence_length (the call's text
-        # length; each guider branch has its own), nothing cropped. Words are those of the prompt as given: with the
-        # auto blocks' prompt upsampler the blocks encode its rewrite.
+        # length; each guider branch has its own), nothing cropped. Words are those of the prompt as given: the
+        # auto blocks' prompt upsampler (their first step, unless popped) has the blocks encode its rewrite.
         prompt=PromptRecipe(
             (TextPart("chat_template", template=TokenizerChatTemplate()),),
             max_sequence_length=8192,
+            rewriting_blocks=("prompt_upsampler",),
         ),
     ),
     _packed_with_ids(
@@ -580,7 +583,8 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
         text_position="first",
         roles=(("^layers", "joint"),),
         # Qwen3-VL over its tokenizer's chat template (one user message as a text part, a generation prompt, no
-        # further special tokens), left-padded to max_sequence_length (prompt_upsampling off, the default).
+        # further special tokens), left-padded to max_sequence_length; prompt_upsampling (off by default) encodes the
+        # prompt enhancer's rewrite instead.
         prompt=PromptRecipe(
             (
                 TextPart(
@@ -590,6 +594,7 @@ IMAGE_FAMILIES: tuple[Family, ...] = (
                 ),
             ),
             max_sequence_length=2048,
+            refused_with=("prompt_upsampling",),
         ),
     ),
     # No tokenizer ladder: no pipeline drives it on its own (it is the DreamLite UNet's inner transformer, whose

@@ -289,4 +289,25 @@ def pipeline_call_variables_set(pipeline: Any, names: tuple[str, ...]) -> tuple[
 def _set(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_set(item) for item in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value != 0  # FLUX.2's caption_upsample_temperature=0 upsamples nothing
     return value is not None and value is not False
+
+
+def pipeline_blocks_named(pipeline: Any, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of ``names`` are steps of a modular pipeline's blocks (``pipeline.blocks.sub_blocks``, at any depth);
+    none for a pipeline without blocks."""
+    if not names:
+        return ()
+    found: set[str] = set()
+    pending = [getattr(pipeline, "blocks", None)]
+    while pending:
+        blocks = pending.pop()
+        sub_blocks = getattr(blocks, "sub_blocks", None)
+        if not isinstance(sub_blocks, dict):
+            continue
+        for name, block in sub_blocks.items():
+            if name in names:
+                found.add(name)
+            pending.append(block)
+    return tuple(name for name in names if name in found)
