@@ -40,11 +40,12 @@ def test_each_effect_is_compared_per_layer_with_the_same_work_without_visattn(vi
     # The comparison is fair only when both sides compute the same thing: PAG and SEG give the same layer output
     # as diffusers' PAG processor and the plain blur, AttentionMaps the same output and maps, P2P's layer the same
     # unedited rows (its edited row agrees with the edit materialized on the reference backend).
-    for r in layers[:4]:
+    for r in layers[:5]:
         assert r.max_abs_diff <= 1e-5, r
-    p2p_layer = layers[3]
-    assert p2p_layer.variant == "P2P (layer)" and p2p_layer.extra["edit_vs_materialized"] <= 1e-5
-    assert p2p_layer.extra["materialized_us"] > 0 and p2p_layer.extra["materialized_paired_ratio"] > 0
+    for p2p_layer, variant in zip(layers[3:5], ("P2P (layer)", "P2P (joint call)"), strict=True):
+        assert p2p_layer.variant == variant and p2p_layer.extra["edit_vs_materialized"] <= 1e-5
+        assert p2p_layer.extra["materialized_us"] > 0 and p2p_layer.extra["materialized_paired_ratio"] > 0
+    assert layers[4].max_abs_diff == 0  # the source row is the stock call's, bit for bit
     assert "PAGCFGIdentitySelfAttnProcessor2_0" in layers[0].baseline
     assert "batch-2" in layers[-1].baseline
     assert "Per layer" in video_report.markdown() and "| PAG (layer) |" in video_report.markdown()

@@ -16,7 +16,7 @@ from visattn.alignment import TokenMap, align_words, token_map, word_pairs
 from visattn.attachment import layer_roles
 from visattn.effects import AttentionMaps, LocalBlend, PerturbedAttentionGuidance, PromptToPrompt
 from visattn.kernels import ProbabilityRead, run_request
-from visattn.kernels.probabilities import linear_edits
+from visattn.kernels.probabilities import linear_edits, text_block_edits
 from visattn.tiny import TINY_PIPELINES, call_kwargs, tiny_pipeline
 from visattn.words import prompt_tokens
 
@@ -465,7 +465,8 @@ class OracleProbe(visattn.Effect):
         def check(done):
             request = dataclasses.replace(done.request(), reads=reads(oracle))
             out, _ = run_request(request, "reference")
-            fast = linear_edits(request) is not None
+            # The fast form the core takes (None: materialized).
+            fast = "linear" if linear_edits(request) else "blocks" if text_block_edits(request) else None
             diffs = [(a - b).abs().max().item() for a, b in ((done.output, out), *((seen[n], oracle[n]) for n in seen))]
             self.records.append((done.ctx.role, fast, max(diffs)))
 
@@ -502,7 +503,7 @@ def test_unet_cross_attention_edits_run_as_attention_over_mixed_values_and_match
     blend = p2p.local_blend
     maps = AttentionMaps(words=["cat"], prompt=p2p.prompts)
     fast = edit("unet", p2p, maps, probe, output_type="latent")
-    assert probe.records and all(role == "cross" and linear for role, linear, _ in probe.records)
+    assert probe.records and all(role == "cross" and form == "linear" for role, form, _ in probe.records)
     assert max(diff for _, _, diff in probe.records) <= 2e-6
     # The whole generation on the reference backend (every call materialized, rounding apart from SDPA's): the same
     # latents up to that rounding, maps and local-blend mask.
@@ -536,6 +537,32 @@ def test_cross_edits_that_move_values_are_planned_at_the_sdpa_call_bit_for_bit(k
             latents = pipeline("unet")(
                 **call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent")
             )[0]
+        return latents, maps.maps()
+
+    planned, planned_maps = generate("auto")
+    assert served["calls"] > 0
+    served["calls"] = 0
+    core, core_maps = generate("sdpa")
+    assert served["calls"] == 0
+    assert torch.equal(planned, core)
+    for planned_side, core_side in zip(planned_maps, core_maps, strict=True):
+        assert all(torch.equal(planned_side[word], core_side[word]) for word in planned_side)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_joint_edits_are_planned_at_the_sdpa_call_bit_for_bit(family, monkeypatch):
+    """A joint edit that moves values (a re-weighting, no local blend) is all Prompt-to-Prompt does in such a call:
+    the layer plans its TextBlockEdits (and the maps' read) once per step pattern and sends the call to the attention
+    core without building its context. The same latents and maps, bit for bit, as the effects' full path (which a
+    backend forced for effects keeps), and the planned calls served the edit."""
+    served = count_planned_answers(monkeypatch, "edits")
+
+    def generate(backend: str):
+        p2p = PromptToPrompt.reweight("a red cat", {"red": 3.0, "cat": 0.5})
+        maps = AttentionMaps(prompt=p2p.prompts)
+        call = {"prompt": p2p.prompts, "generator": p2p.generator(0), "output_type": "latent"}
+        with visattn.attach(pipeline(family), p2p, maps, backend=backend):
+            latents = pipeline(family)(**call_kwargs(family, **call))[0]
         return latents, maps.maps()
 
     planned, planned_maps = generate("auto")
@@ -615,24 +642,53 @@ def test_the_source_rows_are_a_plain_generation_of_both_prompts_bit_for_bit():
     assert not torch.equal(edited[1], plain_latents[1])
 
 
-def test_joint_edits_injecting_everything_run_as_attention_and_the_others_materialized(monkeypatch):
-    """In a joint call the edited text block is renormalized against the image block (a ratio of sums, not linear
-    over the keys), so SD3's edits run on the reference backend's materialized probabilities, except where
-    self-attention and every text token are injected through an identity map: the target's image-query rows are then
-    the source's whole rows, attention with the source rows' image queries and keys (a LinearEdit of those queries),
-    on any backend. The generation equals the one with every joint edit materialized, up to float rounding."""
-    from visattn.effects.prompt_to_prompt import _Plan
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("mode", ["replace", "refine", "reweight"])
+def test_joint_edits_keep_the_source_rows_a_plain_generation_bit_for_bit(family, mode):
+    """No joint edit materializes probabilities or touches the source rows (the stock call answers them), so with the
+    authors' schedule (cross 0.8, self 0.4: both kinds of joint edit) the source rows are the plain generation of
+    both prompts, bit for bit."""
+    p2p = {
+        "replace": lambda: PromptToPrompt.replace("a red cat", "a red dog"),
+        "refine": lambda: PromptToPrompt.refine("a red cat", "a red fluffy cat"),
+        "reweight": lambda: PromptToPrompt.reweight("a red cat", {"red": 2.0}),
+    }[mode]()
+    edited = edit(family, p2p, output_type="latent", num_inference_steps=5)
+    call = {"prompt": p2p.prompts, "generator": p2p.generator(0), "num_inference_steps": 5, "output_type": "latent"}
+    plain_latents = pipeline(family)(**call_kwargs(family, **call))[0]
+    assert torch.equal(edited[0], plain_latents[0])
+    assert not torch.equal(edited[1], plain_latents[1])
 
-    p2p = PromptToPrompt.replace("a red cat", "a red dog", cross_steps=1.0, self_steps=0.5)
+
+@pytest.mark.parametrize("kind", list(FAST_PATH_EDITS))
+def test_joint_edits_run_as_attention_calls_and_match_the_materialized_edit(kind):
+    """In a joint call (SD3) the edited text block is renormalized against the image block, a ratio of sums; each
+    sum and each block's weighted values are attention calls over block values, so no edited call materializes
+    probabilities: injecting self-attention and every text token through an identity map is attention with the
+    source rows' queries and keys (a LinearEdit, the first steps of a word swap), the rest TextBlockEdits (later
+    steps, refinements, re-weightings). Each call's output and probabilities (the maps' and the local blend's reads)
+    equal the reference backend's materialized edit of the same call, and the whole generation the one on the
+    reference backend, up to rounding."""
     probe = OracleProbe()
-    fast = edit("sd3", p2p, probe, output_type="latent", num_inference_steps=4)
+    p2p = FAST_PATH_EDITS[kind]().copy_with(self_steps=0.5)
+    blend = p2p.local_blend
+    maps = AttentionMaps(words=["cat"], prompt=p2p.prompts)
+    fast = edit("sd3", p2p, maps, probe, output_type="latent", num_inference_steps=4)
+    forms = {form for role, form, _ in probe.records if role == "joint"}
     assert probe.records and all(role == "joint" for role, _, _ in probe.records)
-    linear = [fast_form for _, fast_form, _ in probe.records]
-    assert any(linear) and not all(linear)  # self-attention injected at the first two steps only
+    assert forms == ({"linear", "blocks"} if kind == "replace" else {"blocks"})  # every call in a fast form
     assert max(diff for _, _, diff in probe.records) <= 1e-5
-    monkeypatch.setattr(_Plan, "moves_values", property(lambda plan: True))  # every joint edit materialized
-    materialized = edit("sd3", p2p, output_type="latent", num_inference_steps=4)
-    torch.testing.assert_close(fast, materialized, rtol=1e-5, atol=1e-5)
+    fast_maps, fast_mask = maps.maps(), blend.mask.clone()
+    pipe = pipeline("sd3")
+    maps.reset()
+    with visattn.attach(pipe, p2p, maps, backend="reference"):
+        call = {"prompt": p2p.prompts, "generator": p2p.generator(0), "num_inference_steps": 4, "output_type": "latent"}
+        slow = pipe(**call_kwargs("sd3", **call))[0]
+    assert (fast - slow).abs().max() <= 1e-4 * slow.abs().max()
+    assert torch.equal(fast_mask, blend.mask)
+    for fast_side, slow_side in zip(fast_maps, maps.maps(), strict=True):
+        for word in fast_side:
+            assert (fast_side[word] - slow_side[word]).abs().max() <= 1e-5
     assert not torch.equal(fast[0], fast[1])
 
 

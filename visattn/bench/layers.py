@@ -14,6 +14,9 @@ each effect is timed on one attention layer against what the same result costs w
 * ``P2P (layer)``: a Prompt-to-Prompt word swap on a cross-attention layer, batch ``[uncond x2, cond x2]``, against
   the stock processor on the same rows unedited (what the layer costs in a plain generation of the two prompts);
   the edit materialized on the reference backend is timed alongside (:func:`compare_p2p`);
+* ``P2P (joint call)``: Prompt-to-Prompt's joint-attention edit after its self-attention steps, as the attention
+  core computes it (attention calls over block values), against the stock SDPA call of the same rows; the edit
+  materialized on the reference backend is timed alongside (:func:`compare_p2p_joint`);
 * ``P2P (generation)``: a Prompt-to-Prompt edit of a tiny pipeline (two prompts, word swap, every step) against a
   plain generation of the same two prompts as a batch of two (:func:`p2p_generation`).
 
@@ -48,6 +51,7 @@ LAYER_VARIANTS: tuple[str, ...] = (
     "SEG (layer)",
     "AttentionMaps (layer)",
     "P2P (layer)",
+    "P2P (joint call)",
     "P2P (generation)",
 )
 
@@ -57,6 +61,7 @@ BASELINES = {
     "SEG (layer)": "plain processor: stock attention, perturbed rows' queries blurred (sigma 2, kernel built once)",
     "AttentionMaps (layer)": "plain processor: stock attention + softmax of the cond rows, head mean, per-word sums",
     "P2P (layer)": "stock processor, rows [uncond x2, cond x2] unedited (the layer in a plain batch-2 generation)",
+    "P2P (joint call)": "stock SDPA of the joint call [source, target] over text and image keys, unedited",
     "P2P (generation)": "the same two prompts as a plain batch-2 generation (edit attached once)",
 }
 
@@ -504,6 +509,61 @@ def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, cl
     )
 
 
+def compare_p2p_joint(
+    shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall"
+) -> LayerComparison:
+    """Prompt-to-Prompt's joint-attention edit after its self-attention steps (SD3, Flux: the text block of the
+    target's image queries re-weighted, the image keys the target's own, rescaled to what the text leaves), as the
+    attention core runs it on a call of ``shape``'s image tokens after its text tokens, batch ``[source, target]``,
+    against the stock SDPA call on the same rows.
+
+    visattn's side is the core's fast form (:class:`~visattn.kernels.TextBlockEdit`: attention calls over block
+    values and their sums); the same call on the reference backend, which materializes the probabilities and edits
+    them (every joint edit but the identity injection before this form), is timed in the same alternation
+    (``extra``: ``materialized_us``, ``materialized_paired_ratio`` and ``edit_vs_materialized``, the largest
+    difference of the two edited outputs). ``max_abs_diff`` compares the source row with the stock one.
+    """
+    from visattn.kernels import TextBlockEdit, attention
+
+    text, tokens = shape.text_tokens, shape.tokens + shape.text_tokens
+    generator = torch.Generator().manual_seed(0)
+    # [B, N, H, D] in memory, handed over as [B, H, N, D], as the processors call SDPA
+    q, k, v = (
+        torch.randn(2, tokens, shape.heads, shape.channels // shape.heads, generator=generator).transpose(1, 2)
+        for _ in range(3)
+    )
+    equalizer = torch.ones(text)
+    equalizer[1:7] = 2.0  # six words re-weighted
+    edit = TextBlockEdit(
+        slice(0, 1),
+        slice(1, 2),
+        slice(0, text),
+        torch.diag(equalizer),
+        others_from_source=False,
+        queries=slice(text, tokens),
+        renormalize_source=True,
+    )
+    with torch.no_grad():
+        sides = {
+            "visattn": lambda: attention(q, k, v, editors=[edit]),
+            "materialized": lambda: attention(q, k, v, editors=[edit], backend="reference"),
+            "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
+        }
+        edited, oracle, stock = (side() for side in sides.values())
+        samples = _interleaved(sides, repeats, warmup, rounds, clock)
+    slow = samples.pop("materialized")
+    return _comparison(
+        "P2P (joint call)",
+        f"{shape.tokens} image + {text} text tokens, {shape.heads} heads",
+        2,
+        samples,
+        _max_diff(edited[0], stock[0]),
+        materialized_us=statistics.median(slow) * 1e6,
+        materialized_paired_ratio=statistics.median(a / b for a, b in zip(slow, samples["baseline"], strict=True)),
+        edit_vs_materialized=_max_diff(edited, oracle),
+    )
+
+
 #: the denoisers whose tiny pipelines P2P is timed on (as the model rows' image denoisers): SD's UNet (cross and self
 #: attention) and two MM-DiTs (joint attention)
 P2P_DENOISERS: tuple[str, ...] = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
@@ -627,6 +687,7 @@ _LAYER_RUNS = {
     "SEG (layer)": compare_seg,
     "AttentionMaps (layer)": compare_maps,
     "P2P (layer)": compare_p2p,
+    "P2P (joint call)": compare_p2p_joint,
 }
 
 
@@ -676,7 +737,7 @@ def layer_table(results: Sequence[LayerComparison]) -> str:
             f"{r.paired_ratio:.3f} | {r.ratio:.3f} | {r.ratio_min:.3f} | {r.max_abs_diff:.1e} | {r.baseline} |"
         )
     notes = [
-        f"- {r.variant}, {r.layer}: the edit materialized on the reference backend (before LinearEdit) "
+        f"- {r.variant}, {r.layer}: the edit materialized on the reference backend (before its fast form) "
         f"{r.extra['materialized_us'] / 1e3:.3f} ms, {r.extra['materialized_paired_ratio']:.3f} x baseline (paired); "
         f"the two edited outputs differ by {r.extra['edit_vs_materialized']:.1e}"
         for r in results

@@ -31,8 +31,7 @@ How it maps onto visattn
   the source rows' initial latents, whatever generator the call gets (or none): attached to a pipeline, it wraps
   the pipeline's ``prepare_latents`` until detach (:meth:`PromptToPrompt.prepare_pipeline`). With
   :meth:`PromptToPrompt.generator` (one identically seeded generator per row) the source rows are exactly a
-  plain generation with that seed (up to float rounding of a larger batch, and of the materialized attention in
-  joint calls).
+  plain generation with that seed (up to float rounding of a larger batch).
   At the first step the effect checks that the rows agree and raises a ValueError otherwise (a denoiser driven
   by hand with different noise per row), since an edit from different noise is silently meaningless.
 * Cross-attention (SD 1.x/2.x, SDXL, PixArt, Wan: role ``"cross"``) is edited as in the paper; rows are not
@@ -63,11 +62,14 @@ How it maps onto visattn
   (plus ``attention(q_tgt, k_tgt, keep * v_tgt)`` where target tokens keep their own maps: a refinement's added
   words, a word's shorter schedule), on any backend and without materializing probabilities, unless another
   effect adds a pattern or score modifier to the call. Joint attention's edit renormalizes the image block
-  against the edited text block, which is not linear, so joint calls (and cross calls with keys besides the
-  text) edit materialized probabilities on the reference backend, chunk by chunk; except where self-attention and
-  every text token are injected through an identity map (no re-weighting, every word's window open), where the
-  target's image-query rows are the source's whole rows: attention with the source rows' image queries and keys
-  over the target's values (a :class:`~visattn.kernels.LinearEdit` of those queries), on any backend. Where the
+  against the edited text block, which is not linear, but each of its parts (the text block's and the other keys'
+  weighted values, and their sums) is an attention call over values that are zero outside one block: joint calls
+  (and cross calls with keys besides the text) hand the core a :class:`~visattn.kernels.TextBlockEdit` per pair,
+  computed so on any backend without materializing probabilities (the reference backend, which another effect's
+  pattern or score modifier needs, runs it materialized, chunk by chunk). Where self-attention and every text
+  token are injected through an identity map (no re-weighting, every word's window open), the target's
+  image-query rows are the source's whole rows: attention with the source rows' image queries and keys over the
+  target's values (a :class:`~visattn.kernels.LinearEdit` of those queries), cheaper still. Where the
   edit is attention with the source rows' queries and keys (self-attention injection, a word swap with an
   identity map), the target rows' queries and keys are the source rows' before the call runs
   (:meth:`PromptToPrompt.shared_query_key_rows`): projected so on large layers, copied in place on small ones.
@@ -76,8 +78,9 @@ How it maps onto visattn
   in the same layer call, and answers that call with the pair (``pairs_rows``), using only the target's output.
   The source rows' own calls stay plain; the kept rows are released when the layer call ends. A family that takes
   one sample per call (Cosmos 3 Omni: source and target are separate denoiser calls) is refused at attach.
-* Memory: a materialized edit (joint attention) holds its probabilities chunk by chunk (``batch x heads x 1024
-  queries x keys`` floats at a time; the authors' code holds them all); a cross-attention edit holds none.
+* Memory: no edit holds probabilities, except where another effect's pattern or score modifier has the reference
+  backend run it materialized, chunk by chunk (``batch x heads x 1024 queries x keys`` floats at a time; the
+  authors' code holds them all).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ from ..context import BatchLayout, CallContext, StepInfo
 from ..denoiser_batch import prediction_of, with_prediction
 from ..families import Family
 from ..kernels.core import gather_rows
-from ..kernels.probabilities import LinearEdit, ProbabilityRead
+from ..kernels.probabilities import LinearEdit, ProbabilityRead, TextBlockEdit
 from ..steps import in_steps, normalize_steps
 from ..validation import check_weight
 from ..words import PromptTokens, prompt_family, prompt_recipe, prompt_tokens, split_words
@@ -269,7 +272,6 @@ class _Tokens:
     #: the positions of LocalBlend's ``subtract`` words in each prompt (empty without any)
     subtract_source: tuple[int, ...]
     subtract_target: tuple[int, ...]
-    _on_device: dict = field(default_factory=dict)
     _mixes: dict = field(default_factory=dict)
     _edits: dict = field(default_factory=dict)
 
@@ -280,16 +282,11 @@ class _Tokens:
             alpha[list(positions)] = _cross_active(window, step)
         return alpha
 
-    def tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        if device not in self._on_device:
-            self._on_device[device] = self.mapping.tensors(device)
-        return self._on_device[device]
-
     def value_mix(
         self, alpha: torch.Tensor, identity: bool, equalizer: torch.Tensor | None, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:func:`_edit_text` as a linear map over the text keys, ``edited = source @ mix + target * keep``
-        (``keep`` ``None`` where zero), made once per step pattern and device."""
+        """:func:`_value_mix`'s edit of the text keys, ``edited = source @ mix + target * keep`` (``keep`` ``None``
+        where zero), made once per step pattern and device."""
         key = (bytes(alpha.tolist()), identity, equalizer is not None, device)
         if key not in self._mixes:
             mix, keep = _value_mix(None if identity else self.mapping, alpha, equalizer)
@@ -332,6 +329,7 @@ class _Plan:
     _linear: dict = field(default_factory=dict)
     _self_rows: dict = field(default_factory=dict)
     _joint: dict = field(default_factory=dict)
+    _blocks: dict = field(default_factory=dict)
 
     def linear_edits(self, device: torch.device) -> list[LinearEdit]:
         """The cross-attention edits as :class:`~visattn.kernels.LinearEdit` s, one per pair of row halves."""
@@ -352,6 +350,30 @@ class _Plan:
         if edits is None:
             edits = self._joint[key] = [
                 LinearEdit(edit.pair.source, edit.pair.target, None, queries=image) for edit in self.edits
+            ]
+        return edits
+
+    def text_block_edits(self, device: torch.device, text: slice, image: slice) -> list[TextBlockEdit]:
+        """The edits of a joint call (or of a cross-attention call with keys besides the text) as
+        :class:`~visattn.kernels.probabilities.TextBlockEdit` s of the ``image`` queries, one per pair of row halves:
+        the ``text`` keys edited through :meth:`_Tokens.value_mix`'s map, the other keys the source's while
+        self-attention is injected in a joint call (else the target's own), rescaled to what the text leaves; in a
+        joint call the source rows go through the same renormalization (a no-op up to rounding)."""
+        key = (device, text.start, text.stop, image.start, image.stop)
+        edits = self._blocks.get(key)
+        if edits is None:
+            joint = self.role == "joint"
+            edits = self._blocks[key] = [
+                TextBlockEdit(
+                    edit.pair.source,
+                    edit.pair.target,
+                    text,
+                    *self.tokens.value_mix(edit.alpha, edit.identity, edit.equalizer, device),
+                    others_from_source=joint and self.self_on,
+                    queries=image,
+                    renormalize_source=joint,
+                )
+                for edit in self.edits
             ]
         return edits
 
@@ -768,22 +790,32 @@ class PromptToPrompt(Effect):
         text queries keep the target's own queries and keys); every query otherwise."""
         return ctx.queries.image.as_slice() if ctx.role == "joint" else None
 
-    def probability_editors(self, ctx: CallContext, device: torch.device) -> tuple[LinearEdit, ...] | None:
-        """A cross-attention call over text keys alone whose edit is all this effect does there (no local blend
-        collecting maps): the edit's :class:`~visattn.kernels.LinearEdit` s, the same objects :meth:`apply` adds,
-        made once per step pattern (see :meth:`~visattn.effects.Effect.probability_editors`); ``()`` where the call
-        has nothing to edit; ``None`` for every other call (self-attention, joint calls and edits that move no
-        values share rows instead, see :meth:`shared_query_key_rows`)."""
+    def probability_editors(
+        self, ctx: CallContext, device: torch.device
+    ) -> tuple[LinearEdit, ...] | tuple[TextBlockEdit, ...] | None:
+        """A cross-attention or joint call whose edit is all this effect does there (no local blend collecting maps):
+        the edit's :class:`~visattn.kernels.LinearEdit` s (cross-attention over text keys alone) or
+        :class:`~visattn.kernels.TextBlockEdit` s (joint attention, cross-attention with other keys), the same
+        objects :meth:`apply` adds, made once per step pattern (see
+        :meth:`~visattn.effects.Effect.probability_editors`); ``()`` where the call has nothing to edit; ``None`` for
+        every other call (self-attention, and edits that move no values, share rows instead, see
+        :meth:`shared_query_key_rows`)."""
         plan = self._plan(ctx)
         if plan is None:
             return ()
-        if plan.collect or plan.role != "cross":
+        if plan.collect or plan.role == "self":
             return None
         if not plan.edits:
             return ()
         image, text = ctx.queries.image, ctx.keys.text
-        if image.start != 0 or image.stop != ctx.queries.length or text.start != 0 or text.stop != ctx.keys.length:
+        if plan.role == "joint":
+            if _injects_joint_rows(plan, ctx):
+                return None  # the target rows' image queries attend with the source rows': shared rows answer it
+            return tuple(plan.text_block_edits(device, text.as_slice(), image.as_slice()))
+        if image.start != 0 or image.stop != ctx.queries.length:
             return None
+        if text.start != 0 or text.stop != ctx.keys.length:
+            return tuple(plan.text_block_edits(device, text.as_slice(), image.as_slice()))
         if not plan.moves_values:
             return None  # the target rows attend with the source rows' queries and keys: shared rows answer it
         return tuple(plan.linear_edits(device))
@@ -847,6 +879,13 @@ class PromptToPrompt(Effect):
             # rows become the source's whole rows (text and latent keys together, which sum to one already), which
             # is attention with the source rows' image queries and keys over the target's values.
             call.editors.extend(plan.joint_edits(call.q.device, image.as_slice()))
+            return
+        if plan.role != "self":
+            # Joint attention (and cross-attention over text and other conditioning): the text block edited like a
+            # cross-attention map, the other keys rescaled to what it leaves of each row; the core computes it from
+            # attention calls over block values (no materialized probabilities) unless another effect's pattern or
+            # score modifier needs the reference backend, which runs the same edit materialized.
+            call.editors.extend(plan.text_block_edits(call.q.device, text.as_slice(), image.as_slice()))
             return
 
         def edit(probs: torch.Tensor, start: int, stop: int) -> None:
@@ -1020,40 +1059,11 @@ class PromptToPrompt(Effect):
         return reads
 
     def _edit(self, probs: torch.Tensor, rows: slice, ctx: CallContext, plan: _Plan) -> None:
-        if plan.role == "self":
-            for edit in plan.edits:
-                probs[edit.pair.target, :, rows] = probs[edit.pair.source, :, rows]
-            return
-        text = ctx.keys.text.as_slice()
+        # Self-attention whose call the source rows' queries and keys cannot answer (part of the queries, a mask
+        # per row): the target's probabilities become the source's. Joint and cross calls edit through
+        # TextBlockEdits and LinearEdits, which the reference backend applies materialized too.
         for edit in plan.edits:
-            src = probs[edit.pair.source, :, rows]
-            tgt = probs[edit.pair.target, :, rows]
-            alpha = edit.alpha.to(probs.device)
-            mapping = None if edit.identity else plan.tokens.tensors(probs.device)
-            equalizer = None if edit.equalizer is None else edit.equalizer.to(probs.device)
-            if plan.role == "cross" and text == slice(0, probs.shape[-1]):
-                probs[edit.pair.target, :, rows] = _edit_text(src, tgt, mapping, alpha, equalizer)
-                continue
-            if plan.role == "cross":
-                # Keys of text, then other conditioning (I2VGenXL's image tokens): the text block is edited, the
-                # other keys keep the target's attention and take the mass the text block leaves.
-                other = slice(text.stop, probs.shape[-1])
-                new_text = _edit_text(src[..., text], tgt[..., text], mapping, alpha, equalizer)
-                tgt_text, tgt_other = _renormalized(new_text, tgt[..., other])
-                probs[edit.pair.target, :, rows, text] = tgt_text
-                probs[edit.pair.target, :, rows, other] = tgt_other
-                continue
-            # Joint attention: edit the latent->text block, then let the keys outside the text (the latent grid, and
-            # other tokens the sequence holds: HiDream's padding, Framepack's history) take what is left.
-            image = ctx.keys.outside_text()
-            new_text = _edit_text(src[..., text], tgt[..., text], mapping, alpha, equalizer)
-            new_image = src[..., image] if plan.self_on else tgt[..., image]
-            tgt_text, tgt_image = _renormalized(new_text, new_image)
-            src_text, src_image = _renormalized(src[..., text], src[..., image])
-            probs[edit.pair.target, :, rows, text] = tgt_text
-            probs[edit.pair.target, :, rows, image] = tgt_image
-            probs[edit.pair.source, :, rows, text] = src_text
-            probs[edit.pair.source, :, rows, image] = src_image
+            probs[edit.pair.target, :, rows] = probs[edit.pair.source, :, rows]
 
     def __repr__(self) -> str:
         return (
@@ -1116,33 +1126,12 @@ def _positions_of_any(tokens: PromptTokens, words: Sequence[str]) -> tuple[int, 
     return tuple(sorted(positions))
 
 
-def _edit_text(
-    source: torch.Tensor,
-    target: torch.Tensor,
-    mapping: tuple[torch.Tensor, ...] | None,
-    alpha: torch.Tensor,
-    equalizer: torch.Tensor | None,
-) -> torch.Tensor:
-    """The target's probabilities over text keys with the source's injected where ``alpha`` (per target token)
-    holds, through ``mapping`` (``None``: token ``i`` from token ``i``), then re-weighted by ``equalizer``."""
-    if mapping is None:
-        injected, active = source, alpha
-    else:
-        source_index, target_index, weight, mapped = mapping
-        injected = torch.zeros_like(target)
-        injected.index_add_(-1, target_index, source.index_select(-1, source_index) * weight)
-        active = alpha & mapped
-    edited = torch.where(active, injected, target)
-    if equalizer is not None:
-        edited = torch.where(alpha, edited * equalizer, edited)
-    return edited
-
-
 def _value_mix(
     mapping: TokenMap | None, alpha: torch.Tensor, equalizer: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(mix, keep)`` with ``_edit_text(source, target, ...) == source @ mix + target * keep`` (``keep`` ``None``
-    where zero).
+    """``(mix, keep)``: the target's probabilities over the text keys with the source's injected where ``alpha`` (per
+    target token) holds, through ``mapping`` (``None``: token ``i`` from token ``i``), then re-weighted by
+    ``equalizer``, are ``source @ mix + target * keep`` (``keep`` ``None`` where zero).
 
     The authors' edits are linear over the keys: a word swap is ``source @ mapper`` (``einsum('hpw,bwn->bhpn')``),
     a refinement ``source[..., mapper] * alphas + target * (1 - alphas)``, each blended with the target by the
@@ -1163,16 +1152,6 @@ def _value_mix(
     mix = mapper * (active * scale)
     keep = (~active) * scale
     return mix, (keep if bool(keep.any()) else None)
-
-
-def _renormalized(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of a joint softmax again summing to one: the latent block takes the mass the text block leaves."""
-    text_sum = text.sum(-1, keepdim=True)
-    image_sum = image.sum(-1, keepdim=True)
-    room = (1.0 - text_sum).clamp_min(0.0)
-    scale = torch.where(image_sum > 0, room / image_sum.clamp_min(torch.finfo(image.dtype).tiny), 0.0)
-    text = torch.where(text_sum > 1.0, text / text_sum.clamp_min(1.0), text)
-    return text, image * scale
 
 
 def _check_blend_words(blend: LocalBlend, source, source_words: tuple[str, ...], target, target_words) -> None:

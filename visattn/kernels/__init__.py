@@ -3,7 +3,8 @@
 ``attention`` is the single entry point; ``available_backends`` lists the backends and why any is missing.
 Beyond FlexAttention's split (``Pattern.mask_mod``, ``ScoreModifier.score_mod``), a call may name a probability
 stage (:mod:`.probabilities`): editors and reads of the softmax's probabilities (editors linear over the keys,
-:class:`LinearEdit`, run as attention over mixed values on any backend).
+:class:`LinearEdit`, run as attention over mixed values on any backend; an edit of the text block whose other keys
+take what it leaves, :class:`TextBlockEdit`, as attention over block values).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .core import attention, available_backends, backend_names, choose_backend, 
 from .natten_api import na1d, na2d, na3d
 from .neighborhood import NeighborhoodPattern
 from .patterns import AllOf, Chain, DensePattern, Pattern, ScoreModifier, all_of, chain
-from .probabilities import Editor, LinearEdit, ProbabilityRead
+from .probabilities import Editor, LinearEdit, ProbabilityRead, TextBlockEdit
 from .request import AttentionRequest
 
 # Patterns and modifiers with heavier or optional dependencies resolve on first use.
@@ -34,6 +35,7 @@ __all__ = [
     "AttentionRequest",
     "Editor",
     "LinearEdit",
+    "TextBlockEdit",
     "ProbabilityRead",
     "Pattern",
     "ScoreModifier",

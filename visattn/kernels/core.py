@@ -42,7 +42,17 @@ from . import autotune
 from .autotune import Decision
 from .backends import flex, natten, reference, sdpa, triton
 from .patterns import Chain, Pattern, ScoreModifier
-from .probabilities import Editor, LinearEdit, ProbabilityRead, linear_edits, queries_apart, serve_reads
+from .probabilities import (
+    Editor,
+    LinearEdit,
+    ProbabilityRead,
+    TextBlockEdit,
+    linear_edits,
+    queries_apart,
+    serve_reads,
+    text_block_edits,
+)
+from .probabilities import _others as block_others
 from .request import AttentionRequest, UnsupportedCall
 
 #: the real SDPA, whatever ``torch.nn.functional`` holds while visattn routes a hooked forward
@@ -437,9 +447,15 @@ def _run_probability_stage(request: AttentionRequest, backend: str) -> tuple[tor
     runs them twice.
     """
     if request.editors:
-        linear = linear_edits(request) if backend != reference.NAME else None
-        if linear is not None:
-            out = _run_linear_edits(request, linear, backend)
+        linear = blocks = None
+        if backend != reference.NAME:
+            linear = linear_edits(request)
+            blocks = text_block_edits(request) if linear is None else None
+        if linear is not None or blocks is not None:
+            if linear is not None:
+                out = _run_linear_edits(request, linear, backend)
+            else:
+                out = _run_text_block_edits(request, blocks, backend)
             if request.reads:
                 serve_reads(request, request.reads, None)
             # Edited rows have no logits of their own: an edited call returns no log-sum-exp (as the reference).
@@ -545,6 +561,120 @@ def _run_linear_edits(request: AttentionRequest, edits: tuple[LinearEdit, ...], 
                     q[rows, :, span], k[rows], span_values, span_mask, request.scale, backend, *dispatch
                 ).to(out.dtype)
     return _with_identity_blend(request, out)
+
+
+def _run_text_block_edits(request: AttentionRequest, edits: tuple[TextBlockEdit, ...], backend: str) -> torch.Tensor:
+    """A call whose editors edit a text block of keys and renormalize the others
+    (:class:`~visattn.kernels.probabilities.TextBlockEdit`: Prompt-to-Prompt's joint-attention edit), without
+    materializing probabilities.
+
+    The stock call answers every row; then each edit's queries of its target rows are answered again from four
+    parts, each plain attention over values that are zero outside one block of keys: ``text' @ v`` (the source
+    rows' queries and keys over ``mix @ v_t`` in the text, plus the target rows' own over ``keep * v_t``), the
+    other keys' ``P @ v_t`` (the source's or the target's queries and keys), and the sums ``sum(text')`` and
+    ``sum(P_others)`` (their weights as values). Per query they combine as the renormalization does: the text part
+    divided by its sum where that exceeds one, the others' part scaled to ``1 - sum(text')`` of the row. The parts
+    of one side's queries and keys run as one call over stacked rows; the sums run in fp32 (half precision would
+    round the mass the others take by up to 0.4 %).
+    """
+    q, k, v, mask = request.q, request.k, request.v, request.attn_mask
+    n_q = q.shape[2]
+    dispatch = (request.use_dispatcher, request.dispatcher_backend)
+    out = dense_attention(q, k, v, mask, request.scale, backend, *dispatch)
+    out = out.clone() if out.requires_grad else out
+    for edit in edits:
+        queries = edit.queries if edit.queries is not None else slice(0, n_q)
+        out[edit.target, :, queries] = _text_block_answer(request, edit, queries, backend).to(out.dtype)
+    return _with_identity_blend(request, out)
+
+
+def _text_block_answer(request: AttentionRequest, edit: TextBlockEdit, queries: slice, backend: str) -> torch.Tensor:
+    """The edited probabilities of ``edit``'s target rows at ``queries`` times the values, in fp32 (see
+    :func:`_run_text_block_edits`)."""
+    q, k, v, mask = request.q, request.k, request.v, request.attn_mask
+    batch, n_q = q.shape[0], q.shape[2]
+    dispatch = (request.use_dispatcher, request.dispatcher_backend)
+    values = v[edit.target]  # [n, H, Nk, D]
+    text, others = edit.text, block_others(edit.text, v.shape[2], v.device)
+    text_values = values[:, :, text]
+    if edit.mix is not None:
+        text_values = torch.matmul(edit.mix.to(device=v.device, dtype=torch.float32), text_values.float()).to(v.dtype)
+
+    def block(part: torch.Tensor, keys: slice | torch.Tensor) -> torch.Tensor:
+        placed = torch.zeros_like(values)
+        placed[:, :, keys] = part
+        return placed
+
+    def weights(text_weight: torch.Tensor | None, on_others: bool) -> torch.Tensor:
+        # The sums' values: channel 0 the text block's weights (its sum), channel 1 ones on the other keys.
+        sums = torch.zeros(values.shape, dtype=torch.float32, device=v.device)
+        if text_weight is not None:
+            sums[:, :, text, 0] = text_weight
+        if on_others:
+            sums[:, :, others, 1] = 1.0
+        return sums
+
+    def side_mask(rows: slice) -> torch.Tensor | None:
+        # The model's mask of one side's rows at the edited queries.
+        row_mask = _rows(mask, rows, batch)
+        if row_mask is not None and row_mask.dim() == 4 and row_mask.shape[2] == n_q > 1:
+            row_mask = row_mask[:, :, queries]
+        return row_mask
+
+    def attend(rows: slice, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        # The parts over one side's queries and keys: one call of stacked rows (the queries and keys repeated).
+        count = len(parts)
+        row_mask = side_mask(rows)
+        if row_mask is not None and row_mask.dim() == 4 and row_mask.shape[0] == rows.stop - rows.start:
+            row_mask = row_mask.repeat(count, 1, 1, 1)
+        side_q, side_k = q[rows, :, queries], k[rows]
+        stacked = dense_attention(
+            side_q.repeat(count, 1, 1, 1),
+            side_k.repeat(count, 1, 1, 1),
+            torch.cat(parts),
+            row_mask,
+            request.scale,
+            backend,
+            *dispatch,
+        )
+        return list(stacked.float().chunk(count))
+
+    def summed(rows: slice, sums: torch.Tensor) -> torch.Tensor:
+        row_mask = side_mask(rows)
+        row_mask = row_mask if row_mask is None or row_mask.dtype == torch.bool else row_mask.float()
+        side_q, side_k = q[rows, :, queries].float(), k[rows].float()
+        return dense_attention(side_q, side_k, sums, row_mask, request.scale, backend, *dispatch)[..., :2]
+
+    # Every key text: nothing takes the difference (the block stays as edited), no other block, no sums.
+    all_text = text.start == 0 and text.stop >= v.shape[2]
+    from_source = edit.others_from_source and not all_text
+    own_others = not edit.others_from_source and not all_text
+    source_parts = [block(text_values, text)] + ([block(values[:, :, others], others)] if from_source else [])
+    text_part, *others_part = attend(edit.source, source_parts)
+    keep = None if edit.keep is None else edit.keep.to(device=v.device, dtype=torch.float32)
+    if keep is not None or own_others:
+        target_parts = []
+        if keep is not None:
+            target_parts.append(block(values[:, :, text] * keep.to(v.dtype).view(-1, 1), text))
+        if own_others:
+            target_parts.append(block(values[:, :, others], others))
+        answered = attend(edit.target, target_parts)
+        if keep is not None:
+            text_part = text_part + answered.pop(0)
+        if own_others:
+            others_part = answered
+    if all_text:
+        return text_part
+    rowsum = None if edit.mix is None else edit.mix.to(device=v.device, dtype=torch.float32).sum(-1)
+    text_weight = torch.ones(text.stop - text.start, device=v.device) if rowsum is None else rowsum
+    sums = summed(edit.source, weights(text_weight, from_source))
+    if keep is not None or own_others:
+        sums = sums + summed(edit.target, weights(keep, own_others))
+    text_sum, others_sum = sums[..., :1], sums[..., 1:2]
+    room = (1.0 - text_sum).clamp_min(0.0)
+    scale = torch.where(others_sum > 0, room / others_sum.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    text_factor = torch.where(text_sum > 1.0, 1.0 / text_sum.clamp_min(1.0), 1.0)
+    return text_part * text_factor + others_part[0] * scale
 
 
 #: row indices made into tensors, by rows and device (a pipeline's calls use a handful of row orders)

@@ -194,6 +194,122 @@ class LinearEdit:
         return torch.matmul(self.mix.to(device=v.device, dtype=torch.float32), v[self.target].float()).to(v.dtype)
 
 
+@dataclass(frozen=True, eq=False)
+class TextBlockEdit:
+    """An edit of one block of keys, the text, after which the other keys share what is left of each row: rows
+    ``target`` take ``text' = P[source, text] @ mix + P[target, text] * keep`` over the text keys and, over the
+    other keys, ``P[source]``'s (``others_from_source``: Prompt-to-Prompt's self-attention injected) or their own
+    probabilities, rescaled so that every row sums to one again (``1 - sum(text')`` of it; a text block summing to
+    more than one is itself divided by its sum and the other keys get nothing). A call whose keys are all text has
+    no other keys to take the difference: its text block stays as edited (Prompt-to-Prompt's cross-attention edit,
+    which the authors do not renormalize). Prompt-to-Prompt's edit of joint
+    attention (SD3, Flux: the latent queries' rows over text and latent keys) and of cross-attention over text and
+    other conditioning (I2VGenXL's image tokens).
+
+    The renormalization is a ratio of sums, not linear over the keys, yet each of its parts is: ``text' @ v``,
+    ``P_other @ v``, ``sum(text')`` and ``sum(P_other)`` are attention calls of the source (or target) rows over
+    values that are zero outside their block (the sums over values of the block's weights), so the core computes the
+    edit without materializing probabilities (``visattn.kernels.core._run_text_block_edits``) and combines them per
+    query. Called as any editor it applies itself to materialized probabilities: the reference backend's form, the
+    oracle of the fast one.
+
+    Attributes:
+        source, target: batch rows, two ``[start, stop)`` ranges of equal length (row ``source.start + j`` feeds
+            row ``target.start + j``).
+        text: the text keys, a ``[start, stop)`` range.
+        mix: ``[Nt, Nt]`` over the text keys (``Nt`` of them), as :attr:`LinearEdit.mix`; ``None``: the identity.
+        keep: ``[Nt]``, the weight of the target's own probability at each text key; ``None``: zero.
+        others_from_source: whether the other keys' probabilities are the source rows' (else the target rows').
+        queries: the query positions edited (a ``[start, stop)`` range); ``None``: every query.
+        renormalize_source: whether the materialized form also renormalizes the source rows' blocks (a no-op up to
+            rounding that Prompt-to-Prompt's joint edit makes, so that an identity edit stays bit-exact there); the
+            fast form leaves the source rows as the call computed them.
+
+    Raises:
+        ValueError: rows or key and query ranges that are not ``[start, stop)`` ranges, a ``mix``/``keep`` whose
+            shape does not fit ``text``.
+    """
+
+    source: slice
+    target: slice
+    text: slice
+    mix: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+    others_from_source: bool = True
+    queries: slice | None = None
+    renormalize_source: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("source", "target", "text"):
+            if not _is_range(getattr(self, name)):
+                raise ValueError(f"TextBlockEdit.{name} must be a slice(start, stop); got {getattr(self, name)!r}")
+        if self.source.stop - self.source.start != self.target.stop - self.target.start:
+            raise ValueError(
+                f"TextBlockEdit.source {self.source!r} and target {self.target!r} must hold as many rows each"
+            )
+        if self.queries is not None and not _is_range(self.queries):
+            raise ValueError(
+                f"TextBlockEdit.queries must be None or a slice(start, stop) of query positions; got {self.queries!r}"
+            )
+        length = self.text.stop - self.text.start
+        if self.mix is not None and tuple(self.mix.shape) != (length, length):
+            raise ValueError(
+                f"TextBlockEdit.mix must be a [{length}, {length}] matrix over the text keys or None; got shape "
+                f"{tuple(self.mix.shape)}"
+            )
+        if self.keep is not None and tuple(self.keep.shape) != (length,):
+            raise ValueError(
+                f"TextBlockEdit.keep must be None or a vector of the {length} text keys; got shape "
+                f"{tuple(self.keep.shape)}"
+            )
+
+    def __call__(self, probs: torch.Tensor, start: int, stop: int) -> None:
+        rows = slice(None)
+        if self.queries is not None:
+            lo, hi = max(start, self.queries.start), min(stop, self.queries.stop)
+            if lo >= hi:
+                return  # the chunk holds none of the edited queries
+            rows = slice(lo - start, hi - start)
+        text, others = self.text, _others(self.text, probs.shape[-1], probs.device)
+        source = probs[self.source, :, rows]
+        target = probs[self.target, :, rows]
+        new_text = source[..., text] if self.mix is None else torch.matmul(source[..., text], self.mix.to(probs))
+        if self.keep is not None:
+            new_text = new_text + target[..., text] * self.keep.to(probs)
+        if self.text.start == 0 and self.text.stop >= probs.shape[-1]:
+            probs[self.target, :, rows] = new_text  # no other keys: nothing renormalizes
+            return
+        new_others = (source if self.others_from_source else target)[..., others]
+        target_text, target_others = renormalized(new_text, new_others)
+        if self.renormalize_source:
+            source_text, source_others = renormalized(source[..., text], source[..., others])
+            probs[self.source, :, rows, text] = source_text
+            probs[self.source, :, rows, others] = source_others
+        probs[self.target, :, rows, text] = target_text
+        probs[self.target, :, rows, others] = target_others
+
+
+def _others(text: slice, keys: int, device: torch.device) -> torch.Tensor | slice:
+    """The keys outside ``text`` (of ``keys``): a slice where they are on one side of it, else an index on
+    ``device``."""
+    if text.start == 0:
+        return slice(text.stop, keys)
+    if text.stop >= keys:
+        return slice(0, text.start)
+    return torch.cat([torch.arange(0, text.start), torch.arange(text.stop, keys)]).to(device)
+
+
+def renormalized(text: torch.Tensor, others: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of probabilities whose ``text`` block was edited, summing to one again: the ``others`` block takes the
+    mass the text block leaves, keeping its shape; a text block over one is divided by its sum (the others get 0)."""
+    text_sum = text.sum(-1, keepdim=True)
+    others_sum = others.sum(-1, keepdim=True)
+    room = (1.0 - text_sum).clamp_min(0.0)
+    scale = torch.where(others_sum > 0, room / others_sum.clamp_min(torch.finfo(others.dtype).tiny), 0.0)
+    text = torch.where(text_sum > 1.0, text / text_sum.clamp_min(1.0), text)
+    return text, others * scale
+
+
 def linear_edits(request: AttentionRequest) -> tuple[LinearEdit, ...] | None:
     """The request's editors when the core can compute them as attention with mixed values (every editor a
     :class:`LinearEdit` of the call's key count, no edited row read or edited by another edit, no pattern or score
@@ -214,6 +330,32 @@ def linear_edits(request: AttentionRequest) -> tuple[LinearEdit, ...] | None:
         rows = set(range(editor.target.start, editor.target.stop))
         if rows & targets:
             return None  # a row edited twice: the edits compose in order, which the sum of attentions does not
+        targets |= rows
+        sources |= set(range(editor.source.start, editor.source.stop))
+    return None if targets & sources else tuple(editors)
+
+
+def text_block_edits(request: AttentionRequest) -> tuple[TextBlockEdit, ...] | None:
+    """The request's editors when the core can compute them without materializing probabilities (every editor a
+    :class:`TextBlockEdit` whose keys and queries fit the call, no edited row read or edited by another edit, no
+    pattern or score modifier, a head size of at least 2 for the blocks' sums); ``None`` otherwise (the reference
+    backend materializes the call)."""
+    editors = request.editors
+    if not editors or request.pattern is not None or request.score_mod is not None or request.q.shape[-1] < 2:
+        return None
+    if not all(isinstance(editor, TextBlockEdit) for editor in editors):
+        return None
+    batch, n_q, n_k = request.q.shape[0], request.q.shape[2], request.k.shape[2]
+    targets: set[int] = set()
+    sources: set[int] = set()
+    for editor in editors:
+        if editor.text.stop > n_k or editor.source.stop > batch or editor.target.stop > batch:
+            return None  # the materialized form reports the mismatch
+        if editor.queries is not None and editor.queries.stop > n_q:
+            return None
+        rows = set(range(editor.target.start, editor.target.stop))
+        if rows & targets:
+            return None
         targets |= rows
         sources |= set(range(editor.source.start, editor.source.stop))
     return None if targets & sources else tuple(editors)
