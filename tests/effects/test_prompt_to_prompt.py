@@ -519,12 +519,15 @@ def test_unet_cross_attention_edits_run_as_attention_over_mixed_values_and_match
             assert (fast_side[word] - slow_side[word]).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("kind", ["reweight", "refine"])
-def test_cross_edits_that_move_values_are_planned_at_the_sdpa_call_bit_for_bit(kind, monkeypatch):
-    """A cross-attention edit that mixes the values (re-weighting, refinement; no local blend reading maps) is all
-    Prompt-to-Prompt does in such a call: the layer plans its LinearEdits (and the maps' read) once per step pattern
-    and sends the call to the attention core without building its context. The same latents and maps, bit for bit,
-    as the effects' full path (which a backend forced for effects keeps), and the planned calls served the edit."""
+@pytest.mark.parametrize(
+    ("family", "kind"), [("unet", "reweight"), ("unet", "refine"), ("sd3", "reweight"), ("flux", "refine")]
+)
+def test_edits_that_move_values_are_planned_at_the_sdpa_call_bit_for_bit(family, kind, monkeypatch):
+    """An edit that mixes the values (re-weighting, refinement; no local blend reading maps) is all Prompt-to-Prompt
+    does in a cross-attention or joint call: the layer plans its LinearEdits (cross) or TextBlockEdits (joint) and
+    the maps' read once per step pattern and sends the call to the attention core without building its context. The
+    same latents and maps, bit for bit, as the effects' full path (which a backend forced for effects keeps), and the
+    planned calls served the edit."""
     served = count_planned_answers(monkeypatch, "edits")
 
     def generate(backend: str):
@@ -532,33 +535,6 @@ def test_cross_edits_that_move_values_are_planned_at_the_sdpa_call_bit_for_bit(k
             p2p = PromptToPrompt.reweight("a red cat", {"red": 3.0, "cat": 0.5})
         else:
             p2p = PromptToPrompt.refine("a red cat", "a red fluffy cat")
-        maps = AttentionMaps(prompt=p2p.prompts)
-        with visattn.attach(pipeline("unet"), p2p, maps, backend=backend):
-            latents = pipeline("unet")(
-                **call_kwargs("unet", prompt=p2p.prompts, generator=p2p.generator(0), output_type="latent")
-            )[0]
-        return latents, maps.maps()
-
-    planned, planned_maps = generate("auto")
-    assert served["calls"] > 0
-    served["calls"] = 0
-    core, core_maps = generate("sdpa")
-    assert served["calls"] == 0
-    assert torch.equal(planned, core)
-    for planned_side, core_side in zip(planned_maps, core_maps, strict=True):
-        assert all(torch.equal(planned_side[word], core_side[word]) for word in planned_side)
-
-
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_joint_edits_are_planned_at_the_sdpa_call_bit_for_bit(family, monkeypatch):
-    """A joint edit that moves values (a re-weighting, no local blend) is all Prompt-to-Prompt does in such a call:
-    the layer plans its TextBlockEdits (and the maps' read) once per step pattern and sends the call to the attention
-    core without building its context. The same latents and maps, bit for bit, as the effects' full path (which a
-    backend forced for effects keeps), and the planned calls served the edit."""
-    served = count_planned_answers(monkeypatch, "edits")
-
-    def generate(backend: str):
-        p2p = PromptToPrompt.reweight("a red cat", {"red": 3.0, "cat": 0.5})
         maps = AttentionMaps(prompt=p2p.prompts)
         call = {"prompt": p2p.prompts, "generator": p2p.generator(0), "output_type": "latent"}
         with visattn.attach(pipeline(family), p2p, maps, backend=backend):

@@ -174,12 +174,9 @@ class LinearEdit:
         return not torch.equal(self.mix, eye)
 
     def __call__(self, probs: torch.Tensor, start: int, stop: int) -> None:
-        rows = slice(None)
-        if self.queries is not None:
-            lo, hi = max(start, self.queries.start), min(stop, self.queries.stop)
-            if lo >= hi:
-                return  # the chunk holds none of the edited queries
-            rows = slice(lo - start, hi - start)
+        rows = _chunk_queries(self.queries, start, stop)
+        if rows is None:
+            return  # the chunk holds none of the edited queries
         source = probs[self.source, :, rows]
         edited = source.clone() if self.mix is None else torch.matmul(source, self.mix.to(probs))
         if self.keep is not None:
@@ -264,12 +261,9 @@ class TextBlockEdit:
             )
 
     def __call__(self, probs: torch.Tensor, start: int, stop: int) -> None:
-        rows = slice(None)
-        if self.queries is not None:
-            lo, hi = max(start, self.queries.start), min(stop, self.queries.stop)
-            if lo >= hi:
-                return  # the chunk holds none of the edited queries
-            rows = slice(lo - start, hi - start)
+        rows = _chunk_queries(self.queries, start, stop)
+        if rows is None:
+            return  # the chunk holds none of the edited queries
         text, others = self.text, _others(self.text, probs.shape[-1], probs.device)
         source = probs[self.source, :, rows]
         target = probs[self.target, :, rows]
@@ -287,6 +281,15 @@ class TextBlockEdit:
             probs[self.source, :, rows, others] = source_others
         probs[self.target, :, rows, text] = target_text
         probs[self.target, :, rows, others] = target_others
+
+
+def _chunk_queries(queries: slice | None, start: int, stop: int) -> slice | None:
+    """The rows of a materialized chunk of queries ``[start, stop)`` that an edit of ``queries`` (``None``: every
+    query) edits, or ``None`` when it holds none of them."""
+    if queries is None:
+        return slice(None)
+    lo, hi = max(start, queries.start), min(stop, queries.stop)
+    return slice(lo - start, hi - start) if lo < hi else None
 
 
 def _others(text: slice, keys: int, device: torch.device) -> torch.Tensor | slice:
