@@ -11,6 +11,9 @@
 #             UltraViCo in-kernel
 #   auto      what backend="auto" measures and picks on this GPU      -> auto.txt, autotune.json, info.json
 #             for the benchmark's layouts (VISATTN_AUTOTUNE_CACHE)
+#   edits     Prompt-to-Prompt's joint edit at SD3/Flux 1024 px:      -> edits.txt, edits.json
+#             the text-block form vs materialized vs stock SDPA
+#             (time, peak memory, distance from an fp32 oracle)
 #   bench     the kernel benchmark (visattn bench)                    -> bench.json/.md/.png, bench.txt
 #   dispatch  visattn's per-call overhead on the tiny denoisers       -> dispatch-*.json/.md, dispatch.txt
 #   e2e       end-to-end denoiser benchmark (visattn bench --end-to-end)  -> e2e/, e2e.txt
@@ -23,7 +26,7 @@
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR [STEP ...] [--dry-run] [-- bench args...]}
 shift
-all_steps=(machine tests auto bench dispatch e2e)
+all_steps=(machine tests auto edits bench dispatch e2e)
 steps=()
 dry=0
 bench_args=()
@@ -32,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --dry-run) dry=1 ;;
     --) shift; bench_args=("$@"); break ;;
     all) steps+=("${all_steps[@]}") ;;
-    machine|tests|auto|bench|dispatch|e2e) steps+=("$1") ;;
+    machine|tests|auto|edits|bench|dispatch|e2e) steps+=("$1") ;;
     *) echo "gpu_session.sh: unknown step '$1' (steps: ${all_steps[*]}, all)" >&2; exit 2 ;;
   esac
   shift
@@ -55,6 +58,7 @@ command_for() {
     machine) echo "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; $py -m visattn.cli info" ;;
     tests) echo "$py -m pytest $root/tests/kernels/test_triton.py $root/tests/kernels/test_autotune.py $root/tests/kernels/test_block_masks.py $root/tests/kernels/test_sdpa_views.py $root/tests/core/test_device_syncs.py $root/tests/effects/test_prompt_to_prompt_gpu.py $root/tests/fidelity/test_fidelity_extrapolation.py -q -p no:cacheprovider ${workers[*]} --junitxml=$out/tests-junit.xml" ;;
     auto) echo "$py $root/benchmarks/auto_choice.py --out $out" ;;
+    edits) echo "$py $root/benchmarks/joint_edits.py --out $out" ;;
     bench) echo "$py -m visattn.cli bench --out $out --quiet ${bench_args[*]}" ;;
     dispatch) echo "$py -m visattn.cli bench --dispatch --out $out --quiet" ;;
     e2e) echo "$py -m visattn.cli bench --end-to-end --out $out/e2e --quiet ${bench_args[*]}" ;;

@@ -20,9 +20,9 @@ def test_the_dry_run_plans_every_step_in_order_with_its_limit(tmp_path):
     result = run(str(tmp_path), "all", "--dry-run", "--", "--repeats", "3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[1] for line in lines] == ["machine", "tests", "auto", "bench", "dispatch", "e2e"]
+    assert [line.split()[1] for line in lines] == ["machine", "tests", "auto", "edits", "bench", "dispatch", "e2e"]
     assert "kernels/test_triton.py" in lines[1] and f"--junitxml={tmp_path}/tests-junit.xml" in lines[1]
-    assert lines[3].endswith("--repeats 3") and "(limit 400 s)" in lines[3]
+    assert lines[4].endswith("--repeats 3") and "(limit 400 s)" in lines[4]
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
@@ -43,3 +43,20 @@ def test_the_auto_step_writes_what_auto_chose_and_why(tmp_path):
     decisions = json.loads((tmp_path / "auto.json").read_text())["decisions"]
     assert len(decisions) == 3 and all(d["reason"] == "measured" for d in decisions.values())
     assert json.loads((tmp_path / "info.json").read_text())["autotune"]["decisions"]
+
+
+def test_the_edits_step_times_the_joint_edit_three_ways(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "joint_edits.py"), "--out", str(tmp_path), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads((tmp_path / "edits.json").read_text())["shapes"].values()
+    for side in ("stock", "text-block form", "materialized"):
+        assert row[f"{side} ms"] > 0
+    # In fp32 on the CPU both edited forms are the fp32 oracle up to rounding.
+    assert row["text-block form max diff vs fp32 oracle"] <= 1e-5
+    assert row["materialized max diff vs fp32 oracle"] <= 1e-5
+    assert "text-block form" in result.stdout
