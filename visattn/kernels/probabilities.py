@@ -32,6 +32,12 @@ tested against. The core takes the fast form when every editor is a ``LinearEdit
 edit's source, and the call has no pattern or score modifier (whose ``mask_mod``/``score_mod`` may read the batch
 index a row moved from); otherwise the reference backend runs it as before. Reads of such a call are served by
 recomputing their blocks (with the edits applied to the recomputed probabilities for final reads).
+
+Joint attention's edit (Prompt-to-Prompt in SD3 and Flux) is not linear: the text block is edited so, and the other
+keys are rescaled to what it leaves of each row. Each part of that ratio is an attention call over values that are
+zero outside one block (the text block's and the others' weighted values, and their sums over the blocks'
+weights), so a :class:`TextBlockEdit` runs without materialized probabilities too
+(``visattn.kernels.core._run_text_block_edits``), on the same conditions.
 """
 
 from __future__ import annotations
@@ -322,20 +328,30 @@ def linear_edits(request: AttentionRequest) -> tuple[LinearEdit, ...] | None:
         return None
     if not all(isinstance(editor, LinearEdit) for editor in editors):
         return None
-    batch, n_k = request.q.shape[0], request.k.shape[2]
+    n_k = request.k.shape[2]
+    if any(editor.keys not in (None, n_k) for editor in editors) or not _rows_apart(request, editors):
+        return None
+    return tuple(editors)
+
+
+def _rows_apart(request: AttentionRequest, editors) -> bool:
+    """Whether ``editors`` (with ``source``, ``target`` and ``queries``) fit the call's rows and queries, and no edited
+    row is edited twice (the edits compose in order, which a sum of attentions does not) or is another edit's source;
+    a mismatch is left for the materialized form to report."""
+    batch, n_q = request.q.shape[0], request.q.shape[2]
     targets: set[int] = set()
     sources: set[int] = set()
     for editor in editors:
-        if editor.keys not in (None, n_k) or editor.source.stop > batch or editor.target.stop > batch:
-            return None  # the materialized form reports the mismatch
-        if editor.queries is not None and editor.queries.stop > request.q.shape[2]:
-            return None
+        if editor.source.stop > batch or editor.target.stop > batch:
+            return False
+        if editor.queries is not None and editor.queries.stop > n_q:
+            return False
         rows = set(range(editor.target.start, editor.target.stop))
         if rows & targets:
-            return None  # a row edited twice: the edits compose in order, which the sum of attentions does not
+            return False
         targets |= rows
         sources |= set(range(editor.source.start, editor.source.stop))
-    return None if targets & sources else tuple(editors)
+    return not targets & sources
 
 
 def text_block_edits(request: AttentionRequest) -> tuple[TextBlockEdit, ...] | None:
@@ -348,20 +364,10 @@ def text_block_edits(request: AttentionRequest) -> tuple[TextBlockEdit, ...] | N
         return None
     if not all(isinstance(editor, TextBlockEdit) for editor in editors):
         return None
-    batch, n_q, n_k = request.q.shape[0], request.q.shape[2], request.k.shape[2]
-    targets: set[int] = set()
-    sources: set[int] = set()
-    for editor in editors:
-        if editor.text.stop > n_k or editor.source.stop > batch or editor.target.stop > batch:
-            return None  # the materialized form reports the mismatch
-        if editor.queries is not None and editor.queries.stop > n_q:
-            return None
-        rows = set(range(editor.target.start, editor.target.stop))
-        if rows & targets:
-            return None
-        targets |= rows
-        sources |= set(range(editor.source.start, editor.source.stop))
-    return None if targets & sources else tuple(editors)
+    n_k = request.k.shape[2]
+    if any(editor.text.stop > n_k for editor in editors) or not _rows_apart(request, editors):
+        return None
+    return tuple(editors)
 
 
 def chunk_block(request: AttentionRequest, read: ProbabilityRead, probs: torch.Tensor, start: int, stop: int):
