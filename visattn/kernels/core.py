@@ -568,22 +568,56 @@ def _run_text_block_edits(request: AttentionRequest, edits: tuple[TextBlockEdit,
     (:class:`~visattn.kernels.probabilities.TextBlockEdit`: Prompt-to-Prompt's joint-attention edit), without
     materializing probabilities.
 
-    The stock call answers every row; then each edit's queries of its target rows are answered again from four
-    parts, each plain attention over values that are zero outside one block of keys: ``text' @ v`` (the source
-    rows' queries and keys over ``mix @ v_t`` in the text, plus the target rows' own over ``keep * v_t``), the
-    other keys' ``P @ v_t`` (the source's or the target's queries and keys), and the sums ``sum(text')`` and
-    ``sum(P_others)`` (their weights as values). Per query they combine as the renormalization does: the text part
-    divided by its sum where that exceeds one, the others' part scaled to ``1 - sum(text')`` of the row. The parts
-    of one side's queries and keys run as one call over stacked rows; the sums run in fp32 (half precision would
-    round the mass the others take by up to 0.4 %).
+    The stock call answers every row but the targets, which it answers only at the queries no edit touches; each
+    edit's queries of its target rows are answered from four parts, each plain attention over values that are zero
+    outside one block of keys: ``text' @ v`` (the source rows' queries and keys over ``mix @ v_t`` in the text, plus
+    the target rows' own over ``keep * v_t``), the other keys' ``P @ v_t`` (the source's or the target's queries and
+    keys), and the sums ``sum(text')`` and ``sum(P_others)`` (their weights as values). Per query they combine as the
+    renormalization does: the text part divided by its sum where that exceeds one, the others' part scaled to
+    ``1 - sum(text')`` of the row. The parts of one side's queries and keys run as one call over stacked rows; the
+    sums run in fp32 (half precision would round the mass the others take by up to 0.4 %).
     """
     q, k, v, mask = request.q, request.k, request.v, request.attn_mask
-    n_q = q.shape[2]
+    batch, n_q = q.shape[0], q.shape[2]
     dispatch = (request.use_dispatcher, request.dispatcher_backend)
-    out = dense_attention(q, k, v, mask, request.scale, backend, *dispatch)
-    out = out.clone() if out.requires_grad else out
+    targets = {row for edit in edits for row in range(edit.target.start, edit.target.stop)}
+    rest = [row for row in range(batch) if row not in targets]
+    rows = _row_index(rest, q.device)
+    stock = dense_attention(
+        _rows(q, rows, batch),
+        _rows(k, rows, batch),
+        _rows(v, rows, batch),
+        _rows(mask, rows, batch),
+        request.scale,
+        backend,
+        *dispatch,
+    )
+    shape = (batch, q.shape[1], n_q, v.shape[-1])
+    if stock.stride(1) < stock.stride(2):
+        # [B, N, H, D] in memory (SDPA's output on the CPU and of the fused CUDA kernels): the processor's
+        # transpose(1, 2).reshape of the assembled output then copies nothing, as for the stock call.
+        out = stock.new_empty((batch, n_q, q.shape[1], v.shape[-1])).transpose(1, 2)
+    else:
+        out = stock.new_empty(shape)
+    out[rows] = stock
     for edit in edits:
         queries = edit.queries if edit.queries is not None else slice(0, n_q)
+        row_mask = _rows(mask, edit.target, batch)
+        for span in (slice(0, queries.start), slice(queries.stop, n_q)):
+            if span.stop > span.start:
+                # The target rows' queries no edit touches: their own attention, apart.
+                span_mask = row_mask
+                if span_mask is not None and span_mask.dim() == 4 and span_mask.shape[2] == n_q > 1:
+                    span_mask = span_mask[:, :, span]
+                out[edit.target, :, span] = dense_attention(
+                    q[edit.target, :, span],
+                    k[edit.target],
+                    v[edit.target],
+                    span_mask,
+                    request.scale,
+                    backend,
+                    *dispatch,
+                )
         out[edit.target, :, queries] = _text_block_answer(request, edit, queries, backend).to(out.dtype)
     return _with_identity_blend(request, out)
 

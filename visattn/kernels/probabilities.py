@@ -357,10 +357,10 @@ def _rows_apart(request: AttentionRequest, editors) -> bool:
 def text_block_edits(request: AttentionRequest) -> tuple[TextBlockEdit, ...] | None:
     """The request's editors when the core can compute them without materializing probabilities (every editor a
     :class:`TextBlockEdit` whose keys and queries fit the call, no edited row read or edited by another edit, no
-    pattern or score modifier, a head size of at least 2 for the blocks' sums); ``None`` otherwise (the reference
+    pattern or score modifier, a value size of at least 2 for the blocks' sums); ``None`` otherwise (the reference
     backend materializes the call)."""
     editors = request.editors
-    if not editors or request.pattern is not None or request.score_mod is not None or request.q.shape[-1] < 2:
+    if not editors or request.pattern is not None or request.score_mod is not None or request.v.shape[-1] < 2:
         return None
     if not all(isinstance(editor, TextBlockEdit) for editor in editors):
         return None
