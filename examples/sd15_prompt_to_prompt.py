@@ -3,8 +3,8 @@ real image through null-text inversion.
 
 Model: ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (about 4 GB of weights, downloaded on first use).
 Hardware: one CUDA GPU with 16 GB or more; the script runs in fp32 (null-text inversion optimizes an
-embedding through the UNet, which fp16 makes unstable), and an edited attention call materializes its
-probabilities, as the authors' code does.
+embedding through the UNet, which fp16 makes unstable). No edited attention call materializes its probabilities
+(the authors' code does): the cross-attention edits run as attention over mixed values.
 Runtime (estimated, not measured: a few minutes on an A100/H100): the generated edit is about one plain
 generation of a batch of two; null-text inversion dominates (50 steps x up to 10 Adam iterations, about a
 minute on an A100 per the paper).

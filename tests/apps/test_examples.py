@@ -31,6 +31,7 @@ EXAMPLES = ROOT / "examples"
 #: real-model example -> (the model id it documents, the tiny family of the same pipeline class)
 REAL_EXAMPLES = {
     "sd15_prompt_to_prompt": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
+    "sd35_prompt_to_prompt": ("stabilityai/stable-diffusion-3.5-medium", "sd3"),
     "sdxl_pag_softpag": ("stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline"),
     "flux_neighborhood_and_maps": ("black-forest-labs/FLUX.1-dev", "flux"),
     "wan_radial_extrapolation": ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "wan"),
@@ -41,6 +42,7 @@ ALL_SCRIPTS = ("custom_effect", *TOY_EXAMPLES, *REAL_EXAMPLES)
 #: arguments that shrink a real example to its tiny model on the CPU (sizes and layer names of the tiny models)
 TINY_ARGUMENTS = {
     "sd15_prompt_to_prompt": {"inner_steps": 1},
+    "sd35_prompt_to_prompt": {"height": 32, "width": 32},
     "sdxl_pag_softpag": {"hunt_rounds": 1, "hunt_steps": 1},
     "flux_neighborhood_and_maps": {
         "height": 32,
