@@ -47,12 +47,12 @@ from .probabilities import (
     LinearEdit,
     ProbabilityRead,
     TextBlockEdit,
+    keys_outside,
     linear_edits,
     queries_apart,
     serve_reads,
     text_block_edits,
 )
-from .probabilities import _others as block_others
 from .request import AttentionRequest, UnsupportedCall
 
 #: the real SDPA, whatever ``torch.nn.functional`` holds while visattn routes a hooked forward
@@ -592,13 +592,13 @@ def _run_text_block_edits(request: AttentionRequest, edits: tuple[TextBlockEdit,
         backend,
         *dispatch,
     )
-    shape = (batch, q.shape[1], n_q, v.shape[-1])
+    heads, dim = q.shape[1], v.shape[-1]
     if stock.stride(1) < stock.stride(2):
         # [B, N, H, D] in memory (SDPA's output on the CPU and of the fused CUDA kernels): the processor's
         # transpose(1, 2).reshape of the assembled output then copies nothing, as for the stock call.
-        out = stock.new_empty((batch, n_q, q.shape[1], v.shape[-1])).transpose(1, 2)
+        out = stock.new_empty((batch, n_q, heads, dim)).transpose(1, 2)
     else:
-        out = stock.new_empty(shape)
+        out = stock.new_empty((batch, heads, n_q, dim))
     out[rows] = stock
     for edit in edits:
         queries = edit.queries if edit.queries is not None else slice(0, n_q)
@@ -629,7 +629,7 @@ def _text_block_answer(request: AttentionRequest, edit: TextBlockEdit, queries: 
     batch, n_q = q.shape[0], q.shape[2]
     dispatch = (request.use_dispatcher, request.dispatcher_backend)
     values = v[edit.target]  # [n, H, Nk, D]
-    text, others = edit.text, block_others(edit.text, v.shape[2], v.device)
+    text, others = edit.text, keys_outside(edit.text, v.shape[2], v.device)
     text_values = values[:, :, text]
     if edit.mix is not None:
         text_values = torch.matmul(edit.mix.to(device=v.device, dtype=torch.float32), text_values.float()).to(v.dtype)
@@ -662,9 +662,11 @@ def _text_block_answer(request: AttentionRequest, edit: TextBlockEdit, queries: 
         if row_mask is not None and row_mask.dim() == 4 and row_mask.shape[0] == rows.stop - rows.start:
             row_mask = row_mask.repeat(count, 1, 1, 1)
         side_q, side_k = q[rows, :, queries], k[rows]
+        if count > 1:
+            side_q, side_k = side_q.repeat(count, 1, 1, 1), side_k.repeat(count, 1, 1, 1)
         stacked = dense_attention(
-            side_q.repeat(count, 1, 1, 1),
-            side_k.repeat(count, 1, 1, 1),
+            side_q,
+            side_k,
             torch.cat(parts),
             row_mask,
             request.scale,

@@ -270,7 +270,7 @@ class TextBlockEdit:
         rows = _chunk_queries(self.queries, start, stop)
         if rows is None:
             return  # the chunk holds none of the edited queries
-        text, others = self.text, _others(self.text, probs.shape[-1], probs.device)
+        text, others = self.text, keys_outside(self.text, probs.shape[-1], probs.device)
         source = probs[self.source, :, rows]
         target = probs[self.target, :, rows]
         new_text = source[..., text] if self.mix is None else torch.matmul(source[..., text], self.mix.to(probs))
@@ -298,7 +298,7 @@ def _chunk_queries(queries: slice | None, start: int, stop: int) -> slice | None
     return slice(lo - start, hi - start) if lo < hi else None
 
 
-def _others(text: slice, keys: int, device: torch.device) -> torch.Tensor | slice:
+def keys_outside(text: slice, keys: int, device: torch.device) -> torch.Tensor | slice:
     """The keys outside ``text`` (of ``keys``): a slice where they are on one side of it, else an index on
     ``device``."""
     if text.start == 0:
