@@ -65,28 +65,10 @@ def _measure(shape: dict, device, dtype, repeats: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from visattn.kernels import TextBlockEdit, attention
+    from visattn.bench.layers import joint_reweight_call
+    from visattn.kernels import attention
 
-    text, tokens = shape["text"], shape["image"] + shape["text"]
-    generator = torch.Generator(device=device).manual_seed(0)
-    # [B, N, H, D] in memory, handed over as [B, H, N, D], as the processors call SDPA
-    q, k, v = (
-        torch.randn(2, tokens, shape["heads"], shape["dim"], generator=generator, device=device, dtype=dtype).transpose(
-            1, 2
-        )
-        for _ in range(3)
-    )
-    equalizer = torch.ones(text, device=device)
-    equalizer[1:7] = 2.0
-    edit = TextBlockEdit(
-        slice(0, 1),
-        slice(1, 2),
-        slice(0, text),
-        torch.diag(equalizer),
-        others_from_source=False,
-        queries=slice(text, tokens),
-        renormalize_source=True,
-    )
+    q, k, v, edit = joint_reweight_call(shape["image"], shape["text"], shape["heads"], shape["dim"], device, dtype)
     sides = {
         "stock": lambda: F.scaled_dot_product_attention(q, k, v),
         "text-block form": lambda: attention(q, k, v, editors=[edit]),

@@ -509,6 +509,35 @@ def compare_p2p(shape: LayerShape, *, repeats: int, warmup: int, rounds: int, cl
     )
 
 
+def joint_reweight_call(
+    image: int, text: int, heads: int, dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """A joint call of ``image`` tokens after ``text`` tokens, batch ``[source, target]`` (seeded random queries, keys
+    and values in the memory layout the processors hand SDPA: ``[B, N, H, D]`` seen as ``[B, H, N, D]``), and
+    Prompt-to-Prompt's edit of it after the self-attention steps: six words re-weighted x2 in the target's image
+    queries, its image keys its own (a :class:`~visattn.kernels.TextBlockEdit`)."""
+    from visattn.kernels import TextBlockEdit
+
+    tokens = image + text
+    generator = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (
+        torch.randn(2, tokens, heads, dim, generator=generator, device=device, dtype=dtype).transpose(1, 2)
+        for _ in range(3)
+    )
+    equalizer = torch.ones(text, device=device)
+    equalizer[1:7] = 2.0
+    edit = TextBlockEdit(
+        slice(0, 1),
+        slice(1, 2),
+        slice(0, text),
+        torch.diag(equalizer),
+        others_from_source=False,
+        queries=slice(text, tokens),
+        renormalize_source=True,
+    )
+    return q, k, v, edit
+
+
 def compare_p2p_joint(
     shape: LayerShape, *, repeats: int, warmup: int, rounds: int, clock: str = "wall"
 ) -> LayerComparison:
@@ -523,26 +552,10 @@ def compare_p2p_joint(
     (``extra``: ``materialized_us``, ``materialized_paired_ratio`` and ``edit_vs_materialized``, the largest
     difference of the two edited outputs). ``max_abs_diff`` compares the source row with the stock one.
     """
-    from visattn.kernels import TextBlockEdit, attention
+    from visattn.kernels import attention
 
-    text, tokens = shape.text_tokens, shape.tokens + shape.text_tokens
-    generator = torch.Generator().manual_seed(0)
-    # [B, N, H, D] in memory, handed over as [B, H, N, D], as the processors call SDPA
-    q, k, v = (
-        torch.randn(2, tokens, shape.heads, shape.channels // shape.heads, generator=generator).transpose(1, 2)
-        for _ in range(3)
-    )
-    equalizer = torch.ones(text)
-    equalizer[1:7] = 2.0  # six words re-weighted
-    edit = TextBlockEdit(
-        slice(0, 1),
-        slice(1, 2),
-        slice(0, text),
-        torch.diag(equalizer),
-        others_from_source=False,
-        queries=slice(text, tokens),
-        renormalize_source=True,
-    )
+    text = shape.text_tokens
+    q, k, v, edit = joint_reweight_call(shape.tokens, text, shape.heads, shape.channels // shape.heads)
     with torch.no_grad():
         sides = {
             "visattn": lambda: attention(q, k, v, editors=[edit]),
