@@ -763,23 +763,34 @@ def test_ernie_image_refuses_words_when_its_prompt_enhancer_rewrites_the_prompts
 
 
 @pytest.mark.parametrize(
-    ("key", "rewrite"), [("flux2", {"caption_upsample_temperature": 0.15}), ("ideogram4", {"prompt_upsampling": True})]
+    ("key", "rewriter", "rewrite"),
+    [
+        ("flux2", "upsample_prompt", {"caption_upsample_temperature": 0.15}),
+        ("ideogram4", "upsample_prompt", {"prompt_upsampling": True}),
+        # LTX-2.0's checkpoints need a system prompt for the enhancer (LTX-2.5's carry their own)
+        ("ltx2", "enhance_prompt", {"enable_prompt_enhancement": True, "system_prompt": "Describe the video."}),
+        ("kandinsky6", "expand_prompts", {"expand_prompts": True}),
+    ],
 )
-def test_words_are_refused_in_a_call_that_upsamples_its_prompt(key, rewrite, monkeypatch):
-    """FLUX.2 (a caption temperature) and Ideogram 4 (prompt_upsampling) encode their upsampler's rewrite of each
-    prompt, not the prompt given: Prompt-to-Prompt's words are refused in such a call (the rewriter, a Mistral or a
-    prompt-enhancer head the tiny pipelines lack, stands in as the identity), and mapped without it."""
+def test_words_are_refused_in_a_call_that_rewrites_its_prompt(key, rewriter, rewrite, monkeypatch):
+    """FLUX.2 (a caption temperature), Ideogram 4 (prompt_upsampling), LTX-2 (enable_prompt_enhancement) and
+    Kandinsky 6 (expand_prompts) encode a language model's rewrite of each prompt, not the prompt given:
+    Prompt-to-Prompt's words are refused in such a call (the rewriter, a model the tiny pipelines lack or would run
+    for minutes, stands in as the identity), and mapped without it."""
     import visattn
 
+    def identity(*args, **kwargs):
+        return kwargs["prompt"] if "prompt" in kwargs else args[0]
+
     pipe = tiny_pipeline(key)  # not the cached one: its rewriter is replaced
-    monkeypatch.setattr(pipe, "upsample_prompt", lambda prompt, *args, **kwargs: prompt)
+    monkeypatch.setattr(pipe, rewriter, identity)
     p2p = visattn.PromptToPrompt.replace("a red circle", "a blue circle")
     call = {**call_kwargs(key), "prompt": p2p.prompts, "generator": p2p.generator(0), "output_type": "latent"}
-    (name,) = rewrite
+    name, value = next(iter(rewrite.items()))
     with visattn.attach(pipe, p2p):
         with pytest.raises(ValueError, match=f"describes calls without {name}; this call's {type(pipe).__name__}"):
             pipe(**call, **rewrite)
-        pipe(**call, **{name: type(rewrite[name])(0)})  # a temperature of 0 (or False) rewrites nothing
+        pipe(**call, **{**rewrite, name: type(value)(0)})  # a temperature of 0 (or False) rewrites nothing
 
 
 def test_words_are_refused_for_modular_blocks_that_rewrite_the_prompt():

@@ -397,9 +397,9 @@ class PromptRecipe:
             builds its text sequence another way: DreamLite's ``image`` (its edit template puts the image's tokens
             before the words), ERNIE-Image's ``revised_prompts`` (set when its prompt enhancer rewrote the prompts),
             LongCat-Image's ``enable_prompt_rewrite``, FLUX.2's ``caption_upsample_temperature``, Ideogram 4's
-            ``prompt_upsampling``. Words are refused while a call with any of them set runs (the text length cannot
-            tell: these pipelines pad to the call's longest prompt); a number 0 is not set (FLUX.2 upsamples only
-            at a temperature above it).
+            ``prompt_upsampling``, LTX-2's ``enable_prompt_enhancement``, Kandinsky 6's ``expand_prompts``. Words
+            are refused while a call with any of them set runs (the text length cannot tell: these pipelines pad to
+            the call's longest prompt); a number 0 is not set (FLUX.2 upsamples only at a temperature above it).
         rewriting_blocks: steps of a modular pipeline's blocks that rewrite the prompt before it is encoded
             (FLUX.3's auto blocks start with ``prompt_upsampler``, a Qwen3.5 that expands it into a long caption):
             words are refused for a pipeline whose blocks hold one, when an effect that needs them is attached

@@ -568,6 +568,7 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
                 ),
             ),
             max_sequence_length=1024,
+            refused_with=("expand_prompts",),
         ),
     ),
     # MotifVideoPipeline guides through a diffusers guider: one call per branch, "pred_cond" then "pred_uncond".
@@ -608,8 +609,14 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         roles=((r"attn2$", "cross"), (r"_to_\w+_attn$", "cross")),
         # Gemma 3 over the stripped prompt, padded on the left to max_sequence_length; the text connectors move
         # each row's valid tokens to the front (learnable registers fill the rest), so the words sit where right
-        # padding would put them, in the video and the audio text alike.
-        prompt=PromptRecipe((TextPart("t5"),), max_sequence_length=1024, clean="strip"),
+        # padding would put them, in the video and the audio text alike. enable_prompt_enhancement has Gemma rewrite
+        # the prompt first and encodes the rewrite.
+        prompt=PromptRecipe(
+            (TextPart("t5"),),
+            max_sequence_length=1024,
+            clean="strip",
+            refused_with=("enable_prompt_enhancement",),
+        ),
     ),
     # Wan-Animate 2: per-sample lists of [C, F, H, W] latents and of unpadded text, which the model pads to
     # config.text_len (the text length its cross-attention sees; its second call is over CLIP image tokens). Its
