@@ -107,16 +107,14 @@ def _check_needs(effects: list[Effect], model: torch.nn.Module, family: Family) 
 def _check_prompt_as_given(effects: list[Effect], pipeline: Any, family: Family) -> None:
     """ValueError, before anything is hooked (and before a generation runs its prompt rewriter, a 9B model for
     FLUX.3), when an effect needs words and the pipeline's blocks rewrite the prompt before encoding it."""
-    if pipeline is None or family.prompt is None or not family.prompt.rewriting_blocks:
+    needing = next((effect for effect in effects if "words" in effect.needs()), None)
+    if pipeline is None or needing is None:
         return
     from .words import rewritten_prompt_reason
 
-    for effect in effects:
-        if "words" in effect.needs():
-            reason = rewritten_prompt_reason(pipeline, family.prompt)
-            if reason is not None:
-                raise ValueError(f"{type(effect).__name__} needs {_FACT_NAMES['words']}, but {reason}")
-            return
+    reason = rewritten_prompt_reason(pipeline, family.prompt)
+    if reason is not None:
+        raise ValueError(f"{type(needing).__name__} needs {_FACT_NAMES['words']}, but {reason}")
 
 
 #: the roles a layer's calls may have, by its static role: a module whose class does not say it attends over text

@@ -86,6 +86,12 @@ def _edit_effect(source: str, target: str | None, weights: Mapping[str, float], 
     return constructor(source, target, weights=weights or None, **schedule)
 
 
+def _check_threshold(name: str, value: Any) -> None:
+    """ParameterError unless ``value`` is a LocalBlend threshold, a number in ``(0, 1)``."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
+        raise ParameterError(name, value, "must be a number in (0, 1) (the authors' 0.3)")
+
+
 def _blend_options(subtract_threshold: Any, radius: Any, start: Any, variant: Any) -> dict[str, Any]:
     """:class:`~visattn.effects.LocalBlend`'s options that :func:`edit` was given away from their defaults, checked
     by :func:`edit`'s names (ParameterError) before anything loads."""
@@ -109,11 +115,7 @@ def _blend_options(subtract_threshold: Any, radius: Any, start: Any, variant: An
                 "blend_start", start, "must be 0 with blend_variant='prediction' (it blends from the first step)"
             )
         options["start"] = float(start)
-    number = isinstance(subtract_threshold, (int, float)) and not isinstance(subtract_threshold, bool)
-    if not (number and 0 < subtract_threshold < 1):
-        raise ParameterError(
-            "blend_subtract_threshold", subtract_threshold, "must be a number in (0, 1) (the authors' 0.3)"
-        )
+    _check_threshold("blend_subtract_threshold", subtract_threshold)
     if subtract_threshold != 0.3:
         options["subtract_threshold"] = float(subtract_threshold)
     return options
@@ -190,9 +192,7 @@ def edit(
     from .effects import AttentionMaps, LocalBlend
 
     schedule = {"cross_steps": cross_steps, "self_steps": self_steps}
-    threshold_ok = isinstance(blend_threshold, (int, float)) and not isinstance(blend_threshold, bool)
-    if not (threshold_ok and 0 < blend_threshold < 1):
-        raise ParameterError("blend_threshold", blend_threshold, "must be a number in (0, 1) (the authors' 0.3)")
+    _check_threshold("blend_threshold", blend_threshold)
     if blend_subtract and not local_blend:
         raise ParameterError(
             "blend_subtract", list(blend_subtract), "needs local_blend words: it takes its words' region out of theirs"

@@ -399,7 +399,9 @@ def prompt_tokens(
         raise ValueError(f"prompt must be a string; got {type(prompt).__name__}")
     key = prompt_family(pipe_or_tokenizers, family)
     recipe = family_named(key).prompt
-    if recipe.pipelines and not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
+    # A pipeline (not its tokenizers) says which pipeline and call the text is built for.
+    for_pipeline = not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping))
+    if recipe.pipelines and for_pipeline:
         name = type(pipe_or_tokenizers).__name__
         if name not in recipe.pipelines:
             raise ValueError(
@@ -407,7 +409,7 @@ def prompt_tokens(
                 "builds its own another way, so words cannot be mapped to its text positions. Address text "
                 "positions directly instead"
             )
-    if recipe.refused_with and not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
+    if recipe.refused_with and for_pipeline:
         given = pipeline_call_variables_set(pipe_or_tokenizers, recipe.refused_with)
         if given:
             raise ValueError(
@@ -416,10 +418,9 @@ def prompt_tokens(
                 "before the words, or a rewritten prompt), so words cannot be mapped to its text positions. Call it "
                 "without, or address text positions directly"
             )
-    if not (_is_tokenizer(pipe_or_tokenizers) or isinstance(pipe_or_tokenizers, Mapping)):
-        reason = rewritten_prompt_reason(pipe_or_tokenizers, recipe)
-        if reason is not None:
-            raise ValueError(reason)
+    reason = rewritten_prompt_reason(pipe_or_tokenizers, recipe) if for_pipeline else None
+    if reason is not None:
+        raise ValueError(reason)
     prompt_text = _clean(prompt, recipe.clean)
     words = split_words(prompt_text)
     if max_sequence_length is None and recipe.variable:
