@@ -58,7 +58,7 @@ class HeadScale(ScoreModifier):
 class Probe(Effect):
     """Records every call context it sees and leaves the call unchanged."""
 
-    roles = ("self", "cross", "joint", "text")
+    roles = ("self", "cross", "joint", "text", "stream")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

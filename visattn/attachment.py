@@ -119,7 +119,13 @@ def _check_prompt_as_given(effects: list[Effect], pipeline: Any, family: Family)
 
 #: the roles a layer's calls may have, by its static role: a module whose class does not say it attends over text
 #: is declared "self" and can turn out cross or joint at run time (Lumina 2, LTX-2); the other roles are certain
-_POSSIBLE_ROLES = {"self": ("self", "cross", "joint"), "cross": ("cross",), "joint": ("joint",), "text": ("text",)}
+_POSSIBLE_ROLES = {
+    "self": ("self", "cross", "joint"),
+    "cross": ("cross",),
+    "joint": ("joint",),
+    "text": ("text",),
+    "stream": ("stream",),
+}
 
 
 def _check_selection(effect: Effect, layers, selected: frozenset[str], roles: dict[str, str]) -> None:
@@ -155,7 +161,7 @@ def _check_modules(effects: list[Effect], selections: list[frozenset[str]], plan
 
 
 def layer_roles(model: torch.nn.Module, family: Family | None = None) -> dict[str, str]:
-    """Attention layer names mapped to their static role (``self``/``cross``/``joint``/``text``)."""
+    """Attention layer names mapped to their static role (``self``/``cross``/``joint``/``text``/``stream``)."""
     family = family or family_of(model)
     return {name: family.static_role(name, module) for name, module in attention_layers(model).items()}
 
@@ -251,7 +257,14 @@ class Attachment:
         register_hook(model, hook)
         self._hooks.append(hook)
         for name, role in roles.items():
-            acting = [effect for effect, layers in zip(self.effects, self._selections, strict=True) if name in layers]
+            # An effect acts on the layers it selects whose calls may have one of its roles (a selection of every
+            # layer holds video/audio stream layers that no shipped effect acts on).
+            possible = set(_POSSIBLE_ROLES.get(role, ()))
+            acting = [
+                effect
+                for effect, layers in zip(self.effects, self._selections, strict=True)
+                if name in layers and (not effect.roles or possible & set(effect.roles))
+            ]
             if self.effects and not acting:
                 continue  # no effect can act here: the stock forward runs without even a hook call
             module = modules[name]

@@ -189,7 +189,8 @@ class CallContext:
 
     Attributes:
         role: ``"self"`` (latent tokens attend to latent tokens), ``"cross"`` (latent queries, text keys),
-            ``"joint"`` (one sequence of text and latent tokens, MM-DiT) or ``"text"`` (text-only refiners).
+            ``"joint"`` (one sequence of text and latent tokens, MM-DiT), ``"text"`` (text-only refiners) or
+            ``"stream"`` (the video over another generated stream such as audio, or that stream over the video).
         layer_name: the attention module's name inside the denoiser (as in ``named_modules``).
         layer_index: position of this layer among the denoiser's attention layers.
         family: family key (``"unet"``, ``"pixart"``, ``"sd3"``, ``"flux"``, ``"wan"``, ``"cogvideox"``,

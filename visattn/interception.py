@@ -1738,7 +1738,13 @@ class AttentionLayerHook(ModelHook):
         of a call with ``n_q`` queries and ``n_k`` keys. It depends on nothing but the shapes, the denoiser input's
         grid, text length and other tokens, and the family: :meth:`_context_of` keeps it per those."""
         family, inputs = self.state.family, self.state.inputs
-        grids = family.level_grids(inputs.grid if inputs is not None else None)
+        if self.static_role == "stream":
+            # The video over another generated stream (audio) or back: keys that are never text, whatever their
+            # count, and no grid an effect could act on.
+            return "stream", TokenLayout(n_q), TokenLayout(n_k), None, None
+        # Another stream's tokens (audio) are never the grid, even where they are as many.
+        other_stream = family.other_stream_layers and family.is_other_stream(self.layer_name)
+        grids = () if other_stream else family.level_grids(inputs.grid if inputs is not None else None)
         text_length = inputs.text_length if inputs is not None else None
 
         def grid_of(n: int):
@@ -1757,7 +1763,8 @@ class AttentionLayerHook(ModelHook):
             placed = self._place_other(n_q, n_k, grids[0], other, text_length)
             if placed is not None:
                 return placed
-        if n_q != n_k:
+        # A declared cross-attention stays one when its queries are as many as the text (audio queries over the text).
+        if n_q != n_k or self.static_role == "cross":
             keys_are_text = text_length is not None and n_k == text_length
             if grid is not None and family.text_position is not None and not keys_are_text and fits_text(n_k - n_q):
                 # Image queries over [text, image] keys: a joint sequence whose text queries run in a call of their

@@ -3,7 +3,8 @@
 Identifiers follow diffusers' ``pag_applied_layers``: each is a regular expression searched in the attention
 module's name (``re.search``), except that an identifier ending in an integer does not match a name ending in
 the same integer (so ``"blocks.1"`` does not pick ``"blocks.1"``'s look-alikes the way diffusers rules it out).
-The role keywords ``"self"``, ``"cross"``, ``"joint"`` (and ``"text"``) select by what the layer attends over.
+The role keywords ``"self"``, ``"cross"``, ``"joint"`` (and ``"text"``, ``"stream"``) select by what the layer attends
+over.
 Regex identifiers are united, role keywords are united, and the two groups intersect:
 ``["mid_block", "self"]`` is the self-attention inside the mid block.
 """
@@ -13,7 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-ROLE_KEYWORDS = ("self", "cross", "joint", "text")
+#: the roles of attention layers: latent tokens over latent tokens (``self``), over text (``cross``), one sequence of
+#: text and latent tokens (``joint``), text over text (``text``: text encoders' and refiners' blocks), and the video
+#: over another generated stream or that stream over the video (``stream``: LTX-2's and Kandinsky 6's video/audio
+#: attention, which no effect acts on)
+ROLE_KEYWORDS = ("self", "cross", "joint", "text", "stream")
 
 
 class _FamilyDefault:

@@ -262,10 +262,12 @@ def test_default_layers_are_the_familys_and_follow_the_model_attached():
         with visattn.attach(pipe, pag) as handle:
             # Resolved by the attachment, for this model; the effect keeps its parameter as given.
             assert handle.layers_of(pag) == layers and pag.layers is FAMILY_DEFAULT
-            # Only the layers PAG can act on carry a hook; the others run their stock forward untouched.
+            # Only the layers PAG can act on carry a hook (those selected whose module may attend as self or joint
+            # attention: not the mid block's cross-attention); the others run their stock forward untouched.
             modules = visattn.attention_layers(denoiser)
             hooked = {name for name, module in modules.items() if layer_hook(module) is not None}
-            selected = set(select_layers(visattn.layer_roles(denoiser), handle.layers_of(pag)))
+            roles = visattn.layer_roles(denoiser)
+            selected = {name for name in select_layers(roles, handle.layers_of(pag)) if roles[name] != "cross"}
             assert hooked and hooked == selected != set(modules)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..layers import ROLE_KEYWORDS as LAYER_ROLES
+
 #: where the text tokens sit in a joint (MM-DiT) sequence
 TEXT_POSITIONS = ("first", "last")
 
@@ -666,7 +668,13 @@ class Family:
         cross_keys_lead_with_text: cross-attention keys hold the text first, then other conditioning tokens
             (I2VGenXL appends the image's tokens), so the text span is the keys' first text-length tokens.
         roles: ``(regex, role)`` pairs searched in attention-module names, first match wins, for roles the
-            module alone does not tell (a single-stream block fed the concatenated sequence is ``"joint"``).
+            module alone does not tell (a single-stream block fed the concatenated sequence is ``"joint"``;
+            cross-attention between the video and another generated stream, LTX-2's and Kandinsky 6's video/audio
+            attention, is ``"stream"``: its keys are never text, whatever their count, and no effect acts on it).
+        other_stream_layers: regular expressions of attention modules over another generated stream's tokens
+            (audio self-attention, the audio's cross-attention to its text): their queries are never placed on the
+            latent grid, even where the stream's length equals the grid's token count (grid effects leave them
+            alone; perturbation guidance and text effects still act as on any self or cross layer).
         unet_levels: the grid halves (rounding up) at each UNet level.
         frames_in_batch: spatial attention sees each frame as its own batch row (video UNets).
         video: the latents have a frames axis.
@@ -749,6 +757,7 @@ class Family:
     text_position: str | None = None
     cross_keys_lead_with_text: bool = False
     roles: tuple[tuple[str, str], ...] = ()
+    other_stream_layers: tuple[str, ...] = ()
     unet_levels: bool = False
     frames_in_batch: bool = False
     video: bool = False
@@ -773,6 +782,10 @@ class Family:
     known: bool = True
     _compiled_roles: tuple = field(default=(), init=False, repr=False, compare=False)
 
+    def is_other_stream(self, layer_name: str) -> bool:
+        """Whether the queries of ``layer_name`` are another generated stream's tokens (:attr:`other_stream_layers`)."""
+        return any(re.search(pattern, layer_name) for pattern in self.other_stream_layers)
+
     def is_opaque(self, layer_name: str) -> bool:
         """Whether visattn cannot take the attention of ``layer_name`` over (:attr:`opaque_layers`)."""
         return any(re.search(pattern, layer_name) for pattern in self.opaque_layers)
@@ -792,6 +805,9 @@ class Family:
             raise ValueError(f"cfg must be one of {CFG_KINDS}; got {self.cfg!r}")
         if self.cfg_formula not in CFG_FORMULAS:
             raise ValueError(f"cfg_formula must be one of {CFG_FORMULAS}; got {self.cfg_formula!r}")
+        for _, role in self.roles:
+            if role not in LAYER_ROLES:
+                raise ValueError(f"roles: {role!r} is not a layer role; roles are {LAYER_ROLES}")
         object.__setattr__(self, "_compiled_roles", tuple((re.compile(p), role) for p, role in self.roles))
 
     # --- attach time ---------------------------------------------------------------------------------------

@@ -151,9 +151,7 @@ def _kandinsky6_cp_plan() -> dict:
     split for each fused block, with its padding mask, so that both text cross-attentions gather it once. The audio
     tokens stay whole: their self-attention and the video-audio cross-attentions run Ulysses over replicated audio
     (doubled keys or queries, the same attention), so any audio length splits. Needs a video token count and a text
-    length the degree divides. Not covered: effects that place text keys by count (AttentionMaps, Prompt-to-Prompt)
-    take the video-to-audio cross-attention's keys for text where the degree times the audio length equals the text
-    length (in one process, where the audio length does).
+    length the degree divides.
     """
     from diffusers.models._modeling_parallel import ContextParallelInput
 
@@ -550,8 +548,13 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         text=1,
         layout="BFHWC",
         # Video and audio text encoder blocks attend over the text; the video/audio blocks' cross_attention modules
-        # to the text, va_/av_cross_attention between the video and audio streams.
-        roles=(("_text_transformer_blocks", "text"), ("cross_attention$", "cross")),
+        # to the text, va_/av_cross_attention between the video and audio streams (keys never text).
+        roles=(
+            ("_text_transformer_blocks", "text"),
+            (r"\.(va|av)_cross_attention$", "stream"),
+            ("cross_attention$", "cross"),
+        ),
+        other_stream_layers=(r"\.audio_dec_block\.",),
         cp_plan=_kandinsky6_cp_plan,
         cp_gather_outputs=(("visual_transformer_blocks.-1", 0, 1),),
         # Qwen2.5-VL over the module's _PROMPT_TEMPLATE, its first _QWEN_CROP_START tokens dropped, padded to
@@ -605,8 +608,10 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="packed",
         grid_reader="frames_height_width",
         packed_patch=1,
-        # attn2/audio_attn2 attend to the text, the *_to_*_attn modules between the video and audio streams
-        roles=((r"attn2$", "cross"), (r"_to_\w+_attn$", "cross")),
+        # attn2/audio_attn2 attend to the text, the *_to_*_attn modules between the video and audio streams (keys
+        # never text); audio_attn1/audio_attn2 over the audio's tokens (never the grid)
+        roles=((r"attn2$", "cross"), (r"_to_\w+_attn$", "stream")),
+        other_stream_layers=(r"\.audio_attn\d$",),
         # Gemma 3 over the stripped prompt, padded on the left to max_sequence_length; the text connectors move
         # each row's valid tokens to the front (learnable registers fill the rest), so the words sit where right
         # padding would put them, in the video and the audio text alike. enable_prompt_enhancement has Gemma rewrite

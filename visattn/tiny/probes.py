@@ -24,6 +24,9 @@ from visattn.words import PromptTokens
 class ContextRecorder(Effect):
     """Observes every call it is attached to (its context) and changes nothing."""
 
+    # Every role a call can have
+    roles = ("self", "cross", "joint", "text", "stream")
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.contexts: list[CallContext] = []
