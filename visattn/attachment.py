@@ -102,6 +102,9 @@ def _check_needs(effects: list[Effect], model: torch.nn.Module, family: Family) 
                     f"{type(effect).__name__} needs {_FACT_NAMES[fact]}, but {type(model).__name__} "
                     f"(family {family.name!r}) {reason}"
                 )
+            order = family.reordered_grid
+            if fact == "grid" and order is not None and order.asked_by_config(model):
+                raise ValueError(order.refusal(type(effect).__name__, model, family.name, by_config=True))
 
 
 def _check_prompt_as_given(effects: list[Effect], pipeline: Any, family: Family) -> None:

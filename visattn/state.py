@@ -187,6 +187,10 @@ class DenoiserHook(ModelHook):
         family = self.state.family
         if self._unchecked:
             self._check_timesteps()
+        if family.reordered_grid is not None and family.reordered_grid.asked_by_call(args, kwargs):
+            needing = next((effect for effect in self.effects if "grid" in effect.needs()), None)
+            if needing is not None:
+                raise ValueError(family.reordered_grid.refusal(type(needing).__name__, module, family.name, False))
         schedule, scheduler_step = self._current_schedule()
         if getattr(module, "_parallel_config", None) is None:
             # Not split across ranks (diffusers' enable_parallelism sets this): the common case, read directly.

@@ -26,6 +26,7 @@ from .base import (
     OtherTokens,
     PaddedGrid,
     PromptRecipe,
+    ReorderedGrid,
     TextPart,
 )
 from .image_models import IMAGE_FAMILIES
@@ -69,6 +70,7 @@ __all__ = [
     "OtherTokens",
     "PaddedGrid",
     "PromptRecipe",
+    "ReorderedGrid",
     "TextPart",
     "declared_family",
     "family_named",

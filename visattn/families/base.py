@@ -630,6 +630,50 @@ class OtherTokens:
             raise ValueError(f"OtherTokens.position must be one of {OTHER_POSITIONS}; got {self.position!r}")
 
 
+@dataclass(frozen=True)
+class ReorderedGrid:
+    """A way a family's forward can order the latent grid's tokens other than frame by frame, row by row, which
+    visattn does not place (Kandinsky 5's NABLA attention lays the video out in 8 x 8 tiles): effects that need the
+    grid would read its tokens at the wrong positions, so they are refused, at attach where the model's config
+    asks for it on every call, and at a call that passes the input.
+
+    Attributes:
+        argument: the forward input that asks for the order: a mapping whose ``flag`` is true.
+        flag: the key of that input that asks for the order.
+        config: ``(attribute, value)`` of the model's config with which the family's pipelines pass it on every
+            call; ``None``: only the call tells.
+        what: the order, in words (for messages).
+    """
+
+    argument: Argument
+    flag: str
+    config: tuple[str, Any] | None
+    what: str
+
+    def asked_by_config(self, model: torch.nn.Module) -> bool:
+        if self.config is None:
+            return False
+        attribute, value = self.config
+        return getattr(getattr(model, "config", None), attribute, None) == value
+
+    def asked_by_call(self, args: tuple, kwargs: dict) -> bool:
+        value = self.argument.read(args, kwargs)
+        return isinstance(value, Mapping) and bool(value.get(self.flag))
+
+    def refusal(self, effect: str, model: torch.nn.Module, family: str, by_config: bool) -> str:
+        """Why ``effect``, which needs the grid, cannot run on ``model`` (of family ``family``)."""
+        if by_config:
+            attribute, value = self.config
+            asked = f"{type(model).__name__} with {attribute}={value!r} (family {family!r})"
+        else:
+            asked = f"a call of {type(model).__name__} (family {family!r}) with {self.argument.names[0]}[{self.flag!r}]"
+        return (
+            f"{effect} needs the latent grid, but {asked} orders the grid's tokens {self.what}, which visattn does "
+            "not place; effects that do not need the grid (PAG, Prompt-to-Prompt without a local blend, TGATE) "
+            "still run"
+        )
+
+
 #: an input and how it carries the batch: one of the kinds above, or the axis of the batch (an int)
 BatchInput = tuple[Argument, int | str]
 
@@ -703,6 +747,8 @@ class Family:
             Ulysses call gathers them in sequence order, not stream by stream (``[text_r, image_r]`` per rank).
         one_sample_per_call: the forward takes one sample per call, without a batch axis (Cosmos 3 Omni packs
             one sample's text and vision tokens into one sequence): a perturbation branch runs as its own call.
+        reordered_grid: a way the forward can order the grid's tokens that visattn does not place
+            (:class:`ReorderedGrid`); effects that need the grid are refused where it is asked for.
         opaque_layers: regular expressions of attention modules whose attention visattn cannot take over in the calls
             that predict (Wan-Animate 2's self-attention is flex attention there): never hooked, as modules whose
             processor bypasses ``scaled_dot_product_attention``.
@@ -771,6 +817,7 @@ class Family:
     joint_one_stream: bool = False
     one_sample_per_call: bool = False
     auxiliary_calls: tuple[tuple[str, Any], ...] = ()
+    reordered_grid: ReorderedGrid | None = None
     opaque_layers: tuple[str, ...] = ()
     pag_layers: tuple[str, ...] | None = None
     cp_plan: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)

@@ -19,6 +19,7 @@ from .base import (
     OtherTokens,
     PipelineTemplate,
     PromptRecipe,
+    ReorderedGrid,
     TextPart,
     TokenizerChatTemplate,
 )
@@ -526,6 +527,14 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
         layout="BFHWC",
         # The text encoder blocks attend over the text; the visual blocks' cross_attention modules to the text.
         roles=(("^text_transformer_blocks", "text"), (r"\.cross_attention$", "cross")),
+        # The 10 s models' NABLA attention (attention_type "nabla": the pipeline passes sparse_params on every call)
+        # lays the video out in tiles of 8 x 8 tokens (fractal_flatten), a block-sparse flex attention over them.
+        reordered_grid=ReorderedGrid(
+            Argument(("sparse_params",), 7),
+            "to_fractal",
+            ("attention_type", "nabla"),
+            "in tiles of 8 x 8 (NABLA attention's sparse_params, the 10 s models)",
+        ),
         cp_plan=_kandinsky5_cp_plan,
         # Qwen2.5-VL over the pipeline's prompt_template around the prompt_clean'ed prompt, its first
         # prompt_template_encode_start_idx tokens dropped; padded to the longest prompt of the call (the call's
