@@ -670,7 +670,7 @@ class ReorderedGrid:
         return (
             f"{effect} needs the latent grid, but {asked} orders the grid's tokens {self.what}, which visattn does "
             "not place; effects that do not need the grid (PAG, Prompt-to-Prompt without a local blend, TGATE) "
-            "still run"
+            "are not refused"
         )
 
 
