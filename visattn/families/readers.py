@@ -239,6 +239,12 @@ def items_along_time(family, model, sample, args, kwargs) -> Grid | None:
     return (-(-latents.shape[2] // pt), -(-latents.shape[3] // ph), -(-latents.shape[4] // pw))
 
 
+def shape_list(family, model, sample, args, kwargs) -> Grid | None:
+    """JoyImage-Edit Plus: ``shape_list`` lists, per sample, the ``(frames, height, width)`` in patches of each item
+    of its padded patch sequence, the generated image first, then the references."""
+    return _first_grid(kwargs.get("shape_list", args[4] if len(args) > 4 else None), last=False)
+
+
 READERS: dict[str, Callable[..., Grid | None]] = {
     "img_ids": img_ids,
     "image_position_ids": image_position_ids,
@@ -251,6 +257,7 @@ READERS: dict[str, Callable[..., Grid | None]] = {
     "video_indices": video_indices,
     "vision_token_shapes": vision_token_shapes,
     "items_along_time": items_along_time,
+    "shape_list": shape_list,
 }
 
 
@@ -311,10 +318,23 @@ def minimax_h3_rows(family: Family, model: torch.nn.Module, args: tuple, kwargs:
     return length - n_text - tokens
 
 
+def padded_patches_after_grid(
+    family: Family, model: torch.nn.Module, args: tuple, kwargs: dict, grid: Grid | None
+) -> int | None:
+    """JoyImage-Edit Plus: the patches of its ``[B, max_patches, C, pt, ph, pw]`` input after the generated image's
+    (the references' patches, then the padding to the longest sample)."""
+    latents = family.sample.read(args, kwargs)
+    if grid is None or not isinstance(latents, torch.Tensor) or latents.ndim < 3:
+        return None
+    after = latents.shape[1] - math.prod(grid)
+    return after if after >= 0 else None
+
+
 #: counters of :class:`~visattn.families.base.CountedTokens`, by name
 TOKEN_COUNTERS: dict[str, Callable[..., int | None]] = {
     "bria_fibo2_gists": bria_fibo2_gists,
     "minimax_h3_rows": minimax_h3_rows,
+    "padded_patches_after_grid": padded_patches_after_grid,
 }
 
 

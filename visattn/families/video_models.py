@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .base import (
     NOT_BATCHED_INPUT,
+    PER_SAMPLE_LIST,
     Argument,
     CallPrefix,
     CountedTokens,
@@ -712,6 +713,31 @@ VIDEO_MODEL_FAMILIES: tuple[Family, ...] = (
             max_sequence_length=4096,
             refused_with=("image",),
         ),
+    ),
+    # JoyImage-Edit Plus: every item (the generated image, then the references) patchified on its own into one
+    # padded patch sequence [B, max_patches, C, pt, ph, pw], its grid in patches per item in shape_list (a list per
+    # sample); joint [patches, text] in the double blocks, the padding masked. Its pipeline always encodes the
+    # reference images' tokens before the words (Qwen3-VL's processor, "<image>\n" per reference), so no tokenizer
+    # ladder is declared: PromptTokens (positions given) address its text.
+    _video(
+        "joyimage_edit_plus",
+        ("JoyImageEditPlusTransformer3DModel",),
+        cp_no_plan=(
+            "its RoPE tables are built per sample from shape_list inside the forward, not by a module whose output "
+            "diffusers' plan hooks could split"
+        ),
+        layout="packed",
+        timestep=1,
+        text=2,
+        grid_reader="shape_list",
+        text_position="last",
+        roles=(("^double_blocks", "joint"),),
+        other_tokens=(
+            OtherTokens(
+                "reference image patches and padding", "after_grid", CountedTokens("padded_patches_after_grid")
+            ),
+        ),
+        batch_inputs=((Argument(("shape_list",), 4), PER_SAMPLE_LIST),),
     ),
     # Cosmos 3 Omni: one packed sample per call (no batch axis: one_sample_per_call),
     # vision latents as a list of [1, C, F, H, W], text as token ids, per-token scheduler timesteps. Vision queries

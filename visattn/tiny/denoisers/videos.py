@@ -596,6 +596,25 @@ def _joyimage_inputs(b: int) -> dict[str, Any]:
     }
 
 
+JOY_PLUS_REFERENCE = (1, 2, 2)  # one reference image's patches (t, h, w)
+JOY_PLUS_PADDING = 2  # padding patches after the items (to the batch's longest sample in the pipeline)
+
+
+def _joyimage_plus_inputs(b: int) -> dict[str, Any]:
+    g = input_generator()
+    patches = H * W + math.prod(JOY_PLUS_REFERENCE) + JOY_PLUS_PADDING
+    mask = _text_mask(b)
+    return {
+        # [B, max_patches, C, pt, ph, pw]: the generated image's patches, the reference's, then padding
+        "hidden_states": randn(g, b, patches, C, 1, 2, 2),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, DIM),
+        "encoder_hidden_states_mask": mask,
+        "shape_list": [[(1, H, W), JOY_PLUS_REFERENCE] for _ in range(b)],
+        "return_dict": False,
+    }
+
+
 TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     TinyDenoiser(
         class_name="WanVACETransformer3DModel",
@@ -1260,6 +1279,29 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
         "along time, so grid frame 0 is the generated image and frame 1 the reference (T=1 each). Joint "
         "[image | text] SDPA, no mask. Output keeps the input item order.",
     ),
+    TinyDenoiser(
+        class_name="JoyImageEditPlusTransformer3DModel",
+        build=built(
+            "JoyImageEditPlusTransformer3DModel",
+            patch_size=[1, 2, 2],
+            in_channels=C,
+            hidden_size=DIM,
+            num_attention_heads=2,
+            text_dim=DIM,
+            mlp_width_ratio=2.0,
+            num_layers=2,
+            rope_dim_list=[4, 6, 6],
+        ),
+        inputs=_joyimage_plus_inputs,
+        grid=(1, H, W),
+        text_tokens=TEXT,
+        text_position="last",
+        pipeline="JoyImageEditPlusPipeline",
+        notes="Multi-image editing: each item (the generated image, then the references) patchified on its own "
+        "into one padded sequence [B, max_patches, C, pt, ph, pw]; shape_list gives each sample's items' (t, h, w) "
+        "in patches. Joint [patches | text] SDPA with a bool mask [B, 1, 1, patches + text] over the padding and "
+        "the text padding. Output in the input's patch layout.",
+    ),
 )
 
 
@@ -1324,6 +1366,9 @@ SDPA_TOKENS: dict[str, set[tuple[int, int]]] = {
     "MiniMaxH3Transformer3DModel": {(TEXT, TEXT), (TEXT + 2 * H3_AUDIO + _n(), TEXT + 2 * H3_AUDIO + _n())},
     "MotifVideoTransformer3DModel": {(_n() + TEXT, _n() + TEXT), (_n(), TEXT), (2 * _n(), 2 * _n())},
     "JoyImageEditTransformer3DModel": {(_n(2) + TEXT, _n(2) + TEXT)},
+    "JoyImageEditPlusTransformer3DModel": {
+        (_n(1) + math.prod(JOY_PLUS_REFERENCE) + JOY_PLUS_PADDING + TEXT,) * 2,
+    },
 }
 
 _WAN_PATCH = {"patch": "patch_size (t, h, w)", "grid_from": None, "timestep_scale": 1}
