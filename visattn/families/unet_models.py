@@ -32,7 +32,15 @@ def _video_unet(name: str, classes: tuple[str, ...], text: int | None, layout: s
 
 UNET_FAMILIES: tuple[Family, ...] = (
     # PAG's default: the mid block (Ahn et al. 2024 for Stable Diffusion; diffusers' SD/SDXL PAG pipelines).
-    _unet("unet", ("UNet2DConditionModel",), text=2, prompt=CLIP_PROMPT, pag_layers=("mid",)),
+    # ControlNet-XS (SD and SDXL) is that UNet with a small control branch beside each block, attending at the
+    # block's grid; the mid block default perturbs both branches' mid self-attention.
+    _unet(
+        "unet",
+        ("UNet2DConditionModel", "UNetControlNetXSModel"),
+        text=2,
+        prompt=CLIP_PROMPT,
+        pag_layers=("mid",),
+    ),
     _unet("unet_2d", ("UNet2DModel",), text=None),
     # Kandinsky3Pipeline batches [uncond, cond] and guides with (g + 1) * cond - g * uncond. Every block's
     # attentions.0 is its self-attention (run first in down blocks, last in up blocks); its Attention module is

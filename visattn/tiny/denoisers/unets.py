@@ -292,6 +292,53 @@ def _unet2d_inputs(b: int) -> dict[str, Any]:
     return {"sample": randn(g, b, 4, H, W), "timestep": constant_timesteps(b), "return_dict": False}
 
 
+# --- UNetControlNetXSModel (StableDiffusionControlNetXSPipeline) -------------------------------------------------
+
+_CONTROLNET_XS_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,  # the ControlNet-XS blocks take two resnets per down block
+    "norm_num_groups": 8,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 2,  # head count (legacy naming)
+}
+
+
+def _build_controlnet_xs() -> torch.nn.Module:
+    from diffusers import ControlNetXSAdapter, UNet2DConditionModel, UNetControlNetXSModel
+    from diffusers.utils import logging
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**_CONTROLNET_XS_UNET)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # from_unet warns about its own .to(dtype) calls
+    try:
+        adapter = ControlNetXSAdapter.from_unet(
+            unet,
+            size_ratio=0.5,
+            num_attention_heads=[2, 2],
+            conditioning_embedding_out_channels=(8, 16),
+            learn_time_embedding=True,
+        )
+        return UNetControlNetXSModel.from_unet(unet, adapter).eval()
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _controlnet_xs_inputs(b: int) -> dict[str, Any]:
+    g = input_generator()
+    return {
+        "sample": randn(g, b, 4, H, W),
+        "timestep": constant_timesteps(b),
+        "encoder_hidden_states": randn(g, b, TEXT, 32),
+        "controlnet_cond": randn(g, b, 3, 2 * H, 2 * W),  # the control image at twice the latent size (8x in SD)
+        "return_dict": False,
+    }
+
+
 # --- DreamLiteUNetModel (DreamLitePipeline) ---------------------------------------------------------------------
 
 _DREAMLITE = {
@@ -489,6 +536,19 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
         pipeline="DDPMPipeline",
         notes="Unconditional: self-attention only (AttnDownBlock2D / AttnUpBlock2D / mid), heads = channels // "
         "attention_head_dim.",
+    ),
+    TinyDenoiser(
+        class_name="UNetControlNetXSModel",
+        build=_build_controlnet_xs,
+        inputs=_controlnet_xs_inputs,
+        grid=(1, H, W),
+        text_tokens=TEXT,
+        text_position=None,
+        pipeline="StableDiffusionControlNetXSPipeline",
+        notes="Built as the pipeline's model is: UNetControlNetXSModel.from_unet(UNet2DConditionModel, "
+        "ControlNetXSAdapter). Every block holds the base UNet's attention (base_attentions, base_midblock) and the "
+        "smaller control branch's (ctrl_attentions, ctrl_midblock), both self and cross-attention to the text at "
+        "the block's grid; controlnet_cond is the control image in pixels.",
     ),
     TinyDenoiser(
         class_name="DreamLiteUNetModel",
