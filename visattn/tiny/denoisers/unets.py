@@ -307,22 +307,42 @@ _CONTROLNET_XS_UNET = {
 }
 
 
-def _build_controlnet_xs() -> torch.nn.Module:
-    from diffusers import ControlNetXSAdapter, UNet2DConditionModel, UNetControlNetXSModel
-    from diffusers.utils import logging
+def controlnet_xs_base() -> torch.nn.Module:
+    """The tiny UNet2DConditionModel a ControlNet-XS model is made from (seeded)."""
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**_CONTROLNET_XS_UNET)
+    return UNet2DConditionModel(**_CONTROLNET_XS_UNET).eval()
+
+
+def controlnet_xs_adapter(unet: torch.nn.Module) -> torch.nn.Module:
+    """A tiny ControlNetXSAdapter for ``unet`` (half its channels, a two-level control image embedding)."""
+    from diffusers import ControlNetXSAdapter
+    from diffusers.utils import logging
+
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # from_unet warns about its own .to(dtype) calls
     try:
-        adapter = ControlNetXSAdapter.from_unet(
+        return ControlNetXSAdapter.from_unet(
             unet,
             size_ratio=0.5,
             num_attention_heads=[2, 2],
             conditioning_embedding_out_channels=(8, 16),
             learn_time_embedding=True,
-        )
+        ).eval()
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _build_controlnet_xs() -> torch.nn.Module:
+    from diffusers import UNetControlNetXSModel
+    from diffusers.utils import logging
+
+    unet = controlnet_xs_base()
+    adapter = controlnet_xs_adapter(unet)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
         return UNetControlNetXSModel.from_unet(unet, adapter).eval()
     finally:
         logging.set_verbosity(verbosity)

@@ -37,6 +37,7 @@ from diffusers import (
     MotionAdapter,
     OmniGenPipeline,
     StableCascadePriorPipeline,
+    StableDiffusionControlNetXSPipeline,
     StableVideoDiffusionPipeline,
     TextToVideoSDPipeline,
     UniDiffuserModel,
@@ -95,6 +96,30 @@ def condition_image(size: int = IMAGE_SIZE) -> Image.Image:
 
 def _clip_text() -> torch.nn.Module:
     return clip_text_model(clip_tokenizer())
+
+
+# --- StableDiffusionControlNetXSPipeline (UNetControlNetXSModel) -------------------------------------------------
+
+
+def _controlnet_xs_components() -> dict[str, ComponentFactory]:
+    # The pipeline fuses a UNet2DConditionModel with the adapter itself; it is handed the fused model the coverage
+    # entry builds that way (so the denoiser factory is the whole model), and the adapter is only stored.
+    return {
+        "vae": image_vae,
+        "text_encoder": _clip_text,
+        "tokenizer": clip_tokenizer,
+        "unet": tiny_denoiser_entry("UNetControlNetXSModel").build,
+        "controlnet": lambda: unets.controlnet_xs_adapter(unets.controlnet_xs_base()),
+        "scheduler": _ddim,
+        "safety_checker": lambda: None,
+        "feature_extractor": lambda: None,
+    }
+
+
+def _controlnet_xs_call() -> dict[str, Any]:
+    # A control image in pixels (the pipeline resizes it to the call's size); one image serves every prompt.
+    control = torch.linspace(0.0, 1.0, 3 * IMAGE_SIZE * IMAGE_SIZE).reshape(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return image_call(guidance_scale=7.5, image=control)
 
 
 # --- TextToVideoSDPipeline (UNet3DConditionModel) ----------------------------------------------------------------
@@ -534,6 +559,15 @@ STABLE_CASCADE_PRIOR = PipelineSpec(
 )
 
 PIPELINES: tuple[PipelineSpec, ...] = (
+    PipelineSpec(
+        family="unet",
+        pipeline_cls=StableDiffusionControlNetXSPipeline,
+        default=False,
+        denoiser="unet",
+        components=_controlnet_xs_components,
+        call_defaults=_controlnet_xs_call,
+        pipeline_kwargs={"requires_safety_checker": False},
+    ),
     PipelineSpec(
         family="unet_3d",
         pipeline_cls=TextToVideoSDPipeline,
