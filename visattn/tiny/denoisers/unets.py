@@ -16,6 +16,7 @@ Left out: none. Notes on the borderline ones:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -80,19 +81,27 @@ _MOTION_ADAPTER = {
 }
 
 
+@contextlib.contextmanager
+def _diffusers_errors_only():
+    """diffusers' logging at errors only: its from_unet builders warn about their own ``.to(dtype)`` calls."""
+    from diffusers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def _build_motion() -> torch.nn.Module:
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from diffusers.utils import logging
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**_MOTION_UNET2D)
     adapter = MotionAdapter(**_MOTION_ADAPTER)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # from_unet2d warns about its own .to(dtype) call
-    try:
+    with _diffusers_errors_only():
         return UNetMotionModel.from_unet2d(unet, adapter).eval()
-    finally:
-        logging.set_verbosity(verbosity)
 
 
 def _motion_inputs(b: int) -> dict[str, Any]:
@@ -318,11 +327,8 @@ def controlnet_xs_base() -> torch.nn.Module:
 def controlnet_xs_adapter(unet: torch.nn.Module) -> torch.nn.Module:
     """A tiny ControlNetXSAdapter for ``unet`` (half its channels, a two-level control image embedding)."""
     from diffusers import ControlNetXSAdapter
-    from diffusers.utils import logging
 
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # from_unet warns about its own .to(dtype) calls
-    try:
+    with _diffusers_errors_only():
         return ControlNetXSAdapter.from_unet(
             unet,
             size_ratio=0.5,
@@ -330,22 +336,15 @@ def controlnet_xs_adapter(unet: torch.nn.Module) -> torch.nn.Module:
             conditioning_embedding_out_channels=(8, 16),
             learn_time_embedding=True,
         ).eval()
-    finally:
-        logging.set_verbosity(verbosity)
 
 
 def _build_controlnet_xs() -> torch.nn.Module:
     from diffusers import UNetControlNetXSModel
-    from diffusers.utils import logging
 
     unet = controlnet_xs_base()
     adapter = controlnet_xs_adapter(unet)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
+    with _diffusers_errors_only():
         return UNetControlNetXSModel.from_unet(unet, adapter).eval()
-    finally:
-        logging.set_verbosity(verbosity)
 
 
 def _controlnet_xs_inputs(b: int) -> dict[str, Any]:

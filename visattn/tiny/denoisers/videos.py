@@ -585,6 +585,19 @@ def _motif_inputs(b: int) -> dict[str, Any]:
     }
 
 
+#: JoyImage-Edit and JoyImage-Edit Plus: the same transformer sizes (the RoPE axes add up to the head width, 16)
+_JOYIMAGE: dict[str, Any] = {
+    "patch_size": [1, 2, 2],
+    "in_channels": C,
+    "hidden_size": DIM,
+    "num_attention_heads": 2,
+    "text_dim": DIM,
+    "mlp_width_ratio": 2.0,
+    "num_layers": 2,
+    "rope_dim_list": [4, 6, 6],
+}
+
+
 def _joyimage_inputs(b: int) -> dict[str, Any]:
     g = input_generator()
     # [B, items, C, T, H, W]: the reference image latent first, the generated (noisy) one last, one frame each
@@ -1258,17 +1271,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="JoyImageEditTransformer3DModel",
-        build=built(
-            "JoyImageEditTransformer3DModel",
-            patch_size=[1, 2, 2],
-            in_channels=C,
-            hidden_size=DIM,
-            num_attention_heads=2,
-            text_dim=DIM,
-            mlp_width_ratio=2.0,
-            num_layers=2,
-            rope_dim_list=[4, 6, 6],
-        ),
+        build=built("JoyImageEditTransformer3DModel", **_JOYIMAGE),
         inputs=_joyimage_inputs,
         grid=(2, H, W),
         text_tokens=TEXT,
@@ -1281,17 +1284,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="JoyImageEditPlusTransformer3DModel",
-        build=built(
-            "JoyImageEditPlusTransformer3DModel",
-            patch_size=[1, 2, 2],
-            in_channels=C,
-            hidden_size=DIM,
-            num_attention_heads=2,
-            text_dim=DIM,
-            mlp_width_ratio=2.0,
-            num_layers=2,
-            rope_dim_list=[4, 6, 6],
-        ),
+        build=built("JoyImageEditPlusTransformer3DModel", **_JOYIMAGE),
         inputs=_joyimage_plus_inputs,
         grid=(1, H, W),
         text_tokens=TEXT,
