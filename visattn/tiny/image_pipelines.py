@@ -136,7 +136,8 @@ def _sd_components() -> dict[str, Any]:
     }
 
 
-def _sdxl_components() -> dict[str, Any]:
+def sdxl_components() -> dict[str, Any]:
+    """The tiny SDXL pipeline's component factories (shared with the SDXL ControlNet-XS pipeline)."""
     return {
         "vae": image_vae,
         "text_encoder": lambda: clip_text_model(clip_tokenizer()),
@@ -200,7 +201,7 @@ IMAGE_PIPELINES: tuple[PipelineSpec, ...] = (
         pipeline_cls=StableDiffusionXLPipeline,
         default=False,
         denoiser="unet",
-        components=_sdxl_components,
+        components=sdxl_components,
         call_defaults=lambda: _image_call(guidance_scale=5.0),
         grid=lambda kwargs: grids.unet_grid(IMAGE_VAE, kwargs),
     ),

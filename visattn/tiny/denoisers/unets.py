@@ -316,12 +316,22 @@ _CONTROLNET_XS_UNET = {
 }
 
 
-def controlnet_xs_base() -> torch.nn.Module:
-    """The tiny UNet2DConditionModel a ControlNet-XS model is made from (seeded)."""
+#: SDXL's: text_time micro-conditioning (6 time ids x 8 + the pooled text), the two CLIP encoders' 2 x 32 wide text
+_SDXL_CONTROLNET_XS_UNET = {
+    **_CONTROLNET_XS_UNET,
+    "cross_attention_dim": 64,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 6 * 8 + 32,
+}
+
+
+def controlnet_xs_base(sdxl: bool = False) -> torch.nn.Module:
+    """The tiny UNet2DConditionModel a ControlNet-XS model is made from (seeded), SD- or SDXL-shaped."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(**_CONTROLNET_XS_UNET).eval()
+    return UNet2DConditionModel(**(_SDXL_CONTROLNET_XS_UNET if sdxl else _CONTROLNET_XS_UNET)).eval()
 
 
 def controlnet_xs_adapter(unet: torch.nn.Module) -> torch.nn.Module:
@@ -338,10 +348,11 @@ def controlnet_xs_adapter(unet: torch.nn.Module) -> torch.nn.Module:
         ).eval()
 
 
-def _build_controlnet_xs() -> torch.nn.Module:
+def controlnet_xs_model(sdxl: bool = False) -> torch.nn.Module:
+    """The tiny UNetControlNetXSModel, made as its pipelines make it: the base UNet fused with its adapter."""
     from diffusers import UNetControlNetXSModel
 
-    unet = controlnet_xs_base()
+    unet = controlnet_xs_base(sdxl)
     adapter = controlnet_xs_adapter(unet)
     with _diffusers_errors_only():
         return UNetControlNetXSModel.from_unet(unet, adapter).eval()
@@ -558,7 +569,7 @@ TINY_DENOISERS: tuple[TinyDenoiser, ...] = (
     ),
     TinyDenoiser(
         class_name="UNetControlNetXSModel",
-        build=_build_controlnet_xs,
+        build=controlnet_xs_model,
         inputs=_controlnet_xs_inputs,
         grid=(1, H, W),
         text_tokens=TEXT,

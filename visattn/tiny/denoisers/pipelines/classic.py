@@ -38,6 +38,7 @@ from diffusers import (
     OmniGenPipeline,
     StableCascadePriorPipeline,
     StableDiffusionControlNetXSPipeline,
+    StableDiffusionXLControlNetXSPipeline,
     StableVideoDiffusionPipeline,
     TextToVideoSDPipeline,
     UniDiffuserModel,
@@ -64,6 +65,7 @@ from visattn.tiny.denoisers.pipelines.classic_encoders import (
 )
 from visattn.tiny.denoisers.pipelines.common import IMAGE_SIZE, TEXT_TOKENS, image_call
 from visattn.tiny.denoisers.pipelines.qwen_text import qwen3_vl_model, qwen3_vl_processor, qwen_tokenizer
+from visattn.tiny.image_pipelines import sdxl_components
 from visattn.tiny.pipeline_spec import ComponentFactory, PipelineSpec
 from visattn.tiny.text_encoders import clip_text_model, llama_model, t5_encoder
 from visattn.tiny.tokenizers import clip_tokenizer, llama_tokenizer, t5_tokenizer
@@ -113,6 +115,15 @@ def _controlnet_xs_components() -> dict[str, ComponentFactory]:
         "scheduler": _ddim,
         "safety_checker": lambda: None,
         "feature_extractor": lambda: None,
+    }
+
+
+def _sdxl_controlnet_xs_components() -> dict[str, ComponentFactory]:
+    # SDXL's two CLIP encoders and text_time conditioning around an SDXL-shaped UNet fused with its adapter.
+    return {
+        **sdxl_components(),
+        "unet": lambda: unets.controlnet_xs_model(sdxl=True),
+        "controlnet": lambda: unets.controlnet_xs_adapter(unets.controlnet_xs_base(sdxl=True)),
     }
 
 
@@ -567,6 +578,14 @@ PIPELINES: tuple[PipelineSpec, ...] = (
         components=_controlnet_xs_components,
         call_defaults=_controlnet_xs_call,
         pipeline_kwargs={"requires_safety_checker": False},
+    ),
+    PipelineSpec(
+        family="unet",
+        pipeline_cls=StableDiffusionXLControlNetXSPipeline,
+        default=False,
+        denoiser="unet",
+        components=_sdxl_controlnet_xs_components,
+        call_defaults=_controlnet_xs_call,
     ),
     PipelineSpec(
         family="unet_3d",
