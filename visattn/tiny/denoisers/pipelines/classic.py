@@ -104,13 +104,13 @@ def _clip_text() -> torch.nn.Module:
 
 
 def _controlnet_xs_components() -> dict[str, ComponentFactory]:
-    # The pipeline fuses a UNet2DConditionModel with the adapter itself; it is handed the fused model the coverage
-    # entry builds that way (so the denoiser factory is the whole model), and the adapter is only stored.
+    # The pipeline fuses a UNet2DConditionModel with the adapter itself; it is handed the fused model, made that way
+    # (so the denoiser factory is the whole model), and the adapter is only stored.
     return {
         "vae": image_vae,
         "text_encoder": _clip_text,
         "tokenizer": clip_tokenizer,
-        "unet": tiny_denoiser_entry("UNetControlNetXSModel").build,
+        "unet": unets.controlnet_xs_model,
         "controlnet": lambda: unets.controlnet_xs_adapter(unets.controlnet_xs_base()),
         "scheduler": _ddim,
         "safety_checker": lambda: None,
